@@ -1,0 +1,1 @@
+"""OTP supervision trees for Trio tasks (see the supervision issue)."""

@@ -1,0 +1,201 @@
+"""What users subclass: :class:`Agent`, and the :class:`Context` its handlers receive."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._ids import AgentId, MessageId
+from ._messages import Envelope
+from ._notifications import ExitReason, MonitorRef
+from ._protocol import ReplyHandle
+from ._timers import Timer
+from .errors import AgentStopped
+
+if TYPE_CHECKING:
+    from ._cell import AgentCell
+    from ._ref import AgentRef
+    from ._system import MessageSystem
+
+__all__ = ["Agent", "Context", "DeferredReply", "NotHandled"]
+
+
+class NotHandled(Exception):
+    """Raised by the default handlers: the message becomes an ``UNHANDLED`` dead letter.
+
+    A handler may raise it too (or call ``super()``) for a message it does not understand;
+    the agent keeps running, as it would after any message it chose to ignore.
+    """
+
+
+class Agent:
+    """Base class of agents: a gen_server whose handlers run one message at a time.
+
+    Each start (the first, and every restart) builds a fresh instance from the class and the
+    arguments given to ``spawn``, then awaits :meth:`on_start`. Messages are handed out by
+    priority, then in order of arrival. A handler that raises crashes the agent; a caller of the
+    failing call gets the error as ``CallFailed`` at once.
+    """
+
+    async def on_start(self) -> None:
+        """Prepare state before the first message. Raising here fails the ``spawn``."""
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        """Answer a call: the return value is the reply (unless the reply was deferred)."""
+        raise NotHandled(message)
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        """Act on a fire-and-forget message."""
+        raise NotHandled(message)
+
+    async def handle_info(self, message: Any, ctx: Context) -> None:
+        """Act on a system notification (``Down``, timers, lifecycle) or a plain send."""
+        raise NotHandled(message)
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        """Release resources. ``reason`` is a ``StopReason`` or the exception it crashed with.
+
+        Runs shielded from cancellation, for at most the agent's shutdown time.
+        """
+
+
+class DeferredReply:
+    """The promise to answer a call later, made by ``ctx.defer()``.
+
+    Answer it from any later message or from a background task of the agent. If the agent
+    stops first, the caller gets ``AgentStopped``; if the caller gave up, the answer is dropped.
+    """
+
+    __slots__ = ("_cell", "_handle")
+
+    def __init__(self, cell: AgentCell, handle: ReplyHandle) -> None:
+        self._cell = cell
+        self._handle = handle
+
+    @property
+    def pending(self) -> bool:
+        """True while the caller waits and nobody has answered."""
+        return self._handle.pending
+
+    async def reply(self, value: Any) -> bool:
+        """Send ``value`` as the reply. Returns False if the caller had given up."""
+        await trio.lowlevel.checkpoint()
+        self._cell.forget_deferred(self._handle)
+        return self._handle.reply(value)
+
+    async def fail(self, error: BaseException) -> bool:
+        """Make the caller's call raise ``error``. Returns False if the caller had given up."""
+        await trio.lowlevel.checkpoint()
+        self._cell.forget_deferred(self._handle)
+        return self._handle.fail(error)
+
+
+class Context:
+    """What a handler knows about the message in hand and can ask of the system.
+
+    One context serves all the messages of an agent instance: keep what you need from it
+    (``ctx.defer()`` handles, refs), not the context itself.
+    """
+
+    __slots__ = ("_cell", "_deferred", "_envelope")
+
+    def __init__(self, cell: AgentCell) -> None:
+        self._cell = cell
+        self._envelope: Envelope | None = None
+        self._deferred = False
+
+    @property
+    def envelope(self) -> Envelope:
+        """The envelope of the message being handled."""
+        assert self._envelope is not None, "no message is being handled"
+        return self._envelope
+
+    @property
+    def message_id(self) -> MessageId:
+        """The id of the message being handled."""
+        return self.envelope.id
+
+    @property
+    def sender_id(self) -> AgentId | None:
+        """The id of the agent that sent the message, if an agent did."""
+        return self.envelope.sender
+
+    @property
+    def sender(self) -> AgentRef | None:
+        """A ref to the sending agent, or ``None`` if no running agent sent it."""
+        sender = self.envelope.sender
+        return None if sender is None else self._cell.system.whereis(sender)
+
+    @property
+    def caller(self) -> ReplyHandle | None:
+        """The reply slot of the call being handled (``None`` for casts and infos)."""
+        return self.envelope.reply
+
+    @property
+    def self(self) -> AgentRef:
+        """This agent's own ref."""
+        return self._cell.ref
+
+    @property
+    def system(self) -> MessageSystem:
+        """The message system this agent runs in."""
+        return self._cell.system
+
+    @property
+    def deadline(self) -> float:
+        """Trio time by which the caller of the call in hand wants its reply (inf if none)."""
+        return self.envelope.deadline
+
+    def defer(self) -> DeferredReply:
+        """Answer the call in hand later; the agent serves other messages meanwhile.
+
+        Raises:
+            TypeError: the message in hand is not a call.
+        """
+        handle = self.envelope.reply
+        if handle is None:
+            raise TypeError("only a call can be deferred")
+        self._deferred = True
+        self._cell.remember_deferred(handle)
+        return DeferredReply(self._cell, handle)
+
+    def monitor(self, ref: AgentRef) -> MonitorRef:
+        """Get a ``Down`` info when the agent behind ``ref`` stops for good.
+
+        If it has stopped already, the ``Down`` (reason ``NOPROC``) comes at once.
+        """
+        return self._cell.monitor(ref)
+
+    def demonitor(self, monitor: MonitorRef) -> bool:
+        """Remove a monitor. Returns False if it had fired or was removed already."""
+        return self._cell.demonitor(monitor)
+
+    def send_after(self, delay: float, payload: Any, *, to: AgentRef | None = None) -> Timer:
+        """Deliver ``payload`` as an info to this agent (or to ``to``) in ``delay`` seconds.
+
+        The timer is cancelled if this agent's instance stops first; ``timer.cancel()`` also.
+        """
+        return self._cell.send_after(delay, payload, to)
+
+    def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run a background task linked to this agent instance.
+
+        It is cancelled when the instance stops; if it raises, the agent crashes with its
+        error, as a linked process would in Erlang.
+        """
+        self._cell.start_background(async_fn, args)
+
+    def stop(self) -> None:
+        """Stop this agent (reason ``NORMAL``) once the current handler returns."""
+        self._cell.request_stop_soon()
+
+
+def stopped_error(agent: AgentId, reason: ExitReason) -> AgentStopped:
+    """The error callers see when ``agent`` stopped before replying."""
+    cause = reason if isinstance(reason, BaseException) else None
+    label = reason.value if cause is None else f"crashed with {reason!r}"  # type: ignore[union-attr]
+    error = AgentStopped(f"{agent!r} stopped ({label}) before replying")
+    error.__cause__ = cause
+    return error

@@ -1,0 +1,394 @@
+"""The runtime of one agent: its task, its loop over the mailbox, and how it ends.
+
+A cell is the part of an agent that outlives any one instance of the user's class: the id, the
+mailbox, the ref handed out to others, the monitors set on it. The instance is rebuilt at each
+start; the cell stays until the agent stops for good.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._agent import Agent, Context, NotHandled, stopped_error
+from ._dead_letters import DeadLetterReason
+from ._ids import AgentId
+from ._mailbox import Mailbox, MailboxConfig
+from ._messages import Envelope, MessageKind, info
+from ._notifications import (
+    AgentExited,
+    AgentStarted,
+    Down,
+    ExitReason,
+    MonitorRef,
+    StopReason,
+)
+from ._protocol import ReplyHandle
+from ._ref import AgentRef
+from ._task_context import current_cell, inherited_deadline
+from ._timers import Timer
+from .errors import AgentStartFailed, CallFailed, MailboxClosed, MailboxFull, UnhandledMessage
+
+if TYPE_CHECKING:
+    from ._system import MessageSystem
+
+__all__ = ["AgentCell", "CellState"]
+
+logger = logging.getLogger("terraphim_actors")
+
+#: Messages served back to back before the loop yields to other tasks, so that a busy agent
+#: pays for one scheduler round per batch rather than one per message.
+_BATCH = 128
+
+
+class CellState(enum.Enum):
+    """Where an agent is in its life."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class AgentCell:
+    """One agent's identity, mailbox and task; see the module docstring."""
+
+    def __init__(
+        self,
+        system: MessageSystem,
+        agent_class: type[Agent],
+        args: tuple[Any, ...],
+        agent_id: AgentId,
+        mailbox: MailboxConfig,
+        shutdown: float,
+    ) -> None:
+        self.system = system
+        self.id = agent_id
+        self.agent_class = agent_class
+        self.mailbox = Mailbox(agent_id, mailbox)
+        self.ref = AgentRef(self)
+        #: Seconds a stopping agent gets to finish its handler (and ``on_stop``).
+        self.shutdown = shutdown
+        self.state = CellState.STARTING
+        #: Set once the agent has stopped for good.
+        self.stopped = trio.Event()
+        self.exit_reason: ExitReason | None = None
+        self._args = args
+        self._task: trio.lowlevel.Task | None = None
+        self._instance_scope: trio.CancelScope | None = None
+        self._stop_requested: StopReason | None = None
+        self._linked_failure: BaseException | None = None
+        self._in_hand: Envelope | None = None
+        self._deferred: set[ReplyHandle] = set()
+        self._timers: set[Timer] = set()
+        self._background: set[trio.CancelScope] = set()
+        self._watchers: dict[MonitorRef, AgentCell] = {}
+        self._watching: dict[MonitorRef, AgentCell] = {}
+
+    def __repr__(self) -> str:
+        return f"<AgentCell {self.id!r} {self.state.value}>"
+
+    @property
+    def in_own_task(self) -> bool:
+        """True when the caller is this agent's main task (so it cannot wait on itself)."""
+        return self._task is not None and trio.lowlevel.current_task() is self._task
+
+    # -- delivery --------------------------------------------------------------------------
+
+    async def deliver(self, envelope: Envelope) -> None:
+        """Put ``envelope`` in the mailbox, waiting for room if the mailbox blocks.
+
+        A message for a stopped agent becomes a dead letter; a call raises ``AgentStopped``.
+        """
+        try:
+            await self.mailbox.send(envelope)
+        except MailboxClosed:
+            self._refuse(envelope)
+
+    def deliver_nowait(self, envelope: Envelope) -> None:
+        """:meth:`deliver` without waiting: a full mailbox raises ``MailboxFull``."""
+        try:
+            self.mailbox.send_nowait(envelope)
+        except MailboxClosed:
+            self._refuse(envelope)
+
+    def post(self, envelope: Envelope) -> None:
+        """Deliver a message the system originates: failure is a dead letter, never an error."""
+        try:
+            self.deliver_nowait(envelope)
+        except MailboxFull as full:
+            self.system.dead_letter(envelope, DeadLetterReason.MAILBOX_FULL, str(full))
+
+    def _refuse(self, envelope: Envelope) -> None:
+        if envelope.reply is not None:
+            raise stopped_error(self.id, self.exit_reason or StopReason.NORMAL)
+        self.system.dead_letter(envelope, self._undelivered_reason(), "the agent has stopped")
+
+    def _undelivered_reason(self) -> DeadLetterReason:
+        if self.system.closing:
+            return DeadLetterReason.SYSTEM_STOPPED
+        return DeadLetterReason.AGENT_STOPPED
+
+    # -- life ------------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[AgentRef] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the agent until it stops for good. Reports its ref once ``on_start`` is done.
+
+        Raises:
+            AgentStartFailed: building the instance or ``on_start`` raised.
+        """
+        reason: ExitReason = StopReason.KILLED
+        try:
+            reason = await self._run_instance(task_status)
+        except AgentStartFailed as failure:
+            reason = failure.__cause__ or failure
+            raise
+        finally:
+            self._finish(reason)
+
+    async def _run_instance(self, task_status: trio.TaskStatus[AgentRef]) -> ExitReason:
+        self._task = trio.lowlevel.current_task()
+        current_cell.set(self)
+        inherited_deadline.set(math.inf)
+        try:
+            instance = self.agent_class(*self._args)
+            await instance.on_start()
+        except Exception as error:
+            raise AgentStartFailed(f"{self.id!r} failed to start: {error!r}") from error
+        self.state = CellState.RUNNING
+        task_status.started(self.ref)
+        self.system.publish(AgentStarted(self.id))
+        reason: ExitReason = StopReason.KILLED
+        try:
+            with trio.CancelScope() as scope:
+                self._instance_scope = scope
+                reason = await self._serve(instance)
+            if scope.cancelled_caught and self._linked_failure is not None:
+                reason = self._linked_failure
+        finally:
+            self._instance_scope = None
+            await self._end_instance(instance, reason)
+        return reason
+
+    async def _serve(self, instance: Agent) -> ExitReason:
+        """The gen_server loop: one message at a time until asked to stop or crashed.
+
+        Messages are served in batches: the loop takes what is waiting without a checkpoint and
+        yields once per batch (or when a handler awaits), and reads the clock once per batch.
+        """
+        mailbox = self.mailbox
+        context = Context(self)
+        clock = trio.current_time
+        served = 0
+        batch_started = clock()
+        try:
+            while self._stop_requested is None:
+                if served >= _BATCH:
+                    served = 0
+                    await trio.lowlevel.checkpoint()
+                envelope = mailbox.try_receive()
+                if envelope is None:
+                    mailbox.record_processing_time(clock() - batch_started)
+                    try:
+                        envelope = await mailbox.receive()
+                    except MailboxClosed:
+                        break
+                    batch_started = clock()
+                    served = 0
+                    if self._stop_requested is not None:
+                        self._drop(envelope, self._undelivered_reason())
+                        break
+                served += 1
+                self._in_hand = envelope
+                context._envelope = envelope
+                try:
+                    kind = envelope.kind
+                    if kind is MessageKind.CAST:
+                        await instance.handle_cast(envelope.payload, context)
+                    elif kind is MessageKind.CALL:
+                        await self._serve_call(instance, context, envelope)
+                    else:
+                        await instance.handle_info(envelope.payload, context)
+                except NotHandled:
+                    self.system.dead_letter(
+                        envelope, DeadLetterReason.UNHANDLED, type(instance).__name__
+                    )
+                except Exception as crash:
+                    logger.error("agent %r crashed handling %r", self.id, envelope, exc_info=crash)
+                    return crash
+                self._in_hand = None
+        finally:
+            mailbox.record_processing_time(clock() - batch_started)
+        return self._stop_requested or StopReason.NORMAL
+
+    async def _serve_call(self, instance: Agent, context: Context, envelope: Envelope) -> None:
+        handle = envelope.reply
+        assert handle is not None
+        if not handle.pending:
+            self.system.dead_letter(envelope, DeadLetterReason.EXPIRED, "the caller gave up")
+            return
+        context._deferred = False
+        token = inherited_deadline.set(envelope.deadline)
+        try:
+            result = await instance.handle_call(envelope.payload, context)
+        except NotHandled as unhandled:
+            handle.fail(_wrap(UnhandledMessage, self.id, unhandled))
+            raise
+        except Exception as error:
+            handle.fail(_wrap(CallFailed, self.id, error))
+            raise
+        finally:
+            inherited_deadline.reset(token)
+        if not context._deferred:
+            handle.reply(result)
+
+    async def _end_instance(self, instance: Agent, reason: ExitReason) -> None:
+        """Settle everything the instance had in hand, then let it clean up."""
+        self.state = CellState.STOPPING
+        in_hand, self._in_hand = self._in_hand, None
+        if in_hand is not None:
+            crashed = isinstance(reason, BaseException)
+            why = DeadLetterReason.HANDLER_CRASHED if crashed else self._undelivered_reason()
+            self._drop(in_hand, why, reason)
+        for handle in self._deferred:
+            handle.fail(stopped_error(self.id, reason))
+        self._deferred.clear()
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        for scope in self._background:
+            scope.cancel()
+        for monitor, target in self._watching.items():
+            target._watchers.pop(monitor, None)
+        self._watching.clear()
+        with trio.CancelScope(shield=True) as cleanup:
+            cleanup.deadline = trio.current_time() + self.shutdown
+            try:
+                await instance.on_stop(reason)
+            except Exception as error:
+                logger.error("agent %r raised in on_stop", self.id, exc_info=error)
+        self.system.publish(AgentExited(self.id, reason))
+
+    def _finish(self, reason: ExitReason) -> None:
+        """The agent has stopped for good: settle the mailbox, tell the monitors, unregister."""
+        self.state = CellState.STOPPED
+        self.exit_reason = reason
+        self.mailbox.close()
+        for envelope in self.mailbox.drain():
+            self._drop(envelope, self._undelivered_reason(), reason)
+        self.system.retire(self)
+        watchers, self._watchers = self._watchers, {}
+        for monitor, watcher in watchers.items():
+            watcher._watching.pop(monitor, None)
+            watcher.post(info(Down(self.ref, reason, monitor), recipient=watcher.id))
+        self.stopped.set()
+
+    def _drop(
+        self, envelope: Envelope, why: DeadLetterReason, reason: ExitReason = StopReason.NORMAL
+    ) -> None:
+        """A message this agent will not handle: its caller is told, or it is a dead letter."""
+        handle = envelope.reply
+        if handle is not None and handle.pending:
+            handle.fail(stopped_error(self.id, reason))
+        elif handle is None:
+            self.system.dead_letter(envelope, why, repr(reason))
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def request_stop(self, reason: StopReason) -> None:
+        """Ask the agent to stop for good once its current handler returns.
+
+        Its mailbox closes at once: later messages are refused (dead letters, or
+        ``AgentStopped`` for calls), and those already waiting are settled when it stops.
+        """
+        if self.state is CellState.STOPPED:
+            return
+        if self._stop_requested is None:
+            self._stop_requested = reason
+        self.mailbox.close()
+
+    def request_stop_soon(self) -> None:
+        """``ctx.stop()``: stop normally after the current message."""
+        self.request_stop(StopReason.NORMAL)
+
+    def kill(self) -> None:
+        """Cancel the running instance now (its handler is interrupted)."""
+        if self._instance_scope is not None:
+            self._instance_scope.cancel()
+
+    async def wait_stopped(self, deadline: float) -> None:
+        """Wait until the agent has stopped; past ``deadline``, cancel it and wait for that."""
+        with trio.move_on_at(deadline):
+            await self.stopped.wait()
+        if not self.stopped.is_set():
+            self.kill()
+            await self.stopped.wait()
+
+    # -- what handlers ask for through the context ----------------------------------------
+
+    def remember_deferred(self, handle: ReplyHandle) -> None:
+        self._deferred.add(handle)
+
+    def forget_deferred(self, handle: ReplyHandle) -> None:
+        self._deferred.discard(handle)
+
+    def monitor(self, ref: AgentRef) -> MonitorRef:
+        target = ref._cell
+        monitor = MonitorRef(target.id)
+        if target.state is CellState.STOPPED:
+            self.post(info(Down(ref, StopReason.NOPROC, monitor), recipient=self.id))
+        else:
+            target._watchers[monitor] = self
+            self._watching[monitor] = target
+        return monitor
+
+    def demonitor(self, monitor: MonitorRef) -> bool:
+        target = self._watching.pop(monitor, None)
+        if target is None:
+            return False
+        target._watchers.pop(monitor, None)
+        return True
+
+    def send_after(self, delay: float, payload: Any, to: AgentRef | None) -> Timer:
+        target = self if to is None else to._cell
+
+        def fire() -> None:
+            self._timers.discard(timer)
+            target.post(info(payload, recipient=target.id))
+
+        timer = self.system.timers.call_after(delay, fire)
+        self._timers.add(timer)
+        return timer
+
+    def start_background(
+        self, async_fn: Callable[..., Awaitable[object]], args: tuple[object, ...]
+    ) -> None:
+        scope = trio.CancelScope()
+        self._background.add(scope)
+
+        async def linked() -> None:
+            inherited_deadline.set(math.inf)
+            with scope:
+                try:
+                    await async_fn(*args)
+                except Exception as error:
+                    logger.error("background task of %r failed", self.id, exc_info=error)
+                    if self._linked_failure is None:
+                        self._linked_failure = error
+                    self.kill()
+            self._background.discard(scope)
+
+        self.system.nursery.start_soon(linked)
+
+
+def _wrap(error_type: type[CallFailed], agent: AgentId, error: Exception) -> CallFailed:
+    wrapped = error_type(f"{agent!r} raised {error!r} while handling the call")
+    wrapped.__cause__ = error
+    return wrapped

@@ -1,0 +1,71 @@
+"""Dead letters: every message that could not be delivered, kept with why."""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+
+import attrs
+
+from ._messages import Envelope, now
+
+__all__ = ["DeadLetter", "DeadLetterOffice", "DeadLetterReason"]
+
+logger = logging.getLogger("terraphim_actors.dead_letters")
+
+
+class DeadLetterReason(enum.Enum):
+    """Why a message was not delivered (or not handled)."""
+
+    #: No agent by that id or name.
+    NOT_FOUND = "not found"
+    #: The recipient's bounded mailbox was full.
+    MAILBOX_FULL = "mailbox full"
+    #: The message outlived its timeout, or its caller gave up before it was handled.
+    EXPIRED = "expired"
+    #: The recipient has no handler for that kind of message.
+    UNHANDLED = "unhandled"
+    #: The recipient's handler raised while handling it.
+    HANDLER_CRASHED = "handler crashed"
+    #: The recipient stopped before handling it.
+    AGENT_STOPPED = "agent stopped"
+    #: The message system shut down before it was handled.
+    SYSTEM_STOPPED = "system stopped"
+
+
+@attrs.frozen
+class DeadLetter:
+    """One undelivered message, with the reason and the Trio time it died."""
+
+    envelope: Envelope
+    reason: DeadLetterReason
+    detail: str = ""
+    at: float = attrs.field(factory=now)
+
+
+class DeadLetterOffice:
+    """Keeps the most recent dead letters (bounded) and counts all of them by reason."""
+
+    def __init__(self, capacity: int) -> None:
+        self._recent: collections.deque[DeadLetter] = collections.deque(maxlen=capacity)
+        self._by_reason: collections.Counter[DeadLetterReason] = collections.Counter()
+
+    @property
+    def total(self) -> int:
+        """Every dead letter ever recorded, including those no longer kept."""
+        return self._by_reason.total()
+
+    def by_reason(self) -> dict[DeadLetterReason, int]:
+        """Counts of every dead letter ever recorded, per reason."""
+        return dict(self._by_reason)
+
+    def recent(self) -> tuple[DeadLetter, ...]:
+        """The kept dead letters, oldest first."""
+        return tuple(self._recent)
+
+    def record(self, envelope: Envelope, reason: DeadLetterReason, detail: str = "") -> None:
+        """File ``envelope`` as undelivered for ``reason``."""
+        self._recent.append(DeadLetter(envelope, reason, detail))
+        self._by_reason[reason] += 1
+        logger.debug("dead letter (%s) %r %s", reason.value, envelope, detail)

@@ -1,0 +1,365 @@
+"""An agent's mailbox: a Trio memory channel, ordered by priority, optionally bounded.
+
+Messages arrive through an unbounded ``trio`` memory channel, which gives the receiving agent
+Trio's wake-up and close semantics. On the receiving side they are sorted into one FIFO lane
+per priority, so a receive always takes the oldest message of the highest priority present.
+The bound, when there is one, counts both places, so it holds on every path a message can
+take in.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ._ids import AgentId
+from ._messages import Envelope, Priority, now
+from .errors import InvalidConfig, MailboxClosed, MailboxFull, MessageTimeout
+
+__all__ = ["Mailbox", "MailboxConfig", "MailboxStats", "OverflowPolicy"]
+
+
+class OverflowPolicy(enum.Enum):
+    """What a bounded mailbox does with a message that arrives when it is full."""
+
+    #: The sender waits until there is room: backpressure.
+    BLOCK = "block"
+    #: The send fails at once with ``MailboxFull``.
+    REJECT = "reject"
+
+
+def _check_capacity(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidConfig(
+            f"{attribute.name} must be None (unbounded) or an int >= 1, got {value!r}"
+        )
+
+
+def _check_overflow(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, OverflowPolicy):
+        raise InvalidConfig(f"{attribute.name} must be an OverflowPolicy, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class MailboxConfig:
+    """How big a mailbox may grow and what happens beyond that.
+
+    Attributes:
+        capacity: ``None`` for unbounded (Erlang's default), else the most messages it holds.
+        overflow: what a send into a full bounded mailbox does.
+    """
+
+    capacity: int | None = attrs.field(default=None, validator=_check_capacity)
+    overflow: OverflowPolicy = attrs.field(default=OverflowPolicy.BLOCK, validator=_check_overflow)
+
+
+@attrs.frozen(kw_only=True)
+class MailboxStats:
+    """A snapshot of one mailbox's counters."""
+
+    agent_id: AgentId
+    #: Messages accepted into the mailbox.
+    messages_received: int
+    #: Messages taken out of the mailbox by a receive.
+    messages_processed: int
+    #: Messages waiting now.
+    current_queue_size: int
+    #: The most messages ever waiting at once.
+    peak_queue_size: int
+    #: Sends refused because the mailbox was full.
+    messages_rejected: int
+    #: Seconds the agent spent serving its messages (0 for a mailbox driven by hand).
+    total_processing_time: float
+    #: ``total_processing_time`` per processed message.
+    average_processing_time: float
+    #: Trio time of the last blocking send or receive, or of the end of the agent's last
+    #: batch of messages; ``None`` if there was none. (Reading the clock costs more than a
+    #: non-blocking send, so those do not stamp it.)
+    last_activity: float | None
+
+
+class Mailbox:
+    """A priority-ordered, optionally bounded queue of envelopes for one agent.
+
+    Blocking operations are ``async`` and always checkpoint; each has a non-blocking twin
+    (``send_nowait``, ``try_receive``). Any number of tasks may send; one task (the agent)
+    is expected to receive.
+    """
+
+    __slots__ = (
+        "_capacity",
+        "_closed",
+        "_in_channel",
+        "_inbox_receive",
+        "_inbox_send",
+        "_lanes",
+        "_last_activity",
+        "_overflow",
+        "_peak",
+        "_processed",
+        "_processing_time",
+        "_received",
+        "_rejected",
+        "_size",
+        "_space",
+        "agent_id",
+        "config",
+    )
+
+    def __init__(self, agent_id: AgentId, config: MailboxConfig | None = None) -> None:
+        self.agent_id = agent_id
+        self.config = MailboxConfig() if config is None else config
+        self._capacity = self.config.capacity
+        self._overflow = self.config.overflow
+        self._inbox_send, self._inbox_receive = trio.open_memory_channel[Envelope](math.inf)
+        self._lanes: tuple[collections.deque[Envelope], ...] = tuple(
+            collections.deque() for _ in Priority
+        )
+        self._space = trio.lowlevel.ParkingLot()
+        self._closed = False
+        self._size = 0  # in the channel plus in the lanes
+        self._in_channel = 0
+        self._received = 0
+        self._processed = 0
+        self._rejected = 0
+        self._peak = 0
+        self._processing_time = 0.0
+        self._last_activity: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Mailbox of {self.agent_id!r}: {self._size} waiting>"
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called: no message gets in any more."""
+        return self._closed
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send_nowait(self, envelope: Envelope) -> None:
+        """Put ``envelope`` in the mailbox without waiting.
+
+        Raises:
+            MailboxFull: the mailbox is bounded and full (whatever its overflow policy).
+            MailboxClosed: the mailbox is closed.
+        """
+        if self._closed:
+            raise MailboxClosed(f"the mailbox of {self.agent_id!r} is closed")
+        if self._capacity is not None and self._size >= self._capacity:
+            self._rejected += 1
+            raise MailboxFull(f"the mailbox of {self.agent_id!r} is full ({self._capacity})")
+        self._inbox_send.send_nowait(envelope)
+        self._in_channel += 1
+        self._size += 1
+        self._received += 1
+        if self._size > self._peak:
+            self._peak = self._size
+
+    async def send(self, envelope: Envelope) -> None:
+        """Put ``envelope`` in the mailbox; when it is full, wait (``BLOCK``) or fail (``REJECT``).
+
+        Raises:
+            MailboxFull: the mailbox is full and its policy is ``REJECT``.
+            MailboxClosed: the mailbox is closed, or was closed while the sender waited.
+        """
+        if self._must_wait():
+            while self._must_wait():
+                await self._space.park()
+            self.send_nowait(envelope)
+            self._last_activity = now()
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self.send_nowait(envelope)
+        self._last_activity = now()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _must_wait(self) -> bool:
+        return (
+            self._overflow is OverflowPolicy.BLOCK
+            and not self._closed
+            and self._capacity is not None
+            and self._size >= self._capacity
+        )
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def try_receive(self) -> Envelope | None:
+        """Take the next message (highest priority, then oldest), or ``None`` if there is none.
+
+        Never blocks and never checkpoints.
+        """
+        self._pull()
+        if self._size == 0:
+            return None
+        for lane in reversed(self._lanes):
+            if lane:
+                return self._took(lane.popleft())
+        raise AssertionError("mailbox size and lanes disagree")  # pragma: no cover
+
+    async def receive(self) -> Envelope:
+        """Take the next message (highest priority, then oldest), waiting for one if need be.
+
+        Raises:
+            MailboxClosed: the mailbox is closed and empty.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        envelope = self.try_receive()
+        self._last_activity = now()
+        if envelope is not None:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return envelope
+        await self._wait_for_arrival()
+        envelope = self.try_receive()
+        assert envelope is not None
+        self._last_activity = now()
+        return envelope
+
+    async def receive_timeout(self, seconds: float) -> Envelope:
+        """:meth:`receive`, giving up after ``seconds``.
+
+        Raises:
+            MessageTimeout: nothing arrived in time.
+            MailboxClosed: the mailbox is closed and empty.
+            InvalidConfig: ``seconds`` is negative or not a number.
+        """
+        _check_timeout(seconds)
+        with trio.move_on_after(seconds):
+            return await self.receive()
+        raise MessageTimeout(f"no message for {self.agent_id!r} within {seconds} s")
+
+    async def receive_matching(
+        self, predicate: Callable[[Envelope], bool], timeout: float | None = None
+    ) -> Envelope:
+        """Selective receive: take the first message ``predicate`` accepts, waiting if need be.
+
+        Messages are tried in the order :meth:`receive` would hand them out; those the
+        predicate declines stay in the mailbox, in their order.
+
+        Raises:
+            MessageTimeout: no matching message within ``timeout`` seconds.
+            MailboxClosed: the mailbox is closed and holds no matching message.
+            InvalidConfig: ``timeout`` is negative or not a number.
+        """
+        if timeout is not None:
+            _check_timeout(timeout)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._pull()
+        found = self._take_first(predicate, self._lanes)
+        if found is not None:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return found
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            while True:
+                fresh = await self._wait_for_arrival()
+                found = self._take_first(predicate, fresh)
+                if found is not None:
+                    return found
+        raise MessageTimeout(f"no matching message for {self.agent_id!r} within {timeout} s")
+
+    def drain(self) -> list[Envelope]:
+        """Take every waiting message at once, in receive order. Never blocks."""
+        drained: list[Envelope] = []
+        while (envelope := self.try_receive()) is not None:
+            drained.append(envelope)
+        return drained
+
+    def close(self) -> None:
+        """Let no more messages in. Waiting messages can still be received or drained.
+
+        Senders blocked on a full mailbox wake up with ``MailboxClosed``; a receiver waiting
+        on an empty one gets ``MailboxClosed``.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._inbox_send.close()
+        self._space.unpark_all()
+
+    # -- statistics ------------------------------------------------------------------------
+
+    def record_processing_time(self, seconds: float) -> None:
+        """Add time the agent spent handling messages taken from this mailbox."""
+        self._processing_time += seconds
+        self._last_activity = now()
+
+    def stats(self) -> MailboxStats:
+        """A frozen snapshot of this mailbox's counters."""
+        processed = self._processed
+        return MailboxStats(
+            agent_id=self.agent_id,
+            messages_received=self._received,
+            messages_processed=processed,
+            current_queue_size=self._size,
+            peak_queue_size=self._peak,
+            messages_rejected=self._rejected,
+            total_processing_time=self._processing_time,
+            average_processing_time=self._processing_time / processed if processed else 0.0,
+            last_activity=self._last_activity,
+        )
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _pull(self) -> None:
+        """Move what waits in the channel into the priority lanes (never blocks)."""
+        receive_nowait = self._inbox_receive.receive_nowait
+        lanes = self._lanes
+        for _ in range(self._in_channel):
+            envelope = receive_nowait()
+            lanes[envelope.options.priority].append(envelope)
+        self._in_channel = 0
+
+    async def _wait_for_arrival(self) -> list[Envelope]:
+        """Wait until at least one message arrives; sort the arrivals into lanes and return them."""
+        try:
+            first = await self._inbox_receive.receive()
+        except trio.EndOfChannel:
+            raise MailboxClosed(f"the mailbox of {self.agent_id!r} is closed") from None
+        self._in_channel -= 1
+        self._lanes[first.options.priority].append(first)
+        fresh = [first]
+        receive_nowait = self._inbox_receive.receive_nowait
+        for _ in range(self._in_channel):
+            envelope = receive_nowait()
+            self._lanes[envelope.options.priority].append(envelope)
+            fresh.append(envelope)
+        self._in_channel = 0
+        return fresh
+
+    def _take_first(
+        self,
+        predicate: Callable[[Envelope], bool],
+        candidates: tuple[collections.deque[Envelope], ...] | list[Envelope],
+    ) -> Envelope | None:
+        """Remove and return the first candidate, in receive order, that ``predicate`` accepts."""
+        if isinstance(candidates, list):
+            ordered = sorted(candidates, key=lambda envelope: -envelope.options.priority)
+        else:
+            ordered = [envelope for lane in reversed(candidates) for envelope in lane]
+        for envelope in ordered:
+            if predicate(envelope):
+                self._lanes[envelope.options.priority].remove(envelope)
+                return self._took(envelope)
+        return None
+
+    def _took(self, envelope: Envelope) -> Envelope:
+        self._size -= 1
+        self._processed += 1
+        if self._space:
+            self._space.unpark()
+        return envelope
+
+
+def _check_timeout(seconds: float) -> None:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+        raise InvalidConfig(f"timeout must be seconds >= 0, got {seconds!r}")

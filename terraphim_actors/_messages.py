@@ -1,0 +1,216 @@
+"""What travels between agents: priorities, options, the envelope, and its constructors."""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from typing import Any
+
+import attrs
+import trio
+
+from ._ids import AgentId, MessageId
+from ._protocol import ReplyHandle
+from .errors import InvalidConfig
+
+__all__ = [
+    "DeliveryGuarantee",
+    "Envelope",
+    "MessageKind",
+    "MessageOptions",
+    "Priority",
+    "call",
+    "cast",
+    "info",
+    "now",
+]
+
+
+class Priority(enum.IntEnum):
+    """How urgent a message is: a mailbox hands out higher priorities first."""
+
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
+    CRITICAL = 3
+
+
+class MessageKind(enum.Enum):
+    """The gen_server kind of a message, which picks the handler that receives it."""
+
+    CALL = "call"
+    CAST = "cast"
+    INFO = "info"
+
+
+class DeliveryGuarantee(enum.Enum):
+    """How hard the system tries to deliver a message.
+
+    This release delivers every message at most once; the retrying guarantees arrive with the
+    delivery layer, and until then asking for them raises ``InvalidConfig``.
+    """
+
+    AT_MOST_ONCE = "at-most-once"
+    AT_LEAST_ONCE = "at-least-once"
+    EXACTLY_ONCE = "exactly-once"
+
+
+def _check_priority(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, Priority):
+        raise InvalidConfig(f"{attribute.name} must be a Priority, got {value!r}")
+
+
+def _check_positive_seconds(
+    _instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise InvalidConfig(f"{attribute.name} must be a number of seconds, got {value!r}")
+    if value <= 0:
+        raise InvalidConfig(f"{attribute.name} must be greater than 0, got {value!r}")
+
+
+def _check_optional_count(
+    _instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidConfig(f"{attribute.name} must be None or an int >= 0, got {value!r}")
+
+
+def _check_optional_delay(
+    _instance: object, attribute: attrs.Attribute[Any], value: object
+) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise InvalidConfig(f"{attribute.name} must be None or seconds >= 0, got {value!r}")
+
+
+def _check_guarantee(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None or value is DeliveryGuarantee.AT_MOST_ONCE:
+        return
+    if isinstance(value, DeliveryGuarantee):
+        raise InvalidConfig(f"{value.value} delivery is not available yet: use AT_MOST_ONCE")
+    raise InvalidConfig(f"{attribute.name} must be a DeliveryGuarantee or None, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class MessageOptions:
+    """Per-message options. ``None`` defers to the system's delivery configuration.
+
+    Attributes:
+        priority: the mailbox hands out higher priorities first, FIFO within one priority.
+        timeout: seconds the message stays worth delivering.
+        max_retries: redeliveries after the first try (retrying guarantees only).
+        retry_delay: seconds before the first redelivery (retrying guarantees only).
+        guarantee: the delivery guarantee for this message.
+    """
+
+    priority: Priority = attrs.field(default=Priority.NORMAL, validator=_check_priority)
+    timeout: float = attrs.field(default=30.0, validator=_check_positive_seconds)
+    max_retries: int | None = attrs.field(default=None, validator=_check_optional_count)
+    retry_delay: float | None = attrs.field(default=None, validator=_check_optional_delay)
+    guarantee: DeliveryGuarantee | None = attrs.field(default=None, validator=_check_guarantee)
+
+
+#: Shared options for each priority (indexed by it), so the hot path builds none. A tuple,
+#: because an enum's hash is computed in Python and a tuple index is not.
+OPTIONS_BY_PRIORITY: tuple[MessageOptions, ...] = tuple(
+    MessageOptions(priority=priority) for priority in Priority
+)
+DEFAULT_OPTIONS = OPTIONS_BY_PRIORITY[Priority.NORMAL]
+
+
+def now() -> float:
+    """Trio's clock inside a run (so tests on ``MockClock`` see it), the monotonic clock outside."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return time.monotonic()
+
+
+@attrs.define(kw_only=True, eq=False)
+class Envelope:
+    """One message on its way: what it carries and everything needed to deliver it.
+
+    The payload is any Python object, passed by reference: in-process delivery never copies or
+    serializes it. ``attrs.evolve(envelope, recipient=...)`` readdresses a copy.
+    """
+
+    kind: MessageKind
+    payload: Any
+    sender: AgentId | None = None
+    #: An ``AgentId``, or a registered name.
+    recipient: AgentId | str | None = None
+    options: MessageOptions = DEFAULT_OPTIONS
+    id: MessageId = attrs.field(factory=MessageId.new)
+    created_at: float = attrs.field(factory=now)
+    #: Deliveries tried so far.
+    attempt: int = 0
+    #: Where a call's answer goes; ``None`` for casts and infos.
+    reply: ReplyHandle | None = None
+    #: Trio time after which the caller of a call no longer waits.
+    deadline: float = math.inf
+
+    @property
+    def priority(self) -> Priority:
+        """The priority from the message's options."""
+        return self.options.priority
+
+
+def cast(
+    sender: AgentId | None,
+    payload: Any,
+    options: MessageOptions | None = None,
+    *,
+    recipient: AgentId | str | None = None,
+) -> Envelope:
+    """Build a fire-and-forget message (gen_server's cast)."""
+    return Envelope(
+        kind=MessageKind.CAST,
+        payload=payload,
+        sender=sender,
+        recipient=recipient,
+        options=DEFAULT_OPTIONS if options is None else options,
+    )
+
+
+def call(
+    sender: AgentId | None,
+    payload: Any,
+    timeout: float,
+    *,
+    recipient: AgentId | str | None = None,
+    options: MessageOptions | None = None,
+) -> tuple[Envelope, ReplyHandle]:
+    """Build a request that expects a reply (gen_server's call).
+
+    Returns the envelope and the handle that the reply arrives on: ``await handle`` returns it,
+    or raises ``CallTimeout`` once ``timeout`` seconds have passed since this call.
+
+    Raises:
+        InvalidConfig: ``timeout`` is not a positive number of seconds.
+    """
+    _check_positive_seconds(None, _TIMEOUT_FIELD, timeout)
+    deadline = now() + timeout
+    handle = ReplyHandle(deadline)
+    envelope = Envelope(
+        kind=MessageKind.CALL,
+        payload=payload,
+        sender=sender,
+        recipient=recipient,
+        options=DEFAULT_OPTIONS if options is None else options,
+        reply=handle,
+        deadline=deadline,
+    )
+    return envelope, handle
+
+
+def info(payload: Any, *, recipient: AgentId | str | None = None) -> Envelope:
+    """Build a system notification or plain send (gen_server's info)."""
+    return Envelope(kind=MessageKind.INFO, payload=payload, recipient=recipient)
+
+
+_TIMEOUT_FIELD = attrs.fields(MessageOptions).timeout

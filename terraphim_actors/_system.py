@@ -1,0 +1,328 @@
+"""The message system: the registry of agents, their tasks, and its way in and out."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from ._agent import Agent
+from ._cell import AgentCell, CellState
+from ._dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
+from ._ids import AgentId
+from ._mailbox import Mailbox, MailboxConfig, MailboxStats
+from ._messages import Envelope, _check_positive_seconds, info
+from ._notifications import StopReason, SystemShutdown
+from ._ref import AgentRef
+from ._timers import TimerService
+from .errors import AgentNotFound, CallToSelf, DuplicateAgent, InvalidConfig, SystemClosed
+
+__all__ = ["MessageSystem", "MessageSystemConfig", "SystemStats", "open_message_system"]
+
+
+def _check_capacity(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidConfig(f"{attribute.name} must be an int >= 1, got {value!r}")
+
+
+def _check_mailbox(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, MailboxConfig):
+        raise InvalidConfig(f"{attribute.name} must be a MailboxConfig, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class MessageSystemConfig:
+    """How a message system behaves.
+
+    Attributes:
+        mailbox: the mailbox of an agent spawned without one of its own.
+        shutdown_timeout: seconds a stopping agent gets before it is cancelled.
+        dead_letter_capacity: how many recent dead letters are kept (all are counted).
+    """
+
+    mailbox: MailboxConfig = attrs.field(factory=MailboxConfig, validator=_check_mailbox)
+    shutdown_timeout: float = attrs.field(default=5.0, validator=_check_positive_seconds)
+    dead_letter_capacity: int = attrs.field(default=1000, validator=_check_capacity)
+
+
+@attrs.frozen(kw_only=True)
+class SystemStats:
+    """A snapshot of a message system's counters."""
+
+    #: Agents running now.
+    agents_running: int
+    #: Agents ever spawned.
+    agents_spawned: int
+    #: Agents that crashed (their handler, background task or ``on_start`` raised).
+    agent_crashes: int
+    #: Messages accepted into any mailbox, including those of agents that have stopped.
+    messages_received: int
+    #: Messages taken out of any mailbox.
+    messages_processed: int
+    #: Dead letters ever recorded.
+    dead_letters: int
+    #: Dead letters ever recorded, per reason.
+    dead_letters_by_reason: Mapping[DeadLetterReason, int]
+    #: Seconds since the system opened.
+    uptime: float
+
+
+class MessageSystem:
+    """Agents, their mailboxes and the routes between them, inside one Trio nursery.
+
+    Open one with :func:`open_message_system`; it stops every agent when its block exits.
+    """
+
+    def __init__(self, config: MessageSystemConfig, nursery: trio.Nursery) -> None:
+        self.config = config
+        self.nursery = nursery
+        self.timers = TimerService()
+        self.closing = False
+        self._dead_letters = DeadLetterOffice(config.dead_letter_capacity)
+        self._cells: dict[AgentId, AgentCell] = {}
+        self._manual: dict[AgentId, Mailbox] = {}
+        self._names: dict[str, AgentId] = {}
+        self._subscribers: list[AgentCell] = []
+        self._opened_at = trio.current_time()
+        self._spawned = 0
+        self._crashes = 0
+        self._retired_received = 0
+        self._retired_processed = 0
+
+    def __repr__(self) -> str:
+        return f"<MessageSystem with {len(self._cells)} agents>"
+
+    # -- agents ----------------------------------------------------------------------------
+
+    async def spawn(
+        self,
+        agent_class: type[Agent],
+        *args: Any,
+        name: str | None = None,
+        mailbox: MailboxConfig | None = None,
+        shutdown: float | None = None,
+    ) -> AgentRef:
+        """Start an agent and return its ref once its ``on_start`` has finished.
+
+        Args:
+            agent_class: an :class:`Agent` subclass; each start builds ``agent_class(*args)``.
+            name: a unique name to find it by (``whereis``) and to address it with.
+            mailbox: its mailbox configuration (default: the system's).
+            shutdown: seconds it gets to stop before it is cancelled (default: the system's).
+
+        Raises:
+            DuplicateAgent: ``name`` is taken.
+            AgentStartFailed: its constructor or ``on_start`` raised (the cause is attached).
+            InvalidConfig: an argument is out of range or of the wrong type.
+            SystemClosed: the system is shutting down.
+        """
+        if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
+            raise InvalidConfig(f"agent_class must be an Agent subclass, got {agent_class!r}")
+        if mailbox is not None and not isinstance(mailbox, MailboxConfig):
+            raise InvalidConfig(f"mailbox must be a MailboxConfig, got {mailbox!r}")
+        if shutdown is not None:
+            _check_positive_seconds(None, _SHUTDOWN_FIELD, shutdown)
+        agent_id = self._claim(name)
+        cell = AgentCell(
+            self,
+            agent_class,
+            args,
+            agent_id,
+            self.config.mailbox if mailbox is None else mailbox,
+            self.config.shutdown_timeout if shutdown is None else shutdown,
+        )
+        self._cells[agent_id] = cell
+        self._spawned += 1
+        ref: AgentRef = await self.nursery.start(cell.run)
+        return ref
+
+    def whereis(self, name: str | AgentId) -> AgentRef | None:
+        """The ref of the running agent with that name or id, or ``None``."""
+        agent_id = self._names.get(name) if isinstance(name, str) else name
+        cell = None if agent_id is None else self._cells.get(agent_id)
+        return None if cell is None else cell.ref
+
+    @property
+    def agents(self) -> list[AgentRef]:
+        """Refs of every agent that has not stopped for good, in spawn order."""
+        return [cell.ref for cell in self._cells.values()]
+
+    async def stop(self, ref: AgentRef) -> None:
+        """Stop an agent for good and return once it has stopped.
+
+        It finishes the message in hand (within its shutdown time; then it is cancelled),
+        runs ``on_stop``; calls it had taken fail with ``AgentStopped``, and the messages still
+        waiting become dead letters (calls among them fail with ``AgentStopped``).
+
+        Raises:
+            CallToSelf: an agent awaited its own stop (use ``ctx.stop()`` instead).
+        """
+        cell = ref._cell
+        if cell.in_own_task:
+            raise CallToSelf("an agent cannot wait for its own stop: use ctx.stop()")
+        cell.request_stop(StopReason.NORMAL)
+        await cell.wait_stopped(trio.current_time() + cell.shutdown)
+
+    def subscribe(self, ref: AgentRef) -> None:
+        """Send ``ref`` an info for every agent start and exit, and the system's shutdown."""
+        self._subscribers.append(ref._cell)
+
+    # -- seed-compatible routing ------------------------------------------------------------
+
+    def register_agent(self, agent_id: AgentId, config: MailboxConfig | None = None) -> Mailbox:
+        """Register a mailbox driven by hand, and return it; ``send_message`` then reaches it.
+
+        Raises:
+            DuplicateAgent: the id, or its name, is taken.
+            SystemClosed: the system is shutting down.
+        """
+        if not isinstance(agent_id, AgentId):
+            raise InvalidConfig(f"agent_id must be an AgentId, got {agent_id!r}")
+        if agent_id in self._cells or agent_id in self._manual:
+            raise DuplicateAgent(f"{agent_id!r} is already registered")
+        self._claim(agent_id.name, agent_id)
+        mailbox = Mailbox(agent_id, config)
+        self._manual[agent_id] = mailbox
+        return mailbox
+
+    async def send_message(self, envelope: Envelope) -> None:
+        """Deliver ``envelope`` to its recipient (an ``AgentId`` or a registered name).
+
+        Raises:
+            AgentNotFound: no agent or registered mailbox has that id or name.
+            MailboxFull: the recipient's mailbox is bounded, full, and rejects.
+            AgentStopped: the envelope is a call and its recipient has stopped.
+            InvalidConfig: the envelope has no recipient.
+        """
+        recipient = envelope.recipient
+        if recipient is None:
+            raise InvalidConfig("the envelope has no recipient")
+        agent_id = self._names.get(recipient) if isinstance(recipient, str) else recipient
+        cell = None if agent_id is None else self._cells.get(agent_id)
+        if cell is not None:
+            await cell.deliver(envelope)
+            return
+        mailbox = None if agent_id is None else self._manual.get(agent_id)
+        if mailbox is None:
+            raise AgentNotFound(f"no agent is registered as {recipient!r}")
+        await mailbox.send(envelope)
+
+    # -- what was not delivered, and statistics -----------------------------------------------
+
+    @property
+    def dead_letters(self) -> tuple[DeadLetter, ...]:
+        """The most recent dead letters, oldest first (``dead_letter_capacity`` at most)."""
+        return self._dead_letters.recent()
+
+    def dead_letter(self, envelope: Envelope, reason: DeadLetterReason, detail: str = "") -> None:
+        """File a message that will not be delivered."""
+        self._dead_letters.record(envelope, reason, detail)
+
+    def get_stats(self) -> tuple[SystemStats, list[MailboxStats]]:
+        """The system's counters, and those of every live mailbox (agents' and manual ones)."""
+        mailboxes = [cell.mailbox.stats() for cell in self._cells.values()]
+        mailboxes += [mailbox.stats() for mailbox in self._manual.values()]
+        system = SystemStats(
+            agents_running=sum(cell.state is CellState.RUNNING for cell in self._cells.values()),
+            agents_spawned=self._spawned,
+            agent_crashes=self._crashes,
+            messages_received=self._retired_received + sum(s.messages_received for s in mailboxes),
+            messages_processed=self._retired_processed
+            + sum(s.messages_processed for s in mailboxes),
+            dead_letters=self._dead_letters.total,
+            dead_letters_by_reason=self._dead_letters.by_reason(),
+            uptime=trio.current_time() - self._opened_at,
+        )
+        return system, mailboxes
+
+    # -- used by agent cells -------------------------------------------------------------------
+
+    def publish(self, notification: object) -> None:
+        """Send a lifecycle notification to every subscriber that is still running."""
+        for subscriber in self._subscribers:
+            if subscriber.state is not CellState.STOPPED:
+                subscriber.post(info(notification, recipient=subscriber.id))
+
+    def retire(self, cell: AgentCell) -> None:
+        """Forget an agent that has stopped for good, keeping its counts in the totals."""
+        if self._cells.get(cell.id) is cell:
+            del self._cells[cell.id]
+        if cell.id.name is not None and self._names.get(cell.id.name) == cell.id:
+            del self._names[cell.id.name]
+        stats = cell.mailbox.stats()
+        self._retired_received += stats.messages_received
+        self._retired_processed += stats.messages_processed
+        if isinstance(cell.exit_reason, Exception):
+            self._crashes += 1
+        if cell in self._subscribers:
+            self._subscribers.remove(cell)
+
+    # -- in and out -------------------------------------------------------------------------
+
+    def _claim(self, name: str | None, agent_id: AgentId | None = None) -> AgentId:
+        if self.closing:
+            raise SystemClosed("the message system is shutting down")
+        if name is not None and not isinstance(name, str):
+            raise InvalidConfig(f"name must be a str or None, got {name!r}")
+        if name is not None and name in self._names:
+            raise DuplicateAgent(f"an agent named {name!r} is already registered")
+        agent_id = AgentId(name=name) if agent_id is None else agent_id
+        if name is not None:
+            self._names[name] = agent_id
+        return agent_id
+
+    async def _shut_down(self) -> None:
+        """Stop every agent (newest first), then settle what the manual mailboxes still hold."""
+        self.closing = True
+        self.publish(SystemShutdown())
+        cells = list(reversed(self._cells.values()))
+        for cell in cells:
+            cell.request_stop(StopReason.SHUTDOWN)
+        started = trio.current_time()
+        for cell in cells:
+            await cell.wait_stopped(started + cell.shutdown)
+        for mailbox in self._manual.values():
+            mailbox.close()
+            for envelope in mailbox.drain():
+                if envelope.reply is not None:
+                    envelope.reply.fail(SystemClosed("the message system shut down"))
+                else:
+                    self.dead_letter(envelope, DeadLetterReason.SYSTEM_STOPPED)
+
+
+_SHUTDOWN_FIELD = attrs.fields(MessageSystemConfig).shutdown_timeout
+
+
+@contextlib.asynccontextmanager
+async def open_message_system(
+    config: MessageSystemConfig | None = None,
+) -> AsyncIterator[MessageSystem]:
+    """Run a message system inside the caller's Trio code, for the length of the block.
+
+    On leaving the block, every agent stops (``on_stop`` runs), and every message not yet
+    handled becomes a dead letter; an error raised in the block propagates unchanged.
+
+    Raises:
+        InvalidConfig: ``config`` is not a ``MessageSystemConfig``.
+    """
+    if config is None:
+        config = MessageSystemConfig()
+    elif not isinstance(config, MessageSystemConfig):
+        raise InvalidConfig(f"config must be a MessageSystemConfig, got {config!r}")
+    body_error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        system = MessageSystem(config, nursery)
+        nursery.start_soon(system.timers.run)
+        try:
+            yield system
+        except BaseException as error:
+            body_error = error
+        finally:
+            with trio.CancelScope(shield=True):
+                await system._shut_down()
+            nursery.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error

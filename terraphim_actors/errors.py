@@ -1,0 +1,106 @@
+"""The errors terraphim-actors raises.
+
+Every error is a :class:`MessagingError`, and also subclasses the closest builtin so that
+existing ``except`` clauses keep working::
+
+    MessagingError
+     ├── AgentNotFound          (also LookupError)   no agent by that id or name
+     ├── DuplicateAgent         (also ValueError)    that name is already taken
+     ├── InvalidConfig          (also ValueError)    a configuration value out of range
+     ├── MailboxFull            (also trio.WouldBlock) a bounded mailbox refused a message
+     ├── MailboxClosed                               the mailbox's agent has stopped for good
+     ├── MessageTimeout         (also TimeoutError)  nothing arrived in time
+     ├── CallTimeout            (also TimeoutError)  no reply within the call's deadline
+     ├── CallFailed                                  the callee raised; original in __cause__
+     │    └── UnhandledMessage                       the callee has no handler for it
+     ├── CallToSelf                                  an agent called itself (would deadlock)
+     ├── AgentStopped                                the agent stopped before it replied
+     ├── AgentStartFailed                            ``on_start`` raised; original in __cause__
+     ├── SystemClosed           (also RuntimeError)  the message system has shut down
+     └── ReplyAlreadySent                            a call was answered twice
+"""
+
+from __future__ import annotations
+
+import trio
+
+__all__ = [
+    "AgentNotFound",
+    "AgentStartFailed",
+    "AgentStopped",
+    "CallFailed",
+    "CallTimeout",
+    "CallToSelf",
+    "DuplicateAgent",
+    "InvalidConfig",
+    "MailboxClosed",
+    "MailboxFull",
+    "MessageTimeout",
+    "MessagingError",
+    "ReplyAlreadySent",
+    "SystemClosed",
+    "UnhandledMessage",
+]
+
+
+class MessagingError(Exception):
+    """Base class of every error raised by terraphim-actors."""
+
+
+class AgentNotFound(MessagingError, LookupError):
+    """No agent is registered under that id or name."""
+
+
+class DuplicateAgent(MessagingError, ValueError):
+    """An agent is already registered under that name or id."""
+
+
+class InvalidConfig(MessagingError, ValueError):
+    """A configuration or option value is out of range or of the wrong type."""
+
+
+class MailboxFull(MessagingError, trio.WouldBlock):
+    """A bounded mailbox with the ``REJECT`` policy (or a non-blocking send) is full.
+
+    It is also a :class:`trio.WouldBlock`, the error Trio's own ``*_nowait`` operations raise.
+    """
+
+
+class MailboxClosed(MessagingError):
+    """The mailbox is closed: its agent has stopped for good."""
+
+
+class MessageTimeout(MessagingError, TimeoutError):
+    """No message arrived within the time given to a receive."""
+
+
+class CallTimeout(MessagingError, TimeoutError):
+    """A call got no reply before its deadline; a late reply is dropped, never delivered."""
+
+
+class CallFailed(MessagingError):
+    """The callee raised while handling the call; the original error is the ``__cause__``."""
+
+
+class UnhandledMessage(CallFailed):
+    """The callee does not handle calls (it kept the default ``handle_call``)."""
+
+
+class CallToSelf(MessagingError):
+    """An agent called itself: it would wait for a reply only it can give."""
+
+
+class AgentStopped(MessagingError):
+    """The agent stopped (or crashed) before it replied, or has stopped for good."""
+
+
+class AgentStartFailed(MessagingError):
+    """The agent's ``on_start`` raised; the original error is the ``__cause__``."""
+
+
+class ReplyAlreadySent(MessagingError):
+    """A call can be answered once; this one already was."""
+
+
+class SystemClosed(MessagingError, RuntimeError):
+    """The message system has shut down (or is shutting down) and takes no new agents."""
