@@ -131,7 +131,7 @@ def now() -> float:
         return time.monotonic()
 
 
-@attrs.define(kw_only=True, eq=False)
+@attrs.define(kw_only=True, eq=False, repr=False)
 class Envelope:
     """One message on its way: what it carries and everything needed to deliver it.
 
@@ -158,6 +158,20 @@ class Envelope:
     def priority(self) -> Priority:
         """The priority from the message's options."""
         return self.options.priority
+
+    def __repr__(self) -> str:
+        return (
+            f"<{self.kind.value} #{int(self.id)} {self.priority.name}"
+            f" {_address(self.sender)} -> {_address(self.recipient)}: {self.payload!r}>"
+        )
+
+
+def _address(agent: AgentId | str | None) -> str:
+    if agent is None:
+        return "-"
+    if isinstance(agent, str):
+        return agent
+    return agent.name or repr(agent)
 
 
 def cast(

@@ -1,0 +1,44 @@
+"""The ``terraphim-actors`` command."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from terraphim_actors.cli import main
+from terraphim_actors.cli._demo import run_demo
+
+
+class TestDemo:
+    def test_demo_runs_and_exits_zero(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """`terraphim-actors demo` answers every question, shows the crash, and exits 0."""
+        assert main(["demo", "--questions", "3"]) == 0
+        out = capsys.readouterr().out
+        assert "DOWN calculator: crashed with ZeroDivisionError" in out
+        assert "the calculator failed: ZeroDivisionError" in out
+        assert "CallTimeout as expected" in out
+        assert "System statistics" in out
+        assert "agent crashes      1" in out
+        assert "All agents stopped" in out
+
+    def test_demo_answers_every_question_on_a_mock_clock(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """With time virtual, the demo still answers all of its questions."""
+        clock = trio.testing.MockClock(autojump_threshold=0)
+        assert trio.run(run_demo, 3, 8, clock=clock) == 0
+        out = capsys.readouterr().out
+        assert out.count("got an answer to") == 8
+
+    def test_unknown_command_is_an_error(self) -> None:
+        """An unknown command exits with argparse's usage error."""
+        with pytest.raises(SystemExit) as exit_info:
+            main(["dance"])
+        assert exit_info.value.code == 2
+
+    def test_zero_questions_is_an_error(self) -> None:
+        """``--questions 0`` is refused with a usage error."""
+        with pytest.raises(SystemExit) as exit_info:
+            main(["demo", "--questions", "0"])
+        assert exit_info.value.code == 2

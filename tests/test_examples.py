@@ -1,0 +1,39 @@
+"""Every program in examples/ runs to the end and prints what it promises."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
+
+
+def run_example(name: str, capsys: pytest.CaptureFixture[str]) -> str:
+    runpy.run_path(str(EXAMPLES[0].parent / name), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def test_every_example_is_covered() -> None:
+    """Each example file has a test below."""
+    assert {path.name for path in EXAMPLES} == {"quickstart.py", "gen_server_counter.py"}
+
+
+def test_quickstart(capsys: pytest.CaptureFixture[str]) -> None:
+    """The quick start adds 1 + 2 + 3 through casts and reads it back with a call."""
+    out = run_example("quickstart.py", capsys)
+    assert "counter holds 6" in out
+    assert "4 messages processed by 1 agent" in out
+
+
+def test_gen_server_counter(capsys: pytest.CaptureFixture[str]) -> None:
+    """The counter serves calls, casts, a timer, a monitor and a crash, in that order."""
+    out = run_example("gen_server_counter.py", capsys)
+    lines = out.splitlines()
+    assert lines[0] == "watching"
+    assert "count = 12" in lines
+    assert "timer: reset at 12" in lines
+    assert "count after the timer = 0" in lines
+    assert "the auditor stopped (normal)" in lines
+    assert lines[-1] == "the call failed: ZeroDivisionError('division by zero'); alive: False"
