@@ -1,0 +1,27 @@
+"""Each benchmark script runs at a small size and prints its JSON line (no speed is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def test_cast_throughput_prints_a_ratio_to_the_floor() -> None:
+    """The cast benchmark measures agent and floor in one run and reports their ratio."""
+    script = BENCHMARKS / "cast_throughput.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--messages", "2000", "--runs", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["benchmark"] == "cast_1_to_1"
+    assert record["messages"] == 2000
+    assert record["ratio"] > 0
+    assert record["ratio"] == record["agent_per_second"] / record["floor_per_second"]
