@@ -89,6 +89,10 @@ class AgentCell:
         self._background: set[trio.CancelScope] = set()
         self._watchers: dict[MonitorRef, AgentCell] = {}
         self._watching: dict[MonitorRef, AgentCell] = {}
+        #: True while the loop waits on an empty mailbox.
+        self._waiting = False
+        #: Set, then dropped, when the loop next finds its mailbox empty (see ``wait_idle``).
+        self._idle: trio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<AgentCell {self.id!r} {self.state.value}>"
@@ -126,7 +130,9 @@ class AgentCell:
 
     def _refuse(self, envelope: Envelope) -> None:
         if envelope.reply is not None:
-            raise stopped_error(self.id, self.exit_reason or StopReason.NORMAL)
+            raise stopped_error(
+                self.id, self.exit_reason or self._stop_requested or StopReason.NORMAL
+            )
         self.system.dead_letter(envelope, self._undelivered_reason(), "the agent has stopped")
 
     def _undelivered_reason(self) -> DeadLetterReason:
@@ -196,10 +202,16 @@ class AgentCell:
                 envelope = mailbox.try_receive()
                 if envelope is None:
                     mailbox.record_processing_time(clock() - batch_started)
+                    if self._idle is not None:
+                        self._idle.set()
+                        self._idle = None
+                    self._waiting = True
                     try:
                         envelope = await mailbox.receive()
                     except MailboxClosed:
                         break
+                    finally:
+                        self._waiting = False
                     batch_started = clock()
                     served = 0
                     if self._stop_requested is not None:
@@ -238,11 +250,11 @@ class AgentCell:
         token = inherited_deadline.set(envelope.deadline)
         try:
             result = await instance.handle_call(envelope.payload, context)
-        except NotHandled as unhandled:
-            handle.fail(_wrap(UnhandledMessage, self.id, unhandled))
-            raise
         except Exception as error:
-            handle.fail(_wrap(CallFailed, self.id, error))
+            # A handler may have answered (or deferred and answered) before it raised.
+            if handle.pending:
+                wrapper = UnhandledMessage if isinstance(error, NotHandled) else CallFailed
+                handle.fail(_wrap(wrapper, self.id, error))
             raise
         finally:
             inherited_deadline.reset(token)
@@ -258,7 +270,8 @@ class AgentCell:
             why = DeadLetterReason.HANDLER_CRASHED if crashed else self._undelivered_reason()
             self._drop(in_hand, why, reason)
         for handle in self._deferred:
-            handle.fail(stopped_error(self.id, reason))
+            if handle.pending:  # the handler may have answered it through ``ctx.caller``
+                handle.fail(stopped_error(self.id, reason))
         self._deferred.clear()
         for timer in self._timers:
             timer.cancel()
@@ -288,16 +301,22 @@ class AgentCell:
         for monitor, watcher in watchers.items():
             watcher._watching.pop(monitor, None)
             watcher.post(info(Down(self.ref, reason, monitor), recipient=watcher.id))
+        if self._idle is not None:
+            self._idle.set()
         self.stopped.set()
 
     def _drop(
         self, envelope: Envelope, why: DeadLetterReason, reason: ExitReason = StopReason.NORMAL
     ) -> None:
-        """A message this agent will not handle: its caller is told, or it is a dead letter."""
+        """Settle a message this agent will not handle.
+
+        A waiting caller gets ``AgentStopped``; anything else (a cast, an info, a call whose
+        caller gave up) becomes a dead letter, so that nothing is lost silently.
+        """
         handle = envelope.reply
         if handle is not None and handle.pending:
             handle.fail(stopped_error(self.id, reason))
-        elif handle is None:
+        elif handle is None or handle.abandoned:
             self.system.dead_letter(envelope, why, repr(reason))
 
     # -- stopping --------------------------------------------------------------------------
@@ -330,6 +349,20 @@ class AgentCell:
         if not self.stopped.is_set():
             self.kill()
             await self.stopped.wait()
+
+    async def wait_idle(self, deadline: float) -> None:
+        """Wait until the agent has handled every message in its mailbox, or has stopped.
+
+        Returns at ``deadline`` at the latest. A message that arrives meanwhile is waited for too.
+        """
+        await trio.lowlevel.checkpoint()
+        if self.stopped.is_set() or (self._waiting and len(self.mailbox) == 0):
+            return
+        if self._idle is None:
+            self._idle = trio.Event()
+        idle = self._idle
+        with trio.move_on_at(deadline):
+            await idle.wait()
 
     # -- what handlers ask for through the context ----------------------------------------
 

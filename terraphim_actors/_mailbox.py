@@ -197,7 +197,8 @@ class Mailbox:
     def try_receive(self) -> Envelope | None:
         """Take the next message (highest priority, then oldest), or ``None`` if there is none.
 
-        Never blocks and never checkpoints.
+        Never blocks and never checkpoints. A message already handed to a task blocked in
+        :meth:`receive` belongs to that task and is not offered here.
         """
         self._pull()
         if self._size == 0:
@@ -205,7 +206,7 @@ class Mailbox:
         for lane in reversed(self._lanes):
             if lane:
                 return self._took(lane.popleft())
-        raise AssertionError("mailbox size and lanes disagree")  # pragma: no cover
+        return None
 
     async def receive(self) -> Envelope:
         """Take the next message (highest priority, then oldest), waiting for one if need be.
@@ -234,6 +235,13 @@ class Mailbox:
             InvalidConfig: ``seconds`` is negative or not a number.
         """
         _check_timeout(seconds)
+        # A message already waiting is returned even with a zero timeout (Erlang's ``after 0``).
+        await trio.lowlevel.checkpoint_if_cancelled()
+        envelope = self.try_receive()
+        if envelope is not None:
+            self._last_activity = now()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return envelope
         with trio.move_on_after(seconds):
             return await self.receive()
         raise MessageTimeout(f"no message for {self.agent_id!r} within {seconds} s")
@@ -310,13 +318,28 @@ class Mailbox:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _pull(self) -> None:
-        """Move what waits in the channel into the priority lanes (never blocks)."""
+    def _pull(self, fresh: list[Envelope] | None = None) -> None:
+        """Move what waits in the channel into the priority lanes (never blocks).
+
+        Trio hands a message straight to a task blocked in the channel's ``receive``, so the
+        oldest ones counted in ``_in_channel`` may be on their way to such a task rather than
+        buffered: those stay counted, and that task sorts them in when it wakes. The pulled
+        envelopes are also appended to ``fresh`` when it is given.
+        """
+        count = self._in_channel
+        if not count:
+            return
         receive_nowait = self._inbox_receive.receive_nowait
         lanes = self._lanes
-        for _ in range(self._in_channel):
-            envelope = receive_nowait()
+        for pulled in range(count):
+            try:
+                envelope = receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                self._in_channel = count - pulled
+                return
             lanes[envelope.options.priority].append(envelope)
+            if fresh is not None:
+                fresh.append(envelope)
         self._in_channel = 0
 
     async def _wait_for_arrival(self) -> list[Envelope]:
@@ -328,12 +351,7 @@ class Mailbox:
         self._in_channel -= 1
         self._lanes[first.options.priority].append(first)
         fresh = [first]
-        receive_nowait = self._inbox_receive.receive_nowait
-        for _ in range(self._in_channel):
-            envelope = receive_nowait()
-            self._lanes[envelope.options.priority].append(envelope)
-            fresh.append(envelope)
-        self._in_channel = 0
+        self._pull(fresh)
         return fresh
 
     def _take_first(

@@ -96,6 +96,10 @@ class ReplyHandle:
             CallTimeout: no answer before the deadline.
             BaseException: whatever the callee answered with :meth:`fail`.
         """
+        if self._state is _State.ANSWERED:
+            # Answered before the caller waited: the answer stands even past the deadline,
+            # since ``reply`` already told the callee that it reached the caller.
+            return await self.wait_unbounded()
         with trio.move_on_at(self.deadline):
             return await self.wait_unbounded()
         self.abandon()

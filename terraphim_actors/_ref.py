@@ -97,7 +97,9 @@ class AgentRef:
         if cell.in_own_task:
             raise CallToSelf(f"{self.id!r} called itself and would wait forever")
         own_deadline = trio.current_time() + timeout
-        deadline = min(own_deadline, inherited_deadline.get())
+        # The envelope carries the tightest deadline the caller is under, so that the callee
+        # can skip work nobody waits for: this call's, the call being handled, or a Trio scope.
+        deadline = min(own_deadline, inherited_deadline.get(), trio.current_effective_deadline())
         handle = ReplyHandle(deadline)
         envelope = self._envelope(MessageKind.CALL, payload, priority)
         envelope.reply = handle

@@ -167,8 +167,12 @@ class MessageSystem:
         await cell.wait_stopped(trio.current_time() + cell.shutdown)
 
     def subscribe(self, ref: AgentRef) -> None:
-        """Send ``ref`` an info for every agent start and exit, and the system's shutdown."""
-        self._subscribers.append(ref._cell)
+        """Send ``ref`` an info for every agent start and exit, and the system's shutdown.
+
+        Subscribing twice changes nothing: each notification arrives once.
+        """
+        if ref._cell not in self._subscribers:
+            self._subscribers.append(ref._cell)
 
     # -- seed-compatible routing ------------------------------------------------------------
 
@@ -241,9 +245,13 @@ class MessageSystem:
     # -- used by agent cells -------------------------------------------------------------------
 
     def publish(self, notification: object) -> None:
-        """Send a lifecycle notification to every subscriber that is still running."""
+        """Send a lifecycle notification to every subscriber that still takes messages.
+
+        A subscriber that is stopping would only turn it into a dead letter (its own exit,
+        for one), so it is skipped.
+        """
         for subscriber in self._subscribers:
-            if subscriber.state is not CellState.STOPPED:
+            if not subscriber.mailbox.closed:
                 subscriber.post(info(notification, recipient=subscriber.id))
 
     def retire(self, cell: AgentCell) -> None:
@@ -275,15 +283,22 @@ class MessageSystem:
         return agent_id
 
     async def _shut_down(self) -> None:
-        """Stop every agent (newest first), then settle what the manual mailboxes still hold."""
+        """Stop every agent, then settle what the manual mailboxes still hold.
+
+        Subscribers hear of the shutdown first and are stopped last, once they have handled
+        what was sent to them (the shutdown, the other agents' exits), so that they can watch
+        the system go down. Within each group the newest agent is asked first.
+        """
         self.closing = True
         self.publish(SystemShutdown())
+        subscribed = set(self._subscribers)
         cells = list(reversed(self._cells.values()))
-        for cell in cells:
-            cell.request_stop(StopReason.SHUTDOWN)
+        await self._stop_all([cell for cell in cells if cell not in subscribed])
+        subscribers = [cell for cell in cells if cell in subscribed]
         started = trio.current_time()
-        for cell in cells:
-            await cell.wait_stopped(started + cell.shutdown)
+        for cell in subscribers:
+            await cell.wait_idle(started + cell.shutdown)
+        await self._stop_all(subscribers, started)
         for mailbox in self._manual.values():
             mailbox.close()
             for envelope in mailbox.drain():
@@ -291,6 +306,15 @@ class MessageSystem:
                     envelope.reply.fail(SystemClosed("the message system shut down"))
                 else:
                     self.dead_letter(envelope, DeadLetterReason.SYSTEM_STOPPED)
+
+    async def _stop_all(self, cells: list[AgentCell], started: float | None = None) -> None:
+        """Ask ``cells`` to stop (reason ``SHUTDOWN``) and wait for each, within its time."""
+        for cell in cells:
+            cell.request_stop(StopReason.SHUTDOWN)
+        if started is None:
+            started = trio.current_time()
+        for cell in cells:
+            await cell.wait_stopped(started + cell.shutdown)
 
 
 _SHUTDOWN_FIELD = attrs.fields(MessageSystemConfig).shutdown_timeout

@@ -1,0 +1,97 @@
+"""Small agents shared by the runtime tests.
+
+``Recorder`` is a passive agent that remembers what it was sent. ``Runner`` lets a test act
+*as* an agent: each call or cast carries a function that runs inside the agent's handler, so a
+test can use the handler's ``ctx`` (defer, monitor, send_after, start_soon, stop) directly.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from terraphim_actors import Agent, Context, ExitReason
+
+#: What a ``Runner`` is sent: a function of the handler's context, sync or async.
+Action = Callable[[Context], Any]
+
+
+async def hold_forever(ctx: Context) -> None:
+    """An action that keeps the agent busy until it is cancelled."""
+    await trio.sleep_forever()
+
+
+def busy_for(seconds: float) -> Action:
+    """An action that keeps the agent busy for ``seconds`` of Trio time."""
+
+    async def busy(ctx: Context) -> None:
+        await trio.sleep(seconds)
+
+    return busy
+
+
+def until(event: trio.Event) -> Action:
+    """An action that keeps the agent busy until ``event`` is set."""
+
+    async def wait(ctx: Context) -> None:
+        await event.wait()
+
+    return wait
+
+
+async def _run(action: Action, ctx: Context) -> Any:
+    result = action(ctx)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class Recorder(Agent):
+    """Appends ``(kind, payload)`` for every message it handles; a call replies its payload."""
+
+    def __init__(self, log: list[tuple[str, Any]]) -> None:
+        self.log = log
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        self.log.append(("call", message))
+        return message
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        self.log.append(("cast", message))
+
+    async def handle_info(self, message: Any, ctx: Context) -> None:
+        self.log.append(("info", message))
+
+
+class Runner(Agent):
+    """Runs the action it is sent inside its handler, and records infos and stops.
+
+    A call replies with the action's result (awaited if it is awaitable); a cast runs the
+    action for its effect. Infos (``Down``, timers, notifications) are appended to ``inbox``,
+    the reason given to each ``on_stop`` to ``stops``.
+    """
+
+    def __init__(
+        self, inbox: list[Any] | None = None, stops: list[ExitReason] | None = None
+    ) -> None:
+        self.inbox = [] if inbox is None else inbox
+        self.stops = [] if stops is None else stops
+
+    async def handle_call(self, message: Action, ctx: Context) -> Any:
+        return await _run(message, ctx)
+
+    async def handle_cast(self, message: Action, ctx: Context) -> None:
+        await _run(message, ctx)
+
+    async def handle_info(self, message: Any, ctx: Context) -> None:
+        self.inbox.append(message)
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        self.stops.append(reason)
+
+
+class Silent(Agent):
+    """Keeps every default handler: it handles nothing."""

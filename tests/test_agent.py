@@ -1,0 +1,767 @@
+"""``Agent`` and ``Context``: lifecycle, handlers, deferred replies, monitors and timers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from agents import Recorder, Runner, Silent, busy_for, hold_forever
+
+from terraphim_actors import (
+    Agent,
+    AgentId,
+    Context,
+    DeadLetterReason,
+    DeferredReply,
+    Down,
+    ExitReason,
+    MessageSystem,
+    MessageSystemConfig,
+    NotHandled,
+    StopReason,
+    cast,
+    open_message_system,
+)
+from terraphim_actors.errors import (
+    AgentStartFailed,
+    AgentStopped,
+    CallFailed,
+    DuplicateAgent,
+    UnhandledMessage,
+)
+
+
+@pytest.fixture
+async def system() -> AsyncIterator[MessageSystem]:
+    """A running message system, shut down when the test ends."""
+    async with open_message_system() as opened:
+        yield opened
+
+
+def stats_of(system: MessageSystem, agent_id: AgentId) -> Any:
+    """The mailbox statistics of one agent."""
+    _, mailboxes = system.get_stats()
+    [stats] = [stats for stats in mailboxes if stats.agent_id == agent_id]
+    return stats
+
+
+class GatedStart(Agent):
+    """Logs the end of an ``on_start`` that waits for a gate, then every cast it handles."""
+
+    def __init__(self, gate: trio.Event, log: list[str]) -> None:
+        self.gate = gate
+        self.log = log
+
+    async def on_start(self) -> None:
+        await self.gate.wait()
+        self.log.append("started")
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        self.log.append(message)
+
+
+class FailingStart(Agent):
+    """An agent whose ``on_start`` raises the error it was given."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def on_start(self) -> None:
+        raise self.error
+
+
+class Picky(Agent):
+    """Handles only the string "known"; for anything else it raises ``NotHandled``."""
+
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        if message != "known":
+            raise NotHandled(message)
+        return "handled"
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        if message != "known":
+            raise NotHandled(message)
+        self.log.append(message)
+
+
+class TestOnStart:
+    async def test_on_start_runs_before_the_first_message(self, system: MessageSystem) -> None:
+        """A message sent while ``on_start`` is still running waits until it has finished."""
+        gate = trio.Event()
+        log: list[str] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: system.spawn(GatedStart, gate, log, name="gated"), name="spawn"
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            starting = system.whereis("gated")
+            assert starting is not None
+            await starting.cast("first message")
+            await trio.testing.wait_all_tasks_blocked()
+            assert log == []
+            gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == ["started", "first message"]
+
+    async def test_spawn_fails_when_on_start_raises(self, system: MessageSystem) -> None:
+        """``spawn`` raises ``AgentStartFailed`` with the error of ``on_start`` as its cause."""
+        error = RuntimeError("no database")
+        with pytest.raises(AgentStartFailed) as raised:
+            await system.spawn(FailingStart, error)
+        assert raised.value.__cause__ is error
+
+    async def test_spawn_fails_when_the_constructor_raises(self, system: MessageSystem) -> None:
+        """Arguments the agent's class does not accept fail the spawn, with the cause."""
+        with pytest.raises(AgentStartFailed) as raised:
+            await system.spawn(Recorder, [], "one argument too many")
+        assert isinstance(raised.value.__cause__, TypeError)
+
+    async def test_name_is_free_again_after_a_failed_start(self, system: MessageSystem) -> None:
+        """After a failed start its name is unregistered and can be spawned again."""
+        with pytest.raises(AgentStartFailed):
+            await system.spawn(FailingStart, RuntimeError("no"), name="service")
+        assert system.whereis("service") is None
+        ref = await system.spawn(Recorder, [], name="service")
+        assert system.whereis("service") == ref
+
+    async def test_name_is_taken_while_on_start_runs(self, system: MessageSystem) -> None:
+        """A name is claimed from the start of ``spawn``, so a second one fails at once."""
+        gate = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: system.spawn(GatedStart, gate, [], name="gated"))
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(DuplicateAgent):
+                await system.spawn(Recorder, [], name="gated")
+            gate.set()
+
+
+class TestOneMessageAtATime:
+    async def test_second_message_waits_for_the_first_handler(self, system: MessageSystem) -> None:
+        """While a handler awaits, the agent's next message does not start."""
+        release = trio.Event()
+        log: list[str] = []
+
+        async def first(ctx: Context) -> None:
+            log.append("first begins")
+            await release.wait()
+            log.append("first ends")
+
+        ref = await system.spawn(Runner)
+        await ref.cast(first)
+        await ref.cast(lambda ctx: log.append("second"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == ["first begins"]
+        release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == ["first begins", "first ends", "second"]
+
+    async def test_handlers_never_overlap_under_concurrent_callers(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Many callers at once: at most one handler of the agent runs at any moment."""
+        running: list[int] = []
+        most_at_once: list[int] = [0]
+
+        async def slow(ctx: Context) -> None:
+            running.append(1)
+            most_at_once[0] = max(most_at_once[0], len(running))
+            await trio.sleep(0.5)
+            running.pop()
+
+        ref = await system.spawn(Runner)
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(ref.call, slow)
+        assert most_at_once == [1]
+
+
+class TestContext:
+    async def test_sender_is_the_calling_agents_ref(self, system: MessageSystem) -> None:
+        """A message sent from an agent's handler has that agent as ``ctx.sender``."""
+        front = await system.spawn(Runner)
+        back = await system.spawn(Runner)
+        sender = await front.call(lambda ctx: back.call(lambda inner: inner.sender))
+        assert sender == front
+
+    async def test_sender_id_is_the_calling_agents_id(self, system: MessageSystem) -> None:
+        """``ctx.sender_id`` is the sending agent's ``AgentId``."""
+        front = await system.spawn(Runner)
+        back = await system.spawn(Runner)
+        sender_id = await front.call(lambda ctx: back.call(lambda inner: inner.sender_id))
+        assert sender_id == front.id
+
+    async def test_sender_is_none_outside_an_agent(self, system: MessageSystem) -> None:
+        """A message sent by plain Trio code has no sender."""
+        ref = await system.spawn(Runner)
+        assert await ref.call(lambda ctx: (ctx.sender, ctx.sender_id)) == (None, None)
+
+    async def test_sender_without_a_running_agent_has_only_an_id(
+        self, system: MessageSystem
+    ) -> None:
+        """A sender id that names no running agent gives ``ctx.sender`` None, the id kept."""
+        seen: list[Any] = []
+        outsider = AgentId(name="outsider")
+        ref = await system.spawn(Runner)
+        envelope = cast(
+            outsider, lambda ctx: seen.append((ctx.sender, ctx.sender_id)), recipient=ref.id
+        )
+        await system.send_message(envelope)
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == [(None, outsider)]
+
+    async def test_message_id_is_the_envelopes_id(self, system: MessageSystem) -> None:
+        """``ctx.message_id`` is the id of the envelope being handled."""
+        seen: list[Any] = []
+        ref = await system.spawn(Runner)
+        envelope = cast(None, lambda ctx: seen.append(ctx.message_id), recipient=ref.id)
+        await system.send_message(envelope)
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == [envelope.id]
+
+    async def test_self_is_the_agents_own_ref(self, system: MessageSystem) -> None:
+        """``ctx.self`` is the ref that ``spawn`` returned."""
+        ref = await system.spawn(Runner)
+        assert await ref.call(lambda ctx: ctx.self) == ref
+
+    async def test_system_is_the_system_it_runs_in(self, system: MessageSystem) -> None:
+        """``ctx.system`` is the message system that spawned the agent."""
+        ref = await system.spawn(Runner)
+        assert await ref.call(lambda ctx: ctx.system) is system
+
+    async def test_deadline_is_the_callers_deadline(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``ctx.deadline`` is the Trio time by which the caller wants its reply."""
+        ref = await system.spawn(Runner)
+        expected = trio.current_time() + 3.0
+        assert await ref.call(lambda ctx: ctx.deadline, timeout=3.0) == pytest.approx(expected)
+
+
+class TestDeferredReply:
+    async def test_deferred_reply_from_a_later_message(self, system: MessageSystem) -> None:
+        """A call deferred by one message is answered by a later one."""
+        held: list[DeferredReply] = []
+        ref = await system.spawn(Runner)
+        replies: list[Any] = []
+
+        async def wait_for_reply() -> None:
+            replies.append(await ref.call(lambda ctx: held.append(ctx.defer())))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_for_reply)
+            await trio.testing.wait_all_tasks_blocked()
+            assert replies == []
+            await ref.cast(lambda ctx: held[0].reply("later"))
+        assert replies == ["later"]
+
+    async def test_deferred_reply_from_a_background_task(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A background task started with ``ctx.start_soon`` answers the deferred call."""
+
+        def defer_to_background(ctx: Context) -> None:
+            handle = ctx.defer()
+
+            async def answer_later() -> None:
+                await trio.sleep(1)
+                await handle.reply("from the background")
+
+            ctx.start_soon(answer_later)
+
+        ref = await system.spawn(Runner)
+        started = trio.current_time()
+        assert await ref.call(defer_to_background) == "from the background"
+        assert trio.current_time() - started == pytest.approx(1.0)
+
+    async def test_agent_serves_other_messages_while_a_reply_is_deferred(
+        self, system: MessageSystem
+    ) -> None:
+        """While one call waits on a deferred reply, the agent answers other calls."""
+        held: list[DeferredReply] = []
+        ref = await system.spawn(Runner)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ref.call, lambda ctx: held.append(ctx.defer()))
+            await trio.testing.wait_all_tasks_blocked()
+            assert await ref.call(lambda ctx: "meanwhile") == "meanwhile"
+            assert held[0].pending
+            await held[0].reply("done")
+
+    async def test_deferred_fail_makes_the_caller_raise_that_error(
+        self, system: MessageSystem
+    ) -> None:
+        """``handle.fail(error)`` makes the caller's call raise that very error."""
+        held: list[DeferredReply] = []
+        error = PermissionError("not yours")
+        ref = await system.spawn(Runner)
+        outcomes: list[Any] = []
+
+        async def wait_for_reply() -> None:
+            try:
+                await ref.call(lambda ctx: held.append(ctx.defer()))
+            except PermissionError as raised:
+                outcomes.append(raised)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_for_reply)
+            await trio.testing.wait_all_tasks_blocked()
+            assert await held[0].fail(error) is True
+        assert outcomes == [error]
+        assert ref.alive
+
+    async def test_deferred_reply_is_no_longer_pending_once_answered(
+        self, system: MessageSystem
+    ) -> None:
+        """``handle.pending`` turns False once the reply is sent."""
+        held: list[DeferredReply] = []
+        ref = await system.spawn(Runner)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ref.call, lambda ctx: held.append(ctx.defer()))
+            await trio.testing.wait_all_tasks_blocked()
+            assert await held[0].reply("done") is True
+            assert not held[0].pending
+
+    async def test_defer_on_a_cast_raises_type_error(self, system: MessageSystem) -> None:
+        """Only a call can be deferred: ``ctx.defer()`` in a cast handler raises TypeError."""
+        errors: list[BaseException] = []
+
+        def try_to_defer(ctx: Context) -> None:
+            try:
+                ctx.defer()
+            except TypeError as error:
+                errors.append(error)
+
+        ref = await system.spawn(Runner)
+        await ref.cast(try_to_defer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(errors) == 1
+        assert ref.alive
+
+    async def test_deferring_then_raising_fails_the_caller_once(
+        self, system: MessageSystem
+    ) -> None:
+        """A handler that defers and then raises fails its caller with ``CallFailed``."""
+        error = ValueError("after deferring")
+
+        def defer_then_fail(ctx: Context) -> None:
+            ctx.defer()
+            raise error
+
+        inbox: list[Any] = []
+        watcher = await system.spawn(Runner, inbox)
+        ref = await system.spawn(Runner)
+        monitor = await watcher.call(lambda ctx: ctx.monitor(ref))
+        with pytest.raises(CallFailed) as raised:
+            await ref.call(defer_then_fail)
+        assert raised.value.__cause__ is error
+        await trio.testing.wait_all_tasks_blocked()
+        assert inbox == [Down(ref, error, monitor)]
+
+    async def test_stop_after_a_deferred_call_was_answered_directly(
+        self, system: MessageSystem
+    ) -> None:
+        """A deferred call answered through ``ctx.caller`` does not trouble the agent's stop."""
+        stops: list[ExitReason] = []
+
+        def defer_and_answer_at_once(ctx: Context) -> None:
+            ctx.defer()
+            assert ctx.caller is not None
+            ctx.caller.reply("direct")
+
+        ref = await system.spawn(Runner, None, stops)
+        assert await ref.call(defer_and_answer_at_once) == "direct"
+        await system.stop(ref)
+        assert stops == [StopReason.NORMAL]
+
+
+class TestDefaultHandlers:
+    async def test_unhandled_cast_becomes_a_dead_letter(self, system: MessageSystem) -> None:
+        """A cast to an agent without ``handle_cast`` is an UNHANDLED dead letter."""
+        ref = await system.spawn(Silent)
+        await ref.cast("anyone?")
+        await trio.testing.wait_all_tasks_blocked()
+        [letter] = system.dead_letters
+        assert letter.reason is DeadLetterReason.UNHANDLED
+        assert letter.envelope.payload == "anyone?"
+        assert ref.alive
+
+    async def test_unhandled_info_becomes_a_dead_letter(self, system: MessageSystem) -> None:
+        """An info to an agent without ``handle_info`` is an UNHANDLED dead letter."""
+        ref = await system.spawn(Silent)
+        await ref.info("anyone?")
+        await trio.testing.wait_all_tasks_blocked()
+        [letter] = system.dead_letters
+        assert letter.reason is DeadLetterReason.UNHANDLED
+        assert letter.envelope.payload == "anyone?"
+        assert ref.alive
+
+    async def test_unhandled_call_raises_unhandled_message(self, system: MessageSystem) -> None:
+        """A call to an agent without ``handle_call`` raises ``UnhandledMessage``."""
+        ref = await system.spawn(Silent)
+        with pytest.raises(UnhandledMessage):
+            await ref.call("anyone?")
+
+    async def test_unhandled_call_is_caught_as_call_failed(self, system: MessageSystem) -> None:
+        """``UnhandledMessage`` is a ``CallFailed``: ``except CallFailed`` catches it."""
+        ref = await system.spawn(Silent)
+        with pytest.raises(CallFailed):
+            await ref.call("anyone?")
+
+    async def test_unhandled_call_becomes_a_dead_letter(self, system: MessageSystem) -> None:
+        """An unhandled call is also filed as an UNHANDLED dead letter."""
+        ref = await system.spawn(Silent)
+        with pytest.raises(UnhandledMessage):
+            await ref.call("anyone?")
+        [letter] = system.dead_letters
+        assert letter.reason is DeadLetterReason.UNHANDLED
+        assert letter.envelope.payload == "anyone?"
+
+    async def test_agent_keeps_running_after_unhandled_messages(
+        self, system: MessageSystem
+    ) -> None:
+        """After unhandled casts, infos and calls the agent is alive and still answers."""
+        log: list[Any] = []
+        ref = await system.spawn(Picky, log)
+        await ref.info("no handler")
+        with pytest.raises(UnhandledMessage):
+            await ref.call("no handler")
+        assert await ref.call("known") == "handled"
+        assert ref.alive
+
+    async def test_not_handled_from_a_cast_handler_is_a_dead_letter(
+        self, system: MessageSystem
+    ) -> None:
+        """A handler raising ``NotHandled`` files the cast as UNHANDLED and keeps running."""
+        log: list[Any] = []
+        ref = await system.spawn(Picky, log)
+        await ref.cast("strange")
+        await ref.cast("known")
+        await trio.testing.wait_all_tasks_blocked()
+        [letter] = system.dead_letters
+        assert letter.reason is DeadLetterReason.UNHANDLED
+        assert letter.envelope.payload == "strange"
+        assert log == ["known"]
+
+    async def test_not_handled_from_a_call_handler_raises_unhandled_message(
+        self, system: MessageSystem
+    ) -> None:
+        """A call handler raising ``NotHandled`` makes the caller raise ``UnhandledMessage``."""
+        ref = await system.spawn(Picky, [])
+        with pytest.raises(UnhandledMessage):
+            await ref.call("strange")
+        assert ref.alive
+        [letter] = system.dead_letters
+        assert letter.reason is DeadLetterReason.UNHANDLED
+
+
+class TestMonitors:
+    async def test_down_with_normal_reason_when_the_agent_is_stopped(
+        self, system: MessageSystem
+    ) -> None:
+        """``system.stop`` of a monitored agent delivers ``Down(ref, NORMAL, monitor)``."""
+        inbox: list[Any] = []
+        watcher = await system.spawn(Runner, inbox)
+        target = await system.spawn(Recorder, [])
+        monitor = await watcher.call(lambda ctx: ctx.monitor(target))
+        await system.stop(target)
+        await trio.testing.wait_all_tasks_blocked()
+        assert inbox == [Down(target, StopReason.NORMAL, monitor)]
+
+    async def test_down_carries_the_crash_error(self, system: MessageSystem) -> None:
+        """A monitored agent that crashes delivers ``Down`` with the exception as reason."""
+        error = ValueError("boom")
+
+        def fail(ctx: Context) -> None:
+            raise error
+
+        inbox: list[Any] = []
+        watcher = await system.spawn(Runner, inbox)
+        target = await system.spawn(Runner)
+        monitor = await watcher.call(lambda ctx: ctx.monitor(target))
+        await target.cast(fail)
+        await trio.testing.wait_all_tasks_blocked()
+        assert inbox == [Down(target, error, monitor)]
+
+    async def test_monitor_of_stopped_agent_is_down_with_noproc_at_once(
+        self, system: MessageSystem
+    ) -> None:
+        """Monitoring an agent that has stopped already gives ``Down`` with NOPROC."""
+        inbox: list[Any] = []
+        watcher = await system.spawn(Runner, inbox)
+        target = await system.spawn(Recorder, [])
+        await system.stop(target)
+        monitor = await watcher.call(lambda ctx: ctx.monitor(target))
+        await trio.testing.wait_all_tasks_blocked()
+        assert inbox == [Down(target, StopReason.NOPROC, monitor)]
+
+    async def test_demonitor_prevents_down(self, system: MessageSystem) -> None:
+        """After ``ctx.demonitor`` no ``Down`` arrives when the agent stops."""
+        inbox: list[Any] = []
+        watcher = await system.spawn(Runner, inbox)
+        target = await system.spawn(Recorder, [])
+        monitor = await watcher.call(lambda ctx: ctx.monitor(target))
+        assert await watcher.call(lambda ctx: ctx.demonitor(monitor)) is True
+        await system.stop(target)
+        await trio.testing.wait_all_tasks_blocked()
+        assert inbox == []
+
+    async def test_demonitor_twice_returns_false(self, system: MessageSystem) -> None:
+        """Removing a monitor that is already gone reports False."""
+        watcher = await system.spawn(Runner)
+        target = await system.spawn(Recorder, [])
+        monitor = await watcher.call(lambda ctx: ctx.monitor(target))
+        await watcher.call(lambda ctx: ctx.demonitor(monitor))
+        assert await watcher.call(lambda ctx: ctx.demonitor(monitor)) is False
+
+    async def test_each_monitor_gets_its_own_down(self, system: MessageSystem) -> None:
+        """Two monitors on one agent each deliver a ``Down`` naming their own monitor."""
+        inbox: list[Any] = []
+        watcher = await system.spawn(Runner, inbox)
+        target = await system.spawn(Recorder, [])
+        first = await watcher.call(lambda ctx: ctx.monitor(target))
+        second = await watcher.call(lambda ctx: ctx.monitor(target))
+        await system.stop(target)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(inbox, key=lambda down: down.monitor is second) == [
+            Down(target, StopReason.NORMAL, first),
+            Down(target, StopReason.NORMAL, second),
+        ]
+
+
+class TestTimers:
+    async def test_send_after_delivers_an_info_at_its_time(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``ctx.send_after(delay, payload)`` delivers ``payload`` as an info after ``delay``."""
+        arrivals: list[tuple[Any, float]] = []
+
+        class Alarm(Runner):
+            async def handle_info(self, message: Any, ctx: Context) -> None:
+                arrivals.append((message, trio.current_time()))
+
+        ref = await system.spawn(Alarm)
+        started = trio.current_time()
+        await ref.call(lambda ctx: ctx.send_after(3.0, "wake up"))
+        await trio.sleep(10)
+        assert arrivals == [("wake up", pytest.approx(started + 3.0))]
+
+    async def test_send_after_to_another_agent(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``send_after(..., to=ref)`` delivers the info to that agent instead."""
+        log: list[tuple[str, Any]] = []
+        other = await system.spawn(Recorder, log)
+        ref = await system.spawn(Runner)
+        await ref.call(lambda ctx: ctx.send_after(1.0, "for you", to=other))
+        await trio.sleep(2)
+        assert log == [("info", "for you")]
+
+    async def test_cancelled_timer_never_fires(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``timer.cancel()`` before its time means the info is never delivered."""
+        inbox: list[Any] = []
+        ref = await system.spawn(Runner, inbox)
+        timer = await ref.call(lambda ctx: ctx.send_after(1.0, "never"))
+        assert timer.cancel() is True
+        await trio.sleep(5)
+        assert inbox == []
+        assert not timer.pending
+
+    async def test_timers_are_cancelled_when_the_agent_stops(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A stopped agent's pending timers never fire, even towards another agent."""
+        log: list[tuple[str, Any]] = []
+        other = await system.spawn(Recorder, log)
+        ref = await system.spawn(Runner)
+        timer = await ref.call(lambda ctx: ctx.send_after(1.0, "orphan", to=other))
+        await system.stop(ref)
+        await trio.sleep(5)
+        assert log == []
+        assert not timer.pending
+
+
+class TestBackgroundTasks:
+    async def test_background_task_error_crashes_the_agent(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A background task that raises crashes its agent with that error as the reason."""
+        error = ConnectionError("lost")
+
+        async def fail_soon() -> None:
+            await trio.sleep(1)
+            raise error
+
+        inbox: list[Any] = []
+        stops: list[ExitReason] = []
+        watcher = await system.spawn(Runner, inbox)
+        ref = await system.spawn(Runner, None, stops)
+        monitor = await watcher.call(lambda ctx: ctx.monitor(ref))
+        await ref.call(lambda ctx: ctx.start_soon(fail_soon))
+        await trio.sleep(2)
+        assert not ref.alive
+        assert stops == [error]
+        assert inbox == [Down(ref, error, monitor)]
+
+    async def test_background_task_is_cancelled_when_the_agent_stops(
+        self, system: MessageSystem
+    ) -> None:
+        """Stopping the agent cancels the background tasks it started."""
+        cancelled: list[bool] = []
+
+        async def forever() -> None:
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                cancelled.append(True)
+                raise
+
+        ref = await system.spawn(Runner)
+        await ref.call(lambda ctx: ctx.start_soon(forever))
+        await trio.testing.wait_all_tasks_blocked()
+        await system.stop(ref)
+        await trio.testing.wait_all_tasks_blocked()
+        assert cancelled == [True]
+
+
+class TestStopFromInside:
+    async def test_ctx_stop_stops_after_the_current_message(self, system: MessageSystem) -> None:
+        """``ctx.stop()`` lets the handler finish and reply, then the agent stops (NORMAL)."""
+        stops: list[ExitReason] = []
+        ref = await system.spawn(Runner, None, stops)
+
+        def reply_and_stop(ctx: Context) -> str:
+            ctx.stop()
+            return "goodbye"
+
+        assert await ref.call(reply_and_stop) == "goodbye"
+        await trio.testing.wait_all_tasks_blocked()
+        assert not ref.alive
+        assert stops == [StopReason.NORMAL]
+
+    async def test_messages_after_ctx_stop_are_not_handled(self, system: MessageSystem) -> None:
+        """Messages waiting behind the one that called ``ctx.stop()`` are not handled."""
+        release = trio.Event()
+        handled: list[str] = []
+
+        async def stop_when_released(ctx: Context) -> None:
+            await release.wait()
+            ctx.stop()
+
+        ref = await system.spawn(Runner)
+        await ref.cast(stop_when_released)
+        await ref.cast(lambda ctx: handled.append("behind"))
+        release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert handled == []
+        [letter] = system.dead_letters
+        assert letter.reason is DeadLetterReason.AGENT_STOPPED
+
+
+class TestOnStop:
+    async def test_on_stop_gets_normal_from_system_stop(self, system: MessageSystem) -> None:
+        """``system.stop`` of an idle agent runs ``on_stop`` with NORMAL."""
+        stops: list[ExitReason] = []
+        ref = await system.spawn(Runner, None, stops)
+        await system.stop(ref)
+        assert stops == [StopReason.NORMAL]
+
+    async def test_on_stop_gets_shutdown_when_the_system_exits(self) -> None:
+        """Leaving the system's block runs every ``on_stop`` with SHUTDOWN."""
+        stops: list[ExitReason] = []
+        async with open_message_system() as system:
+            await system.spawn(Runner, None, stops)
+            await system.spawn(Runner, None, stops)
+        assert stops == [StopReason.SHUTDOWN, StopReason.SHUTDOWN]
+
+    async def test_on_stop_gets_killed_after_the_shutdown_time(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A handler still running at the end of the shutdown time is cancelled: KILLED."""
+        stops: list[ExitReason] = []
+        config = MessageSystemConfig(shutdown_timeout=2.0)
+        async with open_message_system(config) as system:
+            ref = await system.spawn(Runner, None, stops)
+            await ref.cast(hold_forever)
+            await trio.testing.wait_all_tasks_blocked()
+            started = trio.current_time()
+        assert stops == [StopReason.KILLED]
+        assert trio.current_time() - started == pytest.approx(2.0)
+
+    async def test_on_stop_gets_the_crash_error(self, system: MessageSystem) -> None:
+        """An agent whose handler raised runs ``on_stop`` with that exception."""
+        error = ValueError("boom")
+
+        def fail(ctx: Context) -> None:
+            raise error
+
+        stops: list[ExitReason] = []
+        ref = await system.spawn(Runner, None, stops)
+        await ref.cast(fail)
+        await trio.testing.wait_all_tasks_blocked()
+        assert stops == [error]
+
+    async def test_error_in_on_stop_does_not_stop_the_shutdown(self) -> None:
+        """An ``on_stop`` that raises is logged; the system still stops its other agents."""
+
+        class Clumsy(Agent):
+            async def on_stop(self, reason: ExitReason) -> None:
+                raise RuntimeError("clumsy")
+
+        stops: list[ExitReason] = []
+        async with open_message_system() as system:
+            await system.spawn(Runner, None, stops)
+            clumsy = await system.spawn(Clumsy)
+        assert not clumsy.alive
+        assert stops == [StopReason.SHUTDOWN]
+
+    async def test_call_to_a_stopping_agent_in_on_stop_fails(self, system: MessageSystem) -> None:
+        """Once ``on_stop`` runs, the agent takes no new calls: they raise ``AgentStopped``."""
+        release = trio.Event()
+        outcomes: list[Any] = []
+
+        class SlowStop(Agent):
+            async def on_stop(self, reason: ExitReason) -> None:
+                await release.wait()
+
+        ref = await system.spawn(SlowStop)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(system.stop, ref)
+            await trio.testing.wait_all_tasks_blocked()
+            try:
+                await ref.call("hello")
+            except AgentStopped as error:
+                outcomes.append(error)
+            release.set()
+        assert len(outcomes) == 1
+
+
+class TestStatistics:
+    async def test_processing_time_is_the_time_spent_in_handlers(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``total_processing_time`` adds up the handlers' time on Trio's clock."""
+        ref = await system.spawn(Runner)
+        await ref.cast(busy_for(2))
+        await ref.cast(busy_for(3))
+        await trio.sleep(10)
+        stats = stats_of(system, ref.id)
+        assert stats.messages_processed == 2
+        assert stats.total_processing_time == pytest.approx(5.0)
+        assert stats.average_processing_time == pytest.approx(2.5)
+
+    async def test_idle_time_is_not_processing_time(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Time an agent waits for messages does not count as processing time."""
+        ref = await system.spawn(Runner)
+        await trio.sleep(5)
+        await ref.cast(busy_for(1))
+        await trio.sleep(5)
+        assert stats_of(system, ref.id).total_processing_time == pytest.approx(1.0)

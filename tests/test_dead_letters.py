@@ -1,0 +1,81 @@
+"""The dead letter office: recent letters kept within a bound, every letter counted."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from terraphim_actors import DeadLetter, DeadLetterReason, cast
+from terraphim_actors._dead_letters import DeadLetterOffice
+
+
+class TestDeadLetterOffice:
+    def test_empty_office(self) -> None:
+        """A new office keeps nothing and has counted nothing."""
+        office = DeadLetterOffice(capacity=5)
+        assert office.recent() == ()
+        assert office.total == 0
+        assert office.by_reason() == {}
+
+    def test_record_keeps_envelope_reason_and_detail(self) -> None:
+        """A recorded letter carries its envelope, its reason and the detail given."""
+        office = DeadLetterOffice(capacity=5)
+        envelope = cast(None, "lost", recipient="nobody")
+        office.record(envelope, DeadLetterReason.NOT_FOUND, "no agent named 'nobody'")
+        (letter,) = office.recent()
+        assert isinstance(letter, DeadLetter)
+        assert letter.envelope is envelope
+        assert letter.reason is DeadLetterReason.NOT_FOUND
+        assert letter.detail == "no agent named 'nobody'"
+
+    async def test_letter_is_stamped_with_trio_time(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A letter records the Trio time it was filed."""
+        office = DeadLetterOffice(capacity=5)
+        await trio.sleep(4.0)
+        office.record(cast(None, 1), DeadLetterReason.EXPIRED)
+        assert office.recent()[0].at == trio.current_time()
+
+    def test_recent_is_bounded_and_keeps_the_newest(self) -> None:
+        """Beyond the capacity the oldest letters are let go; recent() is oldest first."""
+        office = DeadLetterOffice(capacity=3)
+        for number in range(5):
+            office.record(cast(None, number), DeadLetterReason.UNHANDLED)
+        assert [letter.envelope.payload for letter in office.recent()] == [2, 3, 4]
+
+    def test_total_counts_letters_no_longer_kept(self) -> None:
+        """``total`` counts every letter ever filed, not only the kept ones."""
+        office = DeadLetterOffice(capacity=2)
+        for number in range(7):
+            office.record(cast(None, number), DeadLetterReason.MAILBOX_FULL)
+        assert len(office.recent()) == 2
+        assert office.total == 7
+
+    def test_by_reason_counts_every_letter_per_reason(self) -> None:
+        """``by_reason`` counts all letters filed for each reason, kept or not."""
+        office = DeadLetterOffice(capacity=1)
+        reasons = [
+            DeadLetterReason.NOT_FOUND,
+            DeadLetterReason.EXPIRED,
+            DeadLetterReason.NOT_FOUND,
+            DeadLetterReason.AGENT_STOPPED,
+            DeadLetterReason.NOT_FOUND,
+        ]
+        for reason in reasons:
+            office.record(cast(None, reason), reason)
+        assert office.by_reason() == {
+            DeadLetterReason.NOT_FOUND: 3,
+            DeadLetterReason.EXPIRED: 1,
+            DeadLetterReason.AGENT_STOPPED: 1,
+        }
+        assert office.total == len(reasons)
+
+    def test_by_reason_is_a_copy(self) -> None:
+        """Changing the returned counts does not change the office's."""
+        office = DeadLetterOffice(capacity=1)
+        office.record(cast(None, 1), DeadLetterReason.EXPIRED)
+        counts = office.by_reason()
+        counts[DeadLetterReason.EXPIRED] = 100
+        assert office.by_reason() == {DeadLetterReason.EXPIRED: 1}
+        assert office.total == 1

@@ -1,0 +1,67 @@
+"""Identities: agent ids that survive renaming, message ids that never repeat."""
+
+from __future__ import annotations
+
+import uuid
+
+from terraphim_actors import AgentId, MessageId
+
+
+class TestAgentId:
+    def test_each_new_id_is_unique(self) -> None:
+        """``AgentId()`` makes a fresh id every time."""
+        ids = [AgentId() for _ in range(1000)]
+        assert len(set(ids)) == 1000
+
+    def test_name_is_attached(self) -> None:
+        """A name given at creation is kept; without one it is None."""
+        assert AgentId(name="planner").name == "planner"
+        assert AgentId().name is None
+
+    def test_equality_is_by_uid_ignoring_the_name(self) -> None:
+        """Two ids with the same uid are equal whatever their names."""
+        uid = uuid.uuid4()
+        assert AgentId(uid, name="old") == AgentId(uid, name="new")
+        assert AgentId(uid) == AgentId(uid, name="named")
+
+    def test_same_name_does_not_make_ids_equal(self) -> None:
+        """Two fresh ids with one name are two different agents."""
+        assert AgentId(name="worker") != AgentId(name="worker")
+
+    def test_ids_are_hashable_by_uid(self) -> None:
+        """Equal ids hash alike, so either finds the same dict entry."""
+        uid = uuid.uuid4()
+        table = {AgentId(uid, name="a"): "agent"}
+        assert table[AgentId(uid, name="b")] == "agent"
+
+    def test_repr_shows_the_name(self) -> None:
+        """The repr names the agent when it has a name."""
+        assert "planner" in repr(AgentId(name="planner"))
+
+    def test_repr_shows_a_short_uid(self) -> None:
+        """An unnamed id shows the start of its uid."""
+        agent_id = AgentId()
+        assert agent_id.uid.hex[:8] in repr(agent_id)
+
+
+class TestMessageId:
+    def test_new_ids_are_unique(self) -> None:
+        """``MessageId.new()`` never returns the same id twice."""
+        ids = [MessageId.new() for _ in range(1000)]
+        assert len(set(ids)) == 1000
+
+    def test_new_ids_increase(self) -> None:
+        """Each new id is larger than the one drawn before it."""
+        ids = [MessageId.new() for _ in range(100)]
+        assert ids == sorted(set(ids))
+
+    def test_message_id_is_an_int(self) -> None:
+        """A message id is an ``int``, usable wherever an int key is."""
+        message_id = MessageId.new()
+        assert isinstance(message_id, int)
+        assert {int(message_id): "x"}[message_id] == "x"
+
+    def test_repr_shows_the_number(self) -> None:
+        """The repr names the type and the number."""
+        message_id = MessageId.new()
+        assert repr(message_id) == f"MessageId({int(message_id)})"

@@ -1,0 +1,283 @@
+"""Messages: priorities, options and their validation, the envelope and its constructors."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+from strategies import priorities
+
+from terraphim_actors import (
+    AgentId,
+    DeliveryGuarantee,
+    Envelope,
+    MessageId,
+    MessageKind,
+    MessageOptions,
+    Priority,
+    ReplyHandle,
+    call,
+    cast,
+    info,
+)
+from terraphim_actors.errors import CallTimeout, InvalidConfig
+
+
+class TestPriority:
+    def test_priorities_are_ordered(self) -> None:
+        """LOW < NORMAL < HIGH < CRITICAL."""
+        assert Priority.LOW < Priority.NORMAL < Priority.HIGH < Priority.CRITICAL
+
+    def test_sorting_lists_priorities_from_least_to_most_urgent(self) -> None:
+        """Sorting priorities gives LOW first and CRITICAL last."""
+        assert sorted(Priority, reverse=True) == [
+            Priority.CRITICAL,
+            Priority.HIGH,
+            Priority.NORMAL,
+            Priority.LOW,
+        ]
+
+    @given(first=priorities, second=priorities)
+    def test_order_matches_declaration_order(self, first: Priority, second: Priority) -> None:
+        """Any two priorities compare as their places in the declared order do."""
+        order = list(Priority)
+        assert (first < second) == (order.index(first) < order.index(second))
+
+
+class TestMessageOptions:
+    def test_defaults(self) -> None:
+        """Defaults: NORMAL priority, 30 s timeout, the system's delivery config for the rest."""
+        options = MessageOptions()
+        assert options.priority is Priority.NORMAL
+        assert options.timeout == 30.0
+        assert options.max_retries is None
+        assert options.retry_delay is None
+        assert options.guarantee is None
+
+    def test_options_are_keyword_only(self) -> None:
+        """Options are given by name, never by position."""
+        with pytest.raises(TypeError):
+            MessageOptions(Priority.HIGH)  # type: ignore[misc]
+
+    def test_options_are_frozen(self) -> None:
+        """Options cannot change after they are made."""
+        options = MessageOptions()
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            options.timeout = 1.0  # type: ignore[misc]
+
+    def test_valid_values_are_kept(self) -> None:
+        """Every option given in range is kept as given."""
+        options = MessageOptions(
+            priority=Priority.HIGH,
+            timeout=0.25,
+            max_retries=0,
+            retry_delay=0.0,
+            guarantee=DeliveryGuarantee.AT_MOST_ONCE,
+        )
+        assert options.priority is Priority.HIGH
+        assert options.timeout == 0.25
+        assert options.max_retries == 0
+        assert options.retry_delay == 0.0
+        assert options.guarantee is DeliveryGuarantee.AT_MOST_ONCE
+
+    @pytest.mark.parametrize("timeout", [0, 0.0, -1, -0.5, math.nan, True, "5", None])
+    def test_invalid_timeout_is_refused(self, timeout: object) -> None:
+        """A zero, negative, NaN, bool, str or missing timeout raises InvalidConfig."""
+        with pytest.raises(InvalidConfig, match="timeout"):
+            MessageOptions(timeout=timeout)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("max_retries", [-1, True, 1.5, "3"])
+    def test_invalid_max_retries_is_refused(self, max_retries: object) -> None:
+        """A negative, bool, float or str retry count raises InvalidConfig."""
+        with pytest.raises(InvalidConfig, match="max_retries"):
+            MessageOptions(max_retries=max_retries)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("retry_delay", [-0.1, math.nan, True, "1"])
+    def test_invalid_retry_delay_is_refused(self, retry_delay: object) -> None:
+        """A negative, NaN, bool or str retry delay raises InvalidConfig."""
+        with pytest.raises(InvalidConfig, match="retry_delay"):
+            MessageOptions(retry_delay=retry_delay)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("priority", [2, "HIGH", None])
+    def test_priority_must_be_a_priority(self, priority: object) -> None:
+        """A priority that is not a Priority member raises InvalidConfig."""
+        with pytest.raises(InvalidConfig, match="priority"):
+            MessageOptions(priority=priority)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(
+        "guarantee", [DeliveryGuarantee.AT_LEAST_ONCE, DeliveryGuarantee.EXACTLY_ONCE]
+    )
+    def test_retrying_guarantees_are_refused_for_now(self, guarantee: DeliveryGuarantee) -> None:
+        """AT_LEAST_ONCE and EXACTLY_ONCE are not available yet: InvalidConfig says so."""
+        with pytest.raises(InvalidConfig, match="not available"):
+            MessageOptions(guarantee=guarantee)
+
+    def test_guarantee_must_be_a_delivery_guarantee(self) -> None:
+        """A guarantee spelled as a string raises InvalidConfig."""
+        with pytest.raises(InvalidConfig, match="guarantee"):
+            MessageOptions(guarantee="at-most-once")  # type: ignore[arg-type]
+
+    def test_invalid_config_is_a_value_error(self) -> None:
+        """Existing ``except ValueError`` clauses catch a bad option."""
+        with pytest.raises(ValueError, match="timeout"):
+            MessageOptions(timeout=-1)
+
+
+class TestCast:
+    async def test_cast_builds_a_cast_envelope(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``cast`` makes a CAST with its sender and payload, no reply slot, and no deadline."""
+        sender = AgentId(name="sender")
+        payload = {"work": [1, 2, 3]}
+        await trio.sleep(7.0)
+        envelope = cast(sender, payload)
+        assert envelope.kind is MessageKind.CAST
+        assert envelope.sender == sender
+        assert envelope.payload is payload
+        assert envelope.recipient is None
+        assert envelope.reply is None
+        assert envelope.deadline == math.inf
+        assert envelope.attempt == 0
+        assert envelope.created_at == trio.current_time()
+
+    def test_cast_uses_default_options(self) -> None:
+        """Without options a cast is NORMAL priority with the default options."""
+        envelope = cast(None, "hi")
+        assert envelope.options == MessageOptions()
+        assert envelope.priority is Priority.NORMAL
+
+    def test_cast_keeps_given_options(self) -> None:
+        """Options passed to ``cast`` travel in the envelope; its priority is theirs."""
+        options = MessageOptions(priority=Priority.CRITICAL)
+        envelope = cast(None, "alarm", options)
+        assert envelope.options is options
+        assert envelope.priority is Priority.CRITICAL
+
+    def test_cast_takes_a_recipient_keyword(self) -> None:
+        """A recipient given by id or by registered name is kept."""
+        target = AgentId()
+        assert cast(None, 1, recipient=target).recipient == target
+        assert cast(None, 1, recipient="counter").recipient == "counter"
+
+    def test_each_envelope_gets_a_fresh_message_id(self) -> None:
+        """Two envelopes never share a message id."""
+        first, second = cast(None, 1), cast(None, 1)
+        assert isinstance(first.id, MessageId)
+        assert first.id != second.id
+
+
+class TestCall:
+    def test_call_returns_envelope_and_its_reply_handle(self) -> None:
+        """``call`` returns a CALL envelope and the handle its reply will arrive on."""
+        sender = AgentId()
+        envelope, handle = call(sender, "get", 5.0, recipient="counter")
+        assert envelope.kind is MessageKind.CALL
+        assert envelope.sender == sender
+        assert envelope.payload == "get"
+        assert envelope.recipient == "counter"
+        assert isinstance(handle, ReplyHandle)
+        assert envelope.reply is handle
+
+    async def test_deadline_is_now_plus_timeout_on_the_trio_clock(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The envelope and the handle carry the Trio time at which the caller gives up."""
+        await trio.sleep(12.0)
+        envelope, handle = call(None, "get", 2.5)
+        assert envelope.deadline == trio.current_time() + 2.5
+        assert handle.deadline == envelope.deadline
+
+    def test_call_takes_options(self) -> None:
+        """Options passed by keyword travel in a call's envelope."""
+        options = MessageOptions(priority=Priority.HIGH)
+        envelope, _ = call(None, "get", 1.0, options=options)
+        assert envelope.priority is Priority.HIGH
+
+    async def test_awaiting_the_handle_times_out_with_call_timeout(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """With no reply, ``await handle`` raises CallTimeout once the timeout has passed."""
+        start = trio.current_time()
+        _, handle = call(None, "get", 3.0)
+        with pytest.raises(CallTimeout):
+            await handle
+        assert trio.current_time() - start == pytest.approx(3.0)
+
+    async def test_reply_before_await_is_returned(self) -> None:
+        """A reply given before the caller awaits is what ``await handle`` returns."""
+        _, handle = call(None, "get", 1.0)
+        assert handle.reply(42)
+        assert await handle == 42
+
+    @pytest.mark.parametrize("timeout", [0, -1.0, math.nan, True])
+    def test_invalid_timeout_is_refused(self, timeout: float) -> None:
+        """A zero, negative, NaN or bool call timeout raises InvalidConfig."""
+        with pytest.raises(InvalidConfig, match="timeout"):
+            call(None, "get", timeout)
+
+
+class TestInfo:
+    def test_info_builds_an_info_envelope(self) -> None:
+        """``info`` makes an INFO with no sender, no reply slot, and default options."""
+        envelope = info("tick")
+        assert envelope.kind is MessageKind.INFO
+        assert envelope.payload == "tick"
+        assert envelope.sender is None
+        assert envelope.reply is None
+        assert envelope.priority is Priority.NORMAL
+
+    def test_info_takes_a_recipient_keyword(self) -> None:
+        """An info can be addressed when it is built."""
+        target = AgentId()
+        assert info("tick", recipient=target).recipient == target
+
+
+class TestEnvelope:
+    def test_evolve_readdresses_a_copy(self) -> None:
+        """``attrs.evolve(envelope, recipient=...)`` readdresses a copy, same message id."""
+        original = cast(AgentId(), "payload", recipient="old")
+        new_recipient = AgentId(name="new")
+        readdressed = attrs.evolve(original, recipient=new_recipient)
+        assert readdressed.recipient == new_recipient
+        assert original.recipient == "old"
+        assert readdressed.id == original.id
+        assert readdressed.payload is original.payload
+        assert readdressed.sender == original.sender
+
+    def test_evolve_keeps_a_calls_reply_handle(self) -> None:
+        """A readdressed call still answers its original caller."""
+        envelope, handle = call(None, "get", 1.0)
+        assert attrs.evolve(envelope, recipient="other").reply is handle
+
+    def test_envelope_is_slotted(self) -> None:
+        """Envelopes have no ``__dict__``: unknown attributes cannot be added."""
+        envelope = cast(None, 1)
+        assert not hasattr(envelope, "__dict__")
+        with pytest.raises(AttributeError):
+            envelope.extra = 1  # type: ignore[attr-defined]
+
+    def test_envelopes_compare_by_identity(self) -> None:
+        """Two envelopes with the same content are still two messages."""
+        first = Envelope(kind=MessageKind.CAST, payload=1)
+        second = Envelope(kind=MessageKind.CAST, payload=1)
+        assert first != second
+
+    def test_repr_names_kind_priority_and_payload(self) -> None:
+        """The repr shows what kind of message it is, how urgent, and what it carries."""
+        text = repr(cast(None, "hello", MessageOptions(priority=Priority.HIGH), recipient="inbox"))
+        assert "cast" in text
+        assert "HIGH" in text
+        assert "'hello'" in text
+        assert "inbox" in text
+
+    def test_constructors_work_outside_a_trio_run(self) -> None:
+        """Envelopes can be built before Trio runs; their creation time is the monotonic clock."""
+        before = time.monotonic()
+        envelope = cast(None, 1)
+        assert before <= envelope.created_at <= time.monotonic()

@@ -1,0 +1,675 @@
+"""``MessageSystem`` and ``open_message_system``: registry, stopping, shutdown, statistics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from agents import Recorder, Runner, Silent, hold_forever, until
+
+from terraphim_actors import (
+    AgentExited,
+    AgentId,
+    AgentStarted,
+    Context,
+    DeadLetterReason,
+    ExitReason,
+    Mailbox,
+    MailboxConfig,
+    MailboxStats,
+    MessageSystem,
+    MessageSystemConfig,
+    StopReason,
+    SystemShutdown,
+    SystemStats,
+    call,
+    cast,
+    open_message_system,
+)
+from terraphim_actors.errors import (
+    AgentStopped,
+    DuplicateAgent,
+    InvalidConfig,
+    SystemClosed,
+)
+
+
+@pytest.fixture
+async def system() -> AsyncIterator[MessageSystem]:
+    """A running message system, shut down when the test ends."""
+    async with open_message_system() as opened:
+        yield opened
+
+
+def fail(ctx: Context) -> None:
+    """An action that crashes the agent running it."""
+    raise ValueError("boom")
+
+
+class TestOpenMessageSystem:
+    async def test_runs_beside_other_tasks_in_a_nursery(self) -> None:
+        """The system lives inside ordinary Trio code, fed by a task next to it."""
+        log: list[tuple[str, Any]] = []
+        send, receive = trio.open_memory_channel[int](0)
+
+        async def produce() -> None:
+            async with send:
+                for number in range(3):
+                    await send.send(number)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            async with open_message_system() as system:
+                ref = await system.spawn(Recorder, log)
+                async with receive:
+                    async for number in receive:
+                        await ref.cast(number)
+                assert await ref.call("done") == "done"
+        assert log == [("cast", 0), ("cast", 1), ("cast", 2), ("call", "done")]
+
+    async def test_body_error_propagates_unchanged(self) -> None:
+        """An error raised in the block comes out as itself, not in an ExceptionGroup."""
+        error = KeyError("from the body")
+
+        async def body() -> None:
+            async with open_message_system() as system:
+                await system.spawn(Recorder, [])
+                raise error
+
+        with pytest.raises(KeyError) as raised:
+            await body()
+        assert raised.value is error
+
+    async def test_body_error_still_stops_the_agents(self) -> None:
+        """Leaving the block with an error stops every agent too."""
+        stops: list[ExitReason] = []
+
+        async def body() -> None:
+            async with open_message_system() as system:
+                await system.spawn(Runner, None, stops)
+                raise KeyError("from the body")
+
+        with pytest.raises(KeyError):
+            await body()
+        assert stops == [StopReason.SHUTDOWN]
+
+    async def test_config_of_the_wrong_type_raises_invalid_config(self) -> None:
+        """Anything but a ``MessageSystemConfig`` is refused."""
+        with pytest.raises(InvalidConfig):
+            async with open_message_system({"shutdown_timeout": 1.0}):  # type: ignore[arg-type]
+                pass
+
+
+class TestSpawn:
+    async def test_spawn_with_a_name_registers_it(self, system: MessageSystem) -> None:
+        """A named agent is found by its name and carries it in its id."""
+        ref = await system.spawn(Recorder, [], name="worker")
+        assert system.whereis("worker") == ref
+        assert ref.id.name == "worker"
+
+    async def test_spawn_with_a_taken_name_raises_duplicate_agent(
+        self, system: MessageSystem
+    ) -> None:
+        """A second agent cannot take a name in use; the first keeps it."""
+        first = await system.spawn(Recorder, [], name="worker")
+        with pytest.raises(DuplicateAgent):
+            await system.spawn(Recorder, [], name="worker")
+        assert system.whereis("worker") == first
+
+    async def test_duplicate_agent_is_a_value_error(self, system: MessageSystem) -> None:
+        """``DuplicateAgent`` is caught by ``except ValueError``."""
+        await system.spawn(Recorder, [], name="worker")
+        with pytest.raises(ValueError, match="worker"):
+            await system.spawn(Recorder, [], name="worker")
+
+    async def test_name_is_free_again_once_its_agent_stopped(self, system: MessageSystem) -> None:
+        """After its agent stops, a name can be given to a new agent."""
+        first = await system.spawn(Recorder, [], name="worker")
+        await system.stop(first)
+        second = await system.spawn(Recorder, [], name="worker")
+        assert system.whereis("worker") == second
+        assert second != first
+
+    async def test_spawn_passes_arguments_to_the_class(self, system: MessageSystem) -> None:
+        """``spawn(cls, *args)`` builds the agent as ``cls(*args)``."""
+        log: list[tuple[str, Any]] = []
+        ref = await system.spawn(Recorder, log)
+        await ref.call("hello")
+        assert log == [("call", "hello")]
+
+    @pytest.mark.parametrize("agent_class", [object, int, "Recorder", Recorder([])])
+    async def test_spawn_of_a_non_agent_raises_invalid_config(
+        self, system: MessageSystem, agent_class: Any
+    ) -> None:
+        """Only an ``Agent`` subclass can be spawned."""
+        with pytest.raises(InvalidConfig):
+            await system.spawn(agent_class)
+
+    @pytest.mark.parametrize(
+        "options",
+        [
+            {"name": 42},
+            {"mailbox": {"capacity": 1}},
+            {"shutdown": 0},
+            {"shutdown": -1.0},
+            {"shutdown": True},
+        ],
+    )
+    async def test_spawn_with_bad_options_raises_invalid_config(
+        self, system: MessageSystem, options: dict[str, Any]
+    ) -> None:
+        """A spawn option of the wrong type or out of range is refused; nothing is spawned."""
+        with pytest.raises(InvalidConfig):
+            await system.spawn(Recorder, [], **options)
+        assert system.agents == []
+
+    async def test_spawn_after_exit_raises_system_closed(self) -> None:
+        """A system whose block has ended takes no new agents."""
+        async with open_message_system() as system:
+            pass
+        with pytest.raises(SystemClosed):
+            await system.spawn(Recorder, [])
+
+
+class TestWhereis:
+    async def test_whereis_by_name(self, system: MessageSystem) -> None:
+        """``whereis(name)`` finds a running agent."""
+        ref = await system.spawn(Recorder, [], name="worker")
+        assert system.whereis("worker") == ref
+
+    async def test_whereis_by_id(self, system: MessageSystem) -> None:
+        """``whereis(agent_id)`` finds a running agent, named or not."""
+        ref = await system.spawn(Recorder, [])
+        assert system.whereis(ref.id) == ref
+
+    async def test_whereis_after_stop_is_none(self, system: MessageSystem) -> None:
+        """A stopped agent is no longer found, by name or by id."""
+        ref = await system.spawn(Recorder, [], name="worker")
+        await system.stop(ref)
+        assert system.whereis("worker") is None
+        assert system.whereis(ref.id) is None
+
+    async def test_whereis_unknown_id_is_none(self, system: MessageSystem) -> None:
+        """An id no agent has gives ``None``."""
+        assert system.whereis(AgentId()) is None
+
+
+class TestAgents:
+    async def test_agents_lists_running_agents_in_spawn_order(self, system: MessageSystem) -> None:
+        """``system.agents`` lists the refs of live agents, oldest first."""
+        first = await system.spawn(Recorder, [])
+        second = await system.spawn(Recorder, [])
+        assert system.agents == [first, second]
+
+    async def test_agents_omits_stopped_agents(self, system: MessageSystem) -> None:
+        """Agents that stopped or crashed are no longer listed."""
+        stopped = await system.spawn(Recorder, [])
+        crashed = await system.spawn(Runner)
+        running = await system.spawn(Recorder, [])
+        await system.stop(stopped)
+        await crashed.cast(fail)
+        await trio.testing.wait_all_tasks_blocked()
+        assert system.agents == [running]
+
+
+class TestStop:
+    async def test_stop_returns_once_the_agent_has_stopped(self, system: MessageSystem) -> None:
+        """After ``await system.stop(ref)``, the agent is gone and ``on_stop`` has run."""
+        stops: list[ExitReason] = []
+        ref = await system.spawn(Runner, None, stops)
+        await system.stop(ref)
+        assert not ref.alive
+        assert stops == [StopReason.NORMAL]
+
+    async def test_stop_waits_for_the_running_handler(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A handler that finishes within the shutdown time runs to its end first."""
+        stops: list[ExitReason] = []
+        finished: list[float] = []
+
+        async def work(ctx: Context) -> None:
+            await trio.sleep(1)
+            finished.append(trio.current_time())
+
+        ref = await system.spawn(Runner, None, stops, shutdown=5.0)
+        await ref.cast(work)
+        await trio.testing.wait_all_tasks_blocked()
+        started = trio.current_time()
+        await system.stop(ref)
+        assert finished == [pytest.approx(started + 1.0)]
+        assert trio.current_time() == pytest.approx(started + 1.0)
+        assert stops == [StopReason.NORMAL]
+
+    async def test_stop_cancels_a_handler_past_the_shutdown_time(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A handler still running when the shutdown time ends is cancelled: KILLED."""
+        stops: list[ExitReason] = []
+        ref = await system.spawn(Runner, None, stops, shutdown=2.0)
+        await ref.cast(hold_forever)
+        await trio.testing.wait_all_tasks_blocked()
+        started = trio.current_time()
+        await system.stop(ref)
+        assert trio.current_time() == pytest.approx(started + 2.0)
+        assert stops == [StopReason.KILLED]
+        assert not ref.alive
+
+    async def test_stop_uses_the_systems_shutdown_timeout(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Without a shutdown time of its own, an agent gets the system's."""
+        config = MessageSystemConfig(shutdown_timeout=3.0)
+        async with open_message_system(config) as system:
+            ref = await system.spawn(Runner)
+            await ref.cast(hold_forever)
+            await trio.testing.wait_all_tasks_blocked()
+            started = trio.current_time()
+            await system.stop(ref)
+            assert trio.current_time() == pytest.approx(started + 3.0)
+
+    async def test_stop_of_a_stopped_agent_returns_at_once(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Stopping an agent twice is harmless: the second stop returns at once."""
+        stops: list[ExitReason] = []
+        ref = await system.spawn(Runner, None, stops)
+        await system.stop(ref)
+        started = trio.current_time()
+        await system.stop(ref)
+        assert trio.current_time() == started
+        assert stops == [StopReason.NORMAL]
+
+    async def test_queued_messages_of_a_stopped_agent_become_dead_letters(
+        self, system: MessageSystem
+    ) -> None:
+        """Casts still waiting when their agent is stopped are AGENT_STOPPED dead letters."""
+        release = trio.Event()
+        ref = await system.spawn(Runner)
+        await ref.cast(until(release))
+
+        def never(ctx: Context) -> None:
+            raise AssertionError("a queued cast ran after stop")
+
+        await ref.cast(never)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(system.stop, ref)
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        [letter] = system.dead_letters
+        assert letter.reason is DeadLetterReason.AGENT_STOPPED
+        assert letter.envelope.payload is never
+
+
+class TestShutdown:
+    async def test_leaving_the_block_stops_every_agent(self) -> None:
+        """Every agent has stopped, with ``on_stop`` run, once the block is left."""
+        stops: list[ExitReason] = []
+        async with open_message_system() as system:
+            refs = [await system.spawn(Runner, None, stops) for _ in range(3)]
+        assert not any(ref.alive for ref in refs)
+        assert stops == [StopReason.SHUTDOWN] * 3
+
+    async def test_pending_messages_become_system_stopped_dead_letters(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The message in hand and those still queued at shutdown are SYSTEM_STOPPED letters."""
+
+        async def hold(ctx: Context) -> None:
+            await trio.sleep_forever()
+
+        def never(ctx: Context) -> None:
+            raise AssertionError("a queued cast ran during shutdown")
+
+        config = MessageSystemConfig(shutdown_timeout=1.0)
+        async with open_message_system(config) as system:
+            ref = await system.spawn(Runner)
+            await ref.cast(hold)
+            await ref.cast(never)
+            await ref.info("pending info")
+        letters = system.dead_letters
+        assert [letter.envelope.payload for letter in letters] == [hold, never, "pending info"]
+        assert {letter.reason for letter in letters} == {DeadLetterReason.SYSTEM_STOPPED}
+
+    async def test_queued_calls_fail_at_shutdown(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A call still queued at shutdown fails with ``AgentStopped``, unhandled."""
+        outcomes: list[Any] = []
+        ran: list[str] = []
+        config = MessageSystemConfig(shutdown_timeout=1.0)
+
+        async def queued_call(ref: Any) -> None:
+            try:
+                await ref.call(lambda ctx: ran.append("queued"))
+            except AgentStopped as error:
+                outcomes.append(error)
+
+        async with trio.open_nursery() as callers, open_message_system(config) as system:
+            ref = await system.spawn(Runner)
+            await ref.cast(hold_forever)
+            callers.start_soon(queued_call, ref)
+            await trio.testing.wait_all_tasks_blocked()
+        assert len(outcomes) == 1
+        assert ran == []
+
+    async def test_shutdown_settles_manual_mailboxes(self) -> None:
+        """Messages left in a hand-driven mailbox become SYSTEM_STOPPED dead letters."""
+        async with open_message_system() as system:
+            system.register_agent(AgentId(name="manual"))
+            await system.send_message(cast(None, "left behind", recipient="manual"))
+        [letter] = system.dead_letters
+        assert letter.reason is DeadLetterReason.SYSTEM_STOPPED
+        assert letter.envelope.payload == "left behind"
+
+    async def test_calls_left_in_a_manual_mailbox_fail_at_shutdown(self) -> None:
+        """A call left in a hand-driven mailbox fails with ``SystemClosed`` at shutdown."""
+        async with open_message_system() as system:
+            system.register_agent(AgentId(name="manual"))
+            envelope, reply = call(None, "left behind", 10.0, recipient="manual")
+            await system.send_message(envelope)
+        with pytest.raises(SystemClosed):
+            await reply
+
+
+class TestRegisterAgent:
+    async def test_register_agent_returns_a_mailbox(self, system: MessageSystem) -> None:
+        """``register_agent`` returns a plain ``Mailbox`` for that id."""
+        agent_id = AgentId(name="manual")
+        mailbox = system.register_agent(agent_id)
+        assert isinstance(mailbox, Mailbox)
+        assert mailbox.agent_id == agent_id
+
+    async def test_register_agent_uses_the_given_mailbox_config(
+        self, system: MessageSystem
+    ) -> None:
+        """The mailbox is built from the ``MailboxConfig`` passed in."""
+        config = MailboxConfig(capacity=3)
+        mailbox = system.register_agent(AgentId(), config)
+        assert mailbox.config == config
+
+    async def test_send_message_reaches_a_manual_mailbox_by_id(self, system: MessageSystem) -> None:
+        """An envelope addressed to the registered id lands in the mailbox."""
+        agent_id = AgentId()
+        mailbox = system.register_agent(agent_id)
+        envelope = cast(None, "by id", recipient=agent_id)
+        await system.send_message(envelope)
+        assert mailbox.try_receive() is envelope
+
+    async def test_send_message_reaches_a_manual_mailbox_by_name(
+        self, system: MessageSystem
+    ) -> None:
+        """An envelope addressed to the registered id's name lands in the mailbox."""
+        mailbox = system.register_agent(AgentId(name="manual"))
+        envelope = cast(None, "by name", recipient="manual")
+        await system.send_message(envelope)
+        assert mailbox.try_receive() is envelope
+
+    async def test_send_message_reaches_a_spawned_agent_by_name(
+        self, system: MessageSystem
+    ) -> None:
+        """``send_message`` routes to spawned agents too."""
+        log: list[tuple[str, Any]] = []
+        await system.spawn(Recorder, log, name="worker")
+        await system.send_message(cast(None, "routed", recipient="worker"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == [("cast", "routed")]
+
+    async def test_call_through_send_message_gets_its_reply(self, system: MessageSystem) -> None:
+        """A call envelope routed by ``send_message`` is answered on its reply handle."""
+        ref = await system.spawn(Recorder, [])
+        envelope, reply = call(None, "ping", 1.0, recipient=ref.id)
+        await system.send_message(envelope)
+        assert await reply == "ping"
+
+    async def test_second_registration_raises_duplicate_agent(self, system: MessageSystem) -> None:
+        """An id can be registered once."""
+        agent_id = AgentId()
+        system.register_agent(agent_id)
+        with pytest.raises(DuplicateAgent):
+            system.register_agent(agent_id)
+
+    async def test_registration_with_a_taken_name_raises_duplicate_agent(
+        self, system: MessageSystem
+    ) -> None:
+        """A manual mailbox cannot take the name of a spawned agent, nor the reverse."""
+        await system.spawn(Recorder, [], name="taken")
+        with pytest.raises(DuplicateAgent):
+            system.register_agent(AgentId(name="taken"))
+        system.register_agent(AgentId(name="manual"))
+        with pytest.raises(DuplicateAgent):
+            await system.spawn(Recorder, [], name="manual")
+
+    async def test_send_message_without_recipient_raises_invalid_config(
+        self, system: MessageSystem
+    ) -> None:
+        """An envelope with no recipient cannot be routed."""
+        with pytest.raises(InvalidConfig):
+            await system.send_message(cast(None, "to nobody"))
+
+    async def test_register_agent_after_exit_raises_system_closed(self) -> None:
+        """A system whose block has ended takes no new mailboxes."""
+        async with open_message_system() as system:
+            pass
+        with pytest.raises(SystemClosed):
+            system.register_agent(AgentId())
+
+
+class TestStatistics:
+    async def test_get_stats_returns_system_and_mailbox_stats(self, system: MessageSystem) -> None:
+        """``get_stats()`` gives a ``SystemStats`` and one ``MailboxStats`` per live mailbox."""
+        ref = await system.spawn(Recorder, [])
+        manual = AgentId()
+        system.register_agent(manual)
+        stats, mailboxes = system.get_stats()
+        assert isinstance(stats, SystemStats)
+        assert all(isinstance(entry, MailboxStats) for entry in mailboxes)
+        assert {entry.agent_id for entry in mailboxes} == {ref.id, manual}
+
+    async def test_counts_agents(self, system: MessageSystem) -> None:
+        """Running, spawned and crashed agents are counted."""
+        await system.spawn(Recorder, [])
+        stopped = await system.spawn(Recorder, [])
+        crashed = await system.spawn(Runner)
+        await system.stop(stopped)
+        await crashed.cast(fail)
+        await trio.testing.wait_all_tasks_blocked()
+        stats, _ = system.get_stats()
+        assert stats.agents_running == 1
+        assert stats.agents_spawned == 3
+        assert stats.agent_crashes == 1
+
+    async def test_counts_messages_including_those_of_stopped_agents(
+        self, system: MessageSystem
+    ) -> None:
+        """Messages received and processed stay counted after their agent has stopped."""
+        first = await system.spawn(Recorder, [])
+        second = await system.spawn(Recorder, [])
+        await first.cast(1)
+        await first.call(2)
+        await second.cast(3)
+        await trio.testing.wait_all_tasks_blocked()
+        await system.stop(first)
+        stats, mailboxes = system.get_stats()
+        assert stats.messages_received == 3
+        assert stats.messages_processed == 3
+        assert [entry.messages_received for entry in mailboxes] == [1]
+
+    async def test_counts_dead_letters_by_reason(self, system: MessageSystem) -> None:
+        """Dead letters are counted in total and per reason."""
+        silent = await system.spawn(Silent)
+        stopped = await system.spawn(Recorder, [])
+        await system.stop(stopped)
+        await stopped.cast("too late")
+        await stopped.cast("too late again")
+        await silent.info("unheard")
+        await trio.testing.wait_all_tasks_blocked()
+        stats, _ = system.get_stats()
+        assert stats.dead_letters == 3
+        assert stats.dead_letters_by_reason == {
+            DeadLetterReason.AGENT_STOPPED: 2,
+            DeadLetterReason.UNHANDLED: 1,
+        }
+
+    async def test_uptime_is_trio_time_since_the_system_opened(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``uptime`` follows Trio's clock from the moment the system opened."""
+        async with open_message_system() as system:
+            await trio.sleep(7)
+            stats, _ = system.get_stats()
+        assert stats.uptime == pytest.approx(7.0)
+
+
+class TestDeadLetters:
+    async def test_dead_letters_are_kept_up_to_the_capacity(self) -> None:
+        """Only the most recent ``dead_letter_capacity`` dead letters are kept, oldest first."""
+        config = MessageSystemConfig(dead_letter_capacity=2)
+        async with open_message_system(config) as system:
+            ref = await system.spawn(Recorder, [])
+            await system.stop(ref)
+            for number in range(5):
+                await ref.cast(number)
+            assert [letter.envelope.payload for letter in system.dead_letters] == [3, 4]
+
+    async def test_dead_letter_count_keeps_growing_past_the_capacity(self) -> None:
+        """The statistics count every dead letter, including those no longer kept."""
+        config = MessageSystemConfig(dead_letter_capacity=2)
+        async with open_message_system(config) as system:
+            ref = await system.spawn(Recorder, [])
+            await system.stop(ref)
+            for number in range(5):
+                await ref.cast(number)
+            stats, _ = system.get_stats()
+            assert stats.dead_letters == 5
+            assert stats.dead_letters_by_reason == {DeadLetterReason.AGENT_STOPPED: 5}
+
+    async def test_dead_letter_records_when_it_died(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A dead letter carries the Trio time it was filed."""
+        ref = await system.spawn(Recorder, [])
+        await system.stop(ref)
+        await trio.sleep(4)
+        await ref.cast("late")
+        [letter] = system.dead_letters
+        assert letter.at == pytest.approx(trio.current_time())
+
+
+class TestMessageSystemConfig:
+    async def test_defaults(self) -> None:
+        """Unbounded default mailbox, 5 s shutdown time, 1000 kept dead letters."""
+        config = MessageSystemConfig()
+        assert config.mailbox == MailboxConfig()
+        assert config.shutdown_timeout == 5.0
+        assert config.dead_letter_capacity == 1000
+
+    @pytest.mark.parametrize("shutdown_timeout", [0, -1.0, True, float("nan"), "5"])
+    async def test_bad_shutdown_timeout_raises_invalid_config(self, shutdown_timeout: Any) -> None:
+        """The shutdown time must be a positive number of seconds."""
+        with pytest.raises(InvalidConfig):
+            MessageSystemConfig(shutdown_timeout=shutdown_timeout)
+
+    @pytest.mark.parametrize("capacity", [0, -1, True, 1.5, None])
+    async def test_bad_dead_letter_capacity_raises_invalid_config(self, capacity: Any) -> None:
+        """The dead letter capacity must be an int of at least 1."""
+        with pytest.raises(InvalidConfig):
+            MessageSystemConfig(dead_letter_capacity=capacity)
+
+    async def test_bad_mailbox_raises_invalid_config(self) -> None:
+        """The default mailbox must be a ``MailboxConfig``."""
+        with pytest.raises(InvalidConfig):
+            MessageSystemConfig(mailbox={"capacity": 1})  # type: ignore[arg-type]
+
+    async def test_invalid_config_is_a_value_error(self) -> None:
+        """``InvalidConfig`` is caught by ``except ValueError``."""
+        with pytest.raises(ValueError, match="shutdown_timeout"):
+            MessageSystemConfig(shutdown_timeout=0)
+
+    async def test_spawned_agents_get_the_default_mailbox(self) -> None:
+        """An agent spawned without a mailbox of its own gets the system's default."""
+        config = MessageSystemConfig(mailbox=MailboxConfig(capacity=1))
+        async with open_message_system(config) as system:
+            release = trio.Event()
+            ref = await system.spawn(Runner)
+            await ref.cast(until(release))
+            await trio.testing.wait_all_tasks_blocked()
+            ref.cast_nowait(lambda ctx: None)
+            with pytest.raises(trio.WouldBlock):
+                ref.cast_nowait(lambda ctx: None)
+            release.set()
+
+
+class TestSubscribe:
+    async def test_subscriber_hears_of_agents_starting(self, system: MessageSystem) -> None:
+        """A subscriber gets ``AgentStarted`` for each agent that starts."""
+        inbox: list[Any] = []
+        subscriber = await system.spawn(Runner, inbox)
+        system.subscribe(subscriber)
+        ref = await system.spawn(Recorder, [])
+        await trio.testing.wait_all_tasks_blocked()
+        assert inbox == [AgentStarted(ref.id)]
+
+    async def test_subscriber_hears_of_agents_exiting_with_why(self, system: MessageSystem) -> None:
+        """A subscriber gets ``AgentExited`` with the reason: NORMAL, or the crash."""
+        inbox: list[Any] = []
+        subscriber = await system.spawn(Runner, inbox)
+        stopped = await system.spawn(Recorder, [])
+        crashed = await system.spawn(Runner)
+        system.subscribe(subscriber)
+        await system.stop(stopped)
+        error = ValueError("boom")
+
+        def fail_with_error(ctx: Context) -> None:
+            raise error
+
+        await crashed.cast(fail_with_error)
+        await trio.testing.wait_all_tasks_blocked()
+        assert inbox == [
+            AgentExited(stopped.id, StopReason.NORMAL),
+            AgentExited(crashed.id, error),
+        ]
+
+    async def test_subscribing_twice_delivers_each_notification_once(
+        self, system: MessageSystem
+    ) -> None:
+        """A second ``subscribe`` of the same agent adds nothing."""
+        inbox: list[Any] = []
+        subscriber = await system.spawn(Runner, inbox)
+        system.subscribe(subscriber)
+        system.subscribe(subscriber)
+        ref = await system.spawn(Recorder, [])
+        await trio.testing.wait_all_tasks_blocked()
+        assert inbox == [AgentStarted(ref.id)]
+
+    async def test_subscriber_hears_of_the_system_shutdown(self) -> None:
+        """Leaving the block sends ``SystemShutdown`` to subscribers before they stop."""
+        inbox: list[Any] = []
+        async with open_message_system() as system:
+            subscriber = await system.spawn(Runner, inbox)
+            system.subscribe(subscriber)
+        assert SystemShutdown() in inbox
+
+    async def test_subscriber_hears_of_other_agents_stopping_at_shutdown(self) -> None:
+        """During shutdown a subscriber still sees the other agents exit."""
+        inbox: list[Any] = []
+        async with open_message_system() as system:
+            subscriber = await system.spawn(Runner, inbox)
+            system.subscribe(subscriber)
+            other = await system.spawn(Recorder, [])
+            await trio.testing.wait_all_tasks_blocked()
+            assert inbox == [AgentStarted(other.id)]
+            inbox.clear()
+        assert inbox == [SystemShutdown(), AgentExited(other.id, StopReason.SHUTDOWN)]
+
+    async def test_subscriber_that_stopped_hears_nothing_more(self, system: MessageSystem) -> None:
+        """A subscriber that has stopped is dropped from the subscribers: no dead letters."""
+        subscriber = await system.spawn(Runner)
+        system.subscribe(subscriber)
+        await system.stop(subscriber)
+        await system.spawn(Recorder, [])
+        await trio.testing.wait_all_tasks_blocked()
+        assert system.dead_letters == ()
