@@ -130,7 +130,11 @@ class Context:
 
     @property
     def caller(self) -> ReplyHandle | None:
-        """The reply slot of the call being handled (``None`` for casts and infos)."""
+        """The reply slot of the call being handled (``None`` for casts and infos).
+
+        Answering it inside the handler replaces the handler's return value as the reply; to
+        answer after the handler has returned, use :meth:`defer`.
+        """
         return self.envelope.reply
 
     @property

@@ -258,7 +258,7 @@ class AgentCell:
             raise
         finally:
             inherited_deadline.reset(token)
-        if not context._deferred:
+        if not context._deferred and handle.pending:
             handle.reply(result)
 
     async def _end_instance(self, instance: Agent, reason: ExitReason) -> None:

@@ -379,6 +379,21 @@ class TestDeferredReply:
         assert stops == [StopReason.NORMAL]
 
 
+    async def test_answer_through_ctx_caller_replaces_the_return_value(
+        self, system: MessageSystem
+    ) -> None:
+        """A handler that answers ``ctx.caller`` itself keeps running; that answer is the reply."""
+
+        def answer_then_return(ctx: Context) -> str:
+            assert ctx.caller is not None
+            ctx.caller.reply("answered")
+            return "returned"
+
+        ref = await system.spawn(Runner)
+        assert await ref.call(answer_then_return) == "answered"
+        assert ref.alive
+        assert await ref.call(lambda ctx: "next") == "next"
+
 class TestDefaultHandlers:
     async def test_unhandled_cast_becomes_a_dead_letter(self, system: MessageSystem) -> None:
         """A cast to an agent without ``handle_cast`` is an UNHANDLED dead letter."""
