@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -32,13 +31,6 @@ from terraphim_actors.errors import (
     DuplicateAgent,
     UnhandledMessage,
 )
-
-
-@pytest.fixture
-async def system() -> AsyncIterator[MessageSystem]:
-    """A running message system, shut down when the test ends."""
-    async with open_message_system() as opened:
-        yield opened
 
 
 def stats_of(system: MessageSystem, agent_id: AgentId) -> Any:
@@ -378,7 +370,6 @@ class TestDeferredReply:
         await system.stop(ref)
         assert stops == [StopReason.NORMAL]
 
-
     async def test_answer_through_ctx_caller_replaces_the_return_value(
         self, system: MessageSystem
     ) -> None:
@@ -393,6 +384,7 @@ class TestDeferredReply:
         assert await ref.call(answer_then_return) == "answered"
         assert ref.alive
         assert await ref.call(lambda ctx: "next") == "next"
+
 
 class TestDefaultHandlers:
     async def test_unhandled_cast_becomes_a_dead_letter(self, system: MessageSystem) -> None:

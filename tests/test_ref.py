@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -36,13 +35,6 @@ from terraphim_actors.errors import (
     InvalidConfig,
     MailboxFull,
 )
-
-
-@pytest.fixture
-async def system() -> AsyncIterator[MessageSystem]:
-    """A running message system, shut down when the test ends."""
-    async with open_message_system() as opened:
-        yield opened
 
 
 async def call_and_keep(ref: AgentRef, payload: Any, outcomes: list[Any], **kwargs: Any) -> None:
@@ -472,37 +464,26 @@ class TestInheritedDeadline:
 
 
 class TestCastAndInfo:
-    async def test_cast_reaches_handle_cast(self, system: MessageSystem) -> None:
-        """``await ref.cast`` delivers to ``handle_cast``."""
+    @pytest.mark.parametrize(
+        ("send", "handled_as"),
+        [
+            (AgentRef.cast, "cast"),
+            (AgentRef.cast_nowait, "cast"),
+            (AgentRef.info, "info"),
+            (AgentRef.info_nowait, "info"),
+        ],
+    )
+    async def test_each_send_reaches_its_handler(
+        self, system: MessageSystem, send: Any, handled_as: str
+    ) -> None:
+        """Casts (blocking or not) reach ``handle_cast``, infos ``handle_info``."""
         log: list[tuple[str, Any]] = []
         ref = await system.spawn(Recorder, log)
-        await ref.cast("hello")
+        sent = send(ref, "hello")
+        if sent is not None:
+            await sent
         await trio.testing.wait_all_tasks_blocked()
-        assert log == [("cast", "hello")]
-
-    async def test_cast_nowait_reaches_handle_cast(self, system: MessageSystem) -> None:
-        """``ref.cast_nowait`` delivers to ``handle_cast``."""
-        log: list[tuple[str, Any]] = []
-        ref = await system.spawn(Recorder, log)
-        ref.cast_nowait("hello")
-        await trio.testing.wait_all_tasks_blocked()
-        assert log == [("cast", "hello")]
-
-    async def test_info_reaches_handle_info(self, system: MessageSystem) -> None:
-        """``await ref.info`` delivers to ``handle_info``."""
-        log: list[tuple[str, Any]] = []
-        ref = await system.spawn(Recorder, log)
-        await ref.info("hello")
-        await trio.testing.wait_all_tasks_blocked()
-        assert log == [("info", "hello")]
-
-    async def test_info_nowait_reaches_handle_info(self, system: MessageSystem) -> None:
-        """``ref.info_nowait`` delivers to ``handle_info``."""
-        log: list[tuple[str, Any]] = []
-        ref = await system.spawn(Recorder, log)
-        ref.info_nowait("hello")
-        await trio.testing.wait_all_tasks_blocked()
-        assert log == [("info", "hello")]
+        assert log == [(handled_as, "hello")]
 
     async def test_messages_from_one_sender_arrive_in_order(self, system: MessageSystem) -> None:
         """Casts and infos of one priority from one sender are handled in the order sent."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -35,13 +34,6 @@ from terraphim_actors.errors import (
     InvalidConfig,
     SystemClosed,
 )
-
-
-@pytest.fixture
-async def system() -> AsyncIterator[MessageSystem]:
-    """A running message system, shut down when the test ends."""
-    async with open_message_system() as opened:
-        yield opened
 
 
 def fail(ctx: Context) -> None:
