@@ -9,10 +9,10 @@ import trio
 
 from ._ids import AgentId, MessageId
 from ._messages import Envelope
-from ._notifications import ExitReason, MonitorRef
+from ._notifications import ExitReason, MonitorRef, StopReason
 from ._protocol import ReplyHandle
 from ._timers import Timer
-from .errors import AgentStopped
+from .errors import AgentStopped, ReplyAlreadySent
 
 if TYPE_CHECKING:
     from ._cell import AgentCell
@@ -68,11 +68,12 @@ class DeferredReply:
     stops first, the caller gets ``AgentStopped``; if the caller gave up, the answer is dropped.
     """
 
-    __slots__ = ("_cell", "_handle")
+    __slots__ = ("_cell", "_handle", "_used")
 
     def __init__(self, cell: AgentCell, handle: ReplyHandle) -> None:
         self._cell = cell
         self._handle = handle
+        self._used = False
 
     @property
     def pending(self) -> bool:
@@ -80,16 +81,32 @@ class DeferredReply:
         return self._handle.pending
 
     async def reply(self, value: Any) -> bool:
-        """Send ``value`` as the reply. Returns False if the caller had given up."""
+        """Send ``value`` as the reply.
+
+        Returns False if it reached nobody: the caller had given up, or was already told that
+        the agent stopped.
+
+        Raises:
+            ReplyAlreadySent: this promise was kept already.
+        """
         await trio.lowlevel.checkpoint()
-        self._cell.forget_deferred(self._handle)
+        if not self._keep():
+            return False
         return self._handle.reply(value)
 
     async def fail(self, error: BaseException) -> bool:
-        """Make the caller's call raise ``error``. Returns False if the caller had given up."""
+        """Make the caller's call raise ``error``; returns and raises as :meth:`reply`."""
         await trio.lowlevel.checkpoint()
-        self._cell.forget_deferred(self._handle)
+        if not self._keep():
+            return False
         return self._handle.fail(error)
+
+    def _keep(self) -> bool:
+        if self._used:
+            raise ReplyAlreadySent("this deferred reply was already given")
+        self._used = True
+        self._cell.forget_deferred(self._handle)
+        return self._handle.pending
 
 
 class Context:
@@ -193,7 +210,7 @@ class Context:
 
     def stop(self) -> None:
         """Stop this agent (reason ``NORMAL``) once the current handler returns."""
-        self._cell.request_stop_soon()
+        self._cell.request_stop(StopReason.NORMAL)
 
 
 def stopped_error(agent: AgentId, reason: ExitReason) -> AgentStopped:

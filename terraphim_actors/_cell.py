@@ -32,7 +32,14 @@ from ._protocol import ReplyHandle
 from ._ref import AgentRef
 from ._task_context import current_cell, inherited_deadline
 from ._timers import Timer
-from .errors import AgentStartFailed, CallFailed, MailboxClosed, MailboxFull, UnhandledMessage
+from .errors import (
+    AgentStartFailed,
+    CallFailed,
+    InvalidConfig,
+    MailboxClosed,
+    MailboxFull,
+    UnhandledMessage,
+)
 
 if TYPE_CHECKING:
     from ._system import MessageSystem
@@ -163,11 +170,7 @@ class AgentCell:
         self._task = trio.lowlevel.current_task()
         current_cell.set(self)
         inherited_deadline.set(math.inf)
-        try:
-            instance = self.agent_class(*self._args)
-            await instance.on_start()
-        except Exception as error:
-            raise AgentStartFailed(f"{self.id!r} failed to start: {error!r}") from error
+        instance = await self._start_instance()
         self.state = CellState.RUNNING
         task_status.started(self.ref)
         self.system.publish(AgentStarted(self.id))
@@ -178,10 +181,31 @@ class AgentCell:
                 reason = await self._serve(instance)
             if scope.cancelled_caught and self._linked_failure is not None:
                 reason = self._linked_failure
+        except BaseException as error:
+            if not isinstance(error, trio.Cancelled):
+                reason = error  # SystemExit, KeyboardInterrupt: on their way out of Trio
+            raise
         finally:
             self._instance_scope = None
             await self._end_instance(instance, reason)
         return reason
+
+    async def _start_instance(self) -> Agent:
+        """Build a fresh instance and run its ``on_start``, which :meth:`kill` can interrupt.
+
+        Raises:
+            AgentStartFailed: the constructor or ``on_start`` raised, or the agent was killed
+                before ``on_start`` finished.
+        """
+        with trio.CancelScope() as scope:
+            self._instance_scope = scope
+            try:
+                instance = self.agent_class(*self._args)
+                await instance.on_start()
+            except Exception as error:
+                raise AgentStartFailed(f"{self.id!r} failed to start: {error!r}") from error
+            return instance
+        raise AgentStartFailed(f"{self.id!r} was stopped before on_start finished")
 
     async def _serve(self, instance: Agent) -> ExitReason:
         """The gen_server loop: one message at a time until asked to stop or crashed.
@@ -313,11 +337,7 @@ class AgentCell:
         A waiting caller gets ``AgentStopped``; anything else (a cast, an info, a call whose
         caller gave up) becomes a dead letter, so that nothing is lost silently.
         """
-        handle = envelope.reply
-        if handle is not None and handle.pending:
-            handle.fail(stopped_error(self.id, reason))
-        elif handle is None or handle.abandoned:
-            self.system.dead_letter(envelope, why, repr(reason))
+        settle_undelivered(self.system, envelope, why, stopped_error(self.id, reason))
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -332,10 +352,6 @@ class AgentCell:
         if self._stop_requested is None:
             self._stop_requested = reason
         self.mailbox.close()
-
-    def request_stop_soon(self) -> None:
-        """``ctx.stop()``: stop normally after the current message."""
-        self.request_stop(StopReason.NORMAL)
 
     def kill(self) -> None:
         """Cancel the running instance now (its handler is interrupted)."""
@@ -373,6 +389,7 @@ class AgentCell:
         self._deferred.discard(handle)
 
     def monitor(self, ref: AgentRef) -> MonitorRef:
+        _check_ref(ref, "monitor")
         target = ref._cell
         monitor = MonitorRef(target.id)
         if target.state is CellState.STOPPED:
@@ -390,6 +407,8 @@ class AgentCell:
         return True
 
     def send_after(self, delay: float, payload: Any, to: AgentRef | None) -> Timer:
+        if to is not None:
+            _check_ref(to, "to")
         target = self if to is None else to._cell
 
         def fire() -> None:
@@ -419,6 +438,23 @@ class AgentCell:
             self._background.discard(scope)
 
         self.system.nursery.start_soon(linked)
+
+
+def settle_undelivered(
+    system: MessageSystem, envelope: Envelope, why: DeadLetterReason, error: Exception
+) -> None:
+    """Settle a message that will not be handled: its waiting caller gets ``error``, and
+    anything else (a cast, an info, a call whose caller gave up) becomes a dead letter."""
+    handle = envelope.reply
+    if handle is not None and handle.pending:
+        handle.fail(error)
+    else:
+        system.dead_letter(envelope, why, str(error))
+
+
+def _check_ref(ref: object, argument: str) -> None:
+    if not isinstance(ref, AgentRef):
+        raise InvalidConfig(f"{argument} must be an AgentRef, got {ref!r}")
 
 
 def _wrap(error_type: type[CallFailed], agent: AgentId, error: Exception) -> CallFailed:

@@ -19,8 +19,8 @@ import attrs
 import trio
 
 from ._ids import AgentId
-from ._messages import Envelope, Priority, now
-from .errors import InvalidConfig, MailboxClosed, MailboxFull, MessageTimeout
+from ._messages import Envelope, MessageOptions, Priority, now
+from .errors import InvalidConfig, InvalidMessage, MailboxClosed, MailboxFull, MessageTimeout
 
 __all__ = ["Mailbox", "MailboxConfig", "MailboxStats", "OverflowPolicy"]
 
@@ -108,6 +108,7 @@ class Mailbox:
         "_processing_time",
         "_received",
         "_rejected",
+        "_reserved",
         "_size",
         "_space",
         "agent_id",
@@ -115,6 +116,8 @@ class Mailbox:
     )
 
     def __init__(self, agent_id: AgentId, config: MailboxConfig | None = None) -> None:
+        if config is not None and not isinstance(config, MailboxConfig):
+            raise InvalidConfig(f"config must be a MailboxConfig or None, got {config!r}")
         self.agent_id = agent_id
         self.config = MailboxConfig() if config is None else config
         self._capacity = self.config.capacity
@@ -126,6 +129,7 @@ class Mailbox:
         self._space = trio.lowlevel.ParkingLot()
         self._closed = False
         self._size = 0  # in the channel plus in the lanes
+        self._reserved = 0  # free slots promised to woken senders
         self._in_channel = 0
         self._received = 0
         self._processed = 0
@@ -153,12 +157,20 @@ class Mailbox:
         Raises:
             MailboxFull: the mailbox is bounded and full (whatever its overflow policy).
             MailboxClosed: the mailbox is closed.
+            InvalidMessage: ``envelope`` is not an ``Envelope`` with ``MessageOptions``.
         """
         if self._closed:
             raise MailboxClosed(f"the mailbox of {self.agent_id!r} is closed")
-        if self._capacity is not None and self._size >= self._capacity:
+        if self._capacity is not None and self._size + self._reserved >= self._capacity:
             self._rejected += 1
             raise MailboxFull(f"the mailbox of {self.agent_id!r} is full ({self._capacity})")
+        self._put(envelope)
+
+    def _put(self, envelope: Envelope) -> None:
+        if not isinstance(envelope, Envelope):
+            raise InvalidMessage(f"expected an Envelope, got {type(envelope).__name__}")
+        if not isinstance(envelope.options, MessageOptions):
+            raise InvalidMessage(f"envelope options must be MessageOptions: {envelope.options!r}")
         self._inbox_send.send_nowait(envelope)
         self._in_channel += 1
         self._size += 1
@@ -169,27 +181,35 @@ class Mailbox:
     async def send(self, envelope: Envelope) -> None:
         """Put ``envelope`` in the mailbox; when it is full, wait (``BLOCK``) or fail (``REJECT``).
 
+        Senders waiting for room get it in the order they started waiting: a freed slot is
+        kept for the sender woken to take it.
+
         Raises:
             MailboxFull: the mailbox is full and its policy is ``REJECT``.
             MailboxClosed: the mailbox is closed, or was closed while the sender waited.
+            InvalidMessage: ``envelope`` is not an ``Envelope`` with ``MessageOptions``.
         """
         if self._must_wait():
-            while self._must_wait():
-                await self._space.park()
-            self.send_nowait(envelope)
+            await self._space.park()
+            if self._closed:
+                raise MailboxClosed(f"the mailbox of {self.agent_id!r} closed while waiting")
+            self._reserved -= 1
+            self._put(envelope)
             self._last_activity = now()
             return
         await trio.lowlevel.checkpoint_if_cancelled()
-        self.send_nowait(envelope)
-        self._last_activity = now()
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        try:
+            self.send_nowait(envelope)
+            self._last_activity = now()
+        finally:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _must_wait(self) -> bool:
         return (
             self._overflow is OverflowPolicy.BLOCK
             and not self._closed
             and self._capacity is not None
-            and self._size >= self._capacity
+            and self._size + self._reserved >= self._capacity
         )
 
     # -- receiving -------------------------------------------------------------------------
@@ -374,6 +394,7 @@ class Mailbox:
         self._size -= 1
         self._processed += 1
         if self._space:
+            self._reserved += 1  # the slot is the woken sender's, not a newcomer's
             self._space.unpark()
         return envelope
 

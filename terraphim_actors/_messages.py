@@ -102,7 +102,8 @@ class MessageOptions:
 
     Attributes:
         priority: the mailbox hands out higher priorities first, FIFO within one priority.
-        timeout: seconds the message stays worth delivering.
+        timeout: seconds the message stays worth delivering (enforced by the retrying
+            delivery layer, not by this release).
         max_retries: redeliveries after the first try (retrying guarantees only).
         retry_delay: seconds before the first redelivery (retrying guarantees only).
         guarantee: the delivery guarantee for this message.
@@ -117,10 +118,23 @@ class MessageOptions:
 
 #: Shared options for each priority (indexed by it), so the hot path builds none. A tuple,
 #: because an enum's hash is computed in Python and a tuple index is not.
-OPTIONS_BY_PRIORITY: tuple[MessageOptions, ...] = tuple(
+_OPTIONS_BY_PRIORITY: tuple[MessageOptions, ...] = tuple(
     MessageOptions(priority=priority) for priority in Priority
 )
-DEFAULT_OPTIONS = OPTIONS_BY_PRIORITY[Priority.NORMAL]
+
+
+def options_for(priority: Priority) -> MessageOptions:
+    """The shared options of ``priority``.
+
+    Raises:
+        InvalidConfig: ``priority`` is not a ``Priority``.
+    """
+    if priority.__class__ is not Priority:
+        raise InvalidConfig(f"priority must be a Priority, got {priority!r}")
+    return _OPTIONS_BY_PRIORITY[priority]
+
+
+DEFAULT_OPTIONS = _OPTIONS_BY_PRIORITY[Priority.NORMAL]
 
 
 def now() -> float:
@@ -202,13 +216,15 @@ def call(
     """Build a request that expects a reply (gen_server's call).
 
     Returns the envelope and the handle that the reply arrives on: ``await handle`` returns it,
-    or raises ``CallTimeout`` once ``timeout`` seconds have passed since this call.
+    or raises ``CallTimeout`` once ``timeout`` seconds have passed since this call. The deadline
+    is on Trio's clock, so a call is built inside a Trio run.
 
     Raises:
         InvalidConfig: ``timeout`` is not a positive number of seconds.
+        RuntimeError: no Trio run is active.
     """
     _check_positive_seconds(None, _TIMEOUT_FIELD, timeout)
-    deadline = now() + timeout
+    deadline = trio.current_time() + timeout
     handle = ReplyHandle(deadline)
     envelope = Envelope(
         kind=MessageKind.CALL,

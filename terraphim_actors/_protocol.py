@@ -106,7 +106,13 @@ class ReplyHandle:
         raise CallTimeout(f"no reply before the call's deadline ({self.deadline:.3f})")
 
     async def wait_unbounded(self) -> Any:
-        """Wait for the answer with no deadline of its own (the caller's scopes still apply)."""
+        """Wait for the answer with no deadline of its own (the caller's scopes still apply).
+
+        Raises:
+            trio.BusyResourceError: another task is already waiting on this handle.
+        """
+        if self._waiter is not None:
+            raise trio.BusyResourceError("another task is already waiting for this reply")
         if self._state is _State.PENDING:
             self._waiter = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(self._abort)
@@ -115,7 +121,7 @@ class ReplyHandle:
         if self._error is not None:
             raise self._error
         if self._state is not _State.ANSWERED:
-            raise RuntimeError("ReplyHandle awaited after its caller abandoned it")
+            raise CallTimeout("this reply was given up on before")
         return self._value
 
     def __await__(self) -> Any:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._ids import AgentId
-from ._messages import OPTIONS_BY_PRIORITY, Envelope, MessageKind, Priority
+from ._messages import Envelope, MessageKind, Priority, options_for
 from ._protocol import ReplyHandle
 from ._task_context import current_cell, inherited_deadline
 from .errors import CallTimeout, CallToSelf, InvalidConfig
@@ -118,5 +118,5 @@ class AgentRef:
             payload=payload,
             sender=None if sender is None else sender.id,
             recipient=self.id,
-            options=OPTIONS_BY_PRIORITY[priority],
+            options=options_for(priority),
         )

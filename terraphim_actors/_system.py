@@ -10,7 +10,7 @@ import attrs
 import trio
 
 from ._agent import Agent
-from ._cell import AgentCell, CellState
+from ._cell import AgentCell, CellState, settle_undelivered
 from ._dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
 from ._ids import AgentId
 from ._mailbox import Mailbox, MailboxConfig, MailboxStats
@@ -160,6 +160,8 @@ class MessageSystem:
         Raises:
             CallToSelf: an agent awaited its own stop (use ``ctx.stop()`` instead).
         """
+        if not isinstance(ref, AgentRef):
+            raise InvalidConfig(f"ref must be an AgentRef, got {ref!r}")
         cell = ref._cell
         if cell.in_own_task:
             raise CallToSelf("an agent cannot wait for its own stop: use ctx.stop()")
@@ -187,8 +189,8 @@ class MessageSystem:
             raise InvalidConfig(f"agent_id must be an AgentId, got {agent_id!r}")
         if agent_id in self._cells or agent_id in self._manual:
             raise DuplicateAgent(f"{agent_id!r} is already registered")
-        self._claim(agent_id.name, agent_id)
         mailbox = Mailbox(agent_id, config)
+        self._claim(agent_id.name, agent_id)
         self._manual[agent_id] = mailbox
         return mailbox
 
@@ -302,10 +304,12 @@ class MessageSystem:
         for mailbox in self._manual.values():
             mailbox.close()
             for envelope in mailbox.drain():
-                if envelope.reply is not None:
-                    envelope.reply.fail(SystemClosed("the message system shut down"))
-                else:
-                    self.dead_letter(envelope, DeadLetterReason.SYSTEM_STOPPED)
+                settle_undelivered(
+                    self,
+                    envelope,
+                    DeadLetterReason.SYSTEM_STOPPED,
+                    SystemClosed("the message system shut down"),
+                )
 
     async def _stop_all(self, cells: list[AgentCell], started: float | None = None) -> None:
         """Ask ``cells`` to stop (reason ``SHUTDOWN``) and wait for each, within its time."""

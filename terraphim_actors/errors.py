@@ -7,6 +7,7 @@ existing ``except`` clauses keep working::
      ├── AgentNotFound          (also LookupError)   no agent by that id or name
      ├── DuplicateAgent         (also ValueError)    that name is already taken
      ├── InvalidConfig          (also ValueError)    a configuration value out of range
+     ├── InvalidMessage         (also TypeError)     not an Envelope the system can carry
      ├── MailboxFull            (also trio.WouldBlock) a bounded mailbox refused a message
      ├── MailboxClosed                               the mailbox's agent has stopped for good
      ├── MessageTimeout         (also TimeoutError)  nothing arrived in time
@@ -33,6 +34,7 @@ __all__ = [
     "CallToSelf",
     "DuplicateAgent",
     "InvalidConfig",
+    "InvalidMessage",
     "MailboxClosed",
     "MailboxFull",
     "MessageTimeout",
@@ -57,6 +59,10 @@ class DuplicateAgent(MessagingError, ValueError):
 
 class InvalidConfig(MessagingError, ValueError):
     """A configuration or option value is out of range or of the wrong type."""
+
+
+class InvalidMessage(MessagingError, TypeError):
+    """What was handed over for delivery is not an ``Envelope`` with ``MessageOptions``."""
 
 
 class MailboxFull(MessagingError, trio.WouldBlock):

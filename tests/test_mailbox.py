@@ -32,6 +32,7 @@ from terraphim_actors import (
 )
 from terraphim_actors.errors import (
     InvalidConfig,
+    InvalidMessage,
     MailboxClosed,
     MailboxFull,
     MessageTimeout,
@@ -994,3 +995,32 @@ class TestCancellation:
             await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
         assert payloads(mailbox.drain()) == ["declined", "arrived"]
+
+
+class TestWaitingSendersAndBadInput:
+    async def test_a_freed_slot_goes_to_the_longest_waiting_sender(self) -> None:
+        """A sender that starts after others began waiting cannot take the slot they wait for."""
+        mailbox = bounded(1, OverflowPolicy.BLOCK)
+        mailbox.send_nowait(message("first"))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mailbox.send, message("waited"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert payloads([mailbox.try_receive()]) == ["first"]  # type: ignore[list-item]
+            with pytest.raises(MailboxFull):
+                mailbox.send_nowait(message("newcomer"))
+        assert payloads(mailbox.drain()) == ["waited"]
+
+    async def test_something_not_an_envelope_is_refused_and_nothing_counted(self) -> None:
+        """``send_nowait`` of a non-envelope raises ``InvalidMessage``; the mailbox is unchanged."""
+        mailbox = Mailbox(AgentId())
+        with pytest.raises(InvalidMessage):
+            mailbox.send_nowait("hello")  # type: ignore[arg-type]
+        assert len(mailbox) == 0
+        assert mailbox.stats().messages_received == 0
+        mailbox.send_nowait(message("fine"))
+        assert payloads(mailbox.drain()) == ["fine"]
+
+    def test_a_config_of_the_wrong_type_is_invalid_config(self) -> None:
+        """``Mailbox(agent_id, config)`` needs a ``MailboxConfig``."""
+        with pytest.raises(InvalidConfig):
+            Mailbox(AgentId(), {"capacity": 3})  # type: ignore[arg-type]

@@ -173,7 +173,7 @@ class TestCast:
 
 
 class TestCall:
-    def test_call_returns_envelope_and_its_reply_handle(self) -> None:
+    async def test_call_returns_envelope_and_its_reply_handle(self) -> None:
         """``call`` returns a CALL envelope and the handle its reply will arrive on."""
         sender = AgentId()
         envelope, handle = call(sender, "get", 5.0, recipient="counter")
@@ -193,7 +193,7 @@ class TestCall:
         assert envelope.deadline == trio.current_time() + 2.5
         assert handle.deadline == envelope.deadline
 
-    def test_call_takes_options(self) -> None:
+    async def test_call_takes_options(self) -> None:
         """Options passed by keyword travel in a call's envelope."""
         options = MessageOptions(priority=Priority.HIGH)
         envelope, _ = call(None, "get", 1.0, options=options)
@@ -250,7 +250,7 @@ class TestEnvelope:
         assert readdressed.payload is original.payload
         assert readdressed.sender == original.sender
 
-    def test_evolve_keeps_a_calls_reply_handle(self) -> None:
+    async def test_evolve_keeps_a_calls_reply_handle(self) -> None:
         """A readdressed call still answers its original caller."""
         envelope, handle = call(None, "get", 1.0)
         assert attrs.evolve(envelope, recipient="other").reply is handle
@@ -276,8 +276,14 @@ class TestEnvelope:
         assert "'hello'" in text
         assert "inbox" in text
 
-    def test_constructors_work_outside_a_trio_run(self) -> None:
-        """Envelopes can be built before Trio runs; their creation time is the monotonic clock."""
+    def test_casts_and_infos_can_be_built_outside_a_trio_run(self) -> None:
+        """Casts and infos can be built before Trio runs, stamped on the monotonic clock."""
         before = time.monotonic()
         envelope = cast(None, 1)
         assert before <= envelope.created_at <= time.monotonic()
+        assert info(1).created_at <= time.monotonic()
+
+    def test_a_call_outside_a_trio_run_is_refused(self) -> None:
+        """A call's deadline is on Trio's clock, so building one outside a run raises at once."""
+        with pytest.raises(RuntimeError):
+            call(None, "get", 1.0)

@@ -192,3 +192,15 @@ class TestGivingUp:
         handle.reply("kept")
         handle.abandon()
         assert not handle.abandoned
+
+
+class TestOneWaiter:
+    async def test_a_second_waiter_is_refused(self) -> None:
+        """Only one task may wait for a reply; a second gets ``trio.BusyResourceError``."""
+        handle = ReplyHandle()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(handle.wait_unbounded)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await handle.wait_unbounded()
+            handle.reply("for the first")

@@ -706,3 +706,36 @@ class TestAgentRefIdentity:
         assert ref.alive
         await system.stop(ref)
         assert not ref.alive
+
+
+class TestRefBadInputAndCheckpoints:
+    @pytest.mark.parametrize("priority", [-1, 7, "HIGH", 2])
+    async def test_priority_must_be_a_priority(self, system: MessageSystem, priority: Any) -> None:
+        """A priority that is not a ``Priority`` (even a valid int) raises ``InvalidConfig``."""
+        ref = await system.spawn(Recorder, [])
+        with pytest.raises(InvalidConfig):
+            await ref.cast("x", priority=priority)
+
+    async def test_cast_refused_by_a_stopped_agent_still_checkpoints(
+        self, system: MessageSystem
+    ) -> None:
+        """A cast that becomes a dead letter is still a schedule point (Trio's rule)."""
+        ref = await system.spawn(Recorder, [])
+        await system.stop(ref)
+        with trio.testing.assert_checkpoints():
+            await ref.cast("too late")
+
+    async def test_cast_rejected_by_a_full_mailbox_still_checkpoints(
+        self, system: MessageSystem
+    ) -> None:
+        """A cast refused with ``MailboxFull`` is still a schedule point."""
+        release = trio.Event()
+        ref = await system.spawn(
+            Runner, mailbox=MailboxConfig(capacity=1, overflow=OverflowPolicy.REJECT)
+        )
+        ref.cast_nowait(until(release))
+        await trio.testing.wait_all_tasks_blocked()
+        ref.cast_nowait("fills the mailbox")
+        with trio.testing.assert_checkpoints(), pytest.raises(MailboxFull):
+            await ref.cast("one too many")
+        release.set()

@@ -10,6 +10,7 @@ import trio.testing
 from agents import Recorder, Runner, Silent, hold_forever, until
 
 from terraphim_actors import (
+    Agent,
     AgentExited,
     AgentId,
     AgentStarted,
@@ -29,9 +30,12 @@ from terraphim_actors import (
     open_message_system,
 )
 from terraphim_actors.errors import (
+    AgentStartFailed,
     AgentStopped,
+    CallTimeout,
     DuplicateAgent,
     InvalidConfig,
+    InvalidMessage,
     SystemClosed,
 )
 
@@ -665,3 +669,92 @@ class TestSubscribe:
         await system.spawn(Recorder, [])
         await trio.testing.wait_all_tasks_blocked()
         assert system.dead_letters == ()
+
+
+class StuckInOnStart(Agent):
+    """An agent whose ``on_start`` never finishes."""
+
+    async def on_start(self) -> None:
+        await trio.sleep_forever()
+
+
+class TestStartingAgents:
+    async def test_shutdown_cancels_an_agent_stuck_in_on_start(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Leaving the block waits one shutdown time for ``on_start``, then its spawn fails."""
+        failures: list[AgentStartFailed] = []
+
+        async def spawn_stuck(system: MessageSystem) -> None:
+            try:
+                await system.spawn(StuckInOnStart, shutdown=1.0)
+            except AgentStartFailed as failure:
+                failures.append(failure)
+
+        started = trio.current_time()
+        async with trio.open_nursery() as outside, open_message_system() as system:
+            outside.start_soon(spawn_stuck, system)
+            await trio.testing.wait_all_tasks_blocked()
+        assert trio.current_time() - started == pytest.approx(1.0)
+        assert len(failures) == 1
+        assert system.agents == []
+
+
+class TestBadInput:
+    async def test_envelope_with_bad_options_is_refused_and_the_system_serves_on(
+        self, system: MessageSystem
+    ) -> None:
+        """``send_message`` refuses an envelope whose options are not ``MessageOptions``."""
+        ref = await system.spawn(Recorder, [])
+        bad = cast(None, "x", "urgent", recipient=ref.id)  # type: ignore[arg-type]
+        with pytest.raises(InvalidMessage):
+            await system.send_message(bad)
+        assert await ref.call("still here") == "still here"
+
+    async def test_stop_of_something_not_a_ref_is_invalid_config(
+        self, system: MessageSystem
+    ) -> None:
+        """``system.stop`` takes an ``AgentRef``; anything else is ``InvalidConfig``."""
+        with pytest.raises(InvalidConfig):
+            await system.stop("counter")  # type: ignore[arg-type]
+
+    async def test_register_agent_with_a_bad_config_is_invalid_config(
+        self, system: MessageSystem
+    ) -> None:
+        """A mailbox configuration of the wrong type is refused and claims no name."""
+        agent_id = AgentId(name="manual")
+        with pytest.raises(InvalidConfig):
+            system.register_agent(agent_id, "big")  # type: ignore[arg-type]
+        system.register_agent(agent_id)
+
+    async def test_abandoned_call_in_a_manual_mailbox_is_a_dead_letter_at_shutdown(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A call whose caller gave up, left in a manual mailbox, is filed at shutdown."""
+        async with open_message_system() as system:
+            agent_id = AgentId(name="manual")
+            system.register_agent(agent_id)
+            envelope, handle = call(None, "question", 1.0, recipient=agent_id)
+            await system.send_message(envelope)
+            with pytest.raises(CallTimeout):
+                await handle
+        [letter] = system.dead_letters
+        assert letter.envelope is envelope
+        assert letter.reason is DeadLetterReason.SYSTEM_STOPPED
+
+
+class TestBaseExceptions:
+    async def test_system_exit_in_a_handler_is_the_stop_reason(self) -> None:
+        """A handler raising ``SystemExit`` ends the program, and ``on_stop`` is told why."""
+        stops: list[Any] = []
+
+        def exit_now(ctx: Context) -> None:
+            raise SystemExit(3)
+
+        with pytest.RaisesGroup(SystemExit, flatten_subgroups=True):
+            async with open_message_system() as system:
+                ref = await system.spawn(Runner, None, stops)
+                await ref.cast(exit_now)
+                await trio.sleep_forever()
+        assert len(stops) == 1
+        assert isinstance(stops[0], SystemExit)
