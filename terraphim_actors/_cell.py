@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._agent import Agent, Context, NotHandled, stopped_error
+from ._checks import check_instance
 from ._dead_letters import DeadLetterReason
 from ._ids import AgentId
 from ._mailbox import Mailbox, MailboxConfig
@@ -35,7 +36,6 @@ from ._timers import Timer
 from .errors import (
     AgentStartFailed,
     CallFailed,
-    InvalidConfig,
     MailboxClosed,
     MailboxFull,
     UnhandledMessage,
@@ -389,7 +389,7 @@ class AgentCell:
         self._deferred.discard(handle)
 
     def monitor(self, ref: AgentRef) -> MonitorRef:
-        _check_ref(ref, "monitor")
+        check_instance("monitor", ref, AgentRef)
         target = ref._cell
         monitor = MonitorRef(target.id)
         if target.state is CellState.STOPPED:
@@ -408,7 +408,7 @@ class AgentCell:
 
     def send_after(self, delay: float, payload: Any, to: AgentRef | None) -> Timer:
         if to is not None:
-            _check_ref(to, "to")
+            check_instance("to", to, AgentRef)
         target = self if to is None else to._cell
 
         def fire() -> None:
@@ -450,11 +450,6 @@ def settle_undelivered(
         handle.fail(error)
     else:
         system.dead_letter(envelope, why, str(error))
-
-
-def _check_ref(ref: object, argument: str) -> None:
-    if not isinstance(ref, AgentRef):
-        raise InvalidConfig(f"{argument} must be an AgentRef, got {ref!r}")
 
 
 def _wrap(error_type: type[CallFailed], agent: AgentId, error: Exception) -> CallFailed:

@@ -13,14 +13,14 @@ import collections
 import enum
 import math
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 import trio
 
+from ._checks import check_count, check_instance, check_seconds, validator
 from ._ids import AgentId
 from ._messages import Envelope, MessageOptions, Priority, now
-from .errors import InvalidConfig, InvalidMessage, MailboxClosed, MailboxFull, MessageTimeout
+from .errors import InvalidMessage, MailboxClosed, MailboxFull, MessageTimeout
 
 __all__ = ["Mailbox", "MailboxConfig", "MailboxStats", "OverflowPolicy"]
 
@@ -34,20 +34,6 @@ class OverflowPolicy(enum.Enum):
     REJECT = "reject"
 
 
-def _check_capacity(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidConfig(
-            f"{attribute.name} must be None (unbounded) or an int >= 1, got {value!r}"
-        )
-
-
-def _check_overflow(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, OverflowPolicy):
-        raise InvalidConfig(f"{attribute.name} must be an OverflowPolicy, got {value!r}")
-
-
 @attrs.frozen(kw_only=True)
 class MailboxConfig:
     """How big a mailbox may grow and what happens beyond that.
@@ -57,8 +43,12 @@ class MailboxConfig:
         overflow: what a send into a full bounded mailbox does.
     """
 
-    capacity: int | None = attrs.field(default=None, validator=_check_capacity)
-    overflow: OverflowPolicy = attrs.field(default=OverflowPolicy.BLOCK, validator=_check_overflow)
+    capacity: int | None = attrs.field(
+        default=None, validator=validator(check_count, minimum=1, optional=True)
+    )
+    overflow: OverflowPolicy = attrs.field(
+        default=OverflowPolicy.BLOCK, validator=validator(check_instance, OverflowPolicy)
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -116,8 +106,8 @@ class Mailbox:
     )
 
     def __init__(self, agent_id: AgentId, config: MailboxConfig | None = None) -> None:
-        if config is not None and not isinstance(config, MailboxConfig):
-            raise InvalidConfig(f"config must be a MailboxConfig or None, got {config!r}")
+        if config is not None:
+            check_instance("config", config, MailboxConfig)
         self.agent_id = agent_id
         self.config = MailboxConfig() if config is None else config
         self._capacity = self.config.capacity
@@ -254,7 +244,7 @@ class Mailbox:
             MailboxClosed: the mailbox is closed and empty.
             InvalidConfig: ``seconds`` is negative or not a number.
         """
-        _check_timeout(seconds)
+        check_seconds("timeout", seconds, allow_zero=True)
         # A message already waiting is returned even with a zero timeout (Erlang's ``after 0``).
         await trio.lowlevel.checkpoint_if_cancelled()
         envelope = self.try_receive()
@@ -280,7 +270,7 @@ class Mailbox:
             InvalidConfig: ``timeout`` is negative or not a number.
         """
         if timeout is not None:
-            _check_timeout(timeout)
+            check_seconds("timeout", timeout, allow_zero=True)
         await trio.lowlevel.checkpoint_if_cancelled()
         self._pull()
         found = self._take_first(predicate, self._lanes)
@@ -397,8 +387,3 @@ class Mailbox:
             self._reserved += 1  # the slot is the woken sender's, not a newcomer's
             self._space.unpark()
         return envelope
-
-
-def _check_timeout(seconds: float) -> None:
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
-        raise InvalidConfig(f"timeout must be seconds >= 0, got {seconds!r}")

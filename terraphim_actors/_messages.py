@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._checks import check_count, check_instance, check_seconds, validator
 from ._ids import AgentId, MessageId
 from ._protocol import ReplyHandle
 from .errors import InvalidConfig
@@ -56,38 +57,6 @@ class DeliveryGuarantee(enum.Enum):
     EXACTLY_ONCE = "exactly-once"
 
 
-def _check_priority(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, Priority):
-        raise InvalidConfig(f"{attribute.name} must be a Priority, got {value!r}")
-
-
-def _check_positive_seconds(
-    _instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise InvalidConfig(f"{attribute.name} must be a number of seconds, got {value!r}")
-    if value <= 0:
-        raise InvalidConfig(f"{attribute.name} must be greater than 0, got {value!r}")
-
-
-def _check_optional_count(
-    _instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidConfig(f"{attribute.name} must be None or an int >= 0, got {value!r}")
-
-
-def _check_optional_delay(
-    _instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise InvalidConfig(f"{attribute.name} must be None or seconds >= 0, got {value!r}")
-
-
 def _check_guarantee(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None or value is DeliveryGuarantee.AT_MOST_ONCE:
         return
@@ -109,10 +78,16 @@ class MessageOptions:
         guarantee: the delivery guarantee for this message.
     """
 
-    priority: Priority = attrs.field(default=Priority.NORMAL, validator=_check_priority)
-    timeout: float = attrs.field(default=30.0, validator=_check_positive_seconds)
-    max_retries: int | None = attrs.field(default=None, validator=_check_optional_count)
-    retry_delay: float | None = attrs.field(default=None, validator=_check_optional_delay)
+    priority: Priority = attrs.field(
+        default=Priority.NORMAL, validator=validator(check_instance, Priority)
+    )
+    timeout: float = attrs.field(default=30.0, validator=validator(check_seconds))
+    max_retries: int | None = attrs.field(
+        default=None, validator=validator(check_count, minimum=0, optional=True)
+    )
+    retry_delay: float | None = attrs.field(
+        default=None, validator=validator(check_seconds, allow_zero=True, optional=True)
+    )
     guarantee: DeliveryGuarantee | None = attrs.field(default=None, validator=_check_guarantee)
 
 
@@ -223,7 +198,7 @@ def call(
         InvalidConfig: ``timeout`` is not a positive number of seconds.
         RuntimeError: no Trio run is active.
     """
-    _check_positive_seconds(None, _TIMEOUT_FIELD, timeout)
+    check_seconds("timeout", timeout)
     deadline = trio.current_time() + timeout
     handle = ReplyHandle(deadline)
     envelope = Envelope(
@@ -241,6 +216,3 @@ def call(
 def info(payload: Any, *, recipient: AgentId | str | None = None) -> Envelope:
     """Build a system notification or plain send (gen_server's info)."""
     return Envelope(kind=MessageKind.INFO, payload=payload, recipient=recipient)
-
-
-_TIMEOUT_FIELD = attrs.fields(MessageOptions).timeout

@@ -6,11 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._checks import check_seconds
 from ._ids import AgentId
 from ._messages import Envelope, MessageKind, Priority, options_for
 from ._protocol import ReplyHandle
 from ._task_context import current_cell, inherited_deadline
-from .errors import CallTimeout, CallToSelf, InvalidConfig
+from .errors import CallTimeout, CallToSelf
 
 if TYPE_CHECKING:
     from ._cell import AgentCell
@@ -91,8 +92,7 @@ class AgentRef:
             MailboxFull: the mailbox is bounded, full, and rejects.
             InvalidConfig: ``timeout`` is not a positive number of seconds.
         """
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-            raise InvalidConfig(f"timeout must be a positive number of seconds, got {timeout!r}")
+        check_seconds("timeout", timeout)
         cell = self._cell
         if cell.in_own_task:
             raise CallToSelf(f"{self.id!r} called itself and would wait forever")

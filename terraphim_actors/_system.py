@@ -11,26 +11,17 @@ import trio
 
 from ._agent import Agent
 from ._cell import AgentCell, CellState, settle_undelivered
+from ._checks import check_count, check_instance, check_seconds, validator
 from ._dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
 from ._ids import AgentId
 from ._mailbox import Mailbox, MailboxConfig, MailboxStats
-from ._messages import Envelope, _check_positive_seconds, info
+from ._messages import Envelope, info
 from ._notifications import StopReason, SystemShutdown
 from ._ref import AgentRef
 from ._timers import TimerService
 from .errors import AgentNotFound, CallToSelf, DuplicateAgent, InvalidConfig, SystemClosed
 
 __all__ = ["MessageSystem", "MessageSystemConfig", "SystemStats", "open_message_system"]
-
-
-def _check_capacity(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidConfig(f"{attribute.name} must be an int >= 1, got {value!r}")
-
-
-def _check_mailbox(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, MailboxConfig):
-        raise InvalidConfig(f"{attribute.name} must be a MailboxConfig, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -43,9 +34,13 @@ class MessageSystemConfig:
         dead_letter_capacity: how many recent dead letters are kept (all are counted).
     """
 
-    mailbox: MailboxConfig = attrs.field(factory=MailboxConfig, validator=_check_mailbox)
-    shutdown_timeout: float = attrs.field(default=5.0, validator=_check_positive_seconds)
-    dead_letter_capacity: int = attrs.field(default=1000, validator=_check_capacity)
+    mailbox: MailboxConfig = attrs.field(
+        factory=MailboxConfig, validator=validator(check_instance, MailboxConfig)
+    )
+    shutdown_timeout: float = attrs.field(default=5.0, validator=validator(check_seconds))
+    dead_letter_capacity: int = attrs.field(
+        default=1000, validator=validator(check_count, minimum=1)
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -121,10 +116,10 @@ class MessageSystem:
         """
         if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
             raise InvalidConfig(f"agent_class must be an Agent subclass, got {agent_class!r}")
-        if mailbox is not None and not isinstance(mailbox, MailboxConfig):
-            raise InvalidConfig(f"mailbox must be a MailboxConfig, got {mailbox!r}")
+        if mailbox is not None:
+            check_instance("mailbox", mailbox, MailboxConfig)
         if shutdown is not None:
-            _check_positive_seconds(None, _SHUTDOWN_FIELD, shutdown)
+            check_seconds("shutdown", shutdown)
         agent_id = self._claim(name)
         cell = AgentCell(
             self,
@@ -160,8 +155,7 @@ class MessageSystem:
         Raises:
             CallToSelf: an agent awaited its own stop (use ``ctx.stop()`` instead).
         """
-        if not isinstance(ref, AgentRef):
-            raise InvalidConfig(f"ref must be an AgentRef, got {ref!r}")
+        check_instance("ref", ref, AgentRef)
         cell = ref._cell
         if cell.in_own_task:
             raise CallToSelf("an agent cannot wait for its own stop: use ctx.stop()")
@@ -185,8 +179,7 @@ class MessageSystem:
             DuplicateAgent: the id, or its name, is taken.
             SystemClosed: the system is shutting down.
         """
-        if not isinstance(agent_id, AgentId):
-            raise InvalidConfig(f"agent_id must be an AgentId, got {agent_id!r}")
+        check_instance("agent_id", agent_id, AgentId)
         if agent_id in self._cells or agent_id in self._manual:
             raise DuplicateAgent(f"{agent_id!r} is already registered")
         mailbox = Mailbox(agent_id, config)
@@ -321,9 +314,6 @@ class MessageSystem:
             await cell.wait_stopped(started + cell.shutdown)
 
 
-_SHUTDOWN_FIELD = attrs.fields(MessageSystemConfig).shutdown_timeout
-
-
 @contextlib.asynccontextmanager
 async def open_message_system(
     config: MessageSystemConfig | None = None,
@@ -338,8 +328,8 @@ async def open_message_system(
     """
     if config is None:
         config = MessageSystemConfig()
-    elif not isinstance(config, MessageSystemConfig):
-        raise InvalidConfig(f"config must be a MessageSystemConfig, got {config!r}")
+    else:
+        check_instance("config", config, MessageSystemConfig)
     body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         system = MessageSystem(config, nursery)

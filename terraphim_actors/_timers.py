@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import trio
 
-from .errors import InvalidConfig
+from ._checks import check_seconds
 
 __all__ = ["Timer", "TimerService"]
 
@@ -71,8 +71,7 @@ class TimerService:
         Raises:
             InvalidConfig: ``delay`` is negative or not a number.
         """
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
-            raise InvalidConfig(f"delay must be seconds >= 0, got {delay!r}")
+        check_seconds("delay", delay, allow_zero=True)
         return self.call_at(trio.current_time() + delay, callback)
 
     def call_at(self, deadline: float, callback: Callable[[], None]) -> Timer:
