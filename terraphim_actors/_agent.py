@@ -126,7 +126,8 @@ class Context:
     @property
     def envelope(self) -> Envelope:
         """The envelope of the message being handled."""
-        assert self._envelope is not None, "no message is being handled"
+        if self._envelope is None:
+            raise RuntimeError("no message is being handled")
         return self._envelope
 
     @property
@@ -215,8 +216,8 @@ class Context:
 
 def stopped_error(agent: AgentId, reason: ExitReason) -> AgentStopped:
     """The error callers see when ``agent`` stopped before replying."""
-    cause = reason if isinstance(reason, BaseException) else None
-    label = reason.value if cause is None else f"crashed with {reason!r}"  # type: ignore[union-attr]
-    error = AgentStopped(f"{agent!r} stopped ({label}) before replying")
-    error.__cause__ = cause
+    if isinstance(reason, StopReason):
+        return AgentStopped(f"{agent!r} stopped ({reason.value}) before replying")
+    error = AgentStopped(f"{agent!r} crashed with {reason!r} before replying")
+    error.__cause__ = reason
     return error

@@ -211,7 +211,8 @@ class AgentCell:
         """The gen_server loop: one message at a time until asked to stop or crashed.
 
         Messages are served in batches: the loop takes what is waiting without a checkpoint and
-        yields once per batch (or when a handler awaits), and reads the clock once per batch.
+        yields once per batch (or when a handler awaits); the clock is read at the start and the
+        end of a batch, not per message.
         """
         mailbox = self.mailbox
         context = Context(self)

@@ -273,13 +273,14 @@ class Mailbox:
             check_seconds("timeout", timeout, allow_zero=True)
         await trio.lowlevel.checkpoint_if_cancelled()
         self._pull()
-        found = self._take_first(predicate, self._lanes)
+        found = self._take_first(predicate, self._in_receive_order())
         if found is not None:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return found
         with trio.move_on_after(math.inf if timeout is None else timeout):
             while True:
                 fresh = await self._wait_for_arrival()
+                fresh.sort(key=lambda envelope: -envelope.options.priority)
                 found = self._take_first(predicate, fresh)
                 if found is not None:
                     return found
@@ -364,16 +365,14 @@ class Mailbox:
         self._pull(fresh)
         return fresh
 
+    def _in_receive_order(self) -> list[Envelope]:
+        """Every message in the lanes, in the order receives would hand them out."""
+        return [envelope for lane in reversed(self._lanes) for envelope in lane]
+
     def _take_first(
-        self,
-        predicate: Callable[[Envelope], bool],
-        candidates: tuple[collections.deque[Envelope], ...] | list[Envelope],
+        self, predicate: Callable[[Envelope], bool], ordered: list[Envelope]
     ) -> Envelope | None:
-        """Remove and return the first candidate, in receive order, that ``predicate`` accepts."""
-        if isinstance(candidates, list):
-            ordered = sorted(candidates, key=lambda envelope: -envelope.options.priority)
-        else:
-            ordered = [envelope for lane in reversed(candidates) for envelope in lane]
+        """Remove and return the first of ``ordered`` that ``predicate`` accepts."""
         for envelope in ordered:
             if predicate(envelope):
                 self._lanes[envelope.options.priority].remove(envelope)

@@ -75,7 +75,7 @@ class AgentExited:
 
 @attrs.frozen
 class HealthCheck:
-    """A request to report health; its sender expects a call reply."""
+    """A typed payload for asking an agent how it is; the agent's own handler answers it."""
 
 
 @attrs.frozen
