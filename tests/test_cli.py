@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import trio
-import trio.testing
 
 from terraphim_actors.cli import main
-from terraphim_actors.cli._demo import run_demo
 
 
+@pytest.mark.usefixtures("virtual_time")
 class TestDemo:
     def test_demo_runs_and_exits_zero(self, capsys: pytest.CaptureFixture[str]) -> None:
         """`terraphim-actors demo` answers every question, shows the crash, and exits 0."""
@@ -22,12 +20,11 @@ class TestDemo:
         assert "agent crashes      1" in out
         assert "All agents stopped" in out
 
-    def test_demo_answers_every_question_on_a_mock_clock(
+    def test_demo_answers_every_question_it_is_asked(
         self, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """With time virtual, the demo still answers all of its questions."""
-        clock = trio.testing.MockClock(autojump_threshold=0)
-        assert trio.run(run_demo, 3, 8, clock=clock) == 0
+        """``--questions`` and ``--seed`` change the run; every question still gets an answer."""
+        assert main(["demo", "--questions", "8", "--seed", "3"]) == 0
         out = capsys.readouterr().out
         assert out.count("got an answer to") == 8
 

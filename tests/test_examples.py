@@ -20,6 +20,7 @@ def test_every_example_is_covered() -> None:
     assert {path.name for path in EXAMPLES} == {"quickstart.py", "gen_server_counter.py"}
 
 
+@pytest.mark.usefixtures("virtual_time")
 def test_quickstart(capsys: pytest.CaptureFixture[str]) -> None:
     """The quick start adds 1 + 2 + 3 through casts and reads it back with a call."""
     out = run_example("quickstart.py", capsys)
@@ -27,6 +28,7 @@ def test_quickstart(capsys: pytest.CaptureFixture[str]) -> None:
     assert "4 messages processed by 1 agent" in out
 
 
+@pytest.mark.usefixtures("virtual_time")
 def test_gen_server_counter(capsys: pytest.CaptureFixture[str]) -> None:
     """The counter serves calls, casts, a timer, a monitor and a crash, in that order."""
     out = run_example("gen_server_counter.py", capsys)

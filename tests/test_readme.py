@@ -17,6 +17,7 @@ def test_readme_has_snippets() -> None:
     assert len(SNIPPETS) >= 6
 
 
+@pytest.mark.usefixtures("virtual_time")
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=[f"snippet-{n}" for n in range(len(SNIPPETS))])
 def test_readme_snippet_runs(snippet: str, tmp_path: Path) -> None:
     """The snippet runs to the end without error, its assertions included."""
