@@ -12,6 +12,7 @@ from agents import Recorder, Runner, Silent, busy_for, hold_forever
 from terraphim_actors import (
     Agent,
     AgentId,
+    AgentRef,
     Context,
     DeadLetterReason,
     DeferredReply,
@@ -389,20 +390,13 @@ class TestDeferredReply:
 
 
 class TestDefaultHandlers:
-    async def test_unhandled_cast_becomes_a_dead_letter(self, system: MessageSystem) -> None:
-        """A cast to an agent without ``handle_cast`` is an UNHANDLED dead letter."""
+    @pytest.mark.parametrize("send", [AgentRef.cast, AgentRef.info])
+    async def test_unhandled_cast_or_info_becomes_a_dead_letter(
+        self, system: MessageSystem, send: Any
+    ) -> None:
+        """A cast or info to an agent without its handler is an UNHANDLED dead letter."""
         ref = await system.spawn(Silent)
-        await ref.cast("anyone?")
-        await trio.testing.wait_all_tasks_blocked()
-        [letter] = system.dead_letters
-        assert letter.reason is DeadLetterReason.UNHANDLED
-        assert letter.envelope.payload == "anyone?"
-        assert ref.alive
-
-    async def test_unhandled_info_becomes_a_dead_letter(self, system: MessageSystem) -> None:
-        """An info to an agent without ``handle_info`` is an UNHANDLED dead letter."""
-        ref = await system.spawn(Silent)
-        await ref.info("anyone?")
+        await send(ref, "anyone?")
         await trio.testing.wait_all_tasks_blocked()
         [letter] = system.dead_letters
         assert letter.reason is DeadLetterReason.UNHANDLED

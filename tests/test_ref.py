@@ -50,6 +50,20 @@ def defer_into(held: list[DeferredReply]) -> Any:
     return lambda ctx: held.append(ctx.defer())
 
 
+async def spawn_with_full_rejecting_mailbox(
+    system: MessageSystem,
+) -> tuple[AgentRef, trio.Event]:
+    """A ``Runner`` busy until the event is set, its one-slot ``REJECT`` mailbox full."""
+    release = trio.Event()
+    ref = await system.spawn(
+        Runner, mailbox=MailboxConfig(capacity=1, overflow=OverflowPolicy.REJECT)
+    )
+    await ref.cast(until(release))
+    await trio.testing.wait_all_tasks_blocked()
+    await ref.cast(lambda ctx: None)
+    return ref, release
+
+
 class TestCallReply:
     async def test_call_returns_the_reply(self, system: MessageSystem) -> None:
         """A call returns what ``handle_call`` returned."""
@@ -537,13 +551,7 @@ class TestBoundedMailbox:
         self, system: MessageSystem, send: str
     ) -> None:
         """``await ref.cast`` and ``await ref.info`` to a full ``REJECT`` mailbox raise at once."""
-        release = trio.Event()
-        ref = await system.spawn(
-            Runner, mailbox=MailboxConfig(capacity=1, overflow=OverflowPolicy.REJECT)
-        )
-        await ref.cast(until(release))
-        await trio.testing.wait_all_tasks_blocked()
-        await ref.cast(lambda ctx: None)
+        ref, release = await spawn_with_full_rejecting_mailbox(system)
         with pytest.raises(MailboxFull):
             await getattr(ref, send)("one too many")
         release.set()
@@ -553,13 +561,7 @@ class TestBoundedMailbox:
         self, system: MessageSystem, send: str
     ) -> None:
         """``cast_nowait`` and ``info_nowait`` to a full mailbox raise ``MailboxFull``."""
-        release = trio.Event()
-        ref = await system.spawn(
-            Runner, mailbox=MailboxConfig(capacity=1, overflow=OverflowPolicy.REJECT)
-        )
-        await ref.cast(until(release))
-        await trio.testing.wait_all_tasks_blocked()
-        await ref.cast(lambda ctx: None)
+        ref, release = await spawn_with_full_rejecting_mailbox(system)
         with pytest.raises(MailboxFull):
             getattr(ref, send)("one too many")
         release.set()
@@ -568,13 +570,7 @@ class TestBoundedMailbox:
         self, system: MessageSystem
     ) -> None:
         """A call to a full ``REJECT`` mailbox raises ``MailboxFull`` instead of waiting."""
-        release = trio.Event()
-        ref = await system.spawn(
-            Runner, mailbox=MailboxConfig(capacity=1, overflow=OverflowPolicy.REJECT)
-        )
-        await ref.cast(until(release))
-        await trio.testing.wait_all_tasks_blocked()
-        await ref.cast(lambda ctx: None)
+        ref, release = await spawn_with_full_rejecting_mailbox(system)
         with pytest.raises(MailboxFull):
             await ref.call(lambda ctx: None)
         release.set()
@@ -729,13 +725,7 @@ class TestRefBadInputAndCheckpoints:
         self, system: MessageSystem
     ) -> None:
         """A cast refused with ``MailboxFull`` is still a schedule point."""
-        release = trio.Event()
-        ref = await system.spawn(
-            Runner, mailbox=MailboxConfig(capacity=1, overflow=OverflowPolicy.REJECT)
-        )
-        ref.cast_nowait(until(release))
-        await trio.testing.wait_all_tasks_blocked()
-        ref.cast_nowait("fills the mailbox")
+        ref, release = await spawn_with_full_rejecting_mailbox(system)
         with trio.testing.assert_checkpoints(), pytest.raises(MailboxFull):
             await ref.cast("one too many")
         release.set()
