@@ -140,6 +140,17 @@ class MessageSystem:
         cell = None if agent_id is None else self._cells.get(agent_id)
         return None if cell is None else cell.ref
 
+    def ref(self, name: str | AgentId) -> AgentRef:
+        """The ref of the running agent with that name or id.
+
+        Raises:
+            AgentNotFound: no running agent has that name or id.
+        """
+        ref = self.whereis(name)
+        if ref is None:
+            raise AgentNotFound(f"no running agent is registered as {name!r}")
+        return ref
+
     @property
     def agents(self) -> list[AgentRef]:
         """Refs of every agent that has not stopped for good, in spawn order."""

@@ -30,6 +30,7 @@ from terraphim_actors import (
     open_message_system,
 )
 from terraphim_actors.errors import (
+    AgentNotFound,
     AgentStartFailed,
     AgentStopped,
     CallTimeout,
@@ -758,3 +759,20 @@ class TestBaseExceptions:
                 await trio.sleep_forever()
         assert len(stops) == 1
         assert isinstance(stops[0], SystemExit)
+
+
+class TestRefByName:
+    async def test_ref_by_name_returns_the_running_agent(self, system: MessageSystem) -> None:
+        """``system.ref(name)`` is the agent's ref, and a call through it works."""
+        spawned = await system.spawn(Recorder, [], name="echo")
+        assert system.ref("echo") == spawned
+        assert await system.ref("echo").call("hi") == "hi"
+
+    async def test_ref_of_an_unknown_name_raises_agent_not_found(
+        self, system: MessageSystem
+    ) -> None:
+        """``system.ref`` of a name nobody has raises ``AgentNotFound``, a ``LookupError``."""
+        with pytest.raises(AgentNotFound):
+            system.ref("nobody")
+        with pytest.raises(LookupError):
+            system.ref(AgentId())
