@@ -148,6 +148,31 @@ class Envelope:
         """The priority from the message's options."""
         return self.options.priority
 
+    @classmethod
+    def for_send(
+        cls,
+        kind: MessageKind,
+        payload: Any,
+        sender: AgentId | None,
+        recipient: AgentId,
+        options: MessageOptions,
+        created_at: float,
+    ) -> Envelope:
+        """Build an envelope on the hot path of a send: what the keyword constructor builds,
+        without its keyword parsing and defaults (about half the cost of a cast)."""
+        envelope = object.__new__(cls)
+        envelope.kind = kind
+        envelope.payload = payload
+        envelope.sender = sender
+        envelope.recipient = recipient
+        envelope.options = options
+        envelope.id = MessageId.new()
+        envelope.created_at = created_at
+        envelope.attempt = 0
+        envelope.reply = None
+        envelope.deadline = math.inf
+        return envelope
+
     def __repr__(self) -> str:
         return (
             f"<{self.kind.value} #{int(self.id)} {self.priority.name}"

@@ -113,10 +113,11 @@ class AgentRef:
 
     def _envelope(self, kind: MessageKind, payload: Any, priority: Priority) -> Envelope:
         sender = current_cell.get()
-        return Envelope(
-            kind=kind,
-            payload=payload,
-            sender=None if sender is None else sender.id,
-            recipient=self.id,
-            options=options_for(priority),
+        return Envelope.for_send(
+            kind,
+            payload,
+            None if sender is None else sender.id,
+            self.id,
+            options_for(priority),
+            self._cell.system.clock.current_time(),
         )

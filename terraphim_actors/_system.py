@@ -75,6 +75,8 @@ class MessageSystem:
         self.config = config
         self.nursery = nursery
         self.timers = TimerService()
+        #: The run's clock, kept to stamp envelopes without Trio's lookup of it per message.
+        self.clock = trio.lowlevel.current_clock()
         self.closing = False
         self._dead_letters = DeadLetterOffice(config.dead_letter_capacity)
         self._cells: dict[AgentId, AgentCell] = {}

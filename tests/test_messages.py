@@ -287,3 +287,21 @@ class TestEnvelope:
         """A call's deadline is on Trio's clock, so building one outside a run raises at once."""
         with pytest.raises(RuntimeError):
             call(None, "get", 1.0)
+
+
+class TestForSend:
+    def test_for_send_builds_what_the_keyword_constructor_builds(self) -> None:
+        """The hot path's constructor fills every field as ``Envelope(...)`` would."""
+        recipient = AgentId(name="to")
+        sender = AgentId(name="from")
+        options = MessageOptions(priority=Priority.HIGH)
+        fast = Envelope.for_send(MessageKind.CAST, "x", sender, recipient, options, 12.5)
+        slow = Envelope(
+            kind=MessageKind.CAST, payload="x", sender=sender, recipient=recipient, options=options
+        )
+        for field in attrs.fields(Envelope):
+            if field.name not in ("id", "created_at"):
+                assert getattr(fast, field.name) == getattr(slow, field.name), field.name
+        assert fast.created_at == 12.5
+        assert isinstance(fast.id, MessageId)
+        assert fast.id != slow.id
