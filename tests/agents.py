@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from terraphim_actors import Agent, Context, ExitReason
+from terraphim_actors import Agent, AgentRef, Context, DeferredReply, ExitReason
 
 #: What a ``Runner`` is sent: a function of the handler's context, sync or async.
 Action = Callable[[Context], Any]
@@ -95,3 +95,16 @@ class Runner(Agent):
 
 class Silent(Agent):
     """Keeps every default handler: it handles nothing."""
+
+
+async def call_and_keep(ref: AgentRef, payload: Any, outcomes: list[Any], **kwargs: Any) -> None:
+    """Make a call and append its reply, or the error it raised, to ``outcomes``."""
+    try:
+        outcomes.append(await ref.call(payload, **kwargs))
+    except Exception as error:
+        outcomes.append(error)
+
+
+def defer_into(held: list[DeferredReply]) -> Any:
+    """An action that defers the call in hand and keeps its handle in ``held``."""
+    return lambda ctx: held.append(ctx.defer())

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from agents import Recorder, Runner, Silent, busy_for, hold_forever
+from agents import Recorder, Runner, Silent, busy_for, call_and_keep, defer_into, hold_forever
 
 from terraphim_actors import (
     Agent,
@@ -245,11 +245,8 @@ class TestDeferredReply:
         ref = await system.spawn(Runner)
         replies: list[Any] = []
 
-        async def wait_for_reply() -> None:
-            replies.append(await ref.call(lambda ctx: held.append(ctx.defer())))
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(wait_for_reply)
+            nursery.start_soon(call_and_keep, ref, defer_into(held), replies)
             await trio.testing.wait_all_tasks_blocked()
             assert replies == []
             await ref.cast(lambda ctx: held[0].reply("later"))
@@ -296,14 +293,8 @@ class TestDeferredReply:
         ref = await system.spawn(Runner)
         outcomes: list[Any] = []
 
-        async def wait_for_reply() -> None:
-            try:
-                await ref.call(lambda ctx: held.append(ctx.defer()))
-            except PermissionError as raised:
-                outcomes.append(raised)
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(wait_for_reply)
+            nursery.start_soon(call_and_keep, ref, defer_into(held), outcomes)
             await trio.testing.wait_all_tasks_blocked()
             assert await held[0].fail(error) is True
         assert outcomes == [error]
@@ -779,17 +770,12 @@ class TestReviewFindings:
         ref = await system.spawn(Runner)
         outcomes: list[Any] = []
 
-        async def make_call() -> None:
-            try:
-                await ref.call(lambda ctx: held.append(ctx.defer()))
-            except AgentStopped as error:
-                outcomes.append(error)
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(make_call)
+            nursery.start_soon(call_and_keep, ref, defer_into(held), outcomes)
             await trio.testing.wait_all_tasks_blocked()
             await system.stop(ref)
-        assert len(outcomes) == 1
+        [stopped] = outcomes
+        assert isinstance(stopped, AgentStopped)
         assert await held[0].reply("too late") is False
 
     async def test_a_deferred_reply_can_be_given_once(self, system: MessageSystem) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from agents import Recorder, Runner, hold_forever, until
+from agents import Recorder, Runner, call_and_keep, defer_into, hold_forever, until
 
 from terraphim_actors import (
     AgentId,
@@ -35,19 +35,6 @@ from terraphim_actors.errors import (
     InvalidConfig,
     MailboxFull,
 )
-
-
-async def call_and_keep(ref: AgentRef, payload: Any, outcomes: list[Any], **kwargs: Any) -> None:
-    """Make a call and append its reply, or the error it raised, to ``outcomes``."""
-    try:
-        outcomes.append(await ref.call(payload, **kwargs))
-    except Exception as error:
-        outcomes.append(error)
-
-
-def defer_into(held: list[DeferredReply]) -> Any:
-    """An action that defers the call in hand and keeps its handle in ``held``."""
-    return lambda ctx: held.append(ctx.defer())
 
 
 async def spawn_with_full_rejecting_mailbox(
