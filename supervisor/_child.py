@@ -1,0 +1,94 @@
+"""A supervisor's record of one child, and of each run of it."""
+
+from __future__ import annotations
+
+import trio
+
+from ._errors import HealthCheckFailed
+from ._spec import ChildSpec
+from ._stats import ChildInfo, ChildState
+
+__all__ = ["Child", "ChildRun"]
+
+
+class ChildRun:
+    """One run of a child, from its start to its exit."""
+
+    __slots__ = (
+        "child",
+        "done",
+        "health_failure",
+        "health_scope",
+        "outcome",
+        "reported",
+        "scope",
+        "started_at",
+        "terminating",
+        "value",
+    )
+
+    def __init__(self, child: Child) -> None:
+        self.child = child
+        #: Encloses the child's code: cancelling it kills the child.
+        self.scope = trio.CancelScope()
+        #: Set once the child's code has returned or raised.
+        self.done = trio.Event()
+        #: What the child reported through ``task_status.started``.
+        self.value: object = None
+        self.reported = False
+        #: How the run ended: the exception, or ``None`` for a normal return.
+        self.outcome: BaseException | None = None
+        self.started_at = trio.current_time()
+        #: The supervisor is stopping this run, so its exit is not news to act on.
+        self.terminating = False
+        self.health_scope: trio.CancelScope | None = None
+        self.health_failure: HealthCheckFailed | None = None
+
+    @classmethod
+    def failed_start(cls, child: Child, error: BaseException) -> ChildRun:
+        """A run that raised before it had started, reported as the child's crash."""
+        run = cls(child)
+        run.outcome = error
+        run.reported = True
+        run.done.set()
+        return run
+
+
+class Child:
+    """What the supervisor knows of one child across its runs."""
+
+    __slots__ = (
+        "consecutive_restarts",
+        "generation",
+        "last_exit",
+        "restarts",
+        "run",
+        "spec",
+        "state",
+        "takes_task_status",
+    )
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.takes_task_status = spec.takes_task_status
+        self.state = ChildState.STARTING
+        #: The current run; ``None`` while the child is not running.
+        self.run: ChildRun | None = None
+        self.restarts = 0
+        #: Restarts in a row without a quiet period, for the backoff.
+        self.consecutive_restarts = 0
+        #: Bumped at each planned restart, so that a delayed restart that was overtaken is
+        #: recognised and dropped.
+        self.generation = 0
+        self.last_exit: BaseException | None = None
+
+    def info(self) -> ChildInfo:
+        return ChildInfo(
+            id=self.spec.id,
+            state=self.state,
+            restarts=self.restarts,
+            value=None if self.run is None else self.run.value,
+            kind=self.spec.kind,
+            restart=self.spec.restart,
+            last_exit=self.last_exit,
+        )

@@ -1,0 +1,132 @@
+"""Many children from one template: OTP's simple_one_for_one, Elixir's DynamicSupervisor."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Hashable
+from typing import Any
+
+import attrs
+import trio
+
+from ._checks import check_count
+from ._errors import InvalidSpec, TooManyChildren
+from ._intensity import RestartBackoff
+from ._spec import ChildSpec, RestartType
+from ._stats import ChildCounts, ChildInfo, SupervisorStats
+from ._supervisor import RestartStrategy, Supervisor
+
+__all__ = ["DynamicSupervisor"]
+
+
+class DynamicSupervisor:
+    """Starts children on demand from one template spec, each restarted on its own.
+
+    ``await start_child(*args)`` runs ``template.start(*args)`` as a new child with the
+    template's restart type, shutdown, stop hook and health check; its id is
+    ``(template.id, n)``. The strategy is one for one; the intensity and backoff are shared
+    by all the children, as in OTP.
+
+    Args:
+        template: the spec every child is made from.
+        max_children: at most this many children at once (``None``: no limit).
+        max_restarts, max_seconds, backoff, name: as for :class:`Supervisor`.
+
+    Raises:
+        InvalidSpec: ``template`` is not a ``ChildSpec`` or an option is out of range.
+    """
+
+    def __init__(
+        self,
+        template: ChildSpec,
+        *,
+        max_children: int | None = None,
+        max_restarts: int = 5,
+        max_seconds: float = 60.0,
+        backoff: RestartBackoff | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(template, ChildSpec):
+            raise InvalidSpec(f"template must be a ChildSpec, got {template!r}")
+        if max_children is not None:
+            check_count("max_children", max_children, minimum=1)
+        self.template = template
+        self.max_children = max_children
+        self._supervisor = Supervisor(
+            strategy=RestartStrategy.ONE_FOR_ONE,
+            max_restarts=max_restarts,
+            max_seconds=max_seconds,
+            backoff=backoff,
+            name=name if name is not None else f"dynamic-supervisor@{id(self):x}",
+        )
+        self._numbers = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return f"<DynamicSupervisor {self.name} of {self.template.id!r}>"
+
+    @property
+    def name(self) -> str:
+        return self._supervisor.name
+
+    async def start_child(self, *args: Any) -> ChildInfo:
+        """Start one more child from the template with ``args``; returns once it has started.
+
+        Raises:
+            TooManyChildren: ``max_children`` are already there.
+            ChildStartFailed: it raised before it had started.
+            SupervisorNotRunning: the supervisor is not running.
+        """
+        if self.max_children is not None:
+            live = len(self._supervisor.which_children())
+            if live >= self.max_children:
+                raise TooManyChildren(f"{self.name} already has {live} children")
+        spec = attrs.evolve(
+            self.template,
+            id=(self.template.id, next(self._numbers)),
+            start=functools.partial(self.template.start, *args),
+        )
+        return await self._supervisor.start_child(spec)
+
+    async def terminate_child(self, id: Hashable) -> None:
+        """Stop a child by the template's shutdown spec and forget it.
+
+        Raises:
+            ChildNotFound: no child has that id.
+            SupervisorNotRunning: the supervisor is not running.
+        """
+        await self._supervisor.terminate_child(id)
+        if id in {child.id for child in self._supervisor.which_children()}:
+            self._supervisor.delete_child(id)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Supervise until stopped; see :meth:`Supervisor.run`. Starts with no children."""
+        await self._supervisor.run(task_status=task_status)
+
+    async def __aenter__(self) -> DynamicSupervisor:
+        await self._supervisor.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._supervisor.__aexit__(*exc_info)
+
+    def request_stop(self) -> None:
+        self._supervisor.request_stop()
+
+    async def stop(self) -> None:
+        await self._supervisor.stop()
+
+    def as_child(self, id: Hashable, *, restart: RestartType = RestartType.PERMANENT) -> ChildSpec:
+        """A spec that runs this dynamic supervisor under another supervisor."""
+        return attrs.evolve(self._supervisor.as_child(id, restart=restart), start=self.run)
+
+    def which_children(self) -> list[ChildInfo]:
+        return self._supervisor.which_children()
+
+    def count_children(self) -> ChildCounts:
+        return self._supervisor.count_children()
+
+    def stats(self) -> SupervisorStats:
+        return self._supervisor.stats()

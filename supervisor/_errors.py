@@ -1,0 +1,98 @@
+"""The errors the supervisor package raises.
+
+Each is a :class:`SupervisorError` and, where one fits, a subclass of the closest builtin::
+
+    SupervisorError
+     ├── InvalidSpec               (also ValueError)   a child spec or option out of range
+     ├── DuplicateChild            (also ValueError)   a child with that id already exists
+     ├── ChildNotFound             (also LookupError)  no child with that id
+     ├── ChildRunning                                  the operation needs a stopped child
+     ├── ChildStartFailed                              a child raised before it had started
+     ├── HealthCheckFailed                             a child's health check failed
+     ├── SupervisorNotRunning      (also RuntimeError) the supervisor is not running
+     ├── TooManyChildren                               a dynamic supervisor is at max_children
+     └── RestartIntensityExceeded                      too many restarts: the supervisor gave up
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+__all__ = [
+    "ChildNotFound",
+    "ChildRunning",
+    "ChildStartFailed",
+    "DuplicateChild",
+    "HealthCheckFailed",
+    "InvalidSpec",
+    "RestartIntensityExceeded",
+    "SupervisorError",
+    "SupervisorNotRunning",
+    "TooManyChildren",
+]
+
+
+class SupervisorError(Exception):
+    """Base class of every error the supervisor package raises."""
+
+
+class InvalidSpec(SupervisorError, ValueError):
+    """A child spec or a supervisor option is out of range or of the wrong type."""
+
+
+class DuplicateChild(SupervisorError, ValueError):
+    """The supervisor already has a child with that id."""
+
+
+class ChildNotFound(SupervisorError, LookupError):
+    """The supervisor has no child with that id."""
+
+
+class ChildRunning(SupervisorError):
+    """The child must be terminated first (``restart_child`` and ``delete_child`` need that)."""
+
+
+class ChildStartFailed(SupervisorError):
+    """A child raised before it reported that it had started; the error is in ``__cause__``."""
+
+    def __init__(self, child_id: Hashable, error: BaseException) -> None:
+        super().__init__(f"child {child_id!r} failed to start: {error!r}")
+        self.child_id = child_id
+        self.__cause__ = error
+
+
+class HealthCheckFailed(SupervisorError):
+    """A child's health check raised, said no, or did not answer in time."""
+
+
+class SupervisorNotRunning(SupervisorError, RuntimeError):
+    """The supervisor has not started yet, or has stopped."""
+
+
+class TooManyChildren(SupervisorError):
+    """A dynamic supervisor already runs ``max_children`` children."""
+
+
+class RestartIntensityExceeded(SupervisorError):
+    """More than ``max_restarts`` restarts within ``max_seconds``: the supervisor stopped.
+
+    Its children are all stopped when this is raised. A parent supervisor treats it as the crash
+    of that child, so the failure climbs the tree until a supervisor can restart the subtree.
+    ``last_failure`` (also ``__cause__``) is the exit that tipped it over.
+    """
+
+    def __init__(
+        self,
+        supervisor: str,
+        max_restarts: int,
+        max_seconds: float,
+        last_failure: BaseException | None,
+    ) -> None:
+        super().__init__(
+            f"{supervisor}: more than {max_restarts} restarts within {max_seconds} s; "
+            f"last failure: {last_failure!r}"
+        )
+        self.max_restarts = max_restarts
+        self.max_seconds = max_seconds
+        self.last_failure = last_failure
+        self.__cause__ = last_failure

@@ -1,0 +1,84 @@
+"""How often a supervisor may restart, and how long it waits before it does."""
+
+from __future__ import annotations
+
+import collections
+import random
+
+import attrs
+import tenacity
+
+from ._checks import check_count, check_seconds, seconds, seconds_or_zero
+from ._errors import InvalidSpec
+
+__all__ = ["RestartBackoff", "RestartWindow"]
+
+
+class RestartWindow:
+    """Restart times over a sliding window of ``max_seconds``: at most ``max_restarts`` fit.
+
+    Unlike the crate we re-create, the count is supervisor-wide and old restarts fall out of
+    the window, as in OTP: a supervisor that restarts now and then never gives up.
+    """
+
+    def __init__(self, max_restarts: int, max_seconds: float) -> None:
+        check_count("max_restarts", max_restarts)
+        check_seconds("max_seconds", max_seconds)
+        self.max_restarts = max_restarts
+        self.max_seconds = max_seconds
+        self._times: collections.deque[float] = collections.deque()
+
+    def admit(self, now: float) -> bool:
+        """Count a restart at ``now`` if it fits; False when it would make more than
+        ``max_restarts`` in the window, meaning the supervisor must give up instead."""
+        self._forget_before(now)
+        if len(self._times) >= self.max_restarts:
+            return False
+        self._times.append(now)
+        return True
+
+    def count(self, now: float) -> int:
+        """Restarts within the window that ends at ``now``."""
+        self._forget_before(now)
+        return len(self._times)
+
+    def clear(self) -> None:
+        self._times.clear()
+
+    def _forget_before(self, now: float) -> None:
+        horizon = now - self.max_seconds
+        while self._times and self._times[0] <= horizon:
+            self._times.popleft()
+
+
+@attrs.frozen(kw_only=True)
+class RestartBackoff:
+    """Wait before a restart, longer after each crash in a row (OTP restarts at once).
+
+    The n-th consecutive restart of a child waits ``initial * multiplier ** (n - 1)`` seconds,
+    at most ``maximum``, plus a random fraction up to ``jitter`` of that (0 turns it off) so that
+    siblings do not restart in lockstep. A child that ran for ``reset_after`` seconds without
+    crashing starts again from ``initial``.
+    """
+
+    initial: float = attrs.field(default=0.1, validator=seconds)
+    multiplier: float = attrs.field(default=2.0)
+    maximum: float = attrs.field(default=30.0, validator=seconds)
+    jitter: float = attrs.field(default=0.1, validator=seconds_or_zero)
+    reset_after: float = attrs.field(default=60.0, validator=seconds)
+    _random: random.Random = attrs.field(factory=random.Random, eq=False, repr=False, alias="rng")
+
+    @multiplier.validator
+    def _check_multiplier(self, _attribute: object, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 1:
+            raise InvalidSpec(f"multiplier must be a number >= 1, got {value!r}")
+
+    def delay(self, consecutive: int) -> float:
+        """Seconds to wait before the ``consecutive``-th restart in a row (1 for the first)."""
+        wait = tenacity.wait_exponential(
+            multiplier=self.initial, exp_base=self.multiplier, max=self.maximum
+        )
+        state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
+        state.attempt_number = consecutive
+        base = wait(state)
+        return base * (1 + self._random.uniform(0, self.jitter)) if self.jitter else base

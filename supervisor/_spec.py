@@ -1,0 +1,137 @@
+"""What a supervisor needs to know about a child: how to start it, restart it and stop it."""
+
+from __future__ import annotations
+
+import enum
+import inspect
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
+
+import attrs
+
+from ._checks import check_seconds, instance_of, is_callable, seconds
+from ._errors import InvalidSpec
+
+__all__ = ["ChildKind", "ChildSpec", "HealthCheck", "RestartType", "Shutdown"]
+
+
+class RestartType(enum.Enum):
+    """When a child that exited by itself is started again (OTP's restart types)."""
+
+    #: Always restarted, whether it crashed or returned.
+    PERMANENT = "permanent"
+    #: Restarted only after an abnormal exit: an exception. A normal return is final.
+    TRANSIENT = "transient"
+    #: Never restarted; forgotten once it exits.
+    TEMPORARY = "temporary"
+
+
+class Shutdown(enum.Enum):
+    """How a child is stopped when it is not given a number of seconds."""
+
+    #: Cancel the child at once.
+    BRUTAL_KILL = "brutal_kill"
+    #: Ask the child to stop and wait as long as it takes (the default for supervisors).
+    INFINITY = "infinity"
+
+
+class ChildKind(enum.Enum):
+    """Whether a child does work or supervises others (``count_children`` tells them apart)."""
+
+    WORKER = "worker"
+    SUPERVISOR = "supervisor"
+
+
+def _check_shutdown(_spec: object, _attribute: object, value: object) -> None:
+    if not isinstance(value, Shutdown):
+        check_seconds("shutdown", value)
+
+
+def _check_hashable(_spec: object, _attribute: object, value: object) -> None:
+    try:
+        hash(value)
+    except TypeError:
+        raise InvalidSpec(f"a child id must be hashable, got {value!r}") from None
+
+
+@attrs.frozen(kw_only=True)
+class HealthCheck:
+    """A periodic probe of a running child; a failing probe restarts the child.
+
+    ``check`` is called with the value the child reported through ``task_status.started``
+    (``None`` if it reports nothing) every ``interval`` seconds. The probe fails when it raises,
+    returns ``False``, or takes longer than ``timeout`` (default: ``interval``); the child is then
+    cancelled and handled as a crash, which counts towards the restart intensity.
+    """
+
+    check: Callable[[Any], Awaitable[object]] = attrs.field(validator=is_callable)
+    interval: float = attrs.field(validator=seconds)
+    timeout: float | None = attrs.field(default=None)
+
+    @timeout.validator
+    def _check_timeout(self, _attribute: object, value: float | None) -> None:
+        if value is not None:
+            check_seconds("timeout", value)
+
+    @property
+    def deadline(self) -> float:
+        """Seconds a probe may take."""
+        return self.interval if self.timeout is None else self.timeout
+
+
+@attrs.frozen
+class ChildSpec:
+    """How to run one child.
+
+    Attributes:
+        id: unique among the supervisor's children.
+        start: an async callable that runs the child until it exits. If it takes a
+            ``task_status`` keyword, the supervisor waits for ``task_status.started(value)``
+            before it starts the next child, and ``value`` is what ``which_children`` reports
+            and what ``stop`` and the health check receive. Otherwise the child counts as
+            started at once.
+        restart: when it is started again after it exits by itself.
+        shutdown: how it is stopped: a number of seconds means call ``stop`` and wait that
+            long, then cancel it; ``BRUTAL_KILL`` cancels at once; ``INFINITY`` calls ``stop``
+            and waits for as long as it takes.
+        stop: a synchronous function asking the child to finish; it receives the started value.
+            Without one, asking the child to stop means cancelling it (as an OTP process that
+            does not trap exits dies at once).
+        significant: its own exit may end the supervisor (see ``AutoShutdown``); only for
+            transient and temporary children.
+        kind: ``WORKER`` or ``SUPERVISOR``.
+        health_check: an optional periodic probe.
+    """
+
+    id: Hashable = attrs.field(validator=_check_hashable)
+    start: Callable[..., Awaitable[object]] = attrs.field(validator=is_callable)
+    restart: RestartType = attrs.field(
+        default=RestartType.PERMANENT, validator=instance_of(RestartType), kw_only=True
+    )
+    shutdown: float | Shutdown = attrs.field(default=5.0, validator=_check_shutdown, kw_only=True)
+    stop: Callable[[Any], object] | None = attrs.field(
+        default=None, validator=attrs.validators.optional(is_callable), kw_only=True
+    )
+    significant: bool = attrs.field(default=False, kw_only=True)
+    kind: ChildKind = attrs.field(
+        default=ChildKind.WORKER, validator=instance_of(ChildKind), kw_only=True
+    )
+    health_check: HealthCheck | None = attrs.field(
+        default=None, validator=instance_of(HealthCheck, optional=True), kw_only=True
+    )
+
+    @significant.validator
+    def _check_significant(self, _attribute: object, value: object) -> None:
+        if not isinstance(value, bool):
+            raise InvalidSpec(f"significant must be a bool, got {value!r}")
+        if value and self.restart is RestartType.PERMANENT:
+            raise InvalidSpec(f"child {self.id!r}: a permanent child cannot be significant")
+
+    @property
+    def takes_task_status(self) -> bool:
+        """Whether ``start`` reports its own start through ``task_status``."""
+        try:
+            parameters = inspect.signature(self.start).parameters
+        except (TypeError, ValueError):
+            return False
+        return "task_status" in parameters

@@ -1,0 +1,647 @@
+"""The supervisor: OTP's restart strategies over the tasks of one Trio nursery.
+
+A supervisor is a task that owns a nursery with one task per child. Each child's task reports
+how it exited; the supervisor's loop takes those reports one at a time and decides, by the
+child's restart type and the supervisor's strategy, what to restart. Every change to the set of
+children (a restart, ``start_child``, ``terminate_child``, the final shutdown) holds one lock, so
+that they never interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import enum
+import logging
+import math
+from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from ._child import Child, ChildRun
+from ._errors import (
+    ChildNotFound,
+    ChildRunning,
+    ChildStartFailed,
+    DuplicateChild,
+    HealthCheckFailed,
+    InvalidSpec,
+    RestartIntensityExceeded,
+    SupervisorError,
+    SupervisorNotRunning,
+)
+from ._intensity import RestartBackoff, RestartWindow
+from ._spec import ChildKind, ChildSpec, RestartType, Shutdown
+from ._stats import ChildCounts, ChildInfo, ChildState, SupervisorStats
+
+__all__ = ["AutoShutdown", "CurrentChild", "RestartStrategy", "Supervisor", "current_child"]
+
+logger = logging.getLogger("supervisor")
+
+#: States in which a child takes part in a group restart.
+_LIVE = frozenset({ChildState.STARTING, ChildState.RUNNING, ChildState.RESTARTING})
+
+
+class RestartStrategy(enum.Enum):
+    """Which children restart when one exits and is due to restart."""
+
+    #: Only the child that exited.
+    ONE_FOR_ONE = "one_for_one"
+    #: Every child: the others are stopped (newest first), then all start again in order.
+    ONE_FOR_ALL = "one_for_all"
+    #: The child and those started after it, stopped newest first and started again in order.
+    REST_FOR_ONE = "rest_for_one"
+
+
+class AutoShutdown(enum.Enum):
+    """Whether the exit of significant children ends the supervisor (OTP 24)."""
+
+    #: Never: significant children are not allowed.
+    NEVER = "never"
+    #: When any significant child exits by itself and is not restarted.
+    ANY_SIGNIFICANT = "any_significant"
+    #: When every significant child has exited by itself and none is left running.
+    ALL_SIGNIFICANT = "all_significant"
+
+
+@attrs.frozen
+class CurrentChild:
+    """The supervisor running the current task, and the id it knows the task by."""
+
+    supervisor: Supervisor
+    id: Hashable
+
+
+_current_child: contextvars.ContextVar[CurrentChild | None] = contextvars.ContextVar(
+    "supervisor_current_child", default=None
+)
+
+
+def current_child() -> CurrentChild | None:
+    """Which supervisor runs the calling task, and as which child (``None`` if none does).
+
+    Visible in the child's own task and in tasks it starts.
+    """
+    return _current_child.get()
+
+
+class _StartedRelay:
+    """The ``task_status`` a child gets: it records the value, then passes the news on."""
+
+    def __init__(self, run: ChildRun, outer: trio.TaskStatus[None]) -> None:
+        self._run = run
+        self._outer = outer
+
+    def started(self, value: Any = None) -> None:
+        self._run.value = value
+        self._run.reported = True
+        self._outer.started()
+
+
+class Supervisor:
+    """Runs child tasks and restarts them as OTP's supervisor does.
+
+    Run it as a task (``await nursery.start(sup.run)``) or as a block (``async with sup:``).
+    Children start in list order, each once the previous one reported ``started``; they are
+    stopped in the reverse order. Above ``max_restarts`` restarts within ``max_seconds``
+    the supervisor stops every child and raises :class:`RestartIntensityExceeded`, which a
+    parent supervisor handles as the crash of that child.
+
+    Args:
+        children: the children started with the supervisor, in start order.
+        strategy: which children restart when one exits (``RestartStrategy``).
+        max_restarts: restarts allowed within ``max_seconds`` (0: give up at the first exit
+            that calls for a restart).
+        max_seconds: the length of the sliding window restarts are counted in.
+        auto_shutdown: whether significant children's exits end the supervisor.
+        backoff: wait before restarting a child that keeps exiting (OTP restarts at once).
+        name: used in logs and errors.
+
+    Raises:
+        InvalidSpec: an option is out of range or a child spec is not a ``ChildSpec``.
+        DuplicateChild: two children share an id.
+    """
+
+    def __init__(
+        self,
+        children: Iterable[ChildSpec] = (),
+        *,
+        strategy: RestartStrategy = RestartStrategy.ONE_FOR_ONE,
+        max_restarts: int = 5,
+        max_seconds: float = 60.0,
+        auto_shutdown: AutoShutdown = AutoShutdown.NEVER,
+        backoff: RestartBackoff | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(strategy, RestartStrategy):
+            raise InvalidSpec(f"strategy must be a RestartStrategy, got {strategy!r}")
+        if not isinstance(auto_shutdown, AutoShutdown):
+            raise InvalidSpec(f"auto_shutdown must be an AutoShutdown, got {auto_shutdown!r}")
+        if backoff is not None and not isinstance(backoff, RestartBackoff):
+            raise InvalidSpec(f"backoff must be a RestartBackoff or None, got {backoff!r}")
+        self.strategy = strategy
+        self.auto_shutdown = auto_shutdown
+        self.backoff = backoff
+        self.name = name if name is not None else f"supervisor@{id(self):x}"
+        self._window = RestartWindow(max_restarts, max_seconds)
+        self._specs: list[ChildSpec] = []
+        for spec in children:
+            self._check_new(spec, self._specs)
+            self._specs.append(spec)
+        self._children: list[Child] = []
+        self._lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._events: trio.MemorySendChannel[ChildRun | None] | None = None
+        self._stopping = False
+        self._stopped = trio.Event()
+        self._escalation: RestartIntensityExceeded | None = None
+        self._total_restarts = 0
+        self._escalations = 0
+        self._stop_errors = 0
+
+    @classmethod
+    def lenient(cls, children: Iterable[ChildSpec] = (), **options: Any) -> Supervisor:
+        """A supervisor that allows 10 restarts in 120 s."""
+        return cls(children, max_restarts=10, max_seconds=120.0, **options)
+
+    @classmethod
+    def strict(cls, children: Iterable[ChildSpec] = (), **options: Any) -> Supervisor:
+        """A supervisor that allows 3 restarts in 30 s."""
+        return cls(children, max_restarts=3, max_seconds=30.0, **options)
+
+    def __repr__(self) -> str:
+        return f"<Supervisor {self.name} {self.strategy.value}, {len(self._children)} children>"
+
+    @property
+    def max_restarts(self) -> int:
+        return self._window.max_restarts
+
+    @property
+    def max_seconds(self) -> float:
+        return self._window.max_seconds
+
+    def as_child(
+        self,
+        id: Hashable,
+        *,
+        restart: RestartType = RestartType.PERMANENT,
+        significant: bool = False,
+    ) -> ChildSpec:
+        """A spec that runs this supervisor as a child of another: a subtree.
+
+        It is stopped by asking it to stop its own children, for as long as that takes.
+        """
+        return ChildSpec(
+            id,
+            self.run,
+            restart=restart,
+            shutdown=Shutdown.INFINITY,
+            stop=_ask_supervisor_to_stop,
+            significant=significant,
+            kind=ChildKind.SUPERVISOR,
+        )
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Start the children in order, report ``started``, then supervise until stopped.
+
+        Returns once :meth:`request_stop` (or an auto shutdown) has stopped every child.
+        Each run starts afresh from the children given to the constructor: children added with
+        :meth:`start_child` do not survive a restart of the supervisor, as in OTP.
+
+        Raises:
+            ChildStartFailed: a child failed to start; those started before it are stopped.
+            RestartIntensityExceeded: too many restarts; every child has been stopped.
+            SupervisorError: the supervisor is already running.
+        """
+        if self._nursery is not None:
+            raise SupervisorError(f"{self.name} is already running")
+        self._children = [Child(spec) for spec in self._specs]
+        self._window.clear()
+        self._stopping = False
+        self._stopped = trio.Event()
+        self._escalation = None
+        start_failure: ChildStartFailed | None = None
+        events, reports = trio.open_memory_channel[ChildRun | None](math.inf)
+        self._events = events
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                async with self._lock:
+                    start_failure = await self._start_initial_children()
+                if start_failure is None:
+                    task_status.started(self)
+                    await self._supervise(reports)
+                async with self._lock:
+                    self._stopping = True
+                    await self._stop_children(reversed(self._children))
+                nursery.cancel_scope.cancel()
+        finally:
+            self._stopping = True
+            self._nursery = None
+            for child in self._children:
+                child.run = None
+                child.state = ChildState.TERMINATED
+            self._stopped.set()
+        if start_failure is not None:
+            raise start_failure
+        if self._escalation is not None:
+            self._escalations += 1
+            raise self._escalation
+
+    def request_stop(self) -> None:
+        """Ask the supervisor to stop its children (newest first) and return from ``run``."""
+        if self._events is not None and not self._stopping:
+            self._stopping = True
+            self._events.send_nowait(None)
+
+    async def stop(self) -> None:
+        """Stop the supervisor and wait until every child has stopped."""
+        self.request_stop()
+        if self._nursery is not None:
+            await self._stopped.wait()
+
+    async def __aenter__(self) -> Supervisor:
+        self._block = self._open()
+        return await self._block.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._block.__aexit__(*exc_info)
+
+    @contextlib.asynccontextmanager
+    async def _open(self) -> AsyncIterator[Supervisor]:
+        """Run the supervisor for the length of a block; its failure ends the block."""
+        failure: SupervisorError | None = None
+        body_error: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def supervise(task_status: trio.TaskStatus[Supervisor]) -> None:
+                nonlocal failure
+                try:
+                    await self.run(task_status=task_status)
+                except RestartIntensityExceeded as error:
+                    failure = error
+                    nursery.cancel_scope.cancel()
+
+            try:
+                await nursery.start(supervise)
+            except ChildStartFailed as error:
+                failure = error
+            if failure is None:
+                try:
+                    yield self
+                except BaseException as error:
+                    body_error = error
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self.stop()
+        if failure is not None:
+            raise failure
+        if body_error is not None:
+            raise body_error
+
+    async def _start_initial_children(self) -> ChildStartFailed | None:
+        for child in self._children:
+            error = await self._launch(child)
+            if error is not None:
+                self._children.remove(child)
+                await self._stop_children(reversed(self._children))
+                return ChildStartFailed(child.spec.id, error)
+        return None
+
+    async def _supervise(self, reports: trio.MemoryReceiveChannel[ChildRun | None]) -> None:
+        """Handle child exits one at a time until asked to stop, or until giving up."""
+        async for run in reports:
+            if run is None:
+                return
+            async with self._lock:
+                if self._stopping or not await self._handle_exit(run):
+                    return
+
+    # -- one child's task ----------------------------------------------------------------
+
+    async def _launch(self, child: Child) -> Exception | None:
+        """Start one run of ``child`` and wait until it has reported ``started``.
+
+        Returns what it raised before it had started, if it did.
+        """
+        assert self._nursery is not None
+        run = ChildRun(child)
+        child.run = run
+        child.state = ChildState.STARTING
+        try:
+            await self._nursery.start(self._run_child, run)
+        except Exception as error:
+            child.run = None
+            child.last_exit = error
+            return error
+        child.state = ChildState.RUNNING
+        if child.spec.health_check is not None and not run.done.is_set():
+            self._nursery.start_soon(self._watch_health, run)
+        return None
+
+    async def _run_child(self, run: ChildRun, *, task_status: trio.TaskStatus[None]) -> None:
+        """The task of one run: the child's own code, and the report of how it ended."""
+        child = run.child
+        relay = _StartedRelay(run, task_status)
+        _current_child.set(CurrentChild(self, child.spec.id))
+        try:
+            with run.scope:
+                try:
+                    if child.takes_task_status:
+                        await child.spec.start(task_status=relay)
+                    else:
+                        relay.started()
+                        await child.spec.start()
+                except Exception as error:
+                    if not run.reported:
+                        raise  # to the caller of nursery.start, as a failed start
+                    run.outcome = error
+            if run.scope.cancelled_caught and run.health_failure is not None:
+                run.outcome = run.health_failure
+        finally:
+            run.done.set()
+            if run.health_scope is not None:
+                run.health_scope.cancel()
+            if run.reported and not run.terminating and self._events is not None:
+                self._events.send_nowait(run)
+
+    async def _watch_health(self, run: ChildRun) -> None:
+        check = run.child.spec.health_check
+        assert check is not None
+        with trio.CancelScope() as scope:
+            run.health_scope = scope
+            while not run.done.is_set():
+                await trio.sleep(check.interval)
+                failure: HealthCheckFailed | None = None
+                with trio.move_on_after(check.deadline) as probe:
+                    try:
+                        answer = await check.check(run.value)
+                    except Exception as error:
+                        failure = HealthCheckFailed(f"the health check raised {error!r}")
+                        failure.__cause__ = error
+                    else:
+                        if answer is False:
+                            failure = HealthCheckFailed("the health check answered False")
+                if probe.cancelled_caught:
+                    failure = HealthCheckFailed(f"no answer within {check.deadline} s")
+                if failure is not None:
+                    logger.warning("%s: %r is unhealthy: %s", self.name, run.child.spec.id, failure)
+                    run.health_failure = failure
+                    run.scope.cancel()
+                    return
+
+    # -- deciding what to restart --------------------------------------------------------
+
+    async def _handle_exit(self, run: ChildRun) -> bool:
+        """Restart what the exit calls for; False when the supervisor must stop."""
+        child = run.child
+        if child.run is not run:
+            return True  # stopped or restarted since it reported
+        child.run = None
+        child.last_exit = run.outcome
+        restart = child.spec.restart
+        abnormal = run.outcome is not None
+        if restart is RestartType.PERMANENT or (restart is RestartType.TRANSIENT and abnormal):
+            return await self._restart_after(child, run)
+        logger.info("%s: %r exited (%r), not restarted", self.name, child.spec.id, run.outcome)
+        if restart is RestartType.TEMPORARY:
+            self._children.remove(child)
+        else:
+            child.state = ChildState.TERMINATED
+        return not (child.spec.significant and self._auto_shutdown_due())
+
+    async def _restart_after(self, failed: Child, run: ChildRun) -> bool:
+        if not self._window.admit(trio.current_time()):
+            self._escalation = RestartIntensityExceeded(
+                self.name, self.max_restarts, self.max_seconds, run.outcome
+            )
+            logger.error("%s", self._escalation)
+            return False
+        self._total_restarts += 1
+        logger.info("%s: child %r exited (%r), restarting", self.name, failed.spec.id, run.outcome)
+        group = self._restart_group(failed)
+        siblings = [child for child in group if child is not failed]
+        await self._stop_children(reversed(siblings))
+        for sibling in siblings:
+            if sibling.spec.restart is RestartType.TEMPORARY:
+                self._children.remove(sibling)  # never restarted, even by a sibling's exit
+        group = [child for child in group if child in self._children]
+        for child in group:
+            child.state = ChildState.RESTARTING
+            child.generation += 1
+        delay = self._backoff_delay(failed, run)
+        if delay > 0:
+            assert self._nursery is not None
+            due = [(child, child.generation) for child in group]
+            self._nursery.start_soon(self._start_later, due, delay)
+        else:
+            await self._start_in_order(group)
+        return True
+
+    def _restart_group(self, failed: Child) -> list[Child]:
+        if self.strategy is RestartStrategy.ONE_FOR_ONE:
+            return [failed]
+        if self.strategy is RestartStrategy.ONE_FOR_ALL:
+            candidates: Sequence[Child] = self._children
+        else:
+            candidates = self._children[self._children.index(failed) :]
+        return [child for child in candidates if child is failed or child.state in _LIVE]
+
+    def _backoff_delay(self, failed: Child, run: ChildRun) -> float:
+        if self.backoff is None:
+            return 0.0
+        if trio.current_time() - run.started_at >= self.backoff.reset_after:
+            failed.consecutive_restarts = 0
+        failed.consecutive_restarts += 1
+        return self.backoff.delay(failed.consecutive_restarts)
+
+    async def _start_later(self, due: list[tuple[Child, int]], delay: float) -> None:
+        await trio.sleep(delay)
+        async with self._lock:
+            if not self._stopping:
+                await self._start_in_order(
+                    [child for child, generation in due if child.generation == generation]
+                )
+
+    async def _start_in_order(self, group: list[Child]) -> None:
+        """Start ``group`` in order; a child that fails to start counts as its crash."""
+        for child in group:
+            if child not in self._children or child.state is not ChildState.RESTARTING:
+                continue  # deleted or terminated by hand meanwhile
+            child.restarts += 1
+            error = await self._launch(child)
+            if error is not None:
+                assert self._events is not None
+                child.state = ChildState.RESTARTING
+                child.run = ChildRun.failed_start(child, error)
+                self._events.send_nowait(child.run)
+                return  # the rest of the group waits for that exit's restart
+
+    def _auto_shutdown_due(self) -> bool:
+        if self.auto_shutdown is AutoShutdown.ANY_SIGNIFICANT:
+            return True
+        if self.auto_shutdown is AutoShutdown.ALL_SIGNIFICANT:
+            return not any(
+                child.spec.significant and child.state in _LIVE for child in self._children
+            )
+        return False
+
+    # -- stopping --------------------------------------------------------------------------
+
+    async def _stop_children(self, children: Iterable[Child]) -> None:
+        for child in list(children):
+            await self._stop_child(child)
+
+    async def _stop_child(self, child: Child) -> None:
+        """Stop one child by its shutdown spec; what it raises while stopping is reported."""
+        run, child.run = child.run, None
+        if run is None:
+            child.state = ChildState.TERMINATED
+            return
+        child.state = ChildState.STOPPING
+        run.terminating = True
+        spec = child.spec
+        if spec.shutdown is not Shutdown.BRUTAL_KILL and spec.stop is not None:
+            try:
+                spec.stop(run.value)
+            except Exception as error:
+                self._report_stop_error(child, error)
+            if spec.shutdown is Shutdown.INFINITY:
+                await run.done.wait()
+            else:
+                with trio.move_on_after(spec.shutdown):
+                    await run.done.wait()
+        run.scope.cancel()
+        await run.done.wait()
+        if run.outcome is not None:
+            self._report_stop_error(child, run.outcome)
+        child.last_exit = run.outcome
+        child.state = ChildState.TERMINATED
+
+    def _report_stop_error(self, child: Child, error: BaseException) -> None:
+        self._stop_errors += 1
+        logger.error("%s: child %r raised while stopping", self.name, child.spec.id, exc_info=error)
+
+    # -- children by hand ----------------------------------------------------------------
+
+    async def start_child(self, spec: ChildSpec) -> ChildInfo:
+        """Add a child and start it; returns once it has reported ``started``.
+
+        Raises:
+            DuplicateChild: a child with that id exists.
+            ChildStartFailed: it raised before it had started (it is not added).
+            SupervisorNotRunning: the supervisor is not running.
+            InvalidSpec: ``spec`` is not a ``ChildSpec``, or is significant under ``NEVER``.
+        """
+        async with self._lock:
+            self._check_running()
+            self._check_new(spec, [child.spec for child in self._children])
+            child = Child(spec)
+            self._children.append(child)
+            error = await self._launch(child)
+            if error is not None:
+                self._children.remove(child)
+                raise ChildStartFailed(spec.id, error)
+            return child.info()
+
+    async def terminate_child(self, id: Hashable) -> None:
+        """Stop a child by its shutdown spec; it stays known (and restartable) unless temporary.
+
+        Raises:
+            ChildNotFound: no child has that id.
+            SupervisorNotRunning: the supervisor is not running.
+        """
+        async with self._lock:
+            self._check_running()
+            child = self._find(id)
+            await self._stop_child(child)
+            if child.spec.restart is RestartType.TEMPORARY:
+                self._children.remove(child)
+
+    async def restart_child(self, id: Hashable) -> ChildInfo:
+        """Start a terminated child again (this does not count towards the intensity).
+
+        Raises:
+            ChildNotFound: no child has that id.
+            ChildRunning: the child is not terminated.
+            ChildStartFailed: it raised before it had started.
+            SupervisorNotRunning: the supervisor is not running.
+        """
+        async with self._lock:
+            self._check_running()
+            child = self._find(id)
+            if child.state is not ChildState.TERMINATED:
+                raise ChildRunning(f"child {id!r} is {child.state.value}, not terminated")
+            child.restarts += 1
+            error = await self._launch(child)
+            if error is not None:
+                child.state = ChildState.TERMINATED
+                raise ChildStartFailed(id, error)
+            return child.info()
+
+    def delete_child(self, id: Hashable) -> None:
+        """Forget a terminated child.
+
+        Raises:
+            ChildNotFound: no child has that id.
+            ChildRunning: the child is not terminated.
+        """
+        child = self._find(id)
+        if child.state is not ChildState.TERMINATED:
+            raise ChildRunning(f"child {id!r} is {child.state.value}: terminate it first")
+        self._children.remove(child)
+
+    def which_children(self) -> list[ChildInfo]:
+        """Every child, in start order."""
+        return [child.info() for child in self._children]
+
+    def count_children(self) -> ChildCounts:
+        supervisors = sum(child.spec.kind is ChildKind.SUPERVISOR for child in self._children)
+        return ChildCounts(
+            specs=len(self._children),
+            active=sum(child.state is ChildState.RUNNING for child in self._children),
+            supervisors=supervisors,
+            workers=len(self._children) - supervisors,
+        )
+
+    def stats(self) -> SupervisorStats:
+        by_state = dict.fromkeys(ChildState, 0)
+        for child in self._children:
+            by_state[child.state] += 1
+        return SupervisorStats(
+            children=by_state,
+            restarts_in_window=self._window.count(trio.current_time()),
+            total_restarts=self._total_restarts,
+            escalations=self._escalations,
+            stop_errors=self._stop_errors,
+        )
+
+    def _find(self, id: Hashable) -> Child:
+        for child in self._children:
+            if child.spec.id == id:
+                return child
+        raise ChildNotFound(f"{self.name} has no child {id!r}")
+
+    def _check_running(self) -> None:
+        if self._nursery is None or self._stopping:
+            raise SupervisorNotRunning(f"{self.name} is not running")
+
+    def _check_new(self, spec: object, existing: Iterable[ChildSpec]) -> None:
+        if not isinstance(spec, ChildSpec):
+            raise InvalidSpec(f"a child must be a ChildSpec, got {spec!r}")
+        if any(other.id == spec.id for other in existing):
+            raise DuplicateChild(f"{self.name} already has a child {spec.id!r}")
+        if spec.significant and self.auto_shutdown is AutoShutdown.NEVER:
+            raise InvalidSpec(
+                f"child {spec.id!r} is significant, which needs auto_shutdown other than NEVER"
+            )
+
+
+def _ask_supervisor_to_stop(supervisor: Supervisor) -> None:
+    supervisor.request_stop()
