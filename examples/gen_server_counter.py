@@ -1,7 +1,8 @@
 """A gen_server in the OTP mould: call to read, cast to change, info for time and monitors.
 
 The counter resets itself on a timer (``ctx.send_after``), watches an auditor with a monitor,
-and stops on request. A call it cannot answer fails at once in the caller.
+and stops on request. A call it cannot answer fails at once in the caller; a crash fails the
+caller too, and the supervisor restarts the counter behind the same ref.
 """
 
 import trio
@@ -66,7 +67,9 @@ async def main() -> None:
         try:
             await counter.call(("divide", 0))
         except CallFailed as failure:
-            print(f"the call failed: {failure.__cause__!r}; alive: {counter.alive}")
+            print(f"the call failed: {failure.__cause__!r}")
+        # Its supervisor restarted it: the same ref reaches a fresh instance.
+        print(f"after the restart: alive {counter.alive}, count = {await counter.call('get')}")
 
 
 if __name__ == "__main__":

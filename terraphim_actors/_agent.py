@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from supervisor import RestartType
+
 from ._ids import AgentId, MessageId
 from ._messages import Envelope
 from ._notifications import ExitReason, MonitorRef, StopReason
@@ -210,8 +212,13 @@ class Context:
         self._cell.start_background(async_fn, args)
 
     def stop(self) -> None:
-        """Stop this agent (reason ``NORMAL``) once the current handler returns."""
-        self._cell.request_stop(StopReason.NORMAL)
+        """End this instance normally once the current handler returns.
+
+        As in OTP, a normal exit is final for a transient or temporary agent, and a permanent
+        agent is started again; ``system.stop(ref)`` stops any agent for good.
+        """
+        cell = self._cell
+        cell.request_stop(StopReason.NORMAL, final=cell.restart is not RestartType.PERMANENT)
 
 
 def stopped_error(agent: AgentId, reason: ExitReason) -> AgentStopped:

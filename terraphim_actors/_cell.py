@@ -1,8 +1,9 @@
-"""The runtime of one agent: its task, its loop over the mailbox, and how it ends.
+"""The runtime of one agent: its loop over the mailbox, and how each of its instances ends.
 
 A cell is the part of an agent that outlives any one instance of the user's class: the id, the
-mailbox, the ref handed out to others, the monitors set on it. The instance is rebuilt at each
-start; the cell stays until the agent stops for good.
+mailbox, the ref handed out to others, the monitors set on it. Its supervisor runs
+:meth:`AgentCell.run` once per instance; between a crash and the restart the mailbox stays open,
+so messages wait for the new instance. The cell stays until the agent stops for good.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
+
+from supervisor import CurrentChild, RestartType, current_child
 
 from ._agent import Agent, Context, NotHandled, stopped_error
 from ._checks import check_instance
@@ -59,6 +62,9 @@ class CellState(enum.Enum):
     STARTING = "starting"
     RUNNING = "running"
     STOPPING = "stopping"
+    #: Between instances: its supervisor will start it again; messages wait in the mailbox.
+    RESTARTING = "restarting"
+    #: Stopped for good: the mailbox is closed and the name is free.
     STOPPED = "stopped"
 
 
@@ -73,6 +79,7 @@ class AgentCell:
         agent_id: AgentId,
         mailbox: MailboxConfig,
         shutdown: float,
+        restart: RestartType,
     ) -> None:
         self.system = system
         self.id = agent_id
@@ -81,7 +88,13 @@ class AgentCell:
         self.ref = AgentRef(self)
         #: Seconds a stopping agent gets to finish its handler (and ``on_stop``).
         self.shutdown = shutdown
+        #: Whether its supervisor restarts it, which decides when an exit is for good.
+        self.restart = restart
         self.state = CellState.STARTING
+        #: Instances started so far (the first start, then one per restart).
+        self.instances = 0
+        #: The supervisor running the agent, and the id it knows it by.
+        self.placement: CurrentChild | None = None
         #: Set once the agent has stopped for good.
         self.stopped = trio.Event()
         self.exit_reason: ExitReason | None = None
@@ -89,6 +102,11 @@ class AgentCell:
         self._task: trio.lowlevel.Task | None = None
         self._instance_scope: trio.CancelScope | None = None
         self._stop_requested: StopReason | None = None
+        #: The stop asked for is for good: the mailbox is closed, no instance will follow.
+        self._final = False
+        #: Handle what is already in the mailbox before stopping (subscribers at shutdown).
+        self._draining = False
+        self._wait_scope: trio.CancelScope | None = None
         self._linked_failure: BaseException | None = None
         self._in_hand: Envelope | None = None
         self._deferred: set[ReplyHandle] = set()
@@ -152,11 +170,16 @@ class AgentCell:
     async def run(
         self, *, task_status: trio.TaskStatus[AgentRef] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run the agent until it stops for good. Reports its ref once ``on_start`` is done.
+        """Run one instance of the agent; its supervisor calls this again for each restart.
+
+        Reports the ref once ``on_start`` is done. Returns when the instance stops normally
+        and raises what it crashed with, so that the supervisor can tell the two apart.
 
         Raises:
             AgentStartFailed: building the instance or ``on_start`` raised.
+            Exception: the instance crashed with it.
         """
+        self._begin_instance()
         reason: ExitReason = StopReason.KILLED
         try:
             reason = await self._run_instance(task_status)
@@ -164,7 +187,33 @@ class AgentCell:
             reason = failure.__cause__ or failure
             raise
         finally:
-            self._finish(reason)
+            self._after_instance(reason)
+        if isinstance(reason, Exception):
+            raise reason
+
+    def _begin_instance(self) -> None:
+        self.placement = current_child()
+        self.state = CellState.STARTING
+        self.instances += 1
+        if self.instances > 1:
+            self.system.count_restart()
+        self._stop_requested = None
+        self._draining = False
+        self._linked_failure = None
+
+    def _after_instance(self, reason: ExitReason) -> None:
+        """Settle the agent after an instance: for good, or waiting for its restart."""
+        crashed = isinstance(reason, Exception)
+        if crashed:
+            self.system.count_crash()
+        if self.restart is RestartType.PERMANENT:
+            restarts = True
+        else:
+            restarts = self.restart is RestartType.TRANSIENT and crashed
+        if self._final or self.system.closing or not restarts:
+            self.finish(reason)
+        else:
+            self.state = CellState.RESTARTING
 
     async def _run_instance(self, task_status: trio.TaskStatus[AgentRef]) -> ExitReason:
         self._task = trio.lowlevel.current_task()
@@ -220,7 +269,7 @@ class AgentCell:
         served = 0
         batch_started = clock()
         try:
-            while self._stop_requested is None:
+            while self._stop_requested is None or (self._draining and len(mailbox)):
                 if served >= _BATCH:
                     served = 0
                     await trio.lowlevel.checkpoint()
@@ -231,17 +280,18 @@ class AgentCell:
                         self._idle.set()
                         self._idle = None
                     self._waiting = True
-                    try:
-                        envelope = await mailbox.receive()
-                    except MailboxClosed:
-                        break
-                    finally:
-                        self._waiting = False
+                    with trio.CancelScope() as self._wait_scope:
+                        try:
+                            envelope = await mailbox.receive()
+                        except MailboxClosed:
+                            break
+                        finally:
+                            self._waiting = False
+                            self._wait_scope = None
+                    if envelope is None:
+                        break  # asked to stop while it waited
                     batch_started = clock()
                     served = 0
-                    if self._stop_requested is not None:
-                        self._drop(envelope, self._undelivered_reason())
-                        break
                 served += 1
                 self._in_hand = envelope
                 context._envelope = envelope
@@ -314,8 +364,13 @@ class AgentCell:
                 logger.error("agent %r raised in on_stop", self.id, exc_info=error)
         self.system.publish(AgentExited(self.id, reason))
 
-    def _finish(self, reason: ExitReason) -> None:
-        """The agent has stopped for good: settle the mailbox, tell the monitors, unregister."""
+    def finish(self, reason: ExitReason) -> None:
+        """The agent has stopped for good: settle the mailbox, tell the monitors, unregister.
+
+        Only between instances (or after the last one); does nothing the second time.
+        """
+        if self.state is CellState.STOPPED:
+            return
         self.state = CellState.STOPPED
         self.exit_reason = reason
         self.mailbox.close()
@@ -342,30 +397,29 @@ class AgentCell:
 
     # -- stopping --------------------------------------------------------------------------
 
-    def request_stop(self, reason: StopReason) -> None:
-        """Ask the agent to stop for good once its current handler returns.
+    def request_stop(self, reason: StopReason, *, final: bool, drain: bool = False) -> None:
+        """Ask the running instance to stop once its current handler returns.
 
-        Its mailbox closes at once: later messages are refused (dead letters, or
-        ``AgentStopped`` for calls), and those already waiting are settled when it stops.
+        A ``final`` stop is for good: the mailbox closes at once, so later messages are refused
+        (dead letters, or ``AgentStopped`` for calls) and those already waiting are settled when
+        it stops. Otherwise the mailbox stays open for the next instance. With ``drain`` the
+        instance first handles what is already in its mailbox.
         """
         if self.state is CellState.STOPPED:
             return
         if self._stop_requested is None:
             self._stop_requested = reason
-        self.mailbox.close()
+            self._draining = drain
+        if final:
+            self._final = True
+            self.mailbox.close()
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
 
     def kill(self) -> None:
         """Cancel the running instance now (its handler is interrupted)."""
         if self._instance_scope is not None:
             self._instance_scope.cancel()
-
-    async def wait_stopped(self, deadline: float) -> None:
-        """Wait until the agent has stopped; past ``deadline``, cancel it and wait for that."""
-        with trio.move_on_at(deadline):
-            await self.stopped.wait()
-        if not self.stopped.is_set():
-            self.kill()
-            await self.stopped.wait()
 
     async def wait_idle(self, deadline: float) -> None:
         """Wait until the agent has handled every message in its mailbox, or has stopped.

@@ -1,4 +1,5 @@
-"""The message system: the registry of agents, their tasks, and its way in and out."""
+"""The message system: the registry of agents, the supervision tree they run in, and its way
+in and out."""
 
 from __future__ import annotations
 
@@ -9,7 +10,19 @@ from typing import Any
 import attrs
 import trio
 
+from supervisor import (
+    ChildSpec,
+    ChildStartFailed,
+    RestartBackoff,
+    RestartIntensityExceeded,
+    RestartStrategy,
+    RestartType,
+    Supervisor,
+    SupervisorNotRunning,
+)
+
 from ._agent import Agent
+from ._agent_spec import AgentStarter, agent_child_spec
 from ._cell import AgentCell, CellState, settle_undelivered
 from ._checks import check_count, check_instance, check_seconds, validator
 from ._dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
@@ -19,7 +32,14 @@ from ._messages import Envelope, info
 from ._notifications import StopReason, SystemShutdown
 from ._ref import AgentRef
 from ._timers import TimerService
-from .errors import AgentNotFound, CallToSelf, DuplicateAgent, InvalidConfig, SystemClosed
+from .errors import (
+    AgentNotFound,
+    AgentStartFailed,
+    CallToSelf,
+    DuplicateAgent,
+    InvalidConfig,
+    SystemClosed,
+)
 
 __all__ = ["MessageSystem", "MessageSystemConfig", "SystemStats", "open_message_system"]
 
@@ -32,6 +52,11 @@ class MessageSystemConfig:
         mailbox: the mailbox of an agent spawned without one of its own.
         shutdown_timeout: seconds a stopping agent gets before it is cancelled.
         dead_letter_capacity: how many recent dead letters are kept (all are counted).
+        max_restarts: restarts the root supervisor allows within ``max_seconds``; above that
+            it gives up and the system ends with ``RestartIntensityExceeded``.
+        max_seconds: the window in which the root supervisor counts restarts.
+        restart_backoff: wait before restarting an agent that keeps crashing (default: none,
+            as in OTP).
     """
 
     mailbox: MailboxConfig = attrs.field(
@@ -40,6 +65,11 @@ class MessageSystemConfig:
     shutdown_timeout: float = attrs.field(default=5.0, validator=validator(check_seconds))
     dead_letter_capacity: int = attrs.field(
         default=1000, validator=validator(check_count, minimum=1)
+    )
+    max_restarts: int = attrs.field(default=5, validator=validator(check_count, minimum=0))
+    max_seconds: float = attrs.field(default=60.0, validator=validator(check_seconds))
+    restart_backoff: RestartBackoff | None = attrs.field(
+        default=None, validator=validator(check_instance, RestartBackoff, optional=True)
     )
 
 
@@ -51,8 +81,10 @@ class SystemStats:
     agents_running: int
     #: Agents ever spawned.
     agents_spawned: int
-    #: Agents that crashed (their handler, background task or ``on_start`` raised).
+    #: Agent instances that crashed (a handler, background task or ``on_start`` raised).
     agent_crashes: int
+    #: Agent instances started again by their supervisor.
+    agent_restarts: int
     #: Messages accepted into any mailbox, including those of agents that have stopped.
     messages_received: int
     #: Messages taken out of any mailbox.
@@ -66,9 +98,11 @@ class SystemStats:
 
 
 class MessageSystem:
-    """Agents, their mailboxes and the routes between them, inside one Trio nursery.
+    """Agents, their mailboxes and the routes between them, under one root supervisor.
 
     Open one with :func:`open_message_system`; it stops every agent when its block exits.
+    Every agent is a child of a supervisor: of the root (``spawn``), or of a subtree
+    (``start_supervisor``).
     """
 
     def __init__(self, config: MessageSystemConfig, nursery: trio.Nursery) -> None:
@@ -78,6 +112,13 @@ class MessageSystem:
         #: The run's clock, kept to stamp envelopes without Trio's lookup of it per message.
         self.clock = trio.lowlevel.current_clock()
         self.closing = False
+        self.root = Supervisor(
+            strategy=RestartStrategy.ONE_FOR_ONE,
+            max_restarts=config.max_restarts,
+            max_seconds=config.max_seconds,
+            backoff=config.restart_backoff,
+            name="root",
+        )
         self._dead_letters = DeadLetterOffice(config.dead_letter_capacity)
         self._cells: dict[AgentId, AgentCell] = {}
         self._manual: dict[AgentId, Mailbox] = {}
@@ -86,6 +127,7 @@ class MessageSystem:
         self._opened_at = trio.current_time()
         self._spawned = 0
         self._crashes = 0
+        self._restarts = 0
         self._retired_received = 0
         self._retired_processed = 0
 
@@ -101,14 +143,17 @@ class MessageSystem:
         name: str | None = None,
         mailbox: MailboxConfig | None = None,
         shutdown: float | None = None,
+        restart: RestartType = RestartType.PERMANENT,
     ) -> AgentRef:
-        """Start an agent and return its ref once its ``on_start`` has finished.
+        """Start an agent under the root supervisor; returns its ref once ``on_start`` is done.
 
         Args:
             agent_class: an :class:`Agent` subclass; each start builds ``agent_class(*args)``.
             name: a unique name to find it by (``whereis``) and to address it with.
             mailbox: its mailbox configuration (default: the system's).
             shutdown: seconds it gets to stop before it is cancelled (default: the system's).
+            restart: when the supervisor starts it again: ``PERMANENT`` (after any exit),
+                ``TRANSIENT`` (after a crash), ``TEMPORARY`` (never).
 
         Raises:
             DuplicateAgent: ``name`` is taken.
@@ -116,25 +161,107 @@ class MessageSystem:
             InvalidConfig: an argument is out of range or of the wrong type.
             SystemClosed: the system is shutting down.
         """
+        starter = self._starter(agent_class, args, name, mailbox, shutdown, restart)
+        try:
+            child = await self.root.start_child(agent_child_spec(starter))
+        except ChildStartFailed as failure:
+            if starter.cell is not None:
+                starter.cell.finish(failure.__cause__ or failure)
+            raise _unwrap(failure)  # noqa: B904 - the agent's error keeps its own cause
+        except SupervisorNotRunning:
+            raise SystemClosed("the message system is shutting down") from None
+        assert isinstance(child.value, AgentRef)
+        return child.value
+
+    def agent_spec(
+        self,
+        agent_class: type[Agent],
+        *args: Any,
+        name: str | None = None,
+        mailbox: MailboxConfig | None = None,
+        shutdown: float | None = None,
+        restart: RestartType = RestartType.PERMANENT,
+        significant: bool = False,
+    ) -> ChildSpec:
+        """A child spec that runs an agent, for :meth:`start_supervisor` or any ``Supervisor``.
+
+        The agent is created (and its name claimed) when the spec is first started. Arguments
+        as for :meth:`spawn`; ``significant`` as for ``ChildSpec``.
+        """
+        starter = self._starter(agent_class, args, name, mailbox, shutdown, restart)
+        return agent_child_spec(starter, significant=significant)
+
+    async def start_supervisor(
+        self,
+        children: list[ChildSpec],
+        *,
+        strategy: RestartStrategy = RestartStrategy.ONE_FOR_ONE,
+        max_restarts: int = 5,
+        max_seconds: float = 60.0,
+        backoff: RestartBackoff | None = None,
+        name: str | None = None,
+        restart: RestartType = RestartType.PERMANENT,
+    ) -> Supervisor:
+        """Start a subtree under the root: a supervisor of agents (see :meth:`agent_spec`)
+        and further supervisors (``Supervisor(...).as_child(id)``). Returns it once every
+        child has started.
+
+        If the subtree gives up (too many restarts), the root handles that as the crash of
+        one child: it restarts the whole subtree, or gives up in turn.
+
+        Raises:
+            AgentStartFailed: a child failed to start (the supervisor's error is the cause).
+            SystemClosed: the system is shutting down.
+            supervisor.InvalidSpec: an option or a child spec is invalid.
+            supervisor.DuplicateChild: two children share an id.
+        """
+        subtree = Supervisor(
+            children,
+            strategy=strategy,
+            max_restarts=max_restarts,
+            max_seconds=max_seconds,
+            backoff=backoff,
+            name=name,
+        )
+        try:
+            await self.root.start_child(subtree.as_child(subtree.name, restart=restart))
+        except ChildStartFailed as failure:
+            raise AgentStartFailed(f"{subtree.name} failed to start: {failure}") from failure
+        except SupervisorNotRunning:
+            raise SystemClosed("the message system is shutting down") from None
+        return subtree
+
+    def _starter(
+        self,
+        agent_class: type[Agent],
+        args: tuple[Any, ...],
+        name: str | None,
+        mailbox: MailboxConfig | None,
+        shutdown: float | None,
+        restart: RestartType,
+    ) -> AgentStarter:
         if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
             raise InvalidConfig(f"agent_class must be an Agent subclass, got {agent_class!r}")
+        if name is not None and not isinstance(name, str):
+            raise InvalidConfig(f"name must be a str or None, got {name!r}")
         if mailbox is not None:
             check_instance("mailbox", mailbox, MailboxConfig)
         if shutdown is not None:
             check_seconds("shutdown", shutdown)
-        agent_id = self._claim(name)
-        cell = AgentCell(
+        check_instance("restart", restart, RestartType)
+        if self.closing:
+            raise SystemClosed("the message system is shutting down")
+        if name is not None and name in self._names:
+            raise DuplicateAgent(f"an agent named {name!r} is already registered")
+        return AgentStarter(
             self,
             agent_class,
             args,
-            agent_id,
+            AgentId(name=name),
             self.config.mailbox if mailbox is None else mailbox,
             self.config.shutdown_timeout if shutdown is None else shutdown,
+            restart,
         )
-        self._cells[agent_id] = cell
-        self._spawned += 1
-        ref: AgentRef = await self.nursery.start(cell.run)
-        return ref
 
     def whereis(self, name: str | AgentId) -> AgentRef | None:
         """The ref of the running agent with that name or id, or ``None``."""
@@ -172,8 +299,17 @@ class MessageSystem:
         cell = ref._cell
         if cell.in_own_task:
             raise CallToSelf("an agent cannot wait for its own stop: use ctx.stop()")
-        cell.request_stop(StopReason.NORMAL)
-        await cell.wait_stopped(trio.current_time() + cell.shutdown)
+        cell.request_stop(StopReason.NORMAL, final=True)
+        # Its supervisor cancels a running instance after the shutdown time; this also
+        # covers one still in ``on_start``, which holds its supervisor until it returns.
+        deadline = self.timers.call_after(cell.shutdown, cell.kill)
+        placement = cell.placement
+        if placement is not None:
+            with contextlib.suppress(LookupError, SupervisorNotRunning):
+                await placement.supervisor.terminate_child(placement.id)
+                placement.supervisor.delete_child(placement.id)
+        deadline.cancel()
+        cell.finish(StopReason.NORMAL)  # if it was between instances, nothing else will
 
     def subscribe(self, ref: AgentRef) -> None:
         """Send ``ref`` an info for every agent start and exit, and the system's shutdown.
@@ -182,6 +318,9 @@ class MessageSystem:
         """
         if ref._cell not in self._subscribers:
             self._subscribers.append(ref._cell)
+
+    def is_subscriber(self, cell: AgentCell) -> bool:
+        return cell in self._subscribers
 
     # -- seed-compatible routing ------------------------------------------------------------
 
@@ -241,6 +380,7 @@ class MessageSystem:
             agents_running=sum(cell.state is CellState.RUNNING for cell in self._cells.values()),
             agents_spawned=self._spawned,
             agent_crashes=self._crashes,
+            agent_restarts=self._restarts,
             messages_received=self._retired_received + sum(s.messages_received for s in mailboxes),
             messages_processed=self._retired_processed
             + sum(s.messages_processed for s in mailboxes),
@@ -262,6 +402,23 @@ class MessageSystem:
             if not subscriber.mailbox.closed:
                 subscriber.post(info(notification, recipient=subscriber.id))
 
+    def register(self, cell: AgentCell) -> None:
+        """Make a new agent reachable by its id and name.
+
+        Raises:
+            DuplicateAgent: its name is taken.
+            SystemClosed: the system is shutting down.
+        """
+        self._claim(cell.id.name, cell.id)
+        self._cells[cell.id] = cell
+        self._spawned += 1
+
+    def count_crash(self) -> None:
+        self._crashes += 1
+
+    def count_restart(self) -> None:
+        self._restarts += 1
+
     def retire(self, cell: AgentCell) -> None:
         """Forget an agent that has stopped for good, keeping its counts in the totals."""
         if self._cells.get(cell.id) is cell:
@@ -271,8 +428,6 @@ class MessageSystem:
         stats = cell.mailbox.stats()
         self._retired_received += stats.messages_received
         self._retired_processed += stats.messages_processed
-        if isinstance(cell.exit_reason, Exception):
-            self._crashes += 1
         if cell in self._subscribers:
             self._subscribers.remove(cell)
 
@@ -291,22 +446,21 @@ class MessageSystem:
         return agent_id
 
     async def _shut_down(self) -> None:
-        """Stop every agent, then settle what the manual mailboxes still hold.
+        """Stop every agent through the supervision tree, then settle the manual mailboxes.
 
-        Subscribers hear of the shutdown first and are stopped last, once they have handled
-        what was sent to them (the shutdown, the other agents' exits), so that they can watch
-        the system go down. Within each group the newest agent is asked first.
+        The root stops its children newest first, each within its shutdown time; subscribers
+        hear of the shutdown first and handle what they were sent before they stop, so that
+        they can watch the system go down.
         """
         self.closing = True
         self.publish(SystemShutdown())
-        subscribed = set(self._subscribers)
-        cells = list(reversed(self._cells.values()))
-        await self._stop_all([cell for cell in cells if cell not in subscribed])
-        subscribers = [cell for cell in cells if cell in subscribed]
-        started = trio.current_time()
-        for cell in subscribers:
-            await cell.wait_idle(started + cell.shutdown)
-        await self._stop_all(subscribers, started)
+        for cell in self._cells.values():
+            if cell.state is CellState.STARTING:
+                # Its supervisor waits for ``on_start`` before it can stop anything.
+                self.timers.call_after(cell.shutdown, cell.kill)
+        await self.root.stop()
+        for cell in list(self._cells.values()):
+            cell.finish(StopReason.SHUTDOWN)  # those between instances when the tree stopped
         for mailbox in self._manual.values():
             mailbox.close()
             for envelope in mailbox.drain():
@@ -317,14 +471,15 @@ class MessageSystem:
                     SystemClosed("the message system shut down"),
                 )
 
-    async def _stop_all(self, cells: list[AgentCell], started: float | None = None) -> None:
-        """Ask ``cells`` to stop (reason ``SHUTDOWN``) and wait for each, within its time."""
-        for cell in cells:
-            cell.request_stop(StopReason.SHUTDOWN)
-        if started is None:
-            started = trio.current_time()
-        for cell in cells:
-            await cell.wait_stopped(started + cell.shutdown)
+
+def _unwrap(failure: ChildStartFailed) -> Exception:
+    """What ``spawn`` raises for a child that failed to start: the agent's own error."""
+    cause = failure.__cause__
+    if isinstance(cause, AgentStartFailed | DuplicateAgent | SystemClosed):
+        return cause
+    error = AgentStartFailed(str(failure))
+    error.__cause__ = cause
+    return error
 
 
 @contextlib.asynccontextmanager
@@ -338,15 +493,28 @@ async def open_message_system(
 
     Raises:
         InvalidConfig: ``config`` is not a ``MessageSystemConfig``.
+        RestartIntensityExceeded: the root supervisor gave up (too many restarts); the block
+            is cancelled and every agent stopped, so that no failure goes unnoticed.
     """
     if config is None:
         config = MessageSystemConfig()
     else:
         check_instance("config", config, MessageSystemConfig)
     body_error: BaseException | None = None
+    escalation: RestartIntensityExceeded | None = None
     async with trio.open_nursery() as nursery:
         system = MessageSystem(config, nursery)
+
+        async def supervise(task_status: trio.TaskStatus[Supervisor]) -> None:
+            nonlocal escalation
+            try:
+                await system.root.run(task_status=task_status)
+            except RestartIntensityExceeded as error:
+                escalation = error
+                nursery.cancel_scope.cancel()
+
         nursery.start_soon(system.timers.run)
+        await nursery.start(supervise)
         try:
             yield system
         except BaseException as error:
@@ -355,5 +523,7 @@ async def open_message_system(
             with trio.CancelScope(shield=True):
                 await system._shut_down()
             nursery.cancel_scope.cancel()
+    if escalation is not None:
+        raise escalation
     if body_error is not None:
         raise body_error

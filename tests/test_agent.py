@@ -9,6 +9,7 @@ import trio
 import trio.testing
 from agents import Recorder, Runner, Silent, busy_for, call_and_keep, defer_into, hold_forever
 
+from supervisor import RestartType
 from terraphim_actors import (
     Agent,
     AgentId,
@@ -340,7 +341,7 @@ class TestDeferredReply:
 
         inbox: list[Any] = []
         watcher = await system.spawn(Runner, inbox)
-        ref = await system.spawn(Runner)
+        ref = await system.spawn(Runner, restart=RestartType.TEMPORARY)
         monitor = await watcher.call(lambda ctx: ctx.monitor(ref))
         with pytest.raises(CallFailed) as raised:
             await ref.call(defer_then_fail)
@@ -475,7 +476,7 @@ class TestMonitors:
 
         inbox: list[Any] = []
         watcher = await system.spawn(Runner, inbox)
-        target = await system.spawn(Runner)
+        target = await system.spawn(Runner, restart=RestartType.TEMPORARY)
         monitor = await watcher.call(lambda ctx: ctx.monitor(target))
         await target.cast(fail)
         await trio.testing.wait_all_tasks_blocked()
@@ -595,7 +596,7 @@ class TestBackgroundTasks:
         inbox: list[Any] = []
         stops: list[ExitReason] = []
         watcher = await system.spawn(Runner, inbox)
-        ref = await system.spawn(Runner, None, stops)
+        ref = await system.spawn(Runner, None, stops, restart=RestartType.TEMPORARY)
         monitor = await watcher.call(lambda ctx: ctx.monitor(ref))
         await ref.call(lambda ctx: ctx.start_soon(fail_soon))
         await trio.sleep(2)
@@ -628,7 +629,7 @@ class TestStopFromInside:
     async def test_ctx_stop_stops_after_the_current_message(self, system: MessageSystem) -> None:
         """``ctx.stop()`` lets the handler finish and reply, then the agent stops (NORMAL)."""
         stops: list[ExitReason] = []
-        ref = await system.spawn(Runner, None, stops)
+        ref = await system.spawn(Runner, None, stops, restart=RestartType.TRANSIENT)
 
         def reply_and_stop(ctx: Context) -> str:
             ctx.stop()
@@ -648,7 +649,7 @@ class TestStopFromInside:
             await release.wait()
             ctx.stop()
 
-        ref = await system.spawn(Runner)
+        ref = await system.spawn(Runner, restart=RestartType.TRANSIENT)
         await ref.cast(stop_when_released)
         await ref.cast(lambda ctx: handled.append("behind"))
         release.set()

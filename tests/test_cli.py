@@ -13,11 +13,15 @@ class TestDemo:
         """`terraphim-actors demo` answers every question, shows the crash, and exits 0."""
         assert main(["demo", "--questions", "3"]) == 0
         out = capsys.readouterr().out
-        assert "DOWN calculator: crashed with ZeroDivisionError" in out
+        assert "exited: crashed with ZeroDivisionError" in out
+        assert "its supervisor restarted it (1 restart)" in out
+        assert "6 / 3 = 2.0" in out
+        assert "DOWN calculator: normal" in out
         assert "the calculator failed: ZeroDivisionError" in out
         assert "CallTimeout as expected" in out
         assert "System statistics" in out
         assert "agent crashes      1" in out
+        assert "agent restarts     1" in out
         assert "All agents stopped" in out
 
     def test_demo_answers_every_question_it_is_asked(

@@ -30,7 +30,7 @@ def test_quickstart(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.usefixtures("virtual_time")
 def test_gen_server_counter(capsys: pytest.CaptureFixture[str]) -> None:
-    """The counter serves calls, casts, a timer, a monitor and a crash, in that order."""
+    """The counter serves calls, casts, a timer, a monitor, a crash and its restart."""
     out = run_example("gen_server_counter.py", capsys)
     lines = out.splitlines()
     assert lines[0] == "watching"
@@ -38,4 +38,5 @@ def test_gen_server_counter(capsys: pytest.CaptureFixture[str]) -> None:
     assert "timer: reset at 12" in lines
     assert "count after the timer = 0" in lines
     assert "the auditor stopped (normal)" in lines
-    assert lines[-1] == "the call failed: ZeroDivisionError('division by zero'); alive: False"
+    assert lines[-2] == "the call failed: ZeroDivisionError('division by zero')"
+    assert lines[-1] == "after the restart: alive True, count = 0"

@@ -11,6 +11,7 @@ import trio
 import trio.testing
 from agents import Recorder, Runner, call_and_keep, defer_into, hold_forever, until
 
+from supervisor import RestartType
 from terraphim_actors import (
     AgentId,
     AgentRef,
@@ -134,12 +135,12 @@ class TestCallFailure:
         assert runs == [None]
 
     async def test_agent_stops_after_handle_call_raises(self, system: MessageSystem) -> None:
-        """The callee crashes: it is no longer alive and no longer registered."""
+        """A temporary callee crashes: it is no longer alive and no longer registered."""
 
         def fail(ctx: Context) -> None:
             raise ValueError("boom")
 
-        ref = await system.spawn(Runner, name="fragile")
+        ref = await system.spawn(Runner, name="fragile", restart=RestartType.TEMPORARY)
         with pytest.raises(CallFailed):
             await ref.call(fail)
         await trio.testing.wait_all_tasks_blocked()
@@ -155,7 +156,7 @@ class TestCallFailure:
 
         inbox: list[Any] = []
         watcher = await system.spawn(Runner, inbox)
-        ref = await system.spawn(Runner)
+        ref = await system.spawn(Runner, restart=RestartType.TEMPORARY)
         monitor = await watcher.call(lambda ctx: ctx.monitor(ref))
         with pytest.raises(CallFailed):
             await ref.call(fail)
@@ -170,7 +171,7 @@ class TestCallFailure:
         def fail(ctx: Context) -> None:
             raise ValueError("boom")
 
-        ref = await system.spawn(Runner)
+        ref = await system.spawn(Runner, restart=RestartType.TEMPORARY)
         with pytest.raises(CallFailed):
             await ref.call(fail)
         await trio.testing.wait_all_tasks_blocked()
@@ -267,7 +268,7 @@ class TestQueuedCallsWhenTheAgentStops:
             await release.wait()
             raise ValueError("boom")
 
-        ref = await system.spawn(Runner)
+        ref = await system.spawn(Runner, restart=RestartType.TEMPORARY)
         await ref.cast(crash_when_released)
         outcomes: list[Any] = []
         async with trio.open_nursery() as nursery:

@@ -9,6 +9,7 @@ import trio
 import trio.testing
 from agents import Recorder, Runner, Silent, hold_forever, until
 
+from supervisor import RestartType
 from terraphim_actors import (
     Agent,
     AgentExited,
@@ -204,7 +205,7 @@ class TestAgents:
     async def test_agents_omits_stopped_agents(self, system: MessageSystem) -> None:
         """Agents that stopped or crashed are no longer listed."""
         stopped = await system.spawn(Recorder, [])
-        crashed = await system.spawn(Runner)
+        crashed = await system.spawn(Runner, restart=RestartType.TEMPORARY)
         running = await system.spawn(Recorder, [])
         await system.stop(stopped)
         await crashed.cast(fail)
@@ -470,7 +471,7 @@ class TestStatistics:
         """Running, spawned and crashed agents are counted."""
         await system.spawn(Recorder, [])
         stopped = await system.spawn(Recorder, [])
-        crashed = await system.spawn(Runner)
+        crashed = await system.spawn(Runner, restart=RestartType.TEMPORARY)
         await system.stop(stopped)
         await crashed.cast(fail)
         await trio.testing.wait_all_tasks_blocked()
@@ -611,7 +612,8 @@ class TestSubscribe:
         assert inbox == [AgentStarted(ref.id)]
 
     async def test_subscriber_hears_of_agents_exiting_with_why(self, system: MessageSystem) -> None:
-        """A subscriber gets ``AgentExited`` with the reason: NORMAL, or the crash."""
+        """A subscriber gets ``AgentExited`` with the reason (NORMAL, or the crash),
+        and ``AgentStarted`` again when a crashed agent restarts."""
         inbox: list[Any] = []
         subscriber = await system.spawn(Runner, inbox)
         stopped = await system.spawn(Recorder, [])
@@ -628,6 +630,7 @@ class TestSubscribe:
         assert inbox == [
             AgentExited(stopped.id, StopReason.NORMAL),
             AgentExited(crashed.id, error),
+            AgentStarted(crashed.id),
         ]
 
     async def test_subscribing_twice_delivers_each_notification_once(

@@ -260,8 +260,11 @@ async def _show_edges(system: MessageSystem, notes: AgentRef, report: Reporter) 
     except CallTimeout as timeout:
         report("main", f"CallTimeout as expected: {timeout}")
     await notes.cast("a message NoteTaker does not handle", priority=Priority.HIGH)
-    calculator = system.whereis("calculator")
-    report("main", f"whereis('calculator') -> {calculator} (it crashed and stays down)")
+    calculator = system.ref("calculator")
+    restarts = system.get_stats()[0].agent_restarts
+    report("main", f"the calculator crashed; its supervisor restarted it ({restarts} restart)")
+    report("main", f"and the same ref still works: 6 / 3 = {await calculator.call(Divide(6, 3))}")
+    await system.stop(calculator)
 
 
 def _print_statistics(system: MessageSystem) -> None:
@@ -270,6 +273,7 @@ def _print_statistics(system: MessageSystem) -> None:
     print(f"  agents running     {stats.agents_running}")
     print(f"  agents spawned     {stats.agents_spawned}")
     print(f"  agent crashes      {stats.agent_crashes}")
+    print(f"  agent restarts     {stats.agent_restarts}")
     print(f"  messages received  {stats.messages_received}")
     print(f"  messages processed {stats.messages_processed}")
     print(f"  dead letters       {stats.dead_letters}")

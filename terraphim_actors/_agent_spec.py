@@ -1,0 +1,93 @@
+"""How an agent becomes a supervisor's child: a ``ChildSpec`` whose task runs its instances."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from supervisor import ChildSpec, RestartType
+
+from ._agent import Agent
+from ._cell import AgentCell, CellState
+from ._ids import AgentId
+from ._mailbox import MailboxConfig
+from ._notifications import StopReason
+from ._ref import AgentRef
+
+if TYPE_CHECKING:
+    from ._system import MessageSystem
+
+__all__ = ["AgentStarter", "agent_child_spec"]
+
+
+class AgentStarter:
+    """The ``start`` of an agent's child spec: each call runs one instance of the agent.
+
+    The first call creates the agent, claiming its name; each restart runs the same cell, so
+    its name, ref and mailbox survive. Once the agent has stopped for good, a new call (its
+    subtree was restarted) creates it afresh.
+    """
+
+    def __init__(
+        self,
+        system: MessageSystem,
+        agent_class: type[Agent],
+        args: tuple[Any, ...],
+        agent_id: AgentId,
+        mailbox: MailboxConfig,
+        shutdown: float,
+        restart: RestartType,
+    ) -> None:
+        self.system = system
+        self.agent_class = agent_class
+        self.args = args
+        self.agent_id = agent_id
+        self.mailbox = mailbox
+        self.shutdown = shutdown
+        self.restart = restart
+        self.cell: AgentCell | None = None
+
+    def __repr__(self) -> str:
+        return f"<AgentStarter {self.agent_class.__name__} {self.agent_id!r}>"
+
+    async def __call__(
+        self, *, task_status: trio.TaskStatus[AgentRef] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        cell = self.cell
+        if cell is None or cell.state is CellState.STOPPED:
+            cell = self.cell = AgentCell(
+                self.system,
+                self.agent_class,
+                self.args,
+                self.agent_id,
+                self.mailbox,
+                self.shutdown,
+                self.restart,
+            )
+            self.system.register(cell)
+        await cell.run(task_status=task_status)
+
+
+def agent_child_spec(starter: AgentStarter, *, significant: bool = False) -> ChildSpec:
+    """The child spec that runs ``starter``'s agent under a supervisor."""
+    return ChildSpec(
+        starter.agent_id,
+        starter,
+        restart=starter.restart,
+        shutdown=starter.shutdown,
+        stop=_stop_instance,
+        significant=significant,
+    )
+
+
+def _stop_instance(ref: AgentRef) -> None:
+    """Ask the running instance to stop: for good when the system shuts down, and then a
+    subscriber first handles what it was sent, so that it sees the other agents go."""
+    cell = ref._cell
+    system = cell.system
+    cell.request_stop(
+        StopReason.SHUTDOWN,
+        final=system.closing,
+        drain=system.closing and system.is_subscriber(cell),
+    )
