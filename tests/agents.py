@@ -42,7 +42,8 @@ def until(event: trio.Event) -> Action:
     return wait
 
 
-async def _run(action: Action, ctx: Context) -> Any:
+async def run_action(action: Action, ctx: Context) -> Any:
+    """Run an action in a handler, awaiting its result when it is awaitable."""
     result = action(ctx)
     if inspect.isawaitable(result):
         result = await result
@@ -81,10 +82,10 @@ class Runner(Agent):
         self.stops = [] if stops is None else stops
 
     async def handle_call(self, message: Action, ctx: Context) -> Any:
-        return await _run(message, ctx)
+        return await run_action(message, ctx)
 
     async def handle_cast(self, message: Action, ctx: Context) -> None:
-        await _run(message, ctx)
+        await run_action(message, ctx)
 
     async def handle_info(self, message: Any, ctx: Context) -> None:
         self.inbox.append(message)
