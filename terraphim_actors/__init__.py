@@ -2,7 +2,19 @@
 
 Agents are Trio tasks, each owning a priority-ordered mailbox; they talk through ``call``
 (request and reply), ``cast`` (fire and forget) and ``info`` (notifications), gen_server style.
+Every agent runs under a supervisor (the ``supervisor`` package, whose names used with agents
+are re-exported here), which restarts it by OTP's rules.
 """
+
+from supervisor import (
+    ChildSpec,
+    RestartBackoff,
+    RestartIntensityExceeded,
+    RestartStrategy,
+    RestartType,
+    Shutdown,
+    Supervisor,
+)
 
 from ._agent import Agent, Context, DeferredReply, NotHandled
 from ._dead_letters import DeadLetter, DeadLetterReason
@@ -40,6 +52,7 @@ __all__ = [
     "AgentId",
     "AgentRef",
     "AgentStarted",
+    "ChildSpec",
     "Context",
     "Custom",
     "DeadLetter",
@@ -63,7 +76,13 @@ __all__ = [
     "OverflowPolicy",
     "Priority",
     "ReplyHandle",
+    "RestartBackoff",
+    "RestartIntensityExceeded",
+    "RestartStrategy",
+    "RestartType",
+    "Shutdown",
     "StopReason",
+    "Supervisor",
     "SystemShutdown",
     "SystemStats",
     "Timer",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import supervisor
 import terraphim_actors
 import terraphim_actors.errors
 
@@ -41,12 +42,29 @@ REQUIRED_ERRORS = {
     "InvalidConfig",
 }
 
+REQUIRED_SUPERVISOR = {
+    "Supervisor",
+    "ChildSpec",
+    "RestartStrategy",
+    "RestartType",
+    "Shutdown",
+    "RestartIntensityExceeded",
+    "SupervisorStats",
+    "ChildInfo",
+}
+
 
 def test_required_names_are_exported() -> None:
     """Every name the issue promises is in ``terraphim_actors.__all__`` and importable."""
     assert set(terraphim_actors.__all__) >= REQUIRED
     for name in terraphim_actors.__all__:
         assert getattr(terraphim_actors, name) is not None
+
+
+def test_required_supervisor_names_are_exported() -> None:
+    """Every name the supervision issue promises is in ``supervisor.__all__``."""
+    assert set(supervisor.__all__) >= REQUIRED_SUPERVISOR
+    assert {"RestartType", "RestartStrategy", "Supervisor"} <= set(terraphim_actors.__all__)
 
 
 def test_required_errors_are_exported() -> None:
@@ -56,7 +74,7 @@ def test_required_errors_are_exported() -> None:
 
 def test_exports_are_public_and_documented() -> None:
     """Exported names are public, and every exported class or function has a docstring."""
-    for module in (terraphim_actors, terraphim_actors.errors):
+    for module in (terraphim_actors, terraphim_actors.errors, supervisor):
         for name in module.__all__:
             assert not name.startswith("_")
             value = getattr(module, name)
@@ -67,8 +85,6 @@ def test_exports_are_public_and_documented() -> None:
 def test_supervisor_does_not_import_terraphim_actors() -> None:
     """``supervisor`` is standalone: nothing in it imports ``terraphim_actors``."""
     from pathlib import Path
-
-    import supervisor
 
     package = Path(supervisor.__file__).parent
     for source in package.rglob("*.py"):
