@@ -160,6 +160,8 @@ class Supervisor:
         self._total_restarts = 0
         self._escalations = 0
         self._stop_errors = 0
+        #: Forget a child that ended for good, whatever its restart type (DynamicSupervisor).
+        self._forget_ended = False
 
     @classmethod
     def lenient(cls, children: Iterable[ChildSpec] = (), **options: Any) -> Supervisor:
@@ -321,6 +323,9 @@ class Supervisor:
                 return
             async with self._lock:
                 if self._stopping or not await self._handle_exit(run):
+                    # Decided while holding the lock, so that a delayed restart waiting for it
+                    # sees the supervisor stopping and starts nothing.
+                    self._stopping = True
                     return
 
     # -- one child's task ----------------------------------------------------------------
@@ -376,7 +381,7 @@ class Supervisor:
         assert check is not None
         with trio.CancelScope() as scope:
             run.health_scope = scope
-            while not run.done.is_set():
+            while not run.done.is_set() and not run.terminating:
                 await trio.sleep(check.interval)
                 failure: HealthCheckFailed | None = None
                 with trio.move_on_after(check.deadline) as probe:
@@ -410,7 +415,7 @@ class Supervisor:
         if restart is RestartType.PERMANENT or (restart is RestartType.TRANSIENT and abnormal):
             return await self._restart_after(child, run)
         logger.info("%s: %r exited (%r), not restarted", self.name, child.spec.id, run.outcome)
-        if restart is RestartType.TEMPORARY:
+        if restart is RestartType.TEMPORARY or self._forget_ended:
             self._children.remove(child)
         else:
             child.state = ChildState.TERMINATED
@@ -506,11 +511,15 @@ class Supervisor:
             return
         child.state = ChildState.STOPPING
         run.terminating = True
+        if run.health_scope is not None:
+            run.health_scope.cancel()  # a child on its way out is not probed any more
         spec = child.spec
+        stop_error: Exception | None = None
         if spec.shutdown is not Shutdown.BRUTAL_KILL and spec.stop is not None:
             try:
                 spec.stop(run.value)
             except Exception as error:
+                stop_error = error
                 self._report_stop_error(child, error)
             if spec.shutdown is Shutdown.INFINITY:
                 await run.done.wait()
@@ -521,7 +530,7 @@ class Supervisor:
         await run.done.wait()
         if run.outcome is not None:
             self._report_stop_error(child, run.outcome)
-        child.last_exit = run.outcome
+        child.last_exit = run.outcome if run.outcome is not None else stop_error
         child.state = ChildState.TERMINATED
 
     def _report_stop_error(self, child: Child, error: BaseException) -> None:
