@@ -58,10 +58,9 @@ class DynamicSupervisor:
             max_restarts=max_restarts,
             max_seconds=max_seconds,
             backoff=backoff,
+            forget_ended=True,  # as OTP's simple_one_for_one
             name=name if name is not None else f"dynamic-supervisor@{id(self):x}",
         )
-        # As OTP's simple_one_for_one: a child that ends for good is forgotten, not kept.
-        self._supervisor._forget_ended = True
         self._numbers = itertools.count(1)
 
     def __repr__(self) -> str:

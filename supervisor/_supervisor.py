@@ -117,6 +117,9 @@ class Supervisor:
         max_seconds: the length of the sliding window restarts are counted in.
         auto_shutdown: whether significant children's exits end the supervisor.
         backoff: wait before restarting a child that keeps exiting (OTP restarts at once).
+        forget_ended: forget a child that ended for good (a transient child's normal return)
+            instead of keeping it as terminated, as a dynamic supervisor does; for supervisors
+            that start many short-lived children.
         name: used in logs and errors.
 
     Raises:
@@ -133,6 +136,7 @@ class Supervisor:
         max_seconds: float = 60.0,
         auto_shutdown: AutoShutdown = AutoShutdown.NEVER,
         backoff: RestartBackoff | None = None,
+        forget_ended: bool = False,
         name: str | None = None,
     ) -> None:
         if not isinstance(strategy, RestartStrategy):
@@ -141,6 +145,8 @@ class Supervisor:
             raise InvalidSpec(f"auto_shutdown must be an AutoShutdown, got {auto_shutdown!r}")
         if backoff is not None and not isinstance(backoff, RestartBackoff):
             raise InvalidSpec(f"backoff must be a RestartBackoff or None, got {backoff!r}")
+        if not isinstance(forget_ended, bool):
+            raise InvalidSpec(f"forget_ended must be a bool, got {forget_ended!r}")
         self.strategy = strategy
         self.auto_shutdown = auto_shutdown
         self.backoff = backoff
@@ -160,8 +166,7 @@ class Supervisor:
         self._total_restarts = 0
         self._escalations = 0
         self._stop_errors = 0
-        #: Forget a child that ended for good, whatever its restart type (DynamicSupervisor).
-        self._forget_ended = False
+        self.forget_ended = forget_ended
 
     @classmethod
     def lenient(cls, children: Iterable[ChildSpec] = (), **options: Any) -> Supervisor:
@@ -239,9 +244,12 @@ class Supervisor:
                 if start_failure is None:
                     task_status.started(self)
                     await self._supervise(reports)
-                async with self._lock:
+                await self._take_lock_to_stop()
+                try:
                     self._stopping = True
                     await self._stop_children(reversed(self._children))
+                finally:
+                    self._lock.release()
                 nursery.cancel_scope.cancel()
         finally:
             self._stopping = True
@@ -315,6 +323,25 @@ class Supervisor:
                 await self._stop_children(reversed(self._children))
                 return ChildStartFailed(child.spec.id, error)
         return None
+
+    async def _take_lock_to_stop(self) -> None:
+        """Take the lock, even from a ``start_child`` whose child never finishes starting:
+        that child gets its shutdown time, as a running one would, and is then cancelled."""
+        starting = [child for child in self._children if child.state is ChildState.STARTING]
+        if starting and starting[0].run is not None:
+            shutdown = starting[0].spec.shutdown
+            patience = (
+                0.0
+                if shutdown is Shutdown.BRUTAL_KILL
+                else math.inf
+                if shutdown is Shutdown.INFINITY
+                else shutdown
+            )
+            with trio.move_on_after(patience):
+                await self._lock.acquire()
+                return
+            starting[0].run.scope.cancel()
+        await self._lock.acquire()
 
     async def _supervise(self, reports: trio.MemoryReceiveChannel[ChildRun | None]) -> None:
         """Handle child exits one at a time until asked to stop, or until giving up."""
@@ -415,7 +442,7 @@ class Supervisor:
         if restart is RestartType.PERMANENT or (restart is RestartType.TRANSIENT and abnormal):
             return await self._restart_after(child, run)
         logger.info("%s: %r exited (%r), not restarted", self.name, child.spec.id, run.outcome)
-        if restart is RestartType.TEMPORARY or self._forget_ended:
+        if restart is RestartType.TEMPORARY or self.forget_ended:
             self._children.remove(child)
         else:
             child.state = ChildState.TERMINATED

@@ -117,6 +117,7 @@ class MessageSystem:
             max_restarts=config.max_restarts,
             max_seconds=config.max_seconds,
             backoff=config.restart_backoff,
+            forget_ended=True,  # spawned agents come and go; keep no record of those gone
             name="root",
         )
         self._dead_letters = DeadLetterOffice(config.dead_letter_capacity)

@@ -181,6 +181,7 @@ class TestRestartTypes:
         assert not ref.alive
         assert system.whereis("a") is None
         assert starts(log) == ["a"]
+        assert system.root.which_children() == []  # the root keeps no record of it
 
     async def test_permanent_agent_that_stops_itself_is_started_again(
         self, system: MessageSystem

@@ -924,6 +924,47 @@ class TestAutoShutdown:
 
 
 class TestChildrenByHand:
+    async def test_stopping_cancels_a_child_stuck_starting_after_its_shutdown_time(
+        self, autojump_clock: Clock
+    ) -> None:
+        """A ``start_child`` that never finishes does not hold up the supervisor's stop."""
+        log = Log()
+        failures: list[Exception] = []
+
+        async def start_stuck(sup: Supervisor) -> None:
+            try:
+                await sup.start_child(spec(log, "stuck", start_delay=math.inf, shutdown=2.0))
+            except ChildStartFailed as failure:
+                failures.append(failure)
+
+        async with trio.open_nursery() as nursery, Supervisor() as sup:
+            nursery.start_soon(start_stuck, sup)
+            await trio.testing.wait_all_tasks_blocked()
+            began = trio.current_time()
+        assert trio.current_time() - began == pytest.approx(2.0)
+        assert log == ["start stuck", "cancel stuck"]
+        assert len(failures) == 1
+
+    async def test_forget_ended_drops_a_child_that_ended_for_good(
+        self, autojump_clock: Clock
+    ) -> None:
+        """With ``forget_ended`` a transient child's normal return leaves no record."""
+        log = Log()
+        async with Supervisor(forget_ended=True) as sup:
+            await sup.start_child(spec(log, "a", restart=TRANSIENT, return_after=1.0))
+            await trio.sleep(2)
+            assert sup.which_children() == []
+
+    async def test_without_forget_ended_an_ended_child_stays_terminated(
+        self, autojump_clock: Clock
+    ) -> None:
+        """By default, as in OTP, a child that ended for good stays known as terminated."""
+        log = Log()
+        async with Supervisor() as sup:
+            await sup.start_child(spec(log, "a", restart=TRANSIENT, return_after=1.0))
+            await trio.sleep(2)
+            assert info(sup, "a").state is ChildState.TERMINATED
+
     async def test_start_child_starts_and_reports_it(self, autojump_clock: Clock) -> None:
         """``start_child`` returns the new child's info once it has started."""
         log = Log()
