@@ -14,7 +14,7 @@ import contextvars
 import enum
 import logging
 import math
-from collections.abc import AsyncIterator, Hashable, Iterable, Sequence
+from collections.abc import AsyncIterator, Container, Hashable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -153,10 +153,13 @@ class Supervisor:
         self.name = name if name is not None else f"supervisor@{id(self):x}"
         self._window = RestartWindow(max_restarts, max_seconds)
         self._specs: list[ChildSpec] = []
+        taken: set[Hashable] = set()
         for spec in children:
-            self._check_new(spec, self._specs)
+            self._check_new(spec, taken)
+            taken.add(spec.id)
             self._specs.append(spec)
-        self._children: list[Child] = []
+        #: The children by id, in start order.
+        self._children: dict[Hashable, Child] = {}
         self._lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._events: trio.MemorySendChannel[ChildRun | None] | None = None
@@ -228,7 +231,7 @@ class Supervisor:
         """
         if self._nursery is not None:
             raise SupervisorError(f"{self.name} is already running")
-        self._children = [Child(spec) for spec in self._specs]
+        self._children = {spec.id: Child(spec) for spec in self._specs}
         self._window.clear()
         self._stopping = False
         self._stopped = trio.Event()
@@ -247,14 +250,14 @@ class Supervisor:
                 await self._take_lock_to_stop()
                 try:
                     self._stopping = True
-                    await self._stop_children(reversed(self._children))
+                    await self._stop_children(reversed(self._children.values()))
                 finally:
                     self._lock.release()
                 nursery.cancel_scope.cancel()
         finally:
             self._stopping = True
             self._nursery = None
-            for child in self._children:
+            for child in self._children.values():
                 child.run = None
                 child.state = ChildState.TERMINATED
             self._stopped.set()
@@ -316,18 +319,18 @@ class Supervisor:
             raise body_error
 
     async def _start_initial_children(self) -> ChildStartFailed | None:
-        for child in self._children:
+        for child in list(self._children.values()):
             error = await self._launch(child)
             if error is not None:
-                self._children.remove(child)
-                await self._stop_children(reversed(self._children))
+                self._forget(child)
+                await self._stop_children(reversed(self._children.values()))
                 return ChildStartFailed(child.spec.id, error)
         return None
 
     async def _take_lock_to_stop(self) -> None:
         """Take the lock, even from a ``start_child`` whose child never finishes starting:
         that child gets its shutdown time, as a running one would, and is then cancelled."""
-        starting = [child for child in self._children if child.state is ChildState.STARTING]
+        starting = [c for c in self._children.values() if c.state is ChildState.STARTING]
         if starting and starting[0].run is not None:
             shutdown = starting[0].spec.shutdown
             patience = (
@@ -443,7 +446,7 @@ class Supervisor:
             return await self._restart_after(child, run)
         logger.info("%s: %r exited (%r), not restarted", self.name, child.spec.id, run.outcome)
         if restart is RestartType.TEMPORARY or self.forget_ended:
-            self._children.remove(child)
+            self._forget(child)
         else:
             child.state = ChildState.TERMINATED
         return not (child.spec.significant and self._auto_shutdown_due())
@@ -462,8 +465,8 @@ class Supervisor:
         await self._stop_children(reversed(siblings))
         for sibling in siblings:
             if sibling.spec.restart is RestartType.TEMPORARY:
-                self._children.remove(sibling)  # never restarted, even by a sibling's exit
-        group = [child for child in group if child in self._children]
+                self._forget(sibling)  # never restarted, even by a sibling's exit
+        group = [child for child in group if self._knows(child)]
         for child in group:
             child.state = ChildState.RESTARTING
             child.generation += 1
@@ -479,10 +482,9 @@ class Supervisor:
     def _restart_group(self, failed: Child) -> list[Child]:
         if self.strategy is RestartStrategy.ONE_FOR_ONE:
             return [failed]
-        if self.strategy is RestartStrategy.ONE_FOR_ALL:
-            candidates: Sequence[Child] = self._children
-        else:
-            candidates = self._children[self._children.index(failed) :]
+        candidates: Sequence[Child] = list(self._children.values())
+        if self.strategy is RestartStrategy.REST_FOR_ONE:
+            candidates = candidates[candidates.index(failed) :]
         return [child for child in candidates if child is failed or child.state in _LIVE]
 
     def _backoff_delay(self, failed: Child, run: ChildRun) -> float:
@@ -504,7 +506,7 @@ class Supervisor:
     async def _start_in_order(self, group: list[Child]) -> None:
         """Start ``group`` in order; a child that fails to start counts as its crash."""
         for child in group:
-            if child not in self._children or child.state is not ChildState.RESTARTING:
+            if not self._knows(child) or child.state is not ChildState.RESTARTING:
                 continue  # deleted or terminated by hand meanwhile
             child.restarts += 1
             error = await self._launch(child)
@@ -520,7 +522,7 @@ class Supervisor:
             return True
         if self.auto_shutdown is AutoShutdown.ALL_SIGNIFICANT:
             return not any(
-                child.spec.significant and child.state in _LIVE for child in self._children
+                child.spec.significant and child.state in _LIVE for child in self._children.values()
             )
         return False
 
@@ -577,12 +579,11 @@ class Supervisor:
         """
         async with self._lock:
             self._check_running()
-            self._check_new(spec, [child.spec for child in self._children])
-            child = Child(spec)
-            self._children.append(child)
+            self._check_new(spec, self._children)
+            child = self._children[spec.id] = Child(spec)
             error = await self._launch(child)
             if error is not None:
-                self._children.remove(child)
+                self._forget(child)
                 raise ChildStartFailed(spec.id, error)
             return child.info()
 
@@ -598,7 +599,7 @@ class Supervisor:
             child = self._find(id)
             await self._stop_child(child)
             if child.spec.restart is RestartType.TEMPORARY:
-                self._children.remove(child)
+                self._forget(child)
 
     async def restart_child(self, id: Hashable) -> ChildInfo:
         """Start a terminated child again (this does not count towards the intensity).
@@ -631,24 +632,25 @@ class Supervisor:
         child = self._find(id)
         if child.state is not ChildState.TERMINATED:
             raise ChildRunning(f"child {id!r} is {child.state.value}: terminate it first")
-        self._children.remove(child)
+        self._forget(child)
 
     def which_children(self) -> list[ChildInfo]:
         """Every child, in start order."""
-        return [child.info() for child in self._children]
+        return [child.info() for child in self._children.values()]
 
     def count_children(self) -> ChildCounts:
-        supervisors = sum(child.spec.kind is ChildKind.SUPERVISOR for child in self._children)
+        children = self._children.values()
+        supervisors = sum(child.spec.kind is ChildKind.SUPERVISOR for child in children)
         return ChildCounts(
-            specs=len(self._children),
-            active=sum(child.state is ChildState.RUNNING for child in self._children),
+            specs=len(children),
+            active=sum(child.state is ChildState.RUNNING for child in children),
             supervisors=supervisors,
-            workers=len(self._children) - supervisors,
+            workers=len(children) - supervisors,
         )
 
     def stats(self) -> SupervisorStats:
         by_state = dict.fromkeys(ChildState, 0)
-        for child in self._children:
+        for child in self._children.values():
             by_state[child.state] += 1
         return SupervisorStats(
             children=by_state,
@@ -659,19 +661,27 @@ class Supervisor:
         )
 
     def _find(self, id: Hashable) -> Child:
-        for child in self._children:
-            if child.spec.id == id:
-                return child
-        raise ChildNotFound(f"{self.name} has no child {id!r}")
+        try:
+            return self._children[id]
+        except (KeyError, TypeError):
+            raise ChildNotFound(f"{self.name} has no child {id!r}") from None
+
+    def _knows(self, child: Child) -> bool:
+        """Whether ``child`` is still one of ours (not deleted, nor replaced under its id)."""
+        return self._children.get(child.spec.id) is child
+
+    def _forget(self, child: Child) -> None:
+        if self._knows(child):
+            del self._children[child.spec.id]
 
     def _check_running(self) -> None:
         if self._nursery is None or self._stopping:
             raise SupervisorNotRunning(f"{self.name} is not running")
 
-    def _check_new(self, spec: object, existing: Iterable[ChildSpec]) -> None:
+    def _check_new(self, spec: object, taken: Container[Hashable]) -> None:
         if not isinstance(spec, ChildSpec):
             raise InvalidSpec(f"a child must be a ChildSpec, got {spec!r}")
-        if any(other.id == spec.id for other in existing):
+        if spec.id in taken:
             raise DuplicateChild(f"{self.name} already has a child {spec.id!r}")
         if spec.significant and self.auto_shutdown is AutoShutdown.NEVER:
             raise InvalidSpec(
