@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
@@ -130,8 +131,23 @@ class ChildSpec:
     @property
     def takes_task_status(self) -> bool:
         """Whether ``start`` reports its own start through ``task_status``."""
-        try:
-            parameters = inspect.signature(self.start).parameters
-        except (TypeError, ValueError):
-            return False
-        return "task_status" in parameters
+        return _takes_task_status(self.start)
+
+
+def _takes_task_status(start: Callable[..., object]) -> bool:
+    if isinstance(start, functools.partial):
+        return "task_status" not in start.keywords and _takes_task_status(start.func)
+    if inspect.ismethod(start):
+        start = start.__func__
+    elif not inspect.isfunction(start):
+        start = type(start).__call__  # a callable object: its class decides
+    return _has_task_status_parameter(start)
+
+
+@functools.lru_cache(maxsize=1024)
+def _has_task_status_parameter(function: Callable[..., object]) -> bool:
+    """Looked up once per function: ``inspect.signature`` costs more than starting a child."""
+    try:
+        return "task_status" in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
