@@ -227,6 +227,7 @@ class MessageSystem:
         try:
             await self.root.start_child(subtree.as_child(subtree.name, restart=restart))
         except ChildStartFailed as failure:
+            _finish_agents_of(subtree, failure.__cause__ or failure)
             raise AgentStartFailed(f"{subtree.name} failed to start: {failure}") from failure
         except SupervisorNotRunning:
             raise SystemClosed("the message system is shutting down") from None
@@ -471,6 +472,16 @@ class MessageSystem:
                     DeadLetterReason.SYSTEM_STOPPED,
                     SystemClosed("the message system shut down"),
                 )
+
+
+def _finish_agents_of(tree: Supervisor, reason: BaseException) -> None:
+    """Stop for good the agents of a tree that will not run again, freeing their names."""
+    for spec in tree.child_specs:
+        if isinstance(spec.start, AgentStarter) and spec.start.cell is not None:
+            spec.start.cell.finish(reason)
+        subtree = getattr(spec.start, "__self__", None)
+        if isinstance(subtree, Supervisor):
+            _finish_agents_of(subtree, reason)
 
 
 def _unwrap(failure: ChildStartFailed) -> Exception:

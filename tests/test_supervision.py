@@ -384,6 +384,28 @@ class TestSubtrees:
         with pytest.raises(AgentStartFailed):
             await system.start_supervisor([system.agent_spec(Broken)])
 
+    async def test_failed_subtree_frees_the_names_of_agents_it_had_started(
+        self, system: MessageSystem
+    ) -> None:
+        """Agents started before the one that failed are stopped for good, names freed."""
+
+        class Broken(Agent):
+            async def on_start(self) -> None:
+                raise ValueError("no")
+
+        inner = Supervisor([system.agent_spec(Tracked, "leaf", [], name="leaf")])
+        with pytest.raises(AgentStartFailed):
+            await system.start_supervisor(
+                [
+                    system.agent_spec(Tracked, "first", [], name="first"),
+                    inner.as_child("inner"),
+                    system.agent_spec(Broken),
+                ]
+            )
+        assert system.whereis("first") is None
+        assert system.whereis("leaf") is None
+        assert system.agents == []
+
     async def test_agent_in_a_subtree_is_stopped_for_good_by_system_stop(
         self, system: MessageSystem
     ) -> None:
