@@ -37,12 +37,14 @@ class Agent:
 
     Each start (the first, and every restart) builds a fresh instance from the class and the
     arguments given to ``spawn``, then awaits :meth:`on_start`. Messages are handed out by
-    priority, then in order of arrival. A handler that raises crashes the agent; a caller of the
-    failing call gets the error as ``CallFailed`` at once.
+    priority, then in order of arrival. A handler that raises crashes the agent: a caller of the
+    failing call gets the error as ``CallFailed`` at once, and the agent's supervisor starts a
+    fresh instance, which finds the messages that were waiting in the mailbox.
     """
 
     async def on_start(self) -> None:
-        """Prepare state before the first message. Raising here fails the ``spawn``."""
+        """Prepare state before the first message. Raising here fails the ``spawn``; during a
+        restart it counts as another crash, and the supervisor tries again."""
 
     async def handle_call(self, message: Any, ctx: Context) -> Any:
         """Answer a call: the return value is the reply (unless the reply was deferred)."""
