@@ -22,6 +22,7 @@ class ChildRun:
         "outcome",
         "reported",
         "scope",
+        "started",
         "started_at",
         "terminating",
         "value",
@@ -36,6 +37,8 @@ class ChildRun:
         #: What the child reported through ``task_status.started``.
         self.value: object = None
         self.reported = False
+        #: Set when the child reports ``started``.
+        self.started = trio.Event()
         #: How the run ended: the exception, or ``None`` for a normal return.
         self.outcome: BaseException | None = None
         self.started_at = trio.current_time()

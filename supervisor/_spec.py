@@ -98,6 +98,9 @@ class ChildSpec:
         stop: a synchronous function asking the child to finish; it receives the started value.
             Without one, asking the child to stop means cancelling it (as an OTP process that
             does not trap exits dies at once).
+        retire: a synchronous function called when the supervisor will not start the child
+            again on its own: it was terminated, ended for good, or forgotten. It releases what
+            outlives the child's runs; it may be called more than once.
         significant: its own exit may end the supervisor (see ``AutoShutdown``); only for
             transient and temporary children.
         kind: ``WORKER`` or ``SUPERVISOR``.
@@ -111,6 +114,9 @@ class ChildSpec:
     )
     shutdown: float | Shutdown = attrs.field(default=5.0, validator=_check_shutdown, kw_only=True)
     stop: Callable[[Any], object] | None = attrs.field(
+        default=None, validator=attrs.validators.optional(is_callable), kw_only=True
+    )
+    retire: Callable[[], object] | None = attrs.field(
         default=None, validator=attrs.validators.optional(is_callable), kw_only=True
     )
     significant: bool = attrs.field(default=False, kw_only=True)

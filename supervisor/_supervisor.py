@@ -14,6 +14,7 @@ import contextvars
 import enum
 import logging
 import math
+import types
 from collections.abc import AsyncIterator, Container, Hashable, Iterable, Sequence
 from typing import Any
 
@@ -97,6 +98,7 @@ class _StartedRelay:
     def started(self, value: Any = None) -> None:
         self._run.value = value
         self._run.reported = True
+        self._run.started.set()
         self._outer.started()
 
 
@@ -166,6 +168,9 @@ class Supervisor:
         self._stopping = False
         self._stopped = trio.Event()
         self._escalation: RestartIntensityExceeded | None = None
+        #: The run being started now, under the lock: a stop request may have to cut it short.
+        self._launching: ChildRun | None = None
+        self._block: contextlib.AbstractAsyncContextManager[Supervisor] | None = None
         self._total_restarts = 0
         self._escalations = 0
         self._stop_errors = 0
@@ -214,6 +219,7 @@ class Supervisor:
             restart=restart,
             shutdown=Shutdown.INFINITY,
             stop=_ask_supervisor_to_stop,
+            retire=self._retire_children,
             significant=significant,
             kind=ChildKind.SUPERVISOR,
         )
@@ -252,12 +258,9 @@ class Supervisor:
                 if start_failure is None:
                     task_status.started(self)
                     await self._supervise(reports)
-                await self._take_lock_to_stop()
-                try:
+                async with self._lock:
                     self._stopping = True
                     await self._stop_children(reversed(self._children.values()))
-                finally:
-                    self._lock.release()
                 nursery.cancel_scope.cancel()
         finally:
             self._stopping = True
@@ -273,10 +276,15 @@ class Supervisor:
             raise self._escalation
 
     def request_stop(self) -> None:
-        """Ask the supervisor to stop its children (newest first) and return from ``run``."""
+        """Ask the supervisor to stop its children (newest first) and return from ``run``.
+
+        A child still starting gets its shutdown time to finish starting, then is cancelled.
+        """
         if self._events is not None and not self._stopping:
             self._stopping = True
             self._events.send_nowait(None)
+            if self._launching is not None and self._nursery is not None:
+                self._nursery.start_soon(self._cut_short, self._launching)
 
     async def stop(self) -> None:
         """Stop the supervisor and wait until every child has stopped."""
@@ -289,7 +297,9 @@ class Supervisor:
         return await self._block.__aenter__()
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
-        return await self._block.__aexit__(*exc_info)
+        block, self._block = self._block, None
+        assert block is not None, "__aexit__ without __aenter__"
+        return await block.__aexit__(*exc_info)
 
     @contextlib.asynccontextmanager
     async def _open(self) -> AsyncIterator[Supervisor]:
@@ -325,6 +335,8 @@ class Supervisor:
 
     async def _start_initial_children(self) -> ChildStartFailed | None:
         for child in list(self._children.values()):
+            if self._stopping:
+                break
             error = await self._launch(child)
             if error is not None:
                 self._forget(child)
@@ -332,24 +344,16 @@ class Supervisor:
                 return ChildStartFailed(child.spec.id, error)
         return None
 
-    async def _take_lock_to_stop(self) -> None:
-        """Take the lock, even from a ``start_child`` whose child never finishes starting:
-        that child gets its shutdown time, as a running one would, and is then cancelled."""
-        starting = [c for c in self._children.values() if c.state is ChildState.STARTING]
-        if starting and starting[0].run is not None:
-            shutdown = starting[0].spec.shutdown
-            patience = (
-                0.0
-                if shutdown is Shutdown.BRUTAL_KILL
-                else math.inf
-                if shutdown is Shutdown.INFINITY
-                else shutdown
-            )
-            with trio.move_on_after(patience):
-                await self._lock.acquire()
-                return
-            starting[0].run.scope.cancel()
-        await self._lock.acquire()
+    async def _cut_short(self, run: ChildRun) -> None:
+        """Cancel a start that has not finished within the child's shutdown time."""
+        shutdown = run.child.spec.shutdown
+        if shutdown is Shutdown.INFINITY:
+            return
+        if shutdown is not Shutdown.BRUTAL_KILL:
+            with trio.move_on_after(shutdown):
+                await run.started.wait()
+        if not run.reported:
+            run.scope.cancel()
 
     async def _supervise(self, reports: trio.MemoryReceiveChannel[ChildRun | None]) -> None:
         """Handle child exits one at a time until asked to stop, or until giving up."""
@@ -374,12 +378,18 @@ class Supervisor:
         run = ChildRun(child)
         child.run = run
         child.state = ChildState.STARTING
+        self._launching = run
         try:
             await self._nursery.start(self._run_child, run)
         except Exception as error:
             child.run = None
             child.last_exit = error
             return error
+        except BaseException:
+            child.run = None  # cancelled from outside: the caller cleans up
+            raise
+        finally:
+            self._launching = None
         child.state = ChildState.RUNNING
         if child.spec.health_check is not None and not run.done.is_set():
             self._nursery.start_soon(self._watch_health, run)
@@ -450,10 +460,11 @@ class Supervisor:
         if restart is RestartType.PERMANENT or (restart is RestartType.TRANSIENT and abnormal):
             return await self._restart_after(child, run)
         logger.info("%s: %r exited (%r), not restarted", self.name, child.spec.id, run.outcome)
+        child.state = ChildState.TERMINATED
         if restart is RestartType.TEMPORARY or self.forget_ended:
             self._forget(child)
         else:
-            child.state = ChildState.TERMINATED
+            _retire(child)
         return not (child.spec.significant and self._auto_shutdown_due())
 
     async def _restart_after(self, failed: Child, run: ChildRun) -> bool:
@@ -466,15 +477,15 @@ class Supervisor:
         self._total_restarts += 1
         logger.info("%s: child %r exited (%r), restarting", self.name, failed.spec.id, run.outcome)
         group = self._restart_group(failed)
+        for child in group:
+            child.generation += 1  # overtakes any delayed restart planned for them
+        failed.state = ChildState.RESTARTING
         siblings = [child for child in group if child is not failed]
-        await self._stop_children(reversed(siblings))
-        for sibling in siblings:
+        for sibling in reversed(siblings):
+            await self._stop_child(sibling, then=ChildState.RESTARTING)
             if sibling.spec.restart is RestartType.TEMPORARY:
                 self._forget(sibling)  # never restarted, even by a sibling's exit
         group = [child for child in group if self._knows(child)]
-        for child in group:
-            child.state = ChildState.RESTARTING
-            child.generation += 1
         delay = self._backoff_delay(failed, run)
         if delay > 0:
             assert self._nursery is not None
@@ -511,6 +522,8 @@ class Supervisor:
     async def _start_in_order(self, group: list[Child]) -> None:
         """Start ``group`` in order; a child that fails to start counts as its crash."""
         for child in group:
+            if self._stopping:
+                return
             if not self._knows(child) or child.state is not ChildState.RESTARTING:
                 continue  # deleted or terminated by hand meanwhile
             child.restarts += 1
@@ -537,11 +550,15 @@ class Supervisor:
         for child in list(children):
             await self._stop_child(child)
 
-    async def _stop_child(self, child: Child) -> None:
-        """Stop one child by its shutdown spec; what it raises while stopping is reported."""
+    async def _stop_child(self, child: Child, *, then: ChildState = ChildState.TERMINATED) -> None:
+        """Stop one child by its shutdown spec, leaving it in state ``then``.
+
+        What it raises while stopping, or what its stop hook raises, is reported. If the caller
+        is cancelled meanwhile, the child is cancelled too and still accounted for.
+        """
         run, child.run = child.run, None
         if run is None:
-            child.state = ChildState.TERMINATED
+            child.state = then
             return
         child.state = ChildState.STOPPING
         run.terminating = True
@@ -549,23 +566,32 @@ class Supervisor:
             run.health_scope.cancel()  # a child on its way out is not probed any more
         spec = child.spec
         stop_error: Exception | None = None
-        if spec.shutdown is not Shutdown.BRUTAL_KILL and spec.stop is not None:
-            try:
-                spec.stop(run.value)
-            except Exception as error:
-                stop_error = error
-                self._report_stop_error(child, error)
-            if spec.shutdown is Shutdown.INFINITY:
+        try:
+            if (
+                spec.shutdown is not Shutdown.BRUTAL_KILL
+                and spec.stop is not None
+                and run.reported
+                and not run.done.is_set()
+            ):
+                try:
+                    spec.stop(run.value)
+                except Exception as error:  # it was not asked, so it is cancelled at once
+                    stop_error = error
+                    self._report_stop_error(child, error)
+                else:
+                    if spec.shutdown is Shutdown.INFINITY:
+                        await run.done.wait()
+                    else:
+                        with trio.move_on_after(spec.shutdown):
+                            await run.done.wait()
+        finally:
+            run.scope.cancel()
+            with trio.CancelScope(shield=True):
                 await run.done.wait()
-            else:
-                with trio.move_on_after(spec.shutdown):
-                    await run.done.wait()
-        run.scope.cancel()
-        await run.done.wait()
-        if run.outcome is not None:
-            self._report_stop_error(child, run.outcome)
-        child.last_exit = run.outcome if run.outcome is not None else stop_error
-        child.state = ChildState.TERMINATED
+            if run.outcome is not None:
+                self._report_stop_error(child, run.outcome)
+            child.last_exit = run.outcome if run.outcome is not None else stop_error
+            child.state = then
 
     def _report_stop_error(self, child: Child, error: BaseException) -> None:
         self._stop_errors += 1
@@ -582,11 +608,16 @@ class Supervisor:
             SupervisorNotRunning: the supervisor is not running.
             InvalidSpec: ``spec`` is not a ``ChildSpec``, or is significant under ``NEVER``.
         """
+        self._check_not_starting_caller()
         async with self._lock:
             self._check_running()
             self._check_new(spec, self._children)
             child = self._children[spec.id] = Child(spec)
-            error = await self._launch(child)
+            try:
+                error = await self._launch(child)
+            except BaseException:
+                self._forget(child)
+                raise
             if error is not None:
                 self._forget(child)
                 raise ChildStartFailed(spec.id, error)
@@ -599,12 +630,15 @@ class Supervisor:
             ChildNotFound: no child has that id.
             SupervisorNotRunning: the supervisor is not running.
         """
+        self._check_not_starting_caller()
         async with self._lock:
             self._check_running()
             child = self._find(id)
             await self._stop_child(child)
             if child.spec.restart is RestartType.TEMPORARY:
                 self._forget(child)
+            else:
+                _retire(child)
 
     async def restart_child(self, id: Hashable) -> ChildInfo:
         """Start a terminated child again (this does not count towards the intensity).
@@ -615,6 +649,7 @@ class Supervisor:
             ChildStartFailed: it raised before it had started.
             SupervisorNotRunning: the supervisor is not running.
         """
+        self._check_not_starting_caller()
         async with self._lock:
             self._check_running()
             child = self._find(id)
@@ -658,7 +693,7 @@ class Supervisor:
         for child in self._children.values():
             by_state[child.state] += 1
         return SupervisorStats(
-            children=by_state,
+            children=types.MappingProxyType(by_state),
             restarts_in_window=self._window.count(trio.current_time()),
             total_restarts=self._total_restarts,
             escalations=self._escalations,
@@ -678,6 +713,27 @@ class Supervisor:
     def _forget(self, child: Child) -> None:
         if self._knows(child):
             del self._children[child.spec.id]
+        _retire(child)
+
+    def _check_not_starting_caller(self) -> None:
+        """Refuse a call that would wait for the lock held while the caller itself starts."""
+        caller = current_child()
+        launching = self._launching
+        if (
+            caller is not None
+            and caller.supervisor is self
+            and launching is not None
+            and launching.child.spec.id == caller.id
+        ):
+            raise SupervisorError(
+                f"child {caller.id!r} called its own supervisor {self.name} while starting, "
+                "which would wait for itself: do it once started (e.g. in a task it starts)"
+            )
+
+    def _retire_children(self) -> None:
+        """This supervisor will not run again: its children will not start again either."""
+        for child in self._children.values():
+            _retire(child)
 
     def _check_running(self) -> None:
         if self._nursery is None or self._stopping:
@@ -696,3 +752,14 @@ class Supervisor:
 
 def _ask_supervisor_to_stop(supervisor: Supervisor) -> None:
     supervisor.request_stop()
+
+
+def _retire(child: Child) -> None:
+    """Tell a child's owner it will not be started again, so it can release what outlives
+    its runs; a hook that raises is logged, never allowed to break the supervisor."""
+    if child.spec.retire is None:
+        return
+    try:
+        child.spec.retire()
+    except Exception as error:
+        logger.error("the retire hook of %r raised", child.spec.id, exc_info=error)

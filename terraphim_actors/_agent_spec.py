@@ -68,6 +68,11 @@ class AgentStarter:
             self.system.register(cell)
         await cell.run(task_status=task_status)
 
+    def retire(self) -> None:
+        """Its supervisor will not start it again: the agent stops for good."""
+        if self.cell is not None:
+            self.cell.retire()
+
 
 def agent_child_spec(starter: AgentStarter, *, significant: bool = False) -> ChildSpec:
     """The child spec that runs ``starter``'s agent under a supervisor."""
@@ -77,15 +82,20 @@ def agent_child_spec(starter: AgentStarter, *, significant: bool = False) -> Chi
         restart=starter.restart,
         shutdown=starter.shutdown,
         stop=_stop_instance,
+        retire=starter.retire,
         significant=significant,
     )
 
 
 def _stop_instance(ref: AgentRef) -> None:
-    """Ask the running instance to stop: for good when the system shuts down, and then a
-    subscriber first handles what it was sent, so that it sees the other agents go."""
+    """Ask the running instance to stop: for good when the system shuts down or the agent is
+    being stopped by ``system.stop``. At shutdown a subscriber first handles what it was sent,
+    so that it sees the other agents go."""
     cell = ref._cell
     system = cell.system
+    if cell.retiring:
+        cell.request_stop(StopReason.NORMAL, final=True)
+        return
     cell.request_stop(
         StopReason.SHUTDOWN,
         final=system.closing,

@@ -62,7 +62,7 @@ class CellState(enum.Enum):
     STARTING = "starting"
     RUNNING = "running"
     STOPPING = "stopping"
-    #: Between instances: its supervisor will start it again; messages wait in the mailbox.
+    #: Between instances: its supervisor will start it again (or retire it); messages wait.
     RESTARTING = "restarting"
     #: Stopped for good: the mailbox is closed and the name is free.
     STOPPED = "stopped"
@@ -95,6 +95,9 @@ class AgentCell:
         self.instances = 0
         #: The supervisor running the agent, and the id it knows it by.
         self.placement: CurrentChild | None = None
+        #: ``system.stop`` asked for it to go for good: the next stop is final.
+        self.retiring = False
+        self._last_reason: ExitReason = StopReason.NORMAL
         #: Set once the agent has stopped for good.
         self.stopped = trio.Event()
         self.exit_reason: ExitReason | None = None
@@ -192,6 +195,8 @@ class AgentCell:
             raise reason
 
     def _begin_instance(self) -> None:
+        if self.system.closing:
+            raise AgentStartFailed(f"{self.id!r} not started: the system is shutting down")
         self.placement = current_child()
         self.state = CellState.STARTING
         self.instances += 1
@@ -202,18 +207,19 @@ class AgentCell:
         self._linked_failure = None
 
     def _after_instance(self, reason: ExitReason) -> None:
-        """Settle the agent after an instance: for good, or waiting for its restart."""
-        crashed = isinstance(reason, Exception)
-        if crashed:
+        """Settle the agent after an instance: for good if that stop was final, otherwise
+        parked, mailbox open, until its supervisor starts it again or retires it."""
+        if isinstance(reason, Exception):
             self.system.count_crash()
-        if self.restart is RestartType.PERMANENT:
-            restarts = True
-        else:
-            restarts = self.restart is RestartType.TRANSIENT and crashed
-        if self._final or self.system.closing or not restarts:
+        self._last_reason = reason
+        if self._final or self.system.closing:
             self.finish(reason)
         else:
             self.state = CellState.RESTARTING
+
+    def retire(self) -> None:
+        """Its supervisor will not start it again: stop it for good."""
+        self.finish(StopReason.NORMAL if self.retiring else self._last_reason)
 
     async def _run_instance(self, task_status: trio.TaskStatus[AgentRef]) -> ExitReason:
         self._task = trio.lowlevel.current_task()
@@ -479,6 +485,7 @@ class AgentCell:
     ) -> None:
         scope = trio.CancelScope()
         self._background.add(scope)
+        instance = self.instances
 
         async def linked() -> None:
             inherited_deadline.set(math.inf)
@@ -487,9 +494,9 @@ class AgentCell:
                     await async_fn(*args)
                 except Exception as error:
                     logger.error("background task of %r failed", self.id, exc_info=error)
-                    if self._linked_failure is None:
+                    if instance == self.instances and self._linked_failure is None:
                         self._linked_failure = error
-                    self.kill()
+                        self.kill()  # only the instance it belongs to
             self._background.discard(scope)
 
         self.system.nursery.start_soon(linked)

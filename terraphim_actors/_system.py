@@ -164,15 +164,13 @@ class MessageSystem:
         """
         starter = self._starter(agent_class, args, name, mailbox, shutdown, restart)
         try:
-            child = await self.root.start_child(agent_child_spec(starter))
+            await self.root.start_child(agent_child_spec(starter))
         except ChildStartFailed as failure:
-            if starter.cell is not None:
-                starter.cell.finish(failure.__cause__ or failure)
             raise _unwrap(failure)  # noqa: B904 - the agent's error keeps its own cause
         except SupervisorNotRunning:
             raise SystemClosed("the message system is shutting down") from None
-        assert isinstance(child.value, AgentRef)
-        return child.value
+        assert starter.cell is not None  # it has started
+        return starter.cell.ref
 
     def agent_spec(
         self,
@@ -227,7 +225,6 @@ class MessageSystem:
         try:
             await self.root.start_child(subtree.as_child(subtree.name, restart=restart))
         except ChildStartFailed as failure:
-            _finish_agents_of(subtree, failure.__cause__ or failure)
             raise AgentStartFailed(f"{subtree.name} failed to start: {failure}") from failure
         except SupervisorNotRunning:
             raise SystemClosed("the message system is shutting down") from None
@@ -301,17 +298,19 @@ class MessageSystem:
         cell = ref._cell
         if cell.in_own_task:
             raise CallToSelf("an agent cannot wait for its own stop: use ctx.stop()")
-        cell.request_stop(StopReason.NORMAL, final=True)
-        # Its supervisor cancels a running instance after the shutdown time; this also
-        # covers one still in ``on_start``, which holds its supervisor until it returns.
-        deadline = self.timers.call_after(cell.shutdown, cell.kill)
+        cell.retiring = True  # its supervisor's stop, under its lock, is now for good
+        deadline = None
+        if cell.state is CellState.STARTING:
+            # In ``on_start`` it holds its supervisor, which cannot stop it until it returns.
+            deadline = self.timers.call_after(cell.shutdown, cell.kill)
         placement = cell.placement
         if placement is not None:
             with contextlib.suppress(LookupError, SupervisorNotRunning):
                 await placement.supervisor.terminate_child(placement.id)
                 placement.supervisor.delete_child(placement.id)
-        deadline.cancel()
-        cell.finish(StopReason.NORMAL)  # if it was between instances, nothing else will
+        if deadline is not None:
+            deadline.cancel()
+        cell.retire()  # whatever happened to its supervisor meanwhile
 
     def subscribe(self, ref: AgentRef) -> None:
         """Send ``ref`` an info for every agent start and exit, and the system's shutdown.
@@ -472,16 +471,6 @@ class MessageSystem:
                     DeadLetterReason.SYSTEM_STOPPED,
                     SystemClosed("the message system shut down"),
                 )
-
-
-def _finish_agents_of(tree: Supervisor, reason: BaseException) -> None:
-    """Stop for good the agents of a tree that will not run again, freeing their names."""
-    for spec in tree.child_specs:
-        if isinstance(spec.start, AgentStarter) and spec.start.cell is not None:
-            spec.start.cell.finish(reason)
-        subtree = getattr(spec.start, "__self__", None)
-        if isinstance(subtree, Supervisor):
-            _finish_agents_of(subtree, reason)
 
 
 def _unwrap(failure: ChildStartFailed) -> Exception:

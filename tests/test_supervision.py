@@ -439,3 +439,132 @@ class TestQueuedCallDuringRestart:
             await settle()
             release.set()
         assert outcomes == [1]
+
+
+class Busy(Agent):
+    """A cast keeps it busy for a second; a call answers "ok"."""
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        if message == "crash":
+            raise RuntimeError("boom")
+        await trio.sleep(1)
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        if message == "crash":
+            raise RuntimeError("boom")
+        return "ok"
+
+
+class HangsOnRestart(Agent):
+    """Starts once; every restart hangs in ``on_start``."""
+
+    def __init__(self, starts: list[float]) -> None:
+        self.starts = starts
+
+    async def on_start(self) -> None:
+        self.starts.append(trio.current_time())
+        if len(self.starts) > 1:
+            await trio.sleep_forever()
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        raise RuntimeError("boom")
+
+
+class TestRacesWithTheSupervisor:
+    """Found in review: each sequence once lost a ref, leaked a name, or hung."""
+
+    async def test_transient_sibling_keeps_its_ref_and_queue_through_a_group_restart(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Stopped by its supervisor (not by itself), a transient agent is restarted intact."""
+        await system.start_supervisor(
+            [
+                system.agent_spec(Busy, name="a"),
+                system.agent_spec(Busy, name="b", restart=RestartType.TRANSIENT),
+            ],
+            strategy=RestartStrategy.ONE_FOR_ALL,
+        )
+        b = system.ref("b")
+        await b.cast("busy")
+        await b.cast("queued")
+        await system.ref("a").cast("crash")
+        await trio.sleep(5)
+        assert system.ref("b") is b
+        assert await b.call("hi") == "ok"
+        assert [letter.envelope.payload for letter in system.dead_letters] == ["crash"]
+
+    async def test_subtree_that_ends_for_good_stops_its_agents_for_good(
+        self, system: MessageSystem
+    ) -> None:
+        """A temporary subtree that gives up frees its agents' names; calls fail at once."""
+        await system.start_supervisor(
+            [system.agent_spec(Busy, name="e")], max_restarts=0, restart=RestartType.TEMPORARY
+        )
+        ref = system.ref("e")
+        with pytest.raises(Exception, match="boom"):
+            await ref.call("crash")
+        await settle()
+        assert system.whereis("e") is None
+        assert not ref.alive
+        await system.spawn(Busy, name="e")  # the name is free again
+
+    async def test_cancelled_spawn_leaves_no_agent_behind(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A spawn cancelled during ``on_start`` frees the name and the root's record."""
+        with trio.move_on_after(1):
+            await system.spawn(HangsOnRestart, [0.0], name="slow")
+        assert system.whereis("slow") is None
+        assert system.root.which_children() == []
+
+    async def test_spawn_from_on_start_fails_instead_of_deadlocking(
+        self, system: MessageSystem
+    ) -> None:
+        """An agent cannot add a sibling to the root while the root is starting it."""
+
+        class Parent(Agent):
+            async def on_start(self) -> None:
+                await self_system.spawn(Busy)
+
+        self_system = system
+        with pytest.raises(AgentStartFailed, match="while starting"):
+            await system.spawn(Parent)
+        assert await (await system.spawn(Busy)).call("still serving") == "ok"
+
+    async def test_system_stop_during_a_group_restart_stops_the_agent_for_good(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``system.stop`` waits for the restart in progress, then stops the agent for good."""
+        await system.start_supervisor(
+            [system.agent_spec(Busy, name="a"), system.agent_spec(Busy, name="b")],
+            strategy=RestartStrategy.ONE_FOR_ALL,
+        )
+        b = system.ref("b")
+        await b.cast("busy")
+        await settle()
+        await system.ref("a").cast("crash")
+        await settle()
+        await system.stop(b)
+        await trio.sleep(5)
+        assert system.whereis("b") is None
+        assert not b.alive
+
+    async def test_leaving_the_block_during_a_hanging_restart_ends_in_the_shutdown_time(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """An agent whose restart hangs in ``on_start`` is cancelled after its shutdown time."""
+        starts: list[float] = []
+        config = MessageSystemConfig(shutdown_timeout=2.0)
+        async with open_message_system(config) as system:
+            await system.start_supervisor(
+                [
+                    system.agent_spec(HangsOnRestart, starts, name="a"),
+                    system.agent_spec(Busy, name="b"),
+                ],
+                strategy=RestartStrategy.ONE_FOR_ALL,
+            )
+            await system.ref("a").cast("crash")
+            await settle()
+            left_at = trio.current_time()
+        assert len(starts) == 2
+        assert trio.current_time() - left_at == pytest.approx(2.0)

@@ -923,6 +923,77 @@ class TestAutoShutdown:
         assert log == []
 
 
+class TestStopDuringRestart:
+    async def test_stop_cancels_a_restart_that_never_reports_started(
+        self, autojump_clock: Clock
+    ) -> None:
+        """A stop during a restart whose start hangs ends after the child's shutdown time."""
+        runs: list[float] = []
+
+        async def hangs_when_restarted(*, task_status: trio.TaskStatus[None]) -> None:
+            runs.append(trio.current_time())
+            if len(runs) > 1:
+                await trio.sleep_forever()  # never reports started
+            task_status.started()
+            await trio.sleep(1)
+            raise Crash("first run")
+
+        tree = Supervisor([ChildSpec("a", hangs_when_restarted, shutdown=2.0)])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(tree.run)
+            await trio.sleep(1.5)
+            began = trio.current_time()
+            await tree.stop()
+        assert runs == [0.0, 1.0]
+        assert trio.current_time() - began == pytest.approx(2.0)
+
+    async def test_cancelled_terminate_child_still_terminates_the_child(
+        self, autojump_clock: Clock
+    ) -> None:
+        """If the caller of ``terminate_child`` gives up, the child is still stopped."""
+        log = Log()
+        async with Supervisor([spec(log, "a", stop=ask_to_stop, linger=3.0)]) as sup:
+            with trio.move_on_after(1):
+                await sup.terminate_child("a")
+            assert info(sup, "a").state is ChildState.TERMINATED
+            sup.delete_child("a")
+        assert log == ["start a", "stop a", "cancel a"]
+
+    async def test_group_restart_siblings_cannot_be_deleted_halfway(
+        self, autojump_clock: Clock
+    ) -> None:
+        """While a group restarts, a sibling already stopped is restarting, not terminated."""
+        log = Log()
+        seen: list[ChildState] = []
+
+        def note_c_then_stop(handle: Handle) -> None:
+            seen.append(info(sup, "c").state)
+            handle.stop()
+
+        sup = Supervisor(
+            [
+                spec(log, "a", crashes=[1.0]),
+                spec(log, "b", stop=note_c_then_stop),
+                spec(log, "c", stop=ask_to_stop),
+            ],
+            strategy=RestartStrategy.ONE_FOR_ALL,
+        )
+        async with sup:
+            await trio.sleep(2)
+            with pytest.raises(ChildRunning):
+                sup.delete_child("c")
+        assert seen[0] is ChildState.RESTARTING
+
+    async def test_stop_hook_that_raises_under_infinity_cancels_the_child(
+        self, autojump_clock: Clock
+    ) -> None:
+        """An ``INFINITY`` child whose stop hook raises is cancelled, not waited for forever."""
+        log = Log()
+        async with Supervisor([spec(log, "a", stop=failing_stop, shutdown=Shutdown.INFINITY)]):
+            pass
+        assert log == ["start a", "cancel a"]
+
+
 class TestChildrenByHand:
     async def test_stopping_cancels_a_child_stuck_starting_after_its_shutdown_time(
         self, autojump_clock: Clock
