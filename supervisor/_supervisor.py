@@ -190,11 +190,6 @@ class Supervisor:
         return f"<Supervisor {self.name} {self.strategy.value}, {len(self._children)} children>"
 
     @property
-    def child_specs(self) -> tuple[ChildSpec, ...]:
-        """The children each run starts with, in start order (``start_child`` adds none)."""
-        return tuple(self._specs)
-
-    @property
     def max_restarts(self) -> int:
         return self._window.max_restarts
 
