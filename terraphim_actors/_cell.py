@@ -117,10 +117,6 @@ class AgentCell:
         self._background: set[trio.CancelScope] = set()
         self._watchers: dict[MonitorRef, AgentCell] = {}
         self._watching: dict[MonitorRef, AgentCell] = {}
-        #: True while the loop waits on an empty mailbox.
-        self._waiting = False
-        #: Set, then dropped, when the loop next finds its mailbox empty (see ``wait_idle``).
-        self._idle: trio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<AgentCell {self.id!r} {self.state.value}>"
@@ -282,17 +278,12 @@ class AgentCell:
                 envelope = mailbox.try_receive()
                 if envelope is None:
                     mailbox.record_processing_time(clock() - batch_started)
-                    if self._idle is not None:
-                        self._idle.set()
-                        self._idle = None
-                    self._waiting = True
                     with trio.CancelScope() as self._wait_scope:
                         try:
                             envelope = await mailbox.receive()
                         except MailboxClosed:
                             break
                         finally:
-                            self._waiting = False
                             self._wait_scope = None
                     if envelope is None:
                         break  # asked to stop while it waited
@@ -387,8 +378,6 @@ class AgentCell:
         for monitor, watcher in watchers.items():
             watcher._watching.pop(monitor, None)
             watcher.post(info(Down(self.ref, reason, monitor), recipient=watcher.id))
-        if self._idle is not None:
-            self._idle.set()
         self.stopped.set()
 
     def _drop(
@@ -426,20 +415,6 @@ class AgentCell:
         """Cancel the running instance now (its handler is interrupted)."""
         if self._instance_scope is not None:
             self._instance_scope.cancel()
-
-    async def wait_idle(self, deadline: float) -> None:
-        """Wait until the agent has handled every message in its mailbox, or has stopped.
-
-        Returns at ``deadline`` at the latest. A message that arrives meanwhile is waited for too.
-        """
-        await trio.lowlevel.checkpoint()
-        if self.stopped.is_set() or (self._waiting and len(self.mailbox) == 0):
-            return
-        if self._idle is None:
-            self._idle = trio.Event()
-        idle = self._idle
-        with trio.move_on_at(deadline):
-            await idle.wait()
 
     # -- what handlers ask for through the context ----------------------------------------
 
