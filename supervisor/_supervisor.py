@@ -51,6 +51,8 @@ class RestartStrategy(enum.Enum):
     #: Only the child that exited.
     ONE_FOR_ONE = "one_for_one"
     #: Every child: the others are stopped (newest first), then all start again in order.
+    #: Children that had already ended for good (terminated, or a transient one that returned)
+    #: stay down, unlike OTP, which would start them again.
     ONE_FOR_ALL = "one_for_all"
     #: The child and those started after it, stopped newest first and started again in order.
     REST_FOR_ONE = "rest_for_one"
