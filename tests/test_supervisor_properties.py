@@ -710,14 +710,11 @@ def test_a_crashed_permanent_child_runs_again_unless_its_supervisor_escalated(
             )
 
 
-@SETTINGS
-@given(scenario=scenarios(needs=RestartStrategy.REST_FOR_ONE))
-@example(scenario=RETURNED_TRANSIENT_AFTER_THE_CRASH)
-def test_rest_for_one_restarts_the_crashed_child_and_those_after_it(scenario: Scenario) -> None:
-    """rest_for_one stops the children after the crashed one newest first, then restarts them."""
-    trace = run_scenario(scenario)
+def check_restart_groups(trace: Trace, strategies: set[RestartStrategy]) -> None:
+    """Each restart of a supervisor with one of ``strategies`` stopped and started exactly
+    the group its strategy names, unless the supervisor gave up instead."""
     for supervisor in SUPERVISORS:
-        if trace.plan.plan(supervisor).strategy is not RestartStrategy.REST_FOR_ONE:
+        if trace.plan.plan(supervisor).strategy not in strategies:
             continue
         for trigger in trace.restart_triggers(supervisor):
             done, gave_up = trace.reaction(supervisor, trigger)
@@ -727,24 +724,23 @@ def test_rest_for_one_restarts_the_crashed_child_and_those_after_it(scenario: Sc
             assert done == expected, fail(
                 trace, f"{supervisor} after {trace.log[trigger]}: {done}, expected {expected}"
             )
+
+
+@SETTINGS
+@given(scenario=scenarios(needs=RestartStrategy.REST_FOR_ONE))
+@example(scenario=RETURNED_TRANSIENT_AFTER_THE_CRASH)
+def test_rest_for_one_restarts_the_crashed_child_and_those_after_it(scenario: Scenario) -> None:
+    """rest_for_one stops the children after the crashed one newest first, then restarts them."""
+    check_restart_groups(run_scenario(scenario), {RestartStrategy.REST_FOR_ONE})
 
 
 @SETTINGS
 @given(scenario=scenarios())
 def test_one_for_one_and_one_for_all_restart_exactly_their_group(scenario: Scenario) -> None:
     """one_for_one restarts only the crashed child; one_for_all restarts every running child."""
-    trace = run_scenario(scenario)
-    for supervisor in SUPERVISORS:
-        if trace.plan.plan(supervisor).strategy is RestartStrategy.REST_FOR_ONE:
-            continue
-        for trigger in trace.restart_triggers(supervisor):
-            done, gave_up = trace.reaction(supervisor, trigger)
-            if gave_up:
-                continue
-            expected = trace.expected_restart(supervisor, trigger)
-            assert done == expected, fail(
-                trace, f"{supervisor} after {trace.log[trigger]}: {done}, expected {expected}"
-            )
+    check_restart_groups(
+        run_scenario(scenario), {RestartStrategy.ONE_FOR_ONE, RestartStrategy.ONE_FOR_ALL}
+    )
 
 
 @SETTINGS
