@@ -3,7 +3,9 @@
 Agents are Trio tasks, each owning a priority-ordered mailbox; they talk through ``call``
 (request and reply), ``cast`` (fire and forget) and ``info`` (notifications), gen_server style.
 Every agent runs under a supervisor (the ``supervisor`` package, whose names used with agents
-are re-exported here), which restarts it by OTP's rules.
+are re-exported here), which restarts it by OTP's rules. Messages travel under a delivery
+guarantee (at most once, at least once with retries, exactly once by dedup), past a circuit
+breaker per recipient, and pools spread them over several instances of an agent.
 """
 
 from supervisor import (
@@ -17,7 +19,11 @@ from supervisor import (
 )
 
 from ._agent import Agent, Context, DeferredReply, NotHandled
+from ._balancing import LoadBalancing
+from ._circuit import CircuitBreakerConfig, CircuitState
 from ._dead_letters import DeadLetter, DeadLetterReason
+from ._dedup import DedupWindow
+from ._delivery import DeliveryConfig, DeliveryManager, DeliveryStats, RetryCandidate
 from ._ids import AgentId, MessageId
 from ._mailbox import Mailbox, MailboxConfig, MailboxStats, OverflowPolicy
 from ._messages import (
@@ -41,8 +47,10 @@ from ._notifications import (
     StopReason,
     SystemShutdown,
 )
+from ._pool import PoolRef
 from ._protocol import ReplyHandle
 from ._ref import AgentRef
+from ._router import MessageRouter, RouterConfig, RouterStats
 from ._system import MessageSystem, MessageSystemConfig, SystemStats, open_message_system
 from ._timers import Timer
 
@@ -53,33 +61,45 @@ __all__ = [
     "AgentRef",
     "AgentStarted",
     "ChildSpec",
+    "CircuitBreakerConfig",
+    "CircuitState",
     "Context",
     "Custom",
     "DeadLetter",
     "DeadLetterReason",
+    "DedupWindow",
     "DeferredReply",
+    "DeliveryConfig",
     "DeliveryGuarantee",
+    "DeliveryManager",
+    "DeliveryStats",
     "Down",
     "Envelope",
     "ExitReason",
     "HealthCheck",
+    "LoadBalancing",
     "Mailbox",
     "MailboxConfig",
     "MailboxStats",
     "MessageId",
     "MessageKind",
     "MessageOptions",
+    "MessageRouter",
     "MessageSystem",
     "MessageSystemConfig",
     "MonitorRef",
     "NotHandled",
     "OverflowPolicy",
+    "PoolRef",
     "Priority",
     "ReplyHandle",
     "RestartBackoff",
     "RestartIntensityExceeded",
     "RestartStrategy",
     "RestartType",
+    "RetryCandidate",
+    "RouterConfig",
+    "RouterStats",
     "Shutdown",
     "StopReason",
     "Supervisor",

@@ -54,7 +54,7 @@ class AgentStarter:
     async def __call__(
         self, *, task_status: trio.TaskStatus[AgentRef] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        cell = self.cell
+        cell = previous = self.cell
         if cell is None or cell.state is CellState.STOPPED:
             cell = self.cell = AgentCell(
                 self.system,
@@ -65,6 +65,8 @@ class AgentStarter:
                 self.shutdown,
                 self.restart,
             )
+            if previous is not None:  # the same agent to its senders: same circuit, same dedup
+                cell.breaker, cell.handled = previous.breaker, previous.handled
             self.system.register(cell)
         await cell.run(task_status=task_status)
 
@@ -91,7 +93,7 @@ def _stop_instance(ref: AgentRef) -> None:
     """Ask the running instance to stop: for good when the system shuts down or the agent is
     being stopped by ``system.stop``. At shutdown a subscriber first handles what it was sent,
     so that it sees the other agents go."""
-    cell = ref._cell
+    cell = ref._agent()
     system = cell.system
     if cell.retiring:
         cell.request_stop(StopReason.NORMAL, final=True)

@@ -20,7 +20,9 @@ from supervisor import CurrentChild, RestartType, current_child
 
 from ._agent import Agent, Context, NotHandled, stopped_error
 from ._checks import check_instance
+from ._circuit import CircuitBreaker
 from ._dead_letters import DeadLetterReason
+from ._dedup import NO_REPLY, HandledMessages
 from ._ids import AgentId
 from ._mailbox import Mailbox, MailboxConfig
 from ._messages import Envelope, MessageKind, info
@@ -38,9 +40,10 @@ from ._task_context import current_cell, inherited_deadline
 from ._timers import Timer
 from .errors import (
     AgentStartFailed,
+    AgentStopped,
     CallFailed,
+    DeliveryFailed,
     MailboxClosed,
-    MailboxFull,
     UnhandledMessage,
 )
 
@@ -117,6 +120,10 @@ class AgentCell:
         self._background: set[trio.CancelScope] = set()
         self._watchers: dict[MonitorRef, AgentCell] = {}
         self._watching: dict[MonitorRef, AgentCell] = {}
+        #: Its circuit breaker, made on its first failure (kept across restarts).
+        self.breaker: CircuitBreaker | None = None
+        #: What it handled lately under exactly-once, made on the first such message.
+        self.handled: HandledMessages | None = None
 
     def __repr__(self) -> str:
         return f"<AgentCell {self.id!r} {self.state.value}>"
@@ -128,36 +135,20 @@ class AgentCell:
 
     # -- delivery --------------------------------------------------------------------------
 
-    async def deliver(self, envelope: Envelope) -> None:
-        """Put ``envelope`` in the mailbox, waiting for room if the mailbox blocks.
+    @property
+    def load(self) -> int:
+        """Messages waiting, plus one while a handler runs: what least-loaded balancing uses."""
+        return len(self.mailbox) + (self._in_hand is not None)
 
-        A message for a stopped agent becomes a dead letter; a call raises ``AgentStopped``.
-        """
-        try:
-            await self.mailbox.send(envelope)
-        except MailboxClosed:
-            self._refuse(envelope)
+    def notify(self, payload: Any) -> None:
+        """Send this agent a notification from the system (at most once, never raises)."""
+        delivery = self.system.delivery
+        envelope = info(payload, recipient=self.id, options=delivery.notice_options())
+        delivery.post(self, envelope)
 
-    def deliver_nowait(self, envelope: Envelope) -> None:
-        """:meth:`deliver` without waiting: a full mailbox raises ``MailboxFull``."""
-        try:
-            self.mailbox.send_nowait(envelope)
-        except MailboxClosed:
-            self._refuse(envelope)
-
-    def post(self, envelope: Envelope) -> None:
-        """Deliver a message the system originates: failure is a dead letter, never an error."""
-        try:
-            self.deliver_nowait(envelope)
-        except MailboxFull as full:
-            self.system.dead_letter(envelope, DeadLetterReason.MAILBOX_FULL, str(full))
-
-    def _refuse(self, envelope: Envelope) -> None:
-        if envelope.reply is not None:
-            raise stopped_error(
-                self.id, self.exit_reason or self._stop_requested or StopReason.NORMAL
-            )
-        self.system.dead_letter(envelope, self._undelivered_reason(), "the agent has stopped")
+    def refusal(self) -> AgentStopped:
+        """The error a call to this agent gets once it has stopped for good."""
+        return stopped_error(self.id, self.exit_reason or self._stop_requested or StopReason.NORMAL)
 
     def _undelivered_reason(self) -> DeadLetterReason:
         if self.system.closing:
@@ -267,7 +258,8 @@ class AgentCell:
         """
         mailbox = self.mailbox
         context = Context(self)
-        clock = trio.current_time
+        delivery = self.system.delivery
+        clock = self.system.clock.current_time
         served = 0
         batch_started = clock()
         try:
@@ -290,34 +282,44 @@ class AgentCell:
                     batch_started = clock()
                     served = 0
                 served += 1
+                if envelope.created_at + envelope.options.timeout < clock() or (
+                    envelope.reply is not None and envelope.reply.abandoned
+                ):
+                    delivery.undelivered(envelope, DeadLetterReason.EXPIRED, _expired(envelope))
+                    continue
+                handled = self.handled
+                if handled is not None and delivery.suppress_duplicate(handled, envelope):
+                    continue
                 self._in_hand = envelope
                 context._envelope = envelope
+                reply = NO_REPLY
                 try:
                     kind = envelope.kind
                     if kind is MessageKind.CAST:
                         await instance.handle_cast(envelope.payload, context)
                     elif kind is MessageKind.CALL:
-                        await self._serve_call(instance, context, envelope)
+                        reply = await self._serve_call(instance, context, envelope)
                     else:
                         await instance.handle_info(envelope.payload, context)
                 except NotHandled:
-                    self.system.dead_letter(
-                        envelope, DeadLetterReason.UNHANDLED, type(instance).__name__
-                    )
+                    unhandled = UnhandledMessage(f"{type(instance).__name__} does not handle it")
+                    delivery.undelivered(envelope, DeadLetterReason.UNHANDLED, unhandled)
                 except Exception as crash:
                     logger.error("agent %r crashed handling %r", self.id, envelope, exc_info=crash)
+                    delivery.record_failure(self)
                     return crash
+                else:
+                    delivery.acknowledge(self, envelope, reply)
                 self._in_hand = None
         finally:
             mailbox.record_processing_time(clock() - batch_started)
         return self._stop_requested or StopReason.NORMAL
 
-    async def _serve_call(self, instance: Agent, context: Context, envelope: Envelope) -> None:
+    async def _serve_call(self, instance: Agent, context: Context, envelope: Envelope) -> Any:
+        """Run ``handle_call`` and answer the caller; returns the reply it gave (``NO_REPLY``
+        if it deferred, answered through ``ctx.caller``, or nobody waited)."""
         handle = envelope.reply
         assert handle is not None
-        if not handle.pending:
-            self.system.dead_letter(envelope, DeadLetterReason.EXPIRED, "the caller gave up")
-            return
         context._deferred = False
         token = inherited_deadline.set(envelope.deadline)
         try:
@@ -332,6 +334,8 @@ class AgentCell:
             inherited_deadline.reset(token)
         if not context._deferred and handle.pending:
             handle.reply(result)
+            return result
+        return NO_REPLY
 
     async def _end_instance(self, instance: Agent, reason: ExitReason) -> None:
         """Settle everything the instance had in hand, then let it clean up."""
@@ -377,18 +381,15 @@ class AgentCell:
         watchers, self._watchers = self._watchers, {}
         for monitor, watcher in watchers.items():
             watcher._watching.pop(monitor, None)
-            watcher.post(info(Down(self.ref, reason, monitor), recipient=watcher.id))
+            watcher.notify(Down(self.ref, reason, monitor))
         self.stopped.set()
 
     def _drop(
         self, envelope: Envelope, why: DeadLetterReason, reason: ExitReason = StopReason.NORMAL
     ) -> None:
-        """Settle a message this agent will not handle.
-
-        A waiting caller gets ``AgentStopped``; anything else (a cast, an info, a call whose
-        caller gave up) becomes a dead letter, so that nothing is lost silently.
-        """
-        settle_undelivered(self.system, envelope, why, stopped_error(self.id, reason))
+        """Settle a message this agent did not handle: a waiting caller gets ``AgentStopped``;
+        a cast or info is retried or becomes a dead letter, by its guarantee."""
+        self.system.delivery.undelivered(envelope, why, stopped_error(self.id, reason))
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -426,10 +427,10 @@ class AgentCell:
 
     def monitor(self, ref: AgentRef) -> MonitorRef:
         check_instance("monitor", ref, AgentRef)
-        target = ref._cell
+        target = ref._agent()
         monitor = MonitorRef(target.id)
         if target.state is CellState.STOPPED:
-            self.post(info(Down(ref, StopReason.NOPROC, monitor), recipient=self.id))
+            self.notify(Down(ref, StopReason.NOPROC, monitor))
         else:
             target._watchers[monitor] = self
             self._watching[monitor] = target
@@ -445,11 +446,11 @@ class AgentCell:
     def send_after(self, delay: float, payload: Any, to: AgentRef | None) -> Timer:
         if to is not None:
             check_instance("to", to, AgentRef)
-        target = self if to is None else to._cell
+        target = self if to is None else to._agent()
 
         def fire() -> None:
             self._timers.discard(timer)
-            target.post(info(payload, recipient=target.id))
+            target.notify(payload)
 
         timer = self.system.timers.call_after(delay, fire)
         self._timers.add(timer)
@@ -477,16 +478,12 @@ class AgentCell:
         self.system.nursery.start_soon(linked)
 
 
-def settle_undelivered(
-    system: MessageSystem, envelope: Envelope, why: DeadLetterReason, error: Exception
-) -> None:
-    """Settle a message that will not be handled: its waiting caller gets ``error``, and
-    anything else (a cast, an info, a call whose caller gave up) becomes a dead letter."""
-    handle = envelope.reply
-    if handle is not None and handle.pending:
-        handle.fail(error)
-    else:
-        system.dead_letter(envelope, why, str(error))
+def _expired(envelope: Envelope) -> DeliveryFailed:
+    if envelope.reply is not None and envelope.reply.abandoned:
+        return DeliveryFailed("the caller gave up before it was handled")
+    return DeliveryFailed(
+        f"its timeout ({envelope.options.timeout} s) passed before it was handled"
+    )
 
 
 def _wrap(error_type: type[CallFailed], agent: AgentId, error: Exception) -> CallFailed:

@@ -32,6 +32,10 @@ class DeadLetterReason(enum.Enum):
     AGENT_STOPPED = "agent stopped"
     #: The message system shut down before it was handled.
     SYSTEM_STOPPED = "system stopped"
+    #: The recipient's circuit breaker was open (and the message was not to be retried).
+    CIRCUIT_OPEN = "circuit open"
+    #: Every retry its guarantee allows failed; the detail names the last failure.
+    RETRIES_EXHAUSTED = "retries exhausted"
 
 
 @attrs.frozen
@@ -64,8 +68,10 @@ class DeadLetterOffice:
         """The kept dead letters, oldest first."""
         return tuple(self._recent)
 
-    def record(self, envelope: Envelope, reason: DeadLetterReason, detail: str = "") -> None:
-        """File ``envelope`` as undelivered for ``reason``."""
-        self._recent.append(DeadLetter(envelope, reason, detail))
+    def record(self, envelope: Envelope, reason: DeadLetterReason, detail: str = "") -> DeadLetter:
+        """File ``envelope`` as undelivered for ``reason``, and return the record."""
+        letter = DeadLetter(envelope, reason, detail)
+        self._recent.append(letter)
         self._by_reason[reason] += 1
         logger.debug("dead letter (%s) %r %s", reason.value, envelope, detail)
+        return letter

@@ -46,23 +46,16 @@ class MessageKind(enum.Enum):
 
 
 class DeliveryGuarantee(enum.Enum):
-    """How hard the system tries to deliver a message.
+    """How hard the system tries to deliver a message (see ``DeliveryConfig``)."""
 
-    This release delivers every message at most once; the retrying guarantees arrive with the
-    delivery layer, and until then asking for them raises ``InvalidConfig``.
-    """
-
+    #: Delivered at most once: never retried; a failure is counted and dead-lettered.
     AT_MOST_ONCE = "at-most-once"
+    #: Retried until a handler returns normally, up to ``max_retries``: a handler may see a
+    #: message more than once.
     AT_LEAST_ONCE = "at-least-once"
+    #: At-least-once, and a recipient never handles again a message it completed (dedup by
+    #: message id over a bounded window).
     EXACTLY_ONCE = "exactly-once"
-
-
-def _check_guarantee(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None or value is DeliveryGuarantee.AT_MOST_ONCE:
-        return
-    if isinstance(value, DeliveryGuarantee):
-        raise InvalidConfig(f"{value.value} delivery is not available yet: use AT_MOST_ONCE")
-    raise InvalidConfig(f"{attribute.name} must be a DeliveryGuarantee or None, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -71,8 +64,8 @@ class MessageOptions:
 
     Attributes:
         priority: the mailbox hands out higher priorities first, FIFO within one priority.
-        timeout: seconds the message stays worth delivering (enforced by the retrying
-            delivery layer, not by this release).
+        timeout: seconds after its creation that the message stays worth delivering; later,
+            it becomes an ``EXPIRED`` dead letter instead of reaching a handler.
         max_retries: redeliveries after the first try (retrying guarantees only).
         retry_delay: seconds before the first redelivery (retrying guarantees only).
         guarantee: the delivery guarantee for this message.
@@ -88,7 +81,9 @@ class MessageOptions:
     retry_delay: float | None = attrs.field(
         default=None, validator=validator(check_seconds, allow_zero=True, optional=True)
     )
-    guarantee: DeliveryGuarantee | None = attrs.field(default=None, validator=_check_guarantee)
+    guarantee: DeliveryGuarantee | None = attrs.field(
+        default=None, validator=validator(check_instance, DeliveryGuarantee, optional=True)
+    )
 
 
 #: Shared options for each priority (indexed by it), so the hot path builds none. A tuple,
@@ -136,7 +131,7 @@ class Envelope:
     options: MessageOptions = DEFAULT_OPTIONS
     id: MessageId = attrs.field(factory=MessageId.new)
     created_at: float = attrs.field(factory=now)
-    #: Deliveries tried so far.
+    #: Redeliveries so far: 0 on the first try.
     attempt: int = 0
     #: Where a call's answer goes; ``None`` for casts and infos.
     reply: ReplyHandle | None = None
@@ -238,6 +233,16 @@ def call(
     return envelope, handle
 
 
-def info(payload: Any, *, recipient: AgentId | str | None = None) -> Envelope:
+def info(
+    payload: Any,
+    *,
+    recipient: AgentId | str | None = None,
+    options: MessageOptions | None = None,
+) -> Envelope:
     """Build a system notification or plain send (gen_server's info)."""
-    return Envelope(kind=MessageKind.INFO, payload=payload, recipient=recipient)
+    return Envelope(
+        kind=MessageKind.INFO,
+        payload=payload,
+        recipient=recipient,
+        options=DEFAULT_OPTIONS if options is None else options,
+    )

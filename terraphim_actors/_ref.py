@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._checks import check_seconds
+from ._checks import check_instance, check_seconds
 from ._ids import AgentId
-from ._messages import Envelope, MessageKind, Priority, options_for
+from ._messages import Envelope, MessageKind, MessageOptions, Priority
 from ._protocol import ReplyHandle
 from ._task_context import current_cell, inherited_deadline
-from .errors import CallTimeout, CallToSelf
+from .errors import CallTimeout, CallToSelf, InvalidConfig
 
 if TYPE_CHECKING:
     from ._cell import AgentCell
@@ -22,15 +22,17 @@ __all__ = ["AgentRef"]
 class AgentRef:
     """A stable, hashable handle to one agent, valid across its restarts.
 
-    Messages sent through one ref from one sender arrive in order within a priority. The
-    blocking sends (``call``, ``cast``, ``info``) checkpoint and wait for room in a bounded
-    mailbox that blocks; ``cast_nowait`` and ``info_nowait`` never wait.
+    Messages sent through one ref from one sender arrive in order within a priority while
+    nothing fails. The blocking sends (``call``, ``cast``, ``info``) checkpoint and wait for
+    room in a bounded mailbox that blocks; ``cast_nowait`` and ``info_nowait`` never wait.
+    Each send takes the system's delivery guarantee, or the one in ``options``.
     """
 
-    __slots__ = ("_cell", "id")
+    __slots__ = ("_cell", "_system", "id")
 
     def __init__(self, cell: AgentCell) -> None:
         self._cell = cell
+        self._system = cell.system
         #: The agent's identity.
         self.id: AgentId = cell.id
 
@@ -50,74 +52,149 @@ class AgentRef:
 
     @property
     def alive(self) -> bool:
-        """False once the agent has stopped for good."""
-        return not self._cell.stopped.is_set()
+        """False once the agent has stopped for good (and nothing runs under its id)."""
+        return not self._agent().stopped.is_set()
 
-    async def cast(self, payload: Any, *, priority: Priority = Priority.NORMAL) -> None:
-        """Send a fire-and-forget message; returns once the mailbox accepted it.
+    async def cast(
+        self,
+        payload: Any,
+        *,
+        priority: Priority = Priority.NORMAL,
+        options: MessageOptions | None = None,
+    ) -> None:
+        """Send a fire-and-forget message; returns once the delivery layer accepted it.
+
+        Under a retrying guarantee a failed delivery is retried later, so this raises only for
+        bad arguments; at most once, it raises what stopped the delivery.
 
         Raises:
-            MailboxFull: the mailbox is bounded, full, and rejects.
+            MailboxFull: at most once, the mailbox is bounded, full, and rejects.
+            CircuitOpen: at most once, the agent's circuit breaker is open.
+            InvalidConfig: ``priority`` or ``options`` is not valid.
         """
-        await self._cell.deliver(self._envelope(MessageKind.CAST, payload, priority))
+        envelope = self._envelope(MessageKind.CAST, payload, priority, options)
+        await self._system.delivery.send(self._route(envelope), envelope)
 
-    def cast_nowait(self, payload: Any, *, priority: Priority = Priority.NORMAL) -> None:
-        """:meth:`cast` without waiting or checkpointing.
+    def cast_nowait(
+        self,
+        payload: Any,
+        *,
+        priority: Priority = Priority.NORMAL,
+        options: MessageOptions | None = None,
+    ) -> None:
+        """:meth:`cast` without waiting or checkpointing: a full mailbox is a failure at once
+        (retried later, or raised at most once)."""
+        envelope = self._envelope(MessageKind.CAST, payload, priority, options)
+        self._system.delivery.send_nowait(self._route(envelope), envelope)
 
-        Raises:
-            MailboxFull: the mailbox is bounded and full.
-        """
-        self._cell.deliver_nowait(self._envelope(MessageKind.CAST, payload, priority))
-
-    async def info(self, payload: Any, *, priority: Priority = Priority.NORMAL) -> None:
+    async def info(
+        self,
+        payload: Any,
+        *,
+        priority: Priority = Priority.NORMAL,
+        options: MessageOptions | None = None,
+    ) -> None:
         """Send an info message (handled by ``handle_info``); raises as :meth:`cast`."""
-        await self._cell.deliver(self._envelope(MessageKind.INFO, payload, priority))
+        envelope = self._envelope(MessageKind.INFO, payload, priority, options)
+        await self._system.delivery.send(self._route(envelope), envelope)
 
-    def info_nowait(self, payload: Any, *, priority: Priority = Priority.NORMAL) -> None:
+    def info_nowait(
+        self,
+        payload: Any,
+        *,
+        priority: Priority = Priority.NORMAL,
+        options: MessageOptions | None = None,
+    ) -> None:
         """:meth:`info` without waiting or checkpointing; raises as :meth:`cast_nowait`."""
-        self._cell.deliver_nowait(self._envelope(MessageKind.INFO, payload, priority))
+        envelope = self._envelope(MessageKind.INFO, payload, priority, options)
+        self._system.delivery.send_nowait(self._route(envelope), envelope)
 
     async def call(
-        self, payload: Any, timeout: float = 5.0, *, priority: Priority = Priority.NORMAL
+        self,
+        payload: Any,
+        timeout: float = 5.0,
+        *,
+        priority: Priority = Priority.NORMAL,
+        options: MessageOptions | None = None,
     ) -> Any:
         """Send a request and wait for the reply.
 
         Called from inside a handler, the call also ends no later than the call being handled.
+        A failure before the handler ran (agent missing, mailbox full, circuit open) is retried
+        within the deadline under a retrying guarantee; a handler's error never is.
 
         Raises:
             CallTimeout: no reply within ``timeout`` seconds (or the inherited deadline).
             CallFailed: the callee raised while handling it (the original is ``__cause__``).
             AgentStopped: the callee stopped or crashed before replying.
             CallToSelf: the agent called itself.
-            MailboxFull: the mailbox is bounded, full, and rejects.
-            InvalidConfig: ``timeout`` is not a positive number of seconds.
+            DeliveryFailed: the call could not be delivered within its retries (the last
+                failure is the ``__cause__``); ``CircuitOpen`` at most once.
+            MailboxFull: at most once, the mailbox is bounded, full, and rejects.
+            InvalidConfig: ``timeout``, ``priority`` or ``options`` is not valid.
         """
         check_seconds("timeout", timeout)
-        cell = self._cell
-        if cell.in_own_task:
+        envelope = self._envelope(MessageKind.CALL, payload, priority, options)
+        cell = self._route(envelope)
+        if cell is not None and cell.in_own_task:
             raise CallToSelf(f"{self.id!r} called itself and would wait forever")
         own_deadline = trio.current_time() + timeout
         # The envelope carries the tightest deadline the caller is under, so that the callee
         # can skip work nobody waits for: this call's, the call being handled, or a Trio scope.
         deadline = min(own_deadline, inherited_deadline.get(), trio.current_effective_deadline())
         handle = ReplyHandle(deadline)
-        envelope = self._envelope(MessageKind.CALL, payload, priority)
         envelope.reply = handle
         envelope.deadline = deadline
+        delivery = self._system.delivery
+        delivered_to = None
         with trio.move_on_at(deadline):
-            await cell.deliver(envelope)
+            delivered_to = await delivery.send_call(cell, envelope)
             return await handle.wait_unbounded()
         handle.abandon()
+        if delivered_to is not None:
+            delivery.record_failure(delivered_to)  # a timeout counts against its circuit
         waited = f"{timeout} s" if deadline == own_deadline else "its caller's deadline"
         raise CallTimeout(f"{self.id!r} did not reply to {payload!r} within {waited}")
 
-    def _envelope(self, kind: MessageKind, payload: Any, priority: Priority) -> Envelope:
+    # -- what subclasses (pools) change ----------------------------------------------------
+
+    def _route(self, envelope: Envelope) -> AgentCell | None:
+        """The agent that gets ``envelope``."""
+        return self._agent()
+
+    def _agent(self) -> AgentCell:
+        """The one agent behind this ref: this one, or the agent that took over its id when
+        its subtree was restarted (the stopped one if none has)."""
+        cell = self._cell
+        if cell.stopped.is_set():
+            live = self._system.live_cell(self.id)
+            if live is not None:
+                self._cell = cell = live
+        return cell
+
+    def _envelope(
+        self,
+        kind: MessageKind,
+        payload: Any,
+        priority: Priority,
+        options: MessageOptions | None,
+    ) -> Envelope:
+        delivery = self._system.delivery
+        if options is None:
+            if priority.__class__ is not Priority:
+                raise InvalidConfig(f"priority must be a Priority, got {priority!r}")
+            resolved = delivery.options_for(priority)
+        else:
+            check_instance("options", options, MessageOptions)
+            if priority is not Priority.NORMAL and priority is not options.priority:
+                raise InvalidConfig("give the priority in options, or as priority=, not both")
+            resolved = delivery.resolve(options)
         sender = current_cell.get()
         return Envelope.for_send(
             kind,
             payload,
             None if sender is None else sender.id,
             self.id,
-            options_for(priority),
-            self._cell.system.clock.current_time(),
+            resolved,
+            self._system.clock.current_time(),
         )

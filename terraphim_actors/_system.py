@@ -4,7 +4,7 @@ in and out."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from typing import Any
 
 import attrs
@@ -23,14 +23,18 @@ from supervisor import (
 
 from ._agent import Agent
 from ._agent_spec import AgentStarter, agent_child_spec
-from ._cell import AgentCell, CellState, settle_undelivered
+from ._balancing import Balancer, LoadBalancing
+from ._cell import AgentCell, CellState
 from ._checks import check_count, check_instance, check_seconds, validator
 from ._dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
+from ._delivery import DeliveryConfig, DeliveryManager
 from ._ids import AgentId
 from ._mailbox import Mailbox, MailboxConfig, MailboxStats
-from ._messages import Envelope, info
+from ._messages import Envelope, MessageKind, MessageOptions
 from ._notifications import StopReason, SystemShutdown
+from ._pool import Pool, PoolRef
 from ._ref import AgentRef
+from ._router import Router, RouterConfig
 from ._timers import TimerService
 from .errors import (
     AgentNotFound,
@@ -38,6 +42,7 @@ from .errors import (
     CallToSelf,
     DuplicateAgent,
     InvalidConfig,
+    InvalidMessage,
     SystemClosed,
 )
 
@@ -57,6 +62,9 @@ class MessageSystemConfig:
         max_seconds: the window in which the root supervisor counts restarts.
         restart_backoff: wait before restarting an agent that keeps crashing (default: none,
             as in OTP).
+        delivery: the delivery guarantee and retry schedule of every message, unless its
+            ``MessageOptions`` say otherwise.
+        router: circuit breakers, and a custom router if any.
     """
 
     mailbox: MailboxConfig = attrs.field(
@@ -70,6 +78,12 @@ class MessageSystemConfig:
     max_seconds: float = attrs.field(default=60.0, validator=validator(check_seconds))
     restart_backoff: RestartBackoff | None = attrs.field(
         default=None, validator=validator(check_instance, RestartBackoff, optional=True)
+    )
+    delivery: DeliveryConfig = attrs.field(
+        factory=DeliveryConfig, validator=validator(check_instance, DeliveryConfig)
+    )
+    router: RouterConfig = attrs.field(
+        factory=RouterConfig, validator=validator(check_instance, RouterConfig)
     )
 
 
@@ -120,7 +134,11 @@ class MessageSystem:
             forget_ended=True,  # spawned agents come and go; keep no record of those gone
             name="root",
         )
+        self.router = Router(config.router, self)
+        #: The delivery middleware: guarantees, retries, and their statistics.
+        self.delivery = DeliveryManager(config.delivery, config.router.circuit_breaker, self)
         self._dead_letters = DeadLetterOffice(config.dead_letter_capacity)
+        self._dead_letter_subscribers: list[AgentCell] = []
         self._cells: dict[AgentId, AgentCell] = {}
         self._manual: dict[AgentId, Mailbox] = {}
         self._names: dict[str, AgentId] = {}
@@ -230,6 +248,90 @@ class MessageSystem:
             raise SystemClosed("the message system is shutting down") from None
         return subtree
 
+    async def spawn_pool(
+        self,
+        agent_class: type[Agent],
+        *args: Any,
+        size: int,
+        name: str | None = None,
+        strategy: LoadBalancing = LoadBalancing.ROUND_ROBIN,
+        key: Callable[[Any], Hashable] | None = None,
+        seed: int | None = None,
+        mailbox: MailboxConfig | None = None,
+        shutdown: float | None = None,
+        max_restarts: int | None = None,
+        max_seconds: float | None = None,
+    ) -> PoolRef:
+        """Start ``size`` instances of an agent under a supervisor of their own, behind one ref
+        that spreads messages over them (see :class:`LoadBalancing`).
+
+        Members are named ``"{name}-{i}"`` (unnamed if the pool is), restart one for one
+        within ``max_restarts`` in ``max_seconds`` (default: the system's intensity), and are
+        skipped while their circuit is open. The pool's name finds the pool's ref.
+
+        Args:
+            key: for ``CONSISTENT_HASH``, what to hash of a message's payload (default: the
+                payload itself, by its ``repr``).
+            seed: for ``RANDOM``, seeds the choice.
+
+        Raises:
+            DuplicateAgent: ``name``, or a member's name, is taken.
+            AgentStartFailed: a member failed to start (the supervisor's error is the cause).
+            InvalidConfig: an argument is out of range or of the wrong type.
+            SystemClosed: the system is shutting down.
+        """
+        check_count("size", size, minimum=1)
+        check_instance("strategy", strategy, LoadBalancing)
+        if key is not None and not callable(key):
+            raise InvalidConfig(f"key must be a function of the payload, got {key!r}")
+        if seed is not None:
+            check_count("seed", seed, minimum=0)
+        config = self.config
+        starters = [
+            self._starter(
+                agent_class,
+                args,
+                None if name is None else f"{name}-{position}",
+                mailbox,
+                shutdown,
+                RestartType.PERMANENT,
+            )
+            for position in range(size)
+        ]
+        pool_id = self._claim(name)
+        members = Supervisor(
+            [agent_child_spec(starter) for starter in starters],
+            max_restarts=config.max_restarts if max_restarts is None else max_restarts,
+            max_seconds=config.max_seconds if max_seconds is None else max_seconds,
+            backoff=config.restart_backoff,
+            name=f"pool {name or pool_id!r}",
+        )
+        pool = Pool(self, pool_id, starters, Balancer(strategy, size, key=key, seed=seed), members)
+        self.router.pools[pool_id] = pool
+        try:
+            await self.root.start_child(attrs.evolve(members.as_child(pool_id), retire=pool.retire))
+        except ChildStartFailed as failure:
+            self.forget_pool(pool)
+            raise AgentStartFailed(f"pool {name!r} failed to start: {failure}") from failure
+        except SupervisorNotRunning:
+            self.forget_pool(pool)
+            raise SystemClosed("the message system is shutting down") from None
+        return PoolRef(pool)
+
+    def forget_pool(self, pool: Pool) -> None:
+        """Unregister a pool that has stopped for good."""
+        self.router.pools.pop(pool.id, None)
+        name = pool.id.name
+        if name is not None and self._names.get(name) == pool.id:
+            del self._names[name]
+
+    async def _stop_pool(self, ref: PoolRef) -> None:
+        pool = ref._pool
+        with contextlib.suppress(LookupError, SupervisorNotRunning):
+            await self.root.terminate_child(pool.id)
+            self.root.delete_child(pool.id)
+        pool.retire()
+
     def _starter(
         self,
         agent_class: type[Agent],
@@ -263,10 +365,29 @@ class MessageSystem:
         )
 
     def whereis(self, name: str | AgentId) -> AgentRef | None:
-        """The ref of the running agent with that name or id, or ``None``."""
-        agent_id = self._names.get(name) if isinstance(name, str) else name
-        cell = None if agent_id is None else self._cells.get(agent_id)
+        """The ref of the running agent (or pool) with that name or id, or ``None``."""
+        agent_id = self.registered_id(name)
+        if agent_id is None:
+            return None
+        pool = self.router.pools.get(agent_id)
+        if pool is not None:
+            return PoolRef(pool)
+        cell = self._cells.get(agent_id)
         return None if cell is None else cell.ref
+
+    def registered_id(self, address: AgentId | str | None) -> AgentId | None:
+        """The id that ``address`` (a name or an id) stands for, if anything answers to it."""
+        if isinstance(address, str):
+            return self._names.get(address)
+        return address
+
+    def live_cell(self, agent_id: AgentId) -> AgentCell | None:
+        """The agent running (or restarting) under ``agent_id``, if any."""
+        return self._cells.get(agent_id)
+
+    def live_cells(self) -> list[AgentCell]:
+        """Every agent that has not stopped for good."""
+        return list(self._cells.values())
 
     def ref(self, name: str | AgentId) -> AgentRef:
         """The ref of the running agent with that name or id.
@@ -285,17 +406,21 @@ class MessageSystem:
         return [cell.ref for cell in self._cells.values()]
 
     async def stop(self, ref: AgentRef) -> None:
-        """Stop an agent for good and return once it has stopped.
+        """Stop an agent (or a whole pool) for good and return once it has stopped.
 
         It finishes the message in hand (within its shutdown time; then it is cancelled),
         runs ``on_stop``; calls it had taken fail with ``AgentStopped``, and the messages still
-        waiting become dead letters (calls among them fail with ``AgentStopped``).
+        waiting are settled by their guarantee: retried (to whatever takes the agent's id
+        later) or dead-lettered.
 
         Raises:
             CallToSelf: an agent awaited its own stop (use ``ctx.stop()`` instead).
         """
         check_instance("ref", ref, AgentRef)
-        cell = ref._cell
+        if isinstance(ref, PoolRef):
+            await self._stop_pool(ref)
+            return
+        cell = ref._agent()
         if cell.in_own_task:
             raise CallToSelf("an agent cannot wait for its own stop: use ctx.stop()")
         cell.retiring = True  # its supervisor's stop, under its lock, is now for good
@@ -317,8 +442,19 @@ class MessageSystem:
 
         Subscribing twice changes nothing: each notification arrives once.
         """
-        if ref._cell not in self._subscribers:
-            self._subscribers.append(ref._cell)
+        cell = ref._agent()
+        if cell not in self._subscribers:
+            self._subscribers.append(cell)
+
+    def subscribe_dead_letters(self, ref: AgentRef) -> None:
+        """Send ``ref`` an info carrying each :class:`DeadLetter` from now on.
+
+        Dead letters about those notices themselves are kept but not sent again, so that a
+        subscriber that cannot keep up does not feed itself.
+        """
+        cell = ref._agent()
+        if cell not in self._dead_letter_subscribers:
+            self._dead_letter_subscribers.append(cell)
 
     def is_subscriber(self, cell: AgentCell) -> bool:
         return cell in self._subscribers
@@ -341,26 +477,38 @@ class MessageSystem:
         return mailbox
 
     async def send_message(self, envelope: Envelope) -> None:
-        """Deliver ``envelope`` to its recipient (an ``AgentId`` or a registered name).
+        """Deliver ``envelope`` to its recipient (an ``AgentId``, a registered name, or a pool;
+        or where the configured ``MessageRouter`` says), by its guarantee.
+
+        A call's reply arrives on its handle (see ``call``); a failure is retried or raised as
+        for a ref. A hand-driven mailbox (``register_agent``) gets the message once, outside
+        the delivery layer, since the system cannot see it handled.
 
         Raises:
-            AgentNotFound: no agent or registered mailbox has that id or name.
-            MailboxFull: the recipient's mailbox is bounded, full, and rejects.
-            AgentStopped: the envelope is a call and its recipient has stopped.
+            AgentNotFound: at most once, no agent or mailbox answers to the recipient.
+            MailboxFull: at most once, the recipient's mailbox is bounded, full, and rejects.
+            AgentStopped: at most once, the envelope is a call and its recipient has stopped.
+            DeliveryFailed: a call could not be delivered within its retries.
+            InvalidMessage: ``envelope`` is not an ``Envelope``.
             InvalidConfig: the envelope has no recipient.
         """
-        recipient = envelope.recipient
-        if recipient is None:
+        if not isinstance(envelope, Envelope):
+            raise InvalidMessage(f"expected an Envelope, got {type(envelope).__name__}")
+        if not isinstance(envelope.options, MessageOptions):
+            raise InvalidMessage(f"envelope options must be MessageOptions: {envelope.options!r}")
+        if envelope.recipient is None:
             raise InvalidConfig("the envelope has no recipient")
-        agent_id = self._names.get(recipient) if isinstance(recipient, str) else recipient
-        cell = None if agent_id is None else self._cells.get(agent_id)
-        if cell is not None:
-            await cell.deliver(envelope)
-            return
+        agent_id = self.registered_id(envelope.recipient)
         mailbox = None if agent_id is None else self._manual.get(agent_id)
-        if mailbox is None:
-            raise AgentNotFound(f"no agent is registered as {recipient!r}")
-        await mailbox.send(envelope)
+        if mailbox is not None:
+            await mailbox.send(envelope)
+            return
+        envelope.options = self.delivery.resolve(envelope.options)
+        for cell, copy in self.router.targets_of(envelope):
+            if copy.kind is MessageKind.CALL:
+                await self.delivery.send_call(cell, copy)
+            else:
+                await self.delivery.send(cell, copy)
 
     # -- what was not delivered, and statistics -----------------------------------------------
 
@@ -369,9 +517,20 @@ class MessageSystem:
         """The most recent dead letters, oldest first (``dead_letter_capacity`` at most)."""
         return self._dead_letters.recent()
 
-    def dead_letter(self, envelope: Envelope, reason: DeadLetterReason, detail: str = "") -> None:
-        """File a message that will not be delivered."""
-        self._dead_letters.record(envelope, reason, detail)
+    def file_dead_letter(
+        self, envelope: Envelope, reason: DeadLetterReason, detail: str = ""
+    ) -> None:
+        """Keep and count a message that will not be delivered, and tell the subscribers.
+
+        The delivery layer calls this once it has given up on a message; elsewhere use
+        ``system.delivery.dead_letter``, which counts it in the delivery statistics too.
+        """
+        letter = self._dead_letters.record(envelope, reason, detail)
+        if isinstance(envelope.payload, DeadLetter):
+            return  # a notice about a dead letter that could not be delivered
+        for subscriber in self._dead_letter_subscribers:
+            if not subscriber.mailbox.closed:
+                subscriber.notify(letter)
 
     def get_stats(self) -> tuple[SystemStats, list[MailboxStats]]:
         """The system's counters, and those of every live mailbox (agents' and manual ones)."""
@@ -401,7 +560,7 @@ class MessageSystem:
         """
         for subscriber in self._subscribers:
             if not subscriber.mailbox.closed:
-                subscriber.post(info(notification, recipient=subscriber.id))
+                subscriber.notify(notification)
 
     def register(self, cell: AgentCell) -> None:
         """Make a new agent reachable by its id and name.
@@ -431,6 +590,8 @@ class MessageSystem:
         self._retired_processed += stats.messages_processed
         if cell in self._subscribers:
             self._subscribers.remove(cell)
+        if cell in self._dead_letter_subscribers:
+            self._dead_letter_subscribers.remove(cell)
 
     # -- in and out -------------------------------------------------------------------------
 
@@ -462,15 +623,15 @@ class MessageSystem:
         await self.root.stop()
         for cell in list(self._cells.values()):
             cell.finish(StopReason.SHUTDOWN)  # those between instances when the tree stopped
+        self.delivery.settle_waiting()
         for mailbox in self._manual.values():
             mailbox.close()
             for envelope in mailbox.drain():
-                settle_undelivered(
-                    self,
-                    envelope,
-                    DeadLetterReason.SYSTEM_STOPPED,
-                    SystemClosed("the message system shut down"),
-                )
+                handle = envelope.reply
+                if handle is not None and handle.pending:
+                    handle.fail(SystemClosed("the message system shut down"))
+                else:
+                    self.file_dead_letter(envelope, DeadLetterReason.SYSTEM_STOPPED)
 
 
 def _unwrap(failure: ChildStartFailed) -> Exception:
@@ -515,6 +676,7 @@ async def open_message_system(
                 nursery.cancel_scope.cancel()
 
         nursery.start_soon(system.timers.run)
+        nursery.start_soon(system.router.run)
         await nursery.start(supervise)
         try:
             yield system

@@ -18,7 +18,9 @@ existing ``except`` clauses keep working::
      ├── AgentStopped                                the agent stopped before it replied
      ├── AgentStartFailed                            ``on_start`` raised; original in __cause__
      ├── SystemClosed           (also RuntimeError)  the message system has shut down
-     └── ReplyAlreadySent                            a call was answered twice
+     ├── ReplyAlreadySent                            a call was answered twice
+     └── DeliveryFailed                              given up on; last failure in __cause__
+          └── CircuitOpen                            the recipient's circuit breaker is open
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ __all__ = [
     "CallFailed",
     "CallTimeout",
     "CallToSelf",
+    "CircuitOpen",
+    "DeliveryFailed",
     "DuplicateAgent",
     "InvalidConfig",
     "InvalidMessage",
@@ -110,3 +114,13 @@ class ReplyAlreadySent(MessagingError):
 
 class SystemClosed(MessagingError, RuntimeError):
     """The message system has shut down (or is shutting down) and takes no new agents."""
+
+
+class DeliveryFailed(MessagingError):
+    """The delivery layer gave up on a message: its retries ran out, or its guarantee does not
+    retry that failure. The last failure is the ``__cause__``; the message is accounted for."""
+
+
+class CircuitOpen(DeliveryFailed):
+    """The recipient's circuit breaker is open: it failed too often, so messages fail fast
+    until its reset timeout lets a trial message through."""

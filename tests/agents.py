@@ -13,7 +13,21 @@ from typing import Any
 
 import trio
 
-from terraphim_actors import Agent, AgentRef, Context, DeferredReply, ExitReason
+from terraphim_actors import (
+    Agent,
+    AgentRef,
+    Context,
+    DeferredReply,
+    DeliveryConfig,
+    DeliveryGuarantee,
+    ExitReason,
+    MessageSystemConfig,
+)
+
+#: A system that never retries: for tests of what a sender sees when a delivery fails.
+AT_MOST_ONCE = MessageSystemConfig(
+    delivery=DeliveryConfig(guarantee=DeliveryGuarantee.AT_MOST_ONCE)
+)
 
 #: What a ``Runner`` is sent: a function of the handler's context, sync or async.
 Action = Callable[[Context], Any]

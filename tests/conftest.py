@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from agents import AT_MOST_ONCE
 from hypothesis import settings
 
 from terraphim_actors import MessageSystem, open_message_system
@@ -23,9 +24,11 @@ settings.load_profile(os.environ.get("TERRAPHIM_HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture
-async def system() -> AsyncIterator[MessageSystem]:
-    """A running message system, shut down when the test ends."""
-    async with open_message_system() as opened:
+async def system(request: pytest.FixtureRequest) -> AsyncIterator[MessageSystem]:
+    """A running message system, shut down when the test ends; at most once under the
+    ``at_most_once`` marker, at least once (the default) otherwise."""
+    config = AT_MOST_ONCE if request.node.get_closest_marker("at_most_once") else None
+    async with open_message_system(config) as opened:
         yield opened
 
 

@@ -109,13 +109,12 @@ class TestMessageOptions:
         with pytest.raises(InvalidConfig, match="priority"):
             MessageOptions(priority=priority)  # type: ignore[arg-type]
 
-    @pytest.mark.parametrize(
-        "guarantee", [DeliveryGuarantee.AT_LEAST_ONCE, DeliveryGuarantee.EXACTLY_ONCE]
-    )
-    def test_retrying_guarantees_are_refused_for_now(self, guarantee: DeliveryGuarantee) -> None:
-        """AT_LEAST_ONCE and EXACTLY_ONCE are not available yet: InvalidConfig says so."""
-        with pytest.raises(InvalidConfig, match="not available"):
-            MessageOptions(guarantee=guarantee)
+    @pytest.mark.parametrize("guarantee", list(DeliveryGuarantee))
+    def test_every_guarantee_can_be_asked_for_per_message(
+        self, guarantee: DeliveryGuarantee
+    ) -> None:
+        """Each of the three guarantees is accepted and kept on the options."""
+        assert MessageOptions(guarantee=guarantee).guarantee is guarantee
 
     def test_guarantee_must_be_a_delivery_guarantee(self) -> None:
         """A guarantee spelled as a string raises InvalidConfig."""

@@ -163,6 +163,7 @@ class TestCallFailure:
         await trio.testing.wait_all_tasks_blocked()
         assert inbox == [Down(ref, error, monitor)]
 
+    @pytest.mark.at_most_once
     async def test_call_to_crashed_agent_fails_fast(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:
@@ -350,6 +351,7 @@ class TestCallToSelf:
         assert replies == ["pong"]
 
 
+@pytest.mark.at_most_once
 class TestUnknownRecipient:
     async def test_whereis_unknown_name_is_none(self, system: MessageSystem) -> None:
         """Looking up a name nobody registered gives ``None``."""
@@ -533,6 +535,7 @@ class TestCastAndInfo:
         assert handled == ["call", "cast"]
 
 
+@pytest.mark.at_most_once
 class TestBoundedMailbox:
     @pytest.mark.parametrize("send", ["cast", "info"])
     async def test_send_to_full_rejecting_mailbox_raises_mailbox_full(
@@ -591,6 +594,7 @@ class TestBoundedMailbox:
         assert handled == ["first", "second"]
 
 
+@pytest.mark.at_most_once
 class TestStoppedRecipient:
     async def test_cast_to_stopped_agent_becomes_a_dead_letter(self, system: MessageSystem) -> None:
         """A cast to an agent that stopped is filed as an AGENT_STOPPED dead letter."""
@@ -692,6 +696,7 @@ class TestAgentRefIdentity:
         assert not ref.alive
 
 
+@pytest.mark.at_most_once
 class TestRefBadInputAndCheckpoints:
     @pytest.mark.parametrize("priority", [-1, 7, "HIGH", 2])
     async def test_priority_must_be_a_priority(self, system: MessageSystem, priority: Any) -> None:

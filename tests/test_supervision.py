@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
-from agents import Action, call_and_keep, run_action, until
+from agents import AT_MOST_ONCE, Action, call_and_keep, run_action, until
 
 from supervisor import (
     RestartBackoff,
@@ -273,7 +274,8 @@ class TestIntensity:
         self, autojump_clock: trio.testing.MockClock
     ) -> None:
         """Old restarts leave the window: a crash a minute for ten minutes is fine."""
-        async with open_message_system(MessageSystemConfig(max_restarts=1)) as system:
+        config = attrs.evolve(AT_MOST_ONCE, max_restarts=1)  # each crash once, not retried
+        async with open_message_system(config) as system:
             ref = await system.spawn(Tracked, "a", [])
             for _ in range(10):
                 await ref.cast(crash(ValueError("boom")))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
-from agents import Recorder, Runner, Silent, hold_forever, until
+from agents import AT_MOST_ONCE, Recorder, Runner, Silent, hold_forever, until
 
 from supervisor import RestartType
 from terraphim_actors import (
@@ -281,6 +282,7 @@ class TestStop:
         assert trio.current_time() == started
         assert stops == [StopReason.NORMAL]
 
+    @pytest.mark.at_most_once
     async def test_queued_messages_of_a_stopped_agent_become_dead_letters(
         self, system: MessageSystem
     ) -> None:
@@ -496,6 +498,7 @@ class TestStatistics:
         assert stats.messages_processed == 3
         assert [entry.messages_received for entry in mailboxes] == [1]
 
+    @pytest.mark.at_most_once
     async def test_counts_dead_letters_by_reason(self, system: MessageSystem) -> None:
         """Dead letters are counted in total and per reason."""
         silent = await system.spawn(Silent)
@@ -525,7 +528,7 @@ class TestStatistics:
 class TestDeadLetters:
     async def test_dead_letters_are_kept_up_to_the_capacity(self) -> None:
         """Only the most recent ``dead_letter_capacity`` dead letters are kept, oldest first."""
-        config = MessageSystemConfig(dead_letter_capacity=2)
+        config = attrs.evolve(AT_MOST_ONCE, dead_letter_capacity=2)
         async with open_message_system(config) as system:
             ref = await system.spawn(Recorder, [])
             await system.stop(ref)
@@ -535,7 +538,7 @@ class TestDeadLetters:
 
     async def test_dead_letter_count_keeps_growing_past_the_capacity(self) -> None:
         """The statistics count every dead letter, including those no longer kept."""
-        config = MessageSystemConfig(dead_letter_capacity=2)
+        config = attrs.evolve(AT_MOST_ONCE, dead_letter_capacity=2)
         async with open_message_system(config) as system:
             ref = await system.spawn(Recorder, [])
             await system.stop(ref)
@@ -545,6 +548,7 @@ class TestDeadLetters:
             assert stats.dead_letters == 5
             assert stats.dead_letters_by_reason == {DeadLetterReason.AGENT_STOPPED: 5}
 
+    @pytest.mark.at_most_once
     async def test_dead_letter_records_when_it_died(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:
@@ -589,7 +593,7 @@ class TestMessageSystemConfig:
 
     async def test_spawned_agents_get_the_default_mailbox(self) -> None:
         """An agent spawned without a mailbox of its own gets the system's default."""
-        config = MessageSystemConfig(mailbox=MailboxConfig(capacity=1))
+        config = attrs.evolve(AT_MOST_ONCE, mailbox=MailboxConfig(capacity=1))
         async with open_message_system(config) as system:
             release = trio.Event()
             ref = await system.spawn(Runner)

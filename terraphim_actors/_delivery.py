@@ -1,0 +1,511 @@
+"""The delivery middleware: guarantees, acknowledgements, the retry schedule, dedup, and the
+accounting that makes every message end somewhere.
+
+Every message a system accepts ends in exactly one of four ways: acknowledged (a handler
+returned normally), suppressed as a duplicate (exactly-once), failed (a waiting caller was
+told why), or dead-lettered with a reason. Until then it is *pending*: in a mailbox, in a
+handler, or waiting for a retry. Retries wait in the router's task, so that a failure never
+costs the sender a wait.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import attrs
+import trio
+
+from ._checks import check_count, check_instance, check_seconds, validator
+from ._circuit import CircuitBreaker, CircuitBreakerConfig
+from ._dead_letters import DeadLetterReason
+from ._dedup import NO_REPLY, DedupWindow, HandledMessages
+from ._messages import DeliveryGuarantee, Envelope, MessageOptions, Priority
+from ._messages import options_for as shared_options
+from ._timers import Timer
+from .errors import (
+    AgentNotFound,
+    CircuitOpen,
+    DeliveryFailed,
+    InvalidConfig,
+    MailboxClosed,
+    MailboxFull,
+    MessagingError,
+)
+
+if TYPE_CHECKING:
+    from ._cell import AgentCell
+    from ._system import MessageSystem
+
+__all__ = ["DeliveryConfig", "DeliveryManager", "DeliveryStats", "RetryCandidate"]
+
+AT_MOST_ONCE = DeliveryGuarantee.AT_MOST_ONCE
+EXACTLY_ONCE = DeliveryGuarantee.EXACTLY_ONCE
+
+#: Why a delivery failed: the dead-letter reason it would be filed under, and the error a
+#: sender that hears of it gets.
+_Failure: TypeAlias = tuple[DeadLetterReason, MessagingError]
+
+#: Failures that a retrying guarantee retries; any other failure is final.
+_RETRIED = frozenset(
+    {
+        DeadLetterReason.NOT_FOUND,
+        DeadLetterReason.AGENT_STOPPED,
+        DeadLetterReason.MAILBOX_FULL,
+        DeadLetterReason.CIRCUIT_OPEN,
+        DeadLetterReason.HANDLER_CRASHED,
+    }
+)
+
+#: Failures an at-most-once sender hears of as an exception (besides the dead letter). A cast to
+#: an agent that has stopped is dropped quietly, as a send to a dead process is in Erlang.
+_RAISED = frozenset(
+    {DeadLetterReason.NOT_FOUND, DeadLetterReason.MAILBOX_FULL, DeadLetterReason.CIRCUIT_OPEN}
+)
+
+
+def _check_multiplier(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 1:
+        raise InvalidConfig(f"{attribute.name} must be a number >= 1, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class DeliveryConfig:
+    """How hard a system tries to deliver messages; ``MessageOptions`` overrides it per message.
+
+    Attributes:
+        guarantee: the default guarantee (at-least-once, as in the original crate).
+        max_retries: redeliveries after the first try: 3 means at most 4 handler runs.
+        retry_delay: seconds before the first redelivery.
+        retry_backoff_multiplier: the n-th redelivery waits
+            ``retry_delay * retry_backoff_multiplier ** (n - 1)`` seconds...
+        max_retry_delay: ...but never more than this...
+        jitter: ...plus a random fraction up to this of that wait (0 turns it off), so that
+            retries of many messages do not arrive in lockstep.
+        dedup_window: how long an exactly-once recipient remembers what it handled.
+        seed: seeds the jitter, for runs that must repeat exactly.
+    """
+
+    guarantee: DeliveryGuarantee = attrs.field(
+        default=DeliveryGuarantee.AT_LEAST_ONCE,
+        validator=validator(check_instance, DeliveryGuarantee),
+    )
+    max_retries: int = attrs.field(default=3, validator=validator(check_count, minimum=0))
+    retry_delay: float = attrs.field(
+        default=0.1, validator=validator(check_seconds, allow_zero=True)
+    )
+    retry_backoff_multiplier: float = attrs.field(default=2.0, validator=_check_multiplier)
+    max_retry_delay: float = attrs.field(default=30.0, validator=validator(check_seconds))
+    jitter: float = attrs.field(default=0.1, validator=validator(check_seconds, allow_zero=True))
+    dedup_window: DedupWindow = attrs.field(
+        factory=DedupWindow, validator=validator(check_instance, DedupWindow)
+    )
+    seed: int | None = attrs.field(
+        default=None, validator=validator(check_count, minimum=0, optional=True)
+    )
+
+
+@attrs.frozen(kw_only=True)
+class DeliveryStats:
+    """A snapshot of the delivery layer's counters.
+
+    ``sent == acknowledged + duplicates_suppressed + failed + dead_lettered + pending``.
+    """
+
+    #: Messages accepted for delivery (a message sent again with the same id counts again).
+    sent: int
+    #: Puts into a mailbox, redeliveries included.
+    delivered: int
+    #: Messages whose handler returned normally (or that reached a hand-driven mailbox).
+    acknowledged: int
+    #: Redeliveries scheduled.
+    retried: int
+    #: Calls that ended in an error for their waiting caller (callee raised, stopped, or could
+    #: not be reached).
+    failed: int
+    #: Exactly-once messages not handled again because their recipient had completed them.
+    duplicates_suppressed: int
+    #: Messages given up on, each filed as a dead letter with its reason.
+    dead_lettered: int
+    #: Messages not settled yet: in a mailbox, in a handler, or waiting for a retry.
+    pending: int
+
+
+@attrs.frozen(eq=False)
+class RetryCandidate:
+    """A message waiting in the router for its next delivery."""
+
+    envelope: Envelope
+    #: Which redelivery this will be (1 for the first).
+    attempt: int
+    #: Trio time it is due.
+    due: float
+    #: Why the previous try failed.
+    last_failure: DeadLetterReason
+
+
+class DeliveryManager:
+    """Applies each message's guarantee on its way to a mailbox and after its handler ran.
+
+    Reached as ``system.delivery``. The sending side (``send``, ``send_nowait``,
+    ``send_call``, ``post``) is called by refs and the system; the outcome side
+    (``acknowledge``, ``suppress_duplicate``, ``undelivered``) by the recipient's loop.
+    """
+
+    def __init__(
+        self,
+        config: DeliveryConfig,
+        breakers: CircuitBreakerConfig | None,
+        system: MessageSystem,
+    ) -> None:
+        self.config = config
+        self._breakers = breakers
+        self._system = system
+        self._clock = system.clock
+        self._random = random.Random(config.seed)
+        #: Options with every delivery field filled in from ``config``, per priority.
+        self._defaults: tuple[MessageOptions, ...] = tuple(
+            self._filled(MessageOptions(priority=priority)) for priority in Priority
+        )
+        #: System notifications: never retried, whatever the system's default.
+        self._notices: tuple[MessageOptions, ...] = tuple(
+            attrs.evolve(options, guarantee=AT_MOST_ONCE) for options in self._defaults
+        )
+        self._waiting: dict[RetryCandidate, Timer] = {}
+        self.sent = 0
+        self.delivered = 0
+        self.acknowledged = 0
+        self.retried = 0
+        self.failed = 0
+        self.duplicates_suppressed = 0
+        self.dead_lettered = 0
+
+    # -- options ---------------------------------------------------------------------------
+
+    def options_for(self, priority: Priority) -> MessageOptions:
+        """The system's options for a message of ``priority`` (shared, built once)."""
+        return self._defaults[priority]
+
+    def notice_options(self, priority: Priority = Priority.NORMAL) -> MessageOptions:
+        """Options for a notification the system sends (at most once)."""
+        return self._notices[priority]
+
+    def resolve(self, options: MessageOptions) -> MessageOptions:
+        """``options`` with what it leaves to the system filled in from the configuration."""
+        if options is shared_options(options.priority):
+            return self._defaults[options.priority]
+        if options.guarantee is None or options.max_retries is None or options.retry_delay is None:
+            return self._filled(options)
+        return options
+
+    def _filled(self, options: MessageOptions) -> MessageOptions:
+        config = self.config
+        return attrs.evolve(
+            options,
+            guarantee=config.guarantee if options.guarantee is None else options.guarantee,
+            max_retries=config.max_retries if options.max_retries is None else options.max_retries,
+            retry_delay=config.retry_delay if options.retry_delay is None else options.retry_delay,
+        )
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def send(self, cell: AgentCell | None, envelope: Envelope) -> None:
+        """Deliver a cast or an info to ``cell``, waiting for room in a mailbox that blocks.
+
+        A failure is retried later (retrying guarantees) or dead-lettered (at-most-once).
+
+        Raises:
+            MailboxFull, CircuitOpen, AgentNotFound: at-most-once only, when the message could
+                not be delivered (it is also a dead letter).
+        """
+        self.sent += 1
+        failure = await self._put(cell, envelope)
+        if failure is not None:
+            self._failed(cell, envelope, *failure)
+
+    def send_nowait(self, cell: AgentCell | None, envelope: Envelope) -> None:
+        """:meth:`send` without waiting: a full mailbox is a failure (retried or raised)."""
+        self.sent += 1
+        failure = self._put_nowait(cell, envelope)
+        if failure is not None:
+            self._failed(cell, envelope, *failure)
+
+    def post(self, cell: AgentCell, envelope: Envelope) -> None:
+        """Deliver a notification the system originates, at most once; never raises.
+
+        The circuit breaker does not apply: a ``Down`` or a timer must reach a struggling agent.
+        """
+        self.sent += 1
+        try:
+            cell.mailbox.send_nowait(envelope)
+        except (MailboxFull, MailboxClosed) as error:
+            reason = _failure_of(error, cell)[0]
+            if self._system.closing:
+                reason = DeadLetterReason.SYSTEM_STOPPED
+            self._give_up(envelope, reason, str(error))
+        else:
+            self.delivered += 1
+
+    async def send_call(self, cell: AgentCell | None, envelope: Envelope) -> AgentCell:
+        """Deliver a call, in the caller's task: a failure before the handler ran (recipient
+        missing, mailbox full, circuit open) is retried with backoff when its guarantee
+        retries, within the caller's deadline, which the caller's cancel scope enforces.
+        Returns the agent it was delivered to.
+
+        Raises:
+            MailboxFull, CircuitOpen, AgentStopped, AgentNotFound: at-most-once, the failure.
+            DeliveryFailed: its retries ran out (the last failure is the cause).
+        """
+        self.sent += 1
+        try:
+            while True:
+                failure = await self._put(cell, envelope)
+                if failure is None:
+                    assert cell is not None
+                    return cell
+                reason, error = failure
+                self._count_failure(cell, reason)
+                if envelope.options.guarantee is AT_MOST_ONCE or self._system.closing:
+                    raise error
+                if envelope.attempt >= _max_retries(envelope):
+                    raise DeliveryFailed(
+                        f"{envelope!r} not delivered after {envelope.attempt} retries: {error}"
+                    ) from error
+                envelope.attempt += 1
+                self.retried += 1
+                await trio.sleep(self.backoff(envelope))
+                cell = self._system.router.target_of(envelope)
+        except MessagingError:
+            self.failed += 1
+            raise
+        except BaseException:
+            self._give_up(envelope, DeadLetterReason.EXPIRED, "the caller gave up before delivery")
+            raise
+
+    async def _put(self, cell: AgentCell | None, envelope: Envelope) -> _Failure | None:
+        """Put ``envelope`` in ``cell``'s mailbox, waiting if it blocks; or say why not.
+
+        Checkpoints either way, as every blocking operation in Trio does."""
+        failure = self._obstacle(cell, envelope)
+        if failure is not None:
+            await trio.lowlevel.checkpoint()
+            return failure
+        assert cell is not None
+        try:
+            await cell.mailbox.send(envelope)
+        except (MailboxFull, MailboxClosed) as error:
+            return _failure_of(error, cell)
+        self.delivered += 1
+        return None
+
+    def _put_nowait(self, cell: AgentCell | None, envelope: Envelope) -> _Failure | None:
+        """:meth:`_put` without waiting: a full mailbox is a failure."""
+        failure = self._obstacle(cell, envelope)
+        if failure is not None:
+            return failure
+        assert cell is not None
+        try:
+            cell.mailbox.send_nowait(envelope)
+        except (MailboxFull, MailboxClosed) as error:
+            return _failure_of(error, cell)
+        self.delivered += 1
+        return None
+
+    def _obstacle(self, cell: AgentCell | None, envelope: Envelope) -> _Failure | None:
+        """Why ``envelope`` cannot go into ``cell``'s mailbox now, or ``None`` if it may try."""
+        if cell is None:
+            return DeadLetterReason.NOT_FOUND, AgentNotFound(
+                f"no agent is registered as {envelope.recipient!r}"
+            )
+        if cell.mailbox.closed:
+            return DeadLetterReason.AGENT_STOPPED, cell.refusal()
+        breaker = cell.breaker
+        if breaker is not None and not breaker.admit(self._clock.current_time()):
+            return DeadLetterReason.CIRCUIT_OPEN, CircuitOpen(
+                f"the circuit of {cell.id!r} is open: failing fast"
+            )
+        return None
+
+    def _failed(
+        self,
+        cell: AgentCell | None,
+        envelope: Envelope,
+        reason: DeadLetterReason,
+        error: MessagingError,
+    ) -> None:
+        """A cast or info could not be delivered: retry it later, or give up on it."""
+        self._count_failure(cell, reason)
+        closing = self._system.closing
+        if envelope.options.guarantee is not AT_MOST_ONCE and not closing:
+            self._schedule_retry(envelope, reason, str(error))
+            return
+        missing = reason in (DeadLetterReason.AGENT_STOPPED, DeadLetterReason.NOT_FOUND)
+        self._give_up(
+            envelope, DeadLetterReason.SYSTEM_STOPPED if closing and missing else reason, str(error)
+        )
+        if reason in _RAISED:
+            raise error
+
+    # -- what the recipient reports ---------------------------------------------------------
+
+    def acknowledge(self, cell: AgentCell, envelope: Envelope, reply: Any = NO_REPLY) -> None:
+        """The handler of ``envelope`` returned normally (a call's ``reply`` is kept for its
+        duplicates under exactly-once)."""
+        self.acknowledged += 1
+        breaker = cell.breaker
+        if breaker is not None:
+            breaker.record_success()
+        if envelope.options.guarantee is EXACTLY_ONCE:
+            handled = cell.handled
+            if handled is None:
+                handled = cell.handled = HandledMessages(self.config.dedup_window)
+            handled.remember(envelope.id, self._clock.current_time(), reply)
+
+    def suppress_duplicate(self, handled: HandledMessages, envelope: Envelope) -> bool:
+        """If ``envelope`` was handled within the window, settle it without handling it again
+        (a duplicate call gets the reply the first one got) and return True."""
+        if envelope.options.guarantee is not EXACTLY_ONCE:
+            return False
+        reply = handled.reply_for(envelope.id, self._clock.current_time())
+        if reply is None:
+            return False
+        self.duplicates_suppressed += 1
+        handle = envelope.reply
+        if handle is not None and handle.pending:
+            if reply is NO_REPLY:
+                handle.fail(
+                    DeliveryFailed(f"{envelope!r} was answered before, by a deferred reply")
+                )
+            else:
+                handle.reply(reply)
+        return True
+
+    def undelivered(self, envelope: Envelope, why: DeadLetterReason, error: Exception) -> None:
+        """A message taken in (or left in a mailbox) that no handler completed.
+
+        A waiting caller gets ``error``; a cast or info under a retrying guarantee is retried
+        for a handler crash or a stopped recipient; anything else becomes a dead letter.
+        """
+        handle = envelope.reply
+        if handle is not None and not handle.abandoned:
+            if handle.pending:
+                handle.fail(error)
+            self.failed += 1  # the caller was told (by ``error``, or the handler's own error)
+            return
+        if (
+            why in _RETRIED
+            and handle is None
+            and envelope.options.guarantee is not AT_MOST_ONCE
+            and not self._system.closing
+        ):
+            self._schedule_retry(envelope, why, str(error))
+            return
+        if self._system.closing and why in _RETRIED:
+            why = DeadLetterReason.SYSTEM_STOPPED
+        self._give_up(envelope, why, str(error))
+
+    def record_failure(self, cell: AgentCell) -> None:
+        """Count a failure against ``cell``'s circuit breaker (made on its first failure)."""
+        if self._breakers is None:
+            return
+        breaker = cell.breaker
+        if breaker is None:
+            breaker = cell.breaker = CircuitBreaker(self._breakers)
+        breaker.record_failure(self._clock.current_time())
+
+    def _count_failure(self, cell: AgentCell | None, reason: DeadLetterReason) -> None:
+        if cell is not None and reason is not DeadLetterReason.CIRCUIT_OPEN:
+            self.record_failure(cell)
+
+    # -- retries -----------------------------------------------------------------------------
+
+    def backoff(self, envelope: Envelope) -> float:
+        """Seconds before redelivery number ``envelope.attempt`` (1 for the first)."""
+        config = self.config
+        base = envelope.options.retry_delay
+        assert base is not None
+        delay = min(
+            base * config.retry_backoff_multiplier ** (envelope.attempt - 1),
+            config.max_retry_delay,
+        )
+        if config.jitter:
+            delay *= 1 + self._random.uniform(0, config.jitter)
+        return delay
+
+    def _schedule_retry(self, envelope: Envelope, reason: DeadLetterReason, detail: str) -> None:
+        if envelope.attempt >= _max_retries(envelope):
+            self._give_up(
+                envelope,
+                DeadLetterReason.RETRIES_EXHAUSTED,
+                f"after {envelope.attempt} retries; last failure: {reason.value}: {detail}",
+            )
+            return
+        envelope.attempt += 1
+        self.retried += 1
+        due = self._clock.current_time() + self.backoff(envelope)
+        candidate = RetryCandidate(envelope, envelope.attempt, due, reason)
+        timer = self._system.router.call_at(due, functools.partial(self._retry, candidate))
+        self._waiting[candidate] = timer
+
+    def _retry(self, candidate: RetryCandidate) -> None:
+        """Redeliver a message whose retry is due (in the router's task)."""
+        del self._waiting[candidate]
+        envelope = candidate.envelope
+        if self._system.closing:
+            self._give_up(envelope, DeadLetterReason.SYSTEM_STOPPED, "before its retry")
+            return
+        if envelope.created_at + envelope.options.timeout < self._clock.current_time():
+            self._give_up(envelope, DeadLetterReason.EXPIRED, "its timeout passed before a retry")
+            return
+        cell = self._system.router.target_of(envelope)
+        failure = self._put_nowait(cell, envelope)
+        if failure is not None:
+            self._failed(cell, envelope, *failure)
+
+    def get_retry_candidates(self) -> tuple[RetryCandidate, ...]:
+        """The messages waiting for a retry, soonest first."""
+        return tuple(sorted(self._waiting, key=lambda candidate: candidate.due))
+
+    def settle_waiting(self) -> None:
+        """At shutdown: every message waiting for a retry becomes a dead letter."""
+        waiting, self._waiting = self._waiting, {}
+        for candidate, timer in waiting.items():
+            timer.cancel()
+            self._give_up(candidate.envelope, DeadLetterReason.SYSTEM_STOPPED, "before its retry")
+
+    # -- the end of the line -----------------------------------------------------------------
+
+    def dead_letter(self, envelope: Envelope, reason: DeadLetterReason, detail: str = "") -> None:
+        """Give up on a message: count it and file it as a dead letter."""
+        self._give_up(envelope, reason, detail)
+
+    def _give_up(self, envelope: Envelope, reason: DeadLetterReason, detail: str) -> None:
+        self.dead_lettered += 1
+        self._system.file_dead_letter(envelope, reason, detail)
+
+    def get_stats(self) -> DeliveryStats:
+        """A frozen snapshot of the counters."""
+        settled = self.acknowledged + self.duplicates_suppressed + self.failed + self.dead_lettered
+        return DeliveryStats(
+            sent=self.sent,
+            delivered=self.delivered,
+            acknowledged=self.acknowledged,
+            retried=self.retried,
+            failed=self.failed,
+            duplicates_suppressed=self.duplicates_suppressed,
+            dead_lettered=self.dead_lettered,
+            pending=self.sent - settled,
+        )
+
+
+def _max_retries(envelope: Envelope) -> int:
+    retries = envelope.options.max_retries
+    assert retries is not None  # filled in when the message was accepted
+    return retries
+
+
+def _failure_of(error: MailboxFull | MailboxClosed, cell: AgentCell) -> _Failure:
+    if isinstance(error, MailboxFull):
+        return DeadLetterReason.MAILBOX_FULL, error
+    return DeadLetterReason.AGENT_STOPPED, cell.refusal()

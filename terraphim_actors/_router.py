@@ -1,0 +1,151 @@
+"""The router: where an addressed message goes, and the one task that owns what takes time.
+
+Sending through an ``AgentRef`` does not pass through the router's task: a healthy local
+recipient gets the message straight into its mailbox. The router's task runs what must wait:
+retries after their backoff (which is also how a message reaches an agent again after its
+restart, and how an open circuit gets its trial messages once its reset timeout has passed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import attrs
+
+from ._checks import check_instance, validator
+from ._circuit import CircuitBreakerConfig, CircuitState
+from ._ids import AgentId
+from ._messages import Envelope
+from ._timers import Timer, TimerService
+from .errors import InvalidConfig
+
+if TYPE_CHECKING:
+    from ._cell import AgentCell
+    from ._pool import Pool
+    from ._ref import AgentRef
+    from ._system import MessageSystem
+
+__all__ = ["MessageRouter", "Router", "RouterConfig", "RouterStats"]
+
+
+@runtime_checkable
+class MessageRouter(Protocol):
+    """A routing policy of your own, in place of the built-in one for addressed messages.
+
+    ``system.send_message(envelope)`` asks it which agents get the envelope; each gets its own
+    copy (same message id, readdressed). Return no ref to say that nobody does: the message is
+    then handled as for a missing recipient (retried, or a ``NOT_FOUND`` dead letter). A ref
+    may be a pool's, which balances as usual. It runs on the sender's path: keep it quick and
+    do not await.
+    """
+
+    def route(self, envelope: Envelope, system: MessageSystem) -> Sequence[AgentRef]:
+        """The agents that should receive ``envelope``."""
+        ...
+
+
+def _check_router(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, MessageRouter):
+        raise InvalidConfig(f"{attribute.name} must have a route(envelope, system) method")
+
+
+@attrs.frozen(kw_only=True)
+class RouterConfig:
+    """How the router guards recipients and chooses them.
+
+    Attributes:
+        circuit_breaker: the breaker every recipient gets on its first failure; ``None``
+            turns circuit breaking off.
+        custom_router: routes addressed messages in place of the registry (see
+            :class:`MessageRouter`).
+    """
+
+    circuit_breaker: CircuitBreakerConfig | None = attrs.field(
+        factory=CircuitBreakerConfig,
+        validator=validator(check_instance, CircuitBreakerConfig, optional=True),
+    )
+    custom_router: MessageRouter | None = attrs.field(default=None, validator=_check_router)
+
+
+@attrs.frozen(kw_only=True)
+class RouterStats:
+    """A snapshot of the router."""
+
+    #: The circuit of every agent that has failed at least once (others are closed).
+    circuits: Mapping[AgentId, CircuitState]
+    #: How many of those are open now.
+    open_circuits: int
+    #: Messages routed by address (``send_message``) or through a pool.
+    routed: int
+    #: Messages waiting in the router for a retry.
+    retries_waiting: int
+    #: Pools running.
+    pools: int
+
+
+class Router:
+    """Resolves addresses, keeps the pools, and runs the retry schedule in its own task."""
+
+    def __init__(self, config: RouterConfig, system: MessageSystem) -> None:
+        self.config = config
+        self._system = system
+        self._schedule = TimerService()
+        self.pools: dict[AgentId, Pool] = {}
+        self.routed = 0
+
+    async def run(self) -> None:
+        """The router's task: fire retries as they come due, until cancelled."""
+        await self._schedule.run()
+
+    def call_at(self, due: float, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` in the router's task at Trio time ``due``."""
+        return self._schedule.call_at(due, callback)
+
+    def targets_of(self, envelope: Envelope) -> list[tuple[AgentCell | None, Envelope]]:
+        """Where an addressed message goes: ``(cell, copy)`` pairs, one per recipient, or a
+        single ``(None, envelope)`` when nobody takes it now."""
+        self.routed += 1
+        custom = self.config.custom_router
+        if custom is None:
+            return [(self.target_of(envelope), envelope)]
+        refs = list(custom.route(envelope, self._system))
+        if not refs:
+            return [(None, envelope)]
+        copies = [envelope] + [attrs.evolve(envelope) for _ in refs[1:]]
+        for ref, copy in zip(refs, copies, strict=True):
+            copy.recipient = ref.id
+        return [(ref._route(copy), copy) for ref, copy in zip(refs, copies, strict=True)]
+
+    def target_of(self, envelope: Envelope) -> AgentCell | None:
+        """The running agent (or pool member) that ``envelope``'s recipient names now."""
+        system = self._system
+        agent_id = system.registered_id(envelope.recipient)
+        if agent_id is not None:
+            pool = self.pools.get(agent_id)
+            if pool is not None:
+                return pool.choose(envelope.payload)
+            cell = system.live_cell(agent_id)
+            if cell is not None:
+                return cell
+        custom = self.config.custom_router
+        if custom is not None:
+            for ref in custom.route(envelope, system):
+                return ref._route(envelope)
+        return None
+
+    def stats(self) -> RouterStats:
+        """A frozen snapshot of the router's state."""
+        now = self._system.clock.current_time()
+        circuits = {
+            cell.id: cell.breaker.state(now)
+            for cell in self._system.live_cells()
+            if cell.breaker is not None
+        }
+        return RouterStats(
+            circuits=circuits,
+            open_circuits=sum(state is CircuitState.OPEN for state in circuits.values()),
+            routed=self.routed,
+            retries_waiting=len(self._system.delivery.get_retry_candidates()),
+            pools=len(self.pools),
+        )
