@@ -25,7 +25,7 @@ from ._dead_letters import DeadLetterReason
 from ._dedup import NO_REPLY, HandledMessages
 from ._ids import AgentId
 from ._mailbox import Mailbox, MailboxConfig
-from ._messages import Envelope, MessageKind, info
+from ._messages import DeliveryGuarantee, Envelope, MessageKind, info
 from ._notifications import (
     AgentExited,
     AgentStarted,
@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 __all__ = ["AgentCell", "CellState"]
 
 logger = logging.getLogger("terraphim_actors")
+
+EXACTLY_ONCE = DeliveryGuarantee.EXACTLY_ONCE
 
 #: Messages served back to back before the loop yields to other tasks, so that a busy agent
 #: pays for one scheduler round per batch rather than one per message.
@@ -309,7 +311,10 @@ class AgentCell:
                     delivery.record_failure(self)
                     return crash
                 else:
-                    delivery.acknowledge(self, envelope, reply)
+                    if self.breaker is None and envelope.options.guarantee is not EXACTLY_ONCE:
+                        delivery.acknowledged += 1  # all that acknowledging takes, mostly
+                    else:
+                        delivery.acknowledge(self, envelope, reply)
                 self._in_hand = None
         finally:
             mailbox.record_processing_time(clock() - batch_started)

@@ -287,11 +287,12 @@ class DeliveryManager:
         """Put ``envelope`` in ``cell``'s mailbox, waiting if it blocks; or say why not.
 
         Checkpoints either way, as every blocking operation in Trio does."""
-        failure = self._obstacle(cell, envelope)
-        if failure is not None:
-            await trio.lowlevel.checkpoint()
-            return failure
-        assert cell is not None
+        if cell is None or cell.breaker is not None:
+            failure = self._obstacle(cell, envelope)
+            if failure is not None:
+                await trio.lowlevel.checkpoint()
+                return failure
+            assert cell is not None
         try:
             await cell.mailbox.send(envelope)
         except (MailboxFull, MailboxClosed) as error:
@@ -301,10 +302,11 @@ class DeliveryManager:
 
     def _put_nowait(self, cell: AgentCell | None, envelope: Envelope) -> _Failure | None:
         """:meth:`_put` without waiting: a full mailbox is a failure."""
-        failure = self._obstacle(cell, envelope)
-        if failure is not None:
-            return failure
-        assert cell is not None
+        if cell is None or cell.breaker is not None:
+            failure = self._obstacle(cell, envelope)
+            if failure is not None:
+                return failure
+            assert cell is not None
         try:
             cell.mailbox.send_nowait(envelope)
         except (MailboxFull, MailboxClosed) as error:
@@ -318,8 +320,6 @@ class DeliveryManager:
             return DeadLetterReason.NOT_FOUND, AgentNotFound(
                 f"no agent is registered as {envelope.recipient!r}"
             )
-        if cell.mailbox.closed:
-            return DeadLetterReason.AGENT_STOPPED, cell.refusal()
         breaker = cell.breaker
         if breaker is not None and not breaker.admit(self._clock.current_time()):
             return DeadLetterReason.CIRCUIT_OPEN, CircuitOpen(

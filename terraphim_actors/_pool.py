@@ -108,9 +108,9 @@ class PoolRef(AgentRef):
         for member in self.members:
             await member.cast(payload, priority=priority)
 
-    def _route(self, envelope: Envelope) -> AgentCell | None:
+    def _route(self, envelope: Envelope | None) -> AgentCell | None:
         self._system.router.routed += 1
-        return self._pool.choose(envelope.payload)
+        return self._pool.choose(None if envelope is None else envelope.payload)
 
     def _agent(self) -> AgentCell:
         raise InvalidConfig(f"{self.id!r} is a pool, not one agent: use its members")

@@ -158,18 +158,20 @@ class AgentRef:
 
     # -- what subclasses (pools) change ----------------------------------------------------
 
-    def _route(self, envelope: Envelope) -> AgentCell | None:
-        """The agent that gets ``envelope``."""
-        return self._agent()
-
-    def _agent(self) -> AgentCell:
-        """The one agent behind this ref: this one, or the agent that took over its id when
-        its subtree was restarted (the stopped one if none has)."""
+    def _route(self, envelope: Envelope | None) -> AgentCell | None:
+        """The agent that gets ``envelope``: this one, or the agent that took over its id
+        when its subtree was restarted (the stopped one if none has)."""
         cell = self._cell
         if cell.stopped.is_set():
             live = self._system.live_cell(self.id)
             if live is not None:
                 self._cell = cell = live
+        return cell
+
+    def _agent(self) -> AgentCell:
+        """The one agent behind this ref, for monitoring and stopping it."""
+        cell = self._route(None)
+        assert cell is not None
         return cell
 
     def _envelope(

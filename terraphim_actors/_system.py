@@ -490,14 +490,14 @@ class MessageSystem:
             AgentStopped: at most once, the envelope is a call and its recipient has stopped.
             DeliveryFailed: a call could not be delivered within its retries.
             InvalidMessage: ``envelope`` is not an ``Envelope``.
-            InvalidConfig: the envelope has no recipient.
+            InvalidConfig: the envelope has no recipient, and no custom router to choose one.
         """
         if not isinstance(envelope, Envelope):
             raise InvalidMessage(f"expected an Envelope, got {type(envelope).__name__}")
         if not isinstance(envelope.options, MessageOptions):
             raise InvalidMessage(f"envelope options must be MessageOptions: {envelope.options!r}")
-        if envelope.recipient is None:
-            raise InvalidConfig("the envelope has no recipient")
+        if envelope.recipient is None and self.router.config.custom_router is None:
+            raise InvalidConfig("the envelope has no recipient (and no custom router)")
         agent_id = self.registered_id(envelope.recipient)
         mailbox = None if agent_id is None else self._manual.get(agent_id)
         if mailbox is not None:
