@@ -279,6 +279,12 @@ def _print_statistics(system: MessageSystem) -> None:
     print(f"  dead letters       {stats.dead_letters}")
     for reason, count in stats.dead_letters_by_reason.items():
         print(f"    {reason.value:<16} {count}")
+    delivery = system.delivery.get_stats()
+    print(f"\nDelivery ({system.delivery.config.guarantee.value} by default)")
+    for field in attrs.fields(type(delivery)):
+        print(f"  {field.name.replace('_', ' '):<22} {getattr(delivery, field.name)}")
+    for agent_id, state in system.router.stats().circuits.items():
+        print(f"  circuit of {agent_id.name or agent_id!r}: {state.value}")
     print("\nMailboxes")
     print(f"  {'agent':<12} {'received':>8} {'processed':>9} {'queued':>6} {'peak':>5}")
     for mailbox in mailboxes:
