@@ -10,6 +10,7 @@ from supervisor import ChildSpec, RestartType
 
 from ._agent import Agent
 from ._cell import AgentCell, CellState
+from ._dedup import HandledMessages
 from ._ids import AgentId
 from ._mailbox import MailboxConfig
 from ._notifications import StopReason
@@ -47,6 +48,9 @@ class AgentStarter:
         self.shutdown = shutdown
         self.restart = restart
         self.cell: AgentCell | None = None
+        #: The exactly-once window its agent starts with: the pool's, shared by the members,
+        #: so that a message retried through the pool is not handled again by another member.
+        self.handled: HandledMessages | None = None
 
     def __repr__(self) -> str:
         return f"<AgentStarter {self.agent_class.__name__} {self.agent_id!r}>"
@@ -65,6 +69,7 @@ class AgentStarter:
                 self.shutdown,
                 self.restart,
             )
+            cell.handled = self.handled
             if previous is not None:  # the same agent to its senders: same circuit, same dedup
                 cell.breaker, cell.handled = previous.breaker, previous.handled
             self.system.register(cell)

@@ -43,6 +43,10 @@ class CircuitBreaker:
 
     The half-open state is computed from the clock when asked, so an open circuit costs no
     timer. Times are Trio times passed in by the caller, which keeps the breaker a plain object.
+    Any success closes the circuit, including one of a message let through before it opened:
+    the recipient has shown it works. Trials whose outcome never comes (a trial message that
+    expired, say) do not hold the circuit half-open for ever: after another reset timeout, new
+    trials go through.
     """
 
     __slots__ = ("_config", "_failures", "_opened_at", "_state", "_trials", "times_opened")
@@ -61,8 +65,10 @@ class CircuitBreaker:
 
     def state(self, now: float) -> CircuitState:
         """The state at Trio time ``now``."""
-        if self._state is CircuitState.OPEN and now >= self.reopens_at:
+        if self._state is not CircuitState.CLOSED and now >= self.reopens_at:
+            # Open long enough, or half-open with trials that never reported: try again.
             self._state = CircuitState.HALF_OPEN
+            self._opened_at = now
             self._trials = 0
         return self._state
 

@@ -27,6 +27,7 @@ from ._balancing import Balancer, LoadBalancing
 from ._cell import AgentCell, CellState
 from ._checks import check_count, check_instance, check_seconds, validator
 from ._dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
+from ._dedup import HandledMessages
 from ._delivery import DeliveryConfig, DeliveryManager
 from ._ids import AgentId
 from ._mailbox import Mailbox, MailboxConfig, MailboxStats
@@ -267,7 +268,9 @@ class MessageSystem:
 
         Members are named ``"{name}-{i}"`` (unnamed if the pool is), restart one for one
         within ``max_restarts`` in ``max_seconds`` (default: the system's intensity), and are
-        skipped while their circuit is open. The pool's name finds the pool's ref.
+        skipped while their circuit is open. They share one exactly-once window, so a message
+        retried through the pool is not handled again by another member. The pool's name finds
+        the pool's ref.
 
         Args:
             key: for ``CONSISTENT_HASH``, what to hash of a message's payload (default: the
@@ -298,6 +301,9 @@ class MessageSystem:
             )
             for position in range(size)
         ]
+        shared = HandledMessages(config.delivery.dedup_window)
+        for starter in starters:
+            starter.handled = shared
         pool_id = self._claim(name)
         members = Supervisor(
             [agent_child_spec(starter) for starter in starters],
