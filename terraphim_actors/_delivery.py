@@ -117,7 +117,8 @@ class DeliveryStats:
     sent: int
     #: Puts into a mailbox, redeliveries included.
     delivered: int
-    #: Messages whose handler returned normally (or that reached a hand-driven mailbox).
+    #: Messages whose handler returned normally. (A mailbox driven by hand is outside the
+    #: delivery layer: what is sent to it is not counted here.)
     acknowledged: int
     #: Redeliveries scheduled.
     retried: int
