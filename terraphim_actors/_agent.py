@@ -96,6 +96,7 @@ class DeferredReply:
         await trio.lowlevel.checkpoint()
         if not self._keep():
             return False
+        self._cell.system.delivery.record_success(self._cell)
         return self._handle.reply(value)
 
     async def fail(self, error: BaseException) -> bool:

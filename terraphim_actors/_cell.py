@@ -337,10 +337,12 @@ class AgentCell:
             raise
         finally:
             inherited_deadline.reset(token)
-        if not context._deferred and handle.pending:
+        if context._deferred:
+            return NO_REPLY
+        if handle.pending:
             handle.reply(result)
             return result
-        return NO_REPLY
+        return handle.value if handle.replied else NO_REPLY  # answered through ctx.caller
 
     async def _end_instance(self, instance: Agent, reason: ExitReason) -> None:
         """Settle everything the instance had in hand, then let it clean up."""

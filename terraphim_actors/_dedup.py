@@ -9,10 +9,13 @@ import attrs
 
 from ._checks import check_count, check_seconds, validator
 
-__all__ = ["NO_REPLY", "DedupWindow", "HandledMessages"]
+__all__ = ["NO_REPLY", "UNSEEN", "DedupWindow", "HandledMessages"]
 
 #: Stored for a message that has no reply to give again (a cast, or a deferred call).
 NO_REPLY: Any = object()
+#: What :meth:`HandledMessages.reply_for` returns for a message not in the window (a reply
+#: may be ``None``, so ``None`` cannot say it).
+UNSEEN: Any = object()
 
 
 @attrs.frozen(kw_only=True)
@@ -43,12 +46,12 @@ class HandledMessages:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def reply_for(self, message_id: int, now: float) -> Any | None:
+    def reply_for(self, message_id: int, now: float) -> Any:
         """The stored reply (or ``NO_REPLY``) if ``message_id`` was handled within the window,
-        else ``None``."""
+        else ``UNSEEN``."""
         self._forget_older_than(now - self._window.max_age)
         entry = self._entries.get(message_id)
-        return None if entry is None else entry[1]
+        return UNSEEN if entry is None else entry[1]
 
     def remember(self, message_id: int, now: float, reply: Any = NO_REPLY) -> None:
         """Record that ``message_id`` was handled at ``now`` (a call also keeps its reply)."""

@@ -20,7 +20,7 @@ import trio
 from ._checks import check_count, check_instance, check_seconds, validator
 from ._circuit import CircuitBreaker, CircuitBreakerConfig
 from ._dead_letters import DeadLetterReason
-from ._dedup import NO_REPLY, DedupWindow, HandledMessages
+from ._dedup import NO_REPLY, UNSEEN, DedupWindow, HandledMessages
 from ._messages import DeliveryGuarantee, Envelope, MessageOptions, Priority
 from ._messages import options_for as shared_options
 from ._timers import Timer
@@ -221,7 +221,11 @@ class DeliveryManager:
                 not be delivered (it is also a dead letter).
         """
         self.sent += 1
-        failure = await self._put(cell, envelope)
+        try:
+            failure = await self._put(cell, envelope)
+        except trio.Cancelled:
+            self._give_up(envelope, DeadLetterReason.EXPIRED, "the sender gave up waiting for room")
+            raise
         if failure is not None:
             self._failed(cell, envelope, *failure)
 
@@ -355,8 +359,9 @@ class DeliveryManager:
         duplicates under exactly-once)."""
         self.acknowledged += 1
         breaker = cell.breaker
-        if breaker is not None:
-            breaker.record_success()
+        handle = envelope.reply
+        if breaker is not None and (handle is None or not handle.pending):
+            breaker.record_success()  # a deferred call succeeds when it is answered
         if envelope.options.guarantee is EXACTLY_ONCE:
             handled = cell.handled
             if handled is None:
@@ -369,7 +374,7 @@ class DeliveryManager:
         if envelope.options.guarantee is not EXACTLY_ONCE:
             return False
         reply = handled.reply_for(envelope.id, self._clock.current_time())
-        if reply is None:
+        if reply is UNSEEN:
             return False
         self.duplicates_suppressed += 1
         handle = envelope.reply
@@ -405,6 +410,11 @@ class DeliveryManager:
         if self._system.closing and why in _RETRIED:
             why = DeadLetterReason.SYSTEM_STOPPED
         self._give_up(envelope, why, str(error))
+
+    def record_success(self, cell: AgentCell) -> None:
+        """Count a success for ``cell``'s circuit breaker (a deferred reply was sent)."""
+        if cell.breaker is not None:
+            cell.breaker.record_success()
 
     def record_failure(self, cell: AgentCell) -> None:
         """Count a failure against ``cell``'s circuit breaker (made on its first failure)."""
@@ -459,10 +469,10 @@ class DeliveryManager:
         if envelope.created_at + envelope.options.timeout < self._clock.current_time():
             self._give_up(envelope, DeadLetterReason.EXPIRED, "its timeout passed before a retry")
             return
-        cell = self._system.router.target_of(envelope)
-        failure = self._put_nowait(cell, envelope)
-        if failure is not None:
-            self._failed(cell, envelope, *failure)
+        for cell, copy in self._system.router.retry_targets_of(envelope):
+            failure = self._put_nowait(cell, copy)
+            if failure is not None:
+                self._failed(cell, copy, *failure)
 
     def get_retry_candidates(self) -> tuple[RetryCandidate, ...]:
         """The messages waiting for a retry, soonest first."""

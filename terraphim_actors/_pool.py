@@ -67,7 +67,18 @@ class Pool:
             return 0 if cell is None else cell.load
 
         position = self.balancer.choose(payload, available, load)
-        return None if position is None else self.member(position)
+        if position is not None:
+            return self.member(position)
+        # Every running member's circuit is open: name the one that half-opens first, so the
+        # sender sees the open circuit (and a retry waits for it) rather than nobody.
+        running = [cell for cell in map(self.member, range(len(self.members))) if cell]
+        return min(running, key=_reopens_at, default=None)
+
+
+def _reopens_at(cell: AgentCell) -> float:
+    breaker = cell.breaker
+    assert breaker is not None  # only members with an open circuit are unavailable
+    return breaker.reopens_at
 
 
 class PoolRef(AgentRef):
@@ -110,6 +121,9 @@ class PoolRef(AgentRef):
 
     def _route(self, envelope: Envelope | None) -> AgentCell | None:
         self._system.router.routed += 1
+        return self._target(envelope)
+
+    def _target(self, envelope: Envelope | None) -> AgentCell | None:
         return self._pool.choose(None if envelope is None else envelope.payload)
 
     def _agent(self) -> AgentCell:

@@ -53,6 +53,16 @@ class ReplyHandle:
         return self._state is _State.PENDING
 
     @property
+    def replied(self) -> bool:
+        """True once answered with a value (not an error)."""
+        return self._state is _State.ANSWERED and self._error is None
+
+    @property
+    def value(self) -> Any:
+        """The value the call was answered with (``None`` until :attr:`replied`)."""
+        return self._value
+
+    @property
     def abandoned(self) -> bool:
         """True once the caller gave up: an answer now would be dropped."""
         return self._state is _State.ABANDONED

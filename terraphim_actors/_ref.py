@@ -168,6 +168,10 @@ class AgentRef:
                 self._cell = cell = live
         return cell
 
+    #: Where a message through this ref goes, as the router asks it (where a pool does not
+    #: count the message as routed a second time).
+    _target = _route
+
     def _agent(self) -> AgentCell:
         """The one agent behind this ref, for monitoring and stopping it."""
         cell = self._route(None)

@@ -37,7 +37,8 @@ class MessageRouter(Protocol):
     copy (same message id, readdressed). Return no ref to say that nobody does: the message is
     then handled as for a missing recipient (retried, or a ``NOT_FOUND`` dead letter). A ref
     may be a pool's, which balances as usual. It runs on the sender's path: keep it quick and
-    do not await.
+    do not await. A retry of a message it routed nowhere asks it again (unless the message is
+    addressed by ``AgentId``); a copy it addressed to an agent is retried to that agent.
     """
 
     def route(self, envelope: Envelope, system: MessageSystem) -> Sequence[AgentRef]:
@@ -105,34 +106,36 @@ class Router:
     def targets_of(self, envelope: Envelope) -> list[tuple[AgentCell | None, Envelope]]:
         """Where an addressed message goes: ``(cell, copy)`` pairs, one per recipient, or a
         single ``(None, envelope)`` when nobody takes it now."""
-        self.routed += 1
         custom = self.config.custom_router
         if custom is None:
             return [(self.target_of(envelope), envelope)]
+        self.routed += 1
         refs = list(custom.route(envelope, self._system))
         if not refs:
             return [(None, envelope)]
         copies = [envelope] + [attrs.evolve(envelope) for _ in refs[1:]]
         for ref, copy in zip(refs, copies, strict=True):
             copy.recipient = ref.id
-        return [(ref._route(copy), copy) for ref, copy in zip(refs, copies, strict=True)]
+        return [(ref._target(copy), copy) for ref, copy in zip(refs, copies, strict=True)]
+
+    def retry_targets_of(self, envelope: Envelope) -> list[tuple[AgentCell | None, Envelope]]:
+        """Where a retry goes: by the custom router if the message is still addressed by name
+        (it routed it nowhere before), else to the agent or pool its recipient names."""
+        if self.config.custom_router is not None and not isinstance(envelope.recipient, AgentId):
+            return self.targets_of(envelope)
+        return [(self.target_of(envelope), envelope)]
 
     def target_of(self, envelope: Envelope) -> AgentCell | None:
         """The running agent (or pool member) that ``envelope``'s recipient names now."""
+        self.routed += 1
         system = self._system
         agent_id = system.registered_id(envelope.recipient)
-        if agent_id is not None:
-            pool = self.pools.get(agent_id)
-            if pool is not None:
-                return pool.choose(envelope.payload)
-            cell = system.live_cell(agent_id)
-            if cell is not None:
-                return cell
-        custom = self.config.custom_router
-        if custom is not None:
-            for ref in custom.route(envelope, system):
-                return ref._route(envelope)
-        return None
+        if agent_id is None:
+            return None
+        pool = self.pools.get(agent_id)
+        if pool is not None:
+            return pool.choose(envelope.payload)
+        return system.live_cell(agent_id)
 
     def stats(self) -> RouterStats:
         """A frozen snapshot of the router's state."""

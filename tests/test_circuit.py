@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from agents import Runner, hold_forever
+from agents import Runner, defer_into, hold_forever, until
 
 from terraphim_actors import (
     AgentRef,
@@ -17,10 +17,13 @@ from terraphim_actors import (
     CircuitState,
     Context,
     DeadLetterReason,
+    DeferredReply,
     DeliveryConfig,
     DeliveryGuarantee,
+    MailboxConfig,
     MessageSystem,
     MessageSystemConfig,
+    OverflowPolicy,
     RouterConfig,
     open_message_system,
 )
@@ -31,6 +34,7 @@ from terraphim_actors.errors import (
     CircuitOpen,
     DeliveryFailed,
     InvalidConfig,
+    MailboxFull,
 )
 
 #: Opens after two failures in a row, half-opens ten seconds later.
@@ -207,6 +211,16 @@ class TestBreaker:
         assert breaker.state(21.9) is CircuitState.OPEN
         assert breaker.state(22.0) is CircuitState.HALF_OPEN
 
+    def test_half_open_trials_that_never_report_expire(self) -> None:
+        """If no trial reports back, new trials are admitted one ``reset_timeout`` later."""
+        breaker = CircuitBreaker(BREAKER)
+        breaker.record_failure(0.0)
+        breaker.record_failure(0.0)
+        assert breaker.admit(10.0)
+        assert not breaker.admit(19.9)
+        assert breaker.state(20.0) is CircuitState.HALF_OPEN
+        assert breaker.admit(20.0)
+
     def test_failures_while_open_do_not_extend_it(self) -> None:
         """A failure reported while open (a late one) does not restart the reset timeout."""
         breaker = CircuitBreaker(BREAKER)
@@ -296,6 +310,20 @@ class TestThroughTheSystem:
             await trio.testing.wait_all_tasks_blocked()
             assert ran == []
 
+    async def test_call_to_open_circuit_fails_once_its_retries_run_out_at_least_once(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """At least once, a call to an open circuit is retried, then raises ``DeliveryFailed``
+        with ``CircuitOpen`` as its cause, long before its timeout."""
+        async with breaker_system() as system:
+            ref = await system.spawn(Runner)
+            await crash(ref, 2)
+            started = trio.current_time()
+            with pytest.raises(DeliveryFailed) as raised:
+                await ref.call(lambda ctx: "refused", timeout=5.0)
+            assert isinstance(raised.value.__cause__, CircuitOpen)
+            assert trio.current_time() - started < 5.0
+
     async def test_circuit_reads_half_open_after_reset_timeout(
         self, autojump_clock: trio.testing.MockClock
     ) -> None:
@@ -347,6 +375,38 @@ class TestThroughTheSystem:
             with pytest.raises(CallTimeout):
                 await ref.call(lambda ctx: "queued behind", timeout=1.0)
             assert circuit_of(system, ref) is CircuitState.OPEN
+
+    async def test_calls_timing_out_on_deferred_replies_count_as_failures(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Calls whose handler defers and never answers time out, and open the circuit."""
+        async with breaker_system() as system:
+            ref = await system.spawn(Runner)
+            held: list[DeferredReply] = []
+            for _ in range(2):
+                with pytest.raises(CallTimeout):
+                    await ref.call(defer_into(held), timeout=1.0)
+            assert circuit_of(system, ref) is CircuitState.OPEN
+
+    async def test_rejections_by_a_full_mailbox_count_as_failures(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """At most once, casts refused by a full rejecting mailbox open the circuit."""
+        async with breaker_system(DeliveryGuarantee.AT_MOST_ONCE) as system:
+            release = trio.Event()
+            ref = await system.spawn(
+                Runner, mailbox=MailboxConfig(capacity=1, overflow=OverflowPolicy.REJECT)
+            )
+            await ref.cast(until(release))
+            await trio.testing.wait_all_tasks_blocked()
+            await ref.cast(lambda ctx: None)
+            for _ in range(2):
+                with pytest.raises(MailboxFull):
+                    await ref.cast(lambda ctx: None)
+            assert circuit_of(system, ref) is CircuitState.OPEN
+            with pytest.raises(CircuitOpen):
+                await ref.cast(lambda ctx: None)
+            release.set()
 
     async def test_cast_to_open_circuit_is_retried_at_least_once(
         self, autojump_clock: trio.testing.MockClock

@@ -1,0 +1,391 @@
+"""Pools: several instances of one agent behind one ``PoolRef``, balanced by a strategy."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from agents import Runner, run_action, until
+
+from terraphim_actors import (
+    Agent,
+    CircuitBreakerConfig,
+    CircuitState,
+    Context,
+    DeadLetterReason,
+    DeliveryConfig,
+    DeliveryGuarantee,
+    LoadBalancing,
+    MessageOptions,
+    MessageSystem,
+    MessageSystemConfig,
+    PoolRef,
+    RouterConfig,
+    cast,
+    open_message_system,
+)
+from terraphim_actors.errors import CallFailed, CircuitOpen, DuplicateAgent, InvalidConfig
+
+#: What the workers of a pool handled: ``(member name, payload)``, shared by all members.
+Log = list[tuple[str | None, Any]]
+
+
+class Worker(Agent):
+    """A pool member: a callable payload runs as an action (see ``agents.Runner``); any other
+    payload is logged under the member's name, and a call replies with that name."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        if callable(message):
+            return await run_action(message, ctx)
+        self.log.append((ctx.self.name, message))
+        return ctx.self.name
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        if callable(message):
+            await run_action(message, ctx)
+        else:
+            self.log.append((ctx.self.name, message))
+
+
+def fail(ctx: Context) -> None:
+    """An action whose handler crashes."""
+    raise ValueError("boom")
+
+
+@contextlib.asynccontextmanager
+async def breaker_system() -> AsyncIterator[MessageSystem]:
+    """At most once, and one crash opens a circuit for ten seconds."""
+    config = MessageSystemConfig(
+        delivery=DeliveryConfig(guarantee=DeliveryGuarantee.AT_MOST_ONCE),
+        router=RouterConfig(
+            circuit_breaker=CircuitBreakerConfig(failure_threshold=1, reset_timeout=10)
+        ),
+    )
+    async with open_message_system(config) as system:
+        yield system
+
+
+async def workers(system: MessageSystem, log: Log, size: int = 3, **options: Any) -> PoolRef:
+    """A pool of ``size`` workers named ``workers``."""
+    return await system.spawn_pool(Worker, log, size=size, name="workers", **options)
+
+
+async def answers(pool: PoolRef, count: int) -> list[str]:
+    """The names of the members that answered ``count`` calls through the pool."""
+    return [await pool.call("who") for _ in range(count)]
+
+
+class TestSpawn:
+    async def test_spawn_pool_returns_a_pool_ref(self, system: MessageSystem) -> None:
+        """``spawn_pool`` gives one ``PoolRef`` carrying the pool's strategy."""
+        pool = await workers(system, [], strategy=LoadBalancing.LEAST_LOADED)
+        assert isinstance(pool, PoolRef)
+        assert pool.strategy is LoadBalancing.LEAST_LOADED
+        assert pool.alive
+
+    async def test_members_are_named_after_the_pool(self, system: MessageSystem) -> None:
+        """Members are named ``workers-0`` to ``workers-{size-1}``, in pool order."""
+        pool = await workers(system, [], size=3)
+        assert [member.name for member in pool.members] == ["workers-0", "workers-1", "workers-2"]
+
+    async def test_members_are_running_agents(self, system: MessageSystem) -> None:
+        """Each member is an agent of its own, reachable by its name."""
+        pool = await workers(system, [], size=2)
+        for member in pool.members:
+            assert member.alive
+            assert system.whereis(member.name or "") == member
+
+    async def test_default_strategy_is_round_robin(self, system: MessageSystem) -> None:
+        """Without a strategy, a pool takes turns."""
+        pool = await workers(system, [])
+        assert pool.strategy is LoadBalancing.ROUND_ROBIN
+
+    async def test_router_counts_the_pool(self, system: MessageSystem) -> None:
+        """The router's statistics count each running pool."""
+        await workers(system, [])
+        assert system.router.stats().pools == 1
+
+    async def test_pool_name_taken_raises_duplicate_agent(self, system: MessageSystem) -> None:
+        """A second pool with the same name is refused."""
+        await workers(system, [])
+        with pytest.raises(DuplicateAgent):
+            await workers(system, [])
+
+
+class TestBalancing:
+    async def test_round_robin_calls_take_turns(self, system: MessageSystem) -> None:
+        """Round robin answers from each member in turn."""
+        pool = await workers(system, [], strategy=LoadBalancing.ROUND_ROBIN)
+        assert await answers(pool, 6) == [
+            "workers-0",
+            "workers-1",
+            "workers-2",
+            "workers-0",
+            "workers-1",
+            "workers-2",
+        ]
+
+    async def test_round_robin_casts_spread_evenly(self, system: MessageSystem) -> None:
+        """Nine casts through a round-robin pool of three give each member three."""
+        log: Log = []
+        pool = await workers(system, log, strategy=LoadBalancing.ROUND_ROBIN)
+        for index in range(9):
+            await pool.cast(index)
+        await trio.testing.wait_all_tasks_blocked()
+        counts = collections.Counter(name for name, _ in log)
+        assert counts == {"workers-0": 3, "workers-1": 3, "workers-2": 3}
+
+    async def test_random_pool_reaches_every_member(self, system: MessageSystem) -> None:
+        """A seeded random pool spreads calls over all its members."""
+        pool = await workers(system, [], strategy=LoadBalancing.RANDOM, seed=5)
+        assert set(await answers(pool, 60)) == {"workers-0", "workers-1", "workers-2"}
+
+    async def test_least_loaded_goes_to_the_idle_member(self, system: MessageSystem) -> None:
+        """While one member is busy, calls go to the member with nothing to do."""
+        release = trio.Event()
+        pool = await workers(system, [], size=2, strategy=LoadBalancing.LEAST_LOADED)
+        await pool.cast(until(release))
+        await trio.testing.wait_all_tasks_blocked()
+        assert await answers(pool, 3) == ["workers-1"] * 3
+        release.set()
+
+    async def test_least_loaded_avoids_a_long_mailbox(self, system: MessageSystem) -> None:
+        """Casts queued behind a busy member are counted: new work goes to the others."""
+        release = trio.Event()
+        log: Log = []
+        pool = await workers(system, log, size=3, strategy=LoadBalancing.LEAST_LOADED)
+        busy = pool.members[0]
+        await busy.cast(until(release))
+        await trio.testing.wait_all_tasks_blocked()
+        for index in range(4):
+            await pool.cast(index)
+        await trio.testing.wait_all_tasks_blocked()
+        assert "workers-0" not in {name for name, _ in log}
+        release.set()
+
+    async def test_consistent_hash_sends_equal_keys_to_one_member(
+        self, system: MessageSystem
+    ) -> None:
+        """With ``key=``, every message with the same key reaches the same member."""
+        log: Log = []
+        pool = await workers(
+            system, log, strategy=LoadBalancing.CONSISTENT_HASH, key=lambda payload: payload[0]
+        )
+        for index in range(10):
+            await pool.cast(("user-7", index))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len({name for name, _ in log}) == 1
+        assert [payload for _, payload in log] == [("user-7", index) for index in range(10)]
+
+    async def test_consistent_hash_spreads_different_keys(self, system: MessageSystem) -> None:
+        """Many different keys reach every member."""
+        pool = await workers(system, [], strategy=LoadBalancing.CONSISTENT_HASH)
+        names = {await pool.call(("user", index)) for index in range(60)}
+        assert names == {"workers-0", "workers-1", "workers-2"}
+
+    async def test_members_share_one_exactly_once_window(self, system: MessageSystem) -> None:
+        """Exactly once, a message sent again reaches another member and is not handled again."""
+        log: Log = []
+        await workers(system, log, size=2, strategy=LoadBalancing.ROUND_ROBIN)
+        options = MessageOptions(guarantee=DeliveryGuarantee.EXACTLY_ONCE)
+        envelope = cast(None, "once", options, recipient="workers")
+        await system.send_message(envelope)
+        await trio.testing.wait_all_tasks_blocked()
+        await system.send_message(envelope)
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == [("workers-0", "once")]
+        assert system.delivery.get_stats().duplicates_suppressed == 1
+
+    async def test_broadcast_reaches_every_member(self, system: MessageSystem) -> None:
+        """``broadcast`` casts the payload to each member once."""
+        log: Log = []
+        pool = await workers(system, log)
+        await pool.broadcast("hello")
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(log) == [
+            ("workers-0", "hello"),
+            ("workers-1", "hello"),
+            ("workers-2", "hello"),
+        ]
+
+    async def test_send_message_to_the_pool_name_is_balanced(self, system: MessageSystem) -> None:
+        """``system.send_message`` addressed to the pool's name goes through its balancer."""
+        log: Log = []
+        await workers(system, log, strategy=LoadBalancing.ROUND_ROBIN)
+        for index in range(3):
+            await system.send_message(cast(None, index, recipient="workers"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(log) == [("workers-0", 0), ("workers-1", 1), ("workers-2", 2)]
+
+
+class TestFailures:
+    async def test_crashed_member_is_restarted(self, system: MessageSystem) -> None:
+        """A member whose handler crashed is started again, under the same ref and name."""
+        pool = await workers(system, [])
+        member = pool.members[1]
+        with pytest.raises(CallFailed):
+            await member.call(fail)
+        await trio.testing.wait_all_tasks_blocked()
+        assert member.alive
+        assert pool.members[1] == member
+        assert await member.call("who") == "workers-1"
+        assert system.get_stats()[0].agent_restarts == 1
+
+    async def test_pool_keeps_serving_after_a_member_crashed(self, system: MessageSystem) -> None:
+        """After a crash through the pool, every member still answers through it."""
+        pool = await workers(system, [], strategy=LoadBalancing.ROUND_ROBIN)
+        with pytest.raises(CallFailed):
+            await pool.call(fail)
+        assert sorted(await answers(pool, 3)) == ["workers-0", "workers-1", "workers-2"]
+
+    async def test_failed_cast_is_retried_on_another_member(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """At least once, a cast that crashed a member is retried through the pool."""
+        handled: list[str | None] = []
+
+        def fail_on_first_member(ctx: Context) -> None:
+            if ctx.self.name == "workers-0":
+                raise ValueError("boom")
+            handled.append(ctx.self.name)
+
+        pool = await workers(system, [], size=2, strategy=LoadBalancing.ROUND_ROBIN)
+        await pool.cast(fail_on_first_member)
+        await trio.sleep(5)
+        assert handled == ["workers-1"]
+
+    async def test_member_with_open_circuit_is_skipped(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """While a member's circuit is open, the pool sends nothing to it."""
+        async with breaker_system() as system:
+            pool = await workers(system, [], strategy=LoadBalancing.ROUND_ROBIN)
+            failing = pool.members[1]
+            with pytest.raises(CallFailed):
+                await failing.call(fail)
+            assert system.router.stats().circuits[failing.id] is CircuitState.OPEN
+            assert set(await answers(pool, 6)) == {"workers-0", "workers-2"}
+
+    async def test_pool_with_every_circuit_open_refuses_with_circuit_open(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """At most once, a cast to a pool whose members all have open circuits raises
+        ``CircuitOpen`` and is a ``CIRCUIT_OPEN`` dead letter, as for a single agent."""
+        async with breaker_system() as system:
+            pool = await workers(system, [], size=2)
+            for member in pool.members:
+                with pytest.raises(CallFailed):
+                    await member.call(fail)
+            with pytest.raises(CircuitOpen):
+                await pool.cast("refused")
+            assert system.dead_letters[-1].reason is DeadLetterReason.CIRCUIT_OPEN
+
+    async def test_member_back_once_its_circuit_half_opens(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """After the reset timeout the skipped member takes messages again."""
+        async with breaker_system() as system:
+            pool = await workers(system, [], strategy=LoadBalancing.ROUND_ROBIN)
+            with pytest.raises(CallFailed):
+                await pool.members[1].call(fail)
+            await trio.sleep(10)
+            assert "workers-1" in await answers(pool, 3)
+
+    async def test_least_loaded_skips_an_open_circuit(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The idlest member is passed over while its circuit is open."""
+        async with breaker_system() as system:
+            pool = await workers(system, [], size=2, strategy=LoadBalancing.LEAST_LOADED)
+            with pytest.raises(CallFailed):
+                await pool.members[0].call(fail)
+            assert await answers(pool, 3) == ["workers-1"] * 3
+
+
+class TestRegistry:
+    async def test_whereis_pool_name_is_the_pool_ref(self, system: MessageSystem) -> None:
+        """``whereis`` by the pool's name gives its ``PoolRef``."""
+        pool = await workers(system, [])
+        found = system.whereis("workers")
+        assert isinstance(found, PoolRef)
+        assert found == pool
+        assert [member.name for member in found.members] == [m.name for m in pool.members]
+
+    async def test_stop_pool_stops_every_member(self, system: MessageSystem) -> None:
+        """``system.stop(pool)`` stops each member for good, and the pool with them."""
+        pool = await workers(system, [])
+        members = pool.members
+        await system.stop(pool)
+        assert not pool.alive
+        assert [member.alive for member in members] == [False, False, False]
+        assert pool.members == []
+        assert system.router.stats().pools == 0
+
+    async def test_stop_pool_frees_its_names(self, system: MessageSystem) -> None:
+        """After the stop, neither the pool's name nor its members' names answer."""
+        pool = await workers(system, [])
+        await system.stop(pool)
+        assert system.whereis("workers") is None
+        assert system.whereis("workers-0") is None
+
+    async def test_stopped_pool_name_can_be_reused(self, system: MessageSystem) -> None:
+        """A new pool can take the name of a stopped one, with the same member names."""
+        await system.stop(await workers(system, []))
+        log: Log = []
+        again = await workers(system, log, size=2)
+        assert await answers(again, 2) == ["workers-0", "workers-1"]
+        assert system.whereis("workers") == again
+
+    @pytest.mark.parametrize("size", [0, -1, 1.5, True, "3"])
+    async def test_bad_size_raises_invalid_config(
+        self, system: MessageSystem, size: object
+    ) -> None:
+        """A size that is not an int of at least 1 is refused, and no name is taken."""
+        with pytest.raises(InvalidConfig):
+            await system.spawn_pool(Worker, [], size=size, name="workers")  # type: ignore[arg-type]
+        assert system.whereis("workers") is None
+        assert system.whereis("workers-0") is None
+
+    @pytest.mark.parametrize("strategy", ["round-robin", "fastest", None, 0])
+    async def test_unknown_strategy_raises_invalid_config(
+        self, system: MessageSystem, strategy: object
+    ) -> None:
+        """A strategy that is not a ``LoadBalancing`` is refused, and no name is taken."""
+        with pytest.raises(InvalidConfig):
+            await system.spawn_pool(Worker, [], size=2, name="workers", strategy=strategy)  # type: ignore[arg-type]
+        assert system.whereis("workers") is None
+
+    async def test_non_callable_key_raises_invalid_config(self, system: MessageSystem) -> None:
+        """A ``key`` that is not a function of the payload is refused."""
+        with pytest.raises(InvalidConfig):
+            await system.spawn_pool(
+                Worker,
+                [],
+                size=2,
+                name="workers",
+                strategy=LoadBalancing.CONSISTENT_HASH,
+                key="user",  # type: ignore[arg-type]
+            )
+        assert system.whereis("workers") is None
+
+    async def test_monitoring_a_pool_raises_invalid_config(self, system: MessageSystem) -> None:
+        """``ctx.monitor`` of a pool ref is refused: monitors watch one agent."""
+        pool = await workers(system, [])
+
+        def try_monitor(ctx: Context) -> Exception | None:
+            try:
+                ctx.monitor(pool)
+            except InvalidConfig as error:
+                return error
+            return None
+
+        watcher = await system.spawn(Runner)
+        assert isinstance(await watcher.call(try_monitor), InvalidConfig)
