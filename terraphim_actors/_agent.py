@@ -10,7 +10,7 @@ import trio
 from supervisor import RestartType
 
 from ._ids import AgentId, MessageId
-from ._messages import Envelope
+from ._messages import DeliveryGuarantee, Envelope
 from ._notifications import ExitReason, MonitorRef, StopReason
 from ._protocol import ReplyHandle
 from ._timers import Timer
@@ -72,10 +72,11 @@ class DeferredReply:
     stops first, the caller gets ``AgentStopped``; if the caller gave up, the answer is dropped.
     """
 
-    __slots__ = ("_cell", "_handle", "_used")
+    __slots__ = ("_cell", "_envelope", "_handle", "_used")
 
-    def __init__(self, cell: AgentCell, handle: ReplyHandle) -> None:
+    def __init__(self, cell: AgentCell, envelope: Envelope, handle: ReplyHandle) -> None:
         self._cell = cell
+        self._envelope = envelope
         self._handle = handle
         self._used = False
 
@@ -96,7 +97,10 @@ class DeferredReply:
         await trio.lowlevel.checkpoint()
         if not self._keep():
             return False
-        self._cell.system.delivery.record_success(self._cell)
+        delivery = self._cell.system.delivery
+        delivery.record_success(self._cell)
+        if self._envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE:
+            delivery.remember(self._cell, self._envelope, value)  # for a resend of the call
         return self._handle.reply(value)
 
     async def fail(self, error: BaseException) -> bool:
@@ -186,7 +190,7 @@ class Context:
             raise TypeError("only a call can be deferred")
         self._deferred = True
         self._cell.remember_deferred(handle)
-        return DeferredReply(self._cell, handle)
+        return DeferredReply(self._cell, self.envelope, handle)
 
     def monitor(self, ref: AgentRef) -> MonitorRef:
         """Get a ``Down`` info when the agent behind ``ref`` stops for good.

@@ -10,13 +10,13 @@ from supervisor import ChildSpec, RestartType
 
 from ._agent import Agent
 from ._cell import AgentCell, CellState
-from ._dedup import HandledMessages
 from ._ids import AgentId
 from ._mailbox import MailboxConfig
 from ._notifications import StopReason
 from ._ref import AgentRef
 
 if TYPE_CHECKING:
+    from ._pool import Pool
     from ._system import MessageSystem
 
 __all__ = ["AgentStarter", "agent_child_spec"]
@@ -48,9 +48,8 @@ class AgentStarter:
         self.shutdown = shutdown
         self.restart = restart
         self.cell: AgentCell | None = None
-        #: The exactly-once window its agent starts with: the pool's, shared by the members,
-        #: so that a message retried through the pool is not handled again by another member.
-        self.handled: HandledMessages | None = None
+        #: The pool its agent is a member of, if any.
+        self.pool: Pool | None = None
 
     def __repr__(self) -> str:
         return f"<AgentStarter {self.agent_class.__name__} {self.agent_id!r}>"
@@ -69,7 +68,7 @@ class AgentStarter:
                 self.shutdown,
                 self.restart,
             )
-            cell.handled = self.handled
+            cell.pool = self.pool
             if previous is not None:  # the same agent to its senders: same circuit, same dedup
                 cell.breaker, cell.handled = previous.breaker, previous.handled
             self.system.register(cell)

@@ -48,6 +48,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from ._pool import Pool
     from ._system import MessageSystem
 
 __all__ = ["AgentCell", "CellState"]
@@ -126,6 +127,8 @@ class AgentCell:
         self.breaker: CircuitBreaker | None = None
         #: What it handled lately under exactly-once, made on the first such message.
         self.handled: HandledMessages | None = None
+        #: The pool it is a member of, whose window dedups what comes through the pool.
+        self.pool: Pool | None = None
 
     def __repr__(self) -> str:
         return f"<AgentCell {self.id!r} {self.state.value}>"
@@ -284,13 +287,12 @@ class AgentCell:
                     batch_started = clock()
                     served = 0
                 served += 1
-                if envelope.created_at + envelope.options.timeout < clock() or (
-                    envelope.reply is not None and envelope.reply.abandoned
-                ):
-                    delivery.undelivered(envelope, DeadLetterReason.EXPIRED, _expired(envelope))
+                if _expired(envelope, clock):
+                    delivery.undelivered(envelope, DeadLetterReason.EXPIRED, _expiry(envelope))
                     continue
-                handled = self.handled
-                if handled is not None and delivery.suppress_duplicate(handled, envelope):
+                if envelope.options.guarantee is EXACTLY_ONCE and delivery.suppress_duplicate(
+                    self, envelope
+                ):
                     continue
                 self._in_hand = envelope
                 context._envelope = envelope
@@ -342,7 +344,9 @@ class AgentCell:
         if handle.pending:
             handle.reply(result)
             return result
-        return handle.value if handle.replied else NO_REPLY  # answered through ctx.caller
+        if handle.replied:
+            return handle.value  # answered through ctx.caller
+        return result  # its caller gave up: kept for a resend under exactly-once
 
     async def _end_instance(self, instance: Agent, reason: ExitReason) -> None:
         """Settle everything the instance had in hand, then let it clean up."""
@@ -351,7 +355,11 @@ class AgentCell:
         if in_hand is not None:
             crashed = isinstance(reason, BaseException)
             why = DeadLetterReason.HANDLER_CRASHED if crashed else self._undelivered_reason()
-            self._drop(in_hand, why, reason)
+            # A handler cut short by a restart (not a stop for good) gets another try.
+            runs_again = not (crashed or self._final or self.retiring or self.system.closing)
+            self.system.delivery.undelivered(
+                in_hand, why, stopped_error(self.id, reason), runs_again=runs_again
+            )
         for handle in self._deferred:
             if handle.pending:  # the handler may have answered it through ``ctx.caller``
                 handle.fail(stopped_error(self.id, reason))
@@ -485,12 +493,21 @@ class AgentCell:
         self.system.nursery.start_soon(linked)
 
 
-def _expired(envelope: Envelope) -> DeliveryFailed:
-    if envelope.reply is not None and envelope.reply.abandoned:
+def _expired(envelope: Envelope, clock: Callable[[], float]) -> bool:
+    """Whether ``envelope`` is no longer worth handling: a call once its caller gave up, any
+    other message once its timeout has passed."""
+    handle = envelope.reply
+    if handle is not None:
+        return handle.abandoned
+    return envelope.created_at + envelope.options.timeout < clock()
+
+
+def _expiry(envelope: Envelope) -> DeliveryFailed:
+    """The error (and dead-letter detail) of an expired message."""
+    if envelope.reply is not None:
         return DeliveryFailed("the caller gave up before it was handled")
-    return DeliveryFailed(
-        f"its timeout ({envelope.options.timeout} s) passed before it was handled"
-    )
+    timeout = envelope.options.timeout
+    return DeliveryFailed(f"its timeout ({timeout} s) passed before it was handled")
 
 
 def _wrap(error_type: type[CallFailed], agent: AgentId, error: Exception) -> CallFailed:

@@ -77,6 +77,13 @@ class CircuitBreaker:
         """Trio time at which an open circuit turns half-open."""
         return self._opened_at + self._config.reset_timeout
 
+    def would_admit(self, now: float) -> bool:
+        """Whether :meth:`admit` would let a message through at ``now`` (counts nothing)."""
+        state = self.state(now)
+        return state is CircuitState.CLOSED or (
+            state is CircuitState.HALF_OPEN and self._trials < self._config.half_open_max_calls
+        )
+
     def admit(self, now: float) -> bool:
         """May a message go through at ``now``? A half-open circuit counts it as a trial."""
         state = self.state(now)

@@ -11,6 +11,8 @@ costs the sender a wait.
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import random
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DeliveryConfig", "DeliveryManager", "DeliveryStats", "RetryCandidate"]
 
+logger = logging.getLogger("terraphim_actors.delivery")
+
 AT_MOST_ONCE = DeliveryGuarantee.AT_MOST_ONCE
 EXACTLY_ONCE = DeliveryGuarantee.EXACTLY_ONCE
 
@@ -47,11 +51,12 @@ EXACTLY_ONCE = DeliveryGuarantee.EXACTLY_ONCE
 #: sender that hears of it gets.
 _Failure: TypeAlias = tuple[DeadLetterReason, MessagingError]
 
-#: Failures that a retrying guarantee retries; any other failure is final.
+#: Failures that a retrying guarantee retries. Any other is final: an agent that stopped for
+#: good refuses at once, as a dead process does in Erlang. (A message whose handler a restart
+#: cut short is retried too, see ``DeliveryManager.undelivered``.)
 _RETRIED = frozenset(
     {
         DeadLetterReason.NOT_FOUND,
-        DeadLetterReason.AGENT_STOPPED,
         DeadLetterReason.MAILBOX_FULL,
         DeadLetterReason.CIRCUIT_OPEN,
         DeadLetterReason.HANDLER_CRASHED,
@@ -169,9 +174,11 @@ class DeliveryManager:
         self._defaults: tuple[MessageOptions, ...] = tuple(
             self._filled(MessageOptions(priority=priority)) for priority in Priority
         )
-        #: System notifications: never retried, whatever the system's default.
+        #: System notifications: never retried, whatever the system's default, and never
+        #: expired (a ``Down`` must reach a monitor, however busy it was).
         self._notices: tuple[MessageOptions, ...] = tuple(
-            attrs.evolve(options, guarantee=AT_MOST_ONCE) for options in self._defaults
+            attrs.evolve(options, guarantee=AT_MOST_ONCE, timeout=math.inf)
+            for options in self._defaults
         )
         self._waiting: dict[RetryCandidate, Timer] = {}
         self.sent = 0
@@ -245,10 +252,7 @@ class DeliveryManager:
         try:
             cell.mailbox.send_nowait(envelope)
         except (MailboxFull, MailboxClosed) as error:
-            reason = _failure_of(error, cell)[0]
-            if self._system.closing:
-                reason = DeadLetterReason.SYSTEM_STOPPED
-            self._give_up(envelope, reason, str(error))
+            self._give_up(envelope, self._final_reason(_failure_of(error, cell)[0]), str(error))
         else:
             self.delivered += 1
 
@@ -259,7 +263,8 @@ class DeliveryManager:
         Returns the agent it was delivered to.
 
         Raises:
-            MailboxFull, CircuitOpen, AgentStopped, AgentNotFound: at-most-once, the failure.
+            AgentStopped: the agent has stopped for good.
+            MailboxFull, CircuitOpen, AgentNotFound: at-most-once, the failure.
             DeliveryFailed: its retries ran out (the last failure is the cause).
         """
         self.sent += 1
@@ -271,16 +276,22 @@ class DeliveryManager:
                     return cell
                 reason, error = failure
                 self._count_failure(cell, reason)
-                if envelope.options.guarantee is AT_MOST_ONCE or self._system.closing:
+                if not self._retries(envelope, reason):
                     raise error
                 if envelope.attempt >= _max_retries(envelope):
                     raise DeliveryFailed(
                         f"{envelope!r} not delivered after {envelope.attempt} retries: {error}"
                     ) from error
                 envelope.attempt += 1
+                due = self._retry_time(cell, envelope, reason)
+                if due >= envelope.deadline:
+                    raise DeliveryFailed(
+                        f"{envelope!r} not delivered: its next try would come after its"
+                        f" caller's deadline: {error}"
+                    ) from error
                 self.retried += 1
-                await trio.sleep(self.backoff(envelope))
-                cell = self._system.router.target_of(envelope)
+                await trio.sleep_until(due)
+                [(cell, envelope)] = self._system.router.retry_targets_of(envelope)[:1]
         except MessagingError:
             self.failed += 1
             raise
@@ -339,77 +350,103 @@ class DeliveryManager:
         reason: DeadLetterReason,
         error: MessagingError,
     ) -> None:
-        """A cast or info could not be delivered: retry it later, or give up on it."""
+        """A cast or info could not be delivered: retry it later, or give up on it (and raise
+        to an at-most-once sender what it should hear of)."""
         self._count_failure(cell, reason)
-        closing = self._system.closing
-        if envelope.options.guarantee is not AT_MOST_ONCE and not closing:
-            self._schedule_retry(envelope, reason, str(error))
+        if self._retries(envelope, reason):
+            self._schedule_retry(envelope, reason, str(error), cell)
             return
-        missing = reason in (DeadLetterReason.AGENT_STOPPED, DeadLetterReason.NOT_FOUND)
-        self._give_up(
-            envelope, DeadLetterReason.SYSTEM_STOPPED if closing and missing else reason, str(error)
-        )
-        if reason in _RAISED:
+        self._give_up(envelope, self._final_reason(reason), str(error))
+        if envelope.options.guarantee is AT_MOST_ONCE and reason in _RAISED:
             raise error
+
+    def _retries(
+        self, envelope: Envelope, reason: DeadLetterReason, *, runs_again: bool = False
+    ) -> bool:
+        """Whether a failure for ``reason`` is retried: by the message's guarantee, never once
+        the system is shutting down."""
+        return (
+            (reason in _RETRIED or runs_again)
+            and envelope.options.guarantee is not AT_MOST_ONCE
+            and not self._system.closing
+        )
+
+    def _final_reason(self, reason: DeadLetterReason) -> DeadLetterReason:
+        """The dead-letter reason of a failure not retried: at shutdown, the shutdown."""
+        if self._system.closing and reason in (_RETRIED | {DeadLetterReason.AGENT_STOPPED}):
+            return DeadLetterReason.SYSTEM_STOPPED
+        return reason
 
     # -- what the recipient reports ---------------------------------------------------------
 
     def acknowledge(self, cell: AgentCell, envelope: Envelope, reply: Any = NO_REPLY) -> None:
         """The handler of ``envelope`` returned normally (a call's ``reply`` is kept for its
-        duplicates under exactly-once)."""
+        duplicates under exactly-once). ``AgentCell._serve`` counts the common case itself."""
         self.acknowledged += 1
         breaker = cell.breaker
         handle = envelope.reply
         if breaker is not None and (handle is None or not handle.pending):
             breaker.record_success()  # a deferred call succeeds when it is answered
         if envelope.options.guarantee is EXACTLY_ONCE:
-            handled = cell.handled
-            if handled is None:
-                handled = cell.handled = HandledMessages(self.config.dedup_window)
-            handled.remember(envelope.id, self._clock.current_time(), reply)
+            self.remember(cell, envelope, reply)
 
-    def suppress_duplicate(self, handled: HandledMessages, envelope: Envelope) -> bool:
-        """If ``envelope`` was handled within the window, settle it without handling it again
-        (a duplicate call gets the reply the first one got) and return True."""
-        if envelope.options.guarantee is not EXACTLY_ONCE:
-            return False
-        reply = handled.reply_for(envelope.id, self._clock.current_time())
+    def remember(self, cell: AgentCell, envelope: Envelope, reply: Any = NO_REPLY) -> None:
+        """Record an exactly-once message as handled, with the reply a call gave."""
+        handled = self._window(cell, envelope)
+        handled.remember(envelope.id, self._clock.current_time(), reply)
+
+    def suppress_duplicate(self, cell: AgentCell, envelope: Envelope) -> bool:
+        """If the exactly-once ``envelope`` was handled within the window, settle it without
+        handling it again (a duplicate call gets the reply the first one got); return True."""
+        reply = self._window(cell, envelope).reply_for(envelope.id, self._clock.current_time())
         if reply is UNSEEN:
             return False
         self.duplicates_suppressed += 1
         handle = envelope.reply
         if handle is not None and handle.pending:
             if reply is NO_REPLY:
-                handle.fail(
-                    DeliveryFailed(f"{envelope!r} was answered before, by a deferred reply")
-                )
+                handle.fail(DeliveryFailed(f"{envelope!r} was handled before, with no reply kept"))
             else:
                 handle.reply(reply)
         return True
 
-    def undelivered(self, envelope: Envelope, why: DeadLetterReason, error: Exception) -> None:
+    def _window(self, cell: AgentCell, envelope: Envelope) -> HandledMessages:
+        """The dedup window for ``envelope`` at ``cell``: its pool's, if it came through the
+        pool (so that no member handles it again), else the agent's own."""
+        pool = cell.pool
+        if pool is not None and self._system.registered_id(envelope.recipient) == pool.id:
+            return pool.handled
+        if cell.handled is None:
+            cell.handled = HandledMessages(self.config.dedup_window)
+        return cell.handled
+
+    def undelivered(
+        self,
+        envelope: Envelope,
+        why: DeadLetterReason,
+        error: Exception,
+        *,
+        runs_again: bool = False,
+    ) -> None:
         """A message taken in (or left in a mailbox) that no handler completed.
 
-        A waiting caller gets ``error``; a cast or info under a retrying guarantee is retried
-        for a handler crash or a stopped recipient; anything else becomes a dead letter.
+        A waiting caller gets ``error`` (one already answered counts as acknowledged); a cast
+        or info is retried by its guarantee if it failed for a reason retries fix, or its agent
+        ``runs_again`` (a restart cut its handler short); anything else becomes a dead letter.
         """
         handle = envelope.reply
         if handle is not None and not handle.abandoned:
             if handle.pending:
                 handle.fail(error)
-            self.failed += 1  # the caller was told (by ``error``, or the handler's own error)
+            if handle.replied:
+                self.acknowledged += 1  # answered through ctx.caller, then the handler raised
+            else:
+                self.failed += 1
             return
-        if (
-            why in _RETRIED
-            and handle is None
-            and envelope.options.guarantee is not AT_MOST_ONCE
-            and not self._system.closing
-        ):
+        if handle is None and self._retries(envelope, why, runs_again=runs_again):
             self._schedule_retry(envelope, why, str(error))
             return
-        if self._system.closing and why in _RETRIED:
-            why = DeadLetterReason.SYSTEM_STOPPED
-        self._give_up(envelope, why, str(error))
+        self._give_up(envelope, self._final_reason(why), str(error))
 
     def record_success(self, cell: AgentCell) -> None:
         """Count a success for ``cell``'s circuit breaker (a deferred reply was sent)."""
@@ -444,7 +481,26 @@ class DeliveryManager:
             delay *= 1 + self._random.uniform(0, config.jitter)
         return delay
 
-    def _schedule_retry(self, envelope: Envelope, reason: DeadLetterReason, detail: str) -> None:
+    def _retry_time(
+        self, cell: AgentCell | None, envelope: Envelope, reason: DeadLetterReason
+    ) -> float:
+        """When the next try of ``envelope`` is due, by the backoff (``attempt`` is that next
+        try's number); not before an open circuit lets a trial through, since sooner it would
+        only fail again."""
+        due = self._clock.current_time() + self.backoff(envelope)
+        if reason is DeadLetterReason.CIRCUIT_OPEN and cell is not None and cell.breaker:
+            due = max(due, cell.breaker.reopens_at)
+        return due
+
+    def _schedule_retry(
+        self,
+        envelope: Envelope,
+        reason: DeadLetterReason,
+        detail: str,
+        cell: AgentCell | None = None,
+    ) -> None:
+        """Have the router try ``envelope`` again after its backoff, or give up on it if it
+        has had all its retries."""
         if envelope.attempt >= _max_retries(envelope):
             self._give_up(
                 envelope,
@@ -454,7 +510,7 @@ class DeliveryManager:
             return
         envelope.attempt += 1
         self.retried += 1
-        due = self._clock.current_time() + self.backoff(envelope)
+        due = self._retry_time(cell, envelope, reason)
         candidate = RetryCandidate(envelope, envelope.attempt, due, reason)
         timer = self._system.router.call_at(due, functools.partial(self._retry, candidate))
         self._waiting[candidate] = timer
@@ -469,10 +525,22 @@ class DeliveryManager:
         if envelope.created_at + envelope.options.timeout < self._clock.current_time():
             self._give_up(envelope, DeadLetterReason.EXPIRED, "its timeout passed before a retry")
             return
-        for cell, copy in self._system.router.retry_targets_of(envelope):
+        try:
+            targets = self._system.router.retry_targets_of(envelope)
+        except Exception as error:  # a custom router or a pool's key function: user code
+            logger.error("routing a retry of %r raised", envelope, exc_info=error)
+            self._give_up(envelope, DeadLetterReason.NOT_FOUND, f"routing it raised {error!r}")
+            return
+        self.sent += len(targets) - 1  # each copy fanned out is a message of its own
+        for cell, copy in targets:
             failure = self._put_nowait(cell, copy)
             if failure is not None:
                 self._failed(cell, copy, *failure)
+
+    @property
+    def waiting(self) -> int:
+        """How many messages wait for a retry."""
+        return len(self._waiting)
 
     def get_retry_candidates(self) -> tuple[RetryCandidate, ...]:
         """The messages waiting for a retry, soonest first."""

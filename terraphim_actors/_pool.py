@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING, Any
 from supervisor import Supervisor
 
 from ._balancing import Balancer, LoadBalancing
-from ._circuit import CircuitState
+from ._cell import CellState
+from ._dedup import HandledMessages
 from ._ids import AgentId
 from ._messages import Envelope, Priority
 from ._ref import AgentRef
+from ._task_context import current_cell
 from .errors import InvalidConfig
 
 if TYPE_CHECKING:
@@ -28,39 +30,53 @@ class Pool:
         self,
         system: MessageSystem,
         pool_id: AgentId,
-        members: list[AgentStarter],
+        starters: list[AgentStarter],
         balancer: Balancer,
         supervisor: Supervisor,
     ) -> None:
         self.system = system
         self.id = pool_id
-        self.members = members
+        #: What starts each member, by position.
+        self.starters = starters
         self.balancer = balancer
         #: The supervisor that restarts the members.
         self.supervisor = supervisor
+        #: The exactly-once window of messages sent through the pool, shared by the members.
+        self.handled = HandledMessages(system.delivery.config.dedup_window)
 
     def retire(self) -> None:
         """The pool will not run again: its members stop for good and its name is freed."""
-        for starter in self.members:
+        for starter in self.starters:
             starter.retire()
         self.system.forget_pool(self)
 
     def member(self, position: int) -> AgentCell | None:
         """The agent at ``position`` if it has not stopped for good."""
-        cell = self.members[position].cell
+        cell = self.starters[position].cell
         return None if cell is None or cell.stopped.is_set() else cell
 
+    def members(self) -> list[AgentCell]:
+        """The members that have not stopped for good, in pool order."""
+        return [cell for cell in map(self.member, range(len(self.starters))) if cell is not None]
+
     def choose(self, payload: Any) -> AgentCell | None:
-        """The member for a message carrying ``payload``, skipping those whose circuit is open;
-        ``None`` when no member can take it."""
+        """The member for a message carrying ``payload``; ``None`` when no member can take it.
+
+        A member is skipped while its circuit refuses, while it waits to restart (if another
+        member runs), and when it is the sender itself (it would call itself).
+        """
         now = self.system.clock.current_time()
+        sender = current_cell.get()
+        running_only = any(cell.state is CellState.RUNNING for cell in self.members())
 
         def available(position: int) -> bool:
             cell = self.member(position)
-            if cell is None:
+            if cell is None or cell is sender:
+                return False
+            if running_only and cell.state is not CellState.RUNNING:
                 return False
             breaker = cell.breaker
-            return breaker is None or breaker.state(now) is not CircuitState.OPEN
+            return breaker is None or breaker.would_admit(now)
 
         def load(position: int) -> int:
             cell = self.member(position)
@@ -69,16 +85,15 @@ class Pool:
         position = self.balancer.choose(payload, available, load)
         if position is not None:
             return self.member(position)
-        # Every running member's circuit is open: name the one that half-opens first, so the
+        # Every member's circuit refuses: name the one that lets a trial through first, so the
         # sender sees the open circuit (and a retry waits for it) rather than nobody.
-        running = [cell for cell in map(self.member, range(len(self.members))) if cell]
-        return min(running, key=_reopens_at, default=None)
+        guarded = [cell for cell in self.members() if cell.breaker is not None]
+        return min(guarded, key=_reopens_at, default=None)
 
 
 def _reopens_at(cell: AgentCell) -> float:
-    breaker = cell.breaker
-    assert breaker is not None  # only members with an open circuit are unavailable
-    return breaker.reopens_at
+    assert cell.breaker is not None
+    return cell.breaker.reopens_at
 
 
 class PoolRef(AgentRef):
@@ -96,7 +111,7 @@ class PoolRef(AgentRef):
         self.id = pool.id
 
     def __repr__(self) -> str:
-        return f"PoolRef({self.id!r}, {len(self._pool.members)} members)"
+        return f"PoolRef({self.id!r}, {len(self._pool.starters)} members)"
 
     @property
     def strategy(self) -> LoadBalancing:
@@ -106,8 +121,7 @@ class PoolRef(AgentRef):
     @property
     def members(self) -> list[AgentRef]:
         """Refs to the members that have not stopped for good, in pool order."""
-        cells = (self._pool.member(position) for position in range(len(self._pool.members)))
-        return [cell.ref for cell in cells if cell is not None]
+        return [cell.ref for cell in self._pool.members()]
 
     @property
     def alive(self) -> bool:

@@ -149,6 +149,6 @@ class Router:
             circuits=circuits,
             open_circuits=sum(state is CircuitState.OPEN for state in circuits.values()),
             routed=self.routed,
-            retries_waiting=len(self._system.delivery.get_retry_candidates()),
+            retries_waiting=self._system.delivery.waiting,
             pools=len(self.pools),
         )

@@ -27,7 +27,6 @@ from ._balancing import Balancer, LoadBalancing
 from ._cell import AgentCell, CellState
 from ._checks import check_count, check_instance, check_seconds, validator
 from ._dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
-from ._dedup import HandledMessages
 from ._delivery import DeliveryConfig, DeliveryManager
 from ._ids import AgentId
 from ._mailbox import Mailbox, MailboxConfig, MailboxStats
@@ -268,9 +267,9 @@ class MessageSystem:
 
         Members are named ``"{name}-{i}"`` (unnamed if the pool is), restart one for one
         within ``max_restarts`` in ``max_seconds`` (default: the system's intensity), and are
-        skipped while their circuit is open. They share one exactly-once window, so a message
-        retried through the pool is not handled again by another member. The pool's name finds
-        the pool's ref.
+        skipped while their circuit is open, or while they wait to restart if another member
+        runs. Messages through the pool share one exactly-once window, so one retried through
+        the pool is not handled again by another member. The pool's name finds its ref.
 
         Args:
             key: for ``CONSISTENT_HASH``, what to hash of a message's payload (default: the
@@ -301,9 +300,6 @@ class MessageSystem:
             )
             for position in range(size)
         ]
-        shared = HandledMessages(config.delivery.dedup_window)
-        for starter in starters:
-            starter.handled = shared
         pool_id = self._claim(name)
         members = Supervisor(
             [agent_child_spec(starter) for starter in starters],
@@ -313,6 +309,8 @@ class MessageSystem:
             name=f"pool {name or pool_id!r}",
         )
         pool = Pool(self, pool_id, starters, Balancer(strategy, size, key=key, seed=seed), members)
+        for starter in starters:
+            starter.pool = pool
         self.router.pools[pool_id] = pool
         try:
             await self.root.start_child(attrs.evolve(members.as_child(pool_id), retire=pool.retire))
@@ -510,6 +508,7 @@ class MessageSystem:
             await mailbox.send(envelope)
             return
         envelope.options = self.delivery.resolve(envelope.options)
+        envelope.attempt = 0  # a message sent again gets its retries again
         for cell, copy in self.router.targets_of(envelope):
             if copy.kind is MessageKind.CALL:
                 await self.delivery.send_call(cell, copy)
