@@ -38,7 +38,6 @@ from terraphim_actors import (
 from terraphim_actors.errors import (
     AgentNotFound,
     CallFailed,
-    CallTimeout,
     DeliveryFailed,
     InvalidConfig,
     MailboxFull,
