@@ -640,7 +640,6 @@ class TestStopFromInside:
         assert not ref.alive
         assert stops == [StopReason.NORMAL]
 
-    @pytest.mark.at_most_once
     async def test_messages_after_ctx_stop_are_not_handled(self, system: MessageSystem) -> None:
         """Messages waiting behind the one that called ``ctx.stop()`` are not handled."""
         release = trio.Event()
@@ -717,7 +716,6 @@ class TestOnStop:
         assert not clumsy.alive
         assert stops == [StopReason.SHUTDOWN]
 
-    @pytest.mark.at_most_once
     async def test_call_to_a_stopping_agent_in_on_stop_fails(self, system: MessageSystem) -> None:
         """Once ``on_stop`` runs, the agent takes no new calls: they raise ``AgentStopped``."""
         release = trio.Event()

@@ -163,7 +163,6 @@ class TestCallFailure:
         await trio.testing.wait_all_tasks_blocked()
         assert inbox == [Down(ref, error, monitor)]
 
-    @pytest.mark.at_most_once
     async def test_call_to_crashed_agent_fails_fast(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:
@@ -594,7 +593,6 @@ class TestBoundedMailbox:
         assert handled == ["first", "second"]
 
 
-@pytest.mark.at_most_once
 class TestStoppedRecipient:
     async def test_cast_to_stopped_agent_becomes_a_dead_letter(self, system: MessageSystem) -> None:
         """A cast to an agent that stopped is filed as an AGENT_STOPPED dead letter."""
@@ -696,7 +694,6 @@ class TestAgentRefIdentity:
         assert not ref.alive
 
 
-@pytest.mark.at_most_once
 class TestRefBadInputAndCheckpoints:
     @pytest.mark.parametrize("priority", [-1, 7, "HIGH", 2])
     async def test_priority_must_be_a_priority(self, system: MessageSystem, priority: Any) -> None:
@@ -714,6 +711,7 @@ class TestRefBadInputAndCheckpoints:
         with trio.testing.assert_checkpoints():
             await ref.cast("too late")
 
+    @pytest.mark.at_most_once
     async def test_cast_rejected_by_a_full_mailbox_still_checkpoints(
         self, system: MessageSystem
     ) -> None:

@@ -282,7 +282,6 @@ class TestStop:
         assert trio.current_time() == started
         assert stops == [StopReason.NORMAL]
 
-    @pytest.mark.at_most_once
     async def test_queued_messages_of_a_stopped_agent_become_dead_letters(
         self, system: MessageSystem
     ) -> None:
@@ -498,7 +497,6 @@ class TestStatistics:
         assert stats.messages_processed == 3
         assert [entry.messages_received for entry in mailboxes] == [1]
 
-    @pytest.mark.at_most_once
     async def test_counts_dead_letters_by_reason(self, system: MessageSystem) -> None:
         """Dead letters are counted in total and per reason."""
         silent = await system.spawn(Silent)
@@ -548,7 +546,6 @@ class TestDeadLetters:
             assert stats.dead_letters == 5
             assert stats.dead_letters_by_reason == {DeadLetterReason.AGENT_STOPPED: 5}
 
-    @pytest.mark.at_most_once
     async def test_dead_letter_records_when_it_died(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:
