@@ -287,7 +287,13 @@ class AgentCell:
                     batch_started = clock()
                     served = 0
                 served += 1
-                if _expired(envelope, clock):
+                # Expired: a call once its caller gave up, anything else past its timeout.
+                handle = envelope.reply
+                if (
+                    handle.abandoned
+                    if handle is not None
+                    else envelope.created_at + envelope.options.timeout < clock()
+                ):
                     delivery.undelivered(envelope, DeadLetterReason.EXPIRED, _expiry(envelope))
                     continue
                 if envelope.options.guarantee is EXACTLY_ONCE and delivery.suppress_duplicate(
@@ -491,15 +497,6 @@ class AgentCell:
             self._background.discard(scope)
 
         self.system.nursery.start_soon(linked)
-
-
-def _expired(envelope: Envelope, clock: Callable[[], float]) -> bool:
-    """Whether ``envelope`` is no longer worth handling: a call once its caller gave up, any
-    other message once its timeout has passed."""
-    handle = envelope.reply
-    if handle is not None:
-        return handle.abandoned
-    return envelope.created_at + envelope.options.timeout < clock()
 
 
 def _expiry(envelope: Envelope) -> DeliveryFailed:
