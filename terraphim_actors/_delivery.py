@@ -555,11 +555,8 @@ class DeliveryManager:
 
     # -- the end of the line -----------------------------------------------------------------
 
-    def dead_letter(self, envelope: Envelope, reason: DeadLetterReason, detail: str = "") -> None:
-        """Give up on a message: count it and file it as a dead letter."""
-        self._give_up(envelope, reason, detail)
-
     def _give_up(self, envelope: Envelope, reason: DeadLetterReason, detail: str) -> None:
+        """The end of the line for a message: count it and file it as a dead letter."""
         self.dead_lettered += 1
         self._system.file_dead_letter(envelope, reason, detail)
 

@@ -527,8 +527,8 @@ class MessageSystem:
     ) -> None:
         """Keep and count a message that will not be delivered, and tell the subscribers.
 
-        The delivery layer calls this once it has given up on a message; elsewhere use
-        ``system.delivery.dead_letter``, which counts it in the delivery statistics too.
+        The delivery layer calls this once it has given up on a message it had accepted (and
+        counts it in its own statistics); the system calls it for a hand-driven mailbox's.
         """
         letter = self._dead_letters.record(envelope, reason, detail)
         if isinstance(envelope.payload, DeadLetter):
