@@ -291,7 +291,7 @@ class DeliveryManager:
                     ) from error
                 self.retried += 1
                 await trio.sleep_until(due)
-                [(cell, envelope)] = self._system.router.retry_targets_of(envelope)[:1]
+                [(cell, envelope)] = self._system.router.targets_of(envelope, retry=True)[:1]
         except MessagingError:
             self.failed += 1
             raise
@@ -526,7 +526,7 @@ class DeliveryManager:
             self._give_up(envelope, DeadLetterReason.EXPIRED, "its timeout passed before a retry")
             return
         try:
-            targets = self._system.router.retry_targets_of(envelope)
+            targets = self._system.router.targets_of(envelope, retry=True)
         except Exception as error:  # a custom router or a pool's key function: user code
             logger.error("routing a retry of %r raised", envelope, exc_info=error)
             self._give_up(envelope, DeadLetterReason.NOT_FOUND, f"routing it raised {error!r}")

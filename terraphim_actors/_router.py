@@ -103,13 +103,19 @@ class Router:
         """Run ``callback`` in the router's task at Trio time ``due``."""
         return self._schedule.call_at(due, callback)
 
-    def targets_of(self, envelope: Envelope) -> list[tuple[AgentCell | None, Envelope]]:
-        """Where an addressed message goes: ``(cell, copy)`` pairs, one per recipient, or a
-        single ``(None, envelope)`` when nobody takes it now."""
-        custom = self.config.custom_router
-        if custom is None:
-            return [(self.target_of(envelope), envelope)]
+    def targets_of(
+        self, envelope: Envelope, *, retry: bool = False
+    ) -> list[tuple[AgentCell | None, Envelope]]:
+        """Where an addressed message goes now: ``(cell, copy)`` pairs, one per recipient, or
+        a single ``(None, envelope)`` when nobody takes it.
+
+        The custom router decides, if there is one; but a retry of a copy it addressed to an
+        agent (by ``AgentId``) goes to that agent.
+        """
         self.routed += 1
+        custom = self.config.custom_router
+        if custom is None or (retry and isinstance(envelope.recipient, AgentId)):
+            return [(self._registered_target(envelope), envelope)]
         refs = list(custom.route(envelope, self._system))
         if not refs:
             return [(None, envelope)]
@@ -118,16 +124,8 @@ class Router:
             copy.recipient = ref.id
         return [(ref._target(copy), copy) for ref, copy in zip(refs, copies, strict=True)]
 
-    def retry_targets_of(self, envelope: Envelope) -> list[tuple[AgentCell | None, Envelope]]:
-        """Where a retry goes: by the custom router if the message is still addressed by name
-        (it routed it nowhere before), else to the agent or pool its recipient names."""
-        if self.config.custom_router is not None and not isinstance(envelope.recipient, AgentId):
-            return self.targets_of(envelope)
-        return [(self.target_of(envelope), envelope)]
-
-    def target_of(self, envelope: Envelope) -> AgentCell | None:
-        """The running agent (or pool member) that ``envelope``'s recipient names now."""
-        self.routed += 1
+    def _registered_target(self, envelope: Envelope) -> AgentCell | None:
+        """The running agent (or pool member) that the recipient's name or id stands for."""
         system = self._system
         agent_id = system.registered_id(envelope.recipient)
         if agent_id is None:
