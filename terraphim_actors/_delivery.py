@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from ._checks import check_count, check_instance, check_seconds, validator
-from ._circuit import CircuitBreaker, CircuitBreakerConfig
+from ._circuit import CircuitBreaker, CircuitBreakerConfig, CircuitState
 from ._dead_letters import DeadLetterReason
 from ._dedup import NO_REPLY, UNSEEN, DedupWindow, HandledMessages
 from ._messages import DeliveryGuarantee, Envelope, MessageOptions, Priority
@@ -486,10 +486,17 @@ class DeliveryManager:
     ) -> float:
         """When the next try of ``envelope`` is due, by the backoff (``attempt`` is that next
         try's number); not before an open circuit lets a trial through, since sooner it would
-        only fail again."""
-        due = self._clock.current_time() + self.backoff(envelope)
-        if reason is DeadLetterReason.CIRCUIT_OPEN and cell is not None and cell.breaker:
-            due = max(due, cell.breaker.reopens_at)
+        only fail again. (Refused by a half-open circuit, it waits only its backoff: the trial
+        under way will soon have closed the circuit, or opened it again.)"""
+        now = self._clock.current_time()
+        due = now + self.backoff(envelope)
+        breaker = None if cell is None else cell.breaker
+        if (
+            reason is DeadLetterReason.CIRCUIT_OPEN
+            and breaker is not None
+            and breaker.state(now) is CircuitState.OPEN
+        ):
+            due = max(due, breaker.reopens_at)
         return due
 
     def _schedule_retry(
@@ -500,7 +507,7 @@ class DeliveryManager:
         cell: AgentCell | None = None,
     ) -> None:
         """Have the router try ``envelope`` again after its backoff, or give up on it if it
-        has had all its retries."""
+        has had all its retries, or if its next try would come after its timeout."""
         if envelope.attempt >= _max_retries(envelope):
             self._give_up(
                 envelope,
@@ -509,8 +516,15 @@ class DeliveryManager:
             )
             return
         envelope.attempt += 1
-        self.retried += 1
         due = self._retry_time(cell, envelope, reason)
+        if due > envelope.created_at + envelope.options.timeout:
+            self._give_up(
+                envelope,
+                DeadLetterReason.EXPIRED,
+                f"its next try would come after its timeout; last failure: {reason.value}",
+            )
+            return
+        self.retried += 1
         candidate = RetryCandidate(envelope, envelope.attempt, due, reason)
         timer = self._system.router.call_at(due, functools.partial(self._retry, candidate))
         self._waiting[candidate] = timer
