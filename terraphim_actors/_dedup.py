@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import math
 from typing import Any
 
 import attrs
@@ -34,14 +35,17 @@ class DedupWindow:
 class HandledMessages:
     """One recipient's window: message ids whose handler completed, with the reply a call gave.
 
-    Ids are kept in completion order, so forgetting the oldest is a pop from the front.
+    Ids are kept in completion order, so forgetting the oldest is a pop from the front. A
+    lookup checks an entry's own age, so the window is exact; dropping aged entries is only
+    to bound memory, and is done now and then rather than on every message.
     """
 
-    __slots__ = ("_entries", "_window")
+    __slots__ = ("_entries", "_sweep_at", "_window")
 
     def __init__(self, window: DedupWindow) -> None:
         self._window = window
         self._entries: collections.OrderedDict[int, tuple[float, Any]] = collections.OrderedDict()
+        self._sweep_at = -math.inf
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -49,23 +53,24 @@ class HandledMessages:
     def reply_for(self, message_id: int, now: float) -> Any:
         """The stored reply (or ``NO_REPLY``) if ``message_id`` was handled within the window,
         else ``UNSEEN``."""
-        self._forget_older_than(now - self._window.max_age)
         entry = self._entries.get(message_id)
-        return UNSEEN if entry is None else entry[1]
+        if entry is None or entry[0] < now - self._window.max_age:
+            return UNSEEN
+        return entry[1]
 
     def remember(self, message_id: int, now: float, reply: Any = NO_REPLY) -> None:
         """Record that ``message_id`` was handled at ``now`` (a call also keeps its reply)."""
         entries = self._entries
+        if message_id in entries:
+            entries.move_to_end(message_id)
         entries[message_id] = (now, reply)
-        entries.move_to_end(message_id)
-        while len(entries) > self._window.max_messages:
+        if len(entries) > self._window.max_messages:
             entries.popitem(last=False)
-        self._forget_older_than(now - self._window.max_age)
+        if now >= self._sweep_at:
+            self._forget_older_than(now - self._window.max_age)
+            self._sweep_at = now + self._window.max_age / 16
 
     def _forget_older_than(self, horizon: float) -> None:
         entries = self._entries
-        while entries:
-            handled_at = next(iter(entries.values()))[0]
-            if handled_at >= horizon:
-                return
+        while entries and next(iter(entries.values()))[0] < horizon:
             entries.popitem(last=False)
