@@ -95,12 +95,13 @@ class DeferredReply:
             ReplyAlreadySent: this promise was kept already.
         """
         await trio.lowlevel.checkpoint()
-        if not self._keep():
-            return False
+        waiting = self._keep()
         delivery = self._cell.system.delivery
-        delivery.record_success(self._cell)
         if self._envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE:
             delivery.remember(self._cell, self._envelope, value)  # for a resend of the call
+        if not waiting:
+            return False
+        delivery.record_success(self._cell)
         return self._handle.reply(value)
 
     async def fail(self, error: BaseException) -> bool:

@@ -28,6 +28,7 @@ from ._messages import options_for as shared_options
 from ._timers import Timer
 from .errors import (
     AgentNotFound,
+    AgentStopped,
     CircuitOpen,
     DeliveryFailed,
     InvalidConfig,
@@ -180,7 +181,9 @@ class DeliveryManager:
             attrs.evolve(options, guarantee=AT_MOST_ONCE, timeout=math.inf)
             for options in self._defaults
         )
-        self._waiting: dict[RetryCandidate, Timer] = {}
+        #: Each message waiting for a retry, with the router's timer for it (``None`` for a
+        #: call, whose caller waits in its own task).
+        self._waiting: dict[RetryCandidate, Timer | None] = {}
         self.sent = 0
         self.delivered = 0
         self.acknowledged = 0
@@ -290,7 +293,12 @@ class DeliveryManager:
                         f" caller's deadline: {error}"
                     ) from error
                 self.retried += 1
-                await trio.sleep_until(due)
+                waiting = RetryCandidate(envelope, envelope.attempt, due, reason)
+                self._waiting[waiting] = None  # the caller's own task waits it out
+                try:
+                    await trio.sleep_until(due)
+                finally:
+                    del self._waiting[waiting]
                 [(cell, envelope)] = self._system.router.targets_of(envelope, retry=True)[:1]
         except MessagingError:
             self.failed += 1
@@ -333,6 +341,10 @@ class DeliveryManager:
     def _obstacle(self, cell: AgentCell | None, envelope: Envelope) -> _Failure | None:
         """Why ``envelope`` cannot go into ``cell``'s mailbox now, or ``None`` if it may try."""
         if cell is None:
+            if self._system.has_stopped(envelope.recipient):
+                return DeadLetterReason.AGENT_STOPPED, AgentStopped(
+                    f"{envelope.recipient!r} has stopped"
+                )
             return DeadLetterReason.NOT_FOUND, AgentNotFound(
                 f"no agent is registered as {envelope.recipient!r}"
             )
@@ -385,8 +397,12 @@ class DeliveryManager:
         self.acknowledged += 1
         breaker = cell.breaker
         handle = envelope.reply
-        if breaker is not None and (handle is None or not handle.pending):
-            breaker.record_success()  # a deferred call succeeds when it is answered
+        if (
+            breaker is not None
+            and (handle is None or not handle.pending)  # a deferred call: when answered
+            and envelope.options not in self._notices  # they pass an open circuit
+        ):
+            breaker.record_success()
         if envelope.options.guarantee is EXACTLY_ONCE:
             self.remember(cell, envelope, reply)
 
@@ -473,10 +489,11 @@ class DeliveryManager:
         config = self.config
         base = envelope.options.retry_delay
         assert base is not None
-        delay = min(
-            base * config.retry_backoff_multiplier ** (envelope.attempt - 1),
-            config.max_retry_delay,
-        )
+        try:
+            growth = config.retry_backoff_multiplier ** (envelope.attempt - 1)
+        except OverflowError:  # past a thousand retries or so: long since at the cap
+            growth = math.inf
+        delay = min(base * growth, config.max_retry_delay) if base else 0.0
         if config.jitter:
             delay *= 1 + self._random.uniform(0, config.jitter)
         return delay
@@ -562,10 +579,13 @@ class DeliveryManager:
 
     def settle_waiting(self) -> None:
         """At shutdown: every message waiting for a retry becomes a dead letter."""
-        waiting, self._waiting = self._waiting, {}
-        for candidate, timer in waiting.items():
-            timer.cancel()
-            self._give_up(candidate.envelope, DeadLetterReason.SYSTEM_STOPPED, "before its retry")
+        for candidate, timer in list(self._waiting.items()):
+            if timer is not None:  # a call's caller settles it when it wakes
+                del self._waiting[candidate]
+                timer.cancel()
+                self._give_up(
+                    candidate.envelope, DeadLetterReason.SYSTEM_STOPPED, "before its retry"
+                )
 
     # -- the end of the line -----------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from ._balancing import Balancer, LoadBalancing
 from ._cell import CellState
 from ._dedup import HandledMessages
 from ._ids import AgentId
-from ._messages import Envelope, Priority
+from ._messages import DeliveryGuarantee, Envelope, MessageKind, Priority
 from ._ref import AgentRef
 from ._task_context import current_cell
 from .errors import InvalidConfig
@@ -59,19 +59,23 @@ class Pool:
         """The members that have not stopped for good, in pool order."""
         return [cell for cell in map(self.member, range(len(self.starters))) if cell is not None]
 
-    def choose(self, payload: Any) -> AgentCell | None:
-        """The member for a message carrying ``payload``; ``None`` when no member can take it.
+    def choose(self, envelope: Envelope | None) -> AgentCell | None:
+        """The member for ``envelope``; ``None`` when no member can take it.
 
         A member is skipped while its circuit refuses, while it waits to restart (if another
-        member runs), and when it is the sender itself (it would call itself).
+        member runs), and for a call, when it is the caller (it would call itself). An
+        exactly-once message goes to the member its id picks, whatever the strategy, so that a
+        resend of it queues behind the first and is recognised as a duplicate.
         """
         now = self.system.clock.current_time()
-        sender = current_cell.get()
+        caller = None
+        if envelope is not None and envelope.kind is MessageKind.CALL:
+            caller = current_cell.get()
         running_only = any(cell.state is CellState.RUNNING for cell in self.members())
 
         def available(position: int) -> bool:
             cell = self.member(position)
-            if cell is None or cell is sender:
+            if cell is None or cell is caller:
                 return False
             if running_only and cell.state is not CellState.RUNNING:
                 return False
@@ -82,13 +86,23 @@ class Pool:
             cell = self.member(position)
             return 0 if cell is None else cell.load
 
-        position = self.balancer.choose(payload, available, load)
+        if envelope is not None and envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE:
+            size = len(self.starters)
+            by_id = (int(envelope.id) + step for step in range(size))
+            position = next((p % size for p in by_id if available(p % size)), None)
+        else:
+            payload = None if envelope is None else envelope.payload
+            position = self.balancer.choose(payload, available, load)
         if position is not None:
             return self.member(position)
-        # Every member's circuit refuses: name the one that lets a trial through first, so the
-        # sender sees the open circuit (and a retry waits for it) rather than nobody.
-        guarded = [cell for cell in self.members() if cell.breaker is not None]
-        return min(guarded, key=_reopens_at, default=None)
+        # Every other member's circuit refuses: name the one that lets a trial through first,
+        # so the sender sees the open circuit (and a retry waits for it) rather than nobody.
+        refusing = [
+            cell
+            for cell in self.members()
+            if cell is not caller and cell.breaker is not None and not cell.breaker.would_admit(now)
+        ]
+        return min(refusing, key=_reopens_at, default=None)
 
 
 def _reopens_at(cell: AgentCell) -> float:
@@ -138,7 +152,7 @@ class PoolRef(AgentRef):
         return self._target(envelope)
 
     def _target(self, envelope: Envelope | None) -> AgentCell | None:
-        return self._pool.choose(None if envelope is None else envelope.payload)
+        return self._pool.choose(envelope)
 
     def _agent(self) -> AgentCell:
         raise InvalidConfig(f"{self.id!r} is a pool, not one agent: use its members")

@@ -132,7 +132,7 @@ class Router:
             return None
         pool = self.pools.get(agent_id)
         if pool is not None:
-            return pool.choose(envelope.payload)
+            return pool.choose(envelope)
         return system.live_cell(agent_id)
 
     def stats(self) -> RouterStats:

@@ -3,6 +3,7 @@ in and out."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from typing import Any
@@ -35,6 +36,7 @@ from ._notifications import StopReason, SystemShutdown
 from ._pool import Pool, PoolRef
 from ._ref import AgentRef
 from ._router import Router, RouterConfig
+from ._task_context import current_cell
 from ._timers import TimerService
 from .errors import (
     AgentNotFound,
@@ -47,6 +49,10 @@ from .errors import (
 )
 
 __all__ = ["MessageSystem", "MessageSystemConfig", "SystemStats", "open_message_system"]
+
+#: How many ids of agents that stopped for good a system remembers, so that a message for one
+#: (a retry, a send through an old ref or a stopped pool) is refused rather than retried.
+_STOPPED_KEPT = 10_000
 
 
 @attrs.frozen(kw_only=True)
@@ -140,6 +146,8 @@ class MessageSystem:
         self._dead_letters = DeadLetterOffice(config.dead_letter_capacity)
         self._dead_letter_subscribers: list[AgentCell] = []
         self._cells: dict[AgentId, AgentCell] = {}
+        #: Ids that stopped for good lately (the most recent ``_STOPPED_KEPT``).
+        self._stopped: collections.OrderedDict[AgentId, None] = collections.OrderedDict()
         self._manual: dict[AgentId, Mailbox] = {}
         self._names: dict[str, AgentId] = {}
         self._subscribers: list[AgentCell] = []
@@ -324,13 +332,19 @@ class MessageSystem:
 
     def forget_pool(self, pool: Pool) -> None:
         """Unregister a pool that has stopped for good."""
-        self.router.pools.pop(pool.id, None)
+        if self.router.pools.pop(pool.id, None) is not None:
+            self._remember_stopped(pool.id)
         name = pool.id.name
         if name is not None and self._names.get(name) == pool.id:
             del self._names[name]
 
     async def _stop_pool(self, ref: PoolRef) -> None:
         pool = ref._pool
+        members = pool.members()
+        if current_cell.get() in members:
+            raise CallToSelf("a pool member cannot wait for its own pool's stop")
+        for cell in members:
+            cell.retiring = True  # what they had in hand is not for a next instance
         with contextlib.suppress(LookupError, SupervisorNotRunning):
             await self.root.terminate_child(pool.id)
             self.root.delete_child(pool.id)
@@ -576,6 +590,7 @@ class MessageSystem:
         """
         self._claim(cell.id.name, cell.id)
         self._cells[cell.id] = cell
+        self._stopped.pop(cell.id, None)
         self._spawned += 1
 
     def count_crash(self) -> None:
@@ -584,10 +599,21 @@ class MessageSystem:
     def count_restart(self) -> None:
         self._restarts += 1
 
+    def has_stopped(self, address: AgentId | str | None) -> bool:
+        """Whether an agent (or pool) by that id stopped for good lately, with nothing
+        running under its id since: a message for it is refused, not retried."""
+        return isinstance(address, AgentId) and address in self._stopped
+
+    def _remember_stopped(self, agent_id: AgentId) -> None:
+        self._stopped[agent_id] = None
+        if len(self._stopped) > _STOPPED_KEPT:
+            self._stopped.popitem(last=False)
+
     def retire(self, cell: AgentCell) -> None:
         """Forget an agent that has stopped for good, keeping its counts in the totals."""
         if self._cells.get(cell.id) is cell:
             del self._cells[cell.id]
+            self._remember_stopped(cell.id)
         if cell.id.name is not None and self._names.get(cell.id.name) == cell.id:
             del self._names[cell.id.name]
         stats = cell.mailbox.stats()
