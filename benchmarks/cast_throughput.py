@@ -20,7 +20,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from terraphim_actors import Agent, Context, open_message_system
+from terraphim_actors import Agent, Context, MessageSystemConfig, open_message_system
 
 
 class Sink(Agent):
@@ -58,9 +58,9 @@ async def floor(messages: int) -> float:
     return elapsed
 
 
-async def agent(messages: int) -> float:
+async def agent(messages: int, config: MessageSystemConfig | None = None) -> float:
     """Seconds for an agent: ``cast_nowait`` from the main task, then a call to wait for it."""
-    async with open_message_system() as system:
+    async with open_message_system(config) as system:
         sink = await system.spawn(Sink)
         await trio.testing.wait_all_tasks_blocked()
         started = time.perf_counter()

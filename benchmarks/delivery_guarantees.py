@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 import trio.testing
-from cast_throughput import Sink, floor
+from cast_throughput import Sink, agent, floor
 
 from terraphim_actors import (
     DeliveryConfig,
@@ -52,17 +52,7 @@ async def call_floor(calls: int) -> float:
 
 async def casts(guarantee: DeliveryGuarantee, messages: int) -> float:
     """Seconds for an agent to handle ``messages`` casts sent under ``guarantee``."""
-    config = MessageSystemConfig(delivery=DeliveryConfig(guarantee=guarantee))
-    async with open_message_system(config) as system:
-        sink = await system.spawn(Sink)
-        await trio.testing.wait_all_tasks_blocked()
-        started = time.perf_counter()
-        for number in range(messages):
-            sink.cast_nowait(number)
-        handled = await sink.call("count", timeout=600)
-        elapsed = time.perf_counter() - started
-        assert handled == messages
-    return elapsed
+    return await agent(messages, MessageSystemConfig(delivery=DeliveryConfig(guarantee=guarantee)))
 
 
 async def calls(guarantee: DeliveryGuarantee, count: int) -> float:
