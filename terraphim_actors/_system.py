@@ -3,7 +3,6 @@ in and out."""
 
 from __future__ import annotations
 
-import collections
 import contextlib
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from typing import Any
@@ -35,6 +34,7 @@ from ._messages import Envelope, MessageKind, MessageOptions
 from ._notifications import StopReason, SystemShutdown
 from ._pool import Pool, PoolRef
 from ._ref import AgentRef
+from ._registry import Registry
 from ._router import Router, RouterConfig
 from ._task_context import current_cell
 from ._timers import TimerService
@@ -49,10 +49,6 @@ from .errors import (
 )
 
 __all__ = ["MessageSystem", "MessageSystemConfig", "SystemStats", "open_message_system"]
-
-#: How many ids of agents that stopped for good a system remembers, so that a message for one
-#: (a retry, a send through an old ref or a stopped pool) is refused rather than retried.
-_STOPPED_KEPT = 10_000
 
 
 @attrs.frozen(kw_only=True)
@@ -145,11 +141,7 @@ class MessageSystem:
         self.delivery = DeliveryManager(config.delivery, config.router.circuit_breaker, self)
         self._dead_letters = DeadLetterOffice(config.dead_letter_capacity)
         self._dead_letter_subscribers: list[AgentCell] = []
-        self._cells: dict[AgentId, AgentCell] = {}
-        #: Ids that stopped for good lately (the most recent ``_STOPPED_KEPT``).
-        self._stopped: collections.OrderedDict[AgentId, None] = collections.OrderedDict()
-        self._manual: dict[AgentId, Mailbox] = {}
-        self._names: dict[str, AgentId] = {}
+        self.registry = Registry()
         self._subscribers: list[AgentCell] = []
         self._opened_at = trio.current_time()
         self._spawned = 0
@@ -159,7 +151,7 @@ class MessageSystem:
         self._retired_processed = 0
 
     def __repr__(self) -> str:
-        return f"<MessageSystem with {len(self._cells)} agents>"
+        return f"<MessageSystem with {len(self.registry.cells)} agents>"
 
     # -- agents ----------------------------------------------------------------------------
 
@@ -332,11 +324,8 @@ class MessageSystem:
 
     def forget_pool(self, pool: Pool) -> None:
         """Unregister a pool that has stopped for good."""
-        if self.router.pools.pop(pool.id, None) is not None:
-            self._remember_stopped(pool.id)
-        name = pool.id.name
-        if name is not None and self._names.get(name) == pool.id:
-            del self._names[name]
+        self.router.pools.pop(pool.id, None)
+        self.registry.release(pool.id)
 
     async def _stop_pool(self, ref: PoolRef) -> None:
         pool = ref._pool
@@ -370,7 +359,7 @@ class MessageSystem:
         check_instance("restart", restart, RestartType)
         if self.closing:
             raise SystemClosed("the message system is shutting down")
-        if name is not None and name in self._names:
+        if self.registry.taken(name):
             raise DuplicateAgent(f"an agent named {name!r} is already registered")
         return AgentStarter(
             self,
@@ -390,22 +379,20 @@ class MessageSystem:
         pool = self.router.pools.get(agent_id)
         if pool is not None:
             return PoolRef(pool)
-        cell = self._cells.get(agent_id)
+        cell = self.registry.cells.get(agent_id)
         return None if cell is None else cell.ref
 
     def registered_id(self, address: AgentId | str | None) -> AgentId | None:
         """The id that ``address`` (a name or an id) stands for, if anything answers to it."""
-        if isinstance(address, str):
-            return self._names.get(address)
-        return address
+        return self.registry.resolve(address)
 
     def live_cell(self, agent_id: AgentId) -> AgentCell | None:
         """The agent running (or restarting) under ``agent_id``, if any."""
-        return self._cells.get(agent_id)
+        return self.registry.cells.get(agent_id)
 
     def live_cells(self) -> list[AgentCell]:
         """Every agent that has not stopped for good."""
-        return list(self._cells.values())
+        return list(self.registry.cells.values())
 
     def ref(self, name: str | AgentId) -> AgentRef:
         """The ref of the running agent with that name or id.
@@ -421,7 +408,7 @@ class MessageSystem:
     @property
     def agents(self) -> list[AgentRef]:
         """Refs of every agent that has not stopped for good, in spawn order."""
-        return [cell.ref for cell in self._cells.values()]
+        return [cell.ref for cell in self.registry.cells.values()]
 
     async def stop(self, ref: AgentRef) -> None:
         """Stop an agent (or a whole pool) for good and return once it has stopped.
@@ -487,11 +474,11 @@ class MessageSystem:
             SystemClosed: the system is shutting down.
         """
         check_instance("agent_id", agent_id, AgentId)
-        if agent_id in self._cells or agent_id in self._manual:
+        if agent_id in self.registry.cells or agent_id in self.registry.mailboxes:
             raise DuplicateAgent(f"{agent_id!r} is already registered")
         mailbox = Mailbox(agent_id, config)
         self._claim(agent_id.name, agent_id)
-        self._manual[agent_id] = mailbox
+        self.registry.mailboxes[agent_id] = mailbox
         return mailbox
 
     async def send_message(self, envelope: Envelope) -> None:
@@ -517,7 +504,7 @@ class MessageSystem:
         if envelope.recipient is None and self.router.config.custom_router is None:
             raise InvalidConfig("the envelope has no recipient (and no custom router)")
         agent_id = self.registered_id(envelope.recipient)
-        mailbox = None if agent_id is None else self._manual.get(agent_id)
+        mailbox = None if agent_id is None else self.registry.mailboxes.get(agent_id)
         if mailbox is not None:
             await mailbox.send(envelope)
             return
@@ -553,10 +540,13 @@ class MessageSystem:
 
     def get_stats(self) -> tuple[SystemStats, list[MailboxStats]]:
         """The system's counters, and those of every live mailbox (agents' and manual ones)."""
-        mailboxes = [cell.mailbox.stats() for cell in self._cells.values()]
-        mailboxes += [mailbox.stats() for mailbox in self._manual.values()]
+        cells = self.registry.cells.values()
+        mailboxes = [cell.mailbox.stats() for cell in cells]
+        mailboxes += [mailbox.stats() for mailbox in self.registry.mailboxes.values()]
         system = SystemStats(
-            agents_running=sum(cell.state is CellState.RUNNING for cell in self._cells.values()),
+            agents_running=sum(
+                cell.state is CellState.RUNNING for cell in self.registry.cells.values()
+            ),
             agents_spawned=self._spawned,
             agent_crashes=self._crashes,
             agent_restarts=self._restarts,
@@ -589,8 +579,7 @@ class MessageSystem:
             SystemClosed: the system is shutting down.
         """
         self._claim(cell.id.name, cell.id)
-        self._cells[cell.id] = cell
-        self._stopped.pop(cell.id, None)
+        self.registry.add(cell)
         self._spawned += 1
 
     def count_crash(self) -> None:
@@ -602,20 +591,11 @@ class MessageSystem:
     def has_stopped(self, address: AgentId | str | None) -> bool:
         """Whether an agent (or pool) by that id stopped for good lately, with nothing
         running under its id since: a message for it is refused, not retried."""
-        return isinstance(address, AgentId) and address in self._stopped
-
-    def _remember_stopped(self, agent_id: AgentId) -> None:
-        self._stopped[agent_id] = None
-        if len(self._stopped) > _STOPPED_KEPT:
-            self._stopped.popitem(last=False)
+        return self.registry.has_stopped(address)
 
     def retire(self, cell: AgentCell) -> None:
         """Forget an agent that has stopped for good, keeping its counts in the totals."""
-        if self._cells.get(cell.id) is cell:
-            del self._cells[cell.id]
-            self._remember_stopped(cell.id)
-        if cell.id.name is not None and self._names.get(cell.id.name) == cell.id:
-            del self._names[cell.id.name]
+        self.registry.remove(cell)
         stats = cell.mailbox.stats()
         self._retired_received += stats.messages_received
         self._retired_processed += stats.messages_processed
@@ -629,14 +609,7 @@ class MessageSystem:
     def _claim(self, name: str | None, agent_id: AgentId | None = None) -> AgentId:
         if self.closing:
             raise SystemClosed("the message system is shutting down")
-        if name is not None and not isinstance(name, str):
-            raise InvalidConfig(f"name must be a str or None, got {name!r}")
-        if name is not None and name in self._names:
-            raise DuplicateAgent(f"an agent named {name!r} is already registered")
-        agent_id = AgentId(name=name) if agent_id is None else agent_id
-        if name is not None:
-            self._names[name] = agent_id
-        return agent_id
+        return self.registry.claim(name, agent_id)
 
     async def _shut_down(self) -> None:
         """Stop every agent through the supervision tree, then settle the manual mailboxes.
@@ -647,15 +620,15 @@ class MessageSystem:
         """
         self.closing = True
         self.publish(SystemShutdown())
-        for cell in self._cells.values():
+        for cell in self.registry.cells.values():
             if cell.state is CellState.STARTING:
                 # Its supervisor waits for ``on_start`` before it can stop anything.
                 self.timers.call_after(cell.shutdown, cell.kill)
         await self.root.stop()
-        for cell in list(self._cells.values()):
+        for cell in list(self.registry.cells.values()):
             cell.finish(StopReason.SHUTDOWN)  # those between instances when the tree stopped
         self.delivery.settle_waiting()
-        for mailbox in self._manual.values():
+        for mailbox in self.registry.mailboxes.values():
             mailbox.close()
             for envelope in mailbox.drain():
                 handle = envelope.reply

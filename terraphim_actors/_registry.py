@@ -1,0 +1,84 @@
+"""The registry: which agents and mailboxes answer to which ids and names."""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING
+
+from ._ids import AgentId
+from ._mailbox import Mailbox
+from .errors import DuplicateAgent, InvalidConfig
+
+if TYPE_CHECKING:
+    from ._cell import AgentCell
+
+__all__ = ["Registry"]
+
+#: How many ids of agents that stopped for good a registry remembers, so that a message for
+#: one (a retry, a send through an old ref or to a stopped pool) is refused, not retried.
+_STOPPED_KEPT = 10_000
+
+
+class Registry:
+    """Names, the agents that have not stopped for good, hand-driven mailboxes, and the ids
+    that stopped lately. A name belongs to one id (an agent's, a pool's or a mailbox's)."""
+
+    def __init__(self) -> None:
+        self.cells: dict[AgentId, AgentCell] = {}
+        self.mailboxes: dict[AgentId, Mailbox] = {}
+        self._names: dict[str, AgentId] = {}
+        self._stopped: collections.OrderedDict[AgentId, None] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def resolve(self, address: AgentId | str | None) -> AgentId | None:
+        """The id that ``address`` (a name or an id) stands for, if anything answers to it."""
+        if isinstance(address, str):
+            return self._names.get(address)
+        return address
+
+    def taken(self, name: str | None) -> bool:
+        """Whether ``name`` belongs to something already."""
+        return name is not None and name in self._names
+
+    def claim(self, name: str | None, agent_id: AgentId | None = None) -> AgentId:
+        """Give ``name`` to ``agent_id`` (a fresh id if none) and return the id.
+
+        Raises:
+            DuplicateAgent: the name is taken.
+            InvalidConfig: the name is not a str.
+        """
+        if name is not None and not isinstance(name, str):
+            raise InvalidConfig(f"name must be a str or None, got {name!r}")
+        if self.taken(name):
+            raise DuplicateAgent(f"an agent named {name!r} is already registered")
+        agent_id = AgentId(name=name) if agent_id is None else agent_id
+        if name is not None:
+            self._names[name] = agent_id
+        return agent_id
+
+    def release(self, agent_id: AgentId) -> None:
+        """Free the name of ``agent_id`` (if it still has it), and remember that it stopped."""
+        name = agent_id.name
+        if name is not None and self._names.get(name) == agent_id:
+            del self._names[name]
+        self._stopped[agent_id] = None
+        if len(self._stopped) > _STOPPED_KEPT:
+            self._stopped.popitem(last=False)
+
+    def add(self, cell: AgentCell) -> None:
+        """Register a new agent under its id (its name claimed already)."""
+        self.cells[cell.id] = cell
+        self._stopped.pop(cell.id, None)
+
+    def remove(self, cell: AgentCell) -> None:
+        """Unregister an agent that has stopped for good."""
+        if self.cells.get(cell.id) is cell:
+            del self.cells[cell.id]
+            self.release(cell.id)
+
+    def has_stopped(self, address: AgentId | str | None) -> bool:
+        """Whether the agent (or pool) by that id stopped for good lately, with nothing
+        running under its id since."""
+        return isinstance(address, AgentId) and address in self._stopped
