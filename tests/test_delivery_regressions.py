@@ -22,11 +22,14 @@ from terraphim_actors import (
     DeadLetterReason,
     DeliveryConfig,
     DeliveryGuarantee,
+    Down,
     Envelope,
     LoadBalancing,
+    MailboxConfig,
     MessageOptions,
     MessageSystem,
     MessageSystemConfig,
+    OverflowPolicy,
     RouterConfig,
     call,
     cast,
@@ -188,8 +191,6 @@ async def test_at_least_once_cast_never_raises_mailbox_full_even_while_closing(
     """AgentRef.cast: "Under a retrying guarantee ... this raises only for bad arguments".
     A handler still running while the system shuts down casts to a full rejecting mailbox:
     the cast must become a dead letter, not raise MailboxFull into the handler."""
-    from terraphim_actors import MailboxConfig, OverflowPolicy
-
     raised: list[BaseException] = []
     async with open_message_system(config()) as system:
         full = await system.spawn(
@@ -456,8 +457,6 @@ async def test_down_reaches_a_monitor_that_was_busy_for_longer_than_30_s(
     """A monitor's Down (and a timer's message) is a system notification: Erlang never drops
     it. Notices get the default MessageOptions.timeout of 30 s, so a watcher busy for 40 s
     never sees the Down: it becomes an EXPIRED dead letter."""
-    from terraphim_actors import Down
-
     inbox: list[Any] = []
     watcher = await system.spawn(Runner, inbox)
     target = await system.spawn(Recorder, [])

@@ -12,6 +12,7 @@ from agents import Recorder, Runner
 
 from terraphim_actors import (
     CircuitBreakerConfig,
+    CircuitState,
     Context,
     DeadLetterReason,
     DeliveryConfig,
@@ -24,6 +25,7 @@ from terraphim_actors import (
     cast,
     open_message_system,
 )
+from terraphim_actors.errors import AgentStopped, CallToSelf, DeliveryFailed
 
 AT_MOST_ONCE = DeliveryGuarantee.AT_MOST_ONCE
 EXACTLY_ONCE = DeliveryGuarantee.EXACTLY_ONCE
@@ -178,8 +180,6 @@ async def test_call_to_a_stopped_pool_raises_agent_stopped_at_once(
     AgentStopped" (regression 4 for a plain agent). A pool stopped with system.stop is
     treated as a missing recipient instead: the call is retried for 0.7 s and then fails
     with DeliveryFailed(AgentNotFound)."""
-    from terraphim_actors.errors import AgentStopped
-
     pool = await system.spawn_pool(Recorder, [], size=2, name="p")
     await system.stop(pool)
     started = trio.current_time()
@@ -199,8 +199,6 @@ async def test_member_calling_its_pool_whose_other_member_is_open_is_not_told_ca
     all members with a breaker, the caller included; a caller whose own breaker is closed
     (one old failure) has the smallest reopens_at, so the call fails with CallToSelf instead
     of the open circuit of the other member (DeliveryFailed / CircuitOpen)."""
-    from terraphim_actors.errors import CallToSelf, DeliveryFailed
-
     breaker = CircuitBreakerConfig(failure_threshold=2, reset_timeout=10.0)
     config = MessageSystemConfig(
         max_restarts=100,
@@ -264,8 +262,6 @@ async def test_a_timer_info_handled_while_the_circuit_is_open_does_not_close_it(
     skipping the reset timeout and the half-open trial (closed -> open -> half-open after
     reset_timeout -> closed on a trial's success). An agent with a periodic timer can then
     never be protected by its breaker."""
-    from terraphim_actors import CircuitState
-
     breaker = CircuitBreakerConfig(failure_threshold=2, reset_timeout=30.0)
     config = MessageSystemConfig(
         max_restarts=100,
