@@ -1,10 +1,11 @@
-"""An agent's mailbox: a Trio memory channel, ordered by priority, optionally bounded.
+"""An agent's mailbox: one FIFO lane per priority, optionally bounded.
 
-Messages arrive through an unbounded ``trio`` memory channel, which gives the receiving agent
-Trio's wake-up and close semantics. On the receiving side they are sorted into one FIFO lane
-per priority, so a receive always takes the oldest message of the highest priority present.
-The bound, when there is one, counts both places, so it holds on every path a message can
-take in.
+A send appends the envelope to the lane of its priority and, if the agent is parked waiting for
+mail, wakes it; a receive takes the oldest message of the highest priority present. The lanes
+are plain deques and the wake-up is a ``trio.lowlevel.ParkingLot``, rather than a memory
+channel, because a channel's ``send_nowait`` costs several times a deque append and its items
+would have to be sorted into lanes once more on the receiving side. The blocking operations keep
+Trio's semantics: each is a checkpoint, and cancellation leaves the mailbox unchanged.
 """
 
 from __future__ import annotations
@@ -85,20 +86,21 @@ class Mailbox:
     """
 
     __slots__ = (
-        "_capacity",
+        "_arrivals",
         "_closed",
-        "_in_channel",
-        "_inbox_receive",
-        "_inbox_send",
         "_lanes",
         "_last_activity",
+        "_limit",
         "_overflow",
         "_peak",
         "_processed",
         "_processing_time",
+        "_receive_order",
         "_received",
+        "_receivers",
         "_rejected",
         "_reserved",
+        "_senders",
         "_size",
         "_space",
         "agent_id",
@@ -110,17 +112,22 @@ class Mailbox:
             check_instance("config", config, MailboxConfig)
         self.agent_id = agent_id
         self.config = MailboxConfig() if config is None else config
-        self._capacity = self.config.capacity
+        capacity = self.config.capacity
+        self._limit: float = math.inf if capacity is None else capacity
         self._overflow = self.config.overflow
-        self._inbox_send, self._inbox_receive = trio.open_memory_channel[Envelope](math.inf)
         self._lanes: tuple[collections.deque[Envelope], ...] = tuple(
             collections.deque() for _ in Priority
         )
-        self._space = trio.lowlevel.ParkingLot()
+        #: The lanes in the order receives empty them: highest priority first.
+        self._receive_order = self._lanes[::-1]
+        self._arrivals = trio.lowlevel.ParkingLot()  # receivers waiting for a message
+        #: Receivers parked there and not yet woken (cheaper to test than the lot itself).
+        self._receivers = 0
+        self._space = trio.lowlevel.ParkingLot()  # senders waiting for room
+        self._senders = 0  # senders parked there and not yet woken
         self._closed = False
-        self._size = 0  # in the channel plus in the lanes
+        self._size = 0
         self._reserved = 0  # free slots promised to woken senders
-        self._in_channel = 0
         self._received = 0
         self._processed = 0
         self._rejected = 0
@@ -149,24 +156,31 @@ class Mailbox:
             MailboxClosed: the mailbox is closed.
             InvalidMessage: ``envelope`` is not an ``Envelope`` with ``MessageOptions``.
         """
+        _check_envelope(envelope)
+        self.put_nowait(envelope)
+
+    def put_nowait(self, envelope: Envelope) -> None:
+        """:meth:`send_nowait` for an envelope the caller built itself and knows to be valid:
+        the delivery layer's path, which skips the type checks.
+
+        Raises:
+            MailboxFull: the mailbox is bounded and full (whatever its overflow policy).
+            MailboxClosed: the mailbox is closed.
+        """
         if self._closed:
             raise MailboxClosed(f"the mailbox of {self.agent_id!r} is closed")
-        if self._capacity is not None and self._size + self._reserved >= self._capacity:
+        size = self._size
+        if size + self._reserved >= self._limit:
             self._rejected += 1
-            raise MailboxFull(f"the mailbox of {self.agent_id!r} is full ({self._capacity})")
-        self._put(envelope)
-
-    def _put(self, envelope: Envelope) -> None:
-        if not isinstance(envelope, Envelope):
-            raise InvalidMessage(f"expected an Envelope, got {type(envelope).__name__}")
-        if not isinstance(envelope.options, MessageOptions):
-            raise InvalidMessage(f"envelope options must be MessageOptions: {envelope.options!r}")
-        self._inbox_send.send_nowait(envelope)
-        self._in_channel += 1
-        self._size += 1
+            raise MailboxFull(f"the mailbox of {self.agent_id!r} is full ({self._limit})")
+        self._lanes[envelope.options.priority].append(envelope)
+        self._size = size = size + 1
         self._received += 1
-        if self._size > self._peak:
-            self._peak = self._size
+        if size > self._peak:
+            self._peak = size
+        if self._receivers:
+            self._receivers -= 1  # counted here, so that later puts skip the parking lot
+            self._arrivals.unpark()
 
     async def send(self, envelope: Envelope) -> None:
         """Put ``envelope`` in the mailbox; when it is full, wait (``BLOCK``) or fail (``REJECT``).
@@ -179,17 +193,27 @@ class Mailbox:
             MailboxClosed: the mailbox is closed, or was closed while the sender waited.
             InvalidMessage: ``envelope`` is not an ``Envelope`` with ``MessageOptions``.
         """
+        _check_envelope(envelope)
+        await self.put(envelope)
+
+    async def put(self, envelope: Envelope) -> None:
+        """:meth:`send` for an envelope known to be valid (see :meth:`put_nowait`)."""
         if self._must_wait():
-            await self._space.park()
+            self._senders += 1
+            try:
+                await self._space.park()
+            except BaseException:
+                self._senders -= 1  # cancelled while parked: nobody woke it
+                raise
             if self._closed:
                 raise MailboxClosed(f"the mailbox of {self.agent_id!r} closed while waiting")
             self._reserved -= 1
-            self._put(envelope)
+            self.put_nowait(envelope)
             self._last_activity = now()
             return
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            self.send_nowait(envelope)
+            self.put_nowait(envelope)
             self._last_activity = now()
         finally:
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -198,8 +222,7 @@ class Mailbox:
         return (
             self._overflow is OverflowPolicy.BLOCK
             and not self._closed
-            and self._capacity is not None
-            and self._size + self._reserved >= self._capacity
+            and self._size + self._reserved >= self._limit
         )
 
     # -- receiving -------------------------------------------------------------------------
@@ -207,16 +230,14 @@ class Mailbox:
     def try_receive(self) -> Envelope | None:
         """Take the next message (highest priority, then oldest), or ``None`` if there is none.
 
-        Never blocks and never checkpoints. A message already handed to a task blocked in
-        :meth:`receive` belongs to that task and is not offered here.
+        Never blocks and never checkpoints.
         """
-        self._pull()
-        if self._size == 0:
+        if not self._size:
             return None
-        for lane in reversed(self._lanes):
+        for lane in self._receive_order:
             if lane:
                 return self._took(lane.popleft())
-        return None
+        raise AssertionError("the size counts a message that no lane holds")  # pragma: no cover
 
     async def receive(self) -> Envelope:
         """Take the next message (highest priority, then oldest), waiting for one if need be.
@@ -226,13 +247,12 @@ class Mailbox:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         envelope = self.try_receive()
-        self._last_activity = now()
         if envelope is not None:
             await trio.lowlevel.cancel_shielded_checkpoint()
-            return envelope
-        await self._wait_for_arrival()
-        envelope = self.try_receive()
-        assert envelope is not None
+        else:
+            while envelope is None:
+                await self._wait_for_arrival()
+                envelope = self.try_receive()
         self._last_activity = now()
         return envelope
 
@@ -262,7 +282,8 @@ class Mailbox:
         """Selective receive: take the first message ``predicate`` accepts, waiting if need be.
 
         Messages are tried in the order :meth:`receive` would hand them out; those the
-        predicate declines stay in the mailbox, in their order.
+        predicate declines stay in the mailbox, in their order. (Each wake-up tries them all
+        again, so the predicate should depend on the message alone.)
 
         Raises:
             MessageTimeout: no matching message within ``timeout`` seconds.
@@ -272,16 +293,14 @@ class Mailbox:
         if timeout is not None:
             check_seconds("timeout", timeout, allow_zero=True)
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._pull()
-        found = self._take_first(predicate, self._in_receive_order())
+        found = self._take_first(predicate)
         if found is not None:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return found
         with trio.move_on_after(math.inf if timeout is None else timeout):
             while True:
-                fresh = await self._wait_for_arrival()
-                fresh.sort(key=lambda envelope: -envelope.options.priority)
-                found = self._take_first(predicate, fresh)
+                await self._wait_for_arrival()
+                found = self._take_first(predicate)
                 if found is not None:
                     return found
         raise MessageTimeout(f"no matching message for {self.agent_id!r} within {timeout} s")
@@ -302,7 +321,8 @@ class Mailbox:
         if self._closed:
             return
         self._closed = True
-        self._inbox_send.close()
+        self._receivers = self._senders = 0
+        self._arrivals.unpark_all()
         self._space.unpark_all()
 
     # -- statistics ------------------------------------------------------------------------
@@ -329,60 +349,42 @@ class Mailbox:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _pull(self, fresh: list[Envelope] | None = None) -> None:
-        """Move what waits in the channel into the priority lanes (never blocks).
+    async def _wait_for_arrival(self) -> None:
+        """Park until a message arrives or the mailbox closes.
 
-        Trio hands a message straight to a task blocked in the channel's ``receive``, so the
-        oldest ones counted in ``_in_channel`` may be on their way to such a task rather than
-        buffered: those stay counted, and that task sorts them in when it wakes. The pulled
-        envelopes are also appended to ``fresh`` when it is given.
+        Raises:
+            MailboxClosed: the mailbox is closed (a receive checks what waits first).
         """
-        count = self._in_channel
-        if not count:
-            return
-        receive_nowait = self._inbox_receive.receive_nowait
-        lanes = self._lanes
-        for pulled in range(count):
-            try:
-                envelope = receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                self._in_channel = count - pulled
-                return
-            lanes[envelope.options.priority].append(envelope)
-            if fresh is not None:
-                fresh.append(envelope)
-        self._in_channel = 0
-
-    async def _wait_for_arrival(self) -> list[Envelope]:
-        """Wait until at least one message arrives; sort the arrivals into lanes and return them."""
+        if self._closed:
+            raise MailboxClosed(f"the mailbox of {self.agent_id!r} is closed")
+        self._receivers += 1
         try:
-            first = await self._inbox_receive.receive()
-        except trio.EndOfChannel:
-            raise MailboxClosed(f"the mailbox of {self.agent_id!r} is closed") from None
-        self._in_channel -= 1
-        self._lanes[first.options.priority].append(first)
-        fresh = [first]
-        self._pull(fresh)
-        return fresh
+            await self._arrivals.park()
+        except BaseException:
+            self._receivers -= 1  # cancelled while parked: nobody woke it
+            raise
 
-    def _in_receive_order(self) -> list[Envelope]:
-        """Every message in the lanes, in the order receives would hand them out."""
-        return [envelope for lane in reversed(self._lanes) for envelope in lane]
-
-    def _take_first(
-        self, predicate: Callable[[Envelope], bool], ordered: list[Envelope]
-    ) -> Envelope | None:
-        """Remove and return the first of ``ordered`` that ``predicate`` accepts."""
-        for envelope in ordered:
-            if predicate(envelope):
-                self._lanes[envelope.options.priority].remove(envelope)
-                return self._took(envelope)
+    def _take_first(self, predicate: Callable[[Envelope], bool]) -> Envelope | None:
+        """Remove and return the first message in receive order that ``predicate`` accepts."""
+        for lane in self._receive_order:
+            for envelope in lane:
+                if predicate(envelope):
+                    lane.remove(envelope)
+                    return self._took(envelope)
         return None
 
     def _took(self, envelope: Envelope) -> Envelope:
         self._size -= 1
         self._processed += 1
-        if self._space:
+        if self._senders:
+            self._senders -= 1
             self._reserved += 1  # the slot is the woken sender's, not a newcomer's
             self._space.unpark()
         return envelope
+
+
+def _check_envelope(envelope: object) -> None:
+    if not isinstance(envelope, Envelope):
+        raise InvalidMessage(f"expected an Envelope, got {type(envelope).__name__}")
+    if not isinstance(envelope.options, MessageOptions):
+        raise InvalidMessage(f"envelope options must be MessageOptions: {envelope.options!r}")

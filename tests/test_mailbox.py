@@ -881,12 +881,16 @@ class TestSecondReceiver:
     """A task that drains or polls while another is blocked in ``receive``."""
 
     async def test_drain_while_a_receiver_waits_loses_nothing(self) -> None:
-        """Close and drain beside a waiting receiver: it gets the first message, drain the rest."""
+        """Close and drain beside a waiting receiver: drain takes every message, and the
+        receiver, woken to an empty closed mailbox, gets MailboxClosed."""
         mailbox = Mailbox(AgentId())
-        received: list[Envelope] = []
+        outcome: list[object] = []
 
         async def receiver() -> None:
-            received.append(await mailbox.receive())
+            try:
+                outcome.append(await mailbox.receive())
+            except MailboxClosed as closed:
+                outcome.append(closed)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(receiver)
@@ -895,12 +899,14 @@ class TestSecondReceiver:
             mailbox.send_nowait(message("second"))
             mailbox.close()
             drained = mailbox.drain()
-        assert payloads(received) == ["first"]
-        assert payloads(drained) == ["second"]
+        assert payloads(drained) == ["first", "second"]
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], MailboxClosed)
         assert len(mailbox) == 0
 
-    async def test_try_receive_while_a_receiver_is_being_woken_returns_none(self) -> None:
-        """A message already handed to a waking receiver is not offered to ``try_receive``."""
+    async def test_a_message_taken_before_the_woken_receiver_runs_is_not_lost(self) -> None:
+        """A message that woke a receiver but was taken by ``try_receive`` first is not handed
+        out twice: the receiver waits on for the next one."""
         mailbox = Mailbox(AgentId())
         received: list[Envelope] = []
 
@@ -910,9 +916,31 @@ class TestSecondReceiver:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(receiver)
             await trio.testing.wait_all_tasks_blocked()
-            mailbox.send_nowait(message("handed over"))
-            assert mailbox.try_receive() is None
-        assert payloads(received) == ["handed over"]
+            mailbox.send_nowait(message("taken"))
+            taken = mailbox.try_receive()
+            await trio.testing.wait_all_tasks_blocked()
+            assert received == []
+            mailbox.send_nowait(message("next"))
+        assert taken is not None
+        assert taken.payload == "taken"
+        assert payloads(received) == ["next"]
+
+    async def test_a_waking_receiver_takes_the_highest_priority_that_arrived(self) -> None:
+        """Messages arriving together while the agent waits are handed out by priority: the
+        first arrival only wakes the receiver, it does not jump the queue."""
+        mailbox = Mailbox(AgentId())
+        received: list[Envelope] = []
+
+        async def receiver() -> None:
+            for _ in range(2):
+                received.append(await mailbox.receive())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receiver)
+            await trio.testing.wait_all_tasks_blocked()
+            mailbox.send_nowait(message("low", Priority.LOW))
+            mailbox.send_nowait(message("critical", Priority.CRITICAL))
+        assert payloads(received) == ["critical", "low"]
 
 
 class TestStats:
