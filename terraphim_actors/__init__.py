@@ -24,7 +24,7 @@ from ._circuit import CircuitBreakerConfig, CircuitState
 from ._dead_letters import DeadLetter, DeadLetterReason
 from ._dedup import DedupWindow
 from ._delivery import DeliveryConfig, DeliveryManager, DeliveryStats, RetryCandidate
-from ._ids import AgentId, MessageId
+from ._ids import AgentId, MessageId, new_message_id
 from ._mailbox import Mailbox, MailboxConfig, MailboxStats, OverflowPolicy
 from ._messages import (
     DeliveryGuarantee,
@@ -109,5 +109,6 @@ __all__ = [
     "call",
     "cast",
     "info",
+    "new_message_id",
     "open_message_system",
 ]

@@ -171,15 +171,16 @@ class DeliveryManager:
         self._system = system
         self._clock = system.clock
         self._random = random.Random(config.seed)
-        #: Options with every delivery field filled in from ``config``, per priority.
-        self._defaults: tuple[MessageOptions, ...] = tuple(
+        #: Options with every delivery field filled in from ``config``, indexed by priority:
+        #: what a message sent without options carries.
+        self.defaults: tuple[MessageOptions, ...] = tuple(
             self._filled(MessageOptions(priority=priority)) for priority in Priority
         )
         #: System notifications: never retried, whatever the system's default, and never
         #: expired (a ``Down`` must reach a monitor, however busy it was).
         self._notices: tuple[MessageOptions, ...] = tuple(
             attrs.evolve(options, guarantee=AT_MOST_ONCE, timeout=math.inf)
-            for options in self._defaults
+            for options in self.defaults
         )
         #: Each message waiting for a retry, with the router's timer for it (``None`` for a
         #: call, whose caller waits in its own task).
@@ -194,10 +195,6 @@ class DeliveryManager:
 
     # -- options ---------------------------------------------------------------------------
 
-    def options_for(self, priority: Priority) -> MessageOptions:
-        """The system's options for a message of ``priority`` (shared, built once)."""
-        return self._defaults[priority]
-
     def notice_options(self, priority: Priority = Priority.NORMAL) -> MessageOptions:
         """Options for a notification the system sends (at most once)."""
         return self._notices[priority]
@@ -205,7 +202,7 @@ class DeliveryManager:
     def resolve(self, options: MessageOptions) -> MessageOptions:
         """``options`` with what it leaves to the system filled in from the configuration."""
         if options is shared_options(options.priority):
-            return self._defaults[options.priority]
+            return self.defaults[options.priority]
         if options.guarantee is None or options.max_retries is None or options.retry_delay is None:
             return self._filled(options)
         return options
@@ -242,6 +239,15 @@ class DeliveryManager:
     def send_nowait(self, cell: AgentCell | None, envelope: Envelope) -> None:
         """:meth:`send` without waiting: a full mailbox is a failure (retried or raised)."""
         self.sent += 1
+        if cell is not None and cell.breaker is None:
+            # The common case, spelled out: a put into the mailbox of a healthy agent.
+            try:
+                cell.mailbox.put_nowait(envelope)
+            except (MailboxFull, MailboxClosed) as error:
+                self._failed(cell, envelope, *_failure_of(error, cell))
+            else:
+                self.delivered += 1
+            return
         failure = self._put_nowait(cell, envelope)
         if failure is not None:
             self._failed(cell, envelope, *failure)
@@ -253,7 +259,7 @@ class DeliveryManager:
         """
         self.sent += 1
         try:
-            cell.mailbox.send_nowait(envelope)
+            cell.mailbox.put_nowait(envelope)
         except (MailboxFull, MailboxClosed) as error:
             self._give_up(envelope, self._final_reason(_failure_of(error, cell)[0]), str(error))
         else:
@@ -318,7 +324,7 @@ class DeliveryManager:
                 return failure
             assert cell is not None
         try:
-            await cell.mailbox.send(envelope)
+            await cell.mailbox.put(envelope)
         except (MailboxFull, MailboxClosed) as error:
             return _failure_of(error, cell)
         self.delivered += 1
@@ -332,7 +338,7 @@ class DeliveryManager:
                 return failure
             assert cell is not None
         try:
-            cell.mailbox.send_nowait(envelope)
+            cell.mailbox.put_nowait(envelope)
         except (MailboxFull, MailboxClosed) as error:
             return _failure_of(error, cell)
         self.delivered += 1

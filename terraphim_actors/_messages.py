@@ -11,7 +11,7 @@ import attrs
 import trio
 
 from ._checks import check_count, check_instance, check_seconds, validator
-from ._ids import AgentId, MessageId
+from ._ids import AgentId, MessageId, new_message_id
 from ._protocol import ReplyHandle
 from .errors import InvalidConfig
 
@@ -129,7 +129,7 @@ class Envelope:
     #: An ``AgentId``, or a registered name.
     recipient: AgentId | str | None = None
     options: MessageOptions = DEFAULT_OPTIONS
-    id: MessageId = attrs.field(factory=MessageId.new)
+    id: MessageId = attrs.field(factory=new_message_id)
     created_at: float = attrs.field(factory=now)
     #: Redeliveries so far: 0 on the first try.
     attempt: int = 0
@@ -161,7 +161,7 @@ class Envelope:
         envelope.sender = sender
         envelope.recipient = recipient
         envelope.options = options
-        envelope.id = MessageId.new()
+        envelope.id = new_message_id()
         envelope.created_at = created_at
         envelope.attempt = 0
         envelope.reply = None

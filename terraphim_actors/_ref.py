@@ -185,16 +185,16 @@ class AgentRef:
         priority: Priority,
         options: MessageOptions | None,
     ) -> Envelope:
-        delivery = self._system.delivery
+        system = self._system
         if options is None:
             if priority.__class__ is not Priority:
                 raise InvalidConfig(f"priority must be a Priority, got {priority!r}")
-            resolved = delivery.options_for(priority)
+            resolved = system.delivery.defaults[priority]
         else:
             check_instance("options", options, MessageOptions)
             if priority is not Priority.NORMAL and priority is not options.priority:
                 raise InvalidConfig("give the priority in options, or as priority=, not both")
-            resolved = delivery.resolve(options)
+            resolved = system.delivery.resolve(options)
         sender = current_cell.get()
         return Envelope.for_send(
             kind,
@@ -202,5 +202,5 @@ class AgentRef:
             None if sender is None else sender.id,
             self.id,
             resolved,
-            self._system.clock.current_time(),
+            system.clock.current_time(),
         )

@@ -16,7 +16,6 @@ from terraphim_actors import (
     AgentId,
     DeliveryGuarantee,
     Envelope,
-    MessageId,
     MessageKind,
     MessageOptions,
     Priority,
@@ -167,7 +166,7 @@ class TestCast:
     def test_each_envelope_gets_a_fresh_message_id(self) -> None:
         """Two envelopes never share a message id."""
         first, second = cast(None, 1), cast(None, 1)
-        assert isinstance(first.id, MessageId)
+        assert type(first.id) is int
         assert first.id != second.id
 
 
@@ -302,5 +301,5 @@ class TestForSend:
             if field.name not in ("id", "created_at"):
                 assert getattr(fast, field.name) == getattr(slow, field.name), field.name
         assert fast.created_at == 12.5
-        assert isinstance(fast.id, MessageId)
+        assert type(fast.id) is int
         assert fast.id != slow.id
