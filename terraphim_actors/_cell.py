@@ -115,7 +115,6 @@ class AgentCell:
         self._final = False
         #: Handle what is already in the mailbox before stopping (subscribers at shutdown).
         self._draining = False
-        self._wait_scope: trio.CancelScope | None = None
         self._linked_failure: BaseException | None = None
         self._in_hand: Envelope | None = None
         self._deferred: set[ReplyHandle] = set()
@@ -274,18 +273,15 @@ class AgentCell:
                     await trio.lowlevel.checkpoint()
                 envelope = mailbox.try_receive()
                 if envelope is None:
-                    mailbox.record_processing_time(clock() - batch_started)
-                    with trio.CancelScope() as self._wait_scope:
-                        try:
-                            envelope = await mailbox.receive()
-                        except MailboxClosed:
-                            break
-                        finally:
-                            self._wait_scope = None
-                    if envelope is None:
-                        break  # asked to stop while it waited
+                    idle_from = clock()
+                    mailbox.record_processing_time(idle_from - batch_started, idle_from)
+                    try:
+                        await mailbox.wait_for_arrival()  # request_stop interrupts it
+                    except MailboxClosed:
+                        break
                     batch_started = clock()
                     served = 0
+                    continue
                 served += 1
                 # Expired: a call once its caller gave up, anything else past its timeout.
                 handle = envelope.reply
@@ -325,7 +321,8 @@ class AgentCell:
                         delivery.acknowledge(self, envelope, reply)
                 self._in_hand = None
         finally:
-            mailbox.record_processing_time(clock() - batch_started)
+            stopped_at = clock()
+            mailbox.record_processing_time(stopped_at - batch_started, stopped_at)
         return self._stop_requested or StopReason.NORMAL
 
     async def _serve_call(self, instance: Agent, context: Context, envelope: Envelope) -> Any:
@@ -430,8 +427,7 @@ class AgentCell:
         if final:
             self._final = True
             self.mailbox.close()
-        if self._wait_scope is not None:
-            self._wait_scope.cancel()
+        self.mailbox.interrupt_receivers()
 
     def kill(self) -> None:
         """Cancel the running instance now (its handler is interrupted)."""

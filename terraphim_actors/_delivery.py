@@ -265,6 +265,17 @@ class DeliveryManager:
         else:
             self.delivered += 1
 
+    def put_call_nowait(self, cell: AgentCell | None, envelope: Envelope) -> bool:
+        """Deliver a call at once if nothing stands in its way: a live agent without a circuit
+        breaker, with room in its mailbox. Returns False, having done nothing, when the call
+        must take :meth:`send_call`'s way, which may wait and retry."""
+        if cell is None or cell.breaker is not None or not cell.mailbox.has_room():
+            return False
+        cell.mailbox.put_nowait(envelope)
+        self.sent += 1
+        self.delivered += 1
+        return True
+
     async def send_call(self, cell: AgentCell | None, envelope: Envelope) -> AgentCell:
         """Deliver a call, in the caller's task: a failure before the handler ran (recipient
         missing, mailbox full, circuit open) is retried with backoff when its guarantee

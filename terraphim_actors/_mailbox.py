@@ -2,7 +2,7 @@
 
 A send appends the envelope to the lane of its priority and, if the agent is parked waiting for
 mail, wakes it; a receive takes the oldest message of the highest priority present. The lanes
-are plain deques and the wake-up is a ``trio.lowlevel.ParkingLot``, rather than a memory
+are plain deques and the wake-up is ``trio.lowlevel.reschedule``, rather than a memory
 channel, because a channel's ``send_nowait`` costs several times a deque append and its items
 would have to be sorted into lanes once more on the receiving side. The blocking operations keep
 Trio's semantics: each is a checkpoint, and cancellation leaves the mailbox unchanged.
@@ -86,7 +86,6 @@ class Mailbox:
     """
 
     __slots__ = (
-        "_arrivals",
         "_closed",
         "_lanes",
         "_last_activity",
@@ -120,9 +119,8 @@ class Mailbox:
         )
         #: The lanes in the order receives empty them: highest priority first.
         self._receive_order = self._lanes[::-1]
-        self._arrivals = trio.lowlevel.ParkingLot()  # receivers waiting for a message
-        #: Receivers parked there and not yet woken (cheaper to test than the lot itself).
-        self._receivers = 0
+        #: Tasks parked until a message arrives, oldest first.
+        self._receivers: collections.deque[trio.lowlevel.Task] = collections.deque()
         self._space = trio.lowlevel.ParkingLot()  # senders waiting for room
         self._senders = 0  # senders parked there and not yet woken
         self._closed = False
@@ -179,8 +177,7 @@ class Mailbox:
         if size > self._peak:
             self._peak = size
         if self._receivers:
-            self._receivers -= 1  # counted here, so that later puts skip the parking lot
-            self._arrivals.unpark()
+            trio.lowlevel.reschedule(self._receivers.popleft())
 
     async def send(self, envelope: Envelope) -> None:
         """Put ``envelope`` in the mailbox; when it is full, wait (``BLOCK``) or fail (``REJECT``).
@@ -218,6 +215,10 @@ class Mailbox:
         finally:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
+    def has_room(self) -> bool:
+        """True when a put now would go in: the mailbox is open and not full."""
+        return not self._closed and self._size + self._reserved < self._limit
+
     def _must_wait(self) -> bool:
         return (
             self._overflow is OverflowPolicy.BLOCK
@@ -251,7 +252,7 @@ class Mailbox:
             await trio.lowlevel.cancel_shielded_checkpoint()
         else:
             while envelope is None:
-                await self._wait_for_arrival()
+                await self.wait_for_arrival()
                 envelope = self.try_receive()
         self._last_activity = now()
         return envelope
@@ -299,7 +300,7 @@ class Mailbox:
             return found
         with trio.move_on_after(math.inf if timeout is None else timeout):
             while True:
-                await self._wait_for_arrival()
+                await self.wait_for_arrival()
                 found = self._take_first(predicate)
                 if found is not None:
                     return found
@@ -321,16 +322,17 @@ class Mailbox:
         if self._closed:
             return
         self._closed = True
-        self._receivers = self._senders = 0
-        self._arrivals.unpark_all()
+        self.interrupt_receivers()
+        self._senders = 0
         self._space.unpark_all()
 
     # -- statistics ------------------------------------------------------------------------
 
-    def record_processing_time(self, seconds: float) -> None:
-        """Add time the agent spent handling messages taken from this mailbox."""
+    def record_processing_time(self, seconds: float, finished_at: float | None = None) -> None:
+        """Add time the agent spent handling messages taken from this mailbox, up to the Trio
+        time ``finished_at`` (now, if not given)."""
         self._processing_time += seconds
-        self._last_activity = now()
+        self._last_activity = now() if finished_at is None else finished_at
 
     def stats(self) -> MailboxStats:
         """A frozen snapshot of this mailbox's counters."""
@@ -349,20 +351,32 @@ class Mailbox:
 
     # -- internals -------------------------------------------------------------------------
 
-    async def _wait_for_arrival(self) -> None:
-        """Park until a message arrives or the mailbox closes.
+    async def wait_for_arrival(self) -> None:
+        """Park until a message arrives, the mailbox closes, or :meth:`interrupt_receivers`.
+
+        Takes nothing: the caller receives what arrived, if anything, without waiting. This
+        is the agent's own loop's way to wait, so that stopping it needs no cancel scope.
 
         Raises:
-            MailboxClosed: the mailbox is closed (a receive checks what waits first).
+            MailboxClosed: the mailbox is closed (the caller takes what waits first).
         """
         if self._closed:
             raise MailboxClosed(f"the mailbox of {self.agent_id!r} is closed")
-        self._receivers += 1
-        try:
-            await self._arrivals.park()
-        except BaseException:
-            self._receivers -= 1  # cancelled while parked: nobody woke it
-            raise
+        task = trio.lowlevel.current_task()
+        receivers = self._receivers
+        receivers.append(task)
+
+        def cancelled(_: object) -> trio.lowlevel.Abort:
+            receivers.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(cancelled)
+
+    def interrupt_receivers(self) -> None:
+        """Wake every task parked in :meth:`wait_for_arrival`, with or without a message."""
+        receivers, self._receivers = self._receivers, collections.deque()
+        for task in receivers:
+            trio.lowlevel.reschedule(task)
 
     def _take_first(self, predicate: Callable[[Envelope], bool]) -> Envelope | None:
         """Remove and return the first message in receive order that ``predicate`` accepts."""

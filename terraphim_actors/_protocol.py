@@ -99,6 +99,15 @@ class ReplyHandle:
         if self._state is _State.PENDING:
             self._state = _State.ABANDONED
 
+    def expire(self) -> None:
+        """The caller's deadline has passed: give up on the reply, and wake a waiting caller,
+        whose wait raises ``CallTimeout``. Does nothing once answered."""
+        if self._state is _State.PENDING:
+            self._state = _State.ABANDONED
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None:
+                trio.lowlevel.reschedule(waiter)
+
     async def wait(self) -> Any:
         """Wait for the answer, at most until :attr:`deadline`.
 

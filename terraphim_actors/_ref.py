@@ -138,21 +138,34 @@ class AgentRef:
         cell = self._route(envelope)
         if cell is not None and cell.in_own_task:
             raise CallToSelf(f"{self.id!r} called itself and would wait forever")
-        own_deadline = trio.current_time() + timeout
-        # The envelope carries the tightest deadline the caller is under, so that the callee
-        # can skip work nobody waits for: this call's, the call being handled, or a Trio scope.
-        deadline = min(own_deadline, inherited_deadline.get(), trio.current_effective_deadline())
+        own_deadline = envelope.created_at + timeout
+        # This call's deadline, or the deadline of the call being handled when that is tighter.
+        # A tighter Trio scope around the caller cancels it as any scope does, but the envelope
+        # carries that deadline too, so that the callee can skip work nobody waits for.
+        deadline = min(own_deadline, inherited_deadline.get())
         handle = ReplyHandle(deadline)
         envelope.reply = handle
-        envelope.deadline = deadline
-        delivery = self._system.delivery
-        delivered_to = None
-        with trio.move_on_at(deadline):
-            delivered_to = await delivery.send_call(cell, envelope)
-            return await handle.wait_unbounded()
-        handle.abandon()
+        envelope.deadline = min(deadline, trio.current_effective_deadline())
+        system = self._system
+        delivery = system.delivery
+        await trio.lowlevel.checkpoint_if_cancelled()
+        delivered_to = cell if delivery.put_call_nowait(cell, envelope) else None
+        if delivered_to is None:
+            # Something stands in the way (a full mailbox, a circuit, no such agent yet):
+            # delivery may wait and retry, within the deadline.
+            with trio.CancelScope(deadline=deadline):
+                delivered_to = await delivery.send_call(cell, envelope)
         if delivered_to is not None:
-            delivery.record_failure(delivered_to)  # a timeout counts against its circuit
+            # A timer, not a cancel scope, ends the wait at the deadline: a scope with a
+            # deadline costs more than a scheduler round.
+            timer = system.timers.call_at(deadline, handle.expire)
+            try:
+                return await handle.wait_unbounded()
+            except CallTimeout:
+                delivery.record_failure(delivered_to)  # a timeout counts against its circuit
+            finally:
+                timer.cancel()
+        handle.abandon()
         waited = f"{timeout} s" if deadline == own_deadline else "its caller's deadline"
         raise CallTimeout(f"{self.id!r} did not reply to {payload!r} within {waited}")
 

@@ -87,7 +87,8 @@ class TimerService:
         heap = self._heap
         while True:
             current = trio.current_time()
-            while heap and heap[0][0] <= current:
+            # Cancelled timers at the top go too, due or not, so as not to wake up for them.
+            while heap and (heap[0][0] <= current or not heap[0][2].pending):
                 timer = heapq.heappop(heap)[2]
                 if timer.pending:
                     timer._fire()

@@ -1061,6 +1061,79 @@ class TestCancellation:
         assert payloads(mailbox.drain()) == ["declined", "arrived"]
 
 
+class TestWaitForArrival:
+    async def test_returns_on_an_arrival_without_taking_it(self) -> None:
+        """``wait_for_arrival`` wakes when a message comes and leaves it to be received."""
+        mailbox = Mailbox(AgentId())
+        woke: list[int] = []
+
+        async def waiter() -> None:
+            await mailbox.wait_for_arrival()
+            woke.append(len(mailbox))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert woke == []
+            mailbox.send_nowait(message("came"))
+        assert woke == [1]
+        assert payloads(mailbox.drain()) == ["came"]
+
+    async def test_interrupt_wakes_a_waiter_without_a_message(self) -> None:
+        """``interrupt_receivers`` ends the wait with nothing in the mailbox (how an agent is
+        asked to stop while idle)."""
+        mailbox = Mailbox(AgentId())
+        woke: list[int] = []
+
+        async def waiter() -> None:
+            await mailbox.wait_for_arrival()
+            woke.append(len(mailbox))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            mailbox.interrupt_receivers()
+        assert woke == [0]
+
+    async def test_a_closed_mailbox_raises_mailbox_closed(self) -> None:
+        """Waiting on a closed mailbox raises MailboxClosed at once."""
+        mailbox = Mailbox(AgentId())
+        mailbox.close()
+        with pytest.raises(MailboxClosed):
+            await mailbox.wait_for_arrival()
+
+    async def test_a_cancelled_wait_is_not_woken_by_a_later_arrival(self) -> None:
+        """A wait cancelled while parked leaves no stale waiter behind: the next arrival
+        wakes the next waiter."""
+        mailbox = Mailbox(AgentId())
+        woke: list[str] = []
+
+        async def waiter(name: str) -> None:
+            await mailbox.wait_for_arrival()
+            woke.append(name)
+
+        async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as cancelled:
+                cancelled.start_soon(waiter, "cancelled")
+                await trio.testing.wait_all_tasks_blocked()
+                cancelled.cancel_scope.cancel()
+            nursery.start_soon(waiter, "second")
+            await trio.testing.wait_all_tasks_blocked()
+            mailbox.send_nowait(message("came"))
+        assert woke == ["second"]
+
+    def test_has_room_follows_the_bound_and_the_close(self) -> None:
+        """``has_room`` is True while a put would go in: open and below its capacity."""
+        mailbox = Mailbox(AgentId(), MailboxConfig(capacity=1))
+        assert mailbox.has_room()
+        mailbox.send_nowait(message(1))
+        assert not mailbox.has_room()
+        mailbox.drain()
+        assert mailbox.has_room()
+        mailbox.close()
+        assert not mailbox.has_room()
+
+
 class TestWaitingSendersAndBadInput:
     async def test_a_freed_slot_goes_to_the_longest_waiting_sender(self) -> None:
         """A sender that starts after others began waiting cannot take the slot they wait for."""

@@ -194,6 +194,36 @@ class TestGivingUp:
         assert not handle.abandoned
 
 
+class TestExpire:
+    async def test_expire_wakes_the_waiter_with_call_timeout(self) -> None:
+        """``expire`` (the caller's deadline timer) ends a waiting caller's wait with
+        CallTimeout and drops any later answer."""
+        handle = ReplyHandle()
+        outcome: list[BaseException] = []
+
+        async def caller() -> None:
+            try:
+                await handle.wait_unbounded()
+            except CallTimeout as timeout:
+                outcome.append(timeout)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(caller)
+            await trio.testing.wait_all_tasks_blocked()
+            handle.expire()
+        assert len(outcome) == 1
+        assert handle.abandoned
+        assert handle.reply("too late") is False
+
+    def test_expire_leaves_an_answer_standing(self) -> None:
+        """A handle answered before its deadline timer fires keeps its answer."""
+        handle = ReplyHandle()
+        handle.reply("in time")
+        handle.expire()
+        assert handle.replied
+        assert handle.value == "in time"
+
+
 class TestOneWaiter:
     async def test_a_second_waiter_is_refused(self) -> None:
         """Only one task may wait for a reply; a second gets ``trio.BusyResourceError``."""

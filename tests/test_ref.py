@@ -89,6 +89,29 @@ class TestCallReply:
         assert log == []
 
 
+class TestCallUnderAnOuterScope:
+    async def test_a_tighter_trio_scope_cancels_the_call_as_it_would_any_wait(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A call inside ``move_on_after`` with a shorter time ends when the scope does: the
+        scope catches it, and no CallTimeout escapes it."""
+        ref = await system.spawn(Runner)
+        started = trio.current_time()
+        with trio.move_on_after(1.0) as scope:
+            await ref.call(defer_into([]), timeout=10.0)
+        assert scope.cancelled_caught
+        assert trio.current_time() - started == pytest.approx(1.0)
+
+    async def test_a_call_answered_in_time_leaves_no_timer_behind(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The timer that would end a call's wait is cancelled once the reply comes."""
+        ref = await system.spawn(Recorder, [])
+        pending = len(system.timers)
+        assert await ref.call("hello", timeout=5.0) == "hello"
+        assert len(system.timers) == pending
+
+
 class TestCallFailure:
     async def test_error_in_handle_call_reaches_caller_as_call_failed(
         self, system: MessageSystem
