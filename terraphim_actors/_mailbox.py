@@ -114,14 +114,19 @@ class Mailbox:
         capacity = self.config.capacity
         self._limit: float = math.inf if capacity is None else capacity
         self._overflow = self.config.overflow
-        self._lanes: tuple[collections.deque[Envelope], ...] = tuple(
-            collections.deque() for _ in Priority
-        )
-        #: The lanes in the order receives empty them: highest priority first.
-        self._receive_order = self._lanes[::-1]
+        # One FIFO lane per priority, made when its first message comes: an empty deque
+        # takes more memory than an idle Trio task's whole stack.
+        self._lanes: list[collections.deque[Envelope] | None] = [None] * len(Priority)
+        #: The same lanes in the order receives empty them: highest priority first.
+        self._receive_order: list[collections.deque[Envelope] | None] = [None] * len(Priority)
         #: Tasks parked until a message arrives, oldest first.
-        self._receivers: collections.deque[trio.lowlevel.Task] = collections.deque()
-        self._space = trio.lowlevel.ParkingLot()  # senders waiting for room
+        self._receivers: list[trio.lowlevel.Task] = []
+        #: Senders waiting for room (only a bounded mailbox that blocks has any).
+        self._space = (
+            trio.lowlevel.ParkingLot()
+            if capacity is not None and self._overflow is OverflowPolicy.BLOCK
+            else None
+        )
         self._senders = 0  # senders parked there and not yet woken
         self._closed = False
         self._size = 0
@@ -171,13 +176,17 @@ class Mailbox:
         if size + self._reserved >= self._limit:
             self._rejected += 1
             raise MailboxFull(f"the mailbox of {self.agent_id!r} is full ({self._limit})")
-        self._lanes[envelope.options.priority].append(envelope)
+        priority = envelope.options.priority
+        lane = self._lanes[priority]
+        if lane is None:
+            lane = self._lanes[priority] = self._receive_order[-1 - priority] = collections.deque()
+        lane.append(envelope)
         self._size = size = size + 1
         self._received += 1
         if size > self._peak:
             self._peak = size
         if self._receivers:
-            trio.lowlevel.reschedule(self._receivers.popleft())
+            trio.lowlevel.reschedule(self._receivers.pop(0))
 
     async def send(self, envelope: Envelope) -> None:
         """Put ``envelope`` in the mailbox; when it is full, wait (``BLOCK``) or fail (``REJECT``).
@@ -195,7 +204,7 @@ class Mailbox:
 
     async def put(self, envelope: Envelope) -> None:
         """:meth:`send` for an envelope known to be valid (see :meth:`put_nowait`)."""
-        if self._must_wait():
+        if self._space is not None and self._must_wait():
             self._senders += 1
             try:
                 await self._space.park()
@@ -324,7 +333,8 @@ class Mailbox:
         self._closed = True
         self.interrupt_receivers()
         self._senders = 0
-        self._space.unpark_all()
+        if self._space is not None:
+            self._space.unpark_all()
 
     # -- statistics ------------------------------------------------------------------------
 
@@ -374,13 +384,15 @@ class Mailbox:
 
     def interrupt_receivers(self) -> None:
         """Wake every task parked in :meth:`wait_for_arrival`, with or without a message."""
-        receivers, self._receivers = self._receivers, collections.deque()
+        receivers, self._receivers = self._receivers, []
         for task in receivers:
             trio.lowlevel.reschedule(task)
 
     def _take_first(self, predicate: Callable[[Envelope], bool]) -> Envelope | None:
         """Remove and return the first message in receive order that ``predicate`` accepts."""
         for lane in self._receive_order:
+            if lane is None:
+                continue
             for envelope in lane:
                 if predicate(envelope):
                     lane.remove(envelope)
@@ -391,6 +403,7 @@ class Mailbox:
         self._size -= 1
         self._processed += 1
         if self._senders:
+            assert self._space is not None
             self._senders -= 1
             self._reserved += 1  # the slot is the woken sender's, not a newcomer's
             self._space.unpark()
