@@ -557,6 +557,13 @@ class Supervisor:
         if run is None:
             child.state = then
             return
+        if run.done.is_set():  # it ended by itself already: nothing to ask or wait for
+            run.terminating = True
+            if run.outcome is not None:
+                self._report_stop_error(child, run.outcome)
+            child.last_exit = run.outcome
+            child.state = then
+            return
         child.state = ChildState.STOPPING
         run.terminating = True
         if run.health_scope is not None:

@@ -410,12 +410,13 @@ class AgentCell:
         for monitor, target in self._watching.items():
             target._watchers.pop(monitor, None)
         self._watching.clear()
-        with trio.CancelScope(shield=True) as cleanup:
-            cleanup.deadline = trio.current_time() + self.shutdown
-            try:
-                await instance.on_stop(reason)
-            except Exception as error:
-                logger.error("agent %r raised in on_stop", self.id, exc_info=error)
+        if type(instance).on_stop is not Agent.on_stop:  # a scope costs; the default is a no-op
+            with trio.CancelScope(shield=True) as cleanup:
+                cleanup.deadline = trio.current_time() + self.shutdown
+                try:
+                    await instance.on_stop(reason)
+                except Exception as error:
+                    logger.error("agent %r raised in on_stop", self.id, exc_info=error)
         self.system.publish(AgentExited(self.id, reason))
 
     def finish(self, reason: ExitReason) -> None:
