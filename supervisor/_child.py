@@ -22,6 +22,7 @@ class ChildRun:
         "outcome",
         "reported",
         "scope",
+        "start_error",
         "started",
         "started_at",
         "terminating",
@@ -37,8 +38,10 @@ class ChildRun:
         #: What the child reported through ``task_status.started``.
         self.value: object = None
         self.reported = False
-        #: Set when the child reports ``started``.
+        #: Set when the child reports ``started``, or ends without having done so.
         self.started = trio.Event()
+        #: What it raised before it reported ``started``, if it did.
+        self.start_error: Exception | None = None
         #: How the run ended: the exception, or ``None`` for a normal return.
         self.outcome: BaseException | None = None
         self.started_at = trio.current_time()

@@ -91,17 +91,15 @@ def current_child() -> CurrentChild | None:
 
 
 class _StartedRelay:
-    """The ``task_status`` a child gets: it records the value, then passes the news on."""
+    """The ``task_status`` a child gets: it records the value and wakes the launcher."""
 
-    def __init__(self, run: ChildRun, outer: trio.TaskStatus[None]) -> None:
+    def __init__(self, run: ChildRun) -> None:
         self._run = run
-        self._outer = outer
 
     def started(self, value: Any = None) -> None:
         self._run.value = value
         self._run.reported = True
         self._run.started.set()
-        self._outer.started()
 
 
 class Supervisor:
@@ -376,26 +374,34 @@ class Supervisor:
         child.run = run
         child.state = ChildState.STARTING
         self._launching = run
+        # What ``nursery.start`` does, without the nursery it opens for each start: that
+        # scope and its reparenting cost more than the rest of starting a small child.
         try:
-            await self._nursery.start(self._run_child, run)
-        except Exception as error:
+            self._nursery.start_soon(self._run_child, run)
+            try:
+                await run.started.wait()
+            except BaseException:
+                run.scope.cancel()  # cancelled from outside: so is the child; the caller cleans up
+                with trio.CancelScope(shield=True):
+                    await run.done.wait()
+                child.run = None
+                raise
+        finally:
+            self._launching = None
+        if not run.reported:
+            error = run.start_error or RuntimeError("the child ended before it reported started")
             child.run = None
             child.last_exit = error
             return error
-        except BaseException:
-            child.run = None  # cancelled from outside: the caller cleans up
-            raise
-        finally:
-            self._launching = None
         child.state = ChildState.RUNNING
         if child.spec.health_check is not None and not run.done.is_set():
             self._nursery.start_soon(self._watch_health, run)
         return None
 
-    async def _run_child(self, run: ChildRun, *, task_status: trio.TaskStatus[None]) -> None:
+    async def _run_child(self, run: ChildRun) -> None:
         """The task of one run: the child's own code, and the report of how it ended."""
         child = run.child
-        relay = _StartedRelay(run, task_status)
+        relay = _StartedRelay(run)
         _current_child.set(CurrentChild(self, child.spec.id))
         try:
             with run.scope:
@@ -407,12 +413,14 @@ class Supervisor:
                         await child.spec.start()
                 except Exception as error:
                     if not run.reported:
-                        raise  # to the caller of nursery.start, as a failed start
-                    run.outcome = error
+                        run.start_error = error  # for the launcher, as a failed start
+                    else:
+                        run.outcome = error
             if run.scope.cancelled_caught and run.health_failure is not None:
                 run.outcome = run.health_failure
         finally:
             run.done.set()
+            run.started.set()  # the launcher waits for this, whether it started or not
             if run.health_scope is not None:
                 run.health_scope.cancel()
             if run.reported and not run.terminating and self._events is not None:

@@ -251,42 +251,43 @@ class AgentCell:
         self._task = trio.lowlevel.current_task()
         current_cell.set(self)
         inherited_deadline.set(math.inf)
-        instance = await self._start_instance()
-        self.state = CellState.RUNNING
-        task_status.started(self.ref)
-        self.system.publish(AgentStarted(self.id))
+        instance: Agent | None = None
         reason: ExitReason = StopReason.KILLED
         try:
+            # One scope for the instance's whole life, ``on_start`` included: kill() cancels it.
             with trio.CancelScope() as scope:
                 self._instance_scope = scope
+                instance = await self._start_instance()
+                self.state = CellState.RUNNING
+                task_status.started(self.ref)
+                self.system.publish(AgentStarted(self.id))
                 reason = await self._serve(instance)
+            if instance is None:
+                raise AgentStartFailed(f"{self.id!r} was stopped before on_start finished")
             if scope.cancelled_caught and self._linked_failure is not None:
                 reason = self._linked_failure
         except BaseException as error:
-            if not isinstance(error, trio.Cancelled):
+            if instance is not None and not isinstance(error, trio.Cancelled):
                 reason = error  # SystemExit, KeyboardInterrupt: on their way out of Trio
             raise
         finally:
             self._instance_scope = None
-            await self._end_instance(instance, reason)
+            if instance is not None:
+                await self._end_instance(instance, reason)
         return reason
 
     async def _start_instance(self) -> Agent:
-        """Build a fresh instance and run its ``on_start``, which :meth:`kill` can interrupt.
+        """Build a fresh instance and run its ``on_start``.
 
         Raises:
-            AgentStartFailed: the constructor or ``on_start`` raised, or the agent was killed
-                before ``on_start`` finished.
+            AgentStartFailed: the constructor or ``on_start`` raised.
         """
-        with trio.CancelScope() as scope:
-            self._instance_scope = scope
-            try:
-                instance = self.agent_class(*self._args)
-                await instance.on_start()
-            except Exception as error:
-                raise AgentStartFailed(f"{self.id!r} failed to start: {error!r}") from error
-            return instance
-        raise AgentStartFailed(f"{self.id!r} was stopped before on_start finished")
+        try:
+            instance = self.agent_class(*self._args)
+            await instance.on_start()
+        except Exception as error:
+            raise AgentStartFailed(f"{self.id!r} failed to start: {error!r}") from error
+        return instance
 
     async def _serve(self, instance: Agent) -> ExitReason:
         """The gen_server loop: one message at a time until asked to stop or crashed.
