@@ -25,6 +25,10 @@ class _State(enum.Enum):
     ABANDONED = "abandoned"
 
 
+# A global lookup is cheaper than an enum's attribute, and this is the path of every reply.
+_PENDING = _State.PENDING
+
+
 class ReplyHandle:
     """The one-shot slot that carries the reply of one call back to its one caller.
 
@@ -50,7 +54,7 @@ class ReplyHandle:
     @property
     def pending(self) -> bool:
         """True while the caller still waits and nobody has answered."""
-        return self._state is _State.PENDING
+        return self._state is _PENDING
 
     @property
     def replied(self) -> bool:
@@ -77,8 +81,8 @@ class ReplyHandle:
         Raises:
             ReplyAlreadySent: the call was answered before.
         """
-        if not self._answerable():
-            return False
+        if self._state is not _PENDING:
+            return self._answered_late()
         self._value = value
         self._wake()
         return True
@@ -88,8 +92,8 @@ class ReplyHandle:
 
         Returns and raises as :meth:`reply`.
         """
-        if not self._answerable():
-            return False
+        if self._state is not _PENDING:
+            return self._answered_late()
         self._error = error
         self._wake()
         return True
@@ -146,9 +150,8 @@ class ReplyHandle:
     def __await__(self) -> Any:
         return self.wait().__await__()
 
-    def _answerable(self) -> bool:
-        if self._state is _State.PENDING:
-            return True
+    def _answered_late(self) -> bool:
+        """An answer to a handle no longer pending: dropped if its caller gave up."""
         if self._state is _State.ABANDONED:
             return False
         raise ReplyAlreadySent("this call has already been answered")
