@@ -68,6 +68,7 @@ class DynamicSupervisor:
 
     @property
     def name(self) -> str:
+        """The name logs and errors give it (``dynamic-supervisor@...`` unless one was given)."""
         return self._supervisor.name
 
     async def start_child(self, *args: Any) -> ChildInfo:
@@ -114,9 +115,12 @@ class DynamicSupervisor:
         return await self._supervisor.__aexit__(*exc_info)
 
     def request_stop(self) -> None:
+        """Ask it to stop every child and return from :meth:`run`, without waiting: for code
+        that cannot await, such as a parent's stop hook. See :meth:`Supervisor.request_stop`."""
         self._supervisor.request_stop()
 
     async def stop(self) -> None:
+        """Stop every child by the template's shutdown spec, and wait until they have stopped."""
         await self._supervisor.stop()
 
     def as_child(self, id: Hashable, *, restart: RestartType = RestartType.PERMANENT) -> ChildSpec:
@@ -124,10 +128,14 @@ class DynamicSupervisor:
         return attrs.evolve(self._supervisor.as_child(id, restart=restart), start=self.run)
 
     def which_children(self) -> list[ChildInfo]:
+        """Every child it has now, in start order, with its id ``(template.id, n)``: how to
+        find one to terminate. Children that ended for good are forgotten, as in OTP."""
         return self._supervisor.which_children()
 
     def count_children(self) -> ChildCounts:
+        """OTP's ``count_children``: how many children it knows of and how many run."""
         return self._supervisor.count_children()
 
     def stats(self) -> SupervisorStats:
+        """A frozen snapshot of its counters: children by state, restarts, escalations."""
         return self._supervisor.stats()

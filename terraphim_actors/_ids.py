@@ -29,10 +29,16 @@ class AgentId:
         return f"AgentId({self.name!r}, {short})" if self.name else f"AgentId({short})"
 
 
-#: The id of one message: an ``int``, unique within this process and increasing. A plain
-#: ``int`` (not a subclass) because making one is on the path of every send, where an int
-#: subclass cost about a tenth of a cast; dedup tables hash it at C speed too.
 MessageId = NewType("MessageId", int)
+MessageId.__doc__ = """The id of one message: a plain ``int``, unique within this process and
+increasing, made by :func:`new_message_id`.
 
-#: Return a fresh :data:`MessageId`, never returned before in this process.
+Exactly-once delivery recognises a duplicate by it, so a message sent again keeps its id. It is
+an ``int`` rather than a class of its own because one is made on every send, where a subclass
+of ``int`` cost about a tenth of a cast (and dedup tables hash a plain ``int`` at C speed)."""
+
 new_message_id: Callable[[], MessageId] = functools.partial(next, itertools.count(1))
+new_message_id.__doc__ = """Return a fresh :data:`MessageId`, never returned before in this process.
+
+A counter rather than a random id, so that ids are cheap to make and increase with time; they
+are unique within one process only, which is all the in-process delivery layer needs."""
