@@ -170,6 +170,8 @@ class Supervisor:
         self._escalation: RestartIntensityExceeded | None = None
         #: The run being started now, under the lock: a stop request may have to cut it short.
         self._launching: ChildRun | None = None
+        #: Its own parent supervisor and id there, when it runs as a child of one.
+        self._placement: CurrentChild | None = None
         self._block: contextlib.AbstractAsyncContextManager[Supervisor] | None = None
         self._total_restarts = 0
         self._escalations = 0
@@ -191,10 +193,12 @@ class Supervisor:
 
     @property
     def max_restarts(self) -> int:
+        """Restarts allowed within :attr:`max_seconds` before the supervisor gives up."""
         return self._window.max_restarts
 
     @property
     def max_seconds(self) -> float:
+        """The length, in seconds, of the sliding window that restarts are counted in."""
         return self._window.max_seconds
 
     def as_child(
@@ -237,6 +241,7 @@ class Supervisor:
         """
         if self._nursery is not None:
             raise SupervisorError(f"{self.name} is already running")
+        self._placement = current_child()
         self._children = {spec.id: Child(spec) for spec in self._specs}
         self._window.clear()
         self._stopping = False
@@ -691,6 +696,7 @@ class Supervisor:
         return [child.info() for child in self._children.values()]
 
     def count_children(self) -> ChildCounts:
+        """OTP's ``count_children``: how many children there are, of each kind, running."""
         children = self._children.values()
         supervisors = sum(child.spec.kind is ChildKind.SUPERVISOR for child in children)
         return ChildCounts(
@@ -701,6 +707,8 @@ class Supervisor:
         )
 
     def stats(self) -> SupervisorStats:
+        """A snapshot of the children by state and the restarts, escalations and stop errors
+        so far, for dashboards and tests."""
         by_state = dict.fromkeys(ChildState, 0)
         for child in self._children.values():
             by_state[child.state] += 1
@@ -728,19 +736,19 @@ class Supervisor:
         _retire(child)
 
     def _check_not_starting_caller(self) -> None:
-        """Refuse a call that would wait for the lock held while the caller itself starts."""
-        caller = current_child()
+        """Refuse a call that would wait for the lock held while the caller itself starts: the
+        caller is the child being started, or runs somewhere in the subtree being started."""
         launching = self._launching
-        if (
-            caller is not None
-            and caller.supervisor is self
-            and launching is not None
-            and launching.child.spec.id == caller.id
-        ):
-            raise SupervisorError(
-                f"child {caller.id!r} called its own supervisor {self.name} while starting, "
-                "which would wait for itself: do it once started (e.g. in a task it starts)"
-            )
+        if launching is None:
+            return
+        caller = current_child()
+        while caller is not None:
+            if caller.supervisor is self and launching.child.spec.id == caller.id:
+                raise SupervisorError(
+                    f"child {caller.id!r} called its supervisor {self.name} while starting, "
+                    "which would wait for itself: do it once started (e.g. in a task it starts)"
+                )
+            caller = caller.supervisor._placement
 
     def _retire_children(self) -> None:
         """This supervisor will not run again: its children will not start again either."""

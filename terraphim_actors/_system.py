@@ -415,8 +415,8 @@ class MessageSystem:
 
         It finishes the message in hand (within its shutdown time; then it is cancelled),
         runs ``on_stop``; calls it had taken fail with ``AgentStopped``, and the messages still
-        waiting are settled by their guarantee: retried (to whatever takes the agent's id
-        later) or dead-lettered.
+        waiting become ``AGENT_STOPPED`` dead letters: an agent stopped for good refuses, as a
+        dead process does in Erlang, so they are not retried.
 
         Raises:
             CallToSelf: an agent awaited its own stop (use ``ctx.stop()`` instead).
@@ -462,6 +462,7 @@ class MessageSystem:
             self._dead_letter_subscribers.append(cell)
 
     def is_subscriber(self, cell: AgentCell) -> bool:
+        """Whether ``cell`` hears of agents starting and stopping (see :meth:`subscribe`)."""
         return cell in self._subscribers
 
     # -- seed-compatible routing ------------------------------------------------------------
@@ -583,9 +584,11 @@ class MessageSystem:
         self._spawned += 1
 
     def count_crash(self) -> None:
+        """Count an agent instance that ended with an exception (for :meth:`stats`)."""
         self._crashes += 1
 
     def count_restart(self) -> None:
+        """Count an agent instance started again after the first (for :meth:`stats`)."""
         self._restarts += 1
 
     def has_stopped(self, address: AgentId | str | None) -> bool:

@@ -533,6 +533,21 @@ class TestRacesWithTheSupervisor:
             await system.spawn(Parent)
         assert await (await system.spawn(Busy)).call("still serving") == "ok"
 
+    async def test_spawn_from_on_start_in_a_subtree_fails_instead_of_deadlocking(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """An agent in a subtree the root is starting cannot add a sibling to the root either:
+        the root is waiting for that subtree, several levels up."""
+
+        class Parent(Agent):
+            async def on_start(self) -> None:
+                await self_system.spawn(Busy)
+
+        self_system = system
+        with trio.fail_after(10), pytest.raises(Exception, match="while starting"):
+            await system.start_supervisor([system.agent_spec(Parent, name="parent")])
+        assert await (await system.spawn(Busy)).call("still serving") == "ok"
+
     async def test_system_stop_during_a_group_restart_stops_the_agent_for_good(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:
