@@ -1,111 +1,84 @@
-"""Cast throughput, 1 -> 1: one task casts N messages that one agent handles.
+"""Cast throughput, handled by agents: 1 -> 1, fan-in (many senders -> 1) and fan-out
+(1 -> many agents), each beside the same pattern on bare Trio memory channels.
 
-The floor is the same pattern on a bare Trio memory channel: a producer task doing
-``send_nowait`` and a consumer task receiving each message. Both run in the same process and
-the same run, and the script prints their ratio, because absolute times drift on a shared
-machine.
+Throughput counts messages handled, not merely sent: a run ends when the last recipient has
+counted the last message. The floor is a producer doing ``send_nowait`` into a channel per
+recipient and one consumer task per channel receiving each message. Fan-in senders are tasks
+that yield after each burst, as independent producers take turns.
 
-    uv run python benchmarks/cast_throughput.py [--messages N] [--runs R]
+    uv run python benchmarks/cast_throughput.py [--quick] [--runs R] [--messages N]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import statistics
-import time
-from typing import Any
+from collections.abc import Sequence
 
-import trio
-import trio.testing
+from _harness import Options, Report, run_trio
+from _workloads import agent_casts, floor_casts
 
-from terraphim_actors import Agent, Context, MessageSystemConfig, open_message_system
+from terraphim_actors import DeliveryConfig, DeliveryGuarantee, MessageSystemConfig
+
+PATTERNS = ("one_to_one", "fan_in", "fan_out")
 
 
-class Sink(Agent):
-    async def on_start(self) -> None:
-        self.count = 0
-
-    async def handle_cast(self, message: Any, ctx: Context) -> None:
-        self.count += 1
-
-    async def handle_call(self, message: Any, ctx: Context) -> Any:
-        return self.count
+def shape(pattern: str, arguments: argparse.Namespace) -> tuple[int, int]:
+    """How many senders and recipients ``pattern`` has."""
+    return {
+        "one_to_one": (1, 1),
+        "fan_in": (arguments.senders, 1),
+        "fan_out": (1, arguments.recipients),
+    }[pattern]
 
 
-async def floor(messages: int) -> float:
-    """Seconds for a bare channel: producer ``send_nowait``, consumer ``receive`` per message."""
-    send, receive = trio.open_memory_channel[int](math.inf)
-    done = trio.Event()
-
-    async def consume() -> None:
-        count = 0
-        async for _ in receive:
-            count += 1
-            if count == messages:
-                done.set()
-                return
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(consume)
-        await trio.testing.wait_all_tasks_blocked()
-        started = time.perf_counter()
-        for number in range(messages):
-            send.send_nowait(number)
-        await done.wait()
-        elapsed = time.perf_counter() - started
-    return elapsed
-
-
-async def agent(messages: int, config: MessageSystemConfig | None = None) -> float:
-    """Seconds for an agent: ``cast_nowait`` from the main task, then a call to wait for it."""
-    async with open_message_system(config) as system:
-        sink = await system.spawn(Sink)
-        await trio.testing.wait_all_tasks_blocked()
-        started = time.perf_counter()
-        for number in range(messages):
-            sink.cast_nowait(number)
-        handled = await sink.call("count", timeout=600)
-        elapsed = time.perf_counter() - started
-        assert handled == messages
-    return elapsed
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--runs", type=int, default=5)
-    arguments = parser.parse_args()
-    floors: list[float] = []
-    agents: list[float] = []
-    for _ in range(arguments.runs):
-        floors.append(trio.run(floor, arguments.messages))
-        agents.append(trio.run(agent, arguments.messages))
-    rate = {
-        "floor": [arguments.messages / seconds for seconds in floors],
-        "agent": [arguments.messages / seconds for seconds in agents],
-    }
-    print(f"cast 1->1, {arguments.messages} messages, {arguments.runs} runs (messages/s)")
-    print(f"{'':8} {'median':>12} {'min':>12} {'max':>12}")
-    for name, values in rate.items():
-        print(
-            f"{name:8} {statistics.median(values):12,.0f} {min(values):12,.0f} {max(values):12,.0f}"
-        )
-    ratio = statistics.median(rate["agent"]) / statistics.median(rate["floor"])
-    print(f"ratio agent/floor (median): {ratio:.2f}x")
-    print(
-        json.dumps(
-            {
-                "benchmark": "cast_1_to_1",
-                "messages": arguments.messages,
-                "runs": arguments.runs,
-                "floor_per_second": statistics.median(rate["floor"]),
-                "agent_per_second": statistics.median(rate["agent"]),
-                "ratio": ratio,
-            }
-        )
+def options() -> Options:
+    choice = Options(__doc__.splitlines()[0], runs=5, quick_runs=3)
+    choice.size("--messages", full=200_000, quick=5_000, help="messages per measurement")
+    choice.size("--senders", full=100, quick=100, help="sender tasks of the fan-in")
+    choice.size("--recipients", full=100, quick=100, help="agents of the fan-out")
+    choice.size("--burst", full=10, quick=10, help="sends of a fan-in sender between yields")
+    choice.parser.add_argument(
+        "--guarantee",
+        choices=[guarantee.value for guarantee in DeliveryGuarantee],
+        default=DeliveryGuarantee.AT_LEAST_ONCE.value,
+        help="the agents' delivery guarantee (default: at-least-once, the system's default)",
     )
+    return choice
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    arguments = options().parse(argv)
+    guarantee = DeliveryGuarantee(arguments.guarantee)
+    config = MessageSystemConfig(delivery=DeliveryConfig(guarantee=guarantee))
+    report = Report(
+        "cast_throughput",
+        arguments,
+        {
+            "messages": arguments.messages,
+            "senders": arguments.senders,
+            "recipients": arguments.recipients,
+            "burst": arguments.burst,
+            "guarantee": guarantee.value,
+        },
+    )
+    messages = arguments.messages
+    for key in PATTERNS:
+        senders, recipients = shape(key, arguments)
+        floors, agents = [], []
+        for _ in range(arguments.runs):
+            floors.append(run_trio(floor_casts, messages, senders, recipients, arguments.burst))
+            agents.append(
+                run_trio(agent_casts, messages, senders, recipients, arguments.burst, config)
+            )
+        shown = f"{senders}->{recipients}"
+        floor = report.measure(
+            f"floor_{key}", f"floor {shown}", "messages/s", [messages / s for s in floors]
+        )
+        agent = report.measure(
+            f"agents_{key}", f"agents {shown}", "messages/s", [messages / s for s in agents]
+        )
+        report.ratio(f"cast_{key}_ratio_to_floor", agent.median / floor.median)
+    report.print(f"cast throughput, {messages:_} messages handled, {guarantee.value}")
 
 
 if __name__ == "__main__":

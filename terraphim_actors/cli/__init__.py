@@ -1,4 +1,5 @@
-"""The ``terraphim-actors`` command: ``demo`` runs a research assistant of agents that fail."""
+"""The ``terraphim-actors`` command: ``demo`` runs a research assistant of agents that fail;
+``bench`` runs the benchmark suite against bare Trio channels."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 
 import trio
 
+from ._bench import add_bench_parser, run_bench
 from ._demo import DemoSettings, run_demo
 
 __all__ = ["main"]
@@ -40,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--questions", type=int, default=16, help="questions the user asks (default 16)"
     )
+    add_bench_parser(commands)
     return parser
 
 
@@ -49,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     if arguments.command == "demo":
         return trio.run(run_demo, _demo_settings(parser, arguments))
+    if arguments.command == "bench":
+        return run_bench(arguments)
     raise AssertionError(f"unknown command {arguments.command!r}")  # pragma: no cover
 
 
