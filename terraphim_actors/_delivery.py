@@ -71,6 +71,10 @@ _RAISED = frozenset(
 )
 
 
+#: Distinct per-message options kept filled in; past that the cache starts afresh.
+_RESOLVED_KEPT = 1024
+
+
 def _check_multiplier(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 1:
         raise InvalidConfig(f"{attribute.name} must be a number >= 1, got {value!r}")
@@ -176,6 +180,9 @@ class DeliveryManager:
         self.defaults: tuple[MessageOptions, ...] = tuple(
             self._filled(MessageOptions(priority=priority)) for priority in Priority
         )
+        #: Options given per message, filled in (``attrs.evolve`` with its validators costs
+        #: more than a send, and a sender usually reuses one options object).
+        self._resolved: dict[MessageOptions, MessageOptions] = {}
         #: System notifications: never retried, whatever the system's default, and never
         #: expired (a ``Down`` must reach a monitor, however busy it was).
         self._notices: tuple[MessageOptions, ...] = tuple(
@@ -204,7 +211,12 @@ class DeliveryManager:
         if options is shared_options(options.priority):
             return self.defaults[options.priority]
         if options.guarantee is None or options.max_retries is None or options.retry_delay is None:
-            return self._filled(options)
+            filled = self._resolved.get(options)
+            if filled is None:
+                if len(self._resolved) >= _RESOLVED_KEPT:
+                    self._resolved.clear()
+                filled = self._resolved[options] = self._filled(options)
+            return filled
         return options
 
     def _filled(self, options: MessageOptions) -> MessageOptions:

@@ -58,7 +58,7 @@ class DeliveryGuarantee(enum.Enum):
     EXACTLY_ONCE = "exactly-once"
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, cache_hash=True)  # hashed on every send that carries options
 class MessageOptions:
     """Per-message options. ``None`` defers to the system's delivery configuration.
 

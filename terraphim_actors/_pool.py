@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Pool", "PoolRef"]
 
+RUNNING = CellState.RUNNING
+STOPPED = CellState.STOPPED
+
 
 class Pool:
     """The members of a pool (by position, stable across their restarts) and their balancer."""
@@ -53,7 +56,7 @@ class Pool:
     def member(self, position: int) -> AgentCell | None:
         """The agent at ``position`` if it has not stopped for good."""
         cell = self.starters[position].cell
-        return None if cell is None or cell.stopped.is_set() else cell
+        return None if cell is None or cell.state is STOPPED else cell
 
     def members(self) -> list[AgentCell]:
         """The members that have not stopped for good, in pool order."""
@@ -71,19 +74,20 @@ class Pool:
         caller = None
         if envelope is not None and envelope.kind is MessageKind.CALL:
             caller = current_cell.get()
-        running_only = any(cell.state is CellState.RUNNING for cell in self.members())
+        cells = [self.member(position) for position in range(len(self.starters))]
+        running_only = any(cell is not None and cell.state is RUNNING for cell in cells)
 
         def available(position: int) -> bool:
-            cell = self.member(position)
+            cell = cells[position]
             if cell is None or cell is caller:
                 return False
-            if running_only and cell.state is not CellState.RUNNING:
+            if running_only and cell.state is not RUNNING:
                 return False
             breaker = cell.breaker
             return breaker is None or breaker.would_admit(now)
 
         def load(position: int) -> int:
-            cell = self.member(position)
+            cell = cells[position]
             return 0 if cell is None else cell.load
 
         if envelope is not None and envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE:
@@ -94,7 +98,7 @@ class Pool:
             payload = None if envelope is None else envelope.payload
             position = self.balancer.choose(payload, available, load)
         if position is not None:
-            return self.member(position)
+            return cells[position]
         # Every other member's circuit refuses: name the one that lets a trial through first,
         # so the sender sees the open circuit (and a retry waits for it) rather than nobody.
         refusing = [

@@ -139,6 +139,19 @@ class TestDeliveryConfig:
         assert config.max_retry_delay == 30.0
         assert config.jitter == 0.1
 
+    async def test_options_given_per_message_are_filled_in_from_the_config(self) -> None:
+        """Options that leave fields to the system get the system's values; equal options
+        resolve to one shared, filled-in object, so a sender reusing them pays once."""
+        config = MessageSystemConfig(delivery=DeliveryConfig(max_retries=7, retry_delay=0.25))
+        async with open_message_system(config) as system:
+            first = system.delivery.resolve(EXACTLY_ONCE)
+            again = system.delivery.resolve(
+                MessageOptions(guarantee=DeliveryGuarantee.EXACTLY_ONCE)
+            )
+        assert first.guarantee is DeliveryGuarantee.EXACTLY_ONCE
+        assert (first.max_retries, first.retry_delay) == (7, 0.25)
+        assert again is first
+
     def test_a_system_delivers_by_the_default_config(self) -> None:
         """A system configured without a delivery config gets the defaults."""
         assert MessageSystemConfig().delivery == DeliveryConfig()
