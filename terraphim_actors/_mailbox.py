@@ -246,7 +246,12 @@ class Mailbox:
             return None
         for lane in self._receive_order:
             if lane:
-                return self._took(lane.popleft())
+                # What _took does, spelled out: this is the agent's loop's path per message.
+                self._size -= 1
+                self._processed += 1
+                if self._senders:
+                    self._room_for_a_sender()
+                return lane.popleft()
         raise AssertionError("the size counts a message that no lane holds")  # pragma: no cover
 
     async def receive(self) -> Envelope:
@@ -403,11 +408,15 @@ class Mailbox:
         self._size -= 1
         self._processed += 1
         if self._senders:
-            assert self._space is not None
-            self._senders -= 1
-            self._reserved += 1  # the slot is the woken sender's, not a newcomer's
-            self._space.unpark()
+            self._room_for_a_sender()
         return envelope
+
+    def _room_for_a_sender(self) -> None:
+        """A slot came free: wake the sender that waited longest, and keep the slot for it."""
+        assert self._space is not None
+        self._senders -= 1
+        self._reserved += 1  # the slot is the woken sender's, not a newcomer's
+        self._space.unpark()
 
 
 def _check_envelope(envelope: object) -> None:

@@ -175,7 +175,7 @@ class AgentRef:
         """The agent that gets ``envelope``: this one, or the agent that took over its id
         when its subtree was restarted (the stopped one if none has)."""
         cell = self._cell
-        if cell.stopped.is_set():
+        if cell.exit_reason is not None:  # stopped for good (cheaper to test than the event)
             live = self._system.live_cell(self.id)
             if live is not None:
                 self._cell = cell = live
