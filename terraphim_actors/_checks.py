@@ -25,10 +25,13 @@ def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> None
         raise InvalidConfig(f"{name} must be {bound}, got {value!r}")
 
 
-def check_count(name: str, value: object, *, minimum: int) -> None:
-    """Raise unless ``value`` is an ``int`` (not a ``bool``) of at least ``minimum``."""
+def check_count(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
+    """Raise unless ``value`` is an ``int`` (not a ``bool``) of at least ``minimum`` (and at
+    most ``maximum``, for a count that sizes a C-level structure)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InvalidConfig(f"{name} must be an int >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise InvalidConfig(f"{name} must be at most {maximum}, got {value!r}")
 
 
 def check_instance(name: str, value: object, kind: type) -> None:

@@ -21,7 +21,7 @@ import trio
 from ._checks import check_count, check_instance, check_seconds, validator
 from ._ids import AgentId
 from ._messages import Envelope, MessageOptions, Priority, now
-from .errors import InvalidMessage, MailboxClosed, MailboxFull, MessageTimeout
+from .errors import InvalidConfig, InvalidMessage, MailboxClosed, MailboxFull, MessageTimeout
 
 __all__ = ["Mailbox", "MailboxConfig", "MailboxStats", "OverflowPolicy"]
 
@@ -305,6 +305,8 @@ class Mailbox:
             MailboxClosed: the mailbox is closed and holds no matching message.
             InvalidConfig: ``timeout`` is negative or not a number.
         """
+        if not callable(predicate):
+            raise InvalidConfig(f"predicate must be a function of the envelope, got {predicate!r}")
         if timeout is not None:
             check_seconds("timeout", timeout, allow_zero=True)
         await trio.lowlevel.checkpoint_if_cancelled()

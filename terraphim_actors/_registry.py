@@ -36,7 +36,9 @@ class Registry:
         """The id that ``address`` (a name or an id) stands for, if anything answers to it."""
         if isinstance(address, str):
             return self._names.get(address)
-        return address
+        if address is None or isinstance(address, AgentId):
+            return address
+        raise InvalidConfig(f"an address is an AgentId or a registered name, got {address!r}")
 
     def taken(self, name: str | None) -> bool:
         """Whether ``name`` belongs to something already."""

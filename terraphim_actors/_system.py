@@ -4,6 +4,7 @@ in and out."""
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from typing import Any
 
@@ -74,7 +75,7 @@ class MessageSystemConfig:
     )
     shutdown_timeout: float = attrs.field(default=5.0, validator=validator(check_seconds))
     dead_letter_capacity: int = attrs.field(
-        default=1000, validator=validator(check_count, minimum=1)
+        default=1000, validator=validator(check_count, minimum=1, maximum=sys.maxsize)
     )
     max_restarts: int = attrs.field(default=5, validator=validator(check_count, minimum=0))
     max_seconds: float = attrs.field(default=60.0, validator=validator(check_seconds))
@@ -288,6 +289,10 @@ class MessageSystem:
             raise InvalidConfig(f"key must be a function of the payload, got {key!r}")
         if seed is not None:
             check_count("seed", seed, minimum=0)
+        if max_restarts is not None:
+            check_count("max_restarts", max_restarts, minimum=0)
+        if max_seconds is not None:
+            check_seconds("max_seconds", max_seconds)
         config = self.config
         starters = [
             self._starter(
@@ -446,7 +451,11 @@ class MessageSystem:
         """Send ``ref`` an info for every agent start and exit, and the system's shutdown.
 
         Subscribing twice changes nothing: each notification arrives once.
+
+        Raises:
+            InvalidConfig: ``ref`` is not an ``AgentRef``.
         """
+        check_instance("ref", ref, AgentRef)
         cell = ref._agent()
         if cell not in self._subscribers:
             self._subscribers.append(cell)
@@ -456,7 +465,11 @@ class MessageSystem:
 
         Dead letters about those notices themselves are kept but not sent again, so that a
         subscriber that cannot keep up does not feed itself.
+
+        Raises:
+            InvalidConfig: ``ref`` is not an ``AgentRef``.
         """
+        check_instance("ref", ref, AgentRef)
         cell = ref._agent()
         if cell not in self._dead_letter_subscribers:
             self._dead_letter_subscribers.append(cell)
