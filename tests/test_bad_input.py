@@ -1,0 +1,562 @@
+"""Bad input raises typed errors and breaks nothing (hypothesis).
+
+Every configuration field and API argument gets values drawn from everything a caller might
+pass by mistake: negative, zero, huge and non-finite numbers, bools, strings, ``None``, lists,
+enums of the wrong kind, unknown names. A value the field accepts must work; any other must
+raise ``InvalidConfig`` (or the precise ``terraphim_actors.errors`` type the API documents),
+never a bare ``TypeError``, ``AttributeError`` or a hang. After each bad call the system must
+still serve a healthy agent, and account for every message it accepted.
+
+The cases these properties found wrong (unhashable and mistyped addresses, counts beyond a
+C ``ssize_t``, ...) are kept, shrunk, in ``test_found_by_properties.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from terraphim_actors import (
+    Agent,
+    AgentId,
+    AgentRef,
+    CircuitBreakerConfig,
+    Context,
+    DedupWindow,
+    DeliveryConfig,
+    DeliveryGuarantee,
+    LoadBalancing,
+    MailboxConfig,
+    MessageOptions,
+    MessageSystem,
+    MessageSystemConfig,
+    OverflowPolicy,
+    Priority,
+    RestartType,
+    RouterConfig,
+    call,
+    cast,
+    open_message_system,
+)
+from terraphim_actors.errors import (
+    AgentNotFound,
+    AgentStopped,
+    CallTimeout,
+    CallToSelf,
+    DuplicateAgent,
+    InvalidConfig,
+    InvalidMessage,
+    MessagingError,
+    ReplyAlreadySent,
+    SystemClosed,
+)
+
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+#: A count far beyond anything a C structure can hold.
+HUGE = 10**30
+#: Virtual seconds after which a bad call counts as hung (every timeout involved is shorter).
+HANG = 30.0
+
+# -- what a caller might pass ---------------------------------------------------------------
+
+numbers = st.one_of(
+    st.integers(min_value=-HUGE, max_value=HUGE),
+    st.sampled_from([0, 1, -1, 2, 10**9, HUGE]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, 0.5, -0.5, math.inf, -math.inf, math.nan, 1e308]),
+)
+#: Anything at all, including the right thing now and then.
+anything = st.one_of(
+    numbers,
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+    st.sampled_from([object(), (), (1, 2), b"5", 1j, AgentId()]),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=1), st.integers(), max_size=1),
+    st.sampled_from(list(Priority) + list(OverflowPolicy) + list(DeliveryGuarantee)),
+    st.sampled_from(list(LoadBalancing) + list(RestartType)),
+    st.sampled_from([MailboxConfig(), DeliveryConfig(), DedupWindow(), CircuitBreakerConfig()]),
+    st.sampled_from([RouterConfig(), MessageOptions(), MessageSystemConfig()]),
+)
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
+def seconds(value: object) -> bool:
+    """What every positive duration accepts."""
+    return is_number(value) and value > 0  # type: ignore[operator]
+
+
+def seconds_or_zero(value: object) -> bool:
+    return is_number(value) and value >= 0  # type: ignore[operator]
+
+
+def count(minimum: int, maximum: float = math.inf) -> Callable[[object], bool]:
+    def valid(value: object) -> bool:
+        return (
+            isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= maximum
+        )
+
+    return valid
+
+
+def instance(kind: type) -> Callable[[object], bool]:
+    return lambda value: isinstance(value, kind)
+
+
+def optional(valid: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or valid(value)
+
+
+def multiplier(value: object) -> bool:
+    return is_number(value) and value >= 1  # type: ignore[operator]
+
+
+#: Each configuration class, and for each field what it accepts.
+FIELDS: dict[type, dict[str, Callable[[object], bool]]] = {
+    MailboxConfig: {
+        "capacity": optional(count(1)),
+        "overflow": instance(OverflowPolicy),
+    },
+    DedupWindow: {"max_messages": count(1), "max_age": seconds},
+    DeliveryConfig: {
+        "guarantee": instance(DeliveryGuarantee),
+        "max_retries": count(0),
+        "retry_delay": seconds_or_zero,
+        "retry_backoff_multiplier": multiplier,
+        "max_retry_delay": seconds,
+        "jitter": seconds_or_zero,
+        "dedup_window": instance(DedupWindow),
+        "seed": optional(count(0)),
+    },
+    CircuitBreakerConfig: {
+        "failure_threshold": count(1),
+        "reset_timeout": seconds,
+        "half_open_max_calls": count(1),
+    },
+    RouterConfig: {"circuit_breaker": optional(instance(CircuitBreakerConfig))},
+    MessageOptions: {
+        "priority": instance(Priority),
+        "timeout": seconds,
+        "max_retries": optional(count(0)),
+        "retry_delay": optional(seconds_or_zero),
+        "guarantee": optional(instance(DeliveryGuarantee)),
+    },
+    MessageSystemConfig: {
+        "mailbox": instance(MailboxConfig),
+        "shutdown_timeout": seconds,
+        "dead_letter_capacity": count(1, sys.maxsize),  # it sizes a deque
+        "max_restarts": count(0),
+        "max_seconds": seconds,
+        "delivery": instance(DeliveryConfig),
+        "router": instance(RouterConfig),
+    },
+}
+FIELD_CASES = [(kind, name) for kind, fields in FIELDS.items() for name in fields]
+
+
+class Echo(Agent):
+    """Replies with what it is called with; takes casts quietly."""
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        return message
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        pass
+
+
+async def assert_still_serving(system: MessageSystem, healthy: AgentRef) -> None:
+    """The system serves a healthy agent, and a new one, as before."""
+    assert await healthy.call("ping", timeout=1.0) == "ping"
+    newcomer = await system.spawn(Echo)
+    assert await newcomer.call("hello", timeout=1.0) == "hello"
+
+
+# -- configurations ---------------------------------------------------------------------------
+
+
+class TestConfigurations:
+    @pytest.mark.parametrize(
+        ("kind", "field"), FIELD_CASES, ids=[f"{k.__name__}.{f}" for k, f in FIELD_CASES]
+    )
+    @SETTINGS
+    @given(value=anything)
+    def test_a_field_takes_what_it_accepts_and_refuses_the_rest(
+        self, kind: type, field: str, value: object
+    ) -> None:
+        """A valid value builds the config with it; any other raises ``InvalidConfig``."""
+        if FIELDS[kind][field](value):
+            assert getattr(kind(**{field: value}), field) is value
+        else:
+            with pytest.raises(InvalidConfig):
+                kind(**{field: value})
+
+    @pytest.mark.parametrize("kind", list(FIELDS), ids=lambda kind: kind.__name__)
+    def test_an_unknown_option_is_a_type_error(self, kind: type) -> None:
+        """Options are keyword-only and named: a misspelt one fails loudly."""
+        with pytest.raises(TypeError):
+            kind(unknown_option=1)
+
+    @pytest.mark.parametrize("value", [object(), "route", 3])
+    def test_a_custom_router_must_route(self, value: object) -> None:
+        """A custom router is anything with ``route(envelope, system)``."""
+        with pytest.raises(InvalidConfig):
+            RouterConfig(custom_router=value)  # type: ignore[arg-type]
+
+    @SETTINGS
+    @given(
+        mailbox=st.builds(
+            MailboxConfig,
+            capacity=st.none() | st.integers(1, HUGE),
+            overflow=st.sampled_from(OverflowPolicy),
+        ),
+        delivery=st.builds(
+            DeliveryConfig,
+            max_retries=st.integers(0, HUGE),
+            retry_delay=st.floats(0, 1e308),
+            retry_backoff_multiplier=st.floats(1, math.inf),
+            max_retry_delay=st.floats(1e-9, math.inf),
+            jitter=st.floats(0, 1e308),
+            seed=st.none() | st.integers(0, HUGE),
+            dedup_window=st.builds(
+                DedupWindow, max_messages=st.integers(1, HUGE), max_age=st.floats(1e-9, math.inf)
+            ),
+        ),
+        breaker=st.none()
+        | st.builds(
+            CircuitBreakerConfig,
+            failure_threshold=st.integers(1, HUGE),
+            reset_timeout=st.floats(1e-9, math.inf),
+            half_open_max_calls=st.integers(1, HUGE),
+        ),
+        dead_letter_capacity=st.integers(1, sys.maxsize),
+        max_restarts=st.integers(0, HUGE),
+        max_seconds=st.floats(1e-9, math.inf),
+    )
+    async def test_any_accepted_configuration_opens_a_working_system(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        mailbox: MailboxConfig,
+        delivery: DeliveryConfig,
+        breaker: CircuitBreakerConfig | None,
+        dead_letter_capacity: int,
+        max_restarts: int,
+        max_seconds: float,
+    ) -> None:
+        """Extreme but valid values (huge counts, infinite times) run: a call and a cast of
+        each guarantee go through, and nothing is left pending."""
+        config = MessageSystemConfig(
+            mailbox=mailbox,
+            delivery=delivery,
+            router=RouterConfig(circuit_breaker=breaker),
+            dead_letter_capacity=dead_letter_capacity,
+            max_restarts=max_restarts,
+            max_seconds=max_seconds,
+        )
+        async with open_message_system(config) as system:
+            echo = await system.spawn(Echo)
+            for guarantee in DeliveryGuarantee:
+                options = MessageOptions(guarantee=guarantee)
+                assert await echo.call(guarantee, timeout=1.0, options=options) is guarantee
+                await echo.cast(guarantee, options=options)
+            await trio.testing.wait_all_tasks_blocked()
+            assert system.delivery.get_stats().pending == 0
+
+
+# -- API arguments ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Misuse:
+    """One bad call on a running system, and the errors it may raise."""
+
+    name: str
+    value: Any
+
+
+misuses = st.one_of(
+    st.builds(Misuse, st.just("call timeout"), anything),
+    st.builds(Misuse, st.just("cast priority"), anything),
+    st.builds(Misuse, st.just("cast options"), anything),
+    st.builds(Misuse, st.just("info_nowait priority"), anything),
+    st.builds(Misuse, st.just("spawn name"), anything),
+    st.builds(Misuse, st.just("spawn mailbox"), anything),
+    st.builds(Misuse, st.just("spawn shutdown"), anything),
+    st.builds(Misuse, st.just("spawn restart"), anything),
+    st.builds(Misuse, st.just("spawn class"), anything),
+    st.builds(Misuse, st.just("pool size"), anything),
+    st.builds(Misuse, st.just("pool strategy"), anything),
+    st.builds(Misuse, st.just("pool seed"), anything),
+    st.builds(Misuse, st.just("ref"), anything),
+    st.builds(Misuse, st.just("stop"), anything),
+    st.builds(Misuse, st.just("register"), anything),
+    st.builds(Misuse, st.just("send_message"), anything),
+    st.builds(Misuse, st.just("send_message to"), anything),
+    st.builds(Misuse, st.just("send_message options"), anything),
+    st.builds(Misuse, st.just("send_message call to"), anything),
+    st.builds(Misuse, st.just("subscribe"), anything),
+    st.builds(Misuse, st.just("whereis"), anything),
+    st.builds(Misuse, st.just("receive_matching"), anything),
+    st.builds(Misuse, st.just("receive_timeout"), anything),
+)
+
+
+async def misuse(system: MessageSystem, healthy: AgentRef, case: Misuse) -> None:
+    """Make the bad call; it may succeed when the value happens to be valid."""
+    value = case.value
+    at_most_once = MessageOptions(guarantee=DeliveryGuarantee.AT_MOST_ONCE)
+    match case.name:
+        case "call timeout":
+            await healthy.call("x", timeout=value)
+        case "cast priority":
+            await healthy.cast("x", priority=value)
+        case "cast options":
+            await healthy.cast("x", options=value)
+        case "info_nowait priority":
+            healthy.info_nowait("x", priority=value)
+        case "spawn name":
+            await system.spawn(Echo, name=value)
+        case "spawn mailbox":
+            await system.spawn(Echo, mailbox=value)
+        case "spawn shutdown":
+            await system.spawn(Echo, shutdown=value)
+        case "spawn restart":
+            await system.spawn(Echo, restart=value)
+        case "spawn class":
+            await system.spawn(value)
+        case "pool size":
+            await system.spawn_pool(Echo, size=value if not is_number(value) else min(value, 3))
+        case "pool strategy":
+            await system.spawn_pool(Echo, size=1, strategy=value)
+        case "pool seed":
+            await system.spawn_pool(Echo, size=1, seed=value)
+        case "ref":
+            system.ref(value)
+        case "stop":
+            await system.stop(value)
+        case "register":
+            system.register_agent(value)
+        case "send_message":
+            await system.send_message(value)
+        case "send_message to":
+            await system.send_message(cast(None, "x", at_most_once, recipient=value))
+        case "send_message options":
+            envelope = cast(None, "x", recipient=healthy.id)
+            envelope.options = value
+            await system.send_message(envelope)
+        case "send_message call to":
+            envelope, reply = call(None, "x", 1.0, recipient=value, options=at_most_once)
+            await system.send_message(envelope)
+            await reply
+        case "subscribe":
+            system.subscribe(value)
+        case "whereis":
+            system.whereis(value)
+        case "receive_matching":
+            mailbox = system.register_agent(AgentId())
+            mailbox.send_nowait(cast(None, "waiting"))  # a valid predicate is called at once
+            await mailbox.receive_matching(value, timeout=1.0)
+        case "receive_timeout":
+            mailbox = system.register_agent(AgentId())
+            mailbox.send_nowait(cast(None, "waiting"))  # a valid timeout returns at once
+            await mailbox.receive_timeout(value)
+
+
+class TestApiArguments:
+    @SETTINGS
+    @given(cases=st.lists(misuses, min_size=1, max_size=8))
+    async def test_bad_arguments_raise_typed_errors_and_the_system_serves_on(
+        self, autojump_clock: trio.testing.MockClock, cases: list[Misuse]
+    ) -> None:
+        """Whatever a caller passes, what goes wrong is a ``MessagingError``, and the system
+        goes on serving and accounting."""
+        async with open_message_system() as system:
+            healthy = await system.spawn(Echo, name="healthy")
+            for case in cases:
+                try:
+                    with trio.fail_after(HANG):
+                        await misuse(system, healthy, case)
+                except MessagingError:
+                    pass
+                except trio.TooSlowError:
+                    pytest.fail(f"{case} hung")
+                await assert_still_serving(system, healthy)
+            await trio.sleep(60)  # every retry and timeout has run its course
+            assert system.delivery.get_stats().pending == 0
+
+    async def test_an_unknown_name_is_agent_not_found(self, system: MessageSystem) -> None:
+        """``ref(name)`` for a name nobody has."""
+        with pytest.raises(AgentNotFound):
+            system.ref("nobody")
+
+    async def test_a_taken_name_is_duplicate_agent(self, system: MessageSystem) -> None:
+        """Names are unique."""
+        await system.spawn(Echo, name="taken")
+        with pytest.raises(DuplicateAgent):
+            await system.spawn(Echo, name="taken")
+
+    async def test_an_envelope_without_recipient_is_invalid_config(
+        self, system: MessageSystem
+    ) -> None:
+        """Without a custom router, an envelope must say where it goes."""
+        with pytest.raises(InvalidConfig):
+            await system.send_message(cast(None, "nowhere"))
+
+    async def test_an_envelope_with_bad_options_is_invalid_message(
+        self, system: MessageSystem
+    ) -> None:
+        """An envelope whose options are not ``MessageOptions`` is not one the system carries."""
+        envelope = cast(None, "x", recipient="anyone")
+        envelope.options = "fast"  # type: ignore[assignment]
+        with pytest.raises(InvalidMessage):
+            await system.send_message(envelope)
+
+
+# -- a closed system ------------------------------------------------------------------------------
+
+
+class TestClosedSystem:
+    @pytest.fixture
+    async def closed(self) -> tuple[MessageSystem, AgentRef]:
+        """A system that has shut down, and a ref to an agent it ran."""
+        async with open_message_system() as system:
+            ref = await system.spawn(Echo, name="echo")
+        return system, ref
+
+    @pytest.mark.parametrize(
+        "action",
+        [
+            lambda system: system.spawn(Echo),
+            lambda system: system.spawn_pool(Echo, size=2),
+            lambda system: system.start_supervisor([]),
+        ],
+        ids=["spawn", "spawn_pool", "start_supervisor"],
+    )
+    async def test_starting_anything_raises_system_closed(
+        self, closed: tuple[MessageSystem, AgentRef], action: Any
+    ) -> None:
+        """A closed system takes no new agents."""
+        system, _ = closed
+        with pytest.raises(SystemClosed):
+            await action(system)
+
+    async def test_registering_a_mailbox_raises_system_closed(
+        self, closed: tuple[MessageSystem, AgentRef]
+    ) -> None:
+        """Nor new mailboxes."""
+        system, _ = closed
+        with pytest.raises(SystemClosed):
+            system.register_agent(AgentId())
+
+    async def test_a_call_after_shutdown_raises_agent_stopped(
+        self, closed: tuple[MessageSystem, AgentRef]
+    ) -> None:
+        """A call to an agent of a closed system fails at once, as to any stopped agent."""
+        _, ref = closed
+        with pytest.raises(AgentStopped):
+            await ref.call("anyone?")
+
+    @pytest.mark.parametrize("guarantee", list(DeliveryGuarantee))
+    async def test_a_cast_after_shutdown_is_a_dead_letter(
+        self, closed: tuple[MessageSystem, AgentRef], guarantee: DeliveryGuarantee
+    ) -> None:
+        """A cast after shutdown is refused quietly and accounted for."""
+        system, ref = closed
+        before = system.get_stats()[0].dead_letters
+        await ref.cast("late", options=MessageOptions(guarantee=guarantee))
+        assert system.get_stats()[0].dead_letters == before + 1
+        assert system.delivery.get_stats().pending == 0
+
+    async def test_stopping_an_agent_after_shutdown_is_harmless(
+        self, closed: tuple[MessageSystem, AgentRef]
+    ) -> None:
+        """Stopping what has stopped changes nothing."""
+        system, ref = closed
+        await system.stop(ref)
+        assert not ref.alive
+
+
+# -- re-entrant calls ------------------------------------------------------------------------------
+
+
+class TurnsOnItself(Agent):
+    """Calls its own ref, stops itself, or answers a call twice, as it is asked; keeps the
+    error each raised."""
+
+    def __init__(self, errors: list[MessagingError]) -> None:
+        self.errors = errors
+
+    async def handle_call(self, message: str, ctx: Context) -> Any:
+        try:
+            if message == "call self":
+                await ctx.self.call("anything")
+            elif message == "stop self":
+                await ctx.system.stop(ctx.self)
+            else:
+                caller = ctx.caller
+                assert caller is not None
+                caller.reply("first")
+                caller.reply("second")
+        except MessagingError as error:
+            self.errors.append(error)
+        return "first"
+
+
+class Partner(Agent):
+    """Calls its partner while handling a call: two partners calling each other deadlock."""
+
+    def __init__(self, partner: list[AgentRef]) -> None:
+        self.partner = partner
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        if message == "ping":
+            return "pong"
+        return await self.partner[0].call("ask back", timeout=5.0)
+
+
+class TestReentrantCalls:
+    @pytest.mark.parametrize(
+        ("request_", "error"),
+        [("call self", CallToSelf), ("stop self", CallToSelf), ("answer twice", ReplyAlreadySent)],
+    )
+    async def test_a_handler_turning_on_itself_gets_a_typed_error(
+        self, system: MessageSystem, request_: str, error: type[MessagingError]
+    ) -> None:
+        """Calling or stopping itself, or answering twice, raises at once inside the handler;
+        the caller still gets its one answer."""
+        errors: list[MessagingError] = []
+        agent = await system.spawn(TurnsOnItself, errors)
+        healthy = await system.spawn(Echo)
+        assert await agent.call(request_, timeout=1.0) == "first"
+        assert [type(raised) for raised in errors] == [error]
+        await assert_still_serving(system, healthy)
+
+    async def test_two_agents_calling_each_other_time_out_without_hanging(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A call cycle ends with ``CallTimeout`` at the outer deadline; both agents serve on."""
+        first_partner: list[AgentRef] = []
+        second_partner: list[AgentRef] = []
+        first = await system.spawn(Partner, first_partner)
+        second = await system.spawn(Partner, second_partner)
+        first_partner.append(second)
+        second_partner.append(first)
+        started = trio.current_time()
+        with pytest.raises(CallTimeout):
+            await first.call("start", timeout=2.0)
+        assert trio.current_time() - started == pytest.approx(2.0)
+        await trio.sleep(10)
+        assert [await first.call("ping"), await second.call("ping")] == ["pong", "pong"]
