@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 
 import trio
 
+from terraphim_actors import DeliveryGuarantee
+
 __all__ = [
     "Options",
     "Report",
@@ -106,6 +108,16 @@ class Options:
         )
         self._sizes[action.dest] = (full, quick)
 
+    def guarantee(self, whose: str) -> None:
+        """Add ``--guarantee``: the delivery guarantee of ``whose`` messages (at least once,
+        the system's default, unless given)."""
+        self.parser.add_argument(
+            "--guarantee",
+            choices=[guarantee.value for guarantee in DeliveryGuarantee],
+            default=DeliveryGuarantee.AT_LEAST_ONCE.value,
+            help=f"{whose} delivery guarantee (default: at-least-once, the system's default)",
+        )
+
     def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
         """Parse ``argv`` and fill in each size the user left out from ``--quick``."""
         arguments = self.parser.parse_args(argv)
@@ -170,6 +182,18 @@ class Report:
 
     def median(self, key: str) -> float:
         return self._rows[key].summary.median
+
+    def latencies(self, labels: dict[str, str], runs: dict[str, list[list[float]]]) -> None:
+        """Measure p50 and p99, in µs, of each side's runs of latencies (in seconds), as
+        ``{side}_p50`` and ``{side}_p99``, labelled ``labels[side]``."""
+        for side, label in labels.items():
+            for name, fraction in (("p50", 0.5), ("p99", 0.99)):
+                self.measure(
+                    f"{side}_{name}",
+                    f"{label} {name}",
+                    "µs",
+                    [percentile(run, fraction) * 1e6 for run in runs[side]],
+                )
 
     def ratio(self, key: str, value: float) -> float:
         """Record a ratio (its key says which way is better, see the module docstring)."""

@@ -12,23 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from _harness import Options, Report, percentile, run_trio
+from _harness import Options, Report, run_trio
 from _workloads import agent_round_trips, floor_round_trips
 
 from terraphim_actors import DeliveryConfig, DeliveryGuarantee, MessageSystemConfig
-
-MICROSECONDS = 1e6
 
 
 def options() -> Options:
     choice = Options(__doc__.splitlines()[0], runs=5, quick_runs=3)
     choice.size("--calls", full=20_000, quick=1_000, help="timed calls per run")
-    choice.parser.add_argument(
-        "--guarantee",
-        choices=[guarantee.value for guarantee in DeliveryGuarantee],
-        default=DeliveryGuarantee.AT_LEAST_ONCE.value,
-        help="the calls' delivery guarantee (default: at-least-once, the system's default)",
-    )
+    choice.guarantee("the calls'")
     return choice
 
 
@@ -43,14 +36,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for _ in range(arguments.runs):
         latencies["floor"].append(run_trio(floor_round_trips, arguments.calls))
         latencies["agent"].append(run_trio(agent_round_trips, arguments.calls, config))
-    for side, label in (("floor", "floor round trip"), ("agent", "agent call")):
-        for name, fraction in (("p50", 0.5), ("p99", 0.99)):
-            report.measure(
-                f"{side}_{name}",
-                f"{label} {name}",
-                "µs",
-                [percentile(run, fraction) * MICROSECONDS for run in latencies[side]],
-            )
+    report.latencies({"floor": "floor round trip", "agent": "agent call"}, latencies)
     report.ratio(
         "call_p50_latency_ratio_to_floor", report.median("agent_p50") / report.median("floor_p50")
     )

@@ -37,12 +37,7 @@ def options() -> Options:
     choice.size("--senders", full=100, quick=100, help="sender tasks of the fan-in")
     choice.size("--recipients", full=100, quick=100, help="agents of the fan-out")
     choice.size("--burst", full=10, quick=10, help="sends of a fan-in sender between yields")
-    choice.parser.add_argument(
-        "--guarantee",
-        choices=[guarantee.value for guarantee in DeliveryGuarantee],
-        default=DeliveryGuarantee.AT_LEAST_ONCE.value,
-        help="the agents' delivery guarantee (default: at-least-once, the system's default)",
-    )
+    choice.guarantee("the agents'")
     return choice
 
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import trio
-from _harness import Options, Report, discard_logs, percentile, run_trio, settle
+from _harness import Options, Report, discard_logs, run_trio, settle
 
 from terraphim_actors import (
     Agent,
@@ -29,7 +29,6 @@ from terraphim_actors import (
     open_message_system,
 )
 
-MICROSECONDS = 1e6
 CRASH = "crash"
 
 
@@ -133,14 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for _ in range(arguments.runs):
         latencies["floor"].append(run_trio(floor_restarts, arguments.restarts))
         latencies["agent"].append(run_trio(agent_restarts, arguments.restarts))
-    for side, label in (("floor", "floor task restart"), ("agent", "agent restart")):
-        for name, fraction in (("p50", 0.5), ("p99", 0.99)):
-            report.measure(
-                f"{side}_{name}",
-                f"{label} {name}",
-                "µs",
-                [percentile(run, fraction) * MICROSECONDS for run in latencies[side]],
-            )
+    report.latencies({"floor": "floor task restart", "agent": "agent restart"}, latencies)
     for name in ("p50", "p99"):
         report.ratio(
             f"restart_{name}_latency_ratio_to_floor",

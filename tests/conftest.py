@@ -6,8 +6,9 @@ property tests with many more examples.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -46,3 +47,15 @@ def virtual_time(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_run(*args, **kwargs)
 
     monkeypatch.setattr(trio, "run", run_on_mock_clock)
+
+
+@pytest.fixture
+def quiet_crash_logs() -> Iterator[None]:
+    """For tests that crash agents by the thousand on purpose: log none of the tracebacks."""
+    loggers = [logging.getLogger(name) for name in ("terraphim_actors", "supervisor")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)

@@ -9,10 +9,8 @@ printed either way.
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -57,18 +55,6 @@ class Tally(Agent):
         count = self.handled[message]
         if count < 255:
             self.handled[message] = count + 1
-
-
-@pytest.fixture
-def quiet_crash_logs() -> Iterator[None]:
-    """A hundred thousand injected crashes are expected: log none of them."""
-    loggers = [logging.getLogger(name) for name in ("terraphim_actors", "supervisor")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    yield
-    for logger, level in zip(loggers, levels, strict=True):
-        logger.setLevel(level)
 
 
 @pytest.mark.usefixtures("quiet_crash_logs")

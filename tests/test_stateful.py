@@ -51,11 +51,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import math
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -821,17 +820,7 @@ class SystemMachine(RuleBasedStateMachine):
             self.trio.close(report=not failing)
 
 
-@pytest.fixture(autouse=True)
-def quiet_crash_logs() -> Iterator[None]:
-    """Injected crashes are expected: do not format thousands of tracebacks."""
-    loggers = [logging.getLogger(name) for name in ("terraphim_actors", "supervisor")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    yield
-    for logger, level in zip(loggers, levels, strict=True):
-        logger.setLevel(level)
-
+pytestmark = pytest.mark.usefixtures("quiet_crash_logs")  # crashes are injected on purpose
 
 SystemMachine.TestCase.settings = settings(
     deadline=None,
