@@ -738,12 +738,14 @@ class Supervisor:
     def _check_not_starting_caller(self) -> None:
         """Refuse a call that would wait for the lock held while the caller itself starts: the
         caller is the child being started, or runs somewhere in the subtree being started."""
-        launching = self._launching
-        if launching is None:
+        if self._launching is None:
             return
         caller = current_child()
         while caller is not None:
-            if caller.supervisor is self and launching.child.spec.id == caller.id:
+            starting = caller.supervisor._launching
+            if starting is None or starting.child.spec.id != caller.id:
+                return  # the caller's branch has started: no start under way waits for it
+            if caller.supervisor is self:
                 raise SupervisorError(
                     f"child {caller.id!r} called its supervisor {self.name} while starting, "
                     "which would wait for itself: do it once started (e.g. in a task it starts)"

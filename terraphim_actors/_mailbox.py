@@ -99,7 +99,6 @@ class Mailbox:
         "_receivers",
         "_rejected",
         "_reserved",
-        "_senders",
         "_size",
         "_space",
         "agent_id",
@@ -127,7 +126,6 @@ class Mailbox:
             if capacity is not None and self._overflow is OverflowPolicy.BLOCK
             else None
         )
-        self._senders = 0  # senders parked there and not yet woken
         self._closed = False
         self._size = 0
         self._reserved = 0  # free slots promised to woken senders
@@ -205,12 +203,7 @@ class Mailbox:
     async def put(self, envelope: Envelope) -> None:
         """:meth:`send` for an envelope known to be valid (see :meth:`put_nowait`)."""
         if self._space is not None and self._must_wait():
-            self._senders += 1
-            try:
-                await self._space.park()
-            except BaseException:
-                self._senders -= 1  # cancelled while parked: nobody woke it
-                raise
+            await self._space.park()
             if self._closed:
                 raise MailboxClosed(f"the mailbox of {self.agent_id!r} closed while waiting")
             self._reserved -= 1
@@ -249,7 +242,7 @@ class Mailbox:
                 # What _took does, spelled out: this is the agent's loop's path per message.
                 self._size -= 1
                 self._processed += 1
-                if self._senders:
+                if self._space:  # None unless bounded and blocking; else its parked senders
                     self._room_for_a_sender()
                 return lane.popleft()
         raise AssertionError("the size counts a message that no lane holds")  # pragma: no cover
@@ -339,7 +332,6 @@ class Mailbox:
             return
         self._closed = True
         self.interrupt_receivers()
-        self._senders = 0
         if self._space is not None:
             self._space.unpark_all()
 
@@ -409,14 +401,13 @@ class Mailbox:
     def _took(self, envelope: Envelope) -> Envelope:
         self._size -= 1
         self._processed += 1
-        if self._senders:
+        if self._space:
             self._room_for_a_sender()
         return envelope
 
     def _room_for_a_sender(self) -> None:
         """A slot came free: wake the sender that waited longest, and keep the slot for it."""
         assert self._space is not None
-        self._senders -= 1
         self._reserved += 1  # the slot is the woken sender's, not a newcomer's
         self._space.unpark()
 

@@ -630,27 +630,17 @@ class MessageSystem:
     async def _shut_down(self) -> None:
         """Stop every agent through the supervision tree, then settle the manual mailboxes.
 
-        The agents spawned under the root are all asked to stop at once, as OTP stops the
-        dynamic children of a ``simple_one_for_one`` supervisor: each ends on its closed mailbox
-        by itself, so that stopping many costs about one scheduler round each rather than a
-        round trip with the root per agent. Then the root stops its children newest first, each
-        within its shutdown time, which also keeps the order inside every subtree. Subscribers
-        hear of the shutdown first and handle what they were sent before they stop, so that
-        they can watch the system go down.
+        The root stops its children newest first, each within its shutdown time, as OTP does:
+        an agent stopping can still call those started before it. Subscribers hear of the
+        shutdown first and handle what they were sent before they stop, so that they can watch
+        the system go down.
         """
         self.closing = True
         self.publish(SystemShutdown())
-        for cell in reversed(self.registry.cells.values()):
+        for cell in self.registry.cells.values():
             if cell.state is CellState.STARTING:
                 # Its supervisor waits for ``on_start`` before it can stop anything.
                 self.timers.call_after(cell.shutdown, cell.kill)
-            elif (
-                cell.state is CellState.RUNNING
-                and cell.placement is not None
-                and cell.placement.supervisor is self.root
-                and not self.is_subscriber(cell)
-            ):
-                cell.request_stop(StopReason.SHUTDOWN, final=True)
         await self.root.stop()
         for cell in list(self.registry.cells.values()):
             cell.finish(StopReason.SHUTDOWN)  # those between instances when the tree stopped

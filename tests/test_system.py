@@ -312,25 +312,6 @@ class TestShutdown:
         assert not any(ref.alive for ref in refs)
         assert stops == [StopReason.SHUTDOWN] * 3
 
-    async def test_spawned_agents_stop_together_at_shutdown(
-        self, autojump_clock: trio.testing.MockClock
-    ) -> None:
-        """Agents spawned under the root are asked to stop at once, as OTP stops dynamic
-        children: three handlers that each need 2 s more end in 2 s, not 6."""
-        stops: list[ExitReason] = []
-
-        async def busy(ctx: Context) -> None:
-            await trio.sleep(2.0)
-
-        async with open_message_system() as system:
-            refs = [await system.spawn(Runner, None, stops, shutdown=5.0) for _ in range(3)]
-            for ref in refs:
-                await ref.cast(busy)
-            await trio.testing.wait_all_tasks_blocked()
-            leaving = trio.current_time()
-        assert trio.current_time() - leaving == pytest.approx(2.0)
-        assert stops == [StopReason.SHUTDOWN] * 3
-
     async def test_a_subtree_still_stops_newest_first_at_shutdown(self) -> None:
         """Inside a subtree the order holds at shutdown: its agents stop newest first."""
         order: list[str] = []
