@@ -598,13 +598,14 @@ class Supervisor:
                 else:
                     if spec.shutdown is Shutdown.INFINITY:
                         await run.done.wait()
-                    else:
-                        with trio.move_on_after(spec.shutdown):
+                    else:  # move_on_after, without the generator around its scope
+                        with trio.CancelScope(deadline=trio.current_time() + spec.shutdown):
                             await run.done.wait()
         finally:
-            run.scope.cancel()
-            with trio.CancelScope(shield=True):
-                await run.done.wait()
+            if not run.done.is_set():  # not asked, or not done in its shutdown time: cancel it
+                run.scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await run.done.wait()
             if run.outcome is not None:
                 self._report_stop_error(child, run.outcome)
             child.last_exit = run.outcome if run.outcome is not None else stop_error
