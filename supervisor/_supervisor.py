@@ -97,6 +97,8 @@ class _StartedRelay:
         self._run = run
 
     def started(self, value: Any = None) -> None:
+        if self._run.reported:
+            raise RuntimeError("task_status.started() called twice")  # as Trio's own does
         self._run.value = value
         self._run.reported = True
         self._run.started.set()

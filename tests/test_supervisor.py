@@ -117,6 +117,25 @@ class TestStartOrder:
             assert isinstance(value, Handle)
             assert value.name == "a"
 
+    async def test_reporting_started_twice_is_refused_as_trio_refuses_it(
+        self, autojump_clock: Clock
+    ) -> None:
+        """A second ``task_status.started`` raises RuntimeError in the child, as with Trio's
+        ``nursery.start``; the value reported first stands."""
+        refused: list[RuntimeError] = []
+
+        async def twice(*, task_status: trio.TaskStatus[str]) -> None:
+            task_status.started("first")
+            try:
+                task_status.started("second")
+            except RuntimeError as error:
+                refused.append(error)
+            await trio.sleep_forever()
+
+        async with Supervisor([ChildSpec("twice", twice)]) as sup:
+            assert info(sup, "twice").value == "first"
+        assert len(refused) == 1
+
     async def test_nursery_start_returns_once_every_child_started(
         self, autojump_clock: Clock
     ) -> None:
