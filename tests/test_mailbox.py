@@ -1061,18 +1061,19 @@ class TestCancellation:
         assert payloads(mailbox.drain()) == ["declined", "arrived"]
 
 
+async def record_length_on_wake(mailbox: Mailbox, woke: list[int]) -> None:
+    """Wait for an arrival, then note how many messages the mailbox holds."""
+    await mailbox.wait_for_arrival()
+    woke.append(len(mailbox))
+
+
 class TestWaitForArrival:
     async def test_returns_on_an_arrival_without_taking_it(self) -> None:
         """``wait_for_arrival`` wakes when a message comes and leaves it to be received."""
         mailbox = Mailbox(AgentId())
         woke: list[int] = []
-
-        async def waiter() -> None:
-            await mailbox.wait_for_arrival()
-            woke.append(len(mailbox))
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(waiter)
+            nursery.start_soon(record_length_on_wake, mailbox, woke)
             await trio.testing.wait_all_tasks_blocked()
             assert woke == []
             mailbox.send_nowait(message("came"))
@@ -1084,13 +1085,8 @@ class TestWaitForArrival:
         asked to stop while idle)."""
         mailbox = Mailbox(AgentId())
         woke: list[int] = []
-
-        async def waiter() -> None:
-            await mailbox.wait_for_arrival()
-            woke.append(len(mailbox))
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(waiter)
+            nursery.start_soon(record_length_on_wake, mailbox, woke)
             await trio.testing.wait_all_tasks_blocked()
             mailbox.interrupt_receivers()
         assert woke == [0]
