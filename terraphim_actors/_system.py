@@ -508,13 +508,17 @@ class MessageSystem:
             MailboxFull: at most once, the recipient's mailbox is bounded, full, and rejects.
             AgentStopped: at most once, the envelope is a call and its recipient has stopped.
             DeliveryFailed: a call could not be delivered within its retries.
-            InvalidMessage: ``envelope`` is not an ``Envelope``.
+            InvalidMessage: ``envelope`` is not an ``Envelope``, or is a call without a reply
+                slot.
             InvalidConfig: the envelope has no recipient, and no custom router to choose one.
         """
         if not isinstance(envelope, Envelope):
             raise InvalidMessage(f"expected an Envelope, got {type(envelope).__name__}")
         if not isinstance(envelope.options, MessageOptions):
             raise InvalidMessage(f"envelope options must be MessageOptions: {envelope.options!r}")
+        if envelope.kind is MessageKind.CALL and envelope.reply is None:
+            # Its handler's answer would have nowhere to go: the recipient would crash on it.
+            raise InvalidMessage("a call needs a reply slot: build it with call(...)")
         if envelope.recipient is None and self.router.config.custom_router is None:
             raise InvalidConfig("the envelope has no recipient (and no custom router)")
         agent_id = self.registered_id(envelope.recipient)

@@ -466,6 +466,23 @@ class TestRegisterAgent:
         with pytest.raises(InvalidConfig):
             await system.send_message(cast(None, "to nobody"))
 
+    async def test_send_message_of_a_call_without_a_reply_slot_raises_invalid_message(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A call envelope whose reply slot is missing is refused before anything is counted,
+        and never reaches (and crashes) its recipient."""
+        log: list[tuple[str, Any]] = []
+        await system.spawn(Recorder, log, name="worker")
+        envelope, _ = call(None, "ping", 1.0, recipient="worker")
+        envelope.reply = None
+        before = system.delivery.get_stats()
+        with pytest.raises(InvalidMessage):
+            await system.send_message(envelope)
+        await trio.sleep(10.0)
+        assert system.delivery.get_stats() == before
+        assert log == []
+        assert system.get_stats()[0].agent_crashes == 0
+
     async def test_register_agent_after_exit_raises_system_closed(self) -> None:
         """A system whose block has ended takes no new mailboxes."""
         async with open_message_system() as system:
