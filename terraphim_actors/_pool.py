@@ -13,7 +13,7 @@ from ._ids import AgentId
 from ._messages import DeliveryGuarantee, Envelope, MessageKind, Priority
 from ._ref import AgentRef
 from ._task_context import current_cell
-from .errors import InvalidConfig
+from .errors import CallToSelf, InvalidConfig
 
 if TYPE_CHECKING:
     from ._agent_spec import AgentStarter
@@ -66,16 +66,26 @@ class Pool:
         """The member for ``envelope``; ``None`` when no member can take it.
 
         A member is skipped while its circuit refuses, while it waits to restart (if another
-        member runs), and for a call, when it is the caller (it would call itself). An
-        exactly-once message goes to the member its id picks, whatever the strategy, so that a
-        resend of it queues behind the first and is recognised as a duplicate.
+        member runs), and for a call from a member's own task, when it is the caller (it would
+        call itself). An exactly-once message goes to the member its id picks, whatever the
+        strategy, so that a resend of it queues behind the first and is recognised as a
+        duplicate.
+
+        Raises:
+            CallToSelf: a member called the pool from its own task, and every other member has
+                stopped for good: only the caller could answer, and it would wait for itself.
         """
         now = self.system.clock.current_time()
         caller = None
         if envelope is not None and envelope.kind is MessageKind.CALL:
             caller = current_cell.get()
+            if caller is not None and not caller.in_own_task:
+                caller = None  # a background task: its agent's handler is free to answer
         cells = [self.member(position) for position in range(len(self.starters))]
-        running_only = any(cell is not None and cell.state is RUNNING for cell in cells)
+        # The caller does not count as running: a restarting member answers it once back.
+        running_only = any(
+            cell is not None and cell is not caller and cell.state is RUNNING for cell in cells
+        )
 
         def available(position: int) -> bool:
             cell = cells[position]
@@ -106,6 +116,11 @@ class Pool:
             for cell in self.members()
             if cell is not caller and cell.breaker is not None and not cell.breaker.would_admit(now)
         ]
+        if not refusing and caller is not None and caller in cells:
+            raise CallToSelf(
+                f"{caller.id!r} called its own pool {self.id!r}, whose only member left is"
+                " itself: it would wait forever"
+            )
         return min(refusing, key=_reopens_at, default=None)
 
 

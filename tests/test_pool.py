@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from agents import Runner, run_action, until
+from agents import Action, Runner, run_action, until
 
+from supervisor import RestartBackoff
 from terraphim_actors import (
     Agent,
     CircuitBreakerConfig,
@@ -29,7 +30,14 @@ from terraphim_actors import (
     cast,
     open_message_system,
 )
-from terraphim_actors.errors import CallFailed, CircuitOpen, DuplicateAgent, InvalidConfig
+from terraphim_actors.errors import (
+    CallFailed,
+    CallToSelf,
+    CircuitOpen,
+    DuplicateAgent,
+    InvalidConfig,
+    MessagingError,
+)
 
 #: What the workers of a pool handled: ``(member name, payload)``, shared by all members.
 Log = list[tuple[str | None, Any]]
@@ -308,6 +316,80 @@ class TestFailures:
             with pytest.raises(CallFailed):
                 await pool.members[0].call(fail)
             assert await answers(pool, 3) == ["workers-1"] * 3
+
+
+def calling(pool: PoolRef) -> Action:
+    """An action that calls ``pool`` from the handler of a member, and returns the reply or
+    the error the call raised."""
+
+    async def call_the_pool(ctx: Context) -> Any:
+        try:
+            return await pool.call("who", timeout=10.0)
+        except MessagingError as error:
+            return error
+
+    return call_the_pool
+
+
+class TestCallsFromAMember:
+    async def test_member_calling_its_own_pool_is_answered_by_another_member(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A member's call through its own pool goes to another member, never to itself."""
+        pool = await workers(system, [], size=2)
+        assert await pool.members[0].call(calling(pool)) == "workers-1"
+
+    async def test_member_calling_its_own_one_member_pool_gets_call_to_self_at_once(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The only member calling its pool would wait for itself: ``CallToSelf`` at once, not
+        ``DeliveryFailed`` after its retries, and nothing is counted as sent."""
+        pool = await workers(system, [], size=1)
+        started = trio.current_time()
+        sent = system.delivery.get_stats().sent
+        assert isinstance(await pool.call(calling(pool)), CallToSelf)
+        assert trio.current_time() == started
+        assert system.delivery.get_stats().sent == sent + 1  # the outer call only
+
+    async def test_member_calling_its_pool_whose_other_members_stopped_gets_call_to_self(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Once every other member has stopped for good, the member left is the only one that
+        could answer its own call: ``CallToSelf`` at once."""
+        pool = await workers(system, [], size=2)
+        await system.stop(pool.members[1])
+        started = trio.current_time()
+        assert isinstance(await pool.call(calling(pool)), CallToSelf)
+        assert trio.current_time() == started
+
+    async def test_member_calling_its_pool_while_the_other_member_restarts_gets_its_answer(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A member waiting to restart (here 2 s of restart backoff) still counts: the call
+        waits in its mailbox and is answered once it is back."""
+        config = MessageSystemConfig(restart_backoff=RestartBackoff(initial=2.0, jitter=0.0))
+        async with open_message_system(config) as system:
+            pool = await workers(system, [], size=2)
+            with pytest.raises(CallFailed):
+                await pool.members[1].call(fail)
+            started = trio.current_time()
+            assert await pool.members[0].call(calling(pool)) == "workers-1"
+            assert trio.current_time() == started + 2.0
+
+    async def test_background_task_of_a_member_may_call_its_one_member_pool(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A member's background task is not the member's handler, which is free to answer
+        it, as for a call to its own ref."""
+        replies: list[Any] = []
+
+        async def call_from_background(ctx: Context) -> None:
+            replies.append(await calling(pool)(ctx))
+
+        pool = await workers(system, [], size=1)
+        await pool.call(lambda ctx: ctx.start_soon(call_from_background, ctx))
+        await trio.testing.wait_all_tasks_blocked()
+        assert replies == ["workers-0"]
 
 
 class TestRegistry:
