@@ -248,7 +248,7 @@ class AgentCell:
         self.finish(StopReason.NORMAL if self.retiring else self._last_reason)
 
     async def _run_instance(self, task_status: trio.TaskStatus[AgentRef]) -> ExitReason:
-        self._task = trio.lowlevel.current_task()
+        self._task = self.mailbox.owner = trio.lowlevel.current_task()
         current_cell.set(self)
         inherited_deadline.set(math.inf)
         instance: Agent | None = None

@@ -23,6 +23,7 @@ from ._checks import check_count, check_instance, check_seconds, validator
 from ._circuit import CircuitBreaker, CircuitBreakerConfig, CircuitState
 from ._dead_letters import DeadLetterReason
 from ._dedup import NO_REPLY, UNSEEN, DedupWindow, HandledMessages
+from ._mailbox import OwnMailboxFull
 from ._messages import DeliveryGuarantee, Envelope, MessageOptions, Priority
 from ._messages import options_for as shared_options
 from ._timers import Timer
@@ -238,12 +239,17 @@ class DeliveryManager:
         Raises:
             MailboxFull, CircuitOpen, AgentNotFound: at-most-once only, when the message could
                 not be delivered (it is also a dead letter).
+            OwnMailboxFull: the agent sent it from its own task into its own mailbox, full and
+                blocking; the message is not accepted.
         """
         self.sent += 1
         try:
             failure = await self._put(cell, envelope)
         except trio.Cancelled:
             self._give_up(envelope, DeadLetterReason.EXPIRED, "the sender gave up waiting for room")
+            raise
+        except OwnMailboxFull:
+            self.sent -= 1  # refused, not accepted: it was never the delivery layer's
             raise
         if failure is not None:
             self._failed(cell, envelope, *failure)
@@ -298,6 +304,7 @@ class DeliveryManager:
             AgentStopped: the agent has stopped for good.
             MailboxFull, CircuitOpen, AgentNotFound: at-most-once, the failure.
             DeliveryFailed: its retries ran out (the last failure is the cause).
+            OwnMailboxFull: as for :meth:`send`; the call is not accepted.
         """
         self.sent += 1
         try:
@@ -329,6 +336,9 @@ class DeliveryManager:
                 finally:
                     del self._waiting[waiting]
                 [(cell, envelope)] = self._system.router.targets_of(envelope, retry=True)[:1]
+        except OwnMailboxFull:
+            self.sent -= 1  # refused, not accepted: it was never the delivery layer's
+            raise
         except MessagingError:
             self.failed += 1
             raise
@@ -348,6 +358,8 @@ class DeliveryManager:
             assert cell is not None
         try:
             await cell.mailbox.put(envelope)
+        except OwnMailboxFull:
+            raise  # no retry would find room that only the sender could make
         except (MailboxFull, MailboxClosed) as error:
             return _failure_of(error, cell)
         self.delivered += 1

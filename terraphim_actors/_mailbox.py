@@ -14,6 +14,7 @@ import collections
 import enum
 import math
 from collections.abc import Callable
+from typing import NoReturn
 
 import attrs
 import trio
@@ -23,7 +24,7 @@ from ._ids import AgentId
 from ._messages import Envelope, MessageOptions, Priority, now
 from .errors import InvalidConfig, InvalidMessage, MailboxClosed, MailboxFull, MessageTimeout
 
-__all__ = ["Mailbox", "MailboxConfig", "MailboxStats", "OverflowPolicy"]
+__all__ = ["Mailbox", "MailboxConfig", "MailboxStats", "OverflowPolicy", "OwnMailboxFull"]
 
 
 class OverflowPolicy(enum.Enum):
@@ -77,12 +78,21 @@ class MailboxStats:
     last_activity: float | None
 
 
+class OwnMailboxFull(MailboxFull):
+    """The task that empties a full mailbox that blocks tried to wait for room in it.
+
+    Only that task could make the room, so it would wait forever (and every other sender with
+    it): it is refused at once instead. It is a ``MailboxFull`` (catch that); its own type lets
+    the delivery layer tell it from a full mailbox that a later retry would get into.
+    """
+
+
 class Mailbox:
     """A priority-ordered, optionally bounded queue of envelopes for one agent.
 
     Blocking operations are ``async`` and always checkpoint; each has a non-blocking twin
     (``send_nowait``, ``try_receive``). Any number of tasks may send; one task (the agent)
-    is expected to receive.
+    is expected to receive, and is refused rather than parked if it waits for room itself.
     """
 
     __slots__ = (
@@ -103,6 +113,7 @@ class Mailbox:
         "_space",
         "agent_id",
         "config",
+        "owner",
     )
 
     def __init__(self, agent_id: AgentId, config: MailboxConfig | None = None) -> None:
@@ -135,6 +146,9 @@ class Mailbox:
         self._peak = 0
         self._processing_time = 0.0
         self._last_activity: float | None = None
+        #: The task that empties this mailbox (its agent's, while an instance runs), if known.
+        #: A send from it into the mailbox full and blocking raises ``OwnMailboxFull``.
+        self.owner: trio.lowlevel.Task | None = None
 
     def __repr__(self) -> str:
         return f"<Mailbox of {self.agent_id!r}: {self._size} waiting>"
@@ -193,7 +207,8 @@ class Mailbox:
         kept for the sender woken to take it.
 
         Raises:
-            MailboxFull: the mailbox is full and its policy is ``REJECT``.
+            MailboxFull: the mailbox is full and its policy is ``REJECT``; or it blocks and the
+                sender is its :attr:`owner` (an ``OwnMailboxFull``), who alone could make room.
             MailboxClosed: the mailbox is closed, or was closed while the sender waited.
             InvalidMessage: ``envelope`` is not an ``Envelope`` with ``MessageOptions``.
         """
@@ -203,6 +218,8 @@ class Mailbox:
     async def put(self, envelope: Envelope) -> None:
         """:meth:`send` for an envelope known to be valid (see :meth:`put_nowait`)."""
         if self._space is not None and self._must_wait():
+            if self.owner is trio.lowlevel.current_task():
+                await self._refuse_owner()
             await self._space.park()
             if self._closed:
                 raise MailboxClosed(f"the mailbox of {self.agent_id!r} closed while waiting")
@@ -216,6 +233,15 @@ class Mailbox:
             self._last_activity = now()
         finally:
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _refuse_owner(self) -> NoReturn:
+        """Refuse the owner room that only it could make (checkpointing, as any send does)."""
+        await trio.lowlevel.checkpoint()
+        self._rejected += 1
+        raise OwnMailboxFull(
+            f"{self.agent_id!r} cannot wait for room in its own mailbox: it is full"
+            f" ({self._limit}), and only the agent itself takes messages out"
+        )
 
     def has_room(self) -> bool:
         """True when a put now would go in: the mailbox is open and not full."""

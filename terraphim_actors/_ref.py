@@ -68,7 +68,9 @@ class AgentRef:
         bad arguments; at most once, it raises what stopped the delivery.
 
         Raises:
-            MailboxFull: at most once, the mailbox is bounded, full, and rejects.
+            MailboxFull: at most once, the mailbox is bounded, full, and rejects; or the agent
+                sent it from its own task into its own mailbox, full and blocking, where it
+                would wait for room only it can make (the message is not sent).
             CircuitOpen: at most once, the agent's circuit breaker is open.
             InvalidConfig: ``priority`` or ``options`` is not valid.
         """

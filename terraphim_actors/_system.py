@@ -505,7 +505,8 @@ class MessageSystem:
 
         Raises:
             AgentNotFound: at most once, no agent or mailbox answers to the recipient.
-            MailboxFull: at most once, the recipient's mailbox is bounded, full, and rejects.
+            MailboxFull: at most once, the recipient's mailbox is bounded, full, and rejects;
+                or an agent sent to itself from its own task, its mailbox full and blocking.
             AgentStopped: at most once, the envelope is a call and its recipient has stopped.
             DeliveryFailed: a call could not be delivered within its retries.
             InvalidMessage: ``envelope`` is not an ``Envelope``, or is a call without a reply

@@ -706,6 +706,17 @@ class TestBlockingBound:
             mailbox.send_nowait(message(2))
         assert mailbox.stats().messages_rejected == 1
 
+    async def test_owner_waiting_for_room_is_refused_at_once(self) -> None:
+        """The task that empties the mailbox would wait forever for room only it can make: its
+        send raises ``MailboxFull`` at once, the message not taken and counted as rejected."""
+        mailbox = bounded(1, OverflowPolicy.BLOCK)
+        mailbox.owner = trio.lowlevel.current_task()
+        mailbox.send_nowait(message(1))
+        with trio.fail_after(1), pytest.raises(MailboxFull, match="its own mailbox"):
+            await mailbox.send(message(2))
+        assert payloads(mailbox.drain()) == [1]
+        assert mailbox.stats().messages_rejected == 1
+
     async def test_cancelled_blocked_sender_delivers_nothing(self) -> None:
         """A sender cancelled while waiting for room leaves no message behind."""
         mailbox = bounded(1, OverflowPolicy.BLOCK)

@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from agents import Recorder, Runner, call_and_keep, defer_into, hold_forever, until
+from agents import (
+    Action,
+    Recorder,
+    Runner,
+    call_and_keep,
+    defer_into,
+    hold_forever,
+    run_action,
+    until,
+)
 
 from supervisor import RestartType
 from terraphim_actors import (
@@ -36,6 +45,9 @@ from terraphim_actors.errors import (
     InvalidConfig,
     MailboxFull,
 )
+
+#: A bounded mailbox of one slot whose senders wait for room.
+ONE_BLOCKING_SLOT = MailboxConfig(capacity=1, overflow=OverflowPolicy.BLOCK)
 
 
 async def spawn_with_full_rejecting_mailbox(
@@ -614,6 +626,106 @@ class TestBoundedMailbox:
         await trio.testing.wait_all_tasks_blocked()
         assert sent == ["second"]
         assert handled == ["first", "second"]
+
+
+def fill_own_mailbox_then(send: Action) -> Action:
+    """An action for a ``Runner`` whose mailbox holds one message: it fills its own mailbox,
+    then runs ``send`` from its own task and returns what that raised, how long it took, and
+    the delivery statistics before and after it."""
+
+    async def fill_then_send(ctx: Context) -> Any:
+        ctx.self.cast_nowait(lambda inner: None)
+        before = ctx.system.delivery.get_stats()
+        started = trio.current_time()
+        try:
+            await run_action(send, ctx)
+        except MailboxFull as error:
+            return error, trio.current_time() - started, before, ctx.system.delivery.get_stats()
+        return None
+
+    return fill_then_send
+
+
+class TestSendToOwnFullBlockingMailbox:
+    @pytest.mark.parametrize("send", ["cast", "info"])
+    async def test_send_to_own_full_blocking_mailbox_raises_mailbox_full_at_once(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock, send: str
+    ) -> None:
+        """``await ctx.self.cast``/``info`` into its own full ``BLOCK`` mailbox would wait for
+        room only the agent can make: ``MailboxFull`` at once, saying why."""
+        ref = await system.spawn(Runner, mailbox=ONE_BLOCKING_SLOT)
+        with trio.fail_after(10):
+            error, waited, _, _ = await ref.call(
+                fill_own_mailbox_then(lambda ctx: getattr(ctx.self, send)("one too many"))
+            )
+        assert "cannot wait for room in its own mailbox" in str(error)
+        assert waited == 0
+
+    async def test_send_message_to_own_full_blocking_mailbox_raises_mailbox_full_at_once(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``system.send_message`` to itself, from its own task, is refused at once too."""
+
+        async def send_to_myself(ctx: Context) -> None:
+            await ctx.system.send_message(cast(None, "one too many", recipient=ctx.self.id))
+
+        ref = await system.spawn(Runner, mailbox=ONE_BLOCKING_SLOT)
+        with trio.fail_after(10):
+            error, waited, _, _ = await ref.call(fill_own_mailbox_then(send_to_myself))
+        assert isinstance(error, MailboxFull)
+        assert waited == 0
+
+    async def test_send_refused_by_own_full_mailbox_is_not_counted(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The refused message was never accepted: the delivery books do not count it."""
+        ref = await system.spawn(Runner, mailbox=ONE_BLOCKING_SLOT)
+        with trio.fail_after(10):
+            _, _, before, after = await ref.call(
+                fill_own_mailbox_then(lambda ctx: ctx.self.cast("one too many"))
+            )
+        assert after.sent == before.sent
+        assert after.pending == before.pending
+
+    async def test_agent_refused_by_own_full_mailbox_goes_on_serving(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Nothing is wedged: the agent handles what waits, and other senders get room."""
+        handled: list[str] = []
+        ref = await system.spawn(Runner, mailbox=ONE_BLOCKING_SLOT)
+        with trio.fail_after(10):
+            await ref.call(fill_own_mailbox_then(lambda ctx: ctx.self.cast("one too many")))
+            await ref.cast(lambda ctx: handled.append("other sender"))
+            assert await ref.call(lambda ctx: "still serving") == "still serving"
+        assert handled == ["other sender"]
+
+    async def test_background_task_of_the_agent_waits_for_room_in_its_mailbox(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A background task is not the agent's own task: the agent can make room for it, so
+        it waits, as any other sender to a ``BLOCK`` mailbox does."""
+        full, release = trio.Event(), trio.Event()
+        sent: list[str] = []
+        handled: list[str] = []
+
+        async def cast_once_full(ctx: Context) -> None:
+            await full.wait()
+            await ctx.self.cast(lambda inner: handled.append("from background"))
+            sent.append("sent")
+
+        ref = await system.spawn(Runner, mailbox=ONE_BLOCKING_SLOT)
+        with trio.fail_after(10):
+            await ref.call(lambda ctx: ctx.start_soon(cast_once_full, ctx))
+            await ref.cast(until(release))
+            await trio.testing.wait_all_tasks_blocked()
+            await ref.cast(lambda ctx: None)
+            full.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert sent == []
+            release.set()
+            await trio.sleep(1)
+        assert sent == ["sent"]
+        assert handled == ["from background"]
 
 
 class TestStoppedRecipient:
