@@ -20,6 +20,14 @@ class Crash(Exception):
     """What a helper child raises when it is told to crash."""
 
 
+class Unprintable:
+    """A value (a payload, a child id, an error's argument) whose repr raises: quoting it must
+    not replace the error being reported."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
 class Log(list[str]):
     """Events in the order they happened; ``times`` has the Trio time of each."""
 
