@@ -8,8 +8,7 @@ import random
 import attrs
 import tenacity
 
-from ._checks import check_count, check_seconds, seconds, seconds_or_zero
-from ._errors import InvalidSpec
+from ._checks import check_count, check_factor, check_seconds, seconds
 
 __all__ = ["RestartBackoff", "RestartWindow"]
 
@@ -59,24 +58,30 @@ class RestartBackoff:
     at most ``maximum``, plus a random fraction up to ``jitter`` of that (0 turns it off) so that
     siblings do not restart in lockstep. A child that ran for ``reset_after`` seconds without
     crashing starts again from ``initial``.
+
+    Times are at most ``MAX_SECONDS`` (10**9 s), ``multiplier`` and ``jitter`` at most
+    ``MAX_FACTOR`` (1000), so that every delay is a finite number.
     """
 
     initial: float = attrs.field(default=0.1, validator=seconds)
     multiplier: float = attrs.field(default=2.0)
     maximum: float = attrs.field(default=30.0, validator=seconds)
-    jitter: float = attrs.field(default=0.1, validator=seconds_or_zero)
+    jitter: float = attrs.field(default=0.1)
     reset_after: float = attrs.field(default=60.0, validator=seconds)
     _random: random.Random = attrs.field(factory=random.Random, eq=False, repr=False, alias="rng")
 
     @multiplier.validator
     def _check_multiplier(self, _attribute: object, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 1:
-            raise InvalidSpec(f"multiplier must be a number >= 1, got {value!r}")
+        check_factor("multiplier", value, minimum=1)
+
+    @jitter.validator
+    def _check_jitter(self, _attribute: object, value: float) -> None:
+        check_factor("jitter", value, minimum=0)
 
     def delay(self, consecutive: int) -> float:
         """Seconds to wait before the ``consecutive``-th restart in a row (1 for the first)."""
-        wait = tenacity.wait_exponential(
-            multiplier=self.initial, exp_base=self.multiplier, max=self.maximum
+        wait = tenacity.wait_exponential(  # in floats: an int base would build ever larger ints
+            multiplier=self.initial, exp_base=float(self.multiplier), max=self.maximum
         )
         state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
         state.attempt_number = consecutive

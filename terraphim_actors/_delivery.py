@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import attrs
 import trio
 
-from ._checks import check_count, check_instance, check_seconds, validator
+from ._checks import check_count, check_factor, check_instance, check_seconds, validator
 from ._circuit import CircuitBreaker, CircuitBreakerConfig, CircuitState
 from ._dead_letters import DeadLetterReason
 from ._dedup import NO_REPLY, UNSEEN, DedupWindow, HandledMessages
 from ._mailbox import OwnMailboxFull
-from ._messages import DeliveryGuarantee, Envelope, MessageOptions, Priority
+from ._messages import DeliveryGuarantee, Envelope, MessageOptions, Priority, never_expiring
 from ._messages import options_for as shared_options
 from ._timers import Timer
 from .errors import (
@@ -32,7 +32,6 @@ from .errors import (
     AgentStopped,
     CircuitOpen,
     DeliveryFailed,
-    InvalidConfig,
     MailboxClosed,
     MailboxFull,
     MessagingError,
@@ -76,11 +75,6 @@ _RAISED = frozenset(
 _RESOLVED_KEPT = 1024
 
 
-def _check_multiplier(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 1:
-        raise InvalidConfig(f"{attribute.name} must be a number >= 1, got {value!r}")
-
-
 @attrs.frozen(kw_only=True)
 class DeliveryConfig:
     """How hard a system tries to deliver messages; ``MessageOptions`` overrides it per message.
@@ -96,6 +90,10 @@ class DeliveryConfig:
             retries of many messages do not arrive in lockstep.
         dedup_window: how long an exactly-once recipient remembers what it handled.
         seed: seeds the jitter, for runs that must repeat exactly.
+
+    Times are at most ``MAX_SECONDS`` (10**9 s), the multiplier and the jitter at most
+    ``MAX_FACTOR`` (1000), counts at most ``MAX_COUNT``: whatever is accepted keeps every
+    retry's due time a finite number.
     """
 
     guarantee: DeliveryGuarantee = attrs.field(
@@ -106,9 +104,11 @@ class DeliveryConfig:
     retry_delay: float = attrs.field(
         default=0.1, validator=validator(check_seconds, allow_zero=True)
     )
-    retry_backoff_multiplier: float = attrs.field(default=2.0, validator=_check_multiplier)
+    retry_backoff_multiplier: float = attrs.field(
+        default=2.0, validator=validator(check_factor, minimum=1)
+    )
     max_retry_delay: float = attrs.field(default=30.0, validator=validator(check_seconds))
-    jitter: float = attrs.field(default=0.1, validator=validator(check_seconds, allow_zero=True))
+    jitter: float = attrs.field(default=0.1, validator=validator(check_factor, minimum=0))
     dedup_window: DedupWindow = attrs.field(
         factory=DedupWindow, validator=validator(check_instance, DedupWindow)
     )
@@ -187,7 +187,7 @@ class DeliveryManager:
         #: System notifications: never retried, whatever the system's default, and never
         #: expired (a ``Down`` must reach a monitor, however busy it was).
         self._notices: tuple[MessageOptions, ...] = tuple(
-            attrs.evolve(options, guarantee=AT_MOST_ONCE, timeout=math.inf)
+            never_expiring(attrs.evolve(options, guarantee=AT_MOST_ONCE))
             for options in self.defaults
         )
         #: Each message waiting for a retry, with the router's timer for it (``None`` for a
@@ -530,8 +530,8 @@ class DeliveryManager:
         config = self.config
         base = envelope.options.retry_delay
         assert base is not None
-        try:
-            growth = config.retry_backoff_multiplier ** (envelope.attempt - 1)
+        try:  # in floats: an int multiplier would build ever larger ints, retry after retry
+            growth = float(config.retry_backoff_multiplier) ** (envelope.attempt - 1)
         except OverflowError:  # past a thousand retries or so: long since at the cap
             growth = math.inf
         delay = min(base * growth, config.max_retry_delay) if base else 0.0

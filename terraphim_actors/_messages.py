@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._checks import check_count, check_instance, check_seconds, validator
+from ._checks import MAX_SECONDS, check_count, check_instance, check_seconds, validator
 from ._ids import AgentId, MessageId, new_message_id
 from ._protocol import ReplyHandle
 from .errors import InvalidConfig
@@ -69,6 +69,10 @@ class MessageOptions:
         max_retries: redeliveries after the first try (retrying guarantees only).
         retry_delay: seconds before the first redelivery (retrying guarantees only).
         guarantee: the delivery guarantee for this message.
+
+    Times are at most ``MAX_SECONDS`` (10**9 s), so that a deadline computed from them is
+    finite; the system's own notifications, which never expire, are made by
+    :func:`never_expiring`.
     """
 
     priority: Priority = attrs.field(
@@ -84,6 +88,18 @@ class MessageOptions:
     guarantee: DeliveryGuarantee | None = attrs.field(
         default=None, validator=validator(check_instance, DeliveryGuarantee, optional=True)
     )
+
+
+def never_expiring(options: MessageOptions) -> MessageOptions:
+    """A copy of ``options`` whose messages never expire: for the notifications the system
+    sends itself (a ``Down`` must reach its monitor, however busy it was).
+
+    A caller cannot ask for this: a timeout it gives is at most ``MAX_SECONDS``. An infinite
+    timeout is safe here because the library only compares a message's expiry with the clock.
+    """
+    copy = attrs.evolve(options, timeout=MAX_SECONDS)
+    object.__setattr__(copy, "timeout", math.inf)  # past the public bound, on purpose
+    return copy
 
 
 #: Shared options for each priority (indexed by it), so the hot path builds none. A tuple,

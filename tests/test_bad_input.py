@@ -13,6 +13,8 @@ C ``ssize_t``, ...) are kept, shrunk, in ``test_found_by_properties.py``.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import math
 import sys
 from collections.abc import Callable
@@ -41,12 +43,14 @@ from terraphim_actors import (
     MessageSystemConfig,
     OverflowPolicy,
     Priority,
+    RestartBackoff,
     RestartType,
     RouterConfig,
     call,
     cast,
     open_message_system,
 )
+from terraphim_actors._checks import MAX_COUNT, MAX_FACTOR, MAX_SECONDS
 from terraphim_actors.errors import (
     AgentNotFound,
     AgentStopped,
@@ -71,9 +75,10 @@ HANG = 30.0
 
 numbers = st.one_of(
     st.integers(min_value=-HUGE, max_value=HUGE),
-    st.sampled_from([0, 1, -1, 2, 10**9, HUGE]),
+    st.sampled_from([0, 1, -1, 2, 10**9, 10**9 + 1, sys.maxsize, sys.maxsize + 1, HUGE, 10**400]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([0.0, -0.0, 0.5, -0.5, math.inf, -math.inf, math.nan, 1e308]),
+    st.sampled_from([1e9, 1e9 + 1, 1000.0, 1000.5, 5e-324]),
 )
 #: Anything at all, including the right thing now and then.
 anything = st.one_of(
@@ -96,15 +101,15 @@ def is_number(value: object) -> bool:
 
 
 def seconds(value: object) -> bool:
-    """What every positive duration accepts."""
-    return is_number(value) and value > 0  # type: ignore[operator]
+    """What every positive duration accepts: up to ``MAX_SECONDS``, never an infinity."""
+    return is_number(value) and 0 < value <= MAX_SECONDS  # type: ignore[operator]
 
 
 def seconds_or_zero(value: object) -> bool:
-    return is_number(value) and value >= 0  # type: ignore[operator]
+    return is_number(value) and 0 <= value <= MAX_SECONDS  # type: ignore[operator]
 
 
-def count(minimum: int, maximum: float = math.inf) -> Callable[[object], bool]:
+def count(minimum: int, maximum: int = MAX_COUNT) -> Callable[[object], bool]:
     def valid(value: object) -> bool:
         return (
             isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= maximum
@@ -121,8 +126,9 @@ def optional(valid: Callable[[object], bool]) -> Callable[[object], bool]:
     return lambda value: value is None or valid(value)
 
 
-def multiplier(value: object) -> bool:
-    return is_number(value) and value >= 1  # type: ignore[operator]
+def factor(minimum: float) -> Callable[[object], bool]:
+    """What a multiplier or a jitter fraction accepts: up to ``MAX_FACTOR``."""
+    return lambda value: is_number(value) and minimum <= value <= MAX_FACTOR  # type: ignore[operator]
 
 
 #: Each configuration class, and for each field what it accepts.
@@ -136,9 +142,9 @@ FIELDS: dict[type, dict[str, Callable[[object], bool]]] = {
         "guarantee": instance(DeliveryGuarantee),
         "max_retries": count(0),
         "retry_delay": seconds_or_zero,
-        "retry_backoff_multiplier": multiplier,
+        "retry_backoff_multiplier": factor(1),
         "max_retry_delay": seconds,
-        "jitter": seconds_or_zero,
+        "jitter": factor(0),
         "dedup_window": instance(DedupWindow),
         "seed": optional(count(0)),
     },
@@ -158,7 +164,7 @@ FIELDS: dict[type, dict[str, Callable[[object], bool]]] = {
     MessageSystemConfig: {
         "mailbox": instance(MailboxConfig),
         "shutdown_timeout": seconds,
-        "dead_letter_capacity": count(1, sys.maxsize),  # it sizes a deque
+        "dead_letter_capacity": count(1),  # it sizes a deque
         "max_restarts": count(0),
         "max_seconds": seconds,
         "delivery": instance(DeliveryConfig),
@@ -166,6 +172,79 @@ FIELDS: dict[type, dict[str, Callable[[object], bool]]] = {
     },
 }
 FIELD_CASES = [(kind, name) for kind, fields in FIELDS.items() for name in fields]
+
+
+# -- what a field accepts, at its edges ------------------------------------------------------------
+
+
+def accepted_seconds(*, zero: bool = False) -> st.SearchStrategy[float]:
+    """Durations a field takes, the extremes most of all: the bound, the tiniest, 0."""
+    edges = [5e-324, 1e-9, 1.0, MAX_SECONDS, int(MAX_SECONDS)] + ([0, 0.0] if zero else [])
+    return st.sampled_from(edges) | st.floats(0.0 if zero else 5e-324, MAX_SECONDS)
+
+
+def accepted_factor(minimum: float) -> st.SearchStrategy[float]:
+    """Multipliers (from 1) and jitter fractions (from 0) a field takes."""
+    return st.sampled_from([minimum, int(minimum), MAX_FACTOR, int(MAX_FACTOR)]) | st.floats(
+        minimum, MAX_FACTOR
+    )
+
+
+def accepted_count(minimum: int) -> st.SearchStrategy[int]:
+    """Counts a field takes, up to the largest."""
+    return st.sampled_from([minimum, minimum + 1, MAX_COUNT]) | st.integers(minimum, MAX_COUNT)
+
+
+accepted_delivery = st.builds(
+    DeliveryConfig,
+    guarantee=st.sampled_from(DeliveryGuarantee),
+    max_retries=st.sampled_from([0, 1, 3, MAX_COUNT]),
+    retry_delay=accepted_seconds(zero=True),
+    retry_backoff_multiplier=accepted_factor(1),
+    max_retry_delay=accepted_seconds(),
+    jitter=accepted_factor(0),
+    seed=st.none() | accepted_count(0),
+    dedup_window=st.builds(DedupWindow, max_messages=accepted_count(1), max_age=accepted_seconds()),
+)
+accepted_breaker = st.none() | st.builds(
+    CircuitBreakerConfig,
+    failure_threshold=accepted_count(1),
+    reset_timeout=accepted_seconds(),
+    half_open_max_calls=accepted_count(1),
+)
+accepted_options = st.builds(
+    MessageOptions,
+    timeout=accepted_seconds(),
+    max_retries=st.none() | st.sampled_from([0, 2, MAX_COUNT]),
+    retry_delay=st.none() | accepted_seconds(zero=True),
+    guarantee=st.none() | st.sampled_from(DeliveryGuarantee),
+)
+
+
+class CrashesAtFirst(Agent):
+    """Crashes on the first ``crashes`` runs of each message (counted in ``runs``, which its
+    restarts share); a cast also sets a timer."""
+
+    def __init__(self, runs: collections.Counter[object], crashes: int, timer_delay: float) -> None:
+        self.runs = runs
+        self.crashes = crashes
+        self.timer_delay = timer_delay
+
+    def crash_at_first(self, message: object) -> None:
+        self.runs[message] += 1
+        if self.runs[message] <= self.crashes:
+            raise RuntimeError(f"run {self.runs[message]} of {message!r}")
+
+    async def handle_cast(self, message: object, ctx: Context) -> None:
+        self.crash_at_first(message)
+        ctx.send_after(self.timer_delay, "tick")
+
+    async def handle_call(self, message: object, ctx: Context) -> object:
+        self.crash_at_first(message)
+        return message
+
+    async def handle_info(self, message: object, ctx: Context) -> None:
+        pass
 
 
 class Echo(Agent):
@@ -220,31 +299,14 @@ class TestConfigurations:
     @given(
         mailbox=st.builds(
             MailboxConfig,
-            capacity=st.none() | st.integers(1, HUGE),
+            capacity=st.none() | accepted_count(1),
             overflow=st.sampled_from(OverflowPolicy),
         ),
-        delivery=st.builds(
-            DeliveryConfig,
-            max_retries=st.integers(0, HUGE),
-            retry_delay=st.floats(0, 1e308),
-            retry_backoff_multiplier=st.floats(1, math.inf),
-            max_retry_delay=st.floats(1e-9, math.inf),
-            jitter=st.floats(0, 1e308),
-            seed=st.none() | st.integers(0, HUGE),
-            dedup_window=st.builds(
-                DedupWindow, max_messages=st.integers(1, HUGE), max_age=st.floats(1e-9, math.inf)
-            ),
-        ),
-        breaker=st.none()
-        | st.builds(
-            CircuitBreakerConfig,
-            failure_threshold=st.integers(1, HUGE),
-            reset_timeout=st.floats(1e-9, math.inf),
-            half_open_max_calls=st.integers(1, HUGE),
-        ),
-        dead_letter_capacity=st.integers(1, sys.maxsize),
-        max_restarts=st.integers(0, HUGE),
-        max_seconds=st.floats(1e-9, math.inf),
+        delivery=accepted_delivery,
+        breaker=accepted_breaker,
+        dead_letter_capacity=accepted_count(1),
+        max_restarts=accepted_count(0),
+        max_seconds=accepted_seconds(),
     )
     async def test_any_accepted_configuration_opens_a_working_system(
         self,
@@ -256,7 +318,7 @@ class TestConfigurations:
         max_restarts: int,
         max_seconds: float,
     ) -> None:
-        """Extreme but valid values (huge counts, infinite times) run: a call and a cast of
+        """Extreme but valid values (the largest counts and times) run: a call and a cast of
         each guarantee go through, and nothing is left pending."""
         config = MessageSystemConfig(
             mailbox=mailbox,
@@ -274,6 +336,62 @@ class TestConfigurations:
                 await echo.cast(guarantee, options=options)
             await trio.testing.wait_all_tasks_blocked()
             assert system.delivery.get_stats().pending == 0
+
+    @settings(SETTINGS, max_examples=30)
+    @given(
+        delivery=accepted_delivery,
+        breaker=accepted_breaker,
+        backoff=st.none()
+        | st.builds(
+            RestartBackoff,
+            initial=accepted_seconds(),
+            multiplier=accepted_factor(1),
+            maximum=accepted_seconds(),
+            jitter=accepted_factor(0),
+            reset_after=accepted_seconds(),
+        ),
+        options=st.lists(accepted_options, min_size=1, max_size=4),
+        crashes=st.integers(0, 3),
+        call_timeout=accepted_seconds(),
+        timer_delay=accepted_seconds(zero=True),
+        shutdown=accepted_seconds(),
+    )
+    async def test_messages_through_an_accepted_configuration_all_end(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        delivery: DeliveryConfig,
+        breaker: CircuitBreakerConfig | None,
+        backoff: RestartBackoff | None,
+        options: list[MessageOptions],
+        crashes: int,
+        call_timeout: float,
+        timer_delay: float,
+        shutdown: float,
+    ) -> None:
+        """Whatever the accepted values, the arithmetic done later with them (deadlines,
+        backoffs with jitter, circuit reopenings, expiry, timers, restart backoffs) never
+        fails: casts and calls that crash their handler are retried, expire, or become dead
+        letters; nothing escapes the system, and every message ends."""
+        config = MessageSystemConfig(
+            delivery=delivery,
+            router=RouterConfig(circuit_breaker=breaker),
+            restart_backoff=backoff,
+            max_restarts=MAX_COUNT,  # here the agent crashes on purpose: never escalate
+            max_seconds=MAX_SECONDS,
+        )
+        async with open_message_system(config) as system:
+            runs: collections.Counter[object] = collections.Counter()
+            flaky = await system.spawn(
+                CrashesAtFirst, runs, crashes, timer_delay, shutdown=shutdown
+            )
+            for number, each in enumerate(options):
+                with contextlib.suppress(MessagingError):  # at most once, an open circuit
+                    await flaky.cast(("cast", number), options=each)
+                with contextlib.suppress(MessagingError):
+                    await flaky.call(("call", number), timeout=call_timeout, options=each)
+            await trio.sleep(10 * MAX_SECONDS * (1 + MAX_FACTOR))  # past every due time
+        stats = system.delivery.get_stats()
+        assert stats.pending == 0, stats
 
 
 # -- API arguments ------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from terraphim_actors import (
     cast,
     open_message_system,
 )
+from terraphim_actors._checks import MAX_COUNT, MAX_FACTOR, MAX_SECONDS
 from terraphim_actors.errors import (
     AgentNotFound,
     CallFailed,
@@ -207,6 +208,42 @@ class TestDeliveryConfig:
             DeliveryConfig(**{field: value})
 
     @pytest.mark.parametrize(
+        ("field", "value", "bound"),
+        [
+            ("retry_backoff_multiplier", 10**400, "1000"),  # overflowed at the second retry
+            ("retry_backoff_multiplier", math.inf, "1000"),
+            ("retry_backoff_multiplier", MAX_FACTOR + 1, "1000"),
+            ("jitter", math.inf, "1000"),  # with retry_delay=0, scheduled retries at NaN
+            ("jitter", MAX_FACTOR + 1, "1000"),
+            ("retry_delay", math.inf, "1e+09"),
+            ("retry_delay", MAX_SECONDS * 2, "1e+09"),
+            ("max_retry_delay", 10**400, "1e+09"),
+            ("max_retries", MAX_COUNT + 1, str(MAX_COUNT)),
+        ],
+    )
+    def test_a_value_beyond_its_bound_is_refused_naming_the_bound(
+        self, field: str, value: Any, bound: str
+    ) -> None:
+        """Times stop at ``MAX_SECONDS``, factors at ``MAX_FACTOR``, counts at ``MAX_COUNT``,
+        so that what is accepted keeps every due time finite; the error says the bound, in a
+        message of a few hundred characters however large the value."""
+        with pytest.raises(InvalidConfig, match=field) as caught:
+            DeliveryConfig(**{field: value})
+        assert bound in str(caught.value)
+        assert len(str(caught.value)) < 300
+
+    def test_the_largest_values_are_accepted(self) -> None:
+        """The bounds themselves are valid choices."""
+        config = DeliveryConfig(
+            max_retries=MAX_COUNT,
+            retry_delay=MAX_SECONDS,
+            retry_backoff_multiplier=MAX_FACTOR,
+            max_retry_delay=MAX_SECONDS,
+            jitter=MAX_FACTOR,
+        )
+        assert config.retry_backoff_multiplier == MAX_FACTOR
+
+    @pytest.mark.parametrize(
         ("field", "value"),
         [
             ("max_messages", 0),
@@ -363,6 +400,42 @@ class TestBackoff:
             await ref.cast("job")
             await trio.sleep(100.0)
         assert gaps(runs) == pytest.approx([2.0, 2.0, 2.0])
+
+    @pytest.mark.parametrize("multiplier", [MAX_FACTOR, int(MAX_FACTOR)])
+    async def test_the_largest_multiplier_reaches_the_cap_and_keeps_retrying(
+        self, autojump_clock: trio.testing.MockClock, multiplier: float
+    ) -> None:
+        """The largest multiplier (a float, or an int whose powers outgrow any float) over
+        many retries: the delay stays at the cap, the router keeps running, and the message
+        is handled in the end."""
+        runs: list[Run] = []
+        config = settings(
+            max_retries=MAX_COUNT,
+            retry_delay=1.0,
+            retry_backoff_multiplier=multiplier,
+            max_retry_delay=5.0,
+        )
+        async with open_message_system(config) as system:
+            ref = await system.spawn(Flaky, runs, 200)  # past where 1000.0 ** n overflows
+            await ref.cast("job", options=MessageOptions(timeout=MAX_SECONDS))
+            await trio.sleep(2000.0)
+            assert system.delivery.get_stats().pending == 0
+        assert len(runs) == 201
+        assert gaps(runs) == pytest.approx([1.0] + [5.0] * 199)
+
+    async def test_no_retry_delay_with_the_largest_jitter_retries_at_once(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``retry_delay=0`` with ``jitter=MAX_FACTOR``: each retry is due at once (jitter is a
+        fraction of nothing), never at NaN."""
+        runs: list[Run] = []
+        config = settings(max_retries=3, retry_delay=0, jitter=MAX_FACTOR)
+        async with open_message_system(config) as system:
+            ref = await system.spawn(Flaky, runs, 2)
+            await ref.cast("job")
+            await trio.sleep(1.0)
+            assert system.delivery.get_stats().pending == 0
+        assert gaps(runs) == [0.0, 0.0]
 
     async def test_jitter_adds_at_most_its_fraction_of_the_delay(
         self, autojump_clock: trio.testing.MockClock

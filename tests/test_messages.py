@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import attrs
 import pytest
 import trio
 import trio.testing
+from agents import Recorder
 from hypothesis import given
 from strategies import priorities
 
@@ -18,12 +20,14 @@ from terraphim_actors import (
     Envelope,
     MessageKind,
     MessageOptions,
+    MessageSystem,
     Priority,
     ReplyHandle,
     call,
     cast,
     info,
 )
+from terraphim_actors._checks import MAX_SECONDS
 from terraphim_actors.errors import CallTimeout, InvalidConfig
 
 
@@ -124,6 +128,41 @@ class TestMessageOptions:
         """Existing ``except ValueError`` clauses catch a bad option."""
         with pytest.raises(ValueError, match="timeout"):
             MessageOptions(timeout=-1)
+
+    @pytest.mark.parametrize(
+        "timeout", [10**400, math.inf, MAX_SECONDS + 1, 10**9 + 1, 1e308], ids=repr
+    )
+    def test_a_timeout_beyond_the_bound_is_refused(self, timeout: float) -> None:
+        """A timeout past ``MAX_SECONDS`` (10**400 was accepted, then raised OverflowError in
+        the agent loop, and the message vanished) raises InvalidConfig naming the bound."""
+        with pytest.raises(InvalidConfig, match=r"timeout .*at most 1e\+09"):
+            MessageOptions(timeout=timeout)
+
+    @pytest.mark.parametrize("retry_delay", [10**400, math.inf, MAX_SECONDS * 2])
+    def test_a_retry_delay_beyond_the_bound_is_refused(self, retry_delay: float) -> None:
+        """Retry delays stop at ``MAX_SECONDS`` too."""
+        with pytest.raises(InvalidConfig, match="retry_delay"):
+            MessageOptions(retry_delay=retry_delay)
+
+    async def test_a_message_with_the_longest_timeout_is_handled_and_settled(
+        self, system: MessageSystem
+    ) -> None:
+        """The longest timeout accepted works through the agent loop's expiry check: the
+        message is handled, and nothing is left pending."""
+        log: list[tuple[str, Any]] = []
+        ref = await system.spawn(Recorder, log)
+        longest = MessageOptions(timeout=MAX_SECONDS)
+        await ref.cast("kept", options=longest)
+        assert await ref.call("asked", options=longest) == "asked"
+        assert log == [("cast", "kept"), ("call", "asked")]
+        assert system.delivery.get_stats().pending == 0
+
+    async def test_the_systems_own_notices_never_expire(self, system: MessageSystem) -> None:
+        """Notices (``Down``, timers) carry a timeout no caller can ask for: they never
+        expire, however long their recipient was busy."""
+        notice = system.delivery.notice_options()
+        assert notice.timeout == math.inf
+        assert notice.guarantee is DeliveryGuarantee.AT_MOST_ONCE
 
 
 class TestCast:

@@ -9,6 +9,7 @@ import attrs
 import pytest
 
 from supervisor import InvalidSpec, RestartBackoff
+from supervisor._checks import MAX_FACTOR, MAX_SECONDS
 from supervisor._intensity import RestartWindow
 
 
@@ -156,3 +157,38 @@ class TestRestartBackoff:
         """Delays are positive seconds, the multiplier at least 1, the jitter at least 0."""
         with pytest.raises(InvalidSpec, match=next(iter(options))):
             RestartBackoff(**options)
+
+    @pytest.mark.parametrize(
+        ("option", "value", "bound"),
+        [
+            ("multiplier", 10**400, "1000"),
+            ("multiplier", math.inf, "1000"),
+            ("jitter", math.inf, "1000"),
+            ("jitter", MAX_FACTOR + 1, "1000"),
+            ("initial", math.inf, "1e+09"),
+            ("maximum", 10**400, "1e+09"),
+            ("reset_after", MAX_SECONDS * 2, "1e+09"),
+        ],
+    )
+    def test_an_option_beyond_its_bound_is_refused(
+        self, option: str, value: float, bound: str
+    ) -> None:
+        """Times stop at ``MAX_SECONDS``, the multiplier and the jitter at ``MAX_FACTOR``: every
+        delay stays a finite number; the message says the bound."""
+        with pytest.raises(InvalidSpec, match=option) as caught:
+            RestartBackoff(**{option: value})
+        assert bound in str(caught.value)
+
+    @pytest.mark.parametrize("multiplier", [MAX_FACTOR, int(MAX_FACTOR)])
+    def test_the_largest_options_give_finite_delays_at_any_restart(self, multiplier: float) -> None:
+        """The largest multiplier (float or int), time and jitter, at the first restart and
+        the millionth: every delay is finite and capped."""
+        backoff = RestartBackoff(
+            initial=MAX_SECONDS,
+            multiplier=multiplier,
+            maximum=MAX_SECONDS,
+            jitter=MAX_FACTOR,
+            reset_after=MAX_SECONDS,
+        )
+        for consecutive in (1, 2, 1_000, 1_000_000):
+            assert MAX_SECONDS <= backoff.delay(consecutive) <= MAX_SECONDS * (1 + MAX_FACTOR)

@@ -30,6 +30,7 @@ from supervisor import (
     SupervisorError,
     SupervisorNotRunning,
 )
+from supervisor._checks import MAX_COUNT, MAX_SECONDS
 
 
 async def child(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -134,6 +135,17 @@ class TestChildSpecValidation:
         with pytest.raises(InvalidSpec, match="shutdown"):
             ChildSpec("a", child, shutdown=shutdown)  # type: ignore[arg-type]
 
+    @pytest.mark.parametrize("shutdown", [math.inf, 10**400, MAX_SECONDS * 2], ids=repr)
+    def test_a_shutdown_beyond_the_bound_is_refused(self, shutdown: float) -> None:
+        """Seconds stop at ``MAX_SECONDS`` (10**9): "for ever" is ``Shutdown.INFINITY``."""
+        with pytest.raises(InvalidSpec, match=r"shutdown .*at most 1e\+09"):
+            ChildSpec("a", child, shutdown=shutdown)
+
+    def test_the_longest_shutdown_and_infinity_are_accepted(self) -> None:
+        """``MAX_SECONDS`` itself is a valid shutdown time, and ``INFINITY`` waits for ever."""
+        assert ChildSpec("a", child, shutdown=MAX_SECONDS).shutdown == MAX_SECONDS
+        assert ChildSpec("a", child, shutdown=Shutdown.INFINITY).shutdown is Shutdown.INFINITY
+
     def test_stop_not_callable(self) -> None:
         """The stop hook must be callable."""
         with pytest.raises(InvalidSpec, match="stop"):
@@ -181,6 +193,14 @@ class TestHealthCheck:
         with pytest.raises(InvalidSpec, match="timeout"):
             HealthCheck(check=healthy, interval=1.0, timeout=timeout)
 
+    @pytest.mark.parametrize("field", ["interval", "timeout"])
+    @pytest.mark.parametrize("seconds", [math.inf, 10**400, MAX_SECONDS * 2], ids=repr)
+    def test_a_time_beyond_the_bound_is_refused(self, field: str, seconds: float) -> None:
+        """Interval and timeout stop at ``MAX_SECONDS`` too."""
+        times = {"interval": 1.0, field: seconds}
+        with pytest.raises(InvalidSpec, match=field):
+            HealthCheck(check=healthy, **times)
+
     def test_check_not_callable(self) -> None:
         """The probe must be callable."""
         with pytest.raises(InvalidSpec, match="check"):
@@ -214,6 +234,23 @@ class TestSupervisorValidation:
         """``max_seconds`` is a number of seconds above 0."""
         with pytest.raises(InvalidSpec, match="max_seconds"):
             Supervisor(max_seconds=max_seconds)
+
+    @pytest.mark.parametrize(
+        ("option", "value"),
+        [
+            ("max_seconds", math.inf),
+            ("max_seconds", 10**400),
+            ("max_seconds", MAX_SECONDS * 2),
+            ("max_restarts", MAX_COUNT + 1),
+            ("max_restarts", 10**400),
+        ],
+    )
+    def test_an_intensity_beyond_its_bound_is_refused(self, option: str, value: float) -> None:
+        """The intensity period stops at ``MAX_SECONDS``, the count at ``MAX_COUNT``; the
+        message says the bound."""
+        with pytest.raises(InvalidSpec, match=option) as caught:
+            Supervisor(**{option: value})
+        assert ("1e+09" if option == "max_seconds" else str(MAX_COUNT)) in str(caught.value)
 
     def test_child_not_a_child_spec(self) -> None:
         """Every child is a ``ChildSpec``."""
