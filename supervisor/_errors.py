@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+from ._bounded_repr import bounded_repr
+
 __all__ = [
     "ChildNotFound",
     "ChildRunning",
@@ -56,7 +58,7 @@ class ChildStartFailed(SupervisorError):
     """A child raised before it reported that it had started; the error is in ``__cause__``."""
 
     def __init__(self, child_id: Hashable, error: BaseException) -> None:
-        super().__init__(f"child {child_id!r} failed to start: {error!r}")
+        super().__init__(f"child {bounded_repr(child_id)} failed to start: {bounded_repr(error)}")
         self.child_id = child_id
         self.__cause__ = error
 
@@ -90,7 +92,7 @@ class RestartIntensityExceeded(SupervisorError):
     ) -> None:
         super().__init__(
             f"{supervisor}: more than {max_restarts} restarts within {max_seconds} s; "
-            f"last failure: {last_failure!r}"
+            f"last failure: {bounded_repr(last_failure)}"
         )
         self.max_restarts = max_restarts
         self.max_seconds = max_seconds

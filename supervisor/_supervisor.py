@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._bounded_repr import bounded_repr
 from ._child import Child, ChildRun
 from ._errors import (
     ChildNotFound,
@@ -445,7 +446,9 @@ class Supervisor:
                     try:
                         answer = await check.check(run.value)
                     except Exception as error:
-                        failure = HealthCheckFailed(f"the health check raised {error!r}")
+                        failure = HealthCheckFailed(
+                            f"the health check raised {bounded_repr(error)}"
+                        )
                         failure.__cause__ = error
                     else:
                         if answer is False:
@@ -453,7 +456,12 @@ class Supervisor:
                 if probe.cancelled_caught:
                     failure = HealthCheckFailed(f"no answer within {check.deadline} s")
                 if failure is not None:
-                    logger.warning("%s: %r is unhealthy: %s", self.name, run.child.spec.id, failure)
+                    logger.warning(
+                        "%s: %s is unhealthy: %s",
+                        self.name,
+                        bounded_repr(run.child.spec.id),
+                        failure,
+                    )
                     run.health_failure = failure
                     run.scope.cancel()
                     return
@@ -471,7 +479,12 @@ class Supervisor:
         abnormal = run.outcome is not None
         if restart is RestartType.PERMANENT or (restart is RestartType.TRANSIENT and abnormal):
             return await self._restart_after(child, run)
-        logger.info("%s: %r exited (%r), not restarted", self.name, child.spec.id, run.outcome)
+        logger.info(
+            "%s: %s exited (%s), not restarted",
+            self.name,
+            bounded_repr(child.spec.id),
+            bounded_repr(run.outcome),
+        )
         child.state = ChildState.TERMINATED
         if restart is RestartType.TEMPORARY or self.forget_ended:
             self._forget(child)
@@ -487,7 +500,12 @@ class Supervisor:
             logger.error("%s", self._escalation)
             return False
         self._total_restarts += 1
-        logger.info("%s: child %r exited (%r), restarting", self.name, failed.spec.id, run.outcome)
+        logger.info(
+            "%s: child %s exited (%s), restarting",
+            self.name,
+            bounded_repr(failed.spec.id),
+            bounded_repr(run.outcome),
+        )
         group = self._restart_group(failed)
         for child in group:
             child.generation += 1  # overtakes any delayed restart planned for them
@@ -615,7 +633,12 @@ class Supervisor:
 
     def _report_stop_error(self, child: Child, error: BaseException) -> None:
         self._stop_errors += 1
-        logger.error("%s: child %r raised while stopping", self.name, child.spec.id, exc_info=error)
+        logger.error(
+            "%s: child %s raised while stopping",
+            self.name,
+            bounded_repr(child.spec.id),
+            exc_info=error,
+        )
 
     # -- children by hand ----------------------------------------------------------------
 
@@ -787,4 +810,4 @@ def _retire(child: Child) -> None:
     try:
         child.spec.retire()
     except Exception as error:
-        logger.error("the retire hook of %r raised", child.spec.id, exc_info=error)
+        logger.error("the retire hook of %s raised", bounded_repr(child.spec.id), exc_info=error)

@@ -9,6 +9,7 @@ import trio
 
 from supervisor import RestartType
 
+from ._bounded_repr import bounded_repr
 from ._ids import AgentId, MessageId
 from ._messages import DeliveryGuarantee, Envelope
 from ._notifications import ExitReason, MonitorRef, StopReason
@@ -233,6 +234,6 @@ def stopped_error(agent: AgentId, reason: ExitReason) -> AgentStopped:
     """The error callers see when ``agent`` stopped before replying."""
     if isinstance(reason, StopReason):
         return AgentStopped(f"{agent!r} stopped ({reason.value}) before replying")
-    error = AgentStopped(f"{agent!r} crashed with {reason!r} before replying")
+    error = AgentStopped(f"{agent!r} crashed with {bounded_repr(reason)} before replying")
     error.__cause__ = reason
     return error

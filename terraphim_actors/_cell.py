@@ -19,6 +19,7 @@ import trio
 from supervisor import CurrentChild, RestartType, current_child
 
 from ._agent import Agent, Context, NotHandled, stopped_error
+from ._bounded_repr import bounded_repr
 from ._checks import check_instance
 from ._circuit import CircuitBreaker
 from ._dead_letters import DeadLetterReason
@@ -286,7 +287,7 @@ class AgentCell:
             instance = self.agent_class(*self._args)
             await instance.on_start()
         except Exception as error:
-            raise AgentStartFailed(f"{self.id!r} failed to start: {error!r}") from error
+            raise AgentStartFailed(f"{self.id!r} failed to start: {bounded_repr(error)}") from error
         return instance
 
     async def _serve(self, instance: Agent) -> ExitReason:
@@ -541,6 +542,6 @@ def _expiry(envelope: Envelope) -> DeliveryFailed:
 
 
 def _wrap(error_type: type[CallFailed], agent: AgentId, error: Exception) -> CallFailed:
-    wrapped = error_type(f"{agent!r} raised {error!r} while handling the call")
+    wrapped = error_type(f"{agent!r} raised {bounded_repr(error)} while handling the call")
     wrapped.__cause__ = error
     return wrapped

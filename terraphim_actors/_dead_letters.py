@@ -8,11 +8,16 @@ import logging
 
 import attrs
 
+from ._bounded_repr import REPR_LIMIT, shorten
 from ._messages import Envelope, now
 
 __all__ = ["DeadLetter", "DeadLetterOffice", "DeadLetterReason"]
 
 logger = logging.getLogger("terraphim_actors.dead_letters")
+
+#: Characters of a dead letter's detail kept at most: room for one bounded repr and what it
+#: says around it, never the size of a payload or of a user's error message.
+DETAIL_LIMIT = 2 * REPR_LIMIT
 
 
 class DeadLetterReason(enum.Enum):
@@ -40,7 +45,10 @@ class DeadLetterReason(enum.Enum):
 
 @attrs.frozen
 class DeadLetter:
-    """One undelivered message, with the reason and the Trio time it died."""
+    """One undelivered message, with the reason and the Trio time it died.
+
+    Its ``detail`` is at most ``DETAIL_LIMIT`` characters (see ``DeadLetterOffice.record``).
+    """
 
     envelope: Envelope
     reason: DeadLetterReason
@@ -69,9 +77,10 @@ class DeadLetterOffice:
         return tuple(self._recent)
 
     def record(self, envelope: Envelope, reason: DeadLetterReason, detail: str = "") -> DeadLetter:
-        """File ``envelope`` as undelivered for ``reason``, and return the record."""
-        letter = DeadLetter(envelope, reason, detail)
+        """File ``envelope`` as undelivered for ``reason``, and return the record (its
+        ``detail`` cut to ``DETAIL_LIMIT``: it is kept, and logged, for every dead letter)."""
+        letter = DeadLetter(envelope, reason, shorten(detail, DETAIL_LIMIT))
         self._recent.append(letter)
         self._by_reason[reason] += 1
-        logger.debug("dead letter (%s) %r %s", reason.value, envelope, detail)
+        logger.debug("dead letter (%s) %r %s", reason.value, envelope, letter.detail)
         return letter

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import attrs
 import trio
 
+from ._bounded_repr import bounded_repr
 from ._checks import check_count, check_factor, check_instance, check_seconds, validator
 from ._circuit import CircuitBreaker, CircuitBreakerConfig, CircuitState
 from ._dead_letters import DeadLetterReason
@@ -601,7 +602,9 @@ class DeliveryManager:
             targets = self._system.router.targets_of(envelope, retry=True)
         except Exception as error:  # a custom router or a pool's key function: user code
             logger.error("routing a retry of %r raised", envelope, exc_info=error)
-            self._give_up(envelope, DeadLetterReason.NOT_FOUND, f"routing it raised {error!r}")
+            self._give_up(
+                envelope, DeadLetterReason.NOT_FOUND, f"routing it raised {bounded_repr(error)}"
+            )
             return
         self.sent += len(targets) - 1  # each copy fanned out is a message of its own
         for cell, copy in targets:

@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._bounded_repr import bounded_repr
 from ._checks import MAX_SECONDS, check_count, check_instance, check_seconds, validator
 from ._ids import AgentId, MessageId, new_message_id
 from ._protocol import ReplyHandle
@@ -185,9 +186,10 @@ class Envelope:
         return envelope
 
     def __repr__(self) -> str:
+        """Short and safe for a log: the payload through a bounded repr."""
         return (
             f"<{self.kind.value} #{int(self.id)} {self.priority.name}"
-            f" {_address(self.sender)} -> {_address(self.recipient)}: {self.payload!r}>"
+            f" {_address(self.sender)} -> {_address(self.recipient)}: {bounded_repr(self.payload)}>"
         )
 
 

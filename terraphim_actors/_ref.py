@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._bounded_repr import bounded_repr
 from ._checks import check_instance, check_seconds
 from ._ids import AgentId
 from ._messages import Envelope, MessageKind, MessageOptions, Priority
@@ -169,7 +170,7 @@ class AgentRef:
                 timer.cancel()
         handle.abandon()
         waited = f"{timeout} s" if deadline == own_deadline else "its caller's deadline"
-        raise CallTimeout(f"{self.id!r} did not reply to {payload!r} within {waited}")
+        raise CallTimeout(f"{self.id!r} did not reply to {bounded_repr(payload)} within {waited}")
 
     # -- what subclasses (pools) change ----------------------------------------------------
 

@@ -32,6 +32,9 @@ AT_MOST_ONCE = MessageSystemConfig(
 #: What a ``Runner`` is sent: a function of the handler's context, sync or async.
 Action = Callable[[Context], Any]
 
+#: A 10 MB prompt: a payload (or an error message) that must never be quoted whole.
+HUGE_PROMPT = "x" * 10_000_000
+
 
 async def hold_forever(ctx: Context) -> None:
     """An action that keeps the agent busy until it is cancelled."""

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from agents import Recorder, Runner, Silent, busy_for, call_and_keep, defer_into, hold_forever
+from agents import (
+    HUGE_PROMPT,
+    Recorder,
+    Runner,
+    Silent,
+    busy_for,
+    call_and_keep,
+    defer_into,
+    hold_forever,
+)
+from supervised import Unprintable
 
 from supervisor import RestartType
 from terraphim_actors import (
@@ -760,6 +771,51 @@ class TestStatistics:
         await ref.cast(busy_for(1))
         await trio.sleep(5)
         assert stats_of(system, ref.id).total_processing_time == pytest.approx(1.0)
+
+
+class RefusesEveryCast(Agent):
+    """Crashes on every cast, whatever it carries."""
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        raise ValueError("refused")
+
+
+class TestCrashReportsQuotePayloadsBounded:
+    @pytest.mark.parametrize("payload", [HUGE_PROMPT, Unprintable()], ids=["10 MB", "unprintable"])
+    async def test_a_crash_log_record_stays_small_and_safe(
+        self,
+        autojump_clock: trio.testing.MockClock,
+        caplog: pytest.LogCaptureFixture,
+        payload: object,
+    ) -> None:
+        """Each crash logs one line of a few hundred characters, whatever the payload: a
+        10 MB prompt is cut, a payload whose repr raises shows as ``<unprintable ...>``."""
+        with caplog.at_level(logging.ERROR, logger="terraphim_actors"):
+            async with open_message_system() as system:
+                ref = await system.spawn(RefusesEveryCast)
+                await ref.cast(payload)
+                await trio.sleep(10)  # every retry crashes too
+        crashes = [r for r in caplog.records if "crashed handling" in r.getMessage()]
+        assert crashes
+        for record in crashes:
+            assert len(record.getMessage()) < 400
+        if isinstance(payload, Unprintable):
+            assert "<unprintable Unprintable>" in crashes[0].getMessage()
+
+    @pytest.mark.parametrize(
+        "error",
+        [RuntimeError(HUGE_PROMPT), RuntimeError(Unprintable())],
+        ids=["10 MB", "unprintable"],
+    )
+    async def test_a_failed_start_quotes_the_error_bounded(
+        self, system: MessageSystem, error: RuntimeError
+    ) -> None:
+        """``AgentStartFailed`` quotes what ``on_start`` raised in a short message; the error
+        itself is the cause."""
+        with pytest.raises(AgentStartFailed) as raised:
+            await system.spawn(FailingStart, error)
+        assert len(str(raised.value)) < 400
+        assert raised.value.__cause__ is error
 
 
 class TestReviewFindings:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 import trio.testing
+from agents import AT_MOST_ONCE, HUGE_PROMPT
 
-from terraphim_actors import DeadLetter, DeadLetterReason, cast
-from terraphim_actors._dead_letters import DeadLetterOffice
+from terraphim_actors import (
+    Agent,
+    Context,
+    DeadLetter,
+    DeadLetterReason,
+    cast,
+    open_message_system,
+)
+from terraphim_actors._dead_letters import DETAIL_LIMIT, DeadLetterOffice
 
 
 class TestDeadLetterOffice:
@@ -79,3 +89,35 @@ class TestDeadLetterOffice:
         counts[DeadLetterReason.EXPIRED] = 100
         assert office.by_reason() == {DeadLetterReason.EXPIRED: 1}
         assert office.total == 1
+
+    def test_a_long_detail_is_cut_to_the_bound(self) -> None:
+        """A detail is kept (and logged) for every letter: it is cut to ``DETAIL_LIMIT``."""
+        office = DeadLetterOffice(capacity=5)
+        office.record(cast(None, "lost"), DeadLetterReason.NOT_FOUND, HUGE_PROMPT)
+        (letter,) = office.recent()
+        assert len(letter.detail) == DETAIL_LIMIT
+        assert letter.detail.endswith("...")
+
+
+class CrashesWithThePrompt(Agent):
+    """Crashes on every cast with an error that quotes the whole payload."""
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        raise ValueError(message)
+
+
+class TestDeadLettersOfHugeMessages:
+    async def test_the_detail_of_a_crash_on_a_huge_payload_stays_small(
+        self, quiet_crash_logs: None
+    ) -> None:
+        """A handler error quoting a 10 MB prompt gives a dead letter of a few hundred
+        characters of detail, and a short repr of its envelope."""
+        async with open_message_system(AT_MOST_ONCE) as system:
+            ref = await system.spawn(CrashesWithThePrompt)
+            await ref.cast(HUGE_PROMPT)
+            await trio.testing.wait_all_tasks_blocked()
+            [letter] = system.dead_letters
+        assert letter.reason is DeadLetterReason.HANDLER_CRASHED
+        assert "ValueError" in letter.detail
+        assert len(letter.detail) <= DETAIL_LIMIT
+        assert len(repr(letter.envelope)) < 400

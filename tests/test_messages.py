@@ -10,9 +10,10 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from agents import Recorder
+from agents import HUGE_PROMPT, Recorder
 from hypothesis import given
 from strategies import priorities
+from supervised import Unprintable
 
 from terraphim_actors import (
     AgentId,
@@ -27,6 +28,7 @@ from terraphim_actors import (
     cast,
     info,
 )
+from terraphim_actors._bounded_repr import REPR_LIMIT
 from terraphim_actors._checks import MAX_SECONDS
 from terraphim_actors.errors import CallTimeout, InvalidConfig
 
@@ -304,6 +306,16 @@ class TestEnvelope:
         first = Envelope(kind=MessageKind.CAST, payload=1)
         second = Envelope(kind=MessageKind.CAST, payload=1)
         assert first != second
+
+    def test_repr_cuts_a_long_payload_to_the_bound(self) -> None:
+        """A 10 MB payload shows as its first characters: the repr stays a log line."""
+        text = repr(cast(None, HUGE_PROMPT, recipient="inbox"))
+        assert "'xxx" in text
+        assert len(text) < REPR_LIMIT + 100
+
+    def test_repr_of_a_payload_whose_repr_raises_says_unprintable(self) -> None:
+        """A payload whose ``__repr__`` raises shows as ``<unprintable TypeName>``."""
+        assert "<unprintable Unprintable>" in repr(cast(None, Unprintable(), recipient="inbox"))
 
     def test_repr_names_kind_priority_and_payload(self) -> None:
         """The repr shows what kind of message it is, how urgent, and what it carries."""

@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 from agents import (
+    HUGE_PROMPT,
     Action,
     Recorder,
     Runner,
@@ -19,9 +20,11 @@ from agents import (
     run_action,
     until,
 )
+from supervised import Unprintable
 
 from supervisor import RestartType
 from terraphim_actors import (
+    Agent,
     AgentId,
     AgentRef,
     Context,
@@ -99,6 +102,50 @@ class TestCallReply:
             await ref.call("never sent", timeout=timeout)
         await trio.testing.wait_all_tasks_blocked()
         assert log == []
+
+
+class NeverReplies(Agent):
+    """Defers every call and never answers it."""
+
+    async def handle_call(self, message: Any, ctx: Context) -> None:
+        ctx.defer()
+
+
+class TestErrorMessagesQuotePayloadsBounded:
+    async def test_a_call_timeout_names_a_payload_whose_repr_raises_as_unprintable(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The caller gets its ``CallTimeout``, not the payload's repr error."""
+        ref = await system.spawn(NeverReplies)
+        with pytest.raises(CallTimeout, match="<unprintable Unprintable>"):
+            await ref.call(Unprintable(), timeout=1.0)
+
+    async def test_a_call_timeout_for_a_huge_payload_has_a_short_message(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A 10 MB prompt makes a message of a few hundred characters, not of 10 MB."""
+        ref = await system.spawn(NeverReplies)
+        with pytest.raises(CallTimeout) as caught:
+            await ref.call(HUGE_PROMPT, timeout=1.0)
+        assert "'xxx" in str(caught.value)
+        assert len(str(caught.value)) < 400
+
+    @pytest.mark.parametrize("error", [ValueError(HUGE_PROMPT), ValueError(Unprintable())])
+    async def test_call_failed_quotes_the_handlers_error_bounded(
+        self, system: MessageSystem, error: ValueError
+    ) -> None:
+        """The handler's error is quoted short, or as unprintable; it stays whole as the
+        ``__cause__``."""
+
+        def fail(ctx: Context) -> None:
+            raise error
+
+        ref = await system.spawn(Runner)
+        with pytest.raises(CallFailed) as caught:
+            await ref.call(fail)
+        assert len(str(caught.value)) < 400
+        assert "ValueError" in str(caught.value)
+        assert caught.value.__cause__ is error
 
 
 class TestCallUnderAnOuterScope:

@@ -544,8 +544,15 @@ class TestRacesWithTheSupervisor:
                 await self_system.spawn(Busy)
 
         self_system = system
-        with trio.fail_after(10), pytest.raises(Exception, match="while starting"):
+        with trio.fail_after(10), pytest.raises(AgentStartFailed) as caught:
             await system.start_supervisor([system.agent_spec(Parent, name="parent")])
+        # Each level quotes the one below through a bounded repr: the reason is in the causes.
+        causes = []
+        error: BaseException | None = caught.value
+        while error is not None:
+            causes.append(str(error))
+            error = error.__cause__
+        assert any("while starting" in cause for cause in causes), causes
         assert await (await system.spawn(Busy)).call("still serving") == "ok"
 
     async def test_system_stop_during_a_group_restart_stops_the_agent_for_good(

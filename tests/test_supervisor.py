@@ -13,7 +13,17 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from supervised import Crash, Handle, Log, ask_to_stop, failing_stop, plain, starts, worker
+from supervised import (
+    Crash,
+    Handle,
+    Log,
+    Unprintable,
+    ask_to_stop,
+    failing_stop,
+    plain,
+    starts,
+    worker,
+)
 
 from supervisor import (
     AutoShutdown,
@@ -648,6 +658,31 @@ class TestErrorsWhileStopping:
             await sup.terminate_child("a")
             assert sup.stats().stop_errors == 1
             assert isinstance(info(sup, "a").last_exit, Crash)
+
+
+class TestLogRecordsQuoteValuesBounded:
+    async def test_a_restart_is_logged_short_whatever_the_id_and_the_error(
+        self, autojump_clock: Clock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A child whose id has a raising repr, crashing with a 10 MB message, is logged in
+        lines of a few hundred characters that name it ``<unprintable ...>``."""
+        crashes: list[None] = []
+
+        async def crashes_once(*, task_status: trio.TaskStatus[None]) -> None:
+            task_status.started()
+            if not crashes:
+                crashes.append(None)
+                raise Crash("x" * 10_000_000)
+            await trio.sleep_forever()
+
+        with caplog.at_level(logging.INFO, logger="supervisor"):
+            async with Supervisor([ChildSpec(Unprintable(), crashes_once)]):
+                await trio.testing.wait_all_tasks_blocked()
+        messages = [record.getMessage() for record in caplog.records]
+        [restart] = [message for message in messages if "restarting" in message]
+        assert "<unprintable Unprintable>" in restart
+        assert "Crash('xxx" in restart
+        assert all(len(message) < 500 for message in messages)
 
 
 class TestBackoff:

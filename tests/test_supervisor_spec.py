@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+from supervised import Unprintable
 
 import supervisor
 from supervisor import (
@@ -327,6 +328,20 @@ class TestErrors:
         error = ChildStartFailed("db", cause)
         assert (error.child_id, error.__cause__) == ("db", cause)
         assert "'db'" in str(error)
+
+    @pytest.mark.parametrize("cause", [OSError("x" * 10_000_000), OSError(Unprintable())])
+    def test_child_start_failed_quotes_what_it_raised_bounded(self, cause: OSError) -> None:
+        """A huge or unprintable error makes a message of a few hundred characters."""
+        error = ChildStartFailed(Unprintable(), cause)
+        assert len(str(error)) < 500
+        assert "<unprintable Unprintable>" in str(error)
+
+    @pytest.mark.parametrize("cause", [KeyError("x" * 10_000_000), KeyError(Unprintable())])
+    def test_restart_intensity_exceeded_quotes_the_last_failure_bounded(
+        self, cause: KeyError
+    ) -> None:
+        """The last failure is quoted short, or as unprintable."""
+        assert len(str(RestartIntensityExceeded("root", 3, 30.0, cause))) < 400
 
     def test_restart_intensity_exceeded_carries_the_last_failure(self) -> None:
         """``RestartIntensityExceeded`` keeps the limits and chains the last failure."""

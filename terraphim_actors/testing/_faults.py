@@ -18,6 +18,7 @@ import attrs
 import trio
 
 from .. import Agent, MessageKind, MessageRouter, MessageSystem
+from .._bounded_repr import bounded_repr
 from .._checks import check_count, check_instance, check_seconds
 from ..errors import InvalidConfig
 from ._faulty_agent import HandlerFaults, wrap
@@ -73,7 +74,7 @@ class _Counters:
 def check_probability(name: str, value: object) -> float:
     """``value`` if it is a probability, else ``InvalidConfig``."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise InvalidConfig(f"{name} must be a number from 0 to 1, got {value!r}")
+        raise InvalidConfig(f"{name} must be a number from 0 to 1, got {bounded_repr(value)}")
     return float(value)
 
 

@@ -10,6 +10,7 @@ import attrs
 import trio
 
 from .. import Agent, AgentId, Context, MessageKind
+from .._bounded_repr import bounded_repr
 from ._errors import InjectedFault
 
 if TYPE_CHECKING:
@@ -54,7 +55,9 @@ class HandlerFaults:
             or injector.decide(self.crash_probability)
         ):
             counters.crashes += 1
-            raise InjectedFault(f"injected crash of {agent!r} on its run {run}: {payload!r}")
+            raise InjectedFault(
+                f"injected crash of {agent!r} on its run {run}: {bounded_repr(payload)}"
+            )
 
 
 def wrap(agent_class: type[AgentT], faults: HandlerFaults) -> type[AgentT]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .._bounded_repr import bounded_repr
+
 __all__ = ["ANYTHING", "describe", "matches"]
 
 
@@ -50,6 +52,8 @@ def describe(matcher: object) -> str:
     if matcher is ANYTHING:
         return "any message"
     if callable(matcher):
-        name = getattr(matcher, "__name__", repr(matcher))
+        name = getattr(matcher, "__name__", None)
+        if name is None:
+            name = bounded_repr(matcher)
         return f"a message accepted by {name}"
-    return f"a message equal to {matcher!r}"
+    return f"a message equal to {bounded_repr(matcher)}"

@@ -27,6 +27,7 @@ from .. import (
     MessageKind,
     MessageSystem,
 )
+from .._bounded_repr import bounded_repr
 from .._checks import check_count, check_instance, check_seconds
 from ..errors import CallFailed, InvalidConfig
 from ._errors import ExpectationFailed
@@ -69,7 +70,7 @@ class ReceivedMessage:
         return self.envelope.sender
 
     def __repr__(self) -> str:
-        return f"<{self.kind.value} {self.payload!r} at {self.at:.3f}>"
+        return f"<{self.kind.value} {bounded_repr(self.payload)} at {self.at:.3f}>"
 
 
 @attrs.frozen
@@ -107,7 +108,7 @@ class _ProbeAgent(Agent):
             return reply(message)
         except Exception as error:
             # The caller sees what a crashing callee would give it; the probe keeps running.
-            failure = CallFailed(f"the probe's reply rule raised {error!r}")
+            failure = CallFailed(f"the probe's reply rule raised {bounded_repr(error)}")
             failure.__cause__ = error
             caller = ctx.caller
             assert caller is not None
