@@ -70,7 +70,8 @@ class DeferredReply:
     """The promise to answer a call later, made by ``ctx.defer()``.
 
     Answer it from any later message or from a background task of the agent. If the agent
-    stops first, the caller gets ``AgentStopped``; if the caller gave up, the answer is dropped.
+    stops first, the caller gets ``AgentStopped``; if the caller gave up, the answer is dropped,
+    except that resends of an exactly-once call (same message id) get it all the same.
     """
 
     __slots__ = ("_cell", "_envelope", "_handle", "_used")
@@ -90,34 +91,33 @@ class DeferredReply:
         """Send ``value`` as the reply.
 
         Returns False if it reached nobody: the caller had given up, or was already told that
-        the agent stopped.
+        the agent stopped. (Under exactly-once, resends of the call get it all the same.)
 
         Raises:
             ReplyAlreadySent: this promise was kept already.
         """
         await trio.lowlevel.checkpoint()
-        waiting = self._keep()
-        delivery = self._cell.system.delivery
-        if self._envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE:
-            delivery.remember(self._cell, self._envelope, value)  # for a resend of the call
-        if not waiting:
-            return False
-        delivery.record_success(self._cell)
-        return self._handle.reply(value)
+        handle = self._keep()
+        if handle.pending:
+            self._cell.system.delivery.record_success(self._cell)
+        elif not handle.abandoned:
+            return False  # answered already: through ``ctx.caller``, or at the agent's stop
+        return handle.reply(value)  # to a caller that gave up: only its resends may get it
 
     async def fail(self, error: BaseException) -> bool:
         """Make the caller's call raise ``error``; returns and raises as :meth:`reply`."""
         await trio.lowlevel.checkpoint()
-        if not self._keep():
+        handle = self._keep()
+        if not (handle.pending or handle.abandoned):
             return False
-        return self._handle.fail(error)
+        return handle.fail(error)
 
-    def _keep(self) -> bool:
+    def _keep(self) -> ReplyHandle:
         if self._used:
             raise ReplyAlreadySent("this deferred reply was already given")
         self._used = True
         self._cell.forget_deferred(self._handle)
-        return self._handle.pending
+        return self._handle
 
 
 class Context:
@@ -192,6 +192,8 @@ class Context:
             raise TypeError("only a call can be deferred")
         self._deferred = True
         self._cell.remember_deferred(handle)
+        if self.envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE:
+            handle.keep_answer()  # for resends of the call, even once this caller gave up
         return DeferredReply(self._cell, self.envelope, handle)
 
     def monitor(self, ref: AgentRef) -> MonitorRef:

@@ -401,7 +401,9 @@ class AgentCell:
                 in_hand, why, stopped_error(self.id, reason), runs_again=runs_again
             )
         for handle in self._deferred:
-            if handle.pending:  # the handler may have answered it through ``ctx.caller``
+            # Not if the handler answered it through ``ctx.caller``; but if its caller gave up,
+            # so that resends of it (exactly-once) hear of the stop too.
+            if handle.pending or handle.abandoned:
                 handle.fail(stopped_error(self.id, reason))
         self._deferred.clear()
         for timer in self._timers:

@@ -12,7 +12,8 @@ from ._checks import check_count, check_seconds, validator
 
 __all__ = ["NO_REPLY", "UNSEEN", "DedupWindow", "HandledMessages"]
 
-#: Stored for a message that has no reply to give again (a cast, or a deferred call).
+#: Stored for a message that has no reply to give again (a cast or an info; a deferred call
+#: keeps a ``KeptAnswer`` instead, which learns its answer when it is given).
 NO_REPLY: Any = object()
 #: What :meth:`HandledMessages.reply_for` returns for a message not in the window (a reply
 #: may be ``None``, so ``None`` cannot say it).

@@ -27,6 +27,7 @@ from ._dedup import NO_REPLY, UNSEEN, DedupWindow, HandledMessages
 from ._mailbox import OwnMailboxFull
 from ._messages import DeliveryGuarantee, Envelope, MessageOptions, Priority, never_expiring
 from ._messages import options_for as shared_options
+from ._protocol import KeptAnswer
 from ._timers import Timer
 from .errors import (
     AgentNotFound,
@@ -446,16 +447,20 @@ class DeliveryManager:
         ):
             breaker.record_success()
         if envelope.options.guarantee is EXACTLY_ONCE:
+            if reply is NO_REPLY and handle is not None:
+                reply = handle.keep_answer()  # deferred: its answer, whenever it is given
             self.remember(cell, envelope, reply)
 
     def remember(self, cell: AgentCell, envelope: Envelope, reply: Any = NO_REPLY) -> None:
-        """Record an exactly-once message as handled, with the reply a call gave."""
+        """Record an exactly-once message as handled, with the reply a call gave (for a
+        deferred call, the ``KeptAnswer`` that learns it)."""
         handled = self._window(cell, envelope)
         handled.remember(envelope.id, self._clock.current_time(), reply)
 
     def suppress_duplicate(self, cell: AgentCell, envelope: Envelope) -> bool:
         """If the exactly-once ``envelope`` was handled within the window, settle it without
-        handling it again (a duplicate call gets the reply the first one got); return True."""
+        handling it again (a duplicate call gets the reply the first one got, or, if that reply
+        was deferred, its answer once given); return True."""
         reply = self._window(cell, envelope).reply_for(envelope.id, self._clock.current_time())
         if reply is UNSEEN:
             return False
@@ -464,6 +469,8 @@ class DeliveryManager:
         if handle is not None and handle.pending:
             if reply is NO_REPLY:
                 handle.fail(DeliveryFailed(f"{envelope!r} was handled before, with no reply kept"))
+            elif isinstance(reply, KeptAnswer):
+                reply.answer(handle)
             else:
                 handle.reply(reply)
         return True

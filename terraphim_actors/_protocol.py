@@ -3,7 +3,8 @@
 A call's reply travels through a :class:`ReplyHandle`, not through the caller's mailbox: the
 waiting caller parks on the handle and is woken with ``trio.lowlevel.reschedule``, which costs
 less than a second channel and cannot deliver a reply to the wrong call. A handle is answered at
-most once; once its caller gave up (timeout or cancellation), any later answer is dropped.
+most once; once its caller gave up (timeout or cancellation), any later answer is dropped,
+except for resends of an exactly-once call, which a :class:`KeptAnswer` gives it to.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import trio
 
 from .errors import CallTimeout, ReplyAlreadySent
 
-__all__ = ["ReplyHandle"]
+__all__ = ["KeptAnswer", "ReplyHandle"]
 
 
 class _State(enum.Enum):
@@ -38,7 +39,7 @@ class ReplyHandle:
     abandons the handle, and a late answer is then dropped.
     """
 
-    __slots__ = ("_error", "_state", "_value", "_waiter", "deadline")
+    __slots__ = ("_error", "_kept", "_state", "_value", "_waiter", "deadline")
 
     def __init__(self, deadline: float = math.inf) -> None:
         #: Trio time after which the caller no longer waits.
@@ -47,6 +48,7 @@ class ReplyHandle:
         self._value: Any = None
         self._error: BaseException | None = None
         self._waiter: trio.lowlevel.Task | None = None
+        self._kept: KeptAnswer | None = None
 
     def __repr__(self) -> str:
         return f"<ReplyHandle {self._state.value}>"
@@ -82,7 +84,7 @@ class ReplyHandle:
             ReplyAlreadySent: the call was answered before.
         """
         if self._state is not _PENDING:
-            return self._answered_late()
+            return self._answered_late(value, None)
         self._value = value
         self._wake()
         return True
@@ -93,10 +95,24 @@ class ReplyHandle:
         Returns and raises as :meth:`reply`.
         """
         if self._state is not _PENDING:
-            return self._answered_late()
+            return self._answered_late(None, error)
         self._error = error
         self._wake()
         return True
+
+    def keep_answer(self) -> KeptAnswer:
+        """Keep this call's answer for resends of it (an exactly-once call whose reply is
+        deferred), even once its caller gave up; returns the record that keeps it.
+
+        Only the first answer counts, however it comes: ``reply``, ``fail``, or the agent's
+        stop. Calling this again returns the same record.
+        """
+        kept = self._kept
+        if kept is None:
+            kept = self._kept = KeptAnswer()
+            if self._state is _State.ANSWERED:
+                kept.settle(self._value, self._error)
+        return kept
 
     def abandon(self) -> None:
         """Give up on the reply: any later answer is dropped."""
@@ -150,9 +166,12 @@ class ReplyHandle:
     def __await__(self) -> Any:
         return self.wait().__await__()
 
-    def _answered_late(self) -> bool:
-        """An answer to a handle no longer pending: dropped if its caller gave up."""
+    def _answered_late(self, value: Any, error: BaseException | None) -> bool:
+        """An answer to a handle no longer pending: dropped if its caller gave up (but kept
+        for the call's resends, if its answer is kept)."""
         if self._state is _State.ABANDONED:
+            if self._kept is not None:
+                self._kept.settle(value, error)
             return False
         raise ReplyAlreadySent("this call has already been answered")
 
@@ -161,8 +180,59 @@ class ReplyHandle:
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
             trio.lowlevel.reschedule(waiter)
+        if self._kept is not None:
+            self._kept.settle(self._value, self._error)
 
     def _abort(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
         self._waiter = None
         self.abandon()
         return trio.lowlevel.Abort.SUCCEEDED
+
+
+class KeptAnswer:
+    """The answer of an exactly-once call whose reply was deferred, kept for resends of it.
+
+    A client resends a call (same message id) mostly because it gave up waiting, so the first
+    caller may be gone when the deferred answer is given, and a resend may arrive before or
+    after that answer. The dedup window keeps this record in place of the reply: it learns the
+    answer (a value or an error) whenever it is given, and answers each resend's handle at once
+    if the answer is known, else as soon as it is. A resend still ends at its own deadline.
+    """
+
+    __slots__ = ("_error", "_value", "_waiting", "given")
+
+    def __init__(self) -> None:
+        #: True once the call was answered, with a value or an error.
+        self.given = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+        #: Handles of resends that arrived before the answer.
+        self._waiting: list[ReplyHandle] = []
+
+    def __repr__(self) -> str:
+        return f"<KeptAnswer {'given' if self.given else 'not given yet'}>"
+
+    def settle(self, value: Any, error: BaseException | None) -> None:
+        """Keep the answer (``error`` if it is not ``None``, else ``value``), and pass it to
+        the resends waiting for it. Only the first answer counts."""
+        if self.given:
+            return
+        self.given = True
+        self._value = value
+        self._error = error
+        waiting, self._waiting = self._waiting, []
+        for handle in waiting:
+            self.answer(handle)
+
+    def answer(self, handle: ReplyHandle) -> None:
+        """Answer a resend's ``handle`` with the call's answer: now if it is known, else when
+        it is given (unless that resend's caller has given up by then)."""
+        if not self.given:
+            # Resends whose callers gave up meanwhile need not be kept.
+            self._waiting = [waiting for waiting in self._waiting if waiting.pending]
+            self._waiting.append(handle)
+        elif handle.pending:
+            if self._error is not None:
+                handle.fail(self._error)
+            else:
+                handle.reply(self._value)

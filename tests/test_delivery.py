@@ -12,7 +12,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from agents import Recorder, Runner, Silent, busy_for, call_and_keep, until
+from agents import Recorder, Runner, Silent, busy_for, call_and_keep, defer_into, until
 
 from terraphim_actors import (
     Agent,
@@ -22,14 +22,17 @@ from terraphim_actors import (
     DeadLetter,
     DeadLetterReason,
     DedupWindow,
+    DeferredReply,
     DeliveryConfig,
     DeliveryGuarantee,
     DeliveryStats,
+    Envelope,
     MailboxConfig,
     MessageOptions,
     MessageSystem,
     MessageSystemConfig,
     OverflowPolicy,
+    ReplyHandle,
     RouterConfig,
     call,
     cast,
@@ -38,7 +41,9 @@ from terraphim_actors import (
 from terraphim_actors._checks import MAX_COUNT, MAX_FACTOR, MAX_SECONDS
 from terraphim_actors.errors import (
     AgentNotFound,
+    AgentStopped,
     CallFailed,
+    CallTimeout,
     DeliveryFailed,
     InvalidConfig,
     MailboxFull,
@@ -1043,6 +1048,191 @@ class TestExactlyOnce:
             await trio.sleep(10.0)
             assert len(runs) == 2
             assert system.delivery.get_stats().acknowledged == 1
+
+
+class TestExactlyOnceDeferredCalls:
+    """Resends (same message id, ``send_message``) of an exactly-once call whose handler
+    deferred its reply: the first caller has usually given up, and the answer may come before
+    or after the resend, as a value or an error."""
+
+    async def test_resend_arriving_before_the_deferred_answer_gets_it_once_given(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The resend waits for the answer, not for nothing: it gets it when it is given."""
+        held: list[DeferredReply] = []
+        await system.spawn(Runner, name="payments")
+        first, first_reply = await send_deferred_call(system, held, timeout=1.0)
+        with trio.fail_after(30):
+            assert isinstance(await outcome_of(first_reply), CallTimeout)
+            _, again_reply = await send_deferred_call(system, held, timeout=10.0, same_as=first)
+            async with trio.open_nursery() as nursery:
+                outcomes: list[Any] = []
+                nursery.start_soon(keep_outcome, again_reply, outcomes)
+                await trio.sleep(2.0)
+                assert outcomes == []
+                await held[0].reply("charged")
+        assert outcomes == ["charged"]
+        assert len(held) == 1
+
+    async def test_resend_arriving_after_the_deferred_answer_gets_it(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """An answer given after the first caller gave up is kept for the resend."""
+        held: list[DeferredReply] = []
+        await system.spawn(Runner, name="payments")
+        first, first_reply = await send_deferred_call(system, held, timeout=1.0)
+        with trio.fail_after(30):
+            assert isinstance(await outcome_of(first_reply), CallTimeout)
+            assert await held[0].reply("charged") is False  # its own caller is gone
+            _, again_reply = await send_deferred_call(system, held, timeout=10.0, same_as=first)
+            assert await outcome_of(again_reply) == "charged"
+        assert len(held) == 1
+
+    async def test_resend_of_a_deferred_call_answered_with_an_error_gets_that_error(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``fail`` is an answer too: the resend raises the same error."""
+        held: list[DeferredReply] = []
+        declined = Boom("card declined")
+        await system.spawn(Runner, name="payments")
+        first, first_reply = await send_deferred_call(system, held, timeout=1.0)
+        with trio.fail_after(30):
+            assert isinstance(await outcome_of(first_reply), CallTimeout)
+            _, again_reply = await send_deferred_call(system, held, timeout=10.0, same_as=first)
+            await trio.testing.wait_all_tasks_blocked()
+            await held[0].fail(declined)
+            assert await outcome_of(again_reply) is declined
+
+    async def test_resend_while_the_first_caller_still_waits_gets_the_same_answer(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A resend made while the first call still waits gets the answer the first gets."""
+        held: list[DeferredReply] = []
+        await system.spawn(Runner, name="payments")
+        outcomes: list[Any] = []
+        with trio.fail_after(30):
+            first, first_reply = await send_deferred_call(system, held, timeout=10.0)
+            _, again_reply = await send_deferred_call(system, held, timeout=10.0, same_as=first)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep_outcome, first_reply, outcomes)
+                nursery.start_soon(keep_outcome, again_reply, outcomes)
+                await trio.testing.wait_all_tasks_blocked()
+                assert await held[0].reply("charged") is True
+        assert outcomes == ["charged", "charged"]
+        assert len(held) == 1
+
+    async def test_later_resend_of_an_answered_deferred_call_gets_the_answer_too(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The answer stays in the window: every resend within it gets the answer."""
+        held: list[DeferredReply] = []
+        await system.spawn(Runner, name="payments")
+        first, first_reply = await send_deferred_call(system, held, timeout=1.0)
+        with trio.fail_after(60):
+            assert isinstance(await outcome_of(first_reply), CallTimeout)
+            _, again_reply = await send_deferred_call(system, held, timeout=10.0, same_as=first)
+            await held[0].reply("charged")
+            assert await outcome_of(again_reply) == "charged"
+            await trio.sleep(20.0)
+            _, later_reply = await send_deferred_call(system, held, timeout=10.0, same_as=first)
+            assert await outcome_of(later_reply) == "charged"
+        assert len(held) == 1
+        assert system.delivery.get_stats().duplicates_suppressed == 2
+
+    async def test_resend_of_a_deferred_call_never_answered_ends_at_its_own_deadline(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """With no answer in time, the resend gets ``CallTimeout`` at its own deadline."""
+        held: list[DeferredReply] = []
+        await system.spawn(Runner, name="payments")
+        first, first_reply = await send_deferred_call(system, held, timeout=1.0)
+        with trio.fail_after(30):
+            assert isinstance(await outcome_of(first_reply), CallTimeout)
+            resent_at = trio.current_time()
+            _, again_reply = await send_deferred_call(system, held, timeout=3.0, same_as=first)
+            assert isinstance(await outcome_of(again_reply), CallTimeout)
+            assert trio.current_time() == resent_at + 3.0
+            assert await held[0].reply("too late") is False
+
+    async def test_resend_of_a_deferred_call_answered_through_ctx_caller_gets_that_answer(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A handler that deferred may answer through the ``ctx.caller`` it kept: the same
+        answer, so resends get it too."""
+        slots: list[ReplyHandle] = []
+
+        def defer_keeping_the_slot(ctx: Context) -> None:
+            assert ctx.caller is not None
+            slots.append(ctx.caller)
+            ctx.defer()
+
+        await system.spawn(Runner, name="payments")
+        first, first_reply = call(
+            None, defer_keeping_the_slot, 1.0, recipient="payments", options=EXACTLY_ONCE
+        )
+        await system.send_message(first)
+        with trio.fail_after(30):
+            assert isinstance(await outcome_of(first_reply), CallTimeout)
+            slots[0].reply("charged")
+            again, again_reply = call(
+                None, defer_keeping_the_slot, 10.0, recipient="payments", options=EXACTLY_ONCE
+            )
+            again.id = first.id
+            await system.send_message(again)
+            assert await outcome_of(again_reply) == "charged"
+        assert len(slots) == 1
+
+    async def test_resend_of_a_deferred_call_whose_agent_restarted_unanswered_hears_so(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The instance that deferred the call crashed before answering it: resends get
+        ``AgentStopped``, as a caller still waiting would have, not a wait for nothing."""
+        held: list[DeferredReply] = []
+        ref = await system.spawn(Runner, name="payments")
+        first, first_reply = await send_deferred_call(system, held, timeout=1.0)
+        with trio.fail_after(30):
+            assert isinstance(await outcome_of(first_reply), CallTimeout)
+            with pytest.raises(CallFailed):
+                await ref.call(crash)
+            _, again_reply = await send_deferred_call(system, held, timeout=10.0, same_as=first)
+            assert isinstance(await outcome_of(again_reply), AgentStopped)
+        assert len(held) == 1
+
+
+async def send_deferred_call(
+    system: MessageSystem,
+    held: list[DeferredReply],
+    *,
+    timeout: float,
+    same_as: Envelope | None = None,
+) -> tuple[Envelope, ReplyHandle]:
+    """Send ``payments`` an exactly-once call that its handler defers into ``held``: a new
+    one, or a resend of ``same_as`` (its message id)."""
+    envelope, reply = call(
+        None, defer_into(held), timeout, recipient="payments", options=EXACTLY_ONCE
+    )
+    if same_as is not None:
+        envelope.id = same_as.id
+    await system.send_message(envelope)
+    return envelope, reply
+
+
+async def outcome_of(reply: ReplyHandle) -> Any:
+    """What waiting on ``reply`` gives: the reply, or the error it raised."""
+    try:
+        return await reply
+    except Exception as error:
+        return error
+
+
+async def keep_outcome(reply: ReplyHandle, outcomes: list[Any]) -> None:
+    """Wait on ``reply`` and append its outcome (see :func:`outcome_of`) to ``outcomes``."""
+    outcomes.append(await outcome_of(reply))
+
+
+def crash(ctx: Context) -> None:
+    """An action that crashes the agent running it."""
+    raise Boom("crash the agent")
 
 
 def stats(

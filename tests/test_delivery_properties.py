@@ -38,6 +38,7 @@ from terraphim_actors import (
     Context,
     DeadLetter,
     DeadLetterReason,
+    DeferredReply,
     DeliveryConfig,
     DeliveryGuarantee,
     DeliveryStats,
@@ -50,10 +51,11 @@ from terraphim_actors import (
     OverflowPolicy,
     Priority,
     RouterConfig,
+    call,
     cast,
     open_message_system,
 )
-from terraphim_actors.errors import CircuitOpen, MailboxFull
+from terraphim_actors.errors import CallTimeout, CircuitOpen, MailboxFull
 
 AT_MOST_ONCE = DeliveryGuarantee.AT_MOST_ONCE
 AT_LEAST_ONCE = DeliveryGuarantee.AT_LEAST_ONCE
@@ -774,3 +776,133 @@ async def test_a_handler_runs_at_most_max_retries_plus_one_times(
             assert attempts == list(range(runs)), why
     if scenario.breaker is None and outcome.rejected == 0:
         assert outcome.stats.retried == sum(ledger.runs[m.number] - 1 for m in scenario.messages)
+
+
+# -- 6. exactly once: resends of a call whose reply was deferred ----------------------------
+
+
+class Declined(Exception):
+    """The error a deferred call is answered with, when it is answered with one."""
+
+
+@attrs.frozen
+class DeferredResends:
+    """One exactly-once call whose handler defers its reply, sent at 0, and its resends.
+
+    Sends are at whole seconds, deadlines at half seconds and the answer at a quarter past a
+    second, so that no two of them fall at the same virtual time and the expected outcome of
+    each call is never a race."""
+
+    #: The first caller's timeout: it gives up then, if no answer came before.
+    first_timeout: float
+    #: ``(sent at, timeout)`` of each resend (same message id, through ``send_message``).
+    resends: tuple[tuple[float, float], ...]
+    #: When the deferred answer is given (``None``: never).
+    answer_at: float | None
+    #: Whether it is an error (``fail``) rather than a value (``reply``).
+    as_error: bool
+
+    def expected(self, sent_at: float, timeout: float, answer: object) -> object:
+        """What a call sent at ``sent_at`` with ``timeout`` gets: the answer if it is given
+        before the call's deadline, else ``CallTimeout``."""
+        if self.answer_at is not None and self.answer_at < sent_at + timeout:
+            return answer
+        return CallTimeout
+
+
+half_seconds = st.integers(min_value=0, max_value=20).map(lambda whole: whole + 0.5)
+
+
+@st.composite
+def deferred_resends(draw: st.DrawFn) -> DeferredResends:
+    resends = draw(
+        st.lists(
+            st.tuples(st.integers(min_value=0, max_value=30).map(float), half_seconds),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    answer_at = draw(
+        st.none() | st.integers(min_value=0, max_value=40).map(lambda whole: whole + 0.25)
+    )
+    return DeferredResends(draw(half_seconds), tuple(resends), answer_at, draw(st.booleans()))
+
+
+@SETTINGS
+@given(scenario=deferred_resends())
+async def test_exactly_once_resends_of_a_deferred_call_get_its_answer(
+    autojump_clock: trio.testing.MockClock, scenario: DeferredResends
+) -> None:
+    """Whatever the order of the first call's give-up, its resends and the deferred answer
+    (a value or an error), each call gets exactly that answer if it is given before the call's
+    own deadline, and ``CallTimeout`` otherwise; the handler runs once; the books balance
+    with nothing pending."""
+    event(f"answered: {scenario.answer_at is not None}, as an error: {scenario.as_error}")
+    held: list[DeferredReply] = []
+    answer: object = Declined("declined") if scenario.as_error else "charged"
+    outcomes: dict[int, object] = {}
+    once = MessageOptions(guarantee=EXACTLY_ONCE)
+
+    def defer(ctx: Context) -> None:
+        held.append(ctx.defer())
+
+    class Deferring(Agent):
+        async def handle_call(self, message: Any, ctx: Context) -> None:
+            message(ctx)
+
+    async def wait_for(number: int, reply: Any) -> None:
+        try:
+            outcomes[number] = await reply
+        except CallTimeout:
+            outcomes[number] = CallTimeout
+        except Declined as error:
+            outcomes[number] = error
+
+    async def resend(number: int, sent_at: float, timeout: float) -> None:
+        await trio.sleep_until(start + sent_at)
+        envelope, reply = call(None, defer, timeout, recipient="payments", options=once)
+        envelope.id = first.id
+        await system.send_message(envelope)
+        await wait_for(number, reply)
+
+    async def give_answer(at: float) -> None:
+        await trio.sleep_until(start + at)
+        if isinstance(answer, Declined):
+            await held[0].fail(answer)
+        else:
+            await held[0].reply(answer)
+
+    with trio.fail_after(600):
+        async with open_message_system(system_config(EXACTLY_ONCE, None)) as system:
+            await system.spawn(Deferring, name="payments")
+            start = trio.current_time()  # the examples share one clock
+            first, first_reply = call(
+                None, defer, scenario.first_timeout, recipient="payments", options=once
+            )
+            async with trio.open_nursery() as nursery:
+                await system.send_message(first)
+                nursery.start_soon(wait_for, 0, first_reply)
+                for number, (sent_at, timeout) in enumerate(scenario.resends, start=1):
+                    nursery.start_soon(resend, number, sent_at, timeout)
+                if scenario.answer_at is not None:
+                    nursery.start_soon(give_answer, scenario.answer_at)
+            stats = system.delivery.get_stats()
+
+    for sent_at, timeout in scenario.resends:
+        if scenario.answer_at is None or sent_at + timeout < scenario.answer_at:
+            event("a resend timed out")
+        elif sent_at < scenario.answer_at:
+            event("a resend waited for the answer")
+        else:
+            event("a resend came after the answer")
+    if scenario.answer_at is not None and scenario.first_timeout < scenario.answer_at:
+        event("the first caller gave up before the answer")
+    why = f"{scenario}: {outcomes}"
+    assert outcomes[0] == scenario.expected(0.0, scenario.first_timeout, answer), why
+    for number, (sent_at, timeout) in enumerate(scenario.resends, start=1):
+        assert outcomes[number] == scenario.expected(sent_at, timeout, answer), why
+    assert len(held) == 1, why
+    assert stats.pending == 0, why
+    settled = stats.acknowledged + stats.duplicates_suppressed + stats.failed
+    assert stats.sent == settled + stats.dead_lettered, why
+    assert stats.duplicates_suppressed == len(scenario.resends), why
