@@ -12,6 +12,7 @@ function can be a child.
 
 from ._dynamic import DynamicSupervisor
 from ._errors import (
+    ChildIsCaller,
     ChildNotFound,
     ChildRunning,
     ChildStartFailed,
@@ -32,6 +33,7 @@ __all__ = [
     "AutoShutdown",
     "ChildCounts",
     "ChildInfo",
+    "ChildIsCaller",
     "ChildKind",
     "ChildNotFound",
     "ChildRunning",

@@ -31,8 +31,10 @@ class ChildRun:
 
     def __init__(self, child: Child) -> None:
         self.child = child
-        #: Encloses the child's code: cancelling it kills the child.
-        self.scope = trio.CancelScope()
+        #: Encloses the child's code: cancelling it kills the child. Shielded, so that a
+        #: cancellation from outside the supervisor reaches the supervisor, which then stops
+        #: its children in order, and not every child at once.
+        self.scope = trio.CancelScope(shield=True)
         #: Set once the child's code has returned or raised.
         self.done = trio.Event()
         #: What the child reported through ``task_status.started``.

@@ -7,6 +7,7 @@ Each is a :class:`SupervisorError` and, where one fits, a subclass of the closes
      ├── DuplicateChild            (also ValueError)   a child with that id already exists
      ├── ChildNotFound             (also LookupError)  no child with that id
      ├── ChildRunning                                  the operation needs a stopped child
+     │    └── ChildIsCaller                            a child asked to restart or delete itself
      ├── ChildStartFailed                              a child raised before it had started
      ├── HealthCheckFailed                             a child's health check failed
      ├── SupervisorNotRunning      (also RuntimeError) the supervisor is not running
@@ -21,6 +22,7 @@ from collections.abc import Hashable
 from ._bounded_repr import bounded_repr
 
 __all__ = [
+    "ChildIsCaller",
     "ChildNotFound",
     "ChildRunning",
     "ChildStartFailed",
@@ -52,6 +54,11 @@ class ChildNotFound(SupervisorError, LookupError):
 
 class ChildRunning(SupervisorError):
     """The child must be terminated first (``restart_child`` and ``delete_child`` need that)."""
+
+
+class ChildIsCaller(ChildRunning):
+    """A child (or a task of its subtree) asked its own supervisor to restart or delete it:
+    it is running, since it is asking, and waiting for that would mean waiting for itself."""
 
 
 class ChildStartFailed(SupervisorError):

@@ -4,7 +4,13 @@ A supervisor is a task that owns a nursery with one task per child. Each child's
 how it exited; the supervisor's loop takes those reports one at a time and decides, by the
 child's restart type and the supervisor's strategy, what to restart. Every change to the set of
 children (a restart, ``start_child``, ``terminate_child``, the final shutdown) holds one lock, so
-that they never interleave.
+that they never interleave; a child that the lock's holder is waiting for (to stop it) may act
+under that hold, since the holder cannot move until it is done.
+
+Stopping is a normal path: asked to stop, giving up, or cancelled from outside, a supervisor stops
+its children the same way, newest first, each by its shutdown spec, in a shielded cleanup bounded
+by those specs. Children's tasks are shielded from cancellation from outside for that reason: only
+their supervisor cancels them.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import trio
 from ._bounded_repr import bounded_repr
 from ._child import Child, ChildRun
 from ._errors import (
+    ChildIsCaller,
     ChildNotFound,
     ChildRunning,
     ChildStartFailed,
@@ -105,6 +112,18 @@ class _StartedRelay:
         self._run.started.set()
 
 
+class _ShieldedStart:
+    """The ``task_status`` of a task shielded from its starter's cancellation, which
+    ``nursery.start`` cannot start: cancelled meanwhile, it leaves such a task where it waits
+    for it. The starter waits for :attr:`event` instead, and stops the task if cancelled."""
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+
+    def started(self, value: object = None) -> None:
+        self.event.set()
+
+
 class Supervisor:
     """Runs child tasks and restarts them as OTP's supervisor does.
 
@@ -173,6 +192,11 @@ class Supervisor:
         self._escalation: RestartIntensityExceeded | None = None
         #: The run being started now, under the lock: a stop request may have to cut it short.
         self._launching: ChildRun | None = None
+        #: The run being stopped now, under the lock: its own calls to us act under that hold.
+        self._awaiting: ChildRun | None = None
+        #: The context children start in: the supervisor's own, not that of whoever called
+        #: ``start_child`` (a handler's deadline or sender must not follow a child for ever).
+        self._context = contextvars.copy_context()
         #: Its own parent supervisor and id there, when it runs as a child of one.
         self._placement: CurrentChild | None = None
         self._block: contextlib.AbstractAsyncContextManager[Supervisor] | None = None
@@ -245,6 +269,7 @@ class Supervisor:
         if self._nursery is not None:
             raise SupervisorError(f"{self.name} is already running")
         self._placement = current_child()
+        self._context = contextvars.copy_context()
         self._children = {spec.id: Child(spec) for spec in self._specs}
         self._window.clear()
         self._stopping = False
@@ -256,14 +281,16 @@ class Supervisor:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                async with self._lock:
-                    start_failure = await self._start_initial_children()
-                if start_failure is None:
-                    task_status.started(self)
-                    await self._supervise(reports)
-                async with self._lock:
-                    self._stopping = True
-                    await self._stop_children(reversed(self._children.values()))
+                try:
+                    async with self._lock:
+                        start_failure = await self._start_initial_children()
+                    if start_failure is None:
+                        task_status.started(self)
+                        await self._supervise(reports)
+                finally:
+                    # Asked to stop, given up, or cancelled from outside: the same orderly stop.
+                    with trio.CancelScope(shield=True):
+                        await self._stop_all()
                 nursery.cancel_scope.cancel()
         finally:
             self._stopping = True
@@ -282,12 +309,25 @@ class Supervisor:
         """Ask the supervisor to stop its children (newest first) and return from ``run``.
 
         A child still starting gets its shutdown time to finish starting, then is cancelled.
+        Cancelling the scope around ``run`` (or around an ``async with`` block) stops the
+        children the same way.
         """
         if self._events is not None and not self._stopping:
             self._stopping = True
             self._events.send_nowait(None)
-            if self._launching is not None and self._nursery is not None:
-                self._nursery.start_soon(self._cut_short, self._launching)
+            self._cut_launch_short()
+
+    def _cut_launch_short(self) -> None:
+        if self._launching is not None and self._nursery is not None:
+            self._nursery.start_soon(self._cut_short, self._launching)
+
+    async def _stop_all(self) -> None:
+        """The final stop: every child, newest first, by its shutdown spec."""
+        if not self._stopping:  # cancelled from outside rather than asked
+            self._stopping = True
+            self._cut_launch_short()
+        async with self._lock:
+            await self._stop_children(reversed(self._children.values()))
 
     async def stop(self) -> None:
         """Stop the supervisor and wait until every child has stopped."""
@@ -306,31 +346,40 @@ class Supervisor:
 
     @contextlib.asynccontextmanager
     async def _open(self) -> AsyncIterator[Supervisor]:
-        """Run the supervisor for the length of a block; its failure ends the block."""
+        """Run the supervisor for the length of a block; its failure ends the block.
+
+        The supervisor's task is shielded: a cancellation of the block reaches the body, whose
+        exit stops the children in order; an error the body raised meanwhile still propagates.
+        """
         failure: SupervisorError | None = None
         body_error: BaseException | None = None
+        begun, started = trio.Event(), _ShieldedStart()
         async with trio.open_nursery() as nursery:
 
-            async def supervise(task_status: trio.TaskStatus[Supervisor]) -> None:
+            async def supervise() -> None:
                 nonlocal failure
-                try:
-                    await self.run(task_status=task_status)
-                except RestartIntensityExceeded as error:
-                    failure = error
-                    nursery.cancel_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    begun.set()
+                    try:
+                        await self.run(task_status=started)
+                    except (ChildStartFailed, RestartIntensityExceeded) as error:
+                        failure = error
+                        if started.event.is_set():
+                            nursery.cancel_scope.cancel()  # ends the body
+                    finally:
+                        started.event.set()
 
+            nursery.start_soon(supervise)
             try:
-                await nursery.start(supervise)
-            except ChildStartFailed as error:
-                failure = error
-            if failure is None:
-                try:
+                await started.event.wait()
+                if failure is None:
                     yield self
-                except BaseException as error:
-                    body_error = error
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await self.stop()
+            except BaseException as error:
+                body_error = error
+            finally:
+                with trio.CancelScope(shield=True):
+                    await begun.wait()
+                    await self.stop()
         if failure is not None:
             raise failure
         if body_error is not None:
@@ -348,15 +397,18 @@ class Supervisor:
         return None
 
     async def _cut_short(self, run: ChildRun) -> None:
-        """Cancel a start that has not finished within the child's shutdown time."""
+        """Cancel a start that has not finished within the child's shutdown time.
+
+        Shielded: it may be started by a supervisor that is itself being cancelled."""
         shutdown = run.child.spec.shutdown
         if shutdown is Shutdown.INFINITY:
             return
-        if shutdown is not Shutdown.BRUTAL_KILL:
-            with trio.move_on_after(shutdown):
-                await run.started.wait()
-        if not run.reported:
-            run.scope.cancel()
+        with trio.CancelScope(shield=True):
+            if shutdown is not Shutdown.BRUTAL_KILL:
+                with trio.move_on_after(shutdown):
+                    await run.started.wait()
+            if not run.reported:
+                run.scope.cancel()
 
     async def _supervise(self, reports: trio.MemoryReceiveChannel[ChildRun | None]) -> None:
         """Handle child exits one at a time until asked to stop, or until giving up."""
@@ -385,7 +437,7 @@ class Supervisor:
         # What ``nursery.start`` does, without the nursery it opens for each start: that
         # scope and its reparenting cost more than the rest of starting a small child.
         try:
-            self._nursery.start_soon(self._run_child, run)
+            self._context.run(self._nursery.start_soon, self._run_child, run)
             try:
                 await run.started.wait()
             except BaseException:
@@ -580,8 +632,11 @@ class Supervisor:
         for child in list(children):
             await self._stop_child(child)
 
-    async def _stop_child(self, child: Child, *, then: ChildState = ChildState.TERMINATED) -> None:
-        """Stop one child by its shutdown spec, leaving it in state ``then``.
+    async def _stop_child(
+        self, child: Child, *, then: ChildState = ChildState.TERMINATED, kill: bool = False
+    ) -> None:
+        """Stop one child by its shutdown spec (at once with ``kill``), leaving it in state
+        ``then``.
 
         What it raises while stopping, or what its stop hook raises, is reported. If the caller
         is cancelled meanwhile, the child is cancelled too and still accounted for.
@@ -603,9 +658,11 @@ class Supervisor:
             run.health_scope.cancel()  # a child on its way out is not probed any more
         spec = child.spec
         stop_error: Exception | None = None
+        awaiting, self._awaiting = self._awaiting, run
         try:
             if (
-                spec.shutdown is not Shutdown.BRUTAL_KILL
+                not kill
+                and spec.shutdown is not Shutdown.BRUTAL_KILL
                 and spec.stop is not None
                 and run.reported
                 and not run.done.is_set()
@@ -626,6 +683,7 @@ class Supervisor:
                 run.scope.cancel()
                 with trio.CancelScope(shield=True):
                     await run.done.wait()
+            self._awaiting = awaiting
             if run.outcome is not None:
                 self._report_stop_error(child, run.outcome)
             child.last_exit = run.outcome if run.outcome is not None else stop_error
@@ -652,7 +710,8 @@ class Supervisor:
             InvalidSpec: ``spec`` is not a ``ChildSpec``, or is significant under ``NEVER``.
         """
         self._check_not_starting_caller()
-        async with self._lock:
+        self._check_running()
+        async with self._changing():
             self._check_running()
             self._check_new(spec, self._children)
             child = self._children[spec.id] = Child(spec)
@@ -669,19 +728,55 @@ class Supervisor:
     async def terminate_child(self, id: Hashable) -> None:
         """Stop a child by its shutdown spec; it stays known (and restartable) unless temporary.
 
+        A child that terminates itself (or its own subtree) is cancelled at once, as OTP kills
+        it: the call does not return to it. Cancelled while it waits, the stop still completes.
+
         Raises:
             ChildNotFound: no child has that id.
             SupervisorNotRunning: the supervisor is not running.
         """
         self._check_not_starting_caller()
-        async with self._lock:
+        self._check_running()
+        if self._caller_within(id):
+            await self._terminate_caller(id)
+            return
+        async with self._changing():
             self._check_running()
-            child = self._find(id)
-            await self._stop_child(child)
+            await self._terminate(self._find(id))
+
+    async def _terminate(self, child: Child, *, kill: bool = False) -> None:
+        try:
+            await self._stop_child(child, kill=kill)
+        finally:
             if child.spec.restart is RestartType.TEMPORARY:
                 self._forget(child)
             else:
                 _retire(child)
+
+    async def _terminate_caller(self, id: Hashable) -> None:
+        """Terminate the child the caller runs in, from a task of our own: the caller cannot
+        wait for its own end. It is cancelled on the way; only a task of the child's that runs
+        outside the child's scope sees this return."""
+        assert self._nursery is not None
+        finished = trio.Event()
+        failure: list[SupervisorError] = []
+        caller_run = self._find(id).run
+
+        async def terminate() -> None:
+            try:
+                async with self._lock:
+                    self._check_running()
+                    child = self._find(id)
+                    await self._terminate(child, kill=child.run is caller_run)
+            except SupervisorError as error:
+                failure.append(error)
+            finally:
+                finished.set()
+
+        self._context.run(self._nursery.start_soon, terminate)
+        await finished.wait()
+        if failure:
+            raise failure[0]
 
     async def restart_child(self, id: Hashable) -> ChildInfo:
         """Start a terminated child again (this does not count towards the intensity).
@@ -693,29 +788,45 @@ class Supervisor:
             SupervisorNotRunning: the supervisor is not running.
         """
         self._check_not_starting_caller()
-        async with self._lock:
+        self._refuse_caller(id, "restart")
+        self._check_running()
+        async with self._changing():
             self._check_running()
             child = self._find(id)
             if child.state is not ChildState.TERMINATED:
                 raise ChildRunning(f"child {id!r} is {child.state.value}, not terminated")
-            child.restarts += 1
-            error = await self._launch(child)
+            try:
+                error = await self._launch(child)
+            except BaseException:  # cancelled while it started: as if never asked
+                error = None
+                raise
+            finally:
+                if error is not None or child.run is None:
+                    child.state = ChildState.TERMINATED
+                    _retire(child)
             if error is not None:
-                child.state = ChildState.TERMINATED
                 raise ChildStartFailed(id, error)
+            child.restarts += 1
             return child.info()
 
     def delete_child(self, id: Hashable) -> None:
         """Forget a terminated child.
 
+        A deleted child is not started by later runs of this supervisor either (unlike OTP,
+        whose supervisor gets its children anew from ``init`` when restarted): once an agent
+        is stopped for good, a restart of its subtree does not bring it back.
+
         Raises:
             ChildNotFound: no child has that id.
             ChildRunning: the child is not terminated.
+            ChildIsCaller: the child (or a task of its subtree) asked to delete itself.
         """
+        self._refuse_caller(id, "delete")
         child = self._find(id)
         if child.state is not ChildState.TERMINATED:
             raise ChildRunning(f"child {id!r} is {child.state.value}: terminate it first")
         self._forget(child)
+        self._specs = [spec for spec in self._specs if spec is not child.spec]
 
     def which_children(self) -> list[ChildInfo]:
         """Every child, in start order."""
@@ -761,6 +872,34 @@ class Supervisor:
             del self._children[child.spec.id]
         _retire(child)
 
+    def _caller_within(self, id: Hashable) -> bool:
+        """Whether the calling task runs in child ``id``, or anywhere in its subtree."""
+        caller = current_child()
+        while caller is not None:
+            if caller.supervisor is self:
+                return caller.id == id
+            caller = caller.supervisor._placement
+        return False
+
+    def _refuse_caller(self, id: Hashable, what: str) -> None:
+        if self._caller_within(id):
+            raise ChildIsCaller(
+                f"child {id!r} asked {self.name} to {what} it while it runs: it would wait for "
+                "itself (a child can terminate itself, or ask another task to do this)"
+            )
+
+    @contextlib.asynccontextmanager
+    async def _changing(self) -> AsyncIterator[None]:
+        """Hold the lock for a change to the children; or, for a caller in the child being
+        stopped under the lock now (its stop hook or its cleanup calling us), go ahead under
+        that hold: the holder waits for that child, so waiting for the holder would deadlock."""
+        awaiting = self._awaiting
+        if awaiting is not None and self._caller_within(awaiting.child.spec.id):
+            yield
+            return
+        async with self._lock:
+            yield
+
     def _check_not_starting_caller(self) -> None:
         """Refuse a call that would wait for the lock held while the caller itself starts: the
         caller is the child being started, or runs somewhere in the subtree being started."""
@@ -769,7 +908,7 @@ class Supervisor:
         caller = current_child()
         while caller is not None:
             starting = caller.supervisor._launching
-            if starting is None or starting.child.spec.id != caller.id:
+            if starting is None or starting.reported or starting.child.spec.id != caller.id:
                 return  # the caller's branch has started: no start under way waits for it
             if caller.supervisor is self:
                 raise SupervisorError(

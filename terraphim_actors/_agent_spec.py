@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from supervisor import ChildSpec, RestartType
+from supervisor import ChildSpec, RestartType, current_child
 
 from ._agent import Agent
 from ._cell import AgentCell, CellState
@@ -14,6 +14,7 @@ from ._ids import AgentId
 from ._mailbox import MailboxConfig
 from ._notifications import StopReason
 from ._ref import AgentRef
+from .errors import DuplicateAgent
 
 if TYPE_CHECKING:
     from ._pool import Pool
@@ -58,6 +59,8 @@ class AgentStarter:
         self, *, task_status: trio.TaskStatus[AgentRef] = trio.TASK_STATUS_IGNORED
     ) -> None:
         cell = previous = self.cell
+        if cell is not None and cell.state is not CellState.STOPPED:
+            self._check_placement(cell)
         if cell is None or cell.state is CellState.STOPPED:
             cell = self.cell = AgentCell(
                 self.system,
@@ -73,6 +76,16 @@ class AgentStarter:
                 cell.breaker, cell.handled = previous.breaker, previous.handled
             self.system.register(cell)
         await cell.run(task_status=task_status)
+
+    def _check_placement(self, cell: AgentCell) -> None:
+        """Refuse to run a second instance beside the first: one spec placed in two
+        supervisors would otherwise run two instances on one mailbox and name."""
+        owner, starter = cell.placement, current_child()
+        if owner is not None and starter is not None and owner.supervisor is not starter.supervisor:
+            raise DuplicateAgent(
+                f"{self.agent_id!r} already runs under {owner.supervisor.name}: a spec starts one "
+                "agent, in one supervisor"
+            )
 
     def retire(self) -> None:
         """Its supervisor will not start it again: the agent stops for good."""

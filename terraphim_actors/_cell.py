@@ -45,6 +45,7 @@ from .errors import (
     CallFailed,
     DeliveryFailed,
     MailboxClosed,
+    SystemClosed,
     UnhandledMessage,
 )
 
@@ -73,6 +74,10 @@ class CellState(enum.Enum):
     RESTARTING = "restarting"
     #: Stopped for good: the mailbox is closed and the name is free.
     STOPPED = "stopped"
+
+
+#: The states in which an instance of the agent runs.
+_LIVE = frozenset({CellState.STARTING, CellState.RUNNING, CellState.STOPPING})
 
 
 class AgentCell:
@@ -223,7 +228,7 @@ class AgentCell:
 
     def _begin_instance(self) -> None:
         if self.system.closing:
-            raise AgentStartFailed(f"{self.id!r} not started: the system is shutting down")
+            raise SystemClosed(f"{self.id!r} not started: the system is shutting down")
         self.placement = current_child()
         self.state = CellState.STARTING
         self.instances += 1
@@ -245,7 +250,13 @@ class AgentCell:
             self.state = CellState.RESTARTING
 
     def retire(self) -> None:
-        """Its supervisor will not start it again: stop it for good."""
+        """Its supervisor will not start it again: stop it for good.
+
+        An instance still running has a supervisor that does run it (one that refused a spec
+        shared with it retires nothing), and that supervisor settles it when it ends.
+        """
+        if self.state in _LIVE:
+            return
         self.finish(StopReason.NORMAL if self.retiring else self._last_reason)
 
     async def _run_instance(self, task_status: trio.TaskStatus[AgentRef]) -> ExitReason:
@@ -516,7 +527,9 @@ class AgentCell:
     def start_background(
         self, async_fn: Callable[..., Awaitable[object]], args: tuple[object, ...]
     ) -> None:
-        scope = trio.CancelScope()
+        # Shielded: it ends with its instance (which cancels it), not before, when the system
+        # is cancelled from outside.
+        scope = trio.CancelScope(shield=True)
         self._background[scope] = None
         instance = self.instances
 

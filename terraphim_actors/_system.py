@@ -15,10 +15,10 @@ from supervisor import (
     ChildSpec,
     ChildStartFailed,
     RestartBackoff,
-    RestartIntensityExceeded,
     RestartStrategy,
     RestartType,
     Supervisor,
+    SupervisorError,
     SupervisorNotRunning,
 )
 
@@ -337,12 +337,22 @@ class MessageSystem:
         members = pool.members()
         if current_cell.get() in members:
             raise CallToSelf("a pool member cannot wait for its own pool's stop")
+        if not ref.alive:
+            return
+        if self.closing:
+            raise SystemClosed("the message system is shutting down: it stops every pool")
         for cell in members:
             cell.retiring = True  # what they had in hand is not for a next instance
-        with contextlib.suppress(LookupError, SupervisorNotRunning):
-            await self.root.terminate_child(pool.id)
-            self.root.delete_child(pool.id)
-        pool.retire()
+        try:
+            with contextlib.suppress(LookupError, SupervisorNotRunning):
+                await self.root.terminate_child(pool.id)
+            with contextlib.suppress(LookupError, SupervisorError):
+                self.root.delete_child(pool.id)
+            pool.retire()
+        finally:
+            for cell in members:
+                if not cell.stopped.is_set():  # cancelled before they were stopped
+                    cell.retiring = False
 
     def _starter(
         self,
@@ -433,19 +443,30 @@ class MessageSystem:
         cell = ref._agent()
         if cell.in_own_task:
             raise CallToSelf("an agent cannot wait for its own stop: use ctx.stop()")
+        if cell.state is CellState.STOPPED:
+            return
+        if self.closing:
+            raise SystemClosed("the message system is shutting down: it stops every agent")
         cell.retiring = True  # its supervisor's stop, under its lock, is now for good
-        deadline = None
+        kill_timer = None
         if cell.state is CellState.STARTING:
             # In ``on_start`` it holds its supervisor, which cannot stop it until it returns.
-            deadline = self.timers.call_after(cell.shutdown, cell.kill)
-        placement = cell.placement
-        if placement is not None:
-            with contextlib.suppress(LookupError, SupervisorNotRunning):
-                await placement.supervisor.terminate_child(placement.id)
-                placement.supervisor.delete_child(placement.id)
-        if deadline is not None:
-            deadline.cancel()
-        cell.retire()  # whatever happened to its supervisor meanwhile
+            kill_timer = self.timers.call_after(cell.shutdown, cell.kill)
+        try:
+            placement = cell.placement
+            if placement is not None:
+                with contextlib.suppress(LookupError, SupervisorNotRunning):
+                    await placement.supervisor.terminate_child(placement.id)
+                with contextlib.suppress(LookupError, SupervisorError):
+                    # Forgotten by its supervisor for good, so that no later restart of its
+                    # subtree brings it back.
+                    placement.supervisor.delete_child(placement.id)
+            cell.retire()  # whatever happened to its supervisor meanwhile
+        finally:
+            if kill_timer is not None:
+                kill_timer.cancel()
+            if not cell.stopped.is_set():  # cancelled before it was stopped
+                cell.retiring = False
 
     def subscribe(self, ref: AgentRef) -> None:
         """Send ``ref`` an info for every agent start and exit, and the system's shutdown.
@@ -649,6 +670,8 @@ class MessageSystem:
         await self.root.stop()
         for cell in list(self.registry.cells.values()):
             cell.finish(StopReason.SHUTDOWN)  # those between instances when the tree stopped
+        for pool in list(self.router.pools.values()):
+            pool.retire()
         self.delivery.settle_waiting()
         for mailbox in self.registry.mailboxes.values():
             mailbox.close()
@@ -689,30 +712,31 @@ async def open_message_system(
     else:
         check_instance("config", config, MessageSystemConfig)
     body_error: BaseException | None = None
-    escalation: RestartIntensityExceeded | None = None
+    # A cancellation from outside reaches the block's body (the root supervisor's task and the
+    # system's timers and router are shielded from it), whose exit then stops the agents in
+    # order while the timers and the router still serve them.
+    services = trio.CancelScope(shield=True)
     async with trio.open_nursery() as nursery:
         system = MessageSystem(config, nursery)
 
-        async def supervise(task_status: trio.TaskStatus[Supervisor]) -> None:
-            nonlocal escalation
-            try:
-                await system.root.run(task_status=task_status)
-            except RestartIntensityExceeded as error:
-                escalation = error
-                nursery.cancel_scope.cancel()
+        async def serve() -> None:
+            with services:
+                async with trio.open_nursery() as service_tasks:
+                    service_tasks.start_soon(system.timers.run)
+                    service_tasks.start_soon(system.router.run)
 
-        nursery.start_soon(system.timers.run)
-        nursery.start_soon(system.router.run)
-        await nursery.start(supervise)
+        nursery.start_soon(serve)
         try:
-            yield system
+            async with system.root:  # raises RestartIntensityExceeded if it gives up
+                try:
+                    yield system
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await system._shut_down()
         except BaseException as error:
-            body_error = error
+            body_error = error  # raised unchanged, not in the nursery's exception group
         finally:
-            with trio.CancelScope(shield=True):
-                await system._shut_down()
+            services.cancel()
             nursery.cancel_scope.cancel()
-    if escalation is not None:
-        raise escalation
     if body_error is not None:
         raise body_error

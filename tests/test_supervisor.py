@@ -3,6 +3,7 @@ checks, auto shutdown, children by hand, introspection, and the two ways to run 
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import math
@@ -28,6 +29,7 @@ from supervised import (
 from supervisor import (
     AutoShutdown,
     ChildInfo,
+    ChildIsCaller,
     ChildKind,
     ChildNotFound,
     ChildRunning,
@@ -1432,3 +1434,269 @@ class TestRunning:
         async with sup:
             assert ids(sup) == ["a"]
         assert starts(log) == ["a", "b", "a"]
+
+
+class TestCancelledFromOutside:
+    """A supervisor cancelled by its parent stops its children as ``stop`` does."""
+
+    async def test_run_cancelled_stops_children_newest_first_each_asked(
+        self, autojump_clock: Clock
+    ) -> None:
+        """``nursery.start(sup.run)`` whose nursery is cancelled: each child is asked to stop,
+        newest first, and the next is asked only once the newer one has ended."""
+        log = Log()
+        sup = Supervisor([spec(log, name, stop=ask_to_stop, linger=1.0) for name in "abc"])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            nursery.cancel_scope.cancel()
+        assert log[3:] == ["stop c", "end c", "stop b", "end b", "stop a", "end a"]
+
+    async def test_block_in_move_on_after_stops_children_within_their_shutdown_times(
+        self, autojump_clock: Clock
+    ) -> None:
+        """``async with sup`` inside ``move_on_after``: children that do not finish are
+        cancelled after their own shutdown time, one after another."""
+        log = Log()
+        children = [
+            spec(log, "a", stop=ask_to_stop, linger=math.inf, shutdown=2.0),
+            spec(log, "b", stop=ask_to_stop, linger=math.inf, shutdown=3.0),
+        ]
+        with trio.move_on_after(1.0):
+            async with Supervisor(children):
+                await trio.sleep_forever()
+        assert log[2:] == ["stop b", "cancel b", "stop a", "cancel a"]
+        assert log.when("cancel b") == [pytest.approx(4.0)]
+        assert log.when("cancel a") == [pytest.approx(6.0)]
+
+    async def test_a_cancelled_subtree_stops_depth_first(self, autojump_clock: Clock) -> None:
+        """Cancelled from outside, a tree stops its subtree in its place in the order."""
+        log = Log()
+        sub = Supervisor([spec(log, "b", stop=ask_to_stop), spec(log, "c", stop=ask_to_stop)])
+        tree = Supervisor([spec(log, "a", stop=ask_to_stop), sub.as_child("sub")])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(tree.run)
+            nursery.cancel_scope.cancel()
+        assert log[3:] == ["stop c", "end c", "stop b", "end b", "stop a", "end a"]
+
+    async def test_a_child_still_starting_gets_its_shutdown_time(
+        self, autojump_clock: Clock
+    ) -> None:
+        """A child that another task is starting when the supervisor is cancelled may finish
+        starting within its shutdown time; then it is stopped like the others."""
+        log = Log()
+        sup = Supervisor([spec(log, "a", stop=ask_to_stop)])
+        async with trio.open_nursery() as outer, trio.open_nursery() as inner:
+            await inner.start(sup.run)
+            slow = spec(log, "b", stop=ask_to_stop, start_delay=1.0)
+            outer.start_soon(sup.start_child, slow)
+            await trio.sleep(0.5)
+            inner.cancel_scope.cancel()
+        assert log[2:] == ["stop b", "end b", "stop a", "end a"]
+        assert log.when("stop b") == [pytest.approx(1.0)]
+
+
+class TestNothingWaitsOnItself:
+    async def test_a_child_terminating_itself_is_terminated(self, autojump_clock: Clock) -> None:
+        """``terminate_child`` on itself ends the child at once (the call never returns to
+        it), and the child is terminated, not restarted."""
+        log = Log()
+        returned = False
+
+        async def self_terminating(sup: Supervisor) -> None:
+            nonlocal returned
+            await sup.terminate_child("self")
+            returned = True
+
+        async with Supervisor([spec(log, "a")]) as sup:
+            with trio.fail_after(1):
+                await sup.start_child(ChildSpec("self", functools.partial(self_terminating, sup)))
+                await trio.testing.wait_all_tasks_blocked()
+            assert info(sup, "self").state is ChildState.TERMINATED
+            assert trio.current_time() == 0
+        assert not returned
+
+    async def test_a_child_in_a_subtree_terminating_the_subtree_ends_it(
+        self, autojump_clock: Clock
+    ) -> None:
+        """A task deep in a subtree that terminates the subtree never waits for itself."""
+        log = Log()
+
+        async def terminates_its_subtree(sup: Supervisor) -> None:
+            await sup.terminate_child("sub")
+
+        async with Supervisor() as root:
+            sub = Supervisor(
+                [ChildSpec("x", functools.partial(terminates_its_subtree, root)), spec(log, "y")]
+            )
+            with trio.fail_after(30):
+                await root.start_child(sub.as_child("sub"))
+                await trio.testing.wait_all_tasks_blocked()
+            assert info(root, "sub").state is ChildState.TERMINATED
+
+    @pytest.mark.parametrize("operation", ["restart_child", "delete_child"])
+    async def test_a_child_restarting_or_deleting_itself_gets_a_typed_error(
+        self, operation: str, autojump_clock: Clock
+    ) -> None:
+        """A child cannot restart or delete itself: ``ChildIsCaller`` at once."""
+        raised: list[BaseException] = []
+
+        async def self_referring(sup: Supervisor) -> None:
+            try:
+                result = getattr(sup, operation)("self")
+                if operation == "restart_child":
+                    await result
+            except SupervisorError as error:
+                raised.append(error)
+            await trio.sleep_forever()
+
+        async with Supervisor() as sup:
+            await sup.start_child(ChildSpec("self", functools.partial(self_referring, sup)))
+            await trio.testing.wait_all_tasks_blocked()
+        assert [type(error) for error in raised] == [ChildIsCaller]
+
+    async def test_a_child_being_stopped_can_start_a_sibling(self, autojump_clock: Clock) -> None:
+        """A child's cleanup that runs while ``terminate_child`` holds the supervisor may still
+        start a sibling: it acts under that hold instead of waiting for it."""
+        log = Log()
+
+        async def starts_a_sibling_when_stopped(
+            sup: Supervisor, task_status: trio.TaskStatus[Handle]
+        ) -> None:
+            handle = Handle(log, "x")
+            task_status.started(handle)
+            await handle.asked.wait()
+            await sup.start_child(spec(log, "y"))
+
+        async with Supervisor() as sup:
+            await sup.start_child(
+                ChildSpec(
+                    "x",
+                    functools.partial(starts_a_sibling_when_stopped, sup),
+                    stop=ask_to_stop,
+                )
+            )
+            await sup.terminate_child("x")
+            assert trio.current_time() == 0
+            assert info(sup, "y").state is ChildState.RUNNING
+            assert info(sup, "x").state is ChildState.TERMINATED
+
+    async def test_calls_from_a_child_during_the_final_stop_fail_at_once(
+        self, autojump_clock: Clock
+    ) -> None:
+        """While the supervisor stops for good, a stopping child's ``start_child`` and
+        ``terminate_child`` raise ``SupervisorNotRunning`` at once."""
+        log = Log()
+        raised: list[type[BaseException]] = []
+
+        async def calls_when_stopped(sup: Supervisor, task_status: trio.TaskStatus[Handle]) -> None:
+            handle = Handle(log, "x")
+            task_status.started(handle)
+            await handle.asked.wait()
+            for call in (sup.start_child(spec(log, "y")), sup.terminate_child("a")):
+                try:
+                    await call
+                except SupervisorError as error:
+                    raised.append(type(error))
+
+        async with Supervisor([spec(log, "a")]) as sup:
+            await sup.start_child(
+                ChildSpec("x", functools.partial(calls_when_stopped, sup), stop=ask_to_stop)
+            )
+        assert raised == [SupervisorNotRunning, SupervisorNotRunning]
+        assert trio.current_time() == 0
+
+
+class TestCancelledByHand:
+    """``terminate_child`` and ``restart_child`` cancelled by their caller either happened
+    or did not: never half."""
+
+    async def test_cancelled_terminate_child_still_terminates(self, autojump_clock: Clock) -> None:
+        log = Log()
+        retired: list[str] = []
+        child = attrs.evolve(
+            spec(log, "a", stop=ask_to_stop, linger=math.inf),
+            retire=lambda: retired.append("a"),
+        )
+        async with Supervisor([child]) as sup:
+            with trio.move_on_after(1.0):
+                await sup.terminate_child("a")
+            assert info(sup, "a").state is ChildState.TERMINATED
+            assert retired == ["a"]
+            assert "cancel a" in log
+
+    async def test_cancelled_restart_child_did_not_happen(self, autojump_clock: Clock) -> None:
+        log = Log()
+        retired: list[str] = []
+        child = attrs.evolve(
+            spec(log, "a", fails_to_start=[False, False]),
+            retire=lambda: retired.append("a"),
+        )
+        async with Supervisor([child]) as sup:
+            await sup.terminate_child("a")
+            retired.clear()
+            slow = ChildSpec("b", functools.partial(worker, log, "b", start_delay=10.0))
+            await sup.start_child(slow)
+            await sup.terminate_child("b")
+            with trio.move_on_after(1.0):
+                await sup.restart_child("b")
+            assert info(sup, "b").state is ChildState.TERMINATED
+            assert info(sup, "b").restarts == 0
+            assert "cancel b" in log
+            await sup.restart_child("a")  # the supervisor is still usable
+            assert info(sup, "a").state is ChildState.RUNNING
+
+
+class TestChildContext:
+    async def test_children_start_in_the_supervisors_context_not_the_callers(
+        self, autojump_clock: Clock
+    ) -> None:
+        """A child started by ``start_child`` from a task with its own context variables does
+        not inherit them: it runs in the supervisor's context."""
+        caller_only: contextvars.ContextVar[str] = contextvars.ContextVar("caller_only")
+        seen: list[str] = []
+
+        async def child() -> None:
+            seen.append(caller_only.get("unset"))
+            await trio.sleep_forever()
+
+        async with Supervisor() as sup:
+
+            async def caller() -> None:
+                caller_only.set("the caller's")
+                await sup.start_child(ChildSpec("child", child))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(caller)
+        assert seen == ["unset"]
+
+
+class TestBlockCancelledFromOutside:
+    async def test_a_body_error_during_an_outside_cancel_propagates(
+        self, autojump_clock: Clock
+    ) -> None:
+        """An error the block's body raises while the block is cancelled is not swallowed."""
+        log = Log()
+
+        async def body_raising_when_cancelled() -> None:
+            with trio.move_on_after(1.0):
+                async with Supervisor([spec(log, "a", stop=ask_to_stop)]):
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        raise ValueError("from the body")
+
+        with pytest.raises(ValueError, match="from the body"):
+            await body_raising_when_cancelled()
+        assert log[1:] == ["stop a", "end a"]
+
+    async def test_a_block_cancelled_while_its_children_start_stops_them(
+        self, autojump_clock: Clock
+    ) -> None:
+        """Cancelled while it starts its children, the block stops those that started."""
+        log = Log()
+        children = [spec(log, "a", stop=ask_to_stop), spec(log, "b", start_delay=5.0)]
+        with trio.fail_after(30), trio.move_on_after(1.0):
+            async with Supervisor(children):
+                pytest.fail("the body runs only once every child has started")
+        assert log[:2] == ["start a", "start b"]
+        assert log[-2:] == ["stop a", "end a"]

@@ -10,11 +10,12 @@ import trio
 import trio.testing
 from agents import AT_MOST_ONCE, Recorder, Runner, Silent, hold_forever, until
 
-from supervisor import RestartType
+from supervisor import ChildSpec, RestartBackoff, RestartStrategy, RestartType
 from terraphim_actors import (
     Agent,
     AgentExited,
     AgentId,
+    AgentRef,
     AgentStarted,
     Context,
     DeadLetterReason,
@@ -814,3 +815,317 @@ class TestRefByName:
             system.ref("nobody")
         with pytest.raises(LookupError):
             system.ref(AgentId())
+
+
+class Labelled(Agent):
+    """Records its label in ``order`` when it stops; its ``on_stop`` may call ``older``."""
+
+    def __init__(
+        self,
+        label: str,
+        order: list[str],
+        older: AgentRef | None = None,
+        replies: list[Any] | None = None,
+        linger: float = 0.0,
+    ) -> None:
+        self.label = label
+        self.order = order
+        self.older = older
+        self.replies = replies
+        self.linger = linger
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        return f"{self.label} answers {message}"
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        self.order.append(f"{self.label} {reason.value}")
+        if self.older is not None and self.replies is not None:
+            self.replies.append(await self.older.call("goodbye", timeout=1.0))
+        await trio.sleep(self.linger)
+
+
+class TestCancelledFromOutside:
+    """A system cancelled from outside stops its agents as leaving the block does."""
+
+    async def test_move_on_after_stops_agents_newest_first_each_asked(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        order: list[str] = []
+        with trio.move_on_after(1.0):
+            async with open_message_system() as system:
+                for label in "abc":
+                    await system.spawn(Labelled, label, order)
+                await trio.sleep_forever()
+        assert order == ["c shutdown", "b shutdown", "a shutdown"]
+
+    async def test_on_stop_can_call_an_older_agent_during_the_shutdown(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The agents started earlier still run, and the timers still serve calls."""
+        order: list[str] = []
+        replies: list[Any] = []
+        with trio.move_on_after(1.0):
+            async with open_message_system() as system:
+                older = await system.spawn(Labelled, "old", order)
+                await system.spawn(Labelled, "new", order, older, replies)
+                await trio.sleep_forever()
+        assert replies == ["old answers goodbye"]
+        assert order == ["new shutdown", "old shutdown"]
+
+    async def test_a_call_made_during_the_shutdown_still_ends_by_its_deadline(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A call from ``on_stop`` to a busy agent times out at its own deadline."""
+        outcomes: list[Any] = []
+
+        class CallsTheBusyOne(Agent):
+            def __init__(self, busy: AgentRef) -> None:
+                self.busy = busy
+
+            async def on_stop(self, reason: ExitReason) -> None:
+                began = trio.current_time()
+                try:
+                    await self.busy.call(lambda ctx: None, timeout=0.5)
+                except CallTimeout:
+                    outcomes.append(trio.current_time() - began)
+
+        with trio.move_on_after(1.0):
+            async with open_message_system(MessageSystemConfig(shutdown_timeout=3.0)) as system:
+                busy = await system.spawn(Runner)
+                await busy.cast(hold_forever)
+                await system.spawn(CallsTheBusyOne, busy)
+                await trio.sleep_forever()
+        assert outcomes == [pytest.approx(0.5)]
+
+    async def test_leaving_takes_no_longer_than_the_shutdown_times(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Each agent gets its own shutdown time, one after another, and no more."""
+        order: list[str] = []
+        with trio.move_on_after(1.0):
+            async with open_message_system() as system:
+                await system.spawn(Labelled, "a", order, None, None, 100.0, shutdown=2.0)
+                await system.spawn(Labelled, "b", order, None, None, 100.0, shutdown=3.0)
+                await trio.sleep_forever()
+        assert trio.current_time() == pytest.approx(6.0)
+        assert order == ["b shutdown", "a shutdown"]
+
+    async def test_the_books_balance_after_a_cancelled_system(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        with trio.move_on_after(1.0):
+            async with open_message_system() as system:
+                ref = await system.spawn(Runner)
+                for _ in range(3):
+                    await ref.cast(hold_forever)
+                await trio.sleep_forever()
+        stats = system.delivery.get_stats()
+        assert stats.pending == 0
+        assert stats.dead_lettered == 3
+
+    async def test_a_body_error_during_an_outside_cancel_propagates(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """An error the body raises while being cancelled is not swallowed."""
+
+        async def body_raising_when_cancelled() -> None:
+            with trio.move_on_after(1.0):
+                async with open_message_system() as system:
+                    await system.spawn(Runner)
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        raise ValueError("from the body")
+
+        with pytest.raises(ValueError, match="from the body"):
+            await body_raising_when_cancelled()
+
+
+class TestNothingWaitsOnItself:
+    async def test_stop_from_on_stop_during_the_shutdown_raises_system_closed(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        raised: list[type[BaseException]] = []
+
+        class StopsAnother(Agent):
+            def __init__(self, system: MessageSystem, other: AgentRef) -> None:
+                self.system = system
+                self.other = other
+
+            async def on_stop(self, reason: ExitReason) -> None:
+                for attempt in (self.system.stop(self.other), self.system.spawn(Runner)):
+                    try:
+                        await attempt
+                    except SystemClosed as error:
+                        raised.append(type(error))
+
+        async with open_message_system() as system:
+            other = await system.spawn(Runner)
+            await system.spawn(StopsAnother, system, other)
+        assert raised == [SystemClosed, SystemClosed]
+        assert trio.current_time() == 0
+
+    async def test_stop_and_spawn_from_on_stop_work_when_only_that_agent_stops(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """During ``system.stop`` of one agent (not the system's shutdown), its ``on_stop``
+        can stop another agent and spawn a new one, at once."""
+        spawned: list[AgentRef] = []
+
+        class StopsAnother(Agent):
+            def __init__(self, other: AgentRef) -> None:
+                self.other = other
+
+            async def on_stop(self, reason: ExitReason) -> None:
+                await system.stop(self.other)
+                spawned.append(await system.spawn(Runner, name="successor"))
+
+        other = await system.spawn(Runner)
+        stopper = await system.spawn(StopsAnother, other)
+        await system.stop(stopper)
+        assert trio.current_time() == 0
+        assert not other.alive
+        assert [ref.alive for ref in spawned] == [True]
+        assert system.whereis("successor") == spawned[0]
+
+
+class TestStopLeavesNoTrace:
+    async def test_a_cancelled_stop_of_a_starting_agent_leaves_no_kill_timer(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``stop`` cancelled while the agent is in ``on_start`` does not kill it later."""
+        started = trio.Event()
+
+        class SlowStart(Runner):
+            async def on_start(self) -> None:
+                await trio.sleep(2.0)
+                started.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(system.spawn, SlowStart, None, None)
+            await trio.testing.wait_all_tasks_blocked()
+            [ref] = system.agents
+            with trio.move_on_after(1.0):
+                await system.stop(ref)
+        await started.wait()
+        reply = await ref.call(busy_then_answer(10.0), timeout=20.0)
+        assert reply == "done"
+        assert ref.alive
+
+    async def test_a_cancelled_stop_does_not_make_the_next_restart_final(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """An agent whose stop was cancelled before it happened is restarted by a one-for-all
+        restart of its subtree as usual: same agent, no ``Down``."""
+        downs: list[Any] = []
+        await system.start_supervisor(
+            [system.agent_spec(Runner, name=name) for name in ("x", "y", "blocker")],
+            strategy=RestartStrategy.ONE_FOR_ALL,
+        )
+        x, blocker = system.ref("x"), system.ref("blocker")
+        watcher = await system.spawn(Runner, downs)
+        await watcher.call(lambda ctx: ctx.monitor(x))
+        await blocker.cast(hold_forever)
+        async with trio.open_nursery() as nursery:
+            # Holds the subtree's lock for the blocker's shutdown time.
+            nursery.start_soon(system.stop, blocker)
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.move_on_after(0.5):
+                await system.stop(x)
+        await system.ref("y").cast(fail)
+        await trio.testing.wait_all_tasks_blocked()
+        assert x.alive
+        assert system.whereis("x") == x
+        assert downs == []
+
+    async def test_a_stop_that_returned_is_final_across_a_restart_of_its_subtree(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """An agent stopped while its subtree waits to be restarted by the root stays stopped
+        once the subtree has restarted."""
+        config = MessageSystemConfig(restart_backoff=RestartBackoff(initial=1.0, jitter=0.0))
+        async with open_message_system(config) as system:
+            await system.start_supervisor(
+                [system.agent_spec(Runner, name="x"), system.agent_spec(Runner, name="y")],
+                max_restarts=0,  # gives up at y's crash: the root restarts it after 1 s
+            )
+            x = system.ref("x")
+            await system.ref("y").cast(fail)
+            await trio.testing.wait_all_tasks_blocked()
+            await system.stop(x)
+            await trio.sleep(2.0)
+            assert system.whereis("y") is not None  # the subtree runs again...
+            assert system.whereis("x") is None  # ...without x
+            assert not x.alive
+
+
+class TestMisuse:
+    async def test_one_agent_spec_in_two_supervisors_fails_the_second_start(
+        self, system: MessageSystem
+    ) -> None:
+        spec = system.agent_spec(Runner, name="shared")
+        await system.start_supervisor([spec])
+        with pytest.raises(AgentStartFailed) as raised:
+            await system.start_supervisor([spec])
+        assert "already runs under" in str(raised.value)
+        assert system.ref("shared").alive
+        assert await system.ref("shared").call(lambda ctx: "still one") == "still one"
+
+    async def test_a_task_started_from_a_handler_runs_with_a_clean_context(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A task a handler starts under a supervisor does not keep that handler's call
+        deadline: its later calls get their own."""
+        replies: list[Any] = []
+        target = await system.spawn(Runner)
+
+        async def worker() -> None:
+            await trio.sleep(10.0)  # long after the handler's call has ended
+            replies.append(await target.call(busy_then_answer(0.5), timeout=1.0))
+
+        subtree = await system.start_supervisor([])
+
+        async def start_worker(ctx: Context) -> None:
+            await subtree.start_child(ChildSpec("worker", worker, restart=RestartType.TEMPORARY))
+
+        starter = await system.spawn(Runner)
+        await starter.call(start_worker, timeout=1.0)
+        await trio.sleep(11.0)
+        assert replies == ["done"]
+
+    async def test_pools_report_stopped_after_the_shutdown(self) -> None:
+        async with open_message_system() as system:
+            pool = await system.spawn_pool(Runner, size=2, name="workers")
+        assert not pool.alive
+        assert system.whereis("workers") is None
+        with pytest.raises(AgentStopped):
+            await pool.call(lambda ctx: None)
+
+    async def test_spawn_while_the_system_is_cancelled_raises_system_closed(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        raised: list[type[BaseException]] = []
+
+        class SpawnsWhenStopped(Agent):
+            def __init__(self, system: MessageSystem) -> None:
+                self.system = system
+
+            async def on_stop(self, reason: ExitReason) -> None:
+                try:
+                    await self.system.spawn(Runner)
+                except SystemClosed as error:
+                    raised.append(type(error))
+
+        with trio.move_on_after(1.0):
+            async with open_message_system() as system:
+                await system.spawn(SpawnsWhenStopped, system)
+                await trio.sleep_forever()
+        assert raised == [SystemClosed]
+
+
+def busy_then_answer(seconds: float) -> Any:
+    async def answer(ctx: Context) -> str:
+        await trio.sleep(seconds)
+        return "done"
+
+    return answer
