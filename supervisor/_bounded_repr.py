@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import reprlib
 
-__all__ = ["REPR_LIMIT", "bounded_repr", "shorten"]
+__all__ = ["REPR_LIMIT", "BoundedRepr", "bounded_repr", "shorten"]
 
 #: Characters of a repr we quote at most: enough to recognise a value, small enough for a log.
 REPR_LIMIT = 200
@@ -47,6 +47,19 @@ def bounded_repr(value: object, limit: int = REPR_LIMIT) -> str:
     except Exception:
         text = _unprintable(value)
     return shorten(text, limit)
+
+
+class BoundedRepr:
+    """An argument of a log call that formats as :func:`bounded_repr` of ``value``, only when
+    a record is emitted: a restart logged at INFO costs nothing while INFO is off."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return bounded_repr(self.value)
 
 
 def shorten(text: str, limit: int = REPR_LIMIT) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._bounded_repr import bounded_repr
+from ._bounded_repr import BoundedRepr, bounded_repr
 from ._child import Child, ChildRun
 from ._errors import (
     ChildIsCaller,
@@ -511,7 +511,7 @@ class Supervisor:
                     logger.warning(
                         "%s: %s is unhealthy: %s",
                         self.name,
-                        bounded_repr(run.child.spec.id),
+                        BoundedRepr(run.child.spec.id),
                         failure,
                     )
                     run.health_failure = failure
@@ -534,8 +534,8 @@ class Supervisor:
         logger.info(
             "%s: %s exited (%s), not restarted",
             self.name,
-            bounded_repr(child.spec.id),
-            bounded_repr(run.outcome),
+            BoundedRepr(child.spec.id),
+            BoundedRepr(run.outcome),
         )
         child.state = ChildState.TERMINATED
         if restart is RestartType.TEMPORARY or self.forget_ended:
@@ -555,8 +555,8 @@ class Supervisor:
         logger.info(
             "%s: child %s exited (%s), restarting",
             self.name,
-            bounded_repr(failed.spec.id),
-            bounded_repr(run.outcome),
+            BoundedRepr(failed.spec.id),
+            BoundedRepr(run.outcome),
         )
         group = self._restart_group(failed)
         for child in group:
@@ -694,7 +694,7 @@ class Supervisor:
         logger.error(
             "%s: child %s raised while stopping",
             self.name,
-            bounded_repr(child.spec.id),
+            BoundedRepr(child.spec.id),
             exc_info=error,
         )
 
@@ -949,4 +949,4 @@ def _retire(child: Child) -> None:
     try:
         child.spec.retire()
     except Exception as error:
-        logger.error("the retire hook of %s raised", bounded_repr(child.spec.id), exc_info=error)
+        logger.error("the retire hook of %s raised", BoundedRepr(child.spec.id), exc_info=error)
