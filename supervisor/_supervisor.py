@@ -781,9 +781,13 @@ class Supervisor:
     async def restart_child(self, id: Hashable) -> ChildInfo:
         """Start a terminated child again (this does not count towards the intensity).
 
+        Cancelled while the child starts, it did not happen: the child is cancelled and stays
+        terminated.
+
         Raises:
             ChildNotFound: no child has that id.
             ChildRunning: the child is not terminated.
+            ChildIsCaller: the child (or a task of its subtree) asked to restart itself.
             ChildStartFailed: it raised before it had started.
             SupervisorNotRunning: the supervisor is not running.
         """
@@ -797,11 +801,8 @@ class Supervisor:
                 raise ChildRunning(f"child {id!r} is {child.state.value}, not terminated")
             try:
                 error = await self._launch(child)
-            except BaseException:  # cancelled while it started: as if never asked
-                error = None
-                raise
             finally:
-                if error is not None or child.run is None:
+                if child.run is None:  # it failed to start, or this call was cancelled
                     child.state = ChildState.TERMINATED
                     _retire(child)
             if error is not None:
