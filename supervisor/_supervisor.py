@@ -440,11 +440,14 @@ class Supervisor:
             self._context.run(self._nursery.start_soon, self._run_child, run)
             try:
                 await run.started.wait()
+            except trio.Cancelled:
+                if not run.reported:
+                    await self._cancel_start(run)
+                    raise
+                # It had started when the cancel came: the start is complete, and the caller,
+                # still cancelled, sees Cancelled at its next checkpoint.
             except BaseException:
-                run.scope.cancel()  # cancelled from outside: so is the child; the caller cleans up
-                with trio.CancelScope(shield=True):
-                    await run.done.wait()
-                child.run = None
+                await self._cancel_start(run)
                 raise
         finally:
             self._launching = None
@@ -458,6 +461,13 @@ class Supervisor:
             self._nursery.start_soon(self._watch_health, run)
         return None
 
+    async def _cancel_start(self, run: ChildRun) -> None:
+        """The start's caller was cancelled: so is the child; the caller cleans up."""
+        run.scope.cancel()
+        with trio.CancelScope(shield=True):
+            await run.done.wait()
+        run.child.run = None
+
     async def _run_child(self, run: ChildRun) -> None:
         """The task of one run: the child's own code, and the report of how it ended."""
         child = run.child
@@ -466,6 +476,8 @@ class Supervisor:
         try:
             with run.scope:
                 try:
+                    # Cancelled before it ran (its start was), it runs none of its code.
+                    await trio.lowlevel.checkpoint_if_cancelled()
                     if child.takes_task_status:
                         await child.spec.start(task_status=relay)
                     else:
@@ -829,6 +841,38 @@ class Supervisor:
         self._forget(child)
         self._specs = [spec for spec in self._specs if spec is not child.spec]
 
+    async def remove_child(self, id: Hashable) -> None:
+        """Stop a child for good: ``terminate_child`` then ``delete_child``, in any state of
+        the supervisor. While it stops, or between two of its runs, the child is forgotten at
+        once (the stop under way stops it). Either way later runs do not start it again.
+
+        Cancelled before the child was terminated, it changes nothing.
+
+        Raises:
+            ChildIsCaller: the child (or a task of its subtree) asked to remove itself.
+        """
+        self._refuse_caller(id, "remove")
+        try:
+            if self._nursery is not None and not self._stopping:
+                with contextlib.suppress(ChildNotFound, SupervisorNotRunning):
+                    await self.terminate_child(id)
+        finally:
+            child = self._children.get(id)
+            running = self._nursery is not None and not self._stopping
+            if not running or child is None or child.state is ChildState.TERMINATED:
+                self._specs = [spec for spec in self._specs if spec.id != id]
+                if child is not None and child.state is ChildState.TERMINATED:
+                    self._forget(child)
+
+    def supervises_caller(self) -> bool:
+        """Whether the calling task runs under this supervisor, at any depth."""
+        caller = current_child()
+        while caller is not None:
+            if caller.supervisor is self:
+                return True
+            caller = caller.supervisor._placement
+        return False
+
     def which_children(self) -> list[ChildInfo]:
         """Every child, in start order."""
         return [child.info() for child in self._children.values()]
@@ -899,6 +943,8 @@ class Supervisor:
             yield
             return
         async with self._lock:
+            # Handed the lock after its caller was cancelled, it starts nothing.
+            await trio.lowlevel.checkpoint_if_cancelled()
             yield
 
     def _check_not_starting_caller(self) -> None:

@@ -90,9 +90,11 @@ class AgentCell:
         "_draining",
         "_final",
         "_in_hand",
+        "_instance_over",
         "_instance_scope",
         "_last_reason",
         "_linked_failure",
+        "_stop_deadline",
         "_stop_requested",
         "_task",
         "_timers",
@@ -150,6 +152,11 @@ class AgentCell:
         self._task: trio.lowlevel.Task | None = None
         self._instance_scope: trio.CancelScope | None = None
         self._stop_requested: StopReason | None = None
+        #: When a requested stop's shutdown time is up: it covers the handler in hand and
+        #: ``on_stop`` together.
+        self._stop_deadline = math.inf
+        #: Set when the running instance ends, made only when someone waits for that.
+        self._instance_over: trio.Event | None = None
         #: The stop asked for is for good: the mailbox is closed, no instance will follow.
         self._final = False
         #: Handle what is already in the mailbox before stopping (subscribers at shutdown).
@@ -235,6 +242,7 @@ class AgentCell:
         if self.instances > 1:
             self.system.count_restart()
         self._stop_requested = None
+        self._stop_deadline = math.inf
         self._draining = False
         self._linked_failure = None
 
@@ -248,6 +256,18 @@ class AgentCell:
             self.finish(reason)
         else:
             self.state = CellState.RESTARTING
+        over, self._instance_over = self._instance_over, None
+        if over is not None:
+            over.set()
+
+    async def wait_instance_over(self) -> None:
+        """Wait until no instance of the agent runs (at once if none does)."""
+        if self.state not in _LIVE:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._instance_over is None:
+            self._instance_over = trio.Event()
+        await self._instance_over.wait()
 
     def retire(self) -> None:
         """Its supervisor will not start it again: stop it for good.
@@ -427,7 +447,7 @@ class AgentCell:
         self._watching.clear()
         if type(instance).on_stop is not Agent.on_stop:  # a scope costs; the default is a no-op
             with trio.CancelScope(shield=True) as cleanup:
-                cleanup.deadline = trio.current_time() + self.shutdown
+                cleanup.deadline = min(self._stop_deadline, trio.current_time() + self.shutdown)
                 try:
                     await instance.on_stop(reason)
                 except Exception as error:
@@ -474,6 +494,7 @@ class AgentCell:
             return
         if self._stop_requested is None:
             self._stop_requested = reason
+            self._stop_deadline = self.system.clock.current_time() + self.shutdown
             self._draining = drain
         if final:
             self._final = True

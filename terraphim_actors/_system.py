@@ -12,13 +12,14 @@ import attrs
 import trio
 
 from supervisor import (
+    ChildIsCaller,
     ChildSpec,
     ChildStartFailed,
+    CurrentChild,
     RestartBackoff,
     RestartStrategy,
     RestartType,
     Supervisor,
-    SupervisorError,
     SupervisorNotRunning,
 )
 
@@ -344,10 +345,7 @@ class MessageSystem:
         for cell in members:
             cell.retiring = True  # what they had in hand is not for a next instance
         try:
-            with contextlib.suppress(LookupError, SupervisorNotRunning):
-                await self.root.terminate_child(pool.id)
-            with contextlib.suppress(LookupError, SupervisorError):
-                self.root.delete_child(pool.id)
+            await self.root.remove_child(pool.id)
             pool.retire()
         finally:
             for cell in members:
@@ -443,7 +441,10 @@ class MessageSystem:
         cell = ref._agent()
         if cell.in_own_task:
             raise CallToSelf("an agent cannot wait for its own stop: use ctx.stop()")
-        if cell.state is CellState.STOPPED:
+        placement = cell.placement
+        if cell.stopped.is_set():
+            if placement is not None:  # stopped by its supervisor: now forgotten for good
+                await _remove_child(placement)
             return
         if self.closing:
             raise SystemClosed("the message system is shutting down: it stops every agent")
@@ -452,20 +453,18 @@ class MessageSystem:
         if cell.state is CellState.STARTING:
             # In ``on_start`` it holds its supervisor, which cannot stop it until it returns.
             kill_timer = self.timers.call_after(cell.shutdown, cell.kill)
+        done = False
         try:
-            placement = cell.placement
             if placement is not None:
-                with contextlib.suppress(LookupError, SupervisorNotRunning):
-                    await placement.supervisor.terminate_child(placement.id)
-                with contextlib.suppress(LookupError, SupervisorError):
-                    # Forgotten by its supervisor for good, so that no later restart of its
-                    # subtree brings it back.
-                    placement.supervisor.delete_child(placement.id)
-            cell.retire()  # whatever happened to its supervisor meanwhile
+                await _remove_child(placement)
+                if not placement.supervisor.supervises_caller():
+                    await cell.wait_instance_over()  # its supervisor's own stop may end it
+            cell.retire()
+            done = True
         finally:
             if kill_timer is not None:
                 kill_timer.cancel()
-            if not cell.stopped.is_set():  # cancelled before it was stopped
+            if not done and not cell.stopped.is_set():  # cancelled before it was stopped
                 cell.retiring = False
 
     def subscribe(self, ref: AgentRef) -> None:
@@ -681,6 +680,14 @@ class MessageSystem:
                     handle.fail(SystemClosed("the message system shut down"))
                 else:
                     self.file_dead_letter(envelope, DeadLetterReason.SYSTEM_STOPPED)
+
+
+async def _remove_child(placement: CurrentChild) -> None:
+    """Have an agent's supervisor stop it and forget it for good."""
+    try:
+        await placement.supervisor.remove_child(placement.id)
+    except ChildIsCaller as error:  # a task of the agent's own subtree, not its main task
+        raise CallToSelf(f"{error}: use ctx.stop()") from error
 
 
 def _unwrap(failure: ChildStartFailed) -> Exception:

@@ -1700,3 +1700,60 @@ class TestBlockCancelledFromOutside:
                 pytest.fail("the body runs only once every child has started")
         assert log[:2] == ["start a", "start b"]
         assert log[-2:] == ["stop a", "end a"]
+
+
+class TestRemoveChild:
+    async def test_remove_child_stops_it_and_later_runs_do_not_start_it(
+        self, autojump_clock: Clock
+    ) -> None:
+        log = Log()
+        sup = Supervisor([spec(log, "a"), spec(log, "b")])
+        async with sup:
+            await sup.remove_child("a")
+            assert ids(sup) == ["b"]
+        async with sup:  # a second run starts from the children it still has
+            assert ids(sup) == ["b"]
+        assert starts(log) == ["a", "b", "b"]
+
+    async def test_remove_child_between_runs_forgets_it(self, autojump_clock: Clock) -> None:
+        log = Log()
+        sup = Supervisor([spec(log, "a"), spec(log, "b")])
+        async with sup:
+            pass
+        await sup.remove_child("a")
+        async with sup:
+            assert ids(sup) == ["b"]
+
+    async def test_remove_child_cancelled_before_it_stopped_changes_nothing(
+        self, autojump_clock: Clock
+    ) -> None:
+        log = Log()
+        slow = spec(log, "slow", stop=ask_to_stop, linger=math.inf, shutdown=5.0)
+        async with Supervisor([spec(log, "a"), slow]) as sup:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sup.terminate_child, "slow")  # holds the lock for 5 s
+                await trio.testing.wait_all_tasks_blocked()
+                with trio.move_on_after(1.0):
+                    await sup.remove_child("a")
+            assert info(sup, "a").state is ChildState.RUNNING
+
+
+class TestSupervisesCaller:
+    async def test_true_in_a_child_and_in_a_grandchild_false_outside(
+        self, autojump_clock: Clock
+    ) -> None:
+        seen: dict[str, bool] = {}
+        root = Supervisor()
+
+        async def record(label: str) -> None:
+            seen[label] = root.supervises_caller()
+            await trio.sleep_forever()
+
+        sub = Supervisor([ChildSpec("grandchild", functools.partial(record, "grandchild"))])
+        root = Supervisor(
+            [ChildSpec("child", functools.partial(record, "child")), sub.as_child("sub")]
+        )
+        async with root:
+            await trio.testing.wait_all_tasks_blocked()
+            seen["outside"] = root.supervises_caller()
+        assert seen == {"child": True, "grandchild": True, "outside": False}

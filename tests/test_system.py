@@ -1129,3 +1129,146 @@ def busy_then_answer(seconds: float) -> Any:
         return "done"
 
     return answer
+
+
+class Marks(Agent):
+    """Logs ``"<label> starts"`` and, ``delay`` seconds into its ``on_stop``,
+    ``"<label> stopped <reason>"``; crashes on any cast."""
+
+    def __init__(self, log: list[str], label: str, delay: float = 0.0) -> None:
+        self.log, self.label, self.delay = log, label, delay
+
+    async def on_start(self) -> None:
+        self.log.append(f"{self.label} starts")
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        raise RuntimeError("crash on purpose")
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        await trio.sleep(self.delay)
+        self.log.append(f"{self.label} stopped {reason.value}")
+
+
+class TestStopIsFinal:
+    """Found by the stop-path property test: a stop that returned stays done."""
+
+    async def test_stop_returns_once_the_agent_stopped_while_its_supervisor_stops(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        log: list[str] = []
+        subtree = await system.start_supervisor(
+            [
+                system.agent_spec(Marks, log, "a", name="a"),
+                system.agent_spec(Marks, log, "b", 1.0, name="b"),
+            ],
+            name="sub",
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(system.root.terminate_child, subtree.name)  # b (1 s), then a
+            await trio.testing.wait_all_tasks_blocked()
+            await system.stop(system.ref("a"))
+            log.append("stop(a) returned")
+        assert log.index("a stopped normal") < log.index("stop(a) returned")
+
+    async def test_a_stopped_temporary_agent_stays_stopped_when_its_subtree_restarts(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        log: list[str] = []
+        await system.start_supervisor(
+            [
+                system.agent_spec(Marks, log, "crasher", name="crasher"),
+                system.agent_spec(Marks, log, "x", name="x", restart=RestartType.TEMPORARY),
+            ],
+            max_restarts=0,  # the first crash gives up: the root restarts the subtree
+        )
+        await system.stop(system.ref("x"))
+        await system.ref("crasher").cast("crash")
+        await trio.sleep(1.0)
+        assert system.whereis("x") is None
+        assert log.count("x starts") == 1
+
+    async def test_a_stop_during_the_subtrees_own_stop_is_final_after_its_restart(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        log: list[str] = []
+        await system.start_supervisor(
+            [
+                system.agent_spec(Marks, log, "x", name="x"),
+                system.agent_spec(Marks, log, "slow", 1.0, name="slow"),
+            ],
+            max_restarts=0,  # x's crash gives up: the subtree stops "slow" (1 s), then exits
+        )
+        x = system.ref("x")
+        await x.cast("crash")
+        await trio.testing.wait_all_tasks_blocked()  # "slow" is in its on_stop
+        await system.stop(x)
+        await trio.sleep(2.0)  # the root has restarted the subtree
+        assert system.whereis("x") is None
+        assert system.whereis("slow") is not None
+        assert log.count("x starts") == 1
+
+    async def test_a_stop_after_terminate_child_is_final_too(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        log: list[str] = []
+        subtree = await system.start_supervisor(
+            [
+                system.agent_spec(Marks, log, "x", name="x"),
+                system.agent_spec(Marks, log, "crasher", name="crasher"),
+            ],
+            max_restarts=0,
+        )
+        x = system.ref("x")
+        await subtree.terminate_child(x.id)
+        await system.stop(x)  # x had stopped: its supervisor forgets it for good
+        await system.ref("crasher").cast("crash")
+        await trio.sleep(1.0)
+        assert system.whereis("x") is None
+        assert log.count("x starts") == 1
+
+    async def test_a_stop_cancelled_at_once_leaves_the_shutdown_reason(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        log: list[str] = []
+        async with open_message_system() as system:
+            ref = await system.spawn(Marks, log, "quiet")
+            with trio.move_on_after(0):
+                await system.stop(ref)
+            assert ref.alive
+        assert log == ["quiet starts", "quiet stopped shutdown"]
+
+    async def test_a_spawn_cancelled_while_handed_the_lock_starts_nothing_or_completes(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        log: list[str] = []
+        first = await system.spawn(Marks, [], "first", 0.5)
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as spawn_scope:
+
+                async def stop_first_then_cancel_the_spawn() -> None:
+                    await system.stop(first)  # holds the root's lock for 0.5 s
+                    spawn_scope.cancel()  # the spawn waiting for the lock has just got it
+
+                nursery.start_soon(stop_first_then_cancel_the_spawn)
+                await trio.testing.wait_all_tasks_blocked()
+                await system.spawn(Marks, log, "late", name="late")
+        assert log == [] or (log == ["late starts"] and system.whereis("late") is not None)
+
+
+class TestShutdownTime:
+    """One agent's shutdown time covers its handler in hand and its ``on_stop`` together."""
+
+    @pytest.mark.parametrize("handler_seconds", [0.25, 10.0])
+    async def test_the_handler_in_hand_and_on_stop_share_one_shutdown_time(
+        self, handler_seconds: float, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        class Slow(Marks):
+            async def handle_cast(self, message: Any, ctx: Context) -> None:
+                await trio.sleep(handler_seconds)
+
+        async with open_message_system() as system:
+            ref = await system.spawn(Slow, [], "slow", 10.0, shutdown=0.5)
+            await ref.cast("work")
+            await trio.testing.wait_all_tasks_blocked()  # the handler is in hand
+            began = trio.current_time()
+        assert trio.current_time() - began == pytest.approx(0.5)
