@@ -748,12 +748,12 @@ class Supervisor:
             SupervisorNotRunning: the supervisor is not running.
         """
         self._check_not_starting_caller()
-        self._check_running()
+        self._check_may_terminate()
         if self._caller_within(id):
             await self._terminate_caller(id)
             return
         async with self._changing():
-            self._check_running()
+            self._check_may_terminate()
             await self._terminate(self._find(id))
 
     async def _terminate(self, child: Child, *, kill: bool = False) -> None:
@@ -766,18 +766,23 @@ class Supervisor:
                 _retire(child)
 
     async def _terminate_caller(self, id: Hashable) -> None:
-        """Terminate the child the caller runs in, from a task of our own: the caller cannot
-        wait for its own end. It is cancelled on the way; only a task of the child's that runs
-        outside the child's scope sees this return."""
+        """Terminate the child the caller runs in. A child's own task is cancelled at once, as
+        OTP kills it; the bookkeeping waits for the lock in a task of our own, since the caller
+        cannot wait for its own end. (Only a task of the child's that runs outside the child's
+        scope sees this return; a caller deeper in a subtree is stopped with the subtree.)"""
         assert self._nursery is not None
         finished = trio.Event()
         failure: list[SupervisorError] = []
         caller_run = self._find(id).run
+        if caller_run is not None and current_child() == CurrentChild(self, id):
+            caller_run.terminating = True  # its end is no exit to act on
+            caller_run.scope.cancel()
 
         async def terminate() -> None:
             try:
                 async with self._lock:
-                    self._check_running()
+                    if self._nursery is None:
+                        raise SupervisorNotRunning(f"{self.name} is not running")
                     child = self._find(id)
                     await self._terminate(child, kill=child.run is caller_run)
             except SupervisorError as error:
@@ -853,9 +858,8 @@ class Supervisor:
         """
         self._refuse_caller(id, "remove")
         try:
-            if self._nursery is not None and not self._stopping:
-                with contextlib.suppress(ChildNotFound, SupervisorNotRunning):
-                    await self.terminate_child(id)
+            with contextlib.suppress(ChildNotFound, SupervisorNotRunning):
+                await self.terminate_child(id)
         finally:
             child = self._children.get(id)
             running = self._nursery is not None and not self._stopping
@@ -938,14 +942,24 @@ class Supervisor:
         """Hold the lock for a change to the children; or, for a caller in the child being
         stopped under the lock now (its stop hook or its cleanup calling us), go ahead under
         that hold: the holder waits for that child, so waiting for the holder would deadlock."""
-        awaiting = self._awaiting
-        if awaiting is not None and self._caller_within(awaiting.child.spec.id):
+        if self._lent_to_caller():
             yield
             return
         async with self._lock:
             # Handed the lock after its caller was cancelled, it starts nothing.
             await trio.lowlevel.checkpoint_if_cancelled()
             yield
+
+    def _lent_to_caller(self) -> bool:
+        """Whether the caller runs in the child that the lock's holder waits for."""
+        awaiting = self._awaiting
+        return awaiting is not None and self._caller_within(awaiting.child.spec.id)
+
+    def _check_may_terminate(self) -> None:
+        """Refuse a stop once the supervisor stops for good, except to a child it is stopping
+        now: its cleanup may still stop an older sibling, which would be stopped next anyway."""
+        if self._nursery is None or (self._stopping and not self._lent_to_caller()):
+            raise SupervisorNotRunning(f"{self.name} is not running")
 
     def _check_not_starting_caller(self) -> None:
         """Refuse a call that would wait for the lock held while the caller itself starts: the

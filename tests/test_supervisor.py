@@ -1515,6 +1515,32 @@ class TestNothingWaitsOnItself:
             assert trio.current_time() == 0
         assert not returned
 
+    async def test_a_child_terminating_itself_is_killed_at_once_while_the_lock_is_held(
+        self, autojump_clock: Clock
+    ) -> None:
+        """A self-termination does not wait for another change in progress to end it."""
+        log = Log()
+        ended_at: list[float] = []
+        go = trio.Event()
+
+        async def self_terminating(sup: Supervisor) -> None:
+            await go.wait()
+            try:
+                await sup.terminate_child("self")
+            finally:
+                ended_at.append(trio.current_time())
+
+        slow = spec(log, "slow", stop=ask_to_stop, linger=math.inf, shutdown=5.0)
+        async with Supervisor([slow]) as sup:
+            await sup.start_child(ChildSpec("self", functools.partial(self_terminating, sup)))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sup.terminate_child, "slow")  # holds the lock for 5 s
+                await trio.testing.wait_all_tasks_blocked()
+                go.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert info(sup, "self").state is ChildState.TERMINATED
+        assert ended_at == [0.0]
+
     async def test_a_child_in_a_subtree_terminating_the_subtree_ends_it(
         self, autojump_clock: Clock
     ) -> None:
@@ -1580,11 +1606,12 @@ class TestNothingWaitsOnItself:
             assert info(sup, "y").state is ChildState.RUNNING
             assert info(sup, "x").state is ChildState.TERMINATED
 
-    async def test_calls_from_a_child_during_the_final_stop_fail_at_once(
+    async def test_a_child_in_the_final_stop_starts_nothing_but_may_stop_a_sibling(
         self, autojump_clock: Clock
     ) -> None:
-        """While the supervisor stops for good, a stopping child's ``start_child`` and
-        ``terminate_child`` raise ``SupervisorNotRunning`` at once."""
+        """While the supervisor stops for good, the child it is stopping gets
+        ``SupervisorNotRunning`` from ``start_child`` at once, and may stop an older sibling
+        early (it would be stopped next anyway) without waiting for the supervisor."""
         log = Log()
         raised: list[type[BaseException]] = []
 
@@ -1592,17 +1619,19 @@ class TestNothingWaitsOnItself:
             handle = Handle(log, "x")
             task_status.started(handle)
             await handle.asked.wait()
-            for call in (sup.start_child(spec(log, "y")), sup.terminate_child("a")):
-                try:
-                    await call
-                except SupervisorError as error:
-                    raised.append(type(error))
+            try:
+                await sup.start_child(spec(log, "y"))
+            except SupervisorError as error:
+                raised.append(type(error))
+            await sup.terminate_child("a")
+            log.add("x stopped a")
 
-        async with Supervisor([spec(log, "a")]) as sup:
+        async with Supervisor([spec(log, "a", stop=ask_to_stop)]) as sup:
             await sup.start_child(
                 ChildSpec("x", functools.partial(calls_when_stopped, sup), stop=ask_to_stop)
             )
-        assert raised == [SupervisorNotRunning, SupervisorNotRunning]
+        assert raised == [SupervisorNotRunning]
+        assert log[1:] == ["stop x", "stop a", "end a", "x stopped a"]
         assert trio.current_time() == 0
 
 

@@ -1272,3 +1272,25 @@ class TestShutdownTime:
             await trio.testing.wait_all_tasks_blocked()  # the handler is in hand
             began = trio.current_time()
         assert trio.current_time() - began == pytest.approx(0.5)
+
+    async def test_on_stop_stopping_an_older_sibling_in_a_stopping_subtree_waits_for_it(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """During its subtree's own stop, an agent's ``on_stop`` that stops an older sibling
+        stops it then and there: when ``stop`` returns, the sibling has stopped."""
+        log: list[str] = []
+
+        class StopsOlder(Marks):
+            async def on_stop(self, reason: ExitReason) -> None:
+                await system.stop(system.ref("older"))
+                self.log.append("stop(older) returned")
+
+        subtree = await system.start_supervisor(
+            [
+                system.agent_spec(Marks, log, "older", name="older"),
+                system.agent_spec(StopsOlder, log, "newer", name="newer"),
+            ],
+            name="sub",
+        )
+        await system.root.terminate_child(subtree.name)
+        assert log[2:] == ["older stopped normal", "stop(older) returned"]
