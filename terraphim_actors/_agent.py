@@ -14,6 +14,7 @@ from ._ids import AgentId, MessageId
 from ._messages import DeliveryGuarantee, Envelope
 from ._notifications import ExitReason, MonitorRef, StopReason
 from ._protocol import ReplyHandle
+from ._threads import check_thread
 from ._timers import Timer
 from .errors import AgentStopped, ReplyAlreadySent
 
@@ -95,7 +96,9 @@ class DeferredReply:
 
         Raises:
             ReplyAlreadySent: this promise was kept already.
+            WrongThread: called from a thread other than the system's.
         """
+        check_thread(self._cell.system.thread_id, "deferred.reply")
         await trio.lowlevel.checkpoint()
         handle = self._keep()
         if handle.pending:
@@ -106,6 +109,7 @@ class DeferredReply:
 
     async def fail(self, error: BaseException) -> bool:
         """Make the caller's call raise ``error``; returns and raises as :meth:`reply`."""
+        check_thread(self._cell.system.thread_id, "deferred.fail")
         await trio.lowlevel.checkpoint()
         handle = self._keep()
         if not (handle.pending or handle.abandoned):
@@ -124,7 +128,9 @@ class Context:
     """What a handler knows about the message in hand and can ask of the system.
 
     One context serves all the messages of an agent instance: keep what you need from it
-    (``ctx.defer()`` handles, refs), not the context itself.
+    (``ctx.defer()`` handles, refs), not the context itself. Its methods that change state
+    raise ``WrongThread`` from a thread other than the system's (a handler's worker thread
+    uses ``trio.from_thread.run_sync``); its properties can be read from any.
     """
 
     __slots__ = ("_cell", "_deferred", "_envelope")
@@ -186,7 +192,9 @@ class Context:
 
         Raises:
             TypeError: the message in hand is not a call.
+            WrongThread: called from a thread other than the system's.
         """
+        self._check_thread("ctx.defer")
         handle = self.envelope.reply
         if handle is None:
             raise TypeError("only a call can be deferred")
@@ -201,10 +209,12 @@ class Context:
 
         If it has stopped already, the ``Down`` (reason ``NOPROC``) comes at once.
         """
+        self._check_thread("ctx.monitor")
         return self._cell.monitor(ref)
 
     def demonitor(self, monitor: MonitorRef) -> bool:
         """Remove a monitor. Returns False if it had fired or was removed already."""
+        self._check_thread("ctx.demonitor")
         return self._cell.demonitor(monitor)
 
     def send_after(self, delay: float, payload: Any, *, to: AgentRef | None = None) -> Timer:
@@ -212,6 +222,7 @@ class Context:
 
         The timer is cancelled if this agent's instance stops first; ``timer.cancel()`` also.
         """
+        self._check_thread("ctx.send_after")
         return self._cell.send_after(delay, payload, to)
 
     def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> None:
@@ -220,6 +231,7 @@ class Context:
         It is cancelled when the instance stops; if it raises, the agent crashes with its
         error, as a linked process would in Erlang.
         """
+        self._check_thread("ctx.start_soon")
         self._cell.start_background(async_fn, args)
 
     def stop(self) -> None:
@@ -228,8 +240,12 @@ class Context:
         As in OTP, a normal exit is final for a transient or temporary agent, and a permanent
         agent is started again; ``system.stop(ref)`` stops any agent for good.
         """
+        self._check_thread("ctx.stop")
         cell = self._cell
         cell.request_stop(StopReason.NORMAL, final=cell.restart is not RestartType.PERMANENT)
+
+    def _check_thread(self, operation: str) -> None:
+        check_thread(self._cell.system.thread_id, operation, sync=True)
 
 
 def stopped_error(agent: AgentId, reason: ExitReason) -> AgentStopped:

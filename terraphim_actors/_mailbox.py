@@ -22,6 +22,7 @@ import trio
 from ._checks import check_count, check_instance, check_seconds, validator
 from ._ids import AgentId
 from ._messages import Envelope, MessageOptions, Priority, now
+from ._threads import check_thread
 from .errors import InvalidConfig, InvalidMessage, MailboxClosed, MailboxFull, MessageTimeout
 
 __all__ = ["Mailbox", "MailboxConfig", "MailboxStats", "OverflowPolicy", "OwnMailboxFull"]
@@ -436,6 +437,54 @@ class Mailbox:
         assert self._space is not None
         self._reserved += 1  # the slot is the woken sender's, not a newcomer's
         self._space.unpark()
+
+
+class ThreadBoundMailbox(Mailbox):
+    """A mailbox driven by hand (``MessageSystem.register_agent``), which belongs to its
+    system's thread: a send, receive or close from any other thread raises ``WrongThread``
+    having changed nothing, since its wake-ups are Trio's and only work in that thread.
+
+    A subclass, so that agents' own mailboxes, which only the system's code touches, pay
+    nothing for the check on their hot path.
+    """
+
+    __slots__ = ("_thread_id",)
+
+    def __init__(
+        self, agent_id: AgentId, config: MailboxConfig | None = None, *, thread_id: int
+    ) -> None:
+        super().__init__(agent_id, config)
+        self._thread_id = thread_id
+
+    def send_nowait(self, envelope: Envelope) -> None:
+        check_thread(self._thread_id, "mailbox.send_nowait", sync=True)
+        super().send_nowait(envelope)
+
+    async def send(self, envelope: Envelope) -> None:
+        check_thread(self._thread_id, "mailbox.send")
+        await super().send(envelope)
+
+    def try_receive(self) -> Envelope | None:
+        check_thread(self._thread_id, "mailbox.try_receive", sync=True)
+        return super().try_receive()
+
+    async def receive(self) -> Envelope:
+        check_thread(self._thread_id, "mailbox.receive")
+        return await super().receive()
+
+    async def receive_timeout(self, seconds: float) -> Envelope:
+        check_thread(self._thread_id, "mailbox.receive_timeout")
+        return await super().receive_timeout(seconds)
+
+    async def receive_matching(
+        self, predicate: Callable[[Envelope], bool], timeout: float | None = None
+    ) -> Envelope:
+        check_thread(self._thread_id, "mailbox.receive_matching")
+        return await super().receive_matching(predicate, timeout)
+
+    def close(self) -> None:
+        check_thread(self._thread_id, "mailbox.close", sync=True)
+        super().close()
 
 
 def _check_envelope(envelope: object) -> None:

@@ -12,7 +12,8 @@ from ._ids import AgentId
 from ._messages import Envelope, MessageKind, MessageOptions, Priority
 from ._protocol import ReplyHandle
 from ._task_context import current_cell, inherited_deadline
-from .errors import CallTimeout, CallToSelf, InvalidConfig
+from ._threads import current_thread_id, wrong_thread
+from .errors import CallTimeout, CallToSelf, InvalidConfig, WrongThread
 
 if TYPE_CHECKING:
     from ._cell import AgentCell
@@ -27,6 +28,10 @@ class AgentRef:
     nothing fails. The blocking sends (``call``, ``cast``, ``info``) checkpoint and wait for
     room in a bounded mailbox that blocks; ``cast_nowait`` and ``info_nowait`` never wait.
     Each send takes the system's delivery guarantee, or the one in ``options``.
+
+    Send from the thread the system runs in: from a worker thread, go through
+    ``trio.from_thread.run(ref.cast, payload)``; a send made from any other thread raises
+    ``WrongThread`` having sent nothing. Reading ``alive`` is safe from any thread.
     """
 
     __slots__ = ("_cell", "_system", "id")
@@ -74,6 +79,7 @@ class AgentRef:
                 would wait for room only it can make (the message is not sent).
             CircuitOpen: at most once, the agent's circuit breaker is open.
             InvalidConfig: ``priority`` or ``options`` is not valid.
+            WrongThread: called from a thread other than the system's.
         """
         envelope = self._envelope(MessageKind.CAST, payload, priority, options)
         await self._system.delivery.send(self._route(envelope), envelope)
@@ -135,6 +141,7 @@ class AgentRef:
                 failure is the ``__cause__``); ``CircuitOpen`` at most once.
             MailboxFull: at most once, the mailbox is bounded, full, and rejects.
             InvalidConfig: ``timeout``, ``priority`` or ``options`` is not valid.
+            WrongThread: called from a thread other than the system's.
         """
         check_seconds("timeout", timeout)
         envelope = self._envelope(MessageKind.CALL, payload, priority, options)
@@ -202,6 +209,9 @@ class AgentRef:
         options: MessageOptions | None,
     ) -> Envelope:
         system = self._system
+        # Every send passes here first, before anything is counted or queued.
+        if current_thread_id() != system.thread_id:
+            raise _wrong_thread(self, kind)
         if options is None:
             if priority.__class__ is not Priority:
                 raise InvalidConfig(f"priority must be a Priority, got {priority!r}")
@@ -220,3 +230,12 @@ class AgentRef:
             resolved,
             system.clock.current_time(),
         )
+
+
+def _wrong_thread(ref: AgentRef, kind: MessageKind) -> WrongThread:
+    """The error for a send of ``kind`` through ``ref`` from a foreign thread."""
+    name = kind.value
+    remedy = f"trio.from_thread.run(ref.{name}, ...)"
+    if kind is not MessageKind.CALL:
+        remedy += f" (or trio.from_thread.run_sync(ref.{name}_nowait, ...))"
+    return wrong_thread(f"{name} through {ref!r}", remedy)

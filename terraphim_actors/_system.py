@@ -31,7 +31,7 @@ from ._checks import check_count, check_instance, check_seconds, validator
 from ._dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
 from ._delivery import DeliveryConfig, DeliveryManager
 from ._ids import AgentId
-from ._mailbox import Mailbox, MailboxConfig, MailboxStats
+from ._mailbox import Mailbox, MailboxConfig, MailboxStats, ThreadBoundMailbox
 from ._messages import Envelope, MessageKind, MessageOptions
 from ._notifications import StopReason, SystemShutdown
 from ._pool import Pool, PoolRef
@@ -39,6 +39,7 @@ from ._ref import AgentRef
 from ._registry import Registry
 from ._router import Router, RouterConfig
 from ._task_context import current_cell
+from ._threads import check_thread, current_thread_id
 from ._timers import TimerService
 from .errors import (
     AgentNotFound,
@@ -121,11 +122,18 @@ class MessageSystem:
     Open one with :func:`open_message_system`; it stops every agent when its block exits.
     Every agent is a child of a supervisor: of the root (``spawn``), or of a subtree
     (``start_supervisor``).
+
+    Drive it from the thread it was opened in: its methods that send, wait or change state
+    raise ``WrongThread`` from any other thread (a worker thread uses
+    ``trio.from_thread.run``); reads such as ``whereis`` and ``get_stats`` work from any.
     """
 
     def __init__(self, config: MessageSystemConfig, nursery: trio.Nursery) -> None:
         self.config = config
         self.nursery = nursery
+        #: The thread of the Trio run the system opened in: the only one that may send, wait
+        #: or change state (Trio's objects belong to their run's thread).
+        self.thread_id = current_thread_id()
         self.timers = TimerService()
         #: The run's clock, kept to stamp envelopes without Trio's lookup of it per message.
         self.clock = trio.lowlevel.current_clock()
@@ -181,7 +189,9 @@ class MessageSystem:
             AgentStartFailed: its constructor or ``on_start`` raised (the cause is attached).
             InvalidConfig: an argument is out of range or of the wrong type.
             SystemClosed: the system is shutting down.
+            WrongThread: called from a thread other than the system's.
         """
+        check_thread(self.thread_id, "system.spawn")
         starter = self._starter(agent_class, args, name, mailbox, shutdown, restart)
         try:
             await self.root.start_child(agent_child_spec(starter))
@@ -207,6 +217,7 @@ class MessageSystem:
         The agent is created (and its name claimed) when the spec is first started. Arguments
         as for :meth:`spawn`; ``significant`` as for ``ChildSpec``.
         """
+        check_thread(self.thread_id, "system.agent_spec", sync=True)
         starter = self._starter(agent_class, args, name, mailbox, shutdown, restart)
         return agent_child_spec(starter, significant=significant)
 
@@ -233,7 +244,9 @@ class MessageSystem:
             SystemClosed: the system is shutting down.
             supervisor.InvalidSpec: an option or a child spec is invalid.
             supervisor.DuplicateChild: two children share an id.
+            WrongThread: called from a thread other than the system's.
         """
+        check_thread(self.thread_id, "system.start_supervisor")
         subtree = Supervisor(
             children,
             strategy=strategy,
@@ -283,7 +296,9 @@ class MessageSystem:
             AgentStartFailed: a member failed to start (the supervisor's error is the cause).
             InvalidConfig: an argument is out of range or of the wrong type.
             SystemClosed: the system is shutting down.
+            WrongThread: called from a thread other than the system's.
         """
+        check_thread(self.thread_id, "system.spawn_pool")
         check_count("size", size, minimum=1)
         check_instance("strategy", strategy, LoadBalancing)
         if key is not None and not callable(key):
@@ -433,7 +448,9 @@ class MessageSystem:
 
         Raises:
             CallToSelf: an agent awaited its own stop (use ``ctx.stop()`` instead).
+            WrongThread: called from a thread other than the system's.
         """
+        check_thread(self.thread_id, "system.stop")
         check_instance("ref", ref, AgentRef)
         if isinstance(ref, PoolRef):
             await self._stop_pool(ref)
@@ -474,7 +491,9 @@ class MessageSystem:
 
         Raises:
             InvalidConfig: ``ref`` is not an ``AgentRef``.
+            WrongThread: called from a thread other than the system's.
         """
+        check_thread(self.thread_id, "system.subscribe", sync=True)
         check_instance("ref", ref, AgentRef)
         cell = ref._agent()
         if cell not in self._subscribers:
@@ -488,7 +507,9 @@ class MessageSystem:
 
         Raises:
             InvalidConfig: ``ref`` is not an ``AgentRef``.
+            WrongThread: called from a thread other than the system's.
         """
+        check_thread(self.thread_id, "system.subscribe_dead_letters", sync=True)
         check_instance("ref", ref, AgentRef)
         cell = ref._agent()
         if cell not in self._dead_letter_subscribers:
@@ -503,14 +524,19 @@ class MessageSystem:
     def register_agent(self, agent_id: AgentId, config: MailboxConfig | None = None) -> Mailbox:
         """Register a mailbox driven by hand, and return it; ``send_message`` then reaches it.
 
+        The mailbox belongs to the system's thread as the system does: its sends, receives
+        and ``close`` raise ``WrongThread`` from any other.
+
         Raises:
             DuplicateAgent: the id, or its name, is taken.
             SystemClosed: the system is shutting down.
+            WrongThread: called from a thread other than the system's.
         """
+        check_thread(self.thread_id, "system.register_agent", sync=True)
         check_instance("agent_id", agent_id, AgentId)
         if agent_id in self.registry.cells or agent_id in self.registry.mailboxes:
             raise DuplicateAgent(f"{agent_id!r} is already registered")
-        mailbox = Mailbox(agent_id, config)
+        mailbox = ThreadBoundMailbox(agent_id, config, thread_id=self.thread_id)
         self._claim(agent_id.name, agent_id)
         self.registry.mailboxes[agent_id] = mailbox
         return mailbox
@@ -532,7 +558,9 @@ class MessageSystem:
             InvalidMessage: ``envelope`` is not an ``Envelope``, or is a call without a reply
                 slot.
             InvalidConfig: the envelope has no recipient, and no custom router to choose one.
+            WrongThread: called from a thread other than the system's.
         """
+        check_thread(self.thread_id, "system.send_message")
         if not isinstance(envelope, Envelope):
             raise InvalidMessage(f"expected an Envelope, got {type(envelope).__name__}")
         if not isinstance(envelope.options, MessageOptions):
@@ -578,14 +606,17 @@ class MessageSystem:
                 subscriber.notify(letter)
 
     def get_stats(self) -> tuple[SystemStats, list[MailboxStats]]:
-        """The system's counters, and those of every live mailbox (agents' and manual ones)."""
-        cells = self.registry.cells.values()
+        """The system's counters, and those of every live mailbox (agents' and manual ones).
+
+        A read: it works from any thread (a snapshot taken while the system runs on).
+        """
+        # Copies taken at once, so that agents coming and going in the system's thread meanwhile
+        # do not break the iteration of a reader in another.
+        cells = list(self.registry.cells.values())
         mailboxes = [cell.mailbox.stats() for cell in cells]
-        mailboxes += [mailbox.stats() for mailbox in self.registry.mailboxes.values()]
+        mailboxes += [mailbox.stats() for mailbox in list(self.registry.mailboxes.values())]
         system = SystemStats(
-            agents_running=sum(
-                cell.state is CellState.RUNNING for cell in self.registry.cells.values()
-            ),
+            agents_running=sum(cell.state is CellState.RUNNING for cell in cells),
             agents_spawned=self._spawned,
             agent_crashes=self._crashes,
             agent_restarts=self._restarts,
@@ -594,7 +625,7 @@ class MessageSystem:
             + sum(s.messages_processed for s in mailboxes),
             dead_letters=self._dead_letters.total,
             dead_letters_by_reason=self._dead_letters.by_reason(),
-            uptime=trio.current_time() - self._opened_at,
+            uptime=self.clock.current_time() - self._opened_at,  # no Trio run needed
         )
         return system, mailboxes
 

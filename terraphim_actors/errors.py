@@ -18,6 +18,7 @@ existing ``except`` clauses keep working::
      ├── AgentStopped                                the agent stopped before it replied
      ├── AgentStartFailed                            ``on_start`` raised; original in __cause__
      ├── SystemClosed           (also RuntimeError)  the message system has shut down
+     ├── WrongThread            (also RuntimeError)  used from a thread other than the system's
      ├── ReplyAlreadySent                            a call was answered twice
      └── DeliveryFailed                              given up on; last failure in __cause__
           └── CircuitOpen                            the recipient's circuit breaker is open
@@ -46,6 +47,7 @@ __all__ = [
     "ReplyAlreadySent",
     "SystemClosed",
     "UnhandledMessage",
+    "WrongThread",
 ]
 
 
@@ -114,6 +116,15 @@ class ReplyAlreadySent(MessagingError):
 
 class SystemClosed(MessagingError, RuntimeError):
     """The message system has shut down (or is shutting down) and takes no new agents."""
+
+
+class WrongThread(MessagingError, RuntimeError):
+    """A method that sends, waits or changes state was called from a thread other than the one
+    the message system runs in (its Trio run's); nothing was sent or changed.
+
+    Trio objects belong to one thread. From a worker thread, run the method in the system's
+    thread with ``trio.from_thread.run`` (``trio.from_thread.run_sync`` for a sync method).
+    """
 
 
 class DeliveryFailed(MessagingError):

@@ -17,6 +17,7 @@ from terraphim_actors.errors import (
     MessagingError,
     SystemClosed,
     UnhandledMessage,
+    WrongThread,
 )
 
 ERROR_NAMES = sorted(name for name in errors.__all__ if name != "MessagingError")
@@ -66,6 +67,12 @@ class TestHierarchy:
         """``except RuntimeError`` catches SystemClosed."""
         with pytest.raises(RuntimeError):
             raise SystemClosed("shut down")
+
+    def test_wrong_thread_is_a_runtime_error(self) -> None:
+        """``except RuntimeError`` catches WrongThread, as it catches Trio's own refusal of a
+        call from outside its thread."""
+        with pytest.raises(RuntimeError):
+            raise WrongThread("elsewhere")
 
     def test_all_lists_only_errors_defined_here(self) -> None:
         """Every name in ``errors.__all__`` is an exception class of this module."""

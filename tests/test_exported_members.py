@@ -40,6 +40,7 @@ REQUIRED_ERRORS = {
     "AgentStopped",
     "DuplicateAgent",
     "InvalidConfig",
+    "WrongThread",
 }
 
 REQUIRED_SUPERVISOR = {
