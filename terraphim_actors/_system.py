@@ -446,8 +446,12 @@ class MessageSystem:
         waiting become ``AGENT_STOPPED`` dead letters: an agent stopped for good refuses, as a
         dead process does in Erlang, so they are not retried.
 
+        Cancelled before the agent stopped, it changes nothing; once it has returned, the agent
+        stays stopped, even if its subtree restarts later.
+
         Raises:
             CallToSelf: an agent awaited its own stop (use ``ctx.stop()`` instead).
+            SystemClosed: the system is shutting down (it stops every agent itself).
             WrongThread: called from a thread other than the system's.
         """
         check_thread(self.thread_id, "system.stop")
