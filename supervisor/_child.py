@@ -25,6 +25,7 @@ class ChildRun:
         "start_error",
         "started",
         "started_at",
+        "task",
         "terminating",
         "value",
     )
@@ -50,6 +51,8 @@ class ChildRun:
         #: The supervisor is stopping this run, so its exit is not news to act on.
         self.terminating = False
         self.health_scope: trio.CancelScope | None = None
+        #: The task that runs the child's code, once it runs.
+        self.task: trio.lowlevel.Task | None = None
         self.health_failure: HealthCheckFailed | None = None
 
     @classmethod

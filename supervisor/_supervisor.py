@@ -351,6 +351,8 @@ class Supervisor:
         The supervisor's task is shielded: a cancellation of the block reaches the body, whose
         exit stops the children in order; an error the body raised meanwhile still propagates.
         """
+        if self._nursery is not None:
+            raise SupervisorError(f"{self.name} is already running")
         failure: SupervisorError | None = None
         body_error: BaseException | None = None
         begun, started = trio.Event(), _ShieldedStart()
@@ -390,7 +392,7 @@ class Supervisor:
             if self._stopping:
                 break
             error = await self._launch(child)
-            if error is not None:
+            if error is not None and not self._stopping:  # cut short by a stop: no failure
                 self._forget(child)
                 await self._stop_children(reversed(self._children.values()))
                 return ChildStartFailed(child.spec.id, error)
@@ -430,6 +432,7 @@ class Supervisor:
         Returns what it raised before it had started, if it did.
         """
         assert self._nursery is not None
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller starts nothing more
         run = ChildRun(child)
         child.run = run
         child.state = ChildState.STARTING
@@ -458,7 +461,7 @@ class Supervisor:
             return error
         child.state = ChildState.RUNNING
         if child.spec.health_check is not None and not run.done.is_set():
-            self._nursery.start_soon(self._watch_health, run)
+            self._context.run(self._nursery.start_soon, self._watch_health, run)
         return None
 
     async def _cancel_start(self, run: ChildRun) -> None:
@@ -473,6 +476,7 @@ class Supervisor:
         child = run.child
         relay = _StartedRelay(run)
         _current_child.set(CurrentChild(self, child.spec.id))
+        run.task = trio.lowlevel.current_task()
         try:
             with run.scope:
                 try:
@@ -622,7 +626,7 @@ class Supervisor:
                 continue  # deleted or terminated by hand meanwhile
             child.restarts += 1
             error = await self._launch(child)
-            if error is not None:
+            if error is not None and not self._stopping:
                 assert self._events is not None
                 child.state = ChildState.RESTARTING
                 child.run = ChildRun.failed_start(child, error)
@@ -766,17 +770,26 @@ class Supervisor:
                 _retire(child)
 
     async def _terminate_caller(self, id: Hashable) -> None:
-        """Terminate the child the caller runs in. A child's own task is cancelled at once, as
-        OTP kills it; the bookkeeping waits for the lock in a task of our own, since the caller
-        cannot wait for its own end. (Only a task of the child's that runs outside the child's
-        scope sees this return; a caller deeper in a subtree is stopped with the subtree.)"""
+        """Terminate the child the caller runs in: the caller cannot wait for its own end.
+
+        A child's own task is cancelled at once, as OTP kills it, and the bookkeeping waits for
+        the lock in a task of our own; a stop of it already under way just ends sooner. A task
+        deeper in a subtree that terminates the subtree gets the call back at once, then is
+        stopped with the subtree. (A task of the child's outside its scope sees this return.)
+        """
         assert self._nursery is not None
-        finished = trio.Event()
-        failure: list[SupervisorError] = []
+        awaiting = self._awaiting
+        if awaiting is not None and awaiting.child.spec.id == id:
+            awaiting.scope.cancel()  # being stopped already: that stop does the bookkeeping
+            await trio.lowlevel.checkpoint()
+            return
         caller_run = self._find(id).run
-        if caller_run is not None and current_child() == CurrentChild(self, id):
+        direct = current_child() == CurrentChild(self, id)
+        if caller_run is not None and direct:
             caller_run.terminating = True  # its end is no exit to act on
             caller_run.scope.cancel()
+        finished = trio.Event()
+        failure: list[SupervisorError] = []
 
         async def terminate() -> None:
             try:
@@ -791,6 +804,9 @@ class Supervisor:
                 finished.set()
 
         self._context.run(self._nursery.start_soon, terminate)
+        if not direct:
+            await trio.lowlevel.checkpoint()
+            return
         await finished.wait()
         if failure:
             raise failure[0]
@@ -951,9 +967,19 @@ class Supervisor:
             yield
 
     def _lent_to_caller(self) -> bool:
-        """Whether the caller runs in the child that the lock's holder waits for."""
+        """Whether the caller runs in the child that the lock's holder waits for: in its task,
+        or in a task started under it (not in a task it started elsewhere, which may outlive
+        it and so the holder's wait)."""
         awaiting = self._awaiting
-        return awaiting is not None and self._caller_within(awaiting.child.spec.id)
+        if awaiting is None or awaiting.task is None:
+            return False
+        task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
+        while task is not None:
+            if task is awaiting.task:
+                return True
+            nursery = task.parent_nursery
+            task = None if nursery is None else nursery.parent_task
+        return False
 
     def _check_may_terminate(self) -> None:
         """Refuse a stop once the supervisor stops for good, except to a child it is stopping

@@ -115,6 +115,7 @@ class AgentCell:
         "shutdown",
         "state",
         "stopped",
+        "stops_pending",
         "system",
     )
 
@@ -144,6 +145,8 @@ class AgentCell:
         self.placement: CurrentChild | None = None
         #: ``system.stop`` asked for it to go for good: the next stop is final.
         self.retiring = False
+        #: ``system.stop`` calls of it under way (a cancelled one keeps ``retiring`` if any is).
+        self.stops_pending = 0
         self._last_reason: ExitReason = StopReason.NORMAL
         #: Set once the agent has stopped for good.
         self.stopped = trio.Event()
@@ -260,9 +263,14 @@ class AgentCell:
         if over is not None:
             over.set()
 
+    @property
+    def has_instance(self) -> bool:
+        """Whether an instance of the agent runs (starting, running or stopping)."""
+        return self.state in _LIVE
+
     async def wait_instance_over(self) -> None:
         """Wait until no instance of the agent runs (at once if none does)."""
-        if self.state not in _LIVE:
+        if not self.has_instance:
             await trio.lowlevel.checkpoint()
             return
         if self._instance_over is None:
@@ -275,7 +283,7 @@ class AgentCell:
         An instance still running has a supervisor that does run it (one that refused a spec
         shared with it retires nothing), and that supervisor settles it when it ends.
         """
-        if self.state in _LIVE:
+        if self.has_instance:
             return
         self.finish(StopReason.NORMAL if self.retiring else self._last_reason)
 
@@ -549,8 +557,10 @@ class AgentCell:
         self, async_fn: Callable[..., Awaitable[object]], args: tuple[object, ...]
     ) -> None:
         # Shielded: it ends with its instance (which cancels it), not before, when the system
-        # is cancelled from outside.
+        # is cancelled from outside. Started once the instance is ending, it ends at once.
         scope = trio.CancelScope(shield=True)
+        if self.state is not CellState.RUNNING and self.state is not CellState.STARTING:
+            scope.cancel()
         self._background[scope] = None
         instance = self.instances
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -357,15 +357,9 @@ class MessageSystem:
             return
         if self.closing:
             raise SystemClosed("the message system is shutting down: it stops every pool")
-        for cell in members:
-            cell.retiring = True  # what they had in hand is not for a next instance
-        try:
+        with _stopping_for_good(members):  # what they had in hand is not for a next instance
             await self.root.remove_child(pool.id)
-            pool.retire()
-        finally:
-            for cell in members:
-                if not cell.stopped.is_set():  # cancelled before they were stopped
-                    cell.retiring = False
+        pool.retire()
 
     def _starter(
         self,
@@ -469,24 +463,22 @@ class MessageSystem:
             return
         if self.closing:
             raise SystemClosed("the message system is shutting down: it stops every agent")
-        cell.retiring = True  # its supervisor's stop, under its lock, is now for good
         kill_timer = None
         if cell.state is CellState.STARTING:
             # In ``on_start`` it holds its supervisor, which cannot stop it until it returns.
             kill_timer = self.timers.call_after(cell.shutdown, cell.kill)
-        done = False
         try:
-            if placement is not None:
-                await _remove_child(placement)
-                if not placement.supervisor.supervises_caller():
-                    await cell.wait_instance_over()  # its supervisor's own stop may end it
+            with _stopping_for_good([cell]):
+                if placement is not None:
+                    await _remove_child(placement)
+                if cell.has_instance:  # its supervisor is stopping it: that stop is for good
+                    cell.request_stop(StopReason.NORMAL, final=True)
+            if placement is not None and not placement.supervisor.supervises_caller():
+                await cell.wait_instance_over()
             cell.retire()
-            done = True
         finally:
             if kill_timer is not None:
                 kill_timer.cancel()
-            if not done and not cell.stopped.is_set():  # cancelled before it was stopped
-                cell.retiring = False
 
     def subscribe(self, ref: AgentRef) -> None:
         """Send ``ref`` an info for every agent start and exit, and the system's shutdown.
@@ -715,6 +707,26 @@ class MessageSystem:
                     handle.fail(SystemClosed("the message system shut down"))
                 else:
                     self.file_dead_letter(envelope, DeadLetterReason.SYSTEM_STOPPED)
+
+
+@contextlib.contextmanager
+def _stopping_for_good(cells: list[AgentCell]) -> Iterator[None]:
+    """Mark agents as stopped for good by their supervisor's next stop of them, for the length
+    of a ``system.stop``; cancelled before they stopped, it takes the mark back, unless
+    another stop of them is still under way."""
+    for cell in cells:
+        cell.stops_pending += 1
+        cell.retiring = True
+    try:
+        yield
+    except BaseException:
+        for cell in cells:
+            if cell.stops_pending == 1 and not cell.stopped.is_set():
+                cell.retiring = False
+        raise
+    finally:
+        for cell in cells:
+            cell.stops_pending -= 1
 
 
 async def _remove_child(placement: CurrentChild) -> None:

@@ -14,6 +14,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from guarded import run_guarded
 from supervised import (
     Crash,
     Handle,
@@ -1786,3 +1787,158 @@ class TestSupervisesCaller:
             await trio.testing.wait_all_tasks_blocked()
             seen["outside"] = root.supervises_caller()
         assert seen == {"child": True, "grandchild": True, "outside": False}
+
+
+class TestStopPathsUnderContention:
+    """A child's own stop, its supervisor's stop and a cancel from outside, met at once."""
+
+    @staticmethod
+    def self_terminating_when_asked(sup: Supervisor, log: Log) -> ChildSpec:
+        async def child(*, task_status: trio.TaskStatus[Handle]) -> None:
+            handle = Handle(log, "x")
+            task_status.started(handle)
+            await handle.asked.wait()
+            await sup.terminate_child("x")
+            log.add("returned")
+
+        return ChildSpec("x", child, shutdown=Shutdown.INFINITY, stop=ask_to_stop)
+
+    def test_a_child_terminating_itself_during_the_final_stop_ends_at_once(self) -> None:
+        """The final stop waits for the child (``INFINITY``) when it terminates itself: its
+        stop ends at once instead of waiting for a lock the final stop holds."""
+        log = Log()
+
+        async def body() -> float:
+            sup = Supervisor()
+            async with sup:
+                await sup.start_child(self.self_terminating_when_asked(sup, log))
+            return trio.current_time()
+
+        assert run_guarded(body) == 0.0
+        assert "returned" not in log
+
+    async def test_a_child_terminating_itself_while_being_terminated_ends_at_once(
+        self, autojump_clock: Clock
+    ) -> None:
+        log = Log()
+        async with Supervisor() as sup:
+            await sup.start_child(self.self_terminating_when_asked(sup, log))
+            await sup.terminate_child("x")
+            assert info(sup, "x").state is ChildState.TERMINATED
+            assert trio.current_time() == 0.0
+
+    def test_a_cancelled_supervisor_starts_no_further_child(self) -> None:
+        """Cancelled just as one child reports started, the supervisor starts no next one."""
+        ran: list[str] = []
+
+        async def body() -> None:
+            async with trio.open_nursery() as nursery:
+
+                async def first(*, task_status: trio.TaskStatus[None]) -> None:
+                    task_status.started()
+                    nursery.cancel_scope.cancel()
+                    await trio.sleep_forever()
+
+                async def second(*, task_status: trio.TaskStatus[None]) -> None:
+                    ran.append("second")
+                    task_status.started()
+
+                sup = Supervisor([ChildSpec("first", first), ChildSpec("second", second)])
+                await nursery.start(sup.run)
+
+        for _ in range(20):
+            run_guarded(body)
+        assert ran == []
+
+    async def test_a_block_cancelled_while_a_child_starts_is_a_quiet_stop(
+        self, autojump_clock: Clock
+    ) -> None:
+        """A start cut short by the block's cancel is part of the stop, not a start failure."""
+        log = Log()
+        with trio.move_on_after(1) as scope:
+            async with Supervisor([spec(log, "slow", start_delay=10.0, shutdown=0.5)]):
+                pass
+        assert scope.cancelled_caught
+
+    async def test_entering_a_running_supervisor_fails_and_leaves_it_running(
+        self, autojump_clock: Clock
+    ) -> None:
+        log = Log()
+        sup = Supervisor([spec(log, "a")])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            with pytest.raises(SupervisorError, match="already running"):
+                async with sup:
+                    pytest.fail("the body of a second block never runs")
+            await trio.sleep(1)
+            assert info(sup, "a").state is ChildState.RUNNING
+            nursery.cancel_scope.cancel()
+
+    async def test_a_task_a_child_started_elsewhere_waits_for_the_lock(
+        self, autojump_clock: Clock
+    ) -> None:
+        """Only the child being stopped (and tasks under it) act under the stopper's hold; a
+        task it started in another nursery waits its turn, so no two changes interleave."""
+        running: list[str] = []
+        most_at_once = 0
+
+        async def other(*, task_status: trio.TaskStatus[Handle]) -> None:
+            nonlocal most_at_once
+            handle = Handle(Log(), "other")
+            running.append("other")
+            most_at_once = max(most_at_once, len(running))
+            try:
+                task_status.started(handle)
+                await handle.asked.wait()
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(3)  # its cleanup
+            finally:
+                running.remove("other")
+
+        async with trio.open_nursery() as outer, Supervisor() as sup:
+
+            async def stopping(*, task_status: trio.TaskStatus[Handle]) -> None:
+                handle = Handle(Log(), "stopping")
+
+                async def helper() -> None:  # carries the child's context, runs outside it
+                    await trio.sleep(0.5)
+                    await sup.terminate_child("other")
+
+                outer.start_soon(helper)
+                task_status.started(handle)
+                await handle.asked.wait()
+                await trio.sleep(0.5)
+
+            await sup.start_child(ChildSpec("other", other, shutdown=10, stop=ask_to_stop))
+            await sup.start_child(ChildSpec("stopping", stopping, shutdown=10, stop=ask_to_stop))
+            await sup.terminate_child("stopping")
+            await sup.terminate_child("other")
+            assert running == []
+            await sup.restart_child("other")
+            assert most_at_once == 1
+
+
+class TestHealthCheckContext:
+    async def test_health_probes_run_in_the_supervisors_context(
+        self, autojump_clock: Clock
+    ) -> None:
+        caller_only: contextvars.ContextVar[str] = contextvars.ContextVar(
+            "caller_only", default="unset"
+        )
+        seen: list[str] = []
+
+        async def probe(value: Any) -> bool:
+            seen.append(caller_only.get())
+            return True
+
+        async with Supervisor() as sup:
+            caller_only.set("the caller's")
+            await sup.start_child(
+                ChildSpec("a", plain_forever, health_check=HealthCheck(check=probe, interval=1.0))
+            )
+            await trio.sleep(1.5)
+        assert seen == ["unset"]
+
+
+async def plain_forever() -> None:
+    await trio.sleep_forever()

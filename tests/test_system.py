@@ -9,8 +9,9 @@ import pytest
 import trio
 import trio.testing
 from agents import AT_MOST_ONCE, Recorder, Runner, Silent, hold_forever, until
+from guarded import run_guarded
 
-from supervisor import ChildSpec, RestartBackoff, RestartStrategy, RestartType
+from supervisor import ChildSpec, ChildState, RestartBackoff, RestartStrategy, RestartType
 from terraphim_actors import (
     Agent,
     AgentExited,
@@ -1294,3 +1295,104 @@ class TestShutdownTime:
         )
         await system.root.terminate_child(subtree.name)
         assert log[2:] == ["older stopped normal", "stop(older) returned"]
+
+
+class TestStopRaces:
+    async def test_a_cancelled_stop_racing_another_leaves_the_other_for_good(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Two stops of one agent wait for the root; the first gives up. The second still
+        stops it for good: its monitor's ``Down`` says ``normal``."""
+        downs: list[Any] = []
+        watcher = await system.spawn(Runner, downs)
+        target = await system.spawn(Runner)
+        slow = await system.spawn(Marks, [], "slow", 1.0)
+        await watcher.call(lambda ctx: ctx.monitor(target))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(system.stop, slow)  # holds the root's lock for 1 s
+            await trio.testing.wait_all_tasks_blocked()
+
+            async def gives_up() -> None:
+                with trio.move_on_after(0.5):
+                    await system.stop(target)
+
+            nursery.start_soon(gives_up)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(system.stop, target)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [down.reason for down in downs] == [StopReason.NORMAL]
+
+    async def test_a_stop_from_under_a_stopping_subtree_is_final(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A sibling stops an agent while their subtree, giving up, stops them all: once the
+        subtree is restarted, that agent is gone for good, not left half stopped."""
+        log: list[str] = []
+
+        class StopsWhenTold(Agent):
+            async def handle_cast(self, ref: Any, ctx: Context) -> None:
+                await system.stop(ref)
+                log.append("stop returned")
+
+        class TellsOnStop(Marks):
+            async def on_stop(self, reason: ExitReason) -> None:
+                await system.ref("c").cast(system.ref("a"))
+                await trio.sleep(1.0)
+
+        await system.start_supervisor(
+            [
+                system.agent_spec(StopsWhenTold, name="c"),
+                system.agent_spec(TellsOnStop, log, "a", name="a"),
+                system.agent_spec(Marks, [], "d", name="d"),
+            ],
+            max_restarts=0,  # d's crash gives up: c, a and d stop newest first, then restart
+        )
+        a = system.ref("a")
+        await system.ref("d").cast("crash")
+        await trio.sleep(10.0)
+        assert log.count("stop returned") == 1
+        assert system.whereis("c") is not None  # the subtree runs again...
+        assert not a.alive  # ...without a, which is not left registered and half stopped
+        assert system.whereis("a") is None
+
+
+class TestBackgroundTasksAtTheEnd:
+    def test_a_background_task_started_in_on_stop_ends_with_the_instance(self) -> None:
+        """A task started through a kept ``ctx`` once the instance is ending is cancelled at
+        once: it cannot keep the system from closing."""
+
+        class StartsWorkInOnStop(Agent):
+            async def handle_call(self, message: Any, ctx: Context) -> str:
+                self.ctx = ctx
+                return "ok"
+
+            async def on_stop(self, reason: ExitReason) -> None:
+                self.ctx.start_soon(trio.sleep_forever)
+
+        async def body() -> None:
+            async with open_message_system() as system:
+                agent = await system.spawn(StartsWorkInOnStop)
+                assert await agent.call("x") == "ok"
+
+        run_guarded(body)
+
+
+class TestTerminatingOwnSubtree:
+    async def test_an_agent_terminating_its_own_subtree_ends_it_at_once(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        log: list[str] = []
+
+        class TerminatesItsSubtree(Agent):
+            async def handle_cast(self, message: Any, ctx: Context) -> None:
+                await system.root.terminate_child("sub")
+                log.append("returned")
+
+        await system.start_supervisor(
+            [system.agent_spec(TerminatesItsSubtree, name="x")], name="sub"
+        )
+        await system.ref("x").cast("go")
+        await trio.testing.wait_all_tasks_blocked()
+        assert [child.state for child in system.root.which_children()] == [ChildState.TERMINATED]
+        assert trio.current_time() == 0.0
+        assert log == ["returned"]

@@ -1,0 +1,44 @@
+"""Run a test body where a hang fails the test instead of hanging the suite.
+
+A stop path waits in shielded code, which no ``trio.fail_after`` can interrupt: a regression
+there would hang for ever. ``run_guarded`` runs the body in a Trio run of its own (on a
+``MockClock`` that jumps when idle), in a thread, and fails the test if that run has not
+ended within a few seconds of wall-clock time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+import trio
+import trio.testing
+
+T = TypeVar("T")
+
+#: Wall-clock seconds a guarded body may take; virtual time is free.
+WALL_SECONDS = 10.0
+
+
+def run_guarded(body: Callable[[], Awaitable[T]]) -> T:
+    """Run ``body`` in a Trio run of its own thread; fail the test if it hangs."""
+    outcome: list[Any] = []
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(trio.run(body, clock=trio.testing.MockClock(autojump_threshold=0)))
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=run, name="guarded test body", daemon=True)
+    thread.start()
+    thread.join(WALL_SECONDS)
+    if thread.is_alive():
+        pytest.fail(f"hung: still running after {WALL_SECONDS} s of wall-clock time")
+    if raised:
+        raise raised[0]
+    result: T = outcome[0]
+    return result
