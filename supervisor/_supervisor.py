@@ -793,6 +793,9 @@ class Supervisor:
 
         async def terminate() -> None:
             try:
+                if caller_run is not None and direct:
+                    # Killed already; its cleanup may still call us, so not under the lock.
+                    await caller_run.done.wait()
                 async with self._lock:
                     if self._nursery is None:
                         raise SupervisorNotRunning(f"{self.name} is not running")
@@ -876,22 +879,18 @@ class Supervisor:
         try:
             with contextlib.suppress(ChildNotFound, SupervisorNotRunning):
                 await self.terminate_child(id)
-        finally:
+        except BaseException:
             child = self._children.get(id)
-            running = self._nursery is not None and not self._stopping
-            if not running or child is None or child.state is ChildState.TERMINATED:
-                self._specs = [spec for spec in self._specs if spec.id != id]
-                if child is not None and child.state is ChildState.TERMINATED:
-                    self._forget(child)
+            if child is not None and child.state is ChildState.TERMINATED:
+                self._forget_for_good(id)  # the terminate completed all the same
+            raise
+        self._forget_for_good(id)
 
-    def supervises_caller(self) -> bool:
-        """Whether the calling task runs under this supervisor, at any depth."""
-        caller = current_child()
-        while caller is not None:
-            if caller.supervisor is self:
-                return True
-            caller = caller.supervisor._placement
-        return False
+    def _forget_for_good(self, id: Hashable) -> None:
+        self._specs = [spec for spec in self._specs if spec.id != id]
+        child = self._children.get(id)
+        if child is not None and child.state is ChildState.TERMINATED:
+            self._forget(child)
 
     def which_children(self) -> list[ChildInfo]:
         """Every child, in start order."""

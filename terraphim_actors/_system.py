@@ -471,9 +471,13 @@ class MessageSystem:
             with _stopping_for_good([cell]):
                 if placement is not None:
                     await _remove_child(placement)
-                if cell.has_instance:  # its supervisor is stopping it: that stop is for good
-                    cell.request_stop(StopReason.NORMAL, final=True)
-            if placement is not None and not placement.supervisor.supervises_caller():
+            # From here the stop is done, whatever cancels the wait for its end.
+            if cell.has_instance:
+                # Its supervisor is stopping it (perhaps waiting for the caller): this stop
+                # is for good, and ends within its shutdown time without that supervisor.
+                cell.request_stop(StopReason.NORMAL, final=True)
+                if kill_timer is None:
+                    kill_timer = self.timers.call_after(cell.shutdown, cell.kill)
                 await cell.wait_instance_over()
             cell.retire()
         finally:
@@ -691,7 +695,9 @@ class MessageSystem:
         self.publish(SystemShutdown())
         for cell in self.registry.cells.values():
             if cell.state is CellState.STARTING:
-                # Its supervisor waits for ``on_start`` before it can stop anything.
+                # Its supervisor waits for ``on_start`` before it can stop anything: its one
+                # shutdown time starts now and covers the rest of its start and its stop.
+                cell.request_stop(StopReason.SHUTDOWN, final=True)
                 self.timers.call_after(cell.shutdown, cell.kill)
         await self.root.stop()
         for cell in list(self.registry.cells.values()):

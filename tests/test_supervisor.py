@@ -1768,27 +1768,6 @@ class TestRemoveChild:
             assert info(sup, "a").state is ChildState.RUNNING
 
 
-class TestSupervisesCaller:
-    async def test_true_in_a_child_and_in_a_grandchild_false_outside(
-        self, autojump_clock: Clock
-    ) -> None:
-        seen: dict[str, bool] = {}
-        root = Supervisor()
-
-        async def record(label: str) -> None:
-            seen[label] = root.supervises_caller()
-            await trio.sleep_forever()
-
-        sub = Supervisor([ChildSpec("grandchild", functools.partial(record, "grandchild"))])
-        root = Supervisor(
-            [ChildSpec("child", functools.partial(record, "child")), sub.as_child("sub")]
-        )
-        async with root:
-            await trio.testing.wait_all_tasks_blocked()
-            seen["outside"] = root.supervises_caller()
-        assert seen == {"child": True, "grandchild": True, "outside": False}
-
-
 class TestStopPathsUnderContention:
     """A child's own stop, its supervisor's stop and a cancel from outside, met at once."""
 

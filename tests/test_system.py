@@ -11,7 +11,14 @@ import trio.testing
 from agents import AT_MOST_ONCE, Recorder, Runner, Silent, hold_forever, until
 from guarded import run_guarded
 
-from supervisor import ChildSpec, ChildState, RestartBackoff, RestartStrategy, RestartType
+from supervisor import (
+    ChildSpec,
+    ChildState,
+    RestartBackoff,
+    RestartStrategy,
+    RestartType,
+    current_child,
+)
 from terraphim_actors import (
     Agent,
     AgentExited,
@@ -1396,3 +1403,130 @@ class TestTerminatingOwnSubtree:
         assert [child.state for child in system.root.which_children()] == [ChildState.TERMINATED]
         assert trio.current_time() == 0.0
         assert log == ["returned"]
+
+
+class Older(Agent):
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        self.log.append("older stopped")
+
+
+class StopsOlderOnStop(Agent):
+    """Crashes on a cast, or terminates itself through its supervisor when cast "terminate";
+    its ``on_stop`` stops the agent named "older"."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        if message == "terminate":
+            placement = current_child()
+            assert placement is not None
+            await placement.supervisor.terminate_child(placement.id)
+        raise RuntimeError("crash on purpose")
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        system = self.system
+        await system.stop(system.ref("older"))
+        self.log.append("stop(older) returned")
+
+    @property
+    def system(self) -> MessageSystem:
+        return SYSTEMS[-1]
+
+
+#: The system a ``StopsOlderOnStop`` reaches (one per guarded run).
+SYSTEMS: list[MessageSystem] = []
+
+
+class TestStopFromCleanup:
+    """``system.stop`` called from an ``on_stop``: it neither waits for itself nor returns
+    before the agent it stops has stopped. Trio's scheduling order varies from run to run, so
+    each test runs its scenario 20 times."""
+
+    def test_a_self_terminating_agent_stops_another_from_on_stop_at_once(self) -> None:
+        async def scenario() -> tuple[list[str], float]:
+            log: list[str] = []
+            async with open_message_system() as system:
+                SYSTEMS.append(system)
+                await system.spawn(Older, log, name="older")
+                newer = await system.spawn(StopsOlderOnStop, log, name="newer")
+                await newer.cast("terminate")
+                await trio.testing.wait_all_tasks_blocked()
+                return log, trio.current_time()
+
+        for _ in range(20):
+            log, at = run_guarded(scenario)
+            assert (log, at) == (["older stopped", "stop(older) returned"], 0.0)
+
+    def test_a_stop_from_under_a_stopping_supervisor_returns_once_the_agent_stopped(
+        self,
+    ) -> None:
+        async def scenario() -> list[str]:
+            log: list[str] = []
+            config = MessageSystemConfig(max_restarts=1000, max_seconds=1.0)
+            async with open_message_system(config) as system:
+                SYSTEMS.append(system)
+                await system.start_supervisor(
+                    [
+                        system.agent_spec(Older, log, name="older"),
+                        system.agent_spec(Marks, [], "crasher", name="crasher"),
+                        system.agent_spec(StopsOlderOnStop, log, name="newer"),
+                    ],
+                    max_restarts=0,  # the crasher's crash makes the subtree give up
+                )
+                await system.ref("crasher").cast("crash")
+                await system.ref("newer").cast("crash")
+                await trio.sleep(1.0)
+            return log
+
+        for _ in range(20):
+            log = run_guarded(scenario)
+            assert log.index("older stopped") < log.index("stop(older) returned")
+
+
+class TestCancelledStopOfAGivingUpSubtree:
+    async def test_a_stop_cancelled_while_the_subtree_gives_up_ends_in_one_state(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Cancelled at once while the agent's subtree stops after giving up, the stop either
+        did not happen (it restarts with its subtree) or completed (gone for good): never an
+        agent registered with nothing running it."""
+        log: list[str] = []
+        await system.start_supervisor(
+            [
+                system.agent_spec(Marks, log, "x", name="x"),
+                system.agent_spec(Marks, [], "slow", 1.0, name="slow"),
+            ],
+            max_restarts=0,  # x's crash gives up: the subtree stops "slow" (1 s), then exits
+        )
+        x = system.ref("x")
+        await x.cast("crash")
+        await trio.testing.wait_all_tasks_blocked()  # "slow" is in its on_stop
+        with trio.move_on_after(0):
+            await system.stop(x)
+        await trio.sleep(2.0)  # the root has restarted the subtree
+        restarted = log.count("x starts") == 2 and x.alive
+        gone = log.count("x starts") == 1 and system.whereis("x") is None and not x.alive
+        assert restarted or gone
+
+
+class TestShutdownTimeOfAStartingAgent:
+    async def test_one_shutdown_time_covers_the_rest_of_on_start_and_on_stop(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        class StartsSlowlyWhenRestarted(Marks):
+            async def on_start(self) -> None:
+                self.log.append("starts")
+                if self.log.count("starts") > 1:
+                    await trio.sleep(0.4)
+
+        log: list[str] = []
+        async with open_message_system() as system:
+            ref = await system.spawn(StartsSlowlyWhenRestarted, log, "a", 10.0, shutdown=0.5)
+            await ref.cast("crash")
+            await trio.testing.wait_all_tasks_blocked()  # the new instance is in on_start
+            began = trio.current_time()
+        assert trio.current_time() - began == pytest.approx(0.5)
