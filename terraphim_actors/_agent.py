@@ -230,6 +230,9 @@ class Context:
 
         It is cancelled when the instance stops; if it raises, the agent crashes with its
         error, as a linked process would in Erlang.
+
+        Raises:
+            SystemClosed: the message system has shut down.
         """
         self._check_thread("ctx.start_soon")
         self._cell.start_background(async_fn, args)

@@ -576,7 +576,11 @@ class AgentCell:
                         self.kill()  # only the instance it belongs to
             self._background.pop(scope, None)
 
-        self.system.nursery.start_soon(linked)
+        try:
+            self.system.nursery.start_soon(linked)
+        except RuntimeError:  # Trio's "Nursery is closed": the system's block has exited
+            self._background.pop(scope, None)
+            raise SystemClosed("the message system has shut down") from None
 
 
 def _expiry(envelope: Envelope) -> DeliveryFailed:

@@ -1530,3 +1530,15 @@ class TestShutdownTimeOfAStartingAgent:
             await trio.testing.wait_all_tasks_blocked()  # the new instance is in on_start
             began = trio.current_time()
         assert trio.current_time() - began == pytest.approx(0.5)
+
+
+class TestAfterTheSystemClosed:
+    async def test_a_kept_ctx_starting_a_task_raises_system_closed(self) -> None:
+        class KeepsItsContext(Agent):
+            async def handle_call(self, message: Any, ctx: Context) -> Context:
+                return ctx
+
+        async with open_message_system() as system:
+            ctx = await (await system.spawn(KeepsItsContext)).call("your context")
+        with pytest.raises(SystemClosed):
+            ctx.start_soon(trio.sleep, 1)
