@@ -8,6 +8,7 @@ ended within a few seconds of wall-clock time.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -22,23 +23,31 @@ T = TypeVar("T")
 WALL_SECONDS = 10.0
 
 
-def run_guarded(body: Callable[[], Awaitable[T]]) -> T:
-    """Run ``body`` in a Trio run of its own thread; fail the test if it hangs."""
+def run_in_own_thread(run: Callable[[], T], *, wall_seconds: float = WALL_SECONDS) -> T:
+    """Call ``run`` (a whole ``trio.run``) in a thread; fail the test if it has not returned
+    within ``wall_seconds``, and raise what it raised."""
     outcome: list[Any] = []
     raised: list[BaseException] = []
 
-    def run() -> None:
+    def target() -> None:
         try:
-            outcome.append(trio.run(body, clock=trio.testing.MockClock(autojump_threshold=0)))
+            outcome.append(run())
         except BaseException as error:
             raised.append(error)
 
-    thread = threading.Thread(target=run, name="guarded test body", daemon=True)
+    thread = threading.Thread(target=target, name="guarded test body", daemon=True)
     thread.start()
-    thread.join(WALL_SECONDS)
+    thread.join(wall_seconds)
     if thread.is_alive():
-        pytest.fail(f"hung: still running after {WALL_SECONDS} s of wall-clock time")
+        pytest.fail(f"hung: still running after {wall_seconds} s of wall-clock time")
     if raised:
         raise raised[0]
     result: T = outcome[0]
     return result
+
+
+def run_guarded(body: Callable[[], Awaitable[T]]) -> T:
+    """Run ``body`` in a Trio run on a jumping ``MockClock``, in a thread of its own; fail the
+    test if it hangs."""
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    return run_in_own_thread(functools.partial(trio.run, body, clock=clock))

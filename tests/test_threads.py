@@ -15,7 +15,6 @@ that jumps while a worker thread runs would fire those deadlines early; nothing 
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +24,7 @@ import pytest
 import trio
 import trio.testing
 from agents import Recorder, Runner, call_and_keep, defer_into
+from guarded import run_in_own_thread
 
 from terraphim_actors import (
     AgentId,
@@ -51,24 +51,11 @@ def bounded(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
     not ended within ``HANG`` seconds; the system under test is that thread's."""
 
     @functools.wraps(test)
-    def run_in_own_thread(*args: Any, **kwargs: Any) -> None:
-        raised: list[BaseException] = []
+    def run_bounded(*args: Any, **kwargs: Any) -> None:
+        body = functools.partial(test, *args, **kwargs)
+        run_in_own_thread(functools.partial(trio.run, body), wall_seconds=HANG)
 
-        def run() -> None:
-            try:
-                trio.run(functools.partial(test, *args, **kwargs))
-            except BaseException as error:
-                raised.append(error)
-
-        thread = threading.Thread(target=run, name="system under test", daemon=True)
-        thread.start()
-        thread.join(HANG)
-        if thread.is_alive():
-            pytest.fail(f"still running after {HANG} s: the system did not shut down")
-        if raised:
-            raise raised[0]
-
-    return run_in_own_thread
+    return run_bounded
 
 
 @attrs.define
