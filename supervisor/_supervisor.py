@@ -744,8 +744,9 @@ class Supervisor:
     async def terminate_child(self, id: Hashable) -> None:
         """Stop a child by its shutdown spec; it stays known (and restartable) unless temporary.
 
-        A child that terminates itself (or its own subtree) is cancelled at once, as OTP kills
-        it: the call does not return to it. Cancelled while it waits, the stop still completes.
+        A child that terminates itself is cancelled at once, as OTP kills it: the call does not
+        return to it; a task deeper in a subtree that terminates the subtree gets the call back
+        at once and is stopped with it. Cancelled while it waits, the stop still completes.
 
         Raises:
             ChildNotFound: no child has that id.
@@ -862,8 +863,7 @@ class Supervisor:
         child = self._find(id)
         if child.state is not ChildState.TERMINATED:
             raise ChildRunning(f"child {id!r} is {child.state.value}: terminate it first")
-        self._forget(child)
-        self._specs = [spec for spec in self._specs if spec is not child.spec]
+        self._forget_for_good(id)
 
     async def remove_child(self, id: Hashable) -> None:
         """Stop a child for good: ``terminate_child`` then ``delete_child``, in any state of
