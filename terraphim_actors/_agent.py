@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -44,9 +46,18 @@ class Agent:
     fresh instance, which finds the messages that were waiting in the mailbox.
     """
 
-    async def on_start(self) -> None:
-        """Prepare state before the first message. Raising here fails the ``spawn``; during a
-        restart it counts as another crash, and the supervisor tries again."""
+    if TYPE_CHECKING:
+        # Either ``on_start(self)`` or ``on_start(self, ctx)``: a subclass's type checker
+        # accepts both overrides.
+        on_start: Callable[..., Awaitable[None]]
+    else:
+
+        async def on_start(self) -> None:
+            """Prepare state before the first message; define it as ``on_start(self, ctx)``
+            to get the :class:`Context` (timers, monitors, ``ctx.self``, ``ctx.system``), as
+            OTP's ``init`` does. What it sets up is settled when the instance ends, as if a
+            handler had set it up. Raising here fails the ``spawn``; during a restart it counts
+            as another crash, and the supervisor tries again."""
 
     async def handle_call(self, message: Any, ctx: Context) -> Any:
         """Answer a call: the return value is the reply (unless the reply was deferred)."""
@@ -249,6 +260,27 @@ class Context:
 
     def _check_thread(self, operation: str) -> None:
         check_thread(self._cell.system.thread_id, operation, sync=True)
+
+
+_on_start_takes_context: weakref.WeakKeyDictionary[type[Agent], bool] = weakref.WeakKeyDictionary()
+
+
+def on_start_takes_context(agent_class: type[Agent]) -> bool:
+    """Whether ``agent_class.on_start`` takes the context; decided once per class."""
+    takes = _on_start_takes_context.get(agent_class)
+    if takes is None:
+        try:
+            parameters = list(inspect.signature(agent_class.on_start).parameters.values())
+        except (TypeError, ValueError):
+            parameters = []
+        positional = (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.VAR_POSITIONAL,
+        )
+        takes = any(parameter.kind in positional for parameter in parameters[1:])
+        _on_start_takes_context[agent_class] = takes
+    return takes
 
 
 def stopped_error(agent: AgentId, reason: ExitReason) -> AgentStopped:

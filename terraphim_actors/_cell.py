@@ -18,7 +18,7 @@ import trio
 
 from supervisor import CurrentChild, RestartType, current_child
 
-from ._agent import Agent, Context, NotHandled, stopped_error
+from ._agent import Agent, Context, NotHandled, on_start_takes_context, stopped_error
 from ._bounded_repr import bounded_repr
 from ._checks import check_instance
 from ._circuit import CircuitBreaker
@@ -293,15 +293,16 @@ class AgentCell:
         inherited_deadline.set(math.inf)
         instance: Agent | None = None
         reason: ExitReason = StopReason.KILLED
+        context = Context(self)
         try:
             # One scope for the instance's whole life, ``on_start`` included: kill() cancels it.
             with trio.CancelScope() as scope:
                 self._instance_scope = scope
-                instance = await self._start_instance()
+                instance = await self._start_instance(context)
                 self.state = CellState.RUNNING
                 task_status.started(self.ref)
                 self.system.publish(AgentStarted(self.id))
-                reason = await self._serve(instance)
+                reason = await self._serve(instance, context)
             if instance is None:
                 raise AgentStartFailed(f"{self.id!r} was stopped before on_start finished")
             if scope.cancelled_caught and self._linked_failure is not None:
@@ -314,22 +315,27 @@ class AgentCell:
             self._instance_scope = None
             if instance is not None:
                 await self._end_instance(instance, reason)
+            else:
+                self._settle_links()  # what a failed or cancelled ``on_start`` set up
         return reason
 
-    async def _start_instance(self) -> Agent:
-        """Build a fresh instance and run its ``on_start``.
+    async def _start_instance(self, context: Context) -> Agent:
+        """Build a fresh instance and run its ``on_start`` (given ``context`` if it takes it).
 
         Raises:
             AgentStartFailed: the constructor or ``on_start`` raised.
         """
         try:
             instance = self.agent_class(*self._args)
-            await instance.on_start()
+            if on_start_takes_context(self.agent_class):
+                await instance.on_start(context)
+            else:
+                await instance.on_start()
         except Exception as error:
             raise AgentStartFailed(f"{self.id!r} failed to start: {bounded_repr(error)}") from error
         return instance
 
-    async def _serve(self, instance: Agent) -> ExitReason:
+    async def _serve(self, instance: Agent, context: Context) -> ExitReason:
         """The gen_server loop: one message at a time until asked to stop or crashed.
 
         Messages are served in batches: the loop takes what is waiting without a checkpoint and
@@ -337,7 +343,6 @@ class AgentCell:
         end of a batch, not per message.
         """
         mailbox = self.mailbox
-        context = Context(self)
         delivery = self.system.delivery
         clock = self.system.clock.current_time
         served = 0
@@ -445,14 +450,7 @@ class AgentCell:
             if handle.pending or handle.abandoned:
                 handle.fail(stopped_error(self.id, reason))
         self._deferred.clear()
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
-        for scope in self._background:
-            scope.cancel()
-        for monitor, target in self._watching.items():
-            target._watchers.pop(monitor, None)
-        self._watching.clear()
+        self._settle_links()
         if type(instance).on_stop is not Agent.on_stop:  # a scope costs; the default is a no-op
             with trio.CancelScope(shield=True) as cleanup:
                 cleanup.deadline = min(self._stop_deadline, trio.current_time() + self.shutdown)
@@ -461,6 +459,17 @@ class AgentCell:
                 except Exception as error:
                     logger.error("agent %r raised in on_stop", self.id, exc_info=error)
         self.system.publish(AgentExited(self.id, reason))
+
+    def _settle_links(self) -> None:
+        """Cancel the instance's timers and background tasks and remove its monitors."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        for scope in self._background:
+            scope.cancel()
+        for monitor, target in self._watching.items():
+            target._watchers.pop(monitor, None)
+        self._watching.clear()
 
     def finish(self, reason: ExitReason) -> None:
         """The agent has stopped for good: settle the mailbox, tell the monitors, unregister.

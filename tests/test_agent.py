@@ -148,6 +148,111 @@ class TestOnStart:
             gate.set()
 
 
+class TestOnStartWithContext:
+    async def test_on_start_that_takes_ctx_gets_the_agents_context(
+        self, system: MessageSystem
+    ) -> None:
+        """``on_start(self, ctx)`` is given the context: ``ctx.self`` and ``ctx.system``."""
+        seen: list[Any] = []
+
+        class Introspective(Agent):
+            async def on_start(self, ctx: Context) -> None:
+                seen.extend([ctx.self, ctx.system])
+
+        ref = await system.spawn(Introspective)
+        assert seen == [ref, system]
+
+    async def test_on_start_without_ctx_still_runs(self, system: MessageSystem) -> None:
+        """``on_start(self)`` is called without arguments, as before."""
+        started: list[bool] = []
+
+        class Plain(Agent):
+            async def on_start(self) -> None:
+                started.append(True)
+
+        await system.spawn(Plain)
+        assert started == [True]
+
+    async def test_timer_set_in_on_start_fires(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A timer set in ``on_start`` delivers its info as one set in a handler does."""
+        log: list[tuple[str, Any]] = []
+
+        class Ticking(Recorder):
+            async def on_start(self, ctx: Context) -> None:
+                ctx.send_after(1.0, "tick")
+
+        await system.spawn(Ticking, log)
+        await trio.sleep(2)
+        assert log == [("info", "tick")]
+
+    async def test_timer_set_in_on_start_is_cancelled_when_the_instance_stops(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A pending timer set in ``on_start`` never fires once the instance has stopped."""
+        log: list[tuple[str, Any]] = []
+        other = await system.spawn(Recorder, log)
+
+        class Ticking(Agent):
+            async def on_start(self, ctx: Context) -> None:
+                ctx.send_after(1.0, "orphan", to=other)
+
+        ref = await system.spawn(Ticking)
+        await system.stop(ref)
+        await trio.sleep(5)
+        assert log == []
+
+    async def test_timer_set_by_a_failing_on_start_never_fires(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """An ``on_start`` that sets a timer and then raises leaves no timer behind."""
+        log: list[tuple[str, Any]] = []
+        other = await system.spawn(Recorder, log)
+
+        class Failing(Agent):
+            async def on_start(self, ctx: Context) -> None:
+                ctx.send_after(1.0, "orphan", to=other)
+                raise RuntimeError("no database")
+
+        with pytest.raises(AgentStartFailed):
+            await system.spawn(Failing)
+        await trio.sleep(5)
+        assert log == []
+
+    async def test_monitor_set_in_on_start_gets_down(self, system: MessageSystem) -> None:
+        """A monitor set in ``on_start`` brings a ``Down`` when its target stops."""
+        log: list[tuple[str, Any]] = []
+        target = await system.spawn(Silent)
+
+        class Watching(Recorder):
+            async def on_start(self, ctx: Context) -> None:
+                ctx.monitor(target)
+
+        await system.spawn(Watching, log)
+        await system.stop(target)
+        await trio.testing.wait_all_tasks_blocked()
+        [(kind, down)] = log
+        assert kind == "info"
+        assert isinstance(down, Down)
+        assert down.ref == target
+
+    async def test_monitor_set_by_a_failing_on_start_is_removed(
+        self, system: MessageSystem
+    ) -> None:
+        """An ``on_start`` that monitors an agent and then raises leaves no monitor on it."""
+        target = await system.spawn(Silent)
+
+        class Failing(Agent):
+            async def on_start(self, ctx: Context) -> None:
+                ctx.monitor(target)
+                raise RuntimeError("no database")
+
+        with pytest.raises(AgentStartFailed):
+            await system.spawn(Failing)
+        assert target._agent()._watchers == {}
+
+
 class TestOneMessageAtATime:
     async def test_second_message_waits_for_the_first_handler(self, system: MessageSystem) -> None:
         """While a handler awaits, the agent's next message does not start."""
