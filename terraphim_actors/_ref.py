@@ -29,9 +29,10 @@ class AgentRef:
     room in a bounded mailbox that blocks; ``cast_nowait`` and ``info_nowait`` never wait.
     Each send takes the system's delivery guarantee, or the one in ``options``.
 
-    Send from the thread the system runs in: from a worker thread, go through
-    ``trio.from_thread.run(ref.cast, payload)``; a send made from any other thread raises
-    ``WrongThread`` having sent nothing. Reading ``alive`` is safe from any thread.
+    Send from the thread the system runs in: from another thread, go through
+    ``system.from_thread.cast(ref, payload)`` (or ``.call``); a send made from any other
+    thread raises ``WrongThread`` having sent nothing. Reading ``alive`` is safe from any
+    thread.
     """
 
     __slots__ = ("_cell", "_system", "id")

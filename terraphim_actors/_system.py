@@ -39,6 +39,7 @@ from ._ref import AgentRef
 from ._registry import Registry
 from ._router import Router, RouterConfig
 from ._task_context import current_cell
+from ._thread_portal import ThreadPortal
 from ._threads import check_thread, current_thread_id
 from ._timers import TimerService
 from .errors import (
@@ -124,8 +125,9 @@ class MessageSystem:
     (``start_supervisor``).
 
     Drive it from the thread it was opened in: its methods that send, wait or change state
-    raise ``WrongThread`` from any other thread (a worker thread uses
-    ``trio.from_thread.run``); reads such as ``whereis`` and ``get_stats`` work from any.
+    raise ``WrongThread`` from any other thread (which sends through ``system.from_thread``,
+    or runs a method with ``trio.from_thread.run``); reads such as ``whereis`` and
+    ``get_stats`` work from any.
     """
 
     def __init__(self, config: MessageSystemConfig, nursery: trio.Nursery) -> None:
@@ -134,6 +136,9 @@ class MessageSystem:
         #: The thread of the Trio run the system opened in: the only one that may send, wait
         #: or change state (Trio's objects belong to their run's thread).
         self.thread_id = current_thread_id()
+        #: The documented way in from another thread: blocking ``call`` and ``cast`` that run
+        #: in this system's thread (through its Trio token), from any thread but this one.
+        self.from_thread = ThreadPortal(self.thread_id, trio.lowlevel.current_trio_token())
         self.timers = TimerService()
         #: The run's clock, kept to stamp envelopes without Trio's lookup of it per message.
         self.clock = trio.lowlevel.current_clock()
@@ -713,6 +718,7 @@ class MessageSystem:
                     handle.fail(SystemClosed("the message system shut down"))
                 else:
                     self.file_dead_letter(envelope, DeadLetterReason.SYSTEM_STOPPED)
+        self.from_thread.close()
 
 
 @contextlib.contextmanager

@@ -6,7 +6,9 @@ it in the wrong run: the message stays pending for ever and the system cannot sh
 every method that sends, waits or changes state first compares the caller's thread with the
 system's, and refuses before it touches anything; plain reads need no check.
 
-``trio.from_thread.run`` runs its function in the system's own thread, so it passes.
+``system.from_thread`` (blocking ``call`` and ``cast``, from any thread) is the way in from
+another thread; ``trio.from_thread.run`` runs its function in the system's own thread, so it
+passes too.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ current_thread_id = get_ident
 
 
 def wrong_thread(operation: str, remedy: str) -> WrongThread:
-    """The error for ``operation`` called from a foreign thread; ``remedy`` says what a worker
-    thread should call instead."""
+    """The error for ``operation`` called from a foreign thread: it points to
+    ``system.from_thread`` for sends, and to ``remedy`` for the rest."""
     return WrongThread(
         f"{operation} was called from a thread other than the message system's (the thread of"
-        f" its Trio run), and did nothing: Trio objects belong to one thread. From a worker"
-        f" thread, call {remedy}"
+        f" its Trio run), and did nothing: Trio objects belong to one thread. From another"
+        f" thread, send through system.from_thread.call(ref, ...) or"
+        f" system.from_thread.cast(ref, ...); for anything else, call {remedy}"
     )
 
 

@@ -122,8 +122,11 @@ class WrongThread(MessagingError, RuntimeError):
     """A method that sends, waits or changes state was called from a thread other than the one
     the message system runs in (its Trio run's); nothing was sent or changed.
 
-    Trio objects belong to one thread. From a worker thread, run the method in the system's
-    thread with ``trio.from_thread.run`` (``trio.from_thread.run_sync`` for a sync method).
+    Trio objects belong to one thread. From another thread, send through
+    ``system.from_thread.call`` or ``system.from_thread.cast``, or run the method in the
+    system's thread with ``trio.from_thread.run`` (``trio.from_thread.run_sync`` for a sync
+    method). Also raised by ``system.from_thread`` used from the system's own thread, where
+    its blocking wait would deadlock.
     """
 
 

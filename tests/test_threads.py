@@ -3,7 +3,7 @@
 Each method that sends, waits or changes state, called from another thread (a worker thread,
 or a ``trio.run`` of its own in one), raises ``WrongThread`` before it changes anything, so the
 books stay balanced and the system still shuts down; ``trio.from_thread`` keeps working, and so
-do plain reads.
+do plain reads. ``system.from_thread`` is the way in from any other thread.
 
 A regression shows as a hang or a Trio internal error on the way out. The body of each test
 runs under ``trio.fail_after``, but the system's shutdown is shielded (a lost wake-up wedges it
@@ -15,6 +15,7 @@ that jumps while a worker thread runs would fire those deadlines early; nothing 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,7 +38,7 @@ from terraphim_actors import (
     cast,
     open_message_system,
 )
-from terraphim_actors.errors import WrongThread
+from terraphim_actors.errors import CallFailed, CallTimeout, SystemClosed, WrongThread
 
 #: Seconds any test's body may take: far more than it needs, so that only a hang reaches it.
 BOUND = 10
@@ -202,12 +203,13 @@ class TestForeignThreads:
     @pytest.mark.parametrize("name", ["cast", "cast_nowait", "call"])
     @bounded
     async def test_the_error_says_to_use_trio_from_thread(self, name: str) -> None:
-        """The message names the way that works from a worker thread."""
+        """The message names the ways that work from a worker thread."""
         async with world() as w:
             error = await from_worker_thread(
                 lambda: raises_wrong_thread(lambda: REF_SENDS[name](w))
             )
         assert "trio.from_thread.run" in str(error)
+        assert "system.from_thread.call(ref, ...)" in str(error)
 
     @bounded
     async def test_a_send_stepped_outside_any_trio_run_raises_wrong_thread(self) -> None:
@@ -356,3 +358,128 @@ class TestHandlersWorkerThreads:
                 assert deferred.pending
                 await deferred.reply("in time")
         assert outcomes == ["in time"]
+
+
+def outcome_of(function: Callable[[], object]) -> Any:
+    """What ``function`` returned, or the exception it raised."""
+    try:
+        return function()
+    except Exception as error:
+        return error
+
+
+class TestThreadPortal:
+    @bounded
+    async def test_a_call_from_a_worker_thread_gets_its_reply(self) -> None:
+        """``system.from_thread.call`` blocks a worker thread until the agent's reply."""
+        async with world() as w:
+            reply = await from_worker_thread(
+                lambda: w.system.from_thread.call(w.ref, "question", timeout=BOUND)
+            )
+        assert reply == "question"
+        assert w.log == [("call", "question")]
+
+    @bounded
+    async def test_a_cast_from_a_worker_thread_is_delivered(self) -> None:
+        """``system.from_thread.cast`` returns once accepted; the agent then handles it."""
+        async with world() as w:
+            returned = await from_worker_thread(
+                lambda: w.system.from_thread.cast(w.ref, "from a thread")
+            )
+            assert returned is None
+            assert await w.ref.call("then") == "then"
+        assert w.log == [("cast", "from a thread"), ("call", "then")]
+
+    @bounded
+    async def test_a_call_to_a_pool_from_a_worker_thread_gets_its_reply(self) -> None:
+        """A pool's ref goes through the portal as an agent's does."""
+        async with world() as w:
+            reply = await from_worker_thread(
+                lambda: w.system.from_thread.call(w.pool, "question", timeout=BOUND)
+            )
+        assert reply == "question"
+
+    @bounded
+    async def test_a_call_timeout_crosses_back_typed(self) -> None:
+        """A call nobody answers in time raises ``CallTimeout`` in the worker thread."""
+        held: list[DeferredReply] = []
+        async with world() as w:
+            runner = await w.system.spawn(Runner)
+            error = await from_worker_thread(
+                lambda: outcome_of(
+                    lambda: w.system.from_thread.call(runner, defer_into(held), timeout=0.01)
+                )
+            )
+        assert isinstance(error, CallTimeout)
+
+    @bounded
+    async def test_a_handlers_error_crosses_back_as_call_failed(self) -> None:
+        """A callee that raises gives the worker thread ``CallFailed``, its error the cause."""
+
+        def fail(ctx: Context) -> None:
+            raise ValueError("no answer")
+
+        async with world() as w:
+            runner = await w.system.spawn(Runner)
+            error = await from_worker_thread(
+                lambda: outcome_of(lambda: w.system.from_thread.call(runner, fail, timeout=BOUND))
+            )
+        assert isinstance(error, CallFailed)
+        assert isinstance(error.__cause__, ValueError)
+
+    @pytest.mark.parametrize("name", ["call", "cast"])
+    @bounded
+    async def test_use_from_the_systems_own_thread_raises_wrong_thread(self, name: str) -> None:
+        """From the system's thread the portal would deadlock: it refuses, naming the await."""
+        async with world() as w:
+            before = books(w.system)
+            portal = getattr(w.system.from_thread, name)
+            error = raises_wrong_thread(lambda: portal(w.ref, "x"))
+            assert books(w.system) == before
+        assert f"await ref.{name}" in str(error)
+        assert "deadlock" in str(error)
+        assert w.log == []
+
+    @pytest.mark.parametrize("name", ["call", "cast"])
+    @bounded
+    async def test_use_after_shutdown_raises_system_closed(self, name: str) -> None:
+        """After the system's block has exited (its Trio run still going): ``SystemClosed``."""
+        async with world() as w:
+            pass
+        portal = getattr(w.system.from_thread, name)
+        error = await from_worker_thread(lambda: outcome_of(lambda: portal(w.ref, "x")))
+        assert isinstance(error, SystemClosed)
+        assert w.log == []
+
+    def test_use_after_the_trio_run_ended_raises_system_closed(self) -> None:
+        """After the system's Trio run has ended, any thread gets ``SystemClosed``."""
+        opened: list[World] = []
+
+        async def open_and_close() -> None:
+            async with world() as w:
+                opened.append(w)
+
+        run_in_own_thread(functools.partial(trio.run, open_and_close), wall_seconds=HANG)
+        [w] = opened
+        with pytest.raises(SystemClosed):
+            w.system.from_thread.call(w.ref, "x", timeout=BOUND)
+        with pytest.raises(SystemClosed):
+            w.system.from_thread.cast(w.ref, "x")
+
+    @bounded
+    async def test_a_plain_thread_not_started_by_trio_can_call_and_cast(self) -> None:
+        """A ``threading.Thread`` Trio knows nothing of gets in through the system's token."""
+        outcomes: list[Any] = []
+        async with world() as w:
+
+            def in_plain_thread() -> None:
+                w.system.from_thread.cast(w.ref, "from a plain thread")
+                outcomes.append(w.system.from_thread.call(w.ref, "question", timeout=BOUND))
+
+            thread = threading.Thread(target=in_plain_thread, daemon=True)
+            thread.start()
+            # Joined from a worker thread, so that the system's thread stays free to answer.
+            await trio.to_thread.run_sync(thread.join, BOUND)
+            assert not thread.is_alive()
+        assert outcomes == ["question"]
+        assert w.log == [("cast", "from a plain thread"), ("call", "question")]
