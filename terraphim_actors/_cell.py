@@ -19,6 +19,7 @@ import trio
 from supervisor import CurrentChild, RestartType, current_child
 
 from ._agent import Agent, Context, NotHandled, on_start_takes_context, stopped_error
+from ._agent_checks import warn_cast_returned
 from ._bounded_repr import bounded_repr
 from ._checks import check_instance
 from ._circuit import CircuitBreaker
@@ -383,7 +384,12 @@ class AgentCell:
                 try:
                     kind = envelope.kind
                     if kind is MessageKind.CAST:
-                        await instance.handle_cast(envelope.payload, context)
+                        # A value returned from a cast reaches nobody: say so, once per class.
+                        returned = await instance.handle_cast(  # type: ignore[func-returns-value]
+                            envelope.payload, context
+                        )
+                        if returned is not None:
+                            warn_cast_returned(type(instance), returned)
                     elif kind is MessageKind.CALL:
                         reply = await self._serve_call(instance, context, envelope)
                     else:

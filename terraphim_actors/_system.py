@@ -24,6 +24,7 @@ from supervisor import (
 )
 
 from ._agent import Agent
+from ._agent_checks import check_agent_class
 from ._agent_spec import AgentStarter, agent_child_spec
 from ._balancing import Balancer, LoadBalancing
 from ._cell import AgentCell, CellState
@@ -377,6 +378,7 @@ class MessageSystem:
     ) -> AgentStarter:
         if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
             raise InvalidConfig(f"agent_class must be an Agent subclass, got {agent_class!r}")
+        check_agent_class(agent_class)
         if name is not None and not isinstance(name, str):
             raise InvalidConfig(f"name must be a str or None, got {name!r}")
         if mailbox is not None:

@@ -992,3 +992,118 @@ class TestReviewFindings:
             await system.stop(ref)
         assert len(failures) == 1
         assert trio.current_time() - started == pytest.approx(5.0)
+
+
+class SyncCall(Agent):
+    def handle_call(self, message: Any, ctx: Context) -> Any:  # type: ignore[override]
+        return message
+
+
+class CallWithoutCtx(Agent):
+    async def handle_call(self, message: Any) -> Any:  # type: ignore[override]
+        return message
+
+
+class OnStartWithTwoArguments(Agent):
+    async def on_start(self, ctx: Context, extra: int) -> None:
+        pass
+
+
+class MisspelledCall(Agent):
+    async def handle_calls(self, message: Any, ctx: Context) -> Any:
+        return message
+
+
+class MisspelledStart(Agent):
+    async def on_stat(self) -> None:
+        pass
+
+
+class SwappedLetters(Agent):
+    async def hadnle_info(self, message: Any, ctx: Context) -> None:
+        pass
+
+
+class MethodsThatAreNotHooks(Agent):
+    """Public methods far from every hook's name, and private ones near one, are accepted."""
+
+    async def handle_request(self, message: Any) -> None:
+        pass
+
+    async def _on_stat(self) -> None:
+        pass
+
+    def summary(self) -> str:
+        return "fine"
+
+
+class ReturningCast(Agent):
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        return message  # type: ignore[no-any-return]
+
+
+class TestClassChecks:
+    async def test_sync_handler_fails_the_spawn_naming_it(self, system: MessageSystem) -> None:
+        """A handler not defined with ``async def`` is refused at ``spawn``."""
+        with pytest.raises(InvalidConfig, match=r"SyncCall\.handle_call must be defined with"):
+            await system.spawn(SyncCall)
+
+    async def test_handler_with_wrong_parameters_fails_the_spawn(
+        self, system: MessageSystem
+    ) -> None:
+        """A handler that cannot take ``(message, ctx)`` is refused at ``spawn``."""
+        with pytest.raises(InvalidConfig, match=r"CallWithoutCtx\.handle_call.*wrong parameters"):
+            await system.spawn(CallWithoutCtx)
+
+    async def test_on_start_with_more_than_ctx_fails_the_spawn(self, system: MessageSystem) -> None:
+        """``on_start`` takes ``(self)`` or ``(self, ctx)``, nothing more."""
+        with pytest.raises(InvalidConfig, match=r"on_start.*on_start\(self, ctx\)"):
+            await system.spawn(OnStartWithTwoArguments)
+
+    async def test_misspelled_hook_fails_the_spawn_naming_it(self, system: MessageSystem) -> None:
+        """A method one edit from a hook's name is taken for a misspelling of it."""
+        with pytest.raises(InvalidConfig, match=r"MisspelledCall\.handle_calls.*'handle_call'"):
+            await system.spawn(MisspelledCall)
+
+    async def test_hook_misspelled_by_a_dropped_letter_fails_the_spawn(
+        self, system: MessageSystem
+    ) -> None:
+        """``on_stat`` is refused as a misspelling of ``on_start``."""
+        with pytest.raises(InvalidConfig, match=r"on_stat.*'on_start'"):
+            await system.spawn(MisspelledStart)
+
+    async def test_hook_misspelled_by_swapped_letters_fails_the_spawn(
+        self, system: MessageSystem
+    ) -> None:
+        """Two neighbouring letters swapped count as one edit: ``hadnle_info``."""
+        with pytest.raises(InvalidConfig, match=r"hadnle_info.*'handle_info'"):
+            await system.spawn(SwappedLetters)
+
+    async def test_methods_that_are_not_hooks_are_accepted(self, system: MessageSystem) -> None:
+        """Names more than two edits from every hook, and private names, pass the checks."""
+        ref = await system.spawn(MethodsThatAreNotHooks)
+        assert ref.alive
+
+    async def test_spawn_pool_checks_the_class(self, system: MessageSystem) -> None:
+        """``spawn_pool`` refuses a class ``spawn`` refuses, before starting any member."""
+        with pytest.raises(InvalidConfig, match="handle_calls"):
+            await system.spawn_pool(MisspelledCall, size=2)
+        assert system.agents == []
+
+    async def test_agent_spec_checks_the_class(self, system: MessageSystem) -> None:
+        """``agent_spec`` refuses a class ``spawn`` refuses, when the spec is made."""
+        with pytest.raises(InvalidConfig, match=r"SyncCall\.handle_call"):
+            system.agent_spec(SyncCall)
+
+    async def test_cast_handler_returning_a_value_warns_once_per_class(
+        self, system: MessageSystem, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A value returned by ``handle_cast`` is dropped with one warning for the class."""
+        ref = await system.spawn(ReturningCast)
+        with caplog.at_level(logging.WARNING, logger="terraphim_actors"):
+            for payload in ("first", "second"):
+                await ref.cast(payload)
+            await trio.testing.wait_all_tasks_blocked()
+        warnings = [r for r in caplog.records if "handle_cast returned" in r.getMessage()]
+        assert len(warnings) == 1
+        assert "ReturningCast" in warnings[0].getMessage()
