@@ -87,6 +87,7 @@ class AgentCell:
     __slots__ = (
         "_args",
         "_background",
+        "_cleanup_scope",
         "_deferred",
         "_draining",
         "_final",
@@ -115,6 +116,7 @@ class AgentCell:
         "retiring",
         "shutdown",
         "state",
+        "stop_requested_at",
         "stopped",
         "stops_pending",
         "system",
@@ -159,6 +161,10 @@ class AgentCell:
         #: When a requested stop's shutdown time is up: it covers the handler in hand and
         #: ``on_stop`` together.
         self._stop_deadline = math.inf
+        #: When the running instance was asked to stop (None until it is).
+        self.stop_requested_at: float | None = None
+        #: The scope ``on_stop`` runs in, while it runs (the shutdown deadline can shorten it).
+        self._cleanup_scope: trio.CancelScope | None = None
         #: Set when the running instance ends, made only when someone waits for that.
         self._instance_over: trio.Event | None = None
         #: The stop asked for is for good: the mailbox is closed, no instance will follow.
@@ -247,6 +253,7 @@ class AgentCell:
             self.system.count_restart()
         self._stop_requested = None
         self._stop_deadline = math.inf
+        self.stop_requested_at = None
         self._draining = False
         self._linked_failure = None
 
@@ -460,10 +467,13 @@ class AgentCell:
         if type(instance).on_stop is not Agent.on_stop:  # a scope costs; the default is a no-op
             with trio.CancelScope(shield=True) as cleanup:
                 cleanup.deadline = min(self._stop_deadline, trio.current_time() + self.shutdown)
+                self._cleanup_scope = cleanup
                 try:
                     await instance.on_stop(reason)
                 except Exception as error:
                     logger.error("agent %r raised in on_stop", self.id, exc_info=error)
+                finally:
+                    self._cleanup_scope = None
         self.system.publish(AgentExited(self.id, reason))
 
     def _settle_links(self) -> None:
@@ -517,7 +527,8 @@ class AgentCell:
             return
         if self._stop_requested is None:
             self._stop_requested = reason
-            self._stop_deadline = self.system.clock.current_time() + self.shutdown
+            self.stop_requested_at = self.system.clock.current_time()
+            self._stop_deadline = self.stop_requested_at + self.shutdown
             self._draining = drain
         if final:
             self._final = True
@@ -528,6 +539,31 @@ class AgentCell:
         """Cancel the running instance now (its handler is interrupted)."""
         if self._instance_scope is not None:
             self._instance_scope.cancel()
+
+    def cut_short(self, grace: float) -> None:
+        """Cancel the running instance now and give its ``on_stop`` (running or to come) at
+        most ``grace`` more seconds: the system's shutdown deadline has passed."""
+        deadline = self.system.clock.current_time() + grace
+        self._stop_deadline = min(self._stop_deadline, deadline)
+        if self._cleanup_scope is not None:
+            self._cleanup_scope.deadline = min(self._cleanup_scope.deadline, deadline)
+        self.kill()
+
+    @property
+    def stop_deadline(self) -> float:
+        """When the stop asked for is due to be over (``inf`` if none was asked)."""
+        return self._stop_deadline
+
+    @property
+    def activity(self) -> str:
+        """What the instance is busy with, as logs show it."""
+        if self._cleanup_scope is not None:
+            return "on_stop"
+        if self.state is CellState.STARTING:
+            return "on_start"
+        if self._in_hand is not None:
+            return repr(self._in_hand)
+        return "nothing"
 
     # -- what handlers ask for through the context ----------------------------------------
 

@@ -39,6 +39,7 @@ from ._pool import Pool, PoolRef
 from ._ref import AgentRef
 from ._registry import Registry
 from ._router import Router, RouterConfig
+from ._shutdown import ShutdownWatch
 from ._task_context import current_cell
 from ._thread_portal import ThreadPortal
 from ._threads import check_thread, current_thread_id
@@ -63,6 +64,10 @@ class MessageSystemConfig:
     Attributes:
         mailbox: the mailbox of an agent spawned without one of its own.
         shutdown_timeout: seconds a stopping agent gets before it is cancelled.
+        shutdown_deadline: seconds the whole shutdown may take (default: no cap, each agent
+            gets its shutdown time, one after another); past it, every agent still running is
+            cancelled at once and its ``on_stop`` runs with ``StopReason.KILLED`` for at most
+            one more second.
         dead_letter_capacity: how many recent dead letters are kept (all are counted).
         max_restarts: restarts the root supervisor allows within ``max_seconds``; above that
             it gives up and the system ends with ``RestartIntensityExceeded``.
@@ -78,6 +83,9 @@ class MessageSystemConfig:
         factory=MailboxConfig, validator=validator(check_instance, MailboxConfig)
     )
     shutdown_timeout: float = attrs.field(default=5.0, validator=validator(check_seconds))
+    shutdown_deadline: float | None = attrs.field(
+        default=None, validator=validator(check_seconds, optional=True)
+    )
     dead_letter_capacity: int = attrs.field(
         default=1000, validator=validator(check_count, minimum=1, maximum=sys.maxsize)
     )
@@ -697,8 +705,18 @@ class MessageSystem:
         an agent stopping can still call those started before it. Subscribers hear of the
         shutdown first and handle what they were sent before they stop, so that they can watch
         the system go down.
+
+        It logs its start, and names each agent that holds it up for more than a second; the
+        config's ``shutdown_deadline`` caps it (see :class:`ShutdownWatch`).
         """
         self.closing = True
+        watch = ShutdownWatch(self, self.config.shutdown_deadline)
+        try:
+            await self._stop_agents()
+        finally:
+            watch.close()
+
+    async def _stop_agents(self) -> None:
         self.publish(SystemShutdown())
         for cell in self.registry.cells.values():
             if cell.state is CellState.STARTING:

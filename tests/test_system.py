@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any
 
 import attrs
@@ -1542,3 +1544,170 @@ class TestAfterTheSystemClosed:
             ctx = await (await system.spawn(KeepsItsContext)).call("your context")
         with pytest.raises(SystemClosed):
             ctx.start_soon(trio.sleep, 1)
+
+
+class SlowToStop(Agent):
+    """Each cast keeps it busy for ``seconds``; ``on_stop`` records its reason and the time."""
+
+    def __init__(
+        self, stops: list[tuple[str, ExitReason, float]], label: str, seconds: float
+    ) -> None:
+        self.stops = stops
+        self.label = label
+        self.seconds = seconds
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        await trio.sleep(self.seconds)
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        self.stops.append((self.label, reason, trio.current_time()))
+
+
+async def _shut_down_three_busy_agents(
+    config: MessageSystemConfig, handler_seconds: float = 10.0
+) -> tuple[float, list[tuple[str, ExitReason, float]]]:
+    """Three agents busy in long handlers, 5 s shutdown time each: the seconds the shutdown
+    took, and each ``on_stop``'s label, reason and time (from the shutdown's start)."""
+    stops: list[tuple[str, ExitReason, float]] = []
+    async with open_message_system(config) as system:
+        for label in ("a", "b", "c"):
+            ref = await system.spawn(
+                SlowToStop, stops, label, handler_seconds, name=label, shutdown=5.0
+            )
+            await ref.cast("work")
+        await trio.testing.wait_all_tasks_blocked()
+        began = trio.current_time()
+    return trio.current_time() - began, [(label, why, at - began) for label, why, at in stops]
+
+
+class TestShutdownDeadline:
+    """``shutdown_deadline`` caps the whole shutdown; ``shutdown_timeout`` stays one agent's."""
+
+    def test_busy_agents_are_cancelled_once_the_deadline_has_passed(self) -> None:
+        """Past the deadline the agents still running are cancelled at once: leaving the block
+        takes at most the deadline plus one second, every ``on_stop`` having run."""
+        config = attrs.evolve(AT_MOST_ONCE, shutdown_deadline=2.0)
+        took, stops = run_guarded(functools.partial(_shut_down_three_busy_agents, config))
+        assert took <= 3.0
+        assert sorted(label for label, _, _ in stops) == ["a", "b", "c"]
+        assert all(why is StopReason.KILLED and at <= 3.0 for _, why, at in stops)
+
+    def test_on_stop_gets_at_most_one_second_past_the_deadline(self) -> None:
+        """An ``on_stop`` still running at the deadline, or started after it, is cut short
+        one second after it."""
+        ends: list[float] = []
+
+        class SlowOnStop(Agent):
+            async def on_stop(self, reason: ExitReason) -> None:
+                try:
+                    await trio.sleep(60.0)
+                finally:
+                    ends.append(trio.current_time())
+
+        async def body() -> float:
+            config = attrs.evolve(AT_MOST_ONCE, shutdown_deadline=0.5)
+            async with open_message_system(config) as system:
+                for _ in range(3):
+                    await system.spawn(SlowOnStop, shutdown=30.0)
+                began = trio.current_time()
+            return began
+
+        began = run_guarded(body)
+        assert [end - began for end in ends] == pytest.approx([1.5, 1.5, 1.5])
+
+    def test_without_a_deadline_each_agent_gets_its_shutdown_time_in_turn(self) -> None:
+        """No cap: the shutdown takes the sum of the agents' shutdown times, as before."""
+        took, stops = run_guarded(
+            functools.partial(_shut_down_three_busy_agents, AT_MOST_ONCE, 60.0)
+        )
+        assert took == pytest.approx(15.0)
+        assert [label for label, _, _ in stops] == ["c", "b", "a"]
+
+    def test_agents_that_stop_within_the_deadline_stop_as_usual(self) -> None:
+        """A deadline that is not reached changes nothing: ``on_stop`` gets ``SHUTDOWN``."""
+
+        async def body() -> list[ExitReason]:
+            reasons: list[ExitReason] = []
+
+            class Quick(Agent):
+                async def on_stop(self, reason: ExitReason) -> None:
+                    reasons.append(reason)
+
+            config = attrs.evolve(AT_MOST_ONCE, shutdown_deadline=2.0)
+            async with open_message_system(config) as system:
+                await system.spawn(Quick)
+                await system.spawn(Quick)
+            return reasons
+
+        assert run_guarded(body) == [StopReason.SHUTDOWN, StopReason.SHUTDOWN]
+
+    async def test_defaults_to_no_deadline(self) -> None:
+        """By default the shutdown has no cap."""
+        assert MessageSystemConfig().shutdown_deadline is None
+
+    @pytest.mark.parametrize("deadline", [0, -1.0, True, float("nan"), float("inf"), "2"])
+    async def test_bad_shutdown_deadline_raises_invalid_config(self, deadline: Any) -> None:
+        """The deadline must be a positive number of seconds, or None."""
+        with pytest.raises(InvalidConfig, match="shutdown_deadline"):
+            MessageSystemConfig(shutdown_deadline=deadline)
+
+
+class TestShutdownLogs:
+    """The shutdown says when it starts, and which agents hold it up."""
+
+    def test_the_start_is_logged_with_how_many_agents_it_stops(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        async def body() -> None:
+            async with open_message_system(AT_MOST_ONCE) as system:
+                await system.spawn(Silent)
+                await system.spawn(Silent)
+
+        with caplog.at_level(logging.INFO, logger="terraphim_actors"):
+            run_guarded(body)
+        starts = [r for r in caplog.records if "shutting down" in r.getMessage()]
+        assert [(r.levelno, r.getMessage()) for r in starts] == [
+            (logging.INFO, "message system shutting down: stopping 2 agents")
+        ]
+
+    def test_an_agent_holding_the_shutdown_up_is_named_with_what_it_handles(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """One warning per agent held up over a second: which, what it handles, for how
+        long, and how long it may still take."""
+        with caplog.at_level(logging.INFO, logger="terraphim_actors"):
+            run_guarded(functools.partial(_shut_down_three_busy_agents, AT_MOST_ONCE, 60.0))
+        held = [r for r in caplog.records if "held up" in r.getMessage()]
+        assert [r.levelno for r in held] == [logging.WARNING] * 3
+        for record, name in zip(held, ["c", "b", "a"], strict=True):
+            message = record.getMessage()
+            assert message.startswith(f"shutdown held up by AgentId('{name}', ")
+            assert " for 1.0 s, handling <cast #" in message
+            assert message.endswith(f" -> {name}: 'work'>; it may take 4.0 s more")
+
+    def test_an_agent_that_stops_within_a_second_is_not_named(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        class Brief(Agent):
+            async def handle_cast(self, message: Any, ctx: Context) -> None:
+                await trio.sleep(0.9)
+
+        async def body() -> None:
+            async with open_message_system(AT_MOST_ONCE) as system:
+                ref = await system.spawn(Brief)
+                await ref.cast("work")
+                await trio.testing.wait_all_tasks_blocked()
+
+        with caplog.at_level(logging.INFO, logger="terraphim_actors"):
+            run_guarded(body)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+    def test_past_the_deadline_the_remaining_time_is_capped(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """After the deadline, an agent may take at most the one second ``on_stop`` gets."""
+        config = attrs.evolve(AT_MOST_ONCE, shutdown_deadline=0.5)
+        with caplog.at_level(logging.INFO, logger="terraphim_actors"):
+            run_guarded(functools.partial(_shut_down_three_busy_agents, config))
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("deadline passed: cancelling 3 agents" in m for m in messages)
