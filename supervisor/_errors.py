@@ -27,6 +27,8 @@ __all__ = [
     "ChildRunning",
     "ChildStartFailed",
     "DuplicateChild",
+    "EscalatedFailure",
+    "FinalExit",
     "HealthCheckFailed",
     "InvalidSpec",
     "RestartIntensityExceeded",
@@ -68,6 +70,17 @@ class ChildStartFailed(SupervisorError):
         super().__init__(f"child {bounded_repr(child_id)} failed to start: {bounded_repr(error)}")
         self.child_id = child_id
         self.__cause__ = error
+
+
+class EscalatedFailure(SupervisorError):
+    """A child ended with this to make its supervisor fail: the supervisor gives up as when it
+    exceeds its restart intensity (raising ``RestartIntensityExceeded``), whatever the
+    intensity left. The child's own error is the ``__cause__``."""
+
+
+class FinalExit(SupervisorError):
+    """A child ended with this to stop for good: its supervisor neither restarts it, whatever
+    its restart type, nor keeps it. The child's own error is the ``__cause__``."""
 
 
 class HealthCheckFailed(SupervisorError):

@@ -35,6 +35,8 @@ from ._errors import (
     ChildRunning,
     ChildStartFailed,
     DuplicateChild,
+    EscalatedFailure,
+    FinalExit,
     HealthCheckFailed,
     InvalidSpec,
     RestartIntensityExceeded,
@@ -543,6 +545,17 @@ class Supervisor:
             return True  # stopped or restarted since it reported
         child.run = None
         child.last_exit = run.outcome
+        if isinstance(run.outcome, EscalatedFailure):
+            self._escalation = RestartIntensityExceeded(
+                self.name, self.max_restarts, self.max_seconds, run.outcome
+            )
+            logger.error("%s", self._escalation)
+            return False
+        if isinstance(run.outcome, FinalExit):
+            logger.info("%s: %s stopped for good", self.name, BoundedRepr(child.spec.id))
+            child.state = ChildState.TERMINATED
+            self._forget(child)
+            return not (child.spec.significant and self._auto_shutdown_due())
         restart = child.spec.restart
         abnormal = run.outcome is not None
         if restart is RestartType.PERMANENT or (restart is RestartType.TRANSIENT and abnormal):

@@ -18,7 +18,7 @@ from supervisor import (
     Supervisor,
 )
 
-from ._agent import Agent, Context, DeferredReply, NotHandled
+from ._agent import Agent, Context, DeferredReply, Directive, NotHandled
 from ._balancing import LoadBalancing
 from ._circuit import CircuitBreakerConfig, CircuitState
 from ._dead_letters import DeadLetter, DeadLetterReason
@@ -73,6 +73,7 @@ __all__ = [
     "DeliveryGuarantee",
     "DeliveryManager",
     "DeliveryStats",
+    "Directive",
     "Down",
     "Envelope",
     "ExitReason",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import inspect
 import weakref
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,21 @@ if TYPE_CHECKING:
     from ._ref import AgentRef
     from ._system import MessageSystem
 
-__all__ = ["Agent", "Context", "DeferredReply", "NotHandled"]
+__all__ = ["Agent", "Context", "DeferredReply", "Directive", "NotHandled"]
+
+
+class Directive(enum.Enum):
+    """What becomes of an agent whose handler raised (Akka's supervisor directives); the
+    message that failed is settled as failed whatever the directive."""
+
+    #: Keep the instance and its state; take the next message. No restart is spent.
+    RESUME = "resume"
+    #: Crash: the supervisor starts a fresh instance (the default, as in OTP).
+    RESTART = "restart"
+    #: Stop for good with the error as the reason, as ``system.stop`` would.
+    STOP = "stop"
+    #: Make the agent's supervisor fail, as when it exceeds its restart intensity.
+    ESCALATE = "escalate"
 
 
 class NotHandled(Exception):
@@ -43,8 +58,14 @@ class Agent:
     arguments given to ``spawn``, then awaits :meth:`on_start`. Messages are handed out by
     priority, then in order of arrival. A handler that raises crashes the agent: a caller of the
     failing call gets the error as ``CallFailed`` at once, and the agent's supervisor starts a
-    fresh instance, which finds the messages that were waiting in the mailbox.
+    fresh instance, which finds the messages that were waiting in the mailbox. :meth:`on_error`
+    (or ``resume_on`` and ``stop_on``) can decide otherwise per error.
     """
+
+    #: Errors after which the default :meth:`on_error` resumes the agent (``isinstance``).
+    resume_on: tuple[type[BaseException], ...] = ()
+    #: Errors after which the default :meth:`on_error` stops it for good (checked first).
+    stop_on: tuple[type[BaseException], ...] = ()
 
     if TYPE_CHECKING:
         # Either ``on_start(self)`` or ``on_start(self, ctx)``: a subclass's type checker
@@ -70,6 +91,16 @@ class Agent:
     async def handle_info(self, message: Any, ctx: Context) -> None:
         """Act on a system notification (``Down``, timers, lifecycle) or a plain send."""
         raise NotHandled(message)
+
+    def on_error(self, error: Exception, payload: Any, ctx: Context) -> Directive:
+        """Decide what becomes of this agent now that a handler raised ``error`` handling
+        ``payload``. The default stops on ``stop_on``, resumes on ``resume_on``, and restarts
+        otherwise. If this method raises, the agent restarts."""
+        if isinstance(error, self.stop_on):
+            return Directive.STOP
+        if isinstance(error, self.resume_on):
+            return Directive.RESUME
+        return Directive.RESTART
 
     async def on_stop(self, reason: ExitReason) -> None:
         """Release resources. ``reason`` is a ``StopReason`` or the exception it crashed with.

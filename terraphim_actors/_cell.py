@@ -16,9 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from supervisor import CurrentChild, RestartType, current_child
+from supervisor import CurrentChild, EscalatedFailure, FinalExit, RestartType, current_child
 
-from ._agent import Agent, Context, NotHandled, on_start_takes_context, stopped_error
+from ._agent import (
+    Agent,
+    Context,
+    Directive,
+    NotHandled,
+    on_start_takes_context,
+    stopped_error,
+)
 from ._agent_checks import warn_cast_returned
 from ._bounded_repr import bounded_repr
 from ._checks import check_instance
@@ -90,6 +97,7 @@ class AgentCell:
         "_cleanup_scope",
         "_deferred",
         "_draining",
+        "_exit_as",
         "_final",
         "_in_hand",
         "_instance_over",
@@ -169,6 +177,8 @@ class AgentCell:
         self._instance_over: trio.Event | None = None
         #: The stop asked for is for good: the mailbox is closed, no instance will follow.
         self._final = False
+        #: How the instance's crash reaches its supervisor, if not as itself (a directive).
+        self._exit_as: type[EscalatedFailure | FinalExit] | None = None
         #: Handle what is already in the mailbox before stopping (subscribers at shutdown).
         self._draining = False
         self._linked_failure: BaseException | None = None
@@ -241,6 +251,8 @@ class AgentCell:
         finally:
             self._after_instance(reason)
         if isinstance(reason, Exception):
+            if self._exit_as is not None:
+                raise self._exit_as(f"{self.id!r} failed with {bounded_repr(reason)}") from reason
             raise reason
 
     def _begin_instance(self) -> None:
@@ -255,6 +267,7 @@ class AgentCell:
         self._stop_deadline = math.inf
         self.stop_requested_at = None
         self._draining = False
+        self._exit_as = None
         self._linked_failure = None
 
     def _after_instance(self, reason: ExitReason) -> None:
@@ -405,9 +418,13 @@ class AgentCell:
                     unhandled = UnhandledMessage(f"{type(instance).__name__} does not handle it")
                     delivery.undelivered(envelope, DeadLetterReason.UNHANDLED, unhandled)
                 except Exception as crash:
-                    logger.error("agent %r crashed handling %r", self.id, envelope, exc_info=crash)
                     delivery.record_failure(self)
-                    return crash
+                    if self._decide(instance, crash, envelope, context) is not Directive.RESUME:
+                        return crash
+                    self._in_hand = None
+                    delivery.undelivered(
+                        envelope, DeadLetterReason.HANDLER_CRASHED, _failure(self.id, crash)
+                    )
                 else:
                     if self.breaker is None and envelope.options.guarantee is not EXACTLY_ONCE:
                         delivery.acknowledged += 1  # all that acknowledging takes, mostly
@@ -418,6 +435,29 @@ class AgentCell:
             stopped_at = clock()
             mailbox.record_processing_time(stopped_at - batch_started, stopped_at)
         return self._stop_requested or StopReason.NORMAL
+
+    def _decide(
+        self, instance: Agent, crash: Exception, envelope: Envelope, context: Context
+    ) -> Directive:
+        """Ask the instance's ``on_error`` what its crash means (RESTART if that raises), and
+        prepare the instance's end for a STOP or an ESCALATE."""
+        try:
+            directive = instance.on_error(crash, envelope.payload, context)
+            if not isinstance(directive, Directive):
+                raise TypeError(f"on_error returned {bounded_repr(directive)}, not a Directive")
+        except Exception as error:
+            logger.error("on_error of %r raised; restarting it", self.id, exc_info=error)
+            directive = Directive.RESTART
+        logger.error(
+            "agent %r crashed handling %r (%s)", self.id, envelope, directive.value, exc_info=crash
+        )
+        if directive is Directive.STOP:
+            self._final = True
+            self._exit_as = FinalExit
+            self.mailbox.close()
+        elif directive is Directive.ESCALATE:
+            self._exit_as = EscalatedFailure
+        return directive
 
     async def _serve_call(self, instance: Agent, context: Context, envelope: Envelope) -> Any:
         """Run ``handle_call`` and answer the caller; returns the reply it gave (``NO_REPLY``
@@ -640,6 +680,11 @@ def _expiry(envelope: Envelope) -> DeliveryFailed:
         return DeliveryFailed("the caller gave up before it was handled")
     timeout = envelope.options.timeout
     return DeliveryFailed(f"its timeout ({timeout} s) passed before it was handled")
+
+
+def _failure(agent: AgentId, error: Exception) -> DeliveryFailed:
+    """The error (and dead-letter detail) of a message whose handler raised ``error``."""
+    return DeliveryFailed(f"{agent!r} raised {bounded_repr(error)} while handling it")
 
 
 def _wrap(error_type: type[CallFailed], agent: AgentId, error: Exception) -> CallFailed:

@@ -25,14 +25,19 @@ from terraphim_actors import (
     Agent,
     AgentId,
     AgentRef,
+    CircuitBreakerConfig,
     Context,
     DeadLetterReason,
     DeferredReply,
+    DeliveryGuarantee,
+    Directive,
     Down,
     ExitReason,
+    MessageOptions,
     MessageSystem,
     MessageSystemConfig,
     NotHandled,
+    RouterConfig,
     StopReason,
     cast,
     open_message_system,
@@ -1107,3 +1112,144 @@ class TestClassChecks:
         warnings = [r for r in caplog.records if "handle_cast returned" in r.getMessage()]
         assert len(warnings) == 1
         assert "ReturningCast" in warnings[0].getMessage()
+
+
+class ModelError(Exception):
+    """An expected failure: the model answered nonsense."""
+
+
+class Forbidden(Exception):
+    """A failure after which the agent must not go on."""
+
+
+class Counting(Agent):
+    """Counts the casts it handled; raises what a cast carries (an exception instance), and
+    a call replies with the count. Resumes on ``ModelError``, stops on ``Forbidden``."""
+
+    resume_on = (ModelError,)
+    stop_on = (Forbidden,)
+
+    def __init__(self, stops: list[ExitReason] | None = None) -> None:
+        self.handled = 0
+        self.stops = [] if stops is None else stops
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        if isinstance(message, Exception):
+            raise message
+        self.handled += 1
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        return self.handled
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        self.stops.append(reason)
+
+
+class BrokenDecider(Counting):
+    """Its ``on_error`` itself raises."""
+
+    def on_error(self, error: Exception, payload: Any, ctx: Context) -> Directive:
+        raise RuntimeError("the decider broke")
+
+
+class Escalates(Counting):
+    """Escalates every error."""
+
+    def on_error(self, error: Exception, payload: Any, ctx: Context) -> Directive:
+        return Directive.ESCALATE
+
+
+class TestDirectives:
+    def test_the_default_on_error_checks_stop_on_first(self) -> None:
+        """An error listed in both ``stop_on`` and ``resume_on`` stops the agent."""
+
+        class Both(Counting):
+            resume_on = (ModelError,)
+            stop_on = (ModelError,)
+
+        assert Both().on_error(ModelError(), None, None) is Directive.STOP  # type: ignore[arg-type]
+        assert Counting().on_error(ValueError(), None, None) is Directive.RESTART  # type: ignore[arg-type]
+
+    async def test_resume_on_keeps_the_state_and_spends_no_restart(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """An error in ``resume_on`` leaves the instance and its state; no restart counted."""
+        async with open_message_system() as system:
+            ref = await system.spawn(Counting)
+            await ref.cast("one")
+            await ref.cast(ModelError("nonsense"))
+            await ref.cast("two")
+            assert await ref.call("count") == 2
+            assert system.get_stats()[0].agent_restarts == 0
+
+    async def test_the_breaker_counts_a_resume(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Resumed failures open the recipient's circuit breaker as crashes would."""
+        breaker = CircuitBreakerConfig(failure_threshold=2, reset_timeout=10)
+        async with open_message_system(
+            MessageSystemConfig(router=RouterConfig(circuit_breaker=breaker))
+        ) as system:
+            ref = await system.spawn(Counting)
+            for _ in range(2):
+                await ref.cast(ModelError("nonsense"), options=None)
+            await trio.testing.wait_all_tasks_blocked()
+            cell = ref._agent()
+            assert cell.breaker is not None
+            assert cell.breaker.times_opened == 1
+
+    async def test_stop_on_stops_for_good_and_monitors_get_the_error(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """An error in ``stop_on`` stops even a permanent agent for good: ``Down`` carries it
+        and ``on_stop`` gets it; nothing restarts it."""
+        stops: list[ExitReason] = []
+        inbox: list[Any] = []
+        forbidden = Forbidden("no")
+        async with open_message_system() as system:
+            ref = await system.spawn(Counting, stops)
+            watcher = await system.spawn(Runner, inbox)
+            monitor = await watcher.call(lambda ctx: ctx.monitor(ref))
+            await ref.cast(forbidden)
+            await trio.sleep(1)
+            assert stops == [forbidden]
+            assert inbox == [Down(ref, forbidden, monitor)]
+            assert not ref.alive
+            assert system.whereis(ref.id) is None
+            assert system.get_stats()[0].agent_restarts == 0
+
+    async def test_on_error_that_raises_restarts_the_agent(
+        self, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An ``on_error`` that raises counts as RESTART, and says so in the log."""
+        async with open_message_system() as system:
+            ref = await system.spawn(BrokenDecider)
+            await ref.cast("one")
+            await ref.cast(ModelError("nonsense"))
+            assert await ref.call("count") == 0
+            assert system.get_stats()[0].agent_restarts == 1
+        assert "on_error" in caplog.text
+
+    async def test_escalate_in_a_subtree_restarts_the_subtree_through_its_parent(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """ESCALATE fails the agent's supervisor at once (restarts to spare); the root then
+        restarts that subtree, sibling included."""
+        stops: list[ExitReason] = []
+        async with open_message_system() as system:
+            subtree = await system.start_supervisor(
+                [
+                    system.agent_spec(Escalates, stops, name="fragile"),
+                    system.agent_spec(Counting, name="sibling"),
+                ],
+                max_restarts=10,
+            )
+            sibling = system.ref("sibling")
+            await sibling.cast("one")
+            assert await sibling.call("count") == 1
+            at_most_once = MessageOptions(guarantee=DeliveryGuarantee.AT_MOST_ONCE)
+            await system.ref("fragile").cast(ValueError("boom"), options=at_most_once)
+            await trio.sleep(1)
+            assert await system.ref("sibling").call("count") == 0
+            assert system.root.stats().total_restarts == 1
+            assert subtree.stats().total_restarts == 0

@@ -26,6 +26,7 @@ from terraphim_actors import (
     DeliveryConfig,
     DeliveryGuarantee,
     DeliveryStats,
+    Directive,
     Envelope,
     MailboxConfig,
     MessageOptions,
@@ -33,6 +34,7 @@ from terraphim_actors import (
     MessageSystemConfig,
     OverflowPolicy,
     ReplyHandle,
+    RestartIntensityExceeded,
     RouterConfig,
     call,
     cast,
@@ -1497,3 +1499,99 @@ class TestDeadLetterNotices:
         assert len(runs) == 1
         assert system.delivery.get_retry_candidates() == ()
         assert system.delivery.get_stats().pending == 0
+
+
+class Decides(Flaky):
+    """A ``Flaky`` whose ``on_error`` answers ``directive`` for every error."""
+
+    def __init__(self, runs: list[Run], crashes: float, directive: Directive) -> None:
+        super().__init__(runs, crashes)
+        self.directive = directive
+
+    def on_error(self, error: Exception, payload: Any, ctx: Context) -> Directive:
+        return self.directive
+
+
+GUARANTEES = list(DeliveryGuarantee)
+
+#: The directives after which the system goes on (an escalation at the root ends it).
+SURVIVABLE = [Directive.RESUME, Directive.RESTART, Directive.STOP]
+
+
+class TestDirectivesUnderEachGuarantee:
+    @pytest.mark.parametrize("guarantee", GUARANTEES)
+    async def test_resume_retries_a_cast_as_after_a_crash_in_the_same_instance(
+        self, guarantee: DeliveryGuarantee, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """RESUME: a retrying guarantee runs the cast again in the instance that failed it;
+        at most once it is a ``HANDLER_CRASHED`` dead letter naming the error."""
+        runs: list[Run] = []
+        async with open_message_system(settings()) as system:
+            ref = await system.spawn(Decides, runs, 1, Directive.RESUME)
+            await ref.cast("job", options=MessageOptions(guarantee=guarantee))
+            await trio.sleep(10)
+            letters = system.dead_letters
+        if guarantee is DeliveryGuarantee.AT_MOST_ONCE:
+            assert len(runs) == 1
+            [letter] = letters
+            assert letter.reason is DeadLetterReason.HANDLER_CRASHED
+            assert "Boom" in letter.detail
+        else:
+            assert len(runs) == 2
+            assert runs[0].instance is runs[1].instance
+            assert letters == ()
+
+    @pytest.mark.parametrize("guarantee", GUARANTEES)
+    @pytest.mark.parametrize("directive", SURVIVABLE)
+    async def test_a_failed_call_raises_call_failed_with_the_error(
+        self,
+        directive: Directive,
+        guarantee: DeliveryGuarantee,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """Whatever the directive, the caller of the failing call gets ``CallFailed`` at once."""
+        async with open_message_system(settings()) as system:
+            ref = await system.spawn(Decides, [], ALWAYS, directive)
+            with pytest.raises(CallFailed) as raised:
+                await ref.call("job", options=MessageOptions(guarantee=guarantee))
+            assert isinstance(raised.value.__cause__, Boom)
+
+    @pytest.mark.parametrize("guarantee", GUARANTEES)
+    @pytest.mark.parametrize("directive", SURVIVABLE)
+    async def test_failed_casts_are_settled_and_the_books_balance(
+        self,
+        directive: Directive,
+        guarantee: DeliveryGuarantee,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """Casts whose handler always fails end retried, then dead, never pending."""
+        async with open_message_system(settings()) as system:
+            ref = await system.spawn(Decides, [], ALWAYS, directive)
+            for number in range(3):
+                await ref.cast(number, options=MessageOptions(guarantee=guarantee))
+            await trio.sleep(60)
+        snapshot = system.delivery.get_stats()
+        assert snapshot.pending == 0
+        assert balanced(snapshot)
+
+    @pytest.mark.parametrize("guarantee", GUARANTEES)
+    async def test_escalate_at_the_root_ends_the_system(
+        self, guarantee: DeliveryGuarantee, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """ESCALATE under the root ends the block with ``RestartIntensityExceeded``, even with
+        restarts to spare, and the books still balance."""
+        systems: list[MessageSystem] = []
+
+        async def escalate() -> None:
+            async with open_message_system(settings()) as system:
+                systems.append(system)
+                ref = await system.spawn(Decides, [], ALWAYS, Directive.ESCALATE)
+                await ref.cast("job", options=MessageOptions(guarantee=guarantee))
+                await trio.sleep_forever()
+
+        with pytest.raises(RestartIntensityExceeded) as raised:
+            await escalate()
+        assert isinstance(raised.value.last_failure.__cause__, Boom)
+        snapshot = systems[0].delivery.get_stats()
+        assert snapshot.pending == 0
+        assert balanced(snapshot)

@@ -28,6 +28,7 @@ REQUIRED = {
     "SystemStats",
     "DeadLetter",
     "Down",
+    "Directive",
 }
 
 REQUIRED_ERRORS = {
@@ -50,6 +51,8 @@ REQUIRED_SUPERVISOR = {
     "RestartType",
     "Shutdown",
     "RestartIntensityExceeded",
+    "EscalatedFailure",
+    "FinalExit",
     "SupervisorStats",
     "ChildInfo",
 }
