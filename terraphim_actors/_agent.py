@@ -66,6 +66,9 @@ class Agent:
     resume_on: tuple[type[BaseException], ...] = ()
     #: Errors after which the default :meth:`on_error` stops it for good (checked first).
     stop_on: tuple[type[BaseException], ...] = ()
+    #: Errors that will fail the same way again: the message is never redelivered (a cast or
+    #: info is a ``REJECTED`` dead letter at once), as if they were ``errors.NonRetryable``.
+    no_retry_on: tuple[type[BaseException], ...] = ()
 
     if TYPE_CHECKING:
         # Either ``on_start(self)`` or ``on_start(self, ctx)``: a subclass's type checker

@@ -53,6 +53,7 @@ from .errors import (
     CallFailed,
     DeliveryFailed,
     MailboxClosed,
+    NonRetryable,
     SystemClosed,
     UnhandledMessage,
 )
@@ -419,12 +420,17 @@ class AgentCell:
                     delivery.undelivered(envelope, DeadLetterReason.UNHANDLED, unhandled)
                 except Exception as crash:
                     delivery.record_failure(self)
-                    if self._decide(instance, crash, envelope, context) is not Directive.RESUME:
-                        return crash
+                    directive = self._decide(instance, crash, envelope, context)
+                    if _not_retryable(crash, instance.no_retry_on):
+                        why = DeadLetterReason.REJECTED
+                    elif directive is Directive.RESUME:
+                        why = DeadLetterReason.HANDLER_CRASHED
+                    else:
+                        return crash  # settled as the instance ends
                     self._in_hand = None
-                    delivery.undelivered(
-                        envelope, DeadLetterReason.HANDLER_CRASHED, _failure(self.id, crash)
-                    )
+                    delivery.undelivered(envelope, why, _failure(self.id, crash))
+                    if directive is not Directive.RESUME:
+                        return crash
                 else:
                     if self.breaker is None and envelope.options.guarantee is not EXACTLY_ONCE:
                         delivery.acknowledged += 1  # all that acknowledging takes, mostly
@@ -680,6 +686,24 @@ def _expiry(envelope: Envelope) -> DeliveryFailed:
         return DeliveryFailed("the caller gave up before it was handled")
     timeout = envelope.options.timeout
     return DeliveryFailed(f"its timeout ({timeout} s) passed before it was handled")
+
+
+def _not_retryable(error: Exception, no_retry_on: tuple[type[BaseException], ...]) -> bool:
+    """Whether ``error`` will fail the same way again: listed in ``no_retry_on``, or with a
+    ``NonRetryable`` anywhere in its chain of causes and contexts."""
+    if isinstance(error, no_retry_on):
+        return True
+    seen: set[int] = set()
+    links: list[BaseException | None] = [error]
+    while links:
+        link = links.pop()
+        if link is None or id(link) in seen:
+            continue
+        if isinstance(link, NonRetryable):
+            return True
+        seen.add(id(link))
+        links += (link.__cause__, link.__context__)
+    return False
 
 
 def _failure(agent: AgentId, error: Exception) -> DeliveryFailed:

@@ -33,6 +33,9 @@ class DeadLetterReason(enum.Enum):
     UNHANDLED = "unhandled"
     #: The recipient's handler raised while handling it.
     HANDLER_CRASHED = "handler crashed"
+    #: Its handler raised an error that will fail the same way again (``NonRetryable``, or
+    #: listed in the agent's ``no_retry_on``): never redelivered.
+    REJECTED = "rejected"
     #: The recipient stopped before handling it.
     AGENT_STOPPED = "agent stopped"
     #: The message system shut down before it was handled.

@@ -20,6 +20,7 @@ existing ``except`` clauses keep working::
      ├── SystemClosed           (also RuntimeError)  the message system has shut down
      ├── WrongThread            (also RuntimeError)  used from a thread other than the system's
      ├── ReplyAlreadySent                            a call was answered twice
+     ├── NonRetryable                                raised by a handler: never redeliver it
      └── DeliveryFailed                              given up on; last failure in __cause__
           └── CircuitOpen                            the recipient's circuit breaker is open
 """
@@ -44,6 +45,7 @@ __all__ = [
     "MailboxFull",
     "MessageTimeout",
     "MessagingError",
+    "NonRetryable",
     "ReplyAlreadySent",
     "SystemClosed",
     "UnhandledMessage",
@@ -138,3 +140,11 @@ class DeliveryFailed(MessagingError):
 class CircuitOpen(DeliveryFailed):
     """The recipient's circuit breaker is open: it failed too often, so messages fail fast
     until its reset timeout lets a trial message through."""
+
+
+class NonRetryable(MessagingError):
+    """Raised by a handler (or anywhere in the ``__cause__``/``__context__`` chain of what it
+    raised): the message will fail the same way again, so it is never redelivered. A cast or
+    info becomes a ``REJECTED`` dead letter at once, a call fails with ``CallFailed``; the
+    agent's ``on_error`` still decides what becomes of the agent.
+    """

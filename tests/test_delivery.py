@@ -49,6 +49,8 @@ from terraphim_actors.errors import (
     DeliveryFailed,
     InvalidConfig,
     MailboxFull,
+    MessagingError,
+    NonRetryable,
 )
 
 #: A bounded mailbox of one slot that refuses what does not fit.
@@ -1595,3 +1597,104 @@ class TestDirectivesUnderEachGuarantee:
         snapshot = systems[0].delivery.get_stats()
         assert snapshot.pending == 0
         assert balanced(snapshot)
+
+
+class PromptTooLong(Exception):
+    """An error listed in ``no_retry_on``."""
+
+
+class Rejects(Agent):
+    """Counts its handler runs in ``runs``; raises what each message carries (an exception
+    instance), from a ``NonRetryable`` when ``wrapped``; ``no_retry_on`` lists
+    ``PromptTooLong``; resumes on every error."""
+
+    no_retry_on = (PromptTooLong,)
+    resume_on = (Exception,)
+
+    def __init__(self, runs: list[Any]) -> None:
+        self.runs = runs
+
+    def _run(self, message: Any) -> None:
+        self.runs.append(message)
+        error, wrapped = message
+        if wrapped:
+            try:
+                raise NonRetryable("will fail the same way")
+            except NonRetryable as cause:
+                raise error from cause
+        raise error
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        self._run(message)
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        self._run(message)
+
+
+#: What ``Rejects`` is sent: the error to raise and whether a ``NonRetryable`` causes it.
+NOT_RETRYABLE = [
+    pytest.param((NonRetryable("bad input"), False), id="raised"),
+    pytest.param((ValueError("bad input"), True), id="caused"),
+    pytest.param((PromptTooLong("too long"), False), id="no_retry_on"),
+]
+
+
+class DecidesBoomIsFinal(Decides):
+    """A ``Decides`` for which ``Boom`` will fail the same way again."""
+
+    no_retry_on = (Boom,)
+
+
+class TestNonRetryable:
+    def test_non_retryable_is_a_messaging_error(self) -> None:
+        """``NonRetryable`` is caught by ``except MessagingError``."""
+        assert issubclass(NonRetryable, MessagingError)
+
+    @pytest.mark.parametrize("guarantee", GUARANTEES)
+    @pytest.mark.parametrize("message", NOT_RETRYABLE)
+    async def test_a_cast_runs_once_and_is_a_rejected_dead_letter(
+        self,
+        message: Any,
+        guarantee: DeliveryGuarantee,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """Under every guarantee the handler runs once and the cast is a ``REJECTED`` dead
+        letter naming the error; the books balance."""
+        runs: list[Any] = []
+        async with open_message_system(settings()) as system:
+            ref = await system.spawn(Rejects, runs)
+            await ref.cast(message, options=MessageOptions(guarantee=guarantee))
+            await trio.sleep(60)
+            [letter] = system.dead_letters
+        assert len(runs) == 1
+        assert letter.reason is DeadLetterReason.REJECTED
+        assert type(message[0]).__name__ in letter.detail
+        snapshot = system.delivery.get_stats()
+        assert snapshot.pending == 0
+        assert balanced(snapshot)
+
+    @pytest.mark.parametrize("message", NOT_RETRYABLE)
+    async def test_a_call_fails_with_call_failed_once(
+        self, message: Any, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A call whose handler raised a non-retryable error fails with ``CallFailed``."""
+        runs: list[Any] = []
+        async with open_message_system(settings()) as system:
+            ref = await system.spawn(Rejects, runs)
+            with pytest.raises(CallFailed) as raised:
+                await ref.call(message)
+        assert raised.value.__cause__ is message[0]
+        assert len(runs) == 1
+
+    async def test_the_directive_still_decides_the_agents_fate(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A non-retryable error under RESTART restarts the agent; the cast is still rejected."""
+        runs: list[Run] = []
+        async with open_message_system(settings()) as system:
+            ref = await system.spawn(DecidesBoomIsFinal, runs, 1, Directive.RESTART)
+            await ref.cast("job")
+            await trio.sleep(60)
+            assert system.get_stats()[0].agent_restarts == 1
+            assert reasons(system) == [DeadLetterReason.REJECTED]
+        assert len(runs) == 1
