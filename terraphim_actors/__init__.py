@@ -18,7 +18,7 @@ from supervisor import (
     Supervisor,
 )
 
-from ._agent import Agent, Context, DeferredReply, Directive, NotHandled
+from ._agent import Agent, Caller, Context, DeferredReply, Directive, NotHandled
 from ._balancing import LoadBalancing
 from ._circuit import CircuitBreakerConfig, CircuitState
 from ._dead_letters import DeadLetter, DeadLetterReason
@@ -60,6 +60,7 @@ __all__ = [
     "AgentId",
     "AgentRef",
     "AgentStarted",
+    "Caller",
     "ChildSpec",
     "CircuitBreakerConfig",
     "CircuitState",

@@ -19,14 +19,14 @@ from ._notifications import ExitReason, MonitorRef, StopReason
 from ._protocol import ReplyHandle
 from ._threads import check_thread
 from ._timers import Timer
-from .errors import AgentStopped, ReplyAlreadySent
+from .errors import AgentStopped, CallFailed, ReplyAlreadySent
 
 if TYPE_CHECKING:
     from ._cell import AgentCell
     from ._ref import AgentRef
     from ._system import MessageSystem
 
-__all__ = ["Agent", "Context", "DeferredReply", "Directive", "NotHandled"]
+__all__ = ["Agent", "Caller", "Context", "DeferredReply", "Directive", "NotHandled"]
 
 
 class Directive(enum.Enum):
@@ -153,13 +153,17 @@ class DeferredReply:
         return handle.reply(value)  # to a caller that gave up: only its resends may get it
 
     async def fail(self, error: BaseException) -> bool:
-        """Make the caller's call raise ``error``; returns and raises as :meth:`reply`."""
+        """Make the caller's call raise ``CallFailed`` with ``error`` as its ``__cause__``
+        (``error`` itself if it is a ``CallFailed``), counted as a failure by the books and
+        the circuit breaker; returns and raises as :meth:`reply`."""
         check_thread(self._cell.system.thread_id, "deferred.fail")
         await trio.lowlevel.checkpoint()
         handle = self._keep()
         if not (handle.pending or handle.abandoned):
             return False
-        return handle.fail(error)
+        if handle.pending:
+            self._cell.system.delivery.deferred_call_failed(self._cell)
+        return handle.fail(failed_call(self._cell.id, error))
 
     def _keep(self) -> ReplyHandle:
         if self._used:
@@ -167,6 +171,62 @@ class DeferredReply:
         self._used = True
         self._cell.forget_deferred(self._handle)
         return self._handle
+
+
+class Caller:
+    """The reply slot of the call in hand, as a handler sees it through ``ctx.caller``.
+
+    Answering it inside the handler replaces the handler's return value as the reply; a
+    failure reaches the caller as ``CallFailed``, as a handler's raise would, and counts as a
+    failed call, without a crash.
+    """
+
+    __slots__ = ("_cell", "_envelope", "_handle")
+
+    def __init__(self, cell: AgentCell, envelope: Envelope, handle: ReplyHandle) -> None:
+        self._cell = cell
+        self._envelope = envelope
+        self._handle = handle
+
+    def __repr__(self) -> str:
+        return f"<Caller {self._handle!r}>"
+
+    @property
+    def pending(self) -> bool:
+        """True while the caller still waits and nobody has answered."""
+        return self._handle.pending
+
+    @property
+    def replied(self) -> bool:
+        """True once answered with a value (not an error)."""
+        return self._handle.replied
+
+    @property
+    def abandoned(self) -> bool:
+        """True once the caller gave up: an answer now would be dropped."""
+        return self._handle.abandoned
+
+    @property
+    def deadline(self) -> float:
+        """Trio time after which the caller no longer waits."""
+        return self._handle.deadline
+
+    def reply(self, value: Any) -> bool:
+        """Answer the call with ``value``; returns False if its caller had given up.
+
+        Raises:
+            ReplyAlreadySent: the call was answered before.
+        """
+        return self._handle.reply(value)
+
+    def fail(self, error: BaseException) -> bool:
+        """Make the call raise ``CallFailed`` with ``error`` as its ``__cause__`` (``error``
+        itself if it is a ``CallFailed``); returns and raises as :meth:`reply`."""
+        handle = self._handle
+        if handle.pending and self._cell._in_hand is not self._envelope:
+            # Answered after its handler returned (deferred): not counted yet as failed.
+            self._cell.system.delivery.deferred_call_failed(self._cell)
+        return handle.fail(failed_call(self._cell.id, error))
 
 
 class Context:
@@ -209,13 +269,15 @@ class Context:
         return None if sender is None else self._cell.system.whereis(sender)
 
     @property
-    def caller(self) -> ReplyHandle | None:
+    def caller(self) -> Caller | None:
         """The reply slot of the call being handled (``None`` for casts and infos).
 
         Answering it inside the handler replaces the handler's return value as the reply; to
         answer after the handler has returned, use :meth:`defer`.
         """
-        return self.envelope.reply
+        envelope = self.envelope
+        handle = envelope.reply
+        return None if handle is None else Caller(self._cell, envelope, handle)
 
     @property
     def self(self) -> AgentRef:
@@ -315,6 +377,16 @@ def on_start_takes_context(agent_class: type[Agent]) -> bool:
         takes = any(parameter.kind in positional for parameter in parameters[1:])
         _on_start_takes_context[agent_class] = takes
     return takes
+
+
+def failed_call(agent: AgentId, error: BaseException) -> CallFailed:
+    """What the caller of a call its callee failed (``ctx.caller.fail``, a deferred reply's
+    ``fail``) sees: ``error`` as ``CallFailed``."""
+    if isinstance(error, CallFailed):
+        return error
+    failure = CallFailed(f"{agent!r} failed the call: {bounded_repr(error)}")
+    failure.__cause__ = error
+    return failure
 
 
 def stopped_error(agent: AgentId, reason: ExitReason) -> AgentStopped:

@@ -415,6 +415,12 @@ class AgentCell:
                         reply = await self._serve_call(instance, context, envelope)
                     else:
                         await instance.handle_info(envelope.payload, context)
+                except _FailedThroughCaller:
+                    delivery.failed += 1
+                    delivery.record_failure(self)
+                    if envelope.options.guarantee is EXACTLY_ONCE:
+                        assert handle is not None
+                        delivery.remember(self, envelope, handle.keep_answer())
                 except NotHandled:
                     unhandled = UnhandledMessage(f"{type(instance).__name__} does not handle it")
                     delivery.undelivered(envelope, DeadLetterReason.UNHANDLED, unhandled)
@@ -489,6 +495,8 @@ class AgentCell:
             return result
         if handle.replied:
             return handle.value  # answered through ctx.caller
+        if handle.failed:
+            raise _FailedThroughCaller
         return result  # its caller gave up: kept for a resend under exactly-once
 
     async def _end_instance(self, instance: Agent, reason: ExitReason) -> None:
@@ -678,6 +686,10 @@ class AgentCell:
         except RuntimeError:  # Trio's "Nursery is closed": the system's block has exited
             self._background.pop(scope, None)
             raise SystemClosed("the message system has shut down") from None
+
+
+class _FailedThroughCaller(Exception):
+    """A call's handler returned after failing the call through ``ctx.caller.fail``."""
 
 
 def _expiry(envelope: Envelope) -> DeliveryFailed:

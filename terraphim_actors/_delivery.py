@@ -513,6 +513,13 @@ class DeliveryManager:
             return
         self._give_up(envelope, self._final_reason(why), str(error))
 
+    def deferred_call_failed(self, cell: AgentCell) -> None:
+        """A call acknowledged when its handler returned (deferred) was then failed by the
+        agent: count it as failed, and against ``cell``'s circuit breaker."""
+        self.acknowledged -= 1
+        self.failed += 1
+        self.record_failure(cell)
+
     def record_success(self, cell: AgentCell) -> None:
         """Count a success for ``cell``'s circuit breaker (a deferred reply was sent)."""
         if cell.breaker is not None:

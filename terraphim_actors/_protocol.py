@@ -64,6 +64,11 @@ class ReplyHandle:
         return self._state is _State.ANSWERED and self._error is None
 
     @property
+    def failed(self) -> bool:
+        """True once answered with an error."""
+        return self._state is _State.ANSWERED and self._error is not None
+
+    @property
     def value(self) -> Any:
         """The value the call was answered with (``None`` until :attr:`replied`)."""
         return self._value

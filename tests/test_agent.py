@@ -406,10 +406,10 @@ class TestDeferredReply:
             assert held[0].pending
             await held[0].reply("done")
 
-    async def test_deferred_fail_makes_the_caller_raise_that_error(
+    async def test_deferred_fail_makes_the_caller_raise_call_failed_from_that_error(
         self, system: MessageSystem
     ) -> None:
-        """``handle.fail(error)`` makes the caller's call raise that very error."""
+        """``handle.fail(error)`` makes the caller's call raise ``CallFailed`` caused by it."""
         held: list[DeferredReply] = []
         error = PermissionError("not yours")
         ref = await system.spawn(Runner)
@@ -419,7 +419,9 @@ class TestDeferredReply:
             nursery.start_soon(call_and_keep, ref, defer_into(held), outcomes)
             await trio.testing.wait_all_tasks_blocked()
             assert await held[0].fail(error) is True
-        assert outcomes == [error]
+        [outcome] = outcomes
+        assert isinstance(outcome, CallFailed)
+        assert outcome.__cause__ is error
         assert ref.alive
 
     async def test_deferred_reply_is_no_longer_pending_once_answered(
@@ -1253,3 +1255,90 @@ class TestDirectives:
             assert await system.ref("sibling").call("count") == 0
             assert system.root.stats().total_restarts == 1
             assert subtree.stats().total_restarts == 0
+
+
+class FailsThroughCaller(Agent):
+    """Answers every call with ``ctx.caller.fail(LookupError)``, then returns normally; or,
+    for ``"defer"``, defers and fails the call later through the deferred reply."""
+
+    def __init__(self) -> None:
+        self.held: DeferredReply | None = None
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        if message == "defer":
+            self.held = ctx.defer()
+            return None
+        if message == "fail held":
+            assert self.held is not None
+            await self.held.fail(LookupError("later"))
+            return "failed it"
+        caller = ctx.caller
+        assert caller is not None
+        caller.fail(LookupError("no such thing"))
+        return "ignored"
+
+
+class TestErrorReplies:
+    async def test_ctx_caller_fail_raises_call_failed_in_the_caller(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``ctx.caller.fail(e)`` reaches the caller as ``CallFailed`` caused by ``e``, counted
+        as failed in the books, and the agent does not crash."""
+        async with open_message_system() as system:
+            ref = await system.spawn(FailsThroughCaller)
+            with pytest.raises(CallFailed) as raised:
+                await ref.call("anything")
+            assert isinstance(raised.value.__cause__, LookupError)
+            assert system.delivery.get_stats().failed == 1
+            assert system.get_stats()[0].agent_restarts == 0
+        assert system.delivery.get_stats().pending == 0
+
+    async def test_a_call_failed_given_to_fail_reaches_the_caller_as_it_is(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``fail`` does not wrap a ``CallFailed`` again."""
+        failure = CallFailed("already wrapped")
+
+        class FailsWithCallFailed(Agent):
+            async def handle_call(self, message: Any, ctx: Context) -> Any:
+                assert ctx.caller is not None
+                ctx.caller.fail(failure)
+
+        async with open_message_system() as system:
+            ref = await system.spawn(FailsWithCallFailed)
+            with pytest.raises(CallFailed) as raised:
+                await ref.call("anything")
+        assert raised.value is failure
+
+    async def test_a_deferred_fail_counts_as_failed_in_the_books(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A deferred call failed later is ``failed``, not acknowledged; the books balance."""
+        async with open_message_system() as system:
+            ref = await system.spawn(FailsThroughCaller)
+            async with trio.open_nursery() as nursery:
+                outcomes: list[Any] = []
+                nursery.start_soon(call_and_keep, ref, "defer", outcomes)
+                await trio.testing.wait_all_tasks_blocked()
+                assert await ref.call("fail held") == "failed it"
+            [outcome] = outcomes
+            assert isinstance(outcome, CallFailed)
+            snapshot = system.delivery.get_stats()
+            assert (snapshot.failed, snapshot.acknowledged) == (1, 1)
+        assert system.delivery.get_stats().pending == 0
+
+    async def test_the_breaker_counts_error_replies(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Calls failed through ``ctx.caller`` open the callee's circuit breaker."""
+        breaker = CircuitBreakerConfig(failure_threshold=2, reset_timeout=10)
+        async with open_message_system(
+            MessageSystemConfig(router=RouterConfig(circuit_breaker=breaker))
+        ) as system:
+            ref = await system.spawn(FailsThroughCaller)
+            for _ in range(2):
+                with pytest.raises(CallFailed):
+                    await ref.call("anything")
+            cell = ref._agent()
+            assert cell.breaker is not None
+            assert cell.breaker.times_opened == 1

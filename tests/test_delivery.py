@@ -1095,7 +1095,7 @@ class TestExactlyOnceDeferredCalls:
     async def test_resend_of_a_deferred_call_answered_with_an_error_gets_that_error(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:
-        """``fail`` is an answer too: the resend raises the same error."""
+        """``fail`` is an answer too: the resend raises ``CallFailed`` from the same error."""
         held: list[DeferredReply] = []
         declined = Boom("card declined")
         await system.spawn(Runner, name="payments")
@@ -1105,7 +1105,9 @@ class TestExactlyOnceDeferredCalls:
             _, again_reply = await send_deferred_call(system, held, timeout=10.0, same_as=first)
             await trio.testing.wait_all_tasks_blocked()
             await held[0].fail(declined)
-            assert await outcome_of(again_reply) is declined
+            outcome = await outcome_of(again_reply)
+            assert isinstance(outcome, CallFailed)
+            assert outcome.__cause__ is declined
 
     async def test_resend_while_the_first_caller_still_waits_gets_the_same_answer(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock

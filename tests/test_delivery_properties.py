@@ -55,7 +55,7 @@ from terraphim_actors import (
     cast,
     open_message_system,
 )
-from terraphim_actors.errors import CallTimeout, CircuitOpen, MailboxFull
+from terraphim_actors.errors import CallFailed, CallTimeout, CircuitOpen, MailboxFull
 
 AT_MOST_ONCE = DeliveryGuarantee.AT_MOST_ONCE
 AT_LEAST_ONCE = DeliveryGuarantee.AT_LEAST_ONCE
@@ -855,8 +855,8 @@ async def test_exactly_once_resends_of_a_deferred_call_get_its_answer(
             outcomes[number] = await reply
         except CallTimeout:
             outcomes[number] = CallTimeout
-        except Declined as error:
-            outcomes[number] = error
+        except CallFailed as error:
+            outcomes[number] = error.__cause__
 
     async def resend(number: int, sent_at: float, timeout: float) -> None:
         await trio.sleep_until(start + sent_at)

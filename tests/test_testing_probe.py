@@ -300,15 +300,15 @@ class TestCalls:
         assert answers == ["answer"]
 
     async def test_fail_makes_the_call_raise_in_the_caller(self, probe: TestProbe) -> None:
-        """``probe.fail(error)`` is what the caller's call raises."""
+        """``probe.fail(error)`` makes the caller's call raise ``CallFailed`` from ``error``."""
         async with trio.open_nursery() as nursery:
-            errors: list[Exception] = []
+            errors: list[BaseException | None] = []
 
             async def ask() -> None:
                 try:
                     await probe.ref.call("question")
-                except LookupError as error:
-                    errors.append(error)
+                except CallFailed as error:
+                    errors.append(error.__cause__)
 
             nursery.start_soon(ask)
             await probe.expect("question")

@@ -348,7 +348,8 @@ class TestProbe:
         return await self._deferred().reply(value)
 
     async def fail(self, error: BaseException) -> bool:
-        """Make the call that the latest expectation returned raise ``error`` in its caller.
+        """Make the call that the latest expectation returned raise ``CallFailed`` in its
+        caller, with ``error`` as its ``__cause__`` (as a deferred reply's ``fail`` does).
 
         Returns and raises as :meth:`reply`.
         """
