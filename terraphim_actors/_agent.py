@@ -12,7 +12,7 @@ import trio
 
 from supervisor import RestartType
 
-from ._bounded_repr import bounded_repr
+from ._bounded_repr import REPR_LIMIT, bounded_repr, shorten
 from ._ids import AgentId, MessageId
 from ._messages import DeliveryGuarantee, Envelope
 from ._notifications import ExitReason, MonitorRef, StopReason
@@ -94,6 +94,15 @@ class Agent:
     async def handle_info(self, message: Any, ctx: Context) -> None:
         """Act on a system notification (``Down``, timers, lifecycle) or a plain send."""
         raise NotHandled(message)
+
+    def format_message(self, payload: Any) -> str:
+        """What the library logs and prints of a message to this agent (OTP's
+        ``format_status``): crash logs, ``CallTimeout`` and ``CallFailed`` messages, dead-letter
+        logs. Override it to redact prompts with secrets or personal data; the default is the
+        bounded repr. If it raises or returns a non-``str``, the bounded repr is used instead,
+        and what it returns is cut to the same bounded length.
+        """
+        return bounded_repr(payload)
 
     def on_error(self, error: Exception, payload: Any, ctx: Context) -> Directive:
         """Decide what becomes of this agent now that a handler raised ``error`` handling
@@ -396,3 +405,17 @@ def stopped_error(agent: AgentId, reason: ExitReason) -> AgentStopped:
     error = AgentStopped(f"{agent!r} crashed with {bounded_repr(reason)} before replying")
     error.__cause__ = reason
     return error
+
+
+def format_payload(instance: Agent | None, payload: Any) -> str:
+    """``payload`` as ``instance.format_message`` gives it (the bounded repr if there is no
+    instance, or its ``format_message`` raises or returns a non-``str``), cut to the bounded
+    length. Only for what is logged or quoted: never on the path of a message."""
+    if instance is not None and type(instance).format_message is not Agent.format_message:
+        try:
+            text = instance.format_message(payload)
+        except Exception:
+            return bounded_repr(payload)
+        if isinstance(text, str):
+            return shorten(text, REPR_LIMIT)
+    return bounded_repr(payload)

@@ -23,6 +23,7 @@ from ._agent import (
     Context,
     Directive,
     NotHandled,
+    format_payload,
     on_start_takes_context,
     stopped_error,
 )
@@ -117,6 +118,7 @@ class AgentCell:
         "handled",
         "id",
         "instances",
+        "latest",
         "mailbox",
         "placement",
         "pool",
@@ -153,6 +155,8 @@ class AgentCell:
         self.state = CellState.STARTING
         #: Instances started so far (the first start, then one per restart).
         self.instances = 0
+        #: The latest instance (kept after it ends): whose ``format_message`` formats messages.
+        self.latest: Agent | None = None
         #: The supervisor running the agent, and the id it knows it by.
         self.placement: CurrentChild | None = None
         #: ``system.stop`` asked for it to go for good: the next stop is final.
@@ -299,6 +303,15 @@ class AgentCell:
             self._instance_over = trio.Event()
         await self._instance_over.wait()
 
+    def format_message(self, payload: Any) -> str:
+        """``payload`` as the agent's ``format_message`` gives it (its latest instance's; the
+        bounded repr before the first), for logs and error messages."""
+        return format_payload(self.latest, payload)
+
+    def describe(self, envelope: Envelope) -> str:
+        """``envelope`` for a log or an error message, its payload through ``format_message``."""
+        return envelope.describe(self.format_message(envelope.payload))
+
     def retire(self) -> None:
         """Its supervisor will not start it again: stop it for good.
 
@@ -320,7 +333,7 @@ class AgentCell:
             # One scope for the instance's whole life, ``on_start`` included: kill() cancels it.
             with trio.CancelScope() as scope:
                 self._instance_scope = scope
-                instance = await self._start_instance(context)
+                instance = self.latest = await self._start_instance(context)
                 self.state = CellState.RUNNING
                 task_status.started(self.ref)
                 self.system.publish(AgentStarted(self.id))
@@ -461,7 +474,11 @@ class AgentCell:
             logger.error("on_error of %r raised; restarting it", self.id, exc_info=error)
             directive = Directive.RESTART
         logger.error(
-            "agent %r crashed handling %r (%s)", self.id, envelope, directive.value, exc_info=crash
+            "agent %r crashed handling %s (%s)",
+            self.id,
+            self.describe(envelope),
+            directive.value,
+            exc_info=crash,
         )
         if directive is Directive.STOP:
             self._final = True
@@ -484,7 +501,7 @@ class AgentCell:
             # A handler may have answered (or deferred and answered) before it raised.
             if handle.pending:
                 wrapper = UnhandledMessage if isinstance(error, NotHandled) else CallFailed
-                handle.fail(_wrap(wrapper, self.id, error))
+                handle.fail(_wrap(wrapper, self.id, error, self.format_message(envelope.payload)))
             raise
         finally:
             inherited_deadline.reset(token)
@@ -616,7 +633,7 @@ class AgentCell:
         if self.state is CellState.STARTING:
             return "on_start"
         if self._in_hand is not None:
-            return repr(self._in_hand)
+            return self.describe(self._in_hand)
         return "nothing"
 
     # -- what handlers ask for through the context ----------------------------------------
@@ -723,7 +740,11 @@ def _failure(agent: AgentId, error: Exception) -> DeliveryFailed:
     return DeliveryFailed(f"{agent!r} raised {bounded_repr(error)} while handling it")
 
 
-def _wrap(error_type: type[CallFailed], agent: AgentId, error: Exception) -> CallFailed:
-    wrapped = error_type(f"{agent!r} raised {bounded_repr(error)} while handling the call")
+def _wrap(
+    error_type: type[CallFailed], agent: AgentId, error: Exception, message: str
+) -> CallFailed:
+    wrapped = error_type(
+        f"{agent!r} raised {bounded_repr(error)} while handling the call {message}"
+    )
     wrapped.__cause__ = error
     return wrapped

@@ -79,11 +79,27 @@ class DeadLetterOffice:
         """The kept dead letters, oldest first."""
         return tuple(self._recent)
 
-    def record(self, envelope: Envelope, reason: DeadLetterReason, detail: str = "") -> DeadLetter:
+    def record(
+        self,
+        envelope: Envelope,
+        reason: DeadLetterReason,
+        detail: str = "",
+        *,
+        described: str | None = None,
+    ) -> DeadLetter:
         """File ``envelope`` as undelivered for ``reason``, and return the record (its
-        ``detail`` cut to ``DETAIL_LIMIT``: it is kept, and logged, for every dead letter)."""
+        ``detail`` cut to ``DETAIL_LIMIT``: it is kept, and logged, for every dead letter).
+
+        The log shows the envelope as ``described`` (its recipient's ``Agent.format_message``
+        applied), or its repr when not given.
+        """
         letter = DeadLetter(envelope, reason, shorten(detail, DETAIL_LIMIT))
         self._recent.append(letter)
         self._by_reason[reason] += 1
-        logger.debug("dead letter (%s) %r %s", reason.value, envelope, letter.detail)
+        logger.debug(
+            "dead letter (%s) %s %s",
+            reason.value,
+            repr(envelope) if described is None else described,
+            letter.detail,
+        )
         return letter

@@ -321,14 +321,15 @@ class DeliveryManager:
                     raise error
                 if envelope.attempt >= _max_retries(envelope):
                     raise DeliveryFailed(
-                        f"{envelope!r} not delivered after {envelope.attempt} retries: {error}"
+                        f"{_describe(cell, envelope)} not delivered after {envelope.attempt}"
+                        f" retries: {error}"
                     ) from error
                 envelope.attempt += 1
                 due = self._retry_time(cell, envelope, reason)
                 if due >= envelope.deadline:
                     raise DeliveryFailed(
-                        f"{envelope!r} not delivered: its next try would come after its"
-                        f" caller's deadline: {error}"
+                        f"{_describe(cell, envelope)} not delivered: its next try would come"
+                        f" after its caller's deadline: {error}"
                     ) from error
                 self.retried += 1
                 waiting = RetryCandidate(envelope, envelope.attempt, due, reason)
@@ -468,7 +469,11 @@ class DeliveryManager:
         handle = envelope.reply
         if handle is not None and handle.pending:
             if reply is NO_REPLY:
-                handle.fail(DeliveryFailed(f"{envelope!r} was handled before, with no reply kept"))
+                handle.fail(
+                    DeliveryFailed(
+                        f"{cell.describe(envelope)} was handled before, with no reply kept"
+                    )
+                )
             elif isinstance(reply, KeptAnswer):
                 reply.answer(handle)
             else:
@@ -615,7 +620,8 @@ class DeliveryManager:
         try:
             targets = self._system.router.targets_of(envelope, retry=True)
         except Exception as error:  # a custom router or a pool's key function: user code
-            logger.error("routing a retry of %r raised", envelope, exc_info=error)
+            described = self._system.describe(envelope)
+            logger.error("routing a retry of %s raised", described, exc_info=error)
             self._give_up(
                 envelope, DeadLetterReason.NOT_FOUND, f"routing it raised {bounded_repr(error)}"
             )
@@ -677,3 +683,9 @@ def _failure_of(error: MailboxFull | MailboxClosed, cell: AgentCell) -> _Failure
     if isinstance(error, MailboxFull):
         return DeadLetterReason.MAILBOX_FULL, error
     return DeadLetterReason.AGENT_STOPPED, cell.refusal()
+
+
+def _describe(cell: AgentCell | None, envelope: Envelope) -> str:
+    """``envelope`` for a log or an error message, as its recipient's ``format_message`` shows
+    its payload (the bounded repr when there is no such agent)."""
+    return repr(envelope) if cell is None else cell.describe(envelope)

@@ -187,9 +187,14 @@ class Envelope:
 
     def __repr__(self) -> str:
         """Short and safe for a log: the payload through a bounded repr."""
+        return self.describe(bounded_repr(self.payload))
+
+    def describe(self, payload: str) -> str:
+        """The envelope as its repr shows it, with ``payload`` (already formatted, as the
+        recipient's ``Agent.format_message`` gives it) in place of the payload's repr."""
         return (
             f"<{self.kind.value} #{int(self.id)} {self.priority.name}"
-            f" {_address(self.sender)} -> {_address(self.recipient)}: {bounded_repr(self.payload)}>"
+            f" {_address(self.sender)} -> {_address(self.recipient)}: {payload}>"
         )
 
 

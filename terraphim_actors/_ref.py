@@ -178,7 +178,8 @@ class AgentRef:
                 timer.cancel()
         handle.abandon()
         waited = f"{timeout} s" if deadline == own_deadline else "its caller's deadline"
-        raise CallTimeout(f"{self.id!r} did not reply to {bounded_repr(payload)} within {waited}")
+        quoted = bounded_repr(payload) if cell is None else cell.format_message(payload)
+        raise CallTimeout(f"{self.id!r} did not reply to {quoted} within {waited}")
 
     # -- what subclasses (pools) change ----------------------------------------------------
 

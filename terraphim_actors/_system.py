@@ -605,6 +605,13 @@ class MessageSystem:
         """The most recent dead letters, oldest first (``dead_letter_capacity`` at most)."""
         return self._dead_letters.recent()
 
+    def describe(self, envelope: Envelope) -> str:
+        """``envelope`` for a log, its payload as its recipient's ``Agent.format_message``
+        gives it (the bounded repr when no agent answers to the recipient)."""
+        recipient = self.registry.resolve(envelope.recipient)
+        cell = None if recipient is None else self.registry.cells.get(recipient)
+        return repr(envelope) if cell is None else cell.describe(envelope)
+
     def file_dead_letter(
         self, envelope: Envelope, reason: DeadLetterReason, detail: str = ""
     ) -> None:
@@ -613,7 +620,9 @@ class MessageSystem:
         The delivery layer calls this once it has given up on a message it had accepted (and
         counts it in its own statistics); the system calls it for a hand-driven mailbox's.
         """
-        letter = self._dead_letters.record(envelope, reason, detail)
+        letter = self._dead_letters.record(
+            envelope, reason, detail, described=self.describe(envelope)
+        )
         if isinstance(envelope.payload, DeadLetter):
             return  # a notice about a dead letter that could not be delivered
         for subscriber in self._dead_letter_subscribers:

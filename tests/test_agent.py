@@ -42,6 +42,8 @@ from terraphim_actors import (
     cast,
     open_message_system,
 )
+from terraphim_actors._agent import format_payload
+from terraphim_actors._bounded_repr import REPR_LIMIT, bounded_repr, shorten
 from terraphim_actors.errors import (
     AgentStartFailed,
     AgentStopped,
@@ -1342,3 +1344,79 @@ class TestErrorReplies:
             cell = ref._agent()
             assert cell.breaker is not None
             assert cell.breaker.times_opened == 1
+
+
+SECRET = "sk-live-0123456789"
+
+
+class Redacts(Agent):
+    """Crashes on every cast; shows its messages as ``[redacted]``."""
+
+    def format_message(self, payload: Any) -> str:
+        return "[redacted]"
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        raise ValueError("refused")
+
+
+class FormatsBadly(Agent):
+    """Crashes on every cast; its ``format_message`` raises."""
+
+    def format_message(self, payload: Any) -> str:
+        raise RuntimeError("no format")
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        raise ValueError("refused")
+
+
+class FormatsAtLength(Agent):
+    """Shows its messages as 10 MB of text."""
+
+    def format_message(self, payload: Any) -> str:
+        return HUGE_PROMPT
+
+
+async def crash_log_of(agent_class: type[Agent], payload: Any, caplog: Any) -> str:
+    """The first crash log line of an agent of ``agent_class`` sent ``payload``."""
+    with caplog.at_level(logging.ERROR, logger="terraphim_actors"):
+        async with open_message_system() as system:
+            ref = await system.spawn(agent_class)
+            await ref.cast(payload)
+            await trio.testing.wait_all_tasks_blocked()
+    crashes = [r for r in caplog.records if "crashed handling" in r.getMessage()]
+    return crashes[0].getMessage()
+
+
+class TestFormatMessage:
+    async def test_a_redacting_format_message_keeps_a_secret_out_of_the_crash_log(
+        self, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The crash log line shows the message as the agent's ``format_message`` gives it."""
+        line = await crash_log_of(Redacts, {"prompt": SECRET}, caplog)
+        assert SECRET not in line
+        assert "[redacted]" in line
+
+    async def test_a_raising_format_message_falls_back_to_the_bounded_repr(
+        self, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A ``format_message`` that raises breaks nothing: the log quotes the bounded repr."""
+        line = await crash_log_of(FormatsBadly, "hello", caplog)
+        assert "'hello'" in line
+
+    def test_a_non_str_from_format_message_falls_back_to_the_bounded_repr(self) -> None:
+        """What is not a ``str`` is not used: the bounded repr is."""
+
+        class ReturnsBytes(Agent):
+            def format_message(self, payload: Any) -> str:
+                return b"raw"  # type: ignore[return-value]
+
+        assert format_payload(ReturnsBytes(), "hello") == "'hello'"
+
+    def test_what_format_message_returns_is_cut_to_the_bounded_length(self) -> None:
+        """A long result of ``format_message`` is cut as the bounded repr would be."""
+        assert format_payload(FormatsAtLength(), "hi") == shorten(HUGE_PROMPT, REPR_LIMIT)
+
+    def test_the_default_format_message_is_the_bounded_repr(self) -> None:
+        """Without an override, messages show as their bounded repr."""
+        assert Agent().format_message(HUGE_PROMPT) == bounded_repr(HUGE_PROMPT)
+        assert format_payload(Agent(), HUGE_PROMPT) == bounded_repr(HUGE_PROMPT)

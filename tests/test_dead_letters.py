@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from agents import AT_MOST_ONCE, HUGE_PROMPT
@@ -121,3 +123,34 @@ class TestDeadLettersOfHugeMessages:
         assert "ValueError" in letter.detail
         assert len(letter.detail) <= DETAIL_LIMIT
         assert len(repr(letter.envelope)) < 400
+
+
+SECRET = "sk-live-0123456789"
+
+
+class RedactsAndCrashes(Agent):
+    """Crashes on every cast; shows its messages as ``[redacted]``."""
+
+    def format_message(self, payload: Any) -> str:
+        return "[redacted]"
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        raise ValueError("refused")
+
+
+class TestDeadLettersUseFormatMessage:
+    async def test_a_dead_letter_is_detailed_and_logged_through_format_message(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A redacting ``format_message`` keeps a secret out of a dead letter's detail and
+        its log line, which shows the message as ``format_message`` gives it."""
+        with caplog.at_level(logging.DEBUG, logger="terraphim_actors.dead_letters"):
+            async with open_message_system(AT_MOST_ONCE) as system:
+                ref = await system.spawn(RedactsAndCrashes)
+                await ref.cast({"prompt": SECRET})
+                await trio.testing.wait_all_tasks_blocked()
+                [letter] = system.dead_letters
+        assert SECRET not in letter.detail
+        [line] = [r.getMessage() for r in caplog.records if "dead letter" in r.getMessage()]
+        assert SECRET not in line
+        assert "[redacted]" in line

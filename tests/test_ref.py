@@ -902,3 +902,46 @@ class TestRefBadInputAndCheckpoints:
         with trio.testing.assert_checkpoints(), pytest.raises(MailboxFull):
             await ref.cast("one too many")
         release.set()
+
+
+SECRET = "sk-live-0123456789"
+
+
+class RedactsAndNeverReplies(NeverReplies):
+    """Defers every call, never answers; shows its messages as ``[redacted]``."""
+
+    def format_message(self, payload: Any) -> str:
+        return "[redacted]"
+
+
+class RedactsAndFails(Agent):
+    """Fails every call; shows its messages as ``[redacted]``."""
+
+    def format_message(self, payload: Any) -> str:
+        return "[redacted]"
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        raise ValueError("refused")
+
+
+class TestErrorMessagesUseFormatMessage:
+    async def test_a_call_timeout_quotes_the_payload_through_format_message(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A redacting ``format_message`` keeps a secret out of the ``CallTimeout``."""
+        ref = await system.spawn(RedactsAndNeverReplies)
+        with pytest.raises(CallTimeout) as caught:
+            await ref.call({"prompt": SECRET}, timeout=1.0)
+        assert SECRET not in str(caught.value)
+        assert "[redacted]" in str(caught.value)
+
+    async def test_call_failed_quotes_the_payload_through_format_message(
+        self, system: MessageSystem, quiet_crash_logs: None
+    ) -> None:
+        """A redacting ``format_message`` keeps a secret out of the ``CallFailed``, which
+        names the call as ``format_message`` shows it."""
+        ref = await system.spawn(RedactsAndFails)
+        with pytest.raises(CallFailed) as caught:
+            await ref.call({"prompt": SECRET})
+        assert SECRET not in str(caught.value)
+        assert "[redacted]" in str(caught.value)
