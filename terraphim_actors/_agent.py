@@ -69,6 +69,10 @@ class Agent:
     #: Errors that will fail the same way again: the message is never redelivered (a cast or
     #: info is a ``REJECTED`` dead letter at once), as if they were ``errors.NonRetryable``.
     no_retry_on: tuple[type[BaseException], ...] = ()
+    #: Seconds a ``handle_call``, ``handle_cast`` or ``handle_info`` may run before it is
+    #: cancelled and fails with ``errors.HandlerTimeout`` (through :meth:`on_error` like any
+    #: error); ``None``, the default, sets no limit. ``spawn(..., handler_timeout=...)`` wins.
+    handler_timeout: float | None = None
 
     if TYPE_CHECKING:
         # Either ``on_start(self)`` or ``on_start(self, ctx)``: a subclass's type checker

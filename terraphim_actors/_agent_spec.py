@@ -40,6 +40,7 @@ class AgentStarter:
         mailbox: MailboxConfig,
         shutdown: float,
         restart: RestartType,
+        handler_timeout: float | None = None,
     ) -> None:
         self.system = system
         self.agent_class = agent_class
@@ -48,6 +49,7 @@ class AgentStarter:
         self.mailbox = mailbox
         self.shutdown = shutdown
         self.restart = restart
+        self.handler_timeout = handler_timeout
         self.cell: AgentCell | None = None
         #: The pool its agent is a member of, if any.
         self.pool: Pool | None = None
@@ -70,6 +72,7 @@ class AgentStarter:
                 self.mailbox,
                 self.shutdown,
                 self.restart,
+                self.handler_timeout,
             )
             cell.pool = self.pool
             if previous is not None:  # the same agent to its senders: same circuit, same dedup

@@ -53,6 +53,7 @@ from .errors import (
     AgentStopped,
     CallFailed,
     DeliveryFailed,
+    HandlerTimeout,
     MailboxClosed,
     NonRetryable,
     SystemClosed,
@@ -116,6 +117,7 @@ class AgentCell:
         "breaker",
         "exit_reason",
         "handled",
+        "handler_timeout",
         "id",
         "instances",
         "latest",
@@ -142,6 +144,7 @@ class AgentCell:
         mailbox: MailboxConfig,
         shutdown: float,
         restart: RestartType,
+        handler_timeout: float | None = None,
     ) -> None:
         self.system = system
         self.id = agent_id
@@ -152,6 +155,8 @@ class AgentCell:
         self.shutdown = shutdown
         #: Whether its supervisor restarts it, which decides when an exit is for good.
         self.restart = restart
+        #: Seconds a handler may run before it fails with ``HandlerTimeout`` (None: no limit).
+        self.handler_timeout = handler_timeout
         self.state = CellState.STARTING
         #: Instances started so far (the first start, then one per restart).
         self.instances = 0
@@ -375,8 +380,17 @@ class AgentCell:
 
         Messages are served in batches: the loop takes what is waiting without a checkpoint and
         yields once per batch (or when a handler awaits); the clock is read at the start and the
-        end of a batch, not per message.
+        end of a batch, not per message. The handlers are looked up once: wrapped in a time
+        limit if the agent has one, as they are otherwise.
         """
+        limit = self.handler_timeout
+        handle_cast: _Handler = instance.handle_cast
+        handle_call: _Handler = instance.handle_call
+        handle_info: _Handler = instance.handle_info
+        if limit is not None:
+            handle_cast = _limited(handle_cast, limit, self.id)
+            handle_call = _limited(handle_call, limit, self.id)
+            handle_info = _limited(handle_info, limit, self.id)
         mailbox = self.mailbox
         delivery = self.system.delivery
         clock = self.system.clock.current_time
@@ -419,15 +433,13 @@ class AgentCell:
                     kind = envelope.kind
                     if kind is MessageKind.CAST:
                         # A value returned from a cast reaches nobody: say so, once per class.
-                        returned = await instance.handle_cast(  # type: ignore[func-returns-value]
-                            envelope.payload, context
-                        )
+                        returned = await handle_cast(envelope.payload, context)
                         if returned is not None:
                             warn_cast_returned(type(instance), returned)
                     elif kind is MessageKind.CALL:
-                        reply = await self._serve_call(instance, context, envelope)
+                        reply = await self._serve_call(handle_call, context, envelope)
                     else:
-                        await instance.handle_info(envelope.payload, context)
+                        await handle_info(envelope.payload, context)
                 except _FailedThroughCaller:
                     delivery.failed += 1
                     delivery.record_failure(self)
@@ -488,15 +500,16 @@ class AgentCell:
             self._exit_as = EscalatedFailure
         return directive
 
-    async def _serve_call(self, instance: Agent, context: Context, envelope: Envelope) -> Any:
-        """Run ``handle_call`` and answer the caller; returns the reply it gave (``NO_REPLY``
-        if it deferred, answered through ``ctx.caller``, or nobody waited)."""
+    async def _serve_call(self, handle_call: _Handler, context: Context, envelope: Envelope) -> Any:
+        """Run ``handle_call`` (as ``_serve`` looked it up) and answer the caller; returns the
+        reply it gave (``NO_REPLY`` if it deferred, answered through ``ctx.caller``, or nobody
+        waited)."""
         handle = envelope.reply
         assert handle is not None
         context._deferred = False
         token = inherited_deadline.set(envelope.deadline)
         try:
-            result = await instance.handle_call(envelope.payload, context)
+            result = await handle_call(envelope.payload, context)
         except Exception as error:
             # A handler may have answered (or deferred and answered) before it raised.
             if handle.pending:
@@ -703,6 +716,27 @@ class AgentCell:
         except RuntimeError:  # Trio's "Nursery is closed": the system's block has exited
             self._background.pop(scope, None)
             raise SystemClosed("the message system has shut down") from None
+
+
+_Handler = Callable[[Any, Context], Awaitable[Any]]
+
+
+def _limited(handler: _Handler, limit: float, agent: AgentId) -> _Handler:
+    """``handler`` cancelled once it has run ``limit`` seconds, failing with HandlerTimeout.
+
+    Only an agent with a limit pays for the cancel scope: ``_serve`` wraps its handlers once per
+    instance, and calls them directly otherwise.
+    """
+    name = getattr(handler, "__name__", "handler")
+
+    async def limited(payload: Any, context: Context) -> Any:
+        with trio.CancelScope(deadline=trio.current_time() + limit) as scope:
+            return await handler(payload, context)
+        # Only reached when the scope cancelled the handler: the limit has passed.
+        assert scope.cancelled_caught
+        raise HandlerTimeout(f"{agent!r}'s {name} ran past its handler_timeout ({limit:g} s)")
+
+    return limited
 
 
 class _FailedThroughCaller(Exception):

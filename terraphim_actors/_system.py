@@ -187,6 +187,7 @@ class MessageSystem:
         mailbox: MailboxConfig | None = None,
         shutdown: float | None = None,
         restart: RestartType = RestartType.PERMANENT,
+        handler_timeout: float | None = None,
     ) -> AgentRef:
         """Start an agent under the root supervisor; returns its ref once ``on_start`` is done.
 
@@ -197,6 +198,8 @@ class MessageSystem:
             shutdown: seconds it gets to stop before it is cancelled (default: the system's).
             restart: when the supervisor starts it again: ``PERMANENT`` (after any exit),
                 ``TRANSIENT`` (after a crash), ``TEMPORARY`` (never).
+            handler_timeout: seconds a handler may run before it is cancelled and fails with
+                ``HandlerTimeout`` (default: the class's ``handler_timeout``).
 
         Raises:
             DuplicateAgent: ``name`` is taken.
@@ -206,7 +209,9 @@ class MessageSystem:
             WrongThread: called from a thread other than the system's.
         """
         check_thread(self.thread_id, "system.spawn")
-        starter = self._starter(agent_class, args, name, mailbox, shutdown, restart)
+        starter = self._starter(
+            agent_class, args, name, mailbox, shutdown, restart, handler_timeout
+        )
         try:
             await self.root.start_child(agent_child_spec(starter))
         except ChildStartFailed as failure:
@@ -225,6 +230,7 @@ class MessageSystem:
         shutdown: float | None = None,
         restart: RestartType = RestartType.PERMANENT,
         significant: bool = False,
+        handler_timeout: float | None = None,
     ) -> ChildSpec:
         """A child spec that runs an agent, for :meth:`start_supervisor` or any ``Supervisor``.
 
@@ -232,7 +238,9 @@ class MessageSystem:
         as for :meth:`spawn`; ``significant`` as for ``ChildSpec``.
         """
         check_thread(self.thread_id, "system.agent_spec", sync=True)
-        starter = self._starter(agent_class, args, name, mailbox, shutdown, restart)
+        starter = self._starter(
+            agent_class, args, name, mailbox, shutdown, restart, handler_timeout
+        )
         return agent_child_spec(starter, significant=significant)
 
     async def start_supervisor(
@@ -290,6 +298,7 @@ class MessageSystem:
         shutdown: float | None = None,
         max_restarts: int | None = None,
         max_seconds: float | None = None,
+        handler_timeout: float | None = None,
     ) -> PoolRef:
         """Start ``size`` instances of an agent under a supervisor of their own, behind one ref
         that spreads messages over them (see :class:`LoadBalancing`).
@@ -304,6 +313,7 @@ class MessageSystem:
             key: for ``CONSISTENT_HASH``, what to hash of a message's payload (default: the
                 payload itself, by its ``repr``).
             seed: for ``RANDOM``, seeds the choice.
+            handler_timeout: as for :meth:`spawn`, for each member.
 
         Raises:
             DuplicateAgent: ``name``, or a member's name, is taken.
@@ -332,6 +342,7 @@ class MessageSystem:
                 mailbox,
                 shutdown,
                 RestartType.PERMANENT,
+                handler_timeout,
             )
             for position in range(size)
         ]
@@ -383,6 +394,7 @@ class MessageSystem:
         mailbox: MailboxConfig | None,
         shutdown: float | None,
         restart: RestartType,
+        handler_timeout: float | None,
     ) -> AgentStarter:
         if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
             raise InvalidConfig(f"agent_class must be an Agent subclass, got {agent_class!r}")
@@ -394,6 +406,10 @@ class MessageSystem:
         if shutdown is not None:
             check_seconds("shutdown", shutdown)
         check_instance("restart", restart, RestartType)
+        if handler_timeout is None:
+            handler_timeout = agent_class.handler_timeout
+        if handler_timeout is not None:
+            check_seconds("handler_timeout", handler_timeout)
         if self.closing:
             raise SystemClosed("the message system is shutting down")
         if self.registry.taken(name):
@@ -406,6 +422,7 @@ class MessageSystem:
             self.config.mailbox if mailbox is None else mailbox,
             self.config.shutdown_timeout if shutdown is None else shutdown,
             restart,
+            handler_timeout,
         )
 
     def whereis(self, name: str | AgentId) -> AgentRef | None:

@@ -12,6 +12,7 @@ existing ``except`` clauses keep working::
      ├── MailboxClosed                               the mailbox's agent has stopped for good
      ├── MessageTimeout         (also TimeoutError)  nothing arrived in time
      ├── CallTimeout            (also TimeoutError)  no reply within the call's deadline
+     ├── HandlerTimeout         (also TimeoutError)  a handler ran past its handler_timeout
      ├── CallFailed                                  the callee raised; original in __cause__
      │    └── UnhandledMessage                       the callee has no handler for it
      ├── CallToSelf                                  an agent called itself (would deadlock)
@@ -39,6 +40,7 @@ __all__ = [
     "CircuitOpen",
     "DeliveryFailed",
     "DuplicateAgent",
+    "HandlerTimeout",
     "InvalidConfig",
     "InvalidMessage",
     "MailboxClosed",
@@ -90,6 +92,11 @@ class MessageTimeout(MessagingError, TimeoutError):
 
 class CallTimeout(MessagingError, TimeoutError):
     """A call got no reply before its deadline; a late reply is dropped, never delivered."""
+
+
+class HandlerTimeout(MessagingError, TimeoutError):
+    """A handler ran past its agent's ``handler_timeout`` and was cancelled; it fails like any
+    error the handler raised (through ``Agent.on_error``; a caller gets ``CallFailed``)."""
 
 
 class CallFailed(MessagingError):

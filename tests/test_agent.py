@@ -49,6 +49,7 @@ from terraphim_actors.errors import (
     AgentStopped,
     CallFailed,
     DuplicateAgent,
+    HandlerTimeout,
     InvalidConfig,
     ReplyAlreadySent,
     UnhandledMessage,
@@ -1344,6 +1345,150 @@ class TestErrorReplies:
             cell = ref._agent()
             assert cell.breaker is not None
             assert cell.breaker.times_opened == 1
+
+
+class Slow(Agent):
+    """Sleeps as many seconds as a message says, noting how long each run lasted (cancelled
+    or not); a call replies ``"done"``, and the call ``"count"`` with the runs completed."""
+
+    def __init__(self, runs: list[float] | None = None) -> None:
+        self.completed = 0
+        self.runs = [] if runs is None else runs
+
+    async def _sleep(self, seconds: float) -> None:
+        started = trio.current_time()
+        try:
+            await trio.sleep(seconds)
+        finally:
+            self.runs.append(trio.current_time() - started)
+        self.completed += 1
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        await self._sleep(message)
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        if message == "count":
+            return self.completed
+        await self._sleep(message)
+        return "done"
+
+
+class SlowWithLimit(Slow):
+    """Slow, with a one-second limit on its handlers; resumes after a timeout."""
+
+    handler_timeout = 1.0
+    resume_on = (HandlerTimeout,)
+
+
+class TestHandlerTimeout:
+    async def test_a_cast_past_its_limit_is_cancelled_at_the_limit_and_retried(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """At least once: each run is cancelled at exactly the limit, the message is retried
+        ``max_retries`` times, then dead-lettered naming the HandlerTimeout."""
+        runs: list[float] = []
+        async with open_message_system() as system:
+            ref = await system.spawn(SlowWithLimit, runs)
+            await ref.cast(10)
+            await trio.sleep(60)
+            assert runs == pytest.approx([1.0] * 4)
+            [letter] = system.dead_letters
+            assert "HandlerTimeout" in letter.detail
+
+    @pytest.mark.at_most_once
+    async def test_a_cast_past_its_limit_is_a_dead_letter_at_most_once(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """At most once: cancelled at the limit, never retried, a HANDLER_CRASHED letter."""
+        runs: list[float] = []
+        ref = await system.spawn(SlowWithLimit, runs)
+        await ref.cast(10)
+        await trio.sleep(60)
+        assert runs == pytest.approx([1.0])
+        [letter] = system.dead_letters
+        assert letter.reason is DeadLetterReason.HANDLER_CRASHED
+        assert "HandlerTimeout" in letter.detail
+
+    async def test_a_call_past_its_limit_fails_with_call_failed_from_handler_timeout(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The caller gets ``CallFailed`` at the limit, caused by ``HandlerTimeout``."""
+        ref = await system.spawn(SlowWithLimit)
+        started = trio.current_time()
+        with pytest.raises(CallFailed) as raised:
+            await ref.call(10, timeout=30)
+        assert isinstance(raised.value.__cause__, HandlerTimeout)
+        assert trio.current_time() - started == pytest.approx(1.0)
+
+    async def test_resume_on_handler_timeout_keeps_the_state_and_spends_no_restart(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``resume_on = (HandlerTimeout,)``: the same instance goes on after a timeout."""
+        ref = await system.spawn(SlowWithLimit)
+        await ref.cast(0.5)
+        with pytest.raises(CallFailed):
+            await ref.call(10)
+        assert await ref.call("count") == 1
+        assert system.get_stats()[0].agent_restarts == 0
+
+    async def test_a_handler_timeout_restarts_the_agent_by_default(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Without a directive for it, a HandlerTimeout is a crash: the agent restarts."""
+        ref = await system.spawn(Slow, handler_timeout=1.0)
+        await ref.cast(0.5)
+        with pytest.raises(CallFailed):
+            await ref.call(10)
+        assert await ref.call("count") == 0
+        assert system.get_stats()[0].agent_restarts == 1
+
+    async def test_the_spawn_argument_wins_over_the_class_attribute(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``spawn(..., handler_timeout=5)`` lets a handler of a one-second class run 3 s."""
+        ref = await system.spawn(SlowWithLimit, handler_timeout=5.0)
+        assert await ref.call(3) == "done"
+
+    async def test_a_handler_within_its_limit_is_unaffected(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A handler that ends before its limit runs to the end and replies."""
+        runs: list[float] = []
+        ref = await system.spawn(SlowWithLimit, runs)
+        assert await ref.call(0.999) == "done"
+        assert runs == pytest.approx([0.999])
+        assert system.get_stats()[0].agent_restarts == 0
+
+    async def test_pool_members_get_the_pools_limit(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``spawn_pool(..., handler_timeout=...)`` limits every member's handlers."""
+        pool = await system.spawn_pool(Slow, size=2, handler_timeout=1.0)
+        for _ in range(2):
+            with pytest.raises(CallFailed) as raised:
+                await pool.call(10)
+            assert isinstance(raised.value.__cause__, HandlerTimeout)
+
+    @pytest.mark.parametrize("value", [0, -1.0, "1", True, float("nan")])
+    async def test_a_bad_handler_timeout_raises_invalid_config(
+        self, system: MessageSystem, value: Any
+    ) -> None:
+        """``spawn``, ``spawn_pool`` and ``agent_spec`` refuse a limit that is not seconds."""
+        with pytest.raises(InvalidConfig, match="handler_timeout"):
+            await system.spawn(Slow, handler_timeout=value)
+        with pytest.raises(InvalidConfig, match="handler_timeout"):
+            await system.spawn_pool(Slow, size=1, handler_timeout=value)
+        with pytest.raises(InvalidConfig, match="handler_timeout"):
+            system.agent_spec(Slow, handler_timeout=value)
+
+    async def test_a_bad_class_attribute_raises_invalid_config(self, system: MessageSystem) -> None:
+        """A class whose ``handler_timeout`` is not seconds cannot be spawned."""
+
+        class BadLimit(Slow):
+            handler_timeout = -1.0
+
+        with pytest.raises(InvalidConfig, match="handler_timeout"):
+            await system.spawn(BadLimit)
 
 
 SECRET = "sk-live-0123456789"

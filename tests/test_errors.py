@@ -11,6 +11,7 @@ from terraphim_actors.errors import (
     CallFailed,
     CallTimeout,
     DuplicateAgent,
+    HandlerTimeout,
     InvalidConfig,
     MailboxFull,
     MessageTimeout,
@@ -41,9 +42,9 @@ class TestHierarchy:
         with pytest.raises(LookupError):
             raise AgentNotFound("nobody")
 
-    @pytest.mark.parametrize("error_type", [MessageTimeout, CallTimeout])
+    @pytest.mark.parametrize("error_type", [MessageTimeout, CallTimeout, HandlerTimeout])
     def test_timeouts_are_timeout_errors(self, error_type: type[MessagingError]) -> None:
-        """``except TimeoutError`` catches MessageTimeout and CallTimeout."""
+        """``except TimeoutError`` catches MessageTimeout, CallTimeout and HandlerTimeout."""
         with pytest.raises(TimeoutError):
             raise error_type("too slow")
 

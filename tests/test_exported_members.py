@@ -37,6 +37,7 @@ REQUIRED_ERRORS = {
     "MailboxFull",
     "MessageTimeout",
     "CallTimeout",
+    "HandlerTimeout",
     "CallFailed",
     "AgentStopped",
     "DuplicateAgent",
