@@ -28,7 +28,7 @@ from ._agent import (
     stopped_error,
 )
 from ._agent_checks import warn_cast_returned
-from ._bounded_repr import bounded_repr
+from ._bounded_repr import LazyText, bounded_repr
 from ._checks import check_instance
 from ._circuit import CircuitBreaker
 from ._dead_letters import DeadLetterReason
@@ -488,7 +488,7 @@ class AgentCell:
         logger.error(
             "agent %r crashed handling %s (%s)",
             self.id,
-            self.describe(envelope),
+            LazyText(self.describe, envelope),
             directive.value,
             exc_info=crash,
         )

@@ -85,7 +85,7 @@ class DeadLetterOffice:
         reason: DeadLetterReason,
         detail: str = "",
         *,
-        described: str | None = None,
+        described: object = None,
     ) -> DeadLetter:
         """File ``envelope`` as undelivered for ``reason``, and return the record (its
         ``detail`` cut to ``DETAIL_LIMIT``: it is kept, and logged, for every dead letter).
@@ -99,7 +99,7 @@ class DeadLetterOffice:
         logger.debug(
             "dead letter (%s) %s %s",
             reason.value,
-            repr(envelope) if described is None else described,
+            envelope if described is None else described,
             letter.detail,
         )
         return letter

@@ -27,6 +27,7 @@ from ._agent import Agent
 from ._agent_checks import check_agent_class
 from ._agent_spec import AgentStarter, agent_child_spec
 from ._balancing import Balancer, LoadBalancing
+from ._bounded_repr import LazyText
 from ._cell import AgentCell, CellState
 from ._checks import check_count, check_instance, check_seconds, validator
 from ._dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
@@ -625,9 +626,14 @@ class MessageSystem:
     def describe(self, envelope: Envelope) -> str:
         """``envelope`` for a log, its payload as its recipient's ``Agent.format_message``
         gives it (the bounded repr when no agent answers to the recipient)."""
+        return str(self._described(envelope))
+
+    def _described(self, envelope: Envelope) -> object:
+        """:meth:`describe`, formatted only when a log record needs it; the recipient is the
+        one that answers now, even if it has stopped by then."""
         recipient = self.registry.resolve(envelope.recipient)
         cell = None if recipient is None else self.registry.cells.get(recipient)
-        return repr(envelope) if cell is None else cell.describe(envelope)
+        return envelope if cell is None else LazyText(cell.describe, envelope)
 
     def file_dead_letter(
         self, envelope: Envelope, reason: DeadLetterReason, detail: str = ""
@@ -638,7 +644,7 @@ class MessageSystem:
         counts it in its own statistics); the system calls it for a hand-driven mailbox's.
         """
         letter = self._dead_letters.record(
-            envelope, reason, detail, described=self.describe(envelope)
+            envelope, reason, detail, described=self._described(envelope)
         )
         if isinstance(envelope.payload, DeadLetter):
             return  # a notice about a dead letter that could not be delivered
