@@ -26,7 +26,9 @@ class DynamicSupervisor:
     ``await start_child(*args)`` runs ``template.start(*args)`` as a new child with the
     template's restart type, shutdown, stop hook and health check; its id is
     ``(template.id, n)``. The strategy is one for one; the intensity and backoff are shared
-    by all the children, as in OTP.
+    by all the children, as in OTP. When it stops, its children are asked to stop all at once
+    and waited for together, each within the template's shutdown time, as OTP stops
+    simple_one_for_one children: a stop takes the slowest child's time, not their sum.
 
     Args:
         template: the spec every child is made from.
@@ -59,6 +61,7 @@ class DynamicSupervisor:
             max_seconds=max_seconds,
             backoff=backoff,
             forget_ended=True,  # as OTP's simple_one_for_one
+            stop_concurrently=True,  # likewise: busy children do not add up at shutdown
             name=name if name is not None else f"dynamic-supervisor@{id(self):x}",
         )
         self._numbers = itertools.count(1)

@@ -9,8 +9,9 @@ under that hold, since the holder cannot move until it is done.
 
 Stopping is a normal path: asked to stop, giving up, or cancelled from outside, a supervisor stops
 its children the same way, newest first, each by its shutdown spec, in a shielded cleanup bounded
-by those specs. Children's tasks are shielded from cancellation from outside for that reason: only
-their supervisor cancels them.
+by those specs (or all at once, for a supervisor whose children are alike and independent, such
+as a dynamic supervisor's). Children's tasks are shielded from cancellation from outside for that
+reason: only their supervisor cancels them.
 """
 
 from __future__ import annotations
@@ -146,6 +147,12 @@ class Supervisor:
         forget_ended: forget a child that ended for good (a transient child's normal return)
             instead of keeping it as terminated, as a dynamic supervisor does; for supervisors
             that start many short-lived children.
+        stop_concurrently: when it stops all its children (its own stop, giving up, a failed
+            start), ask them all to stop at once and wait for them together, each within its
+            own shutdown time, as OTP stops simple_one_for_one children: for children that are
+            alike and do not call one another (a pool's workers), so that busy ones do not add
+            up. By default they stop newest first, one after another, so that a child stopping
+            can still use those started before it.
         name: used in logs and errors.
 
     Raises:
@@ -163,6 +170,7 @@ class Supervisor:
         auto_shutdown: AutoShutdown = AutoShutdown.NEVER,
         backoff: RestartBackoff | None = None,
         forget_ended: bool = False,
+        stop_concurrently: bool = False,
         name: str | None = None,
     ) -> None:
         if not isinstance(strategy, RestartStrategy):
@@ -173,6 +181,8 @@ class Supervisor:
             raise InvalidSpec(f"backoff must be a RestartBackoff or None, got {backoff!r}")
         if not isinstance(forget_ended, bool):
             raise InvalidSpec(f"forget_ended must be a bool, got {forget_ended!r}")
+        if not isinstance(stop_concurrently, bool):
+            raise InvalidSpec(f"stop_concurrently must be a bool, got {stop_concurrently!r}")
         self.strategy = strategy
         self.auto_shutdown = auto_shutdown
         self.backoff = backoff
@@ -194,8 +204,9 @@ class Supervisor:
         self._escalation: RestartIntensityExceeded | None = None
         #: The run being started now, under the lock: a stop request may have to cut it short.
         self._launching: ChildRun | None = None
-        #: The run being stopped now, under the lock: its own calls to us act under that hold.
-        self._awaiting: ChildRun | None = None
+        #: The runs being stopped now, under the lock: their own calls to us act under that
+        #: hold (one at a time, or all of them when children stop concurrently).
+        self._awaiting: set[ChildRun] = set()
         #: The context children start in: the supervisor's own, not that of whoever called
         #: ``start_child`` (a handler's deadline or sender must not follow a child for ever).
         self._context = contextvars.copy_context()
@@ -206,6 +217,7 @@ class Supervisor:
         self._escalations = 0
         self._stop_errors = 0
         self.forget_ended = forget_ended
+        self.stop_concurrently = stop_concurrently
 
     @classmethod
     def lenient(cls, children: Iterable[ChildSpec] = (), **options: Any) -> Supervisor:
@@ -324,7 +336,7 @@ class Supervisor:
             self._nursery.start_soon(self._cut_short, self._launching)
 
     async def _stop_all(self) -> None:
-        """The final stop: every child, newest first, by its shutdown spec."""
+        """The final stop: every child, newest first (or all at once), by its shutdown spec."""
         if not self._stopping:  # cancelled from outside rather than asked
             self._stopping = True
             self._cut_launch_short()
@@ -658,8 +670,15 @@ class Supervisor:
     # -- stopping --------------------------------------------------------------------------
 
     async def _stop_children(self, children: Iterable[Child]) -> None:
-        for child in list(children):
-            await self._stop_child(child)
+        """Stop ``children`` in the order given, or all at once with ``stop_concurrently``:
+        then the slowest child's shutdown time bounds the whole stop, not their sum."""
+        if not self.stop_concurrently:
+            for child in list(children):
+                await self._stop_child(child)
+            return
+        async with trio.open_nursery() as nursery:
+            for child in list(children):
+                nursery.start_soon(self._stop_child, child)
 
     async def _stop_child(
         self, child: Child, *, then: ChildState = ChildState.TERMINATED, kill: bool = False
@@ -672,6 +691,10 @@ class Supervisor:
         """
         run, child.run = child.run, None
         if run is None:
+            # A sibling being stopped at the same time may ask for this one: it waits for it.
+            stopping = next((other for other in self._awaiting if other.child is child), None)
+            if stopping is not None:
+                await stopping.done.wait()
             child.state = then
             return
         if run.done.is_set():  # it ended by itself already: nothing to ask or wait for
@@ -687,7 +710,7 @@ class Supervisor:
             run.health_scope.cancel()  # a child on its way out is not probed any more
         spec = child.spec
         stop_error: Exception | None = None
-        awaiting, self._awaiting = self._awaiting, run
+        self._awaiting.add(run)
         try:
             if (
                 not kill
@@ -712,7 +735,7 @@ class Supervisor:
                 run.scope.cancel()
                 with trio.CancelScope(shield=True):
                     await run.done.wait()
-            self._awaiting = awaiting
+            self._awaiting.discard(run)
             if run.outcome is not None:
                 self._report_stop_error(child, run.outcome)
             child.last_exit = run.outcome if run.outcome is not None else stop_error
@@ -792,8 +815,8 @@ class Supervisor:
         stopped with the subtree. (A task of the child's outside its scope sees this return.)
         """
         assert self._nursery is not None
-        awaiting = self._awaiting
-        if awaiting is not None and awaiting.child.spec.id == id:
+        awaiting = next((run for run in self._awaiting if run.child.spec.id == id), None)
+        if awaiting is not None:
             awaiting.scope.cancel()  # being stopped already: that stop does the bookkeeping
             await trio.lowlevel.checkpoint()
             return
@@ -979,15 +1002,15 @@ class Supervisor:
             yield
 
     def _lent_to_caller(self) -> bool:
-        """Whether the caller runs in the child that the lock's holder waits for: in its task,
+        """Whether the caller runs in a child that the lock's holder waits for: in its task,
         or in a task started under it (not in a task it started elsewhere, which may outlive
         it and so the holder's wait)."""
-        awaiting = self._awaiting
-        if awaiting is None or awaiting.task is None:
+        if not self._awaiting:
             return False
+        awaited = {run.task for run in self._awaiting if run.task is not None}
         task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
         while task is not None:
-            if task is awaiting.task:
+            if task in awaited:
                 return True
             nursery = task.parent_nursery
             task = None if nursery is None else nursery.parent_task

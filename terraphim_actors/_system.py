@@ -66,9 +66,9 @@ class MessageSystemConfig:
         mailbox: the mailbox of an agent spawned without one of its own.
         shutdown_timeout: seconds a stopping agent gets before it is cancelled.
         shutdown_deadline: seconds the whole shutdown may take (default: no cap, each agent
-            gets its shutdown time, one after another); past it, every agent still running is
-            cancelled at once and its ``on_stop`` runs with ``StopReason.KILLED`` for at most
-            one more second.
+            gets its shutdown time, one after another, a pool's members together); past it,
+            every agent still running is cancelled at once and its ``on_stop`` runs with
+            ``StopReason.KILLED`` for at most one more second.
         dead_letter_capacity: how many recent dead letters are kept (all are counted).
         max_restarts: restarts the root supervisor allows within ``max_seconds``; above that
             it gives up and the system ends with ``RestartIntensityExceeded``.
@@ -308,7 +308,10 @@ class MessageSystem:
         within ``max_restarts`` in ``max_seconds`` (default: the system's intensity), and are
         skipped while their circuit is open, or while they wait to restart if another member
         runs. Messages through the pool share one exactly-once window, so one retried through
-        the pool is not handled again by another member. The pool's name finds its ref.
+        the pool is not handled again by another member. The pool's name finds its ref. At
+        shutdown (or ``system.stop(pool)``) the members are asked to stop all at once and
+        waited for together, each within its shutdown time, as OTP stops simple_one_for_one
+        children; the pool takes its place among the root's children, newest first.
 
         Args:
             key: for ``CONSISTENT_HASH``, what to hash of a message's payload (default: the
@@ -353,6 +356,7 @@ class MessageSystem:
             max_restarts=config.max_restarts if max_restarts is None else max_restarts,
             max_seconds=config.max_seconds if max_seconds is None else max_seconds,
             backoff=config.restart_backoff,
+            stop_concurrently=True,  # alike and independent: busy members do not add up
             name=f"pool {name or pool_id!r}",
         )
         pool = Pool(self, pool_id, starters, Balancer(strategy, size, key=key, seed=seed), members)
@@ -734,7 +738,8 @@ class MessageSystem:
         """Stop every agent through the supervision tree, then settle the manual mailboxes.
 
         The root stops its children newest first, each within its shutdown time, as OTP does:
-        an agent stopping can still call those started before it. Subscribers hear of the
+        an agent stopping can still call those started before it. A pool's members stop
+        together, as OTP's simple_one_for_one children do. Subscribers hear of the
         shutdown first and handle what they were sent before they stop, so that they can watch
         the system go down.
 

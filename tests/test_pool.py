@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,12 +22,15 @@ from terraphim_actors import (
     DeadLetterReason,
     DeliveryConfig,
     DeliveryGuarantee,
+    Directive,
+    ExitReason,
     LoadBalancing,
     MessageOptions,
     MessageSystem,
     MessageSystemConfig,
     PoolRef,
     RouterConfig,
+    StopReason,
     cast,
     open_message_system,
 )
@@ -66,6 +70,33 @@ class Worker(Agent):
 def fail(ctx: Context) -> None:
     """An action whose handler crashes."""
     raise ValueError("boom")
+
+
+class Quits(Worker):
+    """A member that stops for good at its first error."""
+
+    def on_error(self, error: Exception, payload: Any, ctx: Context) -> Directive:
+        return Directive.STOP
+
+
+#: What ``on_stop`` saw: ``(agent name, reason, Trio time)``, shared by every agent.
+Stops = list[tuple[str | None, ExitReason, float]]
+
+
+class Busy(Agent):
+    """Spends a minute on every cast, as an LLM worker in a model call; notes its ``on_stop``."""
+
+    def __init__(self, stops: Stops) -> None:
+        self.stops = stops
+
+    async def on_start(self, ctx: Context) -> None:
+        self.name = ctx.self.name
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        await trio.sleep(60)
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        self.stops.append((self.name, reason, trio.current_time()))
 
 
 @contextlib.asynccontextmanager
@@ -246,6 +277,21 @@ class TestFailures:
         assert pool.members[1] == member
         assert await member.call("who") == "workers-1"
         assert system.get_stats()[0].agent_restarts == 1
+
+    async def test_member_whose_on_error_says_stop_stops_for_good(
+        self, system: MessageSystem
+    ) -> None:
+        """A member whose ``on_error`` returns ``Directive.STOP`` is not restarted; the pool
+        keeps routing to the others."""
+        pool = await system.spawn_pool(Quits, [], size=3, name="workers")
+        quitter = pool.members[0]
+        with pytest.raises(CallFailed):
+            await pool.call(fail)  # round robin: the first member
+        await trio.testing.wait_all_tasks_blocked()
+        assert not quitter.alive
+        assert [member.name for member in pool.members] == ["workers-1", "workers-2"]
+        assert sorted(set(await answers(pool, 4))) == ["workers-1", "workers-2"]
+        assert system.get_stats()[0].agent_restarts == 0
 
     async def test_pool_keeps_serving_after_a_member_crashed(self, system: MessageSystem) -> None:
         """After a crash through the pool, every member still answers through it."""
@@ -471,3 +517,83 @@ class TestRegistry:
 
         watcher = await system.spawn(Runner)
         assert isinstance(await watcher.call(try_monitor), InvalidConfig)
+
+
+class TestShutdown:
+    async def test_busy_members_stop_together_at_shutdown(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Four members busy in long handlers are stopped at once, as OTP stops
+        simple_one_for_one children: leaving the block takes one shutdown time, not four,
+        and every member's ``on_stop`` runs."""
+        stops: Stops = []
+        async with open_message_system(MessageSystemConfig(shutdown_timeout=5.0)) as system:
+            pool = await system.spawn_pool(Busy, stops, size=4, name="llm")
+            for member in pool.members:
+                await member.cast("prompt")
+            await trio.testing.wait_all_tasks_blocked()
+            began = trio.current_time()
+        assert trio.current_time() - began == pytest.approx(5.0)
+        assert sorted(name for name, _, _ in stops) == ["llm-0", "llm-1", "llm-2", "llm-3"]
+
+    async def test_stopping_a_busy_pool_takes_one_shutdown_time(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``system.stop(pool)`` also stops its busy members together."""
+        stops: Stops = []
+        async with open_message_system(MessageSystemConfig(shutdown_timeout=5.0)) as system:
+            pool = await system.spawn_pool(Busy, stops, size=4, name="llm")
+            for member in pool.members:
+                await member.cast("prompt")
+            await trio.testing.wait_all_tasks_blocked()
+            began = trio.current_time()
+            await system.stop(pool)
+            assert trio.current_time() - began == pytest.approx(5.0)
+            assert len(stops) == 4
+
+    async def test_a_pool_stops_in_its_place_among_the_roots_agents(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Agents spawned after a pool stop before its members, those spawned before it after
+        them: the root keeps newest-first order around the pool."""
+        stops: Stops = []
+        async with open_message_system() as system:
+            await system.spawn(Busy, stops, name="older")
+            await system.spawn_pool(Busy, stops, size=2, name="llm")
+            await system.spawn(Busy, stops, name="newer")
+        names = [name for name, _, _ in stops]
+        assert names[0] == "newer"
+        assert sorted(names[1:3]) == ["llm-0", "llm-1"]
+        assert names[3] == "older"
+        assert {reason for _, reason, _ in stops} == {StopReason.SHUTDOWN}
+
+    async def test_each_busy_member_is_named_as_holding_the_shutdown_up(
+        self, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Stopping together, every busy member is named after one second, each once."""
+        with caplog.at_level(logging.INFO, logger="terraphim_actors"):
+            async with open_message_system(MessageSystemConfig(shutdown_timeout=5.0)) as system:
+                pool = await system.spawn_pool(Busy, [], size=4, name="llm")
+                for member in pool.members:
+                    await member.cast("prompt")
+                await trio.testing.wait_all_tasks_blocked()
+        held = [r.getMessage() for r in caplog.records if "held up" in r.getMessage()]
+        assert sorted(message.split("'")[1] for message in held) == [f"llm-{n}" for n in range(4)]
+        assert all(" for 1.0 s, " in message for message in held)
+        assert all(message.endswith("it may take 4.0 s more") for message in held)
+
+    async def test_the_shutdown_deadline_cuts_busy_members_short(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Past ``shutdown_deadline`` the members still busy are cancelled at once and their
+        ``on_stop`` runs with ``KILLED``."""
+        stops: Stops = []
+        config = MessageSystemConfig(shutdown_timeout=5.0, shutdown_deadline=2.0)
+        async with open_message_system(config) as system:
+            pool = await system.spawn_pool(Busy, stops, size=4, name="llm")
+            for member in pool.members:
+                await member.cast("prompt")
+            await trio.testing.wait_all_tasks_blocked()
+            began = trio.current_time()
+        assert trio.current_time() - began <= 3.0
+        assert [reason for _, reason, _ in stops] == [StopReason.KILLED] * 4

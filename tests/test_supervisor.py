@@ -603,6 +603,75 @@ class TestShutdown:
         assert log[4:] == ["cancel d", "cancel c", "cancel b", "cancel a"]
 
 
+class TestStopConcurrently:
+    async def test_busy_children_stop_within_one_shutdown_time(self, autojump_clock: Clock) -> None:
+        """With ``stop_concurrently`` every child is asked at once and waited for together:
+        children that outlast their shutdown time are all cancelled after one of it."""
+        log = Log()
+        children = [spec(log, name, stop=ask_to_stop, linger=math.inf) for name in "abcd"]
+        async with Supervisor(children, stop_concurrently=True):
+            began = trio.current_time()
+        assert trio.current_time() - began == pytest.approx(5.0)
+        assert sorted(event for event in log if event.startswith("cancel")) == [
+            "cancel a",
+            "cancel b",
+            "cancel c",
+            "cancel d",
+        ]
+        assert log.when("stop a") == log.when("stop d") == [began]
+
+    async def test_each_child_keeps_its_own_shutdown_time(self, autojump_clock: Clock) -> None:
+        """Stopped together, a child is still cancelled at its own shutdown time, and one
+        that finishes in time ends by itself."""
+        log = Log()
+        children = [
+            spec(log, "short", stop=ask_to_stop, linger=math.inf, shutdown=1.0),
+            spec(log, "long", stop=ask_to_stop, linger=math.inf, shutdown=3.0),
+            spec(log, "quick", stop=ask_to_stop, linger=0.5, shutdown=3.0),
+        ]
+        async with Supervisor(children, stop_concurrently=True):
+            began = trio.current_time()
+        assert log.when("cancel short") == [began + 1.0]
+        assert log.when("cancel long") == [began + 3.0]
+        assert log.when("end quick") == [began + 0.5]
+
+    async def test_a_child_stopping_may_terminate_a_sibling_stopping_with_it(
+        self, autojump_clock: Clock
+    ) -> None:
+        """A child whose stop terminates a sibling being stopped at the same time gets the
+        call back once that sibling has stopped: nobody waits for the lock it holds."""
+        log = Log()
+        done: list[float] = []
+
+        async def stops_b(*, task_status: trio.TaskStatus[Handle]) -> None:
+            handle = Handle(log, "a")
+            task_status.started(handle)
+            await handle.asked.wait()
+            await sup.terminate_child("b")
+            done.append(trio.current_time())
+
+        sup = Supervisor(
+            [
+                spec(log, "b", stop=ask_to_stop, linger=2.0),
+                ChildSpec("a", stops_b, stop=ask_to_stop),
+            ],
+            stop_concurrently=True,
+        )
+        async with sup:
+            began = trio.current_time()
+        assert log.when("end b") == [began + 2.0]
+        assert done == [began + 2.0]
+        assert [child.state for child in sup.which_children()] == [ChildState.TERMINATED] * 2
+
+    async def test_by_default_children_stop_one_after_another(self, autojump_clock: Clock) -> None:
+        """Without it, busy children's shutdown times add up: each waits for the newer."""
+        log = Log()
+        children = [spec(log, name, stop=ask_to_stop, linger=math.inf) for name in "ab"]
+        async with Supervisor(children):
+            began = trio.current_time()
+        assert trio.current_time() - began == pytest.approx(10.0)
+
+
 class TestErrorsWhileStopping:
     async def test_child_raising_when_cancelled_is_reported(
         self, autojump_clock: Clock, caplog: pytest.LogCaptureFixture

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import math
+
 import pytest
 import trio
 import trio.testing
@@ -213,13 +216,23 @@ class TestTerminateChild:
             with pytest.raises(ChildNotFound):
                 await sup.terminate_child(("w", 7))
 
-    async def test_children_stop_newest_first(self, autojump_clock: Clock) -> None:
-        """When the dynamic supervisor stops, its children stop in reverse start order."""
+    async def test_busy_children_stop_together_within_one_shutdown_time(
+        self, autojump_clock: Clock
+    ) -> None:
+        """As OTP stops simple_one_for_one children, every child is asked at once and waited
+        for together: four busy children take one shutdown time, not four."""
         log = Log()
-        async with DynamicSupervisor(template(log)) as sup:
-            for name in "xyz":
+        busy = ChildSpec("w", functools.partial(worker, log, linger=math.inf), stop=ask_to_stop)
+        async with DynamicSupervisor(busy) as sup:
+            for name in "wxyz":
                 await sup.start_child(name)
-        assert log[3:] == ["cancel z", "cancel y", "cancel x"]
+            began = trio.current_time()
+        assert trio.current_time() - began == pytest.approx(5.0)
+        assert sorted(event for event in log if not event.startswith("start")) == [
+            *(f"cancel {name}" for name in "wxyz"),
+            *(f"stop {name}" for name in "wxyz"),
+        ]
+        assert {time for event, time in log.times if event.startswith("stop")} == {began}
 
 
 class TestInATree:

@@ -224,6 +224,11 @@ class TestSupervisorValidation:
         with pytest.raises(InvalidSpec, match="backoff"):
             Supervisor(backoff=1.0)  # type: ignore[arg-type]
 
+    def test_stop_concurrently_not_a_bool(self) -> None:
+        """``stop_concurrently`` is a bool."""
+        with pytest.raises(InvalidSpec, match="stop_concurrently"):
+            Supervisor(stop_concurrently=1)  # type: ignore[arg-type]
+
     @pytest.mark.parametrize("max_restarts", [-1, 2.5, True])
     def test_bad_max_restarts(self, max_restarts: object) -> None:
         """``max_restarts`` is an int of at least 0."""
