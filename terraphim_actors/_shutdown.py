@@ -64,19 +64,29 @@ class ShutdownWatch:
             self._system.clock.current_time() - self._started_at,
         )
 
-    def _deadline_passed(self) -> None:
+    def cut_short(self, why: str) -> None:
+        """Cancel every agent still running now, as the deadline does when it passes (a second
+        signal asks for this, see ``handle_signals``); ``why`` ends the shutdown's name in the
+        log: ``"deadline passed"``, ``"cut short by a second signal"``."""
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         running = _running(self._system)
-        self._over_by = self._system.clock.current_time() + GRACE_AFTER_DEADLINE
+        self._over_by = min(self._over_by, self._system.clock.current_time() + GRACE_AFTER_DEADLINE)
         if running:
             logger.warning(
-                "message system shutdown deadline passed: cancelling %d agent%s still running"
+                "message system shutdown %s: cancelling %d agent%s still running"
                 " (on_stop gets %g s more)",
+                why,
                 len(running),
                 "" if len(running) == 1 else "s",
                 GRACE_AFTER_DEADLINE,
             )
         for cell in running:
             cell.cut_short(GRACE_AFTER_DEADLINE)
+
+    def _deadline_passed(self) -> None:
+        self.cut_short("deadline passed")
 
     def _check(self) -> None:
         now = self._system.clock.current_time()

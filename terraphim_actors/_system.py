@@ -4,6 +4,7 @@ in and out."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping
 from typing import Any
@@ -41,6 +42,7 @@ from ._ref import AgentRef
 from ._registry import Registry
 from ._router import Router, RouterConfig
 from ._shutdown import ShutdownWatch
+from ._signals import ShutdownSignals, check_main_thread, receiving_signals
 from ._task_context import current_cell
 from ._thread_portal import ThreadPortal
 from ._threads import check_thread, current_thread_id
@@ -153,6 +155,12 @@ class MessageSystem:
         #: The run's clock, kept to stamp envelopes without Trio's lookup of it per message.
         self.clock = trio.lowlevel.current_clock()
         self.closing = False
+        #: The signal that started the shutdown (``handle_signals=True``), or None: a program
+        #: may exit with ``128 + signum`` after the block, as a process killed by it would.
+        self.shutdown_signal: signal.Signals | None = None
+        #: Why the shutdown is to be cut short (see :meth:`cut_shutdown_short`), or None.
+        self._cut_short: str | None = None
+        self._shutdown_watch: ShutdownWatch | None = None
         self.root = Supervisor(
             strategy=RestartStrategy.ONE_FOR_ONE,
             max_restarts=config.max_restarts,
@@ -747,11 +755,28 @@ class MessageSystem:
         config's ``shutdown_deadline`` caps it (see :class:`ShutdownWatch`).
         """
         self.closing = True
-        watch = ShutdownWatch(self, self.config.shutdown_deadline)
+        watch = self._shutdown_watch = ShutdownWatch(self, self.config.shutdown_deadline)
+        if self._cut_short is not None:  # asked for while the block's body was still leaving
+            watch.cut_short(self._cut_short)
         try:
             await self._stop_agents()
         finally:
+            self._shutdown_watch = None
             watch.close()
+
+    def cut_shutdown_short(self, why: str) -> None:
+        """Cancel every agent still running at once, as a passed ``shutdown_deadline`` does:
+        each ``on_stop`` runs with ``StopReason.KILLED`` within one more second. A second
+        signal asks for this (``handle_signals``); asked before the shutdown has started, it
+        applies as soon as it does. ``why`` completes the log line: "shutdown {why}: ...".
+
+        Raises:
+            WrongThread: called from a thread other than the system's.
+        """
+        check_thread(self.thread_id, "system.cut_shutdown_short", sync=True)
+        self._cut_short = why
+        if self._shutdown_watch is not None:
+            self._shutdown_watch.cut_short(why)
 
     async def _stop_agents(self) -> None:
         self.publish(SystemShutdown())
@@ -819,47 +844,83 @@ def _unwrap(failure: ChildStartFailed) -> Exception:
 @contextlib.asynccontextmanager
 async def open_message_system(
     config: MessageSystemConfig | None = None,
+    *,
+    handle_signals: bool = False,
 ) -> AsyncIterator[MessageSystem]:
     """Run a message system inside the caller's Trio code, for the length of the block.
 
     On leaving the block, every agent stops (``on_stop`` runs), and every message not yet
     handled becomes a dead letter; an error raised in the block propagates unchanged.
 
+    With ``handle_signals``, SIGINT and SIGTERM shut the system down gracefully for as long
+    as the block lasts (its shutdown included): the first cancels the block's body, whose exit
+    stops every agent as a cancellation from outside does (newest first, each within its
+    shutdown time); a second cuts that shutdown short as ``shutdown_deadline`` does (every
+    agent still running is cancelled at once, each ``on_stop`` runs with ``StopReason.KILLED``
+    within one more second). Leaving the block then raises ``KeyboardInterrupt`` if a SIGINT
+    came (the program ends as a Ctrl+C ends a Python program; the error the block would have
+    raised otherwise, if any, is its ``__context__``); after SIGTERM alone it raises what it
+    would have raised without the signal: nothing, once the cancelled body has left, so the
+    code after the block runs and the program can end with status 0, as an OTP node stopped by
+    SIGTERM does. ``system.shutdown_signal`` tells which signal started the shutdown. Without
+    ``handle_signals`` nothing is caught: Trio raises ``KeyboardInterrupt`` where the program
+    is when Ctrl+C comes, and SIGTERM ends the process at once.
+
     Raises:
-        InvalidConfig: ``config`` is not a ``MessageSystemConfig``.
+        InvalidConfig: ``config`` is not a ``MessageSystemConfig``; ``handle_signals`` is not
+            a bool, or is true outside the main thread (where Python cannot catch signals).
         RestartIntensityExceeded: the root supervisor gave up (too many restarts); the block
             is cancelled and every agent stopped, so that no failure goes unnoticed.
+        KeyboardInterrupt: with ``handle_signals``, a SIGINT came.
     """
     if config is None:
         config = MessageSystemConfig()
     else:
         check_instance("config", config, MessageSystemConfig)
+    check_instance("handle_signals", handle_signals, bool)
+    if handle_signals:
+        check_main_thread()
     body_error: BaseException | None = None
+    # Cancelled by the first signal: the same path out as a cancellation from outside.
+    body = trio.CancelScope()
+    signals: ShutdownSignals | None = None
     # A cancellation from outside reaches the block's body (the root supervisor's task and the
     # system's timers and router are shielded from it), whose exit then stops the agents in
     # order while the timers and the router still serve them.
     services = trio.CancelScope(shield=True)
-    async with trio.open_nursery() as nursery:
-        system = MessageSystem(config, nursery)
+    with receiving_signals(handle_signals) as receiver:
+        async with trio.open_nursery() as nursery:
+            system = MessageSystem(config, nursery)
+            if receiver is not None:
+                signals = ShutdownSignals(system, body)
 
-        async def serve() -> None:
-            with services:
-                async with trio.open_nursery() as service_tasks:
-                    service_tasks.start_soon(system.timers.run)
-                    service_tasks.start_soon(system.router.run)
+            async def serve() -> None:
+                with services:
+                    async with trio.open_nursery() as service_tasks:
+                        service_tasks.start_soon(system.timers.run)
+                        service_tasks.start_soon(system.router.run)
+                        if signals is not None and receiver is not None:
+                            # Shielded with the services: a signal during a shutdown that a
+                            # cancellation from outside started still cuts it short.
+                            service_tasks.start_soon(signals.serve, receiver)
 
-        nursery.start_soon(serve)
-        try:
-            async with system.root:  # raises RestartIntensityExceeded if it gives up
-                try:
-                    yield system
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await system._shut_down()
-        except BaseException as error:
-            body_error = error  # raised unchanged, not in the nursery's exception group
-        finally:
-            services.cancel()
-            nursery.cancel_scope.cancel()
+            nursery.start_soon(serve)
+            try:
+                async with system.root:  # raises RestartIntensityExceeded if it gives up
+                    try:
+                        with body:
+                            yield system
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await system._shut_down()
+            except BaseException as error:
+                body_error = error  # raised unchanged, not in the nursery's exception group
+            finally:
+                services.cancel()
+                nursery.cancel_scope.cancel()
+    if signals is not None and signals.interrupted:
+        interrupt = KeyboardInterrupt()
+        interrupt.__context__ = body_error
+        raise interrupt
     if body_error is not None:
         raise body_error
