@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run a research assistant of agents that fail, shown live, then account for it",
         description="A planner, a pool of simulated LLM workers, a flaky search tool behind a"
         " circuit breaker and an aggregator, under a supervision tree; offline and seeded."
-        " Exits 0 when every task was answered or is a dead letter with its reason.",
+        " Exits 0 when every task is accounted for: answered, or a dead letter with its reason.",
     )
     demo.add_argument(
         "--duration", type=float, default=10.0, help="seconds the run lasts at most (default 10)"

@@ -34,14 +34,15 @@ def _open_display(
 
 
 async def run_demo(settings: DemoSettings, stream: TextIO | None = None) -> int:
-    """Run the demo and return the exit code: 0 when nothing was lost, 1 otherwise.
+    """Run the demo and return the exit code: 0 when everything is accounted for, 1 otherwise.
 
-    Nothing lost means every question was planned or is a dead letter, every task was answered
+    Accounted for means every question was planned or is a dead letter, every task was answered
     or is a dead letter with its reason, and the delivery statistics balance with nothing
-    pending once the system has shut down.
+    pending once the system has shut down. Work not done is accounted for, not hidden: the
+    summary says how many questions were answered in full, in part or not at all.
     """
     stream = sys.stdout if stream is None else stream
     with _open_display(stream, settings) as display:
         report = await run_scenario(settings, display)
     print("\n" + "\n".join(summary(report)), file=stream, flush=True)
-    return 0 if report.nothing_lost else 1
+    return 0 if report.accounted_for else 1

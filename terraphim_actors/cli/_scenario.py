@@ -2,10 +2,14 @@
 
 A user asks questions; a planner splits each into tasks; a pool of simulated LLM workers
 answers the tasks, asking a search tool that fails in bursts behind its circuit breaker; an
-aggregator stores the answers, which reach it at least once. Models raise, hang, and choke on
-prompts too long for them. Supervisors restart what crashed, the delivery layer retries what was
-not handled, and what cannot be done ends as a dead letter with its reason. The run returns a
-:class:`Report` that accounts for every question and task.
+aggregator stores the answers, which reach it at least once. Models return garbage, hang, and
+choke on prompts too long for them: those are expected, so a worker resumes after them (no
+restart spent) and a hang is cut short by its handler time limit; a prompt too long is rejected
+at once, since no retry can help. The search tool reports its outages to the caller, and so to
+its circuit breaker, without crashing. The aggregator's index failures are left to crash it,
+as any error an agent does not declare: its supervisor restarts it, the delivery layer retries
+what was not handled, and what cannot be done ends as a dead letter with its reason. The run
+returns a :class:`Report` that accounts for every question and task.
 
 There is no printing here: the scenario hands :class:`Snapshot` s to a :class:`Display` and
 returns the report, so that the presentation (``_view``) can change without touching it. Every
@@ -39,6 +43,7 @@ from .. import (
     DeliveryConfig,
     DeliveryGuarantee,
     DeliveryStats,
+    Directive,
     LoadBalancing,
     MessageOptions,
     MessageSystem,
@@ -51,7 +56,15 @@ from .. import (
     SystemStats,
     open_message_system,
 )
-from ..errors import AgentStopped, CallFailed, CallTimeout, CircuitOpen, DeliveryFailed
+from ..errors import (
+    AgentStopped,
+    CallFailed,
+    CallTimeout,
+    CircuitOpen,
+    DeliveryFailed,
+    HandlerTimeout,
+)
+from ._words import plural
 
 __all__ = [
     "DemoSettings",
@@ -59,6 +72,7 @@ __all__ = [
     "Event",
     "Node",
     "Progress",
+    "QuestionOutcomes",
     "Report",
     "SearchCounts",
     "Snapshot",
@@ -76,8 +90,8 @@ class DemoSettings:
             and the run ends early once every task is settled.
         seed: seeds every random decision, so that a run can be repeated.
         workers: LLM workers in the pool.
-        crash_rate: the chance that one model run raises or hangs (search outages and prompts
-            too long for the model come on top).
+        crash_rate: the chance that one model run returns garbage or hangs (search outages,
+            prompts too long for the model and index failures come on top).
         questions: questions the user asks.
     """
 
@@ -140,17 +154,20 @@ _STEPS = (
 
 #: Tokens a simulated model takes in one prompt.
 CONTEXT_WINDOW = 128_000
-#: Seconds a worker waits for its model before giving up on the run.
-MODEL_TIMEOUT = 1.0
+#: Seconds a worker's handler (the search, then the model) may run before it is cancelled with
+#: ``HandlerTimeout``: a healthy run takes at most 1.1 s, a hung model would take a minute.
+HANDLER_TIMEOUT = 1.5
 #: Seconds a worker waits for the search tool.
 SEARCH_TIMEOUT = 0.5
-#: Restarts each supervisor allows within a window of seconds before it gives up: generous for
-#: the LLM workers, whose failures are routine; the root's is spent only when a subtree gives up.
+#: Restarts each supervisor allows within a window of seconds before it gives up. The LLM
+#: workers resume after the model's expected errors, which spend no restart, so their pool
+#: needs no more than the root; the aggregator crashes at each index failure, so its subtree
+#: allows more.
 RESTART_BUDGETS = {
     "root": (3, 10.0),
-    "tools": (20, 10.0),
+    "tools": (3, 10.0),
     "research": (20, 10.0),
-    "llm": (100, 10.0),
+    "llm": (3, 10.0),
 }
 #: Seconds between two looks at the circuits and at what is left to settle.
 SAMPLE = 0.05
@@ -160,10 +177,6 @@ OVERSIZED_RATE = 0.04
 
 class ModelError(Exception):
     """The simulated model returned something unusable."""
-
-
-class ModelTimeout(Exception):
-    """The simulated model did not answer in time."""
 
 
 class ContextWindowExceeded(Exception):
@@ -188,7 +201,8 @@ def _draw(seed: int, *what: object) -> random.Random:
 
 
 class SimulatedModel:
-    """An offline stand-in for an LLM: a random latency, and now and then an error or a hang."""
+    """An offline stand-in for an LLM: a random latency, and now and then an error or a hang
+    (a hang is for its caller to cut short)."""
 
     def __init__(self, seed: int, failure_rate: float) -> None:
         self.seed = seed
@@ -200,7 +214,6 @@ class SimulatedModel:
         Raises:
             ContextWindowExceeded: the prompt is too long, however often it is tried.
             ModelError: the model's output could not be parsed.
-            ModelTimeout: the model hung for longer than ``MODEL_TIMEOUT``.
         """
         draw = _draw(self.seed, "model", task.id, attempt)
         latency = draw.uniform(0.1, 0.6)
@@ -215,10 +228,8 @@ class SimulatedModel:
             raise ModelError("the model returned malformed JSON")
         if roll < self.failure_rate:
             latency = 60.0  # the model hangs
-        with trio.move_on_after(MODEL_TIMEOUT):
-            await trio.sleep(latency)
-            return f"{task.prompt} (answered in {latency * 1000:.0f} ms)"
-        raise ModelTimeout(f"no answer within {MODEL_TIMEOUT} s")
+        await trio.sleep(latency)
+        return f"{task.prompt} (answered in {latency * 1000:.0f} ms)"
 
 
 @attrs.frozen
@@ -246,7 +257,7 @@ class SearchCounts:
     """What the workers' calls to the search tool came to."""
 
     answered: int = 0
-    #: The tool crashed on the call (the worker got ``CallFailed`` or ``AgentStopped``).
+    #: The tool reported an outage (the worker got ``CallFailed``), or stopped first.
     failed: int = 0
     timed_out: int = 0
     #: Refused at once because the tool's circuit was open: nobody waited.
@@ -268,6 +279,8 @@ class Ledger:
         self.dead_tasks: dict[str, DeadLetter] = {}
         self.duplicate_answers = 0
         self.search = SearchCounts()
+        #: Errors after which an LLM worker resumed, by the error's class name.
+        self.resumed: collections.Counter[str] = collections.Counter()
 
     def note_dead_letter(self, letter: DeadLetter) -> None:
         """Remember which question or task a dead letter was about (the first one wins)."""
@@ -346,18 +359,40 @@ class Planner(Agent):
 class LlmWorker(Agent):
     """Answers a task with its model, after a search when the task needs one.
 
-    The model's failures crash the worker (let it crash): its supervisor restarts it and the
-    delivery layer hands the task out again. The search tool is optional: a failed search, or
-    one refused by its open circuit, gives an answer without sources instead of a wait.
+    The model's failures are expected, so they do not crash the worker: it resumes, keeping its
+    instance and spending no restart, and the delivery layer hands the task out again. A model
+    that hangs is cut short by the handler time limit, and the worker resumes after that too.
+    A prompt too long for the model would fail the same way on every try: it is rejected at
+    once, a dead letter naming why. The search tool is optional: a failed search, or one
+    refused by its open circuit, gives an answer without sources instead of a wait.
     """
 
+    resume_on = (ModelError, HandlerTimeout, ContextWindowExceeded)
+    no_retry_on = (ContextWindowExceeded,)
+    handler_timeout = HANDLER_TIMEOUT
+
     def __init__(
-        self, model: SimulatedModel, search: AgentRef, aggregator: AgentRef, ledger: Ledger
+        self,
+        model: SimulatedModel,
+        search: AgentRef,
+        aggregator: AgentRef,
+        ledger: Ledger,
+        events: EventLog,
     ) -> None:
         self.model = model
         self.search = search
         self.aggregator = aggregator
         self.ledger = ledger
+        self.events = events
+
+    def on_error(self, error: Exception, payload: Any, ctx: Context) -> Directive:
+        """The default decision (``resume_on``), told as an event and counted for the summary."""
+        directive = super().on_error(error, payload, ctx)
+        if directive is Directive.RESUME:
+            self.ledger.resumed[type(error).__name__] += 1
+            what = _label(payload) or "a message"
+            self.events.add(f"{ctx.self.name} resumed after {type(error).__name__} on {what}")
+        return directive
 
     async def handle_cast(self, message: Any, ctx: Context) -> None:
         if not isinstance(message, Task):
@@ -391,7 +426,12 @@ _FAIL_FAST = MessageOptions(guarantee=DeliveryGuarantee.AT_MOST_ONCE)
 
 
 class SearchTool(Agent):
-    """A search backend that goes down in bursts; while it is down every query crashes it."""
+    """A search backend that goes down in bursts.
+
+    An outage is no fault of the tool's: it answers each query with the failure
+    (``ctx.caller.fail``), which its caller gets as ``CallFailed`` and its circuit breaker
+    counts, without a crash.
+    """
 
     def __init__(self, outages: Outages, seed: int) -> None:
         self.outages = outages
@@ -403,7 +443,9 @@ class SearchTool(Agent):
         draw = _draw(self.seed, "search", message)
         await trio.sleep(draw.uniform(0.05, 0.15))
         if self.outages.active(trio.current_time()):
-            raise SearchUnavailable("the search backend answered 503")
+            assert ctx.caller is not None  # a call always has its caller
+            ctx.caller.fail(SearchUnavailable("the search backend answered 503"))
+            return None
         return tuple(f"source {draw.randint(100, 999)}" for _ in range(draw.randint(1, 3)))
 
 
@@ -432,7 +474,7 @@ class Aggregator(Agent):
         question = ledger.tasks[message.task_id].question
         plan = ledger.planned[question]
         if all(task_id in ledger.answers for task_id in plan):
-            self.events.add(f"question {question} answered in full ({len(plan)} tasks)")
+            self.events.add(f"question {question} answered in full ({plural(len(plan), 'task')})")
         draw = _draw(self.seed, "index", message.task_id, ctx.envelope.attempt)
         if draw.random() < self.failure_rate / 2:
             raise IndexUnavailable("the index rejected the update")
@@ -511,6 +553,8 @@ class Progress:
     questions: int
     asked: int
     planned: int
+    #: Questions whose every task has its answer stored.
+    answered_in_full: int
     tasks: int
     answered: int
     dead_lettered: int
@@ -529,6 +573,8 @@ class Snapshot:
     delivery: DeliveryStats
     system: SystemStats
     progress: Progress
+    #: Times an LLM worker resumed after an error instead of crashing.
+    resumed: int
     search: SearchCounts
     #: Every event so far, oldest first.
     events: tuple[Event, ...]
@@ -573,8 +619,29 @@ class Report:
     search: SearchCounts
     circuit_openings: dict[str, int]
     crashes: dict[str, int]
+    #: The errors after which an LLM worker resumed instead of crashing, by class name.
+    resumed: dict[str, int]
     #: Why the system ended before its time, if its root supervisor gave up.
     escalation: str | None = None
+
+    @property
+    def question_outcomes(self) -> QuestionOutcomes:
+        """How far each question was answered, from its tasks' outcomes."""
+        answered: collections.Counter[int] = collections.Counter()
+        planned: collections.Counter[int] = collections.Counter()
+        for outcome in self.tasks:
+            planned[outcome.task.question] += 1
+            answered[outcome.task.question] += outcome.answer is not None
+        in_full, in_part, not_at_all = [], [], []
+        for question in self.questions:
+            number = question.number
+            if not answered[number]:
+                not_at_all.append(number)
+            elif answered[number] == planned[number]:
+                in_full.append(number)
+            else:
+                in_part.append(number)
+        return QuestionOutcomes(tuple(in_full), tuple(in_part), tuple(not_at_all))
 
     @property
     def lost(self) -> list[str]:
@@ -600,8 +667,21 @@ class Report:
         return d.sent == settled + d.pending and d.pending == 0
 
     @property
-    def nothing_lost(self) -> bool:
+    def accounted_for(self) -> bool:
+        """Every question and task is done or a dead letter, and the books balance."""
         return self.balanced and not self.lost
+
+
+@attrs.frozen
+class QuestionOutcomes:
+    """The questions' numbers by how far they were answered."""
+
+    #: Every task of the question's plan was answered.
+    in_full: tuple[int, ...]
+    #: Some of its tasks were answered, not all.
+    in_part: tuple[int, ...]
+    #: None of its tasks was answered, or it was never planned.
+    not_at_all: tuple[int, ...]
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -657,6 +737,7 @@ class _Run:
             system.ref("search"),
             system.ref("aggregator"),
             ledger,
+            self.events,
             size=settings.workers,
             name="llm",
             strategy=LoadBalancing.LEAST_LOADED,
@@ -722,6 +803,7 @@ class _Run:
             delivery=system.delivery.get_stats(),
             system=stats,
             progress=self._progress(),
+            resumed=sum(ledger.resumed.values()),
             search=attrs.evolve(ledger.search),
             events=tuple(self.events.events),
         )
@@ -732,6 +814,10 @@ class _Run:
             questions=self.settings.questions,
             asked=len(ledger.asked),
             planned=len(ledger.planned),
+            answered_in_full=sum(
+                all(task_id in ledger.answers for task_id in plan)
+                for plan in ledger.planned.values()
+            ),
             tasks=len(ledger.tasks),
             answered=len(ledger.answers),
             dead_lettered=sum(task_id not in ledger.answers for task_id in ledger.dead_tasks),
@@ -769,6 +855,7 @@ class _Run:
             search=attrs.evolve(ledger.search),
             circuit_openings=dict(self.circuit_openings),
             crashes=dict(self.crashes),
+            resumed=dict(ledger.resumed),
             escalation=escalation,
         )
 

@@ -11,6 +11,7 @@ from typing import TextIO
 
 from .. import DeadLetter, DeadLetterReason
 from ._scenario import Node, Report, Snapshot
+from ._words import noun_for, plural
 
 __all__ = ["PlainDisplay", "summary", "tree_rows"]
 
@@ -36,7 +37,7 @@ def tree_rows(root: Node, *, ascii_only: bool = True) -> Iterator[tuple[str, Nod
 
 def describe(node: Node) -> str:
     """A node's state, restarts, queue and circuit, in words."""
-    parts = [f"{node.state:<10}", f"{node.restarts:>2} restarts"]
+    parts = [f"{node.state:<10}", f"{node.restarts:>2} {noun_for(node.restarts, 'restart'):<8}"]
     if node.queued is not None:
         parts.append(f"queue {node.queued:>2}")
     if node.circuit is not None:
@@ -49,11 +50,16 @@ def describe(node: Node) -> str:
 def status(snapshot: Snapshot) -> list[str]:
     """The counters of a snapshot, one short line each."""
     progress, delivery, search = snapshot.progress, snapshot.delivery, snapshot.search
+    system = snapshot.system
+    rejected = system.dead_letters_by_reason.get(DeadLetterReason.REJECTED, 0)
     return [
-        f"questions  {progress.asked} of {progress.questions} asked, {progress.planned} planned;"
-        f" {snapshot.system.agent_restarts} restarts",
+        f"questions  {progress.asked} of {progress.questions} asked, {progress.planned} planned,"
+        f" {progress.answered_in_full} answered in full",
         f"tasks      {progress.tasks} planned, {progress.answered} answered,"
-        f" {progress.in_flight} in flight, {progress.dead_lettered} dead letters",
+        f" {progress.in_flight} in flight, {progress.dead_lettered} not done",
+        f"failures   {snapshot.resumed} resumed, {rejected} rejected,"
+        f" {plural(system.agent_crashes, 'crash', 'crashes')},"
+        f" {plural(system.agent_restarts, 'restart')}",
         f"delivery   {delivery.delivered} delivered, {delivery.retried} retried,"
         f" {delivery.dead_lettered} dead-lettered, {delivery.pending} pending",
         f"search     {search.answered} answered, {search.failed} failed,"
@@ -111,48 +117,53 @@ def summary(report: Report) -> list[str]:
     settings, delivery = report.settings, report.delivery
     tasks = report.tasks
     answered = [outcome.answer for outcome in tasks if outcome.answer is not None]
-    dead = [outcome for outcome in tasks if outcome.dead_letter is not None]
+    not_done = [outcome for outcome in tasks if outcome.dead_letter is not None]
     on_retry = sum(answer.attempt > 0 for answer in answered)
     without_search = sum(
         outcome.task.needs_search and not outcome.answer.sources
         for outcome in tasks
         if outcome.answer is not None
     )
+    questions = report.question_outcomes
     lines = [
         f"Summary after {report.elapsed:.1f} s (seed {settings.seed},"
-        f" {settings.workers} LLM workers, crash rate {settings.crash_rate:g})",
-        f"  questions     {len(report.questions)} asked, {len(report.planned)} planned into"
-        f" {len(tasks)} tasks, {len(report.question_dead_letters)} dead letters",
+        f" {plural(settings.workers, 'LLM worker')}, crash rate {settings.crash_rate:g})",
+        f"  questions     {len(report.questions)} asked: {len(questions.in_full)} answered in"
+        f" full, {_which(questions.in_part, 'in part')},"
+        f" {_which(questions.not_at_all, 'not at all')}",
     ]
     for question, letter in report.question_dead_letters:
-        lines.append(f"{_INDENT}question {question.number}: {_why(letter)}")
+        lines.append(f"{_INDENT}question {question.number} never planned: {_why(letter)}")
     lines.append(
-        f"  tasks         {len(answered)} answered ({on_retry} on a retry,"
-        f" {without_search} without search results), {len(dead)} dead letters"
+        f"  tasks         {len(tasks)} planned: {len(answered)} answered ({on_retry} on a retry,"
+        f" {without_search} without search results), {len(not_done)} not done"
     )
     by_reason: dict[str, list[str]] = {}
-    for outcome in dead:
+    for outcome in not_done:
         assert outcome.dead_letter is not None
         letter = outcome.dead_letter
-        if letter.reason is DeadLetterReason.RETRIES_EXHAUSTED:
+        if letter.reason in _TOLD_ONE_BY_ONE:
             lines.append(f"{_INDENT}{outcome.task.id}: {_why(letter)}")
         else:
             by_reason.setdefault(letter.reason.value, []).append(outcome.task.id)
     for reason, task_ids in by_reason.items():
         lines.append(f"{_INDENT}{reason}: {', '.join(task_ids)}")
+    resumed = sum(report.resumed.values())
     restarts = _restarts_by_agent(report.final.tree)
     lines += [
+        f"  resumed       {_total(resumed, report.resumed)}"
+        + (" (no restart spent)" if resumed else ""),
         f"  crashes       {_total(report.system.agent_crashes, report.crashes)}",
         f"  restarts      {_total(report.system.agent_restarts, restarts)}",
-        f"  retries       {delivery.retried} redeliveries; {report.duplicates_ignored} duplicate"
-        f" answers ignored by the aggregator",
+        f"  retries       {plural(delivery.retried, 'redelivery', 'redeliveries')};"
+        f" {plural(report.duplicates_ignored, 'duplicate answer')} ignored by the aggregator",
         f"  search        {report.search.answered} answered, {report.search.failed} failed,"
         f" {report.search.timed_out} timed out, {report.search.skipped} skipped while its"
         f" circuit was open",
         "  circuits      "
         + (
             ", ".join(
-                f"{name} opened {count} time{'s' if count > 1 else ''}"
+                f"{name} opened {plural(count, 'time')}"
                 for name, count in sorted(report.circuit_openings.items())
             )
             or "none opened"
@@ -180,11 +191,23 @@ def summary(report: Report) -> list[str]:
         lines.append(f"LOST: {', '.join(lost)}")
     if not report.balanced:
         lines.append("The delivery statistics do not balance: messages are unaccounted for.")
-    if report.nothing_lost:
+    if report.accounted_for:
         lines.append(
-            "Nothing was lost: every task was answered or is a dead letter with its reason."
+            f"Every task is accounted for: {len(answered)} answered, {len(not_done)} not done"
+            + (" (each a dead letter with its reason)." if not_done else ".")
         )
     return lines
+
+
+#: Dead letters whose detail says something about the task: listed one by one, with it.
+_TOLD_ONE_BY_ONE = frozenset({DeadLetterReason.REJECTED, DeadLetterReason.RETRIES_EXHAUSTED})
+
+
+def _which(questions: tuple[int, ...], how: str) -> str:
+    """How many questions, how answered, and which: ``2 in part (q3, q16)``."""
+    if not questions:
+        return f"0 {how}"
+    return f"{len(questions)} {how} ({', '.join(f'q{number}' for number in questions)})"
 
 
 _INDENT = " " * 18
