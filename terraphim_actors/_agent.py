@@ -73,6 +73,9 @@ class Agent:
     #: cancelled and fails with ``errors.HandlerTimeout`` (through :meth:`on_error` like any
     #: error); ``None``, the default, sets no limit. ``spawn(..., handler_timeout=...)`` wins.
     handler_timeout: float | None = None
+    #: Whether a call's handler runs on once its caller has given up (``CallTimeout``, or the
+    #: caller's own cancel scope). By default it is cancelled, as nobody waits for its answer.
+    finish_abandoned_calls: bool = False
 
     if TYPE_CHECKING:
         # Either ``on_start(self)`` or ``on_start(self, ctx)``: a subclass's type checker

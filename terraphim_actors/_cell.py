@@ -102,6 +102,8 @@ class AgentCell:
         "_draining",
         "_exit_as",
         "_final",
+        "_finishes_abandoned",
+        "_handler_scope",
         "_in_hand",
         "_instance_over",
         "_instance_scope",
@@ -193,6 +195,10 @@ class AgentCell:
         self._draining = False
         self._linked_failure: BaseException | None = None
         self._in_hand: Envelope | None = None
+        #: Cancelled to cut short the handler of a call whose caller gave up (while serving).
+        self._handler_scope: trio.CancelScope | None = None
+        #: The running instance's ``finish_abandoned_calls``.
+        self._finishes_abandoned = False
         # What the instance left running, to settle when it ends. Dicts used as ordered sets:
         # an empty dict takes a third of an empty set's memory, and there is one per agent.
         self._deferred: dict[ReplyHandle, None] = {}
@@ -384,13 +390,39 @@ class AgentCell:
         limit if the agent has one, as they are otherwise.
         """
         limit = self.handler_timeout
-        handle_cast: _Handler = instance.handle_cast
-        handle_call: _Handler = instance.handle_call
-        handle_info: _Handler = instance.handle_info
+        handlers: _Handlers = (instance.handle_cast, instance.handle_call, instance.handle_info)
         if limit is not None:
-            handle_cast = _limited(handle_cast, limit, self.id)
-            handle_call = _limited(handle_call, limit, self.id)
-            handle_info = _limited(handle_info, limit, self.id)
+            handlers = (
+                _limited(handlers[0], limit, self.id),
+                _limited(handlers[1], limit, self.id),
+                _limited(handlers[2], limit, self.id),
+            )
+        self._finishes_abandoned = instance.finish_abandoned_calls
+        try:
+            while True:
+                # ``call_abandoned`` cancels this scope to cut short a call nobody waits for. A
+                # cancelled scope stays cancelled: one per such call, not one per message.
+                with trio.CancelScope() as abandoning:
+                    self._handler_scope = abandoning
+                    reason = await self._serve_messages(instance, context, handlers, abandoning)
+                    if reason is not None:
+                        return reason
+                self._handler_scope = None
+                if abandoning.cancelled_caught:
+                    self._settle_abandoned()
+        finally:
+            self._handler_scope = None
+
+    async def _serve_messages(
+        self,
+        instance: Agent,
+        context: Context,
+        handlers: _Handlers,
+        abandoning: trio.CancelScope,
+    ) -> ExitReason | None:
+        """Serve messages until the instance is to stop (returns why) or ``abandoning`` is
+        cancelled (returns None)."""
+        handle_cast, handle_call, handle_info = handlers
         mailbox = self.mailbox
         delivery = self.system.delivery
         clock = self.system.clock.current_time
@@ -398,6 +430,8 @@ class AgentCell:
         batch_started = clock()
         try:
             while self._stop_requested is None or (self._draining and len(mailbox)):
+                if abandoning.cancel_called:
+                    return None
                 if served >= _BATCH:
                     served = 0
                     await trio.lowlevel.checkpoint()
@@ -507,6 +541,7 @@ class AgentCell:
         handle = envelope.reply
         assert handle is not None
         context._deferred = False
+        handle.serving = self
         token = inherited_deadline.set(envelope.deadline)
         try:
             result = await handle_call(envelope.payload, context)
@@ -528,6 +563,40 @@ class AgentCell:
         if handle.failed:
             raise _FailedThroughCaller
         return result  # its caller gave up: kept for a resend under exactly-once
+
+    def call_abandoned(self, handle: ReplyHandle) -> None:
+        """The caller of a call this agent took in gave up: if its handler is still running,
+        cancel it (nobody waits for its answer), unless the agent finishes abandoned calls.
+
+        An exactly-once call runs to its end: its answer is kept for a resend of it, which is
+        what a caller that gave up is expected to send, and a resend must not run it again.
+        """
+        in_hand = self._in_hand
+        scope = self._handler_scope
+        if (
+            in_hand is not None
+            and in_hand.reply is handle
+            and scope is not None
+            and not self._finishes_abandoned
+            and in_hand.options.guarantee is not EXACTLY_ONCE
+        ):
+            scope.cancel()
+
+    def _settle_abandoned(self) -> None:
+        """Settle the call whose handler ``call_abandoned`` cut short: failed, and counted
+        against the circuit breaker once (the caller's ``CallTimeout`` already counts)."""
+        envelope, self._in_hand = self._in_hand, None
+        assert envelope is not None
+        assert envelope.reply is not None
+        delivery = self.system.delivery
+        delivery.failed += 1
+        if not envelope.reply.expired:  # given up through the caller's own cancel scope
+            delivery.record_failure(self)
+        logger.info(
+            "cancelled %r's handler of %s: its caller gave up",
+            self.id,
+            LazyText(self.describe, envelope),
+        )
 
     async def _end_instance(self, instance: Agent, reason: ExitReason) -> None:
         """Settle everything the instance had in hand, then let it clean up."""
@@ -719,6 +788,8 @@ class AgentCell:
 
 
 _Handler = Callable[[Any, Context], Awaitable[Any]]
+#: ``handle_cast``, ``handle_call`` and ``handle_info``, as ``_serve`` calls them.
+_Handlers = tuple[_Handler, _Handler, _Handler]
 
 
 def _limited(handler: _Handler, limit: float, agent: AgentId) -> _Handler:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .errors import CallTimeout, ReplyAlreadySent
+
+if TYPE_CHECKING:
+    from ._cell import AgentCell
 
 __all__ = ["KeptAnswer", "ReplyHandle"]
 
@@ -39,7 +42,7 @@ class ReplyHandle:
     abandons the handle, and a late answer is then dropped.
     """
 
-    __slots__ = ("_error", "_kept", "_state", "_value", "_waiter", "deadline")
+    __slots__ = ("_error", "_kept", "_state", "_value", "_waiter", "deadline", "expired", "serving")
 
     def __init__(self, deadline: float = math.inf) -> None:
         #: Trio time after which the caller no longer waits.
@@ -49,6 +52,11 @@ class ReplyHandle:
         self._error: BaseException | None = None
         self._waiter: trio.lowlevel.Task | None = None
         self._kept: KeptAnswer | None = None
+        #: The agent whose handler is answering the call, told when its caller gives up, so
+        #: that it can cancel work nobody waits for.
+        self.serving: AgentCell | None = None
+        #: True once given up on at the deadline (not by the caller's own cancellation).
+        self.expired = False
 
     def __repr__(self) -> str:
         return f"<ReplyHandle {self._state.value}>"
@@ -120,18 +128,23 @@ class ReplyHandle:
         return kept
 
     def abandon(self) -> None:
-        """Give up on the reply: any later answer is dropped."""
+        """Give up on the reply: any later answer is dropped, and the handler answering it,
+        if one runs, is told."""
         if self._state is _State.PENDING:
             self._state = _State.ABANDONED
+            serving = self.serving
+            if serving is not None:
+                serving.call_abandoned(self)
 
     def expire(self) -> None:
         """The caller's deadline has passed: give up on the reply, and wake a waiting caller,
         whose wait raises ``CallTimeout``. Does nothing once answered."""
         if self._state is _State.PENDING:
-            self._state = _State.ABANDONED
+            self.expired = True
             waiter, self._waiter = self._waiter, None
             if waiter is not None:
                 trio.lowlevel.reschedule(waiter)
+            self.abandon()
 
     async def wait(self) -> Any:
         """Wait for the answer, at most until :attr:`deadline`.

@@ -373,7 +373,7 @@ class TestThroughTheSystem:
                 await ref.call(hold_forever, timeout=1.0)
             assert circuit_of(system, ref) is CircuitState.CLOSED
             with pytest.raises(CallTimeout):
-                await ref.call(lambda ctx: "queued behind", timeout=1.0)
+                await ref.call(hold_forever, timeout=1.0)
             assert circuit_of(system, ref) is CircuitState.OPEN
 
     async def test_calls_timing_out_on_deferred_replies_count_as_failures(
