@@ -18,15 +18,10 @@ from supervisor import (
     Supervisor,
 )
 
-from ._agent import Agent, Caller, Context, DeferredReply, Directive, NotHandled
-from ._balancing import LoadBalancing
-from ._circuit import CircuitBreakerConfig, CircuitState
-from ._dead_letters import DeadLetter, DeadLetterReason
-from ._dedup import DedupWindow
-from ._delivery import DeliveryConfig, DeliveryManager, DeliveryStats, RetryCandidate
-from ._ids import AgentId, MessageId, new_message_id
-from ._mailbox import Mailbox, MailboxConfig, MailboxStats, OverflowPolicy
-from ._messages import (
+from ._behaviour.agent import Agent, Caller, Context, DeferredReply, Directive, NotHandled
+from ._behaviour.refs import AgentRef
+from ._core.ids import AgentId, MessageId, new_message_id
+from ._core.messages import (
     DeliveryGuarantee,
     Envelope,
     MessageKind,
@@ -36,7 +31,7 @@ from ._messages import (
     cast,
     info,
 )
-from ._notifications import (
+from ._core.notifications import (
     AgentExited,
     AgentStarted,
     Custom,
@@ -47,12 +42,17 @@ from ._notifications import (
     StopReason,
     SystemShutdown,
 )
-from ._pool import PoolRef
-from ._protocol import ReplyHandle
-from ._ref import AgentRef
-from ._router import MessageRouter, RouterConfig, RouterStats
-from ._system import MessageSystem, MessageSystemConfig, SystemStats, open_message_system
-from ._timers import Timer
+from ._delivery.dead_letters import DeadLetter, DeadLetterReason
+from ._delivery.pipeline import DeliveryConfig, DeliveryManager, DeliveryStats, RetryCandidate
+from ._primitives.balancing import LoadBalancing
+from ._primitives.circuit import CircuitBreakerConfig, CircuitState
+from ._primitives.dedup import DedupWindow
+from ._primitives.mailbox import Mailbox, MailboxConfig, MailboxStats, OverflowPolicy
+from ._primitives.reply import ReplyHandle
+from ._primitives.timers import Timer
+from ._routing.groups import PoolRef
+from ._routing.router import MessageRouter, RouterConfig, RouterStats
+from ._system.system import MessageSystem, MessageSystemConfig, SystemStats, open_message_system
 
 __all__ = [
     "Agent",

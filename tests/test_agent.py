@@ -42,8 +42,8 @@ from terraphim_actors import (
     cast,
     open_message_system,
 )
-from terraphim_actors._agent import format_payload
-from terraphim_actors._bounded_repr import REPR_LIMIT, bounded_repr, shorten
+from terraphim_actors._behaviour.agent import format_payload
+from terraphim_actors._core.bounded_repr import REPR_LIMIT, bounded_repr, shorten
 from terraphim_actors.errors import (
     AgentStartFailed,
     AgentStopped,

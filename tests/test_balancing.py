@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from terraphim_actors import LoadBalancing
-from terraphim_actors._balancing import Balancer
+from terraphim_actors._primitives.balancing import Balancer
 
 
 def everyone(member: int) -> bool:

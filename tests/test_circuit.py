@@ -27,7 +27,7 @@ from terraphim_actors import (
     RouterConfig,
     open_message_system,
 )
-from terraphim_actors._circuit import CircuitBreaker
+from terraphim_actors._primitives.circuit import CircuitBreaker
 from terraphim_actors.errors import (
     CallFailed,
     CallTimeout,

@@ -18,7 +18,7 @@ from terraphim_actors import (
     cast,
     open_message_system,
 )
-from terraphim_actors._dead_letters import DETAIL_LIMIT, DeadLetterOffice
+from terraphim_actors._delivery.dead_letters import DETAIL_LIMIT, DeadLetterOffice
 
 
 class TestDeadLetterOffice:

@@ -40,7 +40,7 @@ from terraphim_actors import (
     cast,
     open_message_system,
 )
-from terraphim_actors._checks import MAX_COUNT, MAX_FACTOR, MAX_SECONDS
+from terraphim_actors._core.checks import MAX_COUNT, MAX_FACTOR, MAX_SECONDS
 from terraphim_actors.errors import (
     AgentNotFound,
     AgentStopped,

@@ -28,8 +28,8 @@ from terraphim_actors import (
     cast,
     info,
 )
-from terraphim_actors._bounded_repr import REPR_LIMIT
-from terraphim_actors._checks import MAX_SECONDS
+from terraphim_actors._core.bounded_repr import REPR_LIMIT
+from terraphim_actors._core.checks import MAX_SECONDS
 from terraphim_actors.errors import CallTimeout, InvalidConfig
 
 

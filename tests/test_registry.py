@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from terraphim_actors import AgentId
-from terraphim_actors._registry import _STOPPED_KEPT, Registry
+from terraphim_actors._routing.directory import _STOPPED_KEPT, Registry
 from terraphim_actors.errors import DuplicateAgent, InvalidConfig
 
 

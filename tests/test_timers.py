@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from terraphim_actors._timers import TimerService
+from terraphim_actors._primitives.timers import TimerService
 from terraphim_actors.errors import InvalidConfig
 
 Clock = trio.testing.MockClock

@@ -18,8 +18,8 @@ import attrs
 import trio
 
 from .. import Agent, MessageKind, MessageRouter, MessageSystem
-from .._bounded_repr import bounded_repr
-from .._checks import check_count, check_instance, check_seconds
+from .._core.bounded_repr import bounded_repr
+from .._core.checks import check_count, check_instance, check_seconds
 from ..errors import InvalidConfig
 from ._faulty_agent import HandlerFaults, wrap
 from ._faulty_route import FaultyLink, FaultyRouter

@@ -10,7 +10,7 @@ import attrs
 import trio
 
 from .. import Agent, AgentId, Context, MessageKind
-from .._bounded_repr import bounded_repr
+from .._core.bounded_repr import bounded_repr
 from ._errors import InjectedFault
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .._bounded_repr import bounded_repr
+from .._core.bounded_repr import bounded_repr
 
 __all__ = ["ANYTHING", "describe", "matches"]
 

@@ -27,8 +27,8 @@ from .. import (
     MessageKind,
     MessageSystem,
 )
-from .._bounded_repr import bounded_repr
-from .._checks import check_count, check_instance, check_seconds
+from .._core.bounded_repr import bounded_repr
+from .._core.checks import check_count, check_instance, check_seconds
 from ..errors import CallFailed, InvalidConfig
 from ._errors import ExpectationFailed
 from ._matching import ANYTHING, describe, matches

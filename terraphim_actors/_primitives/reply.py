@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .errors import CallTimeout, ReplyAlreadySent
+from ..errors import CallTimeout, ReplyAlreadySent
 
 if TYPE_CHECKING:
-    from ._cell import AgentCell
+    from .._process.cell import AgentCell
 
 __all__ = ["KeptAnswer", "ReplyHandle"]
 

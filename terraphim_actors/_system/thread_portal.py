@@ -1,6 +1,6 @@
 """The way into a message system from another thread: ``system.from_thread``.
 
-A system belongs to the thread of its Trio run (see ``_threads``), yet blocking code beside it
+A system belongs to the thread of its Trio run (see ``_core.threads``), yet blocking code beside it
 (a worker thread from ``trio.to_thread.run_sync``, a thread of a library that knows nothing of
 Trio) must reach its agents. The portal hands each call and cast to the system's thread with
 ``trio.from_thread.run`` and the system's own Trio token, so it works from any thread, whether
@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._messages import MessageOptions, Priority
-from ._threads import current_thread_id
-from .errors import SystemClosed, WrongThread
+from .._core.messages import MessageOptions, Priority
+from .._core.threads import current_thread_id
+from ..errors import SystemClosed, WrongThread
 
 if TYPE_CHECKING:
-    from ._ref import AgentRef
+    from .._behaviour.refs import AgentRef
 
 __all__ = ["ThreadPortal"]
 

@@ -11,7 +11,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._cell import AgentCell
+    from .cell import AgentCell
 
 __all__ = ["current_cell", "inherited_deadline"]
 

@@ -13,18 +13,18 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
-from ._checks import check_instance, validator
-from ._circuit import CircuitBreakerConfig, CircuitState
-from ._ids import AgentId
-from ._messages import Envelope
-from ._timers import Timer, TimerService
-from .errors import InvalidConfig
+from .._core.checks import check_instance, validator
+from .._core.ids import AgentId
+from .._core.messages import Envelope
+from .._primitives.circuit import CircuitBreakerConfig, CircuitState
+from .._primitives.timers import Timer, TimerService
+from ..errors import InvalidConfig
 
 if TYPE_CHECKING:
-    from ._cell import AgentCell
-    from ._pool import Pool
-    from ._ref import AgentRef
-    from ._system import MessageSystem
+    from .._behaviour.refs import AgentRef
+    from .._process.cell import AgentCell
+    from .._system.system import MessageSystem
+    from .groups import Pool
 
 __all__ = ["MessageRouter", "Router", "RouterConfig", "RouterStats"]
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import trio
 
-from ._checks import check_seconds
+from .._core.checks import check_seconds
 
 __all__ = ["Timer", "TimerService"]
 

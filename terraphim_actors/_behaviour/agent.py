@@ -12,19 +12,19 @@ import trio
 
 from supervisor import RestartType
 
-from ._bounded_repr import REPR_LIMIT, bounded_repr, shorten
-from ._ids import AgentId, MessageId
-from ._messages import DeliveryGuarantee, Envelope
-from ._notifications import ExitReason, MonitorRef, StopReason
-from ._protocol import ReplyHandle
-from ._threads import check_thread
-from ._timers import Timer
-from .errors import AgentStopped, CallFailed, ReplyAlreadySent
+from .._core.bounded_repr import REPR_LIMIT, bounded_repr, shorten
+from .._core.ids import AgentId, MessageId
+from .._core.messages import DeliveryGuarantee, Envelope
+from .._core.notifications import ExitReason, MonitorRef, StopReason
+from .._core.threads import check_thread
+from .._primitives.reply import ReplyHandle
+from .._primitives.timers import Timer
+from ..errors import AgentStopped, CallFailed, ReplyAlreadySent
 
 if TYPE_CHECKING:
-    from ._cell import AgentCell
-    from ._ref import AgentRef
-    from ._system import MessageSystem
+    from .._process.cell import AgentCell
+    from .._system.system import MessageSystem
+    from .refs import AgentRef
 
 __all__ = ["Agent", "Caller", "Context", "DeferredReply", "Directive", "NotHandled"]
 

@@ -19,17 +19,16 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import attrs
 import trio
 
-from ._bounded_repr import bounded_repr
-from ._checks import check_count, check_factor, check_instance, check_seconds, validator
-from ._circuit import CircuitBreaker, CircuitBreakerConfig, CircuitState
-from ._dead_letters import DeadLetterReason
-from ._dedup import NO_REPLY, UNSEEN, DedupWindow, HandledMessages
-from ._mailbox import OwnMailboxFull
-from ._messages import DeliveryGuarantee, Envelope, MessageOptions, Priority, never_expiring
-from ._messages import options_for as shared_options
-from ._protocol import KeptAnswer
-from ._timers import Timer
-from .errors import (
+from .._core.bounded_repr import bounded_repr
+from .._core.checks import check_count, check_factor, check_instance, check_seconds, validator
+from .._core.messages import DeliveryGuarantee, Envelope, MessageOptions, Priority, never_expiring
+from .._core.messages import options_for as shared_options
+from .._primitives.circuit import CircuitBreaker, CircuitBreakerConfig, CircuitState
+from .._primitives.dedup import NO_REPLY, UNSEEN, DedupWindow, HandledMessages
+from .._primitives.mailbox import OwnMailboxFull
+from .._primitives.reply import KeptAnswer
+from .._primitives.timers import Timer
+from ..errors import (
     AgentNotFound,
     AgentStopped,
     CircuitOpen,
@@ -38,10 +37,11 @@ from .errors import (
     MailboxFull,
     MessagingError,
 )
+from .dead_letters import DeadLetterReason
 
 if TYPE_CHECKING:
-    from ._cell import AgentCell
-    from ._system import MessageSystem
+    from .._process.cell import AgentCell
+    from .._system.system import MessageSystem
 
 __all__ = ["DeliveryConfig", "DeliveryManager", "DeliveryStats", "RetryCandidate"]
 

@@ -24,30 +24,27 @@ from supervisor import (
     SupervisorNotRunning,
 )
 
-from ._agent import Agent
-from ._agent_checks import check_agent_class
-from ._agent_spec import AgentStarter, agent_child_spec
-from ._balancing import Balancer, LoadBalancing
-from ._bounded_repr import LazyText
-from ._cell import AgentCell, CellState
-from ._checks import check_count, check_instance, check_seconds, validator
-from ._dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
-from ._delivery import DeliveryConfig, DeliveryManager
-from ._ids import AgentId
-from ._mailbox import Mailbox, MailboxConfig, MailboxStats, ThreadBoundMailbox
-from ._messages import Envelope, MessageKind, MessageOptions
-from ._notifications import StopReason, SystemShutdown
-from ._pool import Pool, PoolRef
-from ._ref import AgentRef
-from ._registry import Registry
-from ._router import Router, RouterConfig
-from ._shutdown import ShutdownWatch
-from ._signals import ShutdownSignals, check_main_thread, receiving_signals
-from ._task_context import current_cell
-from ._thread_portal import ThreadPortal
-from ._threads import check_thread, current_thread_id
-from ._timers import TimerService
-from .errors import (
+from .._behaviour.agent import Agent
+from .._behaviour.agent_checks import check_agent_class
+from .._behaviour.refs import AgentRef
+from .._behaviour.spec import AgentStarter, agent_child_spec
+from .._core.bounded_repr import LazyText
+from .._core.checks import check_count, check_instance, check_seconds, validator
+from .._core.ids import AgentId
+from .._core.messages import Envelope, MessageKind, MessageOptions
+from .._core.notifications import StopReason, SystemShutdown
+from .._core.threads import check_thread, current_thread_id
+from .._delivery.dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
+from .._delivery.pipeline import DeliveryConfig, DeliveryManager
+from .._primitives.balancing import Balancer, LoadBalancing
+from .._primitives.mailbox import Mailbox, MailboxConfig, MailboxStats, ThreadBoundMailbox
+from .._primitives.timers import TimerService
+from .._process.cell import AgentCell, CellState
+from .._process.context_vars import current_cell
+from .._routing.directory import Registry
+from .._routing.groups import Pool, PoolRef
+from .._routing.router import Router, RouterConfig
+from ..errors import (
     AgentNotFound,
     AgentStartFailed,
     CallToSelf,
@@ -56,6 +53,9 @@ from .errors import (
     InvalidMessage,
     SystemClosed,
 )
+from .shutdown import ShutdownWatch
+from .signals import ShutdownSignals, check_main_thread, receiving_signals
+from .thread_portal import ThreadPortal
 
 __all__ = ["MessageSystem", "MessageSystemConfig", "SystemStats", "open_message_system"]
 

@@ -6,19 +6,19 @@ from typing import TYPE_CHECKING, Any
 
 from supervisor import Supervisor
 
-from ._balancing import Balancer, LoadBalancing
-from ._cell import CellState
-from ._dedup import HandledMessages
-from ._ids import AgentId
-from ._messages import DeliveryGuarantee, Envelope, MessageKind, Priority
-from ._ref import AgentRef
-from ._task_context import current_cell
-from .errors import CallToSelf, InvalidConfig
+from .._behaviour.refs import AgentRef
+from .._core.ids import AgentId
+from .._core.messages import DeliveryGuarantee, Envelope, MessageKind, Priority
+from .._primitives.balancing import Balancer, LoadBalancing
+from .._primitives.dedup import HandledMessages
+from .._process.cell import CellState
+from .._process.context_vars import current_cell
+from ..errors import CallToSelf, InvalidConfig
 
 if TYPE_CHECKING:
-    from ._agent_spec import AgentStarter
-    from ._cell import AgentCell
-    from ._system import MessageSystem
+    from .._behaviour.spec import AgentStarter
+    from .._process.cell import AgentCell
+    from .._system.system import MessageSystem
 
 __all__ = ["Pool", "PoolRef"]
 

@@ -15,9 +15,9 @@ import types
 import weakref
 from typing import Any
 
-from ._agent import Agent
-from ._bounded_repr import bounded_repr
-from .errors import InvalidConfig
+from .._core.bounded_repr import bounded_repr
+from ..errors import InvalidConfig
+from .agent import Agent
 
 __all__ = ["check_agent_class", "warn_cast_returned"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from threading import get_ident
 
-from .errors import WrongThread
+from ..errors import WrongThread
 
 __all__ = ["check_thread", "current_thread_id", "wrong_thread"]
 

@@ -6,17 +6,17 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._bounded_repr import bounded_repr
-from ._checks import check_instance, check_seconds
-from ._ids import AgentId
-from ._messages import Envelope, MessageKind, MessageOptions, Priority
-from ._protocol import ReplyHandle
-from ._task_context import current_cell, inherited_deadline
-from ._threads import current_thread_id, wrong_thread
-from .errors import CallTimeout, CallToSelf, InvalidConfig, WrongThread
+from .._core.bounded_repr import bounded_repr
+from .._core.checks import check_instance, check_seconds
+from .._core.ids import AgentId
+from .._core.messages import Envelope, MessageKind, MessageOptions, Priority
+from .._core.threads import current_thread_id, wrong_thread
+from .._primitives.reply import ReplyHandle
+from .._process.context_vars import current_cell, inherited_deadline
+from ..errors import CallTimeout, CallToSelf, InvalidConfig, WrongThread
 
 if TYPE_CHECKING:
-    from ._cell import AgentCell
+    from .._process.cell import AgentCell
 
 __all__ = ["AgentRef"]
 

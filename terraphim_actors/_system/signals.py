@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .errors import InvalidConfig
+from ..errors import InvalidConfig
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from contextlib import AbstractContextManager
 
-    from ._system import MessageSystem
+    from .system import MessageSystem
 
 __all__ = ["SHUTDOWN_SIGNALS", "ShutdownSignals", "check_main_thread", "receiving_signals"]
 

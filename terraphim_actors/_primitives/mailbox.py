@@ -19,11 +19,11 @@ from typing import NoReturn
 import attrs
 import trio
 
-from ._checks import check_count, check_instance, check_seconds, validator
-from ._ids import AgentId
-from ._messages import Envelope, MessageOptions, Priority, now
-from ._threads import check_thread
-from .errors import InvalidConfig, InvalidMessage, MailboxClosed, MailboxFull, MessageTimeout
+from .._core.checks import check_count, check_instance, check_seconds, validator
+from .._core.ids import AgentId
+from .._core.messages import Envelope, MessageOptions, Priority, now
+from .._core.threads import check_thread
+from ..errors import InvalidConfig, InvalidMessage, MailboxClosed, MailboxFull, MessageTimeout
 
 __all__ = ["Mailbox", "MailboxConfig", "MailboxStats", "OverflowPolicy", "OwnMailboxFull"]
 

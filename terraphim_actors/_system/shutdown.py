@@ -9,11 +9,11 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
-from ._timers import Timer
+from .._primitives.timers import Timer
 
 if TYPE_CHECKING:
-    from ._cell import AgentCell
-    from ._system import MessageSystem
+    from .._process.cell import AgentCell
+    from .system import MessageSystem
 
 __all__ = ["ShutdownWatch"]
 

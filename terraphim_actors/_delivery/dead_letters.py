@@ -8,8 +8,8 @@ import logging
 
 import attrs
 
-from ._bounded_repr import REPR_LIMIT, shorten
-from ._messages import Envelope, now
+from .._core.bounded_repr import REPR_LIMIT, shorten
+from .._core.messages import Envelope, now
 
 __all__ = ["DeadLetter", "DeadLetterOffice", "DeadLetterReason"]
 

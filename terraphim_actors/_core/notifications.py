@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import attrs
 
-from ._ids import AgentId
+from .ids import AgentId
 
 if TYPE_CHECKING:
-    from ._ref import AgentRef
+    from .._behaviour.refs import AgentRef
 
 __all__ = [
     "AgentExited",

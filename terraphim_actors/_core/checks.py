@@ -14,8 +14,8 @@ from typing import Any
 
 import attrs
 
-from ._bounded_repr import bounded_repr
-from .errors import InvalidConfig
+from ..errors import InvalidConfig
+from .bounded_repr import bounded_repr
 
 __all__ = [
     "MAX_COUNT",

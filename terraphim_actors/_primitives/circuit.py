@@ -6,7 +6,7 @@ import enum
 
 import attrs
 
-from ._checks import check_count, check_seconds, validator
+from .._core.checks import check_count, check_seconds, validator
 
 __all__ = ["CircuitBreaker", "CircuitBreakerConfig", "CircuitState"]
 

@@ -8,17 +8,17 @@ import trio
 
 from supervisor import ChildSpec, RestartType, current_child
 
-from ._agent import Agent
-from ._cell import AgentCell, CellState
-from ._ids import AgentId
-from ._mailbox import MailboxConfig
-from ._notifications import StopReason
-from ._ref import AgentRef
-from .errors import DuplicateAgent
+from .._core.ids import AgentId
+from .._core.notifications import StopReason
+from .._primitives.mailbox import MailboxConfig
+from .._process.cell import AgentCell, CellState
+from ..errors import DuplicateAgent
+from .agent import Agent
+from .refs import AgentRef
 
 if TYPE_CHECKING:
-    from ._pool import Pool
-    from ._system import MessageSystem
+    from .._routing.groups import Pool
+    from .._system.system import MessageSystem
 
 __all__ = ["AgentStarter", "agent_child_spec"]
 

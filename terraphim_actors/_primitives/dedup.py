@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from ._checks import check_count, check_seconds, validator
+from .._core.checks import check_count, check_seconds, validator
 
 __all__ = ["NO_REPLY", "UNSEEN", "DedupWindow", "HandledMessages"]
 

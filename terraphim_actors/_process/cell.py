@@ -18,7 +18,7 @@ import trio
 
 from supervisor import CurrentChild, EscalatedFailure, FinalExit, RestartType, current_child
 
-from ._agent import (
+from .._behaviour.agent import (
     Agent,
     Context,
     Directive,
@@ -27,16 +27,13 @@ from ._agent import (
     on_start_takes_context,
     stopped_error,
 )
-from ._agent_checks import warn_cast_returned
-from ._bounded_repr import LazyText, bounded_repr
-from ._checks import check_instance
-from ._circuit import CircuitBreaker
-from ._dead_letters import DeadLetterReason
-from ._dedup import NO_REPLY, HandledMessages
-from ._ids import AgentId
-from ._mailbox import Mailbox, MailboxConfig
-from ._messages import DeliveryGuarantee, Envelope, MessageKind, info
-from ._notifications import (
+from .._behaviour.agent_checks import warn_cast_returned
+from .._behaviour.refs import AgentRef
+from .._core.bounded_repr import LazyText, bounded_repr
+from .._core.checks import check_instance
+from .._core.ids import AgentId
+from .._core.messages import DeliveryGuarantee, Envelope, MessageKind, info
+from .._core.notifications import (
     AgentExited,
     AgentStarted,
     Down,
@@ -44,11 +41,13 @@ from ._notifications import (
     MonitorRef,
     StopReason,
 )
-from ._protocol import ReplyHandle
-from ._ref import AgentRef
-from ._task_context import current_cell, inherited_deadline
-from ._timers import Timer
-from .errors import (
+from .._delivery.dead_letters import DeadLetterReason
+from .._primitives.circuit import CircuitBreaker
+from .._primitives.dedup import NO_REPLY, HandledMessages
+from .._primitives.mailbox import Mailbox, MailboxConfig
+from .._primitives.reply import ReplyHandle
+from .._primitives.timers import Timer
+from ..errors import (
     AgentStartFailed,
     AgentStopped,
     CallFailed,
@@ -59,10 +58,11 @@ from .errors import (
     SystemClosed,
     UnhandledMessage,
 )
+from .context_vars import current_cell, inherited_deadline
 
 if TYPE_CHECKING:
-    from ._pool import Pool
-    from ._system import MessageSystem
+    from .._routing.groups import Pool
+    from .._system.system import MessageSystem
 
 __all__ = ["AgentCell", "CellState"]
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import collections
 from typing import TYPE_CHECKING
 
-from ._ids import AgentId
-from ._mailbox import Mailbox
-from .errors import DuplicateAgent, InvalidConfig
+from .._core.ids import AgentId
+from .._primitives.mailbox import Mailbox
+from ..errors import DuplicateAgent, InvalidConfig
 
 if TYPE_CHECKING:
-    from ._cell import AgentCell
+    from .._process.cell import AgentCell
 
 __all__ = ["Registry"]
 

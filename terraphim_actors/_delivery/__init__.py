@@ -1,0 +1,2 @@
+"""Layer 3: the delivery guarantees: acceptance, acknowledgement, retries, statistics and
+dead letters."""

@@ -1,0 +1,2 @@
+"""Layer 6: the composition root: MessageSystem builds every part and hands each its
+collaborators."""
