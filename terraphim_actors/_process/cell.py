@@ -404,7 +404,7 @@ class AgentCell:
                 # cancelled scope stays cancelled: one per such call, not one per message.
                 with trio.CancelScope() as abandoning:
                     self._handler_scope = abandoning
-                    reason = await self._serve_messages(instance, context, handlers, abandoning)
+                    reason = await self._serve_messages(instance, context, handlers)
                     if reason is not None:
                         return reason
                 self._handler_scope = None
@@ -418,10 +418,9 @@ class AgentCell:
         instance: Agent,
         context: Context,
         handlers: _Handlers,
-        abandoning: trio.CancelScope,
     ) -> ExitReason | None:
-        """Serve messages until the instance is to stop (returns why) or ``abandoning`` is
-        cancelled (returns None)."""
+        """Serve messages until the instance is to stop (returns why) or ``call_abandoned``
+        has cancelled the handler scope (returns None)."""
         handle_cast, handle_call, handle_info = handlers
         mailbox = self.mailbox
         delivery = self.system.delivery
@@ -430,7 +429,7 @@ class AgentCell:
         batch_started = clock()
         try:
             while self._stop_requested is None or (self._draining and len(mailbox)):
-                if abandoning.cancel_called:
+                if self._handler_scope is None:  # not ``cancel_called``: it reads the clock
                     return None
                 if served >= _BATCH:
                     served = 0
@@ -581,6 +580,7 @@ class AgentCell:
             and in_hand.options.guarantee is not EXACTLY_ONCE
         ):
             scope.cancel()
+            self._handler_scope = None
 
     def _settle_abandoned(self) -> None:
         """Settle the call whose handler ``call_abandoned`` cut short: failed, and counted
