@@ -24,7 +24,12 @@ priority, by ref or by ``send_message``; calls run in tasks of their own. Every 
 how often its handler started and completed, and ``system.dead_letters`` tells the rest.
 Faults: a handler crash on the next run of an agent (``crash``; twice in a row, ``trip``, opens
 its circuit), a handler held until released (``hold``, ``fill``), an agent terminated and
-restarted by its supervisor, an exactly-once envelope sent again, a tree that escalates.
+restarted by its supervisor, an exactly-once envelope sent again, a tree that escalates. And
+the errors an agent says what to do about (``fault``): one in ``resume_on`` (RESUME), one in
+``stop_on`` (STOP: a root worker stops for good, and ``respawn`` starts a new one under its
+name), ``errors.NonRetryable`` (RESTART, never redelivered), one in both ``no_retry_on`` and
+``resume_on``, and a handler that hangs until its ``handler_timeout`` (1.5 s, on ``w1``, ``t1``
+and the pool) cuts it: the pool's ``on_error`` resumes on ``HandlerTimeout``, the others restart.
 
 Invariants (after every step unless said otherwise):
 
@@ -44,7 +49,15 @@ Invariants (after every step unless said otherwise):
   a call's handler runs at most once;
 * a bounded mailbox never holds more than its capacity; no attempt exceeds ``max_retries``;
 * the tree restarts at most 2 children in any 5 s window; after it escalates, none of its
-  children runs again.
+  children runs again;
+* directives: after RESUME the next message is handled by the same instance with its state
+  (nothing it had counted is lost) and the agent is not restarted for it; after STOP the agent
+  is not alive and never starts again under that name until respawned; a cast or info that
+  failed with a non-retryable error is a ``REJECTED`` dead letter at once and never runs again;
+  an at-most-once one that was resumed is a ``HANDLER_CRASHED`` dead letter; a faulted call
+  fails with ``CallFailed`` caused by the very error (a hung one: ``HandlerTimeout``, or
+  ``CallTimeout`` if its caller gave up first);
+* no handler of an agent with a ``handler_timeout`` is still running past it.
 """
 
 from __future__ import annotations
@@ -77,8 +90,10 @@ from terraphim_actors import (
     DedupWindow,
     DeliveryConfig,
     DeliveryGuarantee,
+    Directive,
     Envelope,
     MailboxConfig,
+    MessageKind,
     MessageOptions,
     MessageSystem,
     MessageSystemConfig,
@@ -89,7 +104,14 @@ from terraphim_actors import (
     info,
     open_message_system,
 )
-from terraphim_actors.errors import MessagingError
+from terraphim_actors.errors import (
+    AgentStopped,
+    CallFailed,
+    CallTimeout,
+    HandlerTimeout,
+    MessagingError,
+    NonRetryable,
+)
 from terraphim_actors.testing import InjectedFault
 
 AT_MOST_ONCE = DeliveryGuarantee.AT_MOST_ONCE
@@ -143,6 +165,19 @@ MAILBOXES = {
     "block": MailboxConfig(capacity=CAPACITY, overflow=OverflowPolicy.BLOCK),
 }
 SENDERS = 2
+
+#: Seconds a handler of ``w1``, ``t1`` or a pool member may run (a hold there is cut too).
+HANDLER_TIMEOUT = 1.5
+TIMED = ("w1", "t1", POOL)
+#: The faults a handler can be given (``fault``), and which agents each applies to: only
+#: root workers stop for good (``respawn`` brings them back), only timed agents hang.
+FAULT_TARGETS = {
+    "resume": WORKERS,
+    "stop": ROOT_WORKERS,
+    "reject": WORKERS,
+    "reject_resume": WORKERS,
+    "hang": TIMED,
+}
 
 guarantees = st.sampled_from([AT_MOST_ONCE, AT_LEAST_ONCE, EXACTLY_ONCE])
 priorities = st.sampled_from(list(Priority))
@@ -213,25 +248,53 @@ class Command:
     envelope: Envelope | None
 
 
+class Expected(Exception):
+    """An error the workers resume on (a model's malformed answer, say)."""
+
+
+class Fatal(Exception):
+    """An error the workers stop for good on."""
+
+
+class Malformed(Exception):
+    """An error that will fail the same way again, after which the worker is fine."""
+
+
 class Worker(Agent):
-    """Reports each start and each handler run to the world; a call replies its number."""
+    """Reports each start and each handler run to the world; a call replies its number.
+
+    Its state is a serial number per instance and the count of messages it completed: what a
+    RESUME must keep and a restart starts afresh.
+    """
+
+    resume_on = (Expected, Malformed)
+    stop_on = (Fatal,)
+    no_retry_on = (Malformed,)
 
     def __init__(self, world: World, name: str, generation: int) -> None:
         self.world = world
         self.name = name
         self.generation = generation
+        self.serial = 0
+        self.completed = 0
 
-    async def on_start(self) -> None:
-        self.world.starts.append((self.name, self.generation, trio.current_time()))
+    async def on_start(self, ctx: Context) -> None:
+        self.serial = self.world.instance_started(self, ctx.self.name)
+
+    def on_error(self, error: Exception, payload: Any, ctx: Context) -> Directive:
+        """The pool's members wait out a hung model call; the others restart after one."""
+        if isinstance(error, HandlerTimeout) and self.name == POOL:
+            return Directive.RESUME
+        return super().on_error(error, payload, ctx)
 
     async def handle_cast(self, message: Msg, ctx: Context) -> None:
-        await self.world.handle(self.name, ctx.envelope)
+        await self.world.handle(self, ctx)
 
     async def handle_info(self, message: Msg, ctx: Context) -> None:
-        await self.world.handle(self.name, ctx.envelope)
+        await self.world.handle(self, ctx)
 
     async def handle_call(self, message: Msg, ctx: Context) -> Any:
-        await self.world.handle(self.name, ctx.envelope)
+        await self.world.handle(self, ctx)
         return ("ok", message.number)
 
 
@@ -272,27 +335,70 @@ class World:
         self.next_number = 0
         self.violations: list[str] = []
         self.finished = trio.Event()
+        #: Faults waiting for an agent's next handler runs (``fault``), in order.
+        self.faults: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
+        #: The faults each message met, with the number of its run that met it (from 1).
+        self.faulted: dict[int, list[tuple[str, int]]] = collections.defaultdict(list)
+        #: Calls given a fault: when their faulted run started its handler.
+        self.faulted_calls: dict[int, tuple[str, float]] = {}
+        self.serials = 0
+        #: Members expected to go on with the same instance: its serial and completed count.
+        self.resumed: dict[str, tuple[int, int]] = {}
+        #: Root workers stopped for good (by a ``stop`` fault) and not respawned since.
+        self.stopped: set[str] = set()
+        #: Members whose handler hangs (``hang``) until its time limit.
+        self.hanging: set[str] = set()
+        #: Handlers running on agents with a time limit: (member, number) -> their deadline.
+        self.limits: dict[tuple[str, int], float] = {}
 
     # -- set-up ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         for name in ROOT_WORKERS:
-            self.refs[name] = await self.system.spawn(
-                Worker, self, name, 0, name=name, mailbox=MAILBOXES.get(name)
-            )
+            await self.spawn(name)
         await self.start_tree()
         self.refs[POOL] = await self.system.spawn_pool(
-            Worker, self, POOL, 0, size=2, name=POOL, max_restarts=1_000, max_seconds=1.0
+            Worker,
+            self,
+            POOL,
+            0,
+            size=2,
+            name=POOL,
+            max_restarts=1_000,
+            max_seconds=1.0,
+            handler_timeout=HANDLER_TIMEOUT,
         )
         for index in range(SENDERS):
             send_channel, receive_channel = trio.open_memory_channel[Command](math.inf)
             self.senders.append(send_channel)
             self.nursery.start_soon(self.sender, index, receive_channel)
 
+    async def spawn(self, name: str) -> None:
+        """Start root worker ``name`` (again, after it stopped for good)."""
+        self.stopped.discard(name)
+        self.refs[name] = await self.system.spawn(
+            Worker,
+            self,
+            name,
+            0,
+            name=name,
+            mailbox=MAILBOXES.get(name),
+            handler_timeout=HANDLER_TIMEOUT if name in TIMED else None,
+        )
+
     async def start_tree(self) -> None:
         self.generation += 1
+        for name in TREE_WORKERS:
+            self.resumed.pop(name, None)  # the old tree's instances are gone with it
         specs = [
-            self.system.agent_spec(Worker, self, name, self.generation, name=name)
+            self.system.agent_spec(
+                Worker,
+                self,
+                name,
+                self.generation,
+                name=name,
+                handler_timeout=HANDLER_TIMEOUT if name in TIMED else None,
+            )
             for name in TREE_WORKERS
         ]
         self.tree = await self.system.start_supervisor(
@@ -307,26 +413,75 @@ class World:
 
     # -- the agents' side -----------------------------------------------------------------
 
-    async def handle(self, name: str, envelope: Envelope) -> None:
+    def instance_started(self, worker: Worker, member: str) -> int:
+        """Record a start of ``member`` (a pool's member, or the agent's name); its serial."""
+        self.starts.append((worker.name, worker.generation, trio.current_time()))
+        if member in self.resumed:
+            self.violations.append(f"{member} restarted after an error it resumes on")
+        if member in self.stopped:
+            self.violations.append(f"{member} started again after it stopped for good")
+        self.serials += 1
+        return self.serials
+
+    async def handle(self, worker: Worker, ctx: Context) -> None:
+        envelope = ctx.envelope
+        name = worker.name
+        member = ctx.self.name
+        assert member is not None
         number = envelope.payload.number
         runs = self.runs[number]
         completed = self.completions.get(number)
-        runs.append(
-            Run(name, envelope.attempt, trio.current_time(), completed[0] if completed else None)
-        )
+        now = trio.current_time()
+        runs.append(Run(name, envelope.attempt, now, completed[0] if completed else None))
         if len(runs) == 1:
             self.first_runs.append((number, envelope.attempt))
-        if self.crash_next[name] > 0:
-            self.crash_next[name] -= 1
-            raise InjectedFault(f"{name} crashes on message {number}")
+        expected = self.resumed.pop(member, None)
+        if expected is not None and expected != (worker.serial, worker.completed):
+            self.violations.append(
+                f"{member} resumed as (serial, completed) {expected} but runs"
+                f" {number} as {(worker.serial, worker.completed)}"
+            )
+        if name in TIMED:
+            self.limits[member, number] = now + HANDLER_TIMEOUT
         self.in_handler[name] += 1
         try:
+            if self.faults[name]:
+                fault = self.faults[name].popleft()
+                self.faulted[number].append((fault, len(runs)))
+                if envelope.kind is MessageKind.CALL:
+                    self.faulted_calls[number] = (fault, now)
+                await self.inject(fault, worker, member, number)
+            if self.crash_next[name] > 0:
+                self.crash_next[name] -= 1
+                raise InjectedFault(f"{name} crashes on message {number}")
             gate = self.gates.get(name)
             if gate is not None:
                 await gate.wait()
         finally:
             self.in_handler[name] -= 1
+            self.limits.pop((member, number), None)
+        worker.completed += 1
         self.completions[number].append(trio.current_time())
+
+    async def inject(self, fault: str, worker: Worker, member: str, number: int) -> None:
+        """Fail the handler run of ``number`` on ``member`` as ``fault`` says."""
+        if fault in ("resume", "reject_resume") or (fault == "hang" and worker.name == POOL):
+            self.resumed[member] = (worker.serial, worker.completed)
+        if fault == "resume":
+            raise Expected(f"{member} resumes after message {number}")
+        if fault == "reject_resume":
+            raise Malformed(f"{member} cannot parse message {number}")
+        if fault == "reject":
+            raise NonRetryable(f"{member} rejects message {number}")
+        if fault == "stop":
+            self.stopped.add(member)
+            raise Fatal(f"{member} stops for good on message {number}")
+        assert fault == "hang"
+        self.hanging.add(member)
+        try:
+            await trio.sleep_forever()  # until the handler_timeout cuts it
+        finally:
+            self.hanging.discard(member)
 
     # -- the senders' side ----------------------------------------------------------------
 
@@ -437,6 +592,10 @@ class World:
         await self.release(name)  # its stop would otherwise wait out its shutdown time
         await self.system.root.terminate_child(self.refs[name].id)
         self.terminated.add(name)
+        self.resumed.pop(name, None)  # its restart is the rule's doing
+        # A STOP it met while being terminated (its handler, released, took the next message)
+        # leaves it to the supervisor's explicit restart_child, as any terminated child.
+        self.stopped.discard(name)
 
     async def restart(self, name: str) -> None:
         await self.system.root.restart_child(self.refs[name].id)
@@ -453,6 +612,7 @@ class World:
                 if record.done_at is None and record.deadline > now
             ]
             due += [c.due for c in self.system.delivery.get_retry_candidates() if c.due > now]
+            due += [deadline for deadline in self.limits.values() if deadline > now]
             step_to = min([target, *due])
             self.clock.jump(step_to - now)
             await trio.testing.wait_all_tasks_blocked()
@@ -462,6 +622,7 @@ class World:
     async def settle(self) -> None:
         """Release every handler, stop crashing, and let everything run its course."""
         self.crash_next.clear()
+        self.faults.clear()
         for name in list(self.gates):
             await self.release(name)
         await trio.testing.wait_all_tasks_blocked()
@@ -486,6 +647,7 @@ class World:
         self.check_calls()
         self.check_mailboxes()
         self.check_tree()
+        self.check_directives()
 
     def check_accounting(self) -> None:
         delivery = self.system.delivery
@@ -540,6 +702,11 @@ class World:
         for number, found in letters.items():
             record = self.sent[number]
             for letter in found:
+                if record.kind == "call" and letter.reason is DeadLetterReason.HANDLER_CRASHED:
+                    # Its handler (an exactly-once call runs on after its caller gave up) failed
+                    # with nobody waiting: a call's handler never runs again, no retry skipped.
+                    assert isinstance(self.calls[number].outcome, CallTimeout), letter
+                    continue
                 if record.guarantee is not AT_MOST_ONCE:
                     assert letter.reason not in RETRIED, (
                         f"{number} ({record.guarantee.value}) dead-lettered for"
@@ -567,6 +734,31 @@ class World:
             assert record.done_at <= record.deadline + EPSILON, (number, record)
             outcome = record.outcome
             assert outcome == ("ok", number) or isinstance(outcome, MessagingError), record
+            if number in self.faulted_calls:
+                self.check_faulted_call(number, record)
+
+    def check_faulted_call(self, number: int, record: CallRecord) -> None:
+        """A call whose handler failed was told why: ``CallFailed`` caused by that error."""
+        fault, started = self.faulted_calls[number]
+        outcome = record.outcome
+        if fault == "hang" and isinstance(outcome, AgentStopped):
+            return  # stopped (terminated, or its tree gave up) while it hung
+        if fault == "hang":
+            cut_at = started + HANDLER_TIMEOUT
+            if abs(record.deadline - cut_at) < EPSILON and isinstance(outcome, CallTimeout):
+                return  # its caller gave up at the very moment the limit cut the handler
+            if record.deadline < cut_at - EPSILON:
+                assert isinstance(outcome, CallTimeout), (number, outcome)
+                return
+        assert isinstance(outcome, CallFailed), (number, fault, outcome)
+        causes = {
+            "resume": Expected,
+            "stop": Fatal,
+            "reject": NonRetryable,
+            "reject_resume": Malformed,
+            "hang": HandlerTimeout,
+        }
+        assert isinstance(outcome.__cause__, causes[fault]), (number, fault, outcome)
 
     def check_mailboxes(self) -> None:
         for mailbox in self.system.get_stats()[1]:
@@ -594,6 +786,28 @@ class World:
             assert self.tree_starts(generation) == starts, f"tree {generation} started again"
             if generation == self.generation:
                 assert not any(self.refs[name].alive for name in TREE_WORKERS)
+
+    def check_directives(self) -> None:
+        """What each fault's directive promises a user, as far as a quiet moment shows it."""
+        letters = self.dead_letters()
+        for number, faults in self.faulted.items():
+            record = self.sent[number]
+            if record.kind == "call":
+                continue
+            reasons = {letter.reason for letter in letters.get(number, ())}
+            for fault, run in faults:
+                if fault in ("reject", "reject_resume"):
+                    assert DeadLetterReason.REJECTED in reasons, (number, fault, reasons)
+                    assert record.resent or len(self.runs[number]) == run, (
+                        f"{number} ran again after {fault}: {self.runs[number]}"
+                    )
+                if fault == "resume" and record.guarantee is AT_MOST_ONCE:
+                    assert DeadLetterReason.HANDLER_CRASHED in reasons, (number, reasons)
+        for name in self.stopped:
+            assert not self.refs[name].alive, f"{name} is alive after it stopped for good"
+        now = trio.current_time()
+        for (member, number), deadline in self.limits.items():
+            assert now < deadline, f"{member} still handles {number} past its handler_timeout"
 
     def tree_starts(self, generation: int) -> int:
         return sum(1 for name, gen, _ in self.starts if name in TREE_WORKERS and gen == generation)
@@ -782,10 +996,36 @@ class SystemMachine(RuleBasedStateMachine):
         for _ in range(count):
             self.trio.run(self.world.send, sender, agent, "cast", guarantee, Priority.NORMAL, False)
 
+    @rule(
+        data=st.data(),
+        fault=st.sampled_from(sorted(FAULT_TARGETS)),
+        times=st.sampled_from([1, 2]),
+        sender=st.integers(0, SENDERS - 1),
+        now=st.booleans(),
+    )
+    def fault(self, data: st.DataObject, fault: str, times: int, sender: int, now: bool) -> None:
+        """Fail the next ``times`` runs of an agent with ``fault``, at once with as many
+        at-most-once casts, or on whatever reaches it next."""
+        agent = data.draw(st.sampled_from(FAULT_TARGETS[fault]), label="agent")
+        self.world.faults[agent].extend([fault] * times)  # the Trio thread is idle
+        for _ in range(times if now else 0):
+            self.trio.run(
+                self.world.send, sender, agent, "cast", AT_MOST_ONCE, Priority.HIGH, False
+            )
+
+    @precondition(lambda self: self.world.stopped)
+    @rule(agent=st.sampled_from(ROOT_WORKERS))
+    def respawn(self, agent: str) -> None:
+        """Start a new agent under the name of one that stopped for good."""
+        if agent in self.world.stopped:
+            self.trio.run(self.world.spawn, agent)
+
     @precondition(lambda self: len(self.world.terminated) < len(ROOT_WORKERS))
     @rule(agent=st.sampled_from(ROOT_WORKERS))
     def terminate(self, agent: str) -> None:
-        if agent not in self.world.terminated:
+        # Not one that hangs: its stop would wait out its shutdown time, which never passes.
+        world = self.world
+        if agent not in world.terminated | world.stopped | world.hanging:
             self.trio.run(self.world.terminate, agent)
 
     @precondition(lambda self: self.world.terminated)
