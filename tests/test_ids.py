@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 
 from terraphim_actors import AgentId, new_message_id
@@ -60,3 +62,43 @@ class TestMessageId:
         message_id = new_message_id()
         assert type(message_id) is int
         assert {int(message_id): "x"}[message_id] == "x"
+
+    def test_ids_from_two_processes_never_collide(self) -> None:
+        """Two runs of a process (two incarnations) draw disjoint ids: a restarted process
+        never reuses an id that a journal or another node's dedup window may still hold."""
+        script = (
+            "from terraphim_actors import new_message_id\n"
+            "print(*(new_message_id() for _ in range(1000)))\n"
+        )
+        runs = [
+            subprocess.run(
+                [sys.executable, "-c", script],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            for _ in range(2)
+        ]
+        first, second = ({int(word) for word in run.stdout.split()} for run in runs)
+        assert len(first) == len(second) == 1000
+        assert not first & second
+        assert not first & {new_message_id() for _ in range(1000)}
+
+    def test_a_forked_child_draws_ids_its_parent_never_does(self) -> None:
+        """A forked child starts an incarnation of its own instead of repeating its parent's
+        counter (forked in a fresh interpreter, which has no other threads)."""
+        script = (
+            "import os\n"
+            "from terraphim_actors import new_message_id\n"
+            "reader, writer = os.pipe()\n"
+            "if os.fork() == 0:\n"
+            "    os.write(writer, ' '.join(str(new_message_id()) for _ in range(100)).encode())\n"
+            "    os._exit(0)\n"
+            "os.close(writer)\n"
+            "child = {int(word) for word in os.fdopen(reader).read().split()}\n"
+            "os.wait()\n"
+            "assert len(child) == 100\n"
+            "assert not child & {new_message_id() for _ in range(100)}\n"
+        )
+        subprocess.run([sys.executable, "-c", script], timeout=60, check=True)
