@@ -13,18 +13,20 @@ import trio
 from supervisor import RestartType
 
 from .._core.bounded_repr import REPR_LIMIT, bounded_repr, shorten
+from .._core.checks import check_instance
 from .._core.ids import AgentId, MessageId
 from .._core.messages import DeliveryGuarantee, Envelope
 from .._core.notifications import ExitReason, MonitorRef, StopReason
 from .._core.threads import check_thread
 from .._primitives.reply import ReplyHandle
 from .._primitives.timers import Timer
-from ..errors import AgentStopped, CallFailed, ReplyAlreadySent
+from ..errors import CallFailed, ReplyAlreadySent
+from .refs import AgentRef
 
 if TYPE_CHECKING:
     from .._process.cell import AgentCell
     from .._system.system import MessageSystem
-    from .refs import AgentRef
+    from .gen_server import GenServer
 
 __all__ = ["Agent", "Caller", "Context", "DeferredReply", "Directive", "NotHandled"]
 
@@ -136,10 +138,13 @@ class DeferredReply:
     except that resends of an exactly-once call (same message id) get it all the same.
     """
 
-    __slots__ = ("_cell", "_envelope", "_handle", "_used")
+    __slots__ = ("_cell", "_envelope", "_handle", "_server", "_used")
 
-    def __init__(self, cell: AgentCell, envelope: Envelope, handle: ReplyHandle) -> None:
+    def __init__(
+        self, cell: AgentCell, server: GenServer, envelope: Envelope, handle: ReplyHandle
+    ) -> None:
         self._cell = cell
+        self._server = server
         self._envelope = envelope
         self._handle = handle
         self._used = False
@@ -185,7 +190,7 @@ class DeferredReply:
         if self._used:
             raise ReplyAlreadySent("this deferred reply was already given")
         self._used = True
-        self._cell.forget_deferred(self._handle)
+        self._server.forget_deferred(self._handle)
         return self._handle
 
 
@@ -254,10 +259,13 @@ class Context:
     uses ``trio.from_thread.run_sync``); its properties can be read from any.
     """
 
-    __slots__ = ("_cell", "_deferred", "_envelope")
+    __slots__ = ("_cell", "_deferred", "_envelope", "_server", "_system")
 
-    def __init__(self, cell: AgentCell) -> None:
+    def __init__(self, cell: AgentCell, system: MessageSystem) -> None:
         self._cell = cell
+        self._system = system
+        #: The instance being served, once started (it keeps the calls deferred).
+        self._server: GenServer | None = None
         self._envelope: Envelope | None = None
         self._deferred = False
 
@@ -282,7 +290,7 @@ class Context:
     def sender(self) -> AgentRef | None:
         """A ref to the sending agent, or ``None`` if no running agent sent it."""
         sender = self.envelope.sender
-        return None if sender is None else self._cell.system.whereis(sender)
+        return None if sender is None else self._system.whereis(sender)
 
     @property
     def caller(self) -> Caller | None:
@@ -298,12 +306,13 @@ class Context:
     @property
     def self(self) -> AgentRef:
         """This agent's own ref."""
-        return self._cell.ref
+        ref: AgentRef = self._cell.ref
+        return ref
 
     @property
     def system(self) -> MessageSystem:
         """The message system this agent runs in."""
-        return self._cell.system
+        return self._system
 
     @property
     def deadline(self) -> float:
@@ -321,11 +330,13 @@ class Context:
         handle = self.envelope.reply
         if handle is None:
             raise TypeError("only a call can be deferred")
+        server = self._server
+        assert server is not None  # a message is in hand: the instance is served
         self._deferred = True
-        self._cell.remember_deferred(handle)
+        server.remember_deferred(handle)
         if self.envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE:
             handle.keep_answer()  # for resends of the call, even once this caller gave up
-        return DeferredReply(self._cell, self.envelope, handle)
+        return DeferredReply(self._cell, server, self.envelope, handle)
 
     def monitor(self, ref: AgentRef) -> MonitorRef:
         """Get a ``Down`` info when the agent behind ``ref`` stops for good.
@@ -333,7 +344,8 @@ class Context:
         If it has stopped already, the ``Down`` (reason ``NOPROC``) comes at once.
         """
         self._check_thread("ctx.monitor")
-        return self._cell.monitor(ref)
+        check_instance("monitor", ref, AgentRef)
+        return self._cell.monitor(ref._agent(), ref)
 
     def demonitor(self, monitor: MonitorRef) -> bool:
         """Remove a monitor. Returns False if it had fired or was removed already."""
@@ -346,7 +358,10 @@ class Context:
         The timer is cancelled if this agent's instance stops first; ``timer.cancel()`` also.
         """
         self._check_thread("ctx.send_after")
-        return self._cell.send_after(delay, payload, to)
+        if to is None:
+            return self._cell.send_after(delay, payload, self._cell)
+        check_instance("to", to, AgentRef)
+        return self._cell.send_after(delay, payload, to._agent())
 
     def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Run a background task linked to this agent instance.
@@ -403,15 +418,6 @@ def failed_call(agent: AgentId, error: BaseException) -> CallFailed:
     failure = CallFailed(f"{agent!r} failed the call: {bounded_repr(error)}")
     failure.__cause__ = error
     return failure
-
-
-def stopped_error(agent: AgentId, reason: ExitReason) -> AgentStopped:
-    """The error callers see when ``agent`` stopped before replying."""
-    if isinstance(reason, StopReason):
-        return AgentStopped(f"{agent!r} stopped ({reason.value}) before replying")
-    error = AgentStopped(f"{agent!r} crashed with {bounded_repr(reason)} before replying")
-    error.__cause__ = reason
-    return error
 
 
 def format_payload(instance: Agent | None, payload: Any) -> str:

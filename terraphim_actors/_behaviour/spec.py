@@ -13,7 +13,8 @@ from .._core.notifications import StopReason
 from .._primitives.mailbox import MailboxConfig
 from .._process.cell import AgentCell, CellState
 from ..errors import DuplicateAgent
-from .agent import Agent
+from .agent import Agent, Context
+from .gen_server import GenServerBehaviour
 from .refs import AgentRef
 
 if TYPE_CHECKING:
@@ -64,21 +65,21 @@ class AgentStarter:
         if cell is not None and cell.state is not CellState.STOPPED:
             self._check_placement(cell)
         if cell is None or cell.state is CellState.STOPPED:
-            cell = self.cell = AgentCell(
-                self.system,
-                self.agent_class,
-                self.args,
-                self.agent_id,
-                self.mailbox,
-                self.shutdown,
-                self.restart,
-                self.handler_timeout,
+            behaviour = GenServerBehaviour(
+                self.agent_class, self.args, self.handler_timeout, self._context
             )
+            cell = self.cell = AgentCell(
+                self.system, behaviour, self.agent_id, self.mailbox, self.shutdown, self.restart
+            )
+            cell.ref = AgentRef(cell)
             cell.pool = self.pool
             if previous is not None:  # the same agent to its senders: same circuit, same dedup
                 cell.breaker, cell.handled = previous.breaker, previous.handled
             self.system.register(cell)
         await cell.run(task_status=task_status)
+
+    def _context(self, cell: AgentCell) -> Context:
+        return Context(cell, self.system)
 
     def _check_placement(self, cell: AgentCell) -> None:
         """Refuse to run a second instance beside the first: one spec placed in two
@@ -95,6 +96,21 @@ class AgentStarter:
         if self.cell is not None:
             self.cell.retire()
 
+    def stop_instance(self, ref: AgentRef) -> None:
+        """Ask the running instance to stop: for good when the system shuts down or the agent is
+        being stopped by ``system.stop``. At shutdown a subscriber first handles what it was sent,
+        so that it sees the other agents go."""
+        cell = ref._agent()
+        system = self.system
+        if cell.retiring:
+            cell.request_stop(StopReason.NORMAL, final=True)
+            return
+        cell.request_stop(
+            StopReason.SHUTDOWN,
+            final=system.closing,
+            drain=system.closing and system.is_subscriber(cell),
+        )
+
 
 def agent_child_spec(starter: AgentStarter, *, significant: bool = False) -> ChildSpec:
     """The child spec that runs ``starter``'s agent under a supervisor."""
@@ -103,23 +119,7 @@ def agent_child_spec(starter: AgentStarter, *, significant: bool = False) -> Chi
         starter,
         restart=starter.restart,
         shutdown=starter.shutdown,
-        stop=_stop_instance,
+        stop=starter.stop_instance,
         retire=starter.retire,
         significant=significant,
-    )
-
-
-def _stop_instance(ref: AgentRef) -> None:
-    """Ask the running instance to stop: for good when the system shuts down or the agent is
-    being stopped by ``system.stop``. At shutdown a subscriber first handles what it was sent,
-    so that it sees the other agents go."""
-    cell = ref._agent()
-    system = cell.system
-    if cell.retiring:
-        cell.request_stop(StopReason.NORMAL, final=True)
-        return
-    cell.request_stop(
-        StopReason.SHUTDOWN,
-        final=system.closing,
-        drain=system.closing and system.is_subscriber(cell),
     )

@@ -18,7 +18,7 @@ import trio
 from ..errors import CallTimeout, ReplyAlreadySent
 
 if TYPE_CHECKING:
-    from .._process.cell import AgentCell
+    from .._core.protocols import CallServer
 
 __all__ = ["KeptAnswer", "ReplyHandle"]
 
@@ -52,9 +52,9 @@ class ReplyHandle:
         self._error: BaseException | None = None
         self._waiter: trio.lowlevel.Task | None = None
         self._kept: KeptAnswer | None = None
-        #: The agent whose handler is answering the call, told when its caller gives up, so
-        #: that it can cancel work nobody waits for.
-        self.serving: AgentCell | None = None
+        #: The handler answering the call (its agent's gen_server), told when its caller gives
+        #: up, so that it can cancel work nobody waits for.
+        self.serving: CallServer | None = None
         #: True once given up on at the deadline (not by the caller's own cancellation).
         self.expired = False
 

@@ -18,21 +18,9 @@ import trio
 
 from supervisor import CurrentChild, EscalatedFailure, FinalExit, RestartType, current_child
 
-from .._behaviour.agent import (
-    Agent,
-    Context,
-    Directive,
-    NotHandled,
-    format_payload,
-    on_start_takes_context,
-    stopped_error,
-)
-from .._behaviour.agent_checks import warn_cast_returned
-from .._behaviour.refs import AgentRef
-from .._core.bounded_repr import LazyText, bounded_repr
-from .._core.checks import check_instance
+from .._core.bounded_repr import bounded_repr
 from .._core.ids import AgentId
-from .._core.messages import DeliveryGuarantee, Envelope, MessageKind, info
+from .._core.messages import Envelope, info
 from .._core.notifications import (
     AgentExited,
     AgentStarted,
@@ -43,36 +31,20 @@ from .._core.notifications import (
 )
 from .._delivery.dead_letters import DeadLetterReason
 from .._primitives.circuit import CircuitBreaker
-from .._primitives.dedup import NO_REPLY, HandledMessages
+from .._primitives.dedup import HandledMessages
 from .._primitives.mailbox import Mailbox, MailboxConfig
-from .._primitives.reply import ReplyHandle
 from .._primitives.timers import Timer
-from ..errors import (
-    AgentStartFailed,
-    AgentStopped,
-    CallFailed,
-    DeliveryFailed,
-    HandlerTimeout,
-    MailboxClosed,
-    NonRetryable,
-    SystemClosed,
-    UnhandledMessage,
-)
+from ..errors import AgentStartFailed, AgentStopped, SystemClosed
 from .context_vars import current_cell, inherited_deadline
 
 if TYPE_CHECKING:
+    from .._core.protocols import Behaviour, Instance
     from .._routing.groups import Pool
-    from .._system.system import MessageSystem
+    from .host import AgentHost
 
-__all__ = ["AgentCell", "CellState"]
+__all__ = ["AgentCell", "CellState", "stopped_error"]
 
 logger = logging.getLogger("terraphim_actors")
-
-EXACTLY_ONCE = DeliveryGuarantee.EXACTLY_ONCE
-
-#: Messages served back to back before the loop yields to other tasks, so that a busy agent
-#: pays for one scheduler round per batch rather than one per message.
-_BATCH = 128
 
 
 class CellState(enum.Enum):
@@ -95,15 +67,11 @@ class AgentCell:
     """One agent's identity, mailbox and task; see the module docstring."""
 
     __slots__ = (
-        "_args",
         "_background",
         "_cleanup_scope",
-        "_deferred",
         "_draining",
         "_exit_as",
         "_final",
-        "_finishes_abandoned",
-        "_handler_scope",
         "_in_hand",
         "_instance_over",
         "_instance_scope",
@@ -115,11 +83,10 @@ class AgentCell:
         "_timers",
         "_watchers",
         "_watching",
-        "agent_class",
+        "behaviour",
         "breaker",
         "exit_reason",
         "handled",
-        "handler_timeout",
         "id",
         "instances",
         "latest",
@@ -139,31 +106,30 @@ class AgentCell:
 
     def __init__(
         self,
-        system: MessageSystem,
-        agent_class: type[Agent],
-        args: tuple[Any, ...],
+        system: AgentHost,
+        behaviour: Behaviour[AgentCell],
         agent_id: AgentId,
         mailbox: MailboxConfig,
         shutdown: float,
         restart: RestartType,
-        handler_timeout: float | None = None,
     ) -> None:
         self.system = system
         self.id = agent_id
-        self.agent_class = agent_class
+        #: What each instance runs (the Agent's gen_server): the cell never serves a message.
+        self.behaviour = behaviour
         self.mailbox = Mailbox(agent_id, mailbox)
-        self.ref = AgentRef(self)
+        #: The ref handed out to others, set by whoever made the cell (an ``AgentRef``): the
+        #: cell only passes it on, in ``Down`` and to its supervisor.
+        self.ref: Any = None
         #: Seconds a stopping agent gets to finish its handler (and ``on_stop``).
         self.shutdown = shutdown
         #: Whether its supervisor restarts it, which decides when an exit is for good.
         self.restart = restart
-        #: Seconds a handler may run before it fails with ``HandlerTimeout`` (None: no limit).
-        self.handler_timeout = handler_timeout
         self.state = CellState.STARTING
         #: Instances started so far (the first start, then one per restart).
         self.instances = 0
         #: The latest instance (kept after it ends): whose ``format_message`` formats messages.
-        self.latest: Agent | None = None
+        self.latest: Instance | None = None
         #: The supervisor running the agent, and the id it knows it by.
         self.placement: CurrentChild | None = None
         #: ``system.stop`` asked for it to go for good: the next stop is final.
@@ -174,7 +140,6 @@ class AgentCell:
         #: Set once the agent has stopped for good.
         self.stopped = trio.Event()
         self.exit_reason: ExitReason | None = None
-        self._args = args
         self._task: trio.lowlevel.Task | None = None
         self._instance_scope: trio.CancelScope | None = None
         self._stop_requested: StopReason | None = None
@@ -194,14 +159,10 @@ class AgentCell:
         #: Handle what is already in the mailbox before stopping (subscribers at shutdown).
         self._draining = False
         self._linked_failure: BaseException | None = None
+        #: The message its instance is handling (settled by the cell if the instance ends).
         self._in_hand: Envelope | None = None
-        #: Cancelled to cut short the handler of a call whose caller gave up (while serving).
-        self._handler_scope: trio.CancelScope | None = None
-        #: The running instance's ``finish_abandoned_calls``.
-        self._finishes_abandoned = False
         # What the instance left running, to settle when it ends. Dicts used as ordered sets:
         # an empty dict takes a third of an empty set's memory, and there is one per agent.
-        self._deferred: dict[ReplyHandle, None] = {}
         self._timers: dict[Timer, None] = {}
         self._background: dict[trio.CancelScope, None] = {}
         self._watchers: dict[MonitorRef, AgentCell] = {}
@@ -238,6 +199,10 @@ class AgentCell:
         """The error a call to this agent gets once it has stopped for good."""
         return stopped_error(self.id, self.exit_reason or self._stop_requested or StopReason.NORMAL)
 
+    def stopped_error(self, reason: ExitReason) -> AgentStopped:
+        """The error a caller waiting on this agent gets when it stops with ``reason``."""
+        return stopped_error(self.id, reason)
+
     def _undelivered_reason(self) -> DeadLetterReason:
         if self.system.closing:
             return DeadLetterReason.SYSTEM_STOPPED
@@ -245,9 +210,7 @@ class AgentCell:
 
     # -- life ------------------------------------------------------------------------------
 
-    async def run(
-        self, *, task_status: trio.TaskStatus[AgentRef] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         """Run one instance of the agent; its supervisor calls this again for each restart.
 
         Reports the ref once ``on_start`` is done. Returns when the instance stops normally
@@ -317,7 +280,8 @@ class AgentCell:
     def format_message(self, payload: Any) -> str:
         """``payload`` as the agent's ``format_message`` gives it (its latest instance's; the
         bounded repr before the first), for logs and error messages."""
-        return format_payload(self.latest, payload)
+        latest = self.latest
+        return bounded_repr(payload) if latest is None else latest.format_message(payload)
 
     def describe(self, envelope: Envelope) -> str:
         """``envelope`` for a log or an error message, its payload through ``format_message``."""
@@ -333,22 +297,21 @@ class AgentCell:
             return
         self.finish(StopReason.NORMAL if self.retiring else self._last_reason)
 
-    async def _run_instance(self, task_status: trio.TaskStatus[AgentRef]) -> ExitReason:
+    async def _run_instance(self, task_status: trio.TaskStatus[Any]) -> ExitReason:
         self._task = self.mailbox.owner = trio.lowlevel.current_task()
         current_cell.set(self)
         inherited_deadline.set(math.inf)
-        instance: Agent | None = None
+        instance: Instance | None = None
         reason: ExitReason = StopReason.KILLED
-        context = Context(self)
         try:
             # One scope for the instance's whole life, ``on_start`` included: kill() cancels it.
             with trio.CancelScope() as scope:
                 self._instance_scope = scope
-                instance = self.latest = await self._start_instance(context)
+                instance = self.latest = await self.behaviour.start(self)
                 self.state = CellState.RUNNING
                 task_status.started(self.ref)
                 self.system.publish(AgentStarted(self.id))
-                reason = await self._serve(instance, context)
+                reason = await instance.run()
             if instance is None:
                 raise AgentStartFailed(f"{self.id!r} was stopped before on_start finished")
             if scope.cancelled_caught and self._linked_failure is not None:
@@ -365,240 +328,15 @@ class AgentCell:
                 self._settle_links()  # what a failed or cancelled ``on_start`` set up
         return reason
 
-    async def _start_instance(self, context: Context) -> Agent:
-        """Build a fresh instance and run its ``on_start`` (given ``context`` if it takes it).
-
-        Raises:
-            AgentStartFailed: the constructor or ``on_start`` raised.
-        """
-        try:
-            instance = self.agent_class(*self._args)
-            if on_start_takes_context(self.agent_class):
-                await instance.on_start(context)
-            else:
-                await instance.on_start()
-        except Exception as error:
-            raise AgentStartFailed(f"{self.id!r} failed to start: {bounded_repr(error)}") from error
-        return instance
-
-    async def _serve(self, instance: Agent, context: Context) -> ExitReason:
-        """The gen_server loop: one message at a time until asked to stop or crashed.
-
-        Messages are served in batches: the loop takes what is waiting without a checkpoint and
-        yields once per batch (or when a handler awaits); the clock is read at the start and the
-        end of a batch, not per message. The handlers are looked up once: wrapped in a time
-        limit if the agent has one, as they are otherwise.
-        """
-        limit = self.handler_timeout
-        handlers: _Handlers = (instance.handle_cast, instance.handle_call, instance.handle_info)
-        if limit is not None:
-            handlers = (
-                _limited(handlers[0], limit, self.id),
-                _limited(handlers[1], limit, self.id),
-                _limited(handlers[2], limit, self.id),
-            )
-        self._finishes_abandoned = instance.finish_abandoned_calls
-        try:
-            while True:
-                # ``call_abandoned`` cancels this scope to cut short a call nobody waits for. A
-                # cancelled scope stays cancelled: one per such call, not one per message.
-                with trio.CancelScope() as abandoning:
-                    self._handler_scope = abandoning
-                    reason = await self._serve_messages(instance, context, handlers)
-                    if reason is not None:
-                        return reason
-                self._handler_scope = None
-                if abandoning.cancelled_caught:
-                    self._settle_abandoned()
-        finally:
-            self._handler_scope = None
-
-    async def _serve_messages(
-        self,
-        instance: Agent,
-        context: Context,
-        handlers: _Handlers,
-    ) -> ExitReason | None:
-        """Serve messages until the instance is to stop (returns why) or ``call_abandoned``
-        has cancelled the handler scope (returns None)."""
-        handle_cast, handle_call, handle_info = handlers
-        mailbox = self.mailbox
-        delivery = self.system.delivery
-        clock = self.system.clock.current_time
-        served = 0
-        batch_started = clock()
-        try:
-            while self._stop_requested is None or (self._draining and len(mailbox)):
-                if self._handler_scope is None:  # not ``cancel_called``: it reads the clock
-                    return None
-                if served >= _BATCH:
-                    served = 0
-                    await trio.lowlevel.checkpoint()
-                envelope = mailbox.try_receive()
-                if envelope is None:
-                    idle_from = clock()
-                    mailbox.record_processing_time(idle_from - batch_started, idle_from)
-                    try:
-                        await mailbox.wait_for_arrival()  # request_stop interrupts it
-                    except MailboxClosed:
-                        break
-                    batch_started = clock()
-                    served = 0
-                    continue
-                served += 1
-                # Expired: a call once its caller gave up, anything else past its timeout.
-                handle = envelope.reply
-                if (
-                    handle.abandoned
-                    if handle is not None
-                    else envelope.created_at + envelope.options.timeout < clock()
-                ):
-                    delivery.undelivered(envelope, DeadLetterReason.EXPIRED, _expiry(envelope))
-                    continue
-                if envelope.options.guarantee is EXACTLY_ONCE and delivery.suppress_duplicate(
-                    self, envelope
-                ):
-                    continue
-                self._in_hand = envelope
-                context._envelope = envelope
-                reply = NO_REPLY
-                try:
-                    kind = envelope.kind
-                    if kind is MessageKind.CAST:
-                        # A value returned from a cast reaches nobody: say so, once per class.
-                        returned = await handle_cast(envelope.payload, context)
-                        if returned is not None:
-                            warn_cast_returned(type(instance), returned)
-                    elif kind is MessageKind.CALL:
-                        reply = await self._serve_call(handle_call, context, envelope)
-                    else:
-                        await handle_info(envelope.payload, context)
-                except _FailedThroughCaller:
-                    delivery.failed += 1
-                    delivery.record_failure(self)
-                    if envelope.options.guarantee is EXACTLY_ONCE:
-                        assert handle is not None
-                        delivery.remember(self, envelope, handle.keep_answer())
-                except NotHandled:
-                    unhandled = UnhandledMessage(f"{type(instance).__name__} does not handle it")
-                    delivery.undelivered(envelope, DeadLetterReason.UNHANDLED, unhandled)
-                except Exception as crash:
-                    delivery.record_failure(self)
-                    directive = self._decide(instance, crash, envelope, context)
-                    if _not_retryable(crash, instance.no_retry_on):
-                        why = DeadLetterReason.REJECTED
-                    elif directive is Directive.RESUME:
-                        why = DeadLetterReason.HANDLER_CRASHED
-                    else:
-                        return crash  # settled as the instance ends
-                    self._in_hand = None
-                    delivery.undelivered(envelope, why, _failure(self.id, crash))
-                    if directive is not Directive.RESUME:
-                        return crash
-                else:
-                    if self.breaker is None and envelope.options.guarantee is not EXACTLY_ONCE:
-                        delivery.acknowledged += 1  # all that acknowledging takes, mostly
-                    else:
-                        delivery.acknowledge(self, envelope, reply)
-                self._in_hand = None
-        finally:
-            stopped_at = clock()
-            mailbox.record_processing_time(stopped_at - batch_started, stopped_at)
-        return self._stop_requested or StopReason.NORMAL
-
-    def _decide(
-        self, instance: Agent, crash: Exception, envelope: Envelope, context: Context
-    ) -> Directive:
-        """Ask the instance's ``on_error`` what its crash means (RESTART if that raises), and
-        prepare the instance's end for a STOP or an ESCALATE."""
-        try:
-            directive = instance.on_error(crash, envelope.payload, context)
-            if not isinstance(directive, Directive):
-                raise TypeError(f"on_error returned {bounded_repr(directive)}, not a Directive")
-        except Exception as error:
-            logger.error("on_error of %r raised; restarting it", self.id, exc_info=error)
-            directive = Directive.RESTART
-        logger.error(
-            "agent %r crashed handling %s (%s)",
-            self.id,
-            LazyText(self.describe, envelope),
-            directive.value,
-            exc_info=crash,
-        )
-        if directive is Directive.STOP:
+    def exit_as(self, kind: type[EscalatedFailure | FinalExit], *, final: bool) -> None:
+        """The running instance's crash is to reach its supervisor as ``kind`` (a directive
+        of its behaviour); ``final``: it stops for good, its mailbox closed now."""
+        self._exit_as = kind
+        if final:
             self._final = True
-            self._exit_as = FinalExit
             self.mailbox.close()
-        elif directive is Directive.ESCALATE:
-            self._exit_as = EscalatedFailure
-        return directive
 
-    async def _serve_call(self, handle_call: _Handler, context: Context, envelope: Envelope) -> Any:
-        """Run ``handle_call`` (as ``_serve`` looked it up) and answer the caller; returns the
-        reply it gave (``NO_REPLY`` if it deferred, answered through ``ctx.caller``, or nobody
-        waited)."""
-        handle = envelope.reply
-        assert handle is not None
-        context._deferred = False
-        handle.serving = self
-        token = inherited_deadline.set(envelope.deadline)
-        try:
-            result = await handle_call(envelope.payload, context)
-        except Exception as error:
-            # A handler may have answered (or deferred and answered) before it raised.
-            if handle.pending:
-                wrapper = UnhandledMessage if isinstance(error, NotHandled) else CallFailed
-                handle.fail(_wrap(wrapper, self.id, error, self.format_message(envelope.payload)))
-            raise
-        finally:
-            inherited_deadline.reset(token)
-        if context._deferred:
-            return NO_REPLY
-        if handle.pending:
-            handle.reply(result)
-            return result
-        if handle.replied:
-            return handle.value  # answered through ctx.caller
-        if handle.failed:
-            raise _FailedThroughCaller
-        return result  # its caller gave up: kept for a resend under exactly-once
-
-    def call_abandoned(self, handle: ReplyHandle) -> None:
-        """The caller of a call this agent took in gave up: if its handler is still running,
-        cancel it (nobody waits for its answer), unless the agent finishes abandoned calls.
-
-        An exactly-once call runs to its end: its answer is kept for a resend of it, which is
-        what a caller that gave up is expected to send, and a resend must not run it again.
-        """
-        in_hand = self._in_hand
-        scope = self._handler_scope
-        if (
-            in_hand is not None
-            and in_hand.reply is handle
-            and scope is not None
-            and not self._finishes_abandoned
-            and in_hand.options.guarantee is not EXACTLY_ONCE
-        ):
-            scope.cancel()
-            self._handler_scope = None
-
-    def _settle_abandoned(self) -> None:
-        """Settle the call whose handler ``call_abandoned`` cut short: failed, and counted
-        against the circuit breaker once (the caller's ``CallTimeout`` already counts)."""
-        envelope, self._in_hand = self._in_hand, None
-        assert envelope is not None
-        assert envelope.reply is not None
-        delivery = self.system.delivery
-        delivery.failed += 1
-        if not envelope.reply.expired:  # given up through the caller's own cancel scope
-            delivery.record_failure(self)
-        logger.info(
-            "cancelled %r's handler of %s: its caller gave up",
-            self.id,
-            LazyText(self.describe, envelope),
-        )
-
-    async def _end_instance(self, instance: Agent, reason: ExitReason) -> None:
+    async def _end_instance(self, instance: Instance, reason: ExitReason) -> None:
         """Settle everything the instance had in hand, then let it clean up."""
         self.state = CellState.STOPPING
         in_hand, self._in_hand = self._in_hand, None
@@ -610,19 +348,15 @@ class AgentCell:
             self.system.delivery.undelivered(
                 in_hand, why, stopped_error(self.id, reason), runs_again=runs_again
             )
-        for handle in self._deferred:
-            # Not if the handler answered it through ``ctx.caller``; but if its caller gave up,
-            # so that resends of it (exactly-once) hear of the stop too.
-            if handle.pending or handle.abandoned:
-                handle.fail(stopped_error(self.id, reason))
-        self._deferred.clear()
+        instance.settle(reason)
         self._settle_links()
-        if type(instance).on_stop is not Agent.on_stop:  # a scope costs; the default is a no-op
+        on_stop = instance.cleanup
+        if on_stop is not None:  # a scope costs; most instances have no cleanup
             with trio.CancelScope(shield=True) as cleanup:
                 cleanup.deadline = min(self._stop_deadline, trio.current_time() + self.shutdown)
                 self._cleanup_scope = cleanup
                 try:
-                    await instance.on_stop(reason)
+                    await on_stop(reason)
                 except Exception as error:
                     logger.error("agent %r raised in on_stop", self.id, exc_info=error)
                 finally:
@@ -720,15 +454,8 @@ class AgentCell:
 
     # -- what handlers ask for through the context ----------------------------------------
 
-    def remember_deferred(self, handle: ReplyHandle) -> None:
-        self._deferred[handle] = None
-
-    def forget_deferred(self, handle: ReplyHandle) -> None:
-        self._deferred.pop(handle, None)
-
-    def monitor(self, ref: AgentRef) -> MonitorRef:
-        check_instance("monitor", ref, AgentRef)
-        target = ref._agent()
+    def monitor(self, target: AgentCell, ref: Any) -> MonitorRef:
+        """Watch ``target`` (known to the caller as ``ref``): a ``Down`` when it stops."""
         monitor = MonitorRef(target.id)
         if target.state is CellState.STOPPED:
             self.notify(Down(ref, StopReason.NOPROC, monitor))
@@ -744,10 +471,8 @@ class AgentCell:
         target._watchers.pop(monitor, None)
         return True
 
-    def send_after(self, delay: float, payload: Any, to: AgentRef | None) -> Timer:
-        if to is not None:
-            check_instance("to", to, AgentRef)
-        target = self if to is None else to._agent()
+    def send_after(self, delay: float, payload: Any, target: AgentCell) -> Timer:
+        """Notify ``target`` of ``payload`` in ``delay`` seconds, unless the instance ends."""
 
         def fire() -> None:
             self._timers.pop(timer, None)
@@ -787,69 +512,10 @@ class AgentCell:
             raise SystemClosed("the message system has shut down") from None
 
 
-_Handler = Callable[[Any, Context], Awaitable[Any]]
-#: ``handle_cast``, ``handle_call`` and ``handle_info``, as ``_serve`` calls them.
-_Handlers = tuple[_Handler, _Handler, _Handler]
-
-
-def _limited(handler: _Handler, limit: float, agent: AgentId) -> _Handler:
-    """``handler`` cancelled once it has run ``limit`` seconds, failing with HandlerTimeout.
-
-    Only an agent with a limit pays for the cancel scope: ``_serve`` wraps its handlers once per
-    instance, and calls them directly otherwise.
-    """
-    name = getattr(handler, "__name__", "handler")
-
-    async def limited(payload: Any, context: Context) -> Any:
-        with trio.CancelScope(deadline=trio.current_time() + limit) as scope:
-            return await handler(payload, context)
-        # Only reached when the scope cancelled the handler: the limit has passed.
-        assert scope.cancelled_caught
-        raise HandlerTimeout(f"{agent!r}'s {name} ran past its handler_timeout ({limit:g} s)")
-
-    return limited
-
-
-class _FailedThroughCaller(Exception):
-    """A call's handler returned after failing the call through ``ctx.caller.fail``."""
-
-
-def _expiry(envelope: Envelope) -> DeliveryFailed:
-    """The error (and dead-letter detail) of an expired message."""
-    if envelope.reply is not None:
-        return DeliveryFailed("the caller gave up before it was handled")
-    timeout = envelope.options.timeout
-    return DeliveryFailed(f"its timeout ({timeout} s) passed before it was handled")
-
-
-def _not_retryable(error: Exception, no_retry_on: tuple[type[BaseException], ...]) -> bool:
-    """Whether ``error`` will fail the same way again: listed in ``no_retry_on``, or with a
-    ``NonRetryable`` anywhere in its chain of causes and contexts."""
-    if isinstance(error, no_retry_on):
-        return True
-    seen: set[int] = set()
-    links: list[BaseException | None] = [error]
-    while links:
-        link = links.pop()
-        if link is None or id(link) in seen:
-            continue
-        if isinstance(link, NonRetryable):
-            return True
-        seen.add(id(link))
-        links += (link.__cause__, link.__context__)
-    return False
-
-
-def _failure(agent: AgentId, error: Exception) -> DeliveryFailed:
-    """The error (and dead-letter detail) of a message whose handler raised ``error``."""
-    return DeliveryFailed(f"{agent!r} raised {bounded_repr(error)} while handling it")
-
-
-def _wrap(
-    error_type: type[CallFailed], agent: AgentId, error: Exception, message: str
-) -> CallFailed:
-    wrapped = error_type(
-        f"{agent!r} raised {bounded_repr(error)} while handling the call {message}"
-    )
-    wrapped.__cause__ = error
-    return wrapped
+def stopped_error(agent: AgentId, reason: ExitReason) -> AgentStopped:
+    """The error callers see when ``agent`` stopped before replying."""
+    if isinstance(reason, StopReason):
+        return AgentStopped(f"{agent!r} stopped ({reason.value}) before replying")
+    error = AgentStopped(f"{agent!r} crashed with {bounded_repr(reason)} before replying")
+    error.__cause__ = reason
+    return error

@@ -159,7 +159,7 @@ class PoolRef(AgentRef):
     @property
     def alive(self) -> bool:
         """False once the pool has stopped."""
-        return self.id in self._system.router.pools
+        return self.id in self._pool.system.router.pools
 
     async def broadcast(self, payload: Any, *, priority: Priority = Priority.NORMAL) -> None:
         """Cast ``payload`` to every member (each send as :meth:`AgentRef.cast`)."""
@@ -167,7 +167,7 @@ class PoolRef(AgentRef):
             await member.cast(payload, priority=priority)
 
     def _route(self, envelope: Envelope | None) -> AgentCell | None:
-        self._system.router.routed += 1
+        self._pool.system.router.routed += 1
         return self._target(envelope)
 
     def _target(self, envelope: Envelope | None) -> AgentCell | None:

@@ -228,7 +228,8 @@ class MessageSystem:
         except SupervisorNotRunning:
             raise SystemClosed("the message system is shutting down") from None
         assert starter.cell is not None  # it has started
-        return starter.cell.ref
+        ref: AgentRef = starter.cell.ref
+        return ref
 
     def agent_spec(
         self,

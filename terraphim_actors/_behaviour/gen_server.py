@@ -1,0 +1,441 @@
+"""The gen_server behaviour: how an ``Agent`` instance is served, one message at a time.
+
+The cell (OTP's proc_lib) runs an instance and settles how it ends; this module is what the
+instance does meanwhile (OTP's ``gen_server.erl``): it takes messages from the mailbox in
+batches, drops the expired and the duplicates, dispatches casts, calls and infos to their
+handlers, answers callers, asks ``on_error`` what a crash means, and acknowledges or fails
+each message with delivery. The loop is the hot path of the library: its per-message code is
+kept to the attribute loads and calls it needs, and it reads the clock once per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from supervisor import EscalatedFailure, FinalExit
+
+from .._core.bounded_repr import LazyText, bounded_repr
+from .._core.ids import AgentId
+from .._core.messages import DeliveryGuarantee, Envelope, MessageKind
+from .._core.notifications import ExitReason, StopReason
+from .._delivery.dead_letters import DeadLetterReason
+from .._primitives.dedup import NO_REPLY
+from .._primitives.reply import ReplyHandle
+from .._process.cell import AgentCell
+from .._process.context_vars import inherited_deadline
+from ..errors import (
+    AgentStartFailed,
+    CallFailed,
+    DeliveryFailed,
+    HandlerTimeout,
+    MailboxClosed,
+    NonRetryable,
+    UnhandledMessage,
+)
+from .agent import (
+    Agent,
+    Context,
+    Directive,
+    NotHandled,
+    format_payload,
+    on_start_takes_context,
+)
+from .agent_checks import warn_cast_returned
+
+__all__ = ["GenServer", "GenServerBehaviour"]
+
+logger = logging.getLogger("terraphim_actors")
+
+EXACTLY_ONCE = DeliveryGuarantee.EXACTLY_ONCE
+
+#: Messages served back to back before the loop yields to other tasks, so that a busy agent
+#: pays for one scheduler round per batch rather than one per message.
+_BATCH = 128
+
+_Handler = Callable[[Any, Context], Awaitable[Any]]
+#: ``handle_cast``, ``handle_call`` and ``handle_info``, as the loop calls them.
+_Handlers = tuple[_Handler, _Handler, _Handler]
+
+
+class GenServerBehaviour:
+    """How a cell starts instances of one agent class: ``agent_class(*args)`` served by a
+    :class:`GenServer` (the ``Behaviour`` a cell runs, one per agent, kept across restarts).
+
+    ``context`` makes the ``Context`` an instance's handlers get (its agent's, in its system).
+    """
+
+    __slots__ = ("_context", "agent_class", "args", "handler_timeout")
+
+    def __init__(
+        self,
+        agent_class: type[Agent],
+        args: tuple[Any, ...],
+        handler_timeout: float | None,
+        context: Callable[[AgentCell], Context],
+    ) -> None:
+        self._context = context
+        self.agent_class = agent_class
+        self.args = args
+        #: Seconds a handler may run before it fails with ``HandlerTimeout`` (None: no limit).
+        self.handler_timeout = handler_timeout
+
+    async def start(self, cell: AgentCell) -> GenServer:
+        """Build a fresh instance and run its ``on_start`` (given the context if it takes it).
+
+        Raises:
+            AgentStartFailed: the constructor or ``on_start`` raised.
+        """
+        context = self._context(cell)
+        agent_class = self.agent_class
+        try:
+            agent = agent_class(*self.args)
+            if on_start_takes_context(agent_class):
+                await agent.on_start(context)
+            else:
+                await agent.on_start()
+        except Exception as error:
+            raise AgentStartFailed(f"{cell.id!r} failed to start: {bounded_repr(error)}") from error
+        server = GenServer(cell, agent, context, self.handler_timeout)
+        context._server = server
+        return server
+
+
+class GenServer:
+    """One ``Agent`` instance served by the gen_server loop (the cell's ``Instance``)."""
+
+    __slots__ = (
+        "_cell",
+        "_context",
+        "_deferred",
+        "_finishes_abandoned",
+        "_handler_scope",
+        "_limit",
+        "agent",
+        "cleanup",
+    )
+
+    def __init__(
+        self, cell: AgentCell, agent: Agent, context: Context, limit: float | None
+    ) -> None:
+        self._cell = cell
+        self.agent = agent
+        self._context = context
+        self._limit = limit
+        #: Cancelled to cut short the handler of a call whose caller gave up (while serving).
+        self._handler_scope: trio.CancelScope | None = None
+        #: The instance's ``finish_abandoned_calls``, as it was when it began serving.
+        self._finishes_abandoned = False
+        #: Calls the instance deferred, failed if it ends before answering them. A dict used
+        #: as an ordered set: an empty dict takes a third of an empty set's memory.
+        self._deferred: dict[ReplyHandle, None] = {}
+        #: ``on_stop``, unless the class keeps the default (a no-op: no scope is spent on it).
+        self.cleanup: Callable[[ExitReason], Awaitable[None]] | None = (
+            agent.on_stop if type(agent).on_stop is not Agent.on_stop else None
+        )
+
+    def __repr__(self) -> str:
+        return f"<GenServer {type(self.agent).__name__} {self._cell.id!r}>"
+
+    def format_message(self, payload: Any) -> str:
+        return format_payload(self.agent, payload)
+
+    def remember_deferred(self, handle: ReplyHandle) -> None:
+        self._deferred[handle] = None
+
+    def forget_deferred(self, handle: ReplyHandle) -> None:
+        self._deferred.pop(handle, None)
+
+    def settle(self, reason: ExitReason) -> None:
+        """Fail the calls the instance deferred and did not answer: their callers hear that
+        the agent stopped."""
+        stopped = self._cell.stopped_error
+        for handle in self._deferred:
+            # Not if the handler answered it through ``ctx.caller``; but if its caller gave up,
+            # so that resends of it (exactly-once) hear of the stop too.
+            if handle.pending or handle.abandoned:
+                handle.fail(stopped(reason))
+        self._deferred.clear()
+
+    async def run(self) -> ExitReason:
+        """The gen_server loop: one message at a time until asked to stop or crashed.
+
+        Messages are served in batches: the loop takes what is waiting without a checkpoint and
+        yields once per batch (or when a handler awaits); the clock is read at the start and the
+        end of a batch, not per message. The handlers are looked up once: wrapped in a time
+        limit if the agent has one, as they are otherwise.
+        """
+        agent = self.agent
+        cell_id = self._cell.id
+        limit = self._limit
+        handlers: _Handlers = (agent.handle_cast, agent.handle_call, agent.handle_info)
+        if limit is not None:
+            handlers = (
+                _limited(handlers[0], limit, cell_id),
+                _limited(handlers[1], limit, cell_id),
+                _limited(handlers[2], limit, cell_id),
+            )
+        self._finishes_abandoned = agent.finish_abandoned_calls
+        try:
+            while True:
+                # ``call_abandoned`` cancels this scope to cut short a call nobody waits for. A
+                # cancelled scope stays cancelled: one per such call, not one per message.
+                with trio.CancelScope() as abandoning:
+                    self._handler_scope = abandoning
+                    reason = await self._serve_messages(handlers)
+                    if reason is not None:
+                        return reason
+                self._handler_scope = None
+                if abandoning.cancelled_caught:
+                    self._settle_abandoned()
+        finally:
+            self._handler_scope = None
+
+    async def _serve_messages(self, handlers: _Handlers) -> ExitReason | None:
+        """Serve messages until the instance is to stop (returns why) or ``call_abandoned``
+        has cancelled the handler scope (returns None)."""
+        handle_cast, handle_call, handle_info = handlers
+        instance = self.agent
+        context = self._context
+        cell = self._cell
+        mailbox = cell.mailbox
+        delivery = cell.system.delivery
+        clock = cell.system.clock.current_time
+        served = 0
+        batch_started = clock()
+        try:
+            while cell._stop_requested is None or (cell._draining and len(mailbox)):
+                if self._handler_scope is None:  # not ``cancel_called``: it reads the clock
+                    return None
+                if served >= _BATCH:
+                    served = 0
+                    await trio.lowlevel.checkpoint()
+                envelope = mailbox.try_receive()
+                if envelope is None:
+                    idle_from = clock()
+                    mailbox.record_processing_time(idle_from - batch_started, idle_from)
+                    try:
+                        await mailbox.wait_for_arrival()  # request_stop interrupts it
+                    except MailboxClosed:
+                        break
+                    batch_started = clock()
+                    served = 0
+                    continue
+                served += 1
+                # Expired: a call once its caller gave up, anything else past its timeout.
+                handle = envelope.reply
+                if (
+                    handle.abandoned
+                    if handle is not None
+                    else envelope.created_at + envelope.options.timeout < clock()
+                ):
+                    delivery.undelivered(envelope, DeadLetterReason.EXPIRED, _expiry(envelope))
+                    continue
+                if envelope.options.guarantee is EXACTLY_ONCE and delivery.suppress_duplicate(
+                    cell, envelope
+                ):
+                    continue
+                cell._in_hand = envelope
+                context._envelope = envelope
+                reply = NO_REPLY
+                try:
+                    kind = envelope.kind
+                    if kind is MessageKind.CAST:
+                        # A value returned from a cast reaches nobody: say so, once per class.
+                        returned = await handle_cast(envelope.payload, context)
+                        if returned is not None:
+                            warn_cast_returned(type(instance), returned)
+                    elif kind is MessageKind.CALL:
+                        reply = await self._serve_call(handle_call, context, envelope)
+                    else:
+                        await handle_info(envelope.payload, context)
+                except _FailedThroughCaller:
+                    delivery.failed += 1
+                    delivery.record_failure(cell)
+                    if envelope.options.guarantee is EXACTLY_ONCE:
+                        assert handle is not None
+                        delivery.remember(cell, envelope, handle.keep_answer())
+                except NotHandled:
+                    unhandled = UnhandledMessage(f"{type(instance).__name__} does not handle it")
+                    delivery.undelivered(envelope, DeadLetterReason.UNHANDLED, unhandled)
+                except Exception as crash:
+                    delivery.record_failure(cell)
+                    directive = self._decide(crash, envelope)
+                    if _not_retryable(crash, instance.no_retry_on):
+                        why = DeadLetterReason.REJECTED
+                    elif directive is Directive.RESUME:
+                        why = DeadLetterReason.HANDLER_CRASHED
+                    else:
+                        return crash  # settled as the instance ends
+                    cell._in_hand = None
+                    delivery.undelivered(envelope, why, _failure(cell.id, crash))
+                    if directive is not Directive.RESUME:
+                        return crash
+                else:
+                    if cell.breaker is None and envelope.options.guarantee is not EXACTLY_ONCE:
+                        delivery.acknowledged += 1  # all that acknowledging takes, mostly
+                    else:
+                        delivery.acknowledge(cell, envelope, reply)
+                cell._in_hand = None
+        finally:
+            stopped_at = clock()
+            mailbox.record_processing_time(stopped_at - batch_started, stopped_at)
+        return cell._stop_requested or StopReason.NORMAL
+
+    def _decide(self, crash: Exception, envelope: Envelope) -> Directive:
+        """Ask the instance's ``on_error`` what its crash means (RESTART if that raises), and
+        prepare the instance's end for a STOP or an ESCALATE."""
+        cell = self._cell
+        try:
+            directive = self.agent.on_error(crash, envelope.payload, self._context)
+            if not isinstance(directive, Directive):
+                raise TypeError(f"on_error returned {bounded_repr(directive)}, not a Directive")
+        except Exception as error:
+            logger.error("on_error of %r raised; restarting it", cell.id, exc_info=error)
+            directive = Directive.RESTART
+        logger.error(
+            "agent %r crashed handling %s (%s)",
+            cell.id,
+            LazyText(cell.describe, envelope),
+            directive.value,
+            exc_info=crash,
+        )
+        if directive is Directive.STOP:
+            cell.exit_as(FinalExit, final=True)
+        elif directive is Directive.ESCALATE:
+            cell.exit_as(EscalatedFailure, final=False)
+        return directive
+
+    async def _serve_call(self, handle_call: _Handler, context: Context, envelope: Envelope) -> Any:
+        """Run ``handle_call`` (as the loop looked it up) and answer the caller; returns the
+        reply it gave (``NO_REPLY`` if it deferred, answered through ``ctx.caller``, or nobody
+        waited)."""
+        handle = envelope.reply
+        assert handle is not None
+        context._deferred = False
+        handle.serving = self
+        token = inherited_deadline.set(envelope.deadline)
+        try:
+            result = await handle_call(envelope.payload, context)
+        except Exception as error:
+            # A handler may have answered (or deferred and answered) before it raised.
+            if handle.pending:
+                wrapper = UnhandledMessage if isinstance(error, NotHandled) else CallFailed
+                cell = self._cell
+                handle.fail(_wrap(wrapper, cell.id, error, cell.format_message(envelope.payload)))
+            raise
+        finally:
+            inherited_deadline.reset(token)
+        if context._deferred:
+            return NO_REPLY
+        if handle.pending:
+            handle.reply(result)
+            return result
+        if handle.replied:
+            return handle.value  # answered through ctx.caller
+        if handle.failed:
+            raise _FailedThroughCaller
+        return result  # its caller gave up: kept for a resend under exactly-once
+
+    def call_abandoned(self, handle: object) -> None:
+        """The caller of a call this instance took in gave up: if its handler is still
+        running, cancel it (nobody waits for its answer), unless the agent finishes abandoned
+        calls.
+
+        An exactly-once call runs to its end: its answer is kept for a resend of it, which is
+        what a caller that gave up is expected to send, and a resend must not run it again.
+        """
+        in_hand = self._cell._in_hand
+        scope = self._handler_scope
+        if (
+            in_hand is not None
+            and in_hand.reply is handle
+            and scope is not None
+            and not self._finishes_abandoned
+            and in_hand.options.guarantee is not EXACTLY_ONCE
+        ):
+            scope.cancel()
+            self._handler_scope = None
+
+    def _settle_abandoned(self) -> None:
+        """Settle the call whose handler ``call_abandoned`` cut short: failed, and counted
+        against the circuit breaker once (the caller's ``CallTimeout`` already counts)."""
+        cell = self._cell
+        envelope, cell._in_hand = cell._in_hand, None
+        assert envelope is not None
+        assert envelope.reply is not None
+        delivery = cell.system.delivery
+        delivery.failed += 1
+        if not envelope.reply.expired:  # given up through the caller's own cancel scope
+            delivery.record_failure(cell)
+        logger.info(
+            "cancelled %r's handler of %s: its caller gave up",
+            cell.id,
+            LazyText(cell.describe, envelope),
+        )
+
+
+def _limited(handler: _Handler, limit: float, agent: AgentId) -> _Handler:
+    """``handler`` cancelled once it has run ``limit`` seconds, failing with HandlerTimeout.
+
+    Only an agent with a limit pays for the cancel scope: the loop wraps its handlers once per
+    instance, and calls them directly otherwise.
+    """
+    name = getattr(handler, "__name__", "handler")
+
+    async def limited(payload: Any, context: Context) -> Any:
+        with trio.CancelScope(deadline=trio.current_time() + limit) as scope:
+            return await handler(payload, context)
+        # Only reached when the scope cancelled the handler: the limit has passed.
+        assert scope.cancelled_caught
+        raise HandlerTimeout(f"{agent!r}'s {name} ran past its handler_timeout ({limit:g} s)")
+
+    return limited
+
+
+class _FailedThroughCaller(Exception):
+    """A call's handler returned after failing the call through ``ctx.caller.fail``."""
+
+
+def _expiry(envelope: Envelope) -> DeliveryFailed:
+    """The error (and dead-letter detail) of an expired message."""
+    if envelope.reply is not None:
+        return DeliveryFailed("the caller gave up before it was handled")
+    timeout = envelope.options.timeout
+    return DeliveryFailed(f"its timeout ({timeout} s) passed before it was handled")
+
+
+def _not_retryable(error: Exception, no_retry_on: tuple[type[BaseException], ...]) -> bool:
+    """Whether ``error`` will fail the same way again: listed in ``no_retry_on``, or with a
+    ``NonRetryable`` anywhere in its chain of causes and contexts."""
+    if isinstance(error, no_retry_on):
+        return True
+    seen: set[int] = set()
+    links: list[BaseException | None] = [error]
+    while links:
+        link = links.pop()
+        if link is None or id(link) in seen:
+            continue
+        if isinstance(link, NonRetryable):
+            return True
+        seen.add(id(link))
+        links += (link.__cause__, link.__context__)
+    return False
+
+
+def _failure(agent: AgentId, error: Exception) -> DeliveryFailed:
+    """The error (and dead-letter detail) of a message whose handler raised ``error``."""
+    return DeliveryFailed(f"{agent!r} raised {bounded_repr(error)} while handling it")
+
+
+def _wrap(
+    error_type: type[CallFailed], agent: AgentId, error: Exception, message: str
+) -> CallFailed:
+    wrapped = error_type(
+        f"{agent!r} raised {bounded_repr(error)} while handling the call {message}"
+    )
+    wrapped.__cause__ = error
+    return wrapped

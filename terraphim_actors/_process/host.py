@@ -1,0 +1,58 @@
+"""What an agent's cell needs of the system it runs in, as a protocol.
+
+The cell is below the system in the layers: it names this protocol, and the system (today's
+``MessageSystem``) satisfies it without the cell importing it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from .._core.ids import AgentId
+from .._delivery.pipeline import DeliveryManager
+from .._primitives.timers import TimerService
+
+if TYPE_CHECKING:
+    from .cell import AgentCell
+
+__all__ = ["AgentHost"]
+
+
+class AgentHost(Protocol):
+    """The services a cell (and a ref to it) uses: delivery, time, timers, a nursery for
+    background tasks, the lifecycle counters and notifications, finding a live agent by id and
+    forgetting one that stopped for good."""
+
+    @property
+    def delivery(self) -> DeliveryManager: ...
+
+    @property
+    def clock(self) -> trio.abc.Clock: ...
+
+    @property
+    def timers(self) -> TimerService: ...
+
+    @property
+    def nursery(self) -> trio.Nursery: ...
+
+    @property
+    def closing(self) -> bool:
+        """True once the system shuts down: every stop is then for good."""
+        ...
+
+    @property
+    def thread_id(self) -> int: ...
+
+    def publish(self, notification: object) -> None: ...
+
+    def count_crash(self) -> None: ...
+
+    def count_restart(self) -> None: ...
+
+    def retire(self, cell: AgentCell) -> None: ...
+
+    def live_cell(self, agent_id: AgentId) -> AgentCell | None:
+        """The agent running (or restarting) under ``agent_id``, if any."""
+        ...
