@@ -22,7 +22,7 @@ import enum
 import logging
 import math
 import types
-from collections.abc import AsyncIterator, Container, Hashable, Iterable, Sequence
+from collections.abc import AsyncIterator, Container, Hashable, Iterable
 from typing import Any
 
 import attrs
@@ -36,37 +36,20 @@ from ._errors import (
     ChildRunning,
     ChildStartFailed,
     DuplicateChild,
-    EscalatedFailure,
-    FinalExit,
     HealthCheckFailed,
     InvalidSpec,
     RestartIntensityExceeded,
     SupervisorError,
     SupervisorNotRunning,
 )
-from ._intensity import RestartBackoff, RestartWindow
+from ._intensity import RestartBackoff
+from ._restarts import LIVE, ExitAction, RestartPolicy, RestartStrategy
 from ._spec import ChildKind, ChildSpec, RestartType, Shutdown
 from ._stats import ChildCounts, ChildInfo, ChildState, SupervisorStats
 
 __all__ = ["AutoShutdown", "CurrentChild", "RestartStrategy", "Supervisor", "current_child"]
 
 logger = logging.getLogger("supervisor")
-
-#: States in which a child takes part in a group restart.
-_LIVE = frozenset({ChildState.STARTING, ChildState.RUNNING, ChildState.RESTARTING})
-
-
-class RestartStrategy(enum.Enum):
-    """Which children restart when one exits and is due to restart."""
-
-    #: Only the child that exited.
-    ONE_FOR_ONE = "one_for_one"
-    #: Every child: the others are stopped (newest first), then all start again in order.
-    #: Children that had already ended for good (terminated, or a transient one that returned)
-    #: stay down, unlike OTP, which would start them again.
-    ONE_FOR_ALL = "one_for_all"
-    #: The child and those started after it, stopped newest first and started again in order.
-    REST_FOR_ONE = "rest_for_one"
 
 
 class AutoShutdown(enum.Enum):
@@ -183,11 +166,10 @@ class Supervisor:
             raise InvalidSpec(f"forget_ended must be a bool, got {forget_ended!r}")
         if not isinstance(stop_concurrently, bool):
             raise InvalidSpec(f"stop_concurrently must be a bool, got {stop_concurrently!r}")
-        self.strategy = strategy
         self.auto_shutdown = auto_shutdown
-        self.backoff = backoff
         self.name = name if name is not None else f"supervisor@{id(self):x}"
-        self._window = RestartWindow(max_restarts, max_seconds)
+        #: What to restart, when, and when to give up: decided there, done here.
+        self._restarts = RestartPolicy(strategy, max_restarts, max_seconds, backoff)
         self._specs: list[ChildSpec] = []
         taken: set[Hashable] = set()
         for spec in children:
@@ -233,14 +215,24 @@ class Supervisor:
         return f"<Supervisor {self.name} {self.strategy.value}, {len(self._children)} children>"
 
     @property
+    def strategy(self) -> RestartStrategy:
+        """Which children restart when one exits."""
+        return self._restarts.strategy
+
+    @property
+    def backoff(self) -> RestartBackoff | None:
+        """The wait before restarting a child that keeps exiting (``None``: at once)."""
+        return self._restarts.backoff
+
+    @property
     def max_restarts(self) -> int:
         """Restarts allowed within :attr:`max_seconds` before the supervisor gives up."""
-        return self._window.max_restarts
+        return self._restarts.window.max_restarts
 
     @property
     def max_seconds(self) -> float:
         """The length, in seconds, of the sliding window that restarts are counted in."""
-        return self._window.max_seconds
+        return self._restarts.window.max_seconds
 
     def as_child(
         self,
@@ -285,7 +277,7 @@ class Supervisor:
         self._placement = current_child()
         self._context = contextvars.copy_context()
         self._children = {spec.id: Child(spec) for spec in self._specs}
-        self._window.clear()
+        self._restarts.window.clear()
         self._stopping = False
         self._stopped = trio.Event()
         self._escalation = None
@@ -557,20 +549,19 @@ class Supervisor:
             return True  # stopped or restarted since it reported
         child.run = None
         child.last_exit = run.outcome
-        if isinstance(run.outcome, EscalatedFailure):
+        action = self._restarts.on_exit(child.spec.restart, run.outcome)
+        if action is ExitAction.ESCALATE:
             self._escalation = RestartIntensityExceeded(
                 self.name, self.max_restarts, self.max_seconds, run.outcome
             )
             logger.error("%s", self._escalation)
             return False
-        if isinstance(run.outcome, FinalExit):
+        if action is ExitAction.STOP_FOR_GOOD:
             logger.info("%s: %s stopped for good", self.name, BoundedRepr(child.spec.id))
             child.state = ChildState.TERMINATED
             self._forget(child)
             return not (child.spec.significant and self._auto_shutdown_due())
-        restart = child.spec.restart
-        abnormal = run.outcome is not None
-        if restart is RestartType.PERMANENT or (restart is RestartType.TRANSIENT and abnormal):
+        if action is ExitAction.RESTART:
             return await self._restart_after(child, run)
         logger.info(
             "%s: %s exited (%s), not restarted",
@@ -579,14 +570,14 @@ class Supervisor:
             BoundedRepr(run.outcome),
         )
         child.state = ChildState.TERMINATED
-        if restart is RestartType.TEMPORARY or self.forget_ended:
+        if child.spec.restart is RestartType.TEMPORARY or self.forget_ended:
             self._forget(child)
         else:
             _retire(child)
         return not (child.spec.significant and self._auto_shutdown_due())
 
     async def _restart_after(self, failed: Child, run: ChildRun) -> bool:
-        if not self._window.admit(trio.current_time()):
+        if not self._restarts.admit(trio.current_time()):
             self._escalation = RestartIntensityExceeded(
                 self.name, self.max_restarts, self.max_seconds, run.outcome
             )
@@ -599,7 +590,7 @@ class Supervisor:
             BoundedRepr(failed.spec.id),
             BoundedRepr(run.outcome),
         )
-        group = self._restart_group(failed)
+        group = self._restarts.group(list(self._children.values()), failed)
         for child in group:
             child.generation += 1  # overtakes any delayed restart planned for them
         failed.state = ChildState.RESTARTING
@@ -609,7 +600,7 @@ class Supervisor:
             if sibling.spec.restart is RestartType.TEMPORARY:
                 self._forget(sibling)  # never restarted, even by a sibling's exit
         group = [child for child in group if self._knows(child)]
-        delay = self._backoff_delay(failed, run)
+        delay = self._restarts.delay(failed, ran_for=trio.current_time() - run.started_at)
         if delay > 0:
             assert self._nursery is not None
             due = [(child, child.generation) for child in group]
@@ -617,22 +608,6 @@ class Supervisor:
         else:
             await self._start_in_order(group)
         return True
-
-    def _restart_group(self, failed: Child) -> list[Child]:
-        if self.strategy is RestartStrategy.ONE_FOR_ONE:
-            return [failed]
-        candidates: Sequence[Child] = list(self._children.values())
-        if self.strategy is RestartStrategy.REST_FOR_ONE:
-            candidates = candidates[candidates.index(failed) :]
-        return [child for child in candidates if child is failed or child.state in _LIVE]
-
-    def _backoff_delay(self, failed: Child, run: ChildRun) -> float:
-        if self.backoff is None:
-            return 0.0
-        if trio.current_time() - run.started_at >= self.backoff.reset_after:
-            failed.consecutive_restarts = 0
-        failed.consecutive_restarts += 1
-        return self.backoff.delay(failed.consecutive_restarts)
 
     async def _start_later(self, due: list[tuple[Child, int]], delay: float) -> None:
         await trio.sleep(delay)
@@ -663,7 +638,7 @@ class Supervisor:
             return True
         if self.auto_shutdown is AutoShutdown.ALL_SIGNIFICANT:
             return not any(
-                child.spec.significant and child.state in _LIVE for child in self._children.values()
+                child.spec.significant and child.state in LIVE for child in self._children.values()
             )
         return False
 
@@ -951,7 +926,7 @@ class Supervisor:
             by_state[child.state] += 1
         return SupervisorStats(
             children=types.MappingProxyType(by_state),
-            restarts_in_window=self._window.count(trio.current_time()),
+            restarts_in_window=self._restarts.window.count(trio.current_time()),
             total_restarts=self._total_restarts,
             escalations=self._escalations,
             stop_errors=self._stop_errors,
