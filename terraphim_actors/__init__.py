@@ -20,6 +20,7 @@ from supervisor import (
 
 from ._behaviour.agent import Agent, Caller, Context, DeferredReply, Directive, NotHandled
 from ._behaviour.refs import AgentRef
+from ._core.codec import register_payload
 from ._core.ids import AgentId, MessageId, new_message_id
 from ._core.messages import (
     DeliveryGuarantee,
@@ -113,4 +114,5 @@ __all__ = [
     "info",
     "new_message_id",
     "open_message_system",
+    "register_payload",
 ]

@@ -8,6 +8,7 @@ existing ``except`` clauses keep working::
      ├── DuplicateAgent         (also ValueError)    that name is already taken
      ├── InvalidConfig          (also ValueError)    a configuration value out of range
      ├── InvalidMessage         (also TypeError)     not an Envelope the system can carry
+     ├── UnencodablePayload     (also TypeError)     a payload the codec cannot write as bytes
      ├── MailboxFull            (also trio.WouldBlock) a bounded mailbox refused a message
      ├── MailboxClosed                               the mailbox's agent has stopped for good
      ├── MessageTimeout         (also TimeoutError)  nothing arrived in time
@@ -50,6 +51,7 @@ __all__ = [
     "NonRetryable",
     "ReplyAlreadySent",
     "SystemClosed",
+    "UnencodablePayload",
     "UnhandledMessage",
     "WrongThread",
 ]
@@ -73,6 +75,11 @@ class InvalidConfig(MessagingError, ValueError):
 
 class InvalidMessage(MessagingError, TypeError):
     """What was handed over for delivery is not an ``Envelope`` with ``MessageOptions``."""
+
+
+class UnencodablePayload(MessagingError, TypeError):
+    """A payload holds a value the codec cannot write for the journal or the wire: not a
+    builtin it carries and not of a type registered with ``register_payload``."""
 
 
 class MailboxFull(MessagingError, trio.WouldBlock):

@@ -29,6 +29,7 @@ REQUIRED = {
     "DeadLetter",
     "Down",
     "Directive",
+    "register_payload",
 }
 
 REQUIRED_ERRORS = {
@@ -43,6 +44,7 @@ REQUIRED_ERRORS = {
     "DuplicateAgent",
     "InvalidConfig",
     "WrongThread",
+    "UnencodablePayload",
 }
 
 REQUIRED_SUPERVISOR = {

@@ -1,0 +1,322 @@
+"""The codec: a message as bytes, for the journal and the wire, and back.
+
+In-process delivery never serializes (a payload travels by reference); only a boundary that
+must outlive the process or leave it (a durable journal, a transport to another node) encodes.
+The format is JSON (stdlib ``json``, ASCII, as Python writes it: ``Infinity`` allowed), one
+object per message::
+
+    {"v": 1, "id": ..., "kind": "cast", "payload": ..., "sender": ..., "recipient": ...,
+     "options": {...}, "created_at": ...}
+
+A payload is built from ``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``, lists,
+tuples and dicts with ``str`` keys, and instances of attrs classes and dataclasses registered
+with :func:`register_payload` under a stable tag; nothing else, and never pickle (which would
+run code named by the bytes). Registered classes are rebuilt from their fields by cattrs, each
+field by its annotation; a registered class is itself again wherever it appears.
+
+What a message *is* is encoded; this attempt's local state is not: ``attempt``, ``deadline``
+(a time on this process's Trio clock) and ``reply`` (a live slot a caller waits on, meaningless
+in another process) are dropped, so a decoded call has no reply slot. Encoding never raises for
+them; a reply that crosses processes will be an address as data, a seam of its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
+
+from ..errors import InvalidConfig, InvalidMessage, UnencodablePayload
+from .bounded_repr import bounded_repr
+from .ids import AgentId, MessageId
+from .messages import (
+    DeliveryGuarantee,
+    Envelope,
+    MessageKind,
+    MessageOptions,
+    Priority,
+    never_expiring,
+)
+
+__all__ = ["Codec", "decode", "encode", "register_payload"]
+
+_T = TypeVar("_T", bound=type)
+
+#: The format's version, written into every message so that a later format can read this one.
+FORMAT_VERSION = 1
+
+_SCALARS = (type(None), bool, int, float, str)
+
+
+@attrs.frozen
+class _Tagged:
+    """A registered payload on its way to JSON: its tag and its unstructured fields.
+
+    A marker object rather than a dict, so that a user's dict that happens to look like a
+    tagged value is never mistaken for one."""
+
+    tag: str
+    fields: dict[str, Any]
+
+
+class Codec:
+    """Encodes messages to bytes and back, with its own registry of payload types.
+
+    The module's :func:`encode`, :func:`decode` and :func:`register_payload` use one shared
+    codec; a separate ``Codec()`` keeps a registry apart (for tests, or one per wire format).
+    """
+
+    def __init__(self) -> None:
+        self._classes: dict[str, type] = {}
+        self._tags: dict[type, str] = {}
+        self._structure: dict[type, Callable[[Any, Any], Any]] = {}
+        self._unstructure: dict[type, Callable[[Any], dict[str, Any]]] = {}
+        # Tuples stay tuples (cattrs makes lists of them), so that a field annotated ``Any``
+        # gets back the very value it held.
+        self._converter = cattrs.Converter(unstruct_collection_overrides={tuple: tuple})
+        # Predicate hooks on the exact class, not class-keyed ones: a hook registered for a
+        # class also catches its subclasses, which would then be written under the parent's
+        # tag and come back as the parent (cattrs' include_subclasses has the same trap, and
+        # knows only the subclasses that exist when it is called).
+        self._converter.register_unstructure_hook_func(
+            lambda cls: cls in self._tags, self._unstructure_registered
+        )
+        self._converter.register_structure_hook_func(
+            lambda cls: cls in self._tags, self._structure_registered
+        )
+        # A field annotated ``object`` holds anything the payload may hold, as ``Any`` does.
+        self._converter.register_structure_hook_func(
+            lambda cls: cls is object, lambda value, _: value
+        )
+
+    def register_payload(self, cls: _T, *, tag: str | None = None) -> _T:
+        """Let instances of ``cls`` (an attrs class or a dataclass) travel as payloads, under
+        ``tag`` (by default the class's module and qualified name). Returns ``cls``, so that it
+        works as a class decorator; registering a class again under its tag does nothing.
+
+        The tag is what the bytes name, so it must stay the same for as long as encoded
+        messages may be read (in a journal, or by other nodes): give one explicitly if the
+        class may move or be renamed.
+
+        Raises:
+            InvalidConfig: ``cls`` is not an attrs class or a dataclass, ``tag`` is not a
+                non-empty ``str``, or the tag or the class is already registered otherwise.
+        """
+        if not isinstance(cls, type) or not (attrs.has(cls) or dataclasses.is_dataclass(cls)):
+            raise InvalidConfig(f"a payload type must be an attrs class or a dataclass: {cls!r}")
+        if tag is None:
+            tag = f"{cls.__module__}.{cls.__qualname__}"
+        if not isinstance(tag, str) or not tag:
+            raise InvalidConfig(f"a payload tag must be a non-empty str, got {tag!r}")
+        if self._classes.get(tag, cls) is not cls:
+            raise InvalidConfig(f"payload tag {tag!r} is already taken by {self._classes[tag]!r}")
+        if self._tags.get(cls, tag) != tag:
+            raise InvalidConfig(f"{cls!r} is already registered as {self._tags[cls]!r}")
+        if cls in self._tags:
+            return cls
+        try:
+            structure = make_dict_structure_fn(cls, self._converter)
+            unstructure = make_dict_unstructure_fn(cls, self._converter)
+        except cattrs.errors.StructureHandlerNotFoundError as e:
+            raise InvalidConfig(f"{cls!r} has a field cattrs cannot rebuild: {e}") from e
+        self._structure[cls] = structure
+        self._unstructure[cls] = unstructure
+        self._classes[tag] = cls
+        self._tags[cls] = tag
+        return cls
+
+    def encode(self, envelope: Envelope) -> bytes:
+        """The message ``envelope`` carries, as bytes (see the module's docstring).
+
+        Raises:
+            InvalidMessage: ``envelope`` is not an ``Envelope``.
+            UnencodablePayload: the payload holds a value of a type this codec cannot carry.
+        """
+        if not isinstance(envelope, Envelope):
+            raise InvalidMessage(f"only an Envelope can be encoded, got {bounded_repr(envelope)}")
+        document = {
+            "v": FORMAT_VERSION,
+            "id": int(envelope.id),
+            "kind": envelope.kind.value,
+            "payload": self._to_json(envelope.payload),
+            "sender": _agent_to_json(envelope.sender),
+            "recipient": _agent_to_json(envelope.recipient),
+            "options": _options_to_json(envelope.options),
+            "created_at": envelope.created_at,
+        }
+        return json.dumps(document, separators=(",", ":")).encode("ascii")
+
+    def decode(self, data: bytes) -> Envelope:
+        """The envelope of a message :meth:`encode` wrote, on its first attempt, with no reply
+        slot and no deadline.
+
+        Raises:
+            InvalidMessage: ``data`` is not a message this codec wrote, or names a payload
+                tag that is not registered here.
+        """
+        try:
+            document = json.loads(data)
+            if document["v"] != FORMAT_VERSION:
+                raise InvalidMessage(f"unknown message format version {document['v']!r}")
+            return Envelope(
+                id=MessageId(_exact(document["id"], int)),
+                kind=MessageKind(document["kind"]),
+                payload=self._from_json(document["payload"]),
+                sender=_sender_from_json(document["sender"]),
+                recipient=_agent_from_json(document["recipient"]),
+                options=_options_from_json(document["options"]),
+                created_at=float(_exact(document["created_at"], float)),
+            )
+        except InvalidMessage:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, cattrs.BaseValidationError) as e:
+            raise InvalidMessage(f"not an encoded message: {bounded_repr(data)}") from e
+
+    def _to_json(self, value: Any) -> Any:
+        cls = value.__class__
+        if cls in _SCALARS:
+            return value
+        if cls is list:
+            return [self._to_json(item) for item in value]
+        if cls is tuple:
+            return {"$tuple": [self._to_json(item) for item in value]}
+        if cls is bytes:
+            return {"$bytes": base64.b64encode(value).decode("ascii")}
+        if cls is dict:
+            for key in value:
+                if key.__class__ is not str:
+                    raise UnencodablePayload(
+                        f"a payload's dict keys must be str, got {bounded_repr(key)}"
+                    )
+            return {"$dict": {key: self._to_json(item) for key, item in value.items()}}
+        if cls is _Tagged:
+            fields = value.fields
+            return {"$payload": value.tag, "fields": {k: self._to_json(fields[k]) for k in fields}}
+        if cls in self._tags:
+            return self._to_json(self._converter.unstructure(value))
+        raise UnencodablePayload(
+            f"a payload of type {cls.__qualname__} cannot be encoded: register it with"
+            f" terraphim_actors.register_payload, or send builtins ({bounded_repr(value)})"
+        )
+
+    def _from_json(self, value: Any) -> Any:
+        if value.__class__ is list:
+            return [self._from_json(item) for item in value]
+        if value.__class__ is not dict:
+            return value
+        if "$dict" in value:
+            return {key: self._from_json(item) for key, item in value["$dict"].items()}
+        if "$tuple" in value:
+            return tuple(self._from_json(item) for item in value["$tuple"])
+        if "$bytes" in value:
+            return base64.b64decode(value["$bytes"], validate=True)
+        if "$payload" in value:
+            tag = value["$payload"]
+            cls = self._classes.get(tag)
+            if cls is None:
+                raise InvalidMessage(f"payload tag {tag!r} is not registered")
+            fields = {key: self._from_json(item) for key, item in value["fields"].items()}
+            return self._structure[cls](fields, cls)
+        raise InvalidMessage(f"not an encoded payload: {bounded_repr(value)}")
+
+    def _unstructure_registered(self, value: Any) -> _Tagged:
+        cls = value.__class__
+        return _Tagged(self._tags[cls], self._unstructure[cls](value))
+
+    @staticmethod
+    def _structure_registered(value: Any, cls: type) -> Any:
+        # Payloads are decoded from the leaves up, so a registered field is already built.
+        if value.__class__ is not cls:
+            raise InvalidMessage(f"expected a {cls.__qualname__}, got {bounded_repr(value)}")
+        return value
+
+
+def _exact(value: Any, cls: type) -> Any:
+    """``value`` if JSON gave it as ``cls`` (an int is a float here, not a bool)."""
+    if value.__class__ is bool or not isinstance(value, int if cls is int else (int, float)):
+        raise InvalidMessage(f"expected a {cls.__qualname__}, got {bounded_repr(value)}")
+    return value
+
+
+def _agent_to_json(agent: AgentId | str | None) -> Any:
+    if agent is None or agent.__class__ is str:
+        return agent
+    if agent.__class__ is AgentId:
+        assert isinstance(agent, AgentId)
+        return {"uid": agent.uid.hex, "name": agent.name}
+    raise InvalidMessage(f"an address must be an AgentId, a name or None: {bounded_repr(agent)}")
+
+
+def _agent_from_json(value: Any) -> AgentId | str | None:
+    if value is None or value.__class__ is str:
+        return value
+    name = value["name"]
+    if name is not None and name.__class__ is not str:
+        raise InvalidMessage(f"an agent's name must be a str: {bounded_repr(name)}")
+    return AgentId(uuid.UUID(hex=value["uid"]), name=name)
+
+
+def _sender_from_json(value: Any) -> AgentId | None:
+    sender = _agent_from_json(value)
+    if sender.__class__ is str:
+        raise InvalidMessage(f"a sender must be an AgentId or None: {bounded_repr(sender)}")
+    return sender  # type: ignore[return-value]
+
+
+def _options_to_json(options: MessageOptions) -> dict[str, Any]:
+    guarantee = options.guarantee
+    return {
+        "priority": int(options.priority),
+        "timeout": options.timeout,
+        "max_retries": options.max_retries,
+        "retry_delay": options.retry_delay,
+        "guarantee": None if guarantee is None else guarantee.value,
+    }
+
+
+def _options_from_json(value: dict[str, Any]) -> MessageOptions:
+    guarantee = value["guarantee"]
+    timeout = value["timeout"]
+    options = MessageOptions(
+        priority=Priority(value["priority"]),
+        # The system's own notifications never expire; no caller can ask for that.
+        timeout=30.0 if timeout == math.inf else timeout,
+        max_retries=value["max_retries"],
+        retry_delay=value["retry_delay"],
+        guarantee=None if guarantee is None else DeliveryGuarantee(guarantee),
+    )
+    return never_expiring(options) if timeout == math.inf else options
+
+
+#: The codec that :func:`register_payload`, :func:`encode` and :func:`decode` share.
+DEFAULT_CODEC = Codec()
+
+
+def register_payload(cls: _T, *, tag: str | None = None) -> _T:
+    """Let instances of ``cls`` (an attrs class or a dataclass) travel as payloads through the
+    journal and the wire, under ``tag`` (by default ``module.QualifiedName``). Works as a class
+    decorator. See :meth:`Codec.register_payload`.
+
+    Raises:
+        InvalidConfig: ``cls`` is not an attrs class or a dataclass, or the tag or the class
+            is already registered otherwise.
+    """
+    return DEFAULT_CODEC.register_payload(cls, tag=tag)
+
+
+def encode(envelope: Envelope) -> bytes:
+    """``envelope``'s message as bytes, through the shared codec (:meth:`Codec.encode`)."""
+    return DEFAULT_CODEC.encode(envelope)
+
+
+def decode(data: bytes) -> Envelope:
+    """The envelope that :func:`encode` wrote as ``data`` (:meth:`Codec.decode`)."""
+    return DEFAULT_CODEC.decode(data)

@@ -1,0 +1,258 @@
+"""The codec: a message written as bytes for the journal and the wire reads back as itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import terraphim_actors
+from terraphim_actors import (
+    AgentId,
+    DeliveryGuarantee,
+    Envelope,
+    MessageKind,
+    MessageOptions,
+    Priority,
+    new_message_id,
+    register_payload,
+)
+from terraphim_actors._core.codec import Codec, decode, encode
+from terraphim_actors._core.messages import never_expiring
+from terraphim_actors.errors import InvalidConfig, InvalidMessage, UnencodablePayload
+
+
+@register_payload
+@attrs.frozen
+class Point:
+    x: int
+    y: float
+    label: str | None = None
+
+
+@register_payload
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    points: tuple[Point, ...]
+    name: str
+    data: bytes = b""
+    anything: Any = None
+
+
+@attrs.frozen
+class Ping:
+    seq: int
+
+
+register_payload(Ping, tag="tests.Ping")
+
+
+class Unregistered:
+    pass
+
+
+def message(envelope: Envelope) -> tuple[Any, ...]:
+    """What a message is (the envelope has no equality of its own: it is local state)."""
+    return (
+        envelope.id,
+        envelope.kind,
+        envelope.payload,
+        envelope.sender,
+        envelope.recipient,
+        envelope.options,
+        envelope.created_at,
+    )
+
+
+def envelope(payload: Any, **fields: Any) -> Envelope:
+    return Envelope(kind=MessageKind.CAST, payload=payload, **fields)
+
+
+scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+builtins = st.recursive(
+    scalars | st.binary(max_size=16),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=4).map(tuple)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+points = st.builds(
+    Point,
+    x=st.integers(),
+    y=st.floats(allow_nan=False),
+    label=st.none() | st.text(max_size=8),
+)
+shapes = st.builds(
+    Shape,
+    points=st.lists(points, max_size=3).map(tuple),
+    name=st.text(max_size=8),
+    data=st.binary(max_size=8),
+    anything=builtins | points,
+)
+payloads = st.recursive(
+    builtins | points | shapes | st.builds(Ping, seq=st.integers()),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=6,
+)
+agent_ids = st.builds(AgentId, uid=st.uuids(), name=st.none() | st.text(max_size=8))
+options = st.builds(
+    MessageOptions,
+    priority=st.sampled_from(Priority),
+    timeout=st.floats(min_value=0.001, max_value=1e9),
+    max_retries=st.none() | st.integers(min_value=0, max_value=100),
+    retry_delay=st.none() | st.floats(min_value=0, max_value=1e9),
+    guarantee=st.none() | st.sampled_from(DeliveryGuarantee),
+)
+envelopes = st.builds(
+    Envelope,
+    kind=st.sampled_from(MessageKind),
+    payload=payloads,
+    sender=st.none() | agent_ids,
+    recipient=st.none() | agent_ids | st.text(max_size=8),
+    options=options | options.map(never_expiring),
+    id=st.integers(min_value=1, max_value=2**128),
+    created_at=st.floats(min_value=0, max_value=1e12),
+)
+
+
+class TestRoundTrip:
+    @given(envelopes)
+    def test_a_decoded_message_equals_the_encoded_one(self, original: Envelope) -> None:
+        """decode(encode(m)) is m again: builtins, registered classes, addresses, options."""
+        assert message(decode(encode(original))) == message(original)
+
+    @given(payloads)
+    def test_payload_types_are_kept_exactly(self, payload: Any) -> None:
+        """A tuple stays a tuple, bytes stay bytes, a registered class stays itself."""
+
+        def shape(value: Any) -> Any:
+            if isinstance(value, list | tuple):
+                return (type(value), [shape(item) for item in value])
+            if isinstance(value, dict):
+                return (dict, {key: shape(item) for key, item in value.items()})
+            return (type(value), value)
+
+        assert shape(decode(encode(envelope(payload))).payload) == shape(payload)
+
+    def test_encoding_is_json_bytes(self) -> None:
+        """The bytes are ASCII JSON that names the format's version."""
+        data = encode(envelope({"a": (1, b"x")}))
+        assert data.startswith(b'{"v":1,')
+        assert data.isascii()
+
+    def test_a_never_expiring_notice_stays_never_expiring(self) -> None:
+        """The system's own notifications keep their infinite timeout."""
+        notice = envelope(None, options=never_expiring(MessageOptions()))
+        assert decode(encode(notice)).options.timeout == math.inf
+
+    def test_a_registered_class_is_written_under_its_tag(self) -> None:
+        """An explicit tag is what the bytes name, whatever the class is called."""
+        assert b'"$payload":"tests.Ping"' in encode(envelope(Ping(seq=1)))
+
+
+class TestLocalState:
+    async def test_a_calls_reply_slot_is_dropped(self) -> None:
+        """A call encodes without its live reply slot, deadline and attempt: they belong to
+        the process that sent it."""
+        call, _ = terraphim_actors.call(AgentId(), "question", 5.0, recipient="oracle")
+        call.attempt = 3
+        decoded = decode(encode(call))
+        assert message(decoded) == message(call)
+        assert decoded.reply is None
+        assert decoded.deadline == math.inf
+        assert decoded.attempt == 0
+
+    def test_ids_keep_their_value(self) -> None:
+        """A node-qualified id (far past 64 bits) reads back unchanged."""
+        message_id = new_message_id()
+        assert decode(encode(envelope(None, id=message_id))).id == message_id
+
+
+class TestUnencodable:
+    @pytest.mark.parametrize(
+        "payload",
+        [Unregistered(), {1: "int key"}, {"set": {1, 2}}, [object()], Priority.HIGH, 1 + 2j],
+    )
+    def test_an_unregistered_payload_type_raises_a_typed_error(self, payload: Any) -> None:
+        """A value the codec cannot carry raises UnencodablePayload (also a TypeError)."""
+        with pytest.raises(UnencodablePayload):
+            encode(envelope(payload))
+
+    def test_the_error_names_register_payload(self) -> None:
+        """The message says how to make a type encodable."""
+        with pytest.raises(TypeError, match="register_payload"):
+            encode(envelope(Unregistered()))
+
+    def test_only_an_envelope_is_encoded(self) -> None:
+        """Anything else is not a message."""
+        with pytest.raises(InvalidMessage):
+            encode("not an envelope")  # type: ignore[arg-type]
+
+
+class TestDecodingBadInput:
+    @pytest.mark.parametrize(
+        "data",
+        [
+            b"",
+            b"[]",
+            b'{"v":2}',
+            b'{"v":1}',
+            b"\xff",
+            encode(envelope(None)).replace(b'"kind":"cast"', b'"kind":"shout"'),
+            encode(envelope(None)).replace(b'"payload":null', b'"payload":{"$what":1}'),
+            encode(envelope(None)).replace(b'"payload":null', b'"payload":{"$payload":"x.Y"}'),
+        ],
+    )
+    def test_bytes_not_written_by_the_codec_raise_invalid_message(self, data: bytes) -> None:
+        """Malformed or foreign bytes raise InvalidMessage, never anything untyped."""
+        with pytest.raises(InvalidMessage):
+            decode(data)
+
+    def test_a_tag_unknown_to_the_reading_codec_raises_invalid_message(self) -> None:
+        """A codec reads only the payload types registered with it."""
+        with pytest.raises(InvalidMessage, match=r"tests\.Ping"):
+            Codec().decode(encode(envelope(Ping(seq=1))))
+
+
+class TestRegisterPayload:
+    def test_registering_again_under_the_same_tag_does_nothing(self) -> None:
+        """register_payload is idempotent, and returns the class (a decorator)."""
+        assert register_payload(Ping, tag="tests.Ping") is Ping
+
+    def test_a_taken_tag_is_refused(self) -> None:
+        """Two classes cannot share a tag: the bytes would be ambiguous."""
+        codec = Codec()
+        codec.register_payload(Point, tag="shared")
+        with pytest.raises(InvalidConfig, match="shared"):
+            codec.register_payload(Ping, tag="shared")
+
+    def test_a_class_registered_under_another_tag_is_refused(self) -> None:
+        """A class has one tag."""
+        codec = Codec()
+        codec.register_payload(Point, tag="one")
+        with pytest.raises(InvalidConfig):
+            codec.register_payload(Point, tag="two")
+
+    @pytest.mark.parametrize("cls", [Unregistered, dict, 42])
+    def test_only_attrs_classes_and_dataclasses_register(self, cls: Any) -> None:
+        """Anything else has no fields that cattrs can rebuild."""
+        with pytest.raises(InvalidConfig):
+            Codec().register_payload(cls)
+
+    def test_an_unregistered_subclass_of_a_registered_class_is_refused(self) -> None:
+        """A subclass is not written under its parent's tag (it would come back as the
+        parent)."""
+
+        @attrs.frozen
+        class Point3D(Point):
+            z: int = 0
+
+        with pytest.raises(UnencodablePayload):
+            encode(envelope(Point3D(x=1, y=2.0)))
