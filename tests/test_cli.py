@@ -16,17 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from terraphim_actors import DeadLetterReason
-from terraphim_actors.cli import _demo, _scenario, main
-from terraphim_actors.cli._scenario import (
-    CONTEXT_WINDOW,
-    DemoSettings,
-    Report,
-    Snapshot,
-    Task,
-    TaskOutcome,
-    run_scenario,
-)
+from terraphim_actors.cli import _demo, main
 from terraphim_actors.cli._words import plural
+from terraphim_actors.cli.demo import DemoSettings, Report, Snapshot, TaskOutcome, run_scenario
+from terraphim_actors.cli.demo import run as _scenario
+from terraphim_actors.cli.demo.world import CONTEXT_WINDOW, Task
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

@@ -1,6 +1,6 @@
 """``terraphim-actors demo``: the research-assistant scenario, shown live, then accounted for.
 
-The scenario (``_scenario``) knows nothing of terminals; this module picks the display (the
+The scenario (the ``demo`` package) knows nothing of terminals; this module picks the display (the
 ``rich`` live view on a terminal when ``rich`` is installed, plain text otherwise), runs the
 scenario, prints the summary, and turns the account into the exit code.
 """
@@ -12,8 +12,8 @@ import importlib.util
 import sys
 from typing import TextIO
 
-from ._scenario import DemoSettings, Display, run_scenario
 from ._view import PlainDisplay, summary
+from .demo import DemoSettings, Display, run_scenario
 
 __all__ = ["DemoSettings", "run_demo"]
 

@@ -16,8 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import CircuitState
-from ._scenario import Node, Snapshot
 from ._view import status, tree_rows
+from .demo import Node, Snapshot
 
 __all__ = ["LiveDisplay"]
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from .. import DeadLetter, DeadLetterReason
-from ._scenario import Node, Report, Snapshot
 from ._words import noun_for, plural
+from .demo import Node, Report, Snapshot
 
 __all__ = ["PlainDisplay", "summary", "tree_rows"]
 
