@@ -19,7 +19,7 @@ from supervisor import (
 )
 
 from ._behaviour.agent import Agent, Caller, Context, DeferredReply, Directive, NotHandled
-from ._behaviour.refs import AgentRef
+from ._behaviour.refs import AgentRef, PoolRef
 from ._core.codec import register_payload
 from ._core.ids import AgentId, MessageId, new_message_id
 from ._core.messages import (
@@ -51,7 +51,6 @@ from ._primitives.dedup import DedupWindow
 from ._primitives.mailbox import Mailbox, MailboxConfig, MailboxStats, OverflowPolicy
 from ._primitives.reply import ReplyHandle
 from ._primitives.timers import Timer
-from ._routing.groups import PoolRef
 from ._routing.router import MessageRouter, RouterConfig, RouterStats
 from ._system.system import MessageSystem, MessageSystemConfig, SystemStats, open_message_system
 

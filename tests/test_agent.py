@@ -1199,9 +1199,9 @@ class TestDirectives:
             for _ in range(2):
                 await ref.cast(ModelError("nonsense"), options=None)
             await trio.testing.wait_all_tasks_blocked()
-            cell = ref._agent()
-            assert cell.breaker is not None
-            assert cell.breaker.times_opened == 1
+            breaker = ref._agent().endpoint.admission
+            assert breaker is not None
+            assert breaker.times_opened == 1
 
     async def test_stop_on_stops_for_good_and_monitors_get_the_error(
         self, autojump_clock: trio.testing.MockClock
@@ -1342,9 +1342,9 @@ class TestErrorReplies:
             for _ in range(2):
                 with pytest.raises(CallFailed):
                     await ref.call("anything")
-            cell = ref._agent()
-            assert cell.breaker is not None
-            assert cell.breaker.times_opened == 1
+            breaker = ref._agent().endpoint.admission
+            assert breaker is not None
+            assert breaker.times_opened == 1
 
 
 class Slow(Agent):

@@ -439,7 +439,9 @@ def collect(
         scripts=scripts,
         rejected=sum(mailbox.messages_rejected for mailbox in mailboxes),
         circuits_opened=sum(
-            cell.breaker.times_opened for cell in system.live_cells() if cell.breaker is not None
+            cell.endpoint.admission.times_opened
+            for cell in system.live_cells()
+            if cell.endpoint.admission is not None
         ),
     )
 

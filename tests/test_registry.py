@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from terraphim_actors import AgentId
-from terraphim_actors._routing.directory import _STOPPED_KEPT, Registry
+from terraphim_actors._routing.directory import _STOPPED_KEPT, LocalDirectory
 from terraphim_actors.errors import DuplicateAgent, InvalidConfig
 
 
@@ -19,7 +19,7 @@ def fake_cell(agent_id: AgentId) -> Any:
 
 def test_a_claimed_name_resolves_to_its_id() -> None:
     """After ``claim``, the name stands for the id it was given."""
-    registry = Registry()
+    registry = LocalDirectory()
     agent_id = registry.claim("planner")
     assert registry.resolve("planner") == agent_id
     assert agent_id.name == "planner"
@@ -27,7 +27,7 @@ def test_a_claimed_name_resolves_to_its_id() -> None:
 
 def test_an_id_resolves_to_itself_and_an_unknown_name_to_none() -> None:
     """An ``AgentId`` is its own address; a name nobody claimed resolves to nothing."""
-    registry = Registry()
+    registry = LocalDirectory()
     agent_id = AgentId()
     assert registry.resolve(agent_id) is agent_id
     assert registry.resolve("nobody") is None
@@ -35,7 +35,7 @@ def test_an_id_resolves_to_itself_and_an_unknown_name_to_none() -> None:
 
 def test_a_name_can_be_claimed_once() -> None:
     """Claiming a taken name raises ``DuplicateAgent``."""
-    registry = Registry()
+    registry = LocalDirectory()
     registry.claim("planner")
     with pytest.raises(DuplicateAgent):
         registry.claim("planner")
@@ -44,12 +44,12 @@ def test_a_name_can_be_claimed_once() -> None:
 def test_a_name_must_be_a_string() -> None:
     """A name that is not a str raises ``InvalidConfig``."""
     with pytest.raises(InvalidConfig):
-        Registry().claim(42)  # type: ignore[arg-type]
+        LocalDirectory().claim(42)  # type: ignore[arg-type]
 
 
 def test_removing_an_agent_frees_its_name_and_marks_it_stopped() -> None:
     """An agent removed for good leaves its name free and its id known as stopped."""
-    registry = Registry()
+    registry = LocalDirectory()
     cell = fake_cell(registry.claim("worker"))
     registry.add(cell)
     registry.remove(cell)
@@ -60,7 +60,7 @@ def test_removing_an_agent_frees_its_name_and_marks_it_stopped() -> None:
 
 def test_an_id_running_again_is_no_longer_stopped() -> None:
     """When an agent registers again under a stopped id, that id is not stopped any more."""
-    registry = Registry()
+    registry = LocalDirectory()
     cell = fake_cell(registry.claim("worker"))
     registry.add(cell)
     registry.remove(cell)
@@ -72,7 +72,7 @@ def test_an_id_running_again_is_no_longer_stopped() -> None:
 
 def test_the_memory_of_stopped_ids_is_bounded() -> None:
     """Only the most recent stopped ids are remembered, so the memory stays bounded."""
-    registry = Registry()
+    registry = LocalDirectory()
     first = AgentId()
     registry.release(first)
     for _ in range(_STOPPED_KEPT):

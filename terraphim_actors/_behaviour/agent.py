@@ -168,7 +168,7 @@ class DeferredReply:
         await trio.lowlevel.checkpoint()
         handle = self._keep()
         if handle.pending:
-            self._cell.system.delivery.record_success(self._cell)
+            self._cell.system.delivery.record_success(self._cell.endpoint)
         elif not handle.abandoned:
             return False  # answered already: through ``ctx.caller``, or at the agent's stop
         return handle.reply(value)  # to a caller that gave up: only its resends may get it
@@ -183,7 +183,7 @@ class DeferredReply:
         if not (handle.pending or handle.abandoned):
             return False
         if handle.pending:
-            self._cell.system.delivery.deferred_call_failed(self._cell)
+            self._cell.system.delivery.deferred_call_failed(self._cell.endpoint)
         return handle.fail(failed_call(self._cell.id, error))
 
     def _keep(self) -> ReplyHandle:
@@ -246,7 +246,7 @@ class Caller:
         handle = self._handle
         if handle.pending and self._cell._in_hand is not self._envelope:
             # Answered after its handler returned (deferred): not counted yet as failed.
-            self._cell.system.delivery.deferred_call_failed(self._cell)
+            self._cell.system.delivery.deferred_call_failed(self._cell.endpoint)
         return handle.fail(failed_call(self._cell.id, error))
 
 

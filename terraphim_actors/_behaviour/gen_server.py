@@ -202,6 +202,8 @@ class GenServer:
         context = self._context
         cell = self._cell
         mailbox = cell.mailbox
+        # Its circuit and windows live on the endpoint, kept across the cell's instances.
+        endpoint = cell.endpoint
         delivery = cell.system.delivery
         clock = cell.system.clock.current_time
         served = 0
@@ -235,7 +237,7 @@ class GenServer:
                     delivery.undelivered(envelope, DeadLetterReason.EXPIRED, _expiry(envelope))
                     continue
                 if envelope.options.guarantee is EXACTLY_ONCE and delivery.suppress_duplicate(
-                    cell, envelope
+                    endpoint, envelope
                 ):
                     continue
                 cell._in_hand = envelope
@@ -254,15 +256,15 @@ class GenServer:
                         await handle_info(envelope.payload, context)
                 except _FailedThroughCaller:
                     delivery.failed += 1
-                    delivery.record_failure(cell)
+                    delivery.record_failure(endpoint)
                     if envelope.options.guarantee is EXACTLY_ONCE:
                         assert handle is not None
-                        delivery.remember(cell, envelope, handle.keep_answer())
+                        delivery.remember(endpoint, envelope, handle.keep_answer())
                 except NotHandled:
                     unhandled = UnhandledMessage(f"{type(instance).__name__} does not handle it")
                     delivery.undelivered(envelope, DeadLetterReason.UNHANDLED, unhandled)
                 except Exception as crash:
-                    delivery.record_failure(cell)
+                    delivery.record_failure(endpoint)
                     directive = self._decide(crash, envelope)
                     if _not_retryable(crash, instance.no_retry_on):
                         why = DeadLetterReason.REJECTED
@@ -275,10 +277,13 @@ class GenServer:
                     if directive is not Directive.RESUME:
                         return crash
                 else:
-                    if cell.breaker is None and envelope.options.guarantee is not EXACTLY_ONCE:
+                    if (
+                        endpoint.admission is None
+                        and envelope.options.guarantee is not EXACTLY_ONCE
+                    ):
                         delivery.acknowledged += 1  # all that acknowledging takes, mostly
                     else:
-                        delivery.acknowledge(cell, envelope, reply)
+                        delivery.acknowledge(endpoint, envelope, reply)
                 cell._in_hand = None
         finally:
             stopped_at = clock()
@@ -370,7 +375,7 @@ class GenServer:
         delivery = cell.system.delivery
         delivery.failed += 1
         if not envelope.reply.expired:  # given up through the caller's own cancel scope
-            delivery.record_failure(cell)
+            delivery.record_failure(cell.endpoint)
         logger.info(
             "cancelled %r's handler of %s: its caller gave up",
             cell.id,

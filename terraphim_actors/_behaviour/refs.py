@@ -1,8 +1,9 @@
-"""``AgentRef``: the handle other code holds to talk to an agent."""
+"""``AgentRef``: the handle other code holds to talk to an agent; ``PoolRef``: the same
+handle to a group of them."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import trio
 
@@ -11,14 +12,35 @@ from .._core.checks import check_instance, check_seconds
 from .._core.ids import AgentId
 from .._core.messages import Envelope, MessageKind, MessageOptions, Priority
 from .._core.threads import current_thread_id, wrong_thread
+from .._primitives.balancing import LoadBalancing
 from .._primitives.reply import ReplyHandle
 from .._process.context_vars import current_cell, inherited_deadline
+from .._routing.endpoint import Endpoint
+from .._routing.groups import Group
 from ..errors import CallTimeout, CallToSelf, InvalidConfig, WrongThread
 
 if TYPE_CHECKING:
+    from .._delivery.pipeline import DeliveryManager
+    from .._primitives.timers import TimerService
     from .._process.cell import AgentCell
 
-__all__ = ["AgentRef"]
+__all__ = ["AgentRef", "PoolRef"]
+
+
+class _Sender(Protocol):
+    """What a ref sends through: the system's delivery, clock, timers and thread."""
+
+    @property
+    def delivery(self) -> DeliveryManager: ...
+
+    @property
+    def clock(self) -> trio.abc.Clock: ...
+
+    @property
+    def timers(self) -> TimerService: ...
+
+    @property
+    def thread_id(self) -> int: ...
 
 
 class AgentRef:
@@ -35,13 +57,15 @@ class AgentRef:
     thread.
     """
 
-    __slots__ = ("_cell", "_system", "id")
+    __slots__ = ("_address", "_system", "id")
 
-    def __init__(self, cell: AgentCell) -> None:
-        self._cell = cell
-        self._system = cell.system
+    def __init__(self, address: Endpoint | Group, system: _Sender) -> None:
+        #: Where its messages go: the agent's endpoint (which follows the agent across its
+        #: restarts), or a group's, which chooses a member for each.
+        self._address = address
+        self._system = system
         #: The agent's identity.
-        self.id: AgentId = cell.id
+        self.id: AgentId = address.id
 
     def __repr__(self) -> str:
         return f"AgentRef({self.id!r})"
@@ -83,7 +107,7 @@ class AgentRef:
             WrongThread: called from a thread other than the system's.
         """
         envelope = self._envelope(MessageKind.CAST, payload, priority, options)
-        await self._system.delivery.send(self._route(envelope), envelope)
+        await self._system.delivery.send(self._address.route(envelope), envelope)
 
     def cast_nowait(
         self,
@@ -95,7 +119,7 @@ class AgentRef:
         """:meth:`cast` without waiting or checkpointing: a full mailbox is a failure at once
         (retried later, or raised at most once)."""
         envelope = self._envelope(MessageKind.CAST, payload, priority, options)
-        self._system.delivery.send_nowait(self._route(envelope), envelope)
+        self._system.delivery.send_nowait(self._address.route(envelope), envelope)
 
     async def info(
         self,
@@ -106,7 +130,7 @@ class AgentRef:
     ) -> None:
         """Send an info message (handled by ``handle_info``); raises as :meth:`cast`."""
         envelope = self._envelope(MessageKind.INFO, payload, priority, options)
-        await self._system.delivery.send(self._route(envelope), envelope)
+        await self._system.delivery.send(self._address.route(envelope), envelope)
 
     def info_nowait(
         self,
@@ -117,7 +141,7 @@ class AgentRef:
     ) -> None:
         """:meth:`info` without waiting or checkpointing; raises as :meth:`cast_nowait`."""
         envelope = self._envelope(MessageKind.INFO, payload, priority, options)
-        self._system.delivery.send_nowait(self._route(envelope), envelope)
+        self._system.delivery.send_nowait(self._address.route(envelope), envelope)
 
     async def call(
         self,
@@ -146,8 +170,8 @@ class AgentRef:
         """
         check_seconds("timeout", timeout)
         envelope = self._envelope(MessageKind.CALL, payload, priority, options)
-        cell = self._route(envelope)
-        if cell is not None and cell.in_own_task:
+        endpoint = self._address.route(envelope)
+        if endpoint is not None and endpoint.occupant.in_own_task:
             raise CallToSelf(f"{self.id!r} called itself and would wait forever")
         own_deadline = envelope.created_at + timeout
         # This call's deadline, or the deadline of the call being handled when that is tighter.
@@ -160,12 +184,12 @@ class AgentRef:
         system = self._system
         delivery = system.delivery
         await trio.lowlevel.checkpoint_if_cancelled()
-        delivered_to = cell if delivery.put_call_nowait(cell, envelope) else None
+        delivered_to = endpoint if delivery.put_call_nowait(endpoint, envelope) else None
         if delivered_to is None:
             # Something stands in the way (a full mailbox, a circuit, no such agent yet):
             # delivery may wait and retry, within the deadline.
             with trio.CancelScope(deadline=deadline):
-                delivered_to = await delivery.send_call(cell, envelope)
+                delivered_to = await delivery.send_call(endpoint, envelope)
         if delivered_to is not None:
             # A timer, not a cancel scope, ends the wait at the deadline: a scope with a
             # deadline costs more than a scheduler round.
@@ -178,30 +202,27 @@ class AgentRef:
                 timer.cancel()
         handle.abandon()
         waited = f"{timeout} s" if deadline == own_deadline else "its caller's deadline"
-        quoted = bounded_repr(payload) if cell is None else cell.format_message(payload)
+        quoted = (
+            bounded_repr(payload) if endpoint is None else endpoint.occupant.format_message(payload)
+        )
         raise CallTimeout(f"{self.id!r} did not reply to {quoted} within {waited}")
 
-    # -- what subclasses (pools) change ----------------------------------------------------
+    # -- where its messages go ---------------------------------------------------------------
 
-    def _route(self, envelope: Envelope | None) -> AgentCell | None:
-        """The agent that gets ``envelope``: this one, or the agent that took over its id
-        when its subtree was restarted (the stopped one if none has)."""
-        cell = self._cell
-        if cell.exit_reason is not None:  # stopped for good (cheaper to test than the event)
-            live = self._system.live_cell(self.id)
-            if live is not None:
-                self._cell = cell = live
-        return cell
-
-    #: Where a message through this ref goes, as the router asks it (where a pool does not
-    #: count the message as routed a second time).
-    _target = _route
+    def destination(self, envelope: Envelope | None) -> Endpoint | None:
+        """The endpoint that gets ``envelope`` now, as the router asks it for a message it
+        routed (and counted): the agent's own (the one that took over its id, when its subtree
+        was restarted), or the member a group chooses; ``None`` when no member can take it.
+        A send through the ref resolves the same way, counted by a group as routed."""
+        return self._address.choose(envelope)
 
     def _agent(self) -> AgentCell:
-        """The one agent behind this ref, for monitoring and stopping it."""
-        cell = self._route(None)
-        assert cell is not None
-        return cell
+        """The one agent behind this ref, for monitoring and stopping it.
+
+        Raises:
+            InvalidConfig: the ref is a pool's.
+        """
+        return cast("AgentCell", self._address.only().occupant)
 
     def _envelope(
         self,
@@ -241,3 +262,46 @@ def _wrong_thread(ref: AgentRef, kind: MessageKind) -> WrongThread:
     if kind is not MessageKind.CALL:
         remedy += f" (or trio.from_thread.run_sync(ref.{name}_nowait, ...))"
     return wrong_thread(f"{name} through {ref!r}", remedy)
+
+
+class PoolRef(AgentRef):
+    """The one ref of a pool: each ``call``, ``cast`` and ``info`` goes to the member its
+    balancer chooses (see :class:`LoadBalancing`); :meth:`broadcast` goes to all of them.
+
+    A message that fails is retried through the pool, so it may reach another member.
+    """
+
+    __slots__ = ()
+
+    _address: Group
+
+    def __init__(self, group: Group, system: _Sender) -> None:
+        super().__init__(group, system)
+
+    def __repr__(self) -> str:
+        return f"PoolRef({self.id!r}, {len(self._address.positions)} members)"
+
+    @property
+    def group(self) -> Group:
+        """The group behind the ref (for the system that stops it)."""
+        return self._address
+
+    @property
+    def strategy(self) -> LoadBalancing:
+        """How the pool chooses a member."""
+        return self._address.strategy
+
+    @property
+    def members(self) -> list[AgentRef]:
+        """Refs to the members that have not stopped for good, in pool order."""
+        return [AgentRef(endpoint, self._system) for endpoint in self._address.members()]
+
+    @property
+    def alive(self) -> bool:
+        """False once the pool has stopped."""
+        return self._address.live
+
+    async def broadcast(self, payload: Any, *, priority: Priority = Priority.NORMAL) -> None:
+        """Cast ``payload`` to every member (each send as :meth:`AgentRef.cast`)."""
+        for member in self.members:
+            await member.cast(payload, priority=priority)

@@ -18,7 +18,8 @@ from .gen_server import GenServerBehaviour
 from .refs import AgentRef
 
 if TYPE_CHECKING:
-    from .._routing.groups import Pool
+    from .._routing.endpoint import Endpoint
+    from .._routing.groups import Group
     from .._system.system import MessageSystem
 
 __all__ = ["AgentStarter", "agent_child_spec"]
@@ -52,8 +53,12 @@ class AgentStarter:
         self.restart = restart
         self.handler_timeout = handler_timeout
         self.cell: AgentCell | None = None
-        #: The pool its agent is a member of, if any.
-        self.pool: Pool | None = None
+        #: The agent's endpoint, made with its first cell and handed to every cell after: its
+        #: circuit, dedup window and group are the same agent's to its senders.
+        self.endpoint: Endpoint | None = None
+        #: The group its agent is a member of, and its position there, if any.
+        self.group: Group | None = None
+        self.position = 0
 
     def __repr__(self) -> str:
         return f"<AgentStarter {self.agent_class.__name__} {self.agent_id!r}>"
@@ -61,7 +66,7 @@ class AgentStarter:
     async def __call__(
         self, *, task_status: trio.TaskStatus[AgentRef] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        cell = previous = self.cell
+        cell = self.cell
         if cell is not None and cell.state is not CellState.STOPPED:
             self._check_placement(cell)
         if cell is None or cell.state is CellState.STOPPED:
@@ -69,12 +74,19 @@ class AgentStarter:
                 self.agent_class, self.args, self.handler_timeout, self._context
             )
             cell = self.cell = AgentCell(
-                self.system, behaviour, self.agent_id, self.mailbox, self.shutdown, self.restart
+                self.system,
+                behaviour,
+                self.agent_id,
+                self.mailbox,
+                self.shutdown,
+                self.restart,
+                self.endpoint,
             )
-            cell.ref = AgentRef(cell)
-            cell.pool = self.pool
-            if previous is not None:  # the same agent to its senders: same circuit, same dedup
-                cell.breaker, cell.handled = previous.breaker, previous.handled
+            if self.endpoint is None:
+                self.endpoint = cell.endpoint
+                if self.group is not None:
+                    self.group.join(self.position, cell.endpoint)
+            cell.ref = AgentRef(cell.endpoint, self.system)
             self.system.register(cell)
         await cell.run(task_status=task_status)
 

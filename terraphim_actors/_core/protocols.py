@@ -10,11 +10,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+from ..errors import AgentStopped
+from .ids import AgentId
+from .messages import Envelope
 from .notifications import ExitReason
 
-__all__ = ["Behaviour", "CallServer", "Instance"]
+__all__ = ["Behaviour", "CallServer", "Directory", "Inbox", "Instance", "Occupant"]
 
 _Cell_contra = TypeVar("_Cell_contra", contravariant=True)
+_Endpoint_co = TypeVar("_Endpoint_co", covariant=True)
 
 
 class CallServer(Protocol):
@@ -65,4 +69,109 @@ class Behaviour(Protocol[_Cell_contra]):
         Raises:
             AgentStartFailed: building it or its start raised.
         """
+        ...
+
+
+class Inbox(Protocol):
+    """Where delivery puts a message for one destination: the transport seam. Delivery sees
+    only this, so that a hibernated agent's inbox (which wakes it) or a remote one (which
+    publishes) can stand where a mailbox stands.
+
+    Today's implementation: ``_primitives.mailbox.Mailbox``.
+    """
+
+    def put_nowait(self, envelope: Envelope) -> None:
+        """Take ``envelope`` now.
+
+        Raises:
+            MailboxFull: there is no room.
+            MailboxClosed: the destination takes nothing any more.
+        """
+        ...
+
+    async def put(self, envelope: Envelope) -> None:
+        """Take ``envelope``, waiting for room if the inbox blocks when full; raises as
+        :meth:`put_nowait` (``MailboxFull`` at once if it rejects instead)."""
+        ...
+
+    def has_room(self) -> bool:
+        """Whether :meth:`put_nowait` would take a message now (closed: it raises instead)."""
+        ...
+
+    def __len__(self) -> int:
+        """Messages waiting: what least-loaded balancing reads."""
+        ...
+
+
+class Occupant(Protocol):
+    """The process behind an endpoint, as routing and delivery ask after it: whether it takes
+    messages, how loaded it is, and (off the hot path) how to refuse or describe a message.
+
+    Today's implementation: ``_process.cell.AgentCell``.
+    """
+
+    @property
+    def in_own_task(self) -> bool:
+        """Whether the caller is the occupant's own task (which must not wait on itself)."""
+        ...
+
+    @property
+    def serving(self) -> bool:
+        """Whether an instance runs and takes messages (not starting, stopping or between
+        instances)."""
+        ...
+
+    @property
+    def gone(self) -> bool:
+        """Whether it has stopped for good."""
+        ...
+
+    @property
+    def load(self) -> int:
+        """Messages waiting, plus one while a handler runs."""
+        ...
+
+    def refusal(self) -> AgentStopped:
+        """The error a call to it gets once it has stopped for good."""
+        ...
+
+    def describe(self, envelope: Envelope) -> str:
+        """``envelope`` for a log or an error message, as the occupant formats payloads."""
+        ...
+
+    def format_message(self, payload: Any) -> str:
+        """``payload`` as the occupant formats it for logs and errors."""
+        ...
+
+
+class Directory(Protocol[_Endpoint_co]):
+    """Names and endpoints: which id an address stands for, and where that id is reached.
+    Routing and delivery look destinations up only through this, so that a directory shared
+    by several nodes can replace the local one.
+
+    Today's implementation: ``_routing.directory.LocalDirectory`` (of ``Endpoint``\\ s).
+    """
+
+    def resolve(self, address: AgentId | str | None) -> AgentId | None:
+        """The id that ``address`` (a name or an id) stands for, if anything answers to it."""
+        ...
+
+    def endpoint(self, agent_id: AgentId) -> _Endpoint_co | None:
+        """The endpoint of the agent under ``agent_id`` that has not stopped for good."""
+        ...
+
+    def claim(self, name: str | None, agent_id: AgentId | None = None) -> AgentId:
+        """Give ``name`` to ``agent_id`` (a fresh id if none) and return the id.
+
+        Raises:
+            DuplicateAgent: the name is taken.
+        """
+        ...
+
+    def release(self, agent_id: AgentId) -> None:
+        """Free the name of ``agent_id`` and remember that it stopped for good."""
+        ...
+
+    def has_stopped(self, address: AgentId | str | None) -> bool:
+        """Whether the id stopped for good lately, with nothing running under it since."""
         ...

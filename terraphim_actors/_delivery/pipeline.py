@@ -40,7 +40,7 @@ from ..errors import (
 from .dead_letters import DeadLetterReason
 
 if TYPE_CHECKING:
-    from .._process.cell import AgentCell
+    from .._routing.endpoint import Endpoint
     from .._system.system import MessageSystem
 
 __all__ = ["DeliveryConfig", "DeliveryManager", "DeliveryStats", "RetryCandidate"]
@@ -233,8 +233,8 @@ class DeliveryManager:
 
     # -- sending ---------------------------------------------------------------------------
 
-    async def send(self, cell: AgentCell | None, envelope: Envelope) -> None:
-        """Deliver a cast or an info to ``cell``, waiting for room in a mailbox that blocks.
+    async def send(self, endpoint: Endpoint | None, envelope: Envelope) -> None:
+        """Deliver a cast or an info to ``endpoint``, waiting for room in a mailbox that blocks.
 
         A failure is retried later (retrying guarantees) or dead-lettered (at-most-once).
 
@@ -246,7 +246,7 @@ class DeliveryManager:
         """
         self.sent += 1
         try:
-            failure = await self._put(cell, envelope)
+            failure = await self._put(endpoint, envelope)
         except trio.Cancelled:
             self._give_up(envelope, DeadLetterReason.EXPIRED, "the sender gave up waiting for room")
             raise
@@ -254,49 +254,49 @@ class DeliveryManager:
             self.sent -= 1  # refused, not accepted: it was never the delivery layer's
             raise
         if failure is not None:
-            self._failed(cell, envelope, *failure)
+            self._failed(endpoint, envelope, *failure)
 
-    def send_nowait(self, cell: AgentCell | None, envelope: Envelope) -> None:
+    def send_nowait(self, endpoint: Endpoint | None, envelope: Envelope) -> None:
         """:meth:`send` without waiting: a full mailbox is a failure (retried or raised)."""
         self.sent += 1
-        if cell is not None and cell.breaker is None:
+        if endpoint is not None and endpoint.admission is None:
             # The common case, spelled out: a put into the mailbox of a healthy agent.
             try:
-                cell.mailbox.put_nowait(envelope)
+                endpoint.inbox.put_nowait(envelope)
             except (MailboxFull, MailboxClosed) as error:
-                self._failed(cell, envelope, *_failure_of(error, cell))
+                self._failed(endpoint, envelope, *_failure_of(error, endpoint))
             else:
                 self.delivered += 1
             return
-        failure = self._put_nowait(cell, envelope)
+        failure = self._put_nowait(endpoint, envelope)
         if failure is not None:
-            self._failed(cell, envelope, *failure)
+            self._failed(endpoint, envelope, *failure)
 
-    def post(self, cell: AgentCell, envelope: Envelope) -> None:
+    def post(self, endpoint: Endpoint, envelope: Envelope) -> None:
         """Deliver a notification the system originates, at most once; never raises.
 
         The circuit breaker does not apply: a ``Down`` or a timer must reach a struggling agent.
         """
         self.sent += 1
         try:
-            cell.mailbox.put_nowait(envelope)
+            endpoint.inbox.put_nowait(envelope)
         except (MailboxFull, MailboxClosed) as error:
-            self._give_up(envelope, self._final_reason(_failure_of(error, cell)[0]), str(error))
+            self._give_up(envelope, self._final_reason(_failure_of(error, endpoint)[0]), str(error))
         else:
             self.delivered += 1
 
-    def put_call_nowait(self, cell: AgentCell | None, envelope: Envelope) -> bool:
+    def put_call_nowait(self, endpoint: Endpoint | None, envelope: Envelope) -> bool:
         """Deliver a call at once if nothing stands in its way: a live agent without a circuit
         breaker, with room in its mailbox. Returns False, having done nothing, when the call
         must take :meth:`send_call`'s way, which may wait and retry."""
-        if cell is None or cell.breaker is not None or not cell.mailbox.has_room():
+        if endpoint is None or endpoint.admission is not None or not endpoint.inbox.has_room():
             return False
-        cell.mailbox.put_nowait(envelope)
+        endpoint.inbox.put_nowait(envelope)
         self.sent += 1
         self.delivered += 1
         return True
 
-    async def send_call(self, cell: AgentCell | None, envelope: Envelope) -> AgentCell:
+    async def send_call(self, endpoint: Endpoint | None, envelope: Envelope) -> Endpoint:
         """Deliver a call, in the caller's task: a failure before the handler ran (recipient
         missing, mailbox full, circuit open) is retried with backoff when its guarantee
         retries, within the caller's deadline, which the caller's cancel scope enforces.
@@ -311,24 +311,24 @@ class DeliveryManager:
         self.sent += 1
         try:
             while True:
-                failure = await self._put(cell, envelope)
+                failure = await self._put(endpoint, envelope)
                 if failure is None:
-                    assert cell is not None
-                    return cell
+                    assert endpoint is not None
+                    return endpoint
                 reason, error = failure
-                self._count_failure(cell, reason)
+                self._count_failure(endpoint, reason)
                 if not self._retries(envelope, reason):
                     raise error
                 if envelope.attempt >= _max_retries(envelope):
                     raise DeliveryFailed(
-                        f"{_describe(cell, envelope)} not delivered after {envelope.attempt}"
+                        f"{_describe(endpoint, envelope)} not delivered after {envelope.attempt}"
                         f" retries: {error}"
                     ) from error
                 envelope.attempt += 1
-                due = self._retry_time(cell, envelope, reason)
+                due = self._retry_time(endpoint, envelope, reason)
                 if due >= envelope.deadline:
                     raise DeliveryFailed(
-                        f"{_describe(cell, envelope)} not delivered: its next try would come"
+                        f"{_describe(endpoint, envelope)} not delivered: its next try would come"
                         f" after its caller's deadline: {error}"
                     ) from error
                 self.retried += 1
@@ -338,7 +338,7 @@ class DeliveryManager:
                     await trio.sleep_until(due)
                 finally:
                     del self._waiting[waiting]
-                [(cell, envelope)] = self._system.router.targets_of(envelope, retry=True)[:1]
+                [(endpoint, envelope)] = self._system.router.targets_of(envelope, retry=True)[:1]
         except OwnMailboxFull:
             self.sent -= 1  # refused, not accepted: it was never the delivery layer's
             raise
@@ -349,42 +349,42 @@ class DeliveryManager:
             self._give_up(envelope, DeadLetterReason.EXPIRED, "the caller gave up before delivery")
             raise
 
-    async def _put(self, cell: AgentCell | None, envelope: Envelope) -> _Failure | None:
-        """Put ``envelope`` in ``cell``'s mailbox, waiting if it blocks; or say why not.
+    async def _put(self, endpoint: Endpoint | None, envelope: Envelope) -> _Failure | None:
+        """Put ``envelope`` in ``endpoint``'s inbox, waiting if it blocks; or say why not.
 
         Checkpoints either way, as every blocking operation in Trio does."""
-        if cell is None or cell.breaker is not None:
-            failure = self._obstacle(cell, envelope)
+        if endpoint is None or endpoint.admission is not None:
+            failure = self._obstacle(endpoint, envelope)
             if failure is not None:
                 await trio.lowlevel.checkpoint()
                 return failure
-            assert cell is not None
+            assert endpoint is not None
         try:
-            await cell.mailbox.put(envelope)
+            await endpoint.inbox.put(envelope)
         except OwnMailboxFull:
             raise  # no retry would find room that only the sender could make
         except (MailboxFull, MailboxClosed) as error:
-            return _failure_of(error, cell)
+            return _failure_of(error, endpoint)
         self.delivered += 1
         return None
 
-    def _put_nowait(self, cell: AgentCell | None, envelope: Envelope) -> _Failure | None:
+    def _put_nowait(self, endpoint: Endpoint | None, envelope: Envelope) -> _Failure | None:
         """:meth:`_put` without waiting: a full mailbox is a failure."""
-        if cell is None or cell.breaker is not None:
-            failure = self._obstacle(cell, envelope)
+        if endpoint is None or endpoint.admission is not None:
+            failure = self._obstacle(endpoint, envelope)
             if failure is not None:
                 return failure
-            assert cell is not None
+            assert endpoint is not None
         try:
-            cell.mailbox.put_nowait(envelope)
+            endpoint.inbox.put_nowait(envelope)
         except (MailboxFull, MailboxClosed) as error:
-            return _failure_of(error, cell)
+            return _failure_of(error, endpoint)
         self.delivered += 1
         return None
 
-    def _obstacle(self, cell: AgentCell | None, envelope: Envelope) -> _Failure | None:
-        """Why ``envelope`` cannot go into ``cell``'s mailbox now, or ``None`` if it may try."""
-        if cell is None:
+    def _obstacle(self, endpoint: Endpoint | None, envelope: Envelope) -> _Failure | None:
+        """Why ``envelope`` cannot go into ``endpoint``'s inbox now, or ``None`` if it may try."""
+        if endpoint is None:
             if self._system.has_stopped(envelope.recipient):
                 return DeadLetterReason.AGENT_STOPPED, AgentStopped(
                     f"{envelope.recipient!r} has stopped"
@@ -392,25 +392,25 @@ class DeliveryManager:
             return DeadLetterReason.NOT_FOUND, AgentNotFound(
                 f"no agent is registered as {envelope.recipient!r}"
             )
-        breaker = cell.breaker
+        breaker = endpoint.admission
         if breaker is not None and not breaker.admit(self._clock.current_time()):
             return DeadLetterReason.CIRCUIT_OPEN, CircuitOpen(
-                f"the circuit of {cell.id!r} is open: failing fast"
+                f"the circuit of {endpoint.id!r} is open: failing fast"
             )
         return None
 
     def _failed(
         self,
-        cell: AgentCell | None,
+        endpoint: Endpoint | None,
         envelope: Envelope,
         reason: DeadLetterReason,
         error: MessagingError,
     ) -> None:
         """A cast or info could not be delivered: retry it later, or give up on it (and raise
         to an at-most-once sender what it should hear of)."""
-        self._count_failure(cell, reason)
+        self._count_failure(endpoint, reason)
         if self._retries(envelope, reason):
-            self._schedule_retry(envelope, reason, str(error), cell)
+            self._schedule_retry(envelope, reason, str(error), endpoint)
             return
         self._give_up(envelope, self._final_reason(reason), str(error))
         if envelope.options.guarantee is AT_MOST_ONCE and reason in _RAISED:
@@ -435,11 +435,11 @@ class DeliveryManager:
 
     # -- what the recipient reports ---------------------------------------------------------
 
-    def acknowledge(self, cell: AgentCell, envelope: Envelope, reply: Any = NO_REPLY) -> None:
+    def acknowledge(self, endpoint: Endpoint, envelope: Envelope, reply: Any = NO_REPLY) -> None:
         """The handler of ``envelope`` returned normally (a call's ``reply`` is kept for its
-        duplicates under exactly-once). ``AgentCell._serve`` counts the common case itself."""
+        duplicates under exactly-once). the gen_server loop counts the common case itself."""
         self.acknowledged += 1
-        breaker = cell.breaker
+        breaker = endpoint.admission
         handle = envelope.reply
         if (
             breaker is not None
@@ -450,45 +450,43 @@ class DeliveryManager:
         if envelope.options.guarantee is EXACTLY_ONCE:
             if reply is NO_REPLY and handle is not None:
                 reply = handle.keep_answer()  # deferred: its answer, whenever it is given
-            self.remember(cell, envelope, reply)
+            self.remember(endpoint, envelope, reply)
 
-    def remember(self, cell: AgentCell, envelope: Envelope, reply: Any = NO_REPLY) -> None:
+    def remember(self, endpoint: Endpoint, envelope: Envelope, reply: Any = NO_REPLY) -> None:
         """Record an exactly-once message as handled, with the reply a call gave (for a
         deferred call, the ``KeptAnswer`` that learns it)."""
-        handled = self._window(cell, envelope)
+        handled = self._window(endpoint, envelope)
         handled.remember(envelope.id, self._clock.current_time(), reply)
 
-    def suppress_duplicate(self, cell: AgentCell, envelope: Envelope) -> bool:
+    def suppress_duplicate(self, endpoint: Endpoint, envelope: Envelope) -> bool:
         """If the exactly-once ``envelope`` was handled within the window, settle it without
         handling it again (a duplicate call gets the reply the first one got, or, if that reply
         was deferred, its answer once given); return True."""
-        reply = self._window(cell, envelope).reply_for(envelope.id, self._clock.current_time())
+        reply = self._window(endpoint, envelope).reply_for(envelope.id, self._clock.current_time())
         if reply is UNSEEN:
             return False
         self.duplicates_suppressed += 1
         handle = envelope.reply
         if handle is not None and handle.pending:
             if reply is NO_REPLY:
-                handle.fail(
-                    DeliveryFailed(
-                        f"{cell.describe(envelope)} was handled before, with no reply kept"
-                    )
-                )
+                described = endpoint.occupant.describe(envelope)
+                handle.fail(DeliveryFailed(f"{described} was handled before, with no reply kept"))
             elif isinstance(reply, KeptAnswer):
                 reply.answer(handle)
             else:
                 handle.reply(reply)
         return True
 
-    def _window(self, cell: AgentCell, envelope: Envelope) -> HandledMessages:
-        """The dedup window for ``envelope`` at ``cell``: its pool's, if it came through the
-        pool (so that no member handles it again), else the agent's own."""
-        pool = cell.pool
-        if pool is not None and self._system.registered_id(envelope.recipient) == pool.id:
-            return pool.handled
-        if cell.handled is None:
-            cell.handled = HandledMessages(self.config.dedup_window)
-        return cell.handled
+    def _window(self, endpoint: Endpoint, envelope: Envelope) -> HandledMessages:
+        """The dedup window for ``envelope`` at ``endpoint``: its group's, if it came through
+        the group (so that no member handles it again), else the endpoint's own."""
+        group = endpoint.group
+        if group is not None and group.addressed_by(envelope.recipient):
+            return group.window
+        window = endpoint.window
+        if window is None:
+            window = endpoint.window = HandledMessages(self.config.dedup_window)
+        return window
 
     def undelivered(
         self,
@@ -518,30 +516,30 @@ class DeliveryManager:
             return
         self._give_up(envelope, self._final_reason(why), str(error))
 
-    def deferred_call_failed(self, cell: AgentCell) -> None:
+    def deferred_call_failed(self, endpoint: Endpoint) -> None:
         """A call acknowledged when its handler returned (deferred) was then failed by the
-        agent: count it as failed, and against ``cell``'s circuit breaker."""
+        agent: count it as failed, and against ``endpoint``'s circuit breaker."""
         self.acknowledged -= 1
         self.failed += 1
-        self.record_failure(cell)
+        self.record_failure(endpoint)
 
-    def record_success(self, cell: AgentCell) -> None:
-        """Count a success for ``cell``'s circuit breaker (a deferred reply was sent)."""
-        if cell.breaker is not None:
-            cell.breaker.record_success()
+    def record_success(self, endpoint: Endpoint) -> None:
+        """Count a success for ``endpoint``'s circuit breaker (a deferred reply was sent)."""
+        if endpoint.admission is not None:
+            endpoint.admission.record_success()
 
-    def record_failure(self, cell: AgentCell) -> None:
-        """Count a failure against ``cell``'s circuit breaker (made on its first failure)."""
+    def record_failure(self, endpoint: Endpoint) -> None:
+        """Count a failure against ``endpoint``'s circuit breaker (made on its first failure)."""
         if self._breakers is None:
             return
-        breaker = cell.breaker
+        breaker = endpoint.admission
         if breaker is None:
-            breaker = cell.breaker = CircuitBreaker(self._breakers)
+            breaker = endpoint.admission = CircuitBreaker(self._breakers)
         breaker.record_failure(self._clock.current_time())
 
-    def _count_failure(self, cell: AgentCell | None, reason: DeadLetterReason) -> None:
-        if cell is not None and reason is not DeadLetterReason.CIRCUIT_OPEN:
-            self.record_failure(cell)
+    def _count_failure(self, endpoint: Endpoint | None, reason: DeadLetterReason) -> None:
+        if endpoint is not None and reason is not DeadLetterReason.CIRCUIT_OPEN:
+            self.record_failure(endpoint)
 
     # -- retries -----------------------------------------------------------------------------
 
@@ -560,7 +558,7 @@ class DeliveryManager:
         return delay
 
     def _retry_time(
-        self, cell: AgentCell | None, envelope: Envelope, reason: DeadLetterReason
+        self, endpoint: Endpoint | None, envelope: Envelope, reason: DeadLetterReason
     ) -> float:
         """When the next try of ``envelope`` is due, by the backoff (``attempt`` is that next
         try's number); not before an open circuit lets a trial through, since sooner it would
@@ -568,7 +566,7 @@ class DeliveryManager:
         under way will soon have closed the circuit, or opened it again.)"""
         now = self._clock.current_time()
         due = now + self.backoff(envelope)
-        breaker = None if cell is None else cell.breaker
+        breaker = None if endpoint is None else endpoint.admission
         if (
             reason is DeadLetterReason.CIRCUIT_OPEN
             and breaker is not None
@@ -582,7 +580,7 @@ class DeliveryManager:
         envelope: Envelope,
         reason: DeadLetterReason,
         detail: str,
-        cell: AgentCell | None = None,
+        endpoint: Endpoint | None = None,
     ) -> None:
         """Have the router try ``envelope`` again after its backoff, or give up on it if it
         has had all its retries, or if its next try would come after its timeout."""
@@ -594,7 +592,7 @@ class DeliveryManager:
             )
             return
         envelope.attempt += 1
-        due = self._retry_time(cell, envelope, reason)
+        due = self._retry_time(endpoint, envelope, reason)
         if due > envelope.created_at + envelope.options.timeout:
             self._give_up(
                 envelope,
@@ -627,10 +625,10 @@ class DeliveryManager:
             )
             return
         self.sent += len(targets) - 1  # each copy fanned out is a message of its own
-        for cell, copy in targets:
-            failure = self._put_nowait(cell, copy)
+        for endpoint, copy in targets:
+            failure = self._put_nowait(endpoint, copy)
             if failure is not None:
-                self._failed(cell, copy, *failure)
+                self._failed(endpoint, copy, *failure)
 
     @property
     def waiting(self) -> int:
@@ -679,13 +677,13 @@ def _max_retries(envelope: Envelope) -> int:
     return retries
 
 
-def _failure_of(error: MailboxFull | MailboxClosed, cell: AgentCell) -> _Failure:
+def _failure_of(error: MailboxFull | MailboxClosed, endpoint: Endpoint) -> _Failure:
     if isinstance(error, MailboxFull):
         return DeadLetterReason.MAILBOX_FULL, error
-    return DeadLetterReason.AGENT_STOPPED, cell.refusal()
+    return DeadLetterReason.AGENT_STOPPED, endpoint.occupant.refusal()
 
 
-def _describe(cell: AgentCell | None, envelope: Envelope) -> str:
+def _describe(endpoint: Endpoint | None, envelope: Envelope) -> str:
     """``envelope`` for a log or an error message, as its recipient's ``format_message`` shows
     its payload (the bounded repr when there is no such agent)."""
-    return repr(envelope) if cell is None else cell.describe(envelope)
+    return repr(envelope) if endpoint is None else endpoint.occupant.describe(envelope)

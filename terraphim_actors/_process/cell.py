@@ -8,6 +8,7 @@ so messages wait for the new instance. The cell stays until the agent stops for 
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -29,22 +30,31 @@ from .._core.notifications import (
     StopReason,
 )
 from .._delivery.dead_letters import DeadLetterReason
-from .._primitives.circuit import CircuitBreaker
-from .._primitives.dedup import HandledMessages
 from .._primitives.mailbox import Mailbox, MailboxConfig
 from .._primitives.timers import Timer
+from .._routing.endpoint import Endpoint
 from ..errors import AgentStartFailed, AgentStopped, SystemClosed
 from .context_vars import current_cell, inherited_deadline
-from .lifecycle import CellState, transition
 
 if TYPE_CHECKING:
     from .._core.protocols import Behaviour, Instance
-    from .._routing.groups import Pool
     from .host import AgentHost
 
 __all__ = ["AgentCell", "CellState", "stopped_error"]
 
 logger = logging.getLogger("terraphim_actors")
+
+
+class CellState(enum.Enum):
+    """Where an agent is in its life."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    #: Between instances: its supervisor will start it again (or retire it); messages wait.
+    RESTARTING = "restarting"
+    #: Stopped for good: the mailbox is closed and the name is free.
+    STOPPED = "stopped"
 
 
 #: The states in which an instance of the agent runs.
@@ -72,15 +82,13 @@ class AgentCell:
         "_watchers",
         "_watching",
         "behaviour",
-        "breaker",
+        "endpoint",
         "exit_reason",
-        "handled",
         "id",
         "instances",
         "latest",
         "mailbox",
         "placement",
-        "pool",
         "ref",
         "restart",
         "retiring",
@@ -100,12 +108,21 @@ class AgentCell:
         mailbox: MailboxConfig,
         shutdown: float,
         restart: RestartType,
+        endpoint: Endpoint | None = None,
     ) -> None:
         self.system = system
         self.id = agent_id
         #: What each instance runs (the Agent's gen_server): the cell never serves a message.
         self.behaviour = behaviour
+        #: The mailbox its instances take messages from.
         self.mailbox = Mailbox(agent_id, mailbox)
+        if endpoint is None:
+            endpoint = Endpoint(agent_id, self.mailbox, self)
+        else:  # a restart of its subtree made a new cell: same circuit, window and group
+            endpoint.attach(self.mailbox, self)
+        #: The destination it serves (owned by routing, kept by its starter across cells):
+        #: delivery puts into the endpoint's inbox, which is this cell's mailbox.
+        self.endpoint = endpoint
         #: The ref handed out to others, set by whoever made the cell (an ``AgentRef``): the
         #: cell only passes it on, in ``Down`` and to its supervisor.
         self.ref: Any = None
@@ -113,7 +130,6 @@ class AgentCell:
         self.shutdown = shutdown
         #: Whether its supervisor restarts it, which decides when an exit is for good.
         self.restart = restart
-        #: Where it is in its lifecycle; changed only through ``lifecycle.transition``.
         self.state = CellState.STARTING
         #: Instances started so far (the first start, then one per restart).
         self.instances = 0
@@ -156,12 +172,6 @@ class AgentCell:
         self._background: dict[trio.CancelScope, None] = {}
         self._watchers: dict[MonitorRef, AgentCell] = {}
         self._watching: dict[MonitorRef, AgentCell] = {}
-        #: Its circuit breaker, made on its first failure (kept across restarts).
-        self.breaker: CircuitBreaker | None = None
-        #: What it handled lately under exactly-once, made on the first such message.
-        self.handled: HandledMessages | None = None
-        #: The pool it is a member of, whose window dedups what comes through the pool.
-        self.pool: Pool | None = None
 
     def __repr__(self) -> str:
         return f"<AgentCell {self.id!r} {self.state.value}>"
@@ -174,6 +184,16 @@ class AgentCell:
     # -- delivery --------------------------------------------------------------------------
 
     @property
+    def serving(self) -> bool:
+        """Whether an instance runs and takes messages (what a group prefers)."""
+        return self.state is CellState.RUNNING
+
+    @property
+    def gone(self) -> bool:
+        """Whether it has stopped for good."""
+        return self.state is CellState.STOPPED
+
+    @property
     def load(self) -> int:
         """Messages waiting, plus one while a handler runs: what least-loaded balancing uses."""
         return len(self.mailbox) + (self._in_hand is not None)
@@ -182,7 +202,7 @@ class AgentCell:
         """Send this agent a notification from the system (at most once, never raises)."""
         delivery = self.system.delivery
         envelope = info(payload, recipient=self.id, options=delivery.notice_options())
-        delivery.post(self, envelope)
+        delivery.post(self.endpoint, envelope)
 
     def refusal(self) -> AgentStopped:
         """The error a call to this agent gets once it has stopped for good."""
@@ -227,8 +247,7 @@ class AgentCell:
         if self.system.closing:
             raise SystemClosed(f"{self.id!r} not started: the system is shutting down")
         self.placement = current_child()
-        if self.instances:  # a new cell is STARTING already
-            self.state = transition(self.state, CellState.STARTING)
+        self.state = CellState.STARTING
         self.instances += 1
         if self.instances > 1:
             self.system.count_restart()
@@ -248,7 +267,7 @@ class AgentCell:
         if self._final or self.system.closing:
             self.finish(reason)
         else:
-            self.state = transition(self.state, CellState.RESTARTING)
+            self.state = CellState.RESTARTING
         over, self._instance_over = self._instance_over, None
         if over is not None:
             over.set()
@@ -298,7 +317,7 @@ class AgentCell:
             with trio.CancelScope() as scope:
                 self._instance_scope = scope
                 instance = self.latest = await self.behaviour.start(self)
-                self.state = transition(self.state, CellState.RUNNING)
+                self.state = CellState.RUNNING
                 task_status.started(self.ref)
                 self.system.publish(AgentStarted(self.id))
                 reason = await instance.run()
@@ -328,7 +347,7 @@ class AgentCell:
 
     async def _end_instance(self, instance: Instance, reason: ExitReason) -> None:
         """Settle everything the instance had in hand, then let it clean up."""
-        self.state = transition(self.state, CellState.STOPPING)
+        self.state = CellState.STOPPING
         in_hand, self._in_hand = self._in_hand, None
         if in_hand is not None:
             crashed = isinstance(reason, BaseException)
@@ -371,7 +390,7 @@ class AgentCell:
         """
         if self.state is CellState.STOPPED:
             return
-        self.state = transition(self.state, CellState.STOPPED)
+        self.state = CellState.STOPPED
         self.exit_reason = reason
         self.mailbox.close()
         for envelope in self.mailbox.drain():

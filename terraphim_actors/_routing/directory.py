@@ -1,30 +1,43 @@
-"""The registry: which agents and mailboxes answer to which ids and names."""
+"""The local directory: which agents, endpoints and mailboxes answer to which ids and names."""
 
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 from .._core.ids import AgentId
 from .._primitives.mailbox import Mailbox
 from ..errors import DuplicateAgent, InvalidConfig
+from .endpoint import Endpoint
 
-if TYPE_CHECKING:
-    from .._process.cell import AgentCell
+__all__ = ["LocalDirectory"]
 
-__all__ = ["Registry"]
-
-#: How many ids of agents that stopped for good a registry remembers, so that a message for
+#: How many ids of agents that stopped for good a directory remembers, so that a message for
 #: one (a retry, a send through an old ref or to a stopped pool) is refused, not retried.
 _STOPPED_KEPT = 10_000
 
 
-class Registry:
+class Resident(Protocol):
+    """What the directory keeps by id: something with an id and the endpoint that reaches it
+    (today an ``AgentCell``, which the layers above keep here and read back whole)."""
+
+    @property
+    def id(self) -> AgentId: ...
+
+    @property
+    def endpoint(self) -> Endpoint: ...
+
+
+_Resident = TypeVar("_Resident", bound=Resident)
+
+
+class LocalDirectory(Generic[_Resident]):
     """Names, the agents that have not stopped for good, hand-driven mailboxes, and the ids
-    that stopped lately. A name belongs to one id (an agent's, a pool's or a mailbox's)."""
+    that stopped lately, in this process: the :class:`~terraphim_actors._core.protocols.Directory`
+    of one node. A name belongs to one id (an agent's, a pool's or a mailbox's)."""
 
     def __init__(self) -> None:
-        self.cells: dict[AgentId, AgentCell] = {}
+        self.cells: dict[AgentId, _Resident] = {}
         self.mailboxes: dict[AgentId, Mailbox] = {}
         self._names: dict[str, AgentId] = {}
         self._stopped: collections.OrderedDict[AgentId, None] = collections.OrderedDict()
@@ -39,6 +52,15 @@ class Registry:
         if address is None or isinstance(address, AgentId):
             return address
         raise InvalidConfig(f"an address is an AgentId or a registered name, got {address!r}")
+
+    def endpoint(self, agent_id: AgentId) -> Endpoint | None:
+        """The endpoint of the agent under ``agent_id``, if it has not stopped for good."""
+        cell = self.cells.get(agent_id)
+        return None if cell is None else cell.endpoint
+
+    def endpoints(self) -> list[Endpoint]:
+        """The endpoints of every agent that has not stopped for good."""
+        return [cell.endpoint for cell in list(self.cells.values())]
 
     def taken(self, name: str | None) -> bool:
         """Whether ``name`` belongs to something already."""
@@ -69,12 +91,12 @@ class Registry:
         if len(self._stopped) > _STOPPED_KEPT:
             self._stopped.popitem(last=False)
 
-    def add(self, cell: AgentCell) -> None:
+    def add(self, cell: _Resident) -> None:
         """Register a new agent under its id (its name claimed already)."""
         self.cells[cell.id] = cell
         self._stopped.pop(cell.id, None)
 
-    def remove(self, cell: AgentCell) -> None:
+    def remove(self, cell: _Resident) -> None:
         """Unregister an agent that has stopped for good."""
         if self.cells.get(cell.id) is cell:
             del self.cells[cell.id]

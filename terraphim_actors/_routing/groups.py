@@ -1,68 +1,102 @@
-"""Pools: several instances of one agent behind one ref, with a balancer choosing among them."""
+"""Groups: several endpoints behind one address, with a balancer choosing among them.
+
+A pool is a group whose members are instances of one agent. The group knows only endpoints
+(and, through them, whether each occupant takes messages): who starts and supervises the
+members is the business of the layers above, so a ref reaches a group exactly as it reaches
+one endpoint, through its address.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
-from supervisor import Supervisor
+import trio
 
-from .._behaviour.refs import AgentRef
 from .._core.ids import AgentId
-from .._core.messages import DeliveryGuarantee, Envelope, MessageKind, Priority
+from .._core.messages import DeliveryGuarantee, Envelope, MessageKind
 from .._primitives.balancing import Balancer, LoadBalancing
 from .._primitives.dedup import HandledMessages
-from .._process.cell import CellState
-from .._process.context_vars import current_cell
 from ..errors import CallToSelf, InvalidConfig
+from .endpoint import Endpoint
 
-if TYPE_CHECKING:
-    from .._behaviour.spec import AgentStarter
-    from .._process.cell import AgentCell
-    from .._system.system import MessageSystem
-
-__all__ = ["Pool", "PoolRef"]
-
-RUNNING = CellState.RUNNING
-STOPPED = CellState.STOPPED
+__all__ = ["Group"]
 
 
-class Pool:
-    """The members of a pool (by position, stable across their restarts) and their balancer."""
+class _RoutedCount(Protocol):
+    """Where a group counts the messages sent through it (the router's statistics)."""
+
+    routed: int
+
+
+class Group:
+    """The member endpoints of a group (by position, stable across their restarts), their
+    balancer, and the exactly-once window shared by every member for what comes through the
+    group, so that a message retried through the group is not handled again by another."""
 
     def __init__(
         self,
-        system: MessageSystem,
-        pool_id: AgentId,
-        starters: list[AgentStarter],
+        group_id: AgentId,
+        size: int,
         balancer: Balancer,
-        supervisor: Supervisor,
+        window: HandledMessages,
+        clock: trio.abc.Clock,
+        counts: _RoutedCount,
     ) -> None:
-        self.system = system
-        self.id = pool_id
-        #: What starts each member, by position.
-        self.starters = starters
+        self.id = group_id
+        #: Each member's endpoint by position, once the member has first started.
+        self.positions: list[Endpoint | None] = [None] * size
         self.balancer = balancer
-        #: The supervisor that restarts the members.
-        self.supervisor = supervisor
-        #: The exactly-once window of messages sent through the pool, shared by the members.
-        self.handled = HandledMessages(system.delivery.config.dedup_window)
+        #: The exactly-once window of messages sent through the group.
+        self.window = window
+        self._clock = clock
+        self._counts = counts
+        #: False once the group has stopped for good.
+        self.live = True
 
-    def retire(self) -> None:
-        """The pool will not run again: its members stop for good and its name is freed."""
-        for starter in self.starters:
-            starter.retire()
-        self.system.forget_pool(self)
+    def __repr__(self) -> str:
+        return f"<Group {self.id!r}: {len(self.positions)} members>"
 
-    def member(self, position: int) -> AgentCell | None:
-        """The agent at ``position`` if it has not stopped for good."""
-        cell = self.starters[position].cell
-        return None if cell is None or cell.state is STOPPED else cell
+    @property
+    def strategy(self) -> LoadBalancing:
+        """How the group chooses a member."""
+        return self.balancer.strategy
 
-    def members(self) -> list[AgentCell]:
-        """The members that have not stopped for good, in pool order."""
-        return [cell for cell in map(self.member, range(len(self.starters))) if cell is not None]
+    def join(self, position: int, endpoint: Endpoint) -> None:
+        """``endpoint`` is the member at ``position`` from now on."""
+        self.positions[position] = endpoint
+        endpoint.group = self
 
-    def choose(self, envelope: Envelope | None) -> AgentCell | None:
+    def addressed_by(self, recipient: AgentId | str | None) -> bool:
+        """Whether a message for ``recipient`` came through the group (its id, or its name
+        while it lives: a group's name is freed only once it has stopped), not to a member
+        by the member's own address."""
+        return recipient is not None and (recipient == self.id or recipient == self.id.name)
+
+    def member(self, position: int) -> Endpoint | None:
+        """The member at ``position`` if it has not stopped for good."""
+        endpoint = self.positions[position]
+        return None if endpoint is None or endpoint.occupant.gone else endpoint
+
+    def members(self) -> list[Endpoint]:
+        """The members that have not stopped for good, in group order."""
+        return [e for e in map(self.member, range(len(self.positions))) if e is not None]
+
+    # -- as an address: what a ref resolves its destination through -------------------------
+
+    def route(self, envelope: Envelope | None) -> Endpoint | None:
+        """The member for a message sent through the group's ref (counted as routed)."""
+        self._counts.routed += 1
+        return self.choose(envelope)
+
+    def only(self) -> Endpoint:
+        """A group is not one destination.
+
+        Raises:
+            InvalidConfig: always.
+        """
+        raise InvalidConfig(f"{self.id!r} is a pool, not one agent: use its members")
+
+    def choose(self, envelope: Envelope | None) -> Endpoint | None:
         """The member for ``envelope``; ``None`` when no member can take it.
 
         A member is skipped while its circuit refuses, while it waits to restart (if another
@@ -72,51 +106,55 @@ class Pool:
         duplicate.
 
         Raises:
-            CallToSelf: a member called the pool from its own task, and every other member has
-                stopped for good: only the caller could answer, and it would wait for itself.
+            CallToSelf: a member called the group from its own task, and every other member
+                has stopped for good: only the caller could answer, and it would wait for
+                itself.
         """
-        now = self.system.clock.current_time()
+        now = self._clock.current_time()
+        members = [self.member(position) for position in range(len(self.positions))]
         caller = None
         if envelope is not None and envelope.kind is MessageKind.CALL:
-            caller = current_cell.get()
-            if caller is not None and not caller.in_own_task:
-                caller = None  # a background task: its agent's handler is free to answer
-        cells = [self.member(position) for position in range(len(self.starters))]
+            # Only a member's own task is a caller that cannot answer: a background task's
+            # agent has its handler free.
+            caller = next((e for e in members if e is not None and e.occupant.in_own_task), None)
         # The caller does not count as running: a restarting member answers it once back.
         running_only = any(
-            cell is not None and cell is not caller and cell.state is RUNNING for cell in cells
+            e is not None and e is not caller and e.occupant.serving for e in members
         )
 
         def available(position: int) -> bool:
-            cell = cells[position]
-            if cell is None or cell is caller:
+            endpoint = members[position]
+            if endpoint is None or endpoint is caller:
                 return False
-            if running_only and cell.state is not RUNNING:
+            if running_only and not endpoint.occupant.serving:
                 return False
-            breaker = cell.breaker
-            return breaker is None or breaker.would_admit(now)
+            admission = endpoint.admission
+            return admission is None or admission.would_admit(now)
 
         def load(position: int) -> int:
-            cell = cells[position]
-            return 0 if cell is None else cell.load
+            endpoint = members[position]
+            return 0 if endpoint is None else endpoint.occupant.load
 
         if envelope is not None and envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE:
-            size = len(self.starters)
+            size = len(self.positions)
             by_id = (int(envelope.id) + step for step in range(size))
             position = next((p % size for p in by_id if available(p % size)), None)
         else:
             payload = None if envelope is None else envelope.payload
             position = self.balancer.choose(payload, available, load)
         if position is not None:
-            return cells[position]
+            return members[position]
         # Every other member's circuit refuses: name the one that lets a trial through first,
         # so the sender sees the open circuit (and a retry waits for it) rather than nobody.
         refusing = [
-            cell
-            for cell in self.members()
-            if cell is not caller and cell.breaker is not None and not cell.breaker.would_admit(now)
+            e
+            for e in members
+            if e is not None
+            and e is not caller
+            and e.admission is not None
+            and not e.admission.would_admit(now)
         ]
-        if not refusing and caller is not None and caller in cells:
+        if not refusing and caller is not None:
             raise CallToSelf(
                 f"{caller.id!r} called its own pool {self.id!r}, whose only member left is"
                 " itself: it would wait forever"
@@ -124,54 +162,6 @@ class Pool:
         return min(refusing, key=_reopens_at, default=None)
 
 
-def _reopens_at(cell: AgentCell) -> float:
-    assert cell.breaker is not None
-    return cell.breaker.reopens_at
-
-
-class PoolRef(AgentRef):
-    """The one ref of a pool: each ``call``, ``cast`` and ``info`` goes to the member its
-    balancer chooses (see :class:`LoadBalancing`); :meth:`broadcast` goes to all of them.
-
-    A message that fails is retried through the pool, so it may reach another member.
-    """
-
-    __slots__ = ("_pool",)
-
-    def __init__(self, pool: Pool) -> None:
-        self._pool = pool
-        self._system = pool.system
-        self.id = pool.id
-
-    def __repr__(self) -> str:
-        return f"PoolRef({self.id!r}, {len(self._pool.starters)} members)"
-
-    @property
-    def strategy(self) -> LoadBalancing:
-        """How the pool chooses a member."""
-        return self._pool.balancer.strategy
-
-    @property
-    def members(self) -> list[AgentRef]:
-        """Refs to the members that have not stopped for good, in pool order."""
-        return [cell.ref for cell in self._pool.members()]
-
-    @property
-    def alive(self) -> bool:
-        """False once the pool has stopped."""
-        return self.id in self._pool.system.router.pools
-
-    async def broadcast(self, payload: Any, *, priority: Priority = Priority.NORMAL) -> None:
-        """Cast ``payload`` to every member (each send as :meth:`AgentRef.cast`)."""
-        for member in self.members:
-            await member.cast(payload, priority=priority)
-
-    def _route(self, envelope: Envelope | None) -> AgentCell | None:
-        self._pool.system.router.routed += 1
-        return self._target(envelope)
-
-    def _target(self, envelope: Envelope | None) -> AgentCell | None:
-        return self._pool.choose(envelope)
-
-    def _agent(self) -> AgentCell:
-        raise InvalidConfig(f"{self.id!r} is a pool, not one agent: use its members")
+def _reopens_at(endpoint: Endpoint) -> float:
+    assert endpoint.admission is not None
+    return endpoint.admission.reopens_at

@@ -19,12 +19,12 @@ from .._core.messages import Envelope
 from .._primitives.circuit import CircuitBreakerConfig, CircuitState
 from .._primitives.timers import Timer, TimerService
 from ..errors import InvalidConfig
+from .endpoint import Endpoint
+from .groups import Group
 
 if TYPE_CHECKING:
     from .._behaviour.refs import AgentRef
-    from .._process.cell import AgentCell
     from .._system.system import MessageSystem
-    from .groups import Pool
 
 __all__ = ["MessageRouter", "Router", "RouterConfig", "RouterStats"]
 
@@ -92,7 +92,8 @@ class Router:
         self.config = config
         self._system = system
         self._schedule = TimerService()
-        self.pools: dict[AgentId, Pool] = {}
+        #: The groups (pools) running, by their id.
+        self.pools: dict[AgentId, Group] = {}
         self.routed = 0
 
     async def run(self) -> None:
@@ -105,8 +106,8 @@ class Router:
 
     def targets_of(
         self, envelope: Envelope, *, retry: bool = False
-    ) -> list[tuple[AgentCell | None, Envelope]]:
-        """Where an addressed message goes now: ``(cell, copy)`` pairs, one per recipient, or
+    ) -> list[tuple[Endpoint | None, Envelope]]:
+        """Where an addressed message goes now: ``(endpoint, copy)`` pairs, one per recipient, or
         a single ``(None, envelope)`` when nobody takes it.
 
         The custom router decides, if there is one; but a retry of a copy it addressed to an
@@ -122,26 +123,27 @@ class Router:
         copies = [envelope] + [attrs.evolve(envelope) for _ in refs[1:]]
         for ref, copy in zip(refs, copies, strict=True):
             copy.recipient = ref.id
-        return [(ref._target(copy), copy) for ref, copy in zip(refs, copies, strict=True)]
+        return [(ref.destination(copy), copy) for ref, copy in zip(refs, copies, strict=True)]
 
-    def _registered_target(self, envelope: Envelope) -> AgentCell | None:
-        """The running agent (or pool member) that the recipient's name or id stands for."""
-        system = self._system
-        agent_id = system.registered_id(envelope.recipient)
+    def _registered_target(self, envelope: Envelope) -> Endpoint | None:
+        """The endpoint of the running agent (or group member) that the recipient's name or
+        id stands for."""
+        directory = self._system.registry
+        agent_id = directory.resolve(envelope.recipient)
         if agent_id is None:
             return None
-        pool = self.pools.get(agent_id)
-        if pool is not None:
-            return pool.choose(envelope)
-        return system.live_cell(agent_id)
+        group = self.pools.get(agent_id)
+        if group is not None:
+            return group.choose(envelope)
+        return directory.endpoint(agent_id)
 
     def stats(self) -> RouterStats:
         """A frozen snapshot of the router's state."""
         now = self._system.clock.current_time()
         circuits = {
-            cell.id: cell.breaker.state(now)
-            for cell in self._system.live_cells()
-            if cell.breaker is not None
+            endpoint.id: endpoint.admission.state(now)
+            for endpoint in self._system.registry.endpoints()
+            if endpoint.admission is not None
         }
         return RouterStats(
             circuits=circuits,

@@ -4,6 +4,7 @@ in and out."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping
@@ -26,7 +27,7 @@ from supervisor import (
 
 from .._behaviour.agent import Agent
 from .._behaviour.agent_checks import check_agent_class
-from .._behaviour.refs import AgentRef
+from .._behaviour.refs import AgentRef, PoolRef
 from .._behaviour.spec import AgentStarter, agent_child_spec
 from .._core.bounded_repr import LazyText
 from .._core.checks import check_count, check_instance, check_seconds, validator
@@ -37,12 +38,13 @@ from .._core.threads import check_thread, current_thread_id
 from .._delivery.dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
 from .._delivery.pipeline import DeliveryConfig, DeliveryManager
 from .._primitives.balancing import Balancer, LoadBalancing
+from .._primitives.dedup import HandledMessages
 from .._primitives.mailbox import Mailbox, MailboxConfig, MailboxStats, ThreadBoundMailbox
 from .._primitives.timers import TimerService
 from .._process.cell import AgentCell, CellState
 from .._process.context_vars import current_cell
-from .._routing.directory import Registry
-from .._routing.groups import Pool, PoolRef
+from .._routing.directory import LocalDirectory
+from .._routing.groups import Group
 from .._routing.router import Router, RouterConfig
 from ..errors import (
     AgentNotFound,
@@ -174,7 +176,9 @@ class MessageSystem:
         self.delivery = DeliveryManager(config.delivery, config.router.circuit_breaker, self)
         self._dead_letters = DeadLetterOffice(config.dead_letter_capacity)
         self._dead_letter_subscribers: list[AgentCell] = []
-        self.registry = Registry()
+        self.registry: LocalDirectory[AgentCell] = LocalDirectory()
+        #: What starts each member of each pool running, by the pool's id.
+        self._pool_starters: dict[AgentId, list[AgentStarter]] = {}
         self._subscribers: list[AgentCell] = []
         self._opened_at = trio.current_time()
         self._spawned = 0
@@ -368,28 +372,50 @@ class MessageSystem:
             stop_concurrently=True,  # alike and independent: busy members do not add up
             name=f"pool {name or pool_id!r}",
         )
-        pool = Pool(self, pool_id, starters, Balancer(strategy, size, key=key, seed=seed), members)
-        for starter in starters:
-            starter.pool = pool
-        self.router.pools[pool_id] = pool
+        group = Group(
+            pool_id,
+            size,
+            Balancer(strategy, size, key=key, seed=seed),
+            HandledMessages(self.delivery.config.dedup_window),
+            self.clock,
+            self.router,
+        )
+        for position, starter in enumerate(starters):
+            starter.group, starter.position = group, position
+        self.router.pools[pool_id] = group
+        self._pool_starters[pool_id] = starters
+        retire = functools.partial(self._retire_pool, group)
         try:
-            await self.root.start_child(attrs.evolve(members.as_child(pool_id), retire=pool.retire))
+            await self.root.start_child(attrs.evolve(members.as_child(pool_id), retire=retire))
         except ChildStartFailed as failure:
-            self.forget_pool(pool)
+            self.forget_pool(group)
             raise AgentStartFailed(f"pool {name!r} failed to start: {failure}") from failure
         except SupervisorNotRunning:
-            self.forget_pool(pool)
+            self.forget_pool(group)
             raise SystemClosed("the message system is shutting down") from None
-        return PoolRef(pool)
+        return PoolRef(group, self)
 
-    def forget_pool(self, pool: Pool) -> None:
+    def forget_pool(self, group: Group) -> None:
         """Unregister a pool that has stopped for good."""
-        self.router.pools.pop(pool.id, None)
-        self.registry.release(pool.id)
+        group.live = False
+        self.router.pools.pop(group.id, None)
+        self._pool_starters.pop(group.id, None)
+        self.registry.release(group.id)
+
+    def _retire_pool(self, group: Group) -> None:
+        """The pool will not run again: its members stop for good and its name is freed."""
+        for starter in self._pool_starters.get(group.id, ()):
+            starter.retire()
+        self.forget_pool(group)
+
+    def _pool_members(self, group: Group) -> list[AgentCell]:
+        """The members of a pool that have not stopped for good, in pool order."""
+        starters = self._pool_starters.get(group.id, ())
+        return [s.cell for s in starters if s.cell is not None and not s.cell.gone]
 
     async def _stop_pool(self, ref: PoolRef) -> None:
-        pool = ref._pool
-        members = pool.members()
+        pool = ref.group
+        members = self._pool_members(pool)
         if current_cell.get() in members:
             raise CallToSelf("a pool member cannot wait for its own pool's stop")
         if not ref.alive:
@@ -398,7 +424,7 @@ class MessageSystem:
             raise SystemClosed("the message system is shutting down: it stops every pool")
         with _stopping_for_good(members):  # what they had in hand is not for a next instance
             await self.root.remove_child(pool.id)
-        pool.retire()
+        self._retire_pool(pool)
 
     def _starter(
         self,
@@ -444,9 +470,9 @@ class MessageSystem:
         agent_id = self.registered_id(name)
         if agent_id is None:
             return None
-        pool = self.router.pools.get(agent_id)
-        if pool is not None:
-            return PoolRef(pool)
+        group = self.router.pools.get(agent_id)
+        if group is not None:
+            return PoolRef(group, self)
         cell = self.registry.cells.get(agent_id)
         return None if cell is None else cell.ref
 
@@ -790,8 +816,8 @@ class MessageSystem:
         await self.root.stop()
         for cell in list(self.registry.cells.values()):
             cell.finish(StopReason.SHUTDOWN)  # those between instances when the tree stopped
-        for pool in list(self.router.pools.values()):
-            pool.retire()
+        for group in list(self.router.pools.values()):
+            self._retire_pool(group)
         self.delivery.settle_waiting()
         for mailbox in self.registry.mailboxes.values():
             mailbox.close()
