@@ -6,8 +6,8 @@ import collections
 import random
 
 import attrs
-import tenacity
 
+from ._backoff import exponential_delay
 from ._checks import check_count, check_factor, check_seconds, seconds
 
 __all__ = ["RestartBackoff", "RestartWindow"]
@@ -80,10 +80,11 @@ class RestartBackoff:
 
     def delay(self, consecutive: int) -> float:
         """Seconds to wait before the ``consecutive``-th restart in a row (1 for the first)."""
-        wait = tenacity.wait_exponential(  # in floats: an int base would build ever larger ints
-            multiplier=self.initial, exp_base=float(self.multiplier), max=self.maximum
+        return exponential_delay(
+            consecutive,
+            initial=self.initial,
+            multiplier=self.multiplier,
+            maximum=self.maximum,
+            jitter=self.jitter,
+            rng=self._random,
         )
-        state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
-        state.attempt_number = consecutive
-        base = wait(state)
-        return base * (1 + self._random.uniform(0, self.jitter)) if self.jitter else base
