@@ -12,6 +12,7 @@ import trio.testing
 from agents import Runner, defer_into, hold_forever, until
 
 from terraphim_actors import (
+    Agent,
     AgentRef,
     CircuitBreakerConfig,
     CircuitState,
@@ -21,6 +22,7 @@ from terraphim_actors import (
     DeliveryConfig,
     DeliveryGuarantee,
     MailboxConfig,
+    MessageOptions,
     MessageSystem,
     MessageSystemConfig,
     OverflowPolicy,
@@ -467,3 +469,74 @@ class TestThroughTheSystem:
             assert stats.circuits == {}
             assert stats.open_circuits == 0
             assert await ref.call(lambda ctx: "still served") == "still served"
+
+
+AT_MOST_ONCE = DeliveryGuarantee.AT_MOST_ONCE
+
+
+class Boom(Exception):
+    """What a failing handler raises."""
+
+
+class TestRetriesWaitForAnOpenCircuit:
+    async def test_cast_to_an_open_circuit_with_default_config_reaches_the_agent_later(
+        self,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """Issue: an open circuit "schedules a retry"; the router owns "half-open probes". With the
+        default config (reset_timeout=30 s, retries 0.1+0.2+0.4 s) every retry hits the open
+        circuit and the cast is dead-lettered after 0.7 s; a retry of CIRCUIT_OPEN should wait
+        for the circuit (at least until it half-opens) instead of burning its attempts."""
+        healthy = False
+        log: list[str] = []
+
+        class Recovering(Agent):
+            async def handle_cast(self, message: Any, ctx: Context) -> None:
+                if not healthy:
+                    raise Boom(message)
+                log.append(message)
+
+        async with open_message_system(MessageSystemConfig(max_restarts=100)) as system:
+            ref = await system.spawn(Recovering)
+            for i in range(5):
+                await ref.cast(f"crash {i}", options=MessageOptions(max_retries=0))
+                await trio.sleep(0.01)
+            assert system.router.stats().open_circuits == 1
+            healthy = True
+            await ref.cast("after the outage")
+            await trio.sleep(60)
+            assert log == ["after the outage"]
+
+
+class TestNotificationsPastAnOpenCircuit:
+    async def test_a_timer_info_handled_while_the_circuit_is_open_does_not_close_it(
+        self,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """Notifications bypass an open circuit (so that a Down or a timer reaches the agent), but
+        their success still counts: one timer tick handled 1 s after the circuit opened closes it,
+        skipping the reset timeout and the half-open trial (closed -> open -> half-open after
+        reset_timeout -> closed on a trial's success). An agent with a periodic timer can then
+        never be protected by its breaker."""
+        breaker = CircuitBreakerConfig(failure_threshold=2, reset_timeout=30.0)
+        config = MessageSystemConfig(
+            max_restarts=100,
+            delivery=DeliveryConfig(guarantee=AT_MOST_ONCE),
+            router=RouterConfig(circuit_breaker=breaker),
+        )
+
+        def crash(ctx: Context) -> None:
+            raise Boom("crash")
+
+        async with open_message_system(config) as system:
+            inbox: list[Any] = []
+            ref = await system.spawn(Runner, inbox)
+            for _ in range(2):
+                with pytest.raises(Exception):  # noqa: B017,PT011 - CallFailed
+                    await ref.call(crash)
+            assert system.router.stats().circuits[ref.id] is CircuitState.OPEN
+            watcher = await system.spawn(Runner)
+            await watcher.call(lambda ctx: ctx.send_after(1.0, "tick", to=ref))
+            await trio.sleep(2)
+            assert inbox == ["tick"]
+            assert system.router.stats().circuits[ref.id] is CircuitState.OPEN

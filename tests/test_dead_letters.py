@@ -15,6 +15,7 @@ from terraphim_actors import (
     Context,
     DeadLetter,
     DeadLetterReason,
+    MessageSystem,
     cast,
     open_message_system,
 )
@@ -154,3 +155,19 @@ class TestDeadLettersUseFormatMessage:
         [line] = [r.getMessage() for r in caplog.records if "dead letter" in r.getMessage()]
         assert SECRET not in line
         assert "[redacted]" in line
+
+
+class TestResendingADeadLetter:
+    async def test_resending_a_dead_lettered_envelope_gets_a_fresh_retry_budget(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Dead letters "keep the envelope" so that it can be inspected or sent again. The delivery
+        layer counts attempts inside the envelope and never resets them, so sending it again
+        (max_retries=3) dead-letters it on its first failure, with no retry at all."""
+        await system.send_message(cast(None, "x", recipient="later"))
+        await trio.sleep(5)
+        [letter] = system.dead_letters
+        assert letter.reason is DeadLetterReason.RETRIES_EXHAUSTED
+        before = system.delivery.get_stats().retried
+        await system.send_message(letter.envelope)
+        assert system.delivery.get_stats().retried == before + 1  # its first retry is scheduled

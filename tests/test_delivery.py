@@ -27,6 +27,7 @@ from terraphim_actors import (
     DeliveryGuarantee,
     DeliveryStats,
     Directive,
+    Down,
     Envelope,
     MailboxConfig,
     MessageOptions,
@@ -1700,3 +1701,102 @@ class TestNonRetryable:
             assert system.get_stats()[0].agent_restarts == 1
             assert reasons(system) == [DeadLetterReason.REJECTED]
         assert len(runs) == 1
+
+
+class TestDefaultExpiry:
+    """The default ``MessageOptions.timeout`` (30 s) neither cuts a call's own longer timeout
+    short nor expires a system notification."""
+
+    async def test_call_with_a_60_s_timeout_is_not_expired_after_30_s(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """`ref.call(msg, timeout=60)`: the caller waits up to 60 s. The call queued behind a
+        40 s handler must be answered; instead the default MessageOptions.timeout (30 s) expires
+        it and the caller gets DeliveryFailed after 40 s, with 20 s of its own timeout left."""
+        ref = await system.spawn(Runner)
+        await ref.cast(busy_for(40))
+        assert await ref.call(lambda ctx: "done", timeout=60) == "done"
+
+    async def test_down_reaches_a_monitor_that_was_busy_for_longer_than_30_s(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A monitor's Down (and a timer's message) is a system notification: Erlang never drops
+        it. Notices get the default MessageOptions.timeout of 30 s, so a watcher busy for 40 s
+        never sees the Down: it becomes an EXPIRED dead letter."""
+        inbox: list[Any] = []
+        watcher = await system.spawn(Runner, inbox)
+        target = await system.spawn(Recorder, [])
+        await watcher.call(lambda ctx: ctx.monitor(target))
+        await watcher.cast(busy_for(40))
+        await trio.testing.wait_all_tasks_blocked()
+        await system.stop(target)
+        await trio.sleep(60)
+        assert [type(message) for message in inbox] == [Down]
+
+
+def balanced_with_nothing_pending(system: MessageSystem) -> None:
+    """The accounting identity of DeliveryStats, and nothing left pending."""
+    stats = system.delivery.get_stats()
+    settled = stats.acknowledged + stats.duplicates_suppressed + stats.failed + stats.dead_lettered
+    assert stats.pending == 0, stats
+    assert stats.sent == settled, stats
+
+
+class TestRetriesCappedByMaxRetryDelay:
+    async def test_many_retries_capped_by_max_retry_delay_do_not_crash_the_system(
+        self,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """max_retry_delay caps the wait, so a large max_retries is a way to "keep trying for a
+        while". The uncapped `multiplier ** (n - 1)` overflows a float at n = 1025 and the
+        OverflowError escapes from the router's task, taking the whole system down."""
+        config = MessageSystemConfig(
+            delivery=DeliveryConfig(
+                max_retries=2000, retry_delay=0.01, max_retry_delay=0.01, jitter=0.0
+            ),
+            router=RouterConfig(circuit_breaker=None),
+        )
+        async with open_message_system(config) as system:
+            forever = MessageOptions(timeout=1e9)
+            await system.send_message(cast(None, "x", forever, recipient="nobody"))
+            await trio.sleep(60)
+            [letter] = system.dead_letters
+            assert letter.reason is DeadLetterReason.RETRIES_EXHAUSTED
+            balanced_with_nothing_pending(system)
+
+
+class TestCallsAnsweredBeforeTheirHandlerCrashed:
+    async def test_call_answered_before_its_handler_crashed_is_not_counted_failed(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """DeliveryStats.failed: "Calls that ended in an error for their waiting caller". A
+        handler that answers through ctx.caller and then raises gave its caller the reply."""
+
+        def answer_then_crash(ctx: Context) -> None:
+            assert ctx.caller is not None
+            ctx.caller.reply("ok")
+            raise Boom("after replying")
+
+        ref = await system.spawn(Runner)
+        assert await ref.call(answer_then_crash) == "ok"
+        await trio.testing.wait_all_tasks_blocked()
+        assert system.delivery.get_stats().failed == 0
+
+
+class TestCallsWaitingForARetry:
+    async def test_a_call_waiting_for_a_retry_is_listed_in_the_retry_candidates(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Issue: `get_retry_candidates()` lists "what is waiting for a retry, and when", and
+        RouterStats.retries_waiting counts it. A call to a name not spawned yet waits for its
+        retry in the caller's task, invisible to both."""
+        async with trio.open_nursery() as nursery:
+            envelope, reply = call(None, "hello", 5.0, recipient="later")
+            nursery.start_soon(system.send_message, envelope)
+            await trio.testing.wait_all_tasks_blocked()
+            waiting = system.delivery.get_retry_candidates()
+            retries_waiting = system.router.stats().retries_waiting
+            await system.spawn(Recorder, [], name="later")
+        assert await reply == "hello"
+        assert [candidate.envelope for candidate in waiting] == [envelope]
+        assert retries_waiting == 1

@@ -1168,3 +1168,35 @@ class TestWaitingSendersAndBadInput:
         """``Mailbox(agent_id, config)`` needs a ``MailboxConfig``."""
         with pytest.raises(InvalidConfig):
             Mailbox(AgentId(), {"capacity": 3})  # type: ignore[arg-type]
+
+
+class TestSenderCancelledWhileParked:
+    async def test_a_cancelled_blocked_sender_does_not_leave_a_bounded_mailbox_full_forever(
+        self,
+        autojump_clock: trio.abc.Clock,
+    ) -> None:
+        """A sender blocked on a full mailbox is cancelled, and in the same scheduler round the
+        receiver takes the waiting message: the mailbox is then empty and must take a new one.
+
+        The rewrite counts parked senders in ``_senders``; the cancelled sender leaves the lot at
+        once but decrements the counter only when it next runs, so the take in between reserves
+        the freed slot for a sender that is gone, and the mailbox stays "full" with nothing in it.
+        """
+        mailbox = Mailbox(AgentId(), MailboxConfig(capacity=1, overflow=OverflowPolicy.BLOCK))
+        mailbox.send_nowait(message("first"))
+        scope = trio.CancelScope()
+
+        async def blocked_sender() -> None:
+            with scope:
+                await mailbox.send(message("given up"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(blocked_sender)
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()  # its wait is aborted at once; it runs again only later
+            taken = mailbox.try_receive()
+        assert taken is not None
+        assert taken.payload == "first"
+        assert len(mailbox) == 0
+        mailbox.send_nowait(message("second"))  # raises MailboxFull: the slot is kept for nobody
+        assert len(mailbox) == 1

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from agents import Action, Runner, run_action, until
+from agents import Action, Recorder, Runner, run_action, until
 
 from supervisor import RestartBackoff
 from terraphim_actors import (
@@ -35,9 +35,11 @@ from terraphim_actors import (
     open_message_system,
 )
 from terraphim_actors.errors import (
+    AgentStopped,
     CallFailed,
     CallToSelf,
     CircuitOpen,
+    DeliveryFailed,
     DuplicateAgent,
     InvalidConfig,
     MessagingError,
@@ -597,3 +599,266 @@ class TestShutdown:
             began = trio.current_time()
         assert trio.current_time() - began <= 3.0
         assert [reason for _, reason, _ in stops] == [StopReason.KILLED] * 4
+
+
+AT_LEAST_ONCE = DeliveryGuarantee.AT_LEAST_ONCE
+AT_MOST_ONCE = DeliveryGuarantee.AT_MOST_ONCE
+
+
+class Boom(Exception):
+    """What a failing handler raises."""
+
+
+def config(
+    *,
+    guarantee: DeliveryGuarantee = AT_LEAST_ONCE,
+    breaker: CircuitBreakerConfig | None = None,
+    router: Any = None,
+    **delivery: Any,
+) -> MessageSystemConfig:
+    delivery.setdefault("jitter", 0.0)
+    return MessageSystemConfig(
+        max_restarts=100,
+        delivery=DeliveryConfig(guarantee=guarantee, **delivery),
+        router=RouterConfig(circuit_breaker=breaker, custom_router=router),
+    )
+
+
+class Named(Agent):
+    """Replies / records with the name it was given."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name = name
+        self.log = log
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        self.log.append(self.name)
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        if message == "fail":
+            raise Boom("fail")
+        if message == "hang":
+            await trio.sleep_forever()
+        self.log.append(self.name)
+        return self.name
+
+
+class TestMemberCallingItsOwnPool:
+    async def test_member_calling_its_pool_is_served_by_another_member(
+        self,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """A pool spreads calls over its members; when a member calls the pool and the balancer
+        picks that very member, the call fails with CallToSelf although the other member is
+        free. The balancer should skip the caller."""
+        async with open_message_system() as system:
+            pool = await system.spawn_pool(
+                Runner, size=2, name="p", strategy=LoadBalancing.RANDOM, seed=1
+            )
+
+            async def ask_the_pool(ctx: Context) -> Any:
+                return await pool.call(lambda ctx: "inner")
+
+            for _ in range(10):
+                assert await pool.call(ask_the_pool) == "inner"
+
+    async def test_member_calling_its_pool_whose_other_member_is_open_is_not_told_call_to_self(
+        self,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """A pool skips the member that calls it (the test above). When every other member's circuit
+        is open, the fallback ("name the one that lets a trial through first") picks among all
+        members with a breaker, the caller included; a caller whose own breaker is closed (one old
+        failure) has the smallest reopens_at, so the call fails with CallToSelf instead of the open
+        circuit of the other member (DeliveryFailed / CircuitOpen)."""
+        breaker = CircuitBreakerConfig(failure_threshold=2, reset_timeout=10.0)
+        config = MessageSystemConfig(
+            max_restarts=100,
+            delivery=DeliveryConfig(jitter=0.0),
+            router=RouterConfig(circuit_breaker=breaker),
+        )
+
+        def crash(ctx: Context) -> None:
+            raise Boom("crash")
+
+        async with open_message_system(config) as system:
+            pool = await system.spawn_pool(Runner, size=2, name="p")
+            m0, m1 = pool.members
+            for member, times in ((m0, 1), (m1, 2)):
+                for _ in range(times):
+                    with pytest.raises(Exception):  # noqa: B017,PT011 - CallFailed
+                        await member.call(crash)
+            await trio.testing.wait_all_tasks_blocked()
+            assert system.router.stats().open_circuits == 1
+
+            async def ask_the_pool(ctx: Context) -> Any:
+                try:
+                    return await pool.call(lambda ctx: "inner", timeout=1.0)
+                except Exception as error:
+                    return error
+
+            outcome = await m0.call(ask_the_pool)
+            assert not isinstance(outcome, CallToSelf), outcome
+            assert isinstance(outcome, DeliveryFailed), outcome
+
+
+class TestMemberCastingToItsOwnPool:
+    async def test_member_of_a_one_member_pool_can_cast_to_its_pool(
+        self,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """A cast to oneself is fine (Erlang's `self() ! msg`): only a call would wait on itself.
+        The pool skips the sender for every kind of message, so the only member of a pool gets
+        AgentNotFound (at most once) for a cast to its own pool."""
+        config = MessageSystemConfig(delivery=DeliveryConfig(guarantee=AT_MOST_ONCE))
+        async with open_message_system(config) as system:
+            inbox: list[Any] = []
+            pool = await system.spawn_pool(Runner, inbox, size=1, name="solo")
+
+            async def cast_to_pool(ctx: Context) -> None:
+                await pool.info("note to self")
+
+            await pool.call(cast_to_pool)
+            await trio.sleep(1)
+            assert inbox == ["note to self"]
+
+
+_STOP_OWN_POOL = """
+import sys
+import trio, trio.testing
+sys.path.insert(0, "tests")
+from agents import Runner
+from terraphim_actors import open_message_system
+from terraphim_actors.errors import CallToSelf
+
+async def main():
+    async with open_message_system() as system:
+        pool = await system.spawn_pool(Runner, size=2, name="p", shutdown=1.0)
+
+        async def stop_own_pool(ctx):
+            try:
+                await ctx.system.stop(pool)
+            except CallToSelf:
+                return "CallToSelf"
+            return "stopped"
+
+        try:
+            outcome = await pool.members[0].call(stop_own_pool, timeout=10)
+        except Exception as error:
+            outcome = type(error).__name__
+        print(outcome, flush=True)
+    print("exited", flush=True)
+
+trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+"""
+
+
+class TestMemberStoppingItsOwnPool:
+    def test_a_pool_member_stopping_its_own_pool_is_told_call_to_self(self) -> None:
+        """`system.stop(ref)` refuses an agent's own stop with CallToSelf ("use ctx.stop()"), since
+        it would wait for itself. `system.stop(pool)` from a member of that pool has no such check:
+        the root waits (shielded) for the pool's supervisor, which waits (shielded) for the member,
+        which is waiting for the root. The caller's call times out, and leaving
+        `open_message_system` never returns. Run in a subprocess so that the hang fails the test."""
+        import subprocess
+        import sys
+
+        try:
+            result = subprocess.run(
+                [sys.executable, "-c", _STOP_OWN_POOL],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except subprocess.TimeoutExpired as hung:
+            out = hung.stdout.decode() if isinstance(hung.stdout, bytes) else hung.stdout
+            pytest.fail(f"the system never exited; printed before the hang: {out!r}")
+        assert result.stdout.split() == ["CallToSelf", "exited"], result.stderr[-2000:]
+
+
+class TestBalancingPassesOverMembersThatCannotTakeWork:
+    async def test_pool_skips_a_half_open_member_that_admits_no_more_trials(
+        self,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """Issue: "instances whose circuit is open are skipped". A half-open member whose one
+        trial is in flight refuses like an open one, so the pool must pass it over while another
+        member is healthy; the sender must never see CircuitOpen."""
+        breaker = CircuitBreakerConfig(failure_threshold=1, reset_timeout=10.0)
+        async with open_message_system(config(guarantee=AT_MOST_ONCE, breaker=breaker)) as system:
+            log: list[str] = []
+            pool = await system.spawn_pool(
+                Named, "x", log, size=2, name="p", strategy=LoadBalancing.ROUND_ROBIN
+            )
+            first = pool.members[0]
+            with pytest.raises(Exception):  # noqa: B017,PT011 - CallFailed: the circuit opens
+                await first.call("fail")
+            await trio.sleep(11)  # half-open now
+            refused = 0
+            for i in range(6):
+                try:
+                    pool.cast_nowait(i)
+                except CircuitOpen:
+                    refused += 1
+            assert refused == 0
+
+    async def test_least_loaded_pool_does_not_queue_behind_a_member_waiting_to_restart(
+        self,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """A crashed member whose supervisor waits 10 s before restarting it has an empty mailbox,
+        so LEAST_LOADED picks it first, and the message waits 10 s while a healthy member idles."""
+        from supervisor import RestartBackoff
+
+        cfg = MessageSystemConfig(
+            max_restarts=100, restart_backoff=RestartBackoff(initial=10.0, jitter=0.0)
+        )
+        async with open_message_system(cfg) as system:
+            log: list[str] = []
+            pool = await system.spawn_pool(
+                Named, "m", log, size=2, name="p", strategy=LoadBalancing.LEAST_LOADED
+            )
+            first = pool.members[0]
+            with pytest.raises(Exception):  # noqa: B017,PT011 - CallFailed: member 0 restarts in 10 s
+                await first.call("fail")
+            started = trio.current_time()
+            assert await pool.call("work", timeout=30) == "m"
+            assert trio.current_time() - started < 1
+
+
+class TestPoolStoppedForGood:
+    async def test_cast_in_hand_when_its_pool_is_stopped_is_an_agent_stopped_dead_letter(
+        self,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """`system.stop(pool)` stops the pool for good. The cast a member was handling (cut short
+        at its shutdown time) is, as for `system.stop(agent)`, an AGENT_STOPPED dead letter once
+        stop returns. Members are stopped as for a restart, so it is scheduled for a retry, then
+        burns its retries against NOT_FOUND and is filed as RETRIES_EXHAUSTED."""
+        async with open_message_system() as system:
+            pool = await system.spawn_pool(Runner, size=1, name="p", shutdown=1.0)
+
+            async def long_job(ctx: Context) -> None:
+                await trio.sleep(100)
+
+            await pool.cast(long_job)
+            await trio.testing.wait_all_tasks_blocked()
+            await system.stop(pool)
+            assert system.delivery.get_stats().pending == 0
+            assert [letter.reason for letter in system.dead_letters] == [
+                DeadLetterReason.AGENT_STOPPED
+            ]
+
+    async def test_call_to_a_stopped_pool_raises_agent_stopped_at_once(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """README: "An agent that has stopped for good refuses at once ... a call raises
+        AgentStopped" (as for a plain agent). A pool stopped with system.stop is treated as a
+        missing recipient instead: the call is retried for 0.7 s and then fails with
+        DeliveryFailed(AgentNotFound)."""
+        pool = await system.spawn_pool(Recorder, [], size=2, name="p")
+        await system.stop(pool)
+        started = trio.current_time()
+        with pytest.raises(AgentStopped):
+            await pool.call("too late")
+        assert trio.current_time() == started

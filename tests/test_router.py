@@ -324,3 +324,92 @@ class TestStats:
         await trio.sleep(1)
         assert system.router.stats().retries_waiting == 0
         assert log == [("cast", "early")]
+
+
+AT_LEAST_ONCE = DeliveryGuarantee.AT_LEAST_ONCE
+
+
+def config(
+    *,
+    guarantee: DeliveryGuarantee = AT_LEAST_ONCE,
+    breaker: CircuitBreakerConfig | None = None,
+    router: Any = None,
+    **delivery: Any,
+) -> MessageSystemConfig:
+    delivery.setdefault("jitter", 0.0)
+    return MessageSystemConfig(
+        max_restarts=100,
+        delivery=DeliveryConfig(guarantee=guarantee, **delivery),
+        router=RouterConfig(circuit_breaker=breaker, custom_router=router),
+    )
+
+
+def balanced(system: MessageSystem) -> None:
+    """The accounting identity of DeliveryStats, and nothing left pending."""
+    stats = system.delivery.get_stats()
+    settled = stats.acknowledged + stats.duplicates_suppressed + stats.failed + stats.dead_lettered
+    assert stats.pending == 0, stats
+    assert stats.sent == settled, stats
+
+
+class Flaky:
+    """A custom router that sends nowhere the first time, then raises (a bug of the user's)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def route(self, envelope: Envelope, system: MessageSystem) -> Sequence[AgentRef]:
+        self.asked += 1
+        if self.asked > 1:
+            raise LookupError("routing table is being rebuilt")
+        return []
+
+
+class TestCustomRouterRetries:
+    """A message the custom router sent nowhere is retried through the router again."""
+
+    async def test_custom_router_retry_fan_out_keeps_the_accounting_balanced(
+        self,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """A message the custom router first sends nowhere is retried; on the retry the router
+        names two agents and each gets a copy. Every copy is a message to settle, so `sent` must
+        count it: `sent == acknowledged + ... + pending` with `pending == 0` at the end."""
+        table = Table()
+        async with open_message_system(config(router=table)) as system:
+            logs: list[list[tuple[str, Any]]] = [[], []]
+            await system.send_message(cast(None, "later", recipient="all"))
+            table.routes["all"] = [await system.spawn(Recorder, log) for log in logs]
+            await trio.sleep(1)
+            assert logs == [[("cast", "later")]] * 2
+            balanced(system)  # sent == 1, acknowledged == 2, pending == -1
+
+    async def test_call_routed_nowhere_is_retried_through_the_custom_router(
+        self,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """MessageRouter's contract: "A retry of a message it routed nowhere asks it again". A call
+        routed nowhere at first must reach the agent the router names later, as a cast does
+        (TestCustomRouter.test_retry_reaches_the_agent_the_router_names_later)."""
+        table = Table()
+        async with open_message_system(config(router=table)) as system:
+            envelope, handle = call(None, "hello", 5.0, recipient="later")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(system.send_message, envelope)
+                await trio.testing.wait_all_tasks_blocked()
+                table.routes["later"] = [await system.spawn(Recorder, [])]
+            assert await handle == "hello"
+
+    async def test_custom_router_raising_in_a_retry_does_not_crash_the_system(
+        self,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """The router's task runs user code (MessageRouter.route, a pool's key) for retries. An
+        exception there must settle that one message (dead letter), not kill the router task and
+        with it the whole system (every agent, the body of open_message_system)."""
+        router = Flaky()
+        async with open_message_system(config(router=router)) as system:
+            ref = await system.spawn(Recorder, [])
+            await system.send_message(cast(None, "x", recipient="somewhere"))
+            await trio.sleep(1)  # the retry asks the router, which raises
+            assert await ref.call("still alive?") == "still alive?"

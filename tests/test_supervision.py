@@ -592,3 +592,42 @@ class TestRacesWithTheSupervisor:
             left_at = trio.current_time()
         assert len(starts) == 2
         assert trio.current_time() - left_at == pytest.approx(2.0)
+
+
+class Worker(Agent):
+    async def handle_call(self, msg: Any, ctx: Any) -> Any:
+        return msg
+
+
+class SpawnsOnRequest(Agent):
+    """Spawns a worker under the root when asked: from a handler, once it has started."""
+
+    async def handle_call(self, msg: Any, ctx: Any) -> Any:
+        worker = await ctx.system.spawn(Worker)
+        return await worker.call("spawned")
+
+
+class SlowToStart(Agent):
+    async def on_start(self) -> None:
+        await trio.sleep(1)
+
+
+class TestSpawnUnderTheRootFromASubtreeStillStarting:
+    async def test_an_agent_already_started_in_a_subtree_still_starting_can_spawn_under_the_root(
+        self,
+        autojump_clock: trio.abc.Clock,
+    ) -> None:
+        """Only a caller that the start waits for (the child being started, in ``on_start``)
+        would deadlock. A sibling that has finished starting handles messages; its spawn just waits
+        for the root until the subtree has started. The rewrite's walk up the tree refuses it with
+        ``SupervisorError`` (to its caller: ``CallFailed``), depending on timing alone."""
+        async with open_message_system() as system, trio.open_nursery() as nursery:
+            nursery.start_soon(
+                system.start_supervisor,
+                [
+                    system.agent_spec(SpawnsOnRequest, name="spawner"),
+                    system.agent_spec(SlowToStart),
+                ],
+            )
+            await trio.testing.wait_all_tasks_blocked()  # spawner running, SlowToStart in on_start
+            assert await system.ref("spawner").call("spawn", timeout=5.0) == "spawned"

@@ -27,14 +27,19 @@ from terraphim_actors import (
     AgentId,
     AgentRef,
     AgentStarted,
+    CircuitBreakerConfig,
     Context,
     DeadLetterReason,
+    DeliveryConfig,
+    DeliveryGuarantee,
     ExitReason,
     Mailbox,
     MailboxConfig,
     MailboxStats,
     MessageSystem,
     MessageSystemConfig,
+    OverflowPolicy,
+    RouterConfig,
     StopReason,
     SystemShutdown,
     SystemStats,
@@ -1711,3 +1716,147 @@ class TestShutdownLogs:
             run_guarded(functools.partial(_shut_down_three_busy_agents, config))
         messages = [r.getMessage() for r in caplog.records]
         assert any("deadline passed: cancelling 3 agents" in m for m in messages)
+
+
+AT_LEAST_ONCE = DeliveryGuarantee.AT_LEAST_ONCE
+
+
+def config(
+    *,
+    guarantee: DeliveryGuarantee = AT_LEAST_ONCE,
+    breaker: CircuitBreakerConfig | None = None,
+    router: Any = None,
+    **delivery: Any,
+) -> MessageSystemConfig:
+    delivery.setdefault("jitter", 0.0)
+    return MessageSystemConfig(
+        max_restarts=100,
+        delivery=DeliveryConfig(guarantee=guarantee, **delivery),
+        router=RouterConfig(circuit_breaker=breaker, custom_router=router),
+    )
+
+
+class Boom(Exception):
+    """What a failing handler raises."""
+
+
+class TestMessagesToAnAgentStoppedForGood:
+    async def test_call_to_a_stopped_agent_raises_agent_stopped_at_once_by_default(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """DESIGN: a call to an agent that died gets an error at once (Erlang's noproc); the issue
+        retries calls only for a missing recipient "(not yet started or restarting)", a full
+        mailbox or an open circuit. Under the default guarantee, a call to an agent stopped for
+        good must raise AgentStopped without waiting through the retry schedule."""
+        ref = await system.spawn(Recorder, [])
+        await system.stop(ref)
+        started = trio.current_time()
+        with pytest.raises(AgentStopped):
+            await ref.call("too late")
+        assert trio.current_time() == started
+
+    async def test_casts_queued_at_a_final_stop_are_agent_stopped_dead_letters(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """system.stop: a stopped agent's id is never taken again by a plain spawn, so retrying its
+        queued casts (AGENT_STOPPED is in _RETRIED) only burns max_retries against NOT_FOUND and
+        files them as RETRIES_EXHAUSTED 0.7 s later; the reason a user looks for (and gets at most
+        once) is AGENT_STOPPED."""
+        release = trio.Event()
+        ref = await system.spawn(Runner)
+        await ref.cast(lambda ctx: release.wait())
+        await trio.testing.wait_all_tasks_blocked()
+        await ref.cast(lambda ctx: None)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(system.stop, ref)
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        await trio.sleep(5)
+        assert [letter.reason for letter in system.dead_letters] == [DeadLetterReason.AGENT_STOPPED]
+
+    async def test_retry_of_a_cast_to_an_agent_stopped_meanwhile_is_an_agent_stopped_letter(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A cast crashed its handler and waits for its retry; the agent is then stopped for good.
+        Its id will never be taken again, so the retry is a cast to a stopped agent: README, "a cast
+        to it is an AGENT_STOPPED dead letter" (as for queued casts, the test above). The retry
+        instead looks the id up, finds nobody, retries NOT_FOUND until RETRIES_EXHAUSTED."""
+
+        async def crash(ctx: Context) -> None:
+            raise Boom("once")
+
+        ref = await system.spawn(Runner)
+        await ref.cast(crash)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(system.delivery.get_retry_candidates()) == 1
+        await system.stop(ref)
+        await trio.sleep(5)
+        assert [letter.reason for letter in system.dead_letters] == [DeadLetterReason.AGENT_STOPPED]
+
+
+class TestCastsWhileTheSystemCloses:
+    async def test_at_least_once_cast_never_raises_mailbox_full_even_while_closing(
+        self,
+        autojump_clock: trio.testing.MockClock,
+    ) -> None:
+        """AgentRef.cast: "Under a retrying guarantee ... this raises only for bad arguments".
+        A handler still running while the system shuts down casts to a full rejecting mailbox:
+        the cast must become a dead letter, not raise MailboxFull into the handler."""
+        raised: list[BaseException] = []
+        async with open_message_system(config()) as system:
+            full = await system.spawn(
+                Runner, mailbox=MailboxConfig(capacity=1, overflow=OverflowPolicy.REJECT)
+            )
+            await full.cast(hold_forever)  # busy ...
+            await trio.testing.wait_all_tasks_blocked()
+            await full.cast(lambda ctx: None)  # ... and its one slot taken
+
+            async def late_sender(ctx: Context) -> None:
+                await trio.sleep(1)  # the system starts closing meanwhile
+                try:
+                    full.cast_nowait("late")
+                except Exception as error:
+                    raised.append(error)
+
+            sender = await system.spawn(Runner, shutdown=5.0)
+            await sender.cast(late_sender)
+            await trio.testing.wait_all_tasks_blocked()
+        assert raised == []
+
+
+class Store(Agent):
+    async def on_start(self) -> None:
+        self.saved: list[Any] = []
+
+    async def handle_call(self, msg: Any, ctx: Any) -> Any:
+        self.saved.append(msg)
+        return "saved"
+
+
+class Flusher(Agent):
+    """On stop, saves its state in an agent started before it (as OTP's reverse stop order
+    allows: what a child depends on is still running when it stops)."""
+
+    def __init__(self, store: Any, outcome: list[Any]) -> None:
+        self.store = store
+        self.outcome = outcome
+
+    async def on_stop(self, reason: Any) -> None:
+        try:
+            self.outcome.append(await self.store.call("final state", timeout=1.0))
+        except AgentStopped as error:
+            self.outcome.append(error)
+
+
+class TestAgentsStopInReverseStartOrder:
+    async def test_at_shutdown_an_agent_stopping_can_still_call_an_agent_spawned_before_it(
+        self,
+        autojump_clock: trio.abc.Clock,
+    ) -> None:
+        """DESIGN: shutdown in reverse start order. The rewrite closes every root agent's mailbox
+        at once, so the older agent refuses the newer one's last call."""
+        outcome: list[Any] = []
+        async with open_message_system() as system:
+            store = await system.spawn(Store, name="store")
+            await system.spawn(Flusher, store, outcome, name="flusher")
+        assert outcome == ["saved"]
