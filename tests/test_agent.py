@@ -155,6 +155,32 @@ class TestOnStart:
                 await system.spawn(Recorder, [], name="gated")
             gate.set()
 
+    async def test_stop_during_on_start_fails_the_spawn_within_the_shutdown_time(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """An agent asked to stop while in ``on_start`` is cancelled after its shutdown time."""
+
+        class Slow(Agent):
+            async def on_start(self) -> None:
+                await trio.sleep_forever()
+
+        failures: list[AgentStartFailed] = []
+
+        async def spawn_slow() -> None:
+            try:
+                await system.spawn(Slow)
+            except AgentStartFailed as failure:
+                failures.append(failure)
+
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(spawn_slow)
+            await trio.testing.wait_all_tasks_blocked()
+            [ref] = system.agents
+            await system.stop(ref)
+        assert len(failures) == 1
+        assert trio.current_time() - started == pytest.approx(5.0)
+
 
 class TestOnStartWithContext:
     async def test_on_start_that_takes_ctx_gets_the_agents_context(
@@ -506,6 +532,33 @@ class TestDeferredReply:
         assert ref.alive
         assert await ref.call(lambda ctx: "next") == "next"
 
+    async def test_deferred_reply_after_the_agent_stopped_returns_false(
+        self, system: MessageSystem
+    ) -> None:
+        """Answering a deferred call whose agent already stopped reaches nobody, quietly."""
+        held: list[DeferredReply] = []
+        ref = await system.spawn(Runner)
+        outcomes: list[Any] = []
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call_and_keep, ref, defer_into(held), outcomes)
+            await trio.testing.wait_all_tasks_blocked()
+            await system.stop(ref)
+        [stopped] = outcomes
+        assert isinstance(stopped, AgentStopped)
+        assert await held[0].reply("too late") is False
+
+    async def test_a_deferred_reply_can_be_given_once(self, system: MessageSystem) -> None:
+        """A second answer through the same deferred handle raises ``ReplyAlreadySent``."""
+        held: list[DeferredReply] = []
+        ref = await system.spawn(Runner)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ref.call, lambda ctx: held.append(ctx.defer()))
+            await trio.testing.wait_all_tasks_blocked()
+            assert await held[0].reply(1) is True
+        with pytest.raises(ReplyAlreadySent):
+            await held[0].reply(2)
+
 
 class TestDefaultHandlers:
     @pytest.mark.parametrize("send", [AgentRef.cast, AgentRef.info])
@@ -652,6 +705,22 @@ class TestMonitors:
             Down(target, StopReason.NORMAL, first),
             Down(target, StopReason.NORMAL, second),
         ]
+
+    async def test_monitor_of_something_not_a_ref_is_invalid_config(
+        self, system: MessageSystem
+    ) -> None:
+        """``ctx.monitor`` needs an ``AgentRef``; the agent survives the mistake it reports."""
+        ref = await system.spawn(Runner)
+
+        def monitor_a_name(ctx: Context) -> str:
+            try:
+                ctx.monitor("model")  # type: ignore[arg-type]
+            except InvalidConfig:
+                return "refused"
+            return "accepted"
+
+        assert await ref.call(monitor_a_name) == "refused"
+        assert ref.alive
 
 
 class TestTimers:
@@ -931,77 +1000,6 @@ class TestCrashReportsQuotePayloadsBounded:
             await system.spawn(FailingStart, error)
         assert len(str(raised.value)) < 400
         assert raised.value.__cause__ is error
-
-
-class TestReviewFindings:
-    async def test_deferred_reply_after_the_agent_stopped_returns_false(
-        self, system: MessageSystem
-    ) -> None:
-        """Answering a deferred call whose agent already stopped reaches nobody, quietly."""
-        held: list[DeferredReply] = []
-        ref = await system.spawn(Runner)
-        outcomes: list[Any] = []
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(call_and_keep, ref, defer_into(held), outcomes)
-            await trio.testing.wait_all_tasks_blocked()
-            await system.stop(ref)
-        [stopped] = outcomes
-        assert isinstance(stopped, AgentStopped)
-        assert await held[0].reply("too late") is False
-
-    async def test_a_deferred_reply_can_be_given_once(self, system: MessageSystem) -> None:
-        """A second answer through the same deferred handle raises ``ReplyAlreadySent``."""
-        held: list[DeferredReply] = []
-        ref = await system.spawn(Runner)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(ref.call, lambda ctx: held.append(ctx.defer()))
-            await trio.testing.wait_all_tasks_blocked()
-            assert await held[0].reply(1) is True
-        with pytest.raises(ReplyAlreadySent):
-            await held[0].reply(2)
-
-    async def test_monitor_of_something_not_a_ref_is_invalid_config(
-        self, system: MessageSystem
-    ) -> None:
-        """``ctx.monitor`` needs an ``AgentRef``; the agent survives the mistake it reports."""
-        ref = await system.spawn(Runner)
-
-        def monitor_a_name(ctx: Context) -> str:
-            try:
-                ctx.monitor("model")  # type: ignore[arg-type]
-            except InvalidConfig:
-                return "refused"
-            return "accepted"
-
-        assert await ref.call(monitor_a_name) == "refused"
-        assert ref.alive
-
-    async def test_stop_during_on_start_fails_the_spawn_within_the_shutdown_time(
-        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
-    ) -> None:
-        """An agent asked to stop while in ``on_start`` is cancelled after its shutdown time."""
-
-        class Slow(Agent):
-            async def on_start(self) -> None:
-                await trio.sleep_forever()
-
-        failures: list[AgentStartFailed] = []
-
-        async def spawn_slow() -> None:
-            try:
-                await system.spawn(Slow)
-            except AgentStartFailed as failure:
-                failures.append(failure)
-
-        started = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(spawn_slow)
-            await trio.testing.wait_all_tasks_blocked()
-            [ref] = system.agents
-            await system.stop(ref)
-        assert len(failures) == 1
-        assert trio.current_time() - started == pytest.approx(5.0)
 
 
 class SyncCall(Agent):
