@@ -22,6 +22,7 @@ from ._behaviour.agent import Agent, Caller, Context, DeferredReply, Directive, 
 from ._behaviour.refs import AgentRef, PoolRef
 from ._core.codec import register_payload
 from ._core.ids import AgentId, MessageId, new_message_id
+from ._core.instruments import Instrument
 from ._core.messages import (
     DeliveryGuarantee,
     Envelope,
@@ -79,6 +80,7 @@ __all__ = [
     "Envelope",
     "ExitReason",
     "HealthCheck",
+    "Instrument",
     "LoadBalancing",
     "Mailbox",
     "MailboxConfig",

@@ -30,6 +30,7 @@ REQUIRED = {
     "Down",
     "Directive",
     "register_payload",
+    "Instrument",
 }
 
 REQUIRED_ERRORS = {

@@ -1,0 +1,156 @@
+"""Instruments: observers of what the system does, for tracing and metrics, that cost nothing
+when none is installed.
+
+The pattern is Trio's (``trio.abc.Instrument`` and its runner's ``Instruments``): an instrument
+overrides the hooks it wants; the registry is a dict from hook name to the instruments that
+override it, holding only hooks somebody listens to. A call site asks first, with one dict
+membership test, and calls only on a hit::
+
+    if "handler_started" in instruments:
+        instruments.call("handler_started", agent_id, envelope)
+
+So the hot path pays one lookup per event when no instrument is installed, and nothing else.
+An instrument that raises is removed, with the error logged, and the system goes on: an
+observer must never change what it observes.
+
+Hooks run synchronously in the system's thread, at the moment of the event; they must be quick
+and must not block (hand heavy work to a task or a thread of your own).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..errors import InvalidConfig
+
+__all__ = ["HOOKS", "Instrument", "Instruments", "instruments_tuple"]
+
+logger = logging.getLogger("terraphim_actors.instruments")
+
+
+class Instrument:
+    """The base class of an observer of the system: override the hooks you need.
+
+    Install instances with ``MessageSystemConfig(instruments=[...])``. Each hook is called at
+    the moment of its event, in the system's thread; a hook that raises disables its
+    instrument (logged at ERROR), and the system goes on. Hooks receive the library's own
+    objects: read them, never change them.
+    """
+
+    __slots__ = ()
+
+    def message_accepted(self, envelope: Any) -> None:
+        """The delivery layer took ``envelope`` (an ``Envelope``) for delivery: from now on it
+        is delivered, or ends as a dead letter. Called once per message, not per retry."""
+
+    def message_delivered(self, envelope: Any) -> None:
+        """``envelope`` was put into its recipient's mailbox (on every attempt that got
+        there: a retried message is delivered again)."""
+
+    def handler_started(self, agent_id: Any, envelope: Any) -> None:
+        """The agent ``agent_id`` (an ``AgentId``) starts handling ``envelope``."""
+
+    def handler_finished(self, agent_id: Any, envelope: Any, error: BaseException | None) -> None:
+        """The agent ``agent_id`` finished handling ``envelope``: ``error`` is what the
+        handler raised, or ``None`` if it returned."""
+
+    def retry_scheduled(self, envelope: Any, delay: float) -> None:
+        """``envelope`` failed and will be tried again in ``delay`` seconds (its ``attempt``
+        is the redelivery it will be)."""
+
+    def dead_lettered(self, letter: Any) -> None:
+        """A message was given up on: ``letter`` is the ``DeadLetter`` filed for it."""
+
+    def agent_started(self, agent_id: Any) -> None:
+        """An instance of the agent ``agent_id`` started (its ``on_start`` returned)."""
+
+    def agent_exited(self, agent_id: Any, reason: Any) -> None:
+        """An instance of the agent ``agent_id`` ended, for ``reason`` (an ``ExitReason``)."""
+
+
+#: The names of the hooks, in the order of a message's life.
+HOOKS: tuple[str, ...] = (
+    "message_accepted",
+    "message_delivered",
+    "handler_started",
+    "handler_finished",
+    "retry_scheduled",
+    "dead_lettered",
+    "agent_started",
+    "agent_exited",
+)
+
+
+class Instruments(dict[str, dict[Instrument, None]]):
+    """The installed instruments, by the hooks they override.
+
+    A hook name is a key only while some instrument overrides it, so that
+    ``"hook" in instruments`` is the whole cost of an event nobody observes. The values are
+    dicts used as ordered sets: instruments are called in the order they were added.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, instruments: Any = ()) -> None:
+        super().__init__()
+        for instrument in instruments:
+            self.add_instrument(instrument)
+
+    def add_instrument(self, instrument: Instrument) -> None:
+        """Install ``instrument`` for the hooks it overrides (again: nothing changes)."""
+        for name in HOOKS:
+            if getattr(type(instrument), name) is not getattr(Instrument, name):
+                self.setdefault(name, {})[instrument] = None
+
+    def remove_instrument(self, instrument: Instrument) -> None:
+        """Uninstall ``instrument`` from every hook.
+
+        Raises:
+            KeyError: ``instrument`` is not installed.
+        """
+        found = False
+        for name in list(self):
+            hooked = self[name]
+            if instrument in hooked:
+                found = True
+                del hooked[instrument]
+                if not hooked:
+                    del self[name]
+        if not found:
+            raise KeyError(instrument)
+
+    def call(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` on every instrument that overrides it, with ``args``.
+
+        An instrument that raises is removed and the error logged; the others are still
+        called, and the caller never sees the error. Call only after ``hook in self``.
+        """
+        for instrument in list(self[hook]):
+            try:
+                getattr(instrument, hook)(*args)
+            except Exception:  # unlike Trio, KeyboardInterrupt and SystemExit go through
+                self.remove_instrument(instrument)
+                logger.exception(
+                    "instrument %r raised in %s and has been removed; the system goes on",
+                    instrument,
+                    hook,
+                )
+
+
+def instruments_tuple(instruments: Any) -> tuple[Instrument, ...]:
+    """``instruments`` as a tuple, checked: for ``MessageSystemConfig(instruments=...)``.
+
+    Raises:
+        InvalidConfig: ``instruments`` is not an iterable of ``Instrument`` instances.
+    """
+    try:
+        items = tuple(instruments)
+    except TypeError:
+        raise InvalidConfig(
+            f"instruments must be a list of Instrument instances, got {instruments!r}"
+        ) from None
+    for item in items:
+        if not isinstance(item, Instrument):
+            raise InvalidConfig(f"instruments must be Instrument instances, got {item!r}")
+    return items

@@ -1,0 +1,203 @@
+"""Instruments: observers installed with ``MessageSystemConfig(instruments=[...])`` see each
+event of a message's and an agent's life, in order, and cost a dict lookup when absent."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from terraphim_actors import (
+    Agent,
+    AgentId,
+    Context,
+    DeadLetter,
+    Instrument,
+    MessageSystemConfig,
+    open_message_system,
+)
+from terraphim_actors._core.instruments import HOOKS, Instruments
+from terraphim_actors.errors import InvalidConfig, NonRetryable
+
+
+class Recording(Instrument):
+    """Writes down every event as (hook, payload or agent name, detail)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any, Any]] = []
+
+    def message_accepted(self, envelope: Any) -> None:
+        self.events.append(("message_accepted", envelope.payload, envelope.kind.value))
+
+    def message_delivered(self, envelope: Any) -> None:
+        self.events.append(("message_delivered", envelope.payload, envelope.attempt))
+
+    def handler_started(self, agent_id: AgentId, envelope: Any) -> None:
+        self.events.append(("handler_started", envelope.payload, agent_id.name))
+
+    def handler_finished(
+        self, agent_id: AgentId, envelope: Any, error: BaseException | None
+    ) -> None:
+        self.events.append(("handler_finished", envelope.payload, type(error).__name__))
+
+    def retry_scheduled(self, envelope: Any, delay: float) -> None:
+        self.events.append(("retry_scheduled", envelope.payload, envelope.attempt))
+
+    def dead_lettered(self, letter: DeadLetter) -> None:
+        self.events.append(("dead_lettered", letter.envelope.payload, letter.reason.name))
+
+    def agent_started(self, agent_id: AgentId) -> None:
+        self.events.append(("agent_started", agent_id.name, None))
+
+    def agent_exited(self, agent_id: AgentId, reason: Any) -> None:
+        self.events.append(("agent_exited", agent_id.name, None))
+
+    def about(self, payload: Any) -> list[str]:
+        """The hooks called for ``payload``, in order."""
+        return [hook for hook, subject, _ in self.events if subject == payload]
+
+
+class Echo(Agent):
+    async def handle_cast(self, msg: Any, ctx: Context) -> None:
+        pass
+
+    async def handle_call(self, msg: Any, ctx: Context) -> Any:
+        return msg
+
+
+class CrashesOnce(Agent):
+    crashed = False
+
+    async def handle_cast(self, msg: Any, ctx: Context) -> None:
+        if not CrashesOnce.crashed:
+            CrashesOnce.crashed = True
+            raise RuntimeError("first try")
+
+
+class Refuses(Agent):
+    async def handle_cast(self, msg: Any, ctx: Context) -> None:
+        raise NonRetryable("never")
+
+
+class TestRegistry:
+    def test_only_overridden_hooks_are_keys(self) -> None:
+        """An instrument is listed under the hooks it overrides and no others."""
+
+        class StartsOnly(Instrument):
+            def agent_started(self, agent_id: Any) -> None:
+                pass
+
+        instruments = Instruments([StartsOnly()])
+        assert set(instruments) == {"agent_started"}
+        assert "handler_started" not in instruments
+
+    def test_an_empty_registry_has_no_hooks(self) -> None:
+        """With no instrument, every membership test misses."""
+        assert not any(hook in Instruments() for hook in HOOKS)
+
+    def test_removing_the_last_listener_removes_the_hook(self) -> None:
+        """A hook nobody listens to costs nothing again."""
+        instrument = Recording()
+        instruments = Instruments([instrument])
+        assert set(instruments) == set(HOOKS)
+        instruments.remove_instrument(instrument)
+        assert not instruments
+        with pytest.raises(KeyError):
+            instruments.remove_instrument(instrument)
+
+    def test_a_raising_instrument_is_removed_and_logged(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The error is logged, the instrument uninstalled, the others still called."""
+
+        class Broken(Instrument):
+            def agent_started(self, agent_id: Any) -> None:
+                raise ValueError("broken")
+
+        broken, recording = Broken(), Recording()
+        instruments = Instruments([broken, recording])
+        with caplog.at_level(logging.ERROR, logger="terraphim_actors.instruments"):
+            instruments.call("agent_started", AgentId(name="a"))
+        assert "agent_started" in caplog.text
+        assert "broken" in caplog.text
+        assert recording.events == [("agent_started", "a", None)]
+        assert broken not in instruments["agent_started"]
+
+    @pytest.mark.parametrize("instruments", [[object()], ["x"], 42, [Recording, Recording()]])
+    def test_config_refuses_anything_but_instruments(self, instruments: Any) -> None:
+        """MessageSystemConfig(instruments=...) takes Instrument instances only."""
+        with pytest.raises(InvalidConfig, match="instrument"):
+            MessageSystemConfig(instruments=instruments)
+
+
+async def run_with(instrument: Instrument, body: Any, **config: Any) -> None:
+    async with open_message_system(MessageSystemConfig(instruments=[instrument], **config)) as s:
+        await body(s)
+
+
+class TestEvents:
+    async def test_an_agents_start_and_exit_are_seen(self) -> None:
+        """agent_started when its on_start returned, agent_exited when it stopped."""
+        recording = Recording()
+
+        async def body(system: Any) -> None:
+            await system.spawn(Echo, name="echo")
+            assert recording.about("echo") == ["agent_started"]
+
+        await run_with(recording, body)
+        assert recording.about("echo") == ["agent_started", "agent_exited"]
+
+    async def test_a_restart_is_an_exit_and_a_start(
+        self, autojump_clock: trio.testing.MockClock, quiet_crash_logs: None
+    ) -> None:
+        """A crashed instance exits and the next one starts."""
+        CrashesOnce.crashed = False
+        recording = Recording()
+
+        async def body(system: Any) -> None:
+            await system.spawn(CrashesOnce, name="flaky")
+            await system.whereis("flaky").cast("job")
+            await trio.sleep(5)
+
+        await run_with(recording, body)
+        assert recording.about("flaky") == [
+            "agent_started",
+            "agent_exited",
+            "agent_started",
+            "agent_exited",
+        ]
+
+    async def test_a_dead_letter_is_seen(self, quiet_crash_logs: None) -> None:
+        """A message given up on is told to dead_lettered with its reason."""
+        recording = Recording()
+
+        async def body(system: Any) -> None:
+            ref = await system.spawn(Refuses, name="refuses")
+            await ref.cast("doomed")
+            await trio.testing.wait_all_tasks_blocked()
+
+        await run_with(recording, body)
+        assert ("dead_lettered", "doomed", "REJECTED") in recording.events
+
+    async def test_a_raising_instrument_is_removed_and_the_system_goes_on(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An observer that raises never changes what it observes: it is removed at its
+        first error, logged, and the agents go on."""
+
+        class Broken(Instrument):
+            def agent_started(self, agent_id: Any) -> None:
+                raise ValueError("broken instrument")
+
+        async def body(system: Any) -> None:
+            first = await system.spawn(Echo, name="first")
+            second = await system.spawn(Echo, name="second")
+            assert await first.call(1) == 1
+            assert await second.call(2) == 2
+
+        with caplog.at_level(logging.ERROR, logger="terraphim_actors.instruments"):
+            await run_with(Broken(), body)
+        assert len([r for r in caplog.records if r.name == "terraphim_actors.instruments"]) == 1
