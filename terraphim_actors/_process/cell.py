@@ -8,7 +8,6 @@ so messages wait for the new instance. The cell stays until the agent stops for 
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -35,6 +34,7 @@ from .._primitives.timers import Timer
 from .._routing.endpoint import Endpoint
 from ..errors import AgentStartFailed, AgentStopped, SystemClosed
 from .context_vars import current_cell, inherited_deadline
+from .lifecycle import CellState, transition
 
 if TYPE_CHECKING:
     from .._core.protocols import Behaviour, Instance
@@ -43,18 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["AgentCell", "CellState", "stopped_error"]
 
 logger = logging.getLogger("terraphim_actors")
-
-
-class CellState(enum.Enum):
-    """Where an agent is in its life."""
-
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    #: Between instances: its supervisor will start it again (or retire it); messages wait.
-    RESTARTING = "restarting"
-    #: Stopped for good: the mailbox is closed and the name is free.
-    STOPPED = "stopped"
 
 
 #: The states in which an instance of the agent runs.
@@ -130,6 +118,7 @@ class AgentCell:
         self.shutdown = shutdown
         #: Whether its supervisor restarts it, which decides when an exit is for good.
         self.restart = restart
+        #: Where it is in its lifecycle; changed only through ``lifecycle.transition``.
         self.state = CellState.STARTING
         #: Instances started so far (the first start, then one per restart).
         self.instances = 0
@@ -247,7 +236,8 @@ class AgentCell:
         if self.system.closing:
             raise SystemClosed(f"{self.id!r} not started: the system is shutting down")
         self.placement = current_child()
-        self.state = CellState.STARTING
+        if self.instances:  # a new cell is STARTING already
+            self.state = transition(self.state, CellState.STARTING)
         self.instances += 1
         if self.instances > 1:
             self.system.count_restart()
@@ -267,7 +257,7 @@ class AgentCell:
         if self._final or self.system.closing:
             self.finish(reason)
         else:
-            self.state = CellState.RESTARTING
+            self.state = transition(self.state, CellState.RESTARTING)
         over, self._instance_over = self._instance_over, None
         if over is not None:
             over.set()
@@ -317,7 +307,7 @@ class AgentCell:
             with trio.CancelScope() as scope:
                 self._instance_scope = scope
                 instance = self.latest = await self.behaviour.start(self)
-                self.state = CellState.RUNNING
+                self.state = transition(self.state, CellState.RUNNING)
                 task_status.started(self.ref)
                 self.system.publish(AgentStarted(self.id))
                 reason = await instance.run()
@@ -347,7 +337,7 @@ class AgentCell:
 
     async def _end_instance(self, instance: Instance, reason: ExitReason) -> None:
         """Settle everything the instance had in hand, then let it clean up."""
-        self.state = CellState.STOPPING
+        self.state = transition(self.state, CellState.STOPPING)
         in_hand, self._in_hand = self._in_hand, None
         if in_hand is not None:
             crashed = isinstance(reason, BaseException)
@@ -390,7 +380,7 @@ class AgentCell:
         """
         if self.state is CellState.STOPPED:
             return
-        self.state = CellState.STOPPED
+        self.state = transition(self.state, CellState.STOPPED)
         self.exit_reason = reason
         self.mailbox.close()
         for envelope in self.mailbox.drain():
