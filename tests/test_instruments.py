@@ -182,6 +182,72 @@ class TestEvents:
         await run_with(recording, body)
         assert ("dead_lettered", "doomed", "REJECTED") in recording.events
 
+    async def test_a_cast_is_handled_between_start_and_finish(self) -> None:
+        """handler_started, then handler_finished without an error."""
+        recording = Recording()
+
+        async def body(system: Any) -> None:
+            ref = await system.spawn(Echo, name="echo")
+            await ref.cast("hello")
+            await trio.testing.wait_all_tasks_blocked()
+
+        await run_with(recording, body)
+        assert recording.about("hello") == ["handler_started", "handler_finished"]
+        assert ("handler_started", "hello", "echo") in recording.events
+        assert ("handler_finished", "hello", "NoneType") in recording.events
+
+    async def test_a_call_is_handled_between_start_and_finish(self) -> None:
+        """A call goes through the same events as a cast."""
+        recording = Recording()
+
+        async def body(system: Any) -> None:
+            ref = await system.spawn(Echo, name="echo")
+            assert await ref.call("question") == "question"
+
+        await run_with(recording, body)
+        assert recording.about("question") == ["handler_started", "handler_finished"]
+        assert ("handler_finished", "question", "NoneType") in recording.events
+
+    async def test_a_crash_and_its_retry_are_seen_in_order(
+        self, autojump_clock: trio.testing.MockClock, quiet_crash_logs: None
+    ) -> None:
+        """The crash ends the handler with its error; the message is handled again by the
+        next instance, which the restart started."""
+        CrashesOnce.crashed = False
+        recording = Recording()
+
+        async def body(system: Any) -> None:
+            await system.spawn(CrashesOnce, name="flaky")
+            await system.whereis("flaky").cast("job")
+            await trio.sleep(5)
+
+        await run_with(recording, body)
+        assert [(hook, detail) for hook, subject, detail in recording.events] == [
+            ("agent_started", None),
+            ("handler_started", "flaky"),
+            ("handler_finished", "RuntimeError"),
+            ("agent_exited", None),
+            ("agent_started", None),
+            ("handler_started", "flaky"),
+            ("handler_finished", "NoneType"),
+            ("agent_exited", None),
+        ]
+
+    async def test_a_rejected_message_finishes_then_is_dead_lettered(
+        self, quiet_crash_logs: None
+    ) -> None:
+        """The handler's error is reported before the dead letter it leads to."""
+        recording = Recording()
+
+        async def body(system: Any) -> None:
+            ref = await system.spawn(Refuses, name="refuses")
+            await ref.cast("doomed")
+            await trio.testing.wait_all_tasks_blocked()
+
+        await run_with(recording, body)
+        assert recording.about("doomed") == ["handler_started", "handler_finished", "dead_lettered"]
+        assert ("handler_finished", "doomed", "NonRetryable") in recording.events
+
     async def test_a_raising_instrument_is_removed_and_the_system_goes_on(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
@@ -189,7 +255,7 @@ class TestEvents:
         first error, logged, and the agents go on."""
 
         class Broken(Instrument):
-            def agent_started(self, agent_id: Any) -> None:
+            def handler_started(self, agent_id: Any, envelope: Any) -> None:
                 raise ValueError("broken instrument")
 
         async def body(system: Any) -> None:

@@ -206,6 +206,7 @@ class GenServer:
         endpoint = cell.endpoint
         delivery = cell.system.delivery
         clock = cell.system.clock.current_time
+        instruments = cell.system.instruments  # each hook: one dict lookup when none is installed
         served = 0
         batch_started = clock()
         try:
@@ -243,6 +244,8 @@ class GenServer:
                 cell._in_hand = envelope
                 context._envelope = envelope
                 reply = NO_REPLY
+                if "handler_started" in instruments:
+                    instruments.call("handler_started", cell.id, envelope)
                 try:
                     kind = envelope.kind
                     if kind is MessageKind.CAST:
@@ -254,16 +257,22 @@ class GenServer:
                         reply = await self._serve_call(handle_call, context, envelope)
                     else:
                         await handle_info(envelope.payload, context)
-                except _FailedThroughCaller:
+                except _FailedThroughCaller:  # the handler returned, having failed the call
+                    if "handler_finished" in instruments:
+                        instruments.call("handler_finished", cell.id, envelope, None)
                     delivery.failed += 1
                     delivery.record_failure(endpoint)
                     if envelope.options.guarantee is EXACTLY_ONCE:
                         assert handle is not None
                         delivery.remember(endpoint, envelope, handle.keep_answer())
-                except NotHandled:
+                except NotHandled as not_handled:
+                    if "handler_finished" in instruments:
+                        instruments.call("handler_finished", cell.id, envelope, not_handled)
                     unhandled = UnhandledMessage(f"{type(instance).__name__} does not handle it")
                     delivery.undelivered(envelope, DeadLetterReason.UNHANDLED, unhandled)
                 except Exception as crash:
+                    if "handler_finished" in instruments:
+                        instruments.call("handler_finished", cell.id, envelope, crash)
                     delivery.record_failure(endpoint)
                     directive = self._decide(crash, envelope)
                     if _not_retryable(crash, instance.no_retry_on):
@@ -277,6 +286,8 @@ class GenServer:
                     if directive is not Directive.RESUME:
                         return crash
                 else:
+                    if "handler_finished" in instruments:
+                        instruments.call("handler_finished", cell.id, envelope, None)
                     if (
                         endpoint.admission is None
                         and envelope.options.guarantee is not EXACTLY_ONCE

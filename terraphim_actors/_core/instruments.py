@@ -53,7 +53,8 @@ class Instrument:
 
     def handler_finished(self, agent_id: Any, envelope: Any, error: BaseException | None) -> None:
         """The agent ``agent_id`` finished handling ``envelope``: ``error`` is what the
-        handler raised, or ``None`` if it returned."""
+        handler raised, or ``None`` if it returned. Not called for a handler cancelled from
+        outside (its instance killed, its caller gone): ``agent_exited`` or nothing follows."""
 
     def retry_scheduled(self, envelope: Any, delay: float) -> None:
         """``envelope`` failed and will be tried again in ``delay`` seconds (its ``attempt``

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from .._core.ids import AgentId
+from .._core.instruments import Instruments
 from .._delivery.pipeline import DeliveryManager
 from .._primitives.timers import TimerService
 
@@ -44,6 +45,11 @@ class AgentHost(Protocol):
 
     @property
     def thread_id(self) -> int: ...
+
+    @property
+    def instruments(self) -> Instruments:
+        """The installed instruments: the loop tells them of each handler's start and end."""
+        ...
 
     def publish(self, notification: object) -> None: ...
 
