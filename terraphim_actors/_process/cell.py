@@ -1,9 +1,13 @@
-"""The runtime of one agent: its loop over the mailbox, and how each of its instances ends.
+"""The runtime of one agent (OTP's proc_lib): how each of its instances starts and ends.
 
 A cell is the part of an agent that outlives any one instance of the user's class: the id, the
 mailbox, the ref handed out to others, the monitors set on it. Its supervisor runs
 :meth:`AgentCell.run` once per instance; between a crash and the restart the mailbox stays open,
 so messages wait for the new instance. The cell stays until the agent stops for good.
+
+What an instance does with its messages is its behaviour's business (``Behaviour`` in
+``_core/protocols.py``; the Agent's is ``_behaviour/gen_server.py``): the cell knows no call or
+cast. It moves through its lifecycle only as ``lifecycle.py``'s table allows.
 """
 
 from __future__ import annotations
