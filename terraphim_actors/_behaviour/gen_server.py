@@ -205,6 +205,7 @@ class GenServer:
         # Its circuit and windows live on the endpoint, kept across the cell's instances.
         endpoint = cell.endpoint
         delivery = cell.system.delivery
+        acknowledged = delivery.ledger.acknowledged  # the common case's whole settlement
         clock = cell.system.clock.current_time
         instruments = cell.system.instruments  # each hook: one dict lookup when none is installed
         served = 0
@@ -260,11 +261,7 @@ class GenServer:
                 except _FailedThroughCaller:  # the handler returned, having failed the call
                     if "handler_finished" in instruments:
                         instruments.call("handler_finished", cell.id, envelope, None)
-                    delivery.failed += 1
-                    delivery.record_failure(endpoint)
-                    if envelope.options.guarantee is EXACTLY_ONCE:
-                        assert handle is not None
-                        delivery.remember(endpoint, envelope, handle.keep_answer())
+                    delivery.failed_through_caller(endpoint, envelope)
                 except NotHandled as not_handled:
                     if "handler_finished" in instruments:
                         instruments.call("handler_finished", cell.id, envelope, not_handled)
@@ -292,7 +289,7 @@ class GenServer:
                         endpoint.admission is None
                         and envelope.options.guarantee is not EXACTLY_ONCE
                     ):
-                        delivery.acknowledged += 1  # all that acknowledging takes, mostly
+                        acknowledged(envelope)  # all that acknowledging takes, mostly
                     else:
                         delivery.acknowledge(endpoint, envelope, reply)
                 cell._in_hand = None
@@ -383,10 +380,7 @@ class GenServer:
         envelope, cell._in_hand = cell._in_hand, None
         assert envelope is not None
         assert envelope.reply is not None
-        delivery = cell.system.delivery
-        delivery.failed += 1
-        if not envelope.reply.expired:  # given up through the caller's own cancel scope
-            delivery.record_failure(cell.endpoint)
+        cell.system.delivery.abandoned(cell.endpoint, envelope)
         logger.info(
             "cancelled %r's handler of %s: its caller gave up",
             cell.id,

@@ -4,30 +4,34 @@ accounting that makes every message end somewhere.
 Every message a system accepts ends in exactly one of four ways: acknowledged (a handler
 returned normally), suppressed as a duplicate (exactly-once), failed (a waiting caller was
 told why), or dead-lettered with a reason. Until then it is *pending*: in a mailbox, in a
-handler, or waiting for a retry. Retries wait in the router's task, so that a failure never
-costs the sender a wait.
+handler, or waiting for a retry. Retries wait as timers on the system's timer service, so that
+a failure never costs the sender a wait.
+
+Each message is accepted at one point (the ledger's ``accepted``) and settled at one point (its
+``acknowledged``, ``duplicate``, ``failed`` or ``dead_lettered``): the ledger in ``ledger.py``
+keeps the books and tells the journal; the schedule of retries is ``retries.py``'s; what the
+configuration fills into a message's options is ``options.py``'s.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-import attrs
 import trio
 
 from .._core.bounded_repr import bounded_repr
-from .._core.checks import check_count, check_factor, check_instance, check_seconds, validator
-from .._core.messages import DeliveryGuarantee, Envelope, MessageOptions, Priority, never_expiring
-from .._core.messages import options_for as shared_options
-from .._primitives.circuit import CircuitBreaker, CircuitBreakerConfig, CircuitState
-from .._primitives.dedup import NO_REPLY, UNSEEN, DedupWindow, HandledMessages
+from .._core.ids import AgentId
+from .._core.messages import DeliveryGuarantee, Envelope, MessageOptions, Priority
+from .._core.protocols import Journal
+from .._primitives.circuit import CircuitBreaker, CircuitBreakerConfig
+from .._primitives.dedup import NO_REPLY, UNSEEN, HandledMessages
 from .._primitives.mailbox import OwnMailboxFull
 from .._primitives.reply import KeptAnswer
-from .._primitives.timers import Timer
+from .._primitives.timers import TimerService
+from .._routing.router import Router
 from ..errors import (
     AgentNotFound,
     AgentStopped,
@@ -38,10 +42,13 @@ from ..errors import (
     MessagingError,
 )
 from .dead_letters import DeadLetterReason
+from .journal import NO_JOURNAL
+from .ledger import DeliveryStats, ledger_for
+from .options import DeliveryConfig, FilledOptions
+from .retries import NoRetry, RetryCandidate, RetryScheduler
 
 if TYPE_CHECKING:
     from .._routing.endpoint import Endpoint
-    from .._system.system import MessageSystem
 
 __all__ = ["DeliveryConfig", "DeliveryManager", "DeliveryStats", "RetryCandidate"]
 
@@ -73,92 +80,6 @@ _RAISED = frozenset(
 )
 
 
-#: Distinct per-message options kept filled in; past that the cache starts afresh.
-_RESOLVED_KEPT = 1024
-
-
-@attrs.frozen(kw_only=True)
-class DeliveryConfig:
-    """How hard a system tries to deliver messages; ``MessageOptions`` overrides it per message.
-
-    Attributes:
-        guarantee: the default guarantee (at-least-once, as in the original crate).
-        max_retries: redeliveries after the first try: 3 means at most 4 handler runs.
-        retry_delay: seconds before the first redelivery.
-        retry_backoff_multiplier: the n-th redelivery waits
-            ``retry_delay * retry_backoff_multiplier ** (n - 1)`` seconds...
-        max_retry_delay: ...but never more than this...
-        jitter: ...plus a random fraction up to this of that wait (0 turns it off), so that
-            retries of many messages do not arrive in lockstep.
-        dedup_window: how long an exactly-once recipient remembers what it handled.
-        seed: seeds the jitter, for runs that must repeat exactly.
-
-    Times are at most ``MAX_SECONDS`` (10**9 s), the multiplier and the jitter at most
-    ``MAX_FACTOR`` (1000), counts at most ``MAX_COUNT``: whatever is accepted keeps every
-    retry's due time a finite number.
-    """
-
-    guarantee: DeliveryGuarantee = attrs.field(
-        default=DeliveryGuarantee.AT_LEAST_ONCE,
-        validator=validator(check_instance, DeliveryGuarantee),
-    )
-    max_retries: int = attrs.field(default=3, validator=validator(check_count, minimum=0))
-    retry_delay: float = attrs.field(
-        default=0.1, validator=validator(check_seconds, allow_zero=True)
-    )
-    retry_backoff_multiplier: float = attrs.field(
-        default=2.0, validator=validator(check_factor, minimum=1)
-    )
-    max_retry_delay: float = attrs.field(default=30.0, validator=validator(check_seconds))
-    jitter: float = attrs.field(default=0.1, validator=validator(check_factor, minimum=0))
-    dedup_window: DedupWindow = attrs.field(
-        factory=DedupWindow, validator=validator(check_instance, DedupWindow)
-    )
-    seed: int | None = attrs.field(
-        default=None, validator=validator(check_count, minimum=0, optional=True)
-    )
-
-
-@attrs.frozen(kw_only=True)
-class DeliveryStats:
-    """A snapshot of the delivery layer's counters.
-
-    ``sent == acknowledged + duplicates_suppressed + failed + dead_lettered + pending``.
-    """
-
-    #: Messages accepted for delivery (a message sent again with the same id counts again).
-    sent: int
-    #: Puts into a mailbox, redeliveries included.
-    delivered: int
-    #: Messages whose handler returned normally. (A mailbox driven by hand is outside the
-    #: delivery layer: what is sent to it is not counted here.)
-    acknowledged: int
-    #: Redeliveries scheduled.
-    retried: int
-    #: Calls that ended in an error for their waiting caller (callee raised, stopped, or could
-    #: not be reached).
-    failed: int
-    #: Exactly-once messages not handled again because their recipient had completed them.
-    duplicates_suppressed: int
-    #: Messages given up on, each filed as a dead letter with its reason.
-    dead_lettered: int
-    #: Messages not settled yet: in a mailbox, in a handler, or waiting for a retry.
-    pending: int
-
-
-@attrs.frozen(eq=False)
-class RetryCandidate:
-    """A message waiting in the router for its next delivery."""
-
-    envelope: Envelope
-    #: Which redelivery this will be (1 for the first).
-    attempt: int
-    #: Trio time it is due.
-    due: float
-    #: Why the previous try failed.
-    last_failure: DeadLetterReason
-
-
 class DeliveryManager:
     """Applies each message's guarantee on its way to a mailbox and after its handler ran.
 
@@ -171,65 +92,47 @@ class DeliveryManager:
         self,
         config: DeliveryConfig,
         breakers: CircuitBreakerConfig | None,
-        system: MessageSystem,
+        *,
+        clock: trio.abc.Clock,
+        timers: TimerService,
+        router: Router,
+        has_stopped: Callable[[AgentId | str | None], bool],
+        file_dead_letter: Callable[[Envelope, DeadLetterReason, str], None],
+        describe: Callable[[Envelope], str],
+        closing: Callable[[], bool],
+        journal: Journal = NO_JOURNAL,
     ) -> None:
+        """Delivery is given what it works with, not the system: the clock; the timer service
+        its retries wait on; the router that resolves a retry's recipient again; whether an
+        address stopped for good (the directory); where a message given up on is filed (the
+        dead-letter office); how a message is described in a log; whether the system is
+        shutting down; and the journal its ledger tells."""
         self.config = config
         self._breakers = breakers
-        self._system = system
-        self._clock = system.clock
-        self._random = random.Random(config.seed)
+        self._clock = clock
+        self._router = router
+        self._has_stopped = has_stopped
+        self._file_dead_letter = file_dead_letter
+        self._describe = describe
+        self._closing = closing
+        filled = FilledOptions(config)
         #: Options with every delivery field filled in from ``config``, indexed by priority:
         #: what a message sent without options carries.
-        self.defaults: tuple[MessageOptions, ...] = tuple(
-            self._filled(MessageOptions(priority=priority)) for priority in Priority
-        )
-        #: Options given per message, filled in (``attrs.evolve`` with its validators costs
-        #: more than a send, and a sender usually reuses one options object).
-        self._resolved: dict[MessageOptions, MessageOptions] = {}
-        #: System notifications: never retried, whatever the system's default, and never
-        #: expired (a ``Down`` must reach a monitor, however busy it was).
-        self._notices: tuple[MessageOptions, ...] = tuple(
-            never_expiring(attrs.evolve(options, guarantee=AT_MOST_ONCE))
-            for options in self.defaults
-        )
-        #: Each message waiting for a retry, with the router's timer for it (``None`` for a
-        #: call, whose caller waits in its own task).
-        self._waiting: dict[RetryCandidate, Timer | None] = {}
-        self.sent = 0
-        self.delivered = 0
-        self.acknowledged = 0
-        self.retried = 0
-        self.failed = 0
-        self.duplicates_suppressed = 0
-        self.dead_lettered = 0
+        self.defaults = filled.defaults
+        #: ``options`` with what it leaves to the system filled in from the configuration.
+        self.resolve = filled.resolve
+        #: System notifications' options: never retried, never expired.
+        self._notices = filled.notices
+        #: The books: the only counts of what was accepted and how it was settled.
+        self.ledger = ledger_for(journal)
+        #: The retry schedule, on the system's one timer service.
+        self._retries_waiting = RetryScheduler(config, timers, clock, self._retry)
 
     # -- options ---------------------------------------------------------------------------
 
     def notice_options(self, priority: Priority = Priority.NORMAL) -> MessageOptions:
         """Options for a notification the system sends (at most once)."""
         return self._notices[priority]
-
-    def resolve(self, options: MessageOptions) -> MessageOptions:
-        """``options`` with what it leaves to the system filled in from the configuration."""
-        if options is shared_options(options.priority):
-            return self.defaults[options.priority]
-        if options.guarantee is None or options.max_retries is None or options.retry_delay is None:
-            filled = self._resolved.get(options)
-            if filled is None:
-                if len(self._resolved) >= _RESOLVED_KEPT:
-                    self._resolved.clear()
-                filled = self._resolved[options] = self._filled(options)
-            return filled
-        return options
-
-    def _filled(self, options: MessageOptions) -> MessageOptions:
-        config = self.config
-        return attrs.evolve(
-            options,
-            guarantee=config.guarantee if options.guarantee is None else options.guarantee,
-            max_retries=config.max_retries if options.max_retries is None else options.max_retries,
-            retry_delay=config.retry_delay if options.retry_delay is None else options.retry_delay,
-        )
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -244,30 +147,31 @@ class DeliveryManager:
             OwnMailboxFull: the agent sent it from its own task into its own mailbox, full and
                 blocking; the message is not accepted.
         """
-        self.sent += 1
+        self.ledger.accepted(envelope)
         try:
             failure = await self._put(endpoint, envelope)
         except trio.Cancelled:
             self._give_up(envelope, DeadLetterReason.EXPIRED, "the sender gave up waiting for room")
             raise
         except OwnMailboxFull:
-            self.sent -= 1  # refused, not accepted: it was never the delivery layer's
+            self.ledger.refused(envelope)  # not accepted: it was never the delivery layer's
             raise
         if failure is not None:
             self._failed(endpoint, envelope, *failure)
 
     def send_nowait(self, endpoint: Endpoint | None, envelope: Envelope) -> None:
         """:meth:`send` without waiting: a full mailbox is a failure (retried or raised)."""
-        self.sent += 1
         if endpoint is not None and endpoint.admission is None:
             # The common case, spelled out: a put into the mailbox of a healthy agent.
             try:
                 endpoint.inbox.put_nowait(envelope)
             except (MailboxFull, MailboxClosed) as error:
+                self.ledger.accepted(envelope)
                 self._failed(endpoint, envelope, *_failure_of(error, endpoint))
             else:
-                self.delivered += 1
+                self.ledger.accepted_and_delivered(envelope)
             return
+        self.ledger.accepted(envelope)
         failure = self._put_nowait(endpoint, envelope)
         if failure is not None:
             self._failed(endpoint, envelope, *failure)
@@ -277,13 +181,13 @@ class DeliveryManager:
 
         The circuit breaker does not apply: a ``Down`` or a timer must reach a struggling agent.
         """
-        self.sent += 1
         try:
             endpoint.inbox.put_nowait(envelope)
         except (MailboxFull, MailboxClosed) as error:
+            self.ledger.accepted(envelope)
             self._give_up(envelope, self._final_reason(_failure_of(error, endpoint)[0]), str(error))
         else:
-            self.delivered += 1
+            self.ledger.accepted_and_delivered(envelope)
 
     def put_call_nowait(self, endpoint: Endpoint | None, envelope: Envelope) -> bool:
         """Deliver a call at once if nothing stands in its way: a live agent without a circuit
@@ -292,8 +196,7 @@ class DeliveryManager:
         if endpoint is None or endpoint.admission is not None or not endpoint.inbox.has_room():
             return False
         endpoint.inbox.put_nowait(envelope)
-        self.sent += 1
-        self.delivered += 1
+        self.ledger.accepted_and_delivered(envelope)
         return True
 
     async def send_call(self, endpoint: Endpoint | None, envelope: Envelope) -> Endpoint:
@@ -308,7 +211,7 @@ class DeliveryManager:
             DeliveryFailed: its retries ran out (the last failure is the cause).
             OwnMailboxFull: as for :meth:`send`; the call is not accepted.
         """
-        self.sent += 1
+        self.ledger.accepted(envelope)
         try:
             while True:
                 failure = await self._put(endpoint, envelope)
@@ -319,31 +222,31 @@ class DeliveryManager:
                 self._count_failure(endpoint, reason)
                 if not self._retries(envelope, reason):
                     raise error
-                if envelope.attempt >= _max_retries(envelope):
+                # A try at the caller's deadline is too late: the caller has gone by then.
+                due = self._retries_waiting.next_try(
+                    envelope,
+                    reason,
+                    None if endpoint is None else endpoint.admission,
+                    limit=math.nextafter(envelope.deadline, -math.inf),
+                )
+                if due is NoRetry.EXHAUSTED:
                     raise DeliveryFailed(
                         f"{_describe(endpoint, envelope)} not delivered after {envelope.attempt}"
                         f" retries: {error}"
                     ) from error
-                envelope.attempt += 1
-                due = self._retry_time(endpoint, envelope, reason)
-                if due >= envelope.deadline:
+                if due is NoRetry.TOO_LATE:
                     raise DeliveryFailed(
                         f"{_describe(endpoint, envelope)} not delivered: its next try would come"
                         f" after its caller's deadline: {error}"
                     ) from error
-                self.retried += 1
-                waiting = RetryCandidate(envelope, envelope.attempt, due, reason)
-                self._waiting[waiting] = None  # the caller's own task waits it out
-                try:
-                    await trio.sleep_until(due)
-                finally:
-                    del self._waiting[waiting]
-                [(endpoint, envelope)] = self._system.router.targets_of(envelope, retry=True)[:1]
+                self.ledger.retried()
+                await self._retries_waiting.wait(envelope, due, reason)  # in the caller's task
+                [(endpoint, envelope)] = self._router.targets_of(envelope, retry=True)[:1]
         except OwnMailboxFull:
-            self.sent -= 1  # refused, not accepted: it was never the delivery layer's
+            self.ledger.refused(envelope)  # not accepted: it was never the delivery layer's
             raise
         except MessagingError:
-            self.failed += 1
+            self.ledger.failed(envelope)
             raise
         except BaseException:
             self._give_up(envelope, DeadLetterReason.EXPIRED, "the caller gave up before delivery")
@@ -365,7 +268,7 @@ class DeliveryManager:
             raise  # no retry would find room that only the sender could make
         except (MailboxFull, MailboxClosed) as error:
             return _failure_of(error, endpoint)
-        self.delivered += 1
+        self.ledger.delivered()
         return None
 
     def _put_nowait(self, endpoint: Endpoint | None, envelope: Envelope) -> _Failure | None:
@@ -379,13 +282,13 @@ class DeliveryManager:
             endpoint.inbox.put_nowait(envelope)
         except (MailboxFull, MailboxClosed) as error:
             return _failure_of(error, endpoint)
-        self.delivered += 1
+        self.ledger.delivered()
         return None
 
     def _obstacle(self, endpoint: Endpoint | None, envelope: Envelope) -> _Failure | None:
         """Why ``envelope`` cannot go into ``endpoint``'s inbox now, or ``None`` if it may try."""
         if endpoint is None:
-            if self._system.has_stopped(envelope.recipient):
+            if self._has_stopped(envelope.recipient):
                 return DeadLetterReason.AGENT_STOPPED, AgentStopped(
                     f"{envelope.recipient!r} has stopped"
                 )
@@ -424,12 +327,12 @@ class DeliveryManager:
         return (
             (reason in _RETRIED or runs_again)
             and envelope.options.guarantee is not AT_MOST_ONCE
-            and not self._system.closing
+            and not self._closing()
         )
 
     def _final_reason(self, reason: DeadLetterReason) -> DeadLetterReason:
         """The dead-letter reason of a failure not retried: at shutdown, the shutdown."""
-        if self._system.closing and reason in (_RETRIED | {DeadLetterReason.AGENT_STOPPED}):
+        if self._closing() and reason in (_RETRIED | {DeadLetterReason.AGENT_STOPPED}):
             return DeadLetterReason.SYSTEM_STOPPED
         return reason
 
@@ -437,8 +340,9 @@ class DeliveryManager:
 
     def acknowledge(self, endpoint: Endpoint, envelope: Envelope, reply: Any = NO_REPLY) -> None:
         """The handler of ``envelope`` returned normally (a call's ``reply`` is kept for its
-        duplicates under exactly-once). the gen_server loop counts the common case itself."""
-        self.acknowledged += 1
+        duplicates under exactly-once). The loop settles the common case with
+        ``ledger.acknowledged`` alone."""
+        self.ledger.acknowledged(envelope)
         breaker = endpoint.admission
         handle = envelope.reply
         if (
@@ -465,7 +369,7 @@ class DeliveryManager:
         reply = self._window(endpoint, envelope).reply_for(envelope.id, self._clock.current_time())
         if reply is UNSEEN:
             return False
-        self.duplicates_suppressed += 1
+        self.ledger.duplicate(envelope)
         handle = envelope.reply
         if handle is not None and handle.pending:
             if reply is NO_REPLY:
@@ -506,21 +410,41 @@ class DeliveryManager:
         if handle is not None and not handle.abandoned:
             if handle.pending:
                 handle.fail(error)
-            if handle.replied:
-                self.acknowledged += 1  # answered through ctx.caller, then the handler raised
+            if handle.replied:  # answered through ctx.caller, then the handler raised
+                self.ledger.acknowledged(envelope)
             else:
-                self.failed += 1
+                self.ledger.failed(envelope)
             return
         if handle is None and self._retries(envelope, why, runs_again=runs_again):
             self._schedule_retry(envelope, why, str(error))
             return
         self._give_up(envelope, self._final_reason(why), str(error))
 
+    def failed_through_caller(self, endpoint: Endpoint, envelope: Envelope) -> None:
+        """The handler of the call ``envelope`` returned after failing its caller through
+        ``ctx.caller.fail``: settled as failed, counted against the circuit; an exactly-once
+        call keeps that answer for its resends."""
+        self.ledger.failed(envelope)
+        self.record_failure(endpoint)
+        if envelope.options.guarantee is EXACTLY_ONCE:
+            handle = envelope.reply
+            assert handle is not None
+            self.remember(endpoint, envelope, handle.keep_answer())
+
+    def abandoned(self, endpoint: Endpoint, envelope: Envelope) -> None:
+        """The handler of the call ``envelope`` was cut short because its caller gave up:
+        settled as failed, and counted against the circuit once (a caller's ``CallTimeout``
+        counts already; one that gave up through its own cancel scope does not)."""
+        self.ledger.failed(envelope)
+        handle = envelope.reply
+        assert handle is not None
+        if not handle.expired:
+            self.record_failure(endpoint)
+
     def deferred_call_failed(self, endpoint: Endpoint) -> None:
         """A call acknowledged when its handler returned (deferred) was then failed by the
         agent: count it as failed, and against ``endpoint``'s circuit breaker."""
-        self.acknowledged -= 1
-        self.failed += 1
+        self.ledger.acknowledged_then_failed()
         self.record_failure(endpoint)
 
     def record_success(self, endpoint: Endpoint) -> None:
@@ -543,38 +467,6 @@ class DeliveryManager:
 
     # -- retries -----------------------------------------------------------------------------
 
-    def backoff(self, envelope: Envelope) -> float:
-        """Seconds before redelivery number ``envelope.attempt`` (1 for the first)."""
-        config = self.config
-        base = envelope.options.retry_delay
-        assert base is not None
-        try:  # in floats: an int multiplier would build ever larger ints, retry after retry
-            growth = float(config.retry_backoff_multiplier) ** (envelope.attempt - 1)
-        except OverflowError:  # past a thousand retries or so: long since at the cap
-            growth = math.inf
-        delay = min(base * growth, config.max_retry_delay) if base else 0.0
-        if config.jitter:
-            delay *= 1 + self._random.uniform(0, config.jitter)
-        return delay
-
-    def _retry_time(
-        self, endpoint: Endpoint | None, envelope: Envelope, reason: DeadLetterReason
-    ) -> float:
-        """When the next try of ``envelope`` is due, by the backoff (``attempt`` is that next
-        try's number); not before an open circuit lets a trial through, since sooner it would
-        only fail again. (Refused by a half-open circuit, it waits only its backoff: the trial
-        under way will soon have closed the circuit, or opened it again.)"""
-        now = self._clock.current_time()
-        due = now + self.backoff(envelope)
-        breaker = None if endpoint is None else endpoint.admission
-        if (
-            reason is DeadLetterReason.CIRCUIT_OPEN
-            and breaker is not None
-            and breaker.state(now) is CircuitState.OPEN
-        ):
-            due = max(due, breaker.reopens_at)
-        return due
-
     def _schedule_retry(
         self,
         envelope: Envelope,
@@ -582,49 +474,51 @@ class DeliveryManager:
         detail: str,
         endpoint: Endpoint | None = None,
     ) -> None:
-        """Have the router try ``envelope`` again after its backoff, or give up on it if it
-        has had all its retries, or if its next try would come after its timeout."""
-        if envelope.attempt >= _max_retries(envelope):
+        """Have the retry scheduler try ``envelope`` again after its backoff, or give up on it
+        if it has had all its retries, or if its next try would come after its timeout."""
+        due = self._retries_waiting.next_try(
+            envelope,
+            reason,
+            None if endpoint is None else endpoint.admission,
+            limit=envelope.created_at + envelope.options.timeout,
+        )
+        if due is NoRetry.EXHAUSTED:
             self._give_up(
                 envelope,
                 DeadLetterReason.RETRIES_EXHAUSTED,
                 f"after {envelope.attempt} retries; last failure: {reason.value}: {detail}",
             )
             return
-        envelope.attempt += 1
-        due = self._retry_time(endpoint, envelope, reason)
-        if due > envelope.created_at + envelope.options.timeout:
+        if due is NoRetry.TOO_LATE:
             self._give_up(
                 envelope,
                 DeadLetterReason.EXPIRED,
                 f"its next try would come after its timeout; last failure: {reason.value}",
             )
             return
-        self.retried += 1
-        candidate = RetryCandidate(envelope, envelope.attempt, due, reason)
-        timer = self._system.router.call_at(due, functools.partial(self._retry, candidate))
-        self._waiting[candidate] = timer
+        self.ledger.retried()
+        self._retries_waiting.schedule(envelope, due, reason)
 
     def _retry(self, candidate: RetryCandidate) -> None:
-        """Redeliver a message whose retry is due (in the router's task)."""
-        del self._waiting[candidate]
+        """Redeliver a message whose retry is due (in the timer service's task)."""
         envelope = candidate.envelope
-        if self._system.closing:
+        if self._closing():
             self._give_up(envelope, DeadLetterReason.SYSTEM_STOPPED, "before its retry")
             return
         if envelope.created_at + envelope.options.timeout < self._clock.current_time():
             self._give_up(envelope, DeadLetterReason.EXPIRED, "its timeout passed before a retry")
             return
         try:
-            targets = self._system.router.targets_of(envelope, retry=True)
+            targets = self._router.targets_of(envelope, retry=True)
         except Exception as error:  # a custom router or a pool's key function: user code
-            described = self._system.describe(envelope)
+            described = self._describe(envelope)
             logger.error("routing a retry of %s raised", described, exc_info=error)
             self._give_up(
                 envelope, DeadLetterReason.NOT_FOUND, f"routing it raised {bounded_repr(error)}"
             )
             return
-        self.sent += len(targets) - 1  # each copy fanned out is a message of its own
+        for _, copy in targets[1:]:  # each copy fanned out is a message of its own
+            self.ledger.accepted(copy)
         for endpoint, copy in targets:
             failure = self._put_nowait(endpoint, copy)
             if failure is not None:
@@ -633,48 +527,28 @@ class DeliveryManager:
     @property
     def waiting(self) -> int:
         """How many messages wait for a retry."""
-        return len(self._waiting)
+        return self._retries_waiting.waiting
 
     def get_retry_candidates(self) -> tuple[RetryCandidate, ...]:
         """The messages waiting for a retry, soonest first."""
-        return tuple(sorted(self._waiting, key=lambda candidate: candidate.due))
+        return self._retries_waiting.candidates()
 
     def settle_waiting(self) -> None:
-        """At shutdown: every message waiting for a retry becomes a dead letter."""
-        for candidate, timer in list(self._waiting.items()):
-            if timer is not None:  # a call's caller settles it when it wakes
-                del self._waiting[candidate]
-                timer.cancel()
-                self._give_up(
-                    candidate.envelope, DeadLetterReason.SYSTEM_STOPPED, "before its retry"
-                )
+        """At shutdown: every message waiting for a retry becomes a dead letter (a call's
+        caller settles it when it wakes)."""
+        for candidate in self._retries_waiting.cancel_all():
+            self._give_up(candidate.envelope, DeadLetterReason.SYSTEM_STOPPED, "before its retry")
 
     # -- the end of the line -----------------------------------------------------------------
 
     def _give_up(self, envelope: Envelope, reason: DeadLetterReason, detail: str) -> None:
         """The end of the line for a message: count it and file it as a dead letter."""
-        self.dead_lettered += 1
-        self._system.file_dead_letter(envelope, reason, detail)
+        self.ledger.dead_lettered(envelope)
+        self._file_dead_letter(envelope, reason, detail)
 
     def get_stats(self) -> DeliveryStats:
         """A frozen snapshot of the counters."""
-        settled = self.acknowledged + self.duplicates_suppressed + self.failed + self.dead_lettered
-        return DeliveryStats(
-            sent=self.sent,
-            delivered=self.delivered,
-            acknowledged=self.acknowledged,
-            retried=self.retried,
-            failed=self.failed,
-            duplicates_suppressed=self.duplicates_suppressed,
-            dead_lettered=self.dead_lettered,
-            pending=self.sent - settled,
-        )
-
-
-def _max_retries(envelope: Envelope) -> int:
-    retries = envelope.options.max_retries
-    assert retries is not None  # filled in when the message was accepted
-    return retries
+        return self.ledger.stats()
 
 
 def _failure_of(error: MailboxFull | MailboxClosed, endpoint: Endpoint) -> _Failure:

@@ -1,14 +1,14 @@
-"""The router: where an addressed message goes, and the one task that owns what takes time.
+"""The router: where an addressed message goes.
 
-Sending through an ``AgentRef`` does not pass through the router's task: a healthy local
-recipient gets the message straight into its mailbox. The router's task runs what must wait:
-retries after their backoff (which is also how a message reaches an agent again after its
-restart, and how an open circuit gets its trial messages once its reset timeout has passed).
+It resolves addresses only; it owns no task. What must wait (retries after their backoff, which
+is also how a message reaches an agent again after its restart, and how an open circuit gets
+its trial messages once its reset timeout has passed) waits in the delivery layer's retry
+scheduler, on the system's one timer service.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
@@ -17,7 +17,6 @@ from .._core.checks import check_instance, validator
 from .._core.ids import AgentId
 from .._core.messages import Envelope
 from .._primitives.circuit import CircuitBreakerConfig, CircuitState
-from .._primitives.timers import Timer, TimerService
 from ..errors import InvalidConfig
 from .endpoint import Endpoint
 from .groups import Group
@@ -79,30 +78,21 @@ class RouterStats:
     open_circuits: int
     #: Messages routed by address (``send_message``) or through a pool.
     routed: int
-    #: Messages waiting in the router for a retry.
+    #: Messages waiting for a retry.
     retries_waiting: int
     #: Pools running.
     pools: int
 
 
 class Router:
-    """Resolves addresses, keeps the pools, and runs the retry schedule in its own task."""
+    """Resolves addresses and keeps the pools."""
 
     def __init__(self, config: RouterConfig, system: MessageSystem) -> None:
         self.config = config
         self._system = system
-        self._schedule = TimerService()
         #: The groups (pools) running, by their id.
         self.pools: dict[AgentId, Group] = {}
         self.routed = 0
-
-    async def run(self) -> None:
-        """The router's task: fire retries as they come due, until cancelled."""
-        await self._schedule.run()
-
-    def call_at(self, due: float, callback: Callable[[], None]) -> Timer:
-        """Run ``callback`` in the router's task at Trio time ``due``."""
-        return self._schedule.call_at(due, callback)
 
     def targets_of(
         self, envelope: Envelope, *, retry: bool = False

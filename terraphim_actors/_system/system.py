@@ -35,8 +35,10 @@ from .._core.ids import AgentId
 from .._core.instruments import Instrument, Instruments, instruments_tuple
 from .._core.messages import Envelope, MessageKind, MessageOptions
 from .._core.notifications import AgentExited, AgentStarted, StopReason, SystemShutdown
+from .._core.protocols import Journal
 from .._core.threads import check_thread, current_thread_id
 from .._delivery.dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
+from .._delivery.journal import NO_JOURNAL
 from .._delivery.pipeline import DeliveryConfig, DeliveryManager
 from .._primitives.balancing import Balancer, LoadBalancing
 from .._primitives.dedup import HandledMessages
@@ -112,6 +114,9 @@ class MessageSystemConfig:
         factory=RouterConfig, validator=validator(check_instance, RouterConfig)
     )
     instruments: tuple[Instrument, ...] = attrs.field(default=(), converter=instruments_tuple)
+    #: Told of every message accepted and of how each was settled. Private until the journal
+    #: is public (issue 16); tests pass a recording one as ``_journal=``.
+    _journal: Journal = attrs.field(default=NO_JOURNAL, alias="_journal", repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -182,7 +187,18 @@ class MessageSystem:
         self.instruments = Instruments(config.instruments)
         self.router = Router(config.router, self)
         #: The delivery middleware: guarantees, retries, and their statistics.
-        self.delivery = DeliveryManager(config.delivery, config.router.circuit_breaker, self)
+        self.delivery = DeliveryManager(
+            config.delivery,
+            config.router.circuit_breaker,
+            clock=self.clock,
+            timers=self.timers,
+            router=self.router,
+            has_stopped=self.has_stopped,
+            file_dead_letter=self.file_dead_letter,
+            describe=self.describe,
+            closing=lambda: self.closing,
+            journal=config._journal,
+        )
         self._dead_letters = DeadLetterOffice(config.dead_letter_capacity)
         self._dead_letter_subscribers: list[AgentCell] = []
         self.registry: LocalDirectory[AgentCell] = LocalDirectory()
@@ -927,8 +943,8 @@ async def open_message_system(
     body = trio.CancelScope()
     signals: ShutdownSignals | None = None
     # A cancellation from outside reaches the block's body (the root supervisor's task and the
-    # system's timers and router are shielded from it), whose exit then stops the agents in
-    # order while the timers and the router still serve them.
+    # system's timer service, which fires retries too, is shielded from it), whose exit then
+    # stops the agents in order while the timers still serve them.
     services = trio.CancelScope(shield=True)
     with receiving_signals(handle_signals) as receiver:
         async with trio.open_nursery() as nursery:
@@ -939,8 +955,7 @@ async def open_message_system(
             async def serve() -> None:
                 with services:
                     async with trio.open_nursery() as service_tasks:
-                        service_tasks.start_soon(system.timers.run)
-                        service_tasks.start_soon(system.router.run)
+                        service_tasks.start_soon(system.timers.run)  # retries' too
                         if signals is not None and receiver is not None:
                             # Shielded with the services: a signal during a shutdown that a
                             # cancellation from outside started still cuts it short.

@@ -1,0 +1,40 @@
+"""The journal nobody keeps: the default, which records nothing and costs nothing.
+
+Delivery tells its journal of each message once when it accepts it and once when it settles
+it. With this journal it does not even make those calls: the system gives delivery a plain
+``Ledger`` instead of a ``JournalingLedger`` when its journal is :data:`NO_JOURNAL`, so the hot
+path pays nothing for the seam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .._core.ids import MessageId
+from .._core.messages import Envelope
+from .._core.settlement import Settlement
+
+__all__ = ["NO_JOURNAL", "NoJournal"]
+
+
+class NoJournal:
+    """A ``Journal`` that keeps nothing: after a crash there is nothing to replay."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_JOURNAL"
+
+    def accepted(self, envelope: Envelope) -> None:
+        """Keep nothing."""
+
+    def settled(self, message_id: MessageId, outcome: Settlement) -> None:
+        """Keep nothing."""
+
+    def unsettled(self) -> Iterable[Envelope]:
+        """Nothing was kept, so nothing is unsettled."""
+        return ()
+
+
+#: The one ``NoJournal``: delivery skips the journal's calls when it is given this one.
+NO_JOURNAL = NoJournal()

@@ -1,0 +1,182 @@
+"""The delivery layer's books: the only code that counts messages, and the journal's two calls.
+
+Every message the delivery layer accepts is counted once on its way in and once on its way out
+(acknowledged, a suppressed duplicate, failed, or dead-lettered), by the named methods here and
+nowhere else, so that ``sent == acknowledged + duplicates_suppressed + failed + dead_lettered +
+pending`` holds by construction. A journal hears of the same two events through the same
+calls: a :class:`JournalingLedger` tells it, a plain :class:`Ledger` (the default, with no
+journal) does not, which keeps the journal seam free on the hot path.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from .._core.messages import Envelope
+from .._core.protocols import Journal
+from .._core.settlement import Settlement
+from .journal import NO_JOURNAL
+
+__all__ = ["DeliveryStats", "JournalingLedger", "Ledger", "ledger_for"]
+
+
+@attrs.frozen(kw_only=True)
+class DeliveryStats:
+    """A snapshot of the delivery layer's counters.
+
+    ``sent == acknowledged + duplicates_suppressed + failed + dead_lettered + pending``.
+    """
+
+    #: Messages accepted for delivery (a message sent again with the same id counts again).
+    sent: int
+    #: Puts into a mailbox, redeliveries included.
+    delivered: int
+    #: Messages whose handler returned normally. (A mailbox driven by hand is outside the
+    #: delivery layer: what is sent to it is not counted here.)
+    acknowledged: int
+    #: Redeliveries scheduled.
+    retried: int
+    #: Calls that ended in an error for their waiting caller (callee raised, stopped, or could
+    #: not be reached).
+    failed: int
+    #: Exactly-once messages not handled again because their recipient had completed them.
+    duplicates_suppressed: int
+    #: Messages given up on, each filed as a dead letter with its reason.
+    dead_lettered: int
+    #: Messages not settled yet: in a mailbox, in a handler, or waiting for a retry.
+    pending: int
+
+
+class Ledger:
+    """The counters behind :class:`DeliveryStats`, each moved by one named method.
+
+    The accept methods (:meth:`accepted`, :meth:`accepted_and_delivered`) and the settle
+    methods (:meth:`acknowledged`, :meth:`duplicate`, :meth:`failed`, :meth:`dead_lettered`,
+    :meth:`refused`) are the one accept point and the one settle point of every message.
+    """
+
+    __slots__ = (
+        "_acknowledged",
+        "_dead_lettered",
+        "_delivered",
+        "_duplicates",
+        "_failed",
+        "_retried",
+        "_sent",
+    )
+
+    def __init__(self) -> None:
+        self._sent = 0
+        self._delivered = 0
+        self._acknowledged = 0
+        self._retried = 0
+        self._failed = 0
+        self._duplicates = 0
+        self._dead_lettered = 0
+
+    # -- the way in --------------------------------------------------------------------------
+
+    def accepted(self, envelope: Envelope) -> None:
+        """Delivery took ``envelope`` on: it is pending until settled."""
+        self._sent += 1
+
+    def accepted_and_delivered(self, envelope: Envelope) -> None:
+        """:meth:`accepted`, and put at once into a mailbox: the common send in one call."""
+        self._sent += 1
+        self._delivered += 1
+
+    def delivered(self) -> None:
+        """A message accepted earlier went into a mailbox (a first try or a retry)."""
+        self._delivered += 1
+
+    def retried(self) -> None:
+        """A redelivery of a pending message was scheduled."""
+        self._retried += 1
+
+    # -- the way out -------------------------------------------------------------------------
+
+    def acknowledged(self, envelope: Envelope) -> None:
+        """``envelope``'s handler returned normally."""
+        self._acknowledged += 1
+
+    def duplicate(self, envelope: Envelope) -> None:
+        """``envelope`` was completed before (exactly-once): not handled again."""
+        self._duplicates += 1
+
+    def failed(self, envelope: Envelope) -> None:
+        """``envelope``, a call, ended in an error for its caller."""
+        self._failed += 1
+
+    def dead_lettered(self, envelope: Envelope) -> None:
+        """``envelope`` was given up on and filed as a dead letter."""
+        self._dead_lettered += 1
+
+    def refused(self, envelope: Envelope) -> None:
+        """``envelope``, accepted, turned out never to be the delivery layer's (its sender
+        waited for room in its own full mailbox): as if it had never been sent."""
+        self._sent -= 1
+
+    def acknowledged_then_failed(self) -> None:
+        """A deferred call, acknowledged when its handler returned, was then failed: it counts
+        as failed instead. (It was settled once; a journal hears nothing new.)"""
+        self._acknowledged -= 1
+        self._failed += 1
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def stats(self) -> DeliveryStats:
+        """A frozen snapshot of the counters."""
+        settled = self._acknowledged + self._duplicates + self._failed + self._dead_lettered
+        return DeliveryStats(
+            sent=self._sent,
+            delivered=self._delivered,
+            acknowledged=self._acknowledged,
+            retried=self._retried,
+            failed=self._failed,
+            duplicates_suppressed=self._duplicates,
+            dead_lettered=self._dead_lettered,
+            pending=self._sent - settled,
+        )
+
+
+class JournalingLedger(Ledger):
+    """A :class:`Ledger` that also tells a journal of each accept and each settlement."""
+
+    __slots__ = ("journal",)
+
+    def __init__(self, journal: Journal) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def accepted(self, envelope: Envelope) -> None:
+        super().accepted(envelope)
+        self.journal.accepted(envelope)
+
+    def accepted_and_delivered(self, envelope: Envelope) -> None:
+        super().accepted_and_delivered(envelope)
+        self.journal.accepted(envelope)
+
+    def acknowledged(self, envelope: Envelope) -> None:
+        super().acknowledged(envelope)
+        self.journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
+
+    def duplicate(self, envelope: Envelope) -> None:
+        super().duplicate(envelope)
+        self.journal.settled(envelope.id, Settlement.DUPLICATE)
+
+    def failed(self, envelope: Envelope) -> None:
+        super().failed(envelope)
+        self.journal.settled(envelope.id, Settlement.FAILED)
+
+    def dead_lettered(self, envelope: Envelope) -> None:
+        super().dead_lettered(envelope)
+        self.journal.settled(envelope.id, Settlement.DEAD_LETTERED)
+
+    def refused(self, envelope: Envelope) -> None:
+        super().refused(envelope)
+        self.journal.settled(envelope.id, Settlement.REFUSED)
+
+
+def ledger_for(journal: Journal) -> Ledger:
+    """The ledger for a system with ``journal``: a plain one (no calls) for ``NO_JOURNAL``."""
+    return Ledger() if journal is NO_JOURNAL else JournalingLedger(journal)

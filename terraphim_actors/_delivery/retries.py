@@ -1,0 +1,162 @@
+"""The retry schedule: when a message's next try is due, and the wait until then.
+
+One rule says when a failed message is tried again, for casts (whose retries wait as timers
+on the system's one ``TimerService``) and for calls (whose caller waits in its own task, within
+its deadline): the backoff (``supervisor``'s exponential delay with jitter, the formula its
+restarts use), and, after an open circuit refused it, not before that circuit lets a trial
+through. The scheduler keeps what waits, so that it can be listed and settled at shutdown.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import random
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from supervisor._backoff import exponential_delay
+
+from .._core.messages import Envelope
+from .._primitives.circuit import CircuitBreaker, CircuitState
+from .._primitives.timers import Timer, TimerService
+from .dead_letters import DeadLetterReason
+from .options import DeliveryConfig
+
+__all__ = ["NoRetry", "RetryCandidate", "RetryScheduler"]
+
+
+@attrs.frozen(eq=False)
+class RetryCandidate:
+    """A message waiting for its next delivery."""
+
+    envelope: Envelope
+    #: Which redelivery this will be (1 for the first).
+    attempt: int
+    #: Trio time it is due.
+    due: float
+    #: Why the previous try failed.
+    last_failure: DeadLetterReason
+
+
+class NoRetry(enum.Enum):
+    """Why a failed message gets no next try."""
+
+    #: It has had all its retries.
+    EXHAUSTED = "exhausted"
+    #: Its next try would come after the time it must be settled by.
+    TOO_LATE = "too late"
+
+
+class RetryScheduler:
+    """Decides each retry's due time and keeps the messages waiting for one.
+
+    A cast's or an info's retry is a timer on the system's ``TimerService`` that hands the
+    message to ``redeliver`` when due; a call's retry is waited out by its caller
+    (:meth:`wait`), listed here meanwhile.
+    """
+
+    def __init__(
+        self,
+        config: DeliveryConfig,
+        timers: TimerService,
+        clock: trio.abc.Clock,
+        redeliver: Callable[[RetryCandidate], None],
+    ) -> None:
+        self._config = config
+        self._timers = timers
+        self._clock = clock
+        self._redeliver = redeliver
+        self._random = random.Random(config.seed)
+        #: Each message waiting for a retry, with its timer (``None`` for a call, whose caller
+        #: waits in its own task).
+        self._waiting: dict[RetryCandidate, Timer | None] = {}
+
+    def backoff(self, envelope: Envelope) -> float:
+        """Seconds before redelivery number ``envelope.attempt`` (1 for the first)."""
+        config = self._config
+        base = envelope.options.retry_delay
+        assert base is not None  # filled in when the message was accepted
+        return exponential_delay(
+            envelope.attempt,
+            initial=base,
+            multiplier=config.retry_backoff_multiplier,
+            maximum=config.max_retry_delay,
+            jitter=config.jitter,
+            rng=self._random,
+        )
+
+    def next_try(
+        self,
+        envelope: Envelope,
+        reason: DeadLetterReason,
+        admission: CircuitBreaker | None,
+        *,
+        limit: float,
+    ) -> float | NoRetry:
+        """The Trio time of ``envelope``'s next try after a failure for ``reason``, counted in
+        ``envelope.attempt``; or why there is none: its retries are spent, or that time would
+        be past ``limit``.
+
+        The time is its backoff from now; not before an open circuit (``admission``) lets a
+        trial through, since sooner it would only fail again. (Refused by a half-open circuit,
+        it waits only its backoff: the trial under way will soon have closed the circuit, or
+        opened it again.)
+        """
+        retries = envelope.options.max_retries
+        assert retries is not None  # filled in when the message was accepted
+        if envelope.attempt >= retries:
+            return NoRetry.EXHAUSTED
+        envelope.attempt += 1
+        now = self._clock.current_time()
+        due = now + self.backoff(envelope)
+        if (
+            reason is DeadLetterReason.CIRCUIT_OPEN
+            and admission is not None
+            and admission.state(now) is CircuitState.OPEN
+        ):
+            due = max(due, admission.reopens_at)
+        return NoRetry.TOO_LATE if due > limit else due
+
+    def schedule(self, envelope: Envelope, due: float, reason: DeadLetterReason) -> None:
+        """Hand ``envelope`` to ``redeliver`` at Trio time ``due``, in the timer service's
+        task."""
+        candidate = RetryCandidate(envelope, envelope.attempt, due, reason)
+        self._waiting[candidate] = self._timers.call_at(
+            due, functools.partial(self._fire, candidate)
+        )
+
+    def _fire(self, candidate: RetryCandidate) -> None:
+        del self._waiting[candidate]
+        self._redeliver(candidate)
+
+    async def wait(self, envelope: Envelope, due: float, reason: DeadLetterReason) -> None:
+        """Wait in the caller's task until ``due``, listed as waiting meanwhile (a call)."""
+        candidate = RetryCandidate(envelope, envelope.attempt, due, reason)
+        self._waiting[candidate] = None
+        try:
+            await trio.sleep_until(due)
+        finally:
+            del self._waiting[candidate]
+
+    @property
+    def waiting(self) -> int:
+        """How many messages wait for a retry."""
+        return len(self._waiting)
+
+    def candidates(self) -> tuple[RetryCandidate, ...]:
+        """The messages waiting for a retry, soonest first."""
+        return tuple(sorted(self._waiting, key=lambda candidate: candidate.due))
+
+    def cancel_all(self) -> list[RetryCandidate]:
+        """Cancel every timed retry and return what waited for one (the calls, whose callers
+        settle them when they wake, stay listed)."""
+        cancelled = []
+        for candidate, timer in list(self._waiting.items()):
+            if timer is not None:
+                del self._waiting[candidate]
+                timer.cancel()
+                cancelled.append(candidate)
+        return cancelled
