@@ -7,16 +7,23 @@ behind it, named in its docstring.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from ..errors import AgentStopped
-from .ids import AgentId, MessageId
+from .ids import AgentId
 from .messages import Envelope
 from .notifications import ExitReason
-from .settlement import Settlement
 
-__all__ = ["Behaviour", "CallServer", "Directory", "Inbox", "Instance", "Journal", "Occupant"]
+__all__ = [
+    "AdmissionPolicy",
+    "Behaviour",
+    "CallServer",
+    "Directory",
+    "Inbox",
+    "Instance",
+    "Occupant",
+]
 
 _Cell_contra = TypeVar("_Cell_contra", contravariant=True)
 _Endpoint_co = TypeVar("_Endpoint_co", covariant=True)
@@ -145,6 +152,37 @@ class Occupant(Protocol):
         ...
 
 
+class AdmissionPolicy(Protocol):
+    """Whether a destination takes a message now, and when it may again: the policy an
+    endpoint holds as its ``admission`` (the circuit breaker now; a rate limit or a token
+    budget per period later). Times are Trio times passed in by the caller, so that a policy
+    is a plain object, unit-tested without Trio.
+
+    The decision is by time alone, as the breaker's is; a policy that must look at the message
+    (a token budget charging its estimated cost) will add it to ``admit``.
+
+    Today's implementation: ``_primitives.circuit.CircuitBreaker``.
+    """
+
+    def admit(self, now: float) -> bool:
+        """May a message go through at ``now``? Counts it (a trial, a token) if so."""
+        ...
+
+    def would_admit(self, now: float) -> bool:
+        """Whether :meth:`admit` would let a message through at ``now``, counting nothing (a
+        balancer asks it of every member)."""
+        ...
+
+    def retry_at(self, now: float) -> float | None:
+        """When a message refused at ``now`` may be let through; ``None`` if one would be
+        now. A retry is not scheduled before it."""
+        ...
+
+    def record(self, succeeded: bool, now: float) -> None:
+        """How a message it let through ended."""
+        ...
+
+
 class Directory(Protocol[_Endpoint_co]):
     """Names and endpoints: which id an address stands for, and where that id is reached.
     Routing and delivery look destinations up only through this, so that a directory shared
@@ -175,26 +213,4 @@ class Directory(Protocol[_Endpoint_co]):
 
     def has_stopped(self, address: AgentId | str | None) -> bool:
         """Whether the id stopped for good lately, with nothing running under it since."""
-        ...
-
-
-class Journal(Protocol):
-    """A record of every message delivery accepts and of how each was settled, told once at
-    the one accept point and once at the one settle point, so that a durable journal can replay
-    what a crash left unsettled.
-
-    Today's implementation: ``_delivery.journal.NoJournal`` (keeps nothing, and delivery skips
-    its calls altogether); a durable one (SQLite) later.
-    """
-
-    def accepted(self, envelope: Envelope) -> None:
-        """Delivery accepted ``envelope``: it will be settled exactly once."""
-        ...
-
-    def settled(self, message_id: MessageId, outcome: Settlement) -> None:
-        """The message ``message_id`` (accepted earlier) ended as ``outcome``."""
-        ...
-
-    def unsettled(self) -> Iterable[Envelope]:
-        """The messages accepted and not settled yet: what a reopened journal replays."""
         ...

@@ -94,6 +94,19 @@ class CircuitBreaker:
             return True
         return False
 
+    def retry_at(self, now: float) -> float | None:
+        """When a message this breaker refuses at ``now`` may be let through: the time the
+        circuit turns half-open again; ``None`` if one would be let through now."""
+        return None if self.would_admit(now) else self.reopens_at
+
+    def record(self, succeeded: bool, now: float) -> None:
+        """How a message let through ended: :meth:`record_success` or :meth:`record_failure`,
+        as the ``AdmissionPolicy`` seam reports outcomes to any policy."""
+        if succeeded:
+            self.record_success()
+        else:
+            self.record_failure(now)
+
     def record_success(self) -> None:
         """A message was handled: the circuit closes and the failure count starts over."""
         self._state = CircuitState.CLOSED
