@@ -7,13 +7,14 @@ behind it, named in its docstring.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
 from ..errors import AgentStopped
-from .ids import AgentId
+from .ids import AgentId, MessageId
 from .messages import Envelope
 from .notifications import ExitReason
+from .settlement import Settlement
 
 __all__ = [
     "AdmissionPolicy",
@@ -22,6 +23,7 @@ __all__ = [
     "Directory",
     "Inbox",
     "Instance",
+    "Journal",
     "Occupant",
 ]
 
@@ -213,4 +215,26 @@ class Directory(Protocol[_Endpoint_co]):
 
     def has_stopped(self, address: AgentId | str | None) -> bool:
         """Whether the id stopped for good lately, with nothing running under it since."""
+        ...
+
+
+class Journal(Protocol):
+    """A record of every message delivery accepts and of how each was settled, told once at
+    the one accept point and once at the one settle point, so that a durable journal can replay
+    what a crash left unsettled.
+
+    Today's implementation: ``_delivery.journal.NoJournal`` (keeps nothing, and delivery skips
+    its calls altogether); a durable one (SQLite) later.
+    """
+
+    def accepted(self, envelope: Envelope) -> None:
+        """Delivery accepted ``envelope``: it will be settled exactly once."""
+        ...
+
+    def settled(self, message_id: MessageId, outcome: Settlement) -> None:
+        """The message ``message_id`` (accepted earlier) ended as ``outcome``."""
+        ...
+
+    def unsettled(self) -> Iterable[Envelope]:
+        """The messages accepted and not settled yet: what a reopened journal replays."""
         ...
