@@ -84,8 +84,10 @@ class DeliveryManager:
     """Applies each message's guarantee on its way to a mailbox and after its handler ran.
 
     Reached as ``system.delivery``. The sending side (``send``, ``send_nowait``,
-    ``send_call``, ``post``) is called by refs and the system; the outcome side
-    (``acknowledge``, ``suppress_duplicate``, ``undelivered``) by the recipient's loop.
+    ``put_call_nowait``, ``send_call``, ``post``) is called by refs and the system, and each
+    accepts a message through the ledger once; the outcome side (``acknowledge``,
+    ``suppress_duplicate``, ``undelivered``, ``failed_through_caller``, ``abandoned``) by the
+    recipient's loop, the only caller, and each settles a message through the ledger once.
     """
 
     def __init__(
