@@ -44,13 +44,13 @@ from ._core.notifications import (
     StopReason,
     SystemShutdown,
 )
+from ._core.reply import ReplyHandle
 from ._delivery.dead_letters import DeadLetter, DeadLetterReason
 from ._delivery.pipeline import DeliveryConfig, DeliveryManager, DeliveryStats, RetryCandidate
 from ._primitives.balancing import LoadBalancing
 from ._primitives.circuit import CircuitBreakerConfig, CircuitState
 from ._primitives.dedup import DedupWindow
 from ._primitives.mailbox import Mailbox, MailboxConfig, MailboxStats, OverflowPolicy
-from ._primitives.reply import ReplyHandle
 from ._primitives.timers import Timer
 from ._routing.router import MessageRouter, RouterConfig, RouterStats
 from ._system.system import MessageSystem, MessageSystemConfig, SystemStats, open_message_system

@@ -17,8 +17,8 @@ from .._core.checks import check_instance
 from .._core.ids import AgentId, MessageId
 from .._core.messages import DeliveryGuarantee, Envelope
 from .._core.notifications import ExitReason, MonitorRef, StopReason
+from .._core.reply import ReplyHandle
 from .._core.threads import check_thread
-from .._primitives.reply import ReplyHandle
 from .._primitives.timers import Timer
 from ..errors import CallFailed, ReplyAlreadySent
 from .refs import AgentRef

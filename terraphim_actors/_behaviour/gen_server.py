@@ -22,9 +22,9 @@ from .._core.bounded_repr import LazyText, bounded_repr
 from .._core.ids import AgentId
 from .._core.messages import DeliveryGuarantee, Envelope, MessageKind
 from .._core.notifications import ExitReason, StopReason
+from .._core.reply import ReplyHandle
 from .._delivery.dead_letters import DeadLetterReason
 from .._primitives.dedup import NO_REPLY
-from .._primitives.reply import ReplyHandle
 from .._process.cell import AgentCell
 from .._process.context_vars import inherited_deadline
 from ..errors import (

@@ -11,9 +11,9 @@ from .._core.bounded_repr import bounded_repr
 from .._core.checks import check_instance, check_seconds
 from .._core.ids import AgentId
 from .._core.messages import Envelope, MessageKind, MessageOptions, Priority
+from .._core.reply import ReplyHandle
 from .._core.threads import current_thread_id, wrong_thread
 from .._primitives.balancing import LoadBalancing
-from .._primitives.reply import ReplyHandle
 from .._process.context_vars import current_cell, inherited_deadline
 from .._routing.endpoint import Endpoint
 from .._routing.groups import Group

@@ -10,11 +10,11 @@ from typing import Any
 import attrs
 import trio
 
-from .._primitives.reply import ReplyHandle
 from ..errors import InvalidConfig
 from .bounded_repr import bounded_repr
 from .checks import MAX_SECONDS, check_count, check_instance, check_seconds, validator
 from .ids import AgentId, MessageId, new_message_id
+from .reply import ReplyHandle
 
 __all__ = [
     "DeliveryGuarantee",

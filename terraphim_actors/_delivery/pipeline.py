@@ -26,10 +26,10 @@ from .._core.bounded_repr import bounded_repr
 from .._core.ids import AgentId
 from .._core.messages import DeliveryGuarantee, Envelope, MessageOptions, Priority
 from .._core.protocols import Journal
+from .._core.reply import KeptAnswer
 from .._primitives.circuit import CircuitBreaker, CircuitBreakerConfig
 from .._primitives.dedup import NO_REPLY, UNSEEN, HandledMessages
 from .._primitives.mailbox import OwnMailboxFull
-from .._primitives.reply import KeptAnswer
 from .._primitives.timers import TimerService
 from .._routing.router import Router
 from ..errors import (

@@ -5,6 +5,10 @@ waiting caller parks on the handle and is woken with ``trio.lowlevel.reschedule`
 less than a second channel and cannot deliver a reply to the wrong call. A handle is answered at
 most once; once its caller gave up (timeout or cancellation), any later answer is dropped,
 except for resends of an exactly-once call, which a :class:`KeptAnswer` gives it to.
+
+It sits in ``_core``, beside the envelope, because an envelope carries a call's handle and the
+``call`` builder makes one: every layer that reads ``envelope.reply`` uses most of the handle,
+so a protocol in its place would only repeat the class.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import trio
 from ..errors import CallTimeout, ReplyAlreadySent
 
 if TYPE_CHECKING:
-    from .._core.protocols import CallServer
+    from .protocols import CallServer
 
 __all__ = ["KeptAnswer", "ReplyHandle"]
 
