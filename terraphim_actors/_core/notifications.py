@@ -10,7 +10,7 @@ import attrs
 from .ids import AgentId
 
 if TYPE_CHECKING:
-    from .._behaviour.refs import AgentRef
+    from .protocols import Ref
 
 __all__ = [
     "AgentExited",
@@ -53,7 +53,9 @@ class MonitorRef:
 class Down:
     """Info sent to a monitoring agent once the monitored agent has stopped for good."""
 
-    ref: AgentRef
+    #: The ref of the agent that stopped (an ``AgentRef``; typed by the ``Ref`` protocol,
+    #: which has its public members, as this plain data sits below the refs).
+    ref: Ref
     reason: ExitReason
     monitor: MonitorRef
 

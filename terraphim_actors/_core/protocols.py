@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..errors import AgentStopped
 from .ids import AgentId, MessageId
-from .messages import Envelope
+from .messages import Envelope, MessageOptions, Priority
 from .notifications import ExitReason
 from .settlement import Settlement
 
@@ -25,6 +25,7 @@ __all__ = [
     "Instance",
     "Journal",
     "Occupant",
+    "Ref",
 ]
 
 _Cell_contra = TypeVar("_Cell_contra", contravariant=True)
@@ -237,4 +238,80 @@ class Journal(Protocol):
 
     def unsettled(self) -> Iterable[Envelope]:
         """The messages accepted and not settled yet: what a reopened journal replays."""
+        ...
+
+
+class Ref(Protocol):
+    """A handle to one agent (or a pool), as the plain data that carries one names it: a
+    ``Down`` holds the ref of the agent that stopped. Its members are ``AgentRef``'s public ones,
+    with the same signatures, so that a monitor's ``down.ref.call(...)`` is checked as a call
+    through the ref itself.
+
+    Today's implementations: ``_behaviour.refs.AgentRef`` and ``PoolRef``.
+    """
+
+    @property
+    def id(self) -> AgentId:
+        """The agent's identity."""
+        ...
+
+    @property
+    def name(self) -> str | None:
+        """The name the agent was spawned with, if any."""
+        ...
+
+    @property
+    def alive(self) -> bool:
+        """False once the agent has stopped for good."""
+        ...
+
+    async def cast(
+        self,
+        payload: Any,
+        *,
+        priority: Priority = Priority.NORMAL,
+        options: MessageOptions | None = None,
+    ) -> None:
+        """Send a fire-and-forget message."""
+        ...
+
+    def cast_nowait(
+        self,
+        payload: Any,
+        *,
+        priority: Priority = Priority.NORMAL,
+        options: MessageOptions | None = None,
+    ) -> None:
+        """``cast`` without waiting or checkpointing."""
+        ...
+
+    async def info(
+        self,
+        payload: Any,
+        *,
+        priority: Priority = Priority.NORMAL,
+        options: MessageOptions | None = None,
+    ) -> None:
+        """Send an info message (handled by ``handle_info``)."""
+        ...
+
+    def info_nowait(
+        self,
+        payload: Any,
+        *,
+        priority: Priority = Priority.NORMAL,
+        options: MessageOptions | None = None,
+    ) -> None:
+        """``info`` without waiting or checkpointing."""
+        ...
+
+    async def call(
+        self,
+        payload: Any,
+        timeout: float = 5.0,
+        *,
+        priority: Priority = Priority.NORMAL,
+        options: MessageOptions | None = None,
+    ) -> Any:
+        """Send a request and wait for the reply."""
         ...
