@@ -25,8 +25,8 @@ from .refs import AgentRef
 
 if TYPE_CHECKING:
     from .._process.cell import AgentCell
-    from .._system.system import MessageSystem
     from .gen_server import GenServer
+    from .system_api import SystemApi
 
 __all__ = ["Agent", "Caller", "Context", "DeferredReply", "Directive", "NotHandled"]
 
@@ -261,7 +261,7 @@ class Context:
 
     __slots__ = ("_cell", "_deferred", "_envelope", "_server", "_system")
 
-    def __init__(self, cell: AgentCell, system: MessageSystem) -> None:
+    def __init__(self, cell: AgentCell, system: SystemApi) -> None:
         self._cell = cell
         self._system = system
         #: The instance being served, once started (it keeps the calls deferred).
@@ -310,7 +310,7 @@ class Context:
         return ref
 
     @property
-    def system(self) -> MessageSystem:
+    def system(self) -> SystemApi:
         """The message system this agent runs in."""
         return self._system
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -12,17 +12,34 @@ from .._core.ids import AgentId
 from .._core.notifications import StopReason
 from .._primitives.mailbox import MailboxConfig
 from .._process.cell import AgentCell, CellState
+from .._process.host import AgentHost
 from ..errors import DuplicateAgent
 from .agent import Agent, Context
 from .gen_server import GenServerBehaviour
 from .refs import AgentRef
+from .system_api import SystemApi
 
 if TYPE_CHECKING:
     from .._routing.endpoint import Endpoint
     from .._routing.groups import Group
-    from .._system.system import MessageSystem
 
-__all__ = ["AgentStarter", "agent_child_spec"]
+__all__ = ["AgentStarter", "StarterHost", "agent_child_spec"]
+
+
+class StarterHost(AgentHost, SystemApi, Protocol):
+    """What a starter asks of the system it starts agents in: the host of their cells, the API
+    their contexts offer (``ctx.system``), and the registry that learns of each new cell.
+
+    Today's implementation: ``_system.system.MessageSystem``.
+    """
+
+    def register(self, cell: AgentCell) -> None:
+        """Make a new agent reachable by its id and name."""
+        ...
+
+    def is_subscriber(self, cell: AgentCell) -> bool:
+        """Whether ``cell`` hears of agents starting and stopping."""
+        ...
 
 
 class AgentStarter:
@@ -35,7 +52,7 @@ class AgentStarter:
 
     def __init__(
         self,
-        system: MessageSystem,
+        system: StarterHost,
         agent_class: type[Agent],
         args: tuple[Any, ...],
         agent_id: AgentId,

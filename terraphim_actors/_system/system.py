@@ -7,7 +7,7 @@ import contextlib
 import functools
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from typing import Any
 
 import attrs
@@ -29,6 +29,8 @@ from .._behaviour.agent import Agent
 from .._behaviour.agent_checks import check_agent_class
 from .._behaviour.refs import AgentRef, PoolRef
 from .._behaviour.spec import AgentStarter, agent_child_spec
+from .._behaviour.system_api import SystemStats
+from .._behaviour.thread_portal import ThreadPortal
 from .._core.bounded_repr import LazyText
 from .._core.checks import check_count, check_instance, check_seconds, validator
 from .._core.ids import AgentId
@@ -60,7 +62,6 @@ from ..errors import (
 )
 from .shutdown import ShutdownWatch
 from .signals import ShutdownSignals, check_main_thread, receiving_signals
-from .thread_portal import ThreadPortal
 
 __all__ = ["MessageSystem", "MessageSystemConfig", "SystemStats", "open_message_system"]
 
@@ -117,30 +118,6 @@ class MessageSystemConfig:
     #: Told of every message accepted and of how each was settled. Private until the journal
     #: is public (issue 16); tests pass a recording one as ``_journal=``.
     _journal: Journal = attrs.field(default=NO_JOURNAL, alias="_journal", repr=False)
-
-
-@attrs.frozen(kw_only=True)
-class SystemStats:
-    """A snapshot of a message system's counters."""
-
-    #: Agents running now.
-    agents_running: int
-    #: Agents ever spawned.
-    agents_spawned: int
-    #: Agent instances that crashed (a handler, background task or ``on_start`` raised).
-    agent_crashes: int
-    #: Agent instances started again by their supervisor.
-    agent_restarts: int
-    #: Messages accepted into any mailbox, including those of agents that have stopped.
-    messages_received: int
-    #: Messages taken out of any mailbox.
-    messages_processed: int
-    #: Dead letters ever recorded.
-    dead_letters: int
-    #: Dead letters ever recorded, per reason.
-    dead_letters_by_reason: Mapping[DeadLetterReason, int]
-    #: Seconds since the system opened.
-    uptime: float
 
 
 class MessageSystem:

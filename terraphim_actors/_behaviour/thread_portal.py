@@ -5,6 +5,9 @@ A system belongs to the thread of its Trio run (see ``_core.threads``), yet bloc
 Trio) must reach its agents. The portal hands each call and cast to the system's thread with
 ``trio.from_thread.run`` and the system's own Trio token, so it works from any thread, whether
 Trio started it or not, and the thread blocks until the system's thread has its answer.
+
+It sits with the refs it sends through, below the system, so that ``SystemApi`` (what
+``ctx.system`` is typed by) can name it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from .._core.threads import current_thread_id
 from ..errors import SystemClosed, WrongThread
 
 if TYPE_CHECKING:
-    from .._behaviour.refs import AgentRef
+    from .refs import AgentRef
 
 __all__ = ["ThreadPortal"]
 
