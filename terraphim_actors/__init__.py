@@ -52,7 +52,8 @@ from ._primitives.circuit import CircuitBreakerConfig, CircuitState
 from ._primitives.dedup import DedupWindow
 from ._primitives.mailbox import Mailbox, MailboxConfig, MailboxStats, OverflowPolicy
 from ._primitives.timers import Timer
-from ._routing.router import MessageRouter, RouterConfig, RouterStats
+from ._routing.router import RouterConfig, RouterStats
+from ._system.custom_router import MessageRouter
 from ._system.system import MessageSystem, MessageSystemConfig, SystemStats, open_message_system
 
 __all__ = [

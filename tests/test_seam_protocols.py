@@ -1,6 +1,7 @@
 """The protocols a lower layer names in place of a higher type stay what they stand for: the
 same members, with the same signatures, so that code typed by the protocol is checked as code
-on the class itself (``ctx.system`` as a ``MessageSystem``, ``down.ref`` as an ``AgentRef``)."""
+on the class itself (``ctx.system`` as a ``MessageSystem``, ``down.ref`` as an ``AgentRef``, a
+custom router as a ``MessageRouter``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,18 @@ from typing import Any, get_type_hints
 
 import trio
 
-from terraphim_actors import Agent, AgentRef, Context, Down, MessageSystem
+from terraphim_actors import (
+    Agent,
+    AgentRef,
+    Context,
+    Down,
+    MessageRouter,
+    MessageSystem,
+    RouterConfig,
+)
 from terraphim_actors._behaviour.system_api import SystemApi
 from terraphim_actors._core.protocols import Ref
+from terraphim_actors._routing.router import CustomRoute
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -138,3 +148,24 @@ class TestRef:
         await arrived.wait()
         assert downs[0].ref == watched
         assert type(downs[0].ref) is AgentRef
+
+
+class TestCustomRouter:
+    def test_the_public_protocol_and_the_one_the_router_calls_take_the_same_arguments(
+        self,
+    ) -> None:
+        public = inspect.signature(MessageRouter.route).parameters
+        called = inspect.signature(CustomRoute.route).parameters
+        assert [(p.name, p.kind) for p in public.values()] == [
+            (p.name, p.kind) for p in called.values()
+        ]
+
+    def test_a_router_of_ones_own_is_both(self) -> None:
+        class ByTopic:
+            def route(self, envelope: Any, system: Any) -> list[AgentRef]:
+                return [system.ref(envelope.payload)]
+
+        router = ByTopic()
+        assert isinstance(router, MessageRouter)
+        assert isinstance(router, CustomRoute)
+        assert RouterConfig(custom_router=router).custom_router is router

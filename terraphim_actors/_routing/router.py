@@ -9,44 +9,72 @@ scheduler, on the system's one timer service.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
+import trio
 
 from .._core.checks import check_instance, validator
 from .._core.ids import AgentId
 from .._core.messages import Envelope
 from .._primitives.circuit import CircuitBreakerConfig, CircuitState
 from ..errors import InvalidConfig
+from .directory import LocalDirectory
 from .endpoint import Endpoint
 from .groups import Group
 
-if TYPE_CHECKING:
-    from .._behaviour.refs import AgentRef
-    from .._system.system import MessageSystem
+__all__ = ["CustomRoute", "RoutedTo", "Router", "RouterConfig", "RouterHost", "RouterStats"]
 
-__all__ = ["MessageRouter", "Router", "RouterConfig", "RouterStats"]
+
+class RoutedTo(Protocol):
+    """A destination a custom router returns, as the router reads it: whose id the copy is
+    addressed to, and the endpoint that gets it.
+
+    Today's implementations: ``_behaviour.refs.AgentRef`` and ``PoolRef``.
+    """
+
+    @property
+    def id(self) -> AgentId: ...
+
+    def destination(self, envelope: Envelope) -> Endpoint | None: ...
 
 
 @runtime_checkable
-class MessageRouter(Protocol):
-    """A routing policy of your own, in place of the built-in one for addressed messages.
-
-    ``system.send_message(envelope)`` asks it which agents get the envelope; each gets its own
-    copy (same message id, readdressed). Return no ref to say that nobody does: the message is
-    then handled as for a missing recipient (retried, or a ``NOT_FOUND`` dead letter). A ref
-    may be a pool's, which balances as usual. It runs on the sender's path: keep it quick and
-    do not await. A retry of a message it routed nowhere asks it again (unless the message is
-    addressed by ``AgentId``); a copy it addressed to an agent is retried to that agent.
+class CustomRoute(Protocol):
+    """A custom router as the router calls it. Users write against the public
+    ``MessageRouter`` (``_system/custom_router.py``), whose ``route`` takes the
+    ``MessageSystem`` and returns ``AgentRef``\\ s, types this layer cannot name; any
+    ``MessageRouter`` is one of these.
     """
 
-    def route(self, envelope: Envelope, system: MessageSystem) -> Sequence[AgentRef]:
-        """The agents that should receive ``envelope``."""
-        ...
+    def route(self, envelope: Envelope, system: Any) -> Sequence[RoutedTo]: ...
+
+
+class _Waiting(Protocol):
+    @property
+    def waiting(self) -> int: ...
+
+
+class RouterHost(Protocol):
+    """What the router asks of its system: the directory it resolves names in, the clock its
+    statistics read, the retries waiting (for its statistics), and itself to hand to a custom
+    router.
+
+    Today's implementation: ``_system.system.MessageSystem``.
+    """
+
+    @property
+    def registry(self) -> LocalDirectory[Any]: ...
+
+    @property
+    def clock(self) -> trio.abc.Clock: ...
+
+    @property
+    def delivery(self) -> _Waiting: ...
 
 
 def _check_router(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not isinstance(value, MessageRouter):
+    if value is not None and not isinstance(value, CustomRoute):
         raise InvalidConfig(f"{attribute.name} must have a route(envelope, system) method")
 
 
@@ -65,7 +93,7 @@ class RouterConfig:
         factory=CircuitBreakerConfig,
         validator=validator(check_instance, CircuitBreakerConfig, optional=True),
     )
-    custom_router: MessageRouter | None = attrs.field(default=None, validator=_check_router)
+    custom_router: CustomRoute | None = attrs.field(default=None, validator=_check_router)
 
 
 @attrs.frozen(kw_only=True)
@@ -87,7 +115,7 @@ class RouterStats:
 class Router:
     """Resolves addresses and keeps the pools."""
 
-    def __init__(self, config: RouterConfig, system: MessageSystem) -> None:
+    def __init__(self, config: RouterConfig, system: RouterHost) -> None:
         self.config = config
         self._system = system
         #: The groups (pools) running, by their id.
