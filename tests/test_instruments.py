@@ -102,7 +102,7 @@ class TestRegistry:
         """A hook nobody listens to costs nothing again."""
         instrument = Recording()
         instruments = Instruments([instrument])
-        assert set(instruments) == set(HOOKS)
+        assert set(instruments) >= set(HOOKS)
         instruments.remove_instrument(instrument)
         assert not instruments
         with pytest.raises(KeyError):
@@ -192,7 +192,13 @@ class TestEvents:
             await trio.testing.wait_all_tasks_blocked()
 
         await run_with(recording, body)
-        assert recording.about("hello") == ["handler_started", "handler_finished"]
+        # An awaited put is told when it returns, maybe after the recipient began.
+        assert [hook for hook in recording.about("hello") if hook != "message_delivered"] == [
+            "message_accepted",
+            "handler_started",
+            "handler_finished",
+        ]
+        assert recording.about("hello").index("message_delivered") > 0
         assert ("handler_started", "hello", "echo") in recording.events
         assert ("handler_finished", "hello", "NoneType") in recording.events
 
@@ -205,7 +211,13 @@ class TestEvents:
             assert await ref.call("question") == "question"
 
         await run_with(recording, body)
-        assert recording.about("question") == ["handler_started", "handler_finished"]
+        assert recording.about("question") == [
+            "message_accepted",
+            "message_delivered",
+            "handler_started",
+            "handler_finished",
+        ]
+        assert ("message_accepted", "question", "call") in recording.events
         assert ("handler_finished", "question", "NoneType") in recording.events
 
     async def test_a_crash_and_its_retry_are_seen_in_order(
@@ -222,7 +234,23 @@ class TestEvents:
             await trio.sleep(5)
 
         await run_with(recording, body)
-        assert [(hook, detail) for hook, subject, detail in recording.events] == [
+        # A put awaited by its sender is told when the put returns, which may be after the
+        # recipient began: the first delivery is left out of the order.
+        assert [hook for hook in recording.about("job") if hook != "message_delivered"] == [
+            "message_accepted",
+            "handler_started",
+            "handler_finished",
+            "retry_scheduled",
+            "handler_started",
+            "handler_finished",
+        ]
+        assert recording.about("job").count("message_delivered") == 2
+        assert ("retry_scheduled", "job", 1) in recording.events
+        assert [
+            (hook, detail)
+            for hook, subject, detail in recording.events
+            if "_" in hook and subject in ("flaky", "job") and hook.startswith(("agent", "handler"))
+        ] == [
             ("agent_started", None),
             ("handler_started", "flaky"),
             ("handler_finished", "RuntimeError"),
@@ -245,7 +273,12 @@ class TestEvents:
             await trio.testing.wait_all_tasks_blocked()
 
         await run_with(recording, body)
-        assert recording.about("doomed") == ["handler_started", "handler_finished", "dead_lettered"]
+        assert [hook for hook in recording.about("doomed") if hook != "message_delivered"] == [
+            "message_accepted",
+            "handler_started",
+            "handler_finished",
+            "dead_lettered",
+        ]
         assert ("handler_finished", "doomed", "NonRetryable") in recording.events
 
     async def test_a_raising_instrument_is_removed_and_the_system_goes_on(

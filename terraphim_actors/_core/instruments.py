@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import InvalidConfig
 
-__all__ = ["HOOKS", "Instrument", "Instruments", "instruments_tuple"]
+__all__ = ["HOOKS", "MESSAGE_HOOKS", "Instrument", "Instruments", "instruments_tuple"]
 
 logger = logging.getLogger("terraphim_actors.instruments")
 
@@ -46,7 +46,8 @@ class Instrument:
 
     def message_delivered(self, envelope: Any) -> None:
         """``envelope`` was put into its recipient's mailbox (on every attempt that got
-        there: a retried message is delivered again)."""
+        there: a retried message is delivered again). Told when the put returns: after a put
+        its sender awaited (``await ref.cast``), the recipient may have begun already."""
 
     def handler_started(self, agent_id: Any, envelope: Any) -> None:
         """The agent ``agent_id`` (an ``AgentId``) starts handling ``envelope``."""
@@ -83,6 +84,11 @@ HOOKS: tuple[str, ...] = (
 )
 
 
+#: A key present while an instrument observes messages on their way in (accepted or
+#: delivered): the common send, which is both at once, checks it alone.
+MESSAGE_HOOKS = "message_accepted|message_delivered"
+
+
 class Instruments(dict[str, dict[Instrument, None]]):
     """The installed instruments, by the hooks they override.
 
@@ -103,6 +109,8 @@ class Instruments(dict[str, dict[Instrument, None]]):
         for name in HOOKS:
             if getattr(type(instrument), name) is not getattr(Instrument, name):
                 self.setdefault(name, {})[instrument] = None
+                if name in ("message_accepted", "message_delivered"):
+                    self.setdefault(MESSAGE_HOOKS, {})[instrument] = None
 
     def remove_instrument(self, instrument: Instrument) -> None:
         """Uninstall ``instrument`` from every hook.
@@ -120,6 +128,14 @@ class Instruments(dict[str, dict[Instrument, None]]):
                     del self[name]
         if not found:
             raise KeyError(instrument)
+
+    def accepted_and_delivered(self, envelope: Any) -> None:
+        """``message_accepted`` then ``message_delivered``, for a message put into its mailbox
+        as it was accepted. Call only after ``MESSAGE_HOOKS in self``."""
+        if "message_accepted" in self:
+            self.call("message_accepted", envelope)
+        if "message_delivered" in self:
+            self.call("message_delivered", envelope)
 
     def call(self, hook: str, *args: Any) -> None:
         """Call ``hook`` on every instrument that overrides it, with ``args``.

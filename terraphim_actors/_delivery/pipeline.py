@@ -24,6 +24,7 @@ import trio
 
 from .._core.bounded_repr import bounded_repr
 from .._core.ids import AgentId
+from .._core.instruments import MESSAGE_HOOKS, Instruments
 from .._core.messages import DeliveryGuarantee, Envelope, MessageOptions, Priority
 from .._core.protocols import Journal
 from .._core.reply import KeptAnswer
@@ -103,6 +104,7 @@ class DeliveryManager:
         describe: Callable[[Envelope], str],
         closing: Callable[[], bool],
         journal: Journal = NO_JOURNAL,
+        instruments: Instruments | None = None,
     ) -> None:
         """Delivery is given what it works with, not the system: the clock; the timer service
         its retries wait on; the router that resolves a retry's recipient again; whether an
@@ -117,6 +119,8 @@ class DeliveryManager:
         self._file_dead_letter = file_dead_letter
         self._describe = describe
         self._closing = closing
+        #: Told of each accept, put and retry; each hook one dict lookup when none is installed.
+        self._instruments = Instruments() if instruments is None else instruments
         filled = FilledOptions(config)
         #: Options with every delivery field filled in from ``config``, indexed by priority:
         #: what a message sent without options carries.
@@ -150,6 +154,8 @@ class DeliveryManager:
                 blocking; the message is not accepted.
         """
         self.ledger.accepted(envelope)
+        if "message_accepted" in self._instruments:
+            self._instruments.call("message_accepted", envelope)
         try:
             failure = await self._put(endpoint, envelope)
         except trio.Cancelled:
@@ -169,11 +175,17 @@ class DeliveryManager:
                 endpoint.inbox.put_nowait(envelope)
             except (MailboxFull, MailboxClosed) as error:
                 self.ledger.accepted(envelope)
+                if "message_accepted" in self._instruments:
+                    self._instruments.call("message_accepted", envelope)
                 self._failed(endpoint, envelope, *_failure_of(error, endpoint))
             else:
                 self.ledger.accepted_and_delivered(envelope)
+                if MESSAGE_HOOKS in self._instruments:
+                    self._instruments.accepted_and_delivered(envelope)
             return
         self.ledger.accepted(envelope)
+        if "message_accepted" in self._instruments:
+            self._instruments.call("message_accepted", envelope)
         failure = self._put_nowait(endpoint, envelope)
         if failure is not None:
             self._failed(endpoint, envelope, *failure)
@@ -187,9 +199,13 @@ class DeliveryManager:
             endpoint.inbox.put_nowait(envelope)
         except (MailboxFull, MailboxClosed) as error:
             self.ledger.accepted(envelope)
+            if "message_accepted" in self._instruments:
+                self._instruments.call("message_accepted", envelope)
             self._give_up(envelope, self._final_reason(_failure_of(error, endpoint)[0]), str(error))
         else:
             self.ledger.accepted_and_delivered(envelope)
+            if MESSAGE_HOOKS in self._instruments:
+                self._instruments.accepted_and_delivered(envelope)
 
     def put_call_nowait(self, endpoint: Endpoint | None, envelope: Envelope) -> bool:
         """Deliver a call at once if nothing stands in its way: a live agent without a circuit
@@ -199,6 +215,8 @@ class DeliveryManager:
             return False
         endpoint.inbox.put_nowait(envelope)
         self.ledger.accepted_and_delivered(envelope)
+        if MESSAGE_HOOKS in self._instruments:
+            self._instruments.accepted_and_delivered(envelope)
         return True
 
     async def send_call(self, endpoint: Endpoint | None, envelope: Envelope) -> Endpoint:
@@ -214,6 +232,8 @@ class DeliveryManager:
             OwnMailboxFull: as for :meth:`send`; the call is not accepted.
         """
         self.ledger.accepted(envelope)
+        if "message_accepted" in self._instruments:
+            self._instruments.call("message_accepted", envelope)
         try:
             while True:
                 failure = await self._put(endpoint, envelope)
@@ -242,6 +262,9 @@ class DeliveryManager:
                         f" after its caller's deadline: {error}"
                     ) from error
                 self.ledger.retried()
+                if "retry_scheduled" in self._instruments:
+                    delay = due - self._clock.current_time()
+                    self._instruments.call("retry_scheduled", envelope, delay)
                 await self._retries_waiting.wait(envelope, due, reason)  # in the caller's task
                 [(endpoint, envelope)] = self._router.targets_of(envelope, retry=True)[:1]
         except OwnMailboxFull:
@@ -271,6 +294,8 @@ class DeliveryManager:
         except (MailboxFull, MailboxClosed) as error:
             return _failure_of(error, endpoint)
         self.ledger.delivered()
+        if "message_delivered" in self._instruments:
+            self._instruments.call("message_delivered", envelope)
         return None
 
     def _put_nowait(self, endpoint: Endpoint | None, envelope: Envelope) -> _Failure | None:
@@ -285,6 +310,8 @@ class DeliveryManager:
         except (MailboxFull, MailboxClosed) as error:
             return _failure_of(error, endpoint)
         self.ledger.delivered()
+        if "message_delivered" in self._instruments:
+            self._instruments.call("message_delivered", envelope)
         return None
 
     def _obstacle(self, endpoint: Endpoint | None, envelope: Envelope) -> _Failure | None:
@@ -499,6 +526,8 @@ class DeliveryManager:
             )
             return
         self.ledger.retried()
+        if "retry_scheduled" in self._instruments:
+            self._instruments.call("retry_scheduled", envelope, due - self._clock.current_time())
         self._retries_waiting.schedule(envelope, due, reason)
 
     def _retry(self, candidate: RetryCandidate) -> None:
@@ -521,6 +550,8 @@ class DeliveryManager:
             return
         for _, copy in targets[1:]:  # each copy fanned out is a message of its own
             self.ledger.accepted(copy)
+            if "message_accepted" in self._instruments:
+                self._instruments.call("message_accepted", copy)
         for endpoint, copy in targets:
             failure = self._put_nowait(endpoint, copy)
             if failure is not None:

@@ -175,6 +175,7 @@ class MessageSystem:
             describe=self.describe,
             closing=lambda: self.closing,
             journal=config._journal,
+            instruments=self.instruments,
         )
         self._dead_letters = DeadLetterOffice(config.dead_letter_capacity)
         self._dead_letter_subscribers: list[AgentCell] = []
