@@ -25,7 +25,7 @@ from terraphim_actors._behaviour.system_api import SystemApi
 from terraphim_actors._core.protocols import Ref
 from terraphim_actors._routing.router import CustomRoute
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 #: MessageSystem's members without a leading underscore that are the package's own wiring (its
 #: agents' cells, delivery and shutdown call them), not what users call: no README mentions

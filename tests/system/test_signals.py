@@ -34,7 +34,7 @@ from terraphim_actors import (
 )
 from terraphim_actors.errors import InvalidConfig
 
-APP = Path(__file__).with_name("signal_app.py")
+APP = Path(__file__).resolve().parents[1] / "signal_app.py"
 #: Wall-clock seconds the program may take to start and get its agents busy.
 START_SECONDS = 20.0
 #: Seconds a process may take beyond the shutdown's own time: the second that ``on_stop``

@@ -2,8 +2,8 @@
 once; every message must be accounted for, handled or dead-lettered, none lost.
 
 CI runs ``DEFAULT_MESSAGES``; ``TERRAPHIM_SOAK_MESSAGES=1000000 uv run pytest
-tests/test_fault_soak.py -s`` runs the full million (about ten times as long). The summary is
-printed either way.
+tests/properties/test_fault_soak.py -s`` runs the full million (about ten times as long). The
+summary is printed either way.
 """
 
 from __future__ import annotations
