@@ -219,10 +219,18 @@ class Supervisor:
         """Which children restart when one exits."""
         return self._restarts.strategy
 
+    @strategy.setter
+    def strategy(self, strategy: RestartStrategy) -> None:
+        self._restarts.strategy = strategy
+
     @property
     def backoff(self) -> RestartBackoff | None:
         """The wait before restarting a child that keeps exiting (``None``: at once)."""
         return self._restarts.backoff
+
+    @backoff.setter
+    def backoff(self, backoff: RestartBackoff | None) -> None:
+        self._restarts.backoff = backoff
 
     @property
     def max_restarts(self) -> int:

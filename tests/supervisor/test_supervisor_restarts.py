@@ -15,6 +15,7 @@ from supervisor import (
     RestartBackoff,
     RestartStrategy,
     RestartType,
+    Supervisor,
 )
 from supervisor._child import Child
 from supervisor._restarts import ExitAction, RestartPolicy
@@ -141,3 +142,14 @@ class TestBackoff:
         restarts.delay(child, ran_for=4.99)
         assert restarts.delay(child, ran_for=5.0) == pytest.approx(0.1)
         assert child.consecutive_restarts == 1
+
+
+class TestSupervisorSettings:
+    def test_strategy_and_backoff_stay_assignable_attributes(self) -> None:
+        """They were plain attributes before the restart decision moved into RestartPolicy,
+        and assigning them still works."""
+        supervisor = Supervisor()
+        backoff = RestartBackoff(initial=2.0)
+        supervisor.strategy = RestartStrategy.ONE_FOR_ALL
+        supervisor.backoff = backoff
+        assert (supervisor.strategy, supervisor.backoff) == (RestartStrategy.ONE_FOR_ALL, backoff)
