@@ -16,18 +16,61 @@ import trio
 from terraphim_actors import (
     Agent,
     AgentRef,
+    CircuitBreakerConfig,
     Context,
     DeferredReply,
     DeliveryConfig,
     DeliveryGuarantee,
     ExitReason,
     MessageSystemConfig,
+    RouterConfig,
 )
 
 #: A system that never retries: for tests of what a sender sees when a delivery fails.
 AT_MOST_ONCE = MessageSystemConfig(
     delivery=DeliveryConfig(guarantee=DeliveryGuarantee.AT_MOST_ONCE)
 )
+
+
+def lenient_config(
+    *,
+    guarantee: DeliveryGuarantee = DeliveryGuarantee.AT_LEAST_ONCE,
+    breaker: CircuitBreakerConfig | None = None,
+    router: Any = None,
+    **delivery: Any,
+) -> MessageSystemConfig:
+    """A system that restarts up to 100 times and retries without jitter, so that a test's
+    crashes never end it and its retry times are exact."""
+    delivery.setdefault("jitter", 0.0)
+    return MessageSystemConfig(
+        max_restarts=100,
+        delivery=DeliveryConfig(guarantee=guarantee, **delivery),
+        router=RouterConfig(circuit_breaker=breaker, custom_router=router),
+    )
+
+
+class Boom(Exception):
+    """What a failing handler raises."""
+
+
+class Named(Agent):
+    """Replies / records with the name it was given; ``"fail"`` raises, ``"hang"`` hangs."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name = name
+        self.log = log
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        self.log.append(self.name)
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        if message == "fail":
+            raise Boom("fail")
+        if message == "hang":
+            await trio.sleep_forever()
+        self.log.append(self.name)
+        return self.name
+
 
 #: What a ``Runner`` is sent: a function of the handler's context, sync or async.
 Action = Callable[[Context], Any]

@@ -6,36 +6,25 @@ deferred it). The window's own rules are in ``test_delivery.py`` (``TestExactlyO
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from agents import Runner
+from agents import Named, Runner, lenient_config
 
 from terraphim_actors import (
-    Agent,
     AgentRef,
-    CircuitBreakerConfig,
     Context,
-    DeliveryConfig,
     DeliveryGuarantee,
     Envelope,
     MessageOptions,
     MessageSystem,
-    MessageSystemConfig,
-    RouterConfig,
     call,
     cast,
     open_message_system,
 )
 
-AT_LEAST_ONCE = DeliveryGuarantee.AT_LEAST_ONCE
 EXACTLY_ONCE = DeliveryGuarantee.EXACTLY_ONCE
-
-
-class Boom(Exception):
-    """What a failing handler raises."""
 
 
 class Table:
@@ -48,40 +37,6 @@ class Table:
         return self.routes.get(envelope.recipient, [])
 
 
-def config(
-    *,
-    guarantee: DeliveryGuarantee = AT_LEAST_ONCE,
-    breaker: CircuitBreakerConfig | None = None,
-    router: Any = None,
-    **delivery: Any,
-) -> MessageSystemConfig:
-    delivery.setdefault("jitter", 0.0)
-    return MessageSystemConfig(
-        max_restarts=100,
-        delivery=DeliveryConfig(guarantee=guarantee, **delivery),
-        router=RouterConfig(circuit_breaker=breaker, custom_router=router),
-    )
-
-
-class Named(Agent):
-    """Replies / records with the name it was given."""
-
-    def __init__(self, name: str, log: list[str]) -> None:
-        self.name = name
-        self.log = log
-
-    async def handle_cast(self, message: Any, ctx: Context) -> None:
-        self.log.append(self.name)
-
-    async def handle_call(self, message: Any, ctx: Context) -> Any:
-        if message == "fail":
-            raise Boom("fail")
-        if message == "hang":
-            await trio.sleep_forever()
-        self.log.append(self.name)
-        return self.name
-
-
 class TestCopiesFannedOutToPoolMembers:
     async def test_exactly_once_copies_fanned_out_to_two_pool_members_both_get_handled(
         self,
@@ -91,7 +46,7 @@ class TestCopiesFannedOutToPoolMembers:
         per recipient; two different members are two recipients. With the pool's shared window
         the second member's copy is suppressed as a duplicate and never handled."""
         table = Table()
-        async with open_message_system(config(router=table)) as system:
+        async with open_message_system(lenient_config(router=table)) as system:
             log: list[str] = []
             pool = await system.spawn_pool(Named, "m", log, size=2, name="p")
             table.routes["both"] = pool.members

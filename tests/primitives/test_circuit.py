@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from agents import Runner, defer_into, hold_forever, until
+from agents import Boom, Runner, defer_into, hold_forever, until
 
 from terraphim_actors import (
     Agent,
@@ -472,10 +472,6 @@ class TestThroughTheSystem:
 
 
 AT_MOST_ONCE = DeliveryGuarantee.AT_MOST_ONCE
-
-
-class Boom(Exception):
-    """What a failing handler raises."""
 
 
 class TestRetriesWaitForAnOpenCircuit:

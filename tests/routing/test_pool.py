@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from agents import Action, Recorder, Runner, run_action, until
+from agents import Action, Boom, Named, Recorder, Runner, lenient_config, run_action, until
 
 from supervisor import RestartBackoff
 from terraphim_actors import (
@@ -601,46 +601,7 @@ class TestShutdown:
         assert [reason for _, reason, _ in stops] == [StopReason.KILLED] * 4
 
 
-AT_LEAST_ONCE = DeliveryGuarantee.AT_LEAST_ONCE
 AT_MOST_ONCE = DeliveryGuarantee.AT_MOST_ONCE
-
-
-class Boom(Exception):
-    """What a failing handler raises."""
-
-
-def config(
-    *,
-    guarantee: DeliveryGuarantee = AT_LEAST_ONCE,
-    breaker: CircuitBreakerConfig | None = None,
-    router: Any = None,
-    **delivery: Any,
-) -> MessageSystemConfig:
-    delivery.setdefault("jitter", 0.0)
-    return MessageSystemConfig(
-        max_restarts=100,
-        delivery=DeliveryConfig(guarantee=guarantee, **delivery),
-        router=RouterConfig(circuit_breaker=breaker, custom_router=router),
-    )
-
-
-class Named(Agent):
-    """Replies / records with the name it was given."""
-
-    def __init__(self, name: str, log: list[str]) -> None:
-        self.name = name
-        self.log = log
-
-    async def handle_cast(self, message: Any, ctx: Context) -> None:
-        self.log.append(self.name)
-
-    async def handle_call(self, message: Any, ctx: Context) -> Any:
-        if message == "fail":
-            raise Boom("fail")
-        if message == "hang":
-            await trio.sleep_forever()
-        self.log.append(self.name)
-        return self.name
 
 
 class TestMemberCallingItsOwnPool:
@@ -785,7 +746,9 @@ class TestBalancingPassesOverMembersThatCannotTakeWork:
         trial is in flight refuses like an open one, so the pool must pass it over while another
         member is healthy; the sender must never see CircuitOpen."""
         breaker = CircuitBreakerConfig(failure_threshold=1, reset_timeout=10.0)
-        async with open_message_system(config(guarantee=AT_MOST_ONCE, breaker=breaker)) as system:
+        async with open_message_system(
+            lenient_config(guarantee=AT_MOST_ONCE, breaker=breaker)
+        ) as system:
             log: list[str] = []
             pool = await system.spawn_pool(
                 Named, "x", log, size=2, name="p", strategy=LoadBalancing.ROUND_ROBIN

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from agents import Recorder
+from agents import Recorder, lenient_config
 
 from terraphim_actors import (
     Agent,
@@ -329,21 +329,6 @@ class TestStats:
 AT_LEAST_ONCE = DeliveryGuarantee.AT_LEAST_ONCE
 
 
-def config(
-    *,
-    guarantee: DeliveryGuarantee = AT_LEAST_ONCE,
-    breaker: CircuitBreakerConfig | None = None,
-    router: Any = None,
-    **delivery: Any,
-) -> MessageSystemConfig:
-    delivery.setdefault("jitter", 0.0)
-    return MessageSystemConfig(
-        max_restarts=100,
-        delivery=DeliveryConfig(guarantee=guarantee, **delivery),
-        router=RouterConfig(circuit_breaker=breaker, custom_router=router),
-    )
-
-
 def balanced(system: MessageSystem) -> None:
     """The accounting identity of DeliveryStats, and nothing left pending."""
     stats = system.delivery.get_stats()
@@ -376,7 +361,7 @@ class TestCustomRouterRetries:
         names two agents and each gets a copy. Every copy is a message to settle, so `sent` must
         count it: `sent == acknowledged + ... + pending` with `pending == 0` at the end."""
         table = Table()
-        async with open_message_system(config(router=table)) as system:
+        async with open_message_system(lenient_config(router=table)) as system:
             logs: list[list[tuple[str, Any]]] = [[], []]
             await system.send_message(cast(None, "later", recipient="all"))
             table.routes["all"] = [await system.spawn(Recorder, log) for log in logs]
@@ -392,7 +377,7 @@ class TestCustomRouterRetries:
         routed nowhere at first must reach the agent the router names later, as a cast does
         (TestCustomRouter.test_retry_reaches_the_agent_the_router_names_later)."""
         table = Table()
-        async with open_message_system(config(router=table)) as system:
+        async with open_message_system(lenient_config(router=table)) as system:
             envelope, handle = call(None, "hello", 5.0, recipient="later")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(system.send_message, envelope)
@@ -408,7 +393,7 @@ class TestCustomRouterRetries:
         exception there must settle that one message (dead letter), not kill the router task and
         with it the whole system (every agent, the body of open_message_system)."""
         router = Flaky()
-        async with open_message_system(config(router=router)) as system:
+        async with open_message_system(lenient_config(router=router)) as system:
             ref = await system.spawn(Recorder, [])
             await system.send_message(cast(None, "x", recipient="somewhere"))
             await trio.sleep(1)  # the retry asks the router, which raises

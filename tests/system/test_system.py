@@ -10,7 +10,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from agents import AT_MOST_ONCE, Recorder, Runner, Silent, hold_forever, until
+from agents import AT_MOST_ONCE, Boom, Recorder, Runner, Silent, hold_forever, lenient_config, until
 from guarded import run_guarded
 
 from supervisor import (
@@ -27,11 +27,8 @@ from terraphim_actors import (
     AgentId,
     AgentRef,
     AgentStarted,
-    CircuitBreakerConfig,
     Context,
     DeadLetterReason,
-    DeliveryConfig,
-    DeliveryGuarantee,
     ExitReason,
     Mailbox,
     MailboxConfig,
@@ -39,7 +36,6 @@ from terraphim_actors import (
     MessageSystem,
     MessageSystemConfig,
     OverflowPolicy,
-    RouterConfig,
     StopReason,
     SystemShutdown,
     SystemStats,
@@ -1718,28 +1714,6 @@ class TestShutdownLogs:
         assert any("deadline passed: cancelling 3 agents" in m for m in messages)
 
 
-AT_LEAST_ONCE = DeliveryGuarantee.AT_LEAST_ONCE
-
-
-def config(
-    *,
-    guarantee: DeliveryGuarantee = AT_LEAST_ONCE,
-    breaker: CircuitBreakerConfig | None = None,
-    router: Any = None,
-    **delivery: Any,
-) -> MessageSystemConfig:
-    delivery.setdefault("jitter", 0.0)
-    return MessageSystemConfig(
-        max_restarts=100,
-        delivery=DeliveryConfig(guarantee=guarantee, **delivery),
-        router=RouterConfig(circuit_breaker=breaker, custom_router=router),
-    )
-
-
-class Boom(Exception):
-    """What a failing handler raises."""
-
-
 class TestMessagesToAnAgentStoppedForGood:
     async def test_call_to_a_stopped_agent_raises_agent_stopped_at_once_by_default(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
@@ -1803,7 +1777,7 @@ class TestCastsWhileTheSystemCloses:
         A handler still running while the system shuts down casts to a full rejecting mailbox:
         the cast must become a dead letter, not raise MailboxFull into the handler."""
         raised: list[BaseException] = []
-        async with open_message_system(config()) as system:
+        async with open_message_system(lenient_config()) as system:
             full = await system.spawn(
                 Runner, mailbox=MailboxConfig(capacity=1, overflow=OverflowPolicy.REJECT)
             )
