@@ -6,7 +6,7 @@ The format is JSON (stdlib ``json``, ASCII, as Python writes it: ``Infinity`` al
 object per message::
 
     {"v": 1, "id": ..., "kind": "cast", "payload": ..., "sender": ..., "recipient": ...,
-     "options": {...}, "created_at": ...}
+     "options": {...}, "created_at": ..., "reply_to": null}
 
 A payload is built from ``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``, lists,
 tuples and dicts with ``str`` keys, and instances of attrs classes and dataclasses registered
@@ -17,7 +17,12 @@ field by its annotation; a registered class is itself again wherever it appears.
 What a message *is* is encoded; this attempt's local state is not: ``attempt``, ``deadline``
 (a time on this process's Trio clock) and ``reply`` (a live slot a caller waits on, meaningless
 in another process) are dropped, so a decoded call has no reply slot. Encoding never raises for
-them; a reply that crosses processes will be an address as data, a seam of its own.
+them. A call's reply crosses processes as an address instead: ``reply_to``, a
+:class:`~terraphim_actors._core.reply_to.ReplyTo` (``{"node": ..., "correlation": ...}``, or
+``null``), which whoever encodes a live call first gets by registering its slot in the system's
+``PendingCalls``; a decoded call carries it, and the far side's answer goes back to it. The
+codec only writes the address and reads it back; it never registers or answers. Bytes written
+before ``reply_to`` existed read back with none.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from .messages import (
     Priority,
     never_expiring,
 )
+from .reply_to import ReplyTo
 
 __all__ = ["Codec", "decode", "encode", "register_payload"]
 
@@ -151,12 +157,13 @@ class Codec:
             "recipient": _agent_to_json(envelope.recipient),
             "options": _options_to_json(envelope.options),
             "created_at": envelope.created_at,
+            "reply_to": _reply_to_to_json(envelope.reply_to),
         }
         return json.dumps(document, separators=(",", ":")).encode("ascii")
 
     def decode(self, data: bytes) -> Envelope:
         """The envelope of a message :meth:`encode` wrote, on its first attempt, with no reply
-        slot and no deadline.
+        slot and no deadline (a call carries its reply address, ``reply_to``, if it had one).
 
         Raises:
             InvalidMessage: ``data`` is not a message this codec wrote, or names a payload
@@ -174,6 +181,7 @@ class Codec:
                 recipient=_agent_from_json(document["recipient"]),
                 options=_options_from_json(document["options"]),
                 created_at=float(_exact(document["created_at"], float)),
+                reply_to=_reply_to_from_json(document.get("reply_to")),
             )
         except InvalidMessage:
             raise
@@ -269,6 +277,23 @@ def _sender_from_json(value: Any) -> AgentId | None:
     if sender.__class__ is str:
         raise InvalidMessage(f"a sender must be an AgentId or None: {bounded_repr(sender)}")
     return sender  # type: ignore[return-value]
+
+
+def _reply_to_to_json(reply_to: ReplyTo | None) -> Any:
+    if reply_to is None:
+        return None
+    if reply_to.__class__ is not ReplyTo:
+        raise InvalidMessage(f"a reply address must be a ReplyTo: {bounded_repr(reply_to)}")
+    return {"node": int(reply_to.node), "correlation": int(reply_to.correlation)}
+
+
+def _reply_to_from_json(value: Any) -> ReplyTo | None:
+    if value is None:
+        return None
+    return ReplyTo(
+        node=_exact(value["node"], int),
+        correlation=MessageId(_exact(value["correlation"], int)),
+    )
 
 
 def _options_to_json(options: MessageOptions) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from .bounded_repr import bounded_repr
 from .checks import MAX_SECONDS, check_count, check_instance, check_seconds, validator
 from .ids import AgentId, MessageId, new_message_id
 from .reply import ReplyHandle
+from .reply_to import ReplyTo
 
 __all__ = [
     "DeliveryGuarantee",
@@ -154,6 +155,10 @@ class Envelope:
     reply: ReplyHandle | None = None
     #: Trio time after which the caller of a call no longer waits.
     deadline: float = math.inf
+    #: A call's reply address as data, where its reply must cross a process boundary: set
+    #: when its live slot is registered in a ``PendingCalls`` (to encode it), or by decoding
+    #: (with no live slot); ``None`` on the local path, which answers through ``reply``.
+    reply_to: ReplyTo | None = None
 
     @property
     def priority(self) -> Priority:
@@ -183,6 +188,7 @@ class Envelope:
         envelope.attempt = 0
         envelope.reply = None
         envelope.deadline = math.inf
+        envelope.reply_to = None
         return envelope
 
     def __repr__(self) -> str:

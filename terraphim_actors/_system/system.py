@@ -38,6 +38,7 @@ from .._core.instruments import Instrument, Instruments, instruments_tuple
 from .._core.messages import Envelope, MessageKind, MessageOptions
 from .._core.notifications import AgentExited, AgentStarted, StopReason, SystemShutdown
 from .._core.protocols import Journal
+from .._core.reply_to import PendingCalls
 from .._core.threads import check_thread, current_thread_id
 from .._delivery.dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
 from .._delivery.journal import NO_JOURNAL
@@ -177,6 +178,9 @@ class MessageSystem:
             journal=config._journal,
             instruments=self.instruments,
         )
+        #: Calls whose reply address was encoded as data (to cross a process boundary), for
+        #: the answers that come back as data; a local call never enters it.
+        self.pending_calls = PendingCalls()
         self._dead_letters = DeadLetterOffice(config.dead_letter_capacity)
         self._dead_letter_subscribers: list[AgentCell] = []
         self.registry: LocalDirectory[AgentCell] = LocalDirectory()

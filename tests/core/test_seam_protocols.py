@@ -38,6 +38,7 @@ SYSTEM_INTERNALS = {
     "clock",
     "closing",
     "instruments",
+    "pending_calls",
     "registry",
     "forget_pool",
     "registered_id",
