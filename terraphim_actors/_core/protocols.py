@@ -164,6 +164,10 @@ class AdmissionPolicy(Protocol):
     The decision is by time alone, as the breaker's is; a policy that must look at the message
     (a token budget charging its estimated cost) will add it to ``admit``.
 
+    Delivery, retries, groups and the agent loop consult an endpoint's admission only through
+    these four methods; only the delivery step that makes it (on the endpoint's first failure)
+    and the router's stats (circuit states) know it is a breaker.
+
     Today's implementation: ``_primitives.circuit.CircuitBreaker``.
     """
 
@@ -177,8 +181,9 @@ class AdmissionPolicy(Protocol):
         ...
 
     def retry_at(self, now: float) -> float | None:
-        """When a message refused at ``now`` may be let through; ``None`` if one would be
-        now. A retry is not scheduled before it."""
+        """The earliest time a message refused at ``now`` may be let through (``now`` itself
+        when that hangs on outcomes under way); ``None`` if one would be now. A retry is not
+        scheduled before it, and a group names the member whose time comes first."""
         ...
 
     def record(self, succeeded: bool, now: float) -> None:

@@ -324,8 +324,8 @@ class DeliveryManager:
             return DeadLetterReason.NOT_FOUND, AgentNotFound(
                 f"no agent is registered as {envelope.recipient!r}"
             )
-        breaker = endpoint.admission
-        if breaker is not None and not breaker.admit(self._clock.current_time()):
+        admission = endpoint.admission
+        if admission is not None and not admission.admit(self._clock.current_time()):
             return DeadLetterReason.CIRCUIT_OPEN, CircuitOpen(
                 f"the circuit of {endpoint.id!r} is open: failing fast"
             )
@@ -372,14 +372,14 @@ class DeliveryManager:
         duplicates under exactly-once). The loop settles the common case with
         ``ledger.acknowledged`` alone."""
         self.ledger.acknowledged(envelope)
-        breaker = endpoint.admission
+        admission = endpoint.admission
         handle = envelope.reply
         if (
-            breaker is not None
+            admission is not None
             and (handle is None or not handle.pending)  # a deferred call: when answered
             and envelope.options not in self._notices  # they pass an open circuit
         ):
-            breaker.record_success()
+            admission.record(True, self._clock.current_time())
         if envelope.options.guarantee is EXACTLY_ONCE:
             if reply is NO_REPLY and handle is not None:
                 reply = handle.keep_answer()  # deferred: its answer, whenever it is given
@@ -477,18 +477,21 @@ class DeliveryManager:
         self.record_failure(endpoint)
 
     def record_success(self, endpoint: Endpoint) -> None:
-        """Count a success for ``endpoint``'s circuit breaker (a deferred reply was sent)."""
-        if endpoint.admission is not None:
-            endpoint.admission.record_success()
+        """Report a success to ``endpoint``'s admission (a deferred reply was sent)."""
+        admission = endpoint.admission
+        if admission is not None:
+            admission.record(True, self._clock.current_time())
 
     def record_failure(self, endpoint: Endpoint) -> None:
-        """Count a failure against ``endpoint``'s circuit breaker (made on its first failure)."""
-        if self._breakers is None:
-            return
-        breaker = endpoint.admission
-        if breaker is None:
-            breaker = endpoint.admission = CircuitBreaker(self._breakers)
-        breaker.record_failure(self._clock.current_time())
+        """Report a failure to ``endpoint``'s admission. The one place that knows the policy
+        is a circuit breaker: it makes one on the endpoint's first failure (while the circuit
+        breaker is configured), so that a healthy endpoint has nothing to consult."""
+        admission = endpoint.admission
+        if admission is None:
+            if self._breakers is None:
+                return
+            admission = endpoint.admission = CircuitBreaker(self._breakers)
+        admission.record(False, self._clock.current_time())
 
     def _count_failure(self, endpoint: Endpoint | None, reason: DeadLetterReason) -> None:
         if endpoint is not None and reason is not DeadLetterReason.CIRCUIT_OPEN:

@@ -3,8 +3,9 @@
 One rule says when a failed message is tried again, for casts (whose retries wait as timers
 on the system's one ``TimerService``) and for calls (whose caller waits in its own task, within
 its deadline): the backoff (``supervisor``'s exponential delay with jitter, the formula its
-restarts use), and, after an open circuit refused it, not before that circuit lets a trial
-through. The scheduler keeps what waits, so that it can be listed and settled at shutdown.
+restarts use), and, after its destination's admission (an open circuit) refused it, not
+before that admission may let it through. The scheduler keeps what waits, so that it can be
+listed and settled at shutdown.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import trio
 from supervisor._backoff import exponential_delay
 
 from .._core.messages import Envelope
-from .._primitives.circuit import CircuitBreaker, CircuitState
+from .._core.protocols import AdmissionPolicy
 from .._primitives.timers import Timer, TimerService
 from .dead_letters import DeadLetterReason
 from .options import DeliveryConfig
@@ -92,7 +93,7 @@ class RetryScheduler:
         self,
         envelope: Envelope,
         reason: DeadLetterReason,
-        admission: CircuitBreaker | None,
+        admission: AdmissionPolicy | None,
         *,
         limit: float,
     ) -> float | NoRetry:
@@ -100,9 +101,10 @@ class RetryScheduler:
         ``envelope.attempt``; or why there is none: its retries are spent, or that time would
         be past ``limit``.
 
-        The time is its backoff from now; not before an open circuit (``admission``) lets a
-        trial through, since sooner it would only fail again. (Refused by a half-open circuit,
-        it waits only its backoff: the trial under way will soon have closed the circuit, or
+        The time is its backoff from now; refused by its destination's ``admission``, not before
+        that may let it through (its ``retry_at``: for an open circuit, when it lets a trial
+        through), since sooner it would only fail again. (Refused by a half-open circuit, it
+        waits only its backoff: the trial under way will soon have closed the circuit, or
         opened it again.)
         """
         retries = envelope.options.max_retries
@@ -112,12 +114,10 @@ class RetryScheduler:
         envelope.attempt += 1
         now = self._clock.current_time()
         due = now + self.backoff(envelope)
-        if (
-            reason is DeadLetterReason.CIRCUIT_OPEN
-            and admission is not None
-            and admission.state(now) is CircuitState.OPEN
-        ):
-            due = max(due, admission.reopens_at)
+        if reason is DeadLetterReason.CIRCUIT_OPEN and admission is not None:
+            retry_at = admission.retry_at(now)
+            if retry_at is not None:
+                due = max(due, retry_at)
         return NoRetry.TOO_LATE if due > limit else due
 
     def schedule(self, envelope: Envelope, due: float, reason: DeadLetterReason) -> None:

@@ -95,9 +95,13 @@ class CircuitBreaker:
         return False
 
     def retry_at(self, now: float) -> float | None:
-        """When a message this breaker refuses at ``now`` may be let through: the time the
-        circuit turns half-open again; ``None`` if one would be let through now."""
-        return None if self.would_admit(now) else self.reopens_at
+        """The earliest time a message this breaker refuses at ``now`` may be let through:
+        when an open circuit turns half-open; ``now`` for a half-open one whose trials are
+        out, since a trial's success may close it at any moment (so a retry it refused waits
+        only its backoff); ``None`` if one would be let through now."""
+        if self.would_admit(now):
+            return None
+        return self.reopens_at if self._state is CircuitState.OPEN else now
 
     def record(self, succeeded: bool, now: float) -> None:
         """How a message let through ended: :meth:`record_success` or :meth:`record_failure`,

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 
 from .._core.ids import AgentId
 from .._core.messages import Envelope
-from .._core.protocols import Inbox, Occupant
-from .._primitives.circuit import CircuitBreaker
+from .._core.protocols import AdmissionPolicy, Inbox, Occupant
 from .._primitives.dedup import HandledMessages
 
 if TYPE_CHECKING:
@@ -24,9 +23,9 @@ __all__ = ["Endpoint"]
 
 
 class Endpoint:
-    """One destination: its address, its inbox, its admission (the circuit breaker, made on
-    its first failure), its exactly-once window (made on the first such message), and the
-    group it is a member of.
+    """One destination: its address, its inbox, its admission (an ``AdmissionPolicy``: the
+    circuit breaker delivery makes on its first failure), its exactly-once window (made on the
+    first such message), and the group it is a member of.
 
     Delivery reads ``admission`` and ``inbox`` on every send: they are plain slots, so a send
     costs the same attribute loads as when they lived on the cell.
@@ -41,8 +40,9 @@ class Endpoint:
         self.inbox = inbox
         #: The process behind it now (the current cell).
         self.occupant = occupant
-        #: Its circuit breaker, made on its first failure (``None``: closed, never failed).
-        self.admission: CircuitBreaker | None = None
+        #: What decides whether it takes a message now: its circuit breaker, made on its first
+        #: failure. ``None``: nothing to consult, which a send checks first.
+        self.admission: AdmissionPolicy | None = None
         #: What it handled lately under exactly-once, made on the first such message.
         self.window: HandledMessages | None = None
         #: The group it is a member of, whose window dedups what comes through the group.

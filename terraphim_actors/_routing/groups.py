@@ -144,8 +144,8 @@ class Group:
             position = self.balancer.choose(payload, available, load)
         if position is not None:
             return members[position]
-        # Every other member's circuit refuses: name the one that lets a trial through first,
-        # so the sender sees the open circuit (and a retry waits for it) rather than nobody.
+        # Every other member's admission refuses: name the one whose retry_at comes first, so
+        # the sender sees the open circuit (and a retry waits for it) rather than nobody.
         refusing = [
             e
             for e in members
@@ -159,9 +159,11 @@ class Group:
                 f"{caller.id!r} called its own pool {self.id!r}, whose only member left is"
                 " itself: it would wait forever"
             )
-        return min(refusing, key=_reopens_at, default=None)
+        return min(refusing, key=lambda e: _retry_at(e, now), default=None)
 
 
-def _reopens_at(endpoint: Endpoint) -> float:
+def _retry_at(endpoint: Endpoint, now: float) -> float:
+    """When ``endpoint``'s admission, which refuses at ``now``, may let a message through."""
     assert endpoint.admission is not None
-    return endpoint.admission.reopens_at
+    retry_at = endpoint.admission.retry_at(now)
+    return now if retry_at is None else retry_at

@@ -17,7 +17,7 @@ import trio
 from .._core.checks import check_instance, validator
 from .._core.ids import AgentId
 from .._core.messages import Envelope
-from .._primitives.circuit import CircuitBreakerConfig, CircuitState
+from .._primitives.circuit import CircuitBreaker, CircuitBreakerConfig, CircuitState
 from ..errors import InvalidConfig
 from .directory import LocalDirectory
 from .endpoint import Endpoint
@@ -158,10 +158,11 @@ class Router:
     def stats(self) -> RouterStats:
         """A frozen snapshot of the router's state."""
         now = self._system.clock.current_time()
+        # Stats report circuits: of the admission policies, the circuit breakers.
         circuits = {
             endpoint.id: endpoint.admission.state(now)
             for endpoint in self._system.registry.endpoints()
-            if endpoint.admission is not None
+            if isinstance(endpoint.admission, CircuitBreaker)
         }
         return RouterStats(
             circuits=circuits,

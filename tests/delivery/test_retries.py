@@ -122,3 +122,18 @@ class TestNextTry:
         )
         crashed = retries.next_try(message(config), CRASHED, breaker, limit=100.0)
         assert (refused, crashed) == (breaker.reopens_at, 1.0)
+
+    def test_refused_by_a_half_open_circuit_it_waits_only_its_backoff(self) -> None:
+        """A half-open circuit whose one trial is out refuses, but the trial's outcome will
+        soon decide: the next try waits its backoff, not another reset timeout."""
+        config = DeliveryConfig(retry_delay=1.0, jitter=0)
+        clock = trio.testing.MockClock()
+        breaker = CircuitBreaker(CircuitBreakerConfig(failure_threshold=1, reset_timeout=10.0))
+        breaker.record_failure(0.0)
+        clock.jump(10.0)
+        assert breaker.admit(10.0)  # the trial
+        assert not breaker.would_admit(10.0)
+        refused = scheduler(config, clock).next_try(
+            message(config), DeadLetterReason.CIRCUIT_OPEN, breaker, limit=100.0
+        )
+        assert refused == 11.0

@@ -39,7 +39,10 @@ class TestCircuitBreakerAsAdmissionPolicy:
         breaker.record(False, 1.0)
         breaker.record(False, 1.0)
         assert breaker.admit(11.0)
-        assert breaker.retry_at(11.0) == 21.0  # its one trial is out
+        # Its one trial is out: refused, but its success may close the circuit at any moment,
+        # so the earliest time is now (a retry waits only its backoff), not the reset timeout.
+        assert not breaker.would_admit(11.0)
+        assert breaker.retry_at(11.0) == 11.0
         breaker.record(True, 11.5)
         assert breaker.retry_at(11.5) is None
 

@@ -20,6 +20,8 @@ from terraphim_actors import (
     AgentRef,
     CircuitBreakerConfig,
     Context,
+    DeadLetterReason,
+    DeliveryConfig,
     DeliveryGuarantee,
     MessageOptions,
     MessageSystem,
@@ -28,14 +30,14 @@ from terraphim_actors import (
     open_message_system,
 )
 from terraphim_actors._core.messages import Envelope, call, cast
-from terraphim_actors._core.protocols import Directory, Inbox
+from terraphim_actors._core.protocols import AdmissionPolicy, Directory, Inbox
 from terraphim_actors._primitives.balancing import Balancer, LoadBalancing
 from terraphim_actors._primitives.circuit import CircuitBreaker
 from terraphim_actors._primitives.dedup import DedupWindow, HandledMessages
 from terraphim_actors._routing.directory import LocalDirectory
 from terraphim_actors._routing.endpoint import Endpoint
 from terraphim_actors._routing.groups import Group
-from terraphim_actors.errors import CallToSelf, InvalidConfig, MailboxFull
+from terraphim_actors.errors import CallToSelf, CircuitOpen, InvalidConfig, MailboxFull
 
 
 class ListInbox:
@@ -195,6 +197,93 @@ class TestEndpointAcrossCells:
             assert breaker.state(trio.current_time()).value == "closed"
             assert ref.alive
             assert await ref.call("hello") == "ok"
+
+
+class Gate:
+    """An admission policy that is no circuit breaker: it refuses every message before
+    ``opens_at`` and admits every one from then on; it notes when it was asked and what it was
+    told."""
+
+    def __init__(self, opens_at: float) -> None:
+        self.opens_at = opens_at
+        self.admitted_at: list[float] = []
+        self.refused_at: list[float] = []
+        self.outcomes: list[bool] = []
+
+    def would_admit(self, now: float) -> bool:
+        return now >= self.opens_at
+
+    def admit(self, now: float) -> bool:
+        (self.admitted_at if self.would_admit(now) else self.refused_at).append(now)
+        return self.would_admit(now)
+
+    def retry_at(self, now: float) -> float | None:
+        return None if self.would_admit(now) else self.opens_at
+
+    def record(self, succeeded: bool, now: float) -> None:
+        self.outcomes.append(succeeded)
+
+
+class Timed(Agent):
+    """Notes the Trio time at which it handles each cast."""
+
+    def __init__(self, handled_at: list[tuple[str, float]]) -> None:
+        self.handled_at = handled_at
+
+    async def handle_cast(self, message: str, ctx: Context) -> None:
+        self.handled_at.append((message, trio.current_time()))
+
+
+class TestAdmissionSeam:
+    """Delivery consults an endpoint's admission through the ``AdmissionPolicy`` seam alone:
+    a policy that is no circuit breaker refuses, schedules retries and hears outcomes."""
+
+    async def test_a_refusing_policy_fails_the_send_as_an_open_circuit(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Refused by the policy, an at-most-once cast raises ``CircuitOpen`` and is a dead
+        letter for the open circuit; the agent never sees it. The router's stats, which report
+        circuit breakers, list none."""
+        handled: list[tuple[str, float]] = []
+        async with open_message_system() as system:
+            ref = await system.spawn(Timed, handled)
+            gate = Gate(opens_at=float("inf"))
+            policy: AdmissionPolicy = gate
+            ref._agent().endpoint.admission = policy
+            once = MessageOptions(guarantee=DeliveryGuarantee.AT_MOST_ONCE)
+            with pytest.raises(CircuitOpen):
+                ref.cast_nowait("refused", options=once)
+            await trio.testing.wait_all_tasks_blocked()
+            assert [(letter.envelope.payload, letter.reason) for letter in system.dead_letters] == [
+                ("refused", DeadLetterReason.CIRCUIT_OPEN)
+            ]
+            assert handled == []
+            assert gate.refused_at == [trio.current_time()]
+            stats = system.router.stats()
+            assert (dict(stats.circuits), stats.open_circuits) == ({}, 0)
+
+    async def test_a_retry_waits_for_the_policy_s_retry_at(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A retried cast refused by the policy is not tried again before its ``retry_at``,
+        though its backoff is far shorter; then it is admitted, handled, and the success is
+        recorded with the policy."""
+        handled: list[tuple[str, float]] = []
+        config = MessageSystemConfig(delivery=DeliveryConfig(retry_delay=0.5, jitter=0.0))
+        async with open_message_system(config) as system:
+            ref = await system.spawn(Timed, handled)
+            start = trio.current_time()
+            gate = Gate(opens_at=start + 20.0)
+            ref._agent().endpoint.admission = gate
+            ref.cast_nowait("later", options=MessageOptions(timeout=60.0))
+            await trio.sleep(30.0)  # the mock clock jumps; well past the gate's time
+            assert gate.refused_at == [start]
+            assert gate.admitted_at == [start + 20.0]
+            assert handled == [("later", start + 20.0)]
+            assert gate.outcomes == [True]
+            assert system.dead_letters == ()
+            stats = system.delivery.get_stats()
+            assert (stats.retried, stats.acknowledged, stats.pending) == (1, 1, 0)
 
 
 class TestLocalDirectory:
