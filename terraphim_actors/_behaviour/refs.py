@@ -169,18 +169,13 @@ class AgentRef:
             WrongThread: called from a thread other than the system's.
         """
         check_seconds("timeout", timeout)
-        envelope = self._envelope(MessageKind.CALL, payload, priority, options)
+        envelope = self._envelope(MessageKind.CALL, payload, priority, options, timeout)
+        handle = envelope.reply
+        assert handle is not None
+        deadline = handle.deadline
         endpoint = self._address.route(envelope)
         if endpoint is not None and endpoint.occupant.in_own_task:
             raise CallToSelf(f"{self.id!r} called itself and would wait forever")
-        own_deadline = envelope.created_at + timeout
-        # This call's deadline, or the deadline of the call being handled when that is tighter.
-        # A tighter Trio scope around the caller cancels it as any scope does, but the envelope
-        # carries that deadline too, so that the callee can skip work nobody waits for.
-        deadline = min(own_deadline, inherited_deadline.get())
-        handle = ReplyHandle(deadline)
-        envelope.reply = handle
-        envelope.deadline = min(deadline, trio.current_effective_deadline())
         system = self._system
         delivery = system.delivery
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -201,7 +196,8 @@ class AgentRef:
             finally:
                 timer.cancel()
         handle.abandon()
-        waited = f"{timeout} s" if deadline == own_deadline else "its caller's deadline"
+        own = deadline == envelope.created_at + timeout
+        waited = f"{timeout} s" if own else "its caller's deadline"
         quoted = (
             bounded_repr(payload) if endpoint is None else endpoint.occupant.format_message(payload)
         )
@@ -230,7 +226,10 @@ class AgentRef:
         payload: Any,
         priority: Priority,
         options: MessageOptions | None,
+        call_timeout: float | None = None,
     ) -> Envelope:
+        """The envelope of a send from the current task; a call's (``call_timeout`` given)
+        with its reply slot and deadline."""
         system = self._system
         # Every send passes here first, before anything is counted or queued.
         if current_thread_id() != system.thread_id:
@@ -244,14 +243,23 @@ class AgentRef:
             if priority is not Priority.NORMAL and priority is not options.priority:
                 raise InvalidConfig("give the priority in options, or as priority=, not both")
             resolved = system.delivery.resolve(options)
-        sender = current_cell.get()
+        sender = None if (cell := current_cell.get()) is None else cell.id
+        created_at = system.clock.current_time()
+        if call_timeout is None:
+            return Envelope.for_send(kind, payload, sender, self.id, resolved, created_at)
+        # This call's deadline, or the deadline of the call being handled when that is tighter.
+        # A tighter Trio scope around the caller cancels it as any scope does, but the envelope
+        # carries that deadline too, so that the callee can skip work nobody waits for.
+        deadline = min(created_at + call_timeout, inherited_deadline.get())
         return Envelope.for_send(
             kind,
             payload,
-            None if sender is None else sender.id,
+            sender,
             self.id,
             resolved,
-            system.clock.current_time(),
+            created_at,
+            ReplyHandle(deadline),
+            min(deadline, trio.current_effective_deadline()),
         )
 
 

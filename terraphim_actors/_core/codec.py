@@ -6,7 +6,7 @@ The format is JSON (stdlib ``json``, ASCII, as Python writes it: ``Infinity`` al
 object per message::
 
     {"v": 1, "id": ..., "kind": "cast", "payload": ..., "sender": ..., "recipient": ...,
-     "options": {...}, "created_at": ..., "reply_to": null}
+     "options": {...}, "created_at": ..., "headers": {...}, "reply_to": null}
 
 A payload is built from ``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``, lists,
 tuples and dicts with ``str`` keys, and instances of attrs classes and dataclasses registered
@@ -22,7 +22,7 @@ them. A call's reply crosses processes as an address instead: ``reply_to``, a
 ``null``), which whoever encodes a live call first gets by registering its slot in the system's
 ``PendingCalls``; a decoded call carries it, and the far side's answer goes back to it. The
 codec only writes the address and reads it back; it never registers or answers. Bytes written
-before ``reply_to`` existed read back with none.
+before ``reply_to`` and ``headers`` existed read back with neither.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ import base64
 import dataclasses
 import json
 import math
+import types
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -43,6 +44,7 @@ from ..errors import InvalidConfig, InvalidMessage, UnencodablePayload
 from .bounded_repr import bounded_repr
 from .ids import AgentId, MessageId
 from .messages import (
+    NO_HEADERS,
     DeliveryGuarantee,
     Envelope,
     MessageKind,
@@ -157,6 +159,7 @@ class Codec:
             "recipient": _agent_to_json(envelope.recipient),
             "options": _options_to_json(envelope.options),
             "created_at": envelope.created_at,
+            "headers": _headers_to_json(envelope.headers),
             "reply_to": _reply_to_to_json(envelope.reply_to),
         }
         return json.dumps(document, separators=(",", ":")).encode("ascii")
@@ -181,6 +184,7 @@ class Codec:
                 recipient=_agent_from_json(document["recipient"]),
                 options=_options_from_json(document["options"]),
                 created_at=float(_exact(document["created_at"], float)),
+                headers=_headers_from_json(document.get("headers")),
                 reply_to=_reply_to_from_json(document.get("reply_to")),
             )
         except InvalidMessage:
@@ -277,6 +281,20 @@ def _sender_from_json(value: Any) -> AgentId | None:
     if sender.__class__ is str:
         raise InvalidMessage(f"a sender must be an AgentId or None: {bounded_repr(sender)}")
     return sender  # type: ignore[return-value]
+
+
+def _headers_to_json(headers: Mapping[str, str]) -> dict[str, str]:
+    if not all(k.__class__ is str and v.__class__ is str for k, v in headers.items()):
+        raise InvalidMessage(f"headers map str to str: {bounded_repr(headers)}")
+    return dict(headers)
+
+
+def _headers_from_json(value: Any) -> Mapping[str, str]:
+    if value is None or value == {}:
+        return NO_HEADERS
+    if value.__class__ is not dict:
+        raise InvalidMessage(f"headers must be an object: {bounded_repr(value)}")
+    return types.MappingProxyType(_headers_to_json(value))
 
 
 def _reply_to_to_json(reply_to: ReplyTo | None) -> Any:

@@ -138,9 +138,7 @@ class Router:
         refs = list(custom.route(envelope, self._system))
         if not refs:
             return [(None, envelope)]
-        copies = [envelope] + [attrs.evolve(envelope) for _ in refs[1:]]
-        for ref, copy in zip(refs, copies, strict=True):
-            copy.recipient = ref.id
+        copies = [envelope.evolve(recipient=ref.id) for ref in refs]
         return [(ref.destination(copy), copy) for ref, copy in zip(refs, copies, strict=True)]
 
     def _registered_target(self, envelope: Envelope) -> Endpoint | None:

@@ -654,8 +654,9 @@ class MessageSystem:
         if mailbox is not None:
             await mailbox.send(envelope)
             return
-        envelope.options = self.delivery.resolve(envelope.options)
-        envelope.attempt = 0  # a message sent again gets its retries again
+        # Its options filled in from the configuration, and its retries given again (a
+        # message sent again is the same message: same id, a fresh first attempt).
+        envelope = envelope.evolve(options=self.delivery.resolve(envelope.options), attempt=0)
         for cell, copy in self.router.targets_of(envelope):
             if copy.kind is MessageKind.CALL:
                 await self.delivery.send_call(cell, copy)

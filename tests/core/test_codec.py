@@ -57,7 +57,7 @@ class Unregistered:
 
 
 def message(envelope: Envelope) -> tuple[Any, ...]:
-    """What a message is (the envelope has no equality of its own: it is local state)."""
+    """What a message is, field by field (messages compare by id alone)."""
     return (
         envelope.id,
         envelope.kind,
@@ -66,6 +66,7 @@ def message(envelope: Envelope) -> tuple[Any, ...]:
         envelope.recipient,
         envelope.options,
         envelope.created_at,
+        dict(envelope.headers),
     )
 
 
@@ -119,6 +120,7 @@ envelopes = st.builds(
     options=options | options.map(never_expiring),
     id=st.integers(min_value=1, max_value=2**128),
     created_at=st.floats(min_value=0, max_value=1e12),
+    headers=st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
 )
 
 
@@ -190,6 +192,11 @@ class TestUnencodable:
         with pytest.raises(TypeError, match="register_payload"):
             encode(envelope(Unregistered()))
 
+    def test_headers_other_than_str_to_str_raise_invalid_message(self) -> None:
+        """Headers are string metadata: anything else is refused before it reaches the wire."""
+        with pytest.raises(InvalidMessage):
+            encode(envelope(None, headers={"attempt": 1}))
+
     def test_only_an_envelope_is_encoded(self) -> None:
         """Anything else is not a message."""
         with pytest.raises(InvalidMessage):
@@ -206,6 +213,7 @@ class TestDecodingBadInput:
             b'{"v":1}',
             b"\xff",
             encode(envelope(None)).replace(b'"kind":"cast"', b'"kind":"shout"'),
+            encode(envelope(None)).replace(b'"headers":{}', b'"headers":{"a":1}'),
             encode(envelope(None)).replace(b'"payload":null', b'"payload":{"$what":1}'),
             encode(envelope(None)).replace(b'"payload":null', b'"payload":{"$payload":"x.Y"}'),
         ],

@@ -30,6 +30,7 @@ from terraphim_actors import (
 )
 from terraphim_actors._core.bounded_repr import REPR_LIMIT
 from terraphim_actors._core.checks import MAX_SECONDS
+from terraphim_actors._core.messages import MESSAGE_FIELDS, PER_ATTEMPT, Message
 from terraphim_actors.errors import CallTimeout, InvalidConfig
 
 
@@ -279,10 +280,10 @@ class TestInfo:
 
 class TestEnvelope:
     def test_evolve_readdresses_a_copy(self) -> None:
-        """``attrs.evolve(envelope, recipient=...)`` readdresses a copy, same message id."""
+        """``envelope.evolve(recipient=...)`` readdresses a copy, same message id."""
         original = cast(AgentId(), "payload", recipient="old")
         new_recipient = AgentId(name="new")
-        readdressed = attrs.evolve(original, recipient=new_recipient)
+        readdressed = original.evolve(recipient=new_recipient)
         assert readdressed.recipient == new_recipient
         assert original.recipient == "old"
         assert readdressed.id == original.id
@@ -292,12 +293,59 @@ class TestEnvelope:
     async def test_evolve_keeps_a_calls_reply_handle(self) -> None:
         """A readdressed call still answers its original caller."""
         envelope, handle = call(None, "get", 1.0)
-        assert attrs.evolve(envelope, recipient="other").reply is handle
+        assert envelope.evolve(recipient="other").reply is handle
 
-    def test_envelope_is_slotted(self) -> None:
-        """Envelopes have no ``__dict__``: unknown attributes cannot be added."""
+    @pytest.mark.parametrize("field", MESSAGE_FIELDS)
+    def test_a_message_field_cannot_be_changed(self, field: str) -> None:
+        """Once built, a message never changes: assigning or deleting any field raises, and
+        the message is as it was."""
+        envelope = cast(AgentId(), "payload", recipient="inbox")
+        before = getattr(envelope, field)
+        with pytest.raises(AttributeError, match="does not change"):
+            setattr(envelope, field, "changed")
+        with pytest.raises(AttributeError, match="does not change"):
+            delattr(envelope, field)
+        assert getattr(envelope, field) is before
+
+    def test_the_attempt_state_changes_beside_the_message(self) -> None:
+        """An envelope's per-attempt state can be set; its message is untouched by it."""
+        envelope = cast(None, "payload", recipient="inbox")
+        envelope.attempt = 2
+        assert envelope.attempt == 2
+        assert envelope.message == envelope
+        assert not hasattr(envelope.message, "attempt")
+
+    def test_the_bare_message_carries_every_message_field(self) -> None:
+        """``envelope.message`` is the message alone, as a journal or the wire keeps it."""
+        envelope = cast(AgentId(), "payload", recipient="inbox")
+        message = envelope.message
+        assert type(message) is Message
+        assert all(getattr(message, f) == getattr(envelope, f) for f in MESSAGE_FIELDS)
+        with pytest.raises(AttributeError):
+            message.payload = "changed"  # type: ignore[misc]
+
+    def test_messages_compare_by_id(self) -> None:
+        """Copies of one message are equal (and hash alike); two sends of one payload are not."""
+        original = cast(None, "payload", recipient="inbox")
+        copy = original.evolve(recipient="elsewhere", attempt=3)
+        assert copy == original
+        assert hash(copy) == hash(original)
+        assert cast(None, "payload", recipient="inbox") != original
+
+    def test_evolve_refuses_an_unknown_field(self) -> None:
+        """A misspelt field in ``evolve`` is an error, not a silently ignored change."""
+        with pytest.raises(TypeError, match="recipeint"):
+            cast(None, 1).evolve(recipeint="x")
+
+    def test_a_message_has_no_headers_unless_given(self) -> None:
+        """Headers default to an empty, read-only mapping."""
+        assert dict(cast(None, 1).headers) == {}
+        headers = Envelope(kind=MessageKind.CAST, payload=1, headers={"trace": "abc"}).headers
+        assert headers == {"trace": "abc"}
+
+    def test_unknown_attributes_cannot_be_added(self) -> None:
+        """An envelope takes no attribute beyond its fields: a misspelt one raises."""
         envelope = cast(None, 1)
-        assert not hasattr(envelope, "__dict__")
         with pytest.raises(AttributeError):
             envelope.extra = 1  # type: ignore[attr-defined]
 
@@ -348,9 +396,9 @@ class TestForSend:
         slow = Envelope(
             kind=MessageKind.CAST, payload="x", sender=sender, recipient=recipient, options=options
         )
-        for field in attrs.fields(Envelope):
-            if field.name not in ("id", "created_at"):
-                assert getattr(fast, field.name) == getattr(slow, field.name), field.name
+        for name in MESSAGE_FIELDS + PER_ATTEMPT:
+            if name not in ("id", "created_at"):
+                assert getattr(fast, name) == getattr(slow, name), name
         assert fast.created_at == 12.5
         assert type(fast.id) is int
         assert fast.id != slow.id

@@ -883,7 +883,7 @@ class TestExactlyOnce:
         envelope = cast(None, "pay", EXACTLY_ONCE, recipient="ledger")
         await system.send_message(envelope)
         await trio.sleep(1.0)
-        await system.send_message(attrs.evolve(envelope, attempt=0))
+        await system.send_message(envelope.evolve(attempt=0))
         await trio.sleep(1.0)
         assert log == [("cast", "pay")]
 
@@ -910,7 +910,7 @@ class TestExactlyOnce:
         await system.send_message(first)
         assert await first_reply == 1
         again, again_reply = call(None, "count", 5.0, recipient="tally", options=EXACTLY_ONCE)
-        again.id = first.id
+        again = again.evolve(id=first.id)
         await system.send_message(again)
         assert await again_reply == 1
         assert len(runs) == 1
@@ -930,7 +930,7 @@ class TestExactlyOnce:
         await system.send_message(first)
         assert await first_reply is None
         again, again_reply = call(None, record, 5.0, recipient="ledger", options=EXACTLY_ONCE)
-        again.id = first.id
+        again = again.evolve(id=first.id)
         await system.send_message(again)
         assert await again_reply is None
         assert runs == [None]
@@ -951,7 +951,7 @@ class TestExactlyOnce:
         await system.send_message(first)
         assert await first_reply == "early"
         again, again_reply = call(None, answer, 5.0, recipient="ledger", options=EXACTLY_ONCE)
-        again.id = first.id
+        again = again.evolve(id=first.id)
         await system.send_message(again)
         assert await again_reply == "early"
 
@@ -1184,7 +1184,7 @@ class TestExactlyOnceDeferredCalls:
             again, again_reply = call(
                 None, defer_keeping_the_slot, 10.0, recipient="payments", options=EXACTLY_ONCE
             )
-            again.id = first.id
+            again = again.evolve(id=first.id)
             await system.send_message(again)
             assert await outcome_of(again_reply) == "charged"
         assert len(slots) == 1
@@ -1219,7 +1219,7 @@ async def send_deferred_call(
         None, defer_into(held), timeout, recipient="payments", options=EXACTLY_ONCE
     )
     if same_as is not None:
-        envelope.id = same_as.id
+        envelope = envelope.evolve(id=same_as.id)
     await system.send_message(envelope)
     return envelope, reply
 

@@ -83,7 +83,7 @@ class TestResendOfACallWhoseCallerGaveUp:
             await first_reply
         await trio.sleep(5)  # the handler completes meanwhile
         again, again_reply = call(None, slow, 5.0, recipient="payments", options=once)
-        again.id = first.id
+        again = again.evolve(id=first.id)
         await system.send_message(again)
         assert await again_reply == "charged"
         assert len(runs) == 1
@@ -115,7 +115,7 @@ class TestResendOfACallWhoseCallerGaveUp:
             await first_reply
         await trio.sleep(5)  # the deferred reply is given meanwhile
         again, again_reply = call(None, slow_deferred, 5.0, recipient="payments", options=once)
-        again.id = first.id
+        again = again.evolve(id=first.id)
         await system.send_message(again)
         assert await again_reply == "charged"
         assert len(runs) == 1
@@ -142,7 +142,7 @@ class TestResendOfACallWhoseCallerGaveUp:
         with pytest.raises(Exception):  # noqa: B017,PT011 - CallTimeout
             await first_reply
         again, again_reply = call(None, slow, 5.0, recipient="payments", options=once)
-        again.id = first.id
+        again = again.evolve(id=first.id)
         await system.send_message(again)
         assert await again_reply == "charged"
         assert len(runs) == 1

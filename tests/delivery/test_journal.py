@@ -152,7 +152,7 @@ async def _send(system: Any, ref: Any, number: int, send: Send) -> None:
         elif send.how == "resend":  # the same envelope twice: a duplicate under exactly-once
             envelope = cast(None, payload, options, recipient="worker")
             await system.send_message(envelope)
-            await system.send_message(attrs.evolve(envelope, attempt=0))
+            await system.send_message(envelope.evolve(attempt=0))
         else:
             await system.send_message(cast(None, payload, options, recipient="nobody"))
     except MessagingError:

@@ -31,9 +31,7 @@ def scheduler(
 
 def message(config: DeliveryConfig) -> Envelope:
     """A cast made at time 0 with its options filled in from ``config``."""
-    envelope = cast(None, "job", FilledOptions(config).resolve(MessageOptions()))
-    envelope.created_at = 0.0
-    return envelope
+    return cast(None, "job", FilledOptions(config).resolve(MessageOptions())).evolve(created_at=0.0)
 
 
 class TestBackoff:

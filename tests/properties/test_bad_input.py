@@ -473,8 +473,7 @@ async def misuse(system: MessageSystem, healthy: AgentRef, case: Misuse) -> None
         case "send_message to":
             await system.send_message(cast(None, "x", at_most_once, recipient=value))
         case "send_message options":
-            envelope = cast(None, "x", recipient=healthy.id)
-            envelope.options = value
+            envelope = cast(None, "x", recipient=healthy.id).evolve(options=value)
             await system.send_message(envelope)
         case "send_message call to":
             envelope, reply = call(None, "x", 1.0, recipient=value, options=at_most_once)
@@ -538,8 +537,7 @@ class TestApiArguments:
         self, system: MessageSystem
     ) -> None:
         """An envelope whose options are not ``MessageOptions`` is not one the system carries."""
-        envelope = cast(None, "x", recipient="anyone")
-        envelope.options = "fast"  # type: ignore[assignment]
+        envelope = cast(None, "x", recipient="anyone").evolve(options="fast")
         with pytest.raises(InvalidMessage):
             await system.send_message(envelope)
 

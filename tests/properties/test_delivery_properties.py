@@ -597,7 +597,7 @@ async def test_exactly_once_no_message_is_handled_twice(
                     envelopes[step.number] = envelope
                 else:
                     original = envelopes[step.number]
-                    envelope = original if step.same_object else attrs.evolve(original, attempt=0)
+                    envelope = original if step.same_object else original.evolve(attempt=0)
                     if ledger.completed[step.number]:
                         late[step.number] += 1
                 copies[step.number] += 1
@@ -863,7 +863,7 @@ async def test_exactly_once_resends_of_a_deferred_call_get_its_answer(
     async def resend(number: int, sent_at: float, timeout: float) -> None:
         await trio.sleep_until(start + sent_at)
         envelope, reply = call(None, defer, timeout, recipient="payments", options=once)
-        envelope.id = first.id
+        envelope = envelope.evolve(id=first.id)
         await system.send_message(envelope)
         await wait_for(number, reply)
 
