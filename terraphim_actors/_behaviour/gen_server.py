@@ -205,7 +205,8 @@ class GenServer:
         # Its circuit and windows live on the endpoint, kept across the cell's instances.
         endpoint = cell.endpoint
         delivery = cell.system.delivery
-        acknowledged = delivery.ledger.acknowledged  # the common case's whole settlement
+        ledger = delivery.ledger
+        counts_only = ledger.counts_only  # then acknowledging only moves its count
         clock = cell.system.clock.current_time
         instruments = cell.system.instruments
         # Instruments are installed with the system, so none now means none for good: then the
@@ -292,7 +293,11 @@ class GenServer:
                         endpoint.admission is None
                         and envelope.options.guarantee is not EXACTLY_ONCE
                     ):
-                        acknowledged(envelope)  # all that acknowledging takes, mostly
+                        # All that acknowledging takes, mostly.
+                        if counts_only:
+                            ledger.acknowledged_count += 1
+                        else:
+                            ledger.acknowledged(envelope)
                     else:
                         delivery.acknowledge(endpoint, envelope, reply)
                 cell._in_hand = None

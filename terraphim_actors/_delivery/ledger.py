@@ -53,22 +53,31 @@ class Ledger:
     The accept methods (:meth:`accepted`, :meth:`accepted_and_delivered`) and the settle
     methods (:meth:`acknowledged`, :meth:`duplicate`, :meth:`failed`, :meth:`dead_lettered`,
     :meth:`refused`) are the one accept point and the one settle point of every message.
+
+    The counts of the common send and its acknowledgement are plain attributes as well:
+    where a plain ledger has no one to tell (:attr:`counts_only`: no journal) and no
+    instrument listens, delivery and the agent loop move ``sent_count``, ``delivered_count``
+    and ``acknowledged_count`` in place, as :meth:`accepted_and_delivered` and
+    :meth:`acknowledged` would, because a method call costs a cast about a tenth of its time.
     """
 
     __slots__ = (
-        "_acknowledged",
         "_dead_lettered",
-        "_delivered",
         "_duplicates",
         "_failed",
         "_retried",
-        "_sent",
+        "acknowledged_count",
+        "delivered_count",
+        "sent_count",
     )
 
+    #: Whether the ledger only counts: a journaling one must hear of each message.
+    counts_only = True
+
     def __init__(self) -> None:
-        self._sent = 0
-        self._delivered = 0
-        self._acknowledged = 0
+        self.sent_count = 0
+        self.delivered_count = 0
+        self.acknowledged_count = 0
         self._retried = 0
         self._failed = 0
         self._duplicates = 0
@@ -78,16 +87,16 @@ class Ledger:
 
     def accepted(self, envelope: Envelope) -> None:
         """Delivery took ``envelope`` on: it is pending until settled."""
-        self._sent += 1
+        self.sent_count += 1
 
     def accepted_and_delivered(self, envelope: Envelope) -> None:
         """:meth:`accepted`, and put at once into a mailbox: the common send in one call."""
-        self._sent += 1
-        self._delivered += 1
+        self.sent_count += 1
+        self.delivered_count += 1
 
     def delivered(self) -> None:
         """A message accepted earlier went into a mailbox (a first try or a retry)."""
-        self._delivered += 1
+        self.delivered_count += 1
 
     def retried(self) -> None:
         """A redelivery of a pending message was scheduled."""
@@ -97,7 +106,7 @@ class Ledger:
 
     def acknowledged(self, envelope: Envelope) -> None:
         """``envelope``'s handler returned normally."""
-        self._acknowledged += 1
+        self.acknowledged_count += 1
 
     def duplicate(self, envelope: Envelope) -> None:
         """``envelope`` was completed before (exactly-once): not handled again."""
@@ -114,28 +123,28 @@ class Ledger:
     def refused(self, envelope: Envelope) -> None:
         """``envelope``, accepted, turned out never to be the delivery layer's (its sender
         waited for room in its own full mailbox): as if it had never been sent."""
-        self._sent -= 1
+        self.sent_count -= 1
 
     def acknowledged_then_failed(self) -> None:
         """A deferred call, acknowledged when its handler returned, was then failed: it counts
         as failed instead. (It was settled once; a journal hears nothing new.)"""
-        self._acknowledged -= 1
+        self.acknowledged_count -= 1
         self._failed += 1
 
     # -- reading -----------------------------------------------------------------------------
 
     def stats(self) -> DeliveryStats:
         """A frozen snapshot of the counters."""
-        settled = self._acknowledged + self._duplicates + self._failed + self._dead_lettered
+        settled = self.acknowledged_count + self._duplicates + self._failed + self._dead_lettered
         return DeliveryStats(
-            sent=self._sent,
-            delivered=self._delivered,
-            acknowledged=self._acknowledged,
+            sent=self.sent_count,
+            delivered=self.delivered_count,
+            acknowledged=self.acknowledged_count,
             retried=self._retried,
             failed=self._failed,
             duplicates_suppressed=self._duplicates,
             dead_lettered=self._dead_lettered,
-            pending=self._sent - settled,
+            pending=self.sent_count - settled,
         )
 
 
@@ -143,6 +152,8 @@ class JournalingLedger(Ledger):
     """A :class:`Ledger` that also tells a journal of each accept and each settlement."""
 
     __slots__ = ("journal",)
+
+    counts_only = False
 
     def __init__(self, journal: Journal) -> None:
         super().__init__()
