@@ -286,6 +286,10 @@ class GenServer:
                     delivery.undelivered(envelope, why, _failure(cell.id, crash))
                     if directive is not Directive.RESUME:
                         return crash
+                except BaseException as cancelled:  # from outside: its instance, or its caller
+                    if observed and "handler_finished" in instruments:
+                        instruments.call("handler_finished", cell.id, envelope, cancelled)
+                    raise
                 else:
                     if observed and "handler_finished" in instruments:
                         instruments.call("handler_finished", cell.id, envelope, None)

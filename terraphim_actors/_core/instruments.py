@@ -54,8 +54,9 @@ class Instrument:
 
     def handler_finished(self, agent_id: Any, envelope: Any, error: BaseException | None) -> None:
         """The agent ``agent_id`` finished handling ``envelope``: ``error`` is what the
-        handler raised, or ``None`` if it returned. Not called for a handler cancelled from
-        outside (its instance killed, its caller gone): ``agent_exited`` or nothing follows."""
+        handler raised, or ``None`` if it returned; a ``trio.Cancelled`` when it was cancelled
+        from outside (its instance stopped, or the caller of an abandoned call gone), so that
+        every ``handler_started`` has its end (a span is always closed)."""
 
     def retry_scheduled(self, envelope: Any, delay: float) -> None:
         """``envelope`` failed and will be tried again in ``delay`` seconds (its ``attempt``

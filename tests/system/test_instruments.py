@@ -77,6 +77,11 @@ class CrashesOnce(Agent):
             raise RuntimeError("first try")
 
 
+class Sleeper(Agent):
+    async def handle_cast(self, msg: Any, ctx: Context) -> None:
+        await trio.sleep(3600)
+
+
 class Refuses(Agent):
     async def handle_cast(self, msg: Any, ctx: Context) -> None:
         raise NonRetryable("never")
@@ -201,6 +206,26 @@ class TestEvents:
         assert recording.about("hello").index("message_delivered") > 0
         assert ("handler_started", "hello", "echo") in recording.events
         assert ("handler_finished", "hello", "NoneType") in recording.events
+
+    async def test_a_handler_cancelled_from_outside_still_finishes(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """An agent stopped mid-handler: its handler_started has its handler_finished, with
+        the Cancelled that ended it, so a span opened at the start is always closed."""
+        recording = Recording()
+
+        async def body(system: Any) -> None:
+            ref = await system.spawn(Sleeper, name="sleeper")
+            await ref.cast("long job")
+            await trio.sleep(1)
+            await system.stop(ref)
+
+        await run_with(recording, body)
+        assert [h for h in recording.about("long job") if h.startswith("handler")] == [
+            "handler_started",
+            "handler_finished",
+        ]
+        assert ("handler_finished", "long job", "Cancelled") in recording.events
 
     async def test_a_call_is_handled_between_start_and_finish(self) -> None:
         """A call goes through the same events as a cast."""
