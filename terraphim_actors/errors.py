@@ -23,6 +23,7 @@ existing ``except`` clauses keep working::
      ├── WrongThread            (also RuntimeError)  used from a thread other than the system's
      ├── ReplyAlreadySent                            a call was answered twice
      ├── NonRetryable                                raised by a handler: never redeliver it
+     ├── JournalError                                the durable journal itself failed
      └── DeliveryFailed                              given up on; last failure in __cause__
           └── CircuitOpen                            the recipient's circuit breaker is open
 """
@@ -44,6 +45,7 @@ __all__ = [
     "HandlerTimeout",
     "InvalidConfig",
     "InvalidMessage",
+    "JournalError",
     "MailboxClosed",
     "MailboxFull",
     "MessageTimeout",
@@ -144,6 +146,13 @@ class WrongThread(MessagingError, RuntimeError):
     method). Also raised by ``system.from_thread`` used from the system's own thread, where
     its blocking wait would deadlock.
     """
+
+
+class JournalError(MessagingError):
+    """A fault of the journal itself, not of a message: its file is corrupt, foreign, or of a
+    newer schema than this version reads, cannot be written (a full disk, a read-only file or
+    directory), or stayed locked longer than its ``busy_timeout``. The send or flush that
+    needed the journal fails with it; the message says which file."""
 
 
 class DeliveryFailed(MessagingError):

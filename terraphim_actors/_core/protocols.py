@@ -7,8 +7,10 @@ behind it, named in its docstring.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
+
+import trio
 
 from ..errors import AgentStopped
 from .ids import AgentId, MessageId
@@ -20,6 +22,7 @@ __all__ = [
     "AdmissionPolicy",
     "Behaviour",
     "CallServer",
+    "Commit",
     "Directory",
     "Inbox",
     "Instance",
@@ -224,25 +227,83 @@ class Directory(Protocol[_Endpoint_co]):
         ...
 
 
+class Commit(Protocol):
+    """One group commit of a journal, as a sender waits on it: an awaited send of a journaled
+    message returns only once its row is on disk.
+
+    Today's implementation: ``journal._writer.Commit`` (of ``SqliteJournal``).
+    """
+
+    async def wait(self) -> None:
+        """Return once the commit is done.
+
+        Raises:
+            JournalError: the commit failed (a full disk, an unwritable or locked file):
+                nothing it held is durable.
+        """
+        ...
+
+
 class Journal(Protocol):
     """A record of every message delivery accepts and of how each was settled, told once at
     the one accept point and once at the one settle point, so that a durable journal can replay
-    what a crash left unsettled.
+    what a crash left unsettled. A durable journal keeps only the messages worth replaying
+    (casts and infos addressed by name, at least once or exactly once) and ignores the rest
+    cheaply: its ``accepted`` and ``started`` return ``None`` for them.
 
-    Today's implementation: ``_delivery.journal.NoJournal`` (keeps nothing, and delivery skips
-    its calls altogether); a durable one (SQLite) later.
+    Today's implementations: ``_delivery.journal.NoJournal`` (keeps nothing, and delivery skips
+    its calls altogether) and ``journal.SqliteJournal`` (a SQLite file).
     """
 
-    def accepted(self, envelope: Envelope) -> None:
-        """Delivery accepted ``envelope``: it will be settled exactly once."""
+    def accepted(self, envelope: Envelope) -> Commit | None:
+        """Delivery accepted ``envelope``: it will be settled exactly once. A journal that keeps
+        it encodes it now and returns the commit that will hold it; ``None`` if not kept.
+
+        Raises:
+            InvalidMessage: the envelope cannot be encoded.
+            UnencodablePayload: its payload cannot be encoded.
+        """
+        ...
+
+    def started(self, envelope: Envelope) -> Commit | None:
+        """A handler run of ``envelope`` begins: the commit that counts the run, or ``None``
+        if the message is not kept."""
         ...
 
     def settled(self, message_id: MessageId, outcome: Settlement) -> None:
-        """The message ``message_id`` (accepted earlier) ended as ``outcome``."""
+        """The message ``message_id`` (accepted earlier) ended as ``outcome``; batched into the
+        next commit, never awaited (an unknown id is ignored)."""
         ...
 
-    def unsettled(self) -> Iterable[Envelope]:
-        """The messages accepted and not settled yet: what a reopened journal replays."""
+    def filed(self, envelope: Envelope, reason: str, detail: str) -> None:
+        """A kept message became a dead letter (``reason`` a ``DeadLetterReason`` value);
+        batched into the next commit."""
+        ...
+
+    async def flush(self) -> None:
+        """Return once everything told so far is committed (at once if nothing is pending).
+
+        Raises:
+            JournalError: a commit failed.
+        """
+        ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the journal, report started, then write its commits until cancelled.
+
+        Raises:
+            JournalError: the journal cannot be opened (before it reports started).
+        """
+        ...
+
+    def unsettled(self) -> list[Envelope]:
+        """The kept messages accepted and not settled when the journal was opened, in commit
+        order: what a reopened journal replays."""
+        ...
+
+    def completed(self) -> list[tuple[str, MessageId, float]]:
+        """The exactly-once completions still inside the dedup window when the journal was
+        opened: (recipient name, message id, age in seconds)."""
         ...
 
 

@@ -10,7 +10,6 @@ accepted, nothing settled more often than accepted) and what it recorded is comp
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -64,8 +63,23 @@ class RecordingJournal:
         if not self._open[message_id]:
             del self._open[message_id]
 
-    def unsettled(self) -> Iterable[Envelope]:
+    def started(self, envelope: Envelope) -> None:
+        pass
+
+    def filed(self, envelope: Envelope, reason: str, detail: str) -> None:
+        pass
+
+    async def flush(self) -> None:
+        pass
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+
+    def unsettled(self) -> list[Envelope]:
         return [envelope for envelopes in self._open.values() for envelope in envelopes]
+
+    def completed(self) -> list[tuple[str, MessageId, float]]:
+        return []
 
 
 class TestNoJournal:

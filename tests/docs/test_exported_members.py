@@ -46,6 +46,7 @@ REQUIRED_ERRORS = {
     "InvalidConfig",
     "WrongThread",
     "UnencodablePayload",
+    "JournalError",
 }
 
 REQUIRED_SUPERVISOR = {
