@@ -187,7 +187,7 @@ class Message:
         )
 
     def __delattr__(self, name: str) -> None:
-        self.__setattr__(name, None)
+        raise AttributeError(f"{name!r} of a message cannot be deleted: it does not change")
 
     @property
     def priority(self) -> Priority:
