@@ -184,6 +184,11 @@ class SystemApi(Protocol):
         """Deliver ``envelope`` to its recipient, by its guarantee."""
         ...
 
+    async def flush(self) -> None:
+        """Return once every message accepted and settlement made so far is committed to the
+        journal (at once without one)."""
+        ...
+
     @property
     def dead_letters(self) -> tuple[DeadLetter, ...]:
         """The most recent dead letters, oldest first."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import attrs
 
 from .._core.messages import Envelope
-from .._core.protocols import Journal
+from .._core.protocols import Commit, Journal
 from .._core.settlement import Settlement
 from .journal import NO_JOURNAL
 
@@ -85,8 +85,15 @@ class Ledger:
 
     # -- the way in --------------------------------------------------------------------------
 
-    def accepted(self, envelope: Envelope) -> None:
-        """Delivery took ``envelope`` on: it is pending until settled."""
+    def accepted(self, envelope: Envelope) -> Commit | None:
+        """Delivery took ``envelope`` on: it is pending until settled. Returns the commit
+        that makes it durable, for a sender to wait on (``None``: none to wait for)."""
+        self.sent_count += 1
+        return None
+
+    def replayed(self, envelope: Envelope) -> None:
+        """A message the journal kept before a restart is delivered again: accepted in
+        these books, as any message, but not told to the journal, which holds it already."""
         self.sent_count += 1
 
     def accepted_and_delivered(self, envelope: Envelope) -> None:
@@ -118,6 +125,12 @@ class Ledger:
 
     def dead_lettered(self, envelope: Envelope) -> None:
         """``envelope`` was given up on and filed as a dead letter."""
+        self._dead_lettered += 1
+
+    def stopped(self, envelope: Envelope) -> None:
+        """``envelope`` was not handled before the system shut down: a dead letter in these
+        books, but not settled in the journal, which delivers it again at its next open (a
+        clean exit is not a crash, and loses nothing it kept)."""
         self._dead_lettered += 1
 
     def refused(self, envelope: Envelope) -> None:
@@ -159,13 +172,15 @@ class JournalingLedger(Ledger):
         super().__init__()
         self.journal = journal
 
-    def accepted(self, envelope: Envelope) -> None:
-        super().accepted(envelope)
-        self.journal.accepted(envelope)
+    def accepted(self, envelope: Envelope) -> Commit | None:
+        # The journal first: a message it cannot encode raises before anything is counted.
+        commit = self.journal.accepted(envelope)
+        self.sent_count += 1
+        return commit
 
     def accepted_and_delivered(self, envelope: Envelope) -> None:
-        super().accepted_and_delivered(envelope)
         self.journal.accepted(envelope)
+        super().accepted_and_delivered(envelope)
 
     def acknowledged(self, envelope: Envelope) -> None:
         super().acknowledged(envelope)

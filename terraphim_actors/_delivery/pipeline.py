@@ -155,8 +155,13 @@ class DeliveryManager:
                 not be delivered (it is also a dead letter).
             OwnMailboxFull: the agent sent it from its own task into its own mailbox, full and
                 blocking; the message is not accepted.
+            InvalidMessage, UnencodablePayload: a journal keeps the message and cannot encode
+                it; nothing was accepted.
+            JournalError: the journal keeps the message and could not commit it.
+
+        A message the journal keeps is durable when this returns: it waits for its commit.
         """
-        self.ledger.accepted(envelope)
+        commit = self.ledger.accepted(envelope)
         if "message_accepted" in self._instruments:
             self._instruments.call("message_accepted", envelope)
         try:
@@ -169,25 +174,26 @@ class DeliveryManager:
             raise
         if failure is not None:
             self._failed(endpoint, envelope, *failure)
+        if commit is not None:
+            await commit.wait()
 
     def send_nowait(self, endpoint: Endpoint | None, envelope: Envelope) -> None:
-        """:meth:`send` without waiting: a full mailbox is a failure (retried or raised)."""
-        if endpoint is not None and endpoint.admission is None:
-            # The common case, spelled out: a put into the mailbox of a healthy agent.
+        """:meth:`send` without waiting: a full mailbox is a failure (retried or raised). A
+        message a journal keeps is committed with the journal's next group commit; nothing
+        waits for it."""
+        if self._quiet and endpoint is not None and endpoint.admission is None:
+            # The common case, spelled out: a put into the mailbox of a healthy agent, with
+            # nobody to tell (a journal must hear of a message before it is put, to refuse
+            # one it cannot encode: that takes the general way below).
             try:
                 endpoint.inbox.put_nowait(envelope)
             except (MailboxFull, MailboxClosed) as error:
                 self.ledger.accepted(envelope)
-                if "message_accepted" in self._instruments:
-                    self._instruments.call("message_accepted", envelope)
                 self._failed(endpoint, envelope, *_failure_of(error, endpoint))
             else:
-                if self._quiet:  # spelled out too: a call would cost a tenth of the send
-                    ledger = self.ledger
-                    ledger.sent_count += 1
-                    ledger.delivered_count += 1
-                else:
-                    self._accepted_and_delivered(envelope)
+                ledger = self.ledger  # spelled out too: a call would cost a tenth of the send
+                ledger.sent_count += 1
+                ledger.delivered_count += 1
             return
         self.ledger.accepted(envelope)
         if "message_accepted" in self._instruments:
@@ -220,6 +226,26 @@ class DeliveryManager:
         endpoint.inbox.put_nowait(envelope)
         self._accepted_and_delivered(envelope)
         return True
+
+    def replay(self, endpoint: Endpoint | None, envelope: Envelope) -> None:
+        """Deliver again a message the journal kept across a restart, into the mailbox of the
+        agent of its name, just registered: accepted in the books (not told to the journal,
+        which holds it), or, when its handler already ran as often as its retries allow, a
+        ``RETRIES_EXHAUSTED`` dead letter. A full mailbox is retried as for any message."""
+        self.ledger.replayed(envelope)
+        if "message_accepted" in self._instruments:
+            self._instruments.call("message_accepted", envelope)
+        runs_allowed = (envelope.options.max_retries or 0) + 1
+        if envelope.attempt >= runs_allowed:
+            self._give_up(
+                envelope,
+                DeadLetterReason.RETRIES_EXHAUSTED,
+                f"its handler ran {envelope.attempt} times before a restart",
+            )
+            return
+        failure = self._put_nowait(endpoint, envelope)
+        if failure is not None:
+            self._failed(endpoint, envelope, *failure)
 
     def _accepted_and_delivered(self, envelope: Envelope) -> None:
         """Accept ``envelope``, just put into its mailbox: in the books and to the instruments."""
@@ -591,8 +617,13 @@ class DeliveryManager:
     # -- the end of the line -----------------------------------------------------------------
 
     def _give_up(self, envelope: Envelope, reason: DeadLetterReason, detail: str) -> None:
-        """The end of the line for a message: count it and file it as a dead letter."""
-        self.ledger.dead_lettered(envelope)
+        """The end of the line for a message: count it and file it as a dead letter. One the
+        shutdown stopped is not settled in the journal: a clean exit is not a crash, and the
+        journal delivers it again at its next open."""
+        if reason is DeadLetterReason.SYSTEM_STOPPED:
+            self.ledger.stopped(envelope)
+        else:
+            self.ledger.dead_lettered(envelope)
         self._file_dead_letter(envelope, reason, detail)
 
     def get_stats(self) -> DeliveryStats:

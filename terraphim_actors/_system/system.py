@@ -41,6 +41,7 @@ from .._core.protocols import Journal
 from .._core.reply_to import PendingCalls
 from .._core.threads import check_thread, current_thread_id
 from .._delivery.dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
+from .._delivery.durability import journaled
 from .._delivery.journal import NO_JOURNAL
 from .._delivery.pipeline import DeliveryConfig, DeliveryManager
 from .._primitives.balancing import Balancer, LoadBalancing
@@ -61,6 +62,7 @@ from ..errors import (
     InvalidMessage,
     SystemClosed,
 )
+from .replay import Replays, replay_into
 from .shutdown import ShutdownWatch
 from .signals import ShutdownSignals, check_main_thread, receiving_signals
 
@@ -68,6 +70,28 @@ __all__ = ["MessageSystem", "MessageSystemConfig", "SystemStats", "open_message_
 
 #: The instrument hook each lifecycle notification is also told to.
 _LIFECYCLE_HOOKS = {AgentStarted: "agent_started", AgentExited: "agent_exited"}
+
+
+#: What a journal must have: the methods of the ``Journal`` protocol.
+_JOURNAL_METHODS = (
+    "accepted",
+    "started",
+    "settled",
+    "filed",
+    "flush",
+    "run",
+    "unsettled",
+    "completed",
+)
+
+
+def _check_journal(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    missing = [name for name in _JOURNAL_METHODS if not callable(getattr(value, name, None))]
+    if missing:
+        raise InvalidConfig(
+            f"{attribute.name} must be a Journal (such as SqliteJournal); {value!r} has no "
+            + ", ".join(f"{name}()" for name in missing)
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -92,6 +116,9 @@ class MessageSystemConfig:
         router: circuit breakers, and a custom router if any.
         instruments: observers of the system's events (``Instrument`` instances), for tracing
             and metrics; none by default, which costs a dict lookup per event.
+        journal: where accepted messages are kept across a crash or a restart (see "Durable
+            delivery" in the README), such as ``terraphim_actors.journal.SqliteJournal``;
+            none by default: nothing outlives the process.
     """
 
     mailbox: MailboxConfig = attrs.field(
@@ -116,9 +143,7 @@ class MessageSystemConfig:
         factory=RouterConfig, validator=validator(check_instance, RouterConfig)
     )
     instruments: tuple[Instrument, ...] = attrs.field(default=(), converter=instruments_tuple)
-    #: Told of every message accepted and of how each was settled. Private until the journal
-    #: is public (issue 16); tests pass a recording one as ``_journal=``.
-    _journal: Journal = attrs.field(default=NO_JOURNAL, alias="_journal", repr=False)
+    journal: Journal = attrs.field(default=NO_JOURNAL, validator=_check_journal, repr=False)
 
 
 class MessageSystem:
@@ -175,7 +200,7 @@ class MessageSystem:
             file_dead_letter=self.file_dead_letter,
             describe=self.describe,
             closing=lambda: self.closing,
-            journal=config._journal,
+            journal=config.journal,
             instruments=self.instruments,
         )
         #: Calls whose reply address was encoded as data (to cross a process boundary), for
@@ -193,6 +218,9 @@ class MessageSystem:
         self._restarts = 0
         self._retired_received = 0
         self._retired_processed = 0
+        #: What the journal kept from an earlier run for agents yet to be spawned, by name
+        #: (``None`` without a journal, or until it is open).
+        self._replays: Replays | None = None
 
     def __repr__(self) -> str:
         return f"<MessageSystem with {len(self.registry.cells)} agents>"
@@ -387,6 +415,8 @@ class MessageSystem:
             self.clock,
             self.router,
         )
+        if self._replays is not None and name is not None:
+            self._replays.seed(name, group.window, self.clock.current_time())
         for position, starter in enumerate(starters):
             starter.group, starter.position = group, position
         self.router.pools[pool_id] = group
@@ -400,6 +430,11 @@ class MessageSystem:
         except SupervisorNotRunning:
             self.forget_pool(group)
             raise SystemClosed("the message system is shutting down") from None
+        if self._replays is not None and name is not None:
+            # Once its members run: spread over them as a message sent to the pool now is.
+            for envelope in self._replays.take_unsettled(name):
+                for endpoint, copy in self.router.targets_of(envelope):
+                    self.delivery.replay(endpoint, copy)
         return PoolRef(group, self)
 
     def forget_pool(self, group: Group) -> None:
@@ -693,6 +728,13 @@ class MessageSystem:
         letter = self._dead_letters.record(
             envelope, reason, detail, described=self._described(envelope)
         )
+        journal = self.config.journal
+        if (
+            journal is not NO_JOURNAL
+            and reason is not DeadLetterReason.SYSTEM_STOPPED  # kept for the next open
+            and journaled(envelope)
+        ):
+            journal.filed(envelope, reason.value, detail)
         if "dead_lettered" in self.instruments:
             self.instruments.call("dead_lettered", letter)
         if isinstance(envelope.payload, DeadLetter):
@@ -751,6 +793,37 @@ class MessageSystem:
         self._claim(cell.id.name, cell.id)
         self.registry.add(cell)
         self._spawned += 1
+        if self._replays is not None and cell.id.name is not None:
+            # Before anything can be sent to it: what was sent before the restart comes first.
+            replay_into(
+                self._replays,
+                cell.id.name,
+                cell.endpoint,
+                self.delivery.config.dedup_window,
+                self.clock.current_time(),
+                self.delivery.replay,
+            )
+
+    def open_journal(self) -> None:
+        """Read what the journal (running) kept from an earlier run, for the agents of those
+        names to take over as they are spawned."""
+        self._replays = Replays(self.config.journal)
+
+    async def flush(self) -> None:
+        """Return once every message accepted and every settlement made so far is committed
+        to the journal (at once without one). ``cast_nowait`` does not wait for its commit;
+        this is how to wait for many at once.
+
+        Raises:
+            JournalError: a commit failed.
+            WrongThread: called from a thread other than the system's.
+        """
+        check_thread(self.thread_id, "system.flush")
+        journal = self.config.journal
+        if journal is NO_JOURNAL:
+            await trio.lowlevel.checkpoint()
+            return
+        await journal.flush()
 
     def count_crash(self) -> None:
         """Count an agent instance that ended with an exception (for :meth:`stats`)."""
@@ -882,6 +955,17 @@ def _unwrap(failure: ChildStartFailed) -> Exception:
     return error
 
 
+async def _run_journal(
+    journal: Journal,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``journal``'s writer within ``scope``, cancelled only once the system is done."""
+    with scope:
+        await journal.run(task_status=task_status)
+
+
 @contextlib.asynccontextmanager
 async def open_message_system(
     config: MessageSystemConfig | None = None,
@@ -912,6 +996,8 @@ async def open_message_system(
             a bool, or is true outside the main thread (where Python cannot catch signals).
         RestartIntensityExceeded: the root supervisor gave up (too many restarts); the block
             is cancelled and every agent stopped, so that no failure goes unnoticed.
+        JournalError: the configured journal cannot be opened (a corrupt or foreign file, a
+            newer schema, an unwritable file); nothing was started.
         KeyboardInterrupt: with ``handle_signals``, a SIGINT came.
     """
     if config is None:
@@ -929,6 +1015,9 @@ async def open_message_system(
     # system's timer service, which fires retries too, is shielded from it), whose exit then
     # stops the agents in order while the timers still serve them.
     services = trio.CancelScope(shield=True)
+    # The journal's writer, shielded too: it stops last, once every agent has stopped, and
+    # commits the settlements the shutdown made.
+    writer = trio.CancelScope(shield=True)
     with receiving_signals(handle_signals) as receiver:
         async with trio.open_nursery() as nursery:
             system = MessageSystem(config, nursery)
@@ -944,8 +1033,11 @@ async def open_message_system(
                             # cancellation from outside started still cuts it short.
                             service_tasks.start_soon(signals.serve, receiver)
 
-            nursery.start_soon(serve)
             try:
+                if config.journal is not NO_JOURNAL:  # before anything else: it may refuse
+                    await nursery.start(_run_journal, config.journal, writer)
+                    system.open_journal()
+                nursery.start_soon(serve)
                 async with system.root:  # raises RestartIntensityExceeded if it gives up
                     try:
                         with body:
@@ -957,6 +1049,7 @@ async def open_message_system(
                 body_error = error  # raised unchanged, not in the nursery's exception group
             finally:
                 services.cancel()
+                writer.cancel()
                 nursery.cancel_scope.cancel()
     if signals is not None and signals.interrupted:
         interrupt = KeyboardInterrupt()

@@ -33,6 +33,7 @@ from terraphim_actors import (
     open_message_system,
 )
 from terraphim_actors._core.settlement import Settlement
+from terraphim_actors._delivery.dead_letters import DeadLetterReason
 from terraphim_actors._delivery.journal import NO_JOURNAL, NoJournal
 from terraphim_actors._delivery.ledger import JournalingLedger, Ledger, ledger_for
 from terraphim_actors.errors import MailboxFull, MessagingError
@@ -182,17 +183,19 @@ def test_every_accepted_message_is_settled_exactly_once(
 ) -> None:
     """Across acks, failed and abandoned calls, crashes and their retries, duplicates, a
     missing recipient, a full mailbox and the shutdown, the journal hears of each accepted
-    message exactly once more when it is settled, and its record matches the books."""
+    message exactly once more when it is settled, but for those the shutdown stopped (left
+    unsettled for the next open), and its record matches the books."""
     journal = RecordingJournal()
     runs: collections.Counter[int] = collections.Counter()
     stats: list[Any] = []
+    stopped: list[MessageId] = []
 
     async def main() -> None:
         config = MessageSystemConfig(
             delivery=DeliveryConfig(retry_delay=0.05, seed=1),
             max_restarts=10_000,  # crashes are the point: the root never gives up
             mailbox=MailboxConfig(capacity=capacity, overflow=OverflowPolicy.REJECT),
-            _journal=journal,
+            journal=journal,
         )
         async with open_message_system(config) as system:
             ref = await system.spawn(Worker, runs, name="worker")
@@ -206,19 +209,24 @@ def test_every_accepted_message_is_settled_exactly_once(
                 assert system.delivery.get_stats().pending == 0
                 assert list(journal.unsettled()) == []
         stats.append(system.delivery.get_stats())
+        stopped.extend(
+            letter.envelope.id
+            for letter in system.dead_letters
+            if letter.reason is DeadLetterReason.SYSTEM_STOPPED
+        )
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
     [books] = stats
-    assert journal.accepted_ids == journal.settled_ids
-    assert list(journal.unsettled()) == []
+    assert sorted(envelope.id for envelope in journal.unsettled()) == sorted(stopped)
+    assert journal.accepted_ids == journal.settled_ids + collections.Counter(stopped)
     refused = journal.outcomes[Settlement.REFUSED]
     assert books.sent == journal.accepted_ids.total() - refused
     assert books.pending == 0
     assert books.acknowledged == journal.outcomes[Settlement.ACKNOWLEDGED]
     assert books.failed == journal.outcomes[Settlement.FAILED]
     assert books.duplicates_suppressed == journal.outcomes[Settlement.DUPLICATE]
-    assert books.dead_lettered == journal.outcomes[Settlement.DEAD_LETTERED]
+    assert books.dead_lettered == journal.outcomes[Settlement.DEAD_LETTERED] + len(stopped)
 
 
 class SelfSender(Agent):
@@ -242,7 +250,7 @@ async def test_a_refused_message_is_settled_as_refused(
     """A cast an agent makes into its own full blocking mailbox is refused at once: the
     journal hears of it as accepted and then refused, and the books do not count it as sent."""
     journal = RecordingJournal()
-    async with open_message_system(MessageSystemConfig(_journal=journal)) as system:
+    async with open_message_system(MessageSystemConfig(journal=journal)) as system:
         ref = await system.spawn(
             SelfSender, mailbox=MailboxConfig(capacity=1, overflow=OverflowPolicy.BLOCK)
         )

@@ -1,0 +1,131 @@
+"""Replay at spawn, on the in-memory fake journal: what a journal kept for a name goes into
+the mailbox of the agent spawned with that name before anything sent after, in order, counted
+in the books; a message out of runs is a dead letter; completed messages seed the window."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+from fake_journal import FakeJournal
+
+from terraphim_actors import (
+    Agent,
+    Context,
+    DeliveryConfig,
+    DeliveryGuarantee,
+    Envelope,
+    MessageOptions,
+    MessageSystemConfig,
+    cast,
+    open_message_system,
+)
+from terraphim_actors._delivery.dead_letters import DeadLetterReason
+
+AT_LEAST_ONCE = MessageOptions(
+    guarantee=DeliveryGuarantee.AT_LEAST_ONCE, max_retries=2, retry_delay=0.1, timeout=60.0
+)
+EXACTLY_ONCE = MessageOptions(
+    guarantee=DeliveryGuarantee.EXACTLY_ONCE, max_retries=2, retry_delay=0.1, timeout=60.0
+)
+
+
+def config(journal: FakeJournal) -> MessageSystemConfig:
+    return MessageSystemConfig(journal=journal, delivery=DeliveryConfig(jitter=0.0))
+
+
+def kept(
+    payload: Any,
+    recipient: str = "worker",
+    attempt: int = 0,
+    options: MessageOptions = AT_LEAST_ONCE,
+) -> Envelope:
+    """A message as a journal gives it back: options filled in, its runs as its attempt."""
+    envelope = cast(None, payload, options, recipient=recipient)
+    return envelope.evolve(attempt=attempt, created_at=trio.current_time())
+
+
+class Recorder(Agent):
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        self.log.append((message, ctx.envelope.attempt))
+
+
+async def test_kept_messages_come_first_in_order_with_their_attempts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    unsettled = [kept("one"), kept("two", attempt=1), kept("three")]
+    journal = FakeJournal(unsettled=unsettled)
+    log: list[Any] = []
+    async with open_message_system(config(journal)) as system:
+        ref = await system.spawn(Recorder, log, name="worker")
+        ref.cast_nowait("after")
+        await trio.sleep(1)
+        books = system.delivery.get_stats()
+    assert log == [("one", 0), ("two", 1), ("three", 0), ("after", 0)]
+    assert books.sent == 4
+    assert books.acknowledged == 4
+    assert journal.rows == {}
+
+
+async def test_an_agent_of_another_name_gets_none_of_them(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = FakeJournal(unsettled=[kept("one")])
+    log: list[Any] = []
+    async with open_message_system(config(journal)) as system:
+        await system.spawn(Recorder, log, name="other")
+        await trio.sleep(1)
+        assert system.delivery.get_stats().sent == 0
+    assert log == []
+
+
+async def test_a_message_out_of_runs_is_a_dead_letter(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """max_retries=2 allows three runs: a message that ran three times before the restart is
+    not run again."""
+    spent = kept("spent", attempt=3)
+    journal = FakeJournal(unsettled=[spent, kept("fresh", attempt=2)])
+    log: list[Any] = []
+    async with open_message_system(config(journal)) as system:
+        await system.spawn(Recorder, log, name="worker")
+        await trio.sleep(1)
+        [letter] = system.dead_letters
+        books = system.delivery.get_stats()
+    assert letter.reason is DeadLetterReason.RETRIES_EXHAUSTED
+    assert letter.envelope.id == spent.id
+    assert log == [("fresh", 2)]
+    assert [(message_id, reason) for message_id, reason, _ in journal.filings] == [
+        (spent.id, DeadLetterReason.RETRIES_EXHAUSTED.value)
+    ]
+    assert books.sent == 2
+    assert books.dead_lettered == 1
+
+
+async def test_a_completed_message_is_suppressed_when_sent_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    done = kept("done", options=EXACTLY_ONCE)
+    journal = FakeJournal(completed=[("worker", done.id, 5.0)])
+    log: list[Any] = []
+    async with open_message_system(config(journal)) as system:
+        await system.spawn(Recorder, log, name="worker")
+        await system.send_message(done)
+        await trio.sleep(1)
+        assert system.delivery.get_stats().duplicates_suppressed == 1
+    assert log == []
+
+
+async def test_a_pool_takes_what_was_kept_for_its_name(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = FakeJournal(unsettled=[kept("one", recipient="pool"), kept("two", "pool")])
+    log: list[Any] = []
+    async with open_message_system(config(journal)) as system:
+        await system.spawn_pool(Recorder, log, size=2, name="pool")
+        await trio.sleep(1)
+    assert sorted(log) == [("one", 0), ("two", 0)]
