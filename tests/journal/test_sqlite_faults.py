@@ -1,0 +1,212 @@
+"""SqliteJournal's own faults: a file it must not take (changed in nothing), a file it cannot
+write, a full disk and a lock held too long during a commit. Each is a ``JournalError``."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import trio
+from stores import kept, reopened, rows, running
+
+from terraphim_actors._core.settlement import Settlement
+from terraphim_actors.errors import JournalError
+from terraphim_actors.journal import SqliteJournal
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "agents.db"
+
+
+async def _refused(path: Path) -> JournalError:
+    """The error ``run`` raises on ``path``, checking that it came before the journal said it
+    had started."""
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(JournalError) as caught:
+            await nursery.start(SqliteJournal(path).run)
+    assert str(path) in str(caught.value)
+    return caught.value
+
+
+def _contents(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+def _sqlite_file(path: Path, *statements: str) -> None:
+    connection = sqlite3.connect(path)
+    try:
+        for statement in statements:
+            connection.execute(statement)
+        connection.commit()
+    finally:
+        connection.close()
+
+
+async def _journal_with_messages(path: Path, count: int) -> None:
+    async with running(SqliteJournal(path)) as journal:
+        for number in range(count):
+            journal.accepted(kept("x" * 200 + str(number)))
+
+
+async def test_a_file_that_is_not_sqlite_is_refused_and_left_alone(path: Path) -> None:
+    _write(path, b"my notes, not a database\n" * 100)
+    before = _contents(path)
+    error = await _refused(path)
+    assert "not a journal" in str(error)
+    assert _contents(path) == before
+
+
+async def test_another_programs_database_is_refused_and_left_alone(path: Path) -> None:
+    _sqlite_file(path, "CREATE TABLE accounts (id INTEGER, balance REAL)")
+    before = _contents(path)
+    error = await _refused(path)
+    assert "other program" in str(error)
+    assert _contents(path) == before
+
+
+async def test_a_newer_schema_is_refused_and_left_alone(path: Path) -> None:
+    await _journal_with_messages(path, 3)
+    _sqlite_file(path, "PRAGMA user_version = 99")
+    before = _contents(path)
+    error = await _refused(path)
+    assert "newer" in str(error)
+    assert _contents(path) == before
+    assert rows(path, "messages") == 3
+
+
+async def test_a_journal_missing_its_tables_is_refused(path: Path) -> None:
+    await _journal_with_messages(path, 1)
+    _sqlite_file(path, "DROP TABLE messages")
+    before = _contents(path)
+    await _refused(path)
+    assert _contents(path) == before
+
+
+async def test_a_journal_with_damaged_pages_is_refused_and_left_alone(path: Path) -> None:
+    """Garbage over the pages that hold its messages: the file reads as SQLite, its rows do
+    not."""
+    await _journal_with_messages(path, 200)
+    data = bytearray(_contents(path))
+    page = 4096
+    data[page:] = b"\xa5" * (len(data) - page)
+    _write(path, bytes(data))
+    before = _contents(path)
+    await _refused(path)
+    assert _contents(path) == before
+
+
+async def test_a_path_in_a_missing_directory_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "agents.db"
+    await _refused(path)
+    assert not path.parent.exists()
+
+
+async def test_a_directory_is_refused(tmp_path: Path) -> None:
+    await _refused(tmp_path)
+
+
+async def test_a_path_under_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("a file, not a directory")
+    await _refused(tmp_path / "plain" / "agents.db")
+
+
+async def test_a_journal_that_cannot_open_fails_what_was_told_before(path: Path) -> None:
+    """A message accepted before the writer ran, on a file it then refuses: its commit fails
+    rather than waiting for ever."""
+    _write(path, b"not a database")
+    journal = SqliteJournal(path)
+    commit = journal.accepted(kept("early"))
+    assert commit is not None
+    with pytest.raises(JournalError):
+        await journal.run()
+    with pytest.raises(JournalError):
+        await commit.wait()
+
+
+async def _fill_the_disk(journal: SqliteJournal) -> None:
+    """Cap the writer's file at its current size (SQLite's own page limit): a commit that
+    needs another page fails as on a full disk."""
+
+    def cap() -> None:
+        assert journal._connection is not None
+        journal._connection.execute("PRAGMA max_page_count = 1")
+
+    await trio.to_thread.run_sync(cap, limiter=journal._limiter)
+
+
+async def _free_the_disk(journal: SqliteJournal) -> None:
+    def uncap() -> None:
+        assert journal._connection is not None
+        journal._connection.execute("PRAGMA max_page_count = 1000000")
+
+    await trio.to_thread.run_sync(uncap, limiter=journal._limiter)
+
+
+async def test_a_full_disk_fails_the_commit_and_the_writer_goes_on(path: Path) -> None:
+    """A commit that finds the disk full fails every sender waiting on it with JournalError;
+    the writer keeps running, and commits again once there is room."""
+    async with running(SqliteJournal(path)) as journal:
+        await _fill_the_disk(journal)
+        big = kept("x" * 100_000)
+        commit = journal.accepted(big)
+        assert commit is not None
+        with pytest.raises(JournalError, match="full"):
+            await commit.wait()
+        with pytest.raises(JournalError):
+            await commit.wait()  # every waiter is told
+        await _free_the_disk(journal)
+        after = kept("after")
+        await journal.accepted(after).wait()  # type: ignore[union-attr]
+    unsettled, _ = await reopened(path)
+    assert [e.id for e in unsettled] == [after.id]
+
+
+async def test_a_settlement_in_a_failed_commit_is_tried_again(path: Path) -> None:
+    """Settlements are not awaited, so a failed commit must not lose them: they go with the
+    next commit."""
+    envelope = kept("settle me")
+    async with running(SqliteJournal(path)) as journal:
+        await journal.accepted(envelope).wait()  # type: ignore[union-attr]
+        await _fill_the_disk(journal)
+        journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
+        journal.accepted(kept("y" * 100_000))
+        with pytest.raises(JournalError):
+            await journal.flush()
+        assert rows(path, "messages") == 1
+        await _free_the_disk(journal)
+        await journal.flush()
+        assert rows(path, "messages") == 0
+
+
+async def test_a_file_locked_past_the_busy_timeout_fails_the_commit(path: Path) -> None:
+    """Another connection holding the write lock longer than ``busy_timeout`` fails the
+    commit with JournalError; once the lock is gone, commits go through."""
+    async with running(SqliteJournal(path, busy_timeout=0.05)) as journal:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            commit = journal.accepted(kept("blocked"))
+            assert commit is not None
+            with pytest.raises(JournalError, match="locked"):
+                await commit.wait()
+        finally:
+            other.close()
+        await journal.accepted(kept("free")).wait()  # type: ignore[union-attr]
+
+
+def test_dead_letters_of_a_missing_file_are_an_error(path: Path) -> None:
+    with pytest.raises(JournalError):
+        SqliteJournal(path).dead_letters()
+    assert not path.exists()
+
+
+def test_dead_letters_of_a_foreign_file_are_an_error(path: Path) -> None:
+    _write(path, b"not a database")
+    with pytest.raises(JournalError):
+        SqliteJournal(path).dead_letters()
