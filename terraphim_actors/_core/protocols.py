@@ -231,7 +231,7 @@ class Commit(Protocol):
     """One group commit of a journal, as a sender waits on it: an awaited send of a journaled
     message returns only once its row is on disk.
 
-    Today's implementation: ``journal._writer.Commit`` (of ``SqliteJournal``).
+    Today's implementation: ``journal._commit.Commit`` (of ``SqliteJournal``).
     """
 
     async def wait(self) -> None:

@@ -4,6 +4,7 @@ flush, and the rows it deletes. Driven directly, as delivery and the agent loop 
 from __future__ import annotations
 
 import math
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,33 @@ async def test_settled_rows_are_deleted_from_the_file(path: Path) -> None:
             journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
         await journal.flush()
         assert rows(path, "messages") == 50
+
+
+def _checkpointed_size(path: Path) -> int:
+    """The size of the file once the write-ahead log is copied into it."""
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        connection.close()
+    return path.stat().st_size
+
+
+async def test_the_file_follows_the_open_messages_not_the_history(path: Path) -> None:
+    """Rounds of messages accepted and then settled leave the file the size the first round
+    made it: the space of deleted rows is used again."""
+    sizes = []
+    async with running(SqliteJournal(path)) as journal:
+        for _ in range(5):
+            envelopes = [kept("x" * 300 + str(number)) for number in range(300)]
+            for envelope in envelopes:
+                journal.accepted(envelope)
+            await journal.flush()
+            for envelope in envelopes:
+                journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
+            await journal.flush()
+            sizes.append(_checkpointed_size(path))
+    assert sizes == [sizes[0]] * 5
 
 
 async def test_an_exactly_once_completion_is_remembered_within_the_window(
