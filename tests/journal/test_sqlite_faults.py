@@ -200,6 +200,21 @@ async def test_a_file_locked_past_the_busy_timeout_fails_the_commit(path: Path) 
         await journal.accepted(kept("free")).wait()  # type: ignore[union-attr]
 
 
+async def test_a_journal_locked_at_open_past_the_busy_timeout_is_refused(path: Path) -> None:
+    """Opening proves the file can be written (a write rolled back): a file another
+    connection keeps locked fails the open with JournalError, and its rows stay."""
+    await _journal_with_messages(path, 2)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(JournalError, match="locked"):
+                await nursery.start(SqliteJournal(path, busy_timeout=0.05).run)
+    finally:
+        other.close()
+    assert rows(path, "messages") == 2
+
+
 def test_dead_letters_of_a_missing_file_are_an_error(path: Path) -> None:
     with pytest.raises(JournalError):
         SqliteJournal(path).dead_letters()
