@@ -1,0 +1,161 @@
+"""A system on a SQLite journal, opened twice on the same file: what the first left unsettled
+the second delivers, in order, with its attempts; what it completed exactly once is not handled
+again; a message out of runs ends as a dead letter; a file that is not a journal is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from terraphim_actors import (
+    Agent,
+    Context,
+    DeliveryConfig,
+    DeliveryGuarantee,
+    MessageOptions,
+    MessageSystemConfig,
+    cast,
+    open_message_system,
+)
+from terraphim_actors._delivery.dead_letters import DeadLetterReason
+from terraphim_actors.errors import JournalError
+from terraphim_actors.journal import SqliteJournal
+
+EXACTLY_ONCE = MessageOptions(guarantee=DeliveryGuarantee.EXACTLY_ONCE)
+
+
+def config(path: Path, **delivery: Any) -> MessageSystemConfig:
+    delivery.setdefault("jitter", 0.0)
+    return MessageSystemConfig(
+        journal=SqliteJournal(path), delivery=DeliveryConfig(**delivery), shutdown_timeout=1.0
+    )
+
+
+class Recorder(Agent):
+    """Records (payload, attempt) of what it handles, and sets ``seen`` once it has handled
+    ``expected`` messages; "block" blocks its handler for good (until the shutdown)."""
+
+    def __init__(self, log: list[Any], expected: int, seen: trio.Event) -> None:
+        self.log = log
+        self.expected = expected
+        self.seen = seen
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        self.log.append((message, ctx.envelope.attempt))
+        if len(self.log) >= self.expected:
+            self.seen.set()
+        if message == "block":
+            await trio.sleep_forever()
+
+
+class Unblocked(Recorder):
+    """A Recorder for which "block" is a message like any other."""
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        self.log.append((message, ctx.envelope.attempt))
+        if len(self.log) >= self.expected:
+            self.seen.set()
+
+
+# The journal commits in a worker thread, which an autojump clock does not wait for: each
+# test waits for what it needs to have happened (an event), never for a length of time.
+
+
+async def run_once(
+    path: Path,
+    agent: type[Recorder],
+    expected: int,
+    *payloads: Any,
+    **delivery: Any,
+) -> tuple[list[Any], Any]:
+    """Open a system on ``path``, spawn ``agent`` as "worker", cast it ``payloads``, wait until
+    it handled ``expected`` messages, and shut down; what it handled, and the books."""
+    log: list[Any] = []
+    seen = trio.Event()
+    async with open_message_system(config(path, **delivery)) as system:
+        ref = await system.spawn(agent, log, expected, seen, name="worker")
+        for payload in payloads:
+            await ref.cast(payload)
+        await seen.wait()
+        books = system.delivery.get_stats()
+    return log, books
+
+
+async def test_what_a_shutdown_left_unhandled_is_replayed_in_order_with_its_attempts(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "agents.db"
+    first, _ = await run_once(path, Recorder, 1, "block", 0, 1, 2)
+    assert first == [("block", 0)]  # its handler ran once, and the shutdown stopped it
+
+    second, books = await run_once(path, Unblocked, 5, "after")
+    assert second == [("block", 1), (0, 0), (1, 0), (2, 0), ("after", 0)]
+    assert books.sent == 5
+    assert books.acknowledged == 5
+
+    third, books = await run_once(path, Unblocked, 1, "fresh")
+    assert third == [("fresh", 0)]  # nothing left from before
+    assert books.sent == 1
+
+
+async def test_attempts_add_up_across_restarts(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "agents.db"
+    await run_once(path, Recorder, 1, "block")
+    second, _ = await run_once(path, Recorder, 1)
+    third, _ = await run_once(path, Recorder, 1)
+    assert (second, third) == ([("block", 1)], [("block", 2)])
+
+
+async def test_an_exactly_once_message_completed_before_a_restart_is_not_handled_again(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "agents.db"
+    envelope = cast(None, "pay", EXACTLY_ONCE, recipient="worker")
+    for run, expected in enumerate([[("pay", 0)], [("marker", 0)]]):
+        log: list[Any] = []
+        seen = trio.Event()
+        async with open_message_system(config(path)) as system:
+            ref = await system.spawn(Recorder, log, 1, seen, name="worker")
+            await system.send_message(envelope)
+            if run:
+                await ref.cast("marker")  # handled after the duplicate was taken
+            await seen.wait()
+            suppressed = system.delivery.get_stats().duplicates_suppressed
+        assert log == expected
+        assert suppressed == run
+
+
+async def test_a_replayed_message_out_of_runs_is_a_retries_exhausted_dead_letter(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """With no retries, a message gets one run: one cut short by the shutdown has had it."""
+    path = tmp_path / "agents.db"
+    await run_once(path, Recorder, 1, "block", max_retries=0)
+
+    log: list[Any] = []
+    journal = SqliteJournal(path)
+    async with open_message_system(MessageSystemConfig(journal=journal)) as system:
+        await system.spawn(Recorder, log, 1, trio.Event(), name="worker")
+        [letter] = system.dead_letters
+    assert letter.reason is DeadLetterReason.RETRIES_EXHAUSTED
+    assert letter.envelope.payload == "block"
+    assert log == []
+    [kept] = journal.dead_letters()
+    assert (kept.reason, kept.envelope.payload) == (DeadLetterReason.RETRIES_EXHAUSTED, "block")
+
+
+async def test_a_file_that_is_not_a_journal_is_refused_bare(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "agents.db"
+    path.write_bytes(b"not a database at all, but long enough to be read as one" * 100)
+    with pytest.raises(JournalError):
+        async with open_message_system(config(path)):
+            pass
+    assert path.read_bytes().startswith(b"not a database")
