@@ -5,7 +5,10 @@ Every message the delivery layer accepts is counted once on its way in and once 
 nowhere else, so that ``sent == acknowledged + duplicates_suppressed + failed + dead_lettered +
 pending`` holds by construction. A journal hears of the same two events through the same
 calls: a :class:`JournalingLedger` tells it, a plain :class:`Ledger` (the default, with no
-journal) does not, which keeps the journal seam free on the hot path.
+journal) does not, which keeps the journal seam free on the hot path. Two events are the
+books' alone: a message replayed from the journal (which holds it already) is accepted without
+telling it, and one the shutdown stopped is settled without telling it (the journal keeps it
+for its next open: a clean exit is not a crash).
 """
 
 from __future__ import annotations
@@ -50,9 +53,10 @@ class DeliveryStats:
 class Ledger:
     """The counters behind :class:`DeliveryStats`, each moved by one named method.
 
-    The accept methods (:meth:`accepted`, :meth:`accepted_and_delivered`) and the settle
-    methods (:meth:`acknowledged`, :meth:`duplicate`, :meth:`failed`, :meth:`dead_lettered`,
-    :meth:`refused`) are the one accept point and the one settle point of every message.
+    The accept methods (:meth:`accepted`, :meth:`accepted_and_delivered`, :meth:`replayed`)
+    and the settle methods (:meth:`acknowledged`, :meth:`duplicate`, :meth:`failed`,
+    :meth:`dead_lettered`, :meth:`stopped`, :meth:`refused`) are the one accept point and the
+    one settle point of every message.
 
     The counts of the common send and its acknowledgement are plain attributes as well:
     where a plain ledger has no one to tell (:attr:`counts_only`: no journal) and no

@@ -804,7 +804,7 @@ class MessageSystem:
                 self.delivery.replay,
             )
 
-    def open_journal(self) -> None:
+    def _open_journal(self) -> None:
         """Read what the journal (running) kept from an earlier run, for the agents of those
         names to take over as they are spawned."""
         self._replays = Replays(self.config.journal)
@@ -1036,7 +1036,7 @@ async def open_message_system(
             try:
                 if config.journal is not NO_JOURNAL:  # before anything else: it may refuse
                     await nursery.start(_run_journal, config.journal, writer)
-                    system.open_journal()
+                    system._open_journal()
                 nursery.start_soon(serve)
                 async with system.root:  # raises RestartIntensityExceeded if it gives up
                     try:

@@ -54,7 +54,6 @@ SYSTEM_INTERNALS = {
     "has_stopped",
     "retire",
     "cut_shutdown_short",
-    "open_journal",
 }
 
 #: AgentRef's member that the router asks (where a routed message goes), not users.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from fake_journal import FakeJournal
@@ -22,6 +23,7 @@ from terraphim_actors import (
     open_message_system,
 )
 from terraphim_actors._delivery.dead_letters import DeadLetterReason
+from terraphim_actors.errors import AgentStartFailed
 
 AT_LEAST_ONCE = MessageOptions(
     guarantee=DeliveryGuarantee.AT_LEAST_ONCE, max_retries=2, retry_delay=0.1, timeout=60.0
@@ -129,3 +131,23 @@ async def test_a_pool_takes_what_was_kept_for_its_name(
         await system.spawn_pool(Recorder, log, size=2, name="pool")
         await trio.sleep(1)
     assert sorted(log) == [("one", 0), ("two", 0)]
+
+
+class FailsToStart(Agent):
+    async def on_start(self, ctx: Context) -> None:
+        raise RuntimeError("no model")
+
+
+async def test_an_agent_that_fails_to_start_leaves_what_it_took_as_dead_letters(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    message = kept("one")
+    journal = FakeJournal(unsettled=[message])
+    async with open_message_system(config(journal)) as system:
+        with pytest.raises(AgentStartFailed):
+            await system.spawn(FailsToStart, name="worker")
+        await trio.sleep(1)
+        books = system.delivery.get_stats()
+    assert [message_id for message_id, _, _ in journal.filings] == [message.id]
+    assert journal.rows == {}
+    assert (books.sent, books.dead_lettered, books.pending) == (1, 1, 0)
