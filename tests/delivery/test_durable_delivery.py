@@ -228,6 +228,27 @@ class TestTheAgentLoop:
             assert journal.runs[message_id] == 1
             assert journal.settlements[0][0] == message_id
 
+    async def test_a_run_that_cannot_be_counted_restarts_the_agent_and_is_retried(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        journal = FakeJournal(hold=True)
+        log: list[Any] = []
+        async with open_message_system(config(journal)) as system:
+            ref = await system.spawn(Recorder, log, name="worker")
+            ref.cast_nowait("x")
+            journal.release()  # the accept
+            await trio.testing.wait_all_tasks_blocked()
+            journal.release(JournalError("disk full"))  # the run's count
+            await trio.testing.wait_all_tasks_blocked()
+            assert log == []
+            journal.hold = False
+            journal.release()
+            await trio.sleep(1)
+            books = system.delivery.get_stats()
+            assert system.get_stats()[0].agent_restarts == 1
+        assert log == ["x"]
+        assert (books.retried, books.acknowledged) == (1, 1)
+
     async def test_a_call_runs_without_a_commit(
         self, autojump_clock: trio.testing.MockClock
     ) -> None:
