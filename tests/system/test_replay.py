@@ -151,3 +151,18 @@ async def test_an_agent_that_fails_to_start_leaves_what_it_took_as_dead_letters(
     assert [message_id for message_id, _, _ in journal.filings] == [message.id]
     assert journal.rows == {}
     assert (books.sent, books.dead_lettered, books.pending) == (1, 1, 0)
+
+
+async def test_a_kept_message_past_its_timeout_expires_instead_of_running(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Its creation time is kept across the restart: a 60 s timeout that passed meanwhile."""
+    stale = kept("stale").evolve(created_at=trio.current_time() - 61.0)
+    journal = FakeJournal(unsettled=[stale, kept("fresh")])
+    log: list[Any] = []
+    async with open_message_system(config(journal)) as system:
+        await system.spawn(Recorder, log, name="worker")
+        await trio.sleep(1)
+        [letter] = system.dead_letters
+    assert (letter.reason, letter.envelope.id) == (DeadLetterReason.EXPIRED, stale.id)
+    assert log == [("fresh", 0)]
