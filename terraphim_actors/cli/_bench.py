@@ -29,6 +29,7 @@ ORDER = (
     "cast_throughput",
     "call_latency",
     "delivery_guarantees",
+    "durable_delivery",
     "pool_routing",
     "restart_latency",
     "idle_agents",
@@ -264,6 +265,30 @@ def _guarantee_cost(name: str, limit: float) -> Callable[[Records], Verdict]:
     return verdict
 
 
+def _durable_cast(records: Records) -> Verdict:
+    costs = [records.median("durable_delivery", f"durable_{senders}") for senders in (1, 64)]
+    ratios = [
+        records.ratio("durable_delivery", f"durable_{senders}_cost_ratio_to_floor")
+        for senders in (1, 64)
+    ]
+    shown = (
+        f"await cast journaled: {costs[0]:.0f} µs/msg with 1 sender, {costs[1]:.0f} with 64"
+        f" ({ratios[0]:.2f}x / {ratios[1]:.2f}x bare SQLite)"
+    )
+    return shown, max(ratios) <= 1.5
+
+
+def _replay(records: Records) -> Verdict:
+    record = records.record("durable_delivery")
+    seconds = records.median("durable_delivery", "replay_delivered")
+    ratio = records.ratio("durable_delivery", "replay_time_ratio_to_bare_read")
+    shown = (
+        f"{record['parameters']['replay']:,} unsettled replayed at open in {seconds:.2f} s"
+        f" ({ratio:.2f}x a bare read and decode)"
+    )
+    return shown, ratio <= 2.0
+
+
 def _pool_routing(records: Records) -> Verdict:
     record = records.record("pool_routing")
     rates = {
@@ -392,6 +417,14 @@ CLAIMS = (
         "<= 2x at-most-once",
         _guarantee_cost("exactly_once", 2.0),
     ),
+    Claim(
+        "durable cast",
+        "durable_delivery",
+        "",
+        "<= 1.5x bare SQLite",
+        _durable_cast,
+    ),
+    Claim("replay", "durable_delivery", "", "<= 2x bare read", _replay),
     Claim("pool routing", "pool_routing", "sub-millisecond message routing", "", _pool_routing),
     Claim("circuit breaker", "pool_routing", "", "", _fast_fail),
     Claim(

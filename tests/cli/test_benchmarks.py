@@ -8,13 +8,15 @@ import argparse
 import io
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from terraphim_actors.cli import _bench
-from terraphim_actors.cli._bench import CLAIMS, add_bench_parser, run_bench
+from terraphim_actors.cli._bench import CLAIMS, add_bench_parser, benchmarks_directory, run_bench
 
 #: Each benchmark and ratios that the summary reads from its record.
 HEADLINE_RATIOS = {
@@ -28,6 +30,11 @@ HEADLINE_RATIOS = {
         f"{kind}_{guarantee}_cost_ratio_to_at_most_once"
         for kind in ("cast", "call")
         for guarantee in ("at_least_once", "exactly_once")
+    ],
+    "durable_delivery": [
+        "durable_1_cost_ratio_to_floor",
+        "durable_64_cost_ratio_to_floor",
+        "replay_time_ratio_to_bare_read",
     ],
     "pool_routing": [
         "pool_round_robin_ratio_to_single_agent",
@@ -158,3 +165,28 @@ class TestCommand:
         code, output = bench("--quick")
         assert code == 1
         assert "broken failed (exit code 3)" in output
+
+
+def test_the_durable_delivery_benchmark_runs_at_tiny_sizes() -> None:
+    """``durable_delivery.py`` with a few casts and a few replayed messages measures every side
+    (journaled, in memory, bare SQLite; replay and bare read) and says what it replayed."""
+    script = benchmarks_directory() / "durable_delivery.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--runs", "1", "--messages", "64", "--replay", "100"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["parameters"]["replay"] == 100
+    assert set(record["measurements"]) == {
+        *(f"{side}_{senders}" for side in ("floor", "memory", "durable") for senders in (1, 64)),
+        "durable_1_per_commit",
+        "durable_64_per_commit",
+        "replay_bare",
+        "replay_delivered",
+        "replay_handled",
+    }
+    assert all(positive(value) for value in record["ratios"].values())
