@@ -235,8 +235,9 @@ class DeliveryManager:
         self.ledger.replayed(envelope)
         if "message_accepted" in self._instruments:
             self._instruments.call("message_accepted", envelope)
-        runs_allowed = (envelope.options.max_retries or 0) + 1
-        if envelope.attempt >= runs_allowed:
+        max_retries = self.resolve(envelope.options).max_retries
+        assert max_retries is not None  # resolved
+        if envelope.attempt > max_retries:
             self._give_up(
                 envelope,
                 DeadLetterReason.RETRIES_EXHAUSTED,

@@ -17,8 +17,10 @@ from terraphim_actors import (
     DeliveryConfig,
     DeliveryGuarantee,
     Envelope,
+    MailboxConfig,
     MessageOptions,
     MessageSystemConfig,
+    OverflowPolicy,
     cast,
     open_message_system,
 )
@@ -166,3 +168,18 @@ async def test_a_kept_message_past_its_timeout_expires_instead_of_running(
         [letter] = system.dead_letters
     assert (letter.reason, letter.envelope.id) == (DeadLetterReason.EXPIRED, stale.id)
     assert log == [("fresh", 0)]
+
+
+async def test_what_does_not_fit_a_bounded_mailbox_follows_as_retries(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = FakeJournal(unsettled=[kept(number) for number in range(4)])
+    log: list[Any] = []
+    small = MailboxConfig(capacity=2, overflow=OverflowPolicy.REJECT)
+    async with open_message_system(config(journal)) as system:
+        await system.spawn(Recorder, log, name="worker", mailbox=small)
+        await trio.sleep(1)
+        books = system.delivery.get_stats()
+    assert log[:2] == [(0, 0), (1, 0)]
+    assert sorted(number for number, _ in log) == [0, 1, 2, 3]
+    assert (books.sent, books.retried, books.acknowledged) == (4, 2, 4)
