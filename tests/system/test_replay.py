@@ -183,3 +183,14 @@ async def test_what_does_not_fit_a_bounded_mailbox_follows_as_retries(
     assert log[:2] == [(0, 0), (1, 0)]
     assert sorted(number for number, _ in log) == [0, 1, 2, 3]
     assert (books.sent, books.retried, books.acknowledged) == (4, 2, 4)
+
+
+async def test_an_agent_of_a_subtree_takes_what_was_kept_for_its_name(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = FakeJournal(unsettled=[kept("one", recipient="tool")])
+    log: list[Any] = []
+    async with open_message_system(config(journal)) as system:
+        await system.start_supervisor([system.agent_spec(Recorder, log, name="tool")])
+        await trio.sleep(1)
+    assert log == [("one", 0)]
