@@ -47,8 +47,11 @@ class FakeJournal:
         unsettled: list[Envelope] | None = None,
         completed: list[tuple[str, MessageId, float]] | None = None,
         open_error: JournalError | None = None,
+        accept_error: JournalError | None = None,
     ) -> None:
         self.hold = hold
+        #: Every commit of an accept fails with it (a full disk when messages are written).
+        self.accept_error = accept_error
         self.rows: dict[MessageId, Envelope] = {}
         self.runs: dict[MessageId, int] = {}
         self.settlements: list[tuple[MessageId, Settlement]] = []
@@ -84,6 +87,10 @@ class FakeJournal:
         self.rows[envelope.id] = envelope
         self.runs.setdefault(envelope.id, 0)
         self.events.append(("accepted", envelope.id))
+        if self.accept_error is not None:
+            failed = FakeCommit()
+            failed.release(self.accept_error)
+            return failed
         return self._commit()
 
     def started(self, envelope: Envelope) -> FakeCommit | None:

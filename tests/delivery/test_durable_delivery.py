@@ -184,6 +184,19 @@ class TestAwaitedSends:
             await trio.testing.wait_all_tasks_blocked()
             assert [str(error) for error in failed] == ["disk full"]
 
+    async def test_a_message_whose_commit_failed_is_still_delivered_in_this_run(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        journal = FakeJournal(accept_error=JournalError("disk full"))
+        log: list[Any] = []
+        async with open_message_system(config(journal)) as system:
+            ref = await system.spawn(Recorder, log, name="worker")
+            with pytest.raises(JournalError):
+                await ref.cast("x")
+            await trio.sleep(1)
+            assert system.delivery.get_stats().acknowledged == 1
+        assert log == ["x"]
+
 
 class TestEncodeFailures:
     async def test_an_unencodable_payload_raises_at_the_send_and_counts_nothing(
