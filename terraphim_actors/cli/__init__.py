@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import trio
 
@@ -42,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--questions", type=int, default=16, help="questions the user asks (default 16)"
     )
+    demo.add_argument(
+        "--journal",
+        type=Path,
+        metavar="PATH",
+        help="run on a SQLite journal at PATH in a child process, kill it with SIGKILL mid-run,"
+        " start it again on the same journal, and account for every task across the crash",
+    )
     add_bench_parser(commands)
     return parser
 
@@ -51,7 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     arguments = parser.parse_args(argv)
     if arguments.command == "demo":
-        return trio.run(run_demo, _demo_settings(parser, arguments))
+        settings = _demo_settings(parser, arguments)
+        if arguments.journal is not None:
+            # Imported here: the child process runs that module as __main__.
+            from .demo.durable import run_durable_demo
+
+            return run_durable_demo(settings, arguments.journal)
+        return trio.run(run_demo, settings)
     if arguments.command == "bench":
         return run_bench(arguments)
     raise AssertionError(f"unknown command {arguments.command!r}")  # pragma: no cover

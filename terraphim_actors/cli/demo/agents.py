@@ -77,7 +77,10 @@ class Planner(Agent):
 
     The pool starts after the planner (it uses the aggregator, the planner's sibling), so the
     planner finds it by name when it needs it. A question may arrive twice (at least once): a
-    question planned already is not planned again.
+    question planned already is not planned again, but a repeat delivery of it hands out again
+    the tasks of its plan not answered yet, since the run before may have ended (a crash of the
+    process) between noting the plan and handing it out. A task handed out twice is answered
+    twice at most, and the aggregator ignores the second answer.
     """
 
     def __init__(self, ledger: Ledger, workers: str, seed: int) -> None:
@@ -88,7 +91,12 @@ class Planner(Agent):
     async def handle_cast(self, message: Any, ctx: Context) -> None:
         if not isinstance(message, Question):
             return await super().handle_cast(message, ctx)
-        if message.number in self.ledger.planned:
+        planned = self.ledger.planned.get(message.number)
+        if planned is not None:
+            if ctx.envelope.attempt > 0:
+                await self._hand_out(
+                    [self.ledger.tasks[task_id] for task_id in planned], ctx, unanswered=True
+                )
             return
         draw = random_for(self.seed, "plan", message.number)
         steps = draw.sample(STEPS, draw.randint(2, 4))
@@ -102,9 +110,13 @@ class Planner(Agent):
         self.ledger.planned[message.number] = tuple(task.id for task in tasks)
         for task in tasks:
             self.ledger.tasks[task.id] = task
+        await self._hand_out(tasks, ctx, unanswered=False)
+
+    async def _hand_out(self, tasks: list[Task], ctx: Context, *, unanswered: bool) -> None:
         workers = ctx.system.ref(self.workers)
         for task in tasks:
-            await workers.cast(task)
+            if not unanswered or task.id not in self.ledger.answers:
+                await workers.cast(task)
 
 
 class LlmWorker(Agent):

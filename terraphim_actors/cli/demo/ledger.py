@@ -8,6 +8,7 @@ report at the end is drawn from them.
 from __future__ import annotations
 
 import collections
+from collections.abc import MutableMapping
 
 import attrs
 import trio
@@ -38,10 +39,11 @@ class Ledger:
     """
 
     def __init__(self) -> None:
-        self.asked: dict[int, Question] = {}
-        self.planned: dict[int, tuple[str, ...]] = {}
-        self.tasks: dict[str, Task] = {}
-        self.answers: dict[str, Answer] = {}
+        # Mappings, not dicts: ``durable`` keeps these four in a file, written through.
+        self.asked: MutableMapping[int, Question] = {}
+        self.planned: MutableMapping[int, tuple[str, ...]] = {}
+        self.tasks: MutableMapping[str, Task] = {}
+        self.answers: MutableMapping[str, Answer] = {}
         self.dead_questions: dict[int, DeadLetter] = {}
         self.dead_tasks: dict[str, DeadLetter] = {}
         self.duplicate_answers = 0

@@ -30,6 +30,7 @@ from terraphim_actors import (
     RouterConfig,
     open_message_system,
 )
+from terraphim_actors.journal import SqliteJournal
 
 from .agents import Aggregator, LlmWorker, Observer, Planner, SearchTool
 from .ledger import EventLog, Ledger, agent_name
@@ -56,11 +57,17 @@ SAMPLE = 0.05
 class _Run:
     """One run: the system, the application's records, and what the displays are shown."""
 
-    def __init__(self, settings: DemoSettings, system: MessageSystem, started: float) -> None:
+    def __init__(
+        self,
+        settings: DemoSettings,
+        system: MessageSystem,
+        started: float,
+        ledger: Ledger | None = None,
+    ) -> None:
         self.settings = settings
         self.system = system
         self.started = started
-        self.ledger = Ledger()
+        self.ledger = Ledger() if ledger is None else ledger
         self.events = EventLog(started)
         self.crashes: collections.Counter[str] = collections.Counter()
         self.circuits: dict[AgentId, CircuitState] = {}
@@ -113,13 +120,17 @@ class _Run:
         return system.ref("planner")
 
     async def ask(self, planner: AgentRef) -> None:
-        """The user: questions at an even pace over the first 70 % of the run."""
+        """The user: questions at an even pace over the first 70 % of the run, but for those
+        asked already (by a run before a crash, on the same records). A question is noted as
+        asked once its cast has returned: with a journal, once it is committed."""
         settings = self.settings
         gap = settings.duration * 0.7 / settings.questions
         for number in range(1, settings.questions + 1):
+            if number in self.ledger.asked:
+                continue
             question = Question(number, QUESTIONS[(settings.seed + number) % len(QUESTIONS)])
-            self.ledger.asked[number] = question
             await planner.cast(question)
+            self.ledger.asked[number] = question
             await trio.sleep(gap)
 
     def _settled(self) -> bool:
@@ -234,8 +245,8 @@ def _backoff(seed: int, what: str) -> RestartBackoff:
     )
 
 
-def _config(settings: DemoSettings) -> MessageSystemConfig:
-    return MessageSystemConfig(
+def _config(settings: DemoSettings, journal: SqliteJournal | None) -> MessageSystemConfig:
+    config = MessageSystemConfig(
         shutdown_timeout=0.2,  # at the end, a worker waiting on its model is not waited for
         dead_letter_capacity=100_000,  # the report looks up every dead letter
         max_restarts=RESTART_BUDGETS["root"][0],
@@ -246,6 +257,7 @@ def _config(settings: DemoSettings) -> MessageSystemConfig:
             circuit_breaker=CircuitBreakerConfig(failure_threshold=3, reset_timeout=1.0)
         ),
     )
+    return config if journal is None else attrs.evolve(config, journal=journal)
 
 
 @contextlib.contextmanager
@@ -266,17 +278,27 @@ def _runtime_logs_kept_quiet() -> Iterator[None]:
             logger.propagate = propagate
 
 
-async def run_scenario(settings: DemoSettings, display: Display) -> Report:
+async def run_scenario(
+    settings: DemoSettings,
+    display: Display,
+    *,
+    journal: SqliteJournal | None = None,
+    ledger: Ledger | None = None,
+) -> Report:
     """Run the research assistant for at most ``settings.duration`` seconds and account for
-    every question and task it was given."""
+    every question and task it was given.
+
+    With a ``journal`` (``--journal``, see ``durable``) its messages outlive the process, and
+    ``ledger`` is the application's records kept beside it, so that a run started again after
+    a crash goes on where the last one stopped."""
     started = trio.current_time()
     run: _Run | None = None
     final: Snapshot | None = None
     escalation = None
     with _runtime_logs_kept_quiet():
         try:
-            async with open_message_system(_config(settings)) as system:
-                run = _Run(settings, system, started)
+            async with open_message_system(_config(settings, journal)) as system:
+                run = _Run(settings, system, started, ledger)
                 try:
                     planner = await run.build()
                     async with trio.open_nursery() as nursery:
