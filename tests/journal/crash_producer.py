@@ -3,11 +3,13 @@
     python crash_producer.py produce JOURNAL RESULTS LOG INCARNATION
     python crash_producer.py recover JOURNAL RESULTS LOG INCARNATION
 
-Both open a message system on the journal file ``JOURNAL`` and spawn two named agents,
-``alo`` and ``eo``; the journal hands each what an earlier run left unsettled. Both wait until
-that replay is over (nothing pending in the books). Then ``produce`` casts numbered messages,
-at least once to ``alo`` and exactly once to ``eo``, from one sender task each, for ever (the
-test kills it); ``recover`` flushes the journal and exits.
+Both open a message system on the journal file ``JOURNAL`` and spawn three named agents,
+``alo``, ``eo`` and ``batch``; the journal hands each what an earlier run left unsettled. Both
+wait until that replay is over (nothing pending in the books). Then ``produce`` casts numbered
+messages, at least once to ``alo`` and exactly once to ``eo`` with ``await ref.cast``, and at
+least once to ``batch`` with ``cast_nowait`` in batches of :data:`BATCH`, each followed by
+``await system.flush()``, from one sender task each, for ever (the test kills it); ``recover``
+flushes the journal and exits.
 
 Each handler records the number it handles into ``RESULTS``, a SQLite file of the program's own
 (WAL mode, one autocommitted insert per run, before the handler returns), as a user's handler
@@ -16,9 +18,10 @@ knows. Committed in WAL mode, a row survives SIGKILL (not a power loss, which is
 
 ``LOG`` gets one line per event, each written and flushed at once, so the test can tell how far
 the program got when it was killed: ``spawned``, ``replayed``, then ``<agent> <number>`` after
-each ``await ref.cast`` returned (the message was committed), and ``recovered`` at the end of a
-recovery. Numbers are unique across the whole test: ``INCARNATION * 1_000_000``, plus
-``500_000`` for ``eo``, plus the count of casts so far.
+each ``await ref.cast`` returned (the message was committed) or, for ``batch``, after the flush
+that followed it returned, and ``recovered`` at the end of a recovery. Numbers are unique across
+the whole test: ``INCARNATION * 1_000_000``, plus :data:`OFFSETS` of the agent, plus the count
+of casts so far.
 """
 
 from __future__ import annotations
@@ -45,9 +48,12 @@ from terraphim_actors.journal import SqliteJournal
 GUARANTEES = {
     "alo": DeliveryGuarantee.AT_LEAST_ONCE,
     "eo": DeliveryGuarantee.EXACTLY_ONCE,
+    "batch": DeliveryGuarantee.AT_LEAST_ONCE,
 }
-#: Added to an ``eo`` message's number, so that a number names one message of the whole test.
-EO_OFFSET = 500_000
+#: Added to a message's number by agent, so that a number names one message of the whole test.
+OFFSETS = {"alo": 0, "batch": 250_000, "eo": 500_000}
+#: Casts ``cast_nowait`` to ``batch`` before each flush.
+BATCH = 8
 #: Casts a producer makes at most (per agent) if nobody kills it.
 MAX_CASTS = 100_000
 #: Seconds the program waits at most for the replay to be over.
@@ -95,11 +101,20 @@ async def replay_over(system: MessageSystem) -> None:
             await trio.sleep(0.001)
 
 
-async def send_numbers(ref: AgentRef, name: str, incarnation: int, log: TextIO) -> None:
+async def send_numbers(
+    system: MessageSystem, ref: AgentRef, name: str, incarnation: int, log: TextIO
+) -> None:
     options = MessageOptions(guarantee=GUARANTEES[name], timeout=3_600.0)
-    base = incarnation * 1_000_000 + (EO_OFFSET if name == "eo" else 0)
-    for count in range(MAX_CASTS):
-        number = base + count
+    base = incarnation * 1_000_000 + OFFSETS[name]
+    if name == "batch":
+        for start in range(base, base + MAX_CASTS, BATCH):
+            for number in range(start, start + BATCH):
+                ref.cast_nowait(number, options=options)
+            await system.flush()
+            for number in range(start, start + BATCH):
+                note(log, f"{name} {number}")
+        return
+    for number in range(base, base + MAX_CASTS):
         await ref.cast(number, options=options)
         note(log, f"{name} {number}")
 
@@ -119,7 +134,7 @@ async def main(mode: str, journal: str, results: str, log: TextIO, incarnation: 
         if mode == "produce":
             async with trio.open_nursery() as nursery:
                 for name, ref in refs.items():
-                    nursery.start_soon(send_numbers, ref, name, incarnation, log)
+                    nursery.start_soon(send_numbers, system, ref, name, incarnation, log)
         await system.flush()
     note(log, "recovered")
 
