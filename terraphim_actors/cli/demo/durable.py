@@ -59,7 +59,7 @@ def records_path(journal: Path) -> Path:
     return journal.with_name(journal.name + ".records")
 
 
-def _open_records(path: Path) -> sqlite3.Connection:
+def open_records(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None)
     connection.execute("PRAGMA journal_mode = WAL")
     for table in ("asked", "planned", "tasks", "answers"):
@@ -159,7 +159,7 @@ def child_main(argv: list[str]) -> int:
         questions=int(questions),
     )
     path = Path(journal)
-    connection = _open_records(records_path(path))
+    connection = open_records(records_path(path))
     ledger = StoredLedger(connection, int(run))
     if path.exists():  # what ended as a dead letter before is settled for this run's account
         for letter in SqliteJournal(path).dead_letters():
@@ -190,8 +190,11 @@ class CrashAccount:
     answered_after: int
     #: Tasks not done, by the reason of their dead letter in the journal.
     dead: dict[str, list[str]]
-    #: Tasks and questions still unsettled in the journal: delivered at its next open.
+    #: Tasks not done whose task or answer is still unsettled in the journal: delivered at
+    #: its next open.
     unsettled: list[str]
+    #: Questions asked and not planned, still unsettled in the journal.
+    unplanned: list[str]
     lost: list[str]
     replayed: dict[str, int]
 
@@ -232,7 +235,7 @@ def unsettled_in(journal: Path) -> list[tuple[str, str]]:
 
 def account(journal: Path, replayed: dict[str, int]) -> CrashAccount:
     """The account of both runs, once the second has exited."""
-    connection = _open_records(records_path(journal))
+    connection = open_records(records_path(journal))
     try:
         ledger = StoredLedger(connection, 0)
         runs = dict(connection.execute("SELECT key, run FROM answers").fetchall())
@@ -248,20 +251,27 @@ def account(journal: Path, replayed: dict[str, int]) -> CrashAccount:
             dead_tasks.setdefault(payload.id, letter.reason.value)
         elif isinstance(payload, Answer):
             dead_tasks.setdefault(payload.task_id, letter.reason.value)
-    unsettled = unsettled_in(journal)
-    waiting = {identifier for _, identifier in unsettled}
+    # A question, a task or its answer still in the journal: the work is not lost, only waiting.
+    waiting = {identifier for _, identifier in unsettled_in(journal)}
     dead: dict[str, list[str]] = collections.defaultdict(list)
+    unsettled: list[str] = []
     lost: list[str] = []
     for task_id in ledger.tasks:
         if task_id in ledger.answers:
             continue
         if task_id in dead_tasks:
             dead[dead_tasks[task_id]].append(task_id)
-        elif task_id not in waiting:
+        elif task_id in waiting:
+            unsettled.append(task_id)
+        else:
             lost.append(f"task {task_id}")
+    unplanned: list[str] = []
     for number in ledger.asked:
-        settled = number in ledger.planned or number in dead_questions
-        if not settled and f"q{number}" not in waiting:
+        if number in ledger.planned or number in dead_questions:
+            continue
+        if f"q{number}" in waiting:
+            unplanned.append(f"q{number}")
+        else:
             lost.append(f"question {number}")
     return CrashAccount(
         asked=len(ledger.asked),
@@ -270,7 +280,8 @@ def account(journal: Path, replayed: dict[str, int]) -> CrashAccount:
         answered_before=sum(run == 1 for run in runs.values()),
         answered_after=sum(run == 2 for run in runs.values()),
         dead=dict(dead),
-        unsettled=sorted(identifier for kind, identifier in unsettled if kind != "answer"),
+        unsettled=unsettled,
+        unplanned=unplanned,
         lost=lost,
         replayed=replayed,
     )
@@ -407,7 +418,8 @@ def crash_summary(found: CrashAccount) -> list[str]:
     not_done = sum(map(len, found.dead.values()))
     lines = [
         "Summary across the crash",
-        f"  questions     {found.asked} asked, {found.planned} planned",
+        f"  questions     {found.asked} asked, {found.planned} planned"
+        + (f", {', '.join(found.unplanned)} unsettled in the journal" if found.unplanned else ""),
         f"  tasks         {found.tasks} planned: {found.answered_before} answered before the"
         f" crash, {found.answered_after} after it, {not_done} dead letters in the journal,"
         f" {len(found.unsettled)} still unsettled in it",
