@@ -33,7 +33,10 @@ class Replays:
         for envelope in journal.unsettled():
             name = recipient_name(envelope)
             if name is not None:
-                self._unsettled[name].append(envelope)
+                # Addressed to the name, not to the id it had in an earlier run (an agent's
+                # or a pool's, which nothing answers to now): routed by it, the message and
+                # each of its retries reach whichever agent or pool holds the name now.
+                self._unsettled[name].append(envelope.evolve(recipient=name))
         self._completed: dict[str, list[tuple[MessageId, float]]] = collections.defaultdict(list)
         for name, message_id, age in journal.completed():
             self._completed[name].append((message_id, age))
@@ -43,7 +46,8 @@ class Replays:
         return sum(len(envelopes) for envelopes in self._unsettled.values())
 
     def take_unsettled(self, name: str) -> list[Envelope]:
-        """The unsettled messages for ``name``, in commit order; none the next time."""
+        """The unsettled messages for ``name``, in commit order, each addressed to ``name``;
+        none the next time."""
         return self._unsettled.pop(name, [])
 
     def completed(self, name: str) -> bool:

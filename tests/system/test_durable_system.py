@@ -150,6 +150,26 @@ async def test_a_replayed_message_out_of_runs_is_a_retries_exhausted_dead_letter
     assert (kept.reason, kept.envelope.payload) == (DeadLetterReason.RETRIES_EXHAUSTED, "block")
 
 
+async def test_a_cast_through_a_pool_ref_is_replayed_to_the_pool_of_that_name(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Kept with the first run's pool id, it reaches the second run's pool of the name."""
+    path = tmp_path / "agents.db"
+    first: list[Any] = []
+    async with open_message_system(config(path)) as system:
+        pool = await system.spawn_pool(Recorder, first, 1, trio.Event(), size=1, name="pool")
+        await pool.cast("block")  # cut short by the shutdown
+        await pool.cast("waiting")  # left in the mailbox
+
+    second: list[Any] = []
+    seen = trio.Event()
+    async with open_message_system(config(path)) as system:
+        await system.spawn_pool(Unblocked, second, 2, seen, size=1, name="pool")
+        await seen.wait()
+        assert system.dead_letters == ()
+    assert second == [("block", 1), ("waiting", 0)]
+
+
 async def test_a_file_that_is_not_a_journal_is_refused_bare(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

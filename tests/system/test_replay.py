@@ -13,6 +13,7 @@ from fake_journal import FakeJournal
 
 from terraphim_actors import (
     Agent,
+    AgentId,
     Context,
     DeliveryConfig,
     DeliveryGuarantee,
@@ -41,7 +42,7 @@ def config(journal: FakeJournal) -> MessageSystemConfig:
 
 def kept(
     payload: Any,
-    recipient: str = "worker",
+    recipient: str | AgentId = "worker",
     attempt: int = 0,
     options: MessageOptions = AT_LEAST_ONCE,
 ) -> Envelope:
@@ -133,6 +134,47 @@ async def test_a_pool_takes_what_was_kept_for_its_name(
         await system.spawn_pool(Recorder, log, size=2, name="pool")
         await trio.sleep(1)
     assert sorted(log) == [("one", 0), ("two", 0)]
+
+
+async def test_a_message_kept_for_an_earlier_runs_pool_id_goes_to_the_pool_of_its_name(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A cast through a pool's ref is kept with the pool's id of that run, which nothing
+    answers to after a restart: the pool now holding the name takes it."""
+    earlier_pool = AgentId(name="pool")
+    journal = FakeJournal(unsettled=[kept("one", earlier_pool), kept("two", earlier_pool)])
+    log: list[Any] = []
+    async with open_message_system(config(journal)) as system:
+        await system.spawn_pool(Recorder, log, size=2, name="pool")
+        await trio.sleep(1)
+        assert system.dead_letters == ()
+    assert sorted(log) == [("one", 0), ("two", 0)]
+    assert journal.rows == {}
+
+
+class CrashesFirst(Recorder):
+    """Records each run, and crashes on the first."""
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        await super().handle_cast(message, ctx)
+        if len(self.log) == 1:
+            raise RuntimeError("first run")
+
+
+async def test_a_replayed_message_whose_handler_crashes_is_retried_into_the_new_agent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Kept with the agent's id of an earlier run: its retry goes to the agent of its name."""
+    journal = FakeJournal(unsettled=[kept("task", AgentId(name="worker"))])
+    log: list[Any] = []
+    async with open_message_system(config(journal)) as system:
+        await system.spawn(CrashesFirst, log, name="worker")
+        await trio.sleep(1)
+        assert system.dead_letters == ()
+        books = system.delivery.get_stats()
+    assert log == [("task", 0), ("task", 1)]
+    assert (books.retried, books.acknowledged) == (1, 1)
+    assert journal.rows == {}
 
 
 class FailsToStart(Agent):
