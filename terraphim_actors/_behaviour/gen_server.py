@@ -24,7 +24,6 @@ from .._core.messages import DeliveryGuarantee, Envelope, MessageKind
 from .._core.notifications import ExitReason, StopReason
 from .._core.reply import ReplyHandle
 from .._delivery.dead_letters import DeadLetterReason
-from .._delivery.ledger import JournalingLedger
 from .._primitives.dedup import NO_REPLY
 from .._process.cell import AgentCell
 from .._process.context_vars import inherited_deadline
@@ -209,7 +208,7 @@ class GenServer:
         ledger = delivery.ledger
         counts_only = ledger.counts_only  # then acknowledging only moves its count
         # A durable journal counts each handler run before it begins; none: one local test.
-        journal = ledger.journal if isinstance(ledger, JournalingLedger) else None
+        journaling = delivery.journaling
         clock = cell.system.clock.current_time
         instruments = cell.system.instruments
         # Instruments are installed with the system, so none now means none for good: then the
@@ -251,10 +250,8 @@ class GenServer:
                     continue
                 cell._in_hand = envelope
                 context._envelope = envelope
-                if journal is not None:
-                    run_counted = journal.started(envelope)
-                    if run_counted is not None:
-                        await run_counted.wait()
+                if journaling:
+                    await delivery.started(envelope)
                 reply = NO_REPLY
                 if observed and "handler_started" in instruments:
                     instruments.call("handler_started", cell.id, envelope)

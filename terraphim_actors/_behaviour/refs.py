@@ -100,16 +100,22 @@ class AgentRef:
         priority: Priority = Priority.NORMAL,
         options: MessageOptions | None = None,
     ) -> None:
-        """Send a fire-and-forget message; returns once the delivery layer accepted it.
+        """Send a fire-and-forget message; returns once the delivery layer accepted it, and,
+        when the system's journal keeps it (at least or exactly once, to an agent or pool
+        with a name: see "Durable delivery" in the README), once the journal committed it.
 
         Under a retrying guarantee a failed delivery is retried later, so this raises only for
-        bad arguments; at most once, it raises what stopped the delivery.
+        bad arguments or a journal's fault; at most once, it raises what stopped the delivery.
 
         Raises:
             MailboxFull: at most once, the mailbox is bounded, full, and rejects; or the agent
                 sent it from its own task into its own mailbox, full and blocking, where it
                 would wait for room only it can make (the message is not sent).
             CircuitOpen: at most once, the agent's circuit breaker is open.
+            InvalidMessage, UnencodablePayload: the journal keeps the message and cannot
+                encode it (the message is not sent).
+            JournalError: the journal keeps the message and could not commit it: it was
+                accepted and is delivered in this run, but would not survive a crash.
             InvalidConfig: ``priority`` or ``options`` is not valid.
             WrongThread: called from a thread other than the system's.
         """
@@ -124,7 +130,10 @@ class AgentRef:
         options: MessageOptions | None = None,
     ) -> None:
         """:meth:`cast` without waiting or checkpointing: a full mailbox is a failure at once
-        (retried later, or raised at most once)."""
+        (retried later, or raised at most once). A message the journal keeps is committed
+        with its next group commit, which nothing waits for: ``await system.flush()`` does.
+
+        Raises as :meth:`cast`, but never ``JournalError``."""
         envelope = self._envelope(MessageKind.CAST, payload, priority, options)
         self._delivery.send_nowait(self._endpoint or self._address.route(envelope), envelope)
 
@@ -135,7 +144,8 @@ class AgentRef:
         priority: Priority = Priority.NORMAL,
         options: MessageOptions | None = None,
     ) -> None:
-        """Send an info message (handled by ``handle_info``); raises as :meth:`cast`."""
+        """Send an info message (handled by ``handle_info``); returns and raises as
+        :meth:`cast` (a journal keeps infos as it keeps casts)."""
         envelope = self._envelope(MessageKind.INFO, payload, priority, options)
         await self._delivery.send(self._endpoint or self._address.route(envelope), envelope)
 

@@ -1,14 +1,16 @@
-"""The delivery layer's books: the only code that counts messages, and the journal's two calls.
+"""The delivery layer's books: the only code that counts messages, and the one that tells the
+journal of them.
 
 Every message the delivery layer accepts is counted once on its way in and once on its way out
 (acknowledged, a suppressed duplicate, failed, or dead-lettered), by the named methods here and
 nowhere else, so that ``sent == acknowledged + duplicates_suppressed + failed + dead_lettered +
 pending`` holds by construction. A journal hears of the same two events through the same
-calls: a :class:`JournalingLedger` tells it, a plain :class:`Ledger` (the default, with no
-journal) does not, which keeps the journal seam free on the hot path. Two events are the
-books' alone: a message replayed from the journal (which holds it already) is accepted without
-telling it, and one the shutdown stopped is settled without telling it (the journal keeps it
-for its next open: a clean exit is not a crash).
+calls (a dead letter's record too): a :class:`JournalingLedger` tells it, a plain
+:class:`Ledger` (the default, with no journal) does not, which keeps the journal seam free on
+the hot path. Two events are the books' alone: a message replayed from the journal (which
+holds it already) is accepted without telling it, and one the shutdown stopped
+(``SYSTEM_STOPPED``) is settled without telling it (the journal keeps it for its next open: a
+clean exit is not a crash). This module is the one place that rule is kept.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import attrs
 from .._core.messages import Envelope
 from .._core.protocols import Commit, Journal
 from .._core.settlement import Settlement
+from .dead_letters import DeadLetterReason
 from .journal import NO_JOURNAL
 
 __all__ = ["DeliveryStats", "JournalingLedger", "Ledger", "ledger_for"]
@@ -55,8 +58,8 @@ class Ledger:
 
     The accept methods (:meth:`accepted`, :meth:`accepted_and_delivered`, :meth:`replayed`)
     and the settle methods (:meth:`acknowledged`, :meth:`duplicate`, :meth:`failed`,
-    :meth:`dead_lettered`, :meth:`stopped`, :meth:`refused`) are the one accept point and the
-    one settle point of every message.
+    :meth:`dead_lettered`, :meth:`refused`) are the one accept point and the one settle point
+    of every message.
 
     The counts of the common send and its acknowledgement are plain attributes as well:
     where a plain ledger has no one to tell (:attr:`counts_only`: no journal) and no
@@ -113,6 +116,11 @@ class Ledger:
         """A redelivery of a pending message was scheduled."""
         self._retried += 1
 
+    def started(self, envelope: Envelope) -> Commit | None:
+        """A handler run of ``envelope`` begins: the commit that counts it durably, to be
+        waited on before the handler runs (``None``: none to wait for)."""
+        return None
+
     # -- the way out -------------------------------------------------------------------------
 
     def acknowledged(self, envelope: Envelope) -> None:
@@ -127,14 +135,8 @@ class Ledger:
         """``envelope``, a call, ended in an error for its caller."""
         self._failed += 1
 
-    def dead_lettered(self, envelope: Envelope) -> None:
-        """``envelope`` was given up on and filed as a dead letter."""
-        self._dead_lettered += 1
-
-    def stopped(self, envelope: Envelope) -> None:
-        """``envelope`` was not handled before the system shut down: a dead letter in these
-        books, but not settled in the journal, which delivers it again at its next open (a
-        clean exit is not a crash, and loses nothing it kept)."""
+    def dead_lettered(self, envelope: Envelope, reason: DeadLetterReason, detail: str) -> None:
+        """``envelope`` was given up on, for ``reason``, and is filed as a dead letter."""
         self._dead_lettered += 1
 
     def refused(self, envelope: Envelope) -> None:
@@ -186,6 +188,9 @@ class JournalingLedger(Ledger):
         self.journal.accepted(envelope)
         super().accepted_and_delivered(envelope)
 
+    def started(self, envelope: Envelope) -> Commit | None:
+        return self.journal.started(envelope)
+
     def acknowledged(self, envelope: Envelope) -> None:
         super().acknowledged(envelope)
         self.journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
@@ -198,9 +203,15 @@ class JournalingLedger(Ledger):
         super().failed(envelope)
         self.journal.settled(envelope.id, Settlement.FAILED)
 
-    def dead_lettered(self, envelope: Envelope) -> None:
-        super().dead_lettered(envelope)
+    def dead_lettered(self, envelope: Envelope, reason: DeadLetterReason, detail: str) -> None:
+        super().dead_lettered(envelope, reason, detail)
+        if reason is DeadLetterReason.SYSTEM_STOPPED:
+            # Not handled before the system shut down: a dead letter in these books only. The
+            # journal keeps it and delivers it again at its next open (a clean exit is not a
+            # crash, and loses nothing it kept).
+            return
         self.journal.settled(envelope.id, Settlement.DEAD_LETTERED)
+        self.journal.filed(envelope, reason.value, detail)
 
     def refused(self, envelope: Envelope) -> None:
         super().refused(envelope)

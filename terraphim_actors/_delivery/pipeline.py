@@ -131,6 +131,9 @@ class DeliveryManager:
         self._notices = filled.notices
         #: The books: the only counts of what was accepted and how it was settled.
         self.ledger = ledger_for(journal)
+        #: Whether a journal hears of each message: then each handler run is counted before
+        #: it begins (:meth:`started`).
+        self.journaling = journal is not NO_JOURNAL
         #: Nobody to tell of an accepted message (no journal, no message instrument): the
         #: common send only moves the ledger's counts.
         self._quiet = self.ledger.counts_only and MESSAGE_HOOKS not in self._instruments
@@ -407,6 +410,17 @@ class DeliveryManager:
 
     # -- what the recipient reports ---------------------------------------------------------
 
+    async def started(self, envelope: Envelope) -> None:
+        """A handler run of ``envelope`` is about to begin: a journal that keeps the message
+        counts the run durably first, so that runs across crashes stay within its retries.
+
+        Raises:
+            JournalError: the run could not be counted (the handler must not run).
+        """
+        commit = self.ledger.started(envelope)
+        if commit is not None:
+            await commit.wait()
+
     def acknowledge(self, endpoint: Endpoint, envelope: Envelope, reply: Any = NO_REPLY) -> None:
         """The handler of ``envelope`` returned normally (a call's ``reply`` is kept for its
         duplicates under exactly-once). The loop settles the common case with
@@ -618,13 +632,9 @@ class DeliveryManager:
     # -- the end of the line -----------------------------------------------------------------
 
     def _give_up(self, envelope: Envelope, reason: DeadLetterReason, detail: str) -> None:
-        """The end of the line for a message: count it and file it as a dead letter. One the
-        shutdown stopped is not settled in the journal: a clean exit is not a crash, and the
-        journal delivers it again at its next open."""
-        if reason is DeadLetterReason.SYSTEM_STOPPED:
-            self.ledger.stopped(envelope)
-        else:
-            self.ledger.dead_lettered(envelope)
+        """The end of the line for a message: settle it in the books (which tell the journal,
+        and know what a shutdown leaves it) and file it as a dead letter."""
+        self.ledger.dead_lettered(envelope, reason, detail)
         self._file_dead_letter(envelope, reason, detail)
 
     def get_stats(self) -> DeliveryStats:

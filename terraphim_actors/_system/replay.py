@@ -18,7 +18,7 @@ from .._delivery.durability import recipient_name
 from .._primitives.dedup import DedupWindow, HandledMessages
 from .._routing.endpoint import Endpoint
 
-__all__ = ["Replays"]
+__all__ = ["Replays", "endpoint_window", "replay_into"]
 
 
 class Replays:
@@ -66,16 +66,21 @@ class Replays:
 def replay_into(
     replays: Replays,
     name: str,
-    endpoint: Endpoint,
-    dedup: DedupWindow,
+    window: Callable[[], HandledMessages],
     now: float,
-    deliver: Callable[[Endpoint, Envelope], None],
+    deliver: Callable[[Envelope], None],
 ) -> None:
-    """Give the agent at ``endpoint``, just registered as ``name``, what the journal kept
-    for it: its exactly-once window, then its unsettled messages through ``deliver``."""
+    """Give the agent or the pool just registered as ``name`` what the journal kept for it:
+    the exactly-once messages it completed, into the window ``window()`` gives (asked for
+    only when there are some), then its unsettled messages, in commit order, to ``deliver``."""
     if replays.completed(name):
-        if endpoint.window is None:
-            endpoint.window = HandledMessages(dedup)
-        replays.seed(name, endpoint.window, now)
+        replays.seed(name, window(), now)
     for envelope in replays.take_unsettled(name):
-        deliver(endpoint, envelope)
+        deliver(envelope)
+
+
+def endpoint_window(endpoint: Endpoint, dedup: DedupWindow) -> HandledMessages:
+    """The exactly-once window of the agent at ``endpoint``, made now if it has none yet."""
+    if endpoint.window is None:
+        endpoint.window = HandledMessages(dedup)
+    return endpoint.window

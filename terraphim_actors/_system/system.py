@@ -41,7 +41,6 @@ from .._core.protocols import Journal
 from .._core.reply_to import PendingCalls
 from .._core.threads import check_thread, current_thread_id
 from .._delivery.dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
-from .._delivery.durability import journaled
 from .._delivery.journal import NO_JOURNAL
 from .._delivery.pipeline import DeliveryConfig, DeliveryManager
 from .._primitives.balancing import Balancer, LoadBalancing
@@ -62,7 +61,7 @@ from ..errors import (
     InvalidMessage,
     SystemClosed,
 )
-from .replay import Replays, replay_into
+from .replay import Replays, endpoint_window, replay_into
 from .shutdown import ShutdownWatch
 from .signals import ShutdownSignals, check_main_thread, receiving_signals
 
@@ -415,8 +414,6 @@ class MessageSystem:
             self.clock,
             self.router,
         )
-        if self._replays is not None and name is not None:
-            self._replays.seed(name, group.window, self.clock.current_time())
         for position, starter in enumerate(starters):
             starter.group, starter.position = group, position
         self.router.pools[pool_id] = group
@@ -432,10 +429,19 @@ class MessageSystem:
             raise SystemClosed("the message system is shutting down") from None
         if self._replays is not None and name is not None:
             # Once its members run: spread over them as a message sent to the pool now is.
-            for envelope in self._replays.take_unsettled(name):
-                for endpoint, copy in self.router.targets_of(envelope):
-                    self.delivery.replay(endpoint, copy)
+            replay_into(
+                self._replays,
+                name,
+                lambda: group.window,
+                self.clock.current_time(),
+                self._replay_to_pool,
+            )
         return PoolRef(group, self)
+
+    def _replay_to_pool(self, envelope: Envelope) -> None:
+        """Deliver a message the journal kept for a pool's name to the member it routes to."""
+        for endpoint, copy in self.router.targets_of(envelope):
+            self.delivery.replay(endpoint, copy)
 
     def forget_pool(self, group: Group) -> None:
         """Unregister a pool that has stopped for good."""
@@ -660,8 +666,10 @@ class MessageSystem:
         or where the configured ``MessageRouter`` says), by its guarantee.
 
         A call's reply arrives on its handle (see ``call``); a failure is retried or raised as
-        for a ref. A hand-driven mailbox (``register_agent``) gets the message once, outside
-        the delivery layer, since the system cannot see it handled.
+        for a ref. A cast or an info the journal keeps (see "Durable delivery" in the README)
+        is committed to it when this returns. A hand-driven mailbox (``register_agent``) gets
+        the message once, outside the delivery layer and the journal, since the system cannot
+        see it handled.
 
         Raises:
             AgentNotFound: at most once, no agent or mailbox answers to the recipient.
@@ -670,7 +678,10 @@ class MessageSystem:
             AgentStopped: at most once, the envelope is a call and its recipient has stopped.
             DeliveryFailed: a call could not be delivered within its retries.
             InvalidMessage: ``envelope`` is not an ``Envelope``, or is a call without a reply
-                slot.
+                slot; or the journal keeps it and cannot encode it (nothing is sent).
+            UnencodablePayload: the journal keeps it and cannot encode its payload.
+            JournalError: the journal keeps it and could not commit it: it was accepted and
+                is delivered in this run, but would not survive a crash.
             InvalidConfig: the envelope has no recipient, and no custom router to choose one.
             WrongThread: called from a thread other than the system's.
         """
@@ -723,18 +734,12 @@ class MessageSystem:
         """Keep and count a message that will not be delivered, and tell the subscribers.
 
         The delivery layer calls this once it has given up on a message it had accepted (and
-        counts it in its own statistics); the system calls it for a hand-driven mailbox's.
+        counts it in its own statistics, telling the journal); the system calls it for a
+        hand-driven mailbox's.
         """
         letter = self._dead_letters.record(
             envelope, reason, detail, described=self._described(envelope)
         )
-        journal = self.config.journal
-        if (
-            journal is not NO_JOURNAL
-            and reason is not DeadLetterReason.SYSTEM_STOPPED  # kept for the next open
-            and journaled(envelope)
-        ):
-            journal.filed(envelope, reason.value, detail)
         if "dead_lettered" in self.instruments:
             self.instruments.call("dead_lettered", letter)
         if isinstance(envelope.payload, DeadLetter):
@@ -795,13 +800,13 @@ class MessageSystem:
         self._spawned += 1
         if self._replays is not None and cell.id.name is not None:
             # Before anything can be sent to it: what was sent before the restart comes first.
+            endpoint = cell.endpoint
             replay_into(
                 self._replays,
                 cell.id.name,
-                cell.endpoint,
-                self.delivery.config.dedup_window,
+                functools.partial(endpoint_window, endpoint, self.delivery.config.dedup_window),
                 self.clock.current_time(),
-                self.delivery.replay,
+                functools.partial(self.delivery.replay, endpoint),
             )
 
     def _open_journal(self) -> None:
@@ -810,12 +815,15 @@ class MessageSystem:
         self._replays = Replays(self.config.journal)
 
     async def flush(self) -> None:
-        """Return once every message accepted and every settlement made so far is committed
-        to the journal (at once without one). ``cast_nowait`` does not wait for its commit;
-        this is how to wait for many at once.
+        """Wait for the journal's commit of everything told to it so far: the messages it
+        keeps that were accepted, their handler runs, settlements and dead letters (returns
+        at once without a journal). ``cast_nowait`` does not wait for its commit; this is how
+        to wait for many at once.
 
         Raises:
-            JournalError: a commit failed.
+            JournalError: the commit holding what was pending failed, or a commit failed since
+                the last flush (what it held, ``cast_nowait`` messages among it, would not
+                survive a crash).
             WrongThread: called from a thread other than the system's.
         """
         check_thread(self.thread_id, "system.flush")
