@@ -8,10 +8,8 @@ when many are sent at once, and no larger when one is.
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 from collections.abc import Sequence
-from operator import itemgetter
 from typing import Any
 
 import trio
@@ -42,6 +40,12 @@ FILE = (
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
 _FORGET = "DELETE FROM completions WHERE completed_wall < ?"
+_PRUNE = "DELETE FROM dead_letters WHERE seq <= (SELECT max(seq) FROM dead_letters) - ?"
+
+#: The order a commit runs its statements in, each kind as one ``executemany``: a row is
+#: inserted before its runs are counted or it is deleted, and a completion is recorded before
+#: (in the same transaction as) the row it completes is deleted.
+_ORDER = (INSERT, RUN, COMPLETE, DELETE, FILE)
 
 #: What a failed commit leaves to the next one: settlements and dead letters, which nobody
 #: waits on and which must not be lost. A failed insert or run count is not retried: its
@@ -66,6 +70,15 @@ class Commit:
         """Whether the commit has ended, well or not."""
         return self._done.is_set()
 
+    @property
+    def error(self) -> JournalError | None:
+        """Why the commit failed, once it has; ``None`` while it runs or if it committed."""
+        return self._error
+
+    async def ended(self) -> None:
+        """Return once the commit is done, well or not (:meth:`wait` raises if not)."""
+        await self._done.wait()
+
     def resolve(self, error: JournalError | None = None) -> None:
         """The commit ended: committed (``error`` None) or failed with ``error``."""
         self._error = error
@@ -85,24 +98,50 @@ class Commit:
 
 
 def write(
-    connection: sqlite3.Connection, operations: Sequence[Operation], forget_before: float
+    connection: sqlite3.Connection,
+    operations: Sequence[Operation],
+    forget_before: float,
+    dead_letters_kept: int,
 ) -> None:
-    """Apply ``operations`` in order in one transaction, and forget the completions older than
-    the wall-clock time ``forget_before``: all of it, or (raising) nothing.
+    """Apply ``operations`` in one transaction, forget the completions older than the
+    wall-clock time ``forget_before``, and keep only the ``dead_letters_kept`` most recent dead
+    letters: all of it, or (raising) nothing.
 
-    Runs of the same statement go to SQLite as one ``executemany``: settled rows are deleted
-    in batches.
+    Each kind of statement goes to SQLite as one ``executemany`` (settled rows are deleted in
+    batches), in :data:`_ORDER`; the one order that kinds cannot express, a message deleted and
+    then inserted again (the same envelope sent again after it was settled), starts a new
+    round of batches.
 
     Raises:
         sqlite3.Error: the transaction failed and was rolled back.
+        Exception: a value SQLite cannot take (the transaction was rolled back too).
     """
     connection.execute("BEGIN IMMEDIATE")
     try:
-        for statement, group in itertools.groupby(operations, key=itemgetter(0)):
-            connection.executemany(statement, [parameters for _, parameters in group])
+        for batches in _rounds(operations):
+            for statement in _ORDER:
+                if statement in batches:
+                    connection.executemany(statement, batches[statement])
         connection.execute(_FORGET, (forget_before,))
+        if any(statement == FILE for statement, _ in operations):
+            connection.execute(_PRUNE, (dead_letters_kept,))
         connection.execute("COMMIT")
     except BaseException:
         if connection.in_transaction:
             connection.execute("ROLLBACK")
         raise
+
+
+def _rounds(operations: Sequence[Operation]) -> list[dict[str, list[tuple[Any, ...]]]]:
+    """``operations`` as batches by statement, in rounds: a new round begins where a message
+    deleted in the current one is inserted again."""
+    rounds: list[dict[str, list[tuple[Any, ...]]]] = [{}]
+    deleted: set[Any] = set()
+    for statement, parameters in operations:
+        if statement == INSERT and parameters[0] in deleted:
+            rounds.append({})
+            deleted = set()
+        elif statement == DELETE:
+            deleted.add(parameters[0])
+        rounds[-1].setdefault(statement, []).append(parameters)
+    return rounds

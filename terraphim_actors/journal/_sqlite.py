@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -11,7 +13,7 @@ from typing import Any
 import attrs
 import trio
 
-from .._core.checks import check_seconds
+from .._core.checks import check_count, check_seconds
 from .._core.codec import decode, encode
 from .._core.ids import MessageId
 from .._core.messages import DeliveryGuarantee, Envelope, now
@@ -29,23 +31,38 @@ logger = logging.getLogger("terraphim_actors.journal")
 _SYNCHRONOUS = ("NORMAL", "FULL")
 _NEW, _OPENING, _OPEN, _CLOSED = range(4)
 
+#: After a failed commit the settlements and dead letters it held are tried again this many
+#: seconds later (doubling while the fault lasts, up to the most), or sooner with new ones.
+_RETRY_FIRST, _RETRY_MOST = 0.1, 5.0
+
+#: What each statement writes, for the log of what a closing journal could not write.
+_WHAT = {
+    INSERT: "message",
+    RUN: "run count",
+    DELETE: "settlement",
+    COMPLETE: "completion",
+    FILE: "dead letter",
+}
+
 
 @attrs.define
-class _Kept:
-    """A kept message not settled yet: how many of its acceptances are open, where its
-    exactly-once completion goes, and the commit that holds its row."""
+class _Journaled:
+    """A journaled message not settled yet: how many acceptances of it in this run are not
+    settled yet, where its exactly-once completion goes, and the commit that holds its row."""
 
-    open: int
+    unsettled_acceptances: int
     recipient: str
     exactly_once: bool
     commit: Commit
 
 
-@attrs.define
+@attrs.define(frozen=True)
 class _Replayed:
-    """A message the file held unsettled at open: its bytes, runs so far, wall-clock birth."""
+    """A message the file held unsettled at open: decoded, its recipient's name, its runs
+    then, its wall-clock birth."""
 
-    data: bytes
+    envelope: Envelope
+    recipient: str
     runs: int
     created_wall: float
 
@@ -54,11 +71,22 @@ class SqliteJournal:
     """A durable journal in one SQLite file (standard library ``sqlite3``, WAL mode): what a
     crash or a clean exit leaves unsettled is delivered again at the next open.
 
-    It keeps the messages worth replaying (casts and infos addressed by name, at least once or
-    exactly once) and ignores the rest. Each kept message is encoded by the codec when it is
-    accepted and written with every other operation told meanwhile in one transaction (group
-    commit), in a worker thread, by the task :meth:`run`: a send that waits for its commit
-    shares the cost of a disk sync with every send waiting with it.
+    It journals the messages worth replaying (casts and infos addressed by name, at least once
+    or exactly once) and ignores the rest. Each journaled message is encoded by the codec when
+    it is accepted and written with every other operation told meanwhile in one transaction
+    (group commit), in a worker thread, by the task :meth:`run`: a send that waits for its
+    commit shares the cost of a disk sync with every send waiting with it.
+
+    A failed commit fails every sender waiting on it. What nobody waits on is covered by
+    :meth:`flush`: it raises ``JournalError`` if any commit failed since the last flush (since
+    :meth:`run` began, for the first), whether or not the failed commit held what was told
+    since, because a message whose commit failed is not journaled, even if later commits
+    succeed; then it starts afresh. Settlements and dead letters of a failed commit are tried
+    again with a later one.
+
+    The file holds the unsettled messages, the exactly-once completions of the dedup window
+    and the most recent dead letters: settled rows are deleted, and so are expired
+    completions and dead letters past ``dead_letters_kept``.
 
     Args:
         path: the file; made if missing (its directory must exist).
@@ -69,6 +97,8 @@ class SqliteJournal:
             it fails with ``JournalError``.
         dedup_window: seconds an exactly-once completion is remembered across restarts: a
             replayed duplicate that old or younger is not handled again.
+        dead_letters_kept: how many dead letters the file keeps, the most recent ones (for
+            :meth:`dead_letters`); older ones are deleted as new ones are filed.
 
     Raises:
         InvalidConfig: an argument out of range.
@@ -81,15 +111,18 @@ class SqliteJournal:
         synchronous: str = "NORMAL",
         busy_timeout: float = 5.0,
         dedup_window: float = 300.0,
+        dead_letters_kept: int = 10_000,
     ) -> None:
         if synchronous not in _SYNCHRONOUS:
             raise InvalidConfig(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
         check_seconds("busy_timeout", busy_timeout)
         check_seconds("dedup_window", dedup_window)
+        check_count("dead_letters_kept", dead_letters_kept, minimum=1)
         self.path = os.fspath(path)
         self.synchronous = synchronous
         self.busy_timeout = float(busy_timeout)
         self.dedup_window = float(dedup_window)
+        self.dead_letters_kept = dead_letters_kept
         #: Transactions committed by :meth:`run` so far (one per group commit).
         self.commits = 0
         self._state = _NEW
@@ -99,7 +132,14 @@ class SqliteJournal:
         self._queued = Commit()
         self._writing: Commit | None = None
         self._wake = trio.Event()
-        self._kept: dict[int, _Kept] = {}
+        #: When the writer tries again what a failed commit left (never while none failed).
+        self._retry_at = math.inf
+        self._retry_delay = _RETRY_FIRST
+        #: Commits failed so far, and how many of them a flush has reported.
+        self._failures = 0
+        self._failures_reported = 0
+        self._last_failure: JournalError | None = None
+        self._journaled: dict[int, _Journaled] = {}
         self._replayed: dict[int, _Replayed] = {}
         self._completions: list[tuple[str, MessageId, float]] = []
 
@@ -109,22 +149,23 @@ class SqliteJournal:
     # -- what delivery tells it ------------------------------------------------------------
 
     def accepted(self, envelope: Envelope) -> Commit | None:
-        """Keep ``envelope`` if it is journaled: encoded now, written at the next commit,
-        which is returned; ``None`` if it is not kept. A message kept already (the same
-        envelope sent again, or a replayed one) gets no second row: the commit that wrote its
-        row is returned.
+        """Journal ``envelope`` if :func:`journaled` says so: encoded now, written at the next
+        commit, which is returned; ``None`` if it is not journaled. A message journaled already
+        (the same envelope sent again, a copy of it, or a replayed one) gets no second row:
+        the commit that wrote its row is returned, and the row stays until every acceptance
+        is settled.
 
         Raises:
-            InvalidMessage, UnencodablePayload: it cannot be encoded (nothing is kept).
+            InvalidMessage, UnencodablePayload: it cannot be encoded (nothing is journaled).
             JournalError: the journal has closed.
         """
         if not journaled(envelope):
             return None
         self._check_not_closed()
-        kept = self._kept.get(envelope.id)
-        if kept is not None:
-            kept.open += 1
-            return kept.commit
+        entry = self._journaled.get(envelope.id)
+        if entry is not None:
+            entry.unsettled_acceptances += 1
+            return entry.commit
         data = encode(envelope)
         name = recipient_name(envelope)
         assert name is not None  # journaled() saw to it
@@ -143,37 +184,35 @@ class SqliteJournal:
             ),
         )
         exactly_once = envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE
-        self._kept[envelope.id] = _Kept(1, name, exactly_once, commit)
+        self._journaled[envelope.id] = _Journaled(1, name, exactly_once, commit)
         return commit
 
     def started(self, envelope: Envelope) -> Commit | None:
         """Count a handler run of ``envelope`` durably: the commit that counts it, or ``None``
-        if the message is not kept.
+        if the message is not journaled.
 
         Raises:
             JournalError: the journal has closed.
         """
-        if envelope.id not in self._kept:
+        if envelope.id not in self._journaled:
             return None
         self._check_not_closed()
-        replayed = self._replayed.get(envelope.id)
-        if replayed is not None:
-            replayed.runs += 1
         return self._queue(RUN, (str(envelope.id),))
 
     def settled(self, message_id: MessageId, outcome: Settlement) -> None:
         """Forget ``message_id`` once each of its acceptances is settled (its row is deleted
         at the next commit); an acknowledged exactly-once message is recorded as completed in
-        the same commit. An id not kept is ignored."""
-        kept = self._kept.get(message_id)
-        if kept is None or self._refused_after_close("settlement", message_id):
+        the same commit. A replayed message settled without an acceptance in this run (one
+        dead-lettered at its replay) is forgotten at once. An id not journaled is ignored."""
+        entry = self._journaled.get(message_id)
+        if entry is None or self._refused_after_close("settlement", message_id):
             return
         key = str(message_id)
-        if outcome is Settlement.ACKNOWLEDGED and kept.exactly_once:
-            self._queue(COMPLETE, (key, kept.recipient, time.time()))
-        kept.open -= 1
-        if kept.open <= 0:
-            del self._kept[message_id]
+        if outcome is Settlement.ACKNOWLEDGED and entry.exactly_once:
+            self._queue(COMPLETE, (key, entry.recipient, time.time()))
+        entry.unsettled_acceptances -= 1
+        if entry.unsettled_acceptances <= 0:
+            del self._journaled[message_id]
             self._replayed.pop(message_id, None)
             self._queue(DELETE, (key,))
 
@@ -193,16 +232,25 @@ class SqliteJournal:
         )
 
     async def flush(self) -> None:
-        """Return once everything told so far is committed; at once if nothing is pending.
+        """Return once everything told so far is committed; at once if nothing is pending
+        and no commit failed since the last flush.
 
         Raises:
-            JournalError: the commit that held it failed.
+            JournalError: the commit that held what is pending failed, or an earlier commit
+                failed since the last flush (what it held is not journaled).
         """
-        if self._operations:
+        reported = self._failures_reported
+        commit = self._queued if self._operations else self._writing
+        if commit is self._queued:
             self._wake.set()
-            await self._queued.wait()
-        elif self._writing is not None:
-            await self._writing.wait()
+        if commit is not None:
+            await commit.ended()
+        failed = commit.error if commit is not None and commit.error is not None else None
+        if failed is None and self._failures > reported:
+            failed = self._last_failure
+        self._failures_reported = max(self._failures_reported, self._failures)
+        if failed is not None:
+            raise JournalError(*failed.args) from failed.__cause__
 
     # -- the writer ------------------------------------------------------------------------
 
@@ -213,20 +261,23 @@ class SqliteJournal:
         ``busy_timeout`` for a lock) and closes the file. A journal runs once.
 
         A failed commit fails its ``Commit`` with ``JournalError`` (and is logged); its
-        settlements and dead letters are tried again with the next commit, and the writer
-        keeps running. Anything else that goes wrong in it ends it, failing every commit
-        pending, and the journal refuses new messages.
+        settlements and dead letters are tried again with the next commit (or, if nothing
+        else comes, after a delay that grows while the fault lasts), and the writer keeps
+        running. Anything else that goes wrong in a commit (an exception not from SQLite) ends
+        the writer: every pending commit fails, what was not written is logged, and the
+        journal refuses new messages.
 
         Raises:
-            JournalError: the file cannot be used as a journal (before it reports started);
-                nothing in it was changed.
+            JournalError: the file cannot be used as a journal (before it reports started),
+                or holds a message that cannot be read back (naming it); nothing in it was
+                changed. Or the writer failed (the cause is chained).
         """
         if self._state != _NEW:
             raise JournalError(f"{self!r} has run already: a journal runs once")
         self._state = _OPENING
         self._limiter = limiter = trio.CapacityLimiter(1)
         try:
-            connection, messages, completions = await trio.to_thread.run_sync(
+            connection, replayed, completions = await trio.to_thread.run_sync(
                 self._open, limiter=limiter
             )
         except BaseException as error:
@@ -234,14 +285,18 @@ class SqliteJournal:
             raise
         self._connection = connection
         try:
-            self._adopt(messages, completions)
+            self._adopt(replayed, completions)
             self._state = _OPEN
             task_status.started()
             while True:
-                await self._wake.wait()
+                with trio.move_on_at(self._retry_at):
+                    await self._wake.wait()
                 # Whatever else runs in this scheduler tick joins the same commit.
                 await trio.lowlevel.checkpoint()
-                await self._commit()
+                if self._operations:
+                    await self._commit()
+                else:
+                    self._retry_at = math.inf
         finally:
             with trio.CancelScope(shield=True):
                 try:
@@ -253,31 +308,68 @@ class SqliteJournal:
                     self._close(None)
                     await trio.to_thread.run_sync(connection.close, limiter=limiter)
 
-    def _open(self) -> tuple[sqlite3.Connection, list[StoredMessage], list[tuple[str, str, float]]]:
+    def _open(
+        self,
+    ) -> tuple[sqlite3.Connection, list[_Replayed], list[tuple[str, MessageId, float]]]:
         connection = open_journal(
             self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout
         )
         try:
             messages, completions = load(connection, self.path, self.dedup_window)
+            # Decoded here, in the thread and before run() reports started, so that a damaged
+            # row is refused at open rather than at the replay.
+            replayed = [self._read_back(message) for message in messages]
+            window = [
+                (recipient, self._stored_id(key), wall) for recipient, key, wall in completions
+            ]
         except BaseException:
             connection.close()
             raise
-        return connection, messages, completions
+        return connection, replayed, window
+
+    def _read_back(self, message: StoredMessage) -> _Replayed:
+        """An unsettled row as it is replayed.
+
+        Raises:
+            JournalError: the row's id or bytes cannot be read back (damaged, or a payload
+                type not registered with ``register_payload``).
+        """
+        key, recipient, _, runs, created_wall, data = message
+        message_id = self._stored_id(key)
+        try:
+            envelope = decode(data)
+        except Exception as e:
+            raise JournalError(
+                f"the journal {self.path!r} holds message {key}, which cannot be read back"
+                f" ({e}): register its payload type, or move the file away"
+            ) from e
+        if envelope.id != message_id:
+            raise JournalError(
+                f"the journal {self.path!r} holds message {key} with the bytes of message"
+                f" {envelope.id}: it is damaged"
+            )
+        return _Replayed(envelope, recipient, runs, created_wall)
+
+    def _stored_id(self, key: str) -> MessageId:
+        try:
+            return MessageId(int(key))
+        except (TypeError, ValueError) as e:
+            raise JournalError(
+                f"the journal {self.path!r} holds a malformed message id {key!r}: it is damaged"
+            ) from e
 
     def _adopt(
-        self, messages: list[StoredMessage], completions: list[tuple[str, str, float]]
+        self, replayed: list[_Replayed], completions: list[tuple[str, MessageId, float]]
     ) -> None:
         loaded = Commit()
         loaded.resolve()
-        for key, recipient, guarantee, runs, created_wall, data in messages:
-            message_id = int(key)
-            exactly_once = guarantee == DeliveryGuarantee.EXACTLY_ONCE.value
-            # No acceptance open in this run yet: the replay's acceptance will be the one.
-            self._kept[message_id] = _Kept(0, recipient, exactly_once, loaded)
-            self._replayed[message_id] = _Replayed(data, runs, created_wall)
-        self._completions = [
-            (recipient, MessageId(int(key)), wall) for recipient, key, wall in completions
-        ]
+        for message in replayed:
+            envelope = message.envelope
+            exactly_once = envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE
+            # No acceptance in this run yet: a replay that delivers it accepts it.
+            self._journaled[envelope.id] = _Journaled(0, message.recipient, exactly_once, loaded)
+            self._replayed[envelope.id] = message
+        self._completions = completions
 
     async def _commit(self) -> None:
         """Write what is queued in one transaction, and resolve its commit."""
@@ -295,22 +387,39 @@ class SqliteJournal:
                     self._connection,
                     operations,
                     time.time() - self.dedup_window,
+                    self.dead_letters_kept,
                     limiter=self._limiter,
                 )
         except sqlite3.Error as e:
             error = JournalError(f"the journal {self.path!r} could not commit: {e}")
             error.__cause__ = e
             logger.error("%s", error)
-            self._operations[:0] = [op for op in operations if op[0] in RETRIED]
+            self._failed(error)
+            retried = [op for op in operations if op[0] in RETRIED]
+            if retried:
+                self._operations[:0] = retried
+                self._retry_at = trio.current_time() + self._retry_delay
+                self._retry_delay = min(2 * self._retry_delay, _RETRY_MOST)
             commit.resolve(error)
-        except BaseException as e:
-            commit.resolve(JournalError(f"the journal {self.path!r} failed: {e!r}"))
-            raise
+        except Exception as e:
+            error = JournalError(f"the journal {self.path!r} failed in a commit: {e!r}")
+            error.__cause__ = e
+            logger.error("%s: its writer stops", error, exc_info=e)
+            self._failed(error)
+            commit.resolve(error)
+            self._operations[:0] = operations
+            self._close(error)
+            raise error from e
         else:
             self.commits += 1
+            self._retry_at, self._retry_delay = math.inf, _RETRY_FIRST
             commit.resolve()
         finally:
             self._writing = None
+
+    def _failed(self, error: JournalError) -> None:
+        self._failures += 1
+        self._last_failure = error
 
     def _queue(self, statement: str, parameters: tuple[Any, ...]) -> Commit:
         self._operations.append((statement, parameters))
@@ -322,40 +431,48 @@ class SqliteJournal:
             raise JournalError(f"the journal {self.path!r} has closed: it keeps nothing more")
 
     def _refused_after_close(self, what: str, message_id: MessageId) -> bool:
-        """Whether the journal has closed, so that ``what`` of ``message_id`` cannot be kept:
-        said in the log, and harmless (the message stays unsettled, and is delivered again
-        at the next open: at least once allows it)."""
+        """Whether the journal has closed, so that ``what`` of ``message_id`` cannot be
+        journaled: said in the log, and harmless (the message stays unsettled, and is
+        delivered again at the next open: at least once allows it)."""
         if self._state != _CLOSED:
             return False
         logger.warning("%s of message %s after %r closed: not journaled", what, message_id, self)
         return True
 
     def _close(self, error: BaseException | None) -> None:
-        """The writer has ended: what is still queued will never be written."""
+        """The writer has ended: what is still queued will never be written (said in the
+        log: the messages it concerns stay as the file last had them)."""
         self._state = _CLOSED
+        reason = f" ({error})" if error is not None else ""
+        if self._operations:
+            counts = collections.Counter(_WHAT[statement] for statement, _ in self._operations)
+            logger.warning(
+                "%r closed without writing %s%s",
+                self,
+                ", ".join(f"{what}s: {count}" for what, count in counts.items()),
+                reason,
+            )
         if self._operations or not self._queued.done:
-            reason = f"the journal {self.path!r} closed before committing it"
-            if error is not None:
-                reason += f" ({error})"
-            self._queued.resolve(JournalError(reason))
+            self._queued.resolve(
+                JournalError(f"the journal {self.path!r} closed before committing it{reason}")
+            )
         self._operations = []
 
     # -- what a reopened journal holds -----------------------------------------------------
 
     def unsettled(self) -> list[Envelope]:
-        """The kept messages the file held unsettled when :meth:`run` opened it and not
+        """The journaled messages the file held unsettled when :meth:`run` opened it and not
         settled since, in commit order; each with its original id, sender, recipient, options
         and payload (decoded), ``attempt`` the handler runs it began so far, and ``created_at``
         on the current Trio clock, so that it expires when it would have.
 
         Raises:
             JournalError: :meth:`run` has not opened the file yet.
-            InvalidMessage: a payload's type is not registered (``register_payload``).
         """
         self._check_opened()
         wall, trio_now = time.time(), now()
         return [
-            decode(replayed.data).evolve(
+            replayed.envelope.evolve(
                 attempt=replayed.runs, created_at=trio_now - (wall - replayed.created_wall)
             )
             for replayed in self._replayed.values()
@@ -378,12 +495,13 @@ class SqliteJournal:
         ]
 
     def dead_letters(self) -> list[DeadLetter]:
-        """The dead letters of kept messages committed to the file, oldest first, each with
-        its payload decoded, its reason and detail, and ``at`` on the current clock (Trio's
-        inside a run). It reads the file through a connection of its own, so it works whether
-        or not :meth:`run` is running (after a crash: on a journal made just to read it), and
-        sees only what is committed. It blocks on the disk: a Trio task calls it through
-        ``trio.to_thread.run_sync`` if the file is large.
+        """The dead letters of journaled messages committed to the file (the most recent
+        ``dead_letters_kept``), oldest first, each with its payload decoded, its reason and
+        detail, and ``at`` on the current clock (Trio's inside a run). It reads the file
+        through a connection of its own, so it works whether or not :meth:`run` is running
+        (after a crash: on a journal made just to read it), and sees only what is committed.
+        It blocks on the disk: a Trio task calls it through ``trio.to_thread.run_sync`` if
+        the file is large.
 
         Raises:
             JournalError: there is no journal at the path, or the file is not one.

@@ -3,6 +3,7 @@ write, a full disk and a lock held too long during a commit. Each is a ``Journal
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import trio
 from stores import kept, reopened, rows, running
 
+from terraphim_actors import DeadLetterReason
 from terraphim_actors._core.settlement import Settlement
 from terraphim_actors.errors import JournalError
 from terraphim_actors.journal import SqliteJournal
@@ -225,3 +227,138 @@ def test_dead_letters_of_a_foreign_file_are_an_error(path: Path) -> None:
     _write(path, b"not a database")
     with pytest.raises(JournalError):
         SqliteJournal(path).dead_letters()
+
+
+async def test_a_settlement_left_by_a_failed_commit_is_written_with_nothing_else_told(
+    path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """The writer tries again on its own what a failed commit left: it does not wait for the
+    next message to come."""
+    envelope = kept("settle me")
+    async with running(SqliteJournal(path)) as journal:
+        await journal.accepted(envelope).wait()  # type: ignore[union-attr]
+        await _fill_the_disk(journal)
+        journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
+        with pytest.raises(JournalError):
+            await journal.accepted(kept("y" * 100_000)).wait()  # type: ignore[union-attr]
+        await _free_the_disk(journal)
+        with trio.fail_after(60):
+            # The commit runs in a worker thread, which no Trio event reports: look, on the
+            # test's virtual clock.
+            while rows(path, "messages") == 1:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        assert rows(path, "messages") == 0
+
+
+async def test_flush_raises_after_a_failed_commit_nobody_waited_on(path: Path) -> None:
+    """A message sent without waiting (cast_nowait) whose commit failed is not journaled: the
+    next flush says so, even though nothing is pending by then; the flush after it does not
+    repeat it."""
+    async with running(SqliteJournal(path)) as journal:
+        await _fill_the_disk(journal)
+        commit = journal.accepted(kept("z" * 100_000))
+        assert commit is not None
+        with pytest.raises(JournalError):
+            await commit.wait()  # the test looks; the sender did not
+        await _free_the_disk(journal)
+        with pytest.raises(JournalError, match="full"):
+            await journal.flush()
+        await journal.flush()
+
+
+async def test_flush_raises_for_a_failure_in_a_commit_under_way(path: Path) -> None:
+    """Two flushes waiting on one failed commit both raise."""
+    async with running(SqliteJournal(path)) as journal:
+        await _fill_the_disk(journal)
+        journal.accepted(kept("z" * 100_000))
+        failures: list[BaseException] = []
+
+        async def flush() -> None:
+            try:
+                await journal.flush()
+            except JournalError as error:
+                failures.append(error)
+
+        async with trio.open_nursery() as flushes:
+            flushes.start_soon(flush)
+            flushes.start_soon(flush)
+        assert len(failures) == 2
+
+
+async def test_a_journal_closing_with_writes_it_cannot_make_logs_them(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    envelope = kept("settle me")
+    async with running(SqliteJournal(path)) as journal:
+        await journal.accepted(envelope).wait()  # type: ignore[union-attr]
+        await _fill_the_disk(journal)
+        journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
+        journal.filed(kept("y" * 100_000), DeadLetterReason.EXPIRED.value, "")
+    [record] = [
+        r
+        for r in caplog.records
+        if r.name == "terraphim_actors.journal" and r.levelno == logging.WARNING
+    ]
+    assert "settlements: 1" in record.getMessage()
+    assert "dead letters: 1" in record.getMessage()
+    assert rows(path, "messages") == 1
+
+
+async def test_an_exception_not_from_sqlite_in_a_commit_ends_the_writer_loudly(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A value SQLite cannot take (a lone surrogate in a dead letter's detail, which cannot
+    be encoded as UTF-8) fails the commit's waiters with JournalError, its cause chained, is
+    logged, and run() raises JournalError."""
+    journal = SqliteJournal(path)
+    waited: list[BaseException] = []
+
+    async def send() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.run)
+            commit = journal.accepted(kept("with it"))
+            journal.filed(kept("dead"), DeadLetterReason.EXPIRED.value, "\ud800")
+            assert commit is not None
+            try:
+                await commit.wait()
+            except JournalError as error:
+                waited.append(error)
+
+    with pytest.raises(ExceptionGroup) as caught:
+        await send()
+    [sender_error] = waited
+    assert isinstance(sender_error.__cause__, UnicodeEncodeError)
+    [error] = caught.value.exceptions
+    assert isinstance(error, JournalError)
+    assert isinstance(error.__cause__, UnicodeEncodeError)
+    assert any(
+        r.name == "terraphim_actors.journal" and r.levelno == logging.ERROR for r in caplog.records
+    )
+    with pytest.raises(JournalError):
+        journal.accepted(kept("after"))
+    assert rows(path, "messages") == 0
+
+
+def _damage_row(path: Path, statement: str) -> None:
+    _sqlite_file(path, statement)
+
+
+async def test_a_message_that_cannot_be_decoded_is_refused_at_open_by_id(path: Path) -> None:
+    envelope = kept("damaged")
+    async with running(SqliteJournal(path)) as journal:
+        journal.accepted(envelope)
+    _damage_row(path, "UPDATE messages SET envelope = x'00c1c1c1'")
+    before = _contents(path)
+    error = await _refused(path)
+    assert str(envelope.id) in str(error)
+    assert _contents(path) == before
+
+
+async def test_a_malformed_message_id_is_refused_at_open(path: Path) -> None:
+    async with running(SqliteJournal(path)) as journal:
+        journal.accepted(kept("renamed"))
+    _damage_row(path, "UPDATE messages SET id = 'not-a-number'")
+    before = _contents(path)
+    error = await _refused(path)
+    assert "not-a-number" in str(error)
+    assert _contents(path) == before

@@ -27,6 +27,7 @@ from terraphim_actors import (
 from terraphim_actors._core.settlement import Settlement
 from terraphim_actors.errors import InvalidConfig, JournalError, UnencodablePayload
 from terraphim_actors.journal import SqliteJournal
+from terraphim_actors.journal._commit import COMPLETE, DELETE, Operation, write
 
 
 class WallClock:
@@ -456,6 +457,10 @@ async def test_full_synchronous_mode_commits(path: Path) -> None:
         {"busy_timeout": math.inf},
         {"dedup_window": 0},
         {"dedup_window": math.inf},
+        {"dead_letters_kept": 0},
+        {"dead_letters_kept": -1},
+        {"dead_letters_kept": 1.5},
+        {"dead_letters_kept": True},
     ],
 )
 def test_bad_options_are_refused(path: Path, options: dict[str, Any]) -> None:
@@ -486,3 +491,65 @@ async def test_a_closed_journal_refuses_new_messages(path: Path) -> None:
         pass
     with pytest.raises(JournalError):
         journal.accepted(kept("too late"))
+
+
+class _CountingConnection(sqlite3.Connection):
+    """A real connection that counts the statements given to ``executemany``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[tuple[str, int]] = []
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        parameters = list(parameters)
+        self.batches.append((sql, len(parameters)))
+        return super().executemany(sql, parameters)
+
+
+async def test_settled_rows_are_deleted_in_one_batch_per_commit(path: Path) -> None:
+    """Exactly-once messages settled one after another (completion, deletion, completion, ...)
+    are written as one batch of completions and one of deletions."""
+    envelopes = [kept(number, options=EXACTLY_ONCE) for number in range(20)]
+    async with running(SqliteJournal(path)) as journal:
+        for envelope in envelopes:
+            journal.accepted(envelope)
+    settled: list[Operation] = []
+    for envelope in envelopes:  # as settled() queues them
+        settled += [(COMPLETE, (str(envelope.id), "worker", 1.0)), (DELETE, (str(envelope.id),))]
+    connection = sqlite3.connect(path, isolation_level=None, factory=_CountingConnection)
+    try:
+        write(connection, settled, 0.0, 10)
+        batches = connection.batches
+    finally:
+        connection.close()
+    assert [size for _, size in batches] == [20, 20]
+    assert [sql.split()[0] for sql, _ in batches] == ["INSERT", "DELETE"]  # completions first
+    assert rows(path, "messages") == 0
+    assert rows(path, "completions") == 20
+
+
+async def test_a_message_sent_again_after_it_settled_in_one_commit_stays(path: Path) -> None:
+    """Accepted, settled and accepted again before the writer's turn: batching by statement
+    must not delete the second acceptance's row."""
+    envelope = kept("again")
+    async with running(SqliteJournal(path)) as journal:
+        journal.accepted(envelope)
+        journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
+        journal.accepted(envelope)
+        await journal.flush()
+        assert journal.commits == 1
+    unsettled, _ = await reopened(path)
+    assert [e.id for e in unsettled] == [envelope.id]
+
+
+async def test_the_file_keeps_the_most_recent_dead_letters(path: Path) -> None:
+    envelopes = [kept(number) for number in range(5)]
+    async with running(SqliteJournal(path, dead_letters_kept=3)) as journal:
+        for envelope in envelopes[:2]:
+            journal.filed(envelope, DeadLetterReason.EXPIRED.value, "")
+        await journal.flush()
+        for envelope in envelopes[2:]:
+            journal.filed(envelope, DeadLetterReason.EXPIRED.value, "")
+        await journal.flush()
+        assert [d.envelope.payload for d in journal.dead_letters()] == [2, 3, 4]
+    assert rows(path, "dead_letters") == 3
