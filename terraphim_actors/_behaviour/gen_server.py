@@ -207,7 +207,8 @@ class GenServer:
         delivery = cell.system.delivery
         ledger = delivery.ledger
         counts_only = ledger.counts_only  # then acknowledging only moves its count
-        # A durable journal counts each handler run before it begins; none: one local test.
+        # A durable journal counts each handler run before it begins, several in one commit
+        # (``_delivery/runs.py``); none: one local test.
         journaling = delivery.journaling
         clock = cell.system.clock.current_time
         instruments = cell.system.instruments
@@ -242,16 +243,21 @@ class GenServer:
                     if handle is not None
                     else envelope.created_at + envelope.options.timeout < clock()
                 ):
+                    if journaling:
+                        delivery.not_run(endpoint, envelope)
                     delivery.undelivered(envelope, DeadLetterReason.EXPIRED, _expiry(envelope))
                     continue
                 if envelope.options.guarantee is EXACTLY_ONCE and delivery.suppress_duplicate(
                     endpoint, envelope
                 ):
+                    if journaling:
+                        delivery.not_run(endpoint, envelope)
                     continue
                 cell._in_hand = envelope
                 context._envelope = envelope
                 if journaling:
-                    await delivery.started(envelope)
+                    # With the runs of the kept messages waiting behind it, in one commit.
+                    await delivery.started(endpoint, envelope, mailbox.waiting)
                 reply = NO_REPLY
                 if observed and "handler_started" in instruments:
                     instruments.call("handler_started", cell.id, envelope)

@@ -47,6 +47,7 @@ from .journal import NO_JOURNAL
 from .ledger import DeliveryStats, ledger_for
 from .options import DeliveryConfig, FilledOptions
 from .retries import NoRetry, RetryCandidate, RetryScheduler
+from .runs import count_run, forget_run
 
 if TYPE_CHECKING:
     from .._routing.endpoint import Endpoint
@@ -410,16 +411,26 @@ class DeliveryManager:
 
     # -- what the recipient reports ---------------------------------------------------------
 
-    async def started(self, envelope: Envelope) -> None:
-        """A handler run of ``envelope`` is about to begin: a journal that keeps the message
-        counts the run durably first, so that runs across crashes stay within its retries.
+    async def started(
+        self,
+        endpoint: Endpoint,
+        envelope: Envelope,
+        waiting: Callable[[int], list[Envelope]],
+    ) -> None:
+        """A handler run of ``envelope`` at ``endpoint`` is about to begin: a journal that
+        keeps the message counts the run durably first, so that runs across crashes stay
+        within its retries; with it, the next runs of the kept messages ``waiting(n)`` gives
+        (the next ``n`` in the agent's mailbox), in one commit (see ``runs.py``).
 
         Raises:
             JournalError: the run could not be counted (the handler must not run).
         """
-        commit = self.ledger.started(envelope)
-        if commit is not None:
-            await commit.wait()
+        await count_run(self.ledger, endpoint, envelope, waiting)
+
+    def not_run(self, endpoint: Endpoint, envelope: Envelope) -> None:
+        """``envelope``, taken out of the mailbox at ``endpoint``, will not run (expired, or a
+        duplicate): a run counted ahead for it is spent."""
+        forget_run(endpoint, envelope)
 
     def acknowledge(self, endpoint: Endpoint, envelope: Envelope, reply: Any = NO_REPLY) -> None:
         """The handler of ``envelope`` returned normally (a call's ``reply`` is kept for its

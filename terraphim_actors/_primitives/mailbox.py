@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import itertools
 import math
 from collections.abc import Callable
 from typing import NoReturn
@@ -341,6 +342,17 @@ class Mailbox:
                 if found is not None:
                     return found
         raise MessageTimeout(f"no matching message for {self.agent_id!r} within {timeout} s")
+
+    def waiting(self, limit: int) -> list[Envelope]:
+        """The first ``limit`` messages waiting, in receive order, left where they are (a
+        message arriving later with a higher priority will still come before them)."""
+        found: list[Envelope] = []
+        for lane in self._receive_order:
+            if lane:
+                found.extend(itertools.islice(lane, limit - len(found)))
+                if len(found) >= limit:
+                    break
+        return found
 
     def drain(self) -> list[Envelope]:
         """Take every waiting message at once, in receive order. Never blocks."""

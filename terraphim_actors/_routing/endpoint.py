@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._core.ids import AgentId
+from .._core.ids import AgentId, MessageId
 from .._core.messages import Envelope
 from .._core.protocols import AdmissionPolicy, Inbox, Occupant
 from .._primitives.dedup import HandledMessages
@@ -31,7 +31,7 @@ class Endpoint:
     costs the same attribute loads as when they lived on the cell.
     """
 
-    __slots__ = ("admission", "group", "id", "inbox", "occupant", "window")
+    __slots__ = ("admission", "group", "id", "inbox", "occupant", "runs_counted", "window")
 
     def __init__(self, agent_id: AgentId, inbox: Inbox, occupant: Occupant) -> None:
         #: The address: the agent's id (its name, if any, is ``id.name``).
@@ -47,6 +47,9 @@ class Endpoint:
         self.window: HandledMessages | None = None
         #: The group it is a member of, whose window dedups what comes through the group.
         self.group: Group | None = None
+        #: The ids of messages waiting in its inbox whose next handler run a journal has
+        #: counted already (``_delivery.runs``); ``None`` until one has.
+        self.runs_counted: set[MessageId] | None = None
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.id!r}>"
@@ -58,9 +61,11 @@ class Endpoint:
 
     def attach(self, inbox: Inbox, occupant: Occupant) -> None:
         """A new process serves this destination (its subtree was restarted): messages go to
-        its inbox from now on; the circuit, the window and the group stay as they are."""
+        its inbox from now on; the circuit, the window and the group stay as they are (the
+        runs counted ahead were for messages in the old inbox)."""
         self.inbox = inbox
         self.occupant = occupant
+        self.runs_counted = None
 
     # -- as an address: what a ref resolves its destination through -------------------------
 

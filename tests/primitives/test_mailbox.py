@@ -1200,3 +1200,14 @@ class TestSenderCancelledWhileParked:
         assert len(mailbox) == 0
         mailbox.send_nowait(message("second"))  # raises MailboxFull: the slot is kept for nobody
         assert len(mailbox) == 1
+
+
+class TestWaiting:
+    def test_gives_the_first_messages_in_receive_order_and_leaves_them(self) -> None:
+        mailbox = Mailbox(AgentId())
+        for payload, priority in [(0, Priority.LOW), (1, Priority.NORMAL), (2, Priority.HIGH)]:
+            mailbox.send_nowait(message(payload, priority))
+        mailbox.send_nowait(message(3))
+        assert payloads(mailbox.waiting(3)) == [2, 1, 3]
+        assert payloads(mailbox.waiting(10)) == [2, 1, 3, 0]
+        assert payloads(mailbox.drain()) == [2, 1, 3, 0]

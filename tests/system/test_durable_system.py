@@ -112,6 +112,26 @@ async def test_attempts_add_up_across_restarts(
     assert (second, third) == ([("block", 1)], [("block", 2)])
 
 
+async def test_a_run_counted_ahead_and_cut_short_by_the_shutdown_costs_one_retry(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The runs of the messages waiting behind "block" were counted with its own, in one
+    commit: none of them ran, and each comes back with one retry spent."""
+    path = tmp_path / "agents.db"
+    log: list[Any] = []
+    seen = trio.Event()
+    async with open_message_system(config(path)) as system:
+        ref = await system.spawn(Recorder, log, 1, seen, name="worker")
+        for payload in ["block", 0, 1]:
+            ref.cast_nowait(payload)  # all waiting when "block" is taken
+        await system.flush()
+        await seen.wait()
+    assert log == [("block", 0)]
+
+    second, _ = await run_once(path, Unblocked, 3)
+    assert second == [("block", 1), (0, 1), (1, 1)]
+
+
 async def test_an_exactly_once_message_completed_before_a_restart_is_not_handled_again(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
