@@ -151,21 +151,23 @@ class SqliteJournal:
     def accepted(self, envelope: Envelope) -> Commit | None:
         """Journal ``envelope`` if :func:`journaled` says so: encoded now, written at the next
         commit, which is returned; ``None`` if it is not journaled. A message journaled already
-        (the same envelope sent again, a copy of it, or a replayed one) gets no second row:
-        the commit that wrote its row is returned, and the row stays until every acceptance
-        is settled.
+        (the same envelope sent again, a replayed one, or a copy a router made of either,
+        whatever it is addressed to) gets no second row: the commit that wrote its row is
+        returned, and the row stays until every acceptance is settled.
 
         Raises:
             InvalidMessage, UnencodablePayload: it cannot be encoded (nothing is journaled).
             JournalError: the journal has closed.
         """
+        entry = self._journaled.get(envelope.id)
+        if entry is not None:
+            # Its settlement comes by id, as every copy's does: each is counted.
+            self._check_not_closed()
+            entry.unsettled_acceptances += 1
+            return entry.commit
         if not journaled(envelope):
             return None
         self._check_not_closed()
-        entry = self._journaled.get(envelope.id)
-        if entry is not None:
-            entry.unsettled_acceptances += 1
-            return entry.commit
         data = encode(envelope)
         name = recipient_name(envelope)
         assert name is not None  # journaled() saw to it

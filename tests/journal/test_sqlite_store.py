@@ -553,3 +553,33 @@ async def test_the_file_keeps_the_most_recent_dead_letters(path: Path) -> None:
         await journal.flush()
         assert [d.envelope.payload for d in journal.dead_letters()] == [2, 3, 4]
     assert rows(path, "dead_letters") == 3
+
+
+async def test_a_replayed_message_accepted_in_copies_stays_until_every_copy_settles(
+    path: Path,
+) -> None:
+    """A replay a router fans out into copies (the message's id, each addressed to an agent,
+    named or not) is accepted once per copy and settled once per copy: the row goes with the
+    last settlement, not the first."""
+    envelope = kept("fan out")
+    async with running(SqliteJournal(path)) as journal:
+        journal.accepted(envelope)
+    async with running(SqliteJournal(path)) as journal:
+        [replayed] = journal.unsettled()
+        copies = [
+            replayed.evolve(recipient=AgentId("worker")),
+            replayed.evolve(recipient=AgentId()),
+        ]
+        for copy in copies:
+            journal.accepted(copy)
+        journal.settled(replayed.id, Settlement.ACKNOWLEDGED)
+        await journal.flush()
+    unsettled, _ = await reopened(path)
+    assert [e.id for e in unsettled] == [envelope.id]
+    async with running(SqliteJournal(path)) as journal:
+        for copy in copies:
+            journal.accepted(copy)
+        for _ in copies:
+            journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
+    unsettled, _ = await reopened(path)
+    assert unsettled == []
