@@ -77,12 +77,12 @@ class SqliteJournal:
     (group commit), in a worker thread, by the task :meth:`run`: a send that waits for its
     commit shares the cost of a disk sync with every send waiting with it.
 
-    A failed commit fails every sender waiting on it. What nobody waits on is covered by
-    :meth:`flush`: it raises ``JournalError`` if any commit failed since the last flush (since
-    :meth:`run` began, for the first), whether or not the failed commit held what was told
-    since, because a message whose commit failed is not journaled, even if later commits
-    succeed; then it starts afresh. Settlements and dead letters of a failed commit are tried
-    again with a later one.
+    A failed commit fails every sender waiting on it. What nobody waits on (a message sent
+    without waiting, a settlement) is covered by :meth:`flush`: it raises ``JournalError`` if
+    any commit failed since the last flush (since :meth:`run` began, for the first), even if
+    the commits after it succeeded, because a message whose insert failed is not journaled and
+    is not tried again; the flush after that one starts afresh. Settlements and dead letters
+    of a failed commit are tried again with a later one.
 
     The file holds the unsettled messages, the exactly-once completions of the dedup window
     and the most recent dead letters: settled rows are deleted, and so are expired
@@ -92,7 +92,8 @@ class SqliteJournal:
         path: the file; made if missing (its directory must exist).
         synchronous: ``"NORMAL"`` (the default: a committed message survives a crash of the
             process; a power loss may lose the last commits) or ``"FULL"`` (it survives a
-            power loss too, at about twice the time per commit: one more disk sync each).
+            power loss too, at about three times the time per commit: it syncs the log to the
+            disk at every commit; measured in the README).
         busy_timeout: seconds a commit waits for a file locked by another connection before
             it fails with ``JournalError``.
         dedup_window: seconds an exactly-once completion is remembered across restarts: a

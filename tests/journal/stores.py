@@ -17,10 +17,10 @@ AT_LEAST_ONCE = MessageOptions(guarantee=DeliveryGuarantee.AT_LEAST_ONCE)
 EXACTLY_ONCE = MessageOptions(guarantee=DeliveryGuarantee.EXACTLY_ONCE)
 
 
-def kept(
+def journaled_cast(
     payload: Any, recipient: str = "worker", options: MessageOptions = AT_LEAST_ONCE
 ) -> Envelope:
-    """A cast the journal keeps: at least once (unless told), addressed by name."""
+    """A cast that is journaled: at least once (unless told), addressed by name."""
     return cast(None, payload, options, recipient=recipient)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from stores import kept, reopened, rows, running
+from stores import journaled_cast, reopened, rows, running
 
 from terraphim_actors import DeadLetterReason
 from terraphim_actors._core.settlement import Settlement
@@ -53,7 +53,7 @@ def _sqlite_file(path: Path, *statements: str) -> None:
 async def _journal_with_messages(path: Path, count: int) -> None:
     async with running(SqliteJournal(path)) as journal:
         for number in range(count):
-            journal.accepted(kept("x" * 200 + str(number)))
+            journal.accepted(journaled_cast("x" * 200 + str(number)))
 
 
 async def test_a_file_that_is_not_sqlite_is_refused_and_left_alone(path: Path) -> None:
@@ -123,7 +123,7 @@ async def test_a_journal_that_cannot_open_fails_what_was_told_before(path: Path)
     rather than waiting for ever."""
     _write(path, b"not a database")
     journal = SqliteJournal(path)
-    commit = journal.accepted(kept("early"))
+    commit = journal.accepted(journaled_cast("early"))
     assert commit is not None
     with pytest.raises(JournalError):
         await journal.run()
@@ -155,7 +155,7 @@ async def test_a_full_disk_fails_the_commit_and_the_writer_goes_on(path: Path) -
     the writer keeps running, and commits again once there is room."""
     async with running(SqliteJournal(path)) as journal:
         await _fill_the_disk(journal)
-        big = kept("x" * 100_000)
+        big = journaled_cast("x" * 100_000)
         commit = journal.accepted(big)
         assert commit is not None
         with pytest.raises(JournalError, match="full"):
@@ -163,7 +163,7 @@ async def test_a_full_disk_fails_the_commit_and_the_writer_goes_on(path: Path) -
         with pytest.raises(JournalError):
             await commit.wait()  # every waiter is told
         await _free_the_disk(journal)
-        after = kept("after")
+        after = journaled_cast("after")
         await journal.accepted(after).wait()  # type: ignore[union-attr]
     unsettled, _ = await reopened(path)
     assert [e.id for e in unsettled] == [after.id]
@@ -172,12 +172,12 @@ async def test_a_full_disk_fails_the_commit_and_the_writer_goes_on(path: Path) -
 async def test_a_settlement_in_a_failed_commit_is_tried_again(path: Path) -> None:
     """Settlements are not awaited, so a failed commit must not lose them: they go with the
     next commit."""
-    envelope = kept("settle me")
+    envelope = journaled_cast("settle me")
     async with running(SqliteJournal(path)) as journal:
         await journal.accepted(envelope).wait()  # type: ignore[union-attr]
         await _fill_the_disk(journal)
         journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
-        journal.accepted(kept("y" * 100_000))
+        journal.accepted(journaled_cast("y" * 100_000))
         with pytest.raises(JournalError):
             await journal.flush()
         assert rows(path, "messages") == 1
@@ -193,13 +193,13 @@ async def test_a_file_locked_past_the_busy_timeout_fails_the_commit(path: Path) 
         other = sqlite3.connect(path, isolation_level=None)
         try:
             other.execute("BEGIN IMMEDIATE")
-            commit = journal.accepted(kept("blocked"))
+            commit = journal.accepted(journaled_cast("blocked"))
             assert commit is not None
             with pytest.raises(JournalError, match="locked"):
                 await commit.wait()
         finally:
             other.close()
-        await journal.accepted(kept("free")).wait()  # type: ignore[union-attr]
+        await journal.accepted(journaled_cast("free")).wait()  # type: ignore[union-attr]
 
 
 async def test_a_journal_locked_at_open_past_the_busy_timeout_is_refused(path: Path) -> None:
@@ -234,13 +234,13 @@ async def test_a_settlement_left_by_a_failed_commit_is_written_with_nothing_else
 ) -> None:
     """The writer tries again on its own what a failed commit left: it does not wait for the
     next message to come."""
-    envelope = kept("settle me")
+    envelope = journaled_cast("settle me")
     async with running(SqliteJournal(path)) as journal:
         await journal.accepted(envelope).wait()  # type: ignore[union-attr]
         await _fill_the_disk(journal)
         journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
         with pytest.raises(JournalError):
-            await journal.accepted(kept("y" * 100_000)).wait()  # type: ignore[union-attr]
+            await journal.accepted(journaled_cast("y" * 100_000)).wait()  # type: ignore[union-attr]
         await _free_the_disk(journal)
         with trio.fail_after(60):
             # The commit runs in a worker thread, which no Trio event reports: look, on the
@@ -256,7 +256,7 @@ async def test_flush_raises_after_a_failed_commit_nobody_waited_on(path: Path) -
     repeat it."""
     async with running(SqliteJournal(path)) as journal:
         await _fill_the_disk(journal)
-        commit = journal.accepted(kept("z" * 100_000))
+        commit = journal.accepted(journaled_cast("z" * 100_000))
         assert commit is not None
         with pytest.raises(JournalError):
             await commit.wait()  # the test looks; the sender did not
@@ -270,7 +270,7 @@ async def test_flush_raises_for_a_failure_in_a_commit_under_way(path: Path) -> N
     """Two flushes waiting on one failed commit both raise."""
     async with running(SqliteJournal(path)) as journal:
         await _fill_the_disk(journal)
-        journal.accepted(kept("z" * 100_000))
+        journal.accepted(journaled_cast("z" * 100_000))
         failures: list[BaseException] = []
 
         async def flush() -> None:
@@ -288,12 +288,12 @@ async def test_flush_raises_for_a_failure_in_a_commit_under_way(path: Path) -> N
 async def test_a_journal_closing_with_writes_it_cannot_make_logs_them(
     path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    envelope = kept("settle me")
+    envelope = journaled_cast("settle me")
     async with running(SqliteJournal(path)) as journal:
         await journal.accepted(envelope).wait()  # type: ignore[union-attr]
         await _fill_the_disk(journal)
         journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
-        journal.filed(kept("y" * 100_000), DeadLetterReason.EXPIRED.value, "")
+        journal.filed(journaled_cast("y" * 100_000), DeadLetterReason.EXPIRED.value, "")
     [record] = [
         r
         for r in caplog.records
@@ -316,8 +316,8 @@ async def test_an_exception_not_from_sqlite_in_a_commit_ends_the_writer_loudly(
     async def send() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(journal.run)
-            commit = journal.accepted(kept("with it"))
-            journal.filed(kept("dead"), DeadLetterReason.EXPIRED.value, "\ud800")
+            commit = journal.accepted(journaled_cast("with it"))
+            journal.filed(journaled_cast("dead"), DeadLetterReason.EXPIRED.value, "\ud800")
             assert commit is not None
             try:
                 await commit.wait()
@@ -335,7 +335,7 @@ async def test_an_exception_not_from_sqlite_in_a_commit_ends_the_writer_loudly(
         r.name == "terraphim_actors.journal" and r.levelno == logging.ERROR for r in caplog.records
     )
     with pytest.raises(JournalError):
-        journal.accepted(kept("after"))
+        journal.accepted(journaled_cast("after"))
     assert rows(path, "messages") == 0
 
 
@@ -344,7 +344,7 @@ def _damage_row(path: Path, statement: str) -> None:
 
 
 async def test_a_message_that_cannot_be_decoded_is_refused_at_open_by_id(path: Path) -> None:
-    envelope = kept("damaged")
+    envelope = journaled_cast("damaged")
     async with running(SqliteJournal(path)) as journal:
         journal.accepted(envelope)
     _damage_row(path, "UPDATE messages SET envelope = x'00c1c1c1'")
@@ -356,7 +356,7 @@ async def test_a_message_that_cannot_be_decoded_is_refused_at_open_by_id(path: P
 
 async def test_a_malformed_message_id_is_refused_at_open(path: Path) -> None:
     async with running(SqliteJournal(path)) as journal:
-        journal.accepted(kept("renamed"))
+        journal.accepted(journaled_cast("renamed"))
     _damage_row(path, "UPDATE messages SET id = 'not-a-number'")
     before = _contents(path)
     error = await _refused(path)

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
-from stores import AT_LEAST_ONCE, EXACTLY_ONCE, kept, reopened, running
+from stores import AT_LEAST_ONCE, EXACTLY_ONCE, journaled_cast, reopened, running
 
 from terraphim_actors import Envelope
 from terraphim_actors._core.settlement import Settlement
@@ -33,7 +33,8 @@ def test_a_reopened_journal_holds_exactly_the_unsettled_messages(
     steps: list[tuple[str, int, Settlement]], restart_midway: bool
 ) -> None:
     envelopes = [
-        kept(number, options=EXACTLY_ONCE if number % 2 else AT_LEAST_ONCE) for number in range(10)
+        journaled_cast(number, options=EXACTLY_ONCE if number % 2 else AT_LEAST_ONCE)
+        for number in range(10)
     ]
     accepted: list[Envelope] = []  # the model: open messages in commit order
     runs: dict[int, int] = {}

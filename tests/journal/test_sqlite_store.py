@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from stores import AT_LEAST_ONCE, EXACTLY_ONCE, kept, reopened, rows, running
+from stores import AT_LEAST_ONCE, EXACTLY_ONCE, journaled_cast, reopened, rows, running
 
 from terraphim_actors import (
     AgentId,
@@ -64,7 +64,7 @@ async def test_unsettled_messages_come_back_as_they_were_sent(path: Path) -> Non
         guarantee=DeliveryGuarantee.EXACTLY_ONCE,
     )
     sent = [
-        kept({"task": 1, "data": b"\x00\x01"}),
+        journaled_cast({"task": 1, "data": b"\x00\x01"}),
         cast(sender, ("a", 1.5), options, recipient=AgentId(name="worker")),
         Envelope(
             kind=MessageKind.INFO,
@@ -94,7 +94,7 @@ async def test_unsettled_messages_come_back_as_they_were_sent(path: Path) -> Non
 async def test_an_awaited_commit_is_on_disk(path: Path) -> None:
     """Once a message's commit returns, its row is in the file for any reader to see."""
     async with running(SqliteJournal(path)) as journal:
-        commit = journal.accepted(kept("x"))
+        commit = journal.accepted(journaled_cast("x"))
         assert commit is not None
         await commit.wait()
         assert rows(path, "messages") == 1
@@ -102,7 +102,7 @@ async def test_an_awaited_commit_is_on_disk(path: Path) -> None:
 
 async def test_a_replayed_message_counts_the_runs_it_began(path: Path) -> None:
     """The attempt of a replayed message is the handler runs told by ``started``."""
-    once, twice, never = kept(1), kept(2), kept(3)
+    once, twice, never = journaled_cast(1), journaled_cast(2), journaled_cast(3)
     async with running(SqliteJournal(path)) as journal:
         for envelope in (once, twice, never):
             journal.accepted(envelope)
@@ -116,7 +116,7 @@ async def test_a_replayed_message_counts_the_runs_it_began(path: Path) -> None:
 
 async def test_runs_add_up_across_restarts(path: Path) -> None:
     """A replayed message started again counts on from its runs before the restart."""
-    envelope = kept("again")
+    envelope = journaled_cast("again")
     async with running(SqliteJournal(path)) as journal:
         journal.accepted(envelope)
         await journal.started(envelope).wait()  # type: ignore[union-attr]
@@ -133,7 +133,7 @@ async def test_a_replayed_message_keeps_its_remaining_time(
     """``created_at`` is carried by the wall clock across a restart and put on the current
     Trio clock: a message made 3 s before it was journaled, replayed 10 s of wall time
     later, is 13 s old, whatever the Trio clock of the new run says."""
-    envelope = kept("aging")
+    envelope = journaled_cast("aging")
     await trio.sleep(3.0)
     async with running(SqliteJournal(path)) as journal:
         journal.accepted(envelope)
@@ -156,7 +156,7 @@ async def test_a_replayed_message_keeps_its_remaining_time(
 )
 async def test_a_settled_message_is_not_replayed(path: Path, outcome: Settlement) -> None:
     """However a message was settled, a reopened journal does not give it back."""
-    settled, open_ = kept("settled"), kept("open")
+    settled, open_ = journaled_cast("settled"), journaled_cast("open")
     async with running(SqliteJournal(path)) as journal:
         journal.accepted(settled)
         journal.accepted(open_)
@@ -170,7 +170,7 @@ async def test_settling_before_the_commit_leaves_nothing(path: Path) -> None:
     """A message accepted and settled between two commits leaves no row behind."""
     async with running(SqliteJournal(path)) as journal:
         for number in range(100):
-            envelope = kept(number)
+            envelope = journaled_cast(number)
             journal.accepted(envelope)
             journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
         await journal.flush()
@@ -179,7 +179,7 @@ async def test_settling_before_the_commit_leaves_nothing(path: Path) -> None:
 
 async def test_settled_rows_are_deleted_from_the_file(path: Path) -> None:
     """Rows of settled messages are deleted, not marked: the table holds only what is open."""
-    envelopes = [kept(number) for number in range(200)]
+    envelopes = [journaled_cast(number) for number in range(200)]
     async with running(SqliteJournal(path)) as journal:
         for envelope in envelopes:
             journal.accepted(envelope)
@@ -207,7 +207,7 @@ async def test_the_file_follows_the_open_messages_not_the_history(path: Path) ->
     sizes = []
     async with running(SqliteJournal(path)) as journal:
         for _ in range(5):
-            envelopes = [kept("x" * 300 + str(number)) for number in range(300)]
+            envelopes = [journaled_cast("x" * 300 + str(number)) for number in range(300)]
             for envelope in envelopes:
                 journal.accepted(envelope)
             await journal.flush()
@@ -223,7 +223,7 @@ async def test_an_exactly_once_completion_is_remembered_within_the_window(
 ) -> None:
     """An acknowledged exactly-once message is recorded as completed with the settlement: a
     reopened journal lists it (recipient, id, age) while it is inside the dedup window."""
-    envelope = kept("once", recipient="worker", options=EXACTLY_ONCE)
+    envelope = journaled_cast("once", recipient="worker", options=EXACTLY_ONCE)
     async with running(SqliteJournal(path, dedup_window=60.0)) as journal:
         journal.accepted(envelope)
         journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
@@ -236,7 +236,7 @@ async def test_an_exactly_once_completion_is_remembered_within_the_window(
 
 async def test_a_completion_is_forgotten_after_the_window(path: Path, wall: WallClock) -> None:
     """Past the dedup window a completion is not listed, and its row is deleted."""
-    envelope = kept("once", options=EXACTLY_ONCE)
+    envelope = journaled_cast("once", options=EXACTLY_ONCE)
     async with running(SqliteJournal(path, dedup_window=60.0)) as journal:
         journal.accepted(envelope)
         journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
@@ -244,7 +244,7 @@ async def test_a_completion_is_forgotten_after_the_window(path: Path, wall: Wall
     wall.now += 61.0
     async with running(SqliteJournal(path, dedup_window=60.0)) as journal:
         assert journal.completed() == []
-        journal.accepted(kept("later"))
+        journal.accepted(journaled_cast("later"))
         await journal.flush()
         assert rows(path, "completions") == 0
 
@@ -260,7 +260,7 @@ async def test_a_completion_is_forgotten_after_the_window(path: Path, wall: Wall
 async def test_only_an_acknowledged_exactly_once_message_is_completed(
     path: Path, options: MessageOptions, outcome: Settlement
 ) -> None:
-    envelope = kept("x", options=options)
+    envelope = journaled_cast("x", options=options)
     async with running(SqliteJournal(path)) as journal:
         journal.accepted(envelope)
         journal.settled(envelope.id, outcome)
@@ -272,7 +272,7 @@ async def test_only_an_acknowledged_exactly_once_message_is_completed(
 async def test_dead_letters_are_read_back_after_a_restart(path: Path) -> None:
     """Filed dead letters of kept messages are in the file, with payload, reason and detail,
     for a journal made just to read them (its writer never run)."""
-    first, second = kept({"n": 1}), kept({"n": 2})
+    first, second = journaled_cast({"n": 1}), journaled_cast({"n": 2})
     async with running(SqliteJournal(path)) as journal:
         for envelope in (first, second):
             journal.accepted(envelope)
@@ -289,7 +289,7 @@ async def test_dead_letters_are_read_back_after_a_restart(path: Path) -> None:
 
 
 async def test_dead_letters_can_be_read_while_the_journal_runs(path: Path) -> None:
-    envelope = kept("late")
+    envelope = journaled_cast("late")
     async with running(SqliteJournal(path)) as journal:
         journal.filed(envelope, DeadLetterReason.EXPIRED.value, "")
         await journal.flush()
@@ -299,7 +299,7 @@ async def test_dead_letters_can_be_read_while_the_journal_runs(path: Path) -> No
 async def test_messages_queued_together_share_one_commit(path: Path) -> None:
     """Group commit: every message told before the writer's turn goes into one transaction."""
     async with running(SqliteJournal(path)) as journal:
-        commits = [journal.accepted(kept(number)) for number in range(100)]
+        commits = [journal.accepted(journaled_cast(number)) for number in range(100)]
         assert len({id(commit) for commit in commits}) == 1
         await journal.flush()
         assert journal.commits == 1
@@ -310,7 +310,7 @@ async def test_senders_waiting_at_once_share_one_commit(path: Path) -> None:
     tick, are served by one transaction."""
 
     async def send(journal: SqliteJournal, number: int) -> None:
-        commit = journal.accepted(kept(number))
+        commit = journal.accepted(journaled_cast(number))
         assert commit is not None
         await commit.wait()
 
@@ -324,9 +324,9 @@ async def test_senders_waiting_at_once_share_one_commit(path: Path) -> None:
 
 async def test_messages_told_during_a_commit_form_the_next(path: Path) -> None:
     async with running(SqliteJournal(path)) as journal:
-        first = journal.accepted(kept(1))
+        first = journal.accepted(journaled_cast(1))
         await trio.testing.wait_all_tasks_blocked()  # the first commit is under way
-        second = journal.accepted(kept(2))
+        second = journal.accepted(journaled_cast(2))
         assert second is not first
         await second.wait()  # type: ignore[union-attr]
         assert journal.commits == 2
@@ -340,7 +340,7 @@ async def test_flush_returns_at_once_with_nothing_outstanding(path: Path) -> Non
 
 async def test_flush_commits_settlements_nobody_waits_for(path: Path) -> None:
     """A settlement is never awaited; flush is what makes it durable."""
-    envelope = kept("x")
+    envelope = journaled_cast("x")
     async with running(SqliteJournal(path)) as journal:
         await journal.accepted(envelope).wait()  # type: ignore[union-attr]
         journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
@@ -351,7 +351,7 @@ async def test_flush_commits_settlements_nobody_waits_for(path: Path) -> None:
 async def test_stopping_commits_what_is_queued(path: Path) -> None:
     """A writer cancelled with operations queued commits them before it closes the file."""
     async with running(SqliteJournal(path)) as journal:
-        journal.accepted(kept("last words"))
+        journal.accepted(journaled_cast("last words"))
     unsettled, _ = await reopened(path)
     assert [e.payload for e in unsettled] == ["last words"]
 
@@ -364,7 +364,7 @@ async def test_stopping_commits_what_is_queued(path: Path) -> None:
             id="call",
         ),
         pytest.param(
-            kept("x", options=MessageOptions(guarantee=DeliveryGuarantee.AT_MOST_ONCE)),
+            journaled_cast("x", options=MessageOptions(guarantee=DeliveryGuarantee.AT_MOST_ONCE)),
             id="at-most-once",
         ),
         pytest.param(cast(None, "x", AT_LEAST_ONCE, recipient=AgentId()), id="unnamed id"),
@@ -388,7 +388,7 @@ async def test_messages_not_journaled_are_ignored(path: Path, envelope: Envelope
 async def test_an_unencodable_payload_is_refused_and_nothing_is_kept(path: Path) -> None:
     async with running(SqliteJournal(path)) as journal:
         with pytest.raises(UnencodablePayload):
-            journal.accepted(kept(object()))
+            journal.accepted(journaled_cast(object()))
         await journal.flush()
         assert journal.commits == 0
 
@@ -398,7 +398,7 @@ async def test_the_same_message_accepted_twice_is_one_row_kept_until_both_settle
 ) -> None:
     """An envelope sent twice (a resend) is one message in the file, open until each of its
     acceptances is settled."""
-    envelope = kept("twice")
+    envelope = journaled_cast("twice")
     async with running(SqliteJournal(path)) as journal:
         journal.accepted(envelope)
         journal.accepted(envelope)
@@ -411,7 +411,7 @@ async def test_the_same_message_accepted_twice_is_one_row_kept_until_both_settle
 
 
 async def test_a_replayed_message_accepted_again_gets_no_second_row(path: Path) -> None:
-    envelope = kept("replayed")
+    envelope = journaled_cast("replayed")
     async with running(SqliteJournal(path)) as journal:
         journal.accepted(envelope)
     async with running(SqliteJournal(path)) as journal:
@@ -430,7 +430,7 @@ async def test_a_replayed_message_accepted_again_gets_no_second_row(path: Path) 
 async def test_a_replayed_message_settled_without_a_new_acceptance_is_gone(path: Path) -> None:
     """A replayed message dead-lettered at once (its runs used up) is settled without being
     accepted again: that settles it too."""
-    envelope = kept("spent")
+    envelope = journaled_cast("spent")
     async with running(SqliteJournal(path)) as journal:
         journal.accepted(envelope)
     async with running(SqliteJournal(path)) as journal:
@@ -441,7 +441,7 @@ async def test_a_replayed_message_settled_without_a_new_acceptance_is_gone(path:
 
 async def test_full_synchronous_mode_commits(path: Path) -> None:
     async with running(SqliteJournal(path, synchronous="FULL")) as journal:
-        journal.accepted(kept("durable"))
+        journal.accepted(journaled_cast("durable"))
     unsettled, _ = await reopened(path)
     assert [e.payload for e in unsettled] == ["durable"]
 
@@ -490,7 +490,7 @@ async def test_a_closed_journal_refuses_new_messages(path: Path) -> None:
     async with running(SqliteJournal(path)) as journal:
         pass
     with pytest.raises(JournalError):
-        journal.accepted(kept("too late"))
+        journal.accepted(journaled_cast("too late"))
 
 
 class _CountingConnection(sqlite3.Connection):
@@ -509,7 +509,7 @@ class _CountingConnection(sqlite3.Connection):
 async def test_settled_rows_are_deleted_in_one_batch_per_commit(path: Path) -> None:
     """Exactly-once messages settled one after another (completion, deletion, completion, ...)
     are written as one batch of completions and one of deletions."""
-    envelopes = [kept(number, options=EXACTLY_ONCE) for number in range(20)]
+    envelopes = [journaled_cast(number, options=EXACTLY_ONCE) for number in range(20)]
     async with running(SqliteJournal(path)) as journal:
         for envelope in envelopes:
             journal.accepted(envelope)
@@ -531,7 +531,7 @@ async def test_settled_rows_are_deleted_in_one_batch_per_commit(path: Path) -> N
 async def test_a_message_sent_again_after_it_settled_in_one_commit_stays(path: Path) -> None:
     """Accepted, settled and accepted again before the writer's turn: batching by statement
     must not delete the second acceptance's row."""
-    envelope = kept("again")
+    envelope = journaled_cast("again")
     async with running(SqliteJournal(path)) as journal:
         journal.accepted(envelope)
         journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
@@ -543,7 +543,7 @@ async def test_a_message_sent_again_after_it_settled_in_one_commit_stays(path: P
 
 
 async def test_the_file_keeps_the_most_recent_dead_letters(path: Path) -> None:
-    envelopes = [kept(number) for number in range(5)]
+    envelopes = [journaled_cast(number) for number in range(5)]
     async with running(SqliteJournal(path, dead_letters_kept=3)) as journal:
         for envelope in envelopes[:2]:
             journal.filed(envelope, DeadLetterReason.EXPIRED.value, "")
@@ -561,7 +561,7 @@ async def test_a_replayed_message_accepted_in_copies_stays_until_every_copy_sett
     """A replay a router fans out into copies (the message's id, each addressed to an agent,
     named or not) is accepted once per copy and settled once per copy: the row goes with the
     last settlement, not the first."""
-    envelope = kept("fan out")
+    envelope = journaled_cast("fan out")
     async with running(SqliteJournal(path)) as journal:
         journal.accepted(envelope)
     async with running(SqliteJournal(path)) as journal:
