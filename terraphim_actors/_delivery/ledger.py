@@ -184,6 +184,12 @@ class JournalingLedger(Ledger):
         self.sent_count += 1
         return commit
 
+    def replayed(self, envelope: Envelope) -> None:
+        """The journal holds ``envelope`` already: told again, it writes nothing, but counts
+        this copy, so that its row stays until every copy of it is settled."""
+        super().replayed(envelope)
+        self.journal.accepted(envelope)
+
     def accepted_and_delivered(self, envelope: Envelope) -> None:
         self.journal.accepted(envelope)
         super().accepted_and_delivered(envelope)

@@ -83,6 +83,22 @@ class RecordingJournal:
         return []
 
 
+class TestReplayedCopies:
+    def test_each_replayed_copy_is_told_as_an_acceptance(self) -> None:
+        """A replayed message is told to its journal again (which writes nothing for a
+        message it holds), so that each copy's settlement matches an acceptance and the
+        journal keeps the message until the last copy is settled."""
+        journal = RecordingJournal()
+        ledger = JournalingLedger(journal)
+        envelope = cast(None, "x", recipient="worker")
+        ledger.replayed(envelope)
+        ledger.replayed(envelope.evolve(recipient="auditor"))
+        ledger.acknowledged(envelope)
+        assert journal.accepted_ids[envelope.id] == 2
+        assert journal.settled_ids[envelope.id] == 1
+        assert ledger.stats().sent == 2
+
+
 class TestNoJournal:
     def test_the_default_ledger_makes_no_journal_calls(self) -> None:
         """Without a journal, delivery keeps a plain ledger: the seam costs the hot path
