@@ -23,6 +23,7 @@ from .._delivery.durability import journaled, recipient_name
 from ..errors import InvalidConfig, JournalError, MessagingError
 from ._commit import COMPLETE, DELETE, FILE, INSERT, RETRIED, RUN, Commit, Operation, write
 from ._schema import StoredMessage, inspect, load, open_journal
+from ._thread import JournalThread
 
 __all__ = ["SqliteJournal"]
 
@@ -128,7 +129,7 @@ class SqliteJournal:
         self.commits = 0
         self._state = _NEW
         self._connection: sqlite3.Connection | None = None
-        self._limiter: trio.CapacityLimiter | None = None
+        self._thread = JournalThread(f"journal {os.path.basename(self.path)}")
         self._operations: list[Operation] = []
         self._queued = Commit()
         self._writing: Commit | None = None
@@ -278,12 +279,11 @@ class SqliteJournal:
         if self._state != _NEW:
             raise JournalError(f"{self!r} has run already: a journal runs once")
         self._state = _OPENING
-        self._limiter = limiter = trio.CapacityLimiter(1)
+        thread = self._thread
         try:
-            connection, replayed, completions = await trio.to_thread.run_sync(
-                self._open, limiter=limiter
-            )
+            connection, replayed, completions = await thread.run(self._open)
         except BaseException as error:
+            thread.stop()
             self._close(error)
             raise
         self._connection = connection
@@ -309,7 +309,8 @@ class SqliteJournal:
                             await self._commit()
                 finally:
                     self._close(None)
-                    await trio.to_thread.run_sync(connection.close, limiter=limiter)
+                    await thread.run(connection.close)
+                    thread.stop()
 
     def _open(
         self,
@@ -377,7 +378,6 @@ class SqliteJournal:
     async def _commit(self) -> None:
         """Write what is queued in one transaction, and resolve its commit."""
         assert self._connection is not None
-        assert self._limiter is not None
         operations, commit = self._operations, self._queued
         self._operations, self._queued, self._wake = [], Commit(), trio.Event()
         self._writing = commit
@@ -385,13 +385,12 @@ class SqliteJournal:
             # Shielded so that a cancellation cannot take the operations out of the queue
             # without writing them; the thread cannot be interrupted anyway.
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(
+                await self._thread.run(
                     write,
                     self._connection,
                     operations,
                     time.time() - self.dedup_window,
                     self.dead_letters_kept,
-                    limiter=self._limiter,
                 )
         except sqlite3.Error as e:
             error = JournalError(f"the journal {self.path!r} could not commit: {e}")

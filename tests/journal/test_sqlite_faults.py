@@ -139,7 +139,7 @@ async def _fill_the_disk(journal: SqliteJournal) -> None:
         assert journal._connection is not None
         journal._connection.execute("PRAGMA max_page_count = 1")
 
-    await trio.to_thread.run_sync(cap, limiter=journal._limiter)
+    await journal._thread.run(cap)  # on the connection's own thread, between commits
 
 
 async def _free_the_disk(journal: SqliteJournal) -> None:
@@ -147,7 +147,7 @@ async def _free_the_disk(journal: SqliteJournal) -> None:
         assert journal._connection is not None
         journal._connection.execute("PRAGMA max_page_count = 1000000")
 
-    await trio.to_thread.run_sync(uncap, limiter=journal._limiter)
+    await journal._thread.run(uncap)
 
 
 async def test_a_full_disk_fails_the_commit_and_the_writer_goes_on(path: Path) -> None:
