@@ -71,16 +71,9 @@ __all__ = ["MessageSystem", "MessageSystemConfig", "SystemStats", "open_message_
 _LIFECYCLE_HOOKS = {AgentStarted: "agent_started", AgentExited: "agent_exited"}
 
 
-#: What a journal must have: the methods of the ``Journal`` protocol.
-_JOURNAL_METHODS = (
-    "accepted",
-    "started",
-    "settled",
-    "filed",
-    "flush",
-    "run",
-    "unsettled",
-    "completed",
+#: What a journal must offer: the methods of the ``Journal`` protocol, read from it.
+_JOURNAL_METHODS = tuple(
+    name for name, member in vars(Journal).items() if callable(member) and not name.startswith("_")
 )
 
 
