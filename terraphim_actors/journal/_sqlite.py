@@ -231,6 +231,8 @@ class SqliteJournal:
             logger.exception("dead letter %s cannot be journaled", envelope.id)
             return
         filed_wall = time.time()
+        # The detail quotes a user's error: text UTF-8 cannot carry is kept escaped.
+        detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
         self._queue(
             FILE, (str(envelope.id), recipient_name(envelope), reason, detail, filed_wall, data)
         )

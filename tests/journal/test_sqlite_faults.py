@@ -304,11 +304,24 @@ async def test_a_journal_closing_with_writes_it_cannot_make_logs_them(
     assert rows(path, "messages") == 1
 
 
+async def test_a_dead_letter_whose_detail_is_not_utf8_is_kept_escaped(path: Path) -> None:
+    """A dead letter's detail quotes a user's error, which may hold text UTF-8 cannot carry
+    (a lone surrogate): it is kept with that character escaped, and the journal goes on."""
+    envelope = journaled_cast("dead")
+    async with running(SqliteJournal(path)) as journal:
+        journal.filed(envelope, DeadLetterReason.EXPIRED.value, "bad \ud800 text")
+        await journal.flush()
+        await journal.accepted(journaled_cast("after")).wait()  # type: ignore[union-attr]
+    [letter] = SqliteJournal(path).dead_letters()
+    assert letter.detail == "bad \\ud800 text"
+    assert letter.envelope.id == envelope.id
+
+
 async def test_an_exception_not_from_sqlite_in_a_commit_ends_the_writer_loudly(
     path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A value SQLite cannot take (a lone surrogate in a dead letter's detail, which cannot
-    be encoded as UTF-8) fails the commit's waiters with JournalError, its cause chained, is
+    """A value SQLite cannot take (a lone surrogate in a recipient's name, which cannot be
+    encoded as UTF-8) fails the commit's waiters with JournalError, its cause chained, is
     logged, and run() raises JournalError."""
     journal = SqliteJournal(path)
     waited: list[BaseException] = []
@@ -317,7 +330,7 @@ async def test_an_exception_not_from_sqlite_in_a_commit_ends_the_writer_loudly(
         async with trio.open_nursery() as nursery:
             await nursery.start(journal.run)
             commit = journal.accepted(journaled_cast("with it"))
-            journal.filed(journaled_cast("dead"), DeadLetterReason.EXPIRED.value, "\ud800")
+            journal.accepted(journaled_cast("odd name", recipient="\ud800"))
             assert commit is not None
             try:
                 await commit.wait()
