@@ -24,6 +24,7 @@ existing ``except`` clauses keep working::
      ├── ReplyAlreadySent                            a call was answered twice
      ├── NonRetryable                                raised by a handler: never redeliver it
      ├── JournalError                                the durable journal itself failed
+ ├── ClusterError                                NATS could not be reached or started
      └── DeliveryFailed                              given up on; last failure in __cause__
           └── CircuitOpen                            the recipient's circuit breaker is open
 """
@@ -40,6 +41,7 @@ __all__ = [
     "CallTimeout",
     "CallToSelf",
     "CircuitOpen",
+    "ClusterError",
     "DeliveryFailed",
     "DuplicateAgent",
     "HandlerTimeout",
@@ -153,6 +155,13 @@ class JournalError(MessagingError):
     newer schema than this version reads, cannot be written (a full disk, a read-only file or
     directory), or stayed locked longer than its ``busy_timeout``. The send or flush that
     needed the journal fails with it; the message says which file."""
+
+
+class ClusterError(MessagingError):
+    """A fault of the cluster's messaging itself, not of a message: the NATS servers could not
+    be reached within the connect timeout, the connection is closed, or a local nats-server
+    could not be started (its binary is not installed, or it exited before it was ready).
+    The message says which servers or which binary."""
 
 
 class DeliveryFailed(MessagingError):
