@@ -18,13 +18,15 @@ existing ``except`` clauses keep working::
      │    └── UnhandledMessage                       the callee has no handler for it
      ├── CallToSelf                                  an agent called itself (would deadlock)
      ├── AgentStopped                                the agent stopped before it replied
+     │    └── NodeDown                               its node left the cluster
+     ├── RemoteError                                 a remote handler's error, by name and text
      ├── AgentStartFailed                            ``on_start`` raised; original in __cause__
      ├── SystemClosed           (also RuntimeError)  the message system has shut down
      ├── WrongThread            (also RuntimeError)  used from a thread other than the system's
      ├── ReplyAlreadySent                            a call was answered twice
      ├── NonRetryable                                raised by a handler: never redeliver it
      ├── JournalError                                the durable journal itself failed
- ├── ClusterError                                NATS could not be reached or started
+     ├── ClusterError                                NATS could not be reached or started
      └── DeliveryFailed                              given up on; last failure in __cause__
           └── CircuitOpen                            the recipient's circuit breaker is open
 """
@@ -52,7 +54,9 @@ __all__ = [
     "MailboxFull",
     "MessageTimeout",
     "MessagingError",
+    "NodeDown",
     "NonRetryable",
+    "RemoteError",
     "ReplyAlreadySent",
     "SystemClosed",
     "UnencodablePayload",
@@ -124,6 +128,24 @@ class CallToSelf(MessagingError):
 
 class AgentStopped(MessagingError):
     """The agent stopped (or crashed) before it replied, or has stopped for good."""
+
+
+class NodeDown(AgentStopped):
+    """The agent's node has left the cluster (it stopped, or its heartbeats ceased): a call to
+    it fails at once rather than at its timeout."""
+
+
+class RemoteError(MessagingError):
+    """An exception raised on another node, which cannot cross as itself (its class may not
+    exist here, and nothing is unpickled): its class's qualified name and its text. A remote
+    handler's error reaches a caller as ``CallFailed`` with one of these as ``__cause__``."""
+
+    def __init__(self, type_name: str, message: str = "") -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        #: The qualified name of the exception's class on the node that raised it.
+        self.type_name = type_name
+        #: Its ``str()`` there.
+        self.message = message
 
 
 class AgentStartFailed(MessagingError):

@@ -22,6 +22,8 @@ class Settlement(enum.Enum):
     FAILED = "failed"
     #: Given up on and filed as a dead letter with its reason.
     DEAD_LETTERED = "dead_lettered"
+    #: Handed to the cluster for an agent on another node, which settles it there.
+    FORWARDED = "forwarded"
     #: Refused before it was ever the delivery layer's (an agent waiting for room in its own
     #: full mailbox): not counted as sent.
     REFUSED = "refused"

@@ -44,6 +44,8 @@ class DeadLetterReason(enum.Enum):
     CIRCUIT_OPEN = "circuit open"
     #: Every retry its guarantee allows failed; the detail names the last failure.
     RETRIES_EXHAUSTED = "retries exhausted"
+    #: The cluster could not take it for an agent on another node: no NATS server answered.
+    UNREACHABLE = "unreachable"
 
 
 @attrs.frozen

@@ -2,35 +2,44 @@
 journal of them.
 
 Every message the delivery layer accepts is counted once on its way in and once on its way out
-(acknowledged, a suppressed duplicate, failed, or dead-lettered), by the named methods here and
-nowhere else, so that ``sent == acknowledged + duplicates_suppressed + failed + dead_lettered +
-pending`` holds by construction. A journal hears of the same two events through the same
-calls (a dead letter's record too): a :class:`JournalingLedger` tells it, a plain
-:class:`Ledger` (the default, with no journal) does not, which keeps the journal seam free on
-the hot path. Two events are the books' alone: a message replayed from the journal (which
-holds it already) is accepted without telling it, and one the shutdown stopped
+(acknowledged, a suppressed duplicate, failed, dead-lettered, or forwarded to another node), by
+the named methods here and nowhere else, so that ``sent == acknowledged + duplicates_suppressed
++ failed + dead_lettered + forwarded + pending`` holds by construction. A journal hears of the
+same two events through the same calls (a dead letter's record too), and so does a settlement
+listener (a cluster node acknowledging what it took from JetStream): a :class:`JournalingLedger`
+tells them, a plain :class:`Ledger` (the default, with neither) does not, which keeps both seams
+free on the hot path. Two events are the books' alone: a message replayed from the journal
+(which holds it already) is accepted without telling it, and one the shutdown stopped
 (``SYSTEM_STOPPED``) is settled without telling it (the journal keeps it for its next open: a
 clean exit is not a crash). This module is the one place that rule is kept.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 
+from .._core.ids import MessageId
 from .._core.messages import Envelope
 from .._core.protocols import Commit, Journal
 from .._core.settlement import Settlement
 from .dead_letters import DeadLetterReason
 from .journal import NO_JOURNAL
 
-__all__ = ["DeliveryStats", "JournalingLedger", "Ledger", "ledger_for"]
+__all__ = ["DeliveryStats", "JournalingLedger", "Ledger", "SettlementListener", "ledger_for"]
+
+#: Told of each settlement (the message's id and how it ended), after the journal: how a
+#: cluster node acknowledges to JetStream a message it took, once it is settled here.
+SettlementListener = Callable[[MessageId, Settlement], None]
 
 
 @attrs.frozen(kw_only=True)
 class DeliveryStats:
     """A snapshot of the delivery layer's counters.
 
-    ``sent == acknowledged + duplicates_suppressed + failed + dead_lettered + pending``.
+    ``sent == acknowledged + duplicates_suppressed + failed + dead_lettered + forwarded +
+    pending``.
     """
 
     #: Messages accepted for delivery (a message sent again with the same id counts again).
@@ -51,6 +60,9 @@ class DeliveryStats:
     dead_lettered: int
     #: Messages not settled yet: in a mailbox, in a handler, or waiting for a retry.
     pending: int
+    #: Messages handed to the cluster for an agent on another node (stored by JetStream, or
+    #: published or answered over core NATS): settled here, counted there from their arrival.
+    forwarded: int = 0
 
 
 class Ledger:
@@ -72,6 +84,7 @@ class Ledger:
         "_dead_lettered",
         "_duplicates",
         "_failed",
+        "_forwarded",
         "_retried",
         "acknowledged_count",
         "delivered_count",
@@ -89,6 +102,7 @@ class Ledger:
         self._failed = 0
         self._duplicates = 0
         self._dead_lettered = 0
+        self._forwarded = 0
 
     # -- the way in --------------------------------------------------------------------------
 
@@ -139,6 +153,11 @@ class Ledger:
         """``envelope`` was given up on, for ``reason``, and is filed as a dead letter."""
         self._dead_lettered += 1
 
+    def forwarded(self, envelope: Envelope) -> None:
+        """``envelope`` was handed to the cluster for an agent on another node, which counts it
+        from its arrival."""
+        self._forwarded += 1
+
     def refused(self, envelope: Envelope) -> None:
         """``envelope``, accepted, turned out never to be the delivery layer's (its sender
         waited for room in its own full mailbox): as if it had never been sent."""
@@ -154,7 +173,13 @@ class Ledger:
 
     def stats(self) -> DeliveryStats:
         """A frozen snapshot of the counters."""
-        settled = self.acknowledged_count + self._duplicates + self._failed + self._dead_lettered
+        settled = (
+            self.acknowledged_count
+            + self._duplicates
+            + self._failed
+            + self._dead_lettered
+            + self._forwarded
+        )
         return DeliveryStats(
             sent=self.sent_count,
             delivered=self.delivered_count,
@@ -164,19 +189,22 @@ class Ledger:
             duplicates_suppressed=self._duplicates,
             dead_lettered=self._dead_lettered,
             pending=self.sent_count - settled,
+            forwarded=self._forwarded,
         )
 
 
 class JournalingLedger(Ledger):
-    """A :class:`Ledger` that also tells a journal of each accept and each settlement."""
+    """A :class:`Ledger` that also tells a journal of each accept and each settlement, and a
+    settlement listener (if any) of each settlement."""
 
-    __slots__ = ("journal",)
+    __slots__ = ("journal", "listener")
 
     counts_only = False
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, listener: SettlementListener | None = None) -> None:
         super().__init__()
         self.journal = journal
+        self.listener = listener
 
     def accepted(self, envelope: Envelope) -> Commit | None:
         # The journal first: a message it cannot encode raises before anything is counted.
@@ -199,31 +227,43 @@ class JournalingLedger(Ledger):
 
     def acknowledged(self, envelope: Envelope) -> None:
         super().acknowledged(envelope)
-        self.journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
+        self._settled(envelope, Settlement.ACKNOWLEDGED)
 
     def duplicate(self, envelope: Envelope) -> None:
         super().duplicate(envelope)
-        self.journal.settled(envelope.id, Settlement.DUPLICATE)
+        self._settled(envelope, Settlement.DUPLICATE)
 
     def failed(self, envelope: Envelope) -> None:
         super().failed(envelope)
-        self.journal.settled(envelope.id, Settlement.FAILED)
+        self._settled(envelope, Settlement.FAILED)
 
     def dead_lettered(self, envelope: Envelope, reason: DeadLetterReason, detail: str) -> None:
         super().dead_lettered(envelope, reason, detail)
         if reason is DeadLetterReason.SYSTEM_STOPPED:
             # Not handled before the system shut down: a dead letter in these books only. The
             # journal keeps it and delivers it again at its next open (a clean exit is not a
-            # crash, and loses nothing it kept).
+            # crash, and loses nothing it kept); JetStream, unacknowledged, delivers it again.
             return
-        self.journal.settled(envelope.id, Settlement.DEAD_LETTERED)
+        self._settled(envelope, Settlement.DEAD_LETTERED)
         self.journal.filed(envelope, reason.value, detail)
+
+    def forwarded(self, envelope: Envelope) -> None:
+        super().forwarded(envelope)
+        self._settled(envelope, Settlement.FORWARDED)
 
     def refused(self, envelope: Envelope) -> None:
         super().refused(envelope)
-        self.journal.settled(envelope.id, Settlement.REFUSED)
+        self._settled(envelope, Settlement.REFUSED)
+
+    def _settled(self, envelope: Envelope, outcome: Settlement) -> None:
+        self.journal.settled(envelope.id, outcome)
+        if self.listener is not None:
+            self.listener(envelope.id, outcome)
 
 
-def ledger_for(journal: Journal) -> Ledger:
-    """The ledger for a system with ``journal``: a plain one (no calls) for ``NO_JOURNAL``."""
-    return Ledger() if journal is NO_JOURNAL else JournalingLedger(journal)
+def ledger_for(journal: Journal, listener: SettlementListener | None = None) -> Ledger:
+    """The ledger for a system with ``journal`` and settlement ``listener``: a plain one (no
+    calls) for ``NO_JOURNAL`` and no listener."""
+    if journal is NO_JOURNAL and listener is None:
+        return Ledger()
+    return JournalingLedger(journal, listener)

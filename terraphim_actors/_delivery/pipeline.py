@@ -1,16 +1,16 @@
 """The delivery middleware: guarantees, acknowledgements, the retry schedule, dedup, and the
 accounting that makes every message end somewhere.
 
-Every message a system accepts ends in exactly one of four ways: acknowledged (a handler
-returned normally), suppressed as a duplicate (exactly-once), failed (a waiting caller was
-told why), or dead-lettered with a reason. Until then it is *pending*: in a mailbox, in a
-handler, or waiting for a retry. Retries wait as timers on the system's timer service, so that
-a failure never costs the sender a wait.
+Every message a system accepts ends in exactly one of five ways: acknowledged (a handler
+returned normally), suppressed as a duplicate (exactly-once), failed (a waiting caller was told
+why), dead-lettered with a reason, or forwarded to the node of its agent in a cluster. Until
+then it is *pending*: in a mailbox, in a handler, or waiting for a retry. Retries wait as timers
+on the system's timer service, so that a failure never costs the sender a wait.
 
 Each message is accepted at one point (the ledger's ``accepted``) and settled at one point (its
-``acknowledged``, ``duplicate``, ``failed`` or ``dead_lettered``): the ledger in ``ledger.py``
-keeps the books and tells the journal; the schedule of retries is ``retries.py``'s; what the
-configuration fills into a message's options is ``options.py``'s.
+``acknowledged``, ``duplicate``, ``failed``, ``dead_lettered`` or ``forwarded``): the ledger in
+``ledger.py`` keeps the books and tells the journal; the schedule of retries is
+``retries.py``'s; what the configuration fills into a message's options is ``options.py``'s.
 """
 
 from __future__ import annotations
@@ -37,14 +37,17 @@ from ..errors import (
     AgentNotFound,
     AgentStopped,
     CircuitOpen,
+    ClusterError,
     DeliveryFailed,
+    InvalidMessage,
     MailboxClosed,
     MailboxFull,
     MessagingError,
+    UnencodablePayload,
 )
 from .dead_letters import DeadLetterReason
 from .journal import NO_JOURNAL
-from .ledger import DeliveryStats, ledger_for
+from .ledger import DeliveryStats, SettlementListener, ledger_for
 from .options import DeliveryConfig, FilledOptions
 from .retries import NoRetry, RetryCandidate, RetryScheduler
 from .runs import count_run, forget_run
@@ -72,6 +75,7 @@ _RETRIED = frozenset(
         DeadLetterReason.MAILBOX_FULL,
         DeadLetterReason.CIRCUIT_OPEN,
         DeadLetterReason.HANDLER_CRASHED,
+        DeadLetterReason.UNREACHABLE,
     }
 )
 
@@ -80,6 +84,11 @@ _RETRIED = frozenset(
 _RAISED = frozenset(
     {DeadLetterReason.NOT_FOUND, DeadLetterReason.MAILBOX_FULL, DeadLetterReason.CIRCUIT_OPEN}
 )
+
+#: What an inbox raises for a message that never becomes the delivery layer's: a sender waiting
+#: for room in its own full mailbox, or a message for another node that cannot be encoded. It
+#: is refused (counted as never sent), and the sender hears the error.
+_NOT_TAKEN = (OwnMailboxFull, InvalidMessage, UnencodablePayload)
 
 
 class DeliveryManager:
@@ -105,13 +114,14 @@ class DeliveryManager:
         describe: Callable[[Envelope], str],
         closing: Callable[[], bool],
         journal: Journal = NO_JOURNAL,
+        settlement_listener: SettlementListener | None = None,
         instruments: Instruments | None = None,
     ) -> None:
         """Delivery is given what it works with, not the system: the clock; the timer service
         its retries wait on; the router that resolves a retry's recipient again; whether an
         address stopped for good (the directory); where a message given up on is filed (the
         dead-letter office); how a message is described in a log; whether the system is
-        shutting down; and the journal its ledger tells."""
+        shutting down; and the journal and settlement listener its ledger tells."""
         self.config = config
         self._breakers = breakers
         self._clock = clock
@@ -131,7 +141,7 @@ class DeliveryManager:
         #: System notifications' options: never retried, never expired.
         self._notices = filled.notices
         #: The books: the only counts of what was accepted and how it was settled.
-        self.ledger = ledger_for(journal)
+        self.ledger = ledger_for(journal, settlement_listener)
         #: Whether a journal hears of each message: then each handler run is counted before
         #: it begins (:meth:`started`).
         self.journaling = journal is not NO_JOURNAL
@@ -173,7 +183,7 @@ class DeliveryManager:
         except trio.Cancelled:
             self._give_up(envelope, DeadLetterReason.EXPIRED, "the sender gave up waiting for room")
             raise
-        except OwnMailboxFull:
+        except _NOT_TAKEN:
             self.ledger.refused(envelope)  # not accepted: it was never the delivery layer's
             raise
         if failure is not None:
@@ -202,7 +212,11 @@ class DeliveryManager:
         self.ledger.accepted(envelope)
         if "message_accepted" in self._instruments:
             self._instruments.call("message_accepted", envelope)
-        failure = self._put_nowait(endpoint, envelope)
+        try:
+            failure = self._put_nowait(endpoint, envelope)
+        except _NOT_TAKEN:
+            self.ledger.refused(envelope)
+            raise
         if failure is not None:
             self._failed(endpoint, envelope, *failure)
 
@@ -311,7 +325,7 @@ class DeliveryManager:
                     self._instruments.call("retry_scheduled", envelope, delay)
                 await self._retries_waiting.wait(envelope, due, reason)  # in the caller's task
                 [(endpoint, envelope)] = self._router.targets_of(envelope, retry=True)[:1]
-        except OwnMailboxFull:
+        except _NOT_TAKEN:
             self.ledger.refused(envelope)  # not accepted: it was never the delivery layer's
             raise
         except MessagingError:
@@ -333,9 +347,9 @@ class DeliveryManager:
             assert endpoint is not None
         try:
             await endpoint.inbox.put(envelope)
-        except OwnMailboxFull:
-            raise  # no retry would find room that only the sender could make
-        except (MailboxFull, MailboxClosed) as error:
+        except _NOT_TAKEN:
+            raise  # no retry would find room that only the sender could make, or encode it
+        except (MailboxFull, MailboxClosed, ClusterError) as error:
             return _failure_of(error, endpoint)
         self.ledger.delivered()
         if "message_delivered" in self._instruments:
@@ -351,7 +365,7 @@ class DeliveryManager:
             assert endpoint is not None
         try:
             endpoint.inbox.put_nowait(envelope)
-        except (MailboxFull, MailboxClosed) as error:
+        except (MailboxFull, MailboxClosed, ClusterError) as error:
             return _failure_of(error, endpoint)
         self.ledger.delivered()
         if "message_delivered" in self._instruments:
@@ -541,6 +555,21 @@ class DeliveryManager:
         self.ledger.acknowledged_then_failed()
         self.record_failure(endpoint)
 
+    def forwarded(self, envelope: Envelope) -> None:
+        """The cluster took ``envelope`` for an agent on another node (JetStream stored it; it
+        went out over core NATS; or, a call, its answer came back): settled here, and counted
+        by that node from its arrival."""
+        self.ledger.forwarded(envelope)
+
+    def forward_failed(self, endpoint: Endpoint, envelope: Envelope, error: ClusterError) -> None:
+        """The cluster could not take ``envelope`` (no NATS server answered in time): a cast or
+        an info waits in this delivery layer for a retry by its guarantee, or becomes a dead
+        letter at its expiry; a call has failed (its caller was told ``error``)."""
+        if envelope.reply is not None:
+            self.ledger.failed(envelope)
+            return
+        self._failed(endpoint, envelope, DeadLetterReason.UNREACHABLE, error)
+
     def record_success(self, endpoint: Endpoint) -> None:
         """Report a success to ``endpoint``'s admission (a deferred reply was sent)."""
         admission = endpoint.admission
@@ -653,9 +682,11 @@ class DeliveryManager:
         return self.ledger.stats()
 
 
-def _failure_of(error: MailboxFull | MailboxClosed, endpoint: Endpoint) -> _Failure:
+def _failure_of(error: MailboxFull | MailboxClosed | ClusterError, endpoint: Endpoint) -> _Failure:
     if isinstance(error, MailboxFull):
         return DeadLetterReason.MAILBOX_FULL, error
+    if isinstance(error, ClusterError):
+        return DeadLetterReason.UNREACHABLE, error
     return DeadLetterReason.AGENT_STOPPED, endpoint.occupant.refusal()
 
 

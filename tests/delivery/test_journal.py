@@ -118,6 +118,46 @@ class TestNoJournal:
             assert type(system.delivery.ledger) is Ledger
 
 
+class TestSettlementListener:
+    def test_a_listener_hears_each_settlement_without_a_journal(self) -> None:
+        """A settlement listener (a cluster node acknowledging what it took from JetStream)
+        hears how each message ended, even with no journal to tell."""
+        heard: list[tuple[MessageId, Settlement]] = []
+        ledger = ledger_for(NO_JOURNAL, lambda message_id, how: heard.append((message_id, how)))
+        handled, crashed = cast(None, "a", recipient="worker"), cast(None, "b", recipient="worker")
+        ledger.accepted(handled)
+        ledger.accepted(crashed)
+        ledger.acknowledged(handled)
+        ledger.dead_lettered(crashed, DeadLetterReason.RETRIES_EXHAUSTED, "it kept crashing")
+        assert heard == [
+            (handled.id, Settlement.ACKNOWLEDGED),
+            (crashed.id, Settlement.DEAD_LETTERED),
+        ]
+
+    def test_a_message_the_shutdown_stopped_is_not_told_as_settled(self) -> None:
+        """A message not handled before the system shut down stays unsettled for the listener
+        as for the journal: JetStream, never acknowledged, delivers it again."""
+        heard: list[Settlement] = []
+        ledger = ledger_for(NO_JOURNAL, lambda _id, how: heard.append(how))
+        envelope = cast(None, "x", recipient="worker")
+        ledger.accepted(envelope)
+        ledger.dead_lettered(envelope, DeadLetterReason.SYSTEM_STOPPED, "shut down")
+        assert heard == []
+        assert ledger.stats().pending == 0
+
+    def test_a_forwarded_message_is_settled_in_the_books(self) -> None:
+        """A message handed to the cluster is settled here as forwarded (its node counts it
+        from its arrival), and the journal hears of it as of any settlement."""
+        journal = RecordingJournal()
+        ledger = JournalingLedger(journal)
+        envelope = cast(None, "x", recipient="worker")
+        ledger.accepted(envelope)
+        ledger.forwarded(envelope)
+        stats = ledger.stats()
+        assert (stats.sent, stats.forwarded, stats.pending) == (1, 1, 0)
+        assert journal.outcomes == {Settlement.FORWARDED: 1}
+
+
 class Worker(Agent):
     """Acts on ``(number, action, crashes)``: crashes on its first ``crashes`` runs of that
     message, then does ``action``: "ok", "fail" (a call's caller is failed through ctx.caller),

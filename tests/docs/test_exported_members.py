@@ -47,6 +47,8 @@ REQUIRED_ERRORS = {
     "WrongThread",
     "UnencodablePayload",
     "JournalError",
+    "NodeDown",
+    "RemoteError",
 }
 
 REQUIRED_SUPERVISOR = {
