@@ -157,11 +157,17 @@ class LocalNatsServer:
             self, LocalNatsServer._cleanup, self._process, self._owned_dir
         )
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+    def wait_ready(self, timeout: float = READY_TIMEOUT, *, current: bool = True) -> None:
         """Wait until the health endpoint says ``ok``; ``ClusterError`` (the process killed)
-        if the process exits or ``timeout`` passes first."""
+        if the process exits or ``timeout`` passes first.
+
+        ``current=False`` asks only that the server and its JetStream are up, not that it is
+        current with its cluster's meta leader, which a member restarted into a running
+        cluster takes seconds to become while the other members serve.
+        """
         deadline = time.monotonic() + timeout
-        health = f"http://127.0.0.1:{self.monitor_port}/healthz"
+        query = "" if current else "?js-server-only=true"
+        health = f"http://127.0.0.1:{self.monitor_port}/healthz{query}"
         while True:
             process = self._process
             if process is None or process.poll() is not None:
@@ -357,8 +363,13 @@ class LocalNatsCluster:
         self.servers[index].stop()
 
     def restart(self, index: int) -> None:
-        """Start server ``index`` again with its port, routes and store."""
-        self.servers[index].restart()
+        """Start server ``index`` again with its port, routes and store. Returns once it
+        serves clients with JetStream up; it becomes current with the cluster's meta leader
+        (and its stream replicas catch up) a few seconds later, while the others serve."""
+        server = self.servers[index]
+        server.stop()
+        server.start_nowait()
+        server.wait_ready(current=False)
 
     def pause(self, index: int) -> None:
         """SIGSTOP server ``index``."""

@@ -9,12 +9,14 @@ its own, which is reaped when the test ends whatever happened.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from nats_support import cluster_config
 
 from terraphim_actors.cluster import LocalNatsServer
+from terraphim_actors.cluster._bridge import Bridge
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +31,10 @@ def own_nats_server(tmp_path: Path) -> Iterator[LocalNatsServer]:
     """A running nats-server with JetStream for this test alone (to kill, pause, restart)."""
     with LocalNatsServer(tmp_path / "nats-store") as server:
         yield server
+
+
+@pytest.fixture
+async def bridge(nats_server: LocalNatsServer) -> AsyncIterator[Bridge]:
+    """A bridge connected to the session's server, closed when the test ends."""
+    async with Bridge.connect(cluster_config(nats_server)) as opened:
+        yield opened
