@@ -5,15 +5,19 @@ No NATS client runs on Trio, and nats-py runs only on asyncio. Running asyncio i
 (trio-asyncio) costs a full Trio scheduling round per asyncio callback, so nats-py gets a loop
 of its own in a thread, created inside that thread. A crossing between the threads costs tens of
 microseconds, so the bridge never crosses once per message: work for the loop is queued in a
-deque and the loop is woken only when no wake-up is already pending, and results come back to
-Trio the same way, so a burst of publishes, acks or arriving messages pays one wake-up each
-way. The bridge moves bytes and nats-py objects only; what they mean is the transport's job.
+deque, and the loop is woken only when no wake-up is already pending, once the Trio tasks
+runnable in this tick have run, so that all they hand over crosses together. Results come back
+the same way: what the loop's tasks hand over in one loop iteration crosses to Trio in one
+wake-up. A burst of submits, publishes, acks, completions or arriving messages thus pays one
+wake-up each way. The bridge moves bytes and nats-py objects only; what they mean is the
+transport's job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import math
@@ -81,6 +85,12 @@ class _Pump:
 
     def post(self, function: Callable[[_A], object], argument: _A) -> None:
         self._items.append((function, argument))
+        if not self._scheduled:
+            self._scheduled = True
+            self._wake(self.drain)
+
+    def post_many(self, items: list[_Item]) -> None:
+        self._items.extend(items)
         if not self._scheduled:
             self._scheduled = True
             self._wake(self.drain)
@@ -236,7 +246,7 @@ class Bridge:
         self._thread = threading.Thread(
             target=self._serve, name=f"nats-bridge-{config.cluster}.{config.node}", daemon=True
         )
-        self._to_loop = _Pump(self._wake_loop)
+        self._to_loop = _Pump(self._wake_loop_after_tick)
         self._to_trio = _Pump(self._wake_trio)
         self._client: Client | None = None
         self._jetstream: JetStreamContext | None = None
@@ -249,8 +259,14 @@ class Bridge:
         self._subscriptions: set[Subscription] = set()
         # Loop side only.
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._outgoing: deque[tuple[Callable[..., Awaitable[object]], tuple[Any, ...]]] = deque()
+        self._gathered: list[_Item] = []
+        self._gathering = False
         self._sending = False
+        # The *_nowait sends skip the general pump: Trio appends here, and one task on the
+        # loop sends them in order. The flag says a sender is running or asked for, as a
+        # pump's does.
+        self._outgoing: deque[tuple[Callable[..., Awaitable[object]], tuple[Any, ...]]] = deque()
+        self._send_scheduled = False
         self._stopping = False
         self._last_error: BaseException | None = None
 
@@ -375,11 +391,15 @@ class Bridge:
         """Tell JetStream never to redeliver a message."""
         self._send(Msg.term, (msg,))
 
+    def in_progress_nowait(self, msg: Msg) -> None:
+        """Tell JetStream a message is still being worked on: its ack wait starts again."""
+        self._send(Msg.in_progress, (msg,))
+
     async def subscribe(self, subject: str, *, queue: str = "") -> Subscription:
         """Subscribe to ``subject`` on core NATS (in ``queue``'s group when given)."""
         subscription = Subscription(self, None)
         deliver = subscription._deliver
-        post = self._to_trio.post
+        post = self._to_trio_soon
 
         async def on_message(message: Msg) -> None:
             post(deliver, message)
@@ -409,7 +429,7 @@ class Bridge:
             raise ClusterError(f"batch must be an int of at least 1, got {batch!r}")
         subscription = Subscription(self, batch)
         deliver_many = subscription._deliver_many
-        post = self._to_trio.post
+        post = self._to_trio_soon
 
         async def fetch_forever(puller: JetStreamContext.PullSubscription) -> None:
             room_made = asyncio.Event()
@@ -435,8 +455,12 @@ class Bridge:
                 post(deliver_many, messages)
 
         async def start() -> Callable[[], Awaitable[None]]:
+            # nats-py fills in the config it is given: hand it a copy.
             puller = await self.jetstream.pull_subscribe(
-                subject_filter, durable=durable, stream=stream, config=config
+                subject_filter,
+                durable=durable,
+                stream=stream,
+                config=None if config is None else dataclasses.replace(config),
             )
             fetcher = asyncio.get_running_loop().create_task(fetch_forever(puller))
             self._tasks.add(fetcher)
@@ -470,7 +494,16 @@ class Bridge:
         if self._closed:
             logger.debug("dropped a %s on a closed bridge", send.__name__)
             return
-        self._to_loop.post(self._queue_send, (send, arguments))
+        self._outgoing.append((send, arguments))
+        if not self._send_scheduled:
+            self._send_scheduled = True
+            self._wake_loop_after_tick(self._start_sending)
+
+    def _wake_loop_after_tick(self, drain: Callable[[], None]) -> None:
+        """Wake the loop once Trio's runnable tasks have run: what they all hand over in this
+        tick is queued by then and crosses in this one wake-up."""
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._wake_loop, drain)
 
     def _wake_trio(self, drain: Callable[[], None]) -> None:
         with contextlib.suppress(trio.RunFinishedError):
@@ -529,6 +562,21 @@ class Bridge:
             loop.close()
             self._to_trio.post(_set_trio_event, self._stopped)
 
+    def _to_trio_soon(self, function: Callable[[_A], object], argument: _A) -> None:
+        """Hand ``function(argument)`` to Trio with whatever else this loop iteration hands
+        over: the batch crosses once the iteration's ready callbacks have run, so tasks that
+        end together (a burst of work, of arriving messages) cross in one wake-up."""
+        self._gathered.append((function, argument))
+        if not self._gathering:
+            self._gathering = True
+            assert self._loop is not None
+            self._loop.call_soon(self._hand_over)
+
+    def _hand_over(self) -> None:
+        self._gathering = False
+        gathered, self._gathered = self._gathered, []
+        self._to_trio.post_many(gathered)
+
     def _wake_loop(self, drain: Callable[[], None]) -> None:
         loop = self._loop
         if loop is None:
@@ -540,12 +588,12 @@ class Bridge:
         loop = self._loop
         assert loop is not None
         if self._stopping:
-            self._to_trio.post(job.finish, outcome.Error(ClusterError("the bridge is closed")))
+            self._to_trio_soon(job.finish, outcome.Error(ClusterError("the bridge is closed")))
             return
         try:
             task = loop.create_task(_await(job.work))
         except Exception as error:
-            self._to_trio.post(job.finish, outcome.Error(error))
+            self._to_trio_soon(job.finish, outcome.Error(error))
             return
         job.task = task
         self._tasks.add(task)
@@ -563,11 +611,10 @@ class Bridge:
             result = outcome.Error(error)
         else:
             result = outcome.Value(task.result())
-        self._to_trio.post(job.finish, result)
+        self._to_trio_soon(job.finish, result)
 
-    def _queue_send(self, item: tuple[Callable[..., Awaitable[object]], tuple[Any, ...]]) -> None:
-        self._outgoing.append(item)
-        if not self._sending and self._loop is not None:
+    def _start_sending(self) -> None:
+        if not self._sending and not self._stopping and self._loop is not None:
             self._sending = True
             task = self._loop.create_task(self._send_all())
             self._tasks.add(task)
@@ -576,19 +623,26 @@ class Bridge:
     async def _send_all(self) -> None:
         outgoing = self._outgoing
         try:
-            while outgoing:
-                send, arguments = outgoing.popleft()
-                try:
-                    await send(*arguments)
-                except Exception as error:
-                    logger.warning("a NATS %s failed: %r", send.__name__, error)
+            while True:
+                while outgoing:
+                    send, arguments = outgoing.popleft()
+                    try:
+                        await send(*arguments)
+                    except Exception as error:
+                        logger.warning("a NATS %s failed: %r", send.__name__, error)
+                # Clear the flag, then look again: what Trio appended before the flag fell
+                # is sent here, and what it appends after wakes a new sender.
+                self._send_scheduled = False
+                if not outgoing:
+                    return
+                self._send_scheduled = True
         finally:
             self._sending = False
 
     async def _connect(self) -> None:
         config = self.config
         client = Client()
-        post = self._to_trio.post
+        post = self._to_trio_soon
         report = self._connection_event
 
         async def on_error(error: Exception) -> None:
@@ -641,6 +695,10 @@ class Bridge:
             raise ClusterError(
                 f"a NATS credentials file needs the nkeys package ({error})"
             ) from error
+        except BaseException:
+            # Cancelled (the bridge closing) or failed otherwise: leave no socket open.
+            await _close_quietly(client)
+            raise
         self._client = client
         self._jetstream = client.jetstream()
 
