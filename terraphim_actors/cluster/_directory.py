@@ -163,6 +163,12 @@ class _Held:
 
 
 @attrs.define
+class _Releasing:
+    count: int = 0
+    done: trio.Event = attrs.Factory(trio.Event)
+
+
+@attrs.define
 class _Beat:
     incarnation: str
     seen_at: float
@@ -189,6 +195,9 @@ class ClusterDirectory:
         self._departed: OrderedDict[str, None] = OrderedDict()
         #: Names this incarnation holds, with the uid and revision it wrote.
         self._own: dict[str, _Held] = {}
+        #: Names being claimed here, and names whose release from here is on its way.
+        self._claiming: set[str] = set()
+        self._releasing: dict[str, _Releasing] = {}
         self._watchers: list[trio.MemorySendChannel[DirectoryEvent]] = []
         self._running = False
         self._started = False
@@ -305,9 +314,10 @@ class ClusterDirectory:
             return  # nothing can reach the servers: the heartbeat's expiry tells the others
 
         async def leave() -> None:
-            for key, revision in own:
-                with contextlib.suppress(nats.js.errors.APIError):
-                    await names.delete(key, last=revision)
+            await asyncio.gather(
+                *(_delete_at(names, key, revision) for key, revision in own),
+                return_exceptions=True,
+            )
             await nodes.delete(self.node)
 
         with trio.CancelScope(shield=True), trio.move_on_after(LEAVE_TIMEOUT):
@@ -448,39 +458,54 @@ class ClusterDirectory:
             raise InvalidConfig(f"uid must be a uuid.UUID, got {uid!r}")
         if not self._started:
             raise ClusterError("the cluster directory is not running")
+        if name in self._claiming:
+            raise DuplicateAgent(f"the name {name!r} is being claimed on this node already")
         placement = Placement(self.node, uid, self.incarnation)
-        key = name_key(name)
-        value = _encode_placement(placement)
-        names = self._names_bucket
+        self._claiming.add(name)
         try:
             with trio.fail_after(self._config.connect_timeout):
-                while True:
-                    held = await self._call(_create_or_read, names, key, value)
-                    if isinstance(held, int):
-                        revision = held
-                        break
-                    if held is None:
-                        continue
-                    holder, last = held
-                    if holder == placement:
-                        revision = last
-                        break
-                    if not await self._may_take(name, holder):
-                        raise DuplicateAgent(
-                            f"an agent named {name!r} is already registered"
-                            + ("" if holder is None else f" on node {holder.node!r}")
-                        )
-                    replaced = await self._call(_replace, names, key, value, last)
-                    if replaced is not None:
-                        revision = replaced
-                        break
+                # A release of this name from here still on its way would undo the claim.
+                while (releasing := self._releasing.get(name)) is not None:
+                    await releasing.done.wait()
+                revision = await self._claim(name, placement)
         except trio.TooSlowError:
+            self._forget(name, placement)
             raise ClusterError(
                 f"could not claim the name {name!r}: the NATS servers did not answer within"
                 f" {self._config.connect_timeout:g} s"
             ) from None
+        except BaseException as error:
+            if not isinstance(error, DuplicateAgent):
+                # The claim may have landed before the failure or cancellation.
+                self._forget(name, placement)
+            raise
+        finally:
+            self._claiming.discard(name)
         self._own[name] = _Held(placement, revision)
         self._hold(name, placement, revision)
+
+    async def _claim(self, name: str, placement: Placement) -> int:
+        """Write ``placement`` under ``name`` by compare-and-set; its revision."""
+        key = name_key(name)
+        value = _encode_placement(placement)
+        names = self._names_bucket
+        while True:
+            held = await self._call(_create_or_read, names, key, value)
+            if isinstance(held, int):
+                return held
+            if held is None:
+                continue  # freed between the create and the read
+            holder, last = held
+            if holder == placement:
+                return last
+            if not await self._may_take(name, holder):
+                raise DuplicateAgent(
+                    f"an agent named {name!r} is already registered"
+                    + ("" if holder is None else f" on node {holder.node!r}")
+                )
+            replaced = await self._call(_replace, names, key, value, last)
+            if replaced is not None:
+                return replaced
 
     async def _may_take(self, name: str, holder: Placement | None) -> bool:
         """Whether a name held by ``holder`` may be taken over: its holder is unreadable, this
@@ -502,23 +527,36 @@ class ClusterDirectory:
     def release_nowait(self, name: str, uid: uuid.UUID) -> None:
         """Free ``name`` if this node's agent ``uid`` still holds it, in the background (a
         compare-and-set delete, so a name taken over meanwhile stays with its new holder);
-        a failure is logged."""
+        a failure is logged. A claim of the name here waits for it."""
         own = self._own.get(name)
-        if own is None or own.placement.uid != uid:
+        if own is not None and own.placement.uid != uid:
             return
-        del self._own[name]
+        self._own.pop(name, None)
+        self._forget(name, Placement(self.node, uid, self.incarnation))
+
+    def _forget(self, name: str, placement: Placement) -> None:
+        """Delete ``name`` in the background if ``placement`` holds it."""
         names = self._names_kv
         if names is None:
             return
-        key, revision = name_key(name), own.revision
+        key = name_key(name)
+        releasing = self._releasing.get(name)
+        if releasing is None:
+            releasing = self._releasing[name] = _Releasing()
+        releasing.count += 1
 
         def done(result: outcome.Outcome[bool]) -> None:
             if isinstance(result, outcome.Error):
                 logger.warning(
                     "node %s could not release the name %r: %r", self.node, name, result.error
                 )
+            releasing.count -= 1
+            if releasing.count == 0:
+                releasing.done.set()
+                if self._releasing.get(name) is releasing:
+                    del self._releasing[name]
 
-        self._bridge.submit(lambda: _delete_at(names, key, revision), done)
+        self._bridge.submit(lambda: _delete_if_held(names, key, placement), done)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -596,6 +634,14 @@ async def _replace(bucket: KeyValue, key: str, value: bytes, last: int) -> int |
         return await bucket.update(key, value, last=last)
     except nats.js.errors.KeyWrongLastSequenceError:
         return None
+
+
+async def _delete_if_held(bucket: KeyValue, key: str, placement: Placement) -> bool:
+    """Delete ``key`` if ``placement`` holds it (at the revision read): whether it did."""
+    held = await _read(bucket, key)
+    if held is None or _decode_placement(held[0]) != placement:
+        return False
+    return await _delete_at(bucket, key, held[1])
 
 
 async def _delete_at(bucket: KeyValue, key: str, last: int) -> bool:

@@ -327,6 +327,34 @@ async def test_a_name_released_here_can_be_claimed_here_at_once_for_a_new_agent(
             assert a.lookup("planner") == Placement("a", successor, a.incarnation)
 
 
+async def test_a_name_released_and_claimed_again_here_for_its_agent_stays_held(
+    nats_server: LocalNatsServer, cluster: str
+) -> None:
+    uid = uuid.uuid4()
+    with trio.fail_after(10):
+        async with (
+            _joined(nats_server, cluster, "a") as a,
+            _joined(nats_server, cluster, "b") as b,
+        ):
+            await a.claim("planner", uid)
+            a.release_nowait("planner", uid)
+            await a.claim("planner", uid)
+            with pytest.raises(DuplicateAgent):
+                await b.claim("planner", uuid.uuid4())
+            assert a.lookup("planner") == Placement("a", uid, a.incarnation)
+
+
+async def test_of_two_concurrent_claims_of_one_name_on_one_node_exactly_one_wins(
+    nats_server: LocalNatsServer, cluster: str
+) -> None:
+    with trio.fail_after(10):
+        async with _joined(nats_server, cluster, "a") as a:
+            won, refused = await _race("planner", a, a)
+            assert len(won) == 1
+            assert refused == ["a"]
+            assert a.lookup("planner") == Placement("a", won["a"], a.incarnation)
+
+
 # -- nodes ------------------------------------------------------------------------------
 
 
@@ -339,6 +367,17 @@ async def test_a_node_that_joins_is_seen_up(nats_server: LocalNatsServer, cluste
                 up = await _next(events, lambda event: isinstance(event, NodeUp))
                 assert up == NodeUp("b", b.incarnation)
                 assert a.node_alive("b")
+
+
+async def test_watching_ends_when_the_directory_stops(
+    nats_server: LocalNatsServer, cluster: str
+) -> None:
+    with trio.fail_after(10):
+        async with _joined(nats_server, cluster, "a") as a:
+            events = a.watch()
+        _ = [event async for event in events]  # what came before the end
+        with pytest.raises(trio.EndOfChannel):
+            await events.receive()
 
 
 async def test_a_clean_leave_frees_the_nodes_names_at_once(
