@@ -22,6 +22,7 @@ from supervisor import ChildSpec, RestartBackoff, RestartStrategy, RestartType, 
 
 from .._core.ids import AgentId
 from .._core.messages import Envelope
+from .._core.protocols import ClusterMembership
 from .._delivery.dead_letters import DeadLetter, DeadLetterReason
 from .._delivery.pipeline import DeliveryManager
 from .._primitives.balancing import LoadBalancing
@@ -90,6 +91,11 @@ class SystemApi(Protocol):
     @property
     def shutdown_signal(self) -> signal.Signals | None:
         """The signal that started the shutdown, if one did."""
+        ...
+
+    @property
+    def cluster(self) -> ClusterMembership | None:
+        """This system's node in its cluster (``cluster.ClusterNode``), if it joined one."""
         ...
 
     async def spawn(

@@ -192,6 +192,28 @@ class Codec:
         except (ValueError, TypeError, KeyError, AttributeError, cattrs.BaseValidationError) as e:
             raise InvalidMessage(f"not an encoded message: {bounded_repr(data)}") from e
 
+    def encode_value(self, value: Any) -> bytes:
+        """``value``, anything a payload may be, alone as bytes: a call's answer on the wire.
+
+        Raises:
+            UnencodablePayload: it holds a value of a type this codec cannot carry.
+        """
+        return json.dumps(self._to_json(value), separators=(",", ":")).encode("ascii")
+
+    def decode_value(self, data: bytes) -> Any:
+        """The value :meth:`encode_value` wrote as ``data``.
+
+        Raises:
+            InvalidMessage: ``data`` is not a value this codec wrote, or names a payload tag
+                that is not registered here.
+        """
+        try:
+            return self._from_json(json.loads(data))
+        except InvalidMessage:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, cattrs.BaseValidationError) as e:
+            raise InvalidMessage(f"not an encoded value: {bounded_repr(data)}") from e
+
     def _to_json(self, value: Any) -> Any:
         cls = value.__class__
         if cls in _SCALARS:

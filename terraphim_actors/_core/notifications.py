@@ -36,6 +36,8 @@ class StopReason(enum.Enum):
     KILLED = "killed"
     #: It was not running when a monitor was set on it.
     NOPROC = "noproc"
+    #: Its node left the cluster (its heartbeats stopped): it may run on, out of reach.
+    NOCONNECTION = "noconnection"
 
 
 #: A normal reason, or the exception the agent crashed with.

@@ -8,7 +8,7 @@ behind it, named in its docstring.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import trio
 
@@ -22,6 +22,8 @@ __all__ = [
     "AdmissionPolicy",
     "Behaviour",
     "CallServer",
+    "ClusterMembership",
+    "ClusterSpec",
     "Commit",
     "Directory",
     "Inbox",
@@ -304,6 +306,55 @@ class Journal(Protocol):
     def completed(self) -> list[tuple[str, MessageId, float]]:
         """The exactly-once completions still inside the dedup window when the journal was
         opened: (recipient name, message id, age in seconds)."""
+        ...
+
+
+@runtime_checkable
+class ClusterMembership(Protocol):
+    """A system's place in a cluster of nodes, as the system drives it: run beside its agents,
+    asked to claim and free names cluster-wide, consulted for the names and endpoints this
+    process does not hold, and told of each settlement (to acknowledge what arrived from the
+    cluster).
+
+    Today's implementation: ``cluster.ClusterNode``.
+    """
+
+    def settled(self, message_id: MessageId, outcome: Settlement) -> None:
+        """A message was settled here."""
+        ...
+
+    async def run(
+        self, system: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Join the cluster for ``system``, report started, serve until cancelled, leave."""
+        ...
+
+    async def claim(self, name: str, agent_id: AgentId) -> None:
+        """Give ``name`` to this node's ``agent_id`` cluster-wide; ``DuplicateAgent`` if an
+        agent on a live node has it."""
+        ...
+
+    def release(self, agent_id: AgentId, reason: ExitReason) -> None:
+        """``agent_id`` stopped for good, for ``reason``: free its name cluster-wide and tell
+        the monitors on other nodes."""
+        ...
+
+    def resolve(self, name: str) -> AgentId | None:
+        """The id of the agent named ``name`` on another node, if any."""
+        ...
+
+    def endpoint(self, agent_id: AgentId) -> Any:
+        """The endpoint reaching ``agent_id`` on another node, if it runs there."""
+        ...
+
+
+class ClusterSpec(Protocol):
+    """What ``MessageSystemConfig(cluster=...)`` takes: a description of a cluster that makes
+    each system that joins it its own membership. Today's implementation:
+    ``cluster.ClusterConfig``."""
+
+    def join(self) -> ClusterMembership:
+        """A fresh membership for one system (nothing connects until the system runs it)."""
         ...
 
 

@@ -46,6 +46,9 @@ class DeadLetterReason(enum.Enum):
     RETRIES_EXHAUSTED = "retries exhausted"
     #: The cluster could not take it for an agent on another node: no NATS server answered.
     UNREACHABLE = "unreachable"
+    #: It arrived from another node in bytes this node cannot read (its payload's type is not
+    #: registered here, or the bytes are not a message).
+    UNDECODABLE = "undecodable"
 
 
 @attrs.frozen

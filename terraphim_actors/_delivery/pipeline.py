@@ -90,6 +90,10 @@ _RAISED = frozenset(
 #: is refused (counted as never sent), and the sender hears the error.
 _NOT_TAKEN = (OwnMailboxFull, InvalidMessage, UnencodablePayload)
 
+#: What an inbox raises for a message it cannot take now: a full or closed mailbox, a cluster
+#: that did not take it in time, or (for an agent on another node) no node holding its name.
+_PUT_FAILURES = (MailboxFull, MailboxClosed, ClusterError, AgentNotFound)
+
 
 class DeliveryManager:
     """Applies each message's guarantee on its way to a mailbox and after its handler ran.
@@ -349,7 +353,7 @@ class DeliveryManager:
             await endpoint.inbox.put(envelope)
         except _NOT_TAKEN:
             raise  # no retry would find room that only the sender could make, or encode it
-        except (MailboxFull, MailboxClosed, ClusterError) as error:
+        except _PUT_FAILURES as error:
             return _failure_of(error, endpoint)
         self.ledger.delivered()
         if "message_delivered" in self._instruments:
@@ -365,7 +369,7 @@ class DeliveryManager:
             assert endpoint is not None
         try:
             endpoint.inbox.put_nowait(envelope)
-        except (MailboxFull, MailboxClosed, ClusterError) as error:
+        except _PUT_FAILURES as error:
             return _failure_of(error, endpoint)
         self.ledger.delivered()
         if "message_delivered" in self._instruments:
@@ -570,6 +574,12 @@ class DeliveryManager:
             return
         self._failed(endpoint, envelope, DeadLetterReason.UNREACHABLE, error)
 
+    def refuse_arrival(self, envelope: Envelope, reason: DeadLetterReason, detail: str) -> None:
+        """A message arrived that cannot be delivered at all (from another node, unreadable):
+        accepted and at once a dead letter, so that the books account for it."""
+        self.ledger.accepted(envelope)
+        self._give_up(envelope, reason, detail)
+
     def record_success(self, endpoint: Endpoint) -> None:
         """Report a success to ``endpoint``'s admission (a deferred reply was sent)."""
         admission = endpoint.admission
@@ -682,11 +692,14 @@ class DeliveryManager:
         return self.ledger.stats()
 
 
-def _failure_of(error: MailboxFull | MailboxClosed | ClusterError, endpoint: Endpoint) -> _Failure:
+def _failure_of(error: MessagingError, endpoint: Endpoint) -> _Failure:
+    """Why a put into ``endpoint``'s inbox failed with ``error`` (one of ``_PUT_FAILURES``)."""
     if isinstance(error, MailboxFull):
         return DeadLetterReason.MAILBOX_FULL, error
     if isinstance(error, ClusterError):
         return DeadLetterReason.UNREACHABLE, error
+    if isinstance(error, AgentNotFound):
+        return DeadLetterReason.NOT_FOUND, error
     return DeadLetterReason.AGENT_STOPPED, endpoint.occupant.refusal()
 
 

@@ -31,6 +31,19 @@ class Resident(Protocol):
 _Resident = TypeVar("_Resident", bound=Resident)
 
 
+class Beyond(Protocol):
+    """Names and endpoints beyond this process: the cluster's, as a local directory consults
+    them for what it does not hold."""
+
+    def resolve(self, name: str) -> AgentId | None:
+        """The id of the agent named ``name`` elsewhere, if any."""
+        ...
+
+    def endpoint(self, agent_id: AgentId) -> Endpoint | None:
+        """The endpoint that reaches ``agent_id`` elsewhere, if it runs there."""
+        ...
+
+
 class LocalDirectory(Generic[_Resident]):
     """Names, the agents that have not stopped for good, hand-driven mailboxes, and the ids
     that stopped lately, in this process: the :class:`~terraphim_actors._core.protocols.Directory`
@@ -41,22 +54,41 @@ class LocalDirectory(Generic[_Resident]):
         self.mailboxes: dict[AgentId, Mailbox] = {}
         self._names: dict[str, AgentId] = {}
         self._stopped: collections.OrderedDict[AgentId, None] = collections.OrderedDict()
+        #: Where names and ids not found here are looked for: the cluster's directory, when
+        #: this process is a node of one.
+        self.beyond: Beyond | None = None
 
     def __len__(self) -> int:
         return len(self.cells)
 
     def resolve(self, address: AgentId | str | None) -> AgentId | None:
-        """The id that ``address`` (a name or an id) stands for, if anything answers to it."""
+        """The id that ``address`` (a name or an id) stands for, if anything answers to it:
+        a name is looked up here first, then in the cluster."""
         if isinstance(address, str):
-            return self._names.get(address)
+            agent_id = self._names.get(address)
+            if agent_id is None and self.beyond is not None:
+                return self.beyond.resolve(address)
+            return agent_id
         if address is None or isinstance(address, AgentId):
             return address
         raise InvalidConfig(f"an address is an AgentId or a registered name, got {address!r}")
 
     def endpoint(self, agent_id: AgentId) -> Endpoint | None:
-        """The endpoint of the agent under ``agent_id``, if it has not stopped for good."""
+        """The endpoint of the agent under ``agent_id``, if it has not stopped for good: here,
+        or on another node of the cluster this one belongs to."""
+        cell = self.cells.get(agent_id)
+        if cell is not None:
+            return cell.endpoint
+        return None if self.beyond is None else self.beyond.endpoint(agent_id)
+
+    def local_endpoint(self, agent_id: AgentId) -> Endpoint | None:
+        """The endpoint of this process's agent under ``agent_id``, if it has not stopped."""
         cell = self.cells.get(agent_id)
         return None if cell is None else cell.endpoint
+
+    def local_id(self, name: str) -> AgentId | None:
+        """The id that ``name`` stands for in this process, if any."""
+        return self._names.get(name)
 
     def endpoints(self) -> list[Endpoint]:
         """The endpoints of every agent that has not stopped for good."""

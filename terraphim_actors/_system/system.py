@@ -37,7 +37,7 @@ from .._core.ids import AgentId
 from .._core.instruments import Instrument, Instruments, instruments_tuple
 from .._core.messages import Envelope, MessageKind, MessageOptions
 from .._core.notifications import AgentExited, AgentStarted, StopReason, SystemShutdown
-from .._core.protocols import Journal
+from .._core.protocols import ClusterMembership, ClusterSpec, Journal
 from .._core.reply_to import PendingCalls
 from .._core.threads import check_thread, current_thread_id
 from .._delivery.dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
@@ -86,6 +86,13 @@ def _check_journal(_instance: object, attribute: attrs.Attribute[Any], value: ob
         )
 
 
+def _check_cluster(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not callable(getattr(value, "join", None)):
+        raise InvalidConfig(
+            f"{attribute.name} must be a ClusterConfig (terraphim_actors.cluster), got {value!r}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class MessageSystemConfig:
     """How a message system behaves.
@@ -111,6 +118,9 @@ class MessageSystemConfig:
         journal: where accepted messages are kept across a crash or a restart (see "Durable
             delivery" in the README), such as ``terraphim_actors.journal.SqliteJournal``;
             none by default: nothing outlives the process.
+        cluster: the cluster this system joins as a node (see "Beyond one process" in the
+            README), a ``terraphim_actors.cluster.ClusterConfig``; none by default: the
+            agents of this process are all there is.
     """
 
     mailbox: MailboxConfig = attrs.field(
@@ -136,6 +146,7 @@ class MessageSystemConfig:
     )
     instruments: tuple[Instrument, ...] = attrs.field(default=(), converter=instruments_tuple)
     journal: Journal = attrs.field(default=NO_JOURNAL, validator=_check_journal, repr=False)
+    cluster: ClusterSpec | None = attrs.field(default=None, validator=_check_cluster)
 
 
 class MessageSystem:
@@ -180,6 +191,10 @@ class MessageSystem:
         )
         #: The installed instruments, by the hooks they override (empty: no hook is called).
         self.instruments = Instruments(config.instruments)
+        #: This system's node in its cluster (``None``: it is not in one).
+        self.cluster: ClusterMembership | None = (
+            None if config.cluster is None else config.cluster.join()
+        )
         self.router = Router(config.router, self)
         #: The delivery middleware: guarantees, retries, and their statistics.
         self.delivery = DeliveryManager(
@@ -193,6 +208,7 @@ class MessageSystem:
             describe=self.describe,
             closing=lambda: self.closing,
             journal=config.journal,
+            settlement_listener=None if self.cluster is None else self.cluster.settled,
             instruments=self.instruments,
         )
         #: Calls whose reply address was encoded as data (to cross a process boundary), for
@@ -201,6 +217,7 @@ class MessageSystem:
         self._dead_letters = DeadLetterOffice(config.dead_letter_capacity)
         self._dead_letter_subscribers: list[AgentCell] = []
         self.registry: LocalDirectory[AgentCell] = LocalDirectory()
+        self.registry.beyond = self.cluster
         #: What starts each member of each pool running, by the pool's id.
         self._pool_starters: dict[AgentId, list[AgentStarter]] = {}
         self._subscribers: list[AgentCell] = []
@@ -252,11 +269,18 @@ class MessageSystem:
         starter = self._starter(
             agent_class, args, name, mailbox, shutdown, restart, handler_timeout
         )
+        cluster = self.cluster
+        if cluster is not None and name is not None:
+            await cluster.claim(name, starter.agent_id)
         try:
             await self.root.start_child(agent_child_spec(starter))
         except ChildStartFailed as failure:
+            if cluster is not None:
+                cluster.release(starter.agent_id, StopReason.NOPROC)
             raise _unwrap(failure)  # noqa: B904 - the agent's error keeps its own cause
         except SupervisorNotRunning:
+            if cluster is not None:
+                cluster.release(starter.agent_id, StopReason.NOPROC)
             raise SystemClosed("the message system is shutting down") from None
         assert starter.cell is not None  # it has started
         ref: AgentRef = starter.cell.ref
@@ -515,7 +539,11 @@ class MessageSystem:
         if group is not None:
             return PoolRef(group, self)
         cell = self.registry.cells.get(agent_id)
-        return None if cell is None else cell.ref
+        if cell is not None:
+            ref: AgentRef = cell.ref
+            return ref
+        endpoint = self.registry.endpoint(agent_id)  # an agent on another node
+        return None if endpoint is None else AgentRef(endpoint, self)
 
     def registered_id(self, address: AgentId | str | None) -> AgentId | None:
         """The id that ``address`` (a name or an id) stands for, if anything answers to it."""
@@ -842,6 +870,8 @@ class MessageSystem:
     def retire(self, cell: AgentCell) -> None:
         """Forget an agent that has stopped for good, keeping its counts in the totals."""
         self.registry.remove(cell)
+        if self.cluster is not None:
+            self.cluster.release(cell.id, cell.exit_reason or StopReason.NORMAL)
         stats = cell.mailbox.stats()
         self._retired_received += stats.messages_received
         self._retired_processed += stats.messages_processed
@@ -956,6 +986,19 @@ def _unwrap(failure: ChildStartFailed) -> Exception:
     return error
 
 
+async def _run_cluster(
+    cluster: ClusterMembership,
+    system: MessageSystem,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``system``'s node of its cluster within ``scope``, cancelled once its agents have
+    stopped."""
+    with scope:
+        await cluster.run(system, task_status=task_status)
+
+
 async def _run_journal(
     journal: Journal,
     scope: trio.CancelScope,
@@ -1019,6 +1062,8 @@ async def open_message_system(
     # The journal's writer, shielded too: it stops last, once every agent has stopped, and
     # commits the settlements the shutdown made.
     writer = trio.CancelScope(shield=True)
+    # The node in the cluster, shielded as well: it leaves once every agent has stopped.
+    membership = trio.CancelScope(shield=True)
     with receiving_signals(handle_signals) as receiver:
         async with trio.open_nursery() as nursery:
             system = MessageSystem(config, nursery)
@@ -1038,6 +1083,8 @@ async def open_message_system(
                 if config.journal is not NO_JOURNAL:  # before anything else: it may refuse
                     await nursery.start(_run_journal, config.journal, writer)
                     system._open_journal()
+                if system.cluster is not None:  # before any agent: names are claimed through it
+                    await nursery.start(_run_cluster, system.cluster, system, membership)
                 nursery.start_soon(serve)
                 async with system.root:  # raises RestartIntensityExceeded if it gives up
                     try:
@@ -1050,6 +1097,7 @@ async def open_message_system(
                 body_error = error  # raised unchanged, not in the nursery's exception group
             finally:
                 services.cancel()
+                membership.cancel()
                 writer.cancel()
                 nursery.cancel_scope.cancel()
     if signals is not None and signals.interrupted:

@@ -127,7 +127,7 @@ class Subscription:
     Messages cross from the loop in bursts into an unbounded deque here, so none is lost
     between the two threads whatever the Trio side's pace; a core subscription's pace is
     bounded by NATS itself (the server drops for a slow consumer), a pull subscription's by
-    its flow control (it fetches more only while fewer than ``batch`` wait here). After
+    its flow control (at most ``batch`` fetched and not yet received at any time). After
     ``unsubscribe`` or the bridge's close, what already arrived is still received, then
     ``receive`` raises ``trio.EndOfChannel`` and iteration ends.
     """
@@ -138,8 +138,12 @@ class Subscription:
         self._arrived: trio.Event | None = None
         self._ended = False
         self._stop: Callable[[], Awaitable[None]] | None = None
-        #: Pull only: fetch more when fewer than this many wait here.
+        #: Pull only: the most messages fetched and not yet received.
         self._room = room
+        # The count fetched is written on the loop only, the count taken on Trio only, so
+        # each side reads their difference (what is in flight or waiting) without a lock.
+        self._fetched = 0
+        self._taken = 0
         self._fetcher_waiting = False
         self._room_made: asyncio.Event | None = None
 
@@ -152,7 +156,7 @@ class Subscription:
         """The next message (waiting for one); ``trio.EndOfChannel`` once ended and empty."""
         await self._wait()
         message = self._messages.popleft()
-        self._taken()
+        self._took(1)
         return message
 
     async def receive_batch(self, max_messages: int | None = None) -> list[Msg]:
@@ -165,7 +169,7 @@ class Subscription:
             messages.clear()
         else:
             taken = [messages.popleft() for _ in range(max(1, max_messages))]
-        self._taken()
+        self._took(len(taken))
         return taken
 
     def __aiter__(self) -> Self:
@@ -196,9 +200,14 @@ class Subscription:
             await self._arrived.wait()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
-    def _taken(self) -> None:
+    def _unreceived(self) -> int:
+        """Pull only: how many fetched messages the Trio side has not taken yet."""
+        return self._fetched - self._taken
+
+    def _took(self, count: int) -> None:
+        self._taken += count
         room = self._room
-        if self._fetcher_waiting and room is not None and len(self._messages) < room:
+        if self._fetcher_waiting and room is not None and self._unreceived() <= room // 2:
             self._fetcher_waiting = False
             if self._room_made is not None:
                 self._bridge._to_loop.post(_set_event, self._room_made)
@@ -422,8 +431,9 @@ class Bridge:
         config: ConsumerConfig | None = None,
     ) -> Subscription:
         """Consume the durable pull consumer ``durable`` of ``stream`` (created with
-        ``subject_filter`` and ``config`` if it does not exist): fetches up to ``batch`` at a
-        time, and fetches again only while fewer than ``batch`` messages wait on the Trio side.
+        ``subject_filter`` and ``config`` if it does not exist). At most ``batch`` messages are
+        fetched and not yet received at any time: it fetches again once half of them have been
+        received, so a slow consumer does not see its messages' ack wait run out unseen.
         Acknowledge each with ``ack_nowait`` (or ``nak_nowait``/``term_nowait``)."""
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ClusterError(f"batch must be an int of at least 1, got {batch!r}")
@@ -434,16 +444,20 @@ class Bridge:
         async def fetch_forever(puller: JetStreamContext.PullSubscription) -> None:
             room_made = asyncio.Event()
             subscription._room_made = room_made
+            unreceived = subscription._unreceived
+            low_water = batch // 2
             while True:
-                while len(subscription._messages) >= batch:
+                # Fetch again once half the batch has been received, so a consumer never
+                # holds more than a batch it has not seen (each with its ack wait running).
+                while unreceived() > low_water:
                     room_made.clear()
                     subscription._fetcher_waiting = True
-                    if len(subscription._messages) < batch:
+                    if unreceived() <= low_water:
                         break
                     await room_made.wait()
                 subscription._fetcher_waiting = False
                 try:
-                    messages = await puller.fetch(batch, timeout=FETCH_TIMEOUT)
+                    messages = await puller.fetch(batch - unreceived(), timeout=FETCH_TIMEOUT)
                 except TimeoutError:
                     continue
                 except nats.errors.ConnectionClosedError:
@@ -452,6 +466,7 @@ class Bridge:
                     logger.debug("a fetch from %s/%s failed: %r", stream, durable, error)
                     await asyncio.sleep(FETCH_RETRY_WAIT)
                     continue
+                subscription._fetched += len(messages)
                 post(deliver_many, messages)
 
         async def start() -> Callable[[], Awaitable[None]]:

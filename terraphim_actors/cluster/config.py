@@ -12,11 +12,15 @@ from __future__ import annotations
 import re
 import ssl
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
 from .._core.checks import check_count, check_instance, check_seconds, validator
 from ..errors import InvalidConfig
+
+if TYPE_CHECKING:
+    from ._node import ClusterNode
 
 __all__ = ["ClusterConfig"]
 
@@ -101,3 +105,10 @@ class ClusterConfig:
                 f" heartbeat_interval ({self.heartbeat_interval:g} s), or a live node would"
                 " count as gone between two beats"
             )
+
+    def join(self) -> ClusterNode:
+        """This node's membership, for one system (``MessageSystemConfig(cluster=...)`` calls
+        it): nats-py is imported here, not before."""
+        from ._node import ClusterNode
+
+        return ClusterNode(self)

@@ -373,3 +373,24 @@ async def test_jetstream_data_survives_a_server_kill_and_restart(
         async with Bridge.connect(cluster_config(own_nats_server)) as bridge:
             info = await bridge.run(lambda: bridge.jetstream.stream_info("KEPT"))
     assert info.state.messages == 3
+
+
+async def test_a_pull_holds_at_most_a_batch_of_unreceived_messages(bridge: Bridge) -> None:
+    await _add_stream(bridge, "PULL_FLOW", ["pull-flow.>"])
+    for index in range(30):
+        payload = str(index).encode()
+        await bridge.run(lambda payload=payload: bridge.jetstream.publish("pull-flow.x", payload))
+    subscription = await bridge.pull("PULL_FLOW", "worker", "pull-flow.>", batch=4)
+    with trio.fail_after(5):
+        await _until(lambda: subscription.pending == 4)
+        assert await _ack_pending(bridge, "PULL_FLOW", "worker") == 4
+        first = [message.data for message in await subscription.receive_batch(2)]
+        await _until(lambda: subscription.pending == 4)
+        assert await _ack_pending(bridge, "PULL_FLOW", "worker") == 6
+    assert first == [b"0", b"1"]
+    assert [message.data for message in await subscription.receive_batch()] == [
+        b"2",
+        b"3",
+        b"4",
+        b"5",
+    ]

@@ -1,0 +1,496 @@
+"""One system's membership of a cluster: its connection, its directory, and the receiving side
+of the transport.
+
+A node takes what other nodes send its agents on three subjects of its own: at-most-once casts
+and infos over core NATS, calls as NATS requests, and at-least-once and exactly-once casts and
+infos from its durable consumer on the cluster's JetStream stream. Each arriving message enters
+this node's delivery layer as a message sent here would (counted from its arrival, retried and
+dead-lettered here), addressed to the agent by name. A message taken from JetStream is
+acknowledged to it once it is settled here (the ledger's settlement listener): handled, a
+duplicate, or a dead letter. One the shutdown stopped is left unacknowledged, and JetStream
+delivers it again, to this node when it is back or to whichever node holds the name then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import outcome
+import trio
+
+from .._behaviour.refs import AgentRef
+from .._core.ids import AgentId, MessageId
+from .._core.messages import Envelope, MessageKind, cast
+from .._core.notifications import ExitReason, StopReason
+from .._core.reply import ReplyHandle
+from .._core.settlement import Settlement
+from .._delivery.dead_letters import DeadLetterReason
+from .._delivery.ledger import DeliveryStats
+from ..errors import CallTimeout, InvalidMessage, MessagingError, RemoteError
+from ._adoption import adopt, heir_of
+from ._bridge import Bridge
+from ._directory import ClusterDirectory, DirectoryEvent
+from ._directory import NodeDown as NodeLeft
+from ._remote import RemoteEndpoint
+from ._subjects import Subjects
+from ._wire import decode_message, encode_answer, encode_failure, time_left
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+    from .._delivery.pipeline import DeliveryManager
+    from .._routing.endpoint import Endpoint
+    from .._system.system import MessageSystem
+    from ._bridge import Subscription
+    from .config import ClusterConfig
+
+__all__ = ["ClusterNode"]
+
+logger = logging.getLogger("terraphim_actors.cluster")
+
+#: Seconds JetStream waits for a node's acknowledgement of a message before offering it again.
+#: A node tells JetStream every third of it that the messages it holds are in progress, so
+#: that this bounds only how long the messages a crashed node held wait to be offered again.
+ACK_WAIT = 6.0
+
+#: Seconds a request for another node's books may take.
+STATS_TIMEOUT = 2.0
+
+
+class ClusterNode:
+    """This system's node in the cluster ``config.cluster``, under the name ``config.node``.
+
+    Reached as ``system.cluster``. Made by the system from its ``MessageSystemConfig(cluster=)``
+    and run by it beside its agents: connected before the first agent starts, left after the
+    last one stopped.
+    """
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.subjects = Subjects(config.cluster)
+        self._system: MessageSystem | None = None
+        self._bridge: Bridge | None = None
+        self._directory: ClusterDirectory | None = None
+        self._max_payload = 1024 * 1024
+        #: Remote endpoints by agent name, made on first use and kept (refs hold them).
+        self._endpoints: dict[str, RemoteEndpoint] = {}
+        #: Messages taken from JetStream and not settled here yet, by id.
+        self._awaiting: dict[MessageId, Msg] = {}
+        #: Arrivals that could not be decoded (each is a dead letter here).
+        self.undecodable = 0
+        #: Calls waiting for an answer from each node, each with what fails it if that node
+        #: leaves the cluster first.
+        self._calls: dict[str, dict[MessageId, Callable[[], None]]] = {}
+
+    def __repr__(self) -> str:
+        return f"<ClusterNode {self.config.node!r} of {self.config.cluster!r}>"
+
+    @property
+    def node(self) -> str:
+        """This node's name in the cluster."""
+        return self.config.node
+
+    @property
+    def nodes(self) -> frozenset[str]:
+        """The nodes alive now, this one among them."""
+        return self.directory.live_nodes()
+
+    # -- what the remote endpoints send through ---------------------------------------------
+
+    @property
+    def bridge(self) -> Bridge:
+        bridge = self._bridge
+        if bridge is None:
+            raise RuntimeError("the cluster node is not running")
+        return bridge
+
+    @property
+    def directory(self) -> ClusterDirectory:
+        directory = self._directory
+        if directory is None:
+            raise RuntimeError("the cluster node is not running")
+        return directory
+
+    @property
+    def delivery(self) -> DeliveryManager:
+        return self._host.delivery
+
+    @property
+    def max_payload(self) -> int:
+        return self._max_payload
+
+    def now(self) -> float:
+        return self._host.clock.current_time()
+
+    def local_endpoint(self, name: str) -> Endpoint | None:
+        """The endpoint of this system's agent named ``name``, if it runs here."""
+        registry = self._host.registry
+        agent_id = registry.local_id(name)
+        return None if agent_id is None else registry.local_endpoint(agent_id)
+
+    def call_started(self, node: str, envelope: Envelope, node_gone: Callable[[], None]) -> None:
+        self._calls.setdefault(node, {})[envelope.id] = node_gone
+
+    def call_ended(self, node: str, envelope: Envelope) -> bool:
+        waiting = self._calls.get(node)
+        return waiting is not None and waiting.pop(envelope.id, None) is not None
+
+    # -- what the system asks of its membership ---------------------------------------------
+
+    def settled(self, message_id: MessageId, outcome: Settlement) -> None:
+        """A message was settled here: if it came from JetStream, acknowledge it there."""
+        message = self._awaiting.pop(message_id, None)
+        if message is not None:
+            self.bridge.ack_nowait(message)
+
+    async def claim(self, name: str, agent_id: AgentId) -> None:
+        """Give ``name`` to this node's agent ``agent_id`` cluster-wide.
+
+        Raises:
+            DuplicateAgent: an agent on a live node has the name.
+            ClusterError: the cluster could not be reached.
+        """
+        await self.directory.claim(name, agent_id.uid)
+
+    def release(self, agent_id: AgentId, reason: ExitReason) -> None:
+        """``agent_id`` stopped for good, for ``reason``: tell the other nodes (their monitors
+        of it fire), and free its name cluster-wide."""
+        name = agent_id.name
+        if name is None or self._directory is None or self._bridge is None:
+            return
+        announcement = {"name": name, "uid": agent_id.uid.hex, "reason": _reason_to_json(reason)}
+        self._bridge.publish_nowait(
+            self.subjects.downs(self.config.node), json.dumps(announcement).encode()
+        )
+        self._directory.release_nowait(name, agent_id.uid)
+
+    def resolve(self, name: str) -> AgentId | None:
+        """The id of the agent named ``name`` on another live node, if any."""
+        placement = None if self._directory is None else self._directory.lookup(name)
+        if placement is None or placement.node == self.config.node:
+            return None
+        return AgentId(uid=placement.uid, name=name)
+
+    def endpoint(self, agent_id: AgentId) -> RemoteEndpoint | None:
+        """The endpoint of the agent ``agent_id`` on another node, found by its name."""
+        name = agent_id.name
+        if name is None or self.resolve(name) is None:
+            return None
+        endpoint = self._endpoints.get(name)
+        if endpoint is None:
+            endpoint = RemoteEndpoint(AgentId(uid=agent_id.uid, name=name), self)
+            endpoint.remote.ref = AgentRef(endpoint, self._host)
+            self._endpoints[name] = endpoint
+        return endpoint
+
+    async def delivery_stats(self) -> DeliveryStats:
+        """Every live node's books, summed: across the cluster, ``sent == acknowledged +
+        duplicates_suppressed + failed + dead_lettered + forwarded + pending`` as on one node
+        (what is in flight between nodes is counted as forwarded by its sender and not yet
+        as sent by its receiver)."""
+        totals = attrs.asdict(self.delivery.get_stats())
+        bridge = self.bridge
+        for node in sorted(self.nodes - {self.config.node}):
+            subject = self.subjects.stats(node)
+
+            async def ask(subject: str = subject) -> bytes:
+                reply = await bridge.client.request(subject, b"", timeout=STATS_TIMEOUT)
+                return reply.data
+
+            try:
+                books = json.loads(await bridge.run(ask))
+            except Exception as error:  # a node that left meanwhile has nothing to add
+                logger.warning("node %r did not send its books: %r", node, error)
+                continue
+            for key in totals:
+                totals[key] += int(books.get(key, 0))
+        return DeliveryStats(**totals)
+
+    # -- running -----------------------------------------------------------------------------
+
+    @property
+    def _host(self) -> MessageSystem:
+        system = self._system
+        if system is None:
+            raise RuntimeError("the cluster node is not running")
+        return system
+
+    async def run(
+        self,
+        system: MessageSystem,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Join the cluster for ``system``: connect, bind the stream, start the directory and
+        the three subscriptions; report started; serve until cancelled, then leave (the
+        messages taken from JetStream and not settled are handed back)."""
+        self._system = system
+        config = self.config
+        async with Bridge.connect(config) as bridge:
+            self._bridge = bridge
+            self._max_payload = bridge.client.max_payload
+            await self._bind_stream(bridge)
+            directory = ClusterDirectory(bridge, config)
+            self._directory = directory
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(directory.run)
+                    nursery.start_soon(self._follow_directory, directory.watch(), nursery)
+                    subjects, node = self.subjects, config.node
+                    downs = await bridge.subscribe(subjects.all_downs)
+                    nursery.start_soon(self._hear_downs, downs)
+                    casts = await bridge.subscribe(subjects.casts(node))
+                    calls = await bridge.subscribe(subjects.calls(node))
+                    stats = await bridge.subscribe(subjects.stats(node))
+                    queue = await self.pull_queue(node)
+                    nursery.start_soon(self._take, casts, False)
+                    nursery.start_soon(self._take, queue, True)
+                    nursery.start_soon(self._serve_calls, calls)
+                    nursery.start_soon(self._serve_stats, stats)
+                    nursery.start_soon(self._keep_in_progress)
+                    task_status.started()
+            finally:
+                for message in self._awaiting.values():
+                    bridge.nak_nowait(message)
+                self._awaiting.clear()
+
+    async def pull_queue(self, node: str) -> Subscription:
+        """Take the messages JetStream holds for ``node`` (this one's, or a departed one's)."""
+        subjects = self.subjects
+        durable, subject = subjects.consumer(node), subjects.queue(node)
+        return await self.bridge.pull(
+            subjects.stream, durable, subject, config=_consumer_config(durable, subject)
+        )
+
+    async def _keep_in_progress(self) -> None:
+        """Tell JetStream, every third of its ack wait, that the messages taken here and not
+        settled yet are still in hand (in a mailbox or a handler), so that it does not offer
+        them again meanwhile."""
+        while True:
+            await trio.sleep(ACK_WAIT / 3)
+            bridge = self.bridge
+            for message in self._awaiting.values():
+                bridge.submit(message.in_progress, _ignored)
+
+    async def _bind_stream(self, bridge: Bridge) -> None:
+        """Make the cluster's stream if no node made it yet."""
+        from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+        from nats.js.errors import NotFoundError
+
+        subjects, config = self.subjects, self.config
+        stream = StreamConfig(
+            name=subjects.stream,
+            subjects=[subjects.all_queues],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=config.replicas,
+            duplicate_window=config.duplicate_window,
+        )
+
+        async def bind() -> None:
+            try:
+                await bridge.jetstream.stream_info(subjects.stream)
+            except NotFoundError:
+                await bridge.jetstream.add_stream(stream)
+
+        await bridge.run(bind)
+
+    # -- other nodes' agents stopping ---------------------------------------------------------
+
+    async def _follow_directory(
+        self, events: trio.MemoryReceiveChannel[DirectoryEvent], nursery: trio.Nursery
+    ) -> None:
+        """A node that leaves takes its agents with it: the monitors of them get ``Down``
+        with ``NOCONNECTION``, the calls waiting on it fail with ``NodeDown``, and the first
+        live node adopts its queue (``_adoption``)."""
+        async for event in events:
+            if not isinstance(event, NodeLeft):
+                continue
+            for node_gone in self._calls.pop(event.node, {}).values():
+                node_gone()
+            if heir_of(event.node, self.directory.live_nodes()) == self.config.node:
+                nursery.start_soon(adopt, self, event.node)
+            for endpoint in self._endpoints.values():
+                occupant = endpoint.remote
+                if occupant.watches_node(event.node, event.incarnation):
+                    occupant.down(StopReason.NOCONNECTION)
+
+    async def _hear_downs(self, subscription: Subscription) -> None:
+        """Another node's named agent stopped for good: its monitors here get ``Down`` with
+        the reason it stopped for (a crash as a ``RemoteError``)."""
+        while True:
+            try:
+                messages = await subscription.receive_batch()
+            except trio.EndOfChannel:
+                return
+            for message in messages:
+                try:
+                    announcement = json.loads(message.data)
+                    name, uid = announcement["name"], uuid.UUID(announcement["uid"])
+                    reason = _reason_from_json(announcement["reason"])
+                except (ValueError, KeyError, TypeError) as error:
+                    logger.warning("an unreadable stop announcement: %r", error)
+                    continue
+                endpoint = self._endpoints.get(name)
+                if endpoint is None:
+                    continue
+                occupant = endpoint.remote
+                watched = occupant.watched
+                if watched is not None and watched.uid == uid:
+                    occupant.down(reason)
+
+    # -- arrivals ----------------------------------------------------------------------------
+
+    async def _take(self, subscription: Subscription, from_jetstream: bool) -> None:
+        """Hand each message arriving on ``subscription`` to this node's delivery layer."""
+        while True:
+            try:
+                messages = await subscription.receive_batch()
+            except trio.EndOfChannel:
+                return
+            for message in messages:
+                self._arrived(message, from_jetstream)
+
+    def _arrived(self, message: Msg, from_jetstream: bool) -> None:
+        delivery = self.delivery
+        try:
+            envelope = decode_message(message.data, message.headers, self.now())
+        except InvalidMessage as error:
+            self._undecodable(message, error, from_jetstream)
+            return
+        if from_jetstream:
+            if envelope.id in self._awaiting:
+                # JetStream delivered it again while the first copy still waits here: the
+                # first copy's settlement acknowledges it.
+                self._awaiting[envelope.id] = message
+                return
+            self._awaiting[envelope.id] = message
+        envelope = _by_name(envelope)
+        endpoint = self._local(envelope)
+        # At most once, a failure is filed as a dead letter already; nobody here to tell.
+        with contextlib.suppress(MessagingError):
+            delivery.send_nowait(endpoint, envelope)
+
+    def _local(self, envelope: Envelope) -> Endpoint | None:
+        recipient = envelope.recipient
+        if isinstance(recipient, str):
+            return self.local_endpoint(recipient)
+        if isinstance(recipient, AgentId):
+            return self._host.registry.local_endpoint(recipient)
+        return None
+
+    def _undecodable(self, message: Msg, error: InvalidMessage, from_jetstream: bool) -> None:
+        """An arrival this node cannot read: a dead letter here, never a crash, and never
+        delivered again by JetStream."""
+        self.undecodable += 1
+        self.delivery.refuse_arrival(
+            cast(None, message.data, recipient=f"?{self.config.node}"),
+            DeadLetterReason.UNDECODABLE,
+            f"from subject {message.subject}: {error}",
+        )
+        if from_jetstream:
+            self.bridge.term_nowait(message)
+
+    # -- calls -------------------------------------------------------------------------------
+
+    async def _serve_calls(self, subscription: Subscription) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    messages = await subscription.receive_batch()
+                except trio.EndOfChannel:
+                    return
+                for message in messages:
+                    nursery.start_soon(self._serve_call, message)
+
+    async def _serve_call(self, message: Msg) -> None:
+        """Handle one call from another node here, as a local call, and answer it."""
+        try:
+            now = self.now()
+            envelope = decode_message(message.data, message.headers, now)
+            deadline = now + time_left(message.headers)
+            if envelope.kind is not MessageKind.CALL:
+                raise InvalidMessage(f"a request must be a call, got {envelope!r}")
+            answer = encode_answer(await self._call(_by_name(envelope), deadline))
+        except MessagingError as error:
+            answer = encode_failure(error)
+        self.bridge.respond_nowait(message, *answer)
+
+    async def _call(self, envelope: Envelope, deadline: float) -> Any:
+        """Deliver the call ``envelope`` here and wait for its answer until ``deadline``."""
+        handle = ReplyHandle(deadline)
+        envelope = envelope.evolve(reply=handle, deadline=deadline)
+        delivery, timers = self.delivery, self._host.timers
+        endpoint = self._local(envelope)
+        delivered = endpoint is not None and delivery.put_call_nowait(endpoint, envelope)
+        if not delivered:
+            with trio.CancelScope(deadline=deadline):
+                await delivery.send_call(endpoint, envelope)
+                delivered = True
+        if delivered:
+            timer = timers.call_at(deadline, handle.expire)
+            try:
+                return await handle.wait_unbounded()
+            finally:
+                timer.cancel()
+        handle.abandon()
+        raise CallTimeout(f"{envelope!r} could not be delivered before its caller's deadline")
+
+    async def _serve_stats(self, subscription: Subscription) -> None:
+        """Answer other nodes' requests for this node's books."""
+        while True:
+            try:
+                messages = await subscription.receive_batch()
+            except trio.EndOfChannel:
+                return
+            books = json.dumps(attrs.asdict(self.delivery.get_stats())).encode()
+            for message in messages:
+                self.bridge.respond_nowait(message, books)
+
+
+def _ignored(_: outcome.Outcome[None]) -> None:
+    """What is done with the outcome of telling JetStream a message is in progress: a failure
+    only means JetStream may offer the message again, which a duplicate's handling covers."""
+
+
+def _reason_to_json(reason: ExitReason) -> dict[str, str]:
+    if isinstance(reason, StopReason):
+        return {"stop": reason.value}
+    if isinstance(reason, RemoteError):
+        return {"type_name": reason.type_name, "message": reason.message}
+    return {"type_name": type(reason).__qualname__, "message": str(reason)}
+
+
+def _reason_from_json(value: dict[str, str]) -> ExitReason:
+    """The reason an announcement gives: a ``StopReason``, or a crash as a ``RemoteError``."""
+    if "stop" in value:
+        return StopReason(value["stop"])
+    return RemoteError(str(value["type_name"]), str(value["message"]))
+
+
+def _by_name(envelope: Envelope) -> Envelope:
+    """``envelope`` addressed to its recipient's name, which is how a node finds the agent
+    (its id may be of an instance on another node)."""
+    recipient = envelope.recipient
+    if isinstance(recipient, AgentId) and recipient.name is not None:
+        return envelope.evolve(recipient=recipient.name)
+    return envelope
+
+
+def _consumer_config(durable: str, subject: str) -> Any:
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    return ConsumerConfig(
+        durable_name=durable,
+        filter_subject=subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=ACK_WAIT,
+        max_deliver=-1,
+    )

@@ -1,0 +1,130 @@
+"""Monitors across nodes: ``ctx.monitor(remote_ref)`` works as for a local ref, and the
+``Down`` carries the reason the remote agent stopped for (a crash as a ``RemoteError``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from nodes import BOUND, Recorder, fresh_cluster, node_config, received, spawn_seen, two_nodes
+
+from terraphim_actors import (
+    Agent,
+    AgentRef,
+    Context,
+    Down,
+    RestartType,
+    StopReason,
+    open_message_system,
+)
+from terraphim_actors.cluster import LocalNatsServer
+from terraphim_actors.errors import RemoteError
+
+
+class Watcher(Agent):
+    """Monitors the ref it is called with; reports each ``Down`` on ``downs``."""
+
+    def __init__(self, downs: trio.MemorySendChannel[Down]) -> None:
+        self.downs = downs
+
+    async def handle_call(self, payload: Any, ctx: Context) -> Any:
+        ctx.monitor(payload)
+        return "watching"
+
+    async def handle_info(self, payload: Any, ctx: Context) -> None:
+        if isinstance(payload, Down):
+            self.downs.send_nowait(payload)
+
+
+class Fragile(Agent):
+    """Crashes on any cast."""
+
+    async def handle_cast(self, payload: Any, ctx: Context) -> None:
+        raise ValueError(f"cannot take {payload!r}")
+
+
+async def watch(on: Any, ref: AgentRef) -> trio.MemoryReceiveChannel[Down]:
+    send, downs = trio.open_memory_channel[Down](10)
+    watcher = await on.spawn(Watcher, send)
+    with trio.fail_after(BOUND):
+        assert await watcher.call(ref) == "watching"
+    return downs
+
+
+async def test_a_monitor_of_a_remote_agent_hears_it_stop(nats_server: LocalNatsServer) -> None:
+    async with two_nodes(nats_server) as (a, b):
+        ref = await spawn_seen(b, a, "worker")
+        downs = await watch(a, ref)
+        await b.stop(b.ref("worker"))
+        [down] = await received(downs, 1)
+        assert down.reason is StopReason.NORMAL
+        assert down.ref == ref
+
+
+async def test_a_remote_agents_crash_reaches_the_monitor_as_a_remote_error(
+    nats_server: LocalNatsServer,
+) -> None:
+    async with two_nodes(nats_server) as (a, b):
+        events = a.cluster.directory.watch()  # type: ignore[union-attr]
+        await b.spawn(Fragile, name="fragile", restart=RestartType.TEMPORARY)
+        with trio.fail_after(BOUND):
+            async for event in events:
+                if getattr(event, "name", None) == "fragile":
+                    break
+        ref = a.ref("fragile")
+        downs = await watch(a, ref)
+        await ref.cast("anything")
+        [down] = await received(downs, 1)
+        assert isinstance(down.reason, RemoteError)
+        assert down.reason.type_name == "ValueError"
+
+
+async def test_a_monitor_set_on_a_remote_agent_already_gone_hears_noproc(
+    nats_server: LocalNatsServer,
+) -> None:
+    async with two_nodes(nats_server) as (a, b):
+        ref = await spawn_seen(b, a, "worker")
+        events = a.cluster.directory.watch()  # type: ignore[union-attr]
+        await b.stop(b.ref("worker"))
+        with trio.fail_after(BOUND):
+            async for event in events:
+                if type(event).__name__ == "NameFreed":
+                    break
+        downs = await watch(a, ref)
+        [down] = await received(downs, 1)
+        assert down.reason is StopReason.NOPROC
+
+
+async def test_a_node_shutting_down_gives_monitors_of_its_agents_a_shutdown_down(
+    nats_server: LocalNatsServer,
+) -> None:
+    """A node that shuts down stops its agents first: a monitor on another node hears each
+    one's ``Down`` with ``SHUTDOWN``, as a local monitor would."""
+    cluster = fresh_cluster()
+    async with open_message_system(node_config(nats_server, cluster, "a")) as a:
+        async with open_message_system(node_config(nats_server, cluster, "b")) as b:
+            ref = await spawn_seen(b, a, "worker")
+            downs = await watch(a, ref)
+        [down] = await received(downs, 1)
+        assert down.reason is StopReason.SHUTDOWN
+
+
+async def test_a_recorder_is_reachable_after_its_monitor_fired(
+    nats_server: LocalNatsServer,
+) -> None:
+    """After a remote agent stopped and its name was spawned again, the same ref reaches the
+    new agent (a ref by name follows the name)."""
+    send, seen = trio.open_memory_channel[Any](10)
+    async with two_nodes(nats_server) as (a, b):
+        ref = await spawn_seen(b, a, "worker")
+        downs = await watch(a, ref)
+        await b.stop(b.ref("worker"))
+        await received(downs, 1)
+        events = a.cluster.directory.watch()  # type: ignore[union-attr]
+        await b.spawn(Recorder, send, name="worker")
+        with trio.fail_after(BOUND):
+            async for event in events:
+                if type(event).__name__ == "NameTaken":
+                    break
+        await ref.cast("again")
+        assert await received(seen, 1) == ["again"]

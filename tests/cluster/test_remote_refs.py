@@ -1,0 +1,138 @@
+"""Refs to agents on another node: the same call/cast/info, the same errors, the same books.
+
+Two message systems in one Trio run, each a node of one cluster on the session's nats-server
+(each test its own cluster, so that tests never hear each other's messages).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from nodes import BOUND, Recorder, received, spawn_seen, two_nodes
+
+from terraphim_actors import (
+    DeliveryGuarantee,
+    MessageOptions,
+    cast,
+)
+from terraphim_actors.cluster import LocalNatsServer
+from terraphim_actors.errors import (
+    CallFailed,
+    DuplicateAgent,
+    InvalidMessage,
+    RemoteError,
+    UnencodablePayload,
+)
+
+
+async def test_a_cast_reaches_an_agent_on_another_node(nats_server: LocalNatsServer) -> None:
+    send, seen = trio.open_memory_channel[Any](100)
+    async with two_nodes(nats_server) as (a, b):
+        ref = await spawn_seen(b, a, "worker", send)
+        for number in range(5):
+            await ref.cast(number)
+        await ref.info("done")
+        assert await received(seen, 6) == [0, 1, 2, 3, 4, ("info", "done")]
+        books = a.delivery.get_stats()
+        assert (books.sent, books.forwarded, books.pending) == (6, 6, 0)
+
+
+async def test_cast_nowait_reaches_an_agent_on_another_node(nats_server: LocalNatsServer) -> None:
+    send, seen = trio.open_memory_channel[Any](1000)
+    async with two_nodes(nats_server) as (a, b):
+        ref = await spawn_seen(b, a, "worker", send)
+        for number in range(100):
+            ref.cast_nowait(number)
+        assert await received(seen, 100) == list(range(100))
+
+
+async def test_the_receiving_node_counts_and_acknowledges_what_arrives(
+    nats_server: LocalNatsServer,
+) -> None:
+    send, seen = trio.open_memory_channel[Any](100)
+    async with two_nodes(nats_server) as (a, b):
+        ref = await spawn_seen(b, a, "worker", send)
+        for number in range(3):
+            await ref.cast(number)
+        await received(seen, 3)
+        await trio.testing.wait_all_tasks_blocked()
+        books = b.delivery.get_stats()
+        assert (books.sent, books.acknowledged, books.pending) == (3, 3, 0)
+
+
+async def test_an_at_most_once_cast_reaches_an_agent_on_another_node(
+    nats_server: LocalNatsServer,
+) -> None:
+    send, seen = trio.open_memory_channel[Any](100)
+    async with two_nodes(nats_server, DeliveryGuarantee.AT_MOST_ONCE) as (a, b):
+        ref = await spawn_seen(b, a, "worker", send)
+        await ref.cast("hello")
+        assert await received(seen, 1) == ["hello"]
+
+
+async def test_a_call_returns_the_remote_handlers_answer(nats_server: LocalNatsServer) -> None:
+    async with two_nodes(nats_server) as (a, b):
+        ref = await spawn_seen(b, a, "worker")
+        with trio.fail_after(BOUND):
+            assert await ref.call(21) == 42
+        books = a.delivery.get_stats()
+        assert (books.sent, books.forwarded, books.pending) == (1, 1, 0)
+
+
+async def test_a_remote_handlers_error_is_call_failed_caused_by_a_remote_error(
+    nats_server: LocalNatsServer,
+) -> None:
+    async with two_nodes(nats_server) as (a, b):
+        ref = await spawn_seen(b, a, "worker")
+        with trio.fail_after(BOUND), pytest.raises(CallFailed) as caught:
+            await ref.call("boom")
+        cause = caught.value.__cause__
+        assert isinstance(cause, RemoteError)
+        assert (cause.type_name, cause.message) == ("ValueError", "it went boom")
+
+
+async def test_a_name_taken_on_one_node_cannot_be_spawned_on_another(
+    nats_server: LocalNatsServer,
+) -> None:
+    async with two_nodes(nats_server) as (a, b):
+        await b.spawn(Recorder, name="worker")
+        with pytest.raises(DuplicateAgent):
+            await a.spawn(Recorder, name="worker")
+
+
+async def test_an_unencodable_payload_is_refused_at_the_send(nats_server: LocalNatsServer) -> None:
+    async with two_nodes(nats_server) as (a, b):
+        ref = await spawn_seen(b, a, "worker")
+        with pytest.raises(UnencodablePayload):
+            await ref.cast(object())
+        assert a.delivery.get_stats().sent == 0
+
+
+async def test_a_payload_larger_than_nats_carries_is_refused_at_the_send(
+    nats_server: LocalNatsServer,
+) -> None:
+    async with two_nodes(nats_server) as (a, b):
+        ref = await spawn_seen(b, a, "worker")
+        with pytest.raises(InvalidMessage, match="max_payload"):
+            ref.cast_nowait("x" * (2 * 1024 * 1024))
+        assert a.delivery.get_stats().sent == 0
+
+
+async def test_an_exactly_once_message_sent_twice_is_handled_once(
+    nats_server: LocalNatsServer,
+) -> None:
+    """The same message sent twice (a sender's retry after a lost acknowledgement) is handled
+    once: JetStream drops the copy by its ``Nats-Msg-Id``."""
+    send, seen = trio.open_memory_channel[Any](100)
+    async with two_nodes(nats_server, DeliveryGuarantee.EXACTLY_ONCE) as (a, b):
+        await spawn_seen(b, a, "worker", send)
+        envelope = cast(None, "once", recipient="worker").evolve(
+            options=MessageOptions(guarantee=DeliveryGuarantee.EXACTLY_ONCE)
+        )
+        await a.send_message(envelope)
+        await a.send_message(envelope)
+        await a.send_message(cast(None, "after", recipient="worker"))
+        assert await received(seen, 2) == ["once", "after"]
