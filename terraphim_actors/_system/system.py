@@ -415,6 +415,12 @@ class MessageSystem:
             for position in range(size)
         ]
         pool_id = self._claim(name)
+        if self.cluster is not None and name is not None:
+            try:
+                await self.cluster.claim(name, pool_id)
+            except BaseException:
+                self.registry.release(pool_id)
+                raise
         members = Supervisor(
             [agent_child_spec(starter) for starter in starters],
             max_restarts=config.max_restarts if max_restarts is None else max_restarts,
@@ -466,6 +472,8 @@ class MessageSystem:
         self.router.pools.pop(group.id, None)
         self._pool_starters.pop(group.id, None)
         self.registry.release(group.id)
+        if self.cluster is not None:
+            self.cluster.release(group.id, StopReason.NORMAL)
 
     def _retire_pool(self, group: Group) -> None:
         """The pool will not run again: its members stop for good and its name is freed."""

@@ -378,12 +378,17 @@ class ClusterNode:
             delivery.send_nowait(endpoint, envelope)
 
     def _local(self, envelope: Envelope) -> Endpoint | None:
+        """Where an arrival goes on this node: the agent of its recipient's name, or the
+        member a pool of that name chooses; never on to another node."""
         recipient = envelope.recipient
-        if isinstance(recipient, str):
-            return self.local_endpoint(recipient)
-        if isinstance(recipient, AgentId):
-            return self._host.registry.local_endpoint(recipient)
-        return None
+        registry = self._host.registry
+        agent_id = registry.local_id(recipient) if isinstance(recipient, str) else recipient
+        if not isinstance(agent_id, AgentId):
+            return None
+        group = self._host.router.pools.get(agent_id)
+        if group is not None:
+            return group.choose(envelope)
+        return registry.local_endpoint(agent_id)
 
     def _undecodable(self, message: Msg, error: InvalidMessage, from_jetstream: bool) -> None:
         """An arrival this node cannot read: a dead letter here, never a crash, and never

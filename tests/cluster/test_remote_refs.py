@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from nodes import BOUND, Recorder, received, spawn_seen, two_nodes
+from nodes import BOUND, Recorder, node_of, received, spawn_seen, two_nodes
 
 from terraphim_actors import (
     DeliveryGuarantee,
@@ -19,6 +19,7 @@ from terraphim_actors import (
     cast,
 )
 from terraphim_actors.cluster import LocalNatsServer
+from terraphim_actors.cluster._directory import NameTaken
 from terraphim_actors.errors import (
     CallFailed,
     DuplicateAgent,
@@ -136,3 +137,37 @@ async def test_an_exactly_once_message_sent_twice_is_handled_once(
         await a.send_message(envelope)
         await a.send_message(cast(None, "after", recipient="worker"))
         assert await received(seen, 2) == ["once", "after"]
+
+
+async def test_a_pool_on_another_node_is_reached_by_its_name(nats_server: LocalNatsServer) -> None:
+    send, seen = trio.open_memory_channel[Any](100)
+    async with two_nodes(nats_server) as (a, b):
+        events = node_of(a).directory.watch()
+        await b.spawn_pool(Recorder, send, size=3, name="workers")
+        with trio.fail_after(BOUND):
+            async for event in events:
+                if isinstance(event, NameTaken) and event.name == "workers":
+                    break
+        pool = a.ref("workers")
+        for number in range(6):
+            await pool.cast(number)
+        assert sorted(await received(seen, 6)) == list(range(6))
+
+
+async def test_the_clusters_books_balance_across_nodes(nats_server: LocalNatsServer) -> None:
+    """Summed over the nodes, every message sent is settled once: what one node forwarded,
+    the other counted as sent and acknowledged."""
+    send, seen = trio.open_memory_channel[Any](100)
+    async with two_nodes(nats_server) as (a, b):
+        ref = await spawn_seen(b, a, "worker", send)
+        for number in range(4):
+            await ref.cast(number)
+        assert await ref.call(1) == 2
+        await received(seen, 4)
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(BOUND):
+            books = await node_of(a).delivery_stats()
+        assert books.sent == 10  # 5 sent from a, each counted again on its arrival at b
+        assert books.forwarded == 5
+        assert books.acknowledged == 5
+        assert books.pending == 0
