@@ -311,10 +311,11 @@ class Journal(Protocol):
 
 @runtime_checkable
 class ClusterMembership(Protocol):
-    """A system's place in a cluster of nodes, as the system drives it: run beside its agents,
+    """A system's place in a cluster of nodes, as the system drives it (run beside its agents,
     asked to claim and free names cluster-wide, consulted for the names and endpoints this
-    process does not hold, and told of each settlement (to acknowledge what arrived from the
-    cluster).
+    process does not hold, and told of each settlement, to acknowledge what arrived from the
+    cluster) and as its users see it (``system.cluster``: the node, the live nodes, a wait for
+    a name, the cluster's books).
 
     Today's implementation: ``cluster.ClusterNode``.
     """
@@ -345,6 +346,24 @@ class ClusterMembership(Protocol):
 
     def endpoint(self, agent_id: AgentId) -> Any:
         """The endpoint reaching ``agent_id`` on another node, if it runs there."""
+        ...
+
+    @property
+    def node(self) -> str:
+        """This node's name in the cluster."""
+        ...
+
+    @property
+    def nodes(self) -> frozenset[str]:
+        """The nodes alive now, this one among them."""
+        ...
+
+    async def wait_for(self, name: str) -> Ref:
+        """The ref of the agent named ``name``, once this node knows of it."""
+        ...
+
+    async def delivery_stats(self) -> Any:
+        """Every live node's ``DeliveryStats``, summed."""
         ...
 
 

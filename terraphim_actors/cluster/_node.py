@@ -189,6 +189,17 @@ class ClusterNode:
             self._endpoints[name] = endpoint
         return endpoint
 
+    async def wait_for(self, name: str) -> AgentRef:
+        """The ref of the agent (or pool) named ``name``, here or on any node, once this
+        node knows of it. A name spawned on another node is known here when the cluster's
+        directory tells this node, a moment after that spawn returned: this waits for that
+        moment (bound it with a Trio cancel scope, as any wait)."""
+        events = self.directory.watch()
+        with events:
+            while (ref := self._host.whereis(name)) is None:
+                await events.receive()
+        return ref
+
     async def delivery_stats(self) -> DeliveryStats:
         """Every live node's books, summed: across the cluster, ``sent == acknowledged +
         duplicates_suppressed + failed + dead_lettered + forwarded + pending`` as on one node

@@ -15,7 +15,6 @@ import trio
 
 from terraphim_actors import (
     Agent,
-    AgentRef,
     Context,
     DeliveryConfig,
     DeliveryGuarantee,
@@ -24,7 +23,6 @@ from terraphim_actors import (
     open_message_system,
 )
 from terraphim_actors.cluster import ClusterConfig, LocalNatsServer
-from terraphim_actors.cluster._directory import NameTaken
 from terraphim_actors.cluster._node import ClusterNode
 
 #: Every wait in these tests is bounded by this many seconds.
@@ -95,16 +93,12 @@ def node_of(system: MessageSystem) -> ClusterNode:
     return node
 
 
-async def spawn_seen(on: MessageSystem, seen_by: MessageSystem, name: str, *args: Any) -> AgentRef:
+async def spawn_seen(on: MessageSystem, seen_by: MessageSystem, name: str, *args: Any) -> Any:
     """Spawn a ``Recorder`` named ``name`` on ``on``; return its ref on ``seen_by``, once that
-    node's directory has heard of it."""
-    events = node_of(seen_by).directory.watch()
+    node knows of it."""
     await on.spawn(Recorder, *args, name=name)
     with trio.fail_after(BOUND):
-        async for event in events:
-            if isinstance(event, NameTaken) and event.name == name:
-                break
-    return seen_by.ref(name)
+        return await node_of(seen_by).wait_for(name)
 
 
 async def received(channel: trio.MemoryReceiveChannel[Any], count: int) -> list[Any]:
