@@ -15,6 +15,9 @@ from ._demo import DemoSettings, run_demo
 
 __all__ = ["main"]
 
+#: The most nodes ``demo --cluster`` starts (each is a Python process).
+MAX_NODES = 8
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -50,6 +53,20 @@ def _parser() -> argparse.ArgumentParser:
         help="run on a SQLite journal at PATH in a child process, kill it with SIGKILL mid-run,"
         " start it again on the same journal, and account for every task across the crash",
     )
+    demo.add_argument(
+        "--cluster",
+        type=int,
+        metavar="NODES",
+        help="run a planner and its workers as NODES processes (at least 3: the planner's node"
+        " and worker nodes) over a local nats-server, kill a worker node with SIGKILL mid-run,"
+        " and account for every task across the nodes",
+    )
+    demo.add_argument(
+        "--tasks",
+        type=int,
+        default=24,
+        help="tasks the planner hands out, with --cluster (default 24)",
+    )
     add_bench_parser(commands)
     return parser
 
@@ -60,6 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     if arguments.command == "demo":
         settings = _demo_settings(parser, arguments)
+        if arguments.cluster is not None:
+            # Imported here: the plain demo needs none of the cluster.
+            from .demo.cluster import ClusterSettings, run_cluster_demo
+
+            return run_cluster_demo(
+                ClusterSettings(nodes=arguments.cluster, tasks=arguments.tasks, seed=settings.seed)
+            )
         if arguments.journal is not None:
             # Imported here: the child process runs that module as __main__.
             from .demo.durable import run_durable_demo
@@ -83,6 +107,19 @@ def _demo_settings(parser: argparse.ArgumentParser, arguments: argparse.Namespac
         parser.error("--crash-rate must be between 0 and 1")
     if arguments.questions < 1:
         parser.error("--questions must be at least 1")
+    if arguments.cluster is not None:
+        if arguments.journal is not None:
+            parser.error("--cluster and --journal cannot be used together")
+        if not 3 <= arguments.cluster <= MAX_NODES:
+            parser.error(
+                f"--cluster must be from 3 to {MAX_NODES} nodes: the planner's and at least"
+                " two workers', one of which is killed"
+            )
+        if arguments.tasks < 2 * (arguments.cluster - 1):
+            parser.error(
+                "--tasks must be at least 2 for each worker node, so that the one killed"
+                " leaves a task unfinished"
+            )
     return DemoSettings(
         duration=arguments.duration,
         seed=arguments.seed,
