@@ -361,7 +361,7 @@ class Context:
         if to is None:
             return self._cell.send_after(delay, payload, self._cell)
         check_instance("to", to, AgentRef)
-        return self._cell.send_after(delay, payload, to._agent())
+        return self._cell.send_after(delay, payload, to._local_agent("ctx.send_after"))
 
     def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Run a background task linked to this agent instance.

@@ -90,8 +90,9 @@ class AgentRef:
 
     @property
     def alive(self) -> bool:
-        """False once the agent has stopped for good (and nothing runs under its id)."""
-        return not self._agent().stopped.is_set()
+        """False once the agent has stopped for good (and nothing runs under its id); for an
+        agent on another node, while no live node holds its name."""
+        return not self._address.only().occupant.gone
 
     async def cast(
         self,
@@ -230,12 +231,26 @@ class AgentRef:
         return self._address.choose(envelope)
 
     def _agent(self) -> AgentCell:
-        """The one agent behind this ref, for monitoring and stopping it.
+        """The one agent behind this ref, for monitoring it (an agent on another node is
+        monitored through the same members as a cell).
 
         Raises:
             InvalidConfig: the ref is a pool's.
         """
         return cast("AgentCell", self._address.only().occupant)
+
+    def _local_agent(self, what: str) -> AgentCell:
+        """The one agent behind this ref, for what only an agent of this node allows.
+
+        Raises:
+            InvalidConfig: the ref is a pool's, or the agent runs on another node.
+        """
+        occupant = self._address.only().occupant
+        if getattr(occupant, "remote", False):
+            raise InvalidConfig(
+                f"{what} takes an agent of this node; {self.id!r} runs on another node"
+            )
+        return cast("AgentCell", occupant)
 
     def _envelope(
         self,

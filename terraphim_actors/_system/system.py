@@ -594,6 +594,7 @@ class MessageSystem:
 
         Raises:
             CallToSelf: an agent awaited its own stop (use ``ctx.stop()`` instead).
+            InvalidConfig: the agent runs on another node (stop it there).
             SystemClosed: the system is shutting down (it stops every agent itself).
             WrongThread: called from a thread other than the system's.
         """
@@ -602,7 +603,7 @@ class MessageSystem:
         if isinstance(ref, PoolRef):
             await self._stop_pool(ref)
             return
-        cell = ref._agent()
+        cell = ref._local_agent("system.stop")
         if cell.in_own_task:
             raise CallToSelf("an agent cannot wait for its own stop: use ctx.stop()")
         placement = cell.placement
@@ -639,12 +640,13 @@ class MessageSystem:
         Subscribing twice changes nothing: each notification arrives once.
 
         Raises:
-            InvalidConfig: ``ref`` is not an ``AgentRef``.
+            InvalidConfig: ``ref`` is not an ``AgentRef``, or is one of an agent on another
+                node.
             WrongThread: called from a thread other than the system's.
         """
         check_thread(self.thread_id, "system.subscribe", sync=True)
         check_instance("ref", ref, AgentRef)
-        cell = ref._agent()
+        cell = ref._local_agent("system.subscribe")
         if cell not in self._subscribers:
             self._subscribers.append(cell)
 
@@ -655,12 +657,13 @@ class MessageSystem:
         subscriber that cannot keep up does not feed itself.
 
         Raises:
-            InvalidConfig: ``ref`` is not an ``AgentRef``.
+            InvalidConfig: ``ref`` is not an ``AgentRef``, or is one of an agent on another
+                node.
             WrongThread: called from a thread other than the system's.
         """
         check_thread(self.thread_id, "system.subscribe_dead_letters", sync=True)
         check_instance("ref", ref, AgentRef)
-        cell = ref._agent()
+        cell = ref._local_agent("system.subscribe_dead_letters")
         if cell not in self._dead_letter_subscribers:
             self._dead_letter_subscribers.append(cell)
 

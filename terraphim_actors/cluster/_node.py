@@ -351,10 +351,7 @@ class ClusterNode:
                 endpoint = self._endpoints.get(name)
                 if endpoint is None:
                     continue
-                occupant = endpoint.remote
-                watched = occupant.watched
-                if watched is not None and watched.uid == uid:
-                    occupant.down(reason)
+                endpoint.remote.heard_stopped(uid, reason)
 
     # -- arrivals ----------------------------------------------------------------------------
 

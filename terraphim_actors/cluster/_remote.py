@@ -21,6 +21,7 @@ node too. What each guarantee rides on:
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,6 +39,7 @@ from ..errors import (
     AgentStopped,
     CallTimeout,
     ClusterError,
+    MailboxClosed,
     MessagingError,
     NodeDown,
 )
@@ -97,7 +99,7 @@ class RemoteOccupant:
     on a local agent's cell, and the node fires the ``Down`` when the agent watched stops for
     good (its node says so) or its node leaves the cluster."""
 
-    __slots__ = ("_link", "_watched", "_watchers", "id", "ref")
+    __slots__ = ("_last", "_link", "_stopped", "_watched", "_watchers", "id", "ref")
 
     def __init__(self, agent_id: AgentId, link: Link) -> None:
         self.id = agent_id
@@ -108,6 +110,13 @@ class RemoteOccupant:
         self._watched: Placement | None = None
         #: The ref that a ``Down`` names (set by the endpoint's owner).
         self.ref: Any = None
+        #: Where the name was last seen held, and the uid of the agent under it last said to
+        #: have stopped for good: a send that finds the name free is refused when they match.
+        self._last: Placement | None = None
+        self._stopped: uuid.UUID | None = None
+
+    #: A remote agent is never this node's own: what needs a cell of this node refuses it.
+    remote = True
 
     @property
     def state(self) -> CellState:
@@ -156,8 +165,23 @@ class RemoteOccupant:
 
     @property
     def gone(self) -> bool:
-        """Never for good: its name may be spawned again on any node."""
-        return False
+        """Whether no live node holds its name now (it may be spawned again anywhere)."""
+        return self.placement() is None
+
+    @property
+    def stopped_for_good(self) -> bool:
+        """Whether the agent last seen under the name said it stopped for good, and nothing
+        holds the name since."""
+        last = self._last
+        return last is not None and last.uid == self._stopped and self.placement() is None
+
+    def heard_stopped(self, uid: uuid.UUID, reason: ExitReason) -> None:
+        """The agent ``uid`` under this name stopped for good, for ``reason``: its monitors
+        get their ``Down``."""
+        self._stopped = uid
+        watched = self.watched
+        if watched is not None and watched.uid == uid:
+            self.down(reason)
 
     @property
     def load(self) -> int:
@@ -165,9 +189,14 @@ class RemoteOccupant:
         return 0
 
     def placement(self) -> Placement | None:
-        """The live node holding the agent's name now, if any."""
+        """The live node holding the agent's name now, if any (not the agent that said it
+        stopped for good, whose name is being freed)."""
         name = self.id.name
-        return None if name is None else self._link.directory.lookup(name)
+        placement = None if name is None else self._link.directory.lookup(name)
+        if placement is None or placement.uid == self._stopped:
+            return None
+        self._last = placement
+        return placement
 
     def refusal(self) -> AgentStopped:
         return AgentStopped(f"{self.id!r} is not running on any node")
@@ -199,11 +228,11 @@ class RemoteInbox:
         """Whether the message can go now: the agent's name is held here, or by a live node
         while NATS is reachable. A call that finds neither takes delivery's way, which
         retries it within its deadline."""
-        name = self._name()
-        link = self._link
-        if link.local_endpoint(name) is not None:
+        link, endpoint = self._link, self._endpoint
+        assert endpoint is not None
+        if link.local_endpoint(self._name()) is not None:
             return True
-        return link.bridge.connected and link.directory.lookup(name) is not None
+        return link.bridge.connected and endpoint.remote.placement() is not None
 
     def put_nowait(self, envelope: Envelope) -> None:
         """Send ``envelope`` on its way; its outcome settles it later.
@@ -296,6 +325,7 @@ class RemoteInbox:
         it.
 
         Raises:
+            MailboxClosed: the agent stopped for good, and no node holds its name since.
             AgentNotFound: no live node holds it.
             ClusterError: the connection to NATS is down.
         """
@@ -304,8 +334,12 @@ class RemoteInbox:
         local = link.local_endpoint(name)
         if local is not None:
             return local, ""
-        placement = link.directory.lookup(name)
+        endpoint = self._endpoint
+        assert endpoint is not None
+        placement = endpoint.remote.placement()
         if placement is None:
+            if endpoint.remote.stopped_for_good:
+                raise MailboxClosed(f"{name!r} has stopped")
             raise AgentNotFound(f"no agent is registered as {name!r} on any live node")
         if not link.bridge.connected:
             # As a local send to a missing agent: the message waits for a retry at once,
