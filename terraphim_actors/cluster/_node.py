@@ -32,7 +32,7 @@ from .._core.reply import ReplyHandle
 from .._core.settlement import Settlement
 from .._delivery.dead_letters import DeadLetterReason
 from .._delivery.ledger import DeliveryStats
-from ..errors import CallTimeout, InvalidMessage, MessagingError, RemoteError
+from ..errors import CallTimeout, ClusterError, InvalidMessage, MessagingError, RemoteError
 from ._adoption import adopt, heir_of
 from ._bridge import Bridge
 from ._directory import ClusterDirectory, DirectoryEvent
@@ -107,14 +107,14 @@ class ClusterNode:
     def bridge(self) -> Bridge:
         bridge = self._bridge
         if bridge is None:
-            raise RuntimeError("the cluster node is not running")
+            raise ClusterError("the cluster node is not running: its system is not open")
         return bridge
 
     @property
     def directory(self) -> ClusterDirectory:
         directory = self._directory
         if directory is None:
-            raise RuntimeError("the cluster node is not running")
+            raise ClusterError("the cluster node is not running: its system is not open")
         return directory
 
     @property
@@ -229,7 +229,7 @@ class ClusterNode:
     def _host(self) -> MessageSystem:
         system = self._system
         if system is None:
-            raise RuntimeError("the cluster node is not running")
+            raise ClusterError("the cluster node is not running: its system is not open")
         return system
 
     async def run(
