@@ -37,7 +37,7 @@ from nats.js.api import KeyValueConfig
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from ..errors import ClusterError, DuplicateAgent, InvalidConfig
-from ._bridge import Bridge
+from ._bridge import Bridge, ConnectionEvent
 from .config import ClusterConfig
 
 __all__ = [
@@ -56,6 +56,8 @@ logger = logging.getLogger("terraphim_actors.cluster")
 
 #: How long a clean leave may take to free this node's names and heartbeat.
 LEAVE_TIMEOUT = 2.0
+#: Between two attempts to watch a bucket again after a reconnection.
+WATCH_AGAIN_WAIT = 0.25
 #: How many departed incarnations are remembered (to refuse them without asking NATS).
 _DEPARTED_KEPT = 1024
 #: Error code of a stream created again with another configuration (another node's settings).
@@ -163,6 +165,17 @@ class _Held:
 
 
 @attrs.define
+class _Watched:
+    """A watched bucket: how to make it, to apply its entries, to drop what a new watch's
+    snapshot no longer holds; ``ready`` once the first snapshot is applied."""
+
+    config: KeyValueConfig
+    apply: Callable[[KeyValue.Entry, bool], None]
+    ready: trio.Event
+    resync: Callable[[set[str]], None] | None = None
+
+
+@attrs.define
 class _Releasing:
     count: int = 0
     done: trio.Event = attrs.Factory(trio.Event)
@@ -199,6 +212,18 @@ class ClusterDirectory:
         self._claiming: set[str] = set()
         self._releasing: dict[str, _Releasing] = {}
         self._watchers: list[trio.MemorySendChannel[DirectoryEvent]] = []
+        self._names_config = KeyValueConfig(
+            bucket=f"ta_{config.cluster}_names", history=1, replicas=config.replicas
+        )
+        self._nodes_config = KeyValueConfig(
+            bucket=f"ta_{config.cluster}_nodes",
+            history=1,
+            ttl=config.heartbeat_ttl,
+            replicas=config.replicas,
+        )
+        #: Reconnections seen, and the scopes of the watches they make stale.
+        self._reconnections = 0
+        self._watching: set[trio.CancelScope] = set()
         self._running = False
         self._started = False
         self._scope: trio.CancelScope | None = None
@@ -248,7 +273,9 @@ class ClusterDirectory:
         self._running = True
         self._failure = None
         try:
+            self._bridge.add_listener(self._on_connection)
             await self._join()
+            seen = self._reconnections
             names_watch = await self._call(_watch_all, self._names_bucket)
             nodes_watch = await self._call(_watch_all, self._nodes_bucket)
             names_ready = trio.Event()
@@ -257,8 +284,12 @@ class ClusterDirectory:
             # it as themselves, not wrapped in an exception group.
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
-                nursery.start_soon(self._follow, names_watch, self._on_name, names_ready)
-                nursery.start_soon(self._follow, nodes_watch, self._on_beat, nodes_ready)
+                names = _Watched(
+                    self._names_config, self._on_name, names_ready, self._drop_names_not_in
+                )
+                nodes = _Watched(self._nodes_config, self._on_beat, nodes_ready)
+                nursery.start_soon(self._follow, names_watch, seen, names)
+                nursery.start_soon(self._follow, nodes_watch, seen, nodes)
                 nursery.start_soon(self._beat_forever)
                 with trio.move_on_after(self._config.connect_timeout + self._config.heartbeat_ttl):
                     await names_ready.wait()
@@ -277,6 +308,7 @@ class ClusterDirectory:
             if self._failure is not None:
                 raise self._failure
         finally:
+            self._bridge.remove_listener(self._on_connection)
             self._started = False
             self._scope = None
             await self._leave()
@@ -292,16 +324,7 @@ class ClusterDirectory:
             self._scope.cancel()
 
     async def _join(self) -> None:
-        config = self._config
-        names = KeyValueConfig(
-            bucket=f"ta_{config.cluster}_names", history=1, replicas=config.replicas
-        )
-        nodes = KeyValueConfig(
-            bucket=f"ta_{config.cluster}_nodes",
-            history=1,
-            ttl=config.heartbeat_ttl,
-            replicas=config.replicas,
-        )
+        names, nodes = self._names_config, self._nodes_config
         self._names_kv = await self._call(_create_or_bind, self._bridge, names)
         self._nodes_kv = await self._call(_create_or_bind, self._bridge, nodes)
         await self._call(_put, self._nodes_bucket, self.node, self.incarnation.encode())
@@ -348,37 +371,85 @@ class ClusterDirectory:
                 if beat.seen_at < oldest:
                     self._node_gone(node)
 
-    async def _follow(
-        self,
-        watch: _Feed,
-        apply: Callable[[Any], None],
-        ready: trio.Event,
-    ) -> None:
-        try:
-            while True:
-                entries = await self._bridge.run(watch.take)
-                for entry in entries:
-                    if entry is None:
-                        ready.set()
-                    else:
-                        apply(entry)
-        except (ClusterError, nats.errors.Error, OSError) as error:
-            self._fail(ClusterError(f"the cluster directory lost its watch: {error!r}"))
-        finally:
-            with (
-                trio.CancelScope(shield=True),
-                trio.move_on_after(LEAVE_TIMEOUT),
-                contextlib.suppress(ClusterError, nats.errors.Error, OSError),
-            ):
-                await self._bridge.run(watch.stop)
+    def _on_connection(self, event: ConnectionEvent) -> None:
+        # A server that restarted may have lost the watches' consumers, and a watch that
+        # lost its consumer stays silent: after every reconnection, watch again.
+        if event is ConnectionEvent.RECONNECTED:
+            self._reconnections += 1
+            for scope in self._watching:
+                scope.cancel()
+
+    async def _follow(self, feed: _Feed, seen: int, watched: _Watched) -> None:
+        """Apply what ``feed`` brings; watch again after each reconnection. ``seen``: the
+        reconnections counted before ``feed`` began."""
+        while True:
+            with trio.CancelScope() as scope:
+                self._watching.add(scope)
+                if self._reconnections != seen:
+                    scope.cancel()
+                try:
+                    await self._consume(feed, watched)
+                finally:
+                    self._watching.discard(scope)
+                    with (
+                        trio.CancelScope(shield=True),
+                        trio.move_on_after(LEAVE_TIMEOUT),
+                        contextlib.suppress(ClusterError, nats.errors.Error, OSError),
+                    ):
+                        await self._bridge.run(feed.stop)
+            seen = self._reconnections
+            feed = await self._watch_again(watched.config)
+
+    async def _consume(self, feed: _Feed, watched: _Watched) -> None:
+        """Apply ``feed``'s entries; what the bucket held when it began replaces the copy."""
+        snapshot: set[str] | None = set()
+        while True:
+            try:
+                entries = await self._bridge.run(feed.take)
+            except (ClusterError, nats.errors.Error, OSError) as error:
+                self._fail(ClusterError(f"the cluster directory lost its watch: {error!r}"))
+                await trio.sleep_forever()
+            for entry in entries:
+                if entry is None:
+                    if snapshot is not None and watched.resync is not None:
+                        watched.resync(snapshot)
+                    snapshot = None
+                    watched.ready.set()
+                    continue
+                if snapshot is not None:
+                    snapshot.add(entry.key)
+                watched.apply(entry, snapshot is not None)
+
+    async def _watch_again(self, config: KeyValueConfig) -> _Feed:
+        """A new watch of ``config``'s bucket (made again if the server lost it), retried
+        while the servers cannot answer."""
+        while True:
+            if self._bridge.closed:
+                self._fail(ClusterError("the bridge closed under the cluster directory"))
+                await trio.sleep_forever()
+            try:
+                return await self._call(_bind_and_watch, self._bridge, config)
+            except ClusterError as error:
+                logger.debug("the directory could not watch %s again: %r", config.bucket, error)
+                await trio.sleep(WATCH_AGAIN_WAIT)
+
+    def _drop_names_not_in(self, keys: set[str]) -> None:
+        """After a new watch's snapshot: names it did not hold are free (unless claimed here
+        meanwhile, whose entries come after the snapshot)."""
+        for name in list(self._names):
+            if name not in self._own and name_key(name) not in keys:
+                held = self._names.pop(name)
+                self._emit(NameFreed(name, held.placement))
 
     # -- applying what the watchers saw -------------------------------------------------
 
-    def _on_name(self, entry: KeyValue.Entry) -> None:
+    def _on_name(self, entry: KeyValue.Entry, fresh: bool = False) -> None:
+        """Apply a names entry; ``fresh``: from a new watch's snapshot, which is the truth
+        whatever revision this copy holds (a server that lost its store counts anew)."""
         name = key_name(entry.key)
         revision = entry.revision or 0
         held = self._names.get(name)
-        if held is not None and revision <= held.revision:
+        if held is not None and revision <= held.revision and not fresh:
             return
         if entry.operation in (KV_DEL, KV_PURGE):
             if held is not None:
@@ -392,11 +463,11 @@ class ClusterDirectory:
         if placement is None:
             logger.warning("ignored an unreadable placement of %r in the directory", name)
             return
-        self._hold(name, placement, revision)
+        self._hold(name, placement, revision, fresh)
 
-    def _hold(self, name: str, placement: Placement, revision: int) -> None:
+    def _hold(self, name: str, placement: Placement, revision: int, fresh: bool = False) -> None:
         held = self._names.get(name)
-        if held is not None and revision <= held.revision:
+        if held is not None and revision <= held.revision and not fresh:
             return
         self._names[name] = _Held(placement, revision)
         if held is not None and held.placement != placement:
@@ -407,7 +478,7 @@ class ClusterDirectory:
         if own is not None and own.placement != placement:
             del self._own[name]
 
-    def _on_beat(self, entry: KeyValue.Entry) -> None:
+    def _on_beat(self, entry: KeyValue.Entry, fresh: bool = False) -> None:
         node = entry.key
         if entry.operation in (KV_DEL, KV_PURGE):
             self._node_gone(node)
@@ -684,3 +755,7 @@ class _Feed:
 
 async def _watch_all(bucket: KeyValue) -> _Feed:
     return _Feed(await bucket.watchall())
+
+
+async def _bind_and_watch(bridge: Bridge, config: KeyValueConfig) -> _Feed:
+    return await _watch_all(await _create_or_bind(bridge, config))

@@ -455,6 +455,27 @@ async def test_a_restarted_node_takes_its_names_back_at_once(
 # -- faults -----------------------------------------------------------------------------
 
 
+async def test_after_the_server_restarts_the_directory_follows_again(
+    own_nats_server: LocalNatsServer, cluster: str
+) -> None:
+    with trio.fail_after(10):
+        async with (
+            _joined(own_nats_server, cluster, "a") as a,
+            _joined(own_nats_server, cluster, "b") as b,
+        ):
+            events = b.watch()
+            before = uuid.uuid4()
+            await a.claim("before", before)
+            own_nats_server.kill()
+            own_nats_server.restart()
+            after = uuid.uuid4()
+            await a.claim("after", after)
+            while b.lookup("after") is None:
+                await events.receive()
+            assert b.lookup("after") == Placement("a", after, a.incarnation)
+            assert b.lookup("before") == Placement("a", before, a.incarnation)
+
+
 async def test_a_claim_fails_with_cluster_error_when_the_server_is_gone(
     own_nats_server: LocalNatsServer, cluster: str
 ) -> None:
