@@ -37,6 +37,10 @@ def test_a_worker_node_killed_mid_run_loses_no_task() -> None:
     assert again is not None, out
     assert int(again[1]) == int(again[2]) > 0
     assert "  worker-node-2   its books died with it (SIGKILL)" in out
+    assert re.search(
+        r"^  cluster +sent \d+ = .*\(live nodes: planner-node, worker-node-1\)$", out, re.M
+    )
+    assert "does not balance" not in out
     every = re.search(
         r"^Every task is accounted for across the nodes: (\d+) handled \((\d+) on worker-node-1,"
         r" (\d+) on worker-node-2\), none lost\.$",
@@ -88,6 +92,24 @@ def test_a_task_whose_result_never_came_is_reported_lost() -> None:
     assert account.lost == ["t4"]
     assert not account.accounted_for
     assert cluster_summary(account, ClusterSettings(tasks=4))[-1] == "Lost across the nodes: t4."
+
+
+def test_a_task_handled_on_two_nodes_is_shown_as_handled_more_than_once() -> None:
+    """A task whose result died with its node, handled again on another, counts once among
+    the results and is named as handled more than once (at least once, not exactly once)."""
+    account = ClusterAccount(
+        tasks=["t1", "t2"],
+        sent={"t1": "worker-1", "t2": "worker-2"},
+        resent={"t2": "worker-1"},
+        handled={"worker-2": ["t2"], "worker-1": ["t1", "t2"]},
+        results={"t1": "worker-1", "t2": "worker-1"},
+    )
+    lines = cluster_summary(account, ClusterSettings(tasks=2))
+    assert "  at least once   handled more than once: t2 (worker-2, worker-1)" in lines
+    assert lines[-1] == (
+        "Every task is accounted for across the nodes: 2 handled (2 on worker-node-1,"
+        " 0 on worker-node-2), none lost."
+    )
 
 
 @pytest.mark.parametrize(

@@ -409,18 +409,17 @@ def cluster_summary(account: ClusterAccount, settings: ClusterSettings) -> list[
         if worker == account.killed:
             line += f"; killed, Down: {account.downs.get(worker, 'never came')}"
         lines.append(line)
-    twice = sorted(
-        task
-        for task, count in collections.Counter(
-            task for handled in account.handled.values() for task in handled
-        ).items()
-        if count > 1
-    )
     lines.append(
         f"  {PLANNER_NODE:<16}{len(account.results)} results,"
         f" {plural(account.duplicates, 'duplicate')}"
-        + (f"; handled twice (at least once): {', '.join(twice)}" if twice else "")
     )
+    handlers: dict[str, list[str]] = collections.defaultdict(list)
+    for worker, tasks in account.handled.items():
+        for task in tasks:
+            handlers[task].append(worker)
+    again = [f"{task} ({', '.join(workers)})" for task, workers in handlers.items() if workers[1:]]
+    if again:
+        lines.append(f"  {'at least once':<16}handled more than once: {', '.join(sorted(again))}")
     if account.lost:
         lines.append(f"Lost across the nodes: {', '.join(account.lost)}.")
     elif account.tasks:
