@@ -186,6 +186,7 @@ class Subscription:
         here can still be received. Does nothing the second time or after the bridge closed."""
         stop, self._stop = self._stop, None
         self._end()
+        self._bridge._subscriptions.discard(self)
         if stop is not None and not self._bridge.closed:
             with contextlib.suppress(nats.errors.Error, ClusterError):
                 await self._bridge.run(stop)
