@@ -417,9 +417,13 @@ def cluster_summary(account: ClusterAccount, settings: ClusterSettings) -> list[
     for worker, tasks in account.handled.items():
         for task in tasks:
             handlers[task].append(worker)
-    again = [f"{task} ({', '.join(workers)})" for task, workers in handlers.items() if workers[1:]]
-    if again:
-        lines.append(f"  {'at least once':<16}handled more than once: {', '.join(sorted(again))}")
+    repeated = [
+        f"{task} ({', '.join(workers)})" for task, workers in handlers.items() if workers[1:]
+    ]
+    if repeated:
+        lines.append(
+            f"  {'at least once':<16}handled more than once: {', '.join(sorted(repeated))}"
+        )
     if account.lost:
         lines.append(f"Lost across the nodes: {', '.join(account.lost)}.")
     elif account.tasks:
