@@ -459,15 +459,25 @@ def run_cluster_demo(settings: ClusterSettings, stream: TextIO | None = None) ->
         file=out,
         flush=True,
     )
-    with server, tempfile.TemporaryDirectory(prefix="terraphim-cluster-demo-") as logs:
-        print(f"nats-server on {server.url} (pid {server.pid}), JetStream on", file=out, flush=True)
-        run = _Run(settings, server.url, out, Path(logs))
-        interrupted = False
-        try:
-            trio.run(run.run)
-        except* KeyboardInterrupt:
-            interrupted = True
-        elapsed = time.monotonic() - run.began
+    interrupted = False
+    try:
+        with server, tempfile.TemporaryDirectory(prefix="terraphim-cluster-demo-") as logs:
+            print(
+                f"nats-server on {server.url} (pid {server.pid}), JetStream on",
+                file=out,
+                flush=True,
+            )
+            run = _Run(settings, server.url, out, Path(logs))
+            try:
+                trio.run(run.run)
+            except* KeyboardInterrupt:
+                interrupted = True
+            elapsed = time.monotonic() - run.began
+    except KeyboardInterrupt:  # while the server started or stopped
+        interrupted = True
+    except ClusterError as error:  # the server did not start
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if interrupted:
         print("\ninterrupted: every node stopped", file=out, flush=True)
         return 130
