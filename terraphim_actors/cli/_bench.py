@@ -30,6 +30,7 @@ ORDER = (
     "call_latency",
     "delivery_guarantees",
     "durable_delivery",
+    "cluster",
     "pool_routing",
     "restart_latency",
     "idle_agents",
@@ -289,6 +290,39 @@ def _replay(records: Records) -> Verdict:
     return shown, ratio <= 2.0
 
 
+#: Cross-node casts must reach this fraction of the raw throughput of their transport.
+CLUSTER_CAST_FLOOR = 0.7
+#: A cross-node call's p50 may be at most this multiple of a raw request/reply's.
+CLUSTER_CALL_CEILING = 1.3
+
+
+def _cluster_casts(records: Records) -> Verdict:
+    sides = (
+        ("at_most_once", "cast_at_most_once_ratio_to_raw_publish", "at most once"),
+        ("at_least_once", "cast_at_least_once_ratio_to_raw_jetstream", "at least once, awaited"),
+        (
+            "at_least_once_nowait",
+            "cast_nowait_at_least_once_ratio_to_raw_jetstream",
+            "at least once, nowait",
+        ),
+    )
+    shown, ratios = [], []
+    for measurement, ratio_key, what in sides:
+        rate = records.median("cluster", measurement)
+        ratio = records.ratio("cluster", ratio_key)
+        shown.append(f"{what} {rate:,.0f}/s ({ratio:.2f}x raw)")
+        ratios.append(ratio)
+    return "; ".join(shown), min(ratios) >= CLUSTER_CAST_FLOOR
+
+
+def _cluster_calls(records: Records) -> Verdict:
+    p50 = records.median("cluster", "call_p50")
+    p99 = records.median("cluster", "call_p99")
+    ratio = records.ratio("cluster", "call_p50_latency_ratio_to_raw_request")
+    shown = f"cross-node call p50 {p50:.0f} µs, p99 {p99:.0f} µs ({ratio:.2f}x raw request/reply)"
+    return shown, ratio <= CLUSTER_CALL_CEILING
+
+
 def _pool_routing(records: Records) -> Verdict:
     record = records.record("pool_routing")
     rates = {
@@ -425,6 +459,20 @@ CLAIMS = (
         _durable_cast,
     ),
     Claim("replay", "durable_delivery", "", "<= 2x bare read", _replay),
+    Claim(
+        "cross-node casts",
+        "cluster",
+        "",
+        f">= {CLUSTER_CAST_FLOOR}x raw NATS",
+        _cluster_casts,
+    ),
+    Claim(
+        "cross-node calls",
+        "cluster",
+        "",
+        f"p50 <= {CLUSTER_CALL_CEILING}x raw request",
+        _cluster_calls,
+    ),
     Claim("pool routing", "pool_routing", "sub-millisecond message routing", "", _pool_routing),
     Claim("circuit breaker", "pool_routing", "", "", _fast_fail),
     Claim(

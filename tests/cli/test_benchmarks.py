@@ -36,6 +36,12 @@ HEADLINE_RATIOS = {
         "durable_64_cost_ratio_to_floor",
         "replay_time_ratio_to_bare_read",
     ],
+    "cluster": [
+        "cast_at_most_once_ratio_to_raw_publish",
+        "cast_at_least_once_ratio_to_raw_jetstream",
+        "cast_nowait_at_least_once_ratio_to_raw_jetstream",
+        "call_p50_latency_ratio_to_raw_request",
+    ],
     "pool_routing": [
         "pool_round_robin_ratio_to_single_agent",
         "refused_cast_cost_ratio_to_successful_cast",
