@@ -539,6 +539,8 @@ class Bridge:
     async def _open(self) -> None:
         self._thread.start()
         await self._ready.wait()
+        if self._loop is None:
+            raise ClusterError("the NATS bridge's thread could not make its event loop")
         await self.run(self._connect)
         self._connected = True
 
@@ -562,8 +564,14 @@ class Bridge:
     # -- the loop side ------------------------------------------------------------------
 
     def _serve(self) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
+        try:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+        except BaseException:
+            # _open sees no loop once ready and fails with ClusterError instead of waiting.
+            self._to_trio.post(_set_trio_event, self._ready)
+            self._to_trio.post(_set_trio_event, self._stopped)
+            raise
         self._loop = loop
         self._to_trio.post(_set_trio_event, self._ready)
         try:

@@ -115,7 +115,9 @@ class LocalNatsServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._paused = False
-        self._finalizer = weakref.finalize(self, LocalNatsServer._cleanup, None, self._owned_dir)
+        self._finalizer = weakref.finalize(
+            self, LocalNatsServer._cleanup, None, None, self._owned_dir
+        )
 
     @property
     def url(self) -> str:
@@ -154,7 +156,7 @@ class LocalNatsServer:
         self._paused = False
         self._finalizer.detach()
         self._finalizer = weakref.finalize(
-            self, LocalNatsServer._cleanup, self._process, self._owned_dir
+            self, LocalNatsServer._cleanup, self._process, self._log, self._owned_dir
         )
 
     def wait_ready(self, timeout: float = READY_TIMEOUT, *, current: bool = True) -> None:
@@ -296,8 +298,12 @@ class LocalNatsServer:
         return self._log.read()[-4000:].decode(errors="replace")
 
     @staticmethod
-    def _cleanup(process: subprocess.Popen[bytes] | None, owned_dir: str | None) -> None:
+    def _cleanup(
+        process: subprocess.Popen[bytes] | None, log: IO[bytes] | None, owned_dir: str | None
+    ) -> None:
         _reap(process)
+        if log is not None:
+            log.close()
         if owned_dir is not None:
             shutil.rmtree(owned_dir, ignore_errors=True)
 
