@@ -108,7 +108,7 @@ class _Failed(Exception):
 
 
 class _Node:
-    """A node's process, its lines read into ``events``."""
+    """A node's process, and the file its standard error goes to (shown if it fails)."""
 
     def __init__(self, name: str, process: trio.Process, errors: Path) -> None:
         self.name = name
