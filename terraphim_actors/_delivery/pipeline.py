@@ -90,6 +90,9 @@ _RAISED = frozenset(
 #: is refused (counted as never sent), and the sender hears the error.
 _NOT_TAKEN = (OwnMailboxFull, InvalidMessage, UnencodablePayload)
 
+#: Failures that say nothing of the agent, so do not count against its circuit.
+_NOT_THE_AGENTS = frozenset({DeadLetterReason.CIRCUIT_OPEN, DeadLetterReason.UNREACHABLE})
+
 #: What an inbox raises for a message it cannot take now: a full or closed mailbox, a cluster
 #: that did not take it in time, or (for an agent on another node) no node holding its name.
 _PUT_FAILURES = (MailboxFull, MailboxClosed, ClusterError, AgentNotFound)
@@ -598,7 +601,10 @@ class DeliveryManager:
         admission.record(False, self._clock.current_time())
 
     def _count_failure(self, endpoint: Endpoint | None, reason: DeadLetterReason) -> None:
-        if endpoint is not None and reason is not DeadLetterReason.CIRCUIT_OPEN:
+        """Count a failed delivery against ``endpoint``'s circuit: not one its circuit itself
+        refused, nor one the cluster's transport could not carry (the agent did not fail;
+        retries wait for NATS)."""
+        if endpoint is not None and reason not in _NOT_THE_AGENTS:
             self.record_failure(endpoint)
 
     # -- retries -----------------------------------------------------------------------------

@@ -379,7 +379,6 @@ class ClusterNode:
                 self._awaiting[envelope.id] = message
                 return
             self._awaiting[envelope.id] = message
-        envelope = _by_name(envelope)
         endpoint = self._local(envelope)
         # At most once, a failure is filed as a dead letter already; nobody here to tell.
         with contextlib.suppress(MessagingError):
@@ -430,7 +429,7 @@ class ClusterNode:
             deadline = now + time_left(message.headers)
             if envelope.kind is not MessageKind.CALL:
                 raise InvalidMessage(f"a request must be a call, got {envelope!r}")
-            answer = encode_answer(await self._call(_by_name(envelope), deadline))
+            answer = encode_answer(await self._call(envelope, deadline))
         except MessagingError as error:
             answer = encode_failure(error)
         self.bridge.respond_nowait(message, *answer)
@@ -485,15 +484,6 @@ def _reason_from_json(value: dict[str, str]) -> ExitReason:
     if "stop" in value:
         return StopReason(value["stop"])
     return RemoteError(str(value["type_name"]), str(value["message"]))
-
-
-def _by_name(envelope: Envelope) -> Envelope:
-    """``envelope`` addressed to its recipient's name, which is how a node finds the agent
-    (its id may be of an instance on another node)."""
-    recipient = envelope.recipient
-    if isinstance(recipient, AgentId) and recipient.name is not None:
-        return envelope.evolve(recipient=recipient.name)
-    return envelope
 
 
 def _consumer_config(durable: str, subject: str) -> Any:

@@ -254,12 +254,9 @@ class RemoteInbox:
             self._request(node, envelope, body, headers)
             return
         if envelope.options.guarantee is AT_MOST_ONCE:
-            subject = link.subjects.casts(node)
-
-            async def publish() -> None:
-                await link.bridge.client.publish(subject, body, headers=headers)
-
-            link.bridge.submit(publish, lambda result: self._settle(envelope, result))
+            # Out once it is in the bridge's queue: at most once promises nothing after.
+            link.bridge.publish_nowait(link.subjects.casts(node), body, headers)
+            link.delivery.forwarded(envelope)
             return
         subject = link.subjects.queue(node)
         timeout = _publish_timeout(envelope, link.now())

@@ -24,6 +24,7 @@ from typing import Any
 from .. import errors
 from .._core.bounded_repr import bounded_repr
 from .._core.codec import DEFAULT_CODEC
+from .._core.ids import AgentId
 from .._core.messages import Envelope
 from ..errors import CallFailed, InvalidMessage, MessagingError, RemoteError
 
@@ -75,23 +76,26 @@ def encode_message(
 
 
 def decode_message(body: bytes, headers: Mapping[str, str] | None, now: float) -> Envelope:
-    """The envelope that :func:`encode_message` sent, as of ``now`` on this node's clock.
+    """The envelope that :func:`encode_message` sent, as of ``now`` on this node's clock,
+    addressed to its recipient's name (a node finds its agents by name).
 
     Raises:
         InvalidMessage: the body or a header is not what a node sends.
     """
     envelope = DEFAULT_CODEC.decode(body)
     headers = headers or {}
+    bad = f"bad headers on an arriving message: {bounded_repr(headers)}"
     try:
         age = float(headers.get(AGE, "0"))
         attempt = int(headers.get(ATTEMPT, "0"))
     except ValueError as error:
-        raise InvalidMessage(
-            f"bad headers on an arriving message: {bounded_repr(headers)}"
-        ) from error
+        raise InvalidMessage(bad) from error
     if not (math.isfinite(age) and age >= 0 and attempt >= 0):
-        raise InvalidMessage(f"bad headers on an arriving message: {bounded_repr(headers)}")
-    return envelope.evolve(created_at=now - age, attempt=attempt)
+        raise InvalidMessage(bad)
+    recipient = envelope.recipient
+    if isinstance(recipient, AgentId) and recipient.name is not None:
+        recipient = recipient.name  # how the receiving node finds it: its id may be elsewhere
+    return envelope.evolve(created_at=now - age, attempt=attempt, recipient=recipient)
 
 
 def time_left(headers: Mapping[str, str] | None) -> float:
