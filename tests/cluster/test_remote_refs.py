@@ -6,17 +6,30 @@ Two message systems in one Trio run, each a node of one cluster on the session's
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
-from nodes import BOUND, Recorder, node_of, received, spawn_seen, two_nodes
+from nodes import (
+    BOUND,
+    Recorder,
+    fresh_cluster,
+    node_config,
+    node_of,
+    received,
+    spawn_seen,
+    two_nodes,
+)
 
 from terraphim_actors import (
     DeliveryGuarantee,
     MessageOptions,
+    MessageSystemConfig,
     cast,
+    open_message_system,
 )
 from terraphim_actors.cluster import LocalNatsServer
 from terraphim_actors.cluster._directory import NameTaken
@@ -27,6 +40,7 @@ from terraphim_actors.errors import (
     RemoteError,
     UnencodablePayload,
 )
+from terraphim_actors.journal import SqliteJournal
 
 
 async def test_a_cast_reaches_an_agent_on_another_node(nats_server: LocalNatsServer) -> None:
@@ -171,3 +185,25 @@ async def test_the_clusters_books_balance_across_nodes(nats_server: LocalNatsSer
         assert books.forwarded == 5
         assert books.acknowledged == 5
         assert books.pending == 0
+
+
+async def test_a_journaled_cast_to_another_node_is_settled_once_stored(
+    nats_server: LocalNatsServer, tmp_path: Path
+) -> None:
+    """The sender's journal keeps a cast to another node until JetStream stored it, then
+    settles it (forwarded): nothing of it is left to replay at the sender's next open."""
+    path = tmp_path / "a.db"
+    cluster = fresh_cluster()
+    sender = attrs.evolve(node_config(nats_server, cluster, "a"), journal=SqliteJournal(path))
+    send, seen = trio.open_memory_channel[Any](10)
+    async with (
+        open_message_system(sender) as a,
+        open_message_system(node_config(nats_server, cluster, "b")) as b,
+    ):
+        ref = await spawn_seen(b, a, "worker", send)
+        for number in range(3):
+            await ref.cast(number)
+        assert await received(seen, 3) == [0, 1, 2]
+    reopened = SqliteJournal(path)
+    async with open_message_system(MessageSystemConfig(journal=reopened)):
+        assert reopened.unsettled() == []
