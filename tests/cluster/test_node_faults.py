@@ -27,13 +27,16 @@ from terraphim_actors import (
     AgentRef,
     Context,
     DeadLetterReason,
+    DeliveryConfig,
     DeliveryGuarantee,
     Down,
     MessageSystem,
+    MessageSystemConfig,
+    RouterConfig,
     StopReason,
     open_message_system,
 )
-from terraphim_actors.cluster import LocalNatsServer
+from terraphim_actors.cluster import ClusterConfig, LocalNatsCluster, LocalNatsServer
 from terraphim_actors.cluster._directory import DirectoryEvent, NameTaken
 from terraphim_actors.cluster._node import ACK_WAIT
 from terraphim_actors.cluster._subjects import Subjects
@@ -261,12 +264,16 @@ async def test_while_the_server_is_paused_sends_end_in_time_and_traffic_recovers
                     async with trio.open_nursery() as nursery:
                         for number in range(5):
                             nursery.start_soon(cast_meanwhile, number)
+                        # Fewer calls than the circuit breaker's threshold (5): a call that
+                        # times out counts against its recipient's circuit, as locally, and
+                        # an open circuit would fail every call fast for its reset timeout.
+                        for number in range(3):
                             nursery.start_soon(call_meanwhile, number)
                         await trio.sleep(PAUSE)
                         own_nats_server.resume()
             finally:
                 own_nats_server.resume()
-            assert len(ended) == 10
+            assert len(ended) == 8
             for kind, result, took in ended:
                 if kind == "call":
                     assert took <= call_timeout + 0.5, (kind, result, took)
@@ -282,6 +289,69 @@ async def test_while_the_server_is_paused_sends_end_in_time_and_traffic_recovers
             # Every cast JetStream took meanwhile was delivered, before the one sent after.
             expected = [("meanwhile", number) for number in sorted(stored)]
             assert sorted(tuple(payload) for payload in arrived[:-1]) == expected
+
+
+async def test_a_server_of_a_nats_cluster_killed_loses_no_acknowledged_message(
+    tmp_path: Path,
+) -> None:
+    """Two nodes on a 3-server NATS cluster with streams replicated on all three: the server
+    leading the cluster's stream is killed with SIGKILL mid-stream; every cast whose
+    ``await`` returned (stored, or waiting in the sender's retries while the stream had no
+    leader) reaches the agent, and a call between the nodes succeeds afterwards."""
+    count = 200
+    send, seen = trio.open_memory_channel[Any](math.inf)
+    with LocalNatsCluster(size=3, store_dir=tmp_path) as servers, trio.fail_after(6 * BOUND):
+        cluster = fresh_cluster()
+
+        def config(node: str) -> MessageSystemConfig:
+            joined = ClusterConfig(
+                servers=servers.urls,
+                cluster=cluster,
+                node=node,
+                replicas=3,
+                connect_timeout=BOUND,
+                # The buckets of the directory lose their leader too: a TTL beyond the
+                # election keeps the nodes from taking each other for gone meanwhile.
+                heartbeat_interval=0.5,
+                heartbeat_ttl=15.0,
+            )
+            # JetStream elects a new leader for the stream within seconds (5 to 7 measured
+            # here), during which it takes nothing: the retries must outlast that, and the
+            # stream's absence must not open the recipient's circuit for the default 30 s.
+            delivery = DeliveryConfig(max_retries=40, retry_delay=0.1, max_retry_delay=0.5)
+            router = RouterConfig(circuit_breaker=None)
+            return MessageSystemConfig(delivery=delivery, router=router, cluster=joined)
+
+        async with (
+            open_message_system(config("a")) as a,
+            open_message_system(config("b")) as b,
+        ):
+            ref = await spawn_seen(b, a, "worker", send)
+            stream = await _stream_info(a)
+            assert stream.config.num_replicas == 3
+            # The server that leads the stream: the one whose loss a replica must make good.
+            leader = stream.cluster.leader
+            with trio.fail_after(3 * BOUND):
+                for number in range(count):
+                    await ref.cast(number)
+                    if number == count // 2:
+                        servers.kill(int(leader.rpartition("-")[2]))
+            with trio.fail_after(BOUND):
+                assert await ref.call(21, timeout=BOUND) == 42
+                arrived: set[int] = set()
+                while not arrived >= set(range(count)):
+                    arrived.add(await seen.receive())
+
+
+async def _stream_info(system: MessageSystem) -> Any:
+    """The cluster's stream as the server describes it."""
+    node = node_of(system)
+
+    async def info() -> Any:
+        return await node.bridge.jetstream.stream_info(node.subjects.stream)
+
+    with trio.fail_after(BOUND):
+        return await node.bridge.run(info)
 
 
 @pytest.mark.parametrize(
