@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import math
 import types
@@ -348,14 +349,28 @@ def _options_to_json(options: MessageOptions) -> dict[str, Any]:
 
 
 def _options_from_json(value: dict[str, Any]) -> MessageOptions:
-    guarantee = value["guarantee"]
-    timeout = value["timeout"]
+    return _options(
+        value["priority"],
+        value["timeout"],
+        value["max_retries"],
+        value["retry_delay"],
+        value["guarantee"],
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _options(
+    priority: Any, timeout: Any, max_retries: Any, retry_delay: Any, guarantee: Any
+) -> MessageOptions:
+    """The options these decoded fields describe: checked once, then shared (they are
+    immutable, and a system's messages carry few distinct ones), which saves their
+    validation on every message decoded from a journal or the wire."""
     options = MessageOptions(
-        priority=Priority(value["priority"]),
+        priority=Priority(priority),
         # The system's own notifications never expire; no caller can ask for that.
         timeout=30.0 if timeout == math.inf else timeout,
-        max_retries=value["max_retries"],
-        retry_delay=value["retry_delay"],
+        max_retries=max_retries,
+        retry_delay=retry_delay,
         guarantee=None if guarantee is None else DeliveryGuarantee(guarantee),
     )
     return never_expiring(options) if timeout == math.inf else options

@@ -84,18 +84,21 @@ def decode_message(body: bytes, headers: Mapping[str, str] | None, now: float) -
     """
     envelope = DEFAULT_CODEC.decode(body)
     headers = headers or {}
-    bad = f"bad headers on an arriving message: {bounded_repr(headers)}"
     try:
         age = float(headers.get(AGE, "0"))
         attempt = int(headers.get(ATTEMPT, "0"))
     except ValueError as error:
-        raise InvalidMessage(bad) from error
+        raise _bad_headers(headers) from error
     if not (math.isfinite(age) and age >= 0 and attempt >= 0):
-        raise InvalidMessage(bad)
+        raise _bad_headers(headers)
     recipient = envelope.recipient
     if isinstance(recipient, AgentId) and recipient.name is not None:
         recipient = recipient.name  # how the receiving node finds it: its id may be elsewhere
     return envelope.evolve(created_at=now - age, attempt=attempt, recipient=recipient)
+
+
+def _bad_headers(headers: Mapping[str, str]) -> InvalidMessage:
+    return InvalidMessage(f"bad headers on an arriving message: {bounded_repr(headers)}")
 
 
 def time_left(headers: Mapping[str, str] | None) -> float:
