@@ -294,7 +294,7 @@ class ClusterDirectory:
                 with trio.move_on_after(self._config.connect_timeout + self._config.heartbeat_ttl):
                     await names_ready.wait()
                     await nodes_ready.wait()
-                if nodes_ready.is_set():
+                if names_ready.is_set() and nodes_ready.is_set():
                     nursery.start_soon(self._sweep_forever)
                     self._started = True
                     task_status.started()
@@ -445,18 +445,20 @@ class ClusterDirectory:
 
     def _on_name(self, entry: KeyValue.Entry, fresh: bool = False) -> None:
         """Apply a names entry; ``fresh``: from a new watch's snapshot, which is the truth
-        whatever revision this copy holds (a server that lost its store counts anew)."""
+        whatever revision this copy holds, except against a newer claim made here."""
         name = key_name(entry.key)
         revision = entry.revision or 0
         held = self._names.get(name)
         if held is not None and revision <= held.revision and not fresh:
             return
+        own = self._own.get(name)
+        if own is not None and revision < own.revision:
+            return  # older than this node's own claim, which its watch has not reached yet
         if entry.operation in (KV_DEL, KV_PURGE):
             if held is not None:
                 del self._names[name]
                 self._emit(NameFreed(name, held.placement))
-            own = self._own.get(name)
-            if own is not None and own.revision < revision:
+            if own is not None:
                 del self._own[name]
             return
         placement = _decode_placement(entry.value)
