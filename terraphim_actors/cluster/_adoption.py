@@ -29,7 +29,7 @@ from .._core.ids import AgentId
 from .._core.messages import Envelope, cast
 from .._delivery.dead_letters import DeadLetterReason
 from ..errors import InvalidMessage
-from ._wire import MESSAGE_ID, decode_message
+from ._wire import MESSAGE_ID, decode_message, time_in_stream
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -95,7 +95,7 @@ async def _hand_on(heir: Heir, departed: str, message: Msg) -> None:
     or, past its expiry, file it as a dead letter here."""
     bridge, now = heir.bridge, heir.now()
     try:
-        envelope = decode_message(message.data, message.headers, now)
+        envelope = decode_message(message.data, message.headers, now, time_in_stream(message))
     except InvalidMessage as error:
         heir.delivery.refuse_arrival(
             cast(None, message.data, recipient=f"?{departed}"),

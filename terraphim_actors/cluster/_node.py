@@ -39,7 +39,7 @@ from ._directory import ClusterDirectory, DirectoryEvent
 from ._directory import NodeDown as NodeLeft
 from ._remote import RemoteEndpoint
 from ._subjects import Subjects
-from ._wire import decode_message, encode_answer, encode_failure, time_left
+from ._wire import decode_message, encode_answer, encode_failure, time_in_stream, time_left
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -368,7 +368,8 @@ class ClusterNode:
     def _arrived(self, message: Msg, from_jetstream: bool) -> None:
         delivery = self.delivery
         try:
-            envelope = decode_message(message.data, message.headers, self.now())
+            waited = time_in_stream(message) if from_jetstream else 0.0
+            envelope = decode_message(message.data, message.headers, self.now(), waited)
         except InvalidMessage as error:
             self._undecodable(message, error, from_jetstream)
             return

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from .._core.bounded_repr import bounded_repr
@@ -28,12 +29,16 @@ from .._core.ids import AgentId
 from .._core.messages import Envelope
 from ..errors import CallFailed, InvalidMessage, MessagingError, RemoteError
 
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
 __all__ = [
     "decode_answer",
     "decode_message",
     "encode_answer",
     "encode_failure",
     "encode_message",
+    "time_in_stream",
     "time_left",
 ]
 
@@ -75,9 +80,12 @@ def encode_message(
     return body, headers
 
 
-def decode_message(body: bytes, headers: Mapping[str, str] | None, now: float) -> Envelope:
+def decode_message(
+    body: bytes, headers: Mapping[str, str] | None, now: float, waited: float = 0.0
+) -> Envelope:
     """The envelope that :func:`encode_message` sent, as of ``now`` on this node's clock,
-    addressed to its recipient's name (a node finds its agents by name).
+    addressed to its recipient's name (a node finds its agents by name); ``waited`` is how
+    long it then waited in JetStream (:func:`time_in_stream`), which ages it as much.
 
     Raises:
         InvalidMessage: the body or a header is not what a node sends.
@@ -94,7 +102,15 @@ def decode_message(body: bytes, headers: Mapping[str, str] | None, now: float) -
     recipient = envelope.recipient
     if isinstance(recipient, AgentId) and recipient.name is not None:
         recipient = recipient.name  # how the receiving node finds it: its id may be elsewhere
-    return envelope.evolve(created_at=now - age, attempt=attempt, recipient=recipient)
+    return envelope.evolve(created_at=now - age - waited, attempt=attempt, recipient=recipient)
+
+
+def time_in_stream(message: Msg) -> float:
+    """Seconds since JetStream stored ``message`` (by the server's clock, read on this host's:
+    0 if they disagree that way). A message waiting there for its node to come back, or for
+    another to take its recipient, gets no younger: its expiry holds."""
+    stored = message.metadata.timestamp
+    return max(0.0, time.time() - stored.timestamp())
 
 
 def _bad_headers(headers: Mapping[str, str]) -> InvalidMessage:

@@ -30,6 +30,7 @@ from terraphim_actors import (
     DeliveryConfig,
     DeliveryGuarantee,
     Down,
+    MessageOptions,
     MessageSystem,
     MessageSystemConfig,
     RouterConfig,
@@ -341,6 +342,40 @@ async def test_a_server_of_a_nats_cluster_killed_loses_no_acknowledged_message(
                 arrived: set[int] = set()
                 while not arrived >= set(range(count)):
                     arrived.add(await seen.receive())
+
+
+async def test_the_queue_of_a_node_that_never_comes_back_ends_in_dead_letters_at_expiry(
+    nats_server: LocalNatsServer,
+) -> None:
+    """SIGKILL of a node while at-least-once casts to its agent are being handled, and the
+    node never comes back, nor its agent's name elsewhere: the live node that adopts its queue
+    files what the killed node had not acknowledged as dead letters (``EXPIRED``) once their
+    timeout passed; each cast was handled or is a dead letter, none lost."""
+    count, timeout = 100, 1.0
+    cluster = fresh_cluster()
+    async with open_message_system(node_config(nats_server, cluster, "heir")) as system:
+        events = node_of(system).directory.watch()
+        send, letters = trio.open_memory_channel[Any](math.inf)
+        system.subscribe_dead_letters(await system.spawn(Recorder, send))
+        async with node_process([nats_server.url], cluster, "far", pause=0.005) as far:
+            await until(events, NameTaken, "worker")
+            ref = system.ref("worker")
+            with trio.fail_after(BOUND):
+                for number in range(count):
+                    await ref.cast(number, options=MessageOptions(timeout=timeout))
+                await far.wait_for(lambda seen: len(seen) >= count // 4)
+            far.kill()
+
+        # What the killed node had taken comes back to the heir once the ack wait ran out.
+        dead: list[Any] = []
+        accounted = set(far.handled)
+        with trio.fail_after(ACK_WAIT + BOUND):
+            while not accounted >= set(range(count)):
+                _, letter = await letters.receive()
+                dead.append(letter)
+                accounted.add(letter.envelope.payload)
+        assert len(far.handled) < count  # the kill came mid-stream
+        assert {letter.reason for letter in dead} == {DeadLetterReason.EXPIRED}
 
 
 async def _stream_info(system: MessageSystem) -> Any:
