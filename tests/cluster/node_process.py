@@ -7,8 +7,9 @@ there, and reports as JSON lines on stdout (flushed at once, so the test follows
 - ``{"event": "ready", "node": ...}`` once every agent is spawned (their names are claimed);
 - ``{"event": "handled", "agent": ..., "payload": ...}`` after an agent handled a cast.
 
-It runs until it is killed. An agent answers a call with its argument, except ``"hang"``,
-which it never answers (so that a caller is left waiting on it).
+It runs until it is killed, or until its stdin closes (the test that started it is gone, so
+that no node outlives its test). An agent answers a call with its argument, except
+``"hang"``, which it never answers (so that a caller is left waiting on it).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ async def main(options: argparse.Namespace) -> None:
         for name in options.spawn:
             await system.spawn(Worker, name, options.pause, name=name)
         report(event="ready", node=options.node)
-        await trio.sleep_forever()
+        await trio.to_thread.run_sync(sys.stdin.buffer.read, abandon_on_cancel=True)
 
 
 if __name__ == "__main__":

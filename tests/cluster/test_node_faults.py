@@ -103,7 +103,10 @@ async def node_process(
     command += [f"--server={url}" for url in servers]
     command += [f"--spawn={name}" for name in spawn]
     command += [f"--pause={pause}"]
-    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
+    # Its stdin stays open while this process lives: the node ends when it closes.
+    process = await trio.lowlevel.open_process(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     try:
         async with trio.open_nursery() as nursery:
             running = NodeProcess(process)
