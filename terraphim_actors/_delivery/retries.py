@@ -42,6 +42,11 @@ class RetryCandidate:
     last_failure: DeadLetterReason
 
 
+#: Seconds between tries of a message the cluster could not carry (no NATS server took it, or
+#: JetStream was electing a stream leader): such tries spend none of its retries.
+UNREACHABLE_WAIT = 0.5
+
+
 class NoRetry(enum.Enum):
     """Why a failed message gets no next try."""
 
@@ -101,18 +106,25 @@ class RetryScheduler:
         ``envelope.attempt``; or why there is none: its retries are spent, or that time would
         be past ``limit``.
 
-        The time is its backoff from now; refused by its destination's ``admission``, not before
+        A failure of the cluster's transport (``UNREACHABLE``) spends no retry: the message is
+        tried again every :data:`UNREACHABLE_WAIT` seconds until ``limit``. Otherwise the time
+        is its backoff from now; refused by its destination's ``admission``, not before
         that may let it through (its ``retry_at``: for an open circuit, when it lets a trial
         through), since sooner it would only fail again. (Refused by a half-open circuit, it
         waits only its backoff: the trial under way will soon have closed the circuit, or
         opened it again.)
         """
+        now = self._clock.current_time()
+        if reason is DeadLetterReason.UNREACHABLE:
+            # The cluster could not carry it: the message was never tried, so no retry is
+            # spent; it waits for NATS until its expiry.
+            due = now + UNREACHABLE_WAIT
+            return NoRetry.TOO_LATE if due > limit else due
         retries = envelope.options.max_retries
         assert retries is not None  # filled in when the message was accepted
         if envelope.attempt >= retries:
             return NoRetry.EXHAUSTED
         envelope.attempt += 1
-        now = self._clock.current_time()
         due = now + self.backoff(envelope)
         if reason is DeadLetterReason.CIRCUIT_OPEN and admission is not None:
             retry_at = admission.retry_at(now)

@@ -27,13 +27,11 @@ from terraphim_actors import (
     AgentRef,
     Context,
     DeadLetterReason,
-    DeliveryConfig,
     DeliveryGuarantee,
     Down,
     MessageOptions,
     MessageSystem,
     MessageSystemConfig,
-    RouterConfig,
     StopReason,
     open_message_system,
 )
@@ -320,11 +318,10 @@ async def test_a_server_of_a_nats_cluster_killed_loses_no_acknowledged_message(
                 heartbeat_ttl=15.0,
             )
             # JetStream elects a new leader for the stream within seconds (5 to 7 measured
-            # here), during which it takes nothing: the retries must outlast that, and the
-            # stream's absence must not open the recipient's circuit for the default 30 s.
-            delivery = DeliveryConfig(max_retries=40, retry_delay=0.1, max_retry_delay=0.5)
-            router = RouterConfig(circuit_breaker=None)
-            return MessageSystemConfig(delivery=delivery, router=router, cluster=joined)
+            # here), during which it takes nothing: with the default delivery settings, the
+            # casts meanwhile wait for it without spending their retries, and without
+            # counting against the recipient's circuit.
+            return MessageSystemConfig(cluster=joined)
 
         async with (
             open_message_system(config("a")) as a,
