@@ -3,14 +3,22 @@ handle to a group of them."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import trio
 
 from .._core.bounded_repr import bounded_repr
 from .._core.checks import check_instance, check_seconds
-from .._core.ids import AgentId
-from .._core.messages import Envelope, MessageKind, MessageOptions, Priority
+from .._core.ids import AgentId, new_message_id
+from .._core.messages import (
+    NO_HEADERS,
+    Envelope,
+    MessageKind,
+    MessageOptions,
+    Priority,
+    UnsealedEnvelope,
+)
 from .._core.reply import ReplyHandle
 from .._core.threads import current_thread_id, wrong_thread
 from .._primitives.balancing import LoadBalancing
@@ -26,8 +34,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AgentRef", "PoolRef"]
 
-#: The hot path's envelope constructor, looked up once.
-_new_envelope = Envelope.for_send
+#: Looked up once, for the hot path's envelope.
+_new_object = object.__new__
+_NO_DEADLINE = math.inf
 
 
 class _Sender(Protocol):
@@ -278,7 +287,23 @@ class AgentRef:
         sender = None if (cell := current_cell.get()) is None else cell.id
         created_at = system.clock.current_time()
         if call_timeout is None:
-            return _new_envelope(kind, payload, sender, self.id, resolved, created_at)
+            # ``Envelope.for_send`` spelled out: the call it saves is a thirtieth of a cast.
+            # Built as an ``UnsealedEnvelope``, whose slots are set at C speed, then sealed.
+            envelope: Envelope = _new_object(UnsealedEnvelope)
+            envelope.id = new_message_id()
+            envelope.kind = kind
+            envelope.payload = payload
+            envelope.sender = sender
+            envelope.recipient = self.id
+            envelope.options = resolved
+            envelope.created_at = created_at
+            envelope.headers = NO_HEADERS
+            envelope.attempt = 0
+            envelope.reply = None
+            envelope.deadline = _NO_DEADLINE
+            envelope.reply_to = None
+            envelope.__class__ = Envelope
+            return envelope
         # This call's deadline, or the deadline of the call being handled when that is tighter.
         # A tighter Trio scope around the caller cancels it as any scope does, but the envelope
         # carries that deadline too, so that the callee can skip work nobody waits for.

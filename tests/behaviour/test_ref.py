@@ -39,6 +39,7 @@ from terraphim_actors import (
     cast,
     open_message_system,
 )
+from terraphim_actors._core.messages import PER_ATTEMPT, Envelope
 from terraphim_actors.errors import (
     AgentNotFound,
     AgentStopped,
@@ -570,6 +571,28 @@ class TestCastAndInfo:
             await sent
         await trio.testing.wait_all_tasks_blocked()
         assert log == [(handled_as, "hello")]
+
+    @pytest.mark.parametrize("send", [AgentRef.cast, AgentRef.cast_nowait])
+    async def test_a_cast_arrives_whole_and_cannot_be_changed(
+        self, system: MessageSystem, send: Any
+    ) -> None:
+        """The envelope a cast reaches its handler in has every field a built one has, on its
+        first attempt, and its message refuses a change as any message does."""
+        seen: list[Envelope] = []
+        ref = await system.spawn(Runner)
+        sent = send(ref, lambda ctx: seen.append(ctx.envelope))
+        if sent is not None:
+            await sent
+        await trio.testing.wait_all_tasks_blocked()
+        [envelope] = seen
+        built = cast(None, "built", recipient=ref.id)
+        assert type(envelope) is Envelope
+        for name in ("kind", "sender", "recipient", "headers", *PER_ATTEMPT):
+            assert getattr(envelope, name) == getattr(built, name), name
+        assert envelope.options.priority is Priority.NORMAL
+        assert type(envelope.id) is int
+        with pytest.raises(AttributeError, match="does not change"):
+            envelope.payload = "changed"
 
     async def test_messages_from_one_sender_arrive_in_order(self, system: MessageSystem) -> None:
         """Casts and infos of one priority from one sender are handled in the order sent."""
