@@ -666,7 +666,13 @@ class DeliveryManager:
             if "message_accepted" in self._instruments:
                 self._instruments.call("message_accepted", copy)
         for endpoint, copy in targets:
-            failure = self._put_nowait(endpoint, copy)
+            try:
+                failure = self._put_nowait(endpoint, copy)
+            except _NOT_TAKEN as error:
+                # Its new destination cannot take it (an agent on another node, and a payload
+                # the codec cannot carry): no retry would encode it.
+                self._give_up(copy, DeadLetterReason.REJECTED, str(error))
+                continue
             if failure is not None:
                 self._failed(endpoint, copy, *failure)
 

@@ -29,7 +29,7 @@ from .._core.ids import AgentId
 from .._core.messages import Envelope, cast
 from .._delivery.dead_letters import DeadLetterReason
 from ..errors import InvalidMessage
-from ._wire import MESSAGE_ID, decode_message, time_in_stream
+from ._wire import AGE, MESSAGE_ID, decode_message, time_in_stream
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -108,6 +108,7 @@ async def _hand_on(heir: Heir, departed: str, message: Msg) -> None:
     if placement is not None and placement.node != departed:
         headers = dict(message.headers or {})
         headers[MESSAGE_ID] = f"{headers.get(MESSAGE_ID, int(envelope.id))}~{departed}"
+        headers[AGE] = repr(max(0.0, now - envelope.created_at))  # its wait here included
         subject = heir.subjects.queue(placement.node)
 
         async def send_on() -> None:

@@ -25,6 +25,7 @@ import outcome
 import trio
 
 from .._behaviour.refs import AgentRef
+from .._core.bounded_repr import bounded_repr
 from .._core.ids import AgentId, MessageId
 from .._core.messages import Envelope, MessageKind, cast
 from .._core.notifications import ExitReason, StopReason
@@ -343,15 +344,14 @@ class ClusterNode:
             for message in messages:
                 try:
                     announcement = json.loads(message.data)
-                    name, uid = announcement["name"], uuid.UUID(announcement["uid"])
+                    name, uid = str(announcement["name"]), uuid.UUID(str(announcement["uid"]))
                     reason = _reason_from_json(announcement["reason"])
-                except (ValueError, KeyError, TypeError) as error:
+                except Exception as error:  # whatever the network brings, never a crash
                     logger.warning("an unreadable stop announcement: %r", error)
                     continue
                 endpoint = self._endpoints.get(name)
-                if endpoint is None:
-                    continue
-                endpoint.remote.heard_stopped(uid, reason)
+                if endpoint is not None:
+                    endpoint.remote.heard_stopped(uid, reason)
 
     # -- arrivals ----------------------------------------------------------------------------
 
@@ -373,6 +373,9 @@ class ClusterNode:
         except InvalidMessage as error:
             self._undecodable(message, error, from_jetstream)
             return
+        if envelope.kind is MessageKind.CALL:  # a call comes as a request, with its answer's way
+            self._undecodable(message, InvalidMessage("a call without a reply"), from_jetstream)
+            return
         if from_jetstream:
             if envelope.id in self._awaiting:
                 # JetStream delivered it again while the first copy still waits here: the
@@ -380,7 +383,13 @@ class ClusterNode:
                 self._awaiting[envelope.id] = message
                 return
             self._awaiting[envelope.id] = message
-        endpoint = self._local(envelope)
+        try:
+            endpoint = self._local(envelope)
+        except Exception as error:  # a pool's key function: user code
+            delivery.refuse_arrival(
+                envelope, DeadLetterReason.NOT_FOUND, f"routing it raised {bounded_repr(error)}"
+            )
+            return
         # At most once, a failure is filed as a dead letter already; nobody here to tell.
         with contextlib.suppress(MessagingError):
             delivery.send_nowait(endpoint, envelope)
@@ -420,7 +429,10 @@ class ClusterNode:
                 except trio.EndOfChannel:
                     return
                 for message in messages:
-                    nursery.start_soon(self._serve_call, message)
+                    if message.reply:
+                        nursery.start_soon(self._serve_call, message)
+                    else:  # nowhere to answer: not a request a node sends
+                        self._undecodable(message, InvalidMessage("a call without a reply"), False)
 
     async def _serve_call(self, message: Msg) -> None:
         """Handle one call from another node here, as a local call, and answer it."""
@@ -431,7 +443,7 @@ class ClusterNode:
             if envelope.kind is not MessageKind.CALL:
                 raise InvalidMessage(f"a request must be a call, got {envelope!r}")
             answer = encode_answer(await self._call(envelope, deadline))
-        except MessagingError as error:
+        except Exception as error:  # a pool's key function among them: user code
             answer = encode_failure(error)
         self.bridge.respond_nowait(message, *answer)
 
@@ -464,7 +476,8 @@ class ClusterNode:
                 return
             books = json.dumps(attrs.asdict(self.delivery.get_stats())).encode()
             for message in messages:
-                self.bridge.respond_nowait(message, books)
+                if message.reply:
+                    self.bridge.respond_nowait(message, books)
 
 
 def _ignored(_: outcome.Outcome[None]) -> None:

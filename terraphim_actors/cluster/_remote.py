@@ -230,8 +230,9 @@ class RemoteInbox:
         retries it within its deadline."""
         link, endpoint = self._link, self._endpoint
         assert endpoint is not None
-        if link.local_endpoint(self._name()) is not None:
-            return True
+        local = link.local_endpoint(self._name())
+        if local is not None:  # spawned again here: as that agent's own endpoint would say
+            return local.admission is None and local.inbox.has_room()
         return link.bridge.connected and endpoint.remote.placement() is not None
 
     def put_nowait(self, envelope: Envelope) -> None:
@@ -249,7 +250,7 @@ class RemoteInbox:
             local.inbox.put_nowait(envelope)
             return
         link = self._link
-        body, headers = encode_message(envelope, link.now(), link.max_payload)
+        body, headers = encode_message(envelope, link.now(), link.max_payload, node)
         if envelope.reply is not None:
             self._request(node, envelope, body, headers)
             return
@@ -274,16 +275,17 @@ class RemoteInbox:
             ClusterError: no server took it in time (delivery retries it); and as
                 :meth:`put_nowait`.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled, it sent nothing
         if envelope.reply is not None:
             self.put_nowait(envelope)
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return
         local, node = self._destination()
         if local is not None:
             await local.inbox.put(envelope)
             return
         link = self._link
-        body, headers = encode_message(envelope, link.now(), link.max_payload)
+        body, headers = encode_message(envelope, link.now(), link.max_payload, node)
         if envelope.options.guarantee is AT_MOST_ONCE:
             subject = link.subjects.casts(node)
 
@@ -300,7 +302,10 @@ class RemoteInbox:
 
             work = store
         try:
-            await link.bridge.run(work)
+            # Shielded (the publish is bounded by its timeout): once it is under way, only its
+            # outcome says whether the message was sent.
+            with trio.CancelScope(shield=True):
+                await link.bridge.run(work)
         except ClusterError:
             raise
         except Exception as error:  # nats-py's: a timeout, no responders, a closed connection

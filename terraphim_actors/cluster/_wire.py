@@ -55,9 +55,14 @@ OUTCOME = "Ta-Outcome"
 
 
 def encode_message(
-    envelope: Envelope, now: float, max_payload: int
+    envelope: Envelope, now: float, max_payload: int, to: str = ""
 ) -> tuple[bytes, dict[str, str]]:
-    """``envelope`` as the body and headers that carry it to another node, at ``now``.
+    """``envelope`` as the body and headers that carry it to node ``to``, at ``now``.
+
+    Its ``Nats-Msg-Id`` is its message id with that node: JetStream drops a copy published to
+    the same node again (within its duplicate window, across the whole stream), but keeps the
+    hop of a message a node passes on to another (the recipient's exactly-once window still
+    knows it by its message id).
 
     Raises:
         UnencodablePayload: its payload holds a value the codec cannot carry.
@@ -70,7 +75,7 @@ def encode_message(
             " NATS message may carry (the servers' max_payload)"
         )
     headers = {
-        MESSAGE_ID: str(int(envelope.id)),
+        MESSAGE_ID: f"{int(envelope.id)}>{to}",
         AGE: repr(max(0.0, now - envelope.created_at)),
         ATTEMPT: str(envelope.attempt),
     }

@@ -32,13 +32,13 @@ def test_a_message_arrives_as_old_as_it_left_on_the_receivers_clock() -> None:
     """The sender's clock means nothing to the receiver: the message's age crosses instead,
     so its expiry stays where it was."""
     envelope = cast(None, {"n": 1}, recipient="worker").evolve(created_at=100.0, attempt=2)
-    body, headers = encode_message(envelope, now=103.5, max_payload=LIMIT)
+    body, headers = encode_message(envelope, now=103.5, max_payload=LIMIT, to="b")
     arrived = decode_message(body, headers, now=7.0)
     assert arrived.id == envelope.id
     assert arrived.payload == {"n": 1}
     assert arrived.created_at == pytest.approx(3.5)
     assert arrived.attempt == 2
-    assert headers["Nats-Msg-Id"] == str(int(envelope.id))
+    assert headers["Nats-Msg-Id"] == f"{int(envelope.id)}>b"  # the publish: message and node
 
 
 def test_a_call_carries_the_time_its_caller_still_waits() -> None:
