@@ -88,6 +88,8 @@ class ClusterNode:
         #: Calls waiting for an answer from each node, each with what fails it if that node
         #: leaves the cluster first.
         self._calls: dict[str, dict[MessageId, Callable[[], None]]] = {}
+        #: The departed nodes whose queues this node is handing on.
+        self._adopting: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<ClusterNode {self.config.node!r} of {self.config.cluster!r}>"
@@ -254,6 +256,7 @@ class ClusterNode:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(directory.run)
                     nursery.start_soon(self._follow_directory, directory.watch(), nursery)
+                    nursery.start_soon(self._adopt_orphans, nursery)  # left before we came
                     subjects, node = self.subjects, config.node
                     downs = await bridge.subscribe(subjects.all_downs)
                     nursery.start_soon(self._hear_downs, downs)
@@ -313,6 +316,42 @@ class ClusterNode:
 
         await bridge.run(bind)
 
+    # -- other nodes' queues ------------------------------------------------------------------
+
+    async def _adopt_orphans(self, nursery: trio.Nursery) -> None:
+        """Adopt the queue of every node that is gone and whose heir this node is now: the
+        one that just left, but also one whose heir left in its turn, or that left before
+        this node joined. A queue is a durable consumer of the stream, so the stream lists
+        them all."""
+        subjects, directory = self.subjects, self.directory
+
+        async def consumers() -> list[str]:
+            infos = await self.bridge.jetstream.consumers_info(subjects.stream)
+            return [info.name for info in infos]
+
+        try:
+            names = await self.bridge.run(consumers)
+        except Exception as error:  # tried again at the next departure
+            logger.warning("could not list the queues of the cluster: %r", error)
+            return
+        prefix = subjects.consumer("")
+        for name in names:
+            node = name.removeprefix(prefix)
+            if (
+                name.startswith(prefix)
+                and node not in self._adopting
+                and not directory.node_alive(node)
+                and heir_of(node, directory.live_nodes()) == self.config.node
+            ):
+                self._adopting.add(node)
+                nursery.start_soon(self._adopt, node)
+
+    async def _adopt(self, node: str) -> None:
+        try:
+            await adopt(self, node)
+        finally:
+            self._adopting.discard(node)
+
     # -- other nodes' agents stopping ---------------------------------------------------------
 
     async def _follow_directory(
@@ -326,8 +365,7 @@ class ClusterNode:
                 continue
             for node_gone in self._calls.pop(event.node, {}).values():
                 node_gone()
-            if heir_of(event.node, self.directory.live_nodes()) == self.config.node:
-                nursery.start_soon(adopt, self, event.node)
+            nursery.start_soon(self._adopt_orphans, nursery)
             for endpoint in self._endpoints.values():
                 occupant = endpoint.remote
                 if occupant.watches_node(event.node, event.incarnation):
