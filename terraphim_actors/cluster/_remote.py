@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import outcome
@@ -259,24 +259,19 @@ class RemoteInbox:
             link.bridge.publish_nowait(link.subjects.casts(node), body, headers)
             link.delivery.forwarded(envelope)
             return
-        subject = link.subjects.queue(node)
-        timeout = _publish_timeout(envelope, link.now())
-
-        async def store() -> None:
-            await link.bridge.jetstream.publish(subject, body, timeout=timeout, headers=headers)
-
+        store = self._storing(node, envelope, body, headers)
         link.bridge.submit(store, lambda result: self._settle(envelope, result))
 
     async def put(self, envelope: Envelope) -> None:
-        """Send ``envelope`` and, for a cast or an info, return once the cluster took it
-        (JetStream stored it, or, at most once, it went out).
+        """Send ``envelope`` and, for a cast or an info kept by JetStream, return once it
+        stored it.
 
         Raises:
             ClusterError: no server took it in time (delivery retries it); and as
                 :meth:`put_nowait`.
         """
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled, it sent nothing
-        if envelope.reply is not None:
+        if envelope.reply is not None or envelope.options.guarantee is AT_MOST_ONCE:
             self.put_nowait(envelope)
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
@@ -286,31 +281,28 @@ class RemoteInbox:
             return
         link = self._link
         body, headers = encode_message(envelope, link.now(), link.max_payload, node)
-        if envelope.options.guarantee is AT_MOST_ONCE:
-            subject = link.subjects.casts(node)
-
-            async def publish() -> None:
-                await link.bridge.client.publish(subject, body, headers=headers)
-
-            work = publish
-        else:
-            subject = link.subjects.queue(node)
-            timeout = _publish_timeout(envelope, link.now())
-
-            async def store() -> None:
-                await link.bridge.jetstream.publish(subject, body, timeout=timeout, headers=headers)
-
-            work = store
         try:
             # Shielded (the publish is bounded by its timeout): once it is under way, only its
             # outcome says whether the message was sent.
             with trio.CancelScope(shield=True):
-                await link.bridge.run(work)
+                await link.bridge.run(self._storing(node, envelope, body, headers))
         except ClusterError:
             raise
         except Exception as error:  # nats-py's: a timeout, no responders, a closed connection
             raise ClusterError(f"the cluster did not take {envelope!r}: {error!r}") from error
         link.delivery.forwarded(envelope)
+
+    def _storing(
+        self, node: str, envelope: Envelope, body: bytes, headers: dict[str, str]
+    ) -> Callable[[], Awaitable[None]]:
+        """The JetStream publish of ``envelope`` to ``node``'s queue, to run on the bridge."""
+        jetstream, subject = self._link.bridge.jetstream, self._link.subjects.queue(node)
+        timeout = _publish_timeout(envelope, self._link.now())
+
+        async def store() -> None:
+            await jetstream.publish(subject, body, timeout=timeout, headers=headers)
+
+        return store
 
     def attach(self, endpoint: RemoteEndpoint) -> None:
         self._endpoint = endpoint
