@@ -59,8 +59,10 @@ class AgentRef:
     """A stable, hashable handle to one agent, valid across its restarts.
 
     Messages sent through one ref from one sender arrive in order within a priority while
-    nothing fails. The blocking sends (``call``, ``cast``, ``info``) checkpoint and wait for
-    room in a bounded mailbox that blocks; ``cast_nowait`` and ``info_nowait`` never wait.
+    nothing fails. The blocking sends (``call``, ``cast``, ``info``) are cancellation points
+    and wait for room in a bounded mailbox that blocks; ``cast`` and ``info`` are schedule
+    points when they wait and otherwise once every ``SEND_BUDGET`` (64) sends, the cooperative
+    budget; ``cast_nowait`` and ``info_nowait`` never wait.
     Each send takes the system's delivery guarantee, or the one in ``options``.
 
     Send from the thread the system runs in: from another thread, go through

@@ -30,7 +30,7 @@ from .._core.protocols import Journal
 from .._core.reply import KeptAnswer
 from .._primitives.circuit import CircuitBreaker, CircuitBreakerConfig
 from .._primitives.dedup import NO_REPLY, UNSEEN, HandledMessages
-from .._primitives.mailbox import OwnMailboxFull
+from .._primitives.mailbox import OwnMailboxFull, spend_send_budget
 from .._primitives.timers import TimerService
 from .._routing.router import Router
 from ..errors import (
@@ -345,11 +345,13 @@ class DeliveryManager:
     async def _put(self, endpoint: Endpoint | None, envelope: Envelope) -> _Failure | None:
         """Put ``envelope`` in ``endpoint``'s inbox, waiting if it blocks; or say why not.
 
-        Checkpoints either way, as every blocking operation in Trio does."""
+        A cancellation point either way, and a schedule point when it waits, or by the send
+        budget (see ``Mailbox.put``)."""
         if endpoint is None or endpoint.admission is not None:
             failure = self._obstacle(endpoint, envelope)
             if failure is not None:
-                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint_if_cancelled()
+                await spend_send_budget()
                 return failure
             assert endpoint is not None
         try:

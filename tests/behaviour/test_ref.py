@@ -40,6 +40,7 @@ from terraphim_actors import (
     open_message_system,
 )
 from terraphim_actors._core.messages import PER_ATTEMPT, Envelope
+from terraphim_actors._primitives.mailbox import SEND_BUDGET
 from terraphim_actors.errors import (
     AgentNotFound,
     AgentStopped,
@@ -908,24 +909,65 @@ class TestRefBadInputAndCheckpoints:
         with pytest.raises(InvalidConfig):
             await ref.cast("x", priority=priority)
 
-    async def test_cast_refused_by_a_stopped_agent_still_checkpoints(
+    async def test_cast_refused_by_a_stopped_agent_is_a_cancellation_point(
         self, system: MessageSystem
     ) -> None:
-        """A cast that becomes a dead letter is still a schedule point (Trio's rule)."""
+        """A cast that would become a dead letter, made in a cancelled scope, raises
+        ``Cancelled`` (Trio's rule for a cancellation point)."""
         ref = await system.spawn(Recorder, [])
         await system.stop(ref)
-        with trio.testing.assert_checkpoints():
+        with trio.CancelScope() as scope:
+            scope.cancel()
             await ref.cast("too late")
+            pytest.fail("the cast was not a cancellation point")
+
+    async def test_a_cast_in_a_cancelled_scope_sends_nothing(self, system: MessageSystem) -> None:
+        """A cast that raises ``Cancelled`` has not sent its message."""
+        seen: list[Any] = []
+        ref = await system.spawn(Recorder, seen)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await ref.cast("never")
+        await ref.cast("after")
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == [("cast", "after")]
 
     @pytest.mark.at_most_once
-    async def test_cast_rejected_by_a_full_mailbox_still_checkpoints(
+    async def test_cast_rejected_by_a_full_mailbox_is_a_cancellation_point(
         self, system: MessageSystem
     ) -> None:
-        """A cast refused with ``MailboxFull`` is still a schedule point."""
+        """A cast that a full mailbox would refuse, made in a cancelled scope, raises
+        ``Cancelled``, not ``MailboxFull``."""
         ref, release = await spawn_with_full_rejecting_mailbox(system)
-        with trio.testing.assert_checkpoints(), pytest.raises(MailboxFull):
+        with trio.CancelScope() as scope:
+            scope.cancel()
             await ref.cast("one too many")
+        assert scope.cancelled_caught
         release.set()
+
+    async def test_a_sender_that_never_waits_yields_once_per_send_budget(
+        self, system: MessageSystem
+    ) -> None:
+        """Casts that find room complete without a scheduler round of their own, but a task
+        casting in a loop still lets the others run at least once every ``SEND_BUDGET``
+        casts (the cooperative budget)."""
+        ref = await system.spawn(Recorder, [])
+        casts = 10 * SEND_BUDGET
+        turns = 0
+
+        async def count_turns(done: trio.Event) -> None:
+            nonlocal turns
+            while not done.is_set():
+                await trio.lowlevel.checkpoint()
+                turns += 1
+
+        done = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(count_turns, done)
+            for number in range(casts):
+                await ref.cast(number)
+            done.set()
+        assert casts // SEND_BUDGET - 1 <= turns <= casts // SEND_BUDGET + 2
 
 
 SECRET = "sk-live-0123456789"
