@@ -66,8 +66,9 @@ _SCALARS = (type(None), bool, int, float, str)
 
 
 @attrs.frozen
-class _Tagged:
-    """A registered payload on its way to JSON: its tag and its unstructured fields.
+class TaggedPayload:
+    """A registered payload on its way to bytes: its tag and its unstructured fields (see
+    :meth:`Codec.tagged`).
 
     A marker object rather than a dict, so that a user's dict that happens to look like a
     tagged value is never mistaken for one."""
@@ -232,7 +233,7 @@ class Codec:
                         f"a payload's dict keys must be str, got {bounded_repr(key)}"
                     )
             return {"$dict": {key: self._to_json(item) for key, item in value.items()}}
-        if cls is _Tagged:
+        if cls is TaggedPayload:
             fields = value.fields
             return {"$payload": value.tag, "fields": {k: self._to_json(fields[k]) for k in fields}}
         if cls in self._tags:
@@ -262,9 +263,33 @@ class Codec:
             return self._structure[cls](fields, cls)
         raise InvalidMessage(f"not an encoded payload: {bounded_repr(value)}")
 
-    def _unstructure_registered(self, value: Any) -> _Tagged:
+    def tagged(self, value: Any) -> TaggedPayload | None:
+        """``value`` as its tag and its fields, unstructured by this codec's converter, if its
+        class is registered here (a registered value within them is a ``TaggedPayload`` too),
+        else ``None``: for a format other than this codec's JSON that carries the same payloads
+        (the cluster's wire), so that there is one registry."""
+        return self._unstructure_registered(value) if value.__class__ in self._tags else None
+
+    def structured(self, tag: str, fields: dict[str, Any]) -> Any:
+        """The registered payload that :meth:`tagged` described as ``tag`` and ``fields``, its
+        fields decoded (a registered value within them already rebuilt).
+
+        Raises:
+            InvalidMessage: ``tag`` is not registered here, or the fields do not fit its class.
+        """
+        cls = self._classes.get(tag)
+        if cls is None:
+            raise InvalidMessage(f"payload tag {tag!r} is not registered")
+        try:
+            return self._structure[cls](fields, cls)
+        except InvalidMessage:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, cattrs.BaseValidationError) as e:
+            raise InvalidMessage(f"not the fields of a {tag!r}: {bounded_repr(fields)}") from e
+
+    def _unstructure_registered(self, value: Any) -> TaggedPayload:
         cls = value.__class__
-        return _Tagged(self._tags[cls], self._unstructure[cls](value))
+        return TaggedPayload(self._tags[cls], self._unstructure[cls](value))
 
     @staticmethod
     def _structure_registered(value: Any, cls: type) -> Any:
@@ -349,7 +374,7 @@ def _options_to_json(options: MessageOptions) -> dict[str, Any]:
 
 
 def _options_from_json(value: dict[str, Any]) -> MessageOptions:
-    return _options(
+    return decoded_options(
         value["priority"],
         value["timeout"],
         value["max_retries"],
@@ -359,7 +384,7 @@ def _options_from_json(value: dict[str, Any]) -> MessageOptions:
 
 
 @functools.lru_cache(maxsize=256)
-def _options(
+def decoded_options(
     priority: Any, timeout: Any, max_retries: Any, retry_delay: Any, guarantee: Any
 ) -> MessageOptions:
     """The options these decoded fields describe: checked once, then shared (they are

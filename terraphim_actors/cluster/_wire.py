@@ -1,14 +1,15 @@
 """What crosses between nodes: a message with the time it has left, and a call's answer.
 
-A message's body is the codec's bytes, the journal's format. What the codec leaves out because
-it only means something in one process travels in NATS headers: how old the message is (its
-``created_at`` is a time on the sender's Trio clock, so the receiver rebuilds it on its own
-clock from the age, which keeps the message's expiry), which attempt this is, and for a call
-the time left before its caller's deadline. ``Nats-Msg-Id`` carries the message id, so that
-JetStream drops a republished copy within its duplicate window.
+A message's body is what the codec would encode of it, in msgpack rather than the journal's
+JSON (:mod:`._msgpack`: the same payload rules and registry, at a fraction of the cost). What
+the codec leaves out because it only means something in one process travels in NATS headers:
+how old the message is (its ``created_at`` is a time on the sender's Trio clock, so the
+receiver rebuilds it on its own clock from the age, which keeps the message's expiry), which
+attempt this is, and for a call the time left before its caller's deadline. ``Nats-Msg-Id``
+carries the message id, so that JetStream drops a republished copy within its duplicate window.
 
-An answer is the codec's bytes of the returned value, or of an error described by its class
-name and text: an exception cannot cross as itself (its class may not exist on the caller's
+An answer is the returned value in the same msgpack, or an error described by its class name
+and text: an exception cannot cross as itself (its class may not exist on the caller's
 node, and nothing is ever unpickled). The caller raises the same error a local call would: a
 class of ``terraphim_actors.errors`` by its name, and a handler's own exception as
 ``CallFailed`` whose cause is a :class:`~terraphim_actors.errors.RemoteError`.
@@ -16,7 +17,6 @@ class of ``terraphim_actors.errors`` by its name, and a handler's own exception 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping
@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from .._core.bounded_repr import bounded_repr
-from .._core.codec import DEFAULT_CODEC
-from .._core.ids import AgentId
 from .._core.messages import Envelope
 from ..errors import CallFailed, InvalidMessage, MessagingError, RemoteError
+from ._msgpack import decode_envelope, decode_value, encode_envelope, encode_value
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -68,7 +67,7 @@ def encode_message(
         UnencodablePayload: its payload holds a value the codec cannot carry.
         InvalidMessage: encoded, it exceeds the servers' ``max_payload``.
     """
-    body = DEFAULT_CODEC.encode(envelope)
+    body = encode_envelope(envelope)
     if len(body) > max_payload:
         raise InvalidMessage(
             f"{envelope!r} is {len(body)} bytes encoded, more than the {max_payload} bytes a"
@@ -95,7 +94,6 @@ def decode_message(
     Raises:
         InvalidMessage: the body or a header is not what a node sends.
     """
-    envelope = DEFAULT_CODEC.decode(body)
     headers = headers or {}
     try:
         age = float(headers.get(AGE, "0"))
@@ -104,10 +102,7 @@ def decode_message(
         raise _bad_headers(headers) from error
     if not (math.isfinite(age) and age >= 0 and attempt >= 0):
         raise _bad_headers(headers)
-    recipient = envelope.recipient
-    if isinstance(recipient, AgentId) and recipient.name is not None:
-        recipient = recipient.name  # how the receiving node finds it: its id may be elsewhere
-    return envelope.evolve(created_at=now - age - waited, attempt=attempt, recipient=recipient)
+    return decode_envelope(body, now - age - waited, attempt)
 
 
 def time_in_stream(message: Msg) -> float:
@@ -144,7 +139,7 @@ def encode_answer(value: Any) -> tuple[bytes, dict[str, str]]:
     """A call's returned ``value`` as an answer; one the codec cannot carry becomes the
     ``CallFailed`` the caller gets instead."""
     try:
-        return DEFAULT_CODEC.encode_value(value), {OUTCOME: "ok"}
+        return encode_value(value), {OUTCOME: "ok"}
     except MessagingError as error:
         failure = CallFailed(f"the reply could not be sent: {error}")
         failure.__cause__ = error
@@ -160,7 +155,7 @@ def encode_failure(error: BaseException) -> tuple[bytes, dict[str, str]]:
         "message": str(error),
         "cause": None if cause is None else _described(cause),
     }
-    return json.dumps(document).encode(), {OUTCOME: "error"}
+    return encode_value(document), {OUTCOME: "error"}
 
 
 def decode_answer(body: bytes, headers: Mapping[str, str] | None) -> tuple[bool, Any]:
@@ -172,11 +167,11 @@ def decode_answer(body: bytes, headers: Mapping[str, str] | None) -> tuple[bool,
     """
     outcome = (headers or {}).get(OUTCOME)
     if outcome == "ok":
-        return True, DEFAULT_CODEC.decode_value(body)
+        return True, decode_value(body)
     if outcome != "error":
         raise InvalidMessage(f"not an answer: {bounded_repr(body)}")
     try:
-        document = json.loads(body)
+        document = decode_value(body)
         type_name, message, cause = document["type"], document["message"], document["cause"]
         if not (isinstance(type_name, str) and isinstance(message, str)):
             raise TypeError(type_name, message)
