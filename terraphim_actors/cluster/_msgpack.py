@@ -59,6 +59,16 @@ _SMALLEST = -(1 << 63)
 _LARGEST = (1 << 64) - 1
 
 _encoder = Encoder()
+#: What decoding raises for bytes that are not what this module writes (msgspec's errors are
+#: ``ValueError``; cattrs' when fields do not fit their class; nesting past the stack's depth).
+_UNDECODABLE = (
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    RecursionError,
+    cattrs.BaseValidationError,
+)
 
 
 class _Message(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
@@ -89,7 +99,7 @@ def encode_value(value: Any) -> bytes:
     Raises:
         UnencodablePayload: it holds a value of a type the codec cannot carry.
     """
-    return _encoder.encode(_out(value))
+    return _encoder.encode(_checked(value))
 
 
 def decode_value(body: bytes) -> Any:
@@ -103,7 +113,7 @@ def decode_value(body: bytes) -> Any:
         return _values.decode(body)
     except InvalidMessage:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError, cattrs.BaseValidationError) as e:
+    except _UNDECODABLE as e:
         raise InvalidMessage(f"not an encoded value: {bounded_repr(body)}") from e
 
 
@@ -129,7 +139,7 @@ def encode_envelope(envelope: Envelope) -> bytes:
         message_id >> _LOW_BITS,
         message_id & _LOW_MASK,
         envelope.kind,
-        _out(envelope.payload),
+        _checked(envelope.payload),
         _agent_out(envelope.sender),
         _agent_out(envelope.recipient),
         options.priority,
@@ -198,8 +208,18 @@ def decode_envelope(body: bytes, created_at: float, attempt: int) -> Envelope:
         return envelope
     except InvalidMessage:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError, cattrs.BaseValidationError) as e:
+    except _UNDECODABLE as e:
         raise InvalidMessage(f"not an encoded message: {bounded_repr(body)}") from e
+
+
+def _checked(value: Any) -> Any:
+    """:func:`_out` of a payload, one nested deeper than Python's recursion limit refused too."""
+    try:
+        return _out(value)
+    except RecursionError as error:
+        raise UnencodablePayload(
+            f"a payload nested too deeply to encode: {bounded_repr(value)}"
+        ) from error
 
 
 def _out(value: Any) -> Any:

@@ -229,6 +229,23 @@ def test_a_well_formed_message_still_decodes_after_the_garbage_above() -> None:
     assert arrived.options == A_CALL.options
 
 
+def test_a_payload_nested_deeper_than_the_stack_is_an_invalid_message_on_arrival() -> None:
+    body, headers = fixed_body("PLACEHOLDER")
+    deep = body.replace(b"\xabPLACEHOLDER", b"\x91" * 100_000 + b"\x01")  # [[[...1]]]
+    with pytest.raises(InvalidMessage):
+        decode_message(deep, headers, now=0.0)
+    with pytest.raises(InvalidMessage):
+        decode_answer(b"\x91" * 100_000 + b"\x01", {"Ta-Outcome": "ok"})
+
+
+def test_a_payload_nested_deeper_than_the_stack_is_refused_at_the_send() -> None:
+    payload: list[Any] = []
+    for _ in range(100_000):
+        payload = [payload]
+    with pytest.raises(UnencodablePayload, match="nested too deeply"):
+        encode_message(cast(None, payload, recipient="worker"), now=0.0, max_payload=LIMIT)
+
+
 def test_a_payload_tag_the_receiving_node_does_not_know_is_an_invalid_message() -> None:
     body, headers = fixed_body([Sent(1)])
     unknown_there = body.replace(b"tests.cluster.wire.Sent", b"tests.cluster.wire.Gone")
