@@ -629,6 +629,7 @@ class TestCastAndInfo:
         handled: list[str] = []
         ref = await system.spawn(Runner)
         await ref.cast(until(release))
+        await trio.testing.wait_all_tasks_blocked()  # busy with it: the next ones wait
         await ref.cast(lambda ctx: handled.append("cast"))
         outcomes: list[Any] = []
         async with trio.open_nursery() as nursery:

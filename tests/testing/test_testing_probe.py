@@ -368,6 +368,7 @@ class TestWatch:
         watched = await message_system.spawn(Greeter, probe.ref)
         await probe.watch(watched)
         await watched.cast("Edsger")
+        await trio.testing.wait_all_tasks_blocked()  # greeted before the stop
         await message_system.stop(watched)
         with pytest.raises(ExpectationFailed):
             await probe.expect_terminated(watched)
