@@ -29,15 +29,14 @@ from .._core.ids import AgentId
 from .._core.messages import Envelope, cast
 from .._delivery.dead_letters import DeadLetterReason
 from ..errors import InvalidMessage
+from ._remote import Link
 from ._wire import AGE, MESSAGE_ID, decode_message, time_in_stream
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-    from .._delivery.pipeline import DeliveryManager
-    from ._bridge import Bridge, Subscription
-    from ._directory import ClusterDirectory, Placement
-    from ._subjects import Subjects
+    from ._bridge import Subscription
+    from ._directory import Placement
 
 __all__ = ["adopt", "heir_of"]
 
@@ -50,22 +49,9 @@ LOOK_AGAIN = 0.5
 OFFER_AGAIN = 1.0
 
 
-class Heir(Protocol):
-    """What an heir works with: its node's connection, directory, names and delivery."""
-
-    @property
-    def bridge(self) -> Bridge: ...
-
-    @property
-    def directory(self) -> ClusterDirectory: ...
-
-    @property
-    def subjects(self) -> Subjects: ...
-
-    @property
-    def delivery(self) -> DeliveryManager: ...
-
-    def now(self) -> float: ...
+class Heir(Link, Protocol):
+    """What an heir works with: what a remote inbox sends through, and a way to take what
+    JetStream holds for a node."""
 
     async def pull_queue(self, node: str) -> Subscription: ...
 

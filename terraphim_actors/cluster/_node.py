@@ -18,7 +18,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import outcome
@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from .config import ClusterConfig
 
 __all__ = ["ClusterNode"]
+
+_Part = TypeVar("_Part")
 
 logger = logging.getLogger("terraphim_actors.cluster")
 
@@ -108,17 +110,11 @@ class ClusterNode:
 
     @property
     def bridge(self) -> Bridge:
-        bridge = self._bridge
-        if bridge is None:
-            raise ClusterError("the cluster node is not running: its system is not open")
-        return bridge
+        return _running(self._bridge)
 
     @property
     def directory(self) -> ClusterDirectory:
-        directory = self._directory
-        if directory is None:
-            raise ClusterError("the cluster node is not running: its system is not open")
-        return directory
+        return _running(self._directory)
 
     @property
     def delivery(self) -> DeliveryManager:
@@ -230,10 +226,7 @@ class ClusterNode:
 
     @property
     def _host(self) -> MessageSystem:
-        system = self._system
-        if system is None:
-            raise ClusterError("the cluster node is not running: its system is not open")
-        return system
+        return _running(self._system)
 
     async def run(
         self,
@@ -516,6 +509,13 @@ class ClusterNode:
             for message in messages:
                 if message.reply:
                     self.bridge.respond_nowait(message, books)
+
+
+def _running(part: _Part | None) -> _Part:
+    """A part the node has while it runs (its system, bridge, directory)."""
+    if part is None:
+        raise ClusterError("the cluster node is not running: its system is not open")
+    return part
 
 
 def _ignored(_: outcome.Outcome[None]) -> None:

@@ -31,7 +31,7 @@ BOUND = 10.0
 
 class Recorder(Agent):
     """Reports what it is cast (and sent as info) on ``seen``; answers a call with its
-    argument doubled, or raises for "boom"."""
+    argument doubled, raises for "boom", and takes longer than any test waits for "slow"."""
 
     def __init__(self, seen: trio.MemorySendChannel[Any] | None = None) -> None:
         self.seen = seen
@@ -45,6 +45,8 @@ class Recorder(Agent):
         self.seen.send_nowait(("info", payload))
 
     async def handle_call(self, payload: Any, ctx: Context) -> Any:
+        if payload == "slow":
+            await trio.sleep(BOUND)
         if payload == "boom":
             raise ValueError("it went boom")
         return payload * 2
