@@ -78,7 +78,33 @@ def _reap(process: subprocess.Popen[bytes] | None) -> None:
         process.wait()
 
 
-class LocalNatsServer:
+class _StartedWhileOpen:
+    """A context manager that starts on entry and closes on exit, and closes what a failed
+    start left behind."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class LocalNatsServer(_StartedWhileOpen):
     """One nats-server with JetStream, bound to 127.0.0.1.
 
     ``with LocalNatsServer() as server:`` starts it on a free port with its store in a
@@ -245,21 +271,6 @@ class LocalNatsServer:
             self._log = None
         self._finalizer()
 
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "paused" if self._paused else "running" if self.running else "stopped"
         return f"<LocalNatsServer {self.url} {state}>"
@@ -308,7 +319,7 @@ class LocalNatsServer:
             shutil.rmtree(owned_dir, ignore_errors=True)
 
 
-class LocalNatsCluster:
+class LocalNatsCluster(_StartedWhileOpen):
     """``size`` nats-servers on loopback routed to each other as one NATS cluster with
     JetStream (each with its own store), for replicated streams: ``with
     LocalNatsCluster(size=3) as cluster:``, clients connect to ``cluster.urls``.
@@ -391,18 +402,3 @@ class LocalNatsCluster:
             server.close()
         if self._owned_dir is not None:
             shutil.rmtree(self._owned_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

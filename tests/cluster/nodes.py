@@ -15,9 +15,11 @@ import trio
 
 from terraphim_actors import (
     Agent,
+    AgentRef,
     Context,
     DeliveryConfig,
     DeliveryGuarantee,
+    Down,
     MessageSystem,
     MessageSystemConfig,
     open_message_system,
@@ -107,3 +109,27 @@ async def received(channel: trio.MemoryReceiveChannel[Any], count: int) -> list[
     """The next ``count`` items on ``channel`` (bounded)."""
     with trio.fail_after(BOUND):
         return [await channel.receive() for _ in range(count)]
+
+
+class Watcher(Agent):
+    """Monitors the ref it is called with; reports each ``Down`` on ``downs``."""
+
+    def __init__(self, downs: trio.MemorySendChannel[Down]) -> None:
+        self.downs = downs
+
+    async def handle_call(self, payload: Any, ctx: Context) -> Any:
+        ctx.monitor(payload)
+        return "watching"
+
+    async def handle_info(self, payload: Any, ctx: Context) -> None:
+        if isinstance(payload, Down):
+            self.downs.send_nowait(payload)
+
+
+async def watch(system: MessageSystem, ref: AgentRef) -> trio.MemoryReceiveChannel[Down]:
+    """A channel of the ``Down`` a monitor of ``ref`` on ``system`` gets."""
+    send, downs = trio.open_memory_channel[Down](10)
+    watcher = await system.spawn(Watcher, send)
+    with trio.fail_after(BOUND):
+        assert await watcher.call(ref) == "watching"
+    return downs

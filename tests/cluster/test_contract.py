@@ -12,12 +12,11 @@ from typing import Any
 
 import pytest
 import trio
-from nodes import BOUND, Recorder, fresh_cluster, node_config, node_of, received
+from nodes import BOUND, Recorder, fresh_cluster, node_config, node_of, received, watch
 
 from terraphim_actors import (
     Agent,
     AgentRef,
-    Context,
     DeliveryGuarantee,
     MessageOptions,
     MessageSystem,
@@ -124,7 +123,7 @@ async def test_a_call_to_an_agent_stopped_for_good_raises_agent_stopped(
     route: Route,
 ) -> None:
     ref = await route.place(Recorder, name="worker")
-    downs = await _monitor(route.sender, ref)
+    downs = await watch(route.sender, ref)
     await route.stop("worker")
     await received(downs, 1)
     assert not ref.alive
@@ -138,22 +137,3 @@ async def test_a_name_nobody_holds_is_not_found(
     assert route.sender.whereis("nobody") is None
     with pytest.raises(AgentNotFound):
         route.sender.ref("nobody")
-
-
-class _Watcher(Agent):
-    def __init__(self, downs: trio.MemorySendChannel[Any]) -> None:
-        self.downs = downs
-
-    async def handle_call(self, payload: Any, ctx: Context) -> Any:
-        ctx.monitor(payload)
-
-    async def handle_info(self, payload: Any, ctx: Context) -> None:
-        self.downs.send_nowait(payload)
-
-
-async def _monitor(sender: MessageSystem, ref: AgentRef) -> trio.MemoryReceiveChannel[Any]:
-    send, downs = trio.open_memory_channel[Any](10)
-    watcher = await sender.spawn(_Watcher, send)
-    with trio.fail_after(BOUND):
-        await watcher.call(ref)
-    return downs

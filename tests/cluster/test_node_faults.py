@@ -20,15 +20,11 @@ from typing import Any
 
 import pytest
 import trio
-from nodes import BOUND, Recorder, fresh_cluster, node_config, node_of, spawn_seen, two_nodes
+from nodes import BOUND, Recorder, fresh_cluster, node_config, node_of, spawn_seen, two_nodes, watch
 
 from terraphim_actors import (
-    Agent,
-    AgentRef,
-    Context,
     DeadLetterReason,
     DeliveryGuarantee,
-    Down,
     MessageOptions,
     MessageSystem,
     MessageSystemConfig,
@@ -117,30 +113,6 @@ async def node_process(
         process.kill()
         with trio.CancelScope(shield=True):
             await process.wait()
-
-
-class Watcher(Agent):
-    """Monitors the ref it is called with; reports each ``Down`` on ``downs``."""
-
-    def __init__(self, downs: trio.MemorySendChannel[Down]) -> None:
-        self.downs = downs
-
-    async def handle_call(self, payload: Any, ctx: Context) -> Any:
-        ctx.monitor(payload)
-        return "watching"
-
-    async def handle_info(self, payload: Any, ctx: Context) -> None:
-        if isinstance(payload, Down):
-            self.downs.send_nowait(payload)
-
-
-async def watch(system: MessageSystem, ref: AgentRef) -> trio.MemoryReceiveChannel[Down]:
-    """A channel of the ``Down`` a monitor of ``ref`` on ``system`` gets."""
-    send, downs = trio.open_memory_channel[Down](10)
-    watcher = await system.spawn(Watcher, send)
-    with trio.fail_after(BOUND):
-        assert await watcher.call(ref) == "watching"
-    return downs
 
 
 async def until(

@@ -6,13 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from nodes import BOUND, Recorder, fresh_cluster, node_config, received, spawn_seen, two_nodes
+from nodes import (
+    BOUND,
+    Recorder,
+    fresh_cluster,
+    node_config,
+    received,
+    spawn_seen,
+    two_nodes,
+    watch,
+)
 
 from terraphim_actors import (
     Agent,
-    AgentRef,
     Context,
-    Down,
     RestartType,
     StopReason,
     open_message_system,
@@ -21,34 +28,11 @@ from terraphim_actors.cluster import LocalNatsServer
 from terraphim_actors.errors import RemoteError
 
 
-class Watcher(Agent):
-    """Monitors the ref it is called with; reports each ``Down`` on ``downs``."""
-
-    def __init__(self, downs: trio.MemorySendChannel[Down]) -> None:
-        self.downs = downs
-
-    async def handle_call(self, payload: Any, ctx: Context) -> Any:
-        ctx.monitor(payload)
-        return "watching"
-
-    async def handle_info(self, payload: Any, ctx: Context) -> None:
-        if isinstance(payload, Down):
-            self.downs.send_nowait(payload)
-
-
 class Fragile(Agent):
     """Crashes on any cast."""
 
     async def handle_cast(self, payload: Any, ctx: Context) -> None:
         raise ValueError(f"cannot take {payload!r}")
-
-
-async def watch(on: Any, ref: AgentRef) -> trio.MemoryReceiveChannel[Down]:
-    send, downs = trio.open_memory_channel[Down](10)
-    watcher = await on.spawn(Watcher, send)
-    with trio.fail_after(BOUND):
-        assert await watcher.call(ref) == "watching"
-    return downs
 
 
 async def test_a_monitor_of_a_remote_agent_hears_it_stop(nats_server: LocalNatsServer) -> None:
