@@ -62,13 +62,13 @@ _Handlers = tuple[_Handler, _Handler, _Handler]
 
 
 class GenServerBehaviour:
-    """How a cell starts instances of one agent class: ``agent_class(*args)`` served by a
-    :class:`GenServer` (the ``Behaviour`` a cell runs, one per agent, kept across restarts).
+    """How a cell starts instances of one agent class: ``agent_class(*args, **kwargs)`` served
+    by a :class:`GenServer` (the ``Behaviour`` a cell runs, one per agent, kept across restarts).
 
     ``context`` makes the ``Context`` an instance's handlers get (its agent's, in its system).
     """
 
-    __slots__ = ("_context", "agent_class", "args", "handler_timeout")
+    __slots__ = ("_context", "agent_class", "args", "handler_timeout", "kwargs")
 
     def __init__(
         self,
@@ -76,10 +76,12 @@ class GenServerBehaviour:
         args: tuple[Any, ...],
         handler_timeout: float | None,
         context: Callable[[AgentCell], Context],
+        kwargs: dict[str, Any] | None = None,
     ) -> None:
         self._context = context
         self.agent_class = agent_class
         self.args = args
+        self.kwargs = {} if kwargs is None else kwargs
         #: Seconds a handler may run before it fails with ``HandlerTimeout`` (None: no limit).
         self.handler_timeout = handler_timeout
 
@@ -92,7 +94,7 @@ class GenServerBehaviour:
         context = self._context(cell)
         agent_class = self.agent_class
         try:
-            agent = agent_class(*self.args)
+            agent = agent_class(*self.args, **self.kwargs)
             if on_start_takes_context(agent_class):
                 await agent.on_start(context)
             else:

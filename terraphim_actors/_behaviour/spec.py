@@ -60,10 +60,12 @@ class AgentStarter:
         shutdown: float,
         restart: RestartType,
         handler_timeout: float | None = None,
+        kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.system = system
         self.agent_class = agent_class
         self.args = args
+        self.kwargs = {} if kwargs is None else kwargs
         self.agent_id = agent_id
         self.mailbox = mailbox
         self.shutdown = shutdown
@@ -88,7 +90,7 @@ class AgentStarter:
             self._check_placement(cell)
         if cell is None or cell.state is CellState.STOPPED:
             behaviour = GenServerBehaviour(
-                self.agent_class, self.args, self.handler_timeout, self._context
+                self.agent_class, self.args, self.handler_timeout, self._context, self.kwargs
             )
             cell = self.cell = AgentCell(
                 self.system,

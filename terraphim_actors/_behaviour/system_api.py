@@ -107,6 +107,7 @@ class SystemApi(Protocol):
         shutdown: float | None = None,
         restart: RestartType = RestartType.PERMANENT,
         handler_timeout: float | None = None,
+        **kwargs: Any,
     ) -> AgentRef:
         """Start an agent under the root supervisor; returns its ref."""
         ...
@@ -121,6 +122,7 @@ class SystemApi(Protocol):
         restart: RestartType = RestartType.PERMANENT,
         significant: bool = False,
         handler_timeout: float | None = None,
+        **kwargs: Any,
     ) -> ChildSpec:
         """A child spec that runs an agent."""
         ...
@@ -153,6 +155,7 @@ class SystemApi(Protocol):
         max_restarts: int | None = None,
         max_seconds: float | None = None,
         handler_timeout: float | None = None,
+        **kwargs: Any,
     ) -> PoolRef:
         """Start a pool of agents behind one ref."""
         ...

@@ -245,11 +245,14 @@ class MessageSystem:
         shutdown: float | None = None,
         restart: RestartType = RestartType.PERMANENT,
         handler_timeout: float | None = None,
+        **kwargs: Any,
     ) -> AgentRef:
         """Start an agent under the root supervisor; returns its ref once ``on_start`` is done.
 
         Args:
-            agent_class: an :class:`Agent` subclass; each start builds ``agent_class(*args)``.
+            agent_class: an :class:`Agent` subclass; each start builds
+                ``agent_class(*args, **kwargs)``, ``kwargs`` being the keyword arguments that
+                are not options of ``spawn`` itself.
             name: a unique name to find it by (``whereis``) and to address it with.
             mailbox: its mailbox configuration (default: the system's).
             shutdown: seconds it gets to stop before it is cancelled (default: the system's).
@@ -267,7 +270,7 @@ class MessageSystem:
         """
         check_thread(self.thread_id, "system.spawn")
         starter = self._starter(
-            agent_class, args, name, mailbox, shutdown, restart, handler_timeout
+            agent_class, args, name, mailbox, shutdown, restart, handler_timeout, kwargs
         )
         cluster = self.cluster
         if cluster is not None and name is not None:
@@ -296,6 +299,7 @@ class MessageSystem:
         restart: RestartType = RestartType.PERMANENT,
         significant: bool = False,
         handler_timeout: float | None = None,
+        **kwargs: Any,
     ) -> ChildSpec:
         """A child spec that runs an agent, for :meth:`start_supervisor` or any ``Supervisor``.
 
@@ -304,7 +308,7 @@ class MessageSystem:
         """
         check_thread(self.thread_id, "system.agent_spec", sync=True)
         starter = self._starter(
-            agent_class, args, name, mailbox, shutdown, restart, handler_timeout
+            agent_class, args, name, mailbox, shutdown, restart, handler_timeout, kwargs
         )
         return agent_child_spec(starter, significant=significant)
 
@@ -364,6 +368,7 @@ class MessageSystem:
         max_restarts: int | None = None,
         max_seconds: float | None = None,
         handler_timeout: float | None = None,
+        **kwargs: Any,
     ) -> PoolRef:
         """Start ``size`` instances of an agent under a supervisor of their own, behind one ref
         that spreads messages over them (see :class:`LoadBalancing`).
@@ -382,6 +387,7 @@ class MessageSystem:
                 payload itself, by its ``repr``).
             seed: for ``RANDOM``, seeds the choice.
             handler_timeout: as for :meth:`spawn`, for each member.
+            kwargs: as for :meth:`spawn`: each member is ``agent_class(*args, **kwargs)``.
 
         Raises:
             DuplicateAgent: ``name``, or a member's name, is taken.
@@ -411,6 +417,7 @@ class MessageSystem:
                 shutdown,
                 RestartType.PERMANENT,
                 handler_timeout,
+                kwargs,
             )
             for position in range(size)
         ]
@@ -508,6 +515,7 @@ class MessageSystem:
         shutdown: float | None,
         restart: RestartType,
         handler_timeout: float | None,
+        kwargs: dict[str, Any],
     ) -> AgentStarter:
         if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
             raise InvalidConfig(f"agent_class must be an Agent subclass, got {agent_class!r}")
@@ -536,6 +544,7 @@ class MessageSystem:
             self.config.shutdown_timeout if shutdown is None else shutdown,
             restart,
             handler_timeout,
+            kwargs,
         )
 
     def whereis(self, name: str | AgentId) -> AgentRef | None:

@@ -42,7 +42,16 @@ from .._core.messages import NO_HEADERS, Envelope, MessageKind, UnsealedEnvelope
 from .._core.reply_to import ReplyTo
 from ..errors import InvalidMessage, UnencodablePayload
 
-__all__ = ["decode_envelope", "decode_value", "encode_envelope", "encode_value"]
+__all__ = [
+    "BATCH_OVERHEAD",
+    "batch_of",
+    "decode_batch",
+    "decode_envelope",
+    "decode_value",
+    "encode_envelope",
+    "encode_record",
+    "encode_value",
+]
 
 #: The layout's version, the first item of every message.
 FORMAT_VERSION = 1
@@ -124,6 +133,71 @@ def encode_envelope(envelope: Envelope) -> bytes:
         UnencodablePayload: its payload holds a value of a type the codec cannot carry.
         InvalidMessage: one of its other fields is not what a message holds.
     """
+    return _encoded(_document(envelope), envelope)
+
+
+def encode_record(envelope: Envelope, age: float) -> bytes:
+    """``envelope`` as one record of a batch (:func:`batch_of`): its age in seconds, its
+    attempt, and its message as :func:`encode_envelope` lays it out.
+
+    Raises:
+        UnencodablePayload, InvalidMessage: as :func:`encode_envelope`.
+    """
+    return _encoded((age, envelope.attempt, _document(envelope)), envelope)
+
+
+def batch_of(records: list[bytes]) -> bytes:
+    """One body carrying ``records`` (each from :func:`encode_record`), in their order: a
+    msgpack array of them, made by joining, without encoding any record again."""
+    return b"".join((_ARRAY32, len(records).to_bytes(4, "big"), *records))
+
+
+#: The bytes a batch adds to its records: the header of a msgpack array of up to 2**32 items.
+BATCH_OVERHEAD = 5
+_ARRAY32 = b"\xdd"
+
+
+def decode_batch(body: bytes, now: float) -> list[Envelope]:
+    """The envelopes of the records :func:`batch_of` joined into ``body``, in order, each made
+    ``age`` seconds before ``now`` on this node's clock (see :func:`decode_envelope`).
+
+    Raises:
+        InvalidMessage: ``body`` is not a batch of messages, or one of them is not a message
+            this node can read: the whole batch is refused, as one message would be.
+    """
+    try:
+        envelopes = []
+        for age, attempt, fields in _batches.decode(body):
+            if not (math.isfinite(age) and age >= 0 and attempt >= 0):
+                raise InvalidMessage(f"a record with age {age!r} and attempt {attempt!r}")
+            envelopes.append(_envelope(fields, now - age, attempt))
+        return envelopes
+    except InvalidMessage:
+        raise
+    except _UNDECODABLE as e:
+        raise InvalidMessage(f"not a batch of messages: {bounded_repr(body)}") from e
+
+
+def decode_envelope(body: bytes, created_at: float, attempt: int) -> Envelope:
+    """The envelope of a message :func:`encode_envelope` wrote, made at ``created_at`` (on this
+    node's clock), on ``attempt``, with no reply slot and no deadline (a call carries its reply
+    address), and addressed to its recipient's name if it has one: a node finds its agents by
+    name, the id may be of an agent elsewhere.
+
+    Raises:
+        InvalidMessage: ``body`` is not a message, or names a payload tag that is not
+            registered here.
+    """
+    try:
+        return _envelope(_messages.decode(body), created_at, attempt)
+    except InvalidMessage:
+        raise
+    except _UNDECODABLE as e:
+        raise InvalidMessage(f"not an encoded message: {bounded_repr(body)}") from e
+
+
+def _document(envelope: Envelope) -> list[Any]:
+    """The fields of ``envelope``'s message as the wire lays them out (:class:`_Message`)."""
     message_id = envelope.id
     options = envelope.options
     headers = envelope.headers
@@ -134,7 +208,7 @@ def encode_envelope(envelope: Envelope) -> bytes:
             raise InvalidMessage(f"a reply address must be a ReplyTo: {bounded_repr(reply_to)}")
         correlation = reply_to.correlation
         address = (reply_to.node, correlation >> _LOW_BITS, correlation & _LOW_MASK)
-    document = [
+    return [
         FORMAT_VERSION,
         message_id >> _LOW_BITS,
         message_id & _LOW_MASK,
@@ -151,65 +225,54 @@ def encode_envelope(envelope: Envelope) -> bytes:
         {} if headers is NO_HEADERS else _headers_out(headers),
         address,
     ]
+
+
+def _encoded(document: Any, envelope: Envelope) -> bytes:
     try:
         return _encoder.encode(document)
     except (OverflowError, TypeError) as error:
         raise InvalidMessage(f"{envelope!r} has a field a message cannot hold") from error
 
 
-def decode_envelope(body: bytes, created_at: float, attempt: int) -> Envelope:
-    """The envelope of a message :func:`encode_envelope` wrote, made at ``created_at`` (on this
-    node's clock), on ``attempt``, with no reply slot and no deadline (a call carries its reply
-    address), and addressed to its recipient's name if it has one: a node finds its agents by
-    name, the id may be of an agent elsewhere.
-
-    Raises:
-        InvalidMessage: ``body`` is not a message, or names a payload tag that is not
-            registered here.
-    """
-    try:
-        fields = _messages.decode(body)
-        if fields.version != FORMAT_VERSION:
-            raise InvalidMessage(f"unknown message format version {fields.version!r}")
-        recipient: Any = fields.recipient
-        if recipient.__class__ is tuple:
-            recipient = _agent(*recipient) if recipient[1] is None else recipient[1]
-        sender = fields.sender
-        headers = fields.headers
-        reply_to = fields.reply_to
-        options = decoded_options(
-            fields.priority,
-            fields.timeout,
-            fields.max_retries,
-            fields.retry_delay,
-            fields.guarantee,
+def _envelope(fields: _Message, created_at: float, attempt: int) -> Envelope:
+    """The envelope of decoded ``fields`` (see :func:`decode_envelope`)."""
+    if fields.version != FORMAT_VERSION:
+        raise InvalidMessage(f"unknown message format version {fields.version!r}")
+    recipient: Any = fields.recipient
+    if recipient.__class__ is tuple:
+        recipient = _agent(*recipient) if recipient[1] is None else recipient[1]
+    sender = fields.sender
+    headers = fields.headers
+    reply_to = fields.reply_to
+    options = decoded_options(
+        fields.priority,
+        fields.timeout,
+        fields.max_retries,
+        fields.retry_delay,
+        fields.guarantee,
+    )
+    envelope: Envelope = object.__new__(UnsealedEnvelope)
+    envelope.id = MessageId(fields.id_high << _LOW_BITS | fields.id_low)
+    envelope.kind = fields.kind
+    envelope.payload = fields.payload
+    envelope.sender = None if sender is None else _agent(*sender)
+    envelope.recipient = recipient
+    envelope.options = options
+    envelope.created_at = created_at
+    envelope.headers = types.MappingProxyType(headers) if headers else NO_HEADERS
+    envelope.attempt = attempt
+    envelope.reply = None
+    envelope.deadline = math.inf
+    envelope.reply_to = (
+        None
+        if reply_to is None
+        else ReplyTo(
+            node=reply_to[0],
+            correlation=MessageId(reply_to[1] << _LOW_BITS | reply_to[2]),
         )
-        envelope: Envelope = object.__new__(UnsealedEnvelope)
-        envelope.id = MessageId(fields.id_high << _LOW_BITS | fields.id_low)
-        envelope.kind = fields.kind
-        envelope.payload = fields.payload
-        envelope.sender = None if sender is None else _agent(*sender)
-        envelope.recipient = recipient
-        envelope.options = options
-        envelope.created_at = created_at
-        envelope.headers = types.MappingProxyType(headers) if headers else NO_HEADERS
-        envelope.attempt = attempt
-        envelope.reply = None
-        envelope.deadline = math.inf
-        envelope.reply_to = (
-            None
-            if reply_to is None
-            else ReplyTo(
-                node=reply_to[0],
-                correlation=MessageId(reply_to[1] << _LOW_BITS | reply_to[2]),
-            )
-        )
-        envelope.__class__ = Envelope
-        return envelope
-    except InvalidMessage:
-        raise
-    except _UNDECODABLE as e:
-        raise InvalidMessage(f"not an encoded message: {bounded_repr(body)}") from e
+    )
+    envelope.__class__ = Envelope
+    return envelope
 
 
 def _checked(value: Any) -> Any:
@@ -268,6 +331,7 @@ _values = Decoder(ext_hook=_extension)
 _items = Decoder(list[Any], ext_hook=_extension)
 _tagged = Decoder(tuple[str, dict[str, Any]], ext_hook=_extension)
 _messages = Decoder(_Message, ext_hook=_extension)
+_batches = Decoder(list[tuple[float, int, _Message]], ext_hook=_extension)
 
 
 def _agent_out(agent: AgentId | str | None) -> Any:

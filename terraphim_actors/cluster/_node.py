@@ -2,9 +2,10 @@
 of the transport.
 
 A node takes what other nodes send its agents on three subjects of its own: at-most-once casts
-and infos over core NATS, calls as NATS requests, and at-least-once and exactly-once casts and
-infos from its durable consumer on the cluster's JetStream stream. Each arriving message enters
-this node's delivery layer as a message sent here would (counted from its arrival, retried and
+and infos over core NATS (in batches, :mod:`._batches`), calls as NATS requests, and
+at-least-once and exactly-once casts and infos from its durable consumer on the cluster's
+JetStream stream. Each arriving message enters this node's delivery layer as a message sent
+here would (counted from its arrival, retried and
 dead-lettered here), addressed to the agent by name. A message taken from JetStream is
 acknowledged to it once it is settled here (the ledger's settlement listener): handled, a
 duplicate, or a dead letter. One the shutdown stopped is left unacknowledged, and JetStream
@@ -35,9 +36,11 @@ from .._delivery.dead_letters import DeadLetterReason
 from .._delivery.ledger import DeliveryStats
 from ..errors import CallTimeout, ClusterError, InvalidMessage, MessagingError, RemoteError
 from ._adoption import adopt, heir_of
+from ._batches import CastBatches
 from ._bridge import Bridge
 from ._directory import ClusterDirectory, DirectoryEvent
 from ._directory import NodeDown as NodeLeft
+from ._msgpack import decode_batch
 from ._remote import RemoteEndpoint
 from ._subjects import Subjects
 from ._wire import decode_message, encode_answer, encode_failure, time_in_stream, time_left
@@ -81,6 +84,7 @@ class ClusterNode:
         self._bridge: Bridge | None = None
         self._directory: ClusterDirectory | None = None
         self._max_payload = 1024 * 1024
+        self._batches: CastBatches | None = None
         #: Remote endpoints by agent name, made on first use and kept (refs hold them).
         self._endpoints: dict[str, RemoteEndpoint] = {}
         #: Messages taken from JetStream and not settled here yet, by id.
@@ -123,6 +127,10 @@ class ClusterNode:
     @property
     def max_payload(self) -> int:
         return self._max_payload
+
+    @property
+    def batches(self) -> CastBatches:
+        return _running(self._batches)
 
     def now(self) -> float:
         return self._host.clock.current_time()
@@ -242,6 +250,8 @@ class ClusterNode:
         async with Bridge.connect(config) as bridge:
             self._bridge = bridge
             self._max_payload = bridge.client.max_payload
+            batches = CastBatches(bridge.publish_nowait, self._max_payload)
+            self._batches = batches
             await self._bind_stream(bridge)
             directory = ClusterDirectory(bridge, config)
             self._directory = directory
@@ -257,7 +267,8 @@ class ClusterNode:
                     calls = await bridge.subscribe(subjects.calls(node))
                     stats = await bridge.subscribe(subjects.stats(node))
                     queue = await self.pull_queue(node)
-                    nursery.start_soon(self._take, casts, False)
+                    nursery.start_soon(batches.run)
+                    nursery.start_soon(self._take_casts, casts)
                     nursery.start_soon(self._take, queue, True)
                     nursery.start_soon(self._serve_calls, calls)
                     nursery.start_soon(self._serve_stats, stats)
@@ -396,8 +407,30 @@ class ClusterNode:
             for message in messages:
                 self._arrived(message, from_jetstream)
 
+    async def _take_casts(self, subscription: Subscription) -> None:
+        """Hand each at-most-once cast in the batches arriving on ``subscription`` to this
+        node's delivery layer, in order."""
+        while True:
+            try:
+                messages = await subscription.receive_batch()
+            except trio.EndOfChannel:
+                return
+            for message in messages:
+                try:
+                    envelopes = decode_batch(message.data, self.now())
+                except InvalidMessage as error:
+                    self._undecodable(message, error, False)
+                    continue
+                for envelope in envelopes:
+                    if envelope.kind is MessageKind.CALL:
+                        self.undecodable += 1
+                        self.delivery.refuse_arrival(
+                            envelope, DeadLetterReason.UNDECODABLE, "a call without a reply"
+                        )
+                    else:
+                        self._deliver(envelope)
+
     def _arrived(self, message: Msg, from_jetstream: bool) -> None:
-        delivery = self.delivery
         try:
             waited = time_in_stream(message) if from_jetstream else 0.0
             envelope = decode_message(message.data, message.headers, self.now(), waited)
@@ -414,6 +447,11 @@ class ClusterNode:
                 self._awaiting[envelope.id] = message
                 return
             self._awaiting[envelope.id] = message
+        self._deliver(envelope)
+
+    def _deliver(self, envelope: Envelope) -> None:
+        """Send an arrival on to the agent of its recipient's name here."""
+        delivery = self.delivery
         try:
             endpoint = self._local(envelope)
         except Exception as error:  # a pool's key function: user code

@@ -43,12 +43,13 @@ from ..errors import (
     MessagingError,
     NodeDown,
 )
-from ._wire import decode_answer, encode_message
+from ._wire import decode_answer, encode_message, encode_record_for
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
     from .._delivery.pipeline import DeliveryManager
+    from ._batches import CastBatches
     from ._bridge import Bridge
     from ._directory import ClusterDirectory, Placement
     from ._subjects import Subjects
@@ -79,6 +80,11 @@ class Link(Protocol):
 
     @property
     def max_payload(self) -> int: ...
+
+    @property
+    def batches(self) -> CastBatches:
+        """Where at-most-once casts to other nodes wait for the end of the round."""
+        ...
 
     def now(self) -> float: ...
 
@@ -250,14 +256,15 @@ class RemoteInbox:
             local.inbox.put_nowait(envelope)
             return
         link = self._link
+        if envelope.reply is None and envelope.options.guarantee is AT_MOST_ONCE:
+            # Out once it is in this round's batch: at most once promises nothing after.
+            record = encode_record_for(envelope, link.now(), link.max_payload)
+            link.batches.add(link.subjects.casts(node), record)
+            link.delivery.forwarded(envelope)
+            return
         body, headers = encode_message(envelope, link.now(), link.max_payload, node)
         if envelope.reply is not None:
             self._request(node, envelope, body, headers)
-            return
-        if envelope.options.guarantee is AT_MOST_ONCE:
-            # Out once it is in the bridge's queue: at most once promises nothing after.
-            link.bridge.publish_nowait(link.subjects.casts(node), body, headers)
-            link.delivery.forwarded(envelope)
             return
         store = self._storing(node, envelope, body, headers)
         link.bridge.submit(store, lambda result: self._settle(envelope, result))

@@ -26,7 +26,14 @@ from .. import errors
 from .._core.bounded_repr import bounded_repr
 from .._core.messages import Envelope
 from ..errors import CallFailed, InvalidMessage, MessagingError, RemoteError
-from ._msgpack import decode_envelope, decode_value, encode_envelope, encode_value
+from ._msgpack import (
+    BATCH_OVERHEAD,
+    decode_envelope,
+    decode_value,
+    encode_envelope,
+    encode_record,
+    encode_value,
+)
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -37,6 +44,7 @@ __all__ = [
     "encode_answer",
     "encode_failure",
     "encode_message",
+    "encode_record_for",
     "time_in_stream",
     "time_left",
 ]
@@ -67,12 +75,7 @@ def encode_message(
         UnencodablePayload: its payload holds a value the codec cannot carry.
         InvalidMessage: encoded, it exceeds the servers' ``max_payload``.
     """
-    body = encode_envelope(envelope)
-    if len(body) > max_payload:
-        raise InvalidMessage(
-            f"{envelope!r} is {len(body)} bytes encoded, more than the {max_payload} bytes a"
-            " NATS message may carry (the servers' max_payload)"
-        )
+    body = _fitting(encode_envelope(envelope), envelope, max_payload)
     headers = {
         MESSAGE_ID: f"{int(envelope.id)}>{to}",
         AGE: repr(max(0.0, now - envelope.created_at)),
@@ -82,6 +85,28 @@ def encode_message(
     if envelope.reply is not None and math.isfinite(deadline):
         headers[TIME_LEFT] = repr(max(0.0, deadline - now))
     return body, headers
+
+
+def encode_record_for(envelope: Envelope, now: float, max_payload: int) -> bytes:
+    """``envelope`` as a record of a batch of at-most-once casts (:mod:`._batches`), at
+    ``now``: its age and attempt travel in the record, as headers carry them for a message
+    alone.
+
+    Raises:
+        UnencodablePayload: its payload holds a value of a type the codec cannot carry.
+        InvalidMessage: encoded, it exceeds what a NATS message may carry.
+    """
+    record = encode_record(envelope, max(0.0, now - envelope.created_at))
+    return _fitting(record, envelope, max_payload - BATCH_OVERHEAD)
+
+
+def _fitting(body: bytes, envelope: Envelope, limit: int) -> bytes:
+    if len(body) > limit:
+        raise InvalidMessage(
+            f"{envelope!r} is {len(body)} bytes encoded, more than the {limit} bytes a"
+            " NATS message may carry (the servers' max_payload)"
+        )
+    return body
 
 
 def decode_message(

@@ -12,6 +12,7 @@ from nodes import BOUND, Recorder, node_of, received, spawn_seen, two_nodes
 
 from terraphim_actors import DeadLetter, DeadLetterReason, MessageKind, MessageOptions, cast
 from terraphim_actors.cluster import LocalNatsServer
+from terraphim_actors.cluster._msgpack import batch_of, encode_record
 from terraphim_actors.cluster._wire import encode_message
 
 
@@ -58,13 +59,25 @@ async def test_a_call_sent_as_a_cast_is_a_dead_letter_not_a_crash(
     send, seen = trio.open_memory_channel[Any](10)
     async with two_nodes(nats_server) as (a, b):
         ref = await spawn_seen(b, a, "worker", send)
-        envelope = cast(None, 1, recipient="worker").evolve(kind=MessageKind.CALL)
-        body, headers = encode_message(envelope, 0.0, 1 << 20, "b")
-        node_of(a).bridge.publish_nowait(node_of(a).subjects.casts("b"), body, headers)
+        call = cast(None, 1, recipient="worker").evolve(kind=MessageKind.CALL)
+        beside = cast(None, "beside", recipient="worker")
+        body = batch_of([encode_record(call, 0.0), encode_record(beside, 0.0)])
+        node_of(a).bridge.publish_nowait(node_of(a).subjects.casts("b"), body)
         await ref.cast("after")
-        assert await received(seen, 1) == ["after"]
+        assert await received(seen, 2) == ["beside", "after"]
         assert [letter.reason for letter in b.dead_letters] == [DeadLetterReason.UNDECODABLE]
         assert b.get_stats()[0].agent_crashes == 0
+
+
+async def test_an_unreadable_batch_of_casts_is_one_dead_letter_not_a_crash(
+    nats_server: LocalNatsServer,
+) -> None:
+    async with two_nodes(nats_server) as (a, b):
+        ref = await spawn_seen(b, a, "worker")
+        node_of(a).bridge.publish_nowait(node_of(a).subjects.casts("b"), b"\x93not a batch")
+        with trio.fail_after(BOUND):
+            assert await ref.call(4) == 8
+        assert [letter.reason for letter in b.dead_letters] == [DeadLetterReason.UNDECODABLE]
 
 
 async def test_a_message_in_the_wrong_nodes_queue_is_passed_on_to_its_agent(

@@ -88,6 +88,22 @@ async def test_an_at_most_once_cast_reaches_an_agent_on_another_node(
         assert await received(seen, 1) == ["hello"]
 
 
+async def test_at_most_once_casts_in_many_batches_arrive_all_and_in_order(
+    nats_server: LocalNatsServer,
+) -> None:
+    """Casts that fill several batches (each leaves once it holds 64 KB) arrive in the order
+    they were sent, and are counted as forwarded by the sender."""
+    count = 2000
+    send, seen = trio.open_memory_channel[Any](count)
+    async with two_nodes(nats_server, DeliveryGuarantee.AT_MOST_ONCE) as (a, b):
+        ref = await spawn_seen(b, a, "worker", send)
+        for number in range(count):
+            ref.cast_nowait([number, "x" * 100])
+        arrived = await received(seen, count)
+        assert [number for number, _ in arrived] == list(range(count))
+        assert a.delivery.get_stats().forwarded == count
+
+
 async def test_a_call_returns_the_remote_handlers_answer(nats_server: LocalNatsServer) -> None:
     async with two_nodes(nats_server) as (a, b):
         ref = await spawn_seen(b, a, "worker")

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import pytest
 
 from terraphim_actors import cast
 from terraphim_actors._core.reply import ReplyHandle
+from terraphim_actors.cluster._msgpack import batch_of, decode_batch, encode_record
 from terraphim_actors.cluster._wire import (
     decode_answer,
     decode_message,
     encode_answer,
     encode_failure,
     encode_message,
+    encode_record_for,
     time_left,
 )
 from terraphim_actors.errors import (
@@ -120,3 +123,43 @@ def test_an_unencodable_return_value_fails_the_call() -> None:
 def test_an_answer_without_its_outcome_header_is_an_invalid_message() -> None:
     with pytest.raises(InvalidMessage):
         decode_answer(b"1", {})
+
+
+def test_a_batch_of_casts_arrives_in_order_each_as_old_as_it_left() -> None:
+    envelopes = [
+        cast(None, {"n": number}, recipient="worker").evolve(created_at=100.0, attempt=number)
+        for number in range(3)
+    ]
+    records = [encode_record_for(envelope, now=101.5, max_payload=LIMIT) for envelope in envelopes]
+    arrived = decode_batch(batch_of(records), now=7.0)
+    assert [envelope.id for envelope in arrived] == [envelope.id for envelope in envelopes]
+    assert [envelope.payload for envelope in arrived] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert [envelope.attempt for envelope in arrived] == [0, 1, 2]
+    assert [envelope.created_at for envelope in arrived] == pytest.approx([5.5] * 3)
+
+
+def test_a_cast_too_large_for_a_batch_is_refused() -> None:
+    envelope = cast(None, "x" * 2000, recipient="worker")
+    with pytest.raises(InvalidMessage, match="max_payload"):
+        encode_record_for(envelope, now=0.0, max_payload=1000)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x00not a batch",
+        msgspec.msgpack.encode([[-1.0, 0, None]]),
+        msgspec.msgpack.encode([["soon", 0, None]]),
+    ],
+)
+def test_bytes_that_are_not_a_batch_are_an_invalid_message(body: bytes) -> None:
+    with pytest.raises(InvalidMessage):
+        decode_batch(body, now=0.0)
+
+
+@pytest.mark.parametrize("age", [-1.0, math.nan, math.inf])
+def test_a_record_with_a_bad_age_is_an_invalid_message(age: float) -> None:
+    envelope = cast(None, "x", recipient="worker")
+    record = encode_record(envelope, age)
+    with pytest.raises(InvalidMessage):
+        decode_batch(batch_of([record]), now=0.0)

@@ -47,6 +47,7 @@ from terraphim_actors.errors import (
     AgentNotFound,
     AgentStartFailed,
     AgentStopped,
+    CallFailed,
     CallTimeout,
     DuplicateAgent,
     InvalidConfig,
@@ -151,6 +152,32 @@ class TestSpawn:
         await ref.call("hello")
         assert log == [("call", "hello")]
 
+    async def test_spawn_passes_keyword_arguments_to_the_class(self, system: MessageSystem) -> None:
+        """The keywords that are not spawn's own options go to the class, on every start."""
+        ref = await system.spawn(Configured, "a", model="m1", name="configured")
+        assert await ref.call("config") == (("a",), {"model": "m1"})
+        with pytest.raises(CallFailed):
+            await ref.call("crash")  # restarted: built again with the same arguments
+        assert await ref.call("config") == (("a",), {"model": "m1"})
+
+    async def test_spawn_pool_passes_keyword_arguments_to_each_member(
+        self, system: MessageSystem
+    ) -> None:
+        """Each member of a pool is built with the pool's keyword arguments."""
+        pool = await system.spawn_pool(Configured, size=2, model="m2")
+        answers = [await pool.call("config") for _ in range(2)]
+        assert answers == [((), {"model": "m2"})] * 2
+
+    async def test_agent_spec_passes_keyword_arguments_to_the_class(
+        self, system: MessageSystem
+    ) -> None:
+        """An agent started from a child spec gets its keyword arguments too."""
+        spec = system.agent_spec(Configured, name="specified", model="m3")
+        await system.start_supervisor([spec])
+        ref = system.whereis("specified")
+        assert ref is not None
+        assert await ref.call("config") == ((), {"model": "m3"})
+
     @pytest.mark.parametrize("agent_class", [object, int, "Recorder", Recorder([])])
     async def test_spawn_of_a_non_agent_raises_invalid_config(
         self, system: MessageSystem, agent_class: Any
@@ -183,6 +210,19 @@ class TestSpawn:
             pass
         with pytest.raises(SystemClosed):
             await system.spawn(Recorder, [])
+
+
+class Configured(Agent):
+    """Tells what it was built with; crashes on ``"crash"``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        if message == "crash":
+            raise RuntimeError("crash")
+        return (self.args, self.kwargs)
 
 
 class TestWhereis:
