@@ -11,6 +11,7 @@ import trio
 from .._core.bounded_repr import bounded_repr
 from .._core.checks import check_instance, check_seconds
 from .._core.ids import AgentId, new_message_id
+from .._core.instruments import Instruments
 from .._core.messages import (
     NO_HEADERS,
     Envelope,
@@ -54,6 +55,9 @@ class _Sender(Protocol):
     @property
     def thread_id(self) -> int: ...
 
+    @property
+    def instruments(self) -> Instruments: ...
+
 
 class AgentRef:
     """A stable, hashable handle to one agent, valid across its restarts.
@@ -71,7 +75,7 @@ class AgentRef:
     thread.
     """
 
-    __slots__ = ("_address", "_delivery", "_endpoint", "_system", "id")
+    __slots__ = ("_address", "_delivery", "_endpoint", "_instruments", "_system", "id")
 
     def __init__(self, address: Endpoint | Group, system: _Sender) -> None:
         #: Where its messages go: the agent's endpoint (which follows the agent across its
@@ -82,6 +86,8 @@ class AgentRef:
         self._endpoint = address if isinstance(address, Endpoint) else None
         self._system = system
         self._delivery = system.delivery
+        #: Asked for a send's headers only when an instrument adds some (one lookup a send).
+        self._instruments = system.instruments
         #: The agent's identity.
         self.id: AgentId = address.id
 
@@ -288,6 +294,11 @@ class AgentRef:
             resolved = self._delivery.resolve(options)
         sender = None if (cell := current_cell.get()) is None else cell.id
         created_at = system.clock.current_time()
+        headers = (
+            NO_HEADERS
+            if "outgoing_headers" not in (instruments := self._instruments)
+            else instruments.outgoing_headers(kind, self.id, NO_HEADERS)
+        )
         if call_timeout is None:
             # ``Envelope.for_send`` spelled out: the call it saves is a thirtieth of a cast.
             # Built as an ``UnsealedEnvelope``, whose slots are set at C speed, then sealed.
@@ -299,7 +310,7 @@ class AgentRef:
             envelope.recipient = self.id
             envelope.options = resolved
             envelope.created_at = created_at
-            envelope.headers = NO_HEADERS
+            envelope.headers = headers
             envelope.attempt = 0
             envelope.reply = None
             envelope.deadline = _NO_DEADLINE
@@ -310,7 +321,7 @@ class AgentRef:
         # A tighter Trio scope around the caller cancels it as any scope does, but the envelope
         # carries that deadline too, so that the callee can skip work nobody waits for.
         deadline = min(created_at + call_timeout, inherited_deadline.get())
-        return Envelope.for_send(
+        envelope = Envelope.for_send(
             kind,
             payload,
             sender,
@@ -320,6 +331,9 @@ class AgentRef:
             ReplyHandle(deadline),
             min(deadline, trio.current_effective_deadline()),
         )
+        if headers is not NO_HEADERS:
+            object.__setattr__(envelope, "headers", headers)  # as ``Envelope(headers=)`` does
+        return envelope
 
 
 def _wrong_thread(ref: AgentRef, kind: MessageKind) -> WrongThread:

@@ -20,6 +20,8 @@ and must not block (hand heavy work to a task or a thread of your own).
 from __future__ import annotations
 
 import logging
+import types
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import InvalidConfig
@@ -71,6 +73,21 @@ class Instrument:
     def agent_exited(self, agent_id: Any, reason: Any) -> None:
         """An instance of the agent ``agent_id`` ended, for ``reason`` (an ``ExitReason``)."""
 
+    def outgoing_headers(self, kind: Any, recipient: Any) -> Mapping[str, str] | None:
+        """Headers to add to a message of ``kind`` (a ``MessageKind``) being sent now to
+        ``recipient``, or ``None``: asked where its envelope is built, in the sender's task
+        (so its context variables, a current span among them, are the sender's). Messages
+        never change once built, so this is the only moment to add to them.
+
+        Strings to strings. The sender's own headers win: a key it set is kept as it set it.
+        Overriding this hook is what makes sends ask; while no instrument does, a send pays
+        one dict membership test for it."""
+        return None
+
+    def system_opened(self, system: Any) -> None:
+        """The instrument was installed in ``system`` (a ``MessageSystem``), which is opening:
+        for an instrument that reads it later (``system.get_stats()``, say, for metrics)."""
+
 
 #: The names of the hooks, in the order of a message's life.
 HOOKS: tuple[str, ...] = (
@@ -82,6 +99,8 @@ HOOKS: tuple[str, ...] = (
     "dead_lettered",
     "agent_started",
     "agent_exited",
+    "outgoing_headers",
+    "system_opened",
 )
 
 
@@ -138,6 +157,36 @@ class Instruments(dict[str, dict[Instrument, None]]):
         if "message_delivered" in self:
             self.call("message_delivered", envelope)
 
+    def outgoing_headers(
+        self, kind: Any, recipient: Any, given: Mapping[str, str]
+    ) -> Mapping[str, str]:
+        """The headers of a message of ``kind`` to ``recipient`` that its sender gave
+        ``given``: those, with what each instrument's ``outgoing_headers`` adds (the sender's
+        keys win), read-only; ``given`` itself when nothing is added. An instrument that
+        raises, or returns anything but a mapping of strings to strings, is removed as in
+        :meth:`call`. Call only after ``"outgoing_headers" in self``."""
+        added: dict[str, str] | None = None
+        for instrument in list(self["outgoing_headers"]):
+            try:
+                extra = instrument.outgoing_headers(kind, recipient)
+                if extra is None:
+                    continue
+                if not isinstance(extra, Mapping) or not all(
+                    k.__class__ is str and v.__class__ is str for k, v in extra.items()
+                ):
+                    raise TypeError(f"headers map str to str, got {extra!r}")
+            except Exception:
+                self._failed(instrument, "outgoing_headers")
+                continue
+            if added is None:
+                added = dict(extra)
+            else:
+                added.update(extra)
+        if not added:
+            return given
+        added.update(given)
+        return types.MappingProxyType(added)
+
     def call(self, hook: str, *args: Any) -> None:
         """Call ``hook`` on every instrument that overrides it, with ``args``.
 
@@ -148,12 +197,16 @@ class Instruments(dict[str, dict[Instrument, None]]):
             try:
                 getattr(instrument, hook)(*args)
             except Exception:  # unlike Trio, KeyboardInterrupt and SystemExit go through
-                self.remove_instrument(instrument)
-                logger.exception(
-                    "instrument %r raised in %s and has been removed; the system goes on",
-                    instrument,
-                    hook,
-                )
+                self._failed(instrument, hook)
+
+    def _failed(self, instrument: Instrument, hook: str) -> None:
+        """Remove ``instrument``, which raised in ``hook``, and log its error (being handled)."""
+        self.remove_instrument(instrument)
+        logger.exception(
+            "instrument %r raised in %s and has been removed; the system goes on",
+            instrument,
+            hook,
+        )
 
 
 def instruments_tuple(instruments: Any) -> tuple[Instrument, ...]:

@@ -191,6 +191,8 @@ class MessageSystem:
         )
         #: The installed instruments, by the hooks they override (empty: no hook is called).
         self.instruments = Instruments(config.instruments)
+        if "system_opened" in self.instruments:
+            self.instruments.call("system_opened", self)
         #: This system's node in its cluster (``None``: it is not in one).
         self.cluster: ClusterMembership | None = (
             None if config.cluster is None else config.cluster.join()
@@ -736,6 +738,12 @@ class MessageSystem:
             raise InvalidMessage("a call needs a reply slot: build it with call(...)")
         if envelope.recipient is None and self.router.config.custom_router is None:
             raise InvalidConfig("the envelope has no recipient (and no custom router)")
+        if "outgoing_headers" in self.instruments:  # the sender's headers kept as they are
+            headers = self.instruments.outgoing_headers(
+                envelope.kind, envelope.recipient, envelope.headers
+            )
+            if headers is not envelope.headers:
+                envelope = envelope.evolve(headers=headers)
         agent_id = self.registered_id(envelope.recipient)
         mailbox = None if agent_id is None else self.registry.mailboxes.get(agent_id)
         if mailbox is not None:

@@ -107,7 +107,7 @@ class TestRegistry:
         """A hook nobody listens to costs nothing again."""
         instrument = Recording()
         instruments = Instruments([instrument])
-        assert set(instruments) >= set(HOOKS)
+        assert set(instruments) >= {hook for hook in HOOKS if hook in vars(Recording)}
         instruments.remove_instrument(instrument)
         assert not instruments
         with pytest.raises(KeyError):
