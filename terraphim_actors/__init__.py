@@ -47,6 +47,13 @@ from ._core.notifications import (
 from ._core.reply import ReplyHandle
 from ._delivery.dead_letters import DeadLetter, DeadLetterReason
 from ._delivery.pipeline import DeliveryConfig, DeliveryManager, DeliveryStats, RetryCandidate
+from ._primitives.admission import (
+    AdmissionStats,
+    BudgetUsage,
+    ConcurrencyLimit,
+    RateLimit,
+    TokenBudget,
+)
 from ._primitives.balancing import LoadBalancing
 from ._primitives.circuit import CircuitBreakerConfig, CircuitState
 from ._primitives.dedup import DedupWindow
@@ -57,15 +64,18 @@ from ._system.custom_router import MessageRouter
 from ._system.system import MessageSystem, MessageSystemConfig, SystemStats, open_message_system
 
 __all__ = [
+    "AdmissionStats",
     "Agent",
     "AgentExited",
     "AgentId",
     "AgentRef",
     "AgentStarted",
+    "BudgetUsage",
     "Caller",
     "ChildSpec",
     "CircuitBreakerConfig",
     "CircuitState",
+    "ConcurrencyLimit",
     "Context",
     "Custom",
     "DeadLetter",
@@ -97,6 +107,7 @@ __all__ = [
     "OverflowPolicy",
     "PoolRef",
     "Priority",
+    "RateLimit",
     "ReplyHandle",
     "RestartBackoff",
     "RestartIntensityExceeded",
@@ -111,6 +122,7 @@ __all__ = [
     "SystemShutdown",
     "SystemStats",
     "Timer",
+    "TokenBudget",
     "call",
     "cast",
     "info",

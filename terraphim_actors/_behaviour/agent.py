@@ -13,14 +13,14 @@ import trio
 from supervisor import RestartType
 
 from .._core.bounded_repr import REPR_LIMIT, bounded_repr, shorten
-from .._core.checks import check_instance
+from .._core.checks import check_count, check_instance, check_seconds
 from .._core.ids import AgentId, MessageId
 from .._core.messages import DeliveryGuarantee, Envelope
 from .._core.notifications import ExitReason, MonitorRef, StopReason
 from .._core.reply import ReplyHandle
 from .._core.threads import check_thread
 from .._primitives.timers import Timer
-from ..errors import CallFailed, ReplyAlreadySent
+from ..errors import CallFailed, InvalidConfig, ReplyAlreadySent
 from .refs import AgentRef
 
 if TYPE_CHECKING:
@@ -259,7 +259,7 @@ class Context:
     uses ``trio.from_thread.run_sync``); its properties can be read from any.
     """
 
-    __slots__ = ("_cell", "_deferred", "_envelope", "_server", "_system")
+    __slots__ = ("_cell", "_deferred", "_envelope", "_retry_after", "_server", "_system")
 
     def __init__(self, cell: AgentCell, system: SystemApi) -> None:
         self._cell = cell
@@ -268,6 +268,8 @@ class Context:
         self._server: GenServer | None = None
         self._envelope: Envelope | None = None
         self._deferred = False
+        #: Seconds after which the message in hand is to be delivered again (``retry_after``).
+        self._retry_after: float | None = None
 
     @property
     def envelope(self) -> Envelope:
@@ -337,6 +339,48 @@ class Context:
         if self.envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE:
             handle.keep_answer()  # for resends of the call, even once this caller gave up
         return DeferredReply(self._cell, server, self.envelope, handle)
+
+    def charge(self, *, tokens: int) -> None:
+        """Report what the message in hand cost: ``tokens`` are charged to every
+        ``TokenBudget`` of this agent (of its pool, for a member), now. Harmless without one.
+
+        Raises:
+            InvalidConfig: ``tokens`` is not an int from 0 up, or no message is in hand (in
+                ``on_start``, or a background task between messages).
+            WrongThread: called from a thread other than the system's.
+        """
+        self._check_thread("ctx.charge")
+        check_count("tokens", tokens)
+        self._check_in_hand("ctx.charge")
+        self._cell.system.delivery.charge(self._cell.endpoint, tokens)
+
+    def retry_after(self, seconds: float) -> None:
+        """Have the message in hand delivered again ``seconds`` from when the handler
+        returns, as a provider's "429, Retry-After" asks: not a failure, and none of its
+        retries spent. Until then this agent (its pool, for a member) admits nothing: the
+        messages sent meanwhile wait for admission too, behind this one. A call's caller keeps
+        waiting for the later attempt's answer (the value the handler returns now is dropped),
+        or gets ``CallTimeout`` at once if that attempt could not end before its deadline; a
+        cast that could not is an ``EXPIRED`` dead letter. A handler that raises after asking
+        crashes as any.
+
+        Raises:
+            InvalidConfig: ``seconds`` is not a number of seconds from 0 up, or no message is
+                in hand.
+            WrongThread: called from a thread other than the system's.
+        """
+        self._check_thread("ctx.retry_after")
+        check_seconds("seconds", seconds, allow_zero=True)
+        self._check_in_hand("ctx.retry_after")
+        cell = self._cell
+        cell.system.delivery.gate(cell.endpoint)  # the loop then settles it the slow way
+        self._retry_after = float(seconds)
+        self._deferred = True  # a call's handler's return value is no reply
+
+    def _check_in_hand(self, operation: str) -> None:
+        envelope = self._envelope
+        if envelope is None or self._cell._in_hand is not envelope:
+            raise InvalidConfig(f"{operation} is for a handler, with a message in hand")
 
     def monitor(self, ref: AgentRef) -> MonitorRef:
         """Get a ``Down`` info when the agent behind ``ref`` stops for good.

@@ -227,6 +227,8 @@ class AgentRef:
             try:
                 return await handle.wait_unbounded()
             except CallTimeout:
+                if not handle.expired:
+                    raise  # its budgets refused it for its deadline: the error says so
                 delivery.record_failure(delivered_to)  # a timeout counts against its circuit
             finally:
                 timer.cancel()

@@ -20,6 +20,7 @@ from .refs import AgentRef
 from .system_api import SystemApi
 
 if TYPE_CHECKING:
+    from .._primitives.admission import Budgets
     from .._routing.endpoint import Endpoint
     from .._routing.groups import Group
 
@@ -78,6 +79,8 @@ class AgentStarter:
         #: The group its agent is a member of, and its position there, if any.
         self.group: Group | None = None
         self.position = 0
+        #: The admission budgets of an agent spawned with some (a pool's are its group's).
+        self.budgets: Budgets | None = None
 
     def __repr__(self) -> str:
         return f"<AgentStarter {self.agent_class.__name__} {self.agent_id!r}>"
@@ -103,6 +106,8 @@ class AgentStarter:
             )
             if self.endpoint is None:
                 self.endpoint = cell.endpoint
+                if self.budgets is not None:
+                    cell.endpoint.install_budgets(self.budgets)
                 if self.group is not None:
                     self.group.join(self.position, cell.endpoint)
             cell.ref = AgentRef(cell.endpoint, self.system)

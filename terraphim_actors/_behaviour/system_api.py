@@ -13,7 +13,7 @@ test keeps the two the same set of members with the same signatures. It lives he
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -25,6 +25,7 @@ from .._core.messages import Envelope
 from .._core.protocols import ClusterMembership
 from .._delivery.dead_letters import DeadLetter, DeadLetterReason
 from .._delivery.pipeline import DeliveryManager
+from .._primitives.admission import AdmissionStats, Budget
 from .._primitives.balancing import LoadBalancing
 from .._primitives.mailbox import Mailbox, MailboxConfig, MailboxStats
 from .._routing.router import Router
@@ -59,6 +60,9 @@ class SystemStats:
     dead_letters_by_reason: Mapping[DeadLetterReason, int]
     #: Seconds since the system opened.
     uptime: float
+    #: The admission budgets of each agent or pool that has some, by its id: each budget's
+    #: use, what waits for admission, what was refused or sent to a fallback.
+    admission: Mapping[AgentId, AdmissionStats] = attrs.field(factory=dict)
 
 
 class SystemApi(Protocol):
@@ -107,6 +111,7 @@ class SystemApi(Protocol):
         shutdown: float | None = None,
         restart: RestartType = RestartType.PERMANENT,
         handler_timeout: float | None = None,
+        admission: Sequence[Budget] = (),
         **kwargs: Any,
     ) -> AgentRef:
         """Start an agent under the root supervisor; returns its ref."""
@@ -155,6 +160,8 @@ class SystemApi(Protocol):
         max_restarts: int | None = None,
         max_seconds: float | None = None,
         handler_timeout: float | None = None,
+        admission: Sequence[Budget] = (),
+        fallback: AgentRef | None = None,
         **kwargs: Any,
     ) -> PoolRef:
         """Start a pool of agents behind one ref."""

@@ -63,6 +63,11 @@ class DeliveryStats:
     #: Messages handed to the cluster for an agent on another node (stored by JetStream, or
     #: published or answered over core NATS): settled here, counted there from their arrival.
     forwarded: int = 0
+    #: Of the pending, messages waiting for their destination's admission budgets.
+    admission_waiting: int = 0
+    #: Messages a pool sent to its fallback (its circuit open, or its budgets spent beyond
+    #: the message's deadline).
+    fallbacks: int = 0
 
 
 class Ledger:

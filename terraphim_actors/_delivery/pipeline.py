@@ -15,11 +15,13 @@ Each message is accepted at one point (the ledger's ``accepted``) and settled at
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+import attrs
 import trio
 
 from .._core.bounded_repr import bounded_repr
@@ -28,6 +30,7 @@ from .._core.instruments import MESSAGE_HOOKS, Instruments
 from .._core.messages import DeliveryGuarantee, Envelope, MessageOptions, Priority
 from .._core.protocols import Journal
 from .._core.reply import KeptAnswer
+from .._primitives.admission import AdmissionGate, Budgets
 from .._primitives.circuit import CircuitBreaker, CircuitBreakerConfig
 from .._primitives.dedup import NO_REPLY, UNSEEN, HandledMessages
 from .._primitives.mailbox import OwnMailboxFull, spend_send_budget
@@ -45,6 +48,7 @@ from ..errors import (
     MessagingError,
     UnencodablePayload,
 )
+from .admission import TAKEN, AdmissionDesk, Entered
 from .dead_letters import DeadLetterReason
 from .journal import NO_JOURNAL
 from .ledger import DeliveryStats, SettlementListener, ledger_for
@@ -90,8 +94,11 @@ _RAISED = frozenset(
 #: is refused (counted as never sent), and the sender hears the error.
 _NOT_TAKEN = (OwnMailboxFull, InvalidMessage, UnencodablePayload)
 
-#: Failures that say nothing of the agent, so do not count against its circuit.
-_NOT_THE_AGENTS = frozenset({DeadLetterReason.CIRCUIT_OPEN, DeadLetterReason.UNREACHABLE})
+#: Failures that say nothing of the agent, so do not count against its circuit (``EXPIRED``:
+#: its budgets could not admit the message before its deadline).
+_NOT_THE_AGENTS = frozenset(
+    {DeadLetterReason.CIRCUIT_OPEN, DeadLetterReason.UNREACHABLE, DeadLetterReason.EXPIRED}
+)
 
 #: What an inbox raises for a message it cannot take now: a full or closed mailbox, a cluster
 #: that did not take it in time, or (for an agent on another node) no node holding its name.
@@ -157,6 +164,10 @@ class DeliveryManager:
         self._quiet = self.ledger.counts_only and MESSAGE_HOOKS not in self._instruments
         #: The retry schedule, on the system's one timer service.
         self._retries_waiting = RetryScheduler(config, timers, clock, self._retry)
+        #: Where messages wait for their destinations' budgets.
+        self.admissions = AdmissionDesk(self, clock, timers, self._instruments)
+        #: True while a message is put into a fallback (whose own fallback is not followed).
+        self.in_fallback = False
 
     # -- options ---------------------------------------------------------------------------
 
@@ -349,16 +360,21 @@ class DeliveryManager:
         budget (see ``Mailbox.put``)."""
         if endpoint is None or endpoint.admission is not None:
             failure = self._obstacle(endpoint, envelope)
+            if failure is TAKEN:  # it waits for admission, or went to a fallback: not ours now
+                await spend_send_budget()
+                return None
             if failure is not None:
                 await trio.lowlevel.checkpoint_if_cancelled()
                 await spend_send_budget()
-                return failure
+                return failure  # type: ignore[return-value]
             assert endpoint is not None
         try:
             await endpoint.inbox.put(envelope)
         except _NOT_TAKEN:
+            self._release(envelope)
             raise  # no retry would find room that only the sender could make, or encode it
         except _PUT_FAILURES as error:
+            self._release(envelope)
             return _failure_of(error, endpoint)
         self.ledger.delivered()
         if "message_delivered" in self._instruments:
@@ -369,20 +385,46 @@ class DeliveryManager:
         """:meth:`_put` without waiting: a full mailbox is a failure."""
         if endpoint is None or endpoint.admission is not None:
             failure = self._obstacle(endpoint, envelope)
+            if failure is TAKEN:
+                return None
             if failure is not None:
-                return failure
+                return failure  # type: ignore[return-value]
             assert endpoint is not None
         try:
             endpoint.inbox.put_nowait(envelope)
         except _PUT_FAILURES as error:
+            self._release(envelope)
             return _failure_of(error, endpoint)
         self.ledger.delivered()
         if "message_delivered" in self._instruments:
             self._instruments.call("message_delivered", envelope)
         return None
 
-    def _obstacle(self, endpoint: Endpoint | None, envelope: Envelope) -> _Failure | None:
-        """Why ``envelope`` cannot go into ``endpoint``'s inbox now, or ``None`` if it may try."""
+    def put_admitted(
+        self, endpoint: Endpoint, envelope: Envelope, *, fallback: bool = False
+    ) -> _Failure | None:
+        """Put ``envelope``, past its admission, into ``endpoint``'s inbox now, or say why
+        not (:meth:`_put_nowait`'s put, for a message that waited). A ``fallback`` put goes
+        through the fallback's own admission first (and follows no further fallback)."""
+        if fallback:
+            self.in_fallback = True
+            try:
+                return self._put_nowait(endpoint, envelope)
+            finally:
+                self.in_fallback = False
+        try:
+            endpoint.inbox.put_nowait(envelope)
+        except _PUT_FAILURES as error:
+            self._release(envelope)
+            return _failure_of(error, endpoint)
+        self.ledger.delivered()
+        if "message_delivered" in self._instruments:
+            self._instruments.call("message_delivered", envelope)
+        return None
+
+    def _obstacle(self, endpoint: Endpoint | None, envelope: Envelope) -> _Failure | Entered | None:
+        """Why ``envelope`` cannot go into ``endpoint``'s inbox now, or ``None`` if it may try;
+        ``TAKEN`` if its destination's budgets made it wait (or sent it to a fallback)."""
         if endpoint is None:
             if self._has_stopped(envelope.recipient):
                 return DeadLetterReason.AGENT_STOPPED, AgentStopped(
@@ -392,11 +434,34 @@ class DeliveryManager:
                 f"no agent is registered as {envelope.recipient!r}"
             )
         admission = endpoint.admission
-        if admission is not None and not admission.admit(self._clock.current_time()):
-            return DeadLetterReason.CIRCUIT_OPEN, CircuitOpen(
-                f"the circuit of {endpoint.id!r} is open: failing fast"
+        if type(admission) is AdmissionGate:
+            entered: _Failure | Entered | None = self.admissions.enter(
+                endpoint, admission, envelope
             )
+            return entered
+        if admission is not None and not admission.admit(self._clock.current_time()):
+            fallback: Entered | None = self.admissions.fallback(endpoint, envelope)
+            return self.circuit_open(endpoint) if fallback is None else fallback
         return None
+
+    def circuit_open(self, endpoint: Endpoint) -> _Failure:
+        """The failure of a message ``endpoint``'s open circuit refuses."""
+        return DeadLetterReason.CIRCUIT_OPEN, CircuitOpen(
+            f"the circuit of {endpoint.id!r} is open: failing fast"
+        )
+
+    def failed_at(self, endpoint: Endpoint, envelope: Envelope, failure: _Failure) -> None:
+        """A message that left its sender's hands (it waited for admission, or went to a
+        fallback) could not be put into ``endpoint``'s inbox: a cast is retried or given up
+        on as any; a call fails for its waiting caller. Never raises: its sender is not here."""
+        reason, error = failure
+        if envelope.reply is not None:
+            self._count_failure(endpoint, reason)
+            self.undelivered(envelope, reason, error)
+            return
+        # What an at-most-once sender would hear, its dead letter says.
+        with contextlib.suppress(MessagingError):
+            self._failed(endpoint, envelope, reason, error)
 
     def _failed(
         self,
@@ -460,6 +525,7 @@ class DeliveryManager:
         duplicates under exactly-once). The loop settles the common case with
         ``ledger.acknowledged`` alone."""
         self.ledger.acknowledged(envelope)
+        self._release(envelope)
         admission = endpoint.admission
         handle = envelope.reply
         if (
@@ -487,6 +553,7 @@ class DeliveryManager:
         if reply is UNSEEN:
             return False
         self.ledger.duplicate(envelope)
+        self._release(envelope)
         handle = envelope.reply
         if handle is not None and handle.pending:
             if reply is NO_REPLY:
@@ -523,6 +590,7 @@ class DeliveryManager:
         or info is retried by its guarantee if it failed for a reason retries fix, or its agent
         ``runs_again`` (a restart cut its handler short); anything else becomes a dead letter.
         """
+        self._release(envelope)
         handle = envelope.reply
         if handle is not None and not handle.abandoned:
             if handle.pending:
@@ -542,6 +610,7 @@ class DeliveryManager:
         ``ctx.caller.fail``: settled as failed, counted against the circuit; an exactly-once
         call keeps that answer for its resends."""
         self.ledger.failed(envelope)
+        self._release(envelope)
         self.record_failure(endpoint)
         if envelope.options.guarantee is EXACTLY_ONCE:
             handle = envelope.reply
@@ -553,6 +622,7 @@ class DeliveryManager:
         settled as failed, and counted against the circuit once (a caller's ``CallTimeout``
         counts already; one that gave up through its own cancel scope does not)."""
         self.ledger.failed(envelope)
+        self._release(envelope)
         handle = envelope.reply
         assert handle is not None
         if not handle.expired:
@@ -600,7 +670,49 @@ class DeliveryManager:
             if self._breakers is None:
                 return
             admission = endpoint.admission = CircuitBreaker(self._breakers)
+        elif type(admission) is AdmissionGate and admission.breaker is None:
+            if self._breakers is None:
+                return
+            admission.breaker = CircuitBreaker(self._breakers)
         admission.record(False, self._clock.current_time())
+
+    # -- admission budgets -------------------------------------------------------------------
+
+    def _release(self, envelope: Envelope) -> None:
+        """``envelope`` left its handler, or will never reach one: if budgets admitted it,
+        its place there is free again."""
+        if self.admissions.admitted:
+            self.admissions.release(envelope)
+
+    def gate(self, endpoint: Endpoint) -> AdmissionGate:
+        """``endpoint``'s admission gate, made now if it has none (for a pool member, one
+        for every member, sharing one set of budgets): what a ``retry_after`` holds."""
+        admission = endpoint.admission
+        if type(admission) is AdmissionGate:
+            return admission
+        group = endpoint.group
+        if group is None:
+            return endpoint.install_budgets(Budgets(()))
+        group.budgets = Budgets(())
+        for member in group.positions:
+            if member is not None:
+                member.install_budgets(group.budgets)
+        gate = endpoint.admission
+        assert type(gate) is AdmissionGate
+        return gate
+
+    def charge(self, endpoint: Endpoint, tokens: int) -> None:
+        """A handler at ``endpoint`` reports that its message cost ``tokens``: charged to
+        its token budgets (nothing without any)."""
+        admission = endpoint.admission
+        if type(admission) is AdmissionGate:
+            admission.budgets.charge(tokens, self._clock.current_time())
+
+    def retry_later(self, endpoint: Endpoint, envelope: Envelope, seconds: float) -> None:
+        """The handler of ``envelope`` returned having called ``ctx.retry_after(seconds)``:
+        it is delivered again once that has passed, with the endpoint's admission held until
+        then; not a failure, and no retry spent (see ``AdmissionDesk.retry_after``)."""
+        self.admissions.retry_after(self.gate(endpoint), endpoint, envelope, seconds)
 
     def _count_failure(self, endpoint: Endpoint | None, reason: DeadLetterReason) -> None:
         """Count a failed delivery against ``endpoint``'s circuit: not one its circuit itself
@@ -692,18 +804,25 @@ class DeliveryManager:
         caller settles it when it wakes)."""
         for candidate in self._retries_waiting.cancel_all():
             self._give_up(candidate.envelope, DeadLetterReason.SYSTEM_STOPPED, "before its retry")
+        self.admissions.settle_all()
 
     # -- the end of the line -----------------------------------------------------------------
 
     def _give_up(self, envelope: Envelope, reason: DeadLetterReason, detail: str) -> None:
         """The end of the line for a message: settle it in the books (which tell the journal,
         and know what a shutdown leaves it) and file it as a dead letter."""
+        self._release(envelope)
         self.ledger.dead_lettered(envelope, reason, detail)
         self._file_dead_letter(envelope, reason, detail)
 
     def get_stats(self) -> DeliveryStats:
         """A frozen snapshot of the counters."""
-        return self.ledger.stats()
+        stats = self.ledger.stats()
+        admissions = self.admissions
+        if admissions.fallbacks or admissions.waiting:
+            waiting = admissions.waiting
+            return attrs.evolve(stats, admission_waiting=waiting, fallbacks=admissions.fallbacks)
+        return stats
 
 
 def _failure_of(error: MessagingError, endpoint: Endpoint) -> _Failure:

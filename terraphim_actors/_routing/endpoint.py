@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from .._core.ids import AgentId, MessageId
 from .._core.messages import Envelope
 from .._core.protocols import AdmissionPolicy, Inbox, Occupant
+from .._primitives.admission import AdmissionGate, Budgets
+from .._primitives.circuit import CircuitBreaker
 from .._primitives.dedup import HandledMessages
 
 if TYPE_CHECKING:
@@ -66,6 +68,15 @@ class Endpoint:
         self.inbox = inbox
         self.occupant = occupant
         self.runs_counted = None
+
+    def install_budgets(self, budgets: Budgets) -> AdmissionGate:
+        """Admit messages by ``budgets`` (an agent's, or its pool's, shared) from now on,
+        behind the circuit breaker it has, if any."""
+        breaker = self.admission
+        assert breaker is None or isinstance(breaker, CircuitBreaker)
+        gate = AdmissionGate(budgets, breaker)
+        self.admission = gate
+        return gate
 
     # -- as an address: what a ref resolves its destination through -------------------------
 

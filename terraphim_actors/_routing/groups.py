@@ -14,6 +14,7 @@ import trio
 
 from .._core.ids import AgentId
 from .._core.messages import DeliveryGuarantee, Envelope, MessageKind
+from .._primitives.admission import Budgets
 from .._primitives.balancing import Balancer, LoadBalancing
 from .._primitives.dedup import HandledMessages
 from ..errors import CallToSelf, InvalidConfig
@@ -52,6 +53,12 @@ class Group:
         self._counts = counts
         #: False once the group has stopped for good.
         self.live = True
+        #: The admission budgets every member shares (``spawn_pool(..., admission=...)``, or
+        #: made by a member's ``ctx.retry_after``); ``None``: none.
+        self.budgets: Budgets | None = None
+        #: Where a message sent through the group goes when the members' circuits are open
+        #: or their budgets spent beyond its deadline (an agent's or a pool's address).
+        self.fallback: Endpoint | Group | None = None
 
     def __repr__(self) -> str:
         return f"<Group {self.id!r}: {len(self.positions)} members>"
@@ -65,6 +72,8 @@ class Group:
         """``endpoint`` is the member at ``position`` from now on."""
         self.positions[position] = endpoint
         endpoint.group = self
+        if self.budgets is not None:
+            endpoint.install_budgets(self.budgets)
 
     def addressed_by(self, recipient: AgentId | str | None) -> bool:
         """Whether a message for ``recipient`` came through the group (its id, or its name

@@ -157,10 +157,16 @@ class Router:
         """A frozen snapshot of the router's state."""
         now = self._system.clock.current_time()
         # Stats report circuits: of the admission policies, the circuit breakers.
-        circuits = {
-            endpoint.id: endpoint.admission.state(now)
-            for endpoint in self._system.registry.endpoints()
+        breakers = (
+            (endpoint.id, endpoint.admission)
             if isinstance(endpoint.admission, CircuitBreaker)
+            else (endpoint.id, getattr(endpoint.admission, "breaker", None))
+            for endpoint in self._system.registry.endpoints()
+        )
+        circuits = {
+            agent_id: breaker.state(now)
+            for agent_id, breaker in breakers
+            if isinstance(breaker, CircuitBreaker)
         }
         return RouterStats(
             circuits=circuits,

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -40,9 +40,11 @@ from .._core.notifications import AgentExited, AgentStarted, StopReason, SystemS
 from .._core.protocols import ClusterMembership, ClusterSpec, Journal
 from .._core.reply_to import PendingCalls
 from .._core.threads import check_thread, current_thread_id
+from .._delivery.admission import admission_stats
 from .._delivery.dead_letters import DeadLetter, DeadLetterOffice, DeadLetterReason
 from .._delivery.journal import NO_JOURNAL
 from .._delivery.pipeline import DeliveryConfig, DeliveryManager
+from .._primitives.admission import Budget, budgets_from
 from .._primitives.balancing import Balancer, LoadBalancing
 from .._primitives.dedup import HandledMessages
 from .._primitives.mailbox import Mailbox, MailboxConfig, MailboxStats, ThreadBoundMailbox
@@ -247,6 +249,7 @@ class MessageSystem:
         shutdown: float | None = None,
         restart: RestartType = RestartType.PERMANENT,
         handler_timeout: float | None = None,
+        admission: Sequence[Budget] = (),
         **kwargs: Any,
     ) -> AgentRef:
         """Start an agent under the root supervisor; returns its ref once ``on_start`` is done.
@@ -262,6 +265,10 @@ class MessageSystem:
                 ``TRANSIENT`` (after a crash), ``TEMPORARY`` (never).
             handler_timeout: seconds a handler may run before it is cancelled and fails with
                 ``HandlerTimeout`` (default: the class's ``handler_timeout``).
+            admission: budgets it admits messages by (``RateLimit``, ``TokenBudget``,
+                ``ConcurrencyLimit``), behind its circuit breaker; a message they refuse waits
+                in delivery until they let it through, or is refused if its deadline would
+                pass first.
 
         Raises:
             DuplicateAgent: ``name`` is taken.
@@ -271,9 +278,11 @@ class MessageSystem:
             WrongThread: called from a thread other than the system's.
         """
         check_thread(self.thread_id, "system.spawn")
+        budgets = budgets_from(admission)
         starter = self._starter(
             agent_class, args, name, mailbox, shutdown, restart, handler_timeout, kwargs
         )
+        starter.budgets = budgets
         cluster = self.cluster
         if cluster is not None and name is not None:
             await cluster.claim(name, starter.agent_id)
@@ -370,6 +379,8 @@ class MessageSystem:
         max_restarts: int | None = None,
         max_seconds: float | None = None,
         handler_timeout: float | None = None,
+        admission: Sequence[Budget] = (),
+        fallback: AgentRef | None = None,
         **kwargs: Any,
     ) -> PoolRef:
         """Start ``size`` instances of an agent under a supervisor of their own, behind one ref
@@ -389,6 +400,10 @@ class MessageSystem:
                 payload itself, by its ``repr``).
             seed: for ``RANDOM``, seeds the choice.
             handler_timeout: as for :meth:`spawn`, for each member.
+            admission: as for :meth:`spawn`, shared by the members: one budget for the pool.
+            fallback: where a message sent through the pool goes instead when every
+                member's circuit is open, or its budgets could not admit it before its
+                deadline (an agent's or another pool's ref; counted as a fallback).
             kwargs: as for :meth:`spawn`: each member is ``agent_class(*args, **kwargs)``.
 
         Raises:
@@ -409,6 +424,9 @@ class MessageSystem:
             check_count("max_restarts", max_restarts, minimum=0)
         if max_seconds is not None:
             check_seconds("max_seconds", max_seconds)
+        budgets = budgets_from(admission)
+        if fallback is not None:
+            check_instance("fallback", fallback, AgentRef)
         config = self.config
         starters = [
             self._starter(
@@ -446,6 +464,8 @@ class MessageSystem:
             self.clock,
             self.router,
         )
+        group.budgets = budgets
+        group.fallback = None if fallback is None else fallback._address
         for position, starter in enumerate(starters):
             starter.group, starter.position = group, position
         self.router.pools[pool_id] = group
@@ -818,6 +838,7 @@ class MessageSystem:
             dead_letters=self._dead_letters.total,
             dead_letters_by_reason=self._dead_letters.by_reason(),
             uptime=self.clock.current_time() - self._opened_at,  # no Trio run needed
+            admission=admission_stats(list(self.registry.endpoints()), self.clock.current_time()),
         )
         return system, mailboxes
 

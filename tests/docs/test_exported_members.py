@@ -31,6 +31,9 @@ REQUIRED = {
     "Directive",
     "register_payload",
     "Instrument",
+    "RateLimit",
+    "TokenBudget",
+    "ConcurrencyLimit",
 }
 
 REQUIRED_ERRORS = {

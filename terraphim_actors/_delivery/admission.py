@@ -1,0 +1,304 @@
+"""Admission: messages that wait in delivery for their destination's budgets.
+
+A message for an endpoint with budgets (``spawn(..., admission=[...])``, or after a handler's
+``ctx.retry_after``) passes its circuit breaker as any message does, then its budgets: let
+through, it is put into the mailbox at once; refused, it waits here (not in its sender's task,
+not in a handler), counted as pending, until the budgets let it through, highest priority
+first and first come first served within one. What wakes the waiting is the time the budgets
+name (``retry_at``: a rate window or a token charge ageing out, a hold ending), on the
+system's timer service, or a message leaving its handler (which frees a concurrency place).
+
+A message that could not be admitted and handled before its deadline (the budgets' time to
+let it through plus the moving average of how long their admitted messages took) is refused
+at once rather than spending a request nobody will wait for: a call with ``CallTimeout``, a
+cast as an ``EXPIRED`` dead letter; or, sent through a pool that has a fallback, it goes to
+the fallback. So does a message a pool member's open circuit refuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import trio
+
+from .._core.ids import AgentId
+from .._core.instruments import Instruments
+from .._core.messages import Envelope
+from .._primitives.admission import AdmissionGate, AdmissionStats, Budgets
+from .._primitives.timers import Timer, TimerService
+from ..errors import CallTimeout, DeliveryFailed, MessagingError, SystemClosed
+from .dead_letters import DeadLetterReason
+
+if TYPE_CHECKING:
+    from .._routing.endpoint import Endpoint
+    from .pipeline import DeliveryManager
+
+__all__ = ["AdmissionDesk", "Entered", "admission_stats"]
+
+#: What a waiting message is kept as: its destination, itself, and when it began to wait.
+_Entry: TypeAlias = tuple["Endpoint", Envelope, float]
+
+
+class Entered:
+    """What became of a message at its destination's budgets, when not simply let through."""
+
+    __slots__ = ()
+
+
+#: The budgets' waiting room (or a fallback) took the message: its sender has nothing to put.
+TAKEN = Entered()
+
+
+def deadline_of(envelope: Envelope) -> float:
+    """The time after which nobody wants ``envelope`` handled: a call's caller's deadline, a
+    cast's or an info's expiry."""
+    if envelope.reply is not None:
+        return envelope.deadline
+    return envelope.created_at + envelope.options.timeout
+
+
+class AdmissionDesk:
+    """Delivery's side of the budgets: admits, parks, wakes and refuses messages, and gives
+    back their places when they leave their handlers.
+
+    It works through the pipeline it belongs to (``DeliveryManager``) for what happens to a
+    message after admission (the put into its inbox, a failure, a dead letter), so that the
+    books are kept where they always are.
+    """
+
+    def __init__(
+        self,
+        delivery: DeliveryManager,
+        clock: trio.abc.Clock,
+        timers: TimerService,
+        instruments: Instruments,
+    ) -> None:
+        self._delivery = delivery
+        self._clock = clock
+        self._timers = timers
+        self._instruments = instruments
+        #: Messages admitted by budgets and not yet out of their handlers, by ``id()``: each
+        #: with its budgets and the time it was admitted.
+        self.admitted: dict[int, tuple[Envelope, Budgets, float]] = {}
+        #: Budgets with messages waiting (for the shutdown to settle).
+        self._rooms: dict[Budgets, None] = {}
+        #: Messages sent to a fallback.
+        self.fallbacks = 0
+
+    # -- on the way in ------------------------------------------------------------------------
+
+    def enter(self, endpoint: Endpoint, gate: AdmissionGate, envelope: Envelope) -> Any:
+        """``envelope`` reaches ``endpoint``'s gate: ``None`` if let through (its sender puts
+        it into the inbox), :data:`TAKEN` if it waits here or went to a fallback, or the
+        failure (a delivery failure tuple, as the pipeline's obstacles are) if refused."""
+        now = self._clock.current_time()
+        if gate.circuit_refuses(now):
+            fallback = self.fallback(endpoint, envelope)
+            if fallback is not None:
+                return fallback
+            return self._delivery.circuit_open(endpoint)
+        budgets = gate.budgets
+        if not budgets.waiting and gate.admit(now):
+            self._admit(budgets, envelope, now)
+            return None
+        ready = budgets.retry_at(now)
+        if (now if ready is None else ready) + budgets.handling_time > deadline_of(envelope):
+            fallback = self.fallback(endpoint, envelope)
+            if fallback is not None:
+                return fallback
+            budgets.refused += 1
+            return DeadLetterReason.EXPIRED, CallTimeout(_unmeetable(endpoint, envelope, ready))
+        budgets.waited += 1
+        budgets.wait((endpoint, envelope, now), envelope.options.priority)
+        self._rooms[budgets] = None
+        if budgets.would_admit(now):
+            self.drain(budgets)  # it came in behind others, or ahead of lower priorities
+        else:
+            self._wake_at(budgets, ready)
+        return TAKEN
+
+    def fallback(self, endpoint: Endpoint, envelope: Envelope) -> Any:
+        """Send ``envelope`` to its pool's fallback, if it came through a pool that has one;
+        ``None`` otherwise. One hop: a fallback's own fallback is not followed."""
+        group = endpoint.group
+        if (
+            group is None
+            or group.fallback is None
+            or self._delivery.in_fallback
+            or not group.addressed_by(envelope.recipient)
+        ):
+            return None
+        target = group.fallback.route(envelope)
+        if target is endpoint or target is None or target.group is group:
+            return None
+        self.fallbacks += 1
+        if group.budgets is not None:
+            group.budgets.fallbacks += 1
+        failure = self._delivery.put_admitted(target, envelope, fallback=True)
+        if failure is not None:
+            self._delivery.failed_at(target, envelope, failure)
+        return TAKEN
+
+    def _admit(self, budgets: Budgets, envelope: Envelope, now: float) -> None:
+        self.admitted[id(envelope)] = (envelope, budgets, now)
+
+    # -- waking the waiting -------------------------------------------------------------------
+
+    def _wake_at(self, budgets: Budgets, ready: float | None) -> None:
+        """Have :meth:`drain` run for ``budgets`` at ``ready`` (a time their budgets name),
+        unless a wake-up comes sooner. With no time to name (only a message leaving its
+        handler frees a place), the release wakes them."""
+        now = self._clock.current_time()
+        if ready is None or ready <= now:
+            return
+        timer: Timer | None = budgets.timer
+        if timer is not None and timer.pending:
+            if timer.deadline <= ready:
+                return
+            timer.cancel()
+        budgets.timer = self._timers.call_at(ready, lambda: self.drain(budgets))
+
+    def drain(self, budgets: Budgets) -> None:
+        """Let through as many waiting messages as ``budgets`` admit now, best first; settle
+        those nobody waits for any more; then wait for the next time the budgets name."""
+        delivery = self._delivery
+        now = self._clock.current_time()
+        while True:
+            entry: _Entry | None = budgets.next_waiting()
+            if entry is None:
+                break
+            endpoint, envelope, since = entry
+            handle = envelope.reply
+            if (handle.abandoned if handle is not None else deadline_of(envelope) < now) or not (
+                handle is None or handle.pending
+            ):
+                budgets.take_next()
+                delivery.undelivered(envelope, DeadLetterReason.EXPIRED, _expired(envelope))
+                continue
+            target = _member_for(endpoint, envelope)
+            gate = target.admission
+            assert isinstance(gate, AdmissionGate)
+            if gate.circuit_refuses(now):
+                budgets.take_next()
+                delivery.failed_at(target, envelope, delivery.circuit_open(target))
+                continue
+            if not budgets.would_admit(now):
+                break
+            budgets.take_next()
+            if now + budgets.handling_time > deadline_of(envelope):
+                budgets.refused += 1
+                self._refuse(target, envelope, _unmeetable(target, envelope, now))
+                continue
+            gate.admit(now)
+            self._admit(budgets, envelope, now)
+            if "admission_waited" in self._instruments:
+                self._instruments.call("admission_waited", target.id, envelope, now - since)
+            failure = delivery.put_admitted(target, envelope)
+            if failure is not None:
+                delivery.failed_at(target, envelope, failure)
+        if budgets.waiting:
+            self._wake_at(budgets, budgets.retry_at(now))
+        else:
+            self._rooms.pop(budgets, None)
+
+    def _refuse(self, endpoint: Endpoint, envelope: Envelope, detail: str) -> None:
+        """``envelope``, which waited, cannot be handled by its deadline: its caller gets
+        ``CallTimeout`` now; a cast is an ``EXPIRED`` dead letter."""
+        self._delivery.undelivered(envelope, DeadLetterReason.EXPIRED, CallTimeout(detail))
+
+    # -- on the way out -----------------------------------------------------------------------
+
+    def release(self, envelope: Envelope) -> None:
+        """``envelope`` left its handler (or will never reach one): give back its place in
+        its budgets, learn how long it took, and let the next waiting one through."""
+        admitted = self.admitted.pop(id(envelope), None)
+        if admitted is None or admitted[0] is not envelope:
+            return
+        _, budgets, since = admitted
+        now = self._clock.current_time()
+        budgets.release(now, now - since)
+        if budgets.waiting:
+            self.drain(budgets)
+
+    def retry_after(
+        self, gate: AdmissionGate, endpoint: Endpoint, envelope: Envelope, seconds: float
+    ) -> None:
+        """``envelope``'s handler said "retry after ``seconds``": hold the budgets that long
+        and have it wait first in line, neither failed nor spending a retry; or, if it could
+        not be handled by its deadline then, refuse it now."""
+        self.release(envelope)
+        budgets = gate.budgets
+        now = self._clock.current_time()
+        budgets.hold(now + seconds)
+        if now + seconds + budgets.handling_time > deadline_of(envelope):
+            budgets.refused += 1
+            self._refuse(endpoint, envelope, _unmeetable(endpoint, envelope, now + seconds))
+            return
+        budgets.wait((endpoint, envelope, now), envelope.options.priority, first=True)
+        self._rooms[budgets] = None
+        self._wake_at(budgets, budgets.retry_at(now))
+
+    def settle_all(self) -> None:
+        """At shutdown: every waiting message is settled as the shutdown settles a retry's
+        (a cast a dead letter, a call failed for its caller)."""
+        for budgets in list(self._rooms):
+            timer = budgets.timer
+            if timer is not None:
+                timer.cancel()
+            for _, envelope, _ in budgets.take_all():
+                self._delivery.undelivered(
+                    envelope,
+                    DeadLetterReason.SYSTEM_STOPPED,
+                    SystemClosed("the system shut down before it was admitted"),
+                )
+        self._rooms.clear()
+
+    @property
+    def waiting(self) -> int:
+        """How many messages wait for admission."""
+        return sum(budgets.waiting for budgets in self._rooms)
+
+
+def admission_stats(endpoints: Iterable[Endpoint], now: float) -> dict[AgentId, AdmissionStats]:
+    """The admission statistics of each agent and pool among ``endpoints`` that has budgets
+    (a pool's under the pool's id, once)."""
+    stats: dict[AgentId, AdmissionStats] = {}
+    for endpoint in endpoints:
+        gate = endpoint.admission
+        if type(gate) is not AdmissionGate:
+            continue
+        group = endpoint.group
+        owner = group.id if group is not None and group.budgets is gate.budgets else endpoint.id
+        if owner not in stats:
+            stats[owner] = gate.budgets.stats(now)
+    return stats
+
+
+def _member_for(endpoint: Endpoint, envelope: Envelope) -> Endpoint:
+    """Where a waiting message goes now: through its pool, the member the pool chooses now
+    (the one chosen when it arrived may have stopped, or be busier); else ``endpoint``."""
+    group = endpoint.group
+    if group is not None and group.addressed_by(envelope.recipient):
+        chosen = group.choose(envelope)
+        if chosen is not None:
+            return chosen
+    return endpoint
+
+
+def _unmeetable(endpoint: Endpoint, envelope: Envelope, ready: float | None) -> str:
+    """Why ``envelope`` is refused for its deadline."""
+    kind = "call" if envelope.reply is not None else envelope.kind.value
+    when = "now" if ready is None else f"at {ready:.3f}"
+    return (
+        f"the {kind}'s deadline could not be met: {endpoint.id!r}'s budgets admit it {when} at"
+        f" the earliest, and its deadline is {deadline_of(envelope):.3f}"
+    )
+
+
+def _expired(envelope: Envelope) -> MessagingError:
+    """The error (and dead-letter detail) of a message nobody wanted any more as it waited."""
+    if envelope.reply is not None:
+        return DeliveryFailed("the caller gave up while it waited for admission")
+    timeout = envelope.options.timeout
+    return DeliveryFailed(f"its timeout ({timeout} s) passed while it waited for admission")

@@ -1,0 +1,383 @@
+"""Admission budgets on the virtual clock: messages wait in delivery for them, in priority
+order; a handler charges tokens and asks for a retry after a time; a deadline that cannot be
+met is refused at once; a pool falls back. The books balance in each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from terraphim_actors import (
+    Agent,
+    ConcurrencyLimit,
+    Context,
+    DeadLetterReason,
+    DeliveryGuarantee,
+    MessageOptions,
+    MessageSystem,
+    Priority,
+    RateLimit,
+    TokenBudget,
+)
+from terraphim_actors.errors import CallTimeout, InvalidConfig
+
+AT_MOST_ONCE = MessageOptions(guarantee=DeliveryGuarantee.AT_MOST_ONCE)
+
+
+def settled(system: MessageSystem) -> None:
+    """The books balance, with nothing pending and nothing waiting for admission."""
+    stats = system.delivery.get_stats()
+    assert stats.sent == (
+        stats.acknowledged
+        + stats.duplicates_suppressed
+        + stats.failed
+        + stats.dead_lettered
+        + stats.forwarded
+        + stats.pending
+    ), stats
+    assert stats.pending == 0, stats
+    assert stats.admission_waiting == 0, stats
+
+
+class Recorder(Agent):
+    """Records (payload, Trio time) of each message it handles; a call answers the payload.
+
+    A payload ``("busy", seconds)`` makes its first attempt ask for a retry after
+    ``seconds``; ``("cost", tokens)`` charges ``tokens``; ``("sleep", s)`` takes ``s``.
+    """
+
+    async def on_start(self) -> None:
+        self.seen: list[tuple[Any, float]] = []
+        self.attempts: dict[Any, int] = {}
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        await self._handle(message, ctx)
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        if message == "seen":
+            return [payload for payload, _ in self.seen]
+        if message == "times":
+            return [time for _, time in self.seen]
+        return await self._handle(message, ctx)
+
+    async def _handle(self, message: Any, ctx: Context) -> Any:
+        self.attempts[message] = self.attempts.get(message, 0) + 1
+        if isinstance(message, tuple) and message[0] == "busy" and self.attempts[message] == 1:
+            ctx.retry_after(message[1])
+            return "not this time"
+        if isinstance(message, tuple) and message[0] == "cost":
+            ctx.charge(tokens=message[1])
+        if isinstance(message, tuple) and message[0] == "sleep":
+            await trio.sleep(message[1])
+        self.seen.append((message, trio.current_time()))
+        return message
+
+
+class TestRetryAfter:
+    async def test_a_call_gets_the_answer_of_the_attempt_after_the_wait(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        ref = await system.spawn(Recorder)
+        start = trio.current_time()
+        assert await ref.call(("busy", 2.0), timeout=10.0) == ("busy", 2.0)
+        assert trio.current_time() - start == pytest.approx(2.0)
+        settled(system)
+
+    async def test_it_is_neither_a_failure_nor_a_retry(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A cast asked to wait is handled later, with no retry spent even when it has none
+        (max_retries=0), and counted once, as acknowledged."""
+        ref = await system.spawn(Recorder)
+        await ref.cast(("busy", 1.0), options=MessageOptions(max_retries=0))
+        await trio.sleep(1.5)
+        assert await ref.call("seen") == [("busy", 1.0)]
+        stats = system.delivery.get_stats()
+        assert (stats.retried, stats.failed, stats.dead_lettered) == (0, 0, 0)
+        assert stats.acknowledged == 2
+        settled(system)
+
+    async def test_other_messages_wait_behind_it(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The agent's admission is held: what is sent meanwhile waits (counted as waiting
+        for admission), then follows the retried message."""
+        ref = await system.spawn(Recorder)
+        start = trio.current_time()
+        await ref.cast(("busy", 3.0))
+        await trio.sleep(1.0)
+        await ref.cast("later")
+        assert system.delivery.get_stats().admission_waiting == 2
+        assert await ref.call("times", timeout=10.0) == [pytest.approx(start + 3.0)] * 2
+        assert await ref.call("seen") == [("busy", 3.0), "later"]
+        settled(system)
+
+    async def test_a_call_whose_deadline_comes_first_gets_call_timeout_at_once(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        ref = await system.spawn(Recorder)
+        start = trio.current_time()
+        with pytest.raises(CallTimeout, match="deadline could not be met"):
+            await ref.call(("busy", 30.0), timeout=5.0)
+        assert trio.current_time() == start
+        assert system.delivery.get_stats().failed == 1
+        settled(system)
+
+    async def test_a_cast_whose_timeout_comes_first_is_an_expired_dead_letter(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        ref = await system.spawn(Recorder)
+        await ref.cast(("busy", 30.0), options=MessageOptions(timeout=10.0))
+        await ref.call("seen")
+        [letter] = system.dead_letters
+        assert letter.reason is DeadLetterReason.EXPIRED
+        assert "deadline could not be met" in letter.detail
+        settled(system)
+
+    async def test_a_pool_member_holds_the_whole_pool(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        class AsksOnce(Recorder):
+            asked = False
+
+            async def handle_cast(self, message: Any, ctx: Context) -> None:
+                if not AsksOnce.asked:
+                    AsksOnce.asked = True
+                    ctx.retry_after(2.0)
+
+        pool = await system.spawn_pool(AsksOnce, size=2)
+        start = trio.current_time()
+        await pool.cast("busy")
+        await trio.sleep(0.5)
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                nursery.start_soon(pool.call, "other")
+        assert trio.current_time() - start == pytest.approx(2.0)
+        settled(system)
+
+    async def test_outside_a_handler_it_is_refused(self, system: MessageSystem) -> None:
+        class AsksInStart(Agent):
+            async def on_start(self, ctx: Context) -> None:
+                ctx.retry_after(1.0)
+
+        with pytest.raises(Exception, match=r"ctx\.retry_after is for a handler") as raised:
+            await system.spawn(AsksInStart)
+        assert isinstance(raised.value.__cause__, InvalidConfig)
+
+    @pytest.mark.parametrize("seconds", [-1.0, float("nan"), float("inf"), "1", True])
+    async def test_bad_seconds_are_refused(self, system: MessageSystem, seconds: Any) -> None:
+        class Asks(Agent):
+            async def handle_call(self, message: Any, ctx: Context) -> Any:
+                with pytest.raises(InvalidConfig):
+                    ctx.retry_after(message)
+                return "refused"
+
+        ref = await system.spawn(Asks)
+        assert await ref.call(seconds) == "refused"
+
+
+class TestCharge:
+    async def test_without_a_budget_it_is_harmless(self, system: MessageSystem) -> None:
+        ref = await system.spawn(Recorder)
+        assert await ref.call(("cost", 1_000_000)) == ("cost", 1_000_000)
+        settled(system)
+
+    async def test_charges_delay_admission_until_they_age_out(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Over budget after the first message (an overdraft): the next waits until the
+        charge is older than the period."""
+        ref = await system.spawn(Recorder, admission=[TokenBudget(tokens=100, per=10.0)])
+        start = trio.current_time()
+        await ref.call(("cost", 150))
+        await ref.call(("cost", 10), timeout=20.0)
+        assert trio.current_time() - start == pytest.approx(10.0)
+        settled(system)
+
+    @pytest.mark.parametrize("tokens", [-1, 1.5, "3", None, True])
+    async def test_bad_tokens_are_refused(self, system: MessageSystem, tokens: Any) -> None:
+        class Charges(Agent):
+            async def handle_call(self, message: Any, ctx: Context) -> Any:
+                with pytest.raises(InvalidConfig):
+                    ctx.charge(tokens=message)
+                return "refused"
+
+        ref = await system.spawn(Charges)
+        assert await ref.call(tokens) == "refused"
+
+    async def test_outside_a_handler_it_is_refused(self, system: MessageSystem) -> None:
+        class ChargesInStart(Agent):
+            async def on_start(self, ctx: Context) -> None:
+                ctx.charge(tokens=1)
+
+        with pytest.raises(Exception, match=r"ctx\.charge is for a handler"):
+            await system.spawn(ChargesInStart)
+
+
+class TestRateLimit:
+    async def test_messages_over_the_rate_wait_for_the_window(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Two a second: five casts are handled two at 0 s, two at 1 s, one at 2 s; the
+        senders never waited."""
+        ref = await system.spawn(Recorder, admission=[RateLimit(requests=2, per=1.0)])
+        start = trio.current_time()
+        for n in range(5):
+            ref.cast_nowait(n)
+        assert trio.current_time() == start
+        assert system.delivery.get_stats().admission_waiting == 3
+        await trio.sleep(3.0)
+        times = await ref.call("times")
+        assert [t - start for t in times] == [0.0, 0.0, 1.0, 1.0, 2.0]
+        settled(system)
+
+    async def test_waiting_messages_go_highest_priority_first_then_in_order(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        ref = await system.spawn(Recorder, admission=[RateLimit(requests=1, per=1.0)])
+        await ref.cast("first")
+        for payload, priority in [
+            ("low", Priority.LOW),
+            ("normal-1", Priority.NORMAL),
+            ("high", Priority.HIGH),
+            ("normal-2", Priority.NORMAL),
+        ]:
+            await ref.cast(payload, priority=priority)
+        await trio.sleep(5.0)
+        seen = await ref.call("seen", timeout=10.0)
+        assert seen == ["first", "high", "normal-1", "normal-2", "low"]
+        settled(system)
+
+    async def test_a_pool_shares_one_budget(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        pool = await system.spawn_pool(
+            Recorder, size=3, admission=[RateLimit(requests=2, per=10.0)]
+        )
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for n in range(4):
+                nursery.start_soon(pool.call, n, 30.0)
+        assert trio.current_time() - start == pytest.approx(10.0)
+        settled(system)
+
+    async def test_a_call_that_could_not_be_admitted_in_time_is_refused_at_once(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        ref = await system.spawn(Recorder, admission=[RateLimit(requests=1, per=60.0)])
+        await ref.call("first")
+        start = trio.current_time()
+        with pytest.raises(CallTimeout, match="deadline could not be met"):
+            await ref.call("second", timeout=5.0)
+        assert trio.current_time() == start
+        stats = system.delivery.get_stats()
+        assert stats.failed == 1
+        assert system.get_stats()[0].admission[ref.id].refused == 1
+        settled(system)
+
+    async def test_the_estimate_counts_the_recent_handling_time(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Three handlers of 4 s bring the moving average to about 2 s: a call that the rate
+        admits in 1 s, with 2.5 s left, is refused (it would be let through without it)."""
+        ref = await system.spawn(Recorder, admission=[RateLimit(requests=1, per=1.0)])
+        for _ in range(3):
+            await ref.call(("sleep", 4.0), timeout=10.0)
+        await ref.cast("takes the place")
+        with pytest.raises(CallTimeout, match="deadline could not be met"):
+            await ref.call("late", timeout=2.5)
+
+    async def test_a_cast_that_could_not_be_admitted_in_time_is_an_expired_dead_letter(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        ref = await system.spawn(Recorder, admission=[RateLimit(requests=1, per=60.0)])
+        await ref.cast("first")
+        await ref.cast("second", options=MessageOptions(timeout=10.0))
+        [letter] = system.dead_letters
+        assert letter.reason is DeadLetterReason.EXPIRED
+        await trio.testing.wait_all_tasks_blocked()
+        settled(system)
+
+    @pytest.mark.parametrize("admission", [RateLimit(requests=1), ["x"], "x"])
+    async def test_spawn_refuses_what_is_not_a_list_of_budgets(
+        self, system: MessageSystem, admission: Any
+    ) -> None:
+        with pytest.raises(InvalidConfig):
+            await system.spawn(Recorder, admission=admission)
+        with pytest.raises(InvalidConfig):
+            await system.spawn_pool(Recorder, size=2, admission=admission)
+
+
+class TestConcurrencyLimit:
+    async def test_a_pool_has_at_most_its_limit_in_handlers(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Four members, two places: four calls of 1 s each take 2 s; a place frees as a
+        handler ends, with nothing else to wake the waiting."""
+        pool = await system.spawn_pool(Recorder, size=4, admission=[ConcurrencyLimit(2)])
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(pool.call, ("sleep", 1.0), 10.0)
+            await trio.sleep(0.5)
+            [usage] = system.get_stats()[0].admission[pool.id].budgets
+            assert (usage.used, usage.limit) == (2, 2)
+        assert trio.current_time() - start == pytest.approx(2.0)
+        settled(system)
+
+    async def test_a_place_is_given_back_when_a_handler_crashes(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        class Fails(Agent):
+            async def handle_call(self, message: Any, ctx: Context) -> Any:
+                if message == "fail":
+                    raise ValueError("no")
+                return message
+
+        ref = await system.spawn(Fails, admission=[ConcurrencyLimit(1)])
+        with pytest.raises(Exception, match="no"):
+            await ref.call("fail")
+        assert await ref.call("ok") == "ok"
+        settled(system)
+
+
+class TestFallback:
+    async def test_a_pool_whose_budget_is_spent_beyond_the_deadline_falls_back(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        spare = await system.spawn(Recorder)
+        pool = await system.spawn_pool(
+            Recorder, size=2, admission=[RateLimit(requests=1, per=60.0)], fallback=spare
+        )
+        assert await pool.call("first") == "first"
+        assert await pool.call("second", timeout=5.0) == "second"
+        assert await spare.call("seen") == ["second"]
+        assert system.delivery.get_stats().fallbacks == 1
+        settled(system)
+
+    async def test_a_pool_whose_circuits_are_open_falls_back(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        class Broken(Agent):
+            resume_on = (ValueError,)
+
+            async def handle_call(self, message: Any, ctx: Context) -> Any:
+                raise ValueError("down")
+
+        spare = await system.spawn(Recorder)
+        pool = await system.spawn_pool(Broken, size=1, fallback=spare)
+        for _ in range(5):  # the default breaker opens after five failures
+            with pytest.raises(Exception, match="down"):
+                await pool.call("x")
+        assert await pool.call("to the spare") == "to the spare"
+        await pool.cast("cast too")
+        assert await spare.call("seen") == ["to the spare", "cast too"]
+        assert system.delivery.get_stats().fallbacks == 2
+        settled(system)
+
+    async def test_the_fallback_must_be_a_ref(self, system: MessageSystem) -> None:
+        with pytest.raises(InvalidConfig):
+            await system.spawn_pool(Recorder, size=1, fallback="spare")  # type: ignore[arg-type]
