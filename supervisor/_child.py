@@ -71,12 +71,14 @@ class Child:
     __slots__ = (
         "consecutive_restarts",
         "generation",
+        "kept_value",
         "last_exit",
         "restarts",
         "run",
         "spec",
         "state",
         "takes_task_status",
+        "wakes_to_stop",
     )
 
     def __init__(self, spec: ChildSpec) -> None:
@@ -92,13 +94,17 @@ class Child:
         #: recognised and dropped.
         self.generation = 0
         self.last_exit: BaseException | None = None
+        #: While it hibernates: what its last run reported ``started`` with (its next run's
+        #: value), and whether stopping it starts that run (``Hibernate.wake_to_stop``).
+        self.kept_value: object = None
+        self.wakes_to_stop = False
 
     def info(self) -> ChildInfo:
         return ChildInfo(
             id=self.spec.id,
             state=self.state,
             restarts=self.restarts,
-            value=None if self.run is None else self.run.value,
+            value=self.kept_value if self.run is None else self.run.value,
             kind=self.spec.kind,
             restart=self.spec.restart,
             last_exit=self.last_exit,

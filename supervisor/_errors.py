@@ -13,6 +13,8 @@ Each is a :class:`SupervisorError` and, where one fits, a subclass of the closes
      ├── SupervisorNotRunning      (also RuntimeError) the supervisor is not running
      ├── TooManyChildren                               a dynamic supervisor is at max_children
      └── RestartIntensityExceeded                      too many restarts: the supervisor gave up
+
+``Hibernate``, ``FinalExit`` and ``EscalatedFailure`` are raised by children, to their supervisor.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "EscalatedFailure",
     "FinalExit",
     "HealthCheckFailed",
+    "Hibernate",
     "InvalidSpec",
     "RestartIntensityExceeded",
     "SupervisorError",
@@ -81,6 +84,22 @@ class EscalatedFailure(SupervisorError):
 class FinalExit(SupervisorError):
     """A child ended with this to stop for good: its supervisor neither restarts it, whatever
     its restart type, nor keeps it. The child's own error is the ``__cause__``."""
+
+
+class Hibernate(SupervisorError):
+    """A child ended its run with this to hibernate (OTP's ``hibernate``): it gives up its task
+    and stays, neither exited nor restarted, until :meth:`Supervisor.wake_child` starts its
+    next run, which is no restart and counts toward nothing.
+
+    Stopping a hibernated child starts that run first, so that it can clean up as it stops,
+    when ``wake_to_stop`` is true (or it has no stop hook, or is killed); otherwise the stop
+    starts nothing: its spec's stop hook, given the value its last run reported, must stop
+    it at once.
+    """
+
+    def __init__(self, *, wake_to_stop: bool = True) -> None:
+        super().__init__("the child hibernates")
+        self.wake_to_stop = wake_to_stop
 
 
 class HealthCheckFailed(SupervisorError):

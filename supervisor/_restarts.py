@@ -22,7 +22,9 @@ from ._stats import ChildState
 __all__ = ["LIVE", "ExitAction", "RestartPolicy", "RestartStrategy"]
 
 #: States in which a child takes part in a group restart.
-LIVE = frozenset({ChildState.STARTING, ChildState.RUNNING, ChildState.RESTARTING})
+LIVE = frozenset(
+    {ChildState.STARTING, ChildState.RUNNING, ChildState.HIBERNATED, ChildState.RESTARTING}
+)
 
 
 class RestartStrategy(enum.Enum):

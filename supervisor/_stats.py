@@ -18,6 +18,8 @@ class ChildState(enum.Enum):
     #: Started, not yet reported ``task_status.started``.
     STARTING = "starting"
     RUNNING = "running"
+    #: Alive without a task: it ended its run with ``Hibernate`` and waits for ``wake_child``.
+    HIBERNATED = "hibernated"
     #: Exited and waiting for its restart (its backoff delay, or its turn in a group restart).
     RESTARTING = "restarting"
     #: Being stopped by its supervisor.
@@ -48,7 +50,7 @@ class ChildCounts:
 
     #: Children the supervisor knows of, running or not.
     specs: int
-    #: Children running now.
+    #: Children running now, hibernated ones included (alive, as a hibernated OTP process is).
     active: int
     #: Children that are supervisors.
     supervisors: int

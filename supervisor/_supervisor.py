@@ -37,6 +37,7 @@ from ._errors import (
     ChildStartFailed,
     DuplicateChild,
     HealthCheckFailed,
+    Hibernate,
     InvalidSpec,
     RestartIntensityExceeded,
     SupervisorError,
@@ -454,7 +455,7 @@ class Supervisor:
         # What ``nursery.start`` does, without the nursery it opens for each start: that
         # scope and its reparenting cost more than the rest of starting a small child.
         try:
-            self._context.run(self._nursery.start_soon, self._run_child, run)
+            self._context.run(self._nursery.start_soon, self._run_child, run, False)
             try:
                 await run.started.wait()
             except trio.Cancelled:
@@ -473,7 +474,8 @@ class Supervisor:
             child.run = None
             child.last_exit = error
             return error
-        child.state = ChildState.RUNNING
+        if child.run is run:  # not hibernated already
+            child.state = ChildState.RUNNING
         if child.spec.health_check is not None and not run.done.is_set():
             self._context.run(self._nursery.start_soon, self._watch_health, run)
         return None
@@ -485,22 +487,29 @@ class Supervisor:
             await run.done.wait()
         run.child.run = None
 
-    async def _run_child(self, run: ChildRun) -> None:
-        """The task of one run: the child's own code, and the report of how it ended."""
+    async def _run_child(self, run: ChildRun, woken: bool) -> None:
+        """The task of one run: the child's own code, and the report of how it ended.
+
+        A ``woken`` run (of a hibernated child) runs its code even if it was cancelled
+        before it began, so that the child, which kept its state, settles it as it ends."""
         child = run.child
         relay = _StartedRelay(run)
         _current_child.set(CurrentChild(self, child.spec.id))
         run.task = trio.lowlevel.current_task()
+        hibernate: Hibernate | None = None
         try:
             with run.scope:
                 try:
                     # Cancelled before it ran (its start was), it runs none of its code.
-                    await trio.lowlevel.checkpoint_if_cancelled()
+                    if not woken:
+                        await trio.lowlevel.checkpoint_if_cancelled()
                     if child.takes_task_status:
                         await child.spec.start(task_status=relay)
                     else:
                         relay.started()
                         await child.spec.start()
+                except Hibernate as request:
+                    hibernate = request
                 except Exception as error:
                     if not run.reported:
                         run.start_error = error  # for the launcher, as a failed start
@@ -508,13 +517,64 @@ class Supervisor:
                         run.outcome = error
             if run.scope.cancelled_caught and run.health_failure is not None:
                 run.outcome = run.health_failure
+            # Not once its stop has begun: then the run just ends (the stop asked it not to).
+            if hibernate is not None and run.reported and not run.terminating:
+                self._hibernated(run, hibernate)
         finally:
             run.done.set()
             run.started.set()  # the launcher waits for this, whether it started or not
             if run.health_scope is not None:
                 run.health_scope.cancel()
-            if run.reported and not run.terminating and self._events is not None:
+            if (
+                run.reported
+                and not run.terminating
+                and child.run is run  # a hibernated child's run is no exit to report
+                and self._events is not None
+            ):
                 self._events.send_nowait(run)
+
+    def _hibernated(self, run: ChildRun, request: Hibernate) -> None:
+        """The child ended ``run`` to hibernate: keep it, with no run, until woken."""
+        child = run.child
+        if child.run is not run:
+            return
+        child.run = None
+        child.state = ChildState.HIBERNATED
+        child.kept_value = run.value
+        child.wakes_to_stop = request.wake_to_stop
+
+    def wake_child(self, id: Hashable) -> bool:
+        """Start the next run of a hibernated child now, without waiting for it (it is no
+        restart: it counts toward no intensity); a sync call, for code that cannot await.
+
+        Returns False, starting nothing, when child ``id`` does not hibernate or the supervisor
+        is stopping (which stops the child, starting that run only to let it clean up).
+        """
+        child = self._children.get(id)
+        if (
+            child is None
+            or child.state is not ChildState.HIBERNATED
+            or self._nursery is None
+            or self._stopping
+        ):
+            return False
+        self._wake(child)
+        return True
+
+    def _wake(self, child: Child) -> ChildRun:
+        """Start a hibernated child's next run, reported started already (with its last
+        run's value): its supervisor does not wait for it."""
+        assert self._nursery is not None
+        run = ChildRun(child)
+        run.value, child.kept_value = child.kept_value, None
+        run.reported = True
+        run.started.set()
+        child.run = run
+        child.state = ChildState.RUNNING
+        self._context.run(self._nursery.start_soon, self._run_child, run, True)
+        if child.spec.health_check is not None:
+            self._context.run(self._nursery.start_soon, self._watch_health, run)
+        return run
 
     async def _watch_health(self, run: ChildRun) -> None:
         check = run.child.spec.health_check
@@ -672,6 +732,12 @@ class Supervisor:
         What it raises while stopping, or what its stop hook raises, is reported. If the caller
         is cancelled meanwhile, the child is cancelled too and still accounted for.
         """
+        if child.run is None and child.state is ChildState.HIBERNATED:
+            if child.wakes_to_stop or kill or child.spec.stop is None:
+                self._wake(child)  # its run, to let it clean up as it is stopped
+            else:
+                self._stop_asleep(child, then)
+                return
         run, child.run = child.run, None
         if run is None:
             # A sibling being stopped at the same time may ask for this one: it waits for it.
@@ -723,6 +789,18 @@ class Supervisor:
                 self._report_stop_error(child, run.outcome)
             child.last_exit = run.outcome if run.outcome is not None else stop_error
             child.state = then
+
+    def _stop_asleep(self, child: Child, then: ChildState) -> None:
+        """Stop a hibernated child with nothing to clean up: its stop hook, given its kept
+        value, stops it at once, and no run is started for it."""
+        assert child.spec.stop is not None
+        value, child.kept_value = child.kept_value, None
+        try:
+            child.spec.stop(value)
+        except Exception as error:
+            self._report_stop_error(child, error)
+        child.last_exit = None
+        child.state = then
 
     def _report_stop_error(self, child: Child, error: BaseException) -> None:
         self._stop_errors += 1
@@ -921,7 +999,7 @@ class Supervisor:
         supervisors = sum(child.spec.kind is ChildKind.SUPERVISOR for child in children)
         return ChildCounts(
             specs=len(children),
-            active=sum(child.state is ChildState.RUNNING for child in children),
+            active=sum(child.state in _ACTIVE for child in children),
             supervisors=supervisors,
             workers=len(children) - supervisors,
         )
@@ -1040,6 +1118,10 @@ class Supervisor:
             raise InvalidSpec(
                 f"child {spec.id!r} is significant, which needs auto_shutdown other than NEVER"
             )
+
+
+#: The states ``count_children`` counts as active: running, with a task or hibernated.
+_ACTIVE = frozenset({ChildState.RUNNING, ChildState.HIBERNATED})
 
 
 def _ask_supervisor_to_stop(supervisor: Supervisor) -> None:

@@ -78,6 +78,11 @@ class Agent:
     #: Whether a call's handler runs on once its caller has given up (``CallTimeout``, or the
     #: caller's own cancel scope). By default it is cancelled, as nobody waits for its answer.
     finish_abandoned_calls: bool = False
+    #: Seconds idle (nothing waiting, no handler running, no ``ctx.start_soon`` task alive)
+    #: after which the agent hibernates: it gives up its task and keeps its name, ref,
+    #: mailbox and this instance with its state; a message wakes it. ``None``, the default,
+    #: never hibernates; ``spawn(..., hibernate_after=...)`` wins.
+    hibernate_after: float | None = None
 
     if TYPE_CHECKING:
         # Either ``on_start(self)`` or ``on_start(self, ctx)``: a subclass's type checker
@@ -128,6 +133,16 @@ class Agent:
 
         Runs shielded from cancellation, for at most the agent's shutdown time.
         """
+
+    async def on_hibernate(self) -> None:
+        """Called before the agent hibernates (see ``hibernate_after``): release what a
+        sleeper should not hold, such as connections. A message that arrives meanwhile keeps
+        it awake (then :meth:`on_wake` follows). Raising here crashes the agent."""
+
+    async def on_wake(self) -> None:
+        """Called when a message (or a timer) wakes the hibernated agent, before that message
+        is handled: the same instance goes on, with its state (no second ``on_start``).
+        Raising here crashes the agent; the messages waiting go to its next instance."""
 
 
 class DeferredReply:
@@ -253,6 +268,8 @@ class Caller:
 class Context:
     """What a handler knows about the message in hand and can ask of the system.
 
+        #: Seconds after which the message in hand is to be delivered again (``retry_after``).
+        self._retry_after: float | None = None
     One context serves all the messages of an agent instance: keep what you need from it
     (``ctx.defer()`` handles, refs), not the context itself. Its methods that change state
     raise ``WrongThread`` from a thread other than the system's (a handler's worker thread
@@ -268,8 +285,6 @@ class Context:
         self._server: GenServer | None = None
         self._envelope: Envelope | None = None
         self._deferred = False
-        #: Seconds after which the message in hand is to be delivered again (``retry_after``).
-        self._retry_after: float | None = None
 
     @property
     def envelope(self) -> Envelope:
@@ -325,21 +340,6 @@ class Context:
         """Answer the call in hand later; the agent serves other messages meanwhile.
 
         Raises:
-            TypeError: the message in hand is not a call.
-            WrongThread: called from a thread other than the system's.
-        """
-        self._check_thread("ctx.defer")
-        handle = self.envelope.reply
-        if handle is None:
-            raise TypeError("only a call can be deferred")
-        server = self._server
-        assert server is not None  # a message is in hand: the instance is served
-        self._deferred = True
-        server.remember_deferred(handle)
-        if self.envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE:
-            handle.keep_answer()  # for resends of the call, even once this caller gave up
-        return DeferredReply(self._cell, server, self.envelope, handle)
-
     def charge(self, *, tokens: int) -> None:
         """Report what the message in hand cost: ``tokens`` are charged to every
         ``TokenBudget`` of this agent (of its pool, for a member), now. Harmless without one.
@@ -381,6 +381,21 @@ class Context:
         envelope = self._envelope
         if envelope is None or self._cell._in_hand is not envelope:
             raise InvalidConfig(f"{operation} is for a handler, with a message in hand")
+
+            TypeError: the message in hand is not a call.
+            WrongThread: called from a thread other than the system's.
+        """
+        self._check_thread("ctx.defer")
+        handle = self.envelope.reply
+        if handle is None:
+            raise TypeError("only a call can be deferred")
+        server = self._server
+        assert server is not None  # a message is in hand: the instance is served
+        self._deferred = True
+        server.remember_deferred(handle)
+        if self.envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE:
+            handle.keep_answer()  # for resends of the call, even once this caller gave up
+        return DeferredReply(self._cell, server, self.envelope, handle)
 
     def monitor(self, ref: AgentRef) -> MonitorRef:
         """Get a ``Down`` info when the agent behind ``ref`` stops for good.

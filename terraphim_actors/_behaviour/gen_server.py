@@ -25,6 +25,7 @@ from .._core.notifications import ExitReason, StopReason
 from .._core.reply import ReplyHandle
 from .._delivery.dead_letters import DeadLetterReason
 from .._primitives.dedup import NO_REPLY
+from .._primitives.mailbox import Mailbox
 from .._process.cell import AgentCell
 from .._process.context_vars import inherited_deadline
 from ..errors import (
@@ -68,7 +69,7 @@ class GenServerBehaviour:
     ``context`` makes the ``Context`` an instance's handlers get (its agent's, in its system).
     """
 
-    __slots__ = ("_context", "agent_class", "args", "handler_timeout", "kwargs")
+    __slots__ = ("_context", "agent_class", "args", "handler_timeout", "hibernate_after", "kwargs")
 
     def __init__(
         self,
@@ -84,6 +85,8 @@ class GenServerBehaviour:
         self.kwargs = {} if kwargs is None else kwargs
         #: Seconds a handler may run before it fails with ``HandlerTimeout`` (None: no limit).
         self.handler_timeout = handler_timeout
+        #: Seconds an instance idles before it hibernates (None: never); set by its starter.
+        self.hibernate_after: float | None = None
 
     async def start(self, cell: AgentCell) -> GenServer:
         """Build a fresh instance and run its ``on_start`` (given the context if it takes it).
@@ -101,7 +104,7 @@ class GenServerBehaviour:
                 await agent.on_start()
         except Exception as error:
             raise AgentStartFailed(f"{cell.id!r} failed to start: {bounded_repr(error)}") from error
-        server = GenServer(cell, agent, context, self.handler_timeout)
+        server = GenServer(cell, agent, context, self.handler_timeout, self.hibernate_after)
         context._server = server
         return server
 
@@ -115,18 +118,25 @@ class GenServer:
         "_deferred",
         "_finishes_abandoned",
         "_handler_scope",
+        "_hibernate_after",
         "_limit",
         "agent",
         "cleanup",
     )
 
     def __init__(
-        self, cell: AgentCell, agent: Agent, context: Context, limit: float | None
+        self,
+        cell: AgentCell,
+        agent: Agent,
+        context: Context,
+        limit: float | None,
+        hibernate_after: float | None = None,
     ) -> None:
         self._cell = cell
         self.agent = agent
         self._context = context
         self._limit = limit
+        self._hibernate_after = hibernate_after
         #: Cancelled to cut short the handler of a call whose caller gave up (while serving).
         self._handler_scope: trio.CancelScope | None = None
         #: The instance's ``finish_abandoned_calls``, as it was when it began serving.
@@ -162,8 +172,24 @@ class GenServer:
                 handle.fail(stopped(reason))
         self._deferred.clear()
 
-    async def run(self) -> ExitReason:
-        """The gen_server loop: one message at a time until asked to stop or crashed.
+    async def hibernate(self) -> None:
+        """The instance is to sleep: its ``on_hibernate``, if it has one. The context lets go
+        of the last message, which a sleeper has no reason to keep."""
+        self._context._envelope = None
+        agent = self.agent
+        if type(agent).on_hibernate is not Agent.on_hibernate:
+            await agent.on_hibernate()
+
+    async def wake(self) -> None:
+        """The instance serves again after sleeping: its ``on_wake``, if it has one."""
+        agent = self.agent
+        if type(agent).on_wake is not Agent.on_wake:
+            await agent.on_wake()
+
+    async def run(self) -> ExitReason | None:
+        """The gen_server loop: one message at a time until asked to stop or crashed; or,
+        with a ``hibernate_after``, until idle that long with nothing alive of its own
+        (returns None: the cell may let it hibernate).
 
         Messages are served in batches: the loop takes what is waiting without a checkpoint and
         yields once per batch (or when a handler awaits); the clock is read at the start and the
@@ -190,6 +216,8 @@ class GenServer:
                     reason = await self._serve_messages(handlers)
                     if reason is not None:
                         return reason
+                    if self._handler_scope is abandoning:  # not cut short: idle
+                        return None
                 self._handler_scope = None
                 if abandoning.cancelled_caught:
                     self._settle_abandoned()
@@ -217,6 +245,7 @@ class GenServer:
         # Instruments are installed with the system, so none now means none for good: then the
         # hooks cost one local truth test per message, not a dict lookup each.
         observed = bool(instruments)
+        hibernate_after = self._hibernate_after
         served = 0
         batch_started = clock()
         try:
@@ -231,7 +260,14 @@ class GenServer:
                     idle_from = clock()
                     mailbox.record_processing_time(idle_from - batch_started, idle_from)
                     try:
-                        await mailbox.wait_for_arrival()  # request_stop interrupts it
+                        if hibernate_after is None:
+                            await mailbox.wait_for_arrival()  # request_stop interrupts it
+                        elif (
+                            not await _arrival_by(mailbox, idle_from + hibernate_after)
+                            and cell.can_hibernate()
+                        ):
+                            batch_started = idle_from
+                            return None
                     except MailboxClosed:
                         break
                     batch_started = clock()
@@ -239,15 +275,18 @@ class GenServer:
                     continue
                 served += 1
                 # Expired: a call once its caller gave up, anything else past its timeout.
+                    context._retry_after = None
                 handle = envelope.reply
                 if (
                     handle.abandoned
                     if handle is not None
+                    context._retry_after = None
                     else envelope.created_at + envelope.options.timeout < clock()
                 ):
                     if journaling:
                         delivery.not_run(endpoint, envelope)
                     delivery.undelivered(envelope, DeadLetterReason.EXPIRED, _expiry(envelope))
+                    context._retry_after = None  # a crash, whatever the handler said before
                     continue
                 if envelope.options.guarantee is EXACTLY_ONCE and delivery.suppress_duplicate(
                     endpoint, envelope
@@ -275,18 +314,19 @@ class GenServer:
                     else:
                         await handle_info(envelope.payload, context)
                 except _FailedThroughCaller:  # the handler returned, having failed the call
-                    context._retry_after = None
                     if observed and "handler_finished" in instruments:
                         instruments.call("handler_finished", cell.id, envelope, None)
                     delivery.failed_through_caller(endpoint, envelope)
+                    elif context._retry_after is not None:
+                        # ``ctx.retry_after`` gave the endpoint its gate: never the case above.
+                        delivery.retry_later(endpoint, envelope, context._retry_after)
+                        context._retry_after = None
                 except NotHandled as not_handled:
-                    context._retry_after = None
                     if observed and "handler_finished" in instruments:
                         instruments.call("handler_finished", cell.id, envelope, not_handled)
                     unhandled = UnhandledMessage(f"{type(instance).__name__} does not handle it")
                     delivery.undelivered(envelope, DeadLetterReason.UNHANDLED, unhandled)
                 except Exception as crash:
-                    context._retry_after = None  # a crash, whatever the handler said before
                     if observed and "handler_finished" in instruments:
                         instruments.call("handler_finished", cell.id, envelope, crash)
                     delivery.record_failure(endpoint)
@@ -317,10 +357,6 @@ class GenServer:
                             ledger.acknowledged_count += 1
                         else:
                             ledger.acknowledged(envelope)
-                    elif context._retry_after is not None:
-                        # ``ctx.retry_after`` gave the endpoint its gate: never the case above.
-                        delivery.retry_later(endpoint, envelope, context._retry_after)
-                        context._retry_after = None
                     else:
                         delivery.acknowledge(endpoint, envelope, reply)
                 cell._in_hand = None
@@ -417,6 +453,13 @@ class GenServer:
             cell.id,
             LazyText(cell.describe, envelope),
         )
+
+
+async def _arrival_by(mailbox: Mailbox, deadline: float) -> bool:
+    """Wait for a message (or a stop) until the Trio time ``deadline``; False if none came."""
+    with trio.CancelScope(deadline=deadline) as waiting:
+        await mailbox.wait_for_arrival()
+    return not waiting.cancelled_caught
 
 
 def _limited(handler: _Handler, limit: float, agent: AgentId) -> _Handler:

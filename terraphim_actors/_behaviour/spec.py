@@ -51,6 +51,9 @@ class AgentStarter:
     subtree was restarted) creates it afresh.
     """
 
+    #: Seconds its instances idle before they hibernate (None: never), set by the system.
+    hibernate_after: float | None = None
+
     def __init__(
         self,
         system: StarterHost,
@@ -76,11 +79,11 @@ class AgentStarter:
         #: The agent's endpoint, made with its first cell and handed to every cell after: its
         #: circuit, dedup window and group are the same agent's to its senders.
         self.endpoint: Endpoint | None = None
+        #: The admission budgets of an agent spawned with some (a pool's are its group's).
+        self.budgets: Budgets | None = None
         #: The group its agent is a member of, and its position there, if any.
         self.group: Group | None = None
         self.position = 0
-        #: The admission budgets of an agent spawned with some (a pool's are its group's).
-        self.budgets: Budgets | None = None
 
     def __repr__(self) -> str:
         return f"<AgentStarter {self.agent_class.__name__} {self.agent_id!r}>"
@@ -95,9 +98,16 @@ class AgentStarter:
             behaviour = GenServerBehaviour(
                 self.agent_class, self.args, self.handler_timeout, self._context, self.kwargs
             )
+            behaviour.hibernate_after = (
+                self.agent_class.hibernate_after
+                if self.hibernate_after is None
+                else self.hibernate_after
+            )
             cell = self.cell = AgentCell(
                 self.system,
                 behaviour,
+                if self.budgets is not None:
+                    cell.endpoint.install_budgets(self.budgets)
                 self.agent_id,
                 self.mailbox,
                 self.shutdown,
@@ -106,8 +116,6 @@ class AgentStarter:
             )
             if self.endpoint is None:
                 self.endpoint = cell.endpoint
-                if self.budgets is not None:
-                    cell.endpoint.install_budgets(self.budgets)
                 if self.group is not None:
                     self.group.join(self.position, cell.endpoint)
             cell.ref = AgentRef(cell.endpoint, self.system)

@@ -42,8 +42,10 @@ __all__ = ["SystemApi", "SystemStats"]
 class SystemStats:
     """A snapshot of a message system's counters."""
 
-    #: Agents running now.
+    #: Agents running now (with a task: not those hibernated).
     agents_running: int
+    #: Agents hibernated now: kept, with their state, without a task until a message comes.
+    agents_hibernated: int
     #: Agents ever spawned.
     agents_spawned: int
     #: Agent instances that crashed (a handler, background task or ``on_start`` raised).
@@ -58,11 +60,11 @@ class SystemStats:
     dead_letters: int
     #: Dead letters ever recorded, per reason.
     dead_letters_by_reason: Mapping[DeadLetterReason, int]
-    #: Seconds since the system opened.
-    uptime: float
     #: The admission budgets of each agent or pool that has some, by its id: each budget's
     #: use, what waits for admission, what was refused or sent to a fallback.
     admission: Mapping[AgentId, AdmissionStats] = attrs.field(factory=dict)
+    #: Seconds since the system opened.
+    uptime: float
 
 
 class SystemApi(Protocol):
@@ -109,9 +111,10 @@ class SystemApi(Protocol):
         name: str | None = None,
         mailbox: MailboxConfig | None = None,
         shutdown: float | None = None,
+        admission: Sequence[Budget] = (),
         restart: RestartType = RestartType.PERMANENT,
         handler_timeout: float | None = None,
-        admission: Sequence[Budget] = (),
+        hibernate_after: float | None = None,
         **kwargs: Any,
     ) -> AgentRef:
         """Start an agent under the root supervisor; returns its ref."""
@@ -127,6 +130,7 @@ class SystemApi(Protocol):
         restart: RestartType = RestartType.PERMANENT,
         significant: bool = False,
         handler_timeout: float | None = None,
+        hibernate_after: float | None = None,
         **kwargs: Any,
     ) -> ChildSpec:
         """A child spec that runs an agent."""
@@ -156,12 +160,12 @@ class SystemApi(Protocol):
         key: Callable[[Any], Hashable] | None = None,
         seed: int | None = None,
         mailbox: MailboxConfig | None = None,
+        admission: Sequence[Budget] = (),
+        fallback: AgentRef | None = None,
         shutdown: float | None = None,
         max_restarts: int | None = None,
         max_seconds: float | None = None,
         handler_timeout: float | None = None,
-        admission: Sequence[Budget] = (),
-        fallback: AgentRef | None = None,
         **kwargs: Any,
     ) -> PoolRef:
         """Start a pool of agents behind one ref."""

@@ -55,8 +55,18 @@ class Instance(Protocol):
     as OTP's gen_server serves its callback module).
     """
 
-    async def run(self) -> ExitReason:
-        """Serve until asked to stop (returns why) or crashed (returns the error)."""
+    async def run(self) -> ExitReason | None:
+        """Serve until asked to stop (returns why) or crashed (returns the error); or, for
+        an instance that may hibernate, until it has been idle long enough (returns None: the
+        cell may let it sleep, and runs it again when woken)."""
+        ...
+
+    async def hibernate(self) -> None:
+        """The instance is about to sleep: let it prepare (its ``on_hibernate``)."""
+        ...
+
+    async def wake(self) -> None:
+        """The instance serves again after :meth:`hibernate` (its ``on_wake``)."""
         ...
 
     def settle(self, reason: ExitReason) -> None:

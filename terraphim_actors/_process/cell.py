@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from supervisor import CurrentChild, EscalatedFailure, FinalExit, RestartType, current_child
+from supervisor import (
+    CurrentChild,
+    EscalatedFailure,
+    FinalExit,
+    Hibernate,
+    RestartType,
+    current_child,
+)
 
 from .._core.bounded_repr import bounded_repr
 from .._core.ids import AgentId
@@ -37,6 +44,7 @@ from .._primitives.mailbox import Mailbox, MailboxConfig
 from .._primitives.timers import Timer
 from .._routing.endpoint import Endpoint
 from ..errors import AgentStartFailed, AgentStopped, SystemClosed
+from .activation import ActivatingInbox
 from .context_vars import current_cell, inherited_deadline
 from .lifecycle import CellState, transition
 
@@ -51,6 +59,8 @@ logger = logging.getLogger("terraphim_actors")
 
 #: The states in which an instance of the agent runs.
 _LIVE = frozenset({CellState.STARTING, CellState.RUNNING, CellState.STOPPING})
+#: The states in which it takes messages: running, or hibernated (a message wakes it).
+_SERVING = frozenset({CellState.RUNNING, CellState.HIBERNATED})
 
 
 class AgentCell:
@@ -178,8 +188,9 @@ class AgentCell:
 
     @property
     def serving(self) -> bool:
-        """Whether an instance runs and takes messages (what a group prefers)."""
-        return self.state is CellState.RUNNING
+        """Whether an instance runs and takes messages (what a group prefers): hibernated
+        counts, as a message wakes it."""
+        return self.state in _SERVING
 
     @property
     def gone(self) -> bool:
@@ -223,20 +234,26 @@ class AgentCell:
             Exception: the instance crashed with it.
         """
         self._begin_instance()
-        reason: ExitReason = StopReason.KILLED
+        reason: ExitReason | None = StopReason.KILLED
         try:
             reason = await self._run_instance(task_status)
         except AgentStartFailed as failure:
             reason = failure.__cause__ or failure
             raise
         finally:
-            self._after_instance(reason)
+            if reason is not None:
+                self._after_instance(reason)
+        if reason is None:  # asleep: its supervisor keeps it, without a task, until woken
+            assert self.latest is not None
+            raise Hibernate(wake_to_stop=self.latest.cleanup is not None)
         if isinstance(reason, Exception):
             if self._exit_as is not None:
                 raise self._exit_as(f"{self.id!r} failed with {bounded_repr(reason)}") from reason
             raise reason
 
     def _begin_instance(self) -> None:
+        if self.state is CellState.HIBERNATED:
+            return  # the kept instance wakes: nothing is new (a stop asked meanwhile stands)
         if self.system.closing:
             raise SystemClosed(f"{self.id!r} not started: the system is shutting down")
         self.placement = current_child()
@@ -298,23 +315,38 @@ class AgentCell:
         """
         if self.has_instance:
             return
+        if self.state is CellState.HIBERNATED:  # stopped asleep by a supervisor with no hook
+            self.finish(StopReason.NORMAL if self.retiring else StopReason.SHUTDOWN)
+            return
         self.finish(StopReason.NORMAL if self.retiring else self._last_reason)
 
-    async def _run_instance(self, task_status: trio.TaskStatus[Any]) -> ExitReason:
+    async def _run_instance(self, task_status: trio.TaskStatus[Any]) -> ExitReason | None:
+        """Run an instance (a new one, or the kept one woken) until it ends (returns why) or
+        falls asleep (returns None)."""
         self._task = self.mailbox.owner = trio.lowlevel.current_task()
         current_cell.set(self)
         inherited_deadline.set(math.inf)
         instance: Instance | None = None
         reason: ExitReason = StopReason.KILLED
+        asleep = False
         try:
             # One scope for the instance's whole life, ``on_start`` included: kill() cancels it.
             with trio.CancelScope() as scope:
                 self._instance_scope = scope
-                instance = self.latest = await self.behaviour.start(self)
-                self.state = transition(self.state, CellState.RUNNING)
-                task_status.started(self.ref)
-                self.system.publish(AgentStarted(self.id))
-                reason = await instance.run()
+                if self.state is CellState.HIBERNATED:
+                    instance = self.latest
+                    assert instance is not None
+                    await self._wake_instance(instance)
+                else:
+                    instance = self.latest = await self.behaviour.start(self)
+                    self.state = transition(self.state, CellState.RUNNING)
+                    task_status.started(self.ref)
+                    self.system.publish(AgentStarted(self.id))
+                while (ended := await instance.run()) is None:  # idle past hibernate_after
+                    if await self._fall_asleep(instance):
+                        asleep = True
+                        return None
+                reason = ended
             if instance is None:
                 raise AgentStartFailed(f"{self.id!r} was stopped before on_start finished")
             if scope.cancelled_caught and self._linked_failure is not None:
@@ -325,11 +357,70 @@ class AgentCell:
             raise
         finally:
             self._instance_scope = None
-            if instance is not None:
+            if asleep:
+                self._task = self.mailbox.owner = None
+            elif instance is not None:
                 await self._end_instance(instance, reason)
             else:
                 self._settle_links()  # what a failed or cancelled ``on_start`` set up
         return reason
+
+    # -- hibernation -----------------------------------------------------------------------
+
+    def can_hibernate(self) -> bool:
+        """Whether the instance is idle enough to sleep: nothing waiting or in hand, no
+        background task of its own alive, no stop asked for. (Its timers and the replies it
+        deferred do not keep it awake: a timer wakes it, a deferred reply needs no task.)"""
+        return (
+            not self._background
+            and not self.mailbox
+            and self._in_hand is None
+            and self._stop_requested is None
+        )
+
+    async def _fall_asleep(self, instance: Instance) -> bool:
+        """Let the instance hibernate, unless something came up while its ``on_hibernate``
+        ran (then it is woken again, and True is not returned). From the check to the end of
+        the task there is no schedule point, so no message can slip in unseen."""
+        await instance.hibernate()
+        if self.can_hibernate() and trio.current_effective_deadline() != -math.inf:
+            self.state = transition(self.state, CellState.HIBERNATED)
+            self.endpoint.inbox = ActivatingInbox(self)
+            return True
+        await instance.wake()
+        return False
+
+    async def _wake_instance(self, instance: Instance) -> None:
+        """Run the kept instance again (its ``on_wake``, unless it is woken only to stop)."""
+        self.endpoint.inbox = self.mailbox
+        self.state = transition(self.state, CellState.RUNNING)
+        if self._stop_requested is None and trio.current_effective_deadline() != -math.inf:
+            await instance.wake()
+
+    def wake(self) -> None:
+        """A message came for the sleeping agent: its supervisor starts the kept instance
+        again; then the mailbox takes the next messages directly. (A supervisor that is
+        stopping starts nothing: it stops the sleeper, and the message waits meanwhile.)"""
+        placement = self.placement
+        if placement is not None and placement.supervisor.wake_child(placement.id):
+            self.endpoint.inbox = self.mailbox
+
+    def _end_asleep(self, reason: StopReason, *, final: bool) -> None:
+        """Stop the sleeping instance without waking it (it has no ``on_stop``): settle what
+        it left, as its end would, then wait for a restart or stop for good."""
+        if final or self.system.closing:
+            self.finish(reason)
+            return
+        self._settle_sleeper(reason)
+        self._last_reason = reason
+        self.state = transition(self.state, CellState.RESTARTING)
+
+    def _settle_sleeper(self, reason: ExitReason) -> None:
+        self.endpoint.inbox = self.mailbox
+        if self.latest is not None:
+            self.latest.settle(reason)
+        self._settle_links()
+        self.system.publish(AgentExited(self.id, reason))
 
     def exit_as(self, kind: type[EscalatedFailure | FinalExit], *, final: bool) -> None:
         """The running instance's crash is to reach its supervisor as ``kind`` (a directive
@@ -384,6 +475,8 @@ class AgentCell:
         """
         if self.state is CellState.STOPPED:
             return
+        if self.state is CellState.HIBERNATED:
+            self._settle_sleeper(reason)
         self.state = transition(self.state, CellState.STOPPED)
         self.exit_reason = reason
         self.mailbox.close()
@@ -414,6 +507,15 @@ class AgentCell:
         instance first handles what is already in its mailbox.
         """
         if self.state is CellState.STOPPED:
+            return
+        if (
+            self.state is CellState.HIBERNATED
+            and self.endpoint.inbox is not self.mailbox  # not woken: no task is coming
+            and self.latest is not None
+            and self.latest.cleanup is None
+        ):
+            # Its supervisor stops it without a task (one with an ``on_stop`` is woken first).
+            self._end_asleep(reason, final=final)
             return
         if self._stop_requested is None:
             self._stop_requested = reason

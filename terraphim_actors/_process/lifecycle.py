@@ -16,6 +16,15 @@ STARTING                STOPPED                                     its start fa
                                                                     or it never ran (shutdown)
 RUNNING                 STOPPING                                    its instance ends (stop,
                                                                     crash or kill)
+RUNNING                 HIBERNATED                                  idle past its
+                                                                    ``hibernate_after``
+HIBERNATED              RUNNING                                     a message (or a stop) woke
+                                                                    the kept instance
+HIBERNATED              RESTARTING                                  stopped asleep, with no
+                                                                    ``on_stop`` to run; its
+                                                                    supervisor may start another
+HIBERNATED              STOPPED                                     stopped for good asleep,
+                                                                    with no ``on_stop`` to run
 STOPPING                RESTARTING                                  the instance ended, and its
                                                                     supervisor may start another
 STOPPING                STOPPED                                     the stop was final, or the
@@ -42,6 +51,9 @@ class CellState(enum.Enum):
     STARTING = "starting"
     #: An instance serves messages.
     RUNNING = "running"
+    #: The instance is kept without a task (idle past its ``hibernate_after``): a message
+    #: wakes it, through its supervisor.
+    HIBERNATED = "hibernated"
     #: The instance is ending: what it had in hand is settled, then its ``on_stop`` runs.
     STOPPING = "stopping"
     #: Between instances: its supervisor will start it again (or retire it); messages wait.
@@ -53,7 +65,8 @@ class CellState(enum.Enum):
 #: The moves allowed from each state: the module docstring's table.
 TRANSITIONS: Mapping[CellState, frozenset[CellState]] = {
     CellState.STARTING: frozenset({CellState.RUNNING, CellState.RESTARTING, CellState.STOPPED}),
-    CellState.RUNNING: frozenset({CellState.STOPPING}),
+    CellState.RUNNING: frozenset({CellState.STOPPING, CellState.HIBERNATED}),
+    CellState.HIBERNATED: frozenset({CellState.RUNNING, CellState.RESTARTING, CellState.STOPPED}),
     CellState.STOPPING: frozenset({CellState.RESTARTING, CellState.STOPPED}),
     CellState.RESTARTING: frozenset({CellState.STARTING, CellState.STOPPED}),
     CellState.STOPPED: frozenset(),

@@ -1350,6 +1350,7 @@ class TestIntrospection:
             assert dict(sup.stats().children) == {
                 ChildState.STARTING: 0,
                 ChildState.RUNNING: 1,
+                ChildState.HIBERNATED: 0,
                 ChildState.RESTARTING: 1,
                 ChildState.STOPPING: 0,
                 ChildState.TERMINATED: 1,
