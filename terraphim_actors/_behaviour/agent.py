@@ -268,8 +268,6 @@ class Caller:
 class Context:
     """What a handler knows about the message in hand and can ask of the system.
 
-        #: Seconds after which the message in hand is to be delivered again (``retry_after``).
-        self._retry_after: float | None = None
     One context serves all the messages of an agent instance: keep what you need from it
     (``ctx.defer()`` handles, refs), not the context itself. Its methods that change state
     raise ``WrongThread`` from a thread other than the system's (a handler's worker thread
@@ -285,6 +283,8 @@ class Context:
         self._server: GenServer | None = None
         self._envelope: Envelope | None = None
         self._deferred = False
+        #: Seconds after which the message in hand is to be delivered again (``retry_after``).
+        self._retry_after: float | None = None
 
     @property
     def envelope(self) -> Envelope:
@@ -340,6 +340,21 @@ class Context:
         """Answer the call in hand later; the agent serves other messages meanwhile.
 
         Raises:
+            TypeError: the message in hand is not a call.
+            WrongThread: called from a thread other than the system's.
+        """
+        self._check_thread("ctx.defer")
+        handle = self.envelope.reply
+        if handle is None:
+            raise TypeError("only a call can be deferred")
+        server = self._server
+        assert server is not None  # a message is in hand: the instance is served
+        self._deferred = True
+        server.remember_deferred(handle)
+        if self.envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE:
+            handle.keep_answer()  # for resends of the call, even once this caller gave up
+        return DeferredReply(self._cell, server, self.envelope, handle)
+
     def charge(self, *, tokens: int) -> None:
         """Report what the message in hand cost: ``tokens`` are charged to every
         ``TokenBudget`` of this agent (of its pool, for a member), now. Harmless without one.
@@ -381,21 +396,6 @@ class Context:
         envelope = self._envelope
         if envelope is None or self._cell._in_hand is not envelope:
             raise InvalidConfig(f"{operation} is for a handler, with a message in hand")
-
-            TypeError: the message in hand is not a call.
-            WrongThread: called from a thread other than the system's.
-        """
-        self._check_thread("ctx.defer")
-        handle = self.envelope.reply
-        if handle is None:
-            raise TypeError("only a call can be deferred")
-        server = self._server
-        assert server is not None  # a message is in hand: the instance is served
-        self._deferred = True
-        server.remember_deferred(handle)
-        if self.envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE:
-            handle.keep_answer()  # for resends of the call, even once this caller gave up
-        return DeferredReply(self._cell, server, self.envelope, handle)
 
     def monitor(self, ref: AgentRef) -> MonitorRef:
         """Get a ``Down`` info when the agent behind ``ref`` stops for good.

@@ -275,18 +275,15 @@ class GenServer:
                     continue
                 served += 1
                 # Expired: a call once its caller gave up, anything else past its timeout.
-                    context._retry_after = None
                 handle = envelope.reply
                 if (
                     handle.abandoned
                     if handle is not None
-                    context._retry_after = None
                     else envelope.created_at + envelope.options.timeout < clock()
                 ):
                     if journaling:
                         delivery.not_run(endpoint, envelope)
                     delivery.undelivered(envelope, DeadLetterReason.EXPIRED, _expiry(envelope))
-                    context._retry_after = None  # a crash, whatever the handler said before
                     continue
                 if envelope.options.guarantee is EXACTLY_ONCE and delivery.suppress_duplicate(
                     endpoint, envelope
@@ -314,19 +311,18 @@ class GenServer:
                     else:
                         await handle_info(envelope.payload, context)
                 except _FailedThroughCaller:  # the handler returned, having failed the call
+                    context._retry_after = None
                     if observed and "handler_finished" in instruments:
                         instruments.call("handler_finished", cell.id, envelope, None)
                     delivery.failed_through_caller(endpoint, envelope)
-                    elif context._retry_after is not None:
-                        # ``ctx.retry_after`` gave the endpoint its gate: never the case above.
-                        delivery.retry_later(endpoint, envelope, context._retry_after)
-                        context._retry_after = None
                 except NotHandled as not_handled:
+                    context._retry_after = None
                     if observed and "handler_finished" in instruments:
                         instruments.call("handler_finished", cell.id, envelope, not_handled)
                     unhandled = UnhandledMessage(f"{type(instance).__name__} does not handle it")
                     delivery.undelivered(envelope, DeadLetterReason.UNHANDLED, unhandled)
                 except Exception as crash:
+                    context._retry_after = None  # a crash, whatever the handler said before
                     if observed and "handler_finished" in instruments:
                         instruments.call("handler_finished", cell.id, envelope, crash)
                     delivery.record_failure(endpoint)
@@ -357,6 +353,10 @@ class GenServer:
                             ledger.acknowledged_count += 1
                         else:
                             ledger.acknowledged(envelope)
+                    elif context._retry_after is not None:
+                        # ``ctx.retry_after`` gave the endpoint its gate: never the case above.
+                        delivery.retry_later(endpoint, envelope, context._retry_after)
+                        context._retry_after = None
                     else:
                         delivery.acknowledge(endpoint, envelope, reply)
                 cell._in_hand = None

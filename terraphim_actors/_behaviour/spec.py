@@ -79,11 +79,11 @@ class AgentStarter:
         #: The agent's endpoint, made with its first cell and handed to every cell after: its
         #: circuit, dedup window and group are the same agent's to its senders.
         self.endpoint: Endpoint | None = None
-        #: The admission budgets of an agent spawned with some (a pool's are its group's).
-        self.budgets: Budgets | None = None
         #: The group its agent is a member of, and its position there, if any.
         self.group: Group | None = None
         self.position = 0
+        #: The admission budgets of an agent spawned with some (a pool's are its group's).
+        self.budgets: Budgets | None = None
 
     def __repr__(self) -> str:
         return f"<AgentStarter {self.agent_class.__name__} {self.agent_id!r}>"
@@ -106,8 +106,6 @@ class AgentStarter:
             cell = self.cell = AgentCell(
                 self.system,
                 behaviour,
-                if self.budgets is not None:
-                    cell.endpoint.install_budgets(self.budgets)
                 self.agent_id,
                 self.mailbox,
                 self.shutdown,
@@ -116,6 +114,8 @@ class AgentStarter:
             )
             if self.endpoint is None:
                 self.endpoint = cell.endpoint
+                if self.budgets is not None:
+                    cell.endpoint.install_budgets(self.budgets)
                 if self.group is not None:
                     self.group.join(self.position, cell.endpoint)
             cell.ref = AgentRef(cell.endpoint, self.system)

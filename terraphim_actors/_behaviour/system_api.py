@@ -60,11 +60,11 @@ class SystemStats:
     dead_letters: int
     #: Dead letters ever recorded, per reason.
     dead_letters_by_reason: Mapping[DeadLetterReason, int]
+    #: Seconds since the system opened.
+    uptime: float
     #: The admission budgets of each agent or pool that has some, by its id: each budget's
     #: use, what waits for admission, what was refused or sent to a fallback.
     admission: Mapping[AgentId, AdmissionStats] = attrs.field(factory=dict)
-    #: Seconds since the system opened.
-    uptime: float
 
 
 class SystemApi(Protocol):
@@ -111,10 +111,10 @@ class SystemApi(Protocol):
         name: str | None = None,
         mailbox: MailboxConfig | None = None,
         shutdown: float | None = None,
-        admission: Sequence[Budget] = (),
         restart: RestartType = RestartType.PERMANENT,
         handler_timeout: float | None = None,
         hibernate_after: float | None = None,
+        admission: Sequence[Budget] = (),
         **kwargs: Any,
     ) -> AgentRef:
         """Start an agent under the root supervisor; returns its ref."""
@@ -160,12 +160,12 @@ class SystemApi(Protocol):
         key: Callable[[Any], Hashable] | None = None,
         seed: int | None = None,
         mailbox: MailboxConfig | None = None,
-        admission: Sequence[Budget] = (),
-        fallback: AgentRef | None = None,
         shutdown: float | None = None,
         max_restarts: int | None = None,
         max_seconds: float | None = None,
         handler_timeout: float | None = None,
+        admission: Sequence[Budget] = (),
+        fallback: AgentRef | None = None,
         **kwargs: Any,
     ) -> PoolRef:
         """Start a pool of agents behind one ref."""

@@ -249,8 +249,8 @@ class MessageSystem:
         shutdown: float | None = None,
         restart: RestartType = RestartType.PERMANENT,
         handler_timeout: float | None = None,
-        admission: Sequence[Budget] = (),
         hibernate_after: float | None = None,
+        admission: Sequence[Budget] = (),
         **kwargs: Any,
     ) -> AgentRef:
         """Start an agent under the root supervisor; returns its ref once ``on_start`` is done.
@@ -265,27 +265,27 @@ class MessageSystem:
             restart: when the supervisor starts it again: ``PERMANENT`` (after any exit),
                 ``TRANSIENT`` (after a crash), ``TEMPORARY`` (never).
             handler_timeout: seconds a handler may run before it is cancelled and fails with
+                ``HandlerTimeout`` (default: the class's ``handler_timeout``).
+            hibernate_after: seconds idle after which it hibernates, giving up its task until
+                a message wakes it (default: the class's ``hibernate_after``; ``None``: never).
             admission: budgets it admits messages by (``RateLimit``, ``TokenBudget``,
                 ``ConcurrencyLimit``), behind its circuit breaker; a message they refuse waits
                 in delivery until they let it through, or is refused if its deadline would
                 pass first.
-                ``HandlerTimeout`` (default: the class's ``handler_timeout``).
-            hibernate_after: seconds idle after which it hibernates, giving up its task until
-                a message wakes it (default: the class's ``hibernate_after``; ``None``: never).
 
         Raises:
             DuplicateAgent: ``name`` is taken.
             AgentStartFailed: its constructor or ``on_start`` raised (the cause is attached).
             InvalidConfig: an argument is out of range or of the wrong type.
             SystemClosed: the system is shutting down.
-        budgets = budgets_from(admission)
             WrongThread: called from a thread other than the system's.
         """
         check_thread(self.thread_id, "system.spawn")
-        starter.budgets = budgets
+        budgets = budgets_from(admission)
         starter = self._starter(
             agent_class, args, name, mailbox, shutdown, restart, handler_timeout, kwargs
         )
+        starter.budgets = budgets
         _set_hibernate_after(starter, hibernate_after)
         cluster = self.cluster
         if cluster is not None and name is not None:
@@ -379,14 +379,14 @@ class MessageSystem:
         name: str | None = None,
         strategy: LoadBalancing = LoadBalancing.ROUND_ROBIN,
         key: Callable[[Any], Hashable] | None = None,
-        admission: Sequence[Budget] = (),
-        fallback: AgentRef | None = None,
         seed: int | None = None,
         mailbox: MailboxConfig | None = None,
         shutdown: float | None = None,
         max_restarts: int | None = None,
         max_seconds: float | None = None,
         handler_timeout: float | None = None,
+        admission: Sequence[Budget] = (),
+        fallback: AgentRef | None = None,
         **kwargs: Any,
     ) -> PoolRef:
         """Start ``size`` instances of an agent under a supervisor of their own, behind one ref
@@ -400,16 +400,16 @@ class MessageSystem:
         shutdown (or ``system.stop(pool)``) the members are asked to stop all at once and
         waited for together, each within its shutdown time, as OTP stops simple_one_for_one
         children; the pool takes its place among the root's children, newest first.
-            admission: as for :meth:`spawn`, shared by the members: one budget for the pool.
-            fallback: where a message sent through the pool goes instead when every
-                member's circuit is open, or its budgets could not admit it before its
-                deadline (an agent's or another pool's ref; counted as a fallback).
 
         Args:
             key: for ``CONSISTENT_HASH``, what to hash of a message's payload (default: the
                 payload itself, by its ``repr``).
             seed: for ``RANDOM``, seeds the choice.
             handler_timeout: as for :meth:`spawn`, for each member.
+            admission: as for :meth:`spawn`, shared by the members: one budget for the pool.
+            fallback: where a message sent through the pool goes instead when every
+                member's circuit is open, or its budgets could not admit it before its
+                deadline (an agent's or another pool's ref; counted as a fallback).
             kwargs: as for :meth:`spawn`: each member is ``agent_class(*args, **kwargs)``.
 
         Raises:
@@ -424,15 +424,15 @@ class MessageSystem:
         check_instance("strategy", strategy, LoadBalancing)
         if key is not None and not callable(key):
             raise InvalidConfig(f"key must be a function of the payload, got {key!r}")
-        budgets = budgets_from(admission)
-        if fallback is not None:
-            check_instance("fallback", fallback, AgentRef)
         if seed is not None:
             check_count("seed", seed, minimum=0)
         if max_restarts is not None:
             check_count("max_restarts", max_restarts, minimum=0)
         if max_seconds is not None:
             check_seconds("max_seconds", max_seconds)
+        budgets = budgets_from(admission)
+        if fallback is not None:
+            check_instance("fallback", fallback, AgentRef)
         config = self.config
         starters = [
             self._starter(
@@ -464,14 +464,14 @@ class MessageSystem:
         )
         group = Group(
             pool_id,
-        group.budgets = budgets
-        group.fallback = None if fallback is None else fallback._address
             size,
             Balancer(strategy, size, key=key, seed=seed),
             HandledMessages(self.delivery.config.dedup_window),
             self.clock,
             self.router,
         )
+        group.budgets = budgets
+        group.fallback = None if fallback is None else fallback._address
         for position, starter in enumerate(starters):
             starter.group, starter.position = group, position
         self.router.pools[pool_id] = group
@@ -838,7 +838,6 @@ class MessageSystem:
         system = SystemStats(
             agents_running=sum(cell.state is CellState.RUNNING for cell in cells),
             agents_hibernated=sum(cell.state is CellState.HIBERNATED for cell in cells),
-            admission=admission_stats(list(self.registry.endpoints()), self.clock.current_time()),
             agents_spawned=self._spawned,
             agent_crashes=self._crashes,
             agent_restarts=self._restarts,
@@ -848,6 +847,7 @@ class MessageSystem:
             dead_letters=self._dead_letters.total,
             dead_letters_by_reason=self._dead_letters.by_reason(),
             uptime=self.clock.current_time() - self._opened_at,  # no Trio run needed
+            admission=admission_stats(list(self.registry.endpoints()), self.clock.current_time()),
         )
         return system, mailboxes
 
