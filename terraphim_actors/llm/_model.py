@@ -1,0 +1,227 @@
+"""``ChatModel``: an agent that asks an OpenAI-compatible chat-completions endpoint.
+
+Each instance holds one ``openai.AsyncOpenAI`` client (it runs under Trio through anyio). The
+SDK's own retries are off: the delivery layer retries, by the message's guarantee, and the
+circuit breaker counts the failures, which it could not do for retries hidden inside the SDK.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+import openai
+import trio
+from openai.types.chat import ChatCompletionMessageParam
+
+from .._behaviour.agent import Agent, Context, NotHandled
+from .._behaviour.refs import AgentRef
+from .._core.bounded_repr import shorten
+from .._core.checks import check_instance, check_seconds
+from .._core.notifications import ExitReason
+from ..errors import InvalidConfig, NonRetryable
+from ._errors import ModelError, ModelUnavailable, translate
+from ._messages import ChatChunk, ChatRequest, ChatResponse, ChatUsage
+
+__all__ = ["ChatModel"]
+
+#: What the SDK is given as the key when there is none (a local server); the header that
+#: would carry it is left out of every request.
+_NO_KEY = "no-key"
+
+
+class ChatModel(Agent):
+    """A chat-completion agent for any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, LM
+    Studio): ``system.spawn(ChatModel, base_url=..., model=..., api_key=None)``.
+
+    A call with a :class:`ChatRequest` returns a :class:`ChatResponse`. A request with
+    ``stream_to`` is streamed: its answer's pieces are cast there as :class:`ChatChunk` while
+    the model writes them (the call still returns the whole answer). A cast of a request with
+    ``stream_to`` is answered there only (the last chunk carries the whole answer).
+
+    The endpoint's failures are errors of ``terraphim_actors.llm``: ``ModelUnavailable``
+    (5xx, timeouts, 429) is retried by the message's guarantee (a cast's; a call's caller gets
+    it as the cause of ``CallFailed``) and counted by the circuit breaker; ``ModelRejected``
+    (``ContextTooLong`` among them) is never retried. Neither restarts the agent.
+
+    Args:
+        base_url: the API's root, such as ``"https://api.openai.com/v1"`` or
+            ``"http://localhost:11434/v1"``.
+        model: the model's name at that endpoint.
+        api_key: the key, sent as a bearer token; ``None`` sends none (a local server). It is
+            kept out of reprs, logs and errors.
+        timeout: seconds a request may take at most; a call's request gets no more than its
+            caller's deadline leaves.
+    """
+
+    resume_on = (ModelError,)
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        check_instance("base_url", base_url, str)
+        check_instance("model", model, str)
+        if not base_url or not model:
+            raise InvalidConfig("base_url and model must not be empty")
+        if api_key is not None and not isinstance(api_key, str):
+            raise InvalidConfig(f"api_key must be a str or None, got a {type(api_key).__name__}")
+        check_seconds("timeout", timeout)
+        self.base_url = base_url
+        self.model = model
+        self.timeout = timeout
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key or _NO_KEY, max_retries=0, timeout=timeout
+        )
+        self._headers: dict[str, str | openai.Omit] = (
+            {} if api_key else {"Authorization": openai.Omit()}
+        )
+
+    def __repr__(self) -> str:
+        return f"<ChatModel {self.model!r} at {self.base_url!r}>"
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        await self._client.close()
+
+    async def handle_call(self, message: Any, ctx: Context) -> ChatResponse:
+        if not isinstance(message, ChatRequest):
+            raise NotHandled(message)
+        return await self.complete(message, ctx)
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        if not isinstance(message, ChatRequest):
+            raise NotHandled(message)
+        if message.stream_to is None:
+            raise NonRetryable("a ChatRequest cast to a ChatModel needs stream_to: its answer")
+        await self.complete(message, ctx)
+
+    async def complete(self, request: ChatRequest, ctx: Context) -> ChatResponse:
+        """Ask the endpoint for ``request`` (streamed to its ``stream_to`` if it has one) and
+        return the whole answer: what ``handle_call`` does, for a subclass whose handlers take
+        messages of their own. The request may take the agent's ``timeout``, and no more than
+        what the deadline of the call in hand leaves (a cast's deadline is infinite).
+
+        Raises:
+            ModelUnavailable: the endpoint failed, or did not answer in time: worth a retry.
+            ModelRejected: the endpoint refused the request as it is (``ContextTooLong``).
+        """
+        timeout = min(self.timeout, max(ctx.deadline - trio.current_time(), 0.0))
+        with trio.move_on_after(timeout) as scope:
+            try:
+                if request.stream_to is None:
+                    response = await self._ask(request, timeout)
+                else:
+                    response = await self._stream(request, request.stream_to, ctx, timeout)
+            except openai.OpenAIError as error:
+                raise translate(error, model=self.model) from None
+        if scope.cancelled_caught:
+            raise ModelUnavailable(f"{self.model}: no whole answer within {timeout:g} s")
+        return response
+
+    async def _ask(self, request: ChatRequest, timeout: float) -> ChatResponse:
+        completion = await self._client.chat.completions.create(
+            model=self.model,
+            messages=_as_params(request),
+            max_tokens=openai.omit if request.max_tokens is None else request.max_tokens,
+            stream=False,
+            timeout=timeout,
+            extra_headers=self._headers,
+        )
+        usage = completion.usage
+        choice = completion.choices[0] if completion.choices else None
+        return ChatResponse(
+            text=(choice.message.content or "") if choice is not None else "",
+            usage=ChatUsage(
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+            ),
+            finish_reason=choice.finish_reason if choice is not None else None,
+        )
+
+    async def _stream(
+        self, request: ChatRequest, stream_to: AgentRef, ctx: Context, timeout: float
+    ) -> ChatResponse:
+        # The SDK's own stream iterator stops reading at ``[DONE]`` and leaves the HTTP
+        # layer's async generators unfinished, which Trio reports as a ResourceWarning each
+        # time; the body is read to its end here instead, its events parsed as they come.
+        message_id = ctx.message_id
+        pieces: list[str] = []
+        usage = ChatUsage(prompt_tokens=0, completion_tokens=0)
+        finish_reason: str | None = None
+        async with self._client.chat.completions.with_streaming_response.create(
+            model=self.model,
+            messages=_as_params(request),
+            max_tokens=openai.omit if request.max_tokens is None else request.max_tokens,
+            stream=True,
+            stream_options={"include_usage": True},
+            timeout=timeout,
+            extra_headers=self._headers,
+        ) as answer:
+            async for line in answer.http_response.aiter_lines():
+                event = _event(line, self.model)
+                if event is None:
+                    continue
+                text, finished, counted = event
+                finish_reason = finished or finish_reason
+                usage = counted or usage
+                if text:
+                    await stream_to.cast(ChatChunk(message_id, len(pieces), text))
+                    pieces.append(text)
+        response = ChatResponse(text="".join(pieces), usage=usage, finish_reason=finish_reason)
+        await stream_to.cast(ChatChunk(message_id, len(pieces), "", response))
+        return response
+
+
+def _event(line: str, model: str) -> tuple[str, str | None, ChatUsage | None] | None:
+    """What one line of a server-sent event stream of chunks says: the text it adds, the
+    finish reason and the usage it gives; None for a line that carries no chunk.
+
+    Raises:
+        ModelUnavailable: the endpoint sent an error in the stream, or a chunk it cannot read.
+    """
+    if not line.startswith("data:"):
+        return None
+    data = line[len("data:") :].strip()
+    if data == "[DONE]":
+        return None
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        raise ModelUnavailable(f"{model}: the endpoint streamed an unreadable chunk") from None
+    if not isinstance(chunk, dict):
+        raise ModelUnavailable(f"{model}: the endpoint streamed an unreadable chunk")
+    if "error" in chunk:
+        error = chunk["error"]
+        said = error.get("message") if isinstance(error, dict) else error
+        raise ModelUnavailable(
+            f"{model}: the endpoint failed mid-answer: {shorten(str(said), 300)}"
+        )
+    text, finish_reason = "", None
+    choices = chunk.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        choice = choices[0]
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+            text = delta["content"]
+        if isinstance(choice.get("finish_reason"), str):
+            finish_reason = choice["finish_reason"]
+    return text, finish_reason, _usage(chunk.get("usage"))
+
+
+def _usage(usage: object) -> ChatUsage | None:
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not (isinstance(prompt, int) and isinstance(completion, int)):
+        return None
+    return ChatUsage(prompt_tokens=prompt, completion_tokens=completion)
+
+
+def _as_params(request: ChatRequest) -> list[ChatCompletionMessageParam]:
+    # The request checked the shape (role, content and name, all strings) when it was made;
+    # which roles the model accepts is the endpoint's to say.
+    return [cast(ChatCompletionMessageParam, message) for message in request.messages]

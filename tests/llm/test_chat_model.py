@@ -1,0 +1,360 @@
+"""ChatModel against a real OpenAI-compatible HTTP server on 127.0.0.1 (tests/chat_server.py).
+
+These tests run on the real clock (the server answers over sockets, which a virtual clock
+would jump past); every wait is bounded, and the server stops however a test ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+from agents import lenient_config
+from chat_server import ChatServer, Failure
+
+from terraphim_actors import (
+    AgentRef,
+    CircuitBreakerConfig,
+    CircuitState,
+    DeadLetter,
+    DeadLetterReason,
+    MessageSystem,
+    open_message_system,
+)
+from terraphim_actors.errors import AgentStartFailed, CallFailed, CallTimeout, InvalidConfig
+from terraphim_actors.llm import (
+    ChatChunk,
+    ChatModel,
+    ChatRequest,
+    ChatResponse,
+    ChatUsage,
+    ContextTooLong,
+    ModelRejected,
+    ModelUnavailable,
+)
+from terraphim_actors.testing import TestProbe
+
+#: Real seconds any one test may take: the server answers in milliseconds.
+LIMIT = 5.0
+SECRET = "sk-test-0123456789-do-not-print"
+
+
+def ask(
+    text: str, *, max_tokens: int | None = None, stream_to: AgentRef | None = None
+) -> ChatRequest:
+    return ChatRequest(
+        messages=[{"role": "user", "content": text}], max_tokens=max_tokens, stream_to=stream_to
+    )
+
+
+@pytest.fixture
+def server() -> Iterator[ChatServer]:
+    with ChatServer().running() as running:
+        yield running
+
+
+async def spawn_model(system: MessageSystem, server: ChatServer, **options: Any) -> AgentRef:
+    return await system.spawn(
+        ChatModel, base_url=server.base_url, model="tiny", api_key=SECRET, **options
+    )
+
+
+class TestCall:
+    async def test_a_call_returns_the_whole_answer_with_its_usage(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """The answer's text, the tokens the endpoint counted, and why it ended."""
+        model = await spawn_model(system, server)
+        with trio.fail_after(LIMIT):
+            response = await model.call(ask("hello there"))
+        assert response == ChatResponse(
+            text="echo: hello there",
+            usage=ChatUsage(prompt_tokens=2, completion_tokens=3),
+            finish_reason="stop",
+        )
+
+    async def test_the_request_carries_the_model_messages_and_max_tokens(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """What the endpoint is sent is the chat-completions request for the model."""
+        model = await spawn_model(system, server)
+        messages = [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "one two three"},
+        ]
+        with trio.fail_after(LIMIT):
+            response = await model.call(ChatRequest(messages=messages, max_tokens=2))
+        assert (response.text, response.finish_reason) == ("echo: one", "length")
+        [received] = server.received
+        assert received.body["model"] == "tiny"
+        assert received.body["messages"] == messages
+        assert received.body["max_tokens"] == 2
+
+    async def test_a_call_gets_what_its_deadline_leaves_as_the_request_timeout(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """The SDK is given the caller's remaining time, not the agent's longer timeout."""
+        model = await spawn_model(system, server, timeout=60.0)
+        with trio.fail_after(LIMIT):
+            await model.call(ask("hi"), timeout=2.0)
+        sent = float(server.received[0].headers["x-stainless-read-timeout"])
+        assert 1.0 < sent <= 2.0
+
+    async def test_a_message_that_is_not_a_request_is_not_handled(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """Anything but a ChatRequest is refused without asking the endpoint."""
+        model = await spawn_model(system, server)
+        with trio.fail_after(LIMIT), pytest.raises(CallFailed):
+            await model.call("hello")
+        assert server.received == []
+
+
+class TestStreaming:
+    async def test_a_streamed_call_casts_the_pieces_and_returns_the_whole_answer(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """Pieces in order, then a last chunk with the whole answer; the call returns it."""
+        model = await spawn_model(system, server)
+        probe = await TestProbe.spawn(system)
+        with trio.fail_after(LIMIT):
+            response = await model.call(ask("a b", stream_to=probe.ref))
+            chunks = await probe.expect_n(4, ChatChunk)
+        assert [chunk.text for chunk in chunks] == ["echo:", " a", " b", ""]
+        assert [chunk.index for chunk in chunks] == [0, 1, 2, 3]
+        assert len({chunk.message_id for chunk in chunks}) == 1
+        assert chunks[-1].response == response
+        assert response.text == "echo: a b"
+        assert response.usage == ChatUsage(prompt_tokens=2, completion_tokens=3)
+        assert server.received[0].body["stream"] is True
+
+    async def test_a_cast_request_is_answered_to_its_stream_to_only(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """A cast's answer goes where the request says, its last chunk the whole answer."""
+        model = await spawn_model(system, server)
+        probe = await TestProbe.spawn(system)
+        with trio.fail_after(LIMIT):
+            await model.cast(ask("ping", stream_to=probe.ref))
+            chunks = await probe.expect_n(3, ChatChunk)
+        assert chunks[-1].response is not None
+        assert chunks[-1].response.text == "echo: ping"
+
+    async def test_a_cast_request_without_stream_to_is_rejected(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """Its answer would reach nobody: a REJECTED dead letter, the endpoint not asked."""
+        model = await spawn_model(system, server)
+        probe = await TestProbe.spawn(system)
+        system.subscribe_dead_letters(probe.ref)
+        with trio.fail_after(LIMIT):
+            await model.cast(ask("ping"))
+            letter = await probe.expect(DeadLetter)
+        assert letter.reason is DeadLetterReason.REJECTED
+        assert server.received == []
+
+
+class TestFailures:
+    async def test_a_5xx_fails_the_call_as_model_unavailable_without_a_restart(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """The caller learns the status; the agent keeps its instance; the SDK did not retry."""
+        model = await spawn_model(system, server)
+        server.fail_next(Failure(503, "overloaded"))
+        with trio.fail_after(LIMIT):
+            with pytest.raises(CallFailed) as failed:
+                await model.call(ask("hi"))
+            assert (await model.call(ask("again"))).text == "echo: again"
+        error = failed.value.__cause__
+        assert isinstance(error, ModelUnavailable)
+        assert error.status_code == 503
+        assert "overloaded" in str(error)
+        assert len(server.received) == 2  # one request each: no retry inside the SDK
+        assert system.get_stats()[0].agent_restarts == 0
+
+    async def test_a_429_without_retry_after_is_model_unavailable(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """Rate limited with no time named: a failure worth trying again later."""
+        model = await spawn_model(system, server)
+        server.fail_next(Failure(429, "rate limited", code="rate_limit_exceeded"))
+        with trio.fail_after(LIMIT), pytest.raises(CallFailed) as failed:
+            await model.call(ask("hi"))
+        assert isinstance(failed.value.__cause__, ModelUnavailable)
+        assert failed.value.__cause__.status_code == 429
+
+    async def test_a_5xx_counts_against_the_circuit_breaker(self, server: ChatServer) -> None:
+        """The failure is the agent's: with a threshold of one, its circuit opens."""
+        config = lenient_config(breaker=CircuitBreakerConfig(failure_threshold=1))
+        async with open_message_system(config) as system:
+            model = await spawn_model(system, server)
+            server.fail_next(Failure(500))
+            with trio.fail_after(LIMIT), pytest.raises(CallFailed):
+                await model.call(ask("hi"))
+            assert system.router.stats().circuits[model.id] is CircuitState.OPEN
+
+    async def test_a_cast_that_meets_a_5xx_is_delivered_again(self, server: ChatServer) -> None:
+        """At least once: the next attempt's answer reaches stream_to."""
+        async with open_message_system(lenient_config(retry_delay=0.05)) as system:
+            model = await spawn_model(system, server)
+            probe = await TestProbe.spawn(system)
+            server.fail_next(Failure(500))
+            with trio.fail_after(LIMIT):
+                await model.cast(ask("ping", stream_to=probe.ref))
+                chunks = await probe.expect_n(3, ChatChunk)
+            assert chunks[-1].response is not None
+            assert len(server.received) == 2
+            assert system.delivery.get_stats().retried == 1
+
+    async def test_a_request_too_long_for_the_context_is_rejected_without_a_retry(
+        self, server: ChatServer
+    ) -> None:
+        """A cast becomes a REJECTED dead letter after one request; a call fails with it."""
+        async with open_message_system(lenient_config(retry_delay=0.05)) as system:
+            model = await spawn_model(system, server)
+            probe = await TestProbe.spawn(system)
+            system.subscribe_dead_letters(probe.ref)
+            too_long = ask("word " * 60, stream_to=probe.ref)
+            with trio.fail_after(LIMIT):
+                await model.cast(too_long)
+                letter = await probe.expect(DeadLetter)
+                with pytest.raises(CallFailed) as failed:
+                    await model.call(too_long)
+            assert letter.reason is DeadLetterReason.REJECTED
+            assert isinstance(failed.value.__cause__, ContextTooLong)
+            assert failed.value.__cause__.code == "context_length_exceeded"
+            assert len(server.received) == 2
+
+    async def test_another_4xx_is_rejected_as_it_is(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """A refusal that is not about the context (an unknown model) is a ModelRejected."""
+        model = await spawn_model(system, server)
+        server.fail_next(Failure(404, "no such model", code="model_not_found"))
+        with trio.fail_after(LIMIT), pytest.raises(CallFailed) as failed:
+            await model.call(ask("hi"))
+        error = failed.value.__cause__
+        assert type(error) is ModelRejected
+        assert (error.status_code, error.code) == (404, "model_not_found")
+
+    async def test_a_request_slower_than_the_agents_timeout_is_model_unavailable(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """A hung endpoint fails the request at the agent's timeout: retryable."""
+        model = await spawn_model(system, server, timeout=0.2)
+        server.hold_next()
+        with trio.fail_after(LIMIT), pytest.raises(CallFailed) as failed:
+            await model.call(ask("hi"))
+        assert isinstance(failed.value.__cause__, ModelUnavailable)
+
+    async def test_a_request_slower_than_the_callers_deadline_ends_in_call_timeout(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """The caller stops waiting at its deadline; the agent answers the next call."""
+        model = await spawn_model(system, server)
+        server.hold_next()
+        with trio.fail_after(LIMIT):
+            with pytest.raises(CallTimeout):
+                await model.call(ask("hi"), timeout=0.2)
+            server.release()
+            assert (await model.call(ask("next"))).text == "echo: next"
+
+    async def test_an_unreachable_endpoint_is_model_unavailable(
+        self, system: MessageSystem
+    ) -> None:
+        """Nothing listening: a connection error, worth trying again later."""
+        with ChatServer().running() as gone:
+            base_url = gone.base_url
+        model = await system.spawn(ChatModel, base_url=base_url, model="tiny")
+        with trio.fail_after(LIMIT), pytest.raises(CallFailed) as failed:
+            await model.call(ask("hi"))
+        assert isinstance(failed.value.__cause__, ModelUnavailable)
+        assert failed.value.__cause__.status_code is None
+
+
+class TestTheKey:
+    async def test_the_key_is_sent_as_a_bearer_token(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        model = await spawn_model(system, server)
+        with trio.fail_after(LIMIT):
+            await model.call(ask("hi"))
+        assert server.received[0].headers["authorization"] == f"Bearer {SECRET}"
+
+    async def test_without_a_key_no_authorization_is_sent(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """A local server needs none; no placeholder is sent in its place."""
+        model = await system.spawn(ChatModel, base_url=server.base_url, model="tiny")
+        with trio.fail_after(LIMIT):
+            await model.call(ask("hi"))
+        assert "authorization" not in server.received[0].headers
+
+    async def test_the_key_is_in_no_log_repr_or_error(
+        self, server: ChatServer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Failures of every kind, logged and raised: the key appears nowhere."""
+        caplog.set_level(logging.DEBUG)
+        seen: list[str] = []
+        async with open_message_system(lenient_config(retry_delay=0.05)) as system:
+            model = await spawn_model(system, server, timeout=0.2)
+            probe = await TestProbe.spawn(system)
+            system.subscribe_dead_letters(probe.ref)
+            server.hold_next()  # the first request times out
+            failures = [None, Failure(500), Failure(401, "bad key", code="invalid_api_key"), None]
+            with trio.fail_after(LIMIT):
+                for request, failure in zip(
+                    [ask("a"), ask("b"), ask("c"), ask("x " * 60)], failures, strict=True
+                ):
+                    if failure is not None:
+                        server.fail_next(failure)
+                    with pytest.raises(CallFailed) as failed:
+                        await model.call(request)
+                    error: BaseException | None = failed.value
+                    while error is not None:
+                        seen += [str(error), repr(error)]
+                        error = error.__cause__ or error.__context__
+                await model.cast(ask("word " * 60, stream_to=probe.ref))
+                letter = await probe.expect(DeadLetter)
+            seen += [repr(letter), repr(model), repr(system.get_stats())]
+            with pytest.raises(AgentStartFailed) as refused:
+                await system.spawn(ChatModel, base_url="", model="tiny", api_key=SECRET)
+            seen += [str(refused.value), repr(refused.value.__cause__)]
+        seen += [record.getMessage() for record in caplog.records]
+        seen += [caplog.text]
+        assert len(server.received) >= 4  # the key went out with each request
+        assert not [text for text in seen if SECRET in text]
+
+
+class TestConfiguration:
+    @pytest.mark.parametrize(
+        "options",
+        [
+            {"base_url": "", "model": "m"},
+            {"base_url": "http://127.0.0.1:1/v1", "model": 3},
+            {"base_url": "http://127.0.0.1:1/v1", "model": "m", "timeout": 0},
+            {"base_url": "http://127.0.0.1:1/v1", "model": "m", "api_key": b"sk"},
+        ],
+    )
+    async def test_bad_arguments_fail_the_spawn_with_invalid_config(
+        self, system: MessageSystem, options: dict[str, Any]
+    ) -> None:
+        with pytest.raises(AgentStartFailed) as refused:
+            await system.spawn(ChatModel, **options)
+        assert isinstance(refused.value.__cause__, InvalidConfig)
+
+
+def test_importing_the_library_does_not_import_the_sdk() -> None:
+    """Only ``terraphim_actors.llm`` needs the ``llm`` extra."""
+    code = (
+        "import sys, terraphim_actors, terraphim_actors.testing;"
+        "assert 'openai' not in sys.modules, 'imported';"
+        "import terraphim_actors.llm;"
+        "assert 'openai' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
