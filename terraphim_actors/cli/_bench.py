@@ -34,6 +34,7 @@ ORDER = (
     "pool_routing",
     "restart_latency",
     "idle_agents",
+    "hibernation",
     "soak",
 )
 
@@ -377,6 +378,39 @@ def _shutdown(records: Records) -> Verdict:
     return shown, (seconds <= 2.0 if count >= 100_000 else None)
 
 
+def _hibernated_memory(records: Records) -> Verdict:
+    record = records.record("hibernation")
+    count = int(max(record["parameters"]["agents"]))
+    traced_at = int(min(record["parameters"]["agents"]))
+    traced = records.median("hibernation", f"hibernated_traced_memory_at_{traced_at}")
+    rss = records.median("hibernation", f"hibernated_memory_at_{count}")
+    process = records.median("hibernation", f"hibernated_process_rss_at_{count}")
+    shown = (
+        f"{traced:,.0f} B per hibernated agent (traced, {traced_at:,}), {rss:,.0f} B RSS"
+        f" ({count:,}); process {process:,.0f} MB"
+    )
+    met = traced <= 1024 and (process <= 1536 if count >= 1_000_000 else True)
+    return shown, met
+
+
+def _wake(records: Records) -> Verdict:
+    p50 = records.median("hibernation", "wake_p50")
+    p99 = records.median("hibernation", "wake_p99")
+    spawn = records.ratio("hibernation", "wake_p50_latency_ratio_to_spawn")
+    floor = records.ratio("hibernation", "wake_p50_latency_ratio_to_floor")
+    shown = (
+        f"call to a sleeper: p50 {p50:.0f} µs, p99 {p99:.0f} µs ({spawn:.2f}x a spawn,"
+        f" {floor:.2f}x a bare task started to answer)"
+    )
+    return shown, None
+
+
+def _hibernated_shutdown(records: Records) -> Verdict:
+    count = int(max(records.record("hibernation")["parameters"]["agents"]))
+    seconds = records.median("hibernation", f"hibernated_shutdown_at_{count}")
+    return f"{count:,} hibernated agents shut down in {seconds:.2f} s", None
+
+
 def _restart(records: Records) -> Verdict:
     p50 = records.median("restart_latency", "agent_p50")
     p99 = records.median("restart_latency", "agent_p99")
@@ -490,6 +524,15 @@ CLAIMS = (
         _spawn_rate,
     ),
     Claim("shutdown", "idle_agents", "", "100,000 agents <= 2 s", _shutdown),
+    Claim(
+        "hibernated memory",
+        "hibernation",
+        "",
+        "<= 1 KB each; 1M under 1.5 GB RSS",
+        _hibernated_memory,
+    ),
+    Claim("wake-up", "hibernation", "", "", _wake),
+    Claim("hibernated shutdown", "hibernation", "", "", _hibernated_shutdown),
     Claim("restart", "restart_latency", "", "", _restart),
     Claim("soak memory", "soak", "", f"flat (<= {FLAT_GROWTH:.0%} growth)", _soak_memory),
     Claim(

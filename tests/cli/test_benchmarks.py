@@ -52,6 +52,12 @@ HEADLINE_RATIOS = {
         "spawn_rate_ratio_to_floor_at_1000",
         "shutdown_time_ratio_to_floor_at_1000",
     ],
+    "hibernation": [
+        "memory_ratio_to_floor_at_1000",
+        "shutdown_time_ratio_to_floor_at_1000",
+        "wake_p50_latency_ratio_to_floor",
+        "wake_p50_latency_ratio_to_spawn",
+    ],
     "soak": ["soak_ratio_to_floor"],
 }
 

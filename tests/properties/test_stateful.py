@@ -57,7 +57,10 @@ Invariants (after every step unless said otherwise):
   an at-most-once one that was resumed is a ``HANDLER_CRASHED`` dead letter; a faulted call
   fails with ``CallFailed`` caused by the very error (a hung one: ``HandlerTimeout``, or
   ``CallTimeout`` if its caller gave up first);
-* no handler of an agent with a ``handler_timeout`` is still running past it.
+* no handler of an agent with a ``handler_timeout`` is still running past it;
+* hibernation (``w0`` sleeps after 3 s idle; ``hibernate`` lets that pass, ``wake`` calls it):
+  asleep only when nothing waits for it and no handler runs, never awake and idle past its
+  ``hibernate_after``, and woken by a message with the same instance (no new start).
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ from terraphim_actors import (
     info,
     open_message_system,
 )
+from terraphim_actors._process.lifecycle import CellState
 from terraphim_actors.errors import (
     AgentStopped,
     CallFailed,
@@ -169,6 +173,9 @@ SENDERS = 2
 #: Seconds a handler of ``w1``, ``t1`` or a pool member may run (a hold there is cut too).
 HANDLER_TIMEOUT = 1.5
 TIMED = ("w1", "t1", POOL)
+#: The worker that hibernates once idle this long (``hibernate``, ``wake``).
+SLEEPER = "w0"
+HIBERNATE_AFTER = 3.0
 #: The faults a handler can be given (``fault``), and which agents each applies to: only
 #: root workers stop for good (``respawn`` brings them back), only timed agents hang.
 FAULT_TARGETS = {
@@ -384,6 +391,7 @@ class World:
             name=name,
             mailbox=MAILBOXES.get(name),
             handler_timeout=HANDLER_TIMEOUT if name in TIMED else None,
+            hibernate_after=HIBERNATE_AFTER if name == SLEEPER else None,
         )
 
     async def start_tree(self) -> None:
@@ -648,6 +656,22 @@ class World:
         self.check_mailboxes()
         self.check_tree()
         self.check_directives()
+        self.check_sleeper()
+
+    def check_sleeper(self) -> None:
+        """The sleeper is asleep only when idle, and asleep once idle past its time."""
+        if SLEEPER in self.stopped | self.terminated:
+            return
+        cell = self.refs[SLEEPER]._agent()
+        mailbox = cell.mailbox.stats()
+        busy = self.in_handler[SLEEPER] > 0 or mailbox.current_queue_size > 0
+        if cell.state is CellState.HIBERNATED:
+            assert not busy, f"{SLEEPER} hibernated with work to do"
+        elif cell.state is CellState.RUNNING and not busy:
+            started = max((at for name, _, at in self.starts if name == SLEEPER), default=0.0)
+            idle_since = max(mailbox.last_activity or 0.0, started)
+            idle_for = trio.current_time() - idle_since
+            assert idle_for <= HIBERNATE_AFTER + EPSILON, f"{SLEEPER} idle {idle_for} s, awake"
 
     def check_accounting(self) -> None:
         delivery = self.system.delivery
@@ -1038,6 +1062,22 @@ class SystemMachine(RuleBasedStateMachine):
     @rule()
     def restart_tree(self) -> None:
         self.trio.run(self.world.start_tree)
+
+    @rule()
+    def hibernate(self) -> None:
+        """Let the sleeper's ``hibernate_after`` pass (it sleeps, unless busy)."""
+        self.trio.run(self.world.advance, HIBERNATE_AFTER + 0.5)
+
+    @rule(guarantee=guarantees)
+    def wake(self, guarantee: DeliveryGuarantee) -> None:
+        """Call the sleeper: the same instance answers (no start), unless a crash or fault
+        was waiting for it."""
+        world = self.world
+        starts = len(world.starts)
+        quiet = not world.crash_next[SLEEPER] and not world.faults[SLEEPER]
+        self.trio.run(world.call, SLEEPER, guarantee, Priority.NORMAL, 5.0)
+        if quiet:
+            assert SLEEPER not in [name for name, _, _ in world.starts[starts:]]
 
     @rule(seconds=st.sampled_from([0.1, 0.5, 1.0, 2.5, 6.0, 40.0]))
     def advance(self, seconds: float) -> None:
