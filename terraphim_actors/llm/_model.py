@@ -17,10 +17,10 @@ from openai.types.chat import ChatCompletionMessageParam
 from .._behaviour.agent import Agent, Context, NotHandled
 from .._behaviour.refs import AgentRef
 from .._core.bounded_repr import shorten
-from .._core.checks import check_instance, check_seconds
+from .._core.checks import MAX_SECONDS, check_instance, check_seconds
 from .._core.notifications import ExitReason
 from ..errors import InvalidConfig, NonRetryable
-from ._errors import ModelError, ModelUnavailable, translate
+from ._errors import ModelError, ModelUnavailable, retry_after_seconds, translate
 from ._messages import ChatChunk, ChatRequest, ChatResponse, ChatUsage
 
 __all__ = ["ChatModel"]
@@ -39,10 +39,13 @@ class ChatModel(Agent):
     the model writes them (the call still returns the whole answer). A cast of a request with
     ``stream_to`` is answered there only (the last chunk carries the whole answer).
 
-    The endpoint's failures are errors of ``terraphim_actors.llm``: ``ModelUnavailable``
-    (5xx, timeouts, 429) is retried by the message's guarantee (a cast's; a call's caller gets
-    it as the cause of ``CallFailed``) and counted by the circuit breaker; ``ModelRejected``
-    (``ContextTooLong`` among them) is never retried. Neither restarts the agent.
+    Each answer's tokens are charged to the agent's budgets (``ctx.charge``). A 429 with
+    ``Retry-After`` delivers the message again after that wait (``ctx.retry_after``: no
+    failure, no retry spent; a call's caller keeps waiting). The endpoint's failures are errors
+    of ``terraphim_actors.llm``: ``ModelUnavailable`` (5xx, timeouts, a 429 without a wait) is
+    retried by the message's guarantee (a cast's; a call's caller gets it as the cause of
+    ``CallFailed``) and counted by the circuit breaker; ``ModelRejected`` (``ContextTooLong``
+    among them) is never retried. Neither restarts the agent.
 
     Args:
         base_url: the API's root, such as ``"https://api.openai.com/v1"`` or
@@ -87,7 +90,7 @@ class ChatModel(Agent):
     async def on_stop(self, reason: ExitReason) -> None:
         await self._client.close()
 
-    async def handle_call(self, message: Any, ctx: Context) -> ChatResponse:
+    async def handle_call(self, message: Any, ctx: Context) -> ChatResponse | None:
         if not isinstance(message, ChatRequest):
             raise NotHandled(message)
         return await self.complete(message, ctx)
@@ -99,11 +102,16 @@ class ChatModel(Agent):
             raise NonRetryable("a ChatRequest cast to a ChatModel needs stream_to: its answer")
         await self.complete(message, ctx)
 
-    async def complete(self, request: ChatRequest, ctx: Context) -> ChatResponse:
-        """Ask the endpoint for ``request`` (streamed to its ``stream_to`` if it has one) and
-        return the whole answer: what ``handle_call`` does, for a subclass whose handlers take
-        messages of their own. The request may take the agent's ``timeout``, and no more than
-        what the deadline of the call in hand leaves (a cast's deadline is infinite).
+    async def complete(self, request: ChatRequest, ctx: Context) -> ChatResponse | None:
+        """Ask the endpoint for ``request`` (streamed to its ``stream_to`` if it has one),
+        charge the tokens it cost to the agent's budgets, and return the whole answer: what
+        ``handle_call`` does, for a subclass whose handlers take messages of their own. The
+        request may take the agent's ``timeout``, and no more than what the deadline of the
+        call in hand leaves (a cast's deadline is infinite).
+
+        Returns None when the endpoint answered 429 with a time to wait: the message in hand
+        is then delivered again once it has passed (``ctx.retry_after``), and the handler
+        should return.
 
         Raises:
             ModelUnavailable: the endpoint failed, or did not answer in time: worth a retry.
@@ -116,10 +124,17 @@ class ChatModel(Agent):
                     response = await self._ask(request, timeout)
                 else:
                     response = await self._stream(request, request.stream_to, ctx, timeout)
+            except openai.RateLimitError as error:
+                wait = retry_after_seconds(error)
+                if wait is None:
+                    raise translate(error, model=self.model) from None
+                ctx.retry_after(min(wait, MAX_SECONDS))
+                return None
             except openai.OpenAIError as error:
                 raise translate(error, model=self.model) from None
         if scope.cancelled_caught:
             raise ModelUnavailable(f"{self.model}: no whole answer within {timeout:g} s")
+        ctx.charge(tokens=response.usage.total_tokens)
         return response
 
     async def _ask(self, request: ChatRequest, timeout: float) -> ChatResponse:

@@ -24,6 +24,7 @@ from terraphim_actors import (
     DeadLetter,
     DeadLetterReason,
     MessageSystem,
+    TokenBudget,
     open_message_system,
 )
 from terraphim_actors.errors import AgentStartFailed, CallFailed, CallTimeout, InvalidConfig
@@ -157,6 +158,50 @@ class TestStreaming:
             letter = await probe.expect(DeadLetter)
         assert letter.reason is DeadLetterReason.REJECTED
         assert server.received == []
+
+
+class TestLimits:
+    async def test_the_answers_tokens_are_charged_to_the_agents_budget(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """Prompt and completion tokens, as the endpoint counted them, streamed or not."""
+        budget = TokenBudget(tokens=1_000, per=60.0)
+        model = await spawn_model(system, server, admission=[budget])
+        probe = await TestProbe.spawn(system)
+        with trio.fail_after(LIMIT):
+            whole = await model.call(ask("one two"))
+            streamed = await model.call(ask("three", stream_to=probe.ref))
+        assert (whole.usage.total_tokens, streamed.usage.total_tokens) == (5, 3)
+        assert budget.usage(trio.current_time()).used == 8
+
+    async def test_a_429_with_retry_after_delivers_the_call_again_then(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """The caller keeps waiting and gets the later attempt's answer; nothing failed."""
+        model = await spawn_model(system, server)
+        server.fail_next(Failure(429, "slow down", headers={"Retry-After": "0.2"}))
+        asked = trio.current_time()
+        with trio.fail_after(LIMIT):
+            response = await model.call(ask("hi"))
+        assert response.text == "echo: hi"
+        assert trio.current_time() - asked >= 0.2
+        assert len(server.received) == 2
+        assert system.delivery.get_stats().failed == 0
+
+    async def test_a_429_with_retry_after_spends_none_of_a_casts_retries(
+        self, server: ChatServer
+    ) -> None:
+        """Even with no retries at all, the cast is delivered again after the wait."""
+        async with open_message_system(lenient_config(max_retries=0)) as system:
+            model = await spawn_model(system, server)
+            probe = await TestProbe.spawn(system)
+            server.fail_next(Failure(429, "slow down", headers={"retry-after-ms": "100"}))
+            with trio.fail_after(LIMIT):
+                await model.cast(ask("ping", stream_to=probe.ref))
+                chunks = await probe.expect_n(3, ChatChunk)
+            assert chunks[-1].response is not None
+            assert len(server.received) == 2
+            assert system.dead_letters == ()
 
 
 class TestFailures:
