@@ -64,6 +64,10 @@ class Instrument:
         """``envelope`` failed and will be tried again in ``delay`` seconds (its ``attempt``
         is the redelivery it will be)."""
 
+    def admission_waited(self, agent_id: Any, envelope: Any, waited: float) -> None:
+        """``envelope``, which waited for the admission budgets of the agent ``agent_id``
+        (see ``spawn(..., admission=...)``), was let through after ``waited`` seconds."""
+
     def dead_lettered(self, letter: Any) -> None:
         """A message was given up on: ``letter`` is the ``DeadLetter`` filed for it."""
 
@@ -96,6 +100,7 @@ HOOKS: tuple[str, ...] = (
     "handler_started",
     "handler_finished",
     "retry_scheduled",
+    "admission_waited",
     "dead_lettered",
     "agent_started",
     "agent_exited",

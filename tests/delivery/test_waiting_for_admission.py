@@ -16,11 +16,14 @@ from terraphim_actors import (
     Context,
     DeadLetterReason,
     DeliveryGuarantee,
+    Instrument,
     MessageOptions,
     MessageSystem,
+    MessageSystemConfig,
     Priority,
     RateLimit,
     TokenBudget,
+    open_message_system,
 )
 from terraphim_actors.errors import CallTimeout, InvalidConfig
 
@@ -381,3 +384,23 @@ class TestFallback:
     async def test_the_fallback_must_be_a_ref(self, system: MessageSystem) -> None:
         with pytest.raises(InvalidConfig):
             await system.spawn_pool(Recorder, size=1, fallback="spare")  # type: ignore[arg-type]
+
+
+class TestInstrument:
+    async def test_admission_waited_tells_how_long_a_message_waited(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        waits: list[tuple[Any, Any, float]] = []
+
+        class Waits(Instrument):
+            def admission_waited(self, agent_id: Any, envelope: Any, waited: float) -> None:
+                waits.append((agent_id, envelope.payload, waited))
+
+        config = MessageSystemConfig(instruments=[Waits()])
+        async with open_message_system(config) as system:
+            ref = await system.spawn(Recorder, admission=[RateLimit(requests=1, per=2.0)])
+            await ref.cast("first")
+            await ref.cast("second")
+            await trio.sleep(3.0)
+            assert waits == [(ref.id, "second", pytest.approx(2.0))]
+            settled(system)
