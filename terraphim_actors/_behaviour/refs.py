@@ -75,7 +75,7 @@ class AgentRef:
     thread.
     """
 
-    __slots__ = ("_address", "_delivery", "_endpoint", "_instruments", "_system", "id")
+    __slots__ = ("_address", "_delivery", "_endpoint", "_headers_from", "_system", "id")
 
     def __init__(self, address: Endpoint | Group, system: _Sender) -> None:
         #: Where its messages go: the agent's endpoint (which follows the agent across its
@@ -86,8 +86,11 @@ class AgentRef:
         self._endpoint = address if isinstance(address, Endpoint) else None
         self._system = system
         self._delivery = system.delivery
-        #: Asked for a send's headers only when an instrument adds some (one lookup a send).
-        self._instruments = system.instruments
+        instruments = system.instruments
+        #: The instruments to ask for each send's headers, or ``None`` when none adds any:
+        #: they are installed with the system, so none now is none for good, and a send
+        #: then pays one ``is`` test for them.
+        self._headers_from = instruments if "outgoing_headers" in instruments else None
         #: The agent's identity.
         self.id: AgentId = address.id
 
@@ -296,11 +299,6 @@ class AgentRef:
             resolved = self._delivery.resolve(options)
         sender = None if (cell := current_cell.get()) is None else cell.id
         created_at = system.clock.current_time()
-        headers = (
-            NO_HEADERS
-            if "outgoing_headers" not in (instruments := self._instruments)
-            else instruments.outgoing_headers(kind, self.id, NO_HEADERS)
-        )
         if call_timeout is None:
             # ``Envelope.for_send`` spelled out: the call it saves is a thirtieth of a cast.
             # Built as an ``UnsealedEnvelope``, whose slots are set at C speed, then sealed.
@@ -312,12 +310,14 @@ class AgentRef:
             envelope.recipient = self.id
             envelope.options = resolved
             envelope.created_at = created_at
-            envelope.headers = headers
+            envelope.headers = NO_HEADERS
             envelope.attempt = 0
             envelope.reply = None
             envelope.deadline = _NO_DEADLINE
             envelope.reply_to = None
             envelope.__class__ = Envelope
+            if self._headers_from is not None:
+                self._add_headers(envelope, self._headers_from)
             return envelope
         # This call's deadline, or the deadline of the call being handled when that is tighter.
         # A tighter Trio scope around the caller cancels it as any scope does, but the envelope
@@ -333,9 +333,16 @@ class AgentRef:
             ReplyHandle(deadline),
             min(deadline, trio.current_effective_deadline()),
         )
-        if headers is not NO_HEADERS:
-            object.__setattr__(envelope, "headers", headers)  # as ``Envelope(headers=)`` does
+        if self._headers_from is not None:
+            self._add_headers(envelope, self._headers_from)
         return envelope
+
+    def _add_headers(self, envelope: Envelope, instruments: Instruments) -> None:
+        """Give ``envelope``, just built, the headers ``instruments`` add (a trace context):
+        set once, before anyone sees it, as ``Envelope(headers=...)`` sets them."""
+        headers = instruments.outgoing_headers(envelope.kind, self.id, NO_HEADERS)
+        if headers is not NO_HEADERS:
+            object.__setattr__(envelope, "headers", headers)
 
 
 def _wrong_thread(ref: AgentRef, kind: MessageKind) -> WrongThread:

@@ -89,8 +89,9 @@ class Instrument:
         return None
 
     def system_opened(self, system: Any) -> None:
-        """The instrument was installed in ``system`` (a ``MessageSystem``), which is opening:
-        for an instrument that reads it later (``system.get_stats()``, say, for metrics)."""
+        """The instrument was installed in ``system`` (a ``MessageSystem``), which
+        ``open_message_system`` has built and opens now, before any agent starts: for an
+        instrument that reads it later (``system.get_stats()``, say, for metrics)."""
 
 
 #: The names of the hooks, in the order of a message's life.
@@ -169,9 +170,10 @@ class Instruments(dict[str, dict[Instrument, None]]):
         ``given``: those, with what each instrument's ``outgoing_headers`` adds (the sender's
         keys win), read-only; ``given`` itself when nothing is added. An instrument that
         raises, or returns anything but a mapping of strings to strings, is removed as in
-        :meth:`call`. Call only after ``"outgoing_headers" in self``."""
+        :meth:`call`. (A ref that saw the hook listened to asks again after its last
+        listener was removed: then nothing is added.)"""
         added: dict[str, str] | None = None
-        for instrument in list(self["outgoing_headers"]):
+        for instrument in list(self.get("outgoing_headers", ())):
             try:
                 extra = instrument.outgoing_headers(kind, recipient)
                 if extra is None:

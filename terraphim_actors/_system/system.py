@@ -193,8 +193,6 @@ class MessageSystem:
         )
         #: The installed instruments, by the hooks they override (empty: no hook is called).
         self.instruments = Instruments(config.instruments)
-        if "system_opened" in self.instruments:
-            self.instruments.call("system_opened", self)
         #: This system's node in its cluster (``None``: it is not in one).
         self.cluster: ClusterMembership | None = (
             None if config.cluster is None else config.cluster.join()
@@ -1136,6 +1134,8 @@ async def open_message_system(
     with receiving_signals(handle_signals) as receiver:
         async with trio.open_nursery() as nursery:
             system = MessageSystem(config, nursery)
+            if "system_opened" in system.instruments:  # built whole, before any agent starts
+                system.instruments.call("system_opened", system)
             if receiver is not None:
                 signals = ShutdownSignals(system, body)
 

@@ -29,6 +29,7 @@ ORDER = (
     "cast_throughput",
     "call_latency",
     "delivery_guarantees",
+    "tracing",
     "durable_delivery",
     "cluster",
     "pool_routing",
@@ -267,6 +268,19 @@ def _guarantee_cost(name: str, limit: float) -> Callable[[Records], Verdict]:
     return verdict
 
 
+def _tracing(records: Records) -> Verdict:
+    record = records.record("tracing")
+    added = record["sdk_added_us_per_message"]
+    cost = records.ratio("tracing", "sdk_cost_ratio_to_untraced")
+    api = records.ratio("tracing", "api_cost_ratio_to_untraced")
+    untraced = records.ratio("tracing", "untraced_ratio_to_floor")
+    shown = (
+        f"a span per cast (SDK, in memory) adds {added:.1f} µs ({cost:.2f}x an untraced cast;"
+        f" API only {api:.2f}x); not installed {untraced:.2f}x floor"
+    )
+    return shown, None
+
+
 def _durable_cast(records: Records) -> Verdict:
     costs = [records.median("durable_delivery", f"durable_{senders}") for senders in (1, 64)]
     ratios = [
@@ -485,6 +499,7 @@ CLAIMS = (
         "<= 2x at-most-once",
         _guarantee_cost("exactly_once", 2.0),
     ),
+    Claim("tracing", "tracing", "", "", _tracing),
     Claim(
         "durable cast",
         "durable_delivery",

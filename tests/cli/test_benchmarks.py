@@ -31,6 +31,11 @@ HEADLINE_RATIOS = {
         for kind in ("cast", "call")
         for guarantee in ("at_least_once", "exactly_once")
     ],
+    "tracing": [
+        "untraced_ratio_to_floor",
+        "api_cost_ratio_to_untraced",
+        "sdk_cost_ratio_to_untraced",
+    ],
     "durable_delivery": [
         "durable_1_cost_ratio_to_floor",
         "durable_64_cost_ratio_to_floor",
