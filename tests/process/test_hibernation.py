@@ -248,6 +248,17 @@ class TestWaking:
             await ref.call(answer)
         assert answers == ["late"]
 
+    async def test_a_pool_s_members_sleep_and_one_wakes_for_a_message(
+        self, system: MessageSystem, autojump_clock: Clock
+    ) -> None:
+        log: list[Any] = []
+        pool = await system.spawn_pool(Sleeper, log, size=2)
+        await trio.sleep(11.0)
+        assert hibernated(system) == 2
+        assert await pool.call("count") == 0
+        assert (log.count("start"), log.count("wake")) == (2, 1)
+        assert (running(system), hibernated(system)) == (1, 1)
+
     async def test_a_down_wakes_a_sleeping_watcher(
         self, system: MessageSystem, autojump_clock: Clock
     ) -> None:
