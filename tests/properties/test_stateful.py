@@ -58,6 +58,10 @@ Invariants (after every step unless said otherwise):
   fails with ``CallFailed`` caused by the very error (a hung one: ``HandlerTimeout``, or
   ``CallTimeout`` if its caller gave up first);
 * no handler of an agent with a ``handler_timeout`` is still running past it;
+* admission: the pool shares a rate limit (3 a second) and one place in its handlers; what they
+  refuse waits in delivery (pending, as ``admission_waiting``), and a ``retry_after`` fault
+  (the pool's handler asks for the message again 1 s later, as a 429 does) is no run and no
+  failure: the message runs again later, or is refused for its deadline;
 * hibernation (``w0`` sleeps after 3 s idle; ``hibernate`` lets that pass, ``wake`` calls it):
   asleep only when nothing waits for it and no handler runs, never awake and idle past its
   ``hibernate_after``, and woken by a message with the same instance (no new start).
@@ -87,6 +91,7 @@ from terraphim_actors import (
     AgentId,
     AgentRef,
     CircuitBreakerConfig,
+    ConcurrencyLimit,
     Context,
     DeadLetter,
     DeadLetterReason,
@@ -102,6 +107,7 @@ from terraphim_actors import (
     MessageSystemConfig,
     OverflowPolicy,
     Priority,
+    RateLimit,
     RouterConfig,
     cast,
     info,
@@ -184,7 +190,11 @@ FAULT_TARGETS = {
     "reject": WORKERS,
     "reject_resume": WORKERS,
     "hang": TIMED,
+    "retry_after": (POOL,),
 }
+#: Seconds a ``retry_after`` fault asks to wait; the pool's admission budgets.
+RETRY_AFTER = 1.0
+POOL_RATE = 3
 
 guarantees = st.sampled_from([AT_MOST_ONCE, AT_LEAST_ONCE, EXACTLY_ONCE])
 priorities = st.sampled_from(list(Priority))
@@ -374,6 +384,7 @@ class World:
             max_restarts=1_000,
             max_seconds=1.0,
             handler_timeout=HANDLER_TIMEOUT,
+            admission=[RateLimit(requests=POOL_RATE, per=1.0), ConcurrencyLimit(1)],
         )
         for index in range(SENDERS):
             send_channel, receive_channel = trio.open_memory_channel[Command](math.inf)
@@ -453,6 +464,15 @@ class World:
             self.limits[member, number] = now + HANDLER_TIMEOUT
         self.in_handler[name] += 1
         try:
+            if self.faults[name] and self.faults[name][0] == "retry_after":
+                # Not a run: the provider said "later"; the message comes back as it was.
+                self.faults[name].popleft()
+                runs.pop()
+                if not runs:
+                    self.first_runs.pop()
+                    del self.runs[number]
+                ctx.retry_after(RETRY_AFTER)
+                return
             if self.faults[name]:
                 fault = self.faults[name].popleft()
                 self.faulted[number].append((fault, len(runs)))
@@ -684,9 +704,11 @@ class World:
         in_handlers = sum(self.in_handler.values())
         retries = delivery.get_retry_candidates()
         blocked = sum(self.busy)
-        assert stats.pending == queued + in_handlers + len(retries) + blocked, (
+        admitting = stats.admission_waiting
+        assert stats.pending == queued + in_handlers + len(retries) + blocked + admitting, (
             f"pending {stats.pending} != queued {queued} + in handlers {in_handlers}"
-            f" + retries {len(retries)} + blocked senders {blocked}: {stats}"
+            f" + retries {len(retries)} + blocked senders {blocked}"
+            f" + waiting for admission {admitting}: {stats}"
         )
         assert all(candidate.attempt <= MAX_RETRIES for candidate in retries)
         letters = self.dead_letters()
