@@ -30,6 +30,7 @@ ORDER = (
     "call_latency",
     "delivery_guarantees",
     "tracing",
+    "admission",
     "durable_delivery",
     "cluster",
     "pool_routing",
@@ -281,6 +282,16 @@ def _tracing(records: Records) -> Verdict:
     return shown, None
 
 
+def _admission(records: Records) -> Verdict:
+    record = records.record("admission")
+    costs = ", ".join(
+        f"{label} {records.ratio('admission', f'{side}_cost_ratio_to_no_budget'):.2f}x"
+        f" ({record[f'{side}_added_us_per_message']:+.1f} µs)"
+        for side, label in (("rate", "rate"), ("tokens", "tokens"), ("concurrency", "concurrent"))
+    )
+    return f"a cast past a budget that admits it, vs none: {costs}", None
+
+
 def _durable_cast(records: Records) -> Verdict:
     costs = [records.median("durable_delivery", f"durable_{senders}") for senders in (1, 64)]
     ratios = [
@@ -500,6 +511,7 @@ CLAIMS = (
         _guarantee_cost("exactly_once", 2.0),
     ),
     Claim("tracing", "tracing", "", "", _tracing),
+    Claim("admission", "admission", "", "", _admission),
     Claim(
         "durable cast",
         "durable_delivery",

@@ -36,6 +36,12 @@ HEADLINE_RATIOS = {
         "api_cost_ratio_to_untraced",
         "sdk_cost_ratio_to_untraced",
     ],
+    "admission": [
+        "none_ratio_to_floor",
+        "rate_cost_ratio_to_no_budget",
+        "tokens_cost_ratio_to_no_budget",
+        "concurrency_cost_ratio_to_no_budget",
+    ],
     "durable_delivery": [
         "durable_1_cost_ratio_to_floor",
         "durable_64_cost_ratio_to_floor",
