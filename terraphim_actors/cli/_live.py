@@ -26,7 +26,12 @@ REFRESH = 0.2
 #: Events kept on screen.
 RECENT_EVENTS = 8
 
-_STATE_STYLES = {"running": "green", "restarting": "yellow", "starting": "cyan"}
+_STATE_STYLES = {
+    "running": "green",
+    "hibernated": "blue",
+    "restarting": "yellow",
+    "starting": "cyan",
+}
 _CIRCUIT_STYLES = {
     CircuitState.CLOSED: "green",
     CircuitState.HALF_OPEN: "yellow",
