@@ -12,7 +12,7 @@ import trio.testing
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from terraphim_actors import Agent, Context, MessageSystemConfig, open_message_system
+from terraphim_actors import Agent, Context, MessageSystemConfig, RateLimit, open_message_system
 from terraphim_actors.errors import NonRetryable
 from terraphim_actors.otel import TracingInstrument
 
@@ -121,3 +121,24 @@ async def test_restarts_and_crashes_are_counted(
         await trio.sleep(10)
         assert metrics.value("terraphim.agent.crashes") == 1
         assert metrics.value("terraphim.agent.restarts") == 1
+
+
+async def test_admission_waits_are_a_histogram_per_agent(
+    metrics: Metrics, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A rate limit of one cast per 2 s: of three casts, the second waits 2 s and the third
+    4 s; the histogram of the limited agent holds those two waits."""
+
+    class Quick(Agent):
+        async def handle_cast(self, msg: Any, ctx: Context) -> None:
+            pass
+
+    async with open_message_system(config(metrics)) as system:
+        ref = await system.spawn(Quick, name="limited", admission=[RateLimit(requests=1, per=2.0)])
+        for number in range(3):
+            await ref.cast(number)
+        await trio.sleep(5)
+        point = metrics.read()["terraphim.admission.wait"][(("terraphim.agent", "limited"),)]
+    assert point.count == 2
+    assert point.sum == pytest.approx(6.0)
+    assert point.max == pytest.approx(4.0)
