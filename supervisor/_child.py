@@ -12,9 +12,17 @@ __all__ = ["Child", "ChildRun"]
 
 
 class ChildRun:
-    """One run of a child, from its start to its exit."""
+    """One run of a child, from its start to its exit; also the ``task_status`` the child
+    reports its start through.
+
+    Its two moments (started, done) are flags with an event made only for a task that waits
+    for one not yet reached: most runs are waited for once (their start) and then idle, and an
+    event kept per run is a tenth of an idle child's memory.
+    """
 
     __slots__ = (
+        "_done_event",
+        "_started_event",
         "child",
         "done",
         "health_failure",
@@ -23,7 +31,6 @@ class ChildRun:
         "reported",
         "scope",
         "start_error",
-        "started",
         "started_at",
         "task",
         "terminating",
@@ -36,13 +43,13 @@ class ChildRun:
         #: cancellation from outside the supervisor reaches the supervisor, which then stops
         #: its children in order, and not every child at once.
         self.scope = trio.CancelScope(shield=True)
-        #: Set once the child's code has returned or raised.
-        self.done = trio.Event()
+        #: True once the child's code has returned or raised.
+        self.done = False
+        self._done_event: trio.Event | None = None
         #: What the child reported through ``task_status.started``.
         self.value: object = None
         self.reported = False
-        #: Set when the child reports ``started``, or ends without having done so.
-        self.started = trio.Event()
+        self._started_event: trio.Event | None = None
         #: What it raised before it reported ``started``, if it did.
         self.start_error: Exception | None = None
         #: How the run ended: the exception, or ``None`` for a normal return.
@@ -61,8 +68,52 @@ class ChildRun:
         run = cls(child)
         run.outcome = error
         run.reported = True
-        run.done.set()
+        run.done = True
         return run
+
+    def started(self, value: object = None) -> None:
+        """``task_status.started``: record the value and wake the launcher."""
+        if self.reported:
+            raise RuntimeError("task_status.started() called twice")  # as Trio's own does
+        self.value = value
+        self.reported = True
+        self._wake_starter()
+
+    @property
+    def start_over(self) -> bool:
+        """Whether the child has reported ``started``, or ended without having done so."""
+        return self.reported or self.done
+
+    async def wait_started(self) -> None:
+        """Wait until :attr:`start_over` (a checkpoint if it is already)."""
+        if self.start_over:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._started_event is None:
+            self._started_event = trio.Event()
+        await self._started_event.wait()
+
+    def _wake_starter(self) -> None:
+        event, self._started_event = self._started_event, None
+        if event is not None:
+            event.set()
+
+    def finish(self) -> None:
+        """The child's code has returned or raised: wake whoever waits for its end or start."""
+        self.done = True
+        event, self._done_event = self._done_event, None
+        if event is not None:
+            event.set()
+        self._wake_starter()
+
+    async def wait_done(self) -> None:
+        """Wait until the child's code has ended (a checkpoint if it has)."""
+        if self.done:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._done_event is None:
+            self._done_event = trio.Event()
+        await self._done_event.wait()
 
 
 class Child:

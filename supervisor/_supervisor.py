@@ -85,20 +85,6 @@ def current_child() -> CurrentChild | None:
     return _current_child.get()
 
 
-class _StartedRelay:
-    """The ``task_status`` a child gets: it records the value and wakes the launcher."""
-
-    def __init__(self, run: ChildRun) -> None:
-        self._run = run
-
-    def started(self, value: Any = None) -> None:
-        if self._run.reported:
-            raise RuntimeError("task_status.started() called twice")  # as Trio's own does
-        self._run.value = value
-        self._run.reported = True
-        self._run.started.set()
-
-
 class _ShieldedStart:
     """The ``task_status`` of a task shielded from its starter's cancellation, which
     ``nursery.start`` cannot start: cancelled meanwhile, it leaves such a task where it waits
@@ -423,7 +409,7 @@ class Supervisor:
         with trio.CancelScope(shield=True):
             if shutdown is not Shutdown.BRUTAL_KILL:
                 with trio.move_on_after(shutdown):
-                    await run.started.wait()
+                    await run.wait_started()
             if not run.reported:
                 run.scope.cancel()
 
@@ -457,7 +443,7 @@ class Supervisor:
         try:
             self._context.run(self._nursery.start_soon, self._run_child, run, False)
             try:
-                await run.started.wait()
+                await run.wait_started()
             except trio.Cancelled:
                 if not run.reported:
                     await self._cancel_start(run)
@@ -476,7 +462,7 @@ class Supervisor:
             return error
         if child.run is run:  # not hibernated already
             child.state = ChildState.RUNNING
-        if child.spec.health_check is not None and not run.done.is_set():
+        if child.spec.health_check is not None and not run.done:
             self._context.run(self._nursery.start_soon, self._watch_health, run)
         return None
 
@@ -484,7 +470,7 @@ class Supervisor:
         """The start's caller was cancelled: so is the child; the caller cleans up."""
         run.scope.cancel()
         with trio.CancelScope(shield=True):
-            await run.done.wait()
+            await run.wait_done()
         run.child.run = None
 
     async def _run_child(self, run: ChildRun, woken: bool) -> None:
@@ -493,7 +479,6 @@ class Supervisor:
         A ``woken`` run (of a hibernated child) runs its code even if it was cancelled
         before it began, so that the child, which kept its state, settles it as it ends."""
         child = run.child
-        relay = _StartedRelay(run)
         _current_child.set(CurrentChild(self, child.spec.id))
         run.task = trio.lowlevel.current_task()
         hibernate: Hibernate | None = None
@@ -504,9 +489,9 @@ class Supervisor:
                     if not woken:
                         await trio.lowlevel.checkpoint_if_cancelled()
                     if child.takes_task_status:
-                        await child.spec.start(task_status=relay)
+                        await child.spec.start(task_status=run)
                     else:
-                        relay.started()
+                        run.started()
                         await child.spec.start()
                 except Hibernate as request:
                     hibernate = request
@@ -521,8 +506,7 @@ class Supervisor:
             if hibernate is not None and run.reported and not run.terminating:
                 self._hibernated(run, hibernate)
         finally:
-            run.done.set()
-            run.started.set()  # the launcher waits for this, whether it started or not
+            run.finish()  # the launcher waits for this too, whether it started or not
             if run.health_scope is not None:
                 run.health_scope.cancel()
             if (
@@ -568,7 +552,6 @@ class Supervisor:
         run = ChildRun(child)
         run.value, child.kept_value = child.kept_value, None
         run.reported = True
-        run.started.set()
         child.run = run
         child.state = ChildState.RUNNING
         self._context.run(self._nursery.start_soon, self._run_child, run, True)
@@ -581,7 +564,7 @@ class Supervisor:
         assert check is not None
         with trio.CancelScope() as scope:
             run.health_scope = scope
-            while not run.done.is_set() and not run.terminating:
+            while not run.done and not run.terminating:
                 await trio.sleep(check.interval)
                 failure: HealthCheckFailed | None = None
                 with trio.move_on_after(check.deadline) as probe:
@@ -743,10 +726,10 @@ class Supervisor:
             # A sibling being stopped at the same time may ask for this one: it waits for it.
             stopping = next((other for other in self._awaiting if other.child is child), None)
             if stopping is not None:
-                await stopping.done.wait()
+                await stopping.wait_done()
             child.state = then
             return
-        if run.done.is_set():  # it ended by itself already: nothing to ask or wait for
+        if run.done:  # it ended by itself already: nothing to ask or wait for
             run.terminating = True
             if run.outcome is not None:
                 self._report_stop_error(child, run.outcome)
@@ -766,7 +749,7 @@ class Supervisor:
                 and spec.shutdown is not Shutdown.BRUTAL_KILL
                 and spec.stop is not None
                 and run.reported
-                and not run.done.is_set()
+                and not run.done
             ):
                 try:
                     spec.stop(run.value)
@@ -775,15 +758,15 @@ class Supervisor:
                     self._report_stop_error(child, error)
                 else:
                     if spec.shutdown is Shutdown.INFINITY:
-                        await run.done.wait()
+                        await run.wait_done()
                     else:  # move_on_after, without the generator around its scope
                         with trio.CancelScope(deadline=trio.current_time() + spec.shutdown):
-                            await run.done.wait()
+                            await run.wait_done()
         finally:
-            if not run.done.is_set():  # not asked, or not done in its shutdown time: cancel it
+            if not run.done:  # not asked, or not done in its shutdown time: cancel it
                 run.scope.cancel()
                 with trio.CancelScope(shield=True):
-                    await run.done.wait()
+                    await run.wait_done()
             self._awaiting.discard(run)
             if run.outcome is not None:
                 self._report_stop_error(child, run.outcome)
@@ -893,7 +876,7 @@ class Supervisor:
             try:
                 if caller_run is not None and direct:
                     # Killed already; its cleanup may still call us, so not under the lock.
-                    await caller_run.done.wait()
+                    await caller_run.wait_done()
                 async with self._lock:
                     if self._nursery is None:
                         raise SupervisorNotRunning(f"{self.name} is not running")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -88,9 +89,11 @@ class AgentStarter:
     def __repr__(self) -> str:
         return f"<AgentStarter {self.agent_class.__name__} {self.agent_id!r}>"
 
-    async def __call__(
+    def __call__(
         self, *, task_status: trio.TaskStatus[AgentRef] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
+        """The run of one instance: the cell's own coroutine, returned rather than awaited
+        here, so that an idle agent's task holds one frame fewer."""
         cell = self.cell
         if cell is not None and cell.state is not CellState.STOPPED:
             self._check_placement(cell)
@@ -120,7 +123,7 @@ class AgentStarter:
                     self.group.join(self.position, cell.endpoint)
             cell.ref = AgentRef(cell.endpoint, self.system)
             self.system.register(cell)
-        await cell.run(task_status=task_status)
+        return cell.run(task_status=task_status)
 
     def _context(self, cell: AgentCell) -> Context:
         return Context(cell, self.system)

@@ -97,7 +97,6 @@ class AgentCell:
         "shutdown",
         "state",
         "stop_requested_at",
-        "stopped",
         "stops_pending",
         "system",
     )
@@ -145,8 +144,6 @@ class AgentCell:
         #: ``system.stop`` calls of it under way (a cancelled one keeps ``retiring`` if any is).
         self.stops_pending = 0
         self._last_reason: ExitReason = StopReason.NORMAL
-        #: Set once the agent has stopped for good.
-        self.stopped = trio.Event()
         self.exit_reason: ExitReason | None = None
         self._task: trio.lowlevel.Task | None = None
         self._instance_scope: trio.CancelScope | None = None
@@ -234,22 +231,68 @@ class AgentCell:
             Exception: the instance crashed with it.
         """
         self._begin_instance()
-        reason: ExitReason | None = StopReason.KILLED
+        # One coroutine for the instance's whole life (an idle agent's task keeps each frame
+        # it awaits through): how it ended for its own end, and then for the agent's.
+        self._task = self.mailbox.owner = trio.lowlevel.current_task()
+        current_cell.set(self)
+        inherited_deadline.set(math.inf)
+        instance: Instance | None = None
+        reason: ExitReason = StopReason.KILLED
+        settled_as: ExitReason | None = StopReason.KILLED
+        asleep = False
         try:
-            reason = await self._run_instance(task_status)
+            try:
+                # One scope for the instance's life, ``on_start`` included: kill() cancels it.
+                with trio.CancelScope() as scope:
+                    self._instance_scope = scope
+                    if self.state is CellState.HIBERNATED:
+                        instance = self.latest
+                        assert instance is not None
+                        await self._wake_instance(instance)
+                    else:
+                        instance = self.latest = await self.behaviour.start(self)
+                        self.state = transition(self.state, CellState.RUNNING)
+                        task_status.started(self.ref)
+                        self.system.publish(AgentStarted(self.id))
+                    while (ended := await instance.run()) is None:  # idle past hibernate_after
+                        if await self._fall_asleep(instance):
+                            asleep = True
+                            break
+                    else:
+                        reason = ended
+                if not asleep:
+                    if instance is None:
+                        raise AgentStartFailed(f"{self.id!r} was stopped before on_start finished")
+                    if scope.cancelled_caught and self._linked_failure is not None:
+                        reason = self._linked_failure
+            except BaseException as error:
+                if instance is not None and not isinstance(error, trio.Cancelled):
+                    reason = error  # SystemExit, KeyboardInterrupt: on their way out of Trio
+                raise
+            finally:
+                self._instance_scope = None
+                if asleep:
+                    self._task = self.mailbox.owner = None
+                elif instance is not None:
+                    await self._end_instance(instance, reason)
+                else:
+                    self._settle_links()  # what a failed or cancelled ``on_start`` set up
+            settled_as = None if asleep else reason
         except AgentStartFailed as failure:
-            reason = failure.__cause__ or failure
+            settled_as = failure.__cause__ or failure
             raise
         finally:
-            if reason is not None:
-                self._after_instance(reason)
-        if reason is None:  # asleep: its supervisor keeps it, without a task, until woken
+            if settled_as is not None:
+                self._after_instance(settled_as)
+        if settled_as is None:  # asleep: its supervisor keeps it, without a task, until woken
             assert self.latest is not None
             raise Hibernate(wake_to_stop=self.latest.cleanup is not None)
-        if isinstance(reason, Exception):
+        if isinstance(settled_as, Exception):
             if self._exit_as is not None:
-                raise self._exit_as(f"{self.id!r} failed with {bounded_repr(reason)}") from reason
-            raise reason
+                raise self._exit_as(
+                    f"{self.id!r} failed with {bounded_repr(settled_as)}"
+                ) from settled_as
+            raise settled_as
 
     def _begin_instance(self) -> None:
         if self.state is CellState.HIBERNATED:
@@ -319,51 +362,6 @@ class AgentCell:
             self.finish(StopReason.NORMAL if self.retiring else StopReason.SHUTDOWN)
             return
         self.finish(StopReason.NORMAL if self.retiring else self._last_reason)
-
-    async def _run_instance(self, task_status: trio.TaskStatus[Any]) -> ExitReason | None:
-        """Run an instance (a new one, or the kept one woken) until it ends (returns why) or
-        falls asleep (returns None)."""
-        self._task = self.mailbox.owner = trio.lowlevel.current_task()
-        current_cell.set(self)
-        inherited_deadline.set(math.inf)
-        instance: Instance | None = None
-        reason: ExitReason = StopReason.KILLED
-        asleep = False
-        try:
-            # One scope for the instance's whole life, ``on_start`` included: kill() cancels it.
-            with trio.CancelScope() as scope:
-                self._instance_scope = scope
-                if self.state is CellState.HIBERNATED:
-                    instance = self.latest
-                    assert instance is not None
-                    await self._wake_instance(instance)
-                else:
-                    instance = self.latest = await self.behaviour.start(self)
-                    self.state = transition(self.state, CellState.RUNNING)
-                    task_status.started(self.ref)
-                    self.system.publish(AgentStarted(self.id))
-                while (ended := await instance.run()) is None:  # idle past hibernate_after
-                    if await self._fall_asleep(instance):
-                        asleep = True
-                        return None
-                reason = ended
-            if instance is None:
-                raise AgentStartFailed(f"{self.id!r} was stopped before on_start finished")
-            if scope.cancelled_caught and self._linked_failure is not None:
-                reason = self._linked_failure
-        except BaseException as error:
-            if instance is not None and not isinstance(error, trio.Cancelled):
-                reason = error  # SystemExit, KeyboardInterrupt: on their way out of Trio
-            raise
-        finally:
-            self._instance_scope = None
-            if asleep:
-                self._task = self.mailbox.owner = None
-            elif instance is not None:
-                await self._end_instance(instance, reason)
-            else:
-                self._settle_links()  # what a failed or cancelled ``on_start`` set up
-        return reason
 
     # -- hibernation -----------------------------------------------------------------------
 
@@ -487,7 +485,6 @@ class AgentCell:
         for monitor, watcher in watchers.items():
             watcher._watching.pop(monitor, None)
             watcher.notify(Down(self.ref, reason, monitor))
-        self.stopped.set()
 
     def _drop(
         self, envelope: Envelope, why: DeadLetterReason, reason: ExitReason = StopReason.NORMAL

@@ -644,7 +644,7 @@ class MessageSystem:
         if cell.in_own_task:
             raise CallToSelf("an agent cannot wait for its own stop: use ctx.stop()")
         placement = cell.placement
-        if cell.stopped.is_set():
+        if cell.gone:
             if placement is not None:  # stopped by its supervisor: now forgotten for good
                 await _remove_child(placement)
             return
@@ -1016,7 +1016,7 @@ def _stopping_for_good(cells: list[AgentCell]) -> Iterator[None]:
         yield
     except BaseException:
         for cell in cells:
-            if cell.stops_pending == 1 and not cell.stopped.is_set():
+            if cell.stops_pending == 1 and not cell.gone:
                 cell.retiring = False
         raise
     finally:

@@ -116,7 +116,6 @@ async def test_a_cell_runs_a_behaviour_that_knows_no_call_or_cast() -> None:
         assert cell.state is CellState.RUNNING
         cell.request_stop(StopReason.NORMAL, final=True)
     assert cell.state is CellState.STOPPED
-    assert cell.stopped.is_set()
     assert cell.exit_reason is StopReason.NORMAL
     assert host.retired == [cell]
     assert host.restarts == 1
