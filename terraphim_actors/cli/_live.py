@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import CircuitState
-from ._view import status, tree_rows
+from ._view import budgets, status, tree_rows
 from .demo import Node, Snapshot
 
 __all__ = ["LiveDisplay"]
@@ -66,6 +66,8 @@ class LiveDisplay:
         counters = Panel(
             Text("\n".join(status(snapshot))),
             title=f"{self.title}  [{snapshot.elapsed:4.1f} s]",
+            # On the border: the budgets take no row from the events.
+            subtitle=" · ".join(budgets(snapshot)) or None,
             box=box.ROUNDED,
         )
         tree = _tree_table(snapshot.tree, console)

@@ -67,6 +67,24 @@ def status(snapshot: Snapshot) -> list[str]:
     ]
 
 
+def budgets(snapshot: Snapshot) -> list[str]:
+    """One line per agent or pool with admission budgets: each budget's use, and what waits
+    for admission (and, if any, what was refused for its deadline or went to a fallback)."""
+    lines = []
+    for agent_id, stats in snapshot.system.admission.items():
+        used = ", ".join(
+            f"{usage.used:,}/{usage.limit:,} {usage.kind}"
+            + ("" if usage.per is None else f" per {usage.per:g} s")
+            for usage in stats.budgets
+        )
+        name = agent_id.name or agent_id
+        line = f"{name}: {used}; {stats.waiting} waiting, {stats.waited} waited"
+        if stats.refused or stats.fallbacks:
+            line += f", {stats.refused} refused, {stats.fallbacks} fell back"
+        lines.append(line)
+    return lines
+
+
 class PlainDisplay:
     """Prints the events as they come and a status block every ``interval`` seconds."""
 
@@ -86,7 +104,8 @@ class PlainDisplay:
             f"  {event.at:6.2f}s  {event.text}" for event in snapshot.events[self._events_shown :]
         ]
         self._events_shown = len(snapshot.events)
-        lines.append(f"[{snapshot.elapsed:5.1f}s] " + "\n         ".join(status(snapshot)))
+        counters = status(snapshot) + [f"budgets    {line}" for line in budgets(snapshot)]
+        lines.append(f"[{snapshot.elapsed:5.1f}s] " + "\n         ".join(counters))
         width = max(len(label) for label, _ in tree_rows(snapshot.tree)) + 2
         lines += [
             f"    {label:<{width}}{describe(node)}" for label, node in tree_rows(snapshot.tree)

@@ -163,6 +163,8 @@ class LlmWorker(Agent):
         sources = await self._search(message) if message.needs_search else ()
         attempt = ctx.envelope.attempt
         text = await self.model.complete(message, attempt)
+        # What the model's use cost, to the pool's token budget: the prompt and the answer.
+        ctx.charge(tokens=message.prompt_tokens + len(text))
         answer = Answer(message.id, ctx.self.name or "?", text, sources, attempt)
         await self.aggregator.cast(answer)
 

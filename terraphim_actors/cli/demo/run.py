@@ -33,6 +33,7 @@ from terraphim_actors import (
 from terraphim_actors.journal import SqliteJournal
 
 from .agents import Aggregator, LlmWorker, Observer, Planner, SearchTool
+from .budgets import model_budgets
 from .ledger import EventLog, Ledger, agent_name
 from .report import Report, TaskOutcome
 from .snapshot import Display, Progress, Snapshot, supervisor_node
@@ -114,6 +115,7 @@ class _Run:
             size=settings.workers,
             name="llm",
             strategy=LoadBalancing.LEAST_LOADED,
+            admission=model_budgets(settings.duration),
             max_restarts=RESTART_BUDGETS["llm"][0],
             max_seconds=RESTART_BUDGETS["llm"][1],
         )
