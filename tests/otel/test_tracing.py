@@ -167,6 +167,22 @@ class TestOneTrace:
                 trace_id(question) for question in questions
             )
 
+    async def test_a_call_from_another_thread_is_a_child_of_that_threads_span(
+        self, traces: Traces
+    ) -> None:
+        """``system.from_thread.call`` made in a span of a thread of its own (a web server's,
+        say): the handler's span is that span's child."""
+        async with traced(traces) as system:
+            ref = await system.spawn(Tool, name="tool")
+
+            def in_thread() -> Any:
+                with traces.tracer.start_as_current_span("request"):
+                    return system.from_thread.call(ref, "x")
+
+            with trio.fail_after(5):
+                assert await trio.to_thread.run_sync(in_thread) == "found x"
+        assert parent_of(traces.one("tool call")) == span_id(traces.one("request"))
+
     async def test_a_message_sent_outside_any_span_starts_a_trace(self, traces: Traces) -> None:
         """No span current at the send: the handler's span is a root, even for an agent
         spawned while a span was current (its task inherited that span, its messages not)."""
