@@ -101,6 +101,12 @@ class ChildSpec:
         retire: a synchronous function called when the supervisor will not start the child
             again on its own: it was terminated, ended for good, or forgotten. It releases what
             outlives the child's runs; it may be called more than once.
+        quiet: an optional synchronous predicate, given the started value: True when
+            stopping the child now would show nothing anyone can see but its end (nothing to
+            clean up, nothing in hand, nobody told of it). Stopping children in order, the
+            supervisor asks such children together and waits for them together, before it
+            stops the next child that is not quiet: the order anyone can see is kept, and idle
+            children end in one scheduler round rather than one each.
         significant: its own exit may end the supervisor (see ``AutoShutdown``); only for
             transient and temporary children.
         kind: ``WORKER`` or ``SUPERVISOR``.
@@ -117,6 +123,9 @@ class ChildSpec:
         default=None, validator=attrs.validators.optional(is_callable), kw_only=True
     )
     retire: Callable[[], object] | None = attrs.field(
+        default=None, validator=attrs.validators.optional(is_callable), kw_only=True
+    )
+    quiet: Callable[[Any], bool] | None = attrs.field(
         default=None, validator=attrs.validators.optional(is_callable), kw_only=True
     )
     significant: bool = attrs.field(default=False, kw_only=True)

@@ -23,7 +23,7 @@ import logging
 import math
 import types
 from collections.abc import AsyncIterator, Container, Hashable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import trio
@@ -697,14 +697,88 @@ class Supervisor:
 
     async def _stop_children(self, children: Iterable[Child]) -> None:
         """Stop ``children`` in the order given, or all at once with ``stop_concurrently``:
-        then the slowest child's shutdown time bounds the whole stop, not their sum."""
-        if not self.stop_concurrently:
-            for child in list(children):
-                await self._stop_child(child)
+        then the slowest child's shutdown time bounds the whole stop, not their sum.
+
+        In order, the children that are quiet now (see ``ChildSpec.quiet``) are asked to stop
+        as they come, and waited for together before the next child that is not quiet is
+        stopped (closing mailboxes rather than cancelling tasks one by one, as NOTES.md
+        measured): no order anyone can see changes."""
+        if self.stop_concurrently:
+            async with trio.open_nursery() as nursery:
+                for child in list(children):
+                    nursery.start_soon(self._stop_child, child)
             return
-        async with trio.open_nursery() as nursery:
+        asked: list[_QuietStop] = []
+        try:
             for child in list(children):
-                nursery.start_soon(self._stop_child, child)
+                quiet = self._ask_quiet(child)
+                if quiet is not None:
+                    asked.append(quiet)
+                    continue
+                if asked:
+                    batch, asked = asked, []
+                    await self._end_quiet(batch)
+                await self._stop_child(child)
+        finally:
+            if asked:
+                await self._end_quiet(asked)
+
+    def _ask_quiet(self, child: Child) -> _QuietStop | None:
+        """Ask ``child`` to stop if it runs, started, and is quiet (its stop hook says so
+        without raising); None, asking nothing, otherwise."""
+        run, spec = child.run, child.spec
+        if (
+            run is None
+            or spec.quiet is None
+            or spec.stop is None
+            or spec.shutdown is Shutdown.BRUTAL_KILL
+            or not run.reported
+            or run.done
+        ):
+            return None
+        try:
+            if not spec.quiet(run.value):
+                return None
+        except Exception:  # no answer is no promise: it is stopped the usual way
+            return None
+        child.run = None
+        child.state = ChildState.STOPPING
+        run.terminating = True
+        if run.health_scope is not None:
+            run.health_scope.cancel()
+        stop_error: Exception | None = None
+        try:
+            spec.stop(run.value)
+        except Exception as error:  # it was not asked, so it is cancelled at once
+            stop_error = error
+            self._report_stop_error(child, error)
+            run.scope.cancel()
+        shutdown = spec.shutdown
+        deadline = math.inf if shutdown is Shutdown.INFINITY else trio.current_time() + shutdown
+        return _QuietStop(run, deadline, stop_error)
+
+    async def _end_quiet(self, asked: list[_QuietStop]) -> None:
+        """Wait for quiet children asked to stop, each within its shutdown time from its ask
+        (then cancelled), and settle each as :meth:`_stop_child` does; cancelled meanwhile,
+        the rest are cancelled and still accounted for."""
+        try:
+            for quiet in asked:
+                if not quiet.run.done:
+                    with trio.CancelScope(deadline=quiet.deadline):
+                        await quiet.run.wait_done()
+        finally:
+            for quiet in asked:
+                if not quiet.run.done:
+                    quiet.run.scope.cancel()
+            with trio.CancelScope(shield=True):
+                for quiet in asked:
+                    run = quiet.run
+                    if not run.done:
+                        await run.wait_done()
+                    if run.outcome is not None:
+                        self._report_stop_error(run.child, run.outcome)
+                    run.child.last_exit = run.outcome if run.outcome is not None else quiet.error
+                    run.child.state = ChildState.TERMINATED
 
     async def _stop_child(
         self, child: Child, *, then: ChildState = ChildState.TERMINATED, kill: bool = False
@@ -1101,6 +1175,15 @@ class Supervisor:
             raise InvalidSpec(
                 f"child {spec.id!r} is significant, which needs auto_shutdown other than NEVER"
             )
+
+
+class _QuietStop(NamedTuple):
+    """A quiet child asked to stop: its run, when its shutdown time is up, what its stop
+    hook raised."""
+
+    run: ChildRun
+    deadline: float
+    error: Exception | None
 
 
 #: The states ``count_children`` counts as active: running, with a task or hibernated.

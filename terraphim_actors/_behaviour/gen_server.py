@@ -172,6 +172,9 @@ class GenServer:
                 handle.fail(stopped(reason))
         self._deferred.clear()
 
+    def owes_replies(self) -> bool:
+        return bool(self._deferred)
+
     async def hibernate(self) -> None:
         """The instance is to sleep: its ``on_hibernate``, if it has one. The context lets go
         of the last message, which a sleeper has no reason to keep."""

@@ -168,5 +168,11 @@ def agent_child_spec(starter: AgentStarter, *, significant: bool = False) -> Chi
         shutdown=starter.shutdown,
         stop=starter.stop_instance,
         retire=starter.retire,
+        quiet=_stops_unseen,
         significant=significant,
     )
+
+
+def _stops_unseen(ref: AgentRef) -> bool:
+    """The ``quiet`` of an agent's child spec: its stop would show nothing but its end."""
+    return ref._agent().stops_unseen()

@@ -74,6 +74,10 @@ class Instance(Protocol):
         promised), before its cleanup runs."""
         ...
 
+    def owes_replies(self) -> bool:
+        """Whether it holds calls it deferred and has not answered (its end fails them)."""
+        ...
+
     #: The instance's own cleanup (``on_stop``), which the cell runs within the agent's
     #: shutdown time; None if it has none (the cell then spends no cancel scope on it).
     cleanup: Callable[[ExitReason], Awaitable[None]] | None

@@ -376,6 +376,24 @@ class AgentCell:
             and self._stop_requested is None
         )
 
+    def stops_unseen(self) -> bool:
+        """Whether stopping the running instance now would show nothing but its end: it has
+        no ``on_stop``, nothing in hand, waiting or owed to a caller, no task of its own, no
+        monitor on it, and nothing outside hears of agents' ends. Its supervisor may then stop
+        it together with its neighbours, not in turn (see ``ChildSpec.quiet``)."""
+        latest = self.latest
+        return (
+            self.state is CellState.RUNNING
+            and latest is not None
+            and latest.cleanup is None
+            and self._in_hand is None
+            and not self.mailbox
+            and not self._background
+            and not self._watchers
+            and not latest.owes_replies()
+            and not self.system.stops_seen()
+        )
+
     async def _fall_asleep(self, instance: Instance) -> bool:
         """Let the instance hibernate, unless something came up while its ``on_hibernate``
         ran (then it is woken again, and True is not returned). From the check to the end of

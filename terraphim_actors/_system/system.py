@@ -865,6 +865,15 @@ class MessageSystem:
             if not subscriber.mailbox.closed:
                 subscriber.notify(notification)
 
+    def stops_seen(self) -> bool:
+        """Whether anything outside the agents hears of each one's end, in order: a
+        subscriber, an instrument of ``agent_exited``, or the cluster (which releases names)."""
+        return (
+            bool(self._subscribers)
+            or "agent_exited" in self.instruments
+            or self.cluster is not None
+        )
+
     def register(self, cell: AgentCell) -> None:
         """Make a new agent reachable by its id and name.
 

@@ -48,6 +48,7 @@ SYSTEM_INTERNALS = {
     "describe",
     "file_dead_letter",
     "publish",
+    "stops_seen",
     "register",
     "count_crash",
     "count_restart",

@@ -603,6 +603,52 @@ class TestShutdown:
         assert log[4:] == ["cancel d", "cancel c", "cancel b", "cancel a"]
 
 
+def quiet(log: Log, name: str, *, says: bool = True, **behaviour: Any) -> ChildSpec:
+    """A helper child asked to stop by its hook whose ``quiet`` answers ``says``."""
+    return attrs.evolve(spec(log, name, stop=ask_to_stop, **behaviour), quiet=lambda _: says)
+
+
+class TestQuietChildren:
+    async def test_quiet_children_stop_together_between_the_others_in_order(
+        self, autojump_clock: Clock
+    ) -> None:
+        """Quiet children are asked at once and waited for together; the others still stop
+        one after another, newest first, around them."""
+        log = Log()
+        children = [
+            spec(log, "a", stop=ask_to_stop),
+            quiet(log, "b", linger=1.0),
+            quiet(log, "c", linger=1.0),
+            spec(log, "d", stop=ask_to_stop),
+        ]
+        async with Supervisor(children):
+            pass
+        assert log[4:8] == ["stop d", "end d", "stop c", "stop b"]
+        assert sorted(log[8:10]) == ["end b", "end c"]
+        assert log[10:] == ["stop a", "end a"]
+        [asked] = log.when("stop b")
+        assert log.when("end b") == log.when("end c") == log.when("stop a") == [asked + 1.0]
+
+    async def test_a_quiet_child_past_its_shutdown_time_is_cancelled(
+        self, autojump_clock: Clock
+    ) -> None:
+        """A quiet child that does not end within its shutdown time is cancelled then."""
+        log = Log()
+        async with Supervisor([quiet(log, "a", linger=math.inf, shutdown=2.0)]):
+            pass
+        assert log[1:] == ["stop a", "cancel a"]
+        [asked], [cancelled] = log.when("stop a"), log.when("cancel a")
+        assert cancelled - asked == pytest.approx(2.0)
+
+    async def test_a_child_not_quiet_now_stops_in_turn(self, autojump_clock: Clock) -> None:
+        """A child whose ``quiet`` says False is stopped alone, after the newer one."""
+        log = Log()
+        children = [quiet(log, "a", says=False, linger=1.0), quiet(log, "b", linger=1.0)]
+        async with Supervisor(children):
+            pass
+        assert log[2:] == ["stop b", "end b", "stop a", "end a"]
+
+
 class TestStopConcurrently:
     async def test_busy_children_stop_within_one_shutdown_time(self, autojump_clock: Clock) -> None:
         """With ``stop_concurrently`` every child is asked at once and waited for together:

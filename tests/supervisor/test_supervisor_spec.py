@@ -152,6 +152,11 @@ class TestChildSpecValidation:
         with pytest.raises(InvalidSpec, match="stop"):
             ChildSpec("a", child, stop=42)  # type: ignore[arg-type]
 
+    def test_quiet_not_callable(self) -> None:
+        """The quiet predicate must be callable."""
+        with pytest.raises(InvalidSpec, match="quiet"):
+            ChildSpec("a", child, quiet=True)  # type: ignore[arg-type]
+
     def test_permanent_child_cannot_be_significant(self) -> None:
         """A permanent child never ends for good, so it cannot be significant (OTP 24)."""
         with pytest.raises(InvalidSpec, match="permanent"):

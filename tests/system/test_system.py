@@ -381,6 +381,25 @@ class TestShutdown:
             )
         assert order == ["c", "b", "a"]
 
+    async def test_an_on_stop_finds_the_newer_idle_agents_stopped_and_the_older_running(
+        self,
+    ) -> None:
+        """Idle agents stopped together at shutdown still stop in the order anyone can see:
+        an ``on_stop`` runs after every newer agent has stopped, before any older one."""
+        seen: dict[str, bool] = {}
+
+        class Looking(Agent):
+            async def on_stop(self, reason: ExitReason) -> None:
+                for name in ("old", "new1", "new2"):
+                    seen[name] = system.whereis(name) is not None
+
+        async with open_message_system() as system:
+            await system.spawn(Silent, name="old")
+            await system.spawn(Looking)
+            await system.spawn(Silent, name="new1")
+            await system.spawn(Silent, name="new2")
+        assert seen == {"old": True, "new1": False, "new2": False}
+
     async def test_pending_messages_become_system_stopped_dead_letters(
         self, autojump_clock: trio.testing.MockClock
     ) -> None:
