@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import trio
 
 from ._bench import add_bench_parser, run_bench
 from ._demo import DemoSettings, run_demo
+from .demo.world import Endpoint
 
 __all__ = ["main"]
 
@@ -29,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="run a research assistant of agents that fail, shown live, then account for it",
         description="A planner, a pool of simulated LLM workers, a flaky search tool behind a"
-        " circuit breaker and an aggregator, under a supervision tree; offline and seeded."
+        " circuit breaker and an aggregator, under a supervision tree; offline and seeded"
+        " (with --llm-url, the workers ask a real model)."
         " Exits 0 when every task is accounted for: answered, or a dead letter with its reason.",
     )
     demo.add_argument(
@@ -66,6 +69,19 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=24,
         help="tasks the planner hands out, with --cluster (default 24)",
+    )
+    demo.add_argument(
+        "--llm-url",
+        metavar="URL",
+        help="make the workers ChatModel agents that ask the OpenAI-compatible endpoint at URL"
+        " (such as http://localhost:11434/v1) instead of the simulated model; needs --model",
+    )
+    demo.add_argument("--model", metavar="NAME", help="the model to ask, with --llm-url")
+    demo.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="the environment variable that holds the endpoint's API key, with --llm-url"
+        " (default: no key)",
     )
     add_bench_parser(commands)
     return parser
@@ -126,4 +142,25 @@ def _demo_settings(parser: argparse.ArgumentParser, arguments: argparse.Namespac
         workers=arguments.workers,
         crash_rate=arguments.crash_rate,
         questions=arguments.questions,
+        endpoint=_endpoint(parser, arguments),
     )
+
+
+def _endpoint(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> Endpoint | None:
+    """The real model the workers ask (``--llm-url``), or a usage error; None: simulated."""
+    if arguments.llm_url is None:
+        if arguments.model is not None or arguments.api_key_env is not None:
+            parser.error("--model and --api-key-env go with --llm-url")
+        return None
+    if arguments.journal is not None or arguments.cluster is not None:
+        parser.error("--llm-url cannot be used with --journal or --cluster")
+    if not arguments.model:
+        parser.error("--llm-url needs --model NAME")
+    api_key = None
+    if arguments.api_key_env is not None:
+        api_key = os.environ.get(arguments.api_key_env)
+        if not api_key:
+            parser.error(
+                f"--api-key-env: the environment variable {arguments.api_key_env} is not set"
+            )
+    return Endpoint(url=arguments.llm_url, model=arguments.model, api_key=api_key)

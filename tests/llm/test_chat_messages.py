@@ -122,3 +122,11 @@ class TestRetryAfter:
         seconds = retry_after_seconds(too_many_requests(**{"retry-after": later}))
         assert seconds is not None
         assert 25 < seconds <= 30
+
+
+def test_the_public_names_are_exported_and_documented() -> None:
+    import terraphim_actors.llm as llm
+
+    for name in llm.__all__:
+        assert not name.startswith("_")
+        assert getattr(llm, name).__doc__, name

@@ -63,6 +63,7 @@ __all__ = [
     "Observer",
     "Planner",
     "SearchTool",
+    "search_sources",
 ]
 
 #: Seconds a worker's handler (the search, then the model) may run before it is cancelled with
@@ -169,21 +170,27 @@ class LlmWorker(Agent):
         await self.aggregator.cast(answer)
 
     async def _search(self, task: Task) -> tuple[str, ...]:
-        counts = self.ledger.search
-        try:
-            sources: tuple[str, ...] = await self.search.call(
-                task.prompt, timeout=SEARCH_TIMEOUT, options=_FAIL_FAST
-            )
-        except CircuitOpen:
-            counts.skipped += 1
-        except CallTimeout:
-            counts.timed_out += 1
-        except (CallFailed, AgentStopped, DeliveryFailed):
-            counts.failed += 1
-        else:
-            counts.answered += 1
-            return sources
-        return ()
+        return await search_sources(self.search, self.ledger, task)
+
+
+async def search_sources(search: AgentRef, ledger: Ledger, task: Task) -> tuple[str, ...]:
+    """The sources the search tool finds for ``task``, or none if it failed or is skipped
+    (its circuit open), counted in ``ledger``."""
+    counts = ledger.search
+    try:
+        sources: tuple[str, ...] = await search.call(
+            task.prompt, timeout=SEARCH_TIMEOUT, options=_FAIL_FAST
+        )
+    except CircuitOpen:
+        counts.skipped += 1
+    except CallTimeout:
+        counts.timed_out += 1
+    except (CallFailed, AgentStopped, DeliveryFailed):
+        counts.failed += 1
+    else:
+        counts.answered += 1
+        return sources
+    return ()
 
 
 #: A search is worth one try: a worker would rather answer without sources than wait.

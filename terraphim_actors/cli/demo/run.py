@@ -17,6 +17,7 @@ import attrs
 import trio
 
 from terraphim_actors import (
+    Agent,
     AgentId,
     AgentRef,
     CircuitBreakerConfig,
@@ -105,13 +106,17 @@ class _Run:
             max_seconds=RESTART_BUDGETS["research"][1],
             name="research",
         )
+        uses = (system.ref("search"), system.ref("aggregator"), ledger, self.events)
+        worker: type[Agent] = LlmWorker
+        arguments: tuple[object, ...] = (SimulatedModel(seed, settings.crash_rate), *uses)
+        if settings.endpoint is not None:
+            from .endpoint import EndpointWorker
+
+            worker = EndpointWorker
+            arguments = (*uses, settings.endpoint, settings.duration)
         await system.spawn_pool(
-            LlmWorker,
-            SimulatedModel(seed, settings.crash_rate),
-            system.ref("search"),
-            system.ref("aggregator"),
-            ledger,
-            self.events,
+            worker,
+            *arguments,
             size=settings.workers,
             name="llm",
             strategy=LoadBalancing.LEAST_LOADED,
@@ -293,6 +298,10 @@ async def run_scenario(
     With a ``journal`` (``--journal``, see ``durable``) its messages outlive the process, and
     ``ledger`` is the application's records kept beside it, so that a run started again after
     a crash goes on where the last one stopped."""
+    if settings.endpoint is not None:
+        # Only a run on a real model needs the llm extra; imported before the run's clock
+        # starts, as the SDK takes a second to import.
+        from . import endpoint  # noqa: F401
     started = trio.current_time()
     run: _Run | None = None
     final: Snapshot | None = None

@@ -20,6 +20,7 @@ __all__ = [
     "Answer",
     "ContextWindowExceeded",
     "DemoSettings",
+    "Endpoint",
     "IndexUnavailable",
     "ModelError",
     "Outages",
@@ -43,6 +44,7 @@ class DemoSettings:
         crash_rate: the chance that one model run returns garbage or hangs (search outages,
             prompts too long for the model and index failures come on top).
         questions: questions the user asks.
+        endpoint: a real model for the workers (``--llm-url``); ``None``: the simulated one.
     """
 
     duration: float = 10.0
@@ -50,6 +52,17 @@ class DemoSettings:
     workers: int = 4
     crash_rate: float = 0.15
     questions: int = 16
+    endpoint: Endpoint | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Endpoint:
+    """An OpenAI-compatible endpoint the workers ask instead of the simulated model."""
+
+    url: str
+    model: str
+    #: Kept out of the repr, as out of every log and error.
+    api_key: str | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
