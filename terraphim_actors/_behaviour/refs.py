@@ -232,7 +232,7 @@ class AgentRef:
             except CallTimeout:
                 if not handle.expired:
                     raise  # its budgets refused it for its deadline: the error says so
-                delivery.record_failure(delivered_to)  # a timeout counts against its circuit
+                delivery.call_timed_out(delivered_to, envelope)  # against its circuit
             finally:
                 timer.cancel()
         handle.abandon()

@@ -17,6 +17,7 @@ the fallback. So does a message a pool member's open circuit refuses.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -27,7 +28,7 @@ from .._core.instruments import Instruments
 from .._core.messages import Envelope
 from .._primitives.admission import AdmissionGate, AdmissionStats, Budgets
 from .._primitives.timers import Timer, TimerService
-from ..errors import CallTimeout, DeliveryFailed, MessagingError, SystemClosed
+from ..errors import CallTimeout, CallToSelf, DeliveryFailed, MessagingError, SystemClosed
 from .dead_letters import DeadLetterReason
 
 if TYPE_CHECKING:
@@ -85,6 +86,9 @@ class AdmissionDesk:
         self._rooms: dict[Budgets, None] = {}
         #: Messages sent to a fallback.
         self.fallbacks = 0
+        #: Budgets whose waiting messages are being let through now: a message of theirs that
+        #: fails on its way in frees its place, which the loop under way hands on.
+        self._draining: set[Budgets] = set()
 
     # -- on the way in ------------------------------------------------------------------------
 
@@ -162,6 +166,15 @@ class AdmissionDesk:
     def drain(self, budgets: Budgets) -> None:
         """Let through as many waiting messages as ``budgets`` admit now, best first; settle
         those nobody waits for any more; then wait for the next time the budgets name."""
+        if budgets in self._draining:
+            return
+        self._draining.add(budgets)
+        try:
+            self._let_through(budgets)
+        finally:
+            self._draining.discard(budgets)
+
+    def _let_through(self, budgets: Budgets) -> None:
         delivery = self._delivery
         now = self._clock.current_time()
         while True:
@@ -254,6 +267,10 @@ class AdmissionDesk:
                 )
         self._rooms.clear()
 
+    def is_waiting(self, envelope: Envelope) -> bool:
+        """Whether ``envelope`` waits for admission now (a scan: for a call that timed out)."""
+        return any(entry[1] is envelope for budgets in self._rooms for entry in budgets)
+
     @property
     def waiting(self) -> int:
         """How many messages wait for admission."""
@@ -280,9 +297,10 @@ def _member_for(endpoint: Endpoint, envelope: Envelope) -> Endpoint:
     (the one chosen when it arrived may have stopped, or be busier); else ``endpoint``."""
     group = endpoint.group
     if group is not None and group.addressed_by(envelope.recipient):
-        chosen = group.choose(envelope)
-        if chosen is not None:
-            return chosen
+        with contextlib.suppress(CallToSelf):  # only its caller is left: where it was
+            chosen = group.choose(envelope)
+            if chosen is not None:
+                return chosen
     return endpoint
 
 

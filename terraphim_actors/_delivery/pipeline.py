@@ -628,6 +628,14 @@ class DeliveryManager:
         if not handle.expired:
             self.record_failure(endpoint)
 
+    def call_timed_out(self, endpoint: Endpoint, envelope: Envelope) -> None:
+        """The call ``envelope`` delivered to ``endpoint`` got no answer by its deadline: a
+        failure of the agent's, counted against its circuit, unless it was still waiting for
+        admission (its budgets kept it, the agent never saw it)."""
+        if self.admissions.is_waiting(envelope):
+            return
+        self.record_failure(endpoint)
+
     def deferred_call_failed(self, endpoint: Endpoint) -> None:
         """A call acknowledged when its handler returned (deferred) was then failed by the
         agent: count it as failed, and against ``endpoint``'s circuit breaker."""

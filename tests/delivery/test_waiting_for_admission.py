@@ -17,9 +17,11 @@ from terraphim_actors import (
     DeadLetterReason,
     DeliveryGuarantee,
     Instrument,
+    MailboxConfig,
     MessageOptions,
     MessageSystem,
     MessageSystemConfig,
+    OverflowPolicy,
     Priority,
     RateLimit,
     TokenBudget,
@@ -404,3 +406,39 @@ class TestInstrument:
             await trio.sleep(3.0)
             assert waits == [(ref.id, "second", pytest.approx(2.0))]
             settled(system)
+
+
+class TestCircuit:
+    async def test_calls_that_time_out_waiting_for_admission_do_not_open_the_circuit(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The agent never saw them: five timeouts (the default breaker's threshold) while a
+        long handler holds the only place leave its circuit closed."""
+        ref = await system.spawn(Recorder, admission=[ConcurrencyLimit(1)])
+        await ref.cast(("sleep", 100.0))
+        for _ in range(5):
+            with pytest.raises(CallTimeout):
+                await ref.call("waits", timeout=1.0)
+        assert system.router.stats().open_circuits == 0
+        await trio.sleep(100.0)
+        settled(system)
+
+
+class TestManyWaiting:
+    async def test_a_mailbox_that_refuses_what_the_budgets_let_through_settles_them_all(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Fifteen hundred casts wait behind a retry_after; when it ends, the budgets let them
+        all through at once, behind the retried one, and a mailbox of one refuses them: each
+        is a dead letter (at most once), with no failure of one waking the next inside it."""
+        ref = await system.spawn(
+            Recorder,
+            mailbox=MailboxConfig(capacity=1, overflow=OverflowPolicy.REJECT),
+        )
+        await ref.cast(("busy", 1.0))
+        await trio.testing.wait_all_tasks_blocked()
+        for n in range(1_500):
+            await ref.cast(n, options=AT_MOST_ONCE)
+        await trio.sleep(2.0)
+        assert system.delivery.get_stats().dead_lettered == 1_500
+        settled(system)
