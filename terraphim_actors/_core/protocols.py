@@ -176,18 +176,21 @@ class Occupant(Protocol):
 
 class AdmissionPolicy(Protocol):
     """Whether a destination takes a message now, and when it may again: the policy an
-    endpoint holds as its ``admission`` (the circuit breaker now; a rate limit or a token
-    budget per period later). Times are Trio times passed in by the caller, so that a policy
-    is a plain object, unit-tested without Trio.
+    endpoint holds as its ``admission`` (its circuit breaker, or, once it has admission
+    budgets, a gate of its breaker and the budgets). Times are Trio times passed in by the
+    caller, so that a policy is a plain object, unit-tested without Trio.
 
-    The decision is by time alone, as the breaker's is; a policy that must look at the message
-    (a token budget charging its estimated cost) will add it to ``admit``.
+    The decision is by time alone, as the breaker's is: a token budget is charged after the
+    handler (``ctx.charge``), not from an estimate at ``admit``.
 
-    Delivery, retries, groups and the agent loop consult an endpoint's admission only through
-    these four methods; only the delivery step that makes it (on the endpoint's first failure)
-    and the router's stats (circuit states) know it is a breaker.
+    Retries and groups consult an endpoint's admission only through these four methods; the
+    delivery steps that make a breaker (on the endpoint's first failure) or a gate (budgets at
+    spawn, a ``ctx.retry_after``), the admission desk that makes messages wait for budgets,
+    and the router's stats (circuit states) know what it is.
 
-    Today's implementation: ``_primitives.circuit.CircuitBreaker``.
+    Today's implementations: ``_primitives.circuit.CircuitBreaker``,
+    ``_primitives.admission.AdmissionGate`` (a breaker and ``Budgets`` of ``RateLimit``,
+    ``TokenBudget`` and ``ConcurrencyLimit``).
     """
 
     def admit(self, now: float) -> bool:
