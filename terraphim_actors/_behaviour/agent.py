@@ -372,8 +372,10 @@ class Context:
     def retry_after(self, seconds: float) -> None:
         """Have the message in hand delivered again ``seconds`` from when the handler
         returns, as a provider's "429, Retry-After" asks: not a failure, and none of its
-        retries spent. Until then this agent (its pool, for a member) admits nothing: the
-        messages sent meanwhile wait for admission too, behind this one. A call's caller keeps
+        retries spent, whatever its guarantee (an at-most-once message too: its handler did
+        not do its work, and asks for another run). Until then this agent (its pool, for a
+        member) admits nothing: the messages sent meanwhile wait for admission too, behind
+        this one. A call's caller keeps
         waiting for the later attempt's answer (the value the handler returns now is dropped),
         or gets ``CallTimeout`` at once if that attempt could not end before its deadline; a
         cast that could not is an ``EXPIRED`` dead letter. A handler that raises after asking

@@ -105,6 +105,16 @@ class TestRetryAfter:
         assert stats.acknowledged == 2
         settled(system)
 
+    async def test_an_at_most_once_message_runs_again_too(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Its handler asked for the second run: that is no redelivery of a failure."""
+        ref = await system.spawn(Recorder)
+        await ref.cast(("busy", 1.0), options=AT_MOST_ONCE)
+        await trio.sleep(1.5)
+        assert await ref.call("seen") == [("busy", 1.0)]
+        settled(system)
+
     async def test_other_messages_wait_behind_it(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:
