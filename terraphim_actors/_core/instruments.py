@@ -84,8 +84,9 @@ class Instrument:
         never change once built, so this is the only moment to add to them.
 
         Strings to strings. The sender's own headers win: a key it set is kept as it set it.
-        Overriding this hook is what makes sends ask; while no instrument does, a send pays
-        one dict membership test for it."""
+        Overriding this hook is what makes sends ask; while no instrument does, a send
+        through a ref pays one ``is`` test for it (a ref looks when it is made: instruments
+        are installed with the system), and ``system.send_message`` one dict lookup."""
         return None
 
     def system_opened(self, system: Any) -> None:
