@@ -34,6 +34,8 @@ class Failure:
     message: str = "the server failed"
     code: str | None = None
     headers: dict[str, str] = attrs.Factory(dict)
+    #: For a streamed request: the answer's first piece, then this failure as an error event.
+    mid_stream: bool = False
 
 
 @attrs.define
@@ -52,6 +54,8 @@ class ChatServer:
         self.received: list[Received] = []
         self._failures: deque[Failure] = deque()
         self._held = 0
+        #: Whether a streamed answer waits after its first piece (for ``release``).
+        self.pause_streams = False
         self._release = threading.Event()
         self._lock = threading.Lock()
         self._http: ThreadingHTTPServer | None = None
@@ -146,7 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
                 f"However, your messages resulted in {prompt} tokens.",
                 code="context_length_exceeded",
             )
-        if failure is not None:
+        broken = failure if failure is not None and failure.mid_stream else None
+        if failure is not None and (broken is None or not body.get("stream")):
             self._fail(failure)
             return
         words = ["echo:", *messages[-1]["content"].split()] if messages else ["echo:"]
@@ -160,7 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
             "total_tokens": prompt + len(words),
         }
         if body.get("stream"):
-            self._stream(body, words, finish, usage)
+            self._stream(body, words, finish, usage, broken)
         else:
             self._send_json(
                 200,
@@ -181,7 +186,12 @@ class _Handler(BaseHTTPRequestHandler):
             )
 
     def _stream(
-        self, body: dict[str, Any], words: list[str], finish: str, usage: dict[str, int]
+        self,
+        body: dict[str, Any],
+        words: list[str],
+        finish: str,
+        usage: dict[str, int],
+        broken: Failure | None = None,
     ) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -204,6 +214,12 @@ class _Handler(BaseHTTPRequestHandler):
         for position, word in enumerate(words):
             text = word if position == 0 else f" {word}"
             event([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
+            if broken is not None:
+                error = {"error": {"message": broken.message, "code": broken.code}}
+                self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
+                return
+            if self.server_state.pause_streams:
+                self.server_state.wait_while_held()
         event([{"index": 0, "delta": {}, "finish_reason": finish}])
         if (body.get("stream_options") or {}).get("include_usage"):
             event([], usage)

@@ -160,13 +160,17 @@ class ChatModel(Agent):
     async def _stream(
         self, request: ChatRequest, stream_to: AgentRef, ctx: Context, timeout: float
     ) -> ChatResponse:
-        # The SDK's own stream iterator stops reading at ``[DONE]`` and leaves the HTTP
-        # layer's async generators unfinished, which Trio reports as a ResourceWarning each
-        # time; the body is read to its end here instead, its events parsed as they come.
+        # The body is read to its end, whatever happens: the HTTP layer reads it through
+        # nested async generators, and a consumer that leaves them suspended (the SDK's own
+        # stream iterator does so at ``[DONE]``; raising here, or a cancellation at a
+        # checkpoint here, would too) makes Trio report each of them as a ResourceWarning.
+        # Nothing in the loop checkpoints (pieces go out with ``cast_nowait``), so a
+        # cancellation lands in the read and unwinds them; a failure waits for the end.
         message_id = ctx.message_id
         pieces: list[str] = []
         usage = ChatUsage(prompt_tokens=0, completion_tokens=0)
         finish_reason: str | None = None
+        failure: Exception | None = None
         async with self._client.chat.completions.with_streaming_response.create(
             model=self.model,
             messages=_as_params(request),
@@ -177,15 +181,22 @@ class ChatModel(Agent):
             extra_headers=self._headers,
         ) as answer:
             async for line in answer.http_response.aiter_lines():
-                event = _event(line, self.model)
-                if event is None:
+                if failure is not None:
                     continue
-                text, finished, counted = event
-                finish_reason = finished or finish_reason
-                usage = counted or usage
-                if text:
-                    await stream_to.cast(ChatChunk(message_id, len(pieces), text))
-                    pieces.append(text)
+                try:
+                    event = _event(line, self.model)
+                    if event is None:
+                        continue
+                    text, finished, counted = event
+                    finish_reason = finished or finish_reason
+                    usage = counted or usage
+                    if text:
+                        stream_to.cast_nowait(ChatChunk(message_id, len(pieces), text))
+                        pieces.append(text)
+                except Exception as error:
+                    failure = error
+        if failure is not None:
+            raise failure
         response = ChatResponse(text="".join(pieces), usage=usage, finish_reason=finish_reason)
         await stream_to.cast(ChatChunk(message_id, len(pieces), "", response))
         return response

@@ -146,6 +146,42 @@ class TestStreaming:
         assert chunks[-1].response is not None
         assert chunks[-1].response.text == "echo: ping"
 
+    async def test_a_stream_broken_by_an_error_event_is_delivered_again_from_the_start(
+        self, server: ChatServer
+    ) -> None:
+        """The endpoint fails mid-answer: ModelUnavailable, so the cast is retried, and its
+        answer is streamed again from index 0."""
+        async with open_message_system(lenient_config(retry_delay=0.05)) as system:
+            model = await spawn_model(system, server)
+            probe = await TestProbe.spawn(system)
+            server.fail_next(Failure(500, "the model crashed", mid_stream=True))
+            with trio.fail_after(LIMIT):
+                await model.cast(ask("ping", stream_to=probe.ref))
+                chunks = await probe.expect_n(4, ChatChunk)
+            assert [(chunk.index, chunk.text) for chunk in chunks] == [
+                (0, "echo:"),
+                (0, "echo:"),
+                (1, " ping"),
+                (2, ""),
+            ]
+            assert system.delivery.get_stats().retried == 1
+
+    async def test_a_caller_that_gives_up_mid_stream_gets_call_timeout(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """The handler is cancelled while it reads the stream; the agent takes the next call
+        (and nothing of the HTTP layer is left unfinished: no ResourceWarning)."""
+        model = await spawn_model(system, server)
+        probe = await TestProbe.spawn(system)
+        server.pause_streams = True
+        with trio.fail_after(LIMIT):
+            with pytest.raises(CallTimeout):
+                await model.call(ask("a b", stream_to=probe.ref), timeout=0.3)
+            assert (await probe.expect(ChatChunk)).text == "echo:"
+            server.pause_streams = False
+            server.release()
+            assert (await model.call(ask("next"))).text == "echo: next"
+
     async def test_a_cast_request_without_stream_to_is_rejected(
         self, system: MessageSystem, server: ChatServer
     ) -> None:
