@@ -210,13 +210,22 @@ class GenServer:
                 _limited(handlers[2], limit, cell_id),
             )
         self._finishes_abandoned = agent.finish_abandoned_calls
+        # Without a scope until the first call comes: only a call's handler is ever cut short,
+        # and a cancel scope is a fifth of an idle agent (and costs more than a scheduler
+        # round to enter), so an agent that takes no call never has one.
+        outcome = await self._serve_messages(handlers, scoped=False)
+        if not isinstance(outcome, Envelope):
+            return outcome
+        first: Envelope | None = outcome
         try:
             while True:
                 # ``call_abandoned`` cancels this scope to cut short a call nobody waits for. A
                 # cancelled scope stays cancelled: one per such call, not one per message.
                 with trio.CancelScope() as abandoning:
                     self._handler_scope = abandoning
-                    reason = await self._serve_messages(handlers)
+                    taken, first = first, None
+                    reason = await self._serve_messages(handlers, first=taken)
+                    assert not isinstance(reason, Envelope)
                     if reason is not None:
                         return reason
                     if self._handler_scope is abandoning:  # not cut short: idle
@@ -227,9 +236,12 @@ class GenServer:
         finally:
             self._handler_scope = None
 
-    async def _serve_messages(self, handlers: _Handlers) -> ExitReason | None:
-        """Serve messages until the instance is to stop (returns why) or ``call_abandoned``
-        has cancelled the handler scope (returns None)."""
+    async def _serve_messages(
+        self, handlers: _Handlers, *, scoped: bool = True, first: Envelope | None = None
+    ) -> ExitReason | Envelope | None:
+        """Serve messages (``first`` first) until the instance is to stop (returns why) or
+        ``call_abandoned`` has cancelled the handler scope (returns None); not ``scoped``,
+        until a call comes (returns it, taken from the mailbox, unhandled)."""
         handle_cast, handle_call, handle_info = handlers
         instance = self.agent
         context = self._context
@@ -253,12 +265,15 @@ class GenServer:
         batch_started = clock()
         try:
             while cell._stop_requested is None or (cell._draining and len(mailbox)):
-                if self._handler_scope is None:  # not ``cancel_called``: it reads the clock
-                    return None
+                if scoped and self._handler_scope is None:  # not ``cancel_called``: it reads
+                    return None  # the clock
                 if served >= _BATCH:
                     served = 0
                     await trio.lowlevel.checkpoint()
-                envelope = mailbox.try_receive()
+                if first is None:
+                    envelope = mailbox.try_receive()
+                else:
+                    envelope, first = first, None
                 if envelope is None:
                     idle_from = clock()
                     mailbox.record_processing_time(idle_from - batch_started, idle_from)
@@ -276,6 +291,8 @@ class GenServer:
                     batch_started = clock()
                     served = 0
                     continue
+                if not scoped and envelope.kind is MessageKind.CALL:
+                    return envelope  # to be served within a scope that can cut it short
                 served += 1
                 # Expired: a call once its caller gave up, anything else past its timeout.
                 handle = envelope.reply

@@ -168,3 +168,22 @@ async def test_a_call_waiting_behind_the_abandoned_one_is_served_at_once(
         nursery.start_soon(call, 1, 60)
     assert answers == ["timed out", "thought"]
     assert trio.current_time() == pytest.approx(6)
+
+
+async def test_a_call_after_casts_is_served_in_its_turn_and_can_be_cut_short(
+    system: MessageSystem, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Casts served before the agent's first call keep their order around it, and that call
+    is still cut short when its caller gives up."""
+
+    class Busy(Model):
+        async def handle_cast(self, message: Any, ctx: Context) -> None:
+            self.seen.append(message)
+
+    ref = await system.spawn(Busy)
+    await ref.cast("before")
+    with pytest.raises(CallTimeout):
+        await ref.call(("think", 600), timeout=5)
+    await ref.cast("after")
+    assert await ref.call("seen") == ["before", "cancelled", "after"]
+    assert trio.current_time() == pytest.approx(5)
