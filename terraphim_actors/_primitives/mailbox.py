@@ -15,8 +15,8 @@ import enum
 import itertools
 import math
 import threading
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn
 
 import attrs
 import trio
@@ -429,11 +429,14 @@ class Mailbox:
 
     # -- internals -------------------------------------------------------------------------
 
-    async def wait_for_arrival(self) -> None:
-        """Park until a message arrives, the mailbox closes, or :meth:`interrupt_receivers`.
+    def wait_for_arrival(self) -> Coroutine[Any, Any, object]:
+        """Park until a message arrives, the mailbox closes, or :meth:`interrupt_receivers`
+        (``await`` what it returns, at once).
 
         Takes nothing: the caller receives what arrived, if anything, without waiting. This
-        is the agent's own loop's way to wait, so that stopping it needs no cancel scope.
+        is the agent's own loop's way to wait, so that stopping it needs no cancel scope. It
+        returns Trio's own wait rather than awaiting it: an idle agent keeps one coroutine
+        frame fewer.
 
         Raises:
             MailboxClosed: the mailbox is closed (the caller takes what waits first).
@@ -448,7 +451,7 @@ class Mailbox:
             receivers.remove(task)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        await trio.lowlevel.wait_task_rescheduled(cancelled)
+        return trio.lowlevel.wait_task_rescheduled(cancelled)  # noqa: ASYNC105 - the caller awaits
 
     def interrupt_receivers(self) -> None:
         """Wake every task parked in :meth:`wait_for_arrival`, with or without a message."""

@@ -63,6 +63,19 @@ _LIVE = frozenset({CellState.STARTING, CellState.RUNNING, CellState.STOPPING})
 _SERVING = frozenset({CellState.RUNNING, CellState.HIBERNATED})
 
 
+class _NoneYet(dict[Any, Any]):
+    """The empty dict that a cell's rarely used records start as, shared by every cell: it
+    refuses an entry (each cell makes a dict of its own for its first)."""
+
+    __slots__ = ()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise TypeError("the shared empty record takes no entry: make one of your own first")
+
+
+_NONE_YET: dict[Any, Any] = _NoneYet()
+
+
 class AgentCell:
     """One agent's identity, mailbox and task; see the module docstring."""
 
@@ -166,12 +179,13 @@ class AgentCell:
         self._linked_failure: BaseException | None = None
         #: The message its instance is handling (settled by the cell if the instance ends).
         self._in_hand: Envelope | None = None
-        # What the instance left running, to settle when it ends. Dicts used as ordered sets:
-        # an empty dict takes a third of an empty set's memory, and there is one per agent.
-        self._timers: dict[Timer, None] = {}
-        self._background: dict[trio.CancelScope, None] = {}
-        self._watchers: dict[MonitorRef, AgentCell] = {}
-        self._watching: dict[MonitorRef, AgentCell] = {}
+        # What the instance left running, to settle when it ends. Dicts used as ordered sets,
+        # each the shared empty one until its first entry: most agents never set a timer or a
+        # monitor, and four empty dicts were a thirtieth of an idle agent.
+        self._timers: dict[Timer, None] = _NONE_YET
+        self._background: dict[trio.CancelScope, None] = _NONE_YET
+        self._watchers: dict[MonitorRef, AgentCell] = _NONE_YET
+        self._watching: dict[MonitorRef, AgentCell] = _NONE_YET
 
     def __repr__(self) -> str:
         return f"<AgentCell {self.id!r} {self.state.value}>"
@@ -499,7 +513,7 @@ class AgentCell:
         for envelope in self.mailbox.drain():
             self._drop(envelope, self._undelivered_reason(), reason)
         self.system.retire(self)
-        watchers, self._watchers = self._watchers, {}
+        watchers, self._watchers = self._watchers, _NONE_YET
         for monitor, watcher in watchers.items():
             watcher._watching.pop(monitor, None)
             watcher.notify(Down(self.ref, reason, monitor))
@@ -580,7 +594,11 @@ class AgentCell:
         if target.state is CellState.STOPPED:
             self.notify(Down(ref, StopReason.NOPROC, monitor))
         else:
+            if target._watchers is _NONE_YET:
+                target._watchers = {}
             target._watchers[monitor] = self
+            if self._watching is _NONE_YET:
+                self._watching = {}
             self._watching[monitor] = target
         return monitor
 
@@ -599,6 +617,8 @@ class AgentCell:
             target.notify(payload)
 
         timer = self.system.timers.call_after(delay, fire)
+        if self._timers is _NONE_YET:
+            self._timers = {}
         self._timers[timer] = None
         return timer
 
@@ -610,6 +630,8 @@ class AgentCell:
         scope = trio.CancelScope(shield=True)
         if self.state is not CellState.RUNNING and self.state is not CellState.STARTING:
             scope.cancel()
+        if self._background is _NONE_YET:
+            self._background = {}
         self._background[scope] = None
         instance = self.instances
 
