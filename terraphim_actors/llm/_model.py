@@ -77,11 +77,18 @@ class ChatModel(Agent):
         self.base_url = base_url
         self.model = model
         self.timeout = timeout
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url, api_key=api_key or _NO_KEY, max_retries=0, timeout=timeout
-        )
+        self._api_key = api_key
+        self._client = self._new_client()
         self._headers: dict[str, str | openai.Omit] = (
             {} if api_key else {"Authorization": openai.Omit()}
+        )
+
+    def _new_client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self._api_key or _NO_KEY,
+            max_retries=0,
+            timeout=self.timeout,
         )
 
     def __repr__(self) -> str:
@@ -89,6 +96,14 @@ class ChatModel(Agent):
 
     async def on_stop(self, reason: ExitReason) -> None:
         await self._client.close()
+
+    async def on_hibernate(self) -> None:
+        """Asleep, the agent keeps no connections open: its client is closed, and a new one is
+        made when a message wakes it."""
+        await self._client.close()
+
+    async def on_wake(self) -> None:
+        self._client = self._new_client()
 
     async def handle_call(self, message: Any, ctx: Context) -> ChatResponse | None:
         if not isinstance(message, ChatRequest):

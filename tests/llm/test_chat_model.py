@@ -358,6 +358,33 @@ class TestFailures:
         assert failed.value.__cause__.status_code is None
 
 
+class Sleepy(ChatModel):
+    """A ChatModel that says when it has gone to sleep."""
+
+    def __init__(self, asleep: trio.Event, **options: Any) -> None:
+        super().__init__(**options)
+        self.asleep = asleep
+
+    async def on_hibernate(self) -> None:
+        await super().on_hibernate()
+        self.asleep.set()
+
+
+class TestHibernation:
+    async def test_a_model_agent_that_slept_answers_when_woken(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """Its client is closed while it sleeps and made again when a call wakes it."""
+        asleep = trio.Event()
+        model = await system.spawn(
+            Sleepy, asleep, base_url=server.base_url, model="tiny", hibernate_after=0.05
+        )
+        with trio.fail_after(LIMIT):
+            await model.call(ask("before"))
+            await asleep.wait()
+            assert (await model.call(ask("after"))).text == "echo: after"
+
+
 class TestTheKey:
     async def test_the_key_is_sent_as_a_bearer_token(
         self, system: MessageSystem, server: ChatServer
