@@ -545,6 +545,15 @@ class Supervisor:
         self._wake(child)
         return True
 
+    def run_scope(self, id: Hashable) -> trio.CancelScope | None:
+        """The cancel scope around child ``id``'s current run (None if it has none): the one
+        the supervisor cancels to kill it. A child may keep it to kill its own run without a
+        scope of its own; it then handles that ``Cancelled`` as it sees fit."""
+        child = self._children.get(id)
+        if child is None or child.run is None:
+            return None
+        return child.run.scope
+
     def _wake(self, child: Child) -> ChildRun:
         """Start a hibernated child's next run, reported started already (with its last
         run's value): its supervisor does not wait for it."""

@@ -12,6 +12,7 @@ cast. It moves through its lifecycle only as ``lifecycle.py``'s table allows.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -75,6 +76,9 @@ class _NoneYet(dict[Any, Any]):
 
 _NONE_YET: dict[Any, Any] = _NoneYet()
 
+#: The instance's scope when its supervisor's serves (a null context, reusable).
+_UNSCOPED = contextlib.nullcontext()
+
 
 class AgentCell:
     """One agent's identity, mailbox and task; see the module docstring."""
@@ -88,6 +92,7 @@ class AgentCell:
         "_in_hand",
         "_instance_over",
         "_instance_scope",
+        "_killed",
         "_last_reason",
         "_linked_failure",
         "_stop_deadline",
@@ -159,7 +164,10 @@ class AgentCell:
         self._last_reason: ExitReason = StopReason.NORMAL
         self.exit_reason: ExitReason | None = None
         self._task: trio.lowlevel.Task | None = None
+        #: What kill() cancels while an instance runs: its supervisor's scope around the run,
+        #: or the cell's own without a supervisor; ``_killed`` once it did.
         self._instance_scope: trio.CancelScope | None = None
+        self._killed = False
         self._stop_requested: StopReason | None = None
         #: When a requested stop's shutdown time is up: it covers the handler in hand and
         #: ``on_stop`` together.
@@ -254,30 +262,45 @@ class AgentCell:
         reason: ExitReason = StopReason.KILLED
         settled_as: ExitReason | None = StopReason.KILLED
         asleep = False
+        # kill() cancels the scope its supervisor runs the instance in: a scope of the cell's
+        # own is made only when none does.
+        placement = self.placement
+        outer = None if placement is None else placement.supervisor.run_scope(placement.id)
+        scope = trio.CancelScope() if outer is None else None
+        self._instance_scope = outer if outer is not None else scope
+        self._killed = False
         try:
             try:
-                # One scope for the instance's life, ``on_start`` included: kill() cancels it.
-                with trio.CancelScope() as scope:
-                    self._instance_scope = scope
-                    if self.state is CellState.HIBERNATED:
-                        instance = self.latest
-                        assert instance is not None
-                        await self._wake_instance(instance)
-                    else:
-                        instance = self.latest = await self.behaviour.start(self)
-                        self.state = transition(self.state, CellState.RUNNING)
-                        task_status.started(self.ref)
-                        self.system.publish(AgentStarted(self.id))
-                    while (ended := await instance.run()) is None:  # idle past hibernate_after
-                        if await self._fall_asleep(instance):
-                            asleep = True
-                            break
-                    else:
-                        reason = ended
+                # The instance's whole life, ``on_start`` included, can be killed.
+                try:
+                    with _UNSCOPED if scope is None else scope:
+                        if self.state is CellState.HIBERNATED:
+                            instance = self.latest
+                            assert instance is not None
+                            await self._wake_instance(instance)
+                        else:
+                            instance = self.latest = await self.behaviour.start(self)
+                            self.state = transition(self.state, CellState.RUNNING)
+                            task_status.started(self.ref)
+                            self.system.publish(AgentStarted(self.id))
+                        while (ended := await instance.run()) is None:  # idle past hibernate_after
+                            if await self._fall_asleep(instance):
+                                asleep = True
+                                break
+                        else:
+                            reason = ended
+                except trio.Cancelled:
+                    if scope is not None or not self._killed:
+                        raise  # not its own kill: from outside, it goes on out
+                    # Its own kill, through its supervisor's scope, ends here as the cell's own
+                    # scope would end it (what runs after it either awaits nothing or shields).
+                    killed = True
+                else:
+                    killed = scope is not None and scope.cancelled_caught
                 if not asleep:
                     if instance is None:
                         raise AgentStartFailed(f"{self.id!r} was stopped before on_start finished")
-                    if scope.cancelled_caught and self._linked_failure is not None:
+                    if killed and self._linked_failure is not None:
                         reason = self._linked_failure
             except BaseException as error:
                 if instance is not None and not isinstance(error, trio.Cancelled):
@@ -559,6 +582,7 @@ class AgentCell:
     def kill(self) -> None:
         """Cancel the running instance now (its handler is interrupted)."""
         if self._instance_scope is not None:
+            self._killed = True
             self._instance_scope.cancel()
 
     def cut_short(self, grace: float) -> None:

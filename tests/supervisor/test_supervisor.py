@@ -649,6 +649,24 @@ class TestQuietChildren:
         assert log[2:] == ["stop b", "end b", "stop a", "end a"]
 
 
+class TestRunScope:
+    async def test_cancelling_a_childs_run_scope_kills_that_run(
+        self, autojump_clock: Clock
+    ) -> None:
+        """``run_scope`` is the scope the supervisor kills a run with: cancelled, the child
+        sees ``Cancelled``, and its run ends (a permanent child then starts again)."""
+        log = Log()
+        sup = Supervisor([spec(log, "a")])
+        async with sup:
+            scope = sup.run_scope("a")
+            assert scope is not None
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert log[:3] == ["start a", "cancel a", "start a"]
+            assert sup.run_scope("a") is not scope
+            assert sup.run_scope("nobody") is None
+
+
 class TestStopConcurrently:
     async def test_busy_children_stop_within_one_shutdown_time(self, autojump_clock: Clock) -> None:
         """With ``stop_concurrently`` every child is asked at once and waited for together:
