@@ -106,6 +106,11 @@ class AdmissionDesk:
         if not budgets.waiting and gate.admit(now):
             self._admit(budgets, envelope, now)
             return None
+        if self._delivery.closing:
+            # Nothing would let it through any more: settled as a send to a stopped agent is.
+            return DeadLetterReason.SYSTEM_STOPPED, SystemClosed(
+                "the system is shutting down: nothing waits for admission"
+            )
         ready = budgets.retry_at(now)
         if (now if ready is None else ready) + budgets.handling_time > deadline_of(envelope):
             fallback = self.fallback(endpoint, envelope)
@@ -241,6 +246,13 @@ class AdmissionDesk:
         and have it wait first in line, neither failed nor spending a retry; or, if it could
         not be handled by its deadline then, refuse it now."""
         self.release(envelope)
+        if self._delivery.closing:
+            self._delivery.undelivered(
+                envelope,
+                DeadLetterReason.SYSTEM_STOPPED,
+                SystemClosed("the system shut down before it could be tried again"),
+            )
+            return
         budgets = gate.budgets
         now = self._clock.current_time()
         budgets.hold(now + seconds)

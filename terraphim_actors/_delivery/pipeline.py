@@ -95,9 +95,15 @@ _RAISED = frozenset(
 _NOT_TAKEN = (OwnMailboxFull, InvalidMessage, UnencodablePayload)
 
 #: Failures that say nothing of the agent, so do not count against its circuit (``EXPIRED``:
-#: its budgets could not admit the message before its deadline).
+#: its budgets could not admit the message before its deadline; ``SYSTEM_STOPPED``: the system
+#: shut down before they did).
 _NOT_THE_AGENTS = frozenset(
-    {DeadLetterReason.CIRCUIT_OPEN, DeadLetterReason.UNREACHABLE, DeadLetterReason.EXPIRED}
+    {
+        DeadLetterReason.CIRCUIT_OPEN,
+        DeadLetterReason.UNREACHABLE,
+        DeadLetterReason.EXPIRED,
+        DeadLetterReason.SYSTEM_STOPPED,
+    }
 )
 
 #: What an inbox raises for a message it cannot take now: a full or closed mailbox, a cluster
@@ -685,6 +691,11 @@ class DeliveryManager:
         admission.record(False, self._clock.current_time())
 
     # -- admission budgets -------------------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        """Whether the system is shutting down (nothing waits for admission then)."""
+        return self._closing()
 
     def _release(self, envelope: Envelope) -> None:
         """``envelope`` left its handler, or will never reach one: if budgets admitted it,

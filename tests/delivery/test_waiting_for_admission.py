@@ -452,3 +452,32 @@ class TestManyWaiting:
         await trio.sleep(2.0)
         assert system.delivery.get_stats().dead_lettered == 1_500
         settled(system)
+
+
+class TestShutdown:
+    async def test_what_waits_at_shutdown_is_a_dead_letter(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        async with open_message_system() as system:
+            ref = await system.spawn(Recorder, admission=[RateLimit(requests=1, per=60.0)])
+            await ref.cast("first")
+            await ref.cast("waits", options=MessageOptions(timeout=120.0))
+            assert system.delivery.get_stats().admission_waiting == 1
+        assert [letter.reason for letter in system.dead_letters] == [
+            DeadLetterReason.SYSTEM_STOPPED
+        ]
+        settled(system)
+
+    async def test_nothing_sent_after_the_shutdown_waits(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The budgets would let it through only in a minute: a stopped system does not keep
+        it pending that long, it is a dead letter at once."""
+        async with open_message_system() as system:
+            ref = await system.spawn(Recorder, admission=[RateLimit(requests=1, per=60.0)])
+            await ref.cast("first")
+        ref.cast_nowait("late", options=MessageOptions(timeout=120.0))
+        assert [letter.reason for letter in system.dead_letters] == [
+            DeadLetterReason.SYSTEM_STOPPED
+        ]
+        settled(system)
