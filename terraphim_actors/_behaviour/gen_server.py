@@ -46,6 +46,7 @@ from .agent import (
     on_start_takes_context,
 )
 from .agent_checks import warn_cast_returned
+from .system_api import SystemApi
 
 __all__ = ["GenServer", "GenServerBehaviour"]
 
@@ -66,20 +67,20 @@ class GenServerBehaviour:
     """How a cell starts instances of one agent class: ``agent_class(*args, **kwargs)`` served
     by a :class:`GenServer` (the ``Behaviour`` a cell runs, one per agent, kept across restarts).
 
-    ``context`` makes the ``Context`` an instance's handlers get (its agent's, in its system).
+    ``system`` is what an instance's ``Context`` offers as ``ctx.system``.
     """
 
-    __slots__ = ("_context", "agent_class", "args", "handler_timeout", "hibernate_after", "kwargs")
+    __slots__ = ("_system", "agent_class", "args", "handler_timeout", "hibernate_after", "kwargs")
 
     def __init__(
         self,
         agent_class: type[Agent],
         args: tuple[Any, ...],
         handler_timeout: float | None,
-        context: Callable[[AgentCell], Context],
+        system: SystemApi,
         kwargs: dict[str, Any] | None = None,
     ) -> None:
-        self._context = context
+        self._system = system
         self.agent_class = agent_class
         self.args = args
         self.kwargs = {} if kwargs is None else kwargs
@@ -94,7 +95,7 @@ class GenServerBehaviour:
         Raises:
             AgentStartFailed: the constructor or ``on_start`` raised.
         """
-        context = self._context(cell)
+        context = Context(cell, self._system)
         agent_class = self.agent_class
         try:
             agent = agent_class(*self.args, **self.kwargs)

@@ -15,7 +15,7 @@ from .._primitives.mailbox import MailboxConfig
 from .._process.cell import AgentCell, CellState
 from .._process.host import AgentHost
 from ..errors import DuplicateAgent
-from .agent import Agent, Context
+from .agent import Agent
 from .gen_server import GenServerBehaviour
 from .refs import AgentRef
 from .system_api import SystemApi
@@ -99,7 +99,7 @@ class AgentStarter:
             self._check_placement(cell)
         if cell is None or cell.state is CellState.STOPPED:
             behaviour = GenServerBehaviour(
-                self.agent_class, self.args, self.handler_timeout, self._context, self.kwargs
+                self.agent_class, self.args, self.handler_timeout, self.system, self.kwargs
             )
             behaviour.hibernate_after = (
                 self.agent_class.hibernate_after
@@ -124,9 +124,6 @@ class AgentStarter:
             cell.ref = AgentRef(cell.endpoint, self.system)
             self.system.register(cell)
         return cell.run(task_status=task_status)
-
-    def _context(self, cell: AgentCell) -> Context:
-        return Context(cell, self.system)
 
     def _check_placement(self, cell: AgentCell) -> None:
         """Refuse to run a second instance beside the first: one spec placed in two

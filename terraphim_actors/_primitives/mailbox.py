@@ -15,7 +15,7 @@ import enum
 import itertools
 import math
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 import attrs
@@ -115,6 +115,10 @@ class OwnMailboxFull(MailboxFull):
     """
 
 
+#: The lanes of a mailbox that has had no message yet, shared by every such mailbox.
+_NO_LANES: tuple[None, ...] = (None,) * len(Priority)
+
+
 class Mailbox:
     """A priority-ordered, optionally bounded queue of envelopes for one agent.
 
@@ -153,10 +157,11 @@ class Mailbox:
         self._limit: float = math.inf if capacity is None else capacity
         self._overflow = self.config.overflow
         # One FIFO lane per priority, made when its first message comes: an empty deque
-        # takes more memory than an idle Trio task's whole stack.
-        self._lanes: list[collections.deque[Envelope] | None] = [None] * len(Priority)
+        # takes more memory than an idle Trio task's whole stack. Until then both lists are
+        # the shared tuple of no lanes (many mailboxes never get a message).
+        self._lanes: Sequence[collections.deque[Envelope] | None] = _NO_LANES
         #: The same lanes in the order receives empty them: highest priority first.
-        self._receive_order: list[collections.deque[Envelope] | None] = [None] * len(Priority)
+        self._receive_order: Sequence[collections.deque[Envelope] | None] = _NO_LANES
         #: Tasks parked until a message arrives, oldest first.
         self._receivers: list[trio.lowlevel.Task] = []
         #: Senders waiting for room (only a bounded mailbox that blocks has any).
@@ -219,7 +224,7 @@ class Mailbox:
         priority = envelope.options.priority
         lane = self._lanes[priority]
         if lane is None:
-            lane = self._lanes[priority] = self._receive_order[-1 - priority] = collections.deque()
+            lane = self._new_lane(priority)
         lane.append(envelope)
         self._size = size = size + 1
         self._received += 1
@@ -469,6 +474,14 @@ class Mailbox:
                     lane.remove(envelope)
                     return self._took(envelope)
         return None
+
+    def _new_lane(self, priority: int) -> collections.deque[Envelope]:
+        """The lane of ``priority``, made now (with the mailbox's lists, at its first)."""
+        lanes, order = list(self._lanes), list(self._receive_order)
+        lane: collections.deque[Envelope] = collections.deque()
+        lanes[priority] = order[-1 - priority] = lane
+        self._lanes, self._receive_order = lanes, order
+        return lane
 
     def _took(self, envelope: Envelope) -> Envelope:
         self._size -= 1
