@@ -417,6 +417,12 @@ class Mailbox:
         self._processing_time += seconds
         self._last_activity = now() if finished_at is None else finished_at
 
+    @property
+    def counts(self) -> tuple[int, int]:
+        """Messages received and processed so far (what :meth:`stats` counts, without the
+        snapshot: an agent's mailbox is counted once more as it stops for good)."""
+        return self._received, self._processed
+
     def stats(self) -> MailboxStats:
         """A frozen snapshot of this mailbox's counters."""
         processed = self._processed

@@ -508,7 +508,8 @@ class AgentCell:
                     logger.error("agent %r raised in on_stop", self.id, exc_info=error)
                 finally:
                     self._cleanup_scope = None
-        self.system.publish(AgentExited(self.id, reason))
+        if self.system.stops_seen():  # else nobody hears of it: no notice is made
+            self.system.publish(AgentExited(self.id, reason))
 
     def _settle_links(self) -> None:
         """Cancel the instance's timers and background tasks and remove its monitors."""

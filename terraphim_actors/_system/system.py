@@ -937,9 +937,9 @@ class MessageSystem:
         self.registry.remove(cell)
         if self.cluster is not None:
             self.cluster.release(cell.id, cell.exit_reason or StopReason.NORMAL)
-        stats = cell.mailbox.stats()
-        self._retired_received += stats.messages_received
-        self._retired_processed += stats.messages_processed
+        received, processed = cell.mailbox.counts
+        self._retired_received += received
+        self._retired_processed += processed
         if cell in self._subscribers:
             self._subscribers.remove(cell)
         if cell in self._dead_letter_subscribers:
