@@ -279,6 +279,21 @@ class AdmissionDesk:
                 )
         self._rooms.clear()
 
+    def take_stopped(self, endpoint: Endpoint) -> list[Envelope]:
+        """``endpoint`` has stopped for good: take out the messages waiting for its budgets
+        that nothing can take now, for it to settle with the rest of its mailbox (a caller
+        hears of the stop at once, not when the budgets would have let its call through).
+        A message that came through a pool stays while another member is left: it goes to
+        that member when let through."""
+        gate = endpoint.admission
+        if type(gate) is not AdmissionGate or not gate.budgets.waiting:
+            return []
+        budgets = gate.budgets
+        taken = budgets.take_if(lambda entry: _member_for(entry[0], entry[1]).occupant.gone)
+        if not budgets.waiting:
+            self._rooms.pop(budgets, None)
+        return [envelope for _, envelope, _ in taken]
+
     def is_waiting(self, envelope: Envelope) -> bool:
         """Whether ``envelope`` waits for admission now (a scan: for a call that timed out)."""
         return any(entry[1] is envelope for budgets in self._rooms for entry in budgets)

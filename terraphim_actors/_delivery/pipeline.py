@@ -703,6 +703,11 @@ class DeliveryManager:
         if self.admissions.admitted:
             self.admissions.release(envelope)
 
+    def take_stopped(self, endpoint: Endpoint) -> list[Envelope]:
+        """The messages waiting for the admission of ``endpoint``, which has stopped for
+        good, that no other agent can take: taken out, for its cell to settle."""
+        return self.admissions.take_stopped(endpoint)
+
     def gate(self, endpoint: Endpoint) -> AdmissionGate:
         """``endpoint``'s admission gate, made now if it has none (for a pool member, one
         for every member, sharing one set of budgets): what a ``retry_after`` holds."""

@@ -536,6 +536,9 @@ class AgentCell:
         self.mailbox.close()
         for envelope in self.mailbox.drain():
             self._drop(envelope, self._undelivered_reason(), reason)
+        if self.endpoint.admission is not None:  # some may wait for its budgets
+            for envelope in self.system.delivery.take_stopped(self.endpoint):
+                self._drop(envelope, self._undelivered_reason(), reason)
         self.system.retire(self)
         watchers, self._watchers = self._watchers, _NONE_YET
         for monitor, watcher in watchers.items():

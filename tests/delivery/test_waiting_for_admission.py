@@ -27,7 +27,7 @@ from terraphim_actors import (
     TokenBudget,
     open_message_system,
 )
-from terraphim_actors.errors import CallTimeout, InvalidConfig
+from terraphim_actors.errors import AgentStopped, CallTimeout, InvalidConfig
 
 AT_MOST_ONCE = MessageOptions(guarantee=DeliveryGuarantee.AT_MOST_ONCE)
 
@@ -451,6 +451,47 @@ class TestManyWaiting:
             await ref.cast(n, options=AT_MOST_ONCE)
         await trio.sleep(2.0)
         assert system.delivery.get_stats().dead_lettered == 1_500
+        settled(system)
+
+
+class TestStoppedAgent:
+    async def test_a_call_waiting_for_a_stopped_agent_fails_at_once(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Its budget would let the call through only in 30 s: the stop at 1 s fails it then
+        with AgentStopped, and a cast waiting beside it is a dead letter then."""
+        ref = await system.spawn(Recorder, admission=[RateLimit(requests=1, per=30.0)])
+        await ref.cast("first")
+        await ref.cast("waits", options=MessageOptions(timeout=60.0))
+        failed_at: list[float] = []
+
+        async def call() -> None:
+            with pytest.raises(AgentStopped):
+                await ref.call("also waits", timeout=60.0)
+            failed_at.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            await trio.sleep(1.0)
+            await system.stop(ref)
+        assert failed_at == [pytest.approx(1.0)]
+        assert [letter.reason for letter in system.dead_letters] == [DeadLetterReason.AGENT_STOPPED]
+        settled(system)
+
+    @pytest.mark.parametrize("stopped", [0, 1])
+    async def test_a_pool_message_waits_on_for_the_member_left(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock, stopped: int
+    ) -> None:
+        """Whichever member stops, what waits for the pool's budget goes to the other."""
+        pool = await system.spawn_pool(
+            Recorder, size=2, admission=[RateLimit(requests=1, per=30.0)]
+        )
+        await pool.call("first")
+        await pool.cast("waits", options=MessageOptions(timeout=60.0))
+        members = pool.members
+        await system.stop(members[stopped])
+        await trio.sleep(31.0)
+        assert system.delivery.get_stats().acknowledged == 2
         settled(system)
 
 

@@ -4,7 +4,7 @@ them, and the messages waiting for them, highest priority first."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -168,6 +168,17 @@ class Budgets:
         for lane in self._lanes:
             lane.clear()
         return entries
+
+    def take_if(self, chosen: Callable[[Any], bool]) -> list[Any]:
+        """Remove and return the waiting entries ``chosen`` picks, highest priority first;
+        the others keep their places."""
+        taken: list[Any] = []
+        for lane in reversed(self._lanes):
+            entries = list(lane)
+            lane.clear()
+            for entry in entries:
+                (taken if chosen(entry) else lane).append(entry)
+        return taken
 
     def __iter__(self) -> Iterator[Any]:
         for lane in reversed(self._lanes):
