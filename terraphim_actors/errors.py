@@ -200,5 +200,6 @@ class NonRetryable(MessagingError):
     """Raised by a handler (or anywhere in the ``__cause__``/``__context__`` chain of what it
     raised): the message will fail the same way again, so it is never redelivered. A cast or
     info becomes a ``REJECTED`` dead letter at once, a call fails with ``CallFailed``; the
-    agent's ``on_error`` still decides what becomes of the agent.
+    agent's ``on_error`` still decides what becomes of the agent. The recipient's circuit
+    breaker does not count it: the request was bad, not the recipient.
     """

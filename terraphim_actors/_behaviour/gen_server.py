@@ -346,9 +346,13 @@ class GenServer:
                     context._retry_after = None  # a crash, whatever the handler said before
                     if observed and "handler_finished" in instruments:
                         instruments.call("handler_finished", cell.id, envelope, crash)
-                    delivery.record_failure(endpoint)
+                    # A request that will fail the same way again (bad, not the agent's
+                    # fault) says nothing of the agent's health: the circuit does not count it.
+                    rejected = _not_retryable(crash, instance.no_retry_on)
+                    if not rejected:
+                        delivery.record_failure(endpoint)
                     directive = self._decide(crash, envelope)
-                    if _not_retryable(crash, instance.no_retry_on):
+                    if rejected:
                         why = DeadLetterReason.REJECTED
                     elif directive is Directive.RESUME:
                         why = DeadLetterReason.HANDLER_CRASHED

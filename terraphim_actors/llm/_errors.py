@@ -61,7 +61,7 @@ class ModelUnavailable(ModelError):
 class ModelRejected(ModelError, NonRetryable):
     """The endpoint refused the request as it is (a 4xx such as a bad request, a missing or
     wrong key, an unknown model): it would fail the same way again, so it is never
-    redelivered."""
+    redelivered, and the circuit breaker does not count it (the endpoint is not at fault)."""
 
 
 class ContextTooLong(ModelRejected):

@@ -45,7 +45,8 @@ class ChatModel(Agent):
     of ``terraphim_actors.llm``: ``ModelUnavailable`` (5xx, timeouts, a 429 without a wait) is
     retried by the message's guarantee (a cast's; a call's caller gets it as the cause of
     ``CallFailed``) and counted by the circuit breaker; ``ModelRejected`` (``ContextTooLong``
-    among them) is never retried. Neither restarts the agent.
+    among them) is never retried, nor counted by the breaker (the request was bad, not the
+    endpoint). Neither restarts the agent.
 
     Args:
         base_url: the API's root, such as ``"https://api.openai.com/v1"`` or

@@ -279,6 +279,20 @@ class TestFailures:
                 await model.call(ask("hi"))
             assert system.router.stats().circuits[model.id] is CircuitState.OPEN
 
+    async def test_a_rejection_does_not_count_against_the_circuit_breaker(
+        self, server: ChatServer
+    ) -> None:
+        """A request too long for the context is the request's fault, not the endpoint's: with
+        a threshold of one the circuit stays closed, and the next request is asked."""
+        config = lenient_config(breaker=CircuitBreakerConfig(failure_threshold=1))
+        async with open_message_system(config) as system:
+            model = await spawn_model(system, server)
+            with trio.fail_after(LIMIT):
+                with pytest.raises(CallFailed):
+                    await model.call(ask("word " * 60))
+                assert (await model.call(ask("hi"))).text == "echo: hi"
+            assert system.router.stats().circuits.get(model.id) is not CircuitState.OPEN
+
     async def test_a_cast_that_meets_a_5xx_is_delivered_again(self, server: ChatServer) -> None:
         """At least once: the next attempt's answer reaches stream_to."""
         async with open_message_system(lenient_config(retry_delay=0.05)) as system:

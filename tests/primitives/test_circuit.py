@@ -37,6 +37,7 @@ from terraphim_actors.errors import (
     DeliveryFailed,
     InvalidConfig,
     MailboxFull,
+    NonRetryable,
 )
 
 #: Opens after two failures in a row, half-opens ten seconds later.
@@ -254,6 +255,26 @@ class TestThroughTheSystem:
             stats = system.router.stats()
             assert stats.circuits == {ref.id: CircuitState.CLOSED}
             assert stats.open_circuits == 0
+
+    async def test_a_non_retryable_rejection_does_not_count(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A handler refusing a bad request (``NonRetryable``) says nothing of the agent's
+        health, as ``NotHandled`` does not: with a threshold of one, the circuit stays closed
+        and the next call is answered."""
+
+        def refuse(ctx: Context) -> None:
+            raise NonRetryable("a bad request")
+
+        config = MessageSystemConfig(
+            router=RouterConfig(circuit_breaker=CircuitBreakerConfig(failure_threshold=1))
+        )
+        async with open_message_system(config) as system:
+            ref = await system.spawn(Runner)
+            with pytest.raises(CallFailed):
+                await ref.call(refuse)
+            assert circuit_of(system, ref) is not CircuitState.OPEN
+            assert await ref.call(lambda ctx: "answered") == "answered"
 
     async def test_agent_that_never_failed_is_not_listed(self, system: MessageSystem) -> None:
         """An agent that has only succeeded has no circuit entry in the router's stats."""
