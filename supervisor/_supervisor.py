@@ -890,19 +890,33 @@ class Supervisor:
         """
         self._check_not_starting_caller()
         self._check_running()
-        async with self._changing():
-            self._check_running()
-            self._check_new(spec, self._children)
-            child = self._children[spec.id] = Child(spec)
-            try:
-                error = await self._launch(child)
-            except BaseException:
-                self._forget(child)
-                raise
-            if error is not None:
-                self._forget(child)
-                raise ChildStartFailed(spec.id, error)
-            return child.info()
+        lock = self._lock
+        if self._lent_to_caller() or lock.locked():
+            async with self._changing():
+                return await self._add(spec)
+        # The lock is free: taken without the scheduler round that ``acquire`` spends, as the
+        # launch parks until the child reports anyway (a schedule point every time).
+        await trio.lowlevel.checkpoint_if_cancelled()
+        lock.acquire_nowait()
+        try:
+            return await self._add(spec)
+        finally:
+            lock.release()
+
+    async def _add(self, spec: ChildSpec) -> ChildInfo:
+        """``start_child`` under the lock."""
+        self._check_running()
+        self._check_new(spec, self._children)
+        child = self._children[spec.id] = Child(spec)
+        try:
+            error = await self._launch(child)
+        except BaseException:
+            self._forget(child)
+            raise
+        if error is not None:
+            self._forget(child)
+            raise ChildStartFailed(spec.id, error)
+        return child.info()
 
     async def terminate_child(self, id: Hashable) -> None:
         """Stop a child by its shutdown spec; it stays known (and restartable) unless temporary.
