@@ -18,8 +18,9 @@ the fallback. So does a message a pool member's open circuit refuses.
 from __future__ import annotations
 
 import contextlib
+import enum
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import trio
 
@@ -41,14 +42,12 @@ __all__ = ["AdmissionDesk", "Entered", "admission_stats"]
 _Entry: TypeAlias = tuple["Endpoint", Envelope, float]
 
 
-class Entered:
-    """What became of a message at its destination's budgets, when not simply let through."""
+class Entered(enum.Enum):
+    """What became of a message at its destination's budgets, when neither let through nor
+    refused nor sent to a fallback."""
 
-    __slots__ = ()
-
-
-#: The budgets' waiting room (or a fallback) took the message: its sender has nothing to put.
-TAKEN = Entered()
+    #: It waits in the budgets' waiting room: its sender has nothing to put.
+    WAITING = "waiting"
 
 
 def deadline_of(envelope: Envelope) -> float:
@@ -92,10 +91,13 @@ class AdmissionDesk:
 
     # -- on the way in ------------------------------------------------------------------------
 
-    def enter(self, endpoint: Endpoint, gate: AdmissionGate, envelope: Envelope) -> Any:
+    def enter(
+        self, endpoint: Endpoint, gate: AdmissionGate, envelope: Envelope
+    ) -> tuple[DeadLetterReason, MessagingError] | Entered | Endpoint | None:
         """``envelope`` reaches ``endpoint``'s gate: ``None`` if let through (its sender puts
-        it into the inbox), :data:`TAKEN` if it waits here or went to a fallback, or the
-        failure (a delivery failure tuple, as the pipeline's obstacles are) if refused."""
+        it into the inbox), ``Entered.WAITING`` if it waits here, the endpoint it went to
+        instead if its pool's fallback took it, or the failure (a delivery failure tuple, as
+        the pipeline's obstacles are) if refused."""
         now = self._clock.current_time()
         if gate.circuit_refuses(now):
             fallback = self.fallback(endpoint, envelope)
@@ -125,11 +127,12 @@ class AdmissionDesk:
             self.drain(budgets)  # it came in behind others, or ahead of lower priorities
         else:
             self._wake_at(budgets, ready)
-        return TAKEN
+        return Entered.WAITING
 
-    def fallback(self, endpoint: Endpoint, envelope: Envelope) -> Any:
-        """Send ``envelope`` to its pool's fallback, if it came through a pool that has one;
-        ``None`` otherwise. One hop: a fallback's own fallback is not followed."""
+    def fallback(self, endpoint: Endpoint, envelope: Envelope) -> Endpoint | None:
+        """Send ``envelope`` to its pool's fallback, if it came through a pool that has one,
+        and return the endpoint it went to (a call's timeout counts against that one's
+        circuit); ``None`` otherwise. One hop: a fallback's own fallback is not followed."""
         group = endpoint.group
         if (
             group is None
@@ -147,7 +150,7 @@ class AdmissionDesk:
         failure = self._delivery.put_admitted(target, envelope, fallback=True)
         if failure is not None:
             self._delivery.failed_at(target, envelope, failure)
-        return TAKEN
+        return target
 
     def _admit(self, budgets: Budgets, envelope: Envelope, now: float) -> None:
         self.admitted[id(envelope)] = (envelope, budgets, now)

@@ -48,7 +48,7 @@ from ..errors import (
     MessagingError,
     UnencodablePayload,
 )
-from .admission import TAKEN, AdmissionDesk, Entered
+from .admission import AdmissionDesk, Entered
 from .dead_letters import DeadLetterReason
 from .journal import NO_JOURNAL
 from .ledger import DeliveryStats, SettlementListener, ledger_for
@@ -210,7 +210,7 @@ class DeliveryManager:
         except _NOT_TAKEN:
             self.ledger.refused(envelope)  # not accepted: it was never the delivery layer's
             raise
-        if failure is not None:
+        if failure is not None and type(failure) is tuple:  # not taken by a fallback
             self._failed(endpoint, envelope, *failure)
         if commit is not None:
             await commit.wait()
@@ -322,6 +322,8 @@ class DeliveryManager:
                 if failure is None:
                     assert endpoint is not None
                     return endpoint
+                if not isinstance(failure, tuple):
+                    return failure  # its pool's fallback took it
                 reason, error = failure
                 self._count_failure(endpoint, reason)
                 if not self._retries(envelope, reason):
@@ -359,20 +361,24 @@ class DeliveryManager:
             self._give_up(envelope, DeadLetterReason.EXPIRED, "the caller gave up before delivery")
             raise
 
-    async def _put(self, endpoint: Endpoint | None, envelope: Envelope) -> _Failure | None:
-        """Put ``envelope`` in ``endpoint``'s inbox, waiting if it blocks; or say why not.
+    async def _put(
+        self, endpoint: Endpoint | None, envelope: Envelope
+    ) -> _Failure | Endpoint | None:
+        """Put ``envelope`` in ``endpoint``'s inbox, waiting if it blocks; or say why not, or
+        where it went instead (the endpoint of its pool's fallback).
 
         A cancellation point either way, and a schedule point when it waits, or by the send
         budget (see ``Mailbox.put``)."""
         if endpoint is None or endpoint.admission is not None:
             failure = self._obstacle(endpoint, envelope)
-            if failure is TAKEN:  # it waits for admission, or went to a fallback: not ours now
+            if failure is Entered.WAITING:  # it waits for admission: not the sender's now
                 await spend_send_budget()
                 return None
             if failure is not None:
-                await trio.lowlevel.checkpoint_if_cancelled()
+                if type(failure) is tuple:
+                    await trio.lowlevel.checkpoint_if_cancelled()
                 await spend_send_budget()
-                return failure  # type: ignore[return-value]
+                return failure
             assert endpoint is not None
         try:
             await endpoint.inbox.put(envelope)
@@ -391,10 +397,10 @@ class DeliveryManager:
         """:meth:`_put` without waiting: a full mailbox is a failure."""
         if endpoint is None or endpoint.admission is not None:
             failure = self._obstacle(endpoint, envelope)
-            if failure is TAKEN:
-                return None
+            if failure is not None and type(failure) is tuple:
+                return failure
             if failure is not None:
-                return failure  # type: ignore[return-value]
+                return None  # it waits for admission, or its pool's fallback took it
             assert endpoint is not None
         try:
             endpoint.inbox.put_nowait(envelope)
@@ -428,9 +434,12 @@ class DeliveryManager:
             self._instruments.call("message_delivered", envelope)
         return None
 
-    def _obstacle(self, endpoint: Endpoint | None, envelope: Envelope) -> _Failure | Entered | None:
+    def _obstacle(
+        self, endpoint: Endpoint | None, envelope: Envelope
+    ) -> _Failure | Entered | Endpoint | None:
         """Why ``envelope`` cannot go into ``endpoint``'s inbox now, or ``None`` if it may try;
-        ``TAKEN`` if its destination's budgets made it wait (or sent it to a fallback)."""
+        ``Entered.WAITING`` if its destination's budgets made it wait; the endpoint it went to
+        instead if its pool's fallback took it."""
         if endpoint is None:
             if self._has_stopped(envelope.recipient):
                 return DeadLetterReason.AGENT_STOPPED, AgentStopped(
@@ -441,12 +450,9 @@ class DeliveryManager:
             )
         admission = endpoint.admission
         if type(admission) is AdmissionGate:
-            entered: _Failure | Entered | None = self.admissions.enter(
-                endpoint, admission, envelope
-            )
-            return entered
+            return self.admissions.enter(endpoint, admission, envelope)
         if admission is not None and not admission.admit(self._clock.current_time()):
-            fallback: Entered | None = self.admissions.fallback(endpoint, envelope)
+            fallback = self.admissions.fallback(endpoint, envelope)
             return self.circuit_open(endpoint) if fallback is None else fallback
         return None
 

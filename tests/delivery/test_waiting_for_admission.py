@@ -12,6 +12,8 @@ import trio.testing
 
 from terraphim_actors import (
     Agent,
+    CircuitBreakerConfig,
+    CircuitState,
     ConcurrencyLimit,
     Context,
     DeadLetterReason,
@@ -24,6 +26,7 @@ from terraphim_actors import (
     OverflowPolicy,
     Priority,
     RateLimit,
+    RouterConfig,
     TokenBudget,
     open_message_system,
 )
@@ -392,6 +395,24 @@ class TestFallback:
         assert await spare.call("seen") == ["to the spare", "cast too"]
         assert system.delivery.get_stats().fallbacks == 2
         settled(system)
+
+    async def test_a_call_that_times_out_at_the_fallback_counts_against_the_fallback(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The pool's member never saw the call: its circuit stays closed; the slow spare's,
+        which let it time out, opens (a breaker of one failure)."""
+        breaker = CircuitBreakerConfig(failure_threshold=1)
+        config = MessageSystemConfig(router=RouterConfig(circuit_breaker=breaker))
+        async with open_message_system(config) as system:
+            spare = await system.spawn(Recorder)
+            pool = await system.spawn_pool(
+                Recorder, size=1, admission=[RateLimit(requests=1, per=60.0)], fallback=spare
+            )
+            assert await pool.call("first") == "first"
+            with pytest.raises(CallTimeout):
+                await pool.call(("sleep", 10.0), timeout=5.0)
+            assert system.router.stats().circuits == {spare.id: CircuitState.OPEN}
+            await trio.sleep(10.0)
 
     async def test_the_fallback_must_be_a_ref(self, system: MessageSystem) -> None:
         with pytest.raises(InvalidConfig):
