@@ -21,6 +21,9 @@ logger = logging.getLogger("terraphim_actors")
 
 #: Seconds an agent may hold the shutdown up before a warning names it.
 HELD_UP_AFTER = 1.0
+#: Agents a check names at most: the rest held up at once (idle agents stopped together, a
+#: pool's members) are counted in one more line, not named one line each.
+NAMED_AT_ONCE = 10
 #: Seconds ``on_stop`` still gets once the shutdown deadline has passed.
 GRACE_AFTER_DEADLINE = 1.0
 
@@ -30,7 +33,8 @@ class ShutdownWatch:
 
     It logs the start at INFO, and a WARNING, once per agent, for each agent whose stop has
     been under way for :data:`HELD_UP_AFTER` seconds: which agent, what it is handling, for how
-    long, and how long it may still take. Given a ``deadline`` (seconds), it cancels every agent
+    long, and how long it may still take (at most :data:`NAMED_AT_ONCE` at a time, and how
+    many more in one line). Given a ``deadline`` (seconds), it cancels every agent
     still running once that has passed, and gives each ``on_stop`` at most
     :data:`GRACE_AFTER_DEADLINE` more seconds, so that the shutdown ends within
     ``deadline + GRACE_AFTER_DEADLINE``.
@@ -91,12 +95,17 @@ class ShutdownWatch:
     def _check(self) -> None:
         now = self._system.clock.current_time()
         next_check = now + HELD_UP_AFTER
+        named = unnamed = 0
         for cell in _running(self._system):
             since = cell.stop_requested_at
             if since is None or cell in self._warned:
                 continue
             if now >= since + HELD_UP_AFTER:
                 self._warned.add(cell)
+                if named == NAMED_AT_ONCE:
+                    unnamed += 1
+                    continue
+                named += 1
                 logger.warning(
                     "shutdown held up by %r for %.1f s, handling %s; it may take %.1f s more",
                     cell.id,
@@ -106,6 +115,13 @@ class ShutdownWatch:
                 )
             else:
                 next_check = min(next_check, since + HELD_UP_AFTER)
+        if unnamed:
+            logger.warning(
+                "shutdown held up by %d more agent%s, each stopping for %.1f s or more",
+                unnamed,
+                "" if unnamed == 1 else "s",
+                HELD_UP_AFTER,
+            )
         self._check_timer = self._system.timers.call_at(next_check, self._check)
 
 

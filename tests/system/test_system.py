@@ -1745,6 +1745,26 @@ class TestShutdownLogs:
             assert " for 1.0 s, handling <cast #" in message
             assert message.endswith(f" -> {name}: 'work'>; it may take 4.0 s more")
 
+    def test_many_agents_held_up_at_once_are_named_ten_and_counted(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Past ten agents held up at once (a pool's members stop together), the rest are
+        counted in one line rather than named one line each."""
+
+        class Lingering(Agent):
+            async def on_stop(self, reason: ExitReason) -> None:
+                await trio.sleep(2.0)
+
+        async def body() -> None:
+            async with open_message_system(AT_MOST_ONCE) as system:
+                await system.spawn_pool(Lingering, size=13)
+
+        with caplog.at_level(logging.INFO, logger="terraphim_actors"):
+            run_guarded(body)
+        held = [r.getMessage() for r in caplog.records if "held up" in r.getMessage()]
+        assert len(held) == 11
+        assert held[-1] == "shutdown held up by 3 more agents, each stopping for 1.0 s or more"
+
     def test_an_agent_that_stops_within_a_second_is_not_named(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
