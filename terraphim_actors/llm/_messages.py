@@ -123,6 +123,11 @@ class ChatChunk:
     ``index`` counts the pieces from 0. The last chunk of an answer has an empty ``text`` and
     the whole answer as ``response``. If the request fails part way and its message is
     delivered again, its answer is streamed again from index 0.
+
+    Chunks may arrive out of order: they are cast without waiting (``cast_nowait``), and one a
+    full mailbox refused is retried by its guarantee behind the chunks after it. A receiver
+    that assembles the text orders the pieces by ``index`` and keeps one per
+    ``(message_id, index)``, starting again when index 0 comes again (a retried stream).
     """
 
     message_id: int

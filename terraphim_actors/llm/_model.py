@@ -19,7 +19,7 @@ from .._behaviour.refs import AgentRef
 from .._core.bounded_repr import shorten
 from .._core.checks import MAX_SECONDS, check_instance, check_seconds
 from .._core.notifications import ExitReason
-from ..errors import InvalidConfig, NonRetryable
+from ..errors import CallTimeout, InvalidConfig, NonRetryable
 from ._errors import ModelError, ModelUnavailable, retry_after_seconds, translate
 from ._messages import ChatChunk, ChatRequest, ChatResponse, ChatUsage
 
@@ -28,6 +28,12 @@ __all__ = ["ChatModel"]
 #: What the SDK is given as the key when there is none (a local server); the header that
 #: would carry it is left out of every request.
 _NO_KEY = "no-key"
+
+
+class _NoTimeLeft(CallTimeout, NonRetryable):
+    """The call in hand's deadline passed before its request was made: no request is made.
+    Its caller has stopped waiting (its own ``CallTimeout`` is the failure the circuit breaker
+    counts), so this one is not counted again, nor retried."""
 
 
 class ChatModel(Agent):
@@ -39,14 +45,17 @@ class ChatModel(Agent):
     the model writes them (the call still returns the whole answer). A cast of a request with
     ``stream_to`` is answered there only (the last chunk carries the whole answer).
 
-    Each answer's tokens are charged to the agent's budgets (``ctx.charge``). A 429 with
-    ``Retry-After`` delivers the message again after that wait (``ctx.retry_after``: no
-    failure, no retry spent; a call's caller keeps waiting). The endpoint's failures are errors
-    of ``terraphim_actors.llm``: ``ModelUnavailable`` (5xx, timeouts, a 429 without a wait) is
-    retried by the message's guarantee (a cast's; a call's caller gets it as the cause of
-    ``CallFailed``) and counted by the circuit breaker; ``ModelRejected`` (``ContextTooLong``
-    among them) is never retried, nor counted by the breaker (the request was bad, not the
-    endpoint). Neither restarts the agent.
+    Each answer's tokens are charged to the agent's budgets (``ctx.charge``); a streamed
+    answer cut short charges the pieces it got, one token each (the endpoint's own count comes
+    only at the end). A 429 delivers the message again after the wait it names, or after
+    :attr:`default_retry_after` if it names none (``ctx.retry_after``: no failure, no retry
+    spent; a call's caller keeps waiting). A call whose deadline has passed makes no request
+    and fails with ``CallTimeout``. The endpoint's failures are errors of
+    ``terraphim_actors.llm``: ``ModelUnavailable`` (5xx, timeouts) is retried by the
+    message's guarantee (a cast's; a call's caller gets it as the cause of ``CallFailed``) and
+    counted by the circuit breaker; ``ModelRejected`` (``ContextTooLong`` among them) is never
+    retried, nor counted by the breaker (the request was bad, not the endpoint). Neither
+    restarts the agent.
 
     Args:
         base_url: the API's root, such as ``"https://api.openai.com/v1"`` or
@@ -59,6 +68,8 @@ class ChatModel(Agent):
     """
 
     resume_on = (ModelError,)
+    #: Seconds the agent holds its admission after a 429 that names no wait.
+    default_retry_after: float = 1.0
 
     def __init__(
         self,
@@ -133,24 +144,31 @@ class ChatModel(Agent):
             ModelUnavailable: the endpoint failed, or did not answer in time: worth a retry.
             ModelRejected: the endpoint refused the request as it is (``ContextTooLong``).
         """
-        timeout = min(self.timeout, max(ctx.deadline - trio.current_time(), 0.0))
+        left = ctx.deadline - trio.current_time()
+        if left <= 0:
+            raise _NoTimeLeft(f"{self.model}: the call's deadline passed before its request")
+        timeout = min(self.timeout, left)
+        failure: ModelError | None = None
         with trio.move_on_after(timeout) as scope:
             try:
                 if request.stream_to is None:
                     response = await self._ask(request, timeout)
+                    ctx.charge(tokens=response.usage.total_tokens)
                 else:
                     response = await self._stream(request, request.stream_to, ctx, timeout)
             except openai.RateLimitError as error:
                 wait = retry_after_seconds(error)
-                if wait is None:
-                    raise translate(error, model=self.model) from None
-                ctx.retry_after(min(wait, MAX_SECONDS))
+                ctx.retry_after(
+                    min(self.default_retry_after if wait is None else wait, MAX_SECONDS)
+                )
                 return None
             except openai.OpenAIError as error:
-                raise translate(error, model=self.model) from None
+                # Raised out here, ours would keep the SDK's (and its request's key) as context.
+                failure = translate(error, model=self.model)
+        if failure is not None:
+            raise failure
         if scope.cancelled_caught:
             raise ModelUnavailable(f"{self.model}: no whole answer within {timeout:g} s")
-        ctx.charge(tokens=response.usage.total_tokens)
         return response
 
     async def _ask(self, request: ChatRequest, timeout: float) -> ChatResponse:
@@ -187,30 +205,37 @@ class ChatModel(Agent):
         usage = ChatUsage(prompt_tokens=0, completion_tokens=0)
         finish_reason: str | None = None
         failure: Exception | None = None
-        async with self._client.chat.completions.with_streaming_response.create(
-            model=self.model,
-            messages=_as_params(request),
-            max_tokens=openai.omit if request.max_tokens is None else request.max_tokens,
-            stream=True,
-            stream_options={"include_usage": True},
-            timeout=timeout,
-            extra_headers=self._headers,
-        ) as answer:
-            async for line in answer.http_response.aiter_lines():
-                if failure is not None:
-                    continue
-                try:
-                    event = _event(line, self.model)
-                    if event is None:
+        try:
+            async with self._client.chat.completions.with_streaming_response.create(
+                model=self.model,
+                messages=_as_params(request),
+                max_tokens=openai.omit if request.max_tokens is None else request.max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+                timeout=timeout,
+                extra_headers=self._headers,
+            ) as answer:
+                async for line in answer.http_response.aiter_lines():
+                    if failure is not None:
                         continue
-                    text, finished, counted = event
-                    finish_reason = finished or finish_reason
-                    usage = counted or usage
-                    if text:
-                        stream_to.cast_nowait(ChatChunk(message_id, len(pieces), text))
-                        pieces.append(text)
-                except Exception as error:
-                    failure = error
+                    try:
+                        event = _event(line, self.model)
+                        if event is None:
+                            continue
+                        text, finished, counted = event
+                        finish_reason = finished or finish_reason
+                        usage = counted or usage
+                        if text:
+                            stream_to.cast_nowait(ChatChunk(message_id, len(pieces), text))
+                            pieces.append(text)
+                    except Exception as error:
+                        failure = error
+        finally:
+            # What the endpoint spent is charged however the stream ended: its count if it
+            # came, else one token for each piece (a stream cut short never gets to the count).
+            spent = usage.total_tokens or len(pieces)
+            if spent:
+                ctx.charge(tokens=spent)
         if failure is not None:
             raise failure
         response = ChatResponse(text="".join(pieces), usage=usage, finish_reason=finish_reason)

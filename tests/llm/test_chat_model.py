@@ -21,6 +21,7 @@ from terraphim_actors import (
     AgentRef,
     CircuitBreakerConfig,
     CircuitState,
+    Context,
     DeadLetter,
     DeadLetterReason,
     MessageSystem,
@@ -239,6 +240,56 @@ class TestLimits:
             assert len(server.received) == 2
             assert system.dead_letters == ()
 
+    async def test_a_429_without_a_wait_holds_for_the_default_then_asks_again(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """Rate limited with no time named: held for ``ChatModel.default_retry_after`` (1 s),
+        then asked again; the caller gets that answer and nothing failed."""
+        model = await spawn_model(system, server)
+        server.fail_next(Failure(429, "rate limited", code="rate_limit_exceeded"))
+        asked = trio.current_time()
+        with trio.fail_after(LIMIT):
+            response = await model.call(ask("hi"))
+        assert response.text == "echo: hi"
+        assert trio.current_time() - asked >= ChatModel.default_retry_after == 1.0
+        assert len(server.received) == 2
+        assert system.delivery.get_stats().failed == 0
+
+    async def test_a_stream_broken_mid_answer_charges_the_pieces_it_sent(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """The endpoint spent tokens on the piece it wrote before failing: one token each is
+        charged (its own count never came)."""
+        budget = TokenBudget(tokens=1_000, per=60.0)
+        model = await spawn_model(system, server, admission=[budget])
+        probe = await TestProbe.spawn(system)
+        server.fail_next(Failure(500, "the model crashed", mid_stream=True))
+        with trio.fail_after(LIMIT), pytest.raises(CallFailed):
+            await model.call(ask("one two", stream_to=probe.ref))
+        assert budget.usage(trio.current_time()).used == 1
+
+    async def test_a_call_whose_deadline_passed_makes_no_request(self, server: ChatServer) -> None:
+        """Its caller has stopped waiting: no request is made, the caller gets CallTimeout,
+        and that timeout is the one failure the circuit counts (threshold two: still closed).
+        Before, the request failed at once as ModelUnavailable, a second failure."""
+
+        class Late(ChatModel):
+            finish_abandoned_calls = True
+
+            async def handle_call(self, message: Any, ctx: Context) -> ChatResponse | None:
+                await trio.sleep_until(ctx.deadline + 0.05)
+                return await self.complete(message, ctx)
+
+        config = lenient_config(breaker=CircuitBreakerConfig(failure_threshold=2))
+        async with open_message_system(config) as system:
+            model = await system.spawn(Late, base_url=server.base_url, model="tiny")
+            with trio.fail_after(LIMIT):
+                with pytest.raises(CallTimeout):
+                    await model.call(ask("hi"), timeout=0.1)
+                await trio.sleep(0.2)  # a real server: the handler ends 0.05 s after
+            assert server.received == []
+            assert system.router.stats().circuits[model.id] is CircuitState.CLOSED
+
 
 class TestFailures:
     async def test_a_5xx_fails_the_call_as_model_unavailable_without_a_restart(
@@ -257,17 +308,6 @@ class TestFailures:
         assert "overloaded" in str(error)
         assert len(server.received) == 2  # one request each: no retry inside the SDK
         assert system.get_stats()[0].agent_restarts == 0
-
-    async def test_a_429_without_retry_after_is_model_unavailable(
-        self, system: MessageSystem, server: ChatServer
-    ) -> None:
-        """Rate limited with no time named: a failure worth trying again later."""
-        model = await spawn_model(system, server)
-        server.fail_next(Failure(429, "rate limited", code="rate_limit_exceeded"))
-        with trio.fail_after(LIMIT), pytest.raises(CallFailed) as failed:
-            await model.call(ask("hi"))
-        assert isinstance(failed.value.__cause__, ModelUnavailable)
-        assert failed.value.__cause__.status_code == 429
 
     async def test_a_5xx_counts_against_the_circuit_breaker(self, server: ChatServer) -> None:
         """The failure is the agent's: with a threshold of one, its circuit opens."""
@@ -292,6 +332,20 @@ class TestFailures:
                     await model.call(ask("word " * 60))
                 assert (await model.call(ask("hi"))).text == "echo: hi"
             assert system.router.stats().circuits.get(model.id) is not CircuitState.OPEN
+
+    async def test_a_failure_keeps_nothing_of_the_sdks_error(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """The SDK's error holds the request and its key: it is neither the cause nor the
+        context of ours."""
+        model = await spawn_model(system, server)
+        server.fail_next(Failure(500))
+        with trio.fail_after(LIMIT), pytest.raises(CallFailed) as failed:
+            await model.call(ask("hi"))
+        error = failed.value.__cause__
+        assert isinstance(error, ModelUnavailable)
+        assert SECRET not in repr(error.__context__)
+        assert (error.__cause__, error.__context__) == (None, None)
 
     async def test_a_cast_that_meets_a_5xx_is_delivered_again(self, server: ChatServer) -> None:
         """At least once: the next attempt's answer reaches stream_to."""
