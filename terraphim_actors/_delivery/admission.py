@@ -8,11 +8,13 @@ first and first come first served within one. What wakes the waiting is the time
 name (``retry_at``: a rate window or a token charge ageing out, a hold ending), on the
 system's timer service, or a message leaving its handler (which frees a concurrency place).
 
-A message that could not be admitted and handled before its deadline (the budgets' time to
-let it through plus the moving average of how long their admitted messages took) is refused
-at once rather than spending a request nobody will wait for: a call with ``CallTimeout``, a
-cast as an ``EXPIRED`` dead letter; or, sent through a pool that has a fallback, it goes to
-the fallback. So does a message a pool member's open circuit refuses.
+A message that could not be admitted and handled before its deadline is refused at once
+rather than spending a request nobody will wait for: a call with ``CallTimeout``, a cast as an
+``EXPIRED`` dead letter; or, sent through a pool that has a fallback, it goes to the fallback.
+The estimate is each budget's time to let it through behind the messages waiting at its
+priority or above (a rate window's repeats, a concurrency place's handling times) plus the
+moving average of how long admitted messages took; it is checked again when its turn comes.
+So does a message a pool member's open circuit refuses, on arrival or when its turn comes.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ __all__ = ["AdmissionDesk", "Entered", "admission_stats"]
 
 #: What a waiting message is kept as: its destination, itself, and when it began to wait.
 _Entry: TypeAlias = tuple["Endpoint", Envelope, float]
+#: Why a message was refused: its dead-letter reason, and the error its sender hears.
+_Failure: TypeAlias = tuple[DeadLetterReason, MessagingError]
 
 
 class Entered(enum.Enum):
@@ -93,41 +97,65 @@ class AdmissionDesk:
 
     def enter(
         self, endpoint: Endpoint, gate: AdmissionGate, envelope: Envelope
-    ) -> tuple[DeadLetterReason, MessagingError] | Entered | Endpoint | None:
+    ) -> _Failure | Entered | Endpoint | None:
         """``envelope`` reaches ``endpoint``'s gate: ``None`` if let through (its sender puts
         it into the inbox), ``Entered.WAITING`` if it waits here, the endpoint it went to
         instead if its pool's fallback took it, or the failure (a delivery failure tuple, as
         the pipeline's obstacles are) if refused."""
         now = self._clock.current_time()
         if gate.circuit_refuses(now):
-            fallback = self.fallback(endpoint, envelope)
-            if fallback is not None:
-                return fallback
-            return self._delivery.circuit_open(endpoint)
+            circuit_open = self._delivery.circuit_open(endpoint)
+            return self._turned_away(endpoint, gate, envelope, circuit_open)
         budgets = gate.budgets
         if not budgets.waiting and gate.admit(now):
-            self._admit(budgets, envelope, now)
+            self.admitted[id(envelope)] = (envelope, budgets, now)
             return None
         if self._delivery.closing:
             # Nothing would let it through any more: settled as a send to a stopped agent is.
             return DeadLetterReason.SYSTEM_STOPPED, SystemClosed(
                 "the system is shutting down: nothing waits for admission"
             )
-        ready = budgets.retry_at(now)
-        if (now if ready is None else ready) + budgets.handling_time > deadline_of(envelope):
-            fallback = self.fallback(endpoint, envelope)
-            if fallback is not None:
-                return fallback
-            budgets.refused += 1
-            return DeadLetterReason.EXPIRED, CallTimeout(_unmeetable(endpoint, envelope, ready))
+        admit_at = budgets.admit_at(now, envelope.options.priority)
+        if admit_at + budgets.handling_time > deadline_of(envelope):
+            too_late = _unmeetable(endpoint, envelope, admit_at)
+            return self._turned_away(endpoint, gate, envelope, too_late)
         budgets.waited += 1
         budgets.wait((endpoint, envelope, now), envelope.options.priority)
         self._rooms[budgets] = None
         if budgets.would_admit(now):
             self.drain(budgets)  # it came in behind others, or ahead of lower priorities
         else:
-            self._wake_at(budgets, ready)
+            self._wake_at(budgets, budgets.retry_at(now))
         return Entered.WAITING
+
+    def _turned_away(
+        self, endpoint: Endpoint, gate: AdmissionGate, envelope: Envelope, failure: _Failure
+    ) -> _Failure | Endpoint:
+        """``envelope`` cannot go to ``endpoint``: its circuit is open, or (an ``EXPIRED``
+        ``failure``) its deadline would pass first. Its pool's fallback takes it if it has one
+        (the endpoint it went to is returned); else it is refused with ``failure``, counted in
+        the budgets when for its deadline."""
+        went_to = self.fallback(endpoint, envelope)
+        if went_to is not None:
+            return went_to
+        if failure[0] is DeadLetterReason.EXPIRED:
+            gate.budgets.refused += 1
+        return failure
+
+    def _settle_turned_away(
+        self, endpoint: Endpoint, gate: AdmissionGate, envelope: Envelope, failure: _Failure
+    ) -> None:
+        """:meth:`_turned_away` for a message that waited (its sender is not here to hear of
+        it): refused for its deadline, its caller gets ``CallTimeout``, a cast is an
+        ``EXPIRED`` dead letter; refused by an open circuit, it failed as any (a cast is
+        retried by its guarantee)."""
+        outcome = self._turned_away(endpoint, gate, envelope, failure)
+        if not isinstance(outcome, tuple):
+            return
+        if outcome[0] is DeadLetterReason.EXPIRED:
+            self._delivery.undelivered(envelope, *outcome)
+        else:
+            self._delivery.failed_at(endpoint, envelope, outcome)
 
     def fallback(self, endpoint: Endpoint, envelope: Envelope) -> Endpoint | None:
         """Send ``envelope`` to its pool's fallback, if it came through a pool that has one,
@@ -151,9 +179,6 @@ class AdmissionDesk:
         if failure is not None:
             self._delivery.failed_at(target, envelope, failure)
         return target
-
-    def _admit(self, budgets: Budgets, envelope: Envelope, now: float) -> None:
-        self.admitted[id(envelope)] = (envelope, budgets, now)
 
     # -- waking the waiting -------------------------------------------------------------------
 
@@ -191,9 +216,11 @@ class AdmissionDesk:
                 break
             endpoint, envelope, since = entry
             handle = envelope.reply
-            if (handle.abandoned if handle is not None else deadline_of(envelope) < now) or not (
-                handle is None or handle.pending
-            ):
+            if handle is None:
+                unwanted = deadline_of(envelope) < now
+            else:
+                unwanted = handle.abandoned or not handle.pending
+            if unwanted:
                 budgets.take_next()
                 delivery.undelivered(envelope, DeadLetterReason.EXPIRED, _expired(envelope))
                 continue
@@ -202,17 +229,17 @@ class AdmissionDesk:
             assert isinstance(gate, AdmissionGate)
             if gate.circuit_refuses(now):
                 budgets.take_next()
-                delivery.failed_at(target, envelope, delivery.circuit_open(target))
+                self._settle_turned_away(target, gate, envelope, delivery.circuit_open(target))
                 continue
             if not budgets.would_admit(now):
                 break
             budgets.take_next()
             if now + budgets.handling_time > deadline_of(envelope):
-                budgets.refused += 1
-                self._refuse(target, envelope, _unmeetable(target, envelope, now))
+                too_late = _unmeetable(target, envelope, now)
+                self._settle_turned_away(target, gate, envelope, too_late)
                 continue
             gate.admit(now)
-            self._admit(budgets, envelope, now)
+            self.admitted[id(envelope)] = (envelope, budgets, now)
             if "admission_waited" in self._instruments:
                 self._instruments.call("admission_waited", target.id, envelope, now - since)
             failure = delivery.put_admitted(target, envelope)
@@ -222,11 +249,6 @@ class AdmissionDesk:
             self._wake_at(budgets, budgets.retry_at(now))
         else:
             self._rooms.pop(budgets, None)
-
-    def _refuse(self, endpoint: Endpoint, envelope: Envelope, detail: str) -> None:
-        """``envelope``, which waited, cannot be handled by its deadline: its caller gets
-        ``CallTimeout`` now; a cast is an ``EXPIRED`` dead letter."""
-        self._delivery.undelivered(envelope, DeadLetterReason.EXPIRED, CallTimeout(detail))
 
     # -- on the way out -----------------------------------------------------------------------
 
@@ -261,7 +283,7 @@ class AdmissionDesk:
         budgets.hold(now + seconds)
         if now + seconds + budgets.handling_time > deadline_of(envelope):
             budgets.refused += 1
-            self._refuse(endpoint, envelope, _unmeetable(endpoint, envelope, now + seconds))
+            self._delivery.undelivered(envelope, *_unmeetable(endpoint, envelope, now + seconds))
             return
         budgets.wait((endpoint, envelope, now), envelope.options.priority, first=True)
         self._rooms[budgets] = None
@@ -334,13 +356,14 @@ def _member_for(endpoint: Endpoint, envelope: Envelope) -> Endpoint:
     return endpoint
 
 
-def _unmeetable(endpoint: Endpoint, envelope: Envelope, ready: float | None) -> str:
-    """Why ``envelope`` is refused for its deadline."""
+def _unmeetable(endpoint: Endpoint, envelope: Envelope, ready: float) -> _Failure:
+    """The refusal of ``envelope`` for its deadline, which its admission at ``ready`` (the
+    estimate) and handling would pass: ``CallTimeout`` to a caller, an ``EXPIRED`` dead
+    letter for a cast."""
     kind = "call" if envelope.reply is not None else envelope.kind.value
-    when = "now" if ready is None else f"at {ready:.3f}"
-    return (
-        f"the {kind}'s deadline could not be met: {endpoint.id!r}'s budgets admit it {when} at"
-        f" the earliest, and its deadline is {deadline_of(envelope):.3f}"
+    return DeadLetterReason.EXPIRED, CallTimeout(
+        f"the {kind}'s deadline could not be met: {endpoint.id!r}'s budgets admit it at"
+        f" {ready:.3f} at the earliest, and its deadline is {deadline_of(envelope):.3f}"
     )
 
 

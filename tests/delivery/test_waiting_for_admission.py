@@ -296,6 +296,21 @@ class TestRateLimit:
         assert system.get_stats()[0].admission[ref.id].refused == 1
         settled(system)
 
+    async def test_the_estimate_counts_the_messages_waiting_ahead(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """One a second and ten casts ahead of it: a call with 3 s to live is refused at once,
+        though the next place frees in a second."""
+        ref = await system.spawn(Recorder, admission=[RateLimit(requests=1, per=1.0)])
+        for n in range(10):
+            await ref.cast(n)
+        start = trio.current_time()
+        with pytest.raises(CallTimeout, match="could not be met"):
+            await ref.call("late", timeout=3.0)
+        assert trio.current_time() == start
+        await trio.sleep(10.0)
+        settled(system)
+
     async def test_the_estimate_counts_the_recent_handling_time(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:
@@ -413,6 +428,38 @@ class TestFallback:
                 await pool.call(("sleep", 10.0), timeout=5.0)
             assert system.router.stats().circuits == {spare.id: CircuitState.OPEN}
             await trio.sleep(10.0)
+
+    async def test_a_full_concurrency_limit_falls_back_by_the_handling_time(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Its one place is taken, and handlers take 1 s on average (after one of 5 s): a call
+        with 1 s to live goes to the spare at once."""
+        spare = await system.spawn(Recorder)
+        pool = await system.spawn_pool(
+            Recorder, size=1, admission=[ConcurrencyLimit(1)], fallback=spare
+        )
+        await pool.call(("sleep", 5.0), timeout=10.0)
+        await pool.cast(("sleep", 10.0))
+        assert await pool.call("quick", timeout=1.0) == "quick"
+        assert system.delivery.get_stats().fallbacks == 1
+        await trio.sleep(11.0)
+        settled(system)
+
+    async def test_a_message_that_waited_falls_back_when_its_deadline_cannot_be_met(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """It waited for the rate window; by then handlers took 1 s on average (after one of
+        5 s), more than it had left: the spare takes it, rather than a dead letter."""
+        spare = await system.spawn(Recorder)
+        pool = await system.spawn_pool(
+            Recorder, size=1, admission=[RateLimit(requests=1, per=10.0)], fallback=spare
+        )
+        await pool.cast(("sleep", 5.0))
+        await pool.cast("waits", options=MessageOptions(timeout=10.5))
+        await trio.sleep(11.0)
+        assert await spare.call("seen") == ["waits"]
+        assert not system.dead_letters
+        settled(system)
 
     async def test_the_fallback_must_be_a_ref(self, system: MessageSystem) -> None:
         with pytest.raises(InvalidConfig):

@@ -35,6 +35,14 @@ class TestRateLimit:
         assert limit.admit(10.0)
         assert limit.retry_at(10.0) == 11.0
 
+    def test_the_estimate_counts_the_admissions_ahead_window_by_window(self) -> None:
+        """Two per 10 s, admitted at 0 and 1: with three ahead, the fourth goes at 21."""
+        limit = RateLimit(requests=2, per=10.0)
+        limit.admit(0.0)
+        limit.admit(1.0)
+        assert [limit.admit_at(5.0, ahead, 0.0) for ahead in range(4)] == [10, 11, 20, 21]
+        assert RateLimit(requests=2, per=10.0).admit_at(5.0, 1, 0.0) == 5.0
+
     def test_usage_counts_the_window(self) -> None:
         limit = RateLimit(requests=3, per=1.0)
         limit.admit(0.0)
@@ -75,6 +83,12 @@ class TestConcurrencyLimit:
         limit.release(1.0)
         assert limit.admit(1.0)
 
+    def test_the_estimate_is_a_handling_time_for_each_round_of_places(self) -> None:
+        limit = ConcurrencyLimit(2)
+        limit.admit(0.0)
+        assert limit.admit_at(0.0, 0, 3.0) == 0.0
+        assert [limit.admit_at(0.0, ahead, 3.0) for ahead in (1, 2, 3)] == [3.0, 3.0, 6.0]
+
 
 class TestBudgetsTogether:
     def test_admitted_only_when_every_budget_admits_and_counted_in_each(self) -> None:
@@ -101,6 +115,16 @@ class TestBudgetsTogether:
         budgets.wait("first", 1, first=True)
         taken = [budgets.take_next() for _ in range(budgets.waiting)]
         assert taken == ["b", "d", "first", "a", "c"]
+
+    def test_the_estimate_counts_only_what_waits_at_its_priority_or_above(self) -> None:
+        budgets = Budgets([RateLimit(requests=1, per=1.0)])
+        budgets.admit(0.0)
+        budgets.wait("high", 3)
+        budgets.wait("low", 0)
+        assert budgets.admit_at(0.0, 3) == 2.0
+        assert budgets.admit_at(0.0, 0) == 3.0
+        budgets.hold(10.0)
+        assert budgets.admit_at(0.0, 3) == 10.0
 
     def test_handling_time_is_a_moving_average_from_zero(self) -> None:
         budgets = Budgets([])

@@ -44,6 +44,13 @@ class Budget:
         when that hangs on messages under way); ``None`` if one would be now."""
         raise NotImplementedError
 
+    def admit_at(self, now: float, ahead: int, handling_time: float) -> float:
+        """An estimate of when a message with ``ahead`` others to be let through first would
+        be let through, messages taking ``handling_time`` seconds in their handlers: for a
+        deadline that cannot be met. Here, when the next place frees (:meth:`retry_at`)."""
+        ready = self.retry_at(now)
+        return now if ready is None else ready
+
     def record(self, succeeded: bool, now: float) -> None:
         """How a message it let through ended: no budget here cares."""
 

@@ -107,6 +107,15 @@ class Budgets:
         times.append(self.held_until if self.held_until > now else None)
         return max((t for t in times if t is not None), default=now)
 
+    def admit_at(self, now: float, priority: int) -> float:
+        """An estimate of when a message of ``priority`` arriving now would be let through,
+        behind the messages waiting at its priority or above: the latest of each budget's
+        estimate and the end of a hold."""
+        ahead = sum(map(len, self._lanes[priority:]))
+        handling_time = self.handling_time
+        times = [policy.admit_at(now, ahead, handling_time) for policy in self.policies]
+        return max(now, self.held_until, *times)
+
     def record(self, succeeded: bool, now: float) -> None:
         for policy in self.policies:
             policy.record(succeeded, now)

@@ -45,5 +45,9 @@ class ConcurrencyLimit(Budget):
         # Full: a place frees when a message under way ends, at no time known now.
         return None if self.would_admit(now) else now
 
+    def admit_at(self, now: float, ahead: int, handling_time: float) -> float:
+        # Every ``limit`` messages under way or ahead hold the places one handling time more.
+        return now + (self._in_flight + ahead) // self.limit * handling_time
+
     def usage(self, now: float) -> BudgetUsage:
         return BudgetUsage(kind="concurrent", used=self._in_flight, limit=self.limit, per=None)

@@ -57,6 +57,13 @@ class RateLimit(Budget):
         # Full: the next place frees when the oldest admission leaves the window.
         return self._admitted[0] + self.per
 
+    def admit_at(self, now: float, ahead: int, handling_time: float) -> float:
+        # The window repeats every ``per``: the n-th admission from the window's oldest on
+        # comes ``per`` after the one ``requests`` before it.
+        admitted = self._age(now)
+        rounds, slot = divmod(len(admitted) + ahead, self.requests)
+        return (admitted[slot] if slot < len(admitted) else now) + rounds * self.per
+
     def usage(self, now: float) -> BudgetUsage:
         return BudgetUsage(
             kind="requests", used=len(self._age(now)), limit=self.requests, per=self.per
