@@ -283,10 +283,13 @@ class TestLimits:
         config = lenient_config(breaker=CircuitBreakerConfig(failure_threshold=2))
         async with open_message_system(config) as system:
             model = await system.spawn(Late, base_url=server.base_url, model="tiny")
+            probe = await TestProbe.spawn(system)
+            system.subscribe_dead_letters(probe.ref)
             with trio.fail_after(LIMIT):
                 with pytest.raises(CallTimeout):
                     await model.call(ask("hi"), timeout=0.1)
-                await trio.sleep(0.2)  # a real server: the handler ends 0.05 s after
+                letter = await probe.expect(DeadLetter)  # the handler has ended
+            assert letter.reason is DeadLetterReason.REJECTED
             assert server.received == []
             assert system.router.stats().circuits[model.id] is CircuitState.CLOSED
 
