@@ -375,11 +375,10 @@ class Context:
         retries spent, whatever its guarantee (an at-most-once message too: its handler did
         not do its work, and asks for another run). Until then this agent (its pool, for a
         member) admits nothing: the messages sent meanwhile wait for admission too, behind
-        this one. A call's caller keeps
-        waiting for the later attempt's answer (the value the handler returns now is dropped),
-        or gets ``CallTimeout`` at once if that attempt could not end before its deadline; a
-        cast that could not is an ``EXPIRED`` dead letter. A handler that raises after asking
-        crashes as any.
+        this one. A call's caller keeps waiting for the later attempt's answer (the value the
+        handler returns now is dropped), or gets ``CallTimeout`` at once if that attempt could
+        not end before its deadline; a cast that could not is an ``EXPIRED`` dead letter. A
+        handler that raises after asking crashes as any.
 
         Raises:
             InvalidConfig: ``seconds`` is not a number of seconds from 0 up, or no message is

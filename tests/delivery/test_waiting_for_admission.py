@@ -199,8 +199,10 @@ class TestRetryAfter:
 
 class TestCharge:
     async def test_without_a_budget_it_is_harmless(self, system: MessageSystem) -> None:
+        """The charge is answered as any message and makes no budget for the agent."""
         ref = await system.spawn(Recorder)
         assert await ref.call(("cost", 1_000_000)) == ("cost", 1_000_000)
+        assert ref.id not in system.get_stats()[0].admission
         settled(system)
 
     async def test_charges_delay_admission_until_they_age_out(
@@ -374,6 +376,42 @@ class TestConcurrencyLimit:
         with pytest.raises(Exception, match="no"):
             await ref.call("fail")
         assert await ref.call("ok") == "ok"
+        settled(system)
+
+    async def test_a_place_is_given_back_by_an_agent_that_slept(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A cast and a call wake it from hibernation in turn, each in the one place."""
+        ref = await system.spawn(Recorder, admission=[ConcurrencyLimit(1)], hibernate_after=1.0)
+        await trio.sleep(2.0)
+        assert system.get_stats()[0].agents_hibernated == 1
+        await ref.cast("wakes it")
+        assert await ref.call("then this") == "then this"
+        await trio.sleep(2.0)
+        assert await ref.call("and after another sleep") == "and after another sleep"
+        assert system.get_stats()[0].admission[ref.id].budgets[0].used == 0
+        settled(system)
+
+    async def test_a_place_is_given_back_when_its_caller_gives_up(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        ref = await system.spawn(Recorder, admission=[ConcurrencyLimit(1)])
+        with trio.move_on_after(1.0):
+            await ref.call(("sleep", 100.0), timeout=200.0)
+        assert await ref.call("next") == "next"
+        settled(system)
+
+    async def test_a_place_is_given_back_by_a_message_that_expired_in_the_mailbox(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Admitted into the second place, the cast expires behind a 5 s handler: a dead
+        letter, and its place is free again."""
+        ref = await system.spawn(Recorder, admission=[ConcurrencyLimit(2)])
+        await ref.cast(("sleep", 5.0))
+        await ref.cast("expires", options=MessageOptions(timeout=1.0))
+        await trio.sleep(6.0)
+        assert [letter.reason for letter in system.dead_letters] == [DeadLetterReason.EXPIRED]
+        assert system.get_stats()[0].admission[ref.id].budgets[0].used == 0
         settled(system)
 
 
@@ -572,6 +610,46 @@ class TestShutdown:
             await ref.cast("first")
             await ref.cast("waits", options=MessageOptions(timeout=120.0))
             assert system.delivery.get_stats().admission_waiting == 1
+        assert [letter.reason for letter in system.dead_letters] == [
+            DeadLetterReason.SYSTEM_STOPPED
+        ]
+        settled(system)
+
+    async def test_a_call_waiting_at_shutdown_fails_as_its_agent_stops(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        errors: list[Exception] = []
+
+        async def call(ref: Any) -> None:
+            try:
+                await ref.call("waits", timeout=120.0)
+            except Exception as error:
+                errors.append(error)
+
+        async with trio.open_nursery() as nursery, open_message_system() as system:
+            ref = await system.spawn(Recorder, admission=[RateLimit(requests=1, per=60.0)])
+            await ref.cast("first")
+            nursery.start_soon(call, ref)
+            await trio.testing.wait_all_tasks_blocked()
+            assert system.delivery.get_stats().admission_waiting == 1
+        assert [type(error) for error in errors] == [AgentStopped]
+        settled(system)
+
+    async def test_a_retry_asked_for_at_shutdown_is_a_dead_letter(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The handler asks for a retry in a minute while the system shuts down: nothing would
+        run it again, so its cast is settled then."""
+
+        class AsksLate(Agent):
+            async def handle_cast(self, message: Any, ctx: Context) -> None:
+                await trio.sleep(1.0)
+                ctx.retry_after(60.0)
+
+        async with open_message_system() as system:
+            ref = await system.spawn(AsksLate)
+            await ref.cast("asks", options=MessageOptions(timeout=120.0))
+            await trio.testing.wait_all_tasks_blocked()
         assert [letter.reason for letter in system.dead_letters] == [
             DeadLetterReason.SYSTEM_STOPPED
         ]
