@@ -87,6 +87,9 @@ class AdmissionDesk:
         self.admitted: dict[int, tuple[Envelope, Budgets, float]] = {}
         #: Budgets with messages waiting (for the shutdown to settle).
         self._rooms: dict[Budgets, None] = {}
+        #: The ``id()`` of each message waiting (its entry keeps it alive meanwhile), for a
+        #: call that timed out to ask whether it was one.
+        self._waiting: set[int] = set()
         #: Messages sent to a fallback.
         self.fallbacks = 0
         #: Budgets whose waiting messages are being let through now: a message of theirs that
@@ -121,6 +124,7 @@ class AdmissionDesk:
             return self._turned_away(endpoint, gate, envelope, too_late)
         budgets.waited += 1
         budgets.wait((endpoint, envelope, now), envelope.options.priority)
+        self._waiting.add(id(envelope))
         self._rooms[budgets] = None
         if budgets.would_admit(now):
             self.drain(budgets)  # it came in behind others, or ahead of lower priorities
@@ -221,19 +225,19 @@ class AdmissionDesk:
             else:
                 unwanted = handle.abandoned or not handle.pending
             if unwanted:
-                budgets.take_next()
+                self._take_next(budgets, envelope)
                 delivery.undelivered(envelope, DeadLetterReason.EXPIRED, _expired(envelope))
                 continue
             target = _member_for(endpoint, envelope)
             gate = target.admission
             assert isinstance(gate, AdmissionGate)
             if gate.circuit_refuses(now):
-                budgets.take_next()
+                self._take_next(budgets, envelope)
                 self._settle_turned_away(target, gate, envelope, delivery.circuit_open(target))
                 continue
             if not budgets.would_admit(now):
                 break
-            budgets.take_next()
+            self._take_next(budgets, envelope)
             if now + budgets.handling_time > deadline_of(envelope):
                 too_late = _unmeetable(target, envelope, now)
                 self._settle_turned_away(target, gate, envelope, too_late)
@@ -249,6 +253,11 @@ class AdmissionDesk:
             self._wake_at(budgets, budgets.retry_at(now))
         else:
             self._rooms.pop(budgets, None)
+
+    def _take_next(self, budgets: Budgets, envelope: Envelope) -> None:
+        """``envelope``, first in line at ``budgets``, waits no more."""
+        budgets.take_next()
+        self._waiting.discard(id(envelope))
 
     # -- on the way out -----------------------------------------------------------------------
 
@@ -286,6 +295,7 @@ class AdmissionDesk:
             self._delivery.undelivered(envelope, *_unmeetable(endpoint, envelope, now + seconds))
             return
         budgets.wait((endpoint, envelope, now), envelope.options.priority, first=True)
+        self._waiting.add(id(envelope))
         self._rooms[budgets] = None
         self._wake_at(budgets, budgets.retry_at(now))
 
@@ -303,6 +313,7 @@ class AdmissionDesk:
                     SystemClosed("the system shut down before it was admitted"),
                 )
         self._rooms.clear()
+        self._waiting.clear()
 
     def take_stopped(self, endpoint: Endpoint) -> list[Envelope]:
         """``endpoint`` has stopped for good: take out the messages waiting for its budgets
@@ -317,11 +328,13 @@ class AdmissionDesk:
         taken = budgets.take_if(lambda entry: _member_for(entry[0], entry[1]).occupant.gone)
         if not budgets.waiting:
             self._rooms.pop(budgets, None)
-        return [envelope for _, envelope, _ in taken]
+        envelopes = [envelope for _, envelope, _ in taken]
+        self._waiting.difference_update(map(id, envelopes))
+        return envelopes
 
     def is_waiting(self, envelope: Envelope) -> bool:
-        """Whether ``envelope`` waits for admission now (a scan: for a call that timed out)."""
-        return any(entry[1] is envelope for budgets in self._rooms for entry in budgets)
+        """Whether ``envelope`` waits for admission now (for a call that timed out)."""
+        return id(envelope) in self._waiting
 
     @property
     def waiting(self) -> int:

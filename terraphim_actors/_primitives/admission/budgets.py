@@ -4,7 +4,7 @@ them, and the messages waiting for them, highest priority first."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -188,10 +188,6 @@ class Budgets:
             for entry in entries:
                 (taken if chosen(entry) else lane).append(entry)
         return taken
-
-    def __iter__(self) -> Iterator[Any]:
-        for lane in reversed(self._lanes):
-            yield from lane
 
     @property
     def waiting(self) -> int:
