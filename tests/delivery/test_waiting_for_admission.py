@@ -600,6 +600,28 @@ class TestStoppedAgent:
         assert system.delivery.get_stats().acknowledged == 2
         settled(system)
 
+    async def test_a_pool_call_fails_at_once_when_no_member_is_left(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        pool = await system.spawn_pool(
+            Recorder, size=2, admission=[RateLimit(requests=1, per=30.0)]
+        )
+        await pool.call("first")
+        failed_at: list[float] = []
+
+        async def call() -> None:
+            with pytest.raises(AgentStopped):
+                await pool.call("waits", timeout=60.0)
+            failed_at.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            await trio.sleep(1.0)
+            for member in pool.members:
+                await system.stop(member)
+        assert failed_at == [pytest.approx(1.0)]
+        settled(system)
+
 
 class TestShutdown:
     async def test_what_waits_at_shutdown_is_a_dead_letter(
