@@ -53,6 +53,10 @@ __all__ = ["GenServer", "GenServerBehaviour"]
 logger = logging.getLogger("terraphim_actors")
 
 EXACTLY_ONCE = DeliveryGuarantee.EXACTLY_ONCE
+# Read once: on Python 3.11 an enum member read from its class goes through the enum's
+# metaclass, several times dearer than a global, and the loop reads these per message.
+_CAST = MessageKind.CAST
+_CALL = MessageKind.CALL
 
 #: Messages served back to back before the loop yields to other tasks, so that a busy agent
 #: pays for one scheduler round per batch rather than one per message.
@@ -292,7 +296,7 @@ class GenServer:
                     batch_started = clock()
                     served = 0
                     continue
-                if not scoped and envelope.kind is MessageKind.CALL:
+                if not scoped and envelope.kind is _CALL:
                     return envelope  # to be served within a scope that can cut it short
                 served += 1
                 # Expired: a call once its caller gave up, anything else past its timeout.
@@ -322,12 +326,12 @@ class GenServer:
                     instruments.call("handler_started", cell.id, envelope)
                 try:
                     kind = envelope.kind
-                    if kind is MessageKind.CAST:
+                    if kind is _CAST:
                         # A value returned from a cast reaches nobody: say so, once per class.
                         returned = await handle_cast(envelope.payload, context)
                         if returned is not None:
                             warn_cast_returned(type(instance), returned)
-                    elif kind is MessageKind.CALL:
+                    elif kind is _CALL:
                         reply = await self._serve_call(handle_call, context, envelope)
                     else:
                         await handle_info(envelope.payload, context)

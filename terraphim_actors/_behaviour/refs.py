@@ -38,6 +38,12 @@ __all__ = ["AgentRef", "PoolRef"]
 #: Looked up once, for the hot path's envelope.
 _new_object = object.__new__
 _NO_DEADLINE = math.inf
+# Read once: on Python 3.11 an enum member read from its class goes through the enum's
+# metaclass, several times dearer than a global, and every send reads one.
+_CAST = MessageKind.CAST
+_INFO = MessageKind.INFO
+_CALL = MessageKind.CALL
+_NORMAL = Priority.NORMAL
 
 
 class _Sender(Protocol):
@@ -140,7 +146,7 @@ class AgentRef:
             InvalidConfig: ``priority`` or ``options`` is not valid.
             WrongThread: called from a thread other than the system's.
         """
-        envelope = self._envelope(MessageKind.CAST, payload, priority, options)
+        envelope = self._envelope(_CAST, payload, priority, options)
         await self._delivery.send(self._endpoint or self._address.route(envelope), envelope)
 
     def cast_nowait(
@@ -155,7 +161,7 @@ class AgentRef:
         with its next group commit, which nothing waits for: ``await system.flush()`` does.
 
         Raises as :meth:`cast`, but never ``JournalError``."""
-        envelope = self._envelope(MessageKind.CAST, payload, priority, options)
+        envelope = self._envelope(_CAST, payload, priority, options)
         self._delivery.send_nowait(self._endpoint or self._address.route(envelope), envelope)
 
     async def info(
@@ -167,7 +173,7 @@ class AgentRef:
     ) -> None:
         """Send an info message (handled by ``handle_info``); returns and raises as
         :meth:`cast` (a journal keeps infos as it keeps casts)."""
-        envelope = self._envelope(MessageKind.INFO, payload, priority, options)
+        envelope = self._envelope(_INFO, payload, priority, options)
         await self._delivery.send(self._endpoint or self._address.route(envelope), envelope)
 
     def info_nowait(
@@ -178,7 +184,7 @@ class AgentRef:
         options: MessageOptions | None = None,
     ) -> None:
         """:meth:`info` without waiting or checkpointing; raises as :meth:`cast_nowait`."""
-        envelope = self._envelope(MessageKind.INFO, payload, priority, options)
+        envelope = self._envelope(_INFO, payload, priority, options)
         self._delivery.send_nowait(self._endpoint or self._address.route(envelope), envelope)
 
     async def call(
@@ -207,7 +213,7 @@ class AgentRef:
             WrongThread: called from a thread other than the system's.
         """
         check_seconds("timeout", timeout)
-        envelope = self._envelope(MessageKind.CALL, payload, priority, options, timeout)
+        envelope = self._envelope(_CALL, payload, priority, options, timeout)
         handle = envelope.reply
         assert handle is not None
         deadline = handle.deadline
@@ -294,7 +300,7 @@ class AgentRef:
             resolved = self._delivery.defaults[priority]
         else:
             check_instance("options", options, MessageOptions)
-            if priority is not Priority.NORMAL and priority is not options.priority:
+            if priority is not _NORMAL and priority is not options.priority:
                 raise InvalidConfig("give the priority in options, or as priority=, not both")
             resolved = self._delivery.resolve(options)
         sender = None if (cell := current_cell.get()) is None else cell.id
@@ -349,7 +355,7 @@ def _wrong_thread(ref: AgentRef, kind: MessageKind) -> WrongThread:
     """The error for a send of ``kind`` through ``ref`` from a foreign thread."""
     name = kind.value
     remedy = f"trio.from_thread.run(ref.{name}, ...)"
-    if kind is not MessageKind.CALL:
+    if kind is not _CALL:
         remedy += f" (or trio.from_thread.run_sync(ref.{name}_nowait, ...))"
     return wrong_thread(f"{name} through {ref!r}", remedy)
 
