@@ -20,8 +20,10 @@ from terraphim_actors import Agent, AgentRef, Context, MessageSystemConfig, open
 __all__ = [
     "Counter",
     "Tally",
+    "agent_awaited_casts",
     "agent_casts",
     "agent_round_trips",
+    "floor_awaited_casts",
     "floor_casts",
     "floor_round_trips",
     "send_all",
@@ -133,6 +135,38 @@ async def agent_casts(
         refs = [await system.spawn(Counter, tally) for _ in range(recipients)]
         await settle()
         elapsed = await timed_casts([ref.cast_nowait for ref in refs], tally, senders, burst)
+    return elapsed
+
+
+async def floor_awaited_casts(messages: int) -> float:
+    """Seconds until a consumer task has received ``messages`` numbers, each sent with
+    ``await send.send(...)`` into its memory channel: one scheduler round per send."""
+    tally = Tally(messages)
+    send, receive = trio.open_memory_channel[int](math.inf)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_consume, receive, tally)
+        await settle()
+        started = time.perf_counter()
+        for number in range(messages):
+            await send.send(number)
+        await tally.done.wait()
+        elapsed = time.perf_counter() - started
+        send.close()
+    return elapsed
+
+
+async def agent_awaited_casts(messages: int, config: MessageSystemConfig | None = None) -> float:
+    """Seconds until an agent has handled ``messages`` casts, each sent with
+    ``await ref.cast(...)``, as the README teaches."""
+    tally = Tally(messages)
+    async with open_message_system(config) as system:
+        ref = await system.spawn(Counter, tally)
+        await settle()
+        started = time.perf_counter()
+        for number in range(messages):
+            await ref.cast(number)
+        await tally.done.wait()
+        elapsed = time.perf_counter() - started
     return elapsed
 
 

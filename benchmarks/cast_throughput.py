@@ -1,10 +1,13 @@
 """Cast throughput, handled by agents: 1 -> 1, fan-in (many senders -> 1) and fan-out
-(1 -> many agents), each beside the same pattern on bare Trio memory channels.
+(1 -> many agents), each beside the same pattern on bare Trio memory channels; and the awaited
+cast, 1 -> 1.
 
 Throughput counts messages handled, not merely sent: a run ends when the last recipient has
 counted the last message. The floor is a producer doing ``send_nowait`` into a channel per
 recipient and one consumer task per channel receiving each message. Fan-in senders are tasks
-that yield after each burst, as independent producers take turns.
+that yield after each burst, as independent producers take turns. The awaited pattern sends
+with ``await ref.cast(...)`` in a loop, beside ``await send.send(...)`` on a channel, which is
+a scheduler round per send (the cast keeps a cooperative budget instead: one round per 64).
 
     uv run python benchmarks/cast_throughput.py [--quick] [--runs R] [--messages N]
 """
@@ -15,7 +18,7 @@ import argparse
 from collections.abc import Sequence
 
 from _harness import Options, Report, run_trio
-from _workloads import agent_casts, floor_casts
+from _workloads import agent_awaited_casts, agent_casts, floor_awaited_casts, floor_casts
 
 from terraphim_actors import DeliveryConfig, DeliveryGuarantee, MessageSystemConfig
 
@@ -73,6 +76,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"agents_{key}", f"agents {shown}", "messages/s", [messages / s for s in agents]
         )
         report.ratio(f"cast_{key}_ratio_to_floor", agent.median / floor.median)
+    floors, agents = [], []
+    for _ in range(arguments.runs):
+        floors.append(run_trio(floor_awaited_casts, messages))
+        agents.append(run_trio(agent_awaited_casts, messages, config))
+    floor = report.measure(
+        "floor_awaited", "floor await send 1->1", "messages/s", [messages / s for s in floors]
+    )
+    agent = report.measure(
+        "agents_awaited", "agents await cast 1->1", "messages/s", [messages / s for s in agents]
+    )
+    report.ratio("cast_awaited_ratio_to_floor", agent.median / floor.median)
     report.print(f"cast throughput, {messages:_} messages handled, {guarantee.value}")
 
 

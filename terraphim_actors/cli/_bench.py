@@ -245,6 +245,12 @@ def _cast_pattern(pattern: str, shown: str) -> Callable[[Records], Verdict]:
     return verdict
 
 
+def _cast_awaited(records: Records) -> Verdict:
+    rate = records.median("cast_throughput", "agents_awaited")
+    ratio = records.ratio("cast_throughput", "cast_awaited_ratio_to_floor")
+    return f"{rate:,.0f} casts/s handled, await ref.cast ({ratio:.2f}x await send)", ratio >= 3
+
+
 def _call_p50(records: Records) -> Verdict:
     p50 = records.median("call_latency", "agent_p50")
     ratio = records.ratio("call_latency", "call_p50_latency_ratio_to_floor")
@@ -492,6 +498,7 @@ CLAIMS = (
     ),
     Claim("fan-in", "cast_throughput", "", "", _cast_pattern("fan_in", "many->1")),
     Claim("fan-out", "cast_throughput", "", "", _cast_pattern("fan_out", "1->many")),
+    Claim("awaited cast", "cast_throughput", "", ">= 3x await send", _cast_awaited),
     Claim(
         "latency", "call_latency", "sub-millisecond message routing", "p50 <= 1.0x floor", _call_p50
     ),

@@ -24,6 +24,7 @@ HEADLINE_RATIOS = {
         "cast_one_to_one_ratio_to_floor",
         "cast_fan_in_ratio_to_floor",
         "cast_fan_out_ratio_to_floor",
+        "cast_awaited_ratio_to_floor",
     ],
     "call_latency": ["call_p50_latency_ratio_to_floor", "call_p99_latency_ratio_to_p50"],
     "delivery_guarantees": [
