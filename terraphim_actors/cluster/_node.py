@@ -268,8 +268,8 @@ class ClusterNode:
                     stats = await bridge.subscribe(subjects.stats(node))
                     queue = await self.pull_queue(node)
                     nursery.start_soon(batches.run)
-                    nursery.start_soon(self._take_casts, casts)
-                    nursery.start_soon(self._take, queue, True)
+                    nursery.start_soon(self._take, casts, self._batch_arrived)
+                    nursery.start_soon(self._take, queue, self._stored_arrived)
                     nursery.start_soon(self._serve_calls, calls)
                     nursery.start_soon(self._serve_stats, stats)
                     nursery.start_soon(self._keep_in_progress)
@@ -397,56 +397,49 @@ class ClusterNode:
 
     # -- arrivals ----------------------------------------------------------------------------
 
-    async def _take(self, subscription: Subscription, from_jetstream: bool) -> None:
-        """Hand each message arriving on ``subscription`` to this node's delivery layer."""
+    async def _take(self, subscription: Subscription, arrived: Callable[[Msg], None]) -> None:
+        """Hand each message arriving on ``subscription`` to ``arrived``, in order."""
         while True:
             try:
                 messages = await subscription.receive_batch()
             except trio.EndOfChannel:
                 return
             for message in messages:
-                self._arrived(message, from_jetstream)
+                arrived(message)
 
-    async def _take_casts(self, subscription: Subscription) -> None:
-        """Hand each at-most-once cast in the batches arriving on ``subscription`` to this
-        node's delivery layer, in order."""
-        while True:
-            try:
-                messages = await subscription.receive_batch()
-            except trio.EndOfChannel:
-                return
-            for message in messages:
-                try:
-                    envelopes = decode_batch(message.data, self.now())
-                except InvalidMessage as error:
-                    self._undecodable(message, error, False)
-                    continue
-                for envelope in envelopes:
-                    if envelope.kind is MessageKind.CALL:
-                        self.undecodable += 1
-                        self.delivery.refuse_arrival(
-                            envelope, DeadLetterReason.UNDECODABLE, "a call without a reply"
-                        )
-                    else:
-                        self._deliver(envelope)
-
-    def _arrived(self, message: Msg, from_jetstream: bool) -> None:
+    def _batch_arrived(self, message: Msg) -> None:
+        """At-most-once casts, a batch of them: each on to its agent, in order."""
         try:
-            waited = time_in_stream(message) if from_jetstream else 0.0
+            envelopes = decode_batch(message.data, self.now())
+        except InvalidMessage as error:
+            self._undecodable(message, error, False)
+            return
+        for envelope in envelopes:
+            if envelope.kind is MessageKind.CALL:
+                self.undecodable += 1
+                self.delivery.refuse_arrival(
+                    envelope, DeadLetterReason.UNDECODABLE, "a call without a reply"
+                )
+            else:
+                self._deliver(envelope)
+
+    def _stored_arrived(self, message: Msg) -> None:
+        """A message JetStream kept: on to its agent, acknowledged once settled here."""
+        try:
+            waited = time_in_stream(message)
             envelope = decode_message(message.data, message.headers, self.now(), waited)
         except InvalidMessage as error:
-            self._undecodable(message, error, from_jetstream)
+            self._undecodable(message, error, True)
             return
         if envelope.kind is MessageKind.CALL:  # a call comes as a request, with its answer's way
-            self._undecodable(message, InvalidMessage("a call without a reply"), from_jetstream)
+            self._undecodable(message, InvalidMessage("a call without a reply"), True)
             return
-        if from_jetstream:
-            if envelope.id in self._awaiting:
-                # JetStream delivered it again while the first copy still waits here: the
-                # first copy's settlement acknowledges it.
-                self._awaiting[envelope.id] = message
-                return
+        if envelope.id in self._awaiting:
+            # JetStream delivered it again while the first copy still waits here: the first
+            # copy's settlement acknowledges it.
             self._awaiting[envelope.id] = message
+            return
+        self._awaiting[envelope.id] = message
         self._deliver(envelope)
 
     def _deliver(self, envelope: Envelope) -> None:
