@@ -64,6 +64,7 @@ __all__ = [
     "Planner",
     "SearchTool",
     "search_sources",
+    "told",
 ]
 
 #: Seconds a worker's handler (the search, then the model) may run before it is cancelled with
@@ -152,11 +153,7 @@ class LlmWorker(Agent):
     def on_error(self, error: Exception, payload: Any, ctx: Context) -> Directive:
         """The default decision (``resume_on``), told as an event and counted for the summary."""
         directive = super().on_error(error, payload, ctx)
-        if directive is Directive.RESUME:
-            self.ledger.resumed[type(error).__name__] += 1
-            what = _label(payload) or "a message"
-            self.events.add(f"{ctx.self.name} resumed after {type(error).__name__} on {what}")
-        return directive
+        return told(directive, error, payload, ctx, self.ledger, self.events)
 
     async def handle_cast(self, message: Any, ctx: Context) -> None:
         if not isinstance(message, Task):
@@ -280,6 +277,23 @@ class Observer(Agent):
                 self.events.add(f"dead letter ({message.reason.value}): {what}")
         elif not isinstance(message, SystemShutdown):
             await super().handle_info(message, ctx)
+
+
+def told(
+    directive: Directive,
+    error: Exception,
+    payload: Any,
+    ctx: Context,
+    ledger: Ledger,
+    events: EventLog,
+) -> Directive:
+    """``directive``, a worker's decision on ``error``: a resume is counted for the summary and
+    told as an event."""
+    if directive is Directive.RESUME:
+        ledger.resumed[type(error).__name__] += 1
+        what = _label(payload) or "a message"
+        events.add(f"{ctx.self.name} resumed after {type(error).__name__} on {what}")
+    return directive
 
 
 def _label(payload: object) -> str | None:

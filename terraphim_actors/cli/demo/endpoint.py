@@ -13,7 +13,7 @@ from typing import Any
 from terraphim_actors import AgentRef, Context, Directive
 from terraphim_actors.llm import ChatModel, ChatRequest
 
-from .agents import _label, search_sources
+from .agents import search_sources, told
 from .ledger import EventLog, Ledger
 from .world import Answer, Endpoint, Task
 
@@ -56,11 +56,7 @@ class EndpointWorker(ChatModel):
     def on_error(self, error: Exception, payload: Any, ctx: Context) -> Directive:
         """The default decision (``resume_on``), told as an event and counted for the summary."""
         directive = super().on_error(error, payload, ctx)
-        if directive is Directive.RESUME:
-            self.ledger.resumed[type(error).__name__] += 1
-            what = _label(payload) or "a message"
-            self.events.add(f"{ctx.self.name} resumed after {type(error).__name__} on {what}")
-        return directive
+        return told(directive, error, payload, ctx, self.ledger, self.events)
 
     async def handle_cast(self, message: Any, ctx: Context) -> None:
         if not isinstance(message, Task):
