@@ -25,16 +25,15 @@ channels so that each idle task's loop ends.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import math
 import time
 import tracemalloc
 from collections.abc import Sequence
 from typing import Any
 
 import trio
-from _harness import Options, Report, resident_bytes, run_side, run_trio, settle
+from _harness import Options, Report, run_side, run_trio, settle
+from idle_agents import floor_side, memory_now
 
 from terraphim_actors import Agent, Context, MessageSystem, open_message_system
 
@@ -66,12 +65,6 @@ def options() -> Options:
     return choice
 
 
-def memory_now(traced: bool) -> int:
-    """Bytes in use now, after a full collection: traced by ``tracemalloc``, or the RSS."""
-    gc.collect()
-    return tracemalloc.get_traced_memory()[0] if traced else resident_bytes()
-
-
 async def all_asleep(system: MessageSystem, count: int) -> None:
     """Wait until ``count`` agents have fallen asleep: each is idle since the last spawn."""
     await settle()
@@ -80,33 +73,6 @@ async def all_asleep(system: MessageSystem, count: int) -> None:
     asleep = system.get_stats()[0].agents_hibernated
     if asleep < count:
         raise RuntimeError(f"only {asleep} of {count} agents hibernated")
-
-
-async def floor_side(count: int, traced: bool) -> dict[str, float]:
-    """``count`` idle tasks, each on its own channel; then end them by closing those."""
-
-    async def idle(receive: trio.MemoryReceiveChannel[object]) -> None:
-        async for _ in receive:
-            pass
-
-    async with trio.open_nursery() as nursery:
-        warm_up, receive = trio.open_memory_channel[object](math.inf)
-        nursery.start_soon(idle, receive)
-        await settle()
-        before = memory_now(traced)
-        senders = []
-        for _ in range(count):
-            send, receive = trio.open_memory_channel[object](math.inf)
-            senders.append(send)
-            nursery.start_soon(idle, receive)
-        await settle()
-        after = memory_now(traced)
-        stopping = time.perf_counter()
-        warm_up.close()
-        for send in senders:
-            send.close()
-    stopped = time.perf_counter() - stopping
-    return {"shutdown_seconds": stopped, "memory_bytes": after - before, "rss_bytes": after}
 
 
 async def hibernated_side(count: int, traced: bool) -> dict[str, float]:

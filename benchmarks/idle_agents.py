@@ -80,7 +80,12 @@ async def floor_side(count: int, traced: bool) -> dict[str, float]:
         for send in senders:
             send.close()
     stopped = time.perf_counter() - stopping
-    return {"spawn_seconds": spawned, "shutdown_seconds": stopped, "memory_bytes": after - before}
+    return {
+        "spawn_seconds": spawned,
+        "shutdown_seconds": stopped,
+        "memory_bytes": after - before,
+        "rss_bytes": after,
+    }
 
 
 async def agents_side(count: int, traced: bool) -> dict[str, float]:
@@ -97,7 +102,12 @@ async def agents_side(count: int, traced: bool) -> dict[str, float]:
         after = memory_now(traced)
         stopping = time.perf_counter()
     stopped = time.perf_counter() - stopping
-    return {"spawn_seconds": spawned, "shutdown_seconds": stopped, "memory_bytes": after - before}
+    return {
+        "spawn_seconds": spawned,
+        "shutdown_seconds": stopped,
+        "memory_bytes": after - before,
+        "rss_bytes": after,
+    }
 
 
 def run_one_side(arguments: argparse.Namespace) -> None:
