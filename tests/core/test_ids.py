@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import subprocess
 import sys
 import uuid
 
+import attrs
+import pytest
+
 from terraphim_actors import AgentId, new_message_id
+from terraphim_actors.errors import InvalidConfig
 
 
 class TestAgentId:
@@ -44,6 +50,34 @@ class TestAgentId:
         """An unnamed id shows the start of its uid."""
         agent_id = AgentId()
         assert agent_id.uid.hex[:8] in repr(agent_id)
+
+    def test_a_given_uid_is_kept(self) -> None:
+        """``AgentId(uid)`` reports the very UUID it was made with."""
+        uid = uuid.uuid4()
+        assert AgentId(uid, name="planner").uid == uid
+
+    def test_a_fresh_uid_is_a_version_4_uuid(self) -> None:
+        """A fresh id's uid is a random UUID as ``uuid.uuid4`` makes them."""
+        uid = AgentId().uid
+        assert (uid.version, uid.variant) == (4, uuid.RFC_4122)
+
+    def test_an_id_cannot_be_changed(self) -> None:
+        """Ids are immutable: they key dicts and travel between agents."""
+        agent_id = AgentId(name="planner")
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            agent_id.name = "other"
+
+    def test_an_id_survives_pickling_and_copying(self) -> None:
+        """A pickled or copied id is equal to the original and keeps its name."""
+        agent_id = AgentId(name="planner")
+        for twin in (pickle.loads(pickle.dumps(agent_id)), copy.deepcopy(agent_id)):
+            assert twin == agent_id
+            assert twin.name == "planner"
+
+    def test_a_uid_that_is_not_a_uuid_is_refused(self) -> None:
+        """A uid given as a string is a typed error, not an id that equals nothing."""
+        with pytest.raises(InvalidConfig, match=r"uuid\.UUID"):
+            AgentId("3c6d5aed", name="planner")  # type: ignore[arg-type]
 
 
 class TestMessageId:

@@ -567,7 +567,7 @@ async def test_a_replayed_message_accepted_in_copies_stays_until_every_copy_sett
     async with running(SqliteJournal(path)) as journal:
         [replayed] = journal.unsettled()
         copies = [
-            replayed.evolve(recipient=AgentId("worker")),
+            replayed.evolve(recipient=AgentId(name="worker")),
             replayed.evolve(recipient=AgentId()),
         ]
         for copy in copies:
