@@ -74,7 +74,7 @@ class GenServerBehaviour:
     ``system`` is what an instance's ``Context`` offers as ``ctx.system``.
     """
 
-    __slots__ = ("_system", "agent_class", "args", "handler_timeout", "hibernate_after", "kwargs")
+    __slots__ = ("agent_class", "args", "handler_timeout", "hibernate_after", "kwargs", "system")
 
     def __init__(
         self,
@@ -84,14 +84,14 @@ class GenServerBehaviour:
         system: SystemApi,
         kwargs: dict[str, Any] | None = None,
     ) -> None:
-        self._system = system
+        self.system = system
         self.agent_class = agent_class
         self.args = args
         self.kwargs = {} if kwargs is None else kwargs
         #: Seconds a handler may run before it fails with ``HandlerTimeout`` (None: no limit).
         self.handler_timeout = handler_timeout
-        #: Seconds an instance idles before it hibernates (None: never); set by its starter.
-        self.hibernate_after: float | None = None
+        #: Seconds an instance idles before it hibernates (None: never): the class's own.
+        self.hibernate_after: float | None = agent_class.hibernate_after
 
     async def start(self, cell: AgentCell) -> GenServer:
         """Build a fresh instance and run its ``on_start`` (given the context if it takes it).
@@ -99,7 +99,7 @@ class GenServerBehaviour:
         Raises:
             AgentStartFailed: the constructor or ``on_start`` raised.
         """
-        context = Context(cell, self._system)
+        context = Context(cell, self.system)
         agent_class = self.agent_class
         try:
             agent = agent_class(*self.args, **self.kwargs)
@@ -146,9 +146,10 @@ class GenServer:
         self._handler_scope: trio.CancelScope | None = None
         #: The instance's ``finish_abandoned_calls``, as it was when it began serving.
         self._finishes_abandoned = False
-        #: Calls the instance deferred, failed if it ends before answering them. A dict used
-        #: as an ordered set: an empty dict takes a third of an empty set's memory.
-        self._deferred: dict[ReplyHandle, None] = {}
+        #: Calls the instance deferred, failed if it ends before answering them: a dict used
+        #: as an ordered set, made at the first deferral (most agents never defer one, and an
+        #: empty dict kept by each of a million sleepers is 64 MB).
+        self._deferred: dict[ReplyHandle, None] | None = None
         #: ``on_stop``, unless the class keeps the default (a no-op: no scope is spent on it).
         self.cleanup: Callable[[ExitReason], Awaitable[None]] | None = (
             agent.on_stop if type(agent).on_stop is not Agent.on_stop else None
@@ -161,21 +162,26 @@ class GenServer:
         return format_payload(self.agent, payload)
 
     def remember_deferred(self, handle: ReplyHandle) -> None:
+        if self._deferred is None:
+            self._deferred = {}
         self._deferred[handle] = None
 
     def forget_deferred(self, handle: ReplyHandle) -> None:
-        self._deferred.pop(handle, None)
+        if self._deferred is not None:
+            self._deferred.pop(handle, None)
 
     def settle(self, reason: ExitReason) -> None:
         """Fail the calls the instance deferred and did not answer: their callers hear that
         the agent stopped."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is None:
+            return
         stopped = self._cell.stopped_error
-        for handle in self._deferred:
+        for handle in deferred:
             # Not if the handler answered it through ``ctx.caller``; but if its caller gave up,
             # so that resends of it (exactly-once) hear of the stop too.
             if handle.pending or handle.abandoned:
                 handle.fail(stopped(reason))
-        self._deferred.clear()
 
     def owes_replies(self) -> bool:
         return bool(self._deferred)
