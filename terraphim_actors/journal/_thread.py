@@ -1,10 +1,15 @@
 """The journal's own thread: where its SQLite connection is opened, written and closed.
 
-SQLite blocks on the disk, so the journal never calls it from the Trio thread. It used
-``trio.to_thread.run_sync`` at first; a thread of its own, fed through a queue, answers in
-about two thirds of the time (an empty call took 102 µs against 154 µs here), and a sender
-that waits for its commit pays that round trip on every message. One thread also means one
-connection used from one thread only, in the order the calls were made.
+SQLite blocks on the disk, so the journal never calls it from the Trio thread. A sender that
+waits for its commit pays a round trip to this thread on every message, so the round trip is
+kept bare: the waiting task is parked with ``wait_task_rescheduled`` and the thread hands its
+outcome back with ``reschedule`` (one callback into the run, no ``trio.Event``, no cancel scope).
+An empty call takes 23 µs at the median here, against 33 µs with an event in a shielded scope
+and 48 µs through ``trio.to_thread.run_sync`` (medians of 3,000 calls, alternating runs). The
+round trip is two wake-ups of a sleeping thread, whose price the operating system sets: on
+this virtual machine a bare one measured from 23 µs to 105 µs, depending on what the other
+core was doing. One thread also means one connection used from
+one thread only, in the order the calls were made.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+import outcome
 import trio
 
 __all__ = ["JournalThread"]
@@ -37,29 +43,20 @@ class JournalThread:
         """``function(*args)`` in the thread; returns or raises what it did.
 
         Not cancellable, as a call into SQLite cannot be interrupted: a cancellation waits
-        for it to end (the journal shields these calls anyway).
+        for it to end and is delivered at the caller's next checkpoint.
         """
         if not self._started:
             self._thread.start()
             self._started = True
         token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        answer: list[_T] = []
-        failure: list[BaseException] = []
+        task = trio.lowlevel.current_task()
 
         def job() -> None:
-            try:
-                answer.append(function(*args))
-            except BaseException as error:
-                failure.append(error)
-            token.run_sync_soon(done.set)
+            token.run_sync_soon(trio.lowlevel.reschedule, task, outcome.capture(function, *args))
 
         self._jobs.put(job)
-        with trio.CancelScope(shield=True):
-            await done.wait()
-        if failure:
-            raise failure[0]
-        return answer[0]
+        answer: _T = await trio.lowlevel.wait_task_rescheduled(_uninterruptible)
+        return answer
 
     def stop(self) -> None:
         """End the thread once the calls given before have run; returns at once."""
@@ -68,3 +65,8 @@ class JournalThread:
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
             job()
+
+
+def _uninterruptible(_: object) -> trio.lowlevel.Abort:
+    """A call in the thread runs to its end: a cancellation cannot abort the wait for it."""
+    return trio.lowlevel.Abort.FAILED
