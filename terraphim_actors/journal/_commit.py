@@ -100,12 +100,12 @@ class Commit:
 def write(
     connection: sqlite3.Connection,
     operations: Sequence[Operation],
-    forget_before: float,
+    forget_before: float | None,
     dead_letters_kept: int,
 ) -> None:
     """Apply ``operations`` in one transaction, forget the completions older than the
-    wall-clock time ``forget_before``, and keep only the ``dead_letters_kept`` most recent dead
-    letters: all of it, or (raising) nothing.
+    wall-clock time ``forget_before`` (none if it is ``None``), and keep only the
+    ``dead_letters_kept`` most recent dead letters: all of it, or (raising) nothing.
 
     Each kind of statement goes to SQLite as one ``executemany`` (settled rows are deleted in
     batches), in :data:`_ORDER`; the one order that kinds cannot express, a message deleted and
@@ -122,7 +122,8 @@ def write(
             for statement in _ORDER:
                 if statement in batches:
                     connection.executemany(statement, batches[statement])
-        connection.execute(_FORGET, (forget_before,))
+        if forget_before is not None:
+            connection.execute(_FORGET, (forget_before,))
         if any(statement == FILE for statement, _ in operations):
             connection.execute(_PRUNE, (dead_letters_kept,))
         connection.execute("COMMIT")

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import attrs
+import outcome
 import trio
 
 from .._core.checks import check_count, check_seconds
@@ -35,6 +36,10 @@ _NEW, _OPENING, _OPEN, _CLOSED = range(4)
 #: After a failed commit the settlements and dead letters it held are tried again this many
 #: seconds later (doubling while the fault lasts, up to the most), or sooner with new ones.
 _RETRY_FIRST, _RETRY_MOST = 0.1, 5.0
+
+#: Seconds of wall-clock time between two commits that forget expired completions: a statement
+#: in every commit would cost one sender a tenth of its commit, for rows that expire in minutes.
+_FORGET_EVERY = 1.0
 
 #: What each statement writes, for the log of what a closing journal could not write.
 _WHAT = {
@@ -137,6 +142,8 @@ class SqliteJournal:
         #: When the writer tries again what a failed commit left (never while none failed).
         self._retry_at = math.inf
         self._retry_delay = _RETRY_FIRST
+        #: When (wall clock) a commit last forgot the expired completions: never, at first.
+        self._forgot_at = -math.inf
         #: Commits failed so far, and how many of them a flush has reported.
         self._failures = 0
         self._failures_reported = 0
@@ -383,17 +390,31 @@ class SqliteJournal:
         operations, commit = self._operations, self._queued
         self._operations, self._queued, self._wake = [], Commit(), trio.Event()
         self._writing = commit
+        wall = time.time()
+        forgetting = wall - self._forgot_at >= _FORGET_EVERY
+        forget_before = wall - self.dedup_window if forgetting else None
+
+        def ended(result: outcome.Outcome[None]) -> None:
+            # In the Trio thread as the write ends: its senders wake with the writer, not a
+            # scheduler round after it.
+            if type(result) is outcome.Value:
+                self.commits += 1
+                self._retry_at, self._retry_delay = math.inf, _RETRY_FIRST
+                if forgetting:
+                    self._forgot_at = wall
+                commit.resolve()
+
         try:
-            # Shielded so that a cancellation cannot take the operations out of the queue
-            # without writing them; the thread cannot be interrupted anyway.
-            with trio.CancelScope(shield=True):
-                await self._thread.run(
-                    write,
-                    self._connection,
-                    operations,
-                    time.time() - self.dedup_window,
-                    self.dead_letters_kept,
-                )
+            # The thread's call cannot be interrupted, so a cancellation cannot take the
+            # operations out of the queue without writing them.
+            await self._thread.run(
+                write,
+                self._connection,
+                operations,
+                forget_before,
+                self.dead_letters_kept,
+                then=ended,
+            )
         except sqlite3.Error as e:
             error = JournalError(f"the journal {self.path!r} could not commit: {e}")
             error.__cause__ = e
@@ -414,10 +435,6 @@ class SqliteJournal:
             self._operations[:0] = operations
             self._close(error)
             raise error from e
-        else:
-            self.commits += 1
-            self._retry_at, self._retry_delay = math.inf, _RETRY_FIRST
-            commit.resolve()
         finally:
             self._writing = None
 

@@ -39,8 +39,17 @@ class JournalThread:
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._started = False
 
-    async def run(self, function: Callable[..., _T], *args: object) -> _T:
+    async def run(
+        self,
+        function: Callable[..., _T],
+        *args: object,
+        then: Callable[[outcome.Outcome[_T]], None] | None = None,
+    ) -> _T:
         """``function(*args)`` in the thread; returns or raises what it did.
+
+        ``then``, if given, is called with the outcome in the Trio thread as the call ends,
+        before the caller is woken: what it wakes runs in the same scheduler round as the
+        caller, not one round after. It must not raise.
 
         Not cancellable, as a call into SQLite cannot be interrupted: a cancellation waits
         for it to end and is delivered at the caller's next checkpoint.
@@ -52,7 +61,7 @@ class JournalThread:
         task = trio.lowlevel.current_task()
 
         def job() -> None:
-            token.run_sync_soon(trio.lowlevel.reschedule, task, outcome.capture(function, *args))
+            token.run_sync_soon(_hand_back, task, outcome.capture(function, *args), then)
 
         self._jobs.put(job)
         answer: _T = await trio.lowlevel.wait_task_rescheduled(_uninterruptible)
@@ -65,6 +74,16 @@ class JournalThread:
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
             job()
+
+
+def _hand_back(
+    task: trio.lowlevel.Task,
+    result: outcome.Outcome[_T],
+    then: Callable[[outcome.Outcome[_T]], None] | None,
+) -> None:
+    if then is not None:
+        then(result)
+    trio.lowlevel.reschedule(task, result)
 
 
 def _uninterruptible(_: object) -> trio.lowlevel.Abort:

@@ -249,6 +249,29 @@ async def test_a_completion_is_forgotten_after_the_window(path: Path, wall: Wall
         assert rows(path, "completions") == 0
 
 
+async def test_a_completion_expiring_while_the_journal_runs_is_deleted_within_a_second(
+    path: Path, wall: WallClock
+) -> None:
+    """Commits forget expired completions at most once a second (wall clock): a completion
+    past the window stays until a commit comes a second after the last one that forgot."""
+    envelope = journaled_cast("once", options=EXACTLY_ONCE)
+    async with running(SqliteJournal(path, dedup_window=60.0)) as journal:
+        journal.accepted(envelope)
+        journal.settled(envelope.id, Settlement.ACKNOWLEDGED)
+        await journal.flush()
+        wall.now += 59.8  # this commit forgets, but the completion is inside the window
+        journal.accepted(journaled_cast("before it expires"))
+        await journal.flush()
+        wall.now += 0.7  # expired, and less than a second after the last forgetting
+        journal.accepted(journaled_cast("within the second"))
+        await journal.flush()
+        assert rows(path, "completions") == 1
+        wall.now += 0.4
+        journal.accepted(journaled_cast("a second later"))
+        await journal.flush()
+        assert rows(path, "completions") == 0
+
+
 @pytest.mark.parametrize(
     ("options", "outcome"),
     [
