@@ -6,6 +6,7 @@ The cell is below the system in the layers: it names this protocol, and the syst
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -31,6 +32,11 @@ class AgentHost(Protocol):
 
     @property
     def clock(self) -> trio.abc.Clock: ...
+
+    @property
+    def current_time(self) -> Callable[[], float]:
+        """The clock's ``current_time``, one bound method that every agent's loop shares."""
+        ...
 
     @property
     def timers(self) -> TimerService: ...

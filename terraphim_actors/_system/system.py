@@ -176,6 +176,9 @@ class MessageSystem:
         self.timers = TimerService()
         #: The run's clock, kept to stamp envelopes without Trio's lookup of it per message.
         self.clock = trio.lowlevel.current_clock()
+        #: ``clock.current_time``, bound once for every agent's loop to share: a loop that
+        #: bound its own would keep 64 bytes more in each idle agent.
+        self.current_time = self.clock.current_time
         self.closing = False
         #: The signal that started the shutdown (``handle_signals=True``), or None: a program
         #: may exit with ``128 + signum`` after the block, as a process killed by it would.

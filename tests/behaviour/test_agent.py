@@ -327,6 +327,32 @@ class TestOneMessageAtATime:
         assert most_at_once == [1]
 
 
+class HandlersOfItsOwn(Agent):
+    """Sets its handlers on the instance when it starts, as a test double or a plugin might."""
+
+    async def on_start(self) -> None:
+        self.handle_call = self._answer_call  # type: ignore[method-assign]
+        self.handle_cast = self._note_cast  # type: ignore[method-assign]
+        self.casts: list[Any] = []
+
+    async def _answer_call(self, message: Any, ctx: Context) -> Any:
+        return ("own", message, self.casts)
+
+    async def _note_cast(self, message: Any, ctx: Context) -> None:
+        self.casts.append(message)
+
+
+class TestHandlersLookedUp:
+    async def test_handlers_set_on_the_instance_serve_its_messages(
+        self, system: MessageSystem
+    ) -> None:
+        """The loop takes an instance's own handlers over its class's (it looks them up once,
+        as the instance begins to serve)."""
+        ref = await system.spawn(HandlersOfItsOwn)
+        await ref.cast("noted")
+        assert await ref.call("asked") == ("own", "asked", ["noted"])
+
+
 class TestContext:
     async def test_sender_is_the_calling_agents_ref(self, system: MessageSystem) -> None:
         """A message sent from an agent's handler has that agent as ``ctx.sender``."""

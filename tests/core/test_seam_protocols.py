@@ -36,6 +36,7 @@ SYSTEM_INTERNALS = {
     "thread_id",
     "timers",
     "clock",
+    "current_time",
     "closing",
     "instruments",
     "pending_calls",
