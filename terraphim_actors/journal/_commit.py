@@ -29,8 +29,8 @@ __all__ = [
 ]
 
 INSERT = (
-    "INSERT OR IGNORE INTO messages"
-    " (id, recipient, sender, kind, guarantee, created_wall, envelope) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO messages (id, recipient, sender, kind, guarantee, created_wall,"
+    " envelope, runs) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 RUN = "UPDATE messages SET runs = runs + 1 WHERE id = ?"
 DELETE = "DELETE FROM messages WHERE id = ?"
@@ -110,7 +110,8 @@ def write(
     Each kind of statement goes to SQLite as one ``executemany`` (settled rows are deleted in
     batches), in :data:`_ORDER`; the one order that kinds cannot express, a message deleted and
     then inserted again (the same envelope sent again after it was settled), starts a new
-    round of batches.
+    round of batches. A run counted in the round that inserts its message is written in the
+    insert's ``runs`` (its last parameter) instead of an update of its own.
 
     Raises:
         sqlite3.Error: the transaction failed and was rolled back.
@@ -135,14 +136,33 @@ def write(
 
 def _rounds(operations: Sequence[Operation]) -> list[dict[str, list[tuple[Any, ...]]]]:
     """``operations`` as batches by statement, in rounds: a new round begins where a message
-    deleted in the current one is inserted again."""
+    deleted in the current one is inserted again; a run of a message inserted in the same
+    round (and not deleted since) is added to the insert's ``runs``.
+
+    The fold relies on an insert never being ignored: the journal inserts only a message it
+    does not hold, and deletes it first if it held it (``SqliteJournal.accepted``)."""
     rounds: list[dict[str, list[tuple[Any, ...]]]] = [{}]
     deleted: set[Any] = set()
+    #: Where each message inserted in the current round is, in its batch of inserts.
+    inserted: dict[Any, int] = {}
     for statement, parameters in operations:
-        if statement == INSERT and parameters[0] in deleted:
-            rounds.append({})
-            deleted = set()
+        batches = rounds[-1]
+        if statement == RUN:
+            at = inserted.get(parameters[0])
+            if at is not None:
+                inserts = batches[INSERT]
+                row = inserts[at]
+                inserts[at] = (*row[:-1], row[-1] + 1)
+                continue
+        elif statement == INSERT:
+            if parameters[0] in deleted:
+                batches = {}
+                rounds.append(batches)
+                deleted = set()
+                inserted = {}
+            inserted[parameters[0]] = len(batches.get(INSERT, ()))
         elif statement == DELETE:
             deleted.add(parameters[0])
-        rounds[-1].setdefault(statement, []).append(parameters)
+            inserted.pop(parameters[0], None)
+        batches.setdefault(statement, []).append(parameters)
     return rounds

@@ -192,6 +192,7 @@ class SqliteJournal:
                 envelope.options.guarantee.value,  # type: ignore[union-attr]
                 created_wall,
                 data,
+                0,  # handler runs, counted by started()
             ),
         )
         exactly_once = envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE

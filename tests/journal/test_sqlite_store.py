@@ -24,10 +24,11 @@ from terraphim_actors import (
     Priority,
     cast,
 )
+from terraphim_actors._core.codec import encode
 from terraphim_actors._core.settlement import Settlement
 from terraphim_actors.errors import InvalidConfig, JournalError, UnencodablePayload
 from terraphim_actors.journal import SqliteJournal
-from terraphim_actors.journal._commit import COMPLETE, DELETE, Operation, write
+from terraphim_actors.journal._commit import COMPLETE, DELETE, INSERT, RUN, Operation, write
 
 
 class WallClock:
@@ -527,6 +528,35 @@ class _CountingConnection(sqlite3.Connection):
         parameters = list(parameters)
         self.batches.append((sql, len(parameters)))
         return super().executemany(sql, parameters)
+
+
+async def test_runs_counted_in_the_commit_that_inserts_their_message_need_no_update(
+    path: Path,
+) -> None:
+    """Runs of a message counted in the commit that inserts it are written in its row's insert
+    (one statement); a run of a message inserted before is an update; both come back."""
+    earlier, fresh = journaled_cast("earlier"), journaled_cast("fresh")
+    async with running(SqliteJournal(path)) as journal:
+        journal.accepted(earlier)
+    row = (str(fresh.id), "worker", None, "cast", "at-least-once", 1.0, encode(fresh), 0)
+    operations: list[Operation] = [
+        (INSERT, row),
+        (RUN, (str(fresh.id),)),
+        (RUN, (str(earlier.id),)),
+        (RUN, (str(fresh.id),)),
+    ]
+    connection = sqlite3.connect(path, isolation_level=None, factory=_CountingConnection)
+    try:
+        write(connection, operations, None, 10)
+        batches = connection.batches
+    finally:
+        connection.close()
+    assert [(sql.split()[0], size) for sql, size in batches] == [("INSERT", 1), ("UPDATE", 1)]
+    unsettled, _ = await reopened(path)
+    assert [(envelope.id, envelope.attempt) for envelope in unsettled] == [
+        (earlier.id, 1),
+        (fresh.id, 2),
+    ]
 
 
 async def test_settled_rows_are_deleted_in_one_batch_per_commit(path: Path) -> None:
