@@ -2,8 +2,8 @@
 
 In-process delivery never serializes (a payload travels by reference); only a boundary that
 must outlive the process or leave it (a durable journal, a transport to another node) encodes.
-The format is JSON (stdlib ``json``, ASCII, as Python writes it: ``Infinity`` allowed), one
-object per message::
+The format is JSON in ASCII, ``Infinity`` and ``NaN`` allowed as Python's ``json`` reads and
+writes them, one object per message::
 
     {"v": 1, "id": ..., "kind": "cast", "payload": ..., "sender": ..., "recipient": ...,
      "options": {...}, "created_at": ..., "headers": {...}, "reply_to": null}
@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 import attrs
 import cattrs
+import msgspec
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
 
 from ..errors import InvalidConfig, InvalidMessage, UnencodablePayload
@@ -63,6 +64,45 @@ _T = TypeVar("_T", bound=type)
 FORMAT_VERSION = 1
 
 _SCALARS = (type(None), bool, int, float, str)
+
+
+class _NonFinite:
+    """A float JSON has no number for (an infinity, NaN), marked on its way to the bytes so
+    that the fast encoder refuses the document and the standard one writes it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+
+def _non_finite(value: Any) -> float:
+    if value.__class__ is _NonFinite:
+        return value.value
+    raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
+
+
+def _number(value: Any) -> Any:
+    """``value`` as a document holds it: a non-finite float marked (see :class:`_NonFinite`)."""
+    return _NonFinite(value) if value.__class__ is float and value - value != 0.0 else value
+
+
+#: The encoders, built once (``json.dumps`` builds one per call). msgspec's writes the
+#: documents of nearly every message, in a tenth of the standard one's time; the standard one
+#: writes what msgspec would not write as this format says: a non-finite float (msgspec writes
+#: ``null``), which it refuses as a marked value, and text beyond ASCII (msgspec writes UTF-8
+#: where ``json`` escapes it). Both write JSON that ``json.loads`` reads back the same; only
+#: the spelling of some floats differs (``1e-7`` for ``1e-07``).
+_FAST = msgspec.json.Encoder()
+_JSON = json.JSONEncoder(separators=(",", ":"), default=_non_finite)
+
+
+def _dumps(document: Any) -> bytes:
+    try:
+        data = _FAST.encode(document)
+    except (TypeError, ValueError):  # a marked float; text that is not Unicode
+        return _JSON.encode(document).encode("ascii")
+    return data if data.isascii() else _JSON.encode(document).encode("ascii")
 
 
 @attrs.frozen
@@ -160,11 +200,11 @@ class Codec:
             "sender": _agent_to_json(envelope.sender),
             "recipient": _agent_to_json(envelope.recipient),
             "options": _options_to_json(envelope.options),
-            "created_at": envelope.created_at,
+            "created_at": _number(envelope.created_at),
             "headers": _headers_to_json(envelope.headers),
             "reply_to": _reply_to_to_json(envelope.reply_to),
         }
-        return json.dumps(document, separators=(",", ":")).encode("ascii")
+        return _dumps(document)
 
     def decode(self, data: bytes) -> Envelope:
         """The envelope of a message :meth:`encode` wrote, on its first attempt, with no reply
@@ -200,7 +240,7 @@ class Codec:
         Raises:
             UnencodablePayload: it holds a value of a type this codec cannot carry.
         """
-        return json.dumps(self._to_json(value), separators=(",", ":")).encode("ascii")
+        return _dumps(self._to_json(value))
 
     def decode_value(self, data: bytes) -> Any:
         """The value :meth:`encode_value` wrote as ``data``.
@@ -219,7 +259,7 @@ class Codec:
     def _to_json(self, value: Any) -> Any:
         cls = value.__class__
         if cls in _SCALARS:
-            return value
+            return _NonFinite(value) if cls is float and value - value != 0.0 else value
         if cls is list:
             return [self._to_json(item) for item in value]
         if cls is tuple:
@@ -366,9 +406,9 @@ def _options_to_json(options: MessageOptions) -> dict[str, Any]:
     guarantee = options.guarantee
     return {
         "priority": int(options.priority),
-        "timeout": options.timeout,
+        "timeout": _number(options.timeout),
         "max_retries": options.max_retries,
-        "retry_delay": options.retry_delay,
+        "retry_delay": _number(options.retry_delay),
         "guarantee": None if guarantee is None else guarantee.value,
     }
 

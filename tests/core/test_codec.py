@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -148,6 +149,25 @@ class TestRoundTrip:
         data = encode(envelope({"a": (1, b"x")}))
         assert data.startswith(b'{"v":1,')
         assert data.isascii()
+
+    def test_infinities_nan_and_text_beyond_ascii_come_back_from_ascii_bytes(self) -> None:
+        """What JSON has no plain spelling for is written as Python's json writes it."""
+        payload = [math.inf, -math.inf, math.nan, "naïve ✓", "\x7f"]
+        data = encode(envelope(payload))
+        assert data.isascii()
+        assert b"Infinity" in data
+        back = decode(data).payload
+        assert back[:2] == [math.inf, -math.inf]
+        assert math.isnan(back[2])
+        assert back[3:] == ["naïve ✓", "\x7f"]
+
+    @given(envelopes)
+    def test_the_standard_librarys_spelling_reads_back_the_same(self, original: Envelope) -> None:
+        """Bytes as Python's json spells the document (as the codec wrote them before it
+        used msgspec: ``1e-07``, ``\\u00e9``) decode to the same message."""
+        data = encode(original)
+        standard = json.dumps(json.loads(data), separators=(",", ":")).encode("ascii")
+        assert message(decode(standard)) == message(decode(data))
 
     def test_a_never_expiring_notice_stays_never_expiring(self) -> None:
         """The system's own notifications keep their infinite timeout."""
