@@ -372,6 +372,8 @@ def _sender_from_json(value: Any) -> AgentId | None:
 
 
 def _headers_to_json(headers: Mapping[str, str]) -> dict[str, str]:
+    if headers is NO_HEADERS:  # nearly every message's
+        return {}
     if not all(k.__class__ is str and v.__class__ is str for k, v in headers.items()):
         raise InvalidMessage(f"headers map str to str: {bounded_repr(headers)}")
     return dict(headers)
@@ -402,7 +404,11 @@ def _reply_to_from_json(value: Any) -> ReplyTo | None:
     )
 
 
+@functools.lru_cache(maxsize=256)
 def _options_to_json(options: MessageOptions) -> dict[str, Any]:
+    """The document of ``options``: made once per options (immutable, their hash cached, and
+    few distinct in a system), shared by the documents of every message that carries them,
+    which only read it."""
     guarantee = options.guarantee
     return {
         "priority": int(options.priority),
