@@ -206,9 +206,12 @@ class Codec:
         }
         return _dumps(document)
 
-    def decode(self, data: bytes) -> Envelope:
-        """The envelope of a message :meth:`encode` wrote, on its first attempt, with no reply
-        slot and no deadline (a call carries its reply address, ``reply_to``, if it had one).
+    def decode(self, data: bytes, *, attempt: int = 0, created_at: float | None = None) -> Envelope:
+        """The envelope of a message :meth:`encode` wrote, on its first attempt (or on
+        ``attempt``), with no reply slot and no deadline (a call carries its reply address,
+        ``reply_to``, if it had one), created when its bytes say (or at ``created_at``: a
+        reader that knows the time on its own clock, as a journal does, passes it here
+        rather than copying the envelope to change it).
 
         Raises:
             InvalidMessage: ``data`` is not a message this codec wrote, or names a payload
@@ -225,9 +228,12 @@ class Codec:
                 sender=_sender_from_json(document["sender"]),
                 recipient=_agent_from_json(document["recipient"]),
                 options=_options_from_json(document["options"]),
-                created_at=float(_exact(document["created_at"], float)),
+                created_at=float(_exact(document["created_at"], float))
+                if created_at is None
+                else created_at,
                 headers=_headers_from_json(document.get("headers")),
                 reply_to=_reply_to_from_json(document.get("reply_to")),
+                attempt=attempt,
             )
         except InvalidMessage:
             raise
@@ -468,6 +474,6 @@ def encode(envelope: Envelope) -> bytes:
     return DEFAULT_CODEC.encode(envelope)
 
 
-def decode(data: bytes) -> Envelope:
+def decode(data: bytes, *, attempt: int = 0, created_at: float | None = None) -> Envelope:
     """The envelope that :func:`encode` wrote as ``data`` (:meth:`Codec.decode`)."""
-    return DEFAULT_CODEC.decode(data)
+    return DEFAULT_CODEC.decode(data, attempt=attempt, created_at=created_at)

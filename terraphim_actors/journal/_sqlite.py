@@ -64,13 +64,11 @@ class _Journaled:
 
 @attrs.define(frozen=True)
 class _Replayed:
-    """A message the file held unsettled at open: decoded, its recipient's name, its runs
-    then, its wall-clock birth."""
+    """A message the file held unsettled at open, decoded as it is replayed (its attempt and
+    birth from the row), and its recipient's name."""
 
     envelope: Envelope
     recipient: str
-    runs: int
-    created_wall: float
 
 
 class SqliteJournal:
@@ -291,7 +289,8 @@ class SqliteJournal:
         self._state = _OPENING
         thread = self._thread
         try:
-            connection, replayed, completions = await thread.run(self._open)
+            # The Trio clock's time at a wall-clock time, for the replayed messages' births.
+            connection, replayed, completions = await thread.run(self._open, time.time() - now())
         except BaseException as error:
             thread.stop()
             self._close(error)
@@ -331,7 +330,7 @@ class SqliteJournal:
                     thread.stop()
 
     def _open(
-        self,
+        self, wall_ahead: float
     ) -> tuple[sqlite3.Connection, list[_Replayed], list[tuple[str, MessageId, float]]]:
         connection = open_journal(
             self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout
@@ -340,7 +339,7 @@ class SqliteJournal:
             messages, completions = load(connection, self.path, self.dedup_window)
             # Decoded here, in the thread and before run() reports started, so that a damaged
             # row is refused at open rather than at the replay.
-            replayed = [self._read_back(message) for message in messages]
+            replayed = [self._read_back(message, wall_ahead) for message in messages]
             window = [
                 (recipient, self._stored_id(key), wall) for recipient, key, wall in completions
             ]
@@ -349,8 +348,9 @@ class SqliteJournal:
             raise
         return connection, replayed, window
 
-    def _read_back(self, message: StoredMessage) -> _Replayed:
-        """An unsettled row as it is replayed.
+    def _read_back(self, message: StoredMessage, wall_ahead: float) -> _Replayed:
+        """An unsettled row as it is replayed: on the attempt after its runs, created at its
+        wall-clock birth on the Trio clock (``wall_ahead``: how far the wall clock is ahead).
 
         Raises:
             JournalError: the row's id or bytes cannot be read back (damaged, or a payload
@@ -359,7 +359,7 @@ class SqliteJournal:
         key, recipient, _, runs, created_wall, data = message
         message_id = self._stored_id(key)
         try:
-            envelope = decode(data)
+            envelope = decode(data, attempt=runs, created_at=created_wall - wall_ahead)
         except Exception as e:
             raise JournalError(
                 f"the journal {self.path!r} holds message {key}, which cannot be read back"
@@ -370,7 +370,7 @@ class SqliteJournal:
                 f"the journal {self.path!r} holds message {key} with the bytes of message"
                 f" {envelope.id}: it is damaged"
             )
-        return _Replayed(envelope, recipient, runs, created_wall)
+        return _Replayed(envelope, recipient)
 
     def _stored_id(self, key: str) -> MessageId:
         try:
@@ -493,20 +493,16 @@ class SqliteJournal:
     def unsettled(self) -> list[Envelope]:
         """The journaled messages the file held unsettled when :meth:`run` opened it and not
         settled since, in commit order; each with its original id, sender, recipient, options
-        and payload (decoded), ``attempt`` the handler runs it began so far, and ``created_at``
-        on the current Trio clock, so that it expires when it would have.
+        and payload (decoded), ``attempt`` the handler runs it began before the file was
+        opened, and ``created_at`` on the Trio clock (its wall-clock birth, moved by the
+        distance between the clocks when the file was opened), so that it expires when it
+        would have.
 
         Raises:
             JournalError: :meth:`run` has not opened the file yet.
         """
         self._check_opened()
-        wall, trio_now = time.time(), now()
-        return [
-            replayed.envelope.evolve(
-                attempt=replayed.runs, created_at=trio_now - (wall - replayed.created_wall)
-            )
-            for replayed in self._replayed.values()
-        ]
+        return [replayed.envelope for replayed in self._replayed.values()]
 
     def completed(self) -> list[tuple[str, MessageId, float]]:
         """The exactly-once completions the file held when :meth:`run` opened it that are

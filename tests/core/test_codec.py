@@ -169,6 +169,17 @@ class TestRoundTrip:
         standard = json.dumps(json.loads(data), separators=(",", ":")).encode("ascii")
         assert message(decode(standard)) == message(decode(data))
 
+    def test_a_reader_may_give_the_attempt_and_the_birth_on_its_own_clock(self) -> None:
+        """decode(data, attempt=..., created_at=...) is the message on that attempt, born
+        then; without them it is on its first attempt, born when its bytes say."""
+        original = envelope("again")
+        data = encode(original)
+        later = decode(data, attempt=3, created_at=7.5)
+        assert (later.attempt, later.created_at) == (3, 7.5)
+        assert message(later) == message(original.evolve(created_at=7.5))
+        first = decode(data)
+        assert (first.attempt, first.created_at) == (0, original.created_at)
+
     def test_a_never_expiring_notice_stays_never_expiring(self) -> None:
         """The system's own notifications keep their infinite timeout."""
         notice = envelope(None, options=never_expiring(MessageOptions()))
