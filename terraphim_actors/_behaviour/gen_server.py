@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import trio
@@ -23,6 +23,7 @@ from .._core.bounded_repr import LazyText, bounded_repr
 from .._core.ids import AgentId
 from .._core.messages import DeliveryGuarantee, Envelope, MessageKind
 from .._core.notifications import ExitReason, StopReason
+from .._core.protocols import RUN_AGAIN, RunAgain
 from .._core.reply import ReplyHandle
 from .._delivery.dead_letters import DeadLetterReason
 from .._primitives.dedup import NO_REPLY
@@ -67,7 +68,6 @@ _BATCH = 128
 _Handler = Callable[[Any, Any, Context], Awaitable[Any]]
 #: ``handle_cast``, ``handle_call`` and ``handle_info``, as the loop calls them.
 _Handlers = tuple[_Handler, _Handler, _Handler]
-_HANDLER_NAMES = ("handle_cast", "handle_call", "handle_info")
 #: Each agent class's handlers, as functions of the class: one tuple per class, where the
 #: methods bound to each instance (three and their tuple) kept 256 bytes of every idle agent.
 _class_handlers: weakref.WeakKeyDictionary[type[Agent], _Handlers] = weakref.WeakKeyDictionary()
@@ -84,9 +84,11 @@ def _handlers_of(agent: Agent) -> _Handlers:
             agent_class.handle_call,
             agent_class.handle_info,
         )
-    if all(
-        getattr(getattr(agent, name), "__func__", None) is function
-        for name, function in zip(_HANDLER_NAMES, handlers, strict=True)
+    cast, call, info = handlers
+    if (
+        getattr(agent.handle_cast, "__func__", None) is cast
+        and getattr(agent.handle_call, "__func__", None) is call
+        and getattr(agent.handle_info, "__func__", None) is info
     ):
         return handlers
     return (
@@ -160,6 +162,7 @@ class GenServer:
         "_context",
         "_deferred",
         "_finishes_abandoned",
+        "_first_call",
         "_handler_scope",
         "_hibernate_after",
         "_limit",
@@ -182,6 +185,8 @@ class GenServer:
         self._hibernate_after = hibernate_after
         #: Cancelled to cut short the handler of a call whose caller gave up (while serving).
         self._handler_scope: trio.CancelScope | None = None
+        #: The call that ended the loop without a scope, for the loop with one to serve first.
+        self._first_call: Envelope | None = None
         #: The instance's ``finish_abandoned_calls``, as it was when it began serving.
         self._finishes_abandoned = False
         #: Calls the instance deferred, failed if it ends before answering them: a dict used
@@ -238,34 +243,41 @@ class GenServer:
         if type(agent).on_wake is not Agent.on_wake:
             await agent.on_wake()
 
-    async def run(self) -> ExitReason | None:
+    def run(self) -> Coroutine[Any, Any, ExitReason | RunAgain | None]:
         """The gen_server loop: one message at a time until asked to stop or crashed; or,
         with a ``hibernate_after``, until idle that long with nothing alive of its own
         (returns None: the cell may let it hibernate).
 
         Messages are served in batches: the loop takes what is waiting without a checkpoint and
         yields once per batch (or when a handler awaits); the clock is read at the start and the
-        end of a batch, not per message. The handlers are looked up once: wrapped in a time
-        limit if the agent has one, as they are otherwise.
+        end of a batch, not per message. The handlers are looked up once per run: wrapped in a
+        time limit if the agent has one, as they are otherwise.
+
+        Without a scope until the first call comes: only a call's handler is ever cut short,
+        and a cancel scope is a fifth of an idle agent (and costs more than a scheduler round
+        to enter), so an agent that takes no call never has one. The first call ends that loop
+        with ``RUN_AGAIN``, and the cell's next ``run`` serves it under the scope. The loop is
+        returned, not awaited here: an idle agent's task keeps one frame fewer.
         """
         agent = self.agent
-        cell_id = self._cell.id
         limit = self._limit
         handlers = _handlers_of(agent)
         if limit is not None:
+            cell_id = self._cell.id
             handlers = (
                 _limited(handlers[0], limit, cell_id),
                 _limited(handlers[1], limit, cell_id),
                 _limited(handlers[2], limit, cell_id),
             )
         self._finishes_abandoned = agent.finish_abandoned_calls
-        # Without a scope until the first call comes: only a call's handler is ever cut short,
-        # and a cancel scope is a fifth of an idle agent (and costs more than a scheduler
-        # round to enter), so an agent that takes no call never has one.
-        outcome = await self._serve_messages(handlers, scoped=False)
-        if not isinstance(outcome, Envelope):
-            return outcome
-        first: Envelope | None = outcome
+        if self._first_call is None:
+            return self._serve_messages(handlers, scoped=False)
+        return self._serve_calls(handlers)
+
+    async def _serve_calls(self, handlers: _Handlers) -> ExitReason | None:
+        """Serve messages, the call that ended the unscoped loop first, each within a scope
+        that ``call_abandoned`` can cancel."""
+        first, self._first_call = self._first_call, None
         try:
             while True:
                 # ``call_abandoned`` cancels this scope to cut short a call nobody waits for. A
@@ -274,7 +286,7 @@ class GenServer:
                     self._handler_scope = abandoning
                     taken, first = first, None
                     reason = await self._serve_messages(handlers, first=taken)
-                    assert not isinstance(reason, Envelope)
+                    assert reason is not RUN_AGAIN
                     if reason is not None:
                         return reason
                     if self._handler_scope is abandoning:  # not cut short: idle
@@ -287,10 +299,11 @@ class GenServer:
 
     async def _serve_messages(
         self, handlers: _Handlers, *, scoped: bool = True, first: Envelope | None = None
-    ) -> ExitReason | Envelope | None:
+    ) -> ExitReason | RunAgain | None:
         """Serve messages (``first`` first) until the instance is to stop (returns why) or
         ``call_abandoned`` has cancelled the handler scope (returns None); not ``scoped``,
-        until a call comes (returns it, taken from the mailbox, unhandled)."""
+        until a call comes (returns ``RUN_AGAIN``, the call taken from the mailbox and kept
+        for :meth:`_serve_calls`, unhandled)."""
         handle_cast, handle_call, handle_info = handlers
         instance = self.agent
         context = self._context
@@ -341,7 +354,8 @@ class GenServer:
                     served = 0
                     continue
                 if not scoped and envelope.kind is _CALL:
-                    return envelope  # to be served within a scope that can cut it short
+                    self._first_call = envelope  # to be served within a scope that can cut
+                    return RUN_AGAIN  # it short
                 served += 1
                 # Expired: a call once its caller gave up, anything else past its timeout.
                 handle = envelope.reply

@@ -7,6 +7,7 @@ behind it, named in its docstring.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -19,6 +20,7 @@ from .notifications import ExitReason
 from .settlement import Settlement
 
 __all__ = [
+    "RUN_AGAIN",
     "AdmissionPolicy",
     "Behaviour",
     "CallServer",
@@ -31,6 +33,7 @@ __all__ = [
     "Journal",
     "Occupant",
     "Ref",
+    "RunAgain",
 ]
 
 _Cell_contra = TypeVar("_Cell_contra", contravariant=True)
@@ -47,6 +50,20 @@ class CallServer(Protocol):
     def call_abandoned(self, handle: Any) -> None: ...
 
 
+class RunAgain(enum.Enum):
+    """What an instance's :meth:`Instance.run` returns to be run again at once.
+
+    It serves on in a different way (a gen_server takes its first call, whose handler must
+    run under a cancel scope): returning, rather than awaiting the new way from the old,
+    keeps one frame fewer alive in each idle agent.
+    """
+
+    RUN_AGAIN = "run again"
+
+
+RUN_AGAIN = RunAgain.RUN_AGAIN
+
+
 class Instance(Protocol):
     """One running instance of a behaviour, as the cell that runs it sees it: the cell knows
     when it runs and how it ends, never what it does with a message.
@@ -55,10 +72,11 @@ class Instance(Protocol):
     as OTP's gen_server serves its callback module).
     """
 
-    async def run(self) -> ExitReason | None:
+    async def run(self) -> ExitReason | RunAgain | None:
         """Serve until asked to stop (returns why) or crashed (returns the error); or, for
         an instance that may hibernate, until it has been idle long enough (returns None: the
-        cell may let it sleep, and runs it again when woken)."""
+        cell may let it sleep, and runs it again when woken); or until it serves on in a
+        different way (returns ``RUN_AGAIN``: the cell calls ``run`` again at once)."""
         ...
 
     async def hibernate(self) -> None:

@@ -162,8 +162,9 @@ class Mailbox:
         self._lanes: Sequence[collections.deque[Envelope] | None] = _NO_LANES
         #: The same lanes in the order receives empty them: highest priority first.
         self._receive_order: Sequence[collections.deque[Envelope] | None] = _NO_LANES
-        #: Tasks parked until a message arrives, oldest first.
-        self._receivers: list[trio.lowlevel.Task] = []
+        #: Tasks parked until a message arrives, oldest first; made at the first wait and let
+        #: go when the owner's task ends (a hibernated agent keeps no list).
+        self._receivers: list[trio.lowlevel.Task] | None = None
         #: Senders waiting for room (only a bounded mailbox that blocks has any).
         self._space = (
             trio.lowlevel.ParkingLot()
@@ -185,6 +186,13 @@ class Mailbox:
 
     def __repr__(self) -> str:
         return f"<Mailbox of {self.agent_id!r}: {self._size} waiting>"
+
+    def disown(self) -> None:
+        """Its owner's task has ended (its agent stopped, or fell asleep): forget the task,
+        and the list of parked receivers if nobody else waits."""
+        self.owner = None
+        if not self._receivers:
+            self._receivers = None
 
     def __len__(self) -> int:
         return self._size
@@ -230,8 +238,9 @@ class Mailbox:
         self._received += 1
         if size > self._peak:
             self._peak = size
-        if self._receivers:
-            trio.lowlevel.reschedule(self._receivers.pop(0))
+        receivers = self._receivers
+        if receivers:
+            trio.lowlevel.reschedule(receivers.pop(0))
 
     async def send(self, envelope: Envelope) -> None:
         """Put ``envelope`` in the mailbox; when it is full, wait (``BLOCK``) or fail (``REJECT``).
@@ -456,6 +465,8 @@ class Mailbox:
             raise MailboxClosed(f"the mailbox of {self.agent_id!r} is closed")
         task = trio.lowlevel.current_task()
         receivers = self._receivers
+        if receivers is None:
+            receivers = self._receivers = []
         receivers.append(task)
         if task is self.owner:
             # A bound method rather than a closure: an idle agent waits here all the time, and
@@ -470,13 +481,16 @@ class Mailbox:
 
     def _owner_stops_waiting(self, _: object) -> trio.lowlevel.Abort:
         """The abort of the owner's wait: it was cancelled, so it is no longer a receiver."""
-        self._receivers.remove(self.owner)  # type: ignore[arg-type]
+        receivers, owner = self._receivers, self.owner
+        assert receivers is not None
+        assert owner is not None
+        receivers.remove(owner)
         return trio.lowlevel.Abort.SUCCEEDED
 
     def interrupt_receivers(self) -> None:
         """Wake every task parked in :meth:`wait_for_arrival`, with or without a message."""
-        receivers, self._receivers = self._receivers, []
-        for task in receivers:
+        receivers, self._receivers = self._receivers, None
+        for task in receivers or ():
             trio.lowlevel.reschedule(task)
 
     def _take_first(self, predicate: Callable[[Envelope], bool]) -> Envelope | None:

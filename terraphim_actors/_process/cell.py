@@ -39,6 +39,7 @@ from .._core.notifications import (
     MonitorRef,
     StopReason,
 )
+from .._core.protocols import RUN_AGAIN
 from .._delivery.dead_letters import DeadLetterReason
 from .._primitives.mailbox import Mailbox, MailboxConfig
 from .._primitives.timers import Timer
@@ -300,12 +301,16 @@ class AgentCell:
                             self.state = transition(self.state, CellState.RUNNING)
                             task_status.started(self.ref)
                             self.system.publish(AgentStarted(self.id))
-                        while (ended := await instance.run()) is None:  # idle past hibernate_after
-                            if await self._fall_asleep(instance):
+                        while True:
+                            ended = await instance.run()
+                            if ended is RUN_AGAIN:
+                                continue
+                            if ended is not None:
+                                reason = ended
+                                break
+                            if await self._fall_asleep(instance):  # idle past hibernate_after
                                 asleep = True
                                 break
-                        else:
-                            reason = ended
                 except trio.Cancelled:
                     if scope is not None or not self._killed:
                         raise  # not its own kill: from outside, it goes on out
@@ -326,7 +331,8 @@ class AgentCell:
             finally:
                 self._instance_scope = None
                 if asleep:
-                    self._task = self.mailbox.owner = None
+                    self._task = None
+                    self.mailbox.disown()
                 elif instance is not None:
                     await self._end_instance(instance, reason)
                 else:
