@@ -23,6 +23,7 @@ from .._core.messages import (
 from .._core.reply import ReplyHandle
 from .._core.threads import current_thread_id, wrong_thread
 from .._primitives.balancing import LoadBalancing
+from .._primitives.mailbox import send_budget_spent
 from .._process.context_vars import current_cell, inherited_deadline
 from .._routing.endpoint import Endpoint
 from .._routing.groups import Group
@@ -147,7 +148,16 @@ class AgentRef:
             WrongThread: called from a thread other than the system's.
         """
         envelope = self._envelope(_CAST, payload, priority, options)
-        await self._delivery.send(self._endpoint or self._address.route(envelope), envelope)
+        endpoint = self._endpoint or self._address.route(envelope)
+        delivery = self._delivery
+        # A cancellation point; then at once when nothing stands in the way (a schedule point
+        # once every ``SEND_BUDGET`` sends), as ``Mailbox.put`` would, with three coroutines
+        # fewer; else through delivery, which may wait.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not delivery.put_cast_nowait(endpoint, envelope):
+            await delivery.send(endpoint, envelope)
+        elif send_budget_spent():
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def cast_nowait(
         self,
@@ -174,7 +184,13 @@ class AgentRef:
         """Send an info message (handled by ``handle_info``); returns and raises as
         :meth:`cast` (a journal keeps infos as it keeps casts)."""
         envelope = self._envelope(_INFO, payload, priority, options)
-        await self._delivery.send(self._endpoint or self._address.route(envelope), envelope)
+        endpoint = self._endpoint or self._address.route(envelope)
+        delivery = self._delivery
+        await trio.lowlevel.checkpoint_if_cancelled()  # as in ``cast``
+        if not delivery.put_cast_nowait(endpoint, envelope):
+            await delivery.send(endpoint, envelope)
+        elif send_budget_spent():
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def info_nowait(
         self,

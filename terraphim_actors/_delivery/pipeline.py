@@ -33,7 +33,7 @@ from .._core.reply import KeptAnswer
 from .._primitives.admission import AdmissionGate, Budgets
 from .._primitives.circuit import CircuitBreaker, CircuitBreakerConfig
 from .._primitives.dedup import NO_REPLY, UNSEEN, HandledMessages
-from .._primitives.mailbox import OwnMailboxFull, spend_send_budget
+from .._primitives.mailbox import Mailbox, OwnMailboxFull, spend_send_budget
 from .._primitives.timers import TimerService
 from .._routing.router import Router
 from ..errors import (
@@ -258,6 +258,25 @@ class DeliveryManager:
             self._give_up(envelope, self._final_reason(_failure_of(error, endpoint)[0]), str(error))
         else:
             self._accepted_and_delivered(envelope)
+
+    def put_cast_nowait(self, endpoint: Endpoint | None, envelope: Envelope) -> bool:
+        """Deliver a cast or an info at once if that is all :meth:`send` would do: nobody to
+        tell (no journal, no instrument that hears of messages), an agent of this process
+        without budgets, with room in its mailbox. Returns False, having done nothing, when
+        the message must take :meth:`send`'s way.
+
+        The awaited send's common case, spelled out: through :meth:`send` and
+        ``Mailbox.put`` it costs four more coroutines, a sixth of the send."""
+        if (
+            not self._quiet
+            or endpoint is None
+            or endpoint.admission is not None
+            or endpoint.inbox.__class__ is not Mailbox
+            or not endpoint.inbox.has_room()
+        ):
+            return False
+        self.send_nowait(endpoint, envelope)
+        return True
 
     def put_call_nowait(self, endpoint: Endpoint | None, envelope: Envelope) -> bool:
         """Deliver a call at once if nothing stands in its way: a live agent without a circuit

@@ -46,12 +46,21 @@ class _SendBudget(threading.local):
 _send_budget = _SendBudget()
 
 
-async def spend_send_budget() -> None:
-    """Count one send that did not wait; a schedule point when the budget is spent."""
+def send_budget_spent() -> bool:
+    """Count one send that did not wait; True when that spent the budget, and the sender is
+    to take a schedule point (``trio.lowlevel.cancel_shielded_checkpoint``). A function, not
+    a coroutine, for a send's fast path to count with."""
     budget = _send_budget
     budget.left -= 1
-    if budget.left <= 0:
-        budget.left = SEND_BUDGET
+    if budget.left > 0:
+        return False
+    budget.left = SEND_BUDGET
+    return True
+
+
+async def spend_send_budget() -> None:
+    """Count one send that did not wait; a schedule point when the budget is spent."""
+    if send_budget_spent():
         await trio.lowlevel.cancel_shielded_checkpoint()
 
 
