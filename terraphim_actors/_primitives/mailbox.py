@@ -172,7 +172,7 @@ class Mailbox:
         #: The same lanes in the order receives empty them: highest priority first.
         self._receive_order: Sequence[collections.deque[Envelope] | None] = _NO_LANES
         #: Tasks parked until a message arrives, oldest first; made at the first wait and let
-        #: go when the owner's task ends (a hibernated agent keeps no list).
+        #: go when the owner falls asleep (a hibernated agent keeps no list).
         self._receivers: list[trio.lowlevel.Task] | None = None
         #: Senders waiting for room (only a bounded mailbox that blocks has any).
         self._space = (
@@ -197,8 +197,8 @@ class Mailbox:
         return f"<Mailbox of {self.agent_id!r}: {self._size} waiting>"
 
     def disown(self) -> None:
-        """Its owner's task has ended (its agent stopped, or fell asleep): forget the task,
-        and the list of parked receivers if nobody else waits."""
+        """Its owner's task has ended with the agent asleep: forget the task, and the list of
+        parked receivers if nobody else waits."""
         self.owner = None
         if not self._receivers:
             self._receivers = None
