@@ -139,7 +139,6 @@ class AgentStarter(GenServerBehaviour):
             self.cell.retire()
 
 
-
 def agent_child_spec(starter: AgentStarter, *, significant: bool = False) -> ChildSpec:
     """The child spec that runs ``starter``'s agent under a supervisor."""
     return ChildSpec(
