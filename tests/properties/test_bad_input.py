@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -66,6 +67,26 @@ from terraphim_actors.errors import (
 )
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _on_a_clock_of_its_own(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run each example of an async hypothesis test in a ``trio.run`` of its own, on a fresh
+    autojumping clock from 0.
+
+    The ``autojump_clock`` fixture is one clock for all of a test's examples: after examples
+    that sleep past every due time (10**13 s each), a float cannot add a short delay to its
+    time (at 10**16 s, ``now + 1.0 == now``), so a timer due "a moment later" is due again at
+    the same instant and the example never ends. No monotonic clock reaches such times."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        trio.run(
+            functools.partial(test, *args, **kwargs),
+            clock=trio.testing.MockClock(autojump_threshold=0),
+        )
+
+    return run
+
 
 #: A count far beyond anything a C structure can hold.
 HUGE = 10**30
@@ -359,7 +380,8 @@ class TestConfigurations:
         timer_delay=accepted_seconds(zero=True),
         shutdown=accepted_seconds(),
     )
-    def test_messages_through_an_accepted_configuration_all_end(
+    @_on_a_clock_of_its_own
+    async def test_messages_through_an_accepted_configuration_all_end(
         self,
         delivery: DeliveryConfig,
         breaker: CircuitBreakerConfig | None,
@@ -373,38 +395,7 @@ class TestConfigurations:
         """Whatever the accepted values, the arithmetic done later with them (deadlines,
         backoffs with jitter, circuit reopenings, expiry, timers, restart backoffs) never
         fails: casts and calls that crash their handler are retried, expire, or become dead
-        letters; nothing escapes the system, and every message ends.
-
-        Each example runs on a clock of its own from 0: one clock shared by the examples
-        (the ``autojump_clock`` fixture) is 10**13 s further on after each, and at such times
-        a float cannot add a short delay (at 10**16 s, ``now + 1.0 == now``): a timer due "a
-        moment later" is due again at the same instant, and the example never ends. No
-        monotonic clock reaches such times.
-        """
-        trio.run(
-            self._messages_all_end,
-            delivery,
-            breaker,
-            backoff,
-            options,
-            crashes,
-            call_timeout,
-            timer_delay,
-            shutdown,
-            clock=trio.testing.MockClock(autojump_threshold=0),
-        )
-
-    async def _messages_all_end(
-        self,
-        delivery: DeliveryConfig,
-        breaker: CircuitBreakerConfig | None,
-        backoff: RestartBackoff | None,
-        options: list[MessageOptions],
-        crashes: int,
-        call_timeout: float,
-        timer_delay: float,
-        shutdown: float,
-    ) -> None:
+        letters; nothing escapes the system, and every message ends."""
         config = MessageSystemConfig(
             delivery=delivery,
             router=RouterConfig(circuit_breaker=breaker),
