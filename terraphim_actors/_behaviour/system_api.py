@@ -166,6 +166,7 @@ class SystemApi(Protocol):
         handler_timeout: float | None = None,
         admission: Sequence[Budget] = (),
         fallback: AgentRef | None = None,
+        hibernate_after: float | None = None,
         **kwargs: Any,
     ) -> PoolRef:
         """Start a pool of agents behind one ref."""

@@ -388,6 +388,7 @@ class MessageSystem:
         handler_timeout: float | None = None,
         admission: Sequence[Budget] = (),
         fallback: AgentRef | None = None,
+        hibernate_after: float | None = None,
         **kwargs: Any,
     ) -> PoolRef:
         """Start ``size`` instances of an agent under a supervisor of their own, behind one ref
@@ -411,6 +412,8 @@ class MessageSystem:
             fallback: where a message sent through the pool goes instead when every
                 member's circuit is open, or its budgets could not admit it before its
                 deadline (an agent's or another pool's ref; counted as a fallback).
+            hibernate_after: as for :meth:`spawn`, for each member: an idle member sleeps,
+                and a message the pool gives it wakes it.
             kwargs: as for :meth:`spawn`: each member is ``agent_class(*args, **kwargs)``.
 
         Raises:
@@ -448,6 +451,8 @@ class MessageSystem:
             )
             for position in range(size)
         ]
+        for starter in starters:
+            _set_hibernate_after(starter, hibernate_after)
         pool_id = self._claim(name)
         if self.cluster is not None and name is not None:
             try:

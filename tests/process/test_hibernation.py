@@ -259,6 +259,28 @@ class TestWaking:
         assert (log.count("start"), log.count("wake")) == (2, 1)
         assert (running(system), hibernated(system)) == (1, 1)
 
+    async def test_a_pool_spawned_with_hibernate_after_lets_its_members_sleep(
+        self, system: MessageSystem, autojump_clock: Clock
+    ) -> None:
+        """``spawn_pool(..., hibernate_after=)`` gives each member the time, as ``spawn``'s
+        does for one agent (here, of a class that never sleeps by itself)."""
+        log: list[tuple[str, Any]] = []
+        pool = await system.spawn_pool(Recorder, log, size=2, hibernate_after=5.0)
+        await trio.sleep(4.0)
+        assert hibernated(system) == 0
+        await trio.sleep(2.0)
+        assert hibernated(system) == 2
+        await pool.cast("hello")
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == [("cast", "hello")]
+        assert (running(system), hibernated(system)) == (1, 1)
+
+    async def test_a_bad_hibernate_after_of_a_pool_is_invalid_config(
+        self, system: MessageSystem
+    ) -> None:
+        with pytest.raises(InvalidConfig, match="hibernate_after"):
+            await system.spawn_pool(Recorder, [], size=2, hibernate_after=0.0)
+
     async def test_a_down_wakes_a_sleeping_watcher(
         self, system: MessageSystem, autojump_clock: Clock
     ) -> None:
