@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
@@ -268,7 +269,8 @@ class MessageSystem:
             handler_timeout: seconds a handler may run before it is cancelled and fails with
                 ``HandlerTimeout`` (default: the class's ``handler_timeout``).
             hibernate_after: seconds idle after which it hibernates, giving up its task until
-                a message wakes it (default: the class's ``hibernate_after``; ``None``: never).
+                a message wakes it (``None``, the default: the class's ``hibernate_after``;
+                ``math.inf``: never, whatever the class says).
             admission: budgets it admits messages by (``RateLimit``, ``TokenBudget``,
                 ``ConcurrencyLimit``), behind its circuit breaker; a message they refuse waits
                 in delivery until they let it through, or is refused if its deadline would
@@ -1042,12 +1044,15 @@ def _stopping_for_good(cells: list[AgentCell]) -> Iterator[None]:
 
 
 def _set_hibernate_after(starter: AgentStarter, hibernate_after: float | None) -> None:
-    """Give ``starter``'s agent the ``hibernate_after`` of a spawn (its class's if ``None``).
+    """Give ``starter``'s agent the ``hibernate_after`` of a spawn (its class's if ``None``;
+    never if ``math.inf``, as a Trio deadline of ``inf`` is never, whatever its class says).
 
     Raises:
-        InvalidConfig: it is not a number of seconds above 0 (and finite).
+        InvalidConfig: it is not a number of seconds above 0 (finite, or ``math.inf``).
     """
-    if hibernate_after is not None:
+    if hibernate_after == math.inf:
+        starter.hibernate_after = None
+    elif hibernate_after is not None:
         check_seconds("hibernate_after", hibernate_after)
         starter.hibernate_after = hibernate_after
 

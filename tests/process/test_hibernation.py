@@ -121,7 +121,16 @@ class TestFallingAsleep:
         await trio.sleep(1.1)
         assert hibernated(system) == 1
 
-    @pytest.mark.parametrize("value", [0, -1.0, math.nan, math.inf, "10", True])
+    async def test_math_inf_switches_off_the_class_attribute(
+        self, system: MessageSystem, autojump_clock: Clock
+    ) -> None:
+        """``hibernate_after=math.inf`` never hibernates, whatever the class says (``None``
+        means the class's own)."""
+        await system.spawn(Sleeper, [], hibernate_after=math.inf)
+        await trio.sleep(3600.0)  # 360 times the class's 10 s
+        assert (running(system), hibernated(system)) == (1, 0)
+
+    @pytest.mark.parametrize("value", [0, -1.0, math.nan, -math.inf, "10", True])
     async def test_a_bad_hibernate_after_is_invalid_config(
         self, system: MessageSystem, value: Any
     ) -> None:
