@@ -10,8 +10,8 @@ kept to the attribute loads and calls it needs, and it reads the clock once per 
 
 from __future__ import annotations
 
+import functools
 import logging
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -68,22 +68,24 @@ _BATCH = 128
 _Handler = Callable[[Any, Any, Context], Awaitable[Any]]
 #: ``handle_cast``, ``handle_call`` and ``handle_info``, as the loop calls them.
 _Handlers = tuple[_Handler, _Handler, _Handler]
-#: Each agent class's handlers, as functions of the class: one tuple per class, where the
-#: methods bound to each instance (three and their tuple) kept 256 bytes of every idle agent.
-_class_handlers: weakref.WeakKeyDictionary[type[Agent], _Handlers] = weakref.WeakKeyDictionary()
+
+
+@functools.lru_cache(maxsize=1024)
+def _class_handlers(agent_class: type[Agent]) -> _Handlers:
+    """An agent class's handlers, as functions of the class: one tuple per class, where the
+    methods bound to each instance (three and their tuple) kept 256 bytes of every idle agent.
+
+    A bounded cache rather than a weak one: a handler that calls ``super()`` refers to its
+    class, so a weak table's entry would keep its own key alive."""
+    return agent_class.handle_cast, agent_class.handle_call, agent_class.handle_info
 
 
 def _handlers_of(agent: Agent) -> _Handlers:
     """``agent``'s handlers as ``handler(agent, payload, context)``: its class's functions,
-    shared by all its instances, unless the instance has one of its own."""
-    agent_class = type(agent)
-    handlers = _class_handlers.get(agent_class)
-    if handlers is None:
-        handlers = _class_handlers[agent_class] = (
-            agent_class.handle_cast,
-            agent_class.handle_call,
-            agent_class.handle_info,
-        )
+    shared by all its instances, unless the instance has one of its own (or the class's
+    changed since they were cached)."""
+    # A class is hashable; mypy checks it against ``Hashable`` by its instances' ``__hash__``.
+    handlers = _class_handlers(type(agent))  # type: ignore[arg-type]
     cast, call, info = handlers
     if (
         getattr(agent.handle_cast, "__func__", None) is cast
