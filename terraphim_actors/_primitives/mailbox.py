@@ -58,6 +58,13 @@ def send_budget_spent() -> bool:
     return True
 
 
+def refill_send_budget() -> None:
+    """Give this thread's senders the whole budget again: a new message system calls it, so
+    where its senders first yield does not depend on what ran earlier in the same thread
+    (a program under a ``MockClock`` is scheduled the same way in every run)."""
+    _send_budget.left = SEND_BUDGET
+
+
 async def spend_send_budget() -> None:
     """Count one send that did not wait; a schedule point when the budget is spent."""
     if send_budget_spent():

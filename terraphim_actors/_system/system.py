@@ -48,7 +48,13 @@ from .._delivery.pipeline import DeliveryConfig, DeliveryManager
 from .._primitives.admission import Budget, budgets_from
 from .._primitives.balancing import Balancer, LoadBalancing
 from .._primitives.dedup import HandledMessages
-from .._primitives.mailbox import Mailbox, MailboxConfig, MailboxStats, ThreadBoundMailbox
+from .._primitives.mailbox import (
+    Mailbox,
+    MailboxConfig,
+    MailboxStats,
+    ThreadBoundMailbox,
+    refill_send_budget,
+)
 from .._primitives.timers import TimerService
 from .._process.cell import AgentCell, CellState
 from .._process.context_vars import current_cell
@@ -1140,6 +1146,7 @@ async def open_message_system(
     check_instance("handle_signals", handle_signals, bool)
     if handle_signals:
         check_main_thread()
+    refill_send_budget()
     body_error: BaseException | None = None
     # Cancelled by the first signal: the same path out as a cancellation from outside.
     body = trio.CancelScope()

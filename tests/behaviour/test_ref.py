@@ -970,6 +970,36 @@ class TestRefBadInputAndCheckpoints:
             done.set()
         assert casts // SEND_BUDGET - 1 <= turns <= casts // SEND_BUDGET + 2
 
+    async def test_a_new_system_gives_its_senders_the_whole_send_budget(
+        self, system: MessageSystem
+    ) -> None:
+        """Where a sender first yields does not depend on what was sent in the thread before
+        the system opened: its first ``SEND_BUDGET - 1`` casts that find room take no
+        schedule point, and the next one does."""
+        ref = await system.spawn(Recorder, [])
+        for number in range(SEND_BUDGET // 2):
+            await ref.cast(number)
+        sender = trio.lowlevel.current_task()
+        yields = 0
+
+        class CountSendersYields(trio.abc.Instrument):
+            def after_task_step(self, task: trio.lowlevel.Task) -> None:
+                nonlocal yields
+                yields += task is sender
+
+        async with open_message_system() as fresh:
+            other = await fresh.spawn(Recorder, [])
+            counter = CountSendersYields()
+            trio.lowlevel.add_instrument(counter)
+            try:
+                for number in range(SEND_BUDGET - 1):
+                    await other.cast(number)
+                yields_within_the_budget = yields
+                await other.cast("the last of the budget")
+            finally:
+                trio.lowlevel.remove_instrument(counter)
+        assert (yields_within_the_budget, yields) == (0, 1)
+
 
 SECRET = "sk-live-0123456789"
 
