@@ -56,7 +56,10 @@ async def test_ctrl_c_stops_every_node_and_the_server() -> None:
     """A SIGINT mid-run ends the demo with exit code 130, and none of the processes it started
     (nats-server and the three nodes) still runs."""
     process = await trio.lowlevel.open_process(
-        DEMO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        DEMO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_hear_sigint,
     )
     try:
         assert process.stdout is not None
@@ -81,6 +84,12 @@ async def test_ctrl_c_stops_every_node_and_the_server() -> None:
     for pid in started:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def _hear_sigint() -> None:
+    """Let the demo take SIGINT as Ctrl+C: a shell without job control starts a background
+    job (pytest too, then) with SIGINT ignored, which its children would inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_a_task_whose_result_never_came_is_reported_lost() -> None:
