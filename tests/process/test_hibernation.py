@@ -21,6 +21,7 @@ from terraphim_actors import (
     ExitReason,
     MessageOptions,
     MessageSystem,
+    Priority,
     StopReason,
     cast,
     open_message_system,
@@ -207,6 +208,30 @@ class TestWaking:
             ref.cast_nowait(n)
         assert await ref.call("count") == 5
         assert log[3:] == [("cast", n) for n in range(5)] + [("call", "count")]
+
+    async def test_a_sleeper_that_had_messages_takes_new_ones_by_priority(
+        self, system: MessageSystem, autojump_clock: Clock
+    ) -> None:
+        """Its mailbox gives up its emptied lanes while it sleeps; the messages that wake
+        it are still taken by priority, in order within one."""
+        log: list[Any] = []
+        ref = await system.spawn(Sleeper, log)
+        await ref.cast("before", priority=Priority.HIGH)
+        await trio.sleep(11.0)
+        for message, priority in [
+            ("low", Priority.LOW),
+            ("high-1", Priority.HIGH),
+            ("normal", Priority.NORMAL),
+            ("high-2", Priority.HIGH),
+        ]:
+            ref.cast_nowait(message, priority=priority)
+        await trio.sleep(1.0)
+        assert log[log.index("wake") + 1 :] == [
+            ("cast", "high-1"),
+            ("cast", "high-2"),
+            ("cast", "normal"),
+            ("cast", "low"),
+        ]
 
     async def test_it_sleeps_again_after_its_time(
         self, system: MessageSystem, autojump_clock: Clock
