@@ -151,7 +151,7 @@ class GenServerBehaviour:
                 await agent.on_start()
         except Exception as error:
             raise AgentStartFailed(f"{cell.id!r} failed to start: {bounded_repr(error)}") from error
-        server = GenServer(cell, agent, context, self.handler_timeout, self.hibernate_after)
+        server = GenServer(cell, agent, context, self)
         context._server = server
         return server
 
@@ -160,14 +160,13 @@ class GenServer:
     """One ``Agent`` instance served by the gen_server loop (the cell's ``Instance``)."""
 
     __slots__ = (
+        "_behaviour",
         "_cell",
         "_context",
         "_deferred",
         "_finishes_abandoned",
         "_first_call",
         "_handler_scope",
-        "_hibernate_after",
-        "_limit",
         "agent",
         "cleanup",
     )
@@ -177,14 +176,13 @@ class GenServer:
         cell: AgentCell,
         agent: Agent,
         context: Context,
-        limit: float | None,
-        hibernate_after: float | None = None,
+        behaviour: GenServerBehaviour,
     ) -> None:
         self._cell = cell
         self.agent = agent
         self._context = context
-        self._limit = limit
-        self._hibernate_after = hibernate_after
+        #: What built it, whose ``handler_timeout`` and ``hibernate_after`` it serves with.
+        self._behaviour = behaviour
         #: Cancelled to cut short the handler of a call whose caller gave up (while serving).
         self._handler_scope: trio.CancelScope | None = None
         #: The call that ended the loop without a scope, for the loop with one to serve first.
@@ -262,7 +260,7 @@ class GenServer:
         returned, not awaited here: an idle agent's task keeps one frame fewer.
         """
         agent = self.agent
-        limit = self._limit
+        limit = self._behaviour.handler_timeout
         handlers = _handlers_of(agent)
         if limit is not None:
             cell_id = self._cell.id
@@ -324,7 +322,7 @@ class GenServer:
         # Instruments are installed with the system, so none now means none for good: then the
         # hooks cost one local truth test per message, not a dict lookup each.
         observed = bool(instruments)
-        hibernate_after = self._hibernate_after
+        hibernate_after = self._behaviour.hibernate_after
         served = 0
         batch_started = clock()
         try:
