@@ -99,8 +99,10 @@ class ChildSpec:
             Without one, asking the child to stop means cancelling it (as an OTP process that
             does not trap exits dies at once).
         retire: a synchronous function called when the supervisor will not start the child
-            again on its own: it was terminated, ended for good, or forgotten. It releases what
-            outlives the child's runs; it may be called more than once.
+            again on its own: it was terminated, ended for good, or forgotten. It receives the
+            spec (one function serves every child: it finds what to release through the spec's
+            ``id`` or ``start``) and releases what outlives the child's runs; it may be called
+            more than once.
         quiet: an optional synchronous predicate, given the started value: True when
             stopping the child now would show nothing anyone can see but its end (nothing to
             clean up, nothing in hand, nobody told of it). Stopping children in order, the
@@ -122,7 +124,7 @@ class ChildSpec:
     stop: Callable[[Any], object] | None = attrs.field(
         default=None, validator=attrs.validators.optional(is_callable), kw_only=True
     )
-    retire: Callable[[], object] | None = attrs.field(
+    retire: Callable[[ChildSpec], object] | None = attrs.field(
         default=None, validator=attrs.validators.optional(is_callable), kw_only=True
     )
     quiet: Callable[[Any], bool] | None = attrs.field(

@@ -1180,8 +1180,9 @@ class Supervisor:
                 )
             caller = caller.supervisor._placement
 
-    def _retire_children(self) -> None:
-        """This supervisor will not run again: its children will not start again either."""
+    def _retire_children(self, _spec: ChildSpec) -> None:
+        """The ``retire`` of :meth:`as_child`'s spec: this supervisor will not run again, so
+        its children will not start again either."""
         for child in self._children.values():
             _retire(child)
 
@@ -1223,6 +1224,6 @@ def _retire(child: Child) -> None:
     if child.spec.retire is None:
         return
     try:
-        child.spec.retire()
+        child.spec.retire(child.spec)
     except Exception as error:
         logger.error("the retire hook of %s raised", BoundedRepr(child.spec.id), exc_info=error)

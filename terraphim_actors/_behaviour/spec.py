@@ -147,7 +147,7 @@ def agent_child_spec(starter: AgentStarter, *, significant: bool = False) -> Chi
         restart=starter.restart,
         shutdown=starter.shutdown,
         stop=_stop_agent,
-        retire=starter.retire,
+        retire=_retire_agent,
         quiet=_stops_unseen,
         significant=significant,
     )
@@ -168,6 +168,14 @@ def _stop_agent(ref: AgentRef) -> None:
     cell.request_stop(
         StopReason.SHUTDOWN, final=closing, drain=closing and cell.system.is_subscriber(cell)
     )
+
+
+def _retire_agent(spec: ChildSpec) -> None:
+    """The ``retire`` of an agent's child spec: its supervisor will not start it again, so it
+    stops for good. A function of the spec, whose ``start`` is the agent's starter, for the
+    reason ``_stop_agent`` is one."""
+    starter: AgentStarter = spec.start  # type: ignore[assignment]
+    starter.retire()
 
 
 def _stops_unseen(ref: AgentRef) -> bool:

@@ -490,7 +490,10 @@ class MessageSystem:
             starter.group, starter.position = group, position
         self.router.pools[pool_id] = group
         self._pool_starters[pool_id] = starters
-        retire = functools.partial(self._retire_pool, group)
+
+        def retire(_spec: ChildSpec) -> None:
+            self._retire_pool(group)
+
         try:
             await self.root.start_child(attrs.evolve(members.as_child(pool_id), retire=retire))
         except ChildStartFailed as failure:

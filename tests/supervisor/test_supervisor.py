@@ -1779,7 +1779,7 @@ class TestCancelledByHand:
         retired: list[str] = []
         child = attrs.evolve(
             spec(log, "a", stop=ask_to_stop, linger=math.inf),
-            retire=lambda: retired.append("a"),
+            retire=lambda spec: retired.append(spec.id),
         )
         async with Supervisor([child]) as sup:
             with trio.move_on_after(1.0):
@@ -1793,7 +1793,7 @@ class TestCancelledByHand:
         retired: list[str] = []
         child = attrs.evolve(
             spec(log, "a", fails_to_start=[False, False]),
-            retire=lambda: retired.append("a"),
+            retire=lambda spec: retired.append(spec.id),
         )
         async with Supervisor([child]) as sup:
             await sup.terminate_child("a")
@@ -1808,6 +1808,32 @@ class TestCancelledByHand:
             assert "cancel b" in log
             await sup.restart_child("a")  # the supervisor is still usable
             assert info(sup, "a").state is ChildState.RUNNING
+
+
+class TestRetireHook:
+    """``retire`` is given the spec of the child that will not start again, so one function
+    serves every child."""
+
+    async def test_one_hook_learns_which_child_retires(self, autojump_clock: Clock) -> None:
+        log = Log()
+        retired: list[Hashable] = []
+
+        def retire(spec: ChildSpec) -> None:
+            retired.append(spec.id)
+
+        children = [attrs.evolve(spec(log, name), retire=retire) for name in ("a", "b")]
+        async with Supervisor(children) as sup:
+            await sup.terminate_child("b")
+            await sup.terminate_child("a")
+            assert retired == ["b", "a"]
+
+    async def test_a_retired_subtree_retires_its_children(self, autojump_clock: Clock) -> None:
+        log = Log()
+        retired: list[Hashable] = []
+        leaf = attrs.evolve(spec(log, "leaf"), retire=lambda spec: retired.append(spec.id))
+        async with Supervisor([Supervisor([leaf]).as_child("sub")]) as sup:
+            await sup.terminate_child("sub")
+            assert retired == ["leaf"]
 
 
 class TestChildContext:
