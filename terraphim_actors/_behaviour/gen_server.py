@@ -324,6 +324,9 @@ class GenServer:
         observed = bool(instruments)
         hibernate_after = self._behaviour.hibernate_after
         served = 0
+        # Whether messages were served since ``batch_started`` beyond the ``served`` of this
+        # batch: an agent that served none records no processing time and no last activity.
+        served_before = False
         batch_started = clock()
         try:
             while cell._stop_requested is None or (cell._draining and len(mailbox)):
@@ -331,6 +334,7 @@ class GenServer:
                     return None  # the clock
                 if served >= _BATCH:
                     served = 0
+                    served_before = True
                     await trio.lowlevel.checkpoint()
                 if first is None:
                     envelope = mailbox.try_receive()
@@ -338,7 +342,9 @@ class GenServer:
                     envelope, first = first, None
                 if envelope is None:
                     idle_from = clock()
-                    mailbox.record_processing_time(idle_from - batch_started, idle_from)
+                    if served or served_before:
+                        mailbox.record_processing_time(idle_from - batch_started, idle_from)
+                        served_before = False
                     try:
                         if hibernate_after is None:
                             await mailbox.wait_for_arrival()  # request_stop interrupts it

@@ -43,6 +43,7 @@ from terraphim_actors import (
     open_message_system,
 )
 from terraphim_actors._behaviour.agent import format_payload
+from terraphim_actors._behaviour.gen_server import _BATCH
 from terraphim_actors._core.bounded_repr import REPR_LIMIT, bounded_repr, shorten
 from terraphim_actors.errors import (
     AgentStartFailed,
@@ -981,6 +982,31 @@ class TestStatistics:
         await ref.cast(busy_for(1))
         await trio.sleep(5)
         assert stats_of(system, ref.id).total_processing_time == pytest.approx(1.0)
+
+    async def test_an_agent_that_handled_nothing_has_no_activity(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Until its first message, an agent's mailbox shows no last activity and no
+        processing time, however long it has been waiting."""
+        ref = await system.spawn(Runner)
+        await trio.sleep(5)
+        stats = stats_of(system, ref.id)
+        assert (stats.last_activity, stats.total_processing_time) == (None, 0.0)
+
+    async def test_processing_time_counts_a_whole_batch_that_empties_the_mailbox(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Messages served back to back up to the loop's batch (where it yields to others),
+        the last of them emptying the mailbox, all count."""
+        ref = await system.spawn(Runner)
+        started = trio.current_time()
+        for _ in range(_BATCH):
+            ref.cast_nowait(busy_for(0.1))
+        await trio.sleep(20)
+        stats = stats_of(system, ref.id)
+        assert stats.messages_processed == _BATCH
+        assert stats.total_processing_time == pytest.approx(_BATCH / 10)
+        assert stats.last_activity == pytest.approx(started + _BATCH / 10)
 
 
 class RefusesEveryCast(Agent):
