@@ -105,13 +105,7 @@ class AgentStarter(GenServerBehaviour):
             self._check_placement(cell)
         if cell is None or cell.state is CellState.STOPPED:
             cell = self.cell = AgentCell(
-                self.system,
-                self,
-                self.agent_id,
-                self.mailbox,
-                self.shutdown,
-                self.restart,
-                self.endpoint,
+                self.system, self, self.agent_id, self.mailbox, self.endpoint
             )
             if self.endpoint is None:
                 self.endpoint = cell.endpoint

@@ -13,6 +13,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import trio
 
+from supervisor import RestartType
+
 from ..errors import AgentStopped
 from .ids import AgentId, MessageId
 from .messages import Envelope, MessageOptions, Priority
@@ -106,10 +108,18 @@ class Instance(Protocol):
 
 
 class Behaviour(Protocol[_Cell_contra]):
-    """What a cell runs, once per instance: OTP's behaviour module to the cell's proc_lib.
+    """What a cell runs, once per instance: OTP's behaviour module to the cell's proc_lib. It
+    outlives the cell's instances, so the cell reads the agent's spec from it.
 
-    Today's implementation: ``_behaviour.gen_server.GenServerBehaviour``.
+    Today's implementation: ``_behaviour.spec.AgentStarter`` (a
+    ``_behaviour.gen_server.GenServerBehaviour`` with its agent's spec).
     """
+
+    #: Seconds a stopping instance gets to finish its handler and its cleanup.
+    shutdown: float
+    #: Whether the agent's supervisor starts it again after an exit (a normal stop of a
+    #: permanent agent is not for good).
+    restart: RestartType
 
     async def start(self, cell: _Cell_contra) -> Instance:
         """Build a fresh instance and run its start (``on_start``).

@@ -98,42 +98,97 @@ class _Unscoped:
 _UNSCOPED = _Unscoped()
 
 
+class _Stopping:
+    """What a cell knows of its agent's stopping: asked for, under way, over.
+
+    Made at the first of them (a stop asked for, a kill, a crash directive, a ``system.stop``,
+    an instance's end), so that an agent never asked to stop keeps one empty slot for all of
+    it: every slot of a cell is 8 bytes of each agent, asleep or awake. Whether a stop was
+    asked for stays on the cell (``_stop_requested``), as each message reads it.
+    """
+
+    __slots__ = (
+        "cleanup_scope",
+        "deadline",
+        "draining",
+        "exit_as",
+        "exit_reason",
+        "final",
+        "instance_over",
+        "killed",
+        "last_reason",
+        "linked_failure",
+        "requested_at",
+        "retiring",
+        "stops_pending",
+    )
+
+    def __init__(self) -> None:
+        #: When the running instance was asked to stop (None until it is).
+        self.requested_at: float | None = None
+        #: When a requested stop's shutdown time is up: it covers the handler in hand and
+        #: ``on_stop`` together.
+        self.deadline = math.inf
+        #: Handle what is already in the mailbox before stopping (subscribers at shutdown).
+        self.draining = False
+        #: How the instance's crash reaches its supervisor, if not as itself (a directive).
+        self.exit_as: type[EscalatedFailure | FinalExit] | None = None
+        #: What a background task of the instance failed with (it killed the instance).
+        self.linked_failure: BaseException | None = None
+        #: The instance's kill came from the cell (``kill``), not from outside.
+        self.killed = False
+        #: The scope ``on_stop`` runs in, while it runs (the shutdown deadline can shorten it).
+        self.cleanup_scope: trio.CancelScope | None = None
+        #: Set when the running instance ends, made only when someone waits for that.
+        self.instance_over: trio.Event | None = None
+        #: The stop asked for is for good: the mailbox is closed, no instance will follow.
+        self.final = False
+        #: ``system.stop`` asked for it to go for good: the next stop is final.
+        self.retiring = False
+        #: ``system.stop`` calls of it under way (a cancelled one keeps ``retiring`` if any is).
+        self.stops_pending = 0
+        #: How the latest instance ended: the agent's exit reason if it is retired now.
+        self.last_reason: ExitReason = StopReason.NORMAL
+        #: Why it stopped for good, once it has.
+        self.exit_reason: ExitReason | None = None
+
+    def for_next_instance(self) -> _Stopping | None:
+        """This record for a new instance: what concerned the last one forgotten, None when
+        nothing is left (the new instance then starts with no record, as the first did)."""
+        if not (
+            self.final or self.retiring or self.stops_pending or self.instance_over is not None
+        ):
+            return None
+        self.requested_at = None
+        self.deadline = math.inf
+        self.draining = False
+        self.exit_as = None
+        self.linked_failure = None
+        return self
+
+
 class AgentCell:
     """One agent's identity, mailbox and task; see the module docstring."""
 
     __slots__ = (
         "_background",
-        "_cleanup_scope",
-        "_draining",
-        "_exit_as",
-        "_final",
         "_in_hand",
-        "_instance_over",
         "_instance_scope",
-        "_killed",
-        "_last_reason",
-        "_linked_failure",
-        "_stop_deadline",
         "_stop_requested",
+        "_stopping",
         "_task",
         "_timers",
         "_watchers",
         "_watching",
         "behaviour",
         "endpoint",
-        "exit_reason",
         "id",
         "instances",
         "latest",
         "mailbox",
         "placement",
         "ref",
-        "restart",
-        "retiring",
-        "shutdown",
         "state",
-        "stop_requested_at",
-        "stops_pending",
         "system",
     )
 
@@ -143,13 +198,12 @@ class AgentCell:
         behaviour: Behaviour[AgentCell],
         agent_id: AgentId,
         mailbox: MailboxConfig,
-        shutdown: float,
-        restart: RestartType,
         endpoint: Endpoint | None = None,
     ) -> None:
         self.system = system
         self.id = agent_id
         #: What each instance runs (the Agent's gen_server): the cell never serves a message.
+        #: It also holds the agent's shutdown time and restart type, kept across restarts.
         self.behaviour = behaviour
         #: The mailbox its instances take messages from.
         self.mailbox = Mailbox(agent_id, mailbox)
@@ -163,10 +217,6 @@ class AgentCell:
         #: The ref handed out to others, set by whoever made the cell (an ``AgentRef``): the
         #: cell only passes it on, in ``Down`` and to its supervisor.
         self.ref: Any = None
-        #: Seconds a stopping agent gets to finish its handler (and ``on_stop``).
-        self.shutdown = shutdown
-        #: Whether its supervisor restarts it, which decides when an exit is for good.
-        self.restart = restart
         #: Where it is in its lifecycle; changed only through ``lifecycle.transition``.
         self.state = CellState.STARTING
         #: Instances started so far (the first start, then one per restart).
@@ -175,34 +225,14 @@ class AgentCell:
         self.latest: Instance | None = None
         #: The supervisor running the agent, and the id it knows it by.
         self.placement: CurrentChild | None = None
-        #: ``system.stop`` asked for it to go for good: the next stop is final.
-        self.retiring = False
-        #: ``system.stop`` calls of it under way (a cancelled one keeps ``retiring`` if any is).
-        self.stops_pending = 0
-        self._last_reason: ExitReason = StopReason.NORMAL
-        self.exit_reason: ExitReason | None = None
         self._task: trio.lowlevel.Task | None = None
         #: What kill() cancels while an instance runs: its supervisor's scope around the run,
-        #: or the cell's own without a supervisor; ``_killed`` once it did.
+        #: or the cell's own without a supervisor.
         self._instance_scope: trio.CancelScope | None = None
-        self._killed = False
+        #: Why the running instance was asked to stop (None until it is): read per message.
         self._stop_requested: StopReason | None = None
-        #: When a requested stop's shutdown time is up: it covers the handler in hand and
-        #: ``on_stop`` together.
-        self._stop_deadline = math.inf
-        #: When the running instance was asked to stop (None until it is).
-        self.stop_requested_at: float | None = None
-        #: The scope ``on_stop`` runs in, while it runs (the shutdown deadline can shorten it).
-        self._cleanup_scope: trio.CancelScope | None = None
-        #: Set when the running instance ends, made only when someone waits for that.
-        self._instance_over: trio.Event | None = None
-        #: The stop asked for is for good: the mailbox is closed, no instance will follow.
-        self._final = False
-        #: How the instance's crash reaches its supervisor, if not as itself (a directive).
-        self._exit_as: type[EscalatedFailure | FinalExit] | None = None
-        #: Handle what is already in the mailbox before stopping (subscribers at shutdown).
-        self._draining = False
-        self._linked_failure: BaseException | None = None
+        #: The rest of what stopping needs, made when first needed (see ``_Stopping``).
+        self._stopping: _Stopping | None = None
         #: The message its instance is handling (settled by the cell if the instance ends).
         self._in_hand: Envelope | None = None
         # What the instance left running, to settle when it ends. Dicts used as ordered sets,
@@ -212,6 +242,63 @@ class AgentCell:
         self._background: dict[trio.CancelScope, None] = _NONE_YET
         self._watchers: dict[MonitorRef, AgentCell] = _NONE_YET
         self._watching: dict[MonitorRef, AgentCell] = _NONE_YET
+
+    def _stopping_record(self) -> _Stopping:
+        """The cell's ``_Stopping``, made now if this is the first time it is needed."""
+        stopping = self._stopping
+        if stopping is None:
+            stopping = self._stopping = _Stopping()
+        return stopping
+
+    @property
+    def shutdown(self) -> float:
+        """Seconds a stopping agent gets to finish its handler (and ``on_stop``)."""
+        return self.behaviour.shutdown
+
+    @property
+    def restart(self) -> RestartType:
+        """Whether its supervisor restarts it, which decides when an exit is for good."""
+        return self.behaviour.restart
+
+    @property
+    def retiring(self) -> bool:
+        """``system.stop`` asked for it to go for good: the next stop is final."""
+        stopping = self._stopping
+        return stopping is not None and stopping.retiring
+
+    @retiring.setter
+    def retiring(self, value: bool) -> None:
+        if value or self._stopping is not None:
+            self._stopping_record().retiring = value
+
+    @property
+    def stops_pending(self) -> int:
+        """``system.stop`` calls of it under way (a cancelled one keeps ``retiring`` if any is)."""
+        stopping = self._stopping
+        return 0 if stopping is None else stopping.stops_pending
+
+    @stops_pending.setter
+    def stops_pending(self, value: int) -> None:
+        self._stopping_record().stops_pending = value
+
+    @property
+    def exit_reason(self) -> ExitReason | None:
+        """Why it stopped for good (None until it has)."""
+        stopping = self._stopping
+        return None if stopping is None else stopping.exit_reason
+
+    @property
+    def stop_requested_at(self) -> float | None:
+        """When the running instance was asked to stop (None until it is)."""
+        stopping = self._stopping
+        return None if stopping is None else stopping.requested_at
+
+    @property
+    def _draining(self) -> bool:
+        """Whether the stop asked for lets the instance first handle what is already in its
+        mailbox (subscribers at shutdown): read by its loop only once a stop is asked for."""
+        stopping = self._stopping
+        return stopping is not None and stopping.draining
 
     def __repr__(self) -> str:
         return f"<AgentCell {self.id!r} {self.state.value}>"
@@ -286,7 +373,9 @@ class AgentCell:
         outer = None if placement is None else placement.supervisor.run_scope(placement.id)
         scope = trio.CancelScope() if outer is None else None
         self._instance_scope = outer if outer is not None else scope
-        self._killed = False
+        stopping = self._stopping
+        if stopping is not None:
+            stopping.killed = False
         try:
             try:
                 # The instance's whole life, ``on_start`` included, can be killed.
@@ -312,7 +401,8 @@ class AgentCell:
                                 asleep = True
                                 break
                 except trio.Cancelled:
-                    if scope is not None or not self._killed:
+                    stopping = self._stopping
+                    if scope is not None or stopping is None or not stopping.killed:
                         raise  # not its own kill: from outside, it goes on out
                     # Its own kill, through its supervisor's scope, ends here as the cell's own
                     # scope would end it (what runs after it either awaits nothing or shields).
@@ -322,8 +412,9 @@ class AgentCell:
                 if not asleep:
                     if instance is None:
                         raise AgentStartFailed(f"{self.id!r} was stopped before on_start finished")
-                    if killed and self._linked_failure is not None:
-                        reason = self._linked_failure
+                    stopping = self._stopping
+                    if killed and stopping is not None and stopping.linked_failure is not None:
+                        reason = stopping.linked_failure
             except BaseException as error:
                 if instance is not None and not isinstance(error, trio.Cancelled):
                     reason = error  # SystemExit, KeyboardInterrupt: on their way out of Trio
@@ -348,8 +439,9 @@ class AgentCell:
             assert self.latest is not None
             raise Hibernate(wake_to_stop=self.latest.cleanup is not None)
         if isinstance(settled_as, Exception):
-            if self._exit_as is not None:
-                raise self._exit_as(
+            stopping = self._stopping
+            if stopping is not None and stopping.exit_as is not None:
+                raise stopping.exit_as(
                     f"{self.id!r} failed with {bounded_repr(settled_as)}"
                 ) from settled_as
             raise settled_as
@@ -366,23 +458,21 @@ class AgentCell:
         if self.instances > 1:
             self.system.count_restart()
         self._stop_requested = None
-        self._stop_deadline = math.inf
-        self.stop_requested_at = None
-        self._draining = False
-        self._exit_as = None
-        self._linked_failure = None
+        if self._stopping is not None:
+            self._stopping = self._stopping.for_next_instance()
 
     def _after_instance(self, reason: ExitReason) -> None:
         """Settle the agent after an instance: for good if that stop was final, otherwise
         parked, mailbox open, until its supervisor starts it again or retires it."""
         if isinstance(reason, Exception):
             self.system.count_crash()
-        self._last_reason = reason
-        if self._final or self.system.closing:
+        stopping = self._stopping_record()
+        stopping.last_reason = reason
+        if stopping.final or self.system.closing:
             self.finish(reason)
         else:
             self.state = transition(self.state, CellState.RESTARTING)
-        over, self._instance_over = self._instance_over, None
+        over, stopping.instance_over = stopping.instance_over, None
         if over is not None:
             over.set()
 
@@ -396,9 +486,10 @@ class AgentCell:
         if not self.has_instance:
             await trio.lowlevel.checkpoint()
             return
-        if self._instance_over is None:
-            self._instance_over = trio.Event()
-        await self._instance_over.wait()
+        stopping = self._stopping_record()
+        if stopping.instance_over is None:
+            stopping.instance_over = trio.Event()
+        await stopping.instance_over.wait()
 
     def format_message(self, payload: Any) -> str:
         """``payload`` as the agent's ``format_message`` gives it (its latest instance's; the
@@ -421,7 +512,11 @@ class AgentCell:
         if self.state is CellState.HIBERNATED:  # stopped asleep by a supervisor with no hook
             self.finish(StopReason.NORMAL if self.retiring else StopReason.SHUTDOWN)
             return
-        self.finish(StopReason.NORMAL if self.retiring else self._last_reason)
+        stopping = self._stopping
+        if stopping is None:  # no instance ended: it never ran
+            self.finish(StopReason.NORMAL)
+            return
+        self.finish(StopReason.NORMAL if stopping.retiring else stopping.last_reason)
 
     # -- hibernation -----------------------------------------------------------------------
 
@@ -488,7 +583,7 @@ class AgentCell:
             self.finish(reason)
             return
         self._settle_sleeper(reason)
-        self._last_reason = reason
+        self._stopping_record().last_reason = reason
         self.state = transition(self.state, CellState.RESTARTING)
 
     def _settle_sleeper(self, reason: ExitReason) -> None:
@@ -501,9 +596,10 @@ class AgentCell:
     def exit_as(self, kind: type[EscalatedFailure | FinalExit], *, final: bool) -> None:
         """The running instance's crash is to reach its supervisor as ``kind`` (a directive
         of its behaviour); ``final``: it stops for good, its mailbox closed now."""
-        self._exit_as = kind
+        stopping = self._stopping_record()
+        stopping.exit_as = kind
         if final:
-            self._final = True
+            stopping.final = True
             self.mailbox.close()
 
     async def _end_instance(self, instance: Instance, reason: ExitReason) -> None:
@@ -514,7 +610,9 @@ class AgentCell:
             crashed = isinstance(reason, BaseException)
             why = DeadLetterReason.HANDLER_CRASHED if crashed else self._undelivered_reason()
             # A handler cut short by a restart (not a stop for good) gets another try.
-            runs_again = not (crashed or self._final or self.retiring or self.system.closing)
+            stopping = self._stopping
+            for_good = stopping is not None and (stopping.final or stopping.retiring)
+            runs_again = not (crashed or for_good or self.system.closing)
             self.system.delivery.undelivered(
                 in_hand, why, stopped_error(self.id, reason), runs_again=runs_again
             )
@@ -523,14 +621,15 @@ class AgentCell:
         on_stop = instance.cleanup
         if on_stop is not None:  # a scope costs; most instances have no cleanup
             with trio.CancelScope(shield=True) as cleanup:
-                cleanup.deadline = min(self._stop_deadline, trio.current_time() + self.shutdown)
-                self._cleanup_scope = cleanup
+                cleanup.deadline = min(self.stop_deadline, trio.current_time() + self.shutdown)
+                stopping = self._stopping_record()
+                stopping.cleanup_scope = cleanup
                 try:
                     await on_stop(reason)
                 except Exception as error:
                     logger.error("agent %r raised in on_stop", self.id, exc_info=error)
                 finally:
-                    self._cleanup_scope = None
+                    stopping.cleanup_scope = None
         if self.system.stops_seen():  # else nobody hears of it: no notice is made
             self.system.publish(AgentExited(self.id, reason))
 
@@ -555,7 +654,7 @@ class AgentCell:
         if self.state is CellState.HIBERNATED:
             self._settle_sleeper(reason)
         self.state = transition(self.state, CellState.STOPPED)
-        self.exit_reason = reason
+        self._stopping_record().exit_reason = reason
         self.mailbox.close()
         for envelope in self.mailbox.drain():
             self._drop(envelope, self._undelivered_reason(), reason)
@@ -596,40 +695,45 @@ class AgentCell:
             # Its supervisor stops it without a task (one with an ``on_stop`` is woken first).
             self._end_asleep(reason, final=final)
             return
+        stopping = self._stopping_record()
         if self._stop_requested is None:
             self._stop_requested = reason
-            self.stop_requested_at = self.system.clock.current_time()
-            self._stop_deadline = self.stop_requested_at + self.shutdown
-            self._draining = drain
+            stopping.requested_at = now = self.system.clock.current_time()
+            stopping.deadline = now + self.shutdown
+            stopping.draining = drain
         if final:
-            self._final = True
+            stopping.final = True
             self.mailbox.close()
         self.mailbox.interrupt_receivers()
 
     def kill(self) -> None:
         """Cancel the running instance now (its handler is interrupted)."""
         if self._instance_scope is not None:
-            self._killed = True
+            self._stopping_record().killed = True
             self._instance_scope.cancel()
 
     def cut_short(self, grace: float) -> None:
         """Cancel the running instance now and give its ``on_stop`` (running or to come) at
         most ``grace`` more seconds: the system's shutdown deadline has passed."""
         deadline = self.system.clock.current_time() + grace
-        self._stop_deadline = min(self._stop_deadline, deadline)
-        if self._cleanup_scope is not None:
-            self._cleanup_scope.deadline = min(self._cleanup_scope.deadline, deadline)
+        stopping = self._stopping_record()
+        stopping.deadline = min(stopping.deadline, deadline)
+        cleanup = stopping.cleanup_scope
+        if cleanup is not None:
+            cleanup.deadline = min(cleanup.deadline, deadline)
         self.kill()
 
     @property
     def stop_deadline(self) -> float:
         """When the stop asked for is due to be over (``inf`` if none was asked)."""
-        return self._stop_deadline
+        stopping = self._stopping
+        return math.inf if stopping is None else stopping.deadline
 
     @property
     def activity(self) -> str:
         """What the instance is busy with, as logs show it."""
-        if self._cleanup_scope is not None:
+        stopping = self._stopping
+        if stopping is not None and stopping.cleanup_scope is not None:
             return "on_stop"
         if self.state is CellState.STARTING:
             return "on_start"
@@ -693,9 +797,11 @@ class AgentCell:
                     await async_fn(*args)
                 except Exception as error:
                     logger.error("background task of %r failed", self.id, exc_info=error)
-                    if instance == self.instances and self._linked_failure is None:
-                        self._linked_failure = error
-                        self.kill()  # only the instance it belongs to
+                    if instance == self.instances:  # only the instance it belongs to
+                        stopping = self._stopping_record()
+                        if stopping.linked_failure is None:
+                            stopping.linked_failure = error
+                            self.kill()
             self._background.pop(scope, None)
 
         try:

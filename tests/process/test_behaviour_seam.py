@@ -7,6 +7,7 @@ restarts, its final stop and its refusal of an illegal move are seen through it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -79,6 +80,8 @@ class WaitingBehaviour:
     def __init__(self, ends_with: list[ExitReason]) -> None:
         self.log: list[str] = []
         self._ends_with = ends_with
+        self.shutdown = 1.0
+        self.restart = RestartType.PERMANENT
 
     async def start(self, cell: AgentCell) -> Waiting:
         self.log.append(f"start in {cell.state.name}")
@@ -93,8 +96,6 @@ def make_cell(behaviour: WaitingBehaviour) -> tuple[AgentCell, FakeHost]:
         behaviour,
         AgentId(name="minimal"),
         MailboxConfig(),
-        1.0,
-        RestartType.PERMANENT,
     )
     cell.ref = "the ref its maker gave it"  # opaque to the cell: only passed on
     return cell, host
@@ -139,6 +140,25 @@ async def test_a_cell_runs_a_behaviour_that_knows_no_call_or_cast() -> None:
         AgentStarted(cell.id),
         AgentExited(cell.id, StopReason.NORMAL),
     ]
+
+
+async def test_a_new_instance_starts_with_no_stop_asked_of_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """What the last instance's stop set (when, the deadline) is not the new instance's: the
+    shutdown watch would otherwise see a running agent as held up in a stop."""
+    cell, _ = make_cell(WaitingBehaviour([StopReason.SHUTDOWN, StopReason.NORMAL]))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cell.run)
+        cell.request_stop(StopReason.SHUTDOWN, final=False)
+        now = trio.current_time()
+        assert (cell.stop_requested_at, cell.stop_deadline) == (now, now + 1.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cell.run)
+        assert (cell.stop_requested_at, cell.stop_deadline) == (None, math.inf)
+        assert cell.state is CellState.RUNNING
+        cell.request_stop(StopReason.NORMAL, final=True)
+    assert cell.exit_reason is StopReason.NORMAL
 
 
 async def test_an_instance_that_ends_with_an_error_crashes_its_cell() -> None:
