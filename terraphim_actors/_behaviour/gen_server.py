@@ -324,8 +324,9 @@ class GenServer:
         observed = bool(instruments)
         hibernate_after = self._behaviour.hibernate_after
         served = 0
-        # Whether messages were served since ``batch_started`` beyond the ``served`` of this
-        # batch: an agent that served none records no processing time and no last activity.
+        # Whether messages were served since ``batch_started`` before ``served`` last restarted
+        # (at a yield): only time in which messages were served is recorded, so that an agent
+        # shows no activity (and keeps no floats for it) until it has served one.
         served_before = False
         batch_started = clock()
         try:
@@ -344,7 +345,7 @@ class GenServer:
                     idle_from = clock()
                     if served or served_before:
                         mailbox.record_processing_time(idle_from - batch_started, idle_from)
-                        served_before = False
+                        served, served_before = 0, False
                     try:
                         if hibernate_after is None:
                             await mailbox.wait_for_arrival()  # request_stop interrupts it
@@ -352,12 +353,10 @@ class GenServer:
                             not await _arrival_by(mailbox, idle_from + hibernate_after)
                             and cell.can_hibernate()
                         ):
-                            batch_started = idle_from
                             return None
                     except MailboxClosed:
                         break
                     batch_started = clock()
-                    served = 0
                     continue
                 if not scoped and envelope.kind is _CALL:
                     self._first_call = envelope  # to be served within a scope that can cut
@@ -454,8 +453,9 @@ class GenServer:
                         delivery.acknowledge(endpoint, envelope, reply)
                 cell._in_hand = None
         finally:
-            stopped_at = clock()
-            mailbox.record_processing_time(stopped_at - batch_started, stopped_at)
+            if served or served_before:
+                stopped_at = clock()
+                mailbox.record_processing_time(stopped_at - batch_started, stopped_at)
         return cell._stop_requested or StopReason.NORMAL
 
     def _decide(self, crash: Exception, envelope: Envelope) -> Directive:

@@ -209,6 +209,19 @@ class TestWaking:
         assert await ref.call("count") == 5
         assert log[3:] == [("cast", n) for n in range(5)] + [("call", "count")]
 
+    async def test_a_sleeper_s_last_activity_is_its_last_message(
+        self, system: MessageSystem, autojump_clock: Clock
+    ) -> None:
+        """Falling asleep is not activity: the mailbox's ``last_activity`` stays the time its
+        last message was handled."""
+        ref = await system.spawn(Sleeper, [])
+        await ref.call("count")
+        handled_at = trio.current_time()
+        await trio.sleep(11.0)
+        assert hibernated(system) == 1
+        [stats] = [mailbox for mailbox in system.get_stats()[1] if mailbox.agent_id == ref.id]
+        assert stats.last_activity == handled_at
+
     async def test_a_sleeper_that_had_messages_takes_new_ones_by_priority(
         self, system: MessageSystem, autojump_clock: Clock
     ) -> None:
