@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -63,6 +64,25 @@ _CALL = MessageKind.CALL
 #: Messages served back to back before the loop yields to other tasks, so that a busy agent
 #: pays for one scheduler round per batch rather than one per message.
 _BATCH = 128
+
+
+class _OneSlot:
+    """An object held by one slot alone: what ``sys.getrefcount`` says of it, read through
+    the slot, is what it says of a context only its server holds (measured, not assumed: the
+    interpreter's own references differ between versions)."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = object()
+
+
+#: ``sys.getrefcount`` (None where the interpreter counts no references: a sleeper then keeps
+#: its context), and what it says of a context that only its server holds.
+_refcount: Callable[[object], int] | None = getattr(sys, "getrefcount", None)
+_probe = _OneSlot()
+_HELD_BY_ITS_SERVER_ALONE = None if _refcount is None else _refcount(_probe.held)
+del _probe
 
 #: A handler as the loop calls it: ``handler(agent, payload, context)``.
 _Handler = Callable[[Any, Any, Context], Awaitable[Any]]
@@ -180,7 +200,8 @@ class GenServer:
     ) -> None:
         self._cell = cell
         self.agent = agent
-        self._context = context
+        #: The handlers' context; let go of while the instance sleeps if nothing else holds it.
+        self._context: Context | None = context
         #: What built it, whose ``handler_timeout`` and ``hibernate_after`` it serves with.
         self._behaviour = behaviour
         #: Cancelled to cut short the handler of a call whose caller gave up (while serving).
@@ -231,11 +252,18 @@ class GenServer:
 
     async def hibernate(self) -> None:
         """The instance is to sleep: its ``on_hibernate``, if it has one. The context lets go
-        of the last message, which a sleeper has no reason to keep."""
-        self._context._envelope = None
+        of the last message, which a sleeper has no reason to keep; then the instance lets go
+        of the context itself, unless the agent holds it (kept from ``on_start``, say): only
+        who holds a context can tell a new one from it, and a sleeper is smaller without."""
+        context = self._context
+        assert context is not None
+        context._envelope = None
+        del context
         agent = self.agent
         if type(agent).on_hibernate is not Agent.on_hibernate:
             await agent.on_hibernate()
+        if _refcount is not None and _refcount(self._context) == _HELD_BY_ITS_SERVER_ALONE:
+            self._context = None
 
     async def wake(self) -> None:
         """The instance serves again after sleeping: its ``on_wake``, if it has one."""
@@ -260,6 +288,9 @@ class GenServer:
         returned, not awaited here: an idle agent's task keeps one frame fewer.
         """
         agent = self.agent
+        if self._context is None:  # woken, having let go of it
+            self._context = Context(self._cell, self._behaviour.system)
+            self._context._server = self
         limit = self._behaviour.handler_timeout
         handlers = _handlers_of(agent)
         if limit is not None:
@@ -307,6 +338,7 @@ class GenServer:
         handle_cast, handle_call, handle_info = handlers
         instance = self.agent
         context = self._context
+        assert context is not None  # made again by ``run``
         cell = self._cell
         mailbox = cell.mailbox
         # Its circuit and windows live on the endpoint, kept across the cell's instances.
@@ -463,7 +495,7 @@ class GenServer:
         prepare the instance's end for a STOP or an ESCALATE."""
         cell = self._cell
         try:
-            directive = self.agent.on_error(crash, envelope.payload, self._context)
+            directive = self.agent.on_error(crash, envelope.payload, cast(Context, self._context))
             if not isinstance(directive, Directive):
                 raise TypeError(f"on_error returned {bounded_repr(directive)}, not a Directive")
         except Exception as error:

@@ -75,6 +75,18 @@ class LightSleeper(Sleeper):
     on_stop = Agent.on_stop  # type: ignore[assignment]
 
 
+class KeepsItsContext(Agent):
+    """Keeps the context ``on_start`` is given; a call says whether it is the handlers'."""
+
+    hibernate_after = 10.0
+
+    async def on_start(self, ctx: Context) -> None:
+        self.kept = ctx
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        return ctx is self.kept
+
+
 def hibernated(system: MessageSystem) -> int:
     return system.get_stats()[0].agents_hibernated
 
@@ -208,6 +220,31 @@ class TestWaking:
             ref.cast_nowait(n)
         assert await ref.call("count") == 5
         assert log[3:] == [("cast", n) for n in range(5)] + [("call", "count")]
+
+    async def test_an_agent_that_keeps_its_context_has_the_same_one_after_a_sleep(
+        self, system: MessageSystem, autojump_clock: Clock
+    ) -> None:
+        """A sleeper lets go of its context only if nothing else holds it: the context an
+        agent kept from ``on_start`` is the one its handlers get after waking."""
+        ref = await system.spawn(KeepsItsContext)
+        await trio.sleep(11.0)
+        assert hibernated(system) == 1
+        assert await ref.call("same context?") is True
+
+    async def test_a_woken_agent_s_context_serves_the_message_in_hand(
+        self, system: MessageSystem, autojump_clock: Clock
+    ) -> None:
+        """An agent that kept no context gets one after waking that knows the message in
+        hand and the agent's own ref."""
+        ref = await system.spawn(Sleeper, [])
+        await ref.cast("before")
+        await trio.sleep(11.0)
+        assert hibernated(system) == 1
+
+        async def describe(ctx: Context) -> Any:
+            return ctx.self == ref, ctx.envelope.payload is describe
+
+        assert await ref.call(describe) == (True, True)
 
     async def test_a_sleeper_s_last_activity_is_its_last_message(
         self, system: MessageSystem, autojump_clock: Clock
