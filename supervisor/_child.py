@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
+
 import trio
 
 from ._errors import HealthCheckFailed
 from ._spec import ChildSpec
 from ._stats import ChildInfo, ChildState
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
 
 __all__ = ["Child", "ChildRun"]
 
@@ -117,7 +123,11 @@ class ChildRun:
 
 
 class Child:
-    """What the supervisor knows of one child across its runs."""
+    """What the supervisor knows of one child across its runs.
+
+    It is also what ``current_child()`` returns in the child's tasks (a ``CurrentChild``: its
+    :attr:`supervisor` and :attr:`id`), rather than a new object per run that the child keeps.
+    """
 
     __slots__ = (
         "consecutive_restarts",
@@ -128,12 +138,14 @@ class Child:
         "run",
         "spec",
         "state",
+        "supervisor",
         "takes_task_status",
         "wakes_to_stop",
     )
 
-    def __init__(self, spec: ChildSpec) -> None:
+    def __init__(self, spec: ChildSpec, supervisor: Supervisor) -> None:
         self.spec = spec
+        self.supervisor = supervisor
         self.takes_task_status = spec.takes_task_status
         self.state = ChildState.STARTING
         #: The current run; ``None`` while the child is not running.
@@ -149,6 +161,14 @@ class Child:
         #: value), and whether stopping it starts that run (``Hibernate.wake_to_stop``).
         self.kept_value: object = None
         self.wakes_to_stop = False
+
+    def __repr__(self) -> str:
+        return f"<Child {self.spec.id!r} of {self.supervisor.name}>"
+
+    @property
+    def id(self) -> Hashable:
+        """The id its supervisor knows it by."""
+        return self.spec.id
 
     def info(self) -> ChildInfo:
         return ChildInfo(

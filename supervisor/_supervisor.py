@@ -23,9 +23,8 @@ import logging
 import math
 import types
 from collections.abc import AsyncIterator, Container, Hashable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-import attrs
 import trio
 
 from ._bounded_repr import BoundedRepr, bounded_repr
@@ -64,12 +63,18 @@ class AutoShutdown(enum.Enum):
     ALL_SIGNIFICANT = "all_significant"
 
 
-@attrs.frozen
-class CurrentChild:
-    """The supervisor running the current task, and the id it knows the task by."""
+class CurrentChild(Protocol):
+    """The supervisor running the current task, and the id it knows the task by.
 
-    supervisor: Supervisor
-    id: Hashable
+    What ``current_child()`` returns is the supervisor's own record of the child: the same
+    object in each of its runs, made once per child rather than once per run.
+    """
+
+    @property
+    def supervisor(self) -> Supervisor: ...
+
+    @property
+    def id(self) -> Hashable: ...
 
 
 _current_child: contextvars.ContextVar[CurrentChild | None] = contextvars.ContextVar(
@@ -271,7 +276,7 @@ class Supervisor:
             raise SupervisorError(f"{self.name} is already running")
         self._placement = current_child()
         self._context = contextvars.copy_context()
-        self._children = {spec.id: Child(spec) for spec in self._specs}
+        self._children = {spec.id: Child(spec, self) for spec in self._specs}
         self._restarts.window.clear()
         self._stopping = False
         self._stopped = trio.Event()
@@ -479,7 +484,7 @@ class Supervisor:
         A ``woken`` run (of a hibernated child) runs its code even if it was cancelled
         before it began, so that the child, which kept its state, settles it as it ends."""
         child = run.child
-        _current_child.set(CurrentChild(self, child.spec.id))
+        _current_child.set(child)
         run.task = trio.lowlevel.current_task()
         hibernate: Hibernate | None = None
         try:
@@ -907,7 +912,7 @@ class Supervisor:
         """``start_child`` under the lock."""
         self._check_running()
         self._check_new(spec, self._children)
-        child = self._children[spec.id] = Child(spec)
+        child = self._children[spec.id] = Child(spec, self)
         try:
             error = await self._launch(child)
         except BaseException:
@@ -962,7 +967,8 @@ class Supervisor:
             await trio.lowlevel.checkpoint()
             return
         caller_run = self._find(id).run
-        direct = current_child() == CurrentChild(self, id)
+        caller = current_child()
+        direct = caller is not None and caller.supervisor is self and caller.id == id
         if caller_run is not None and direct:
             caller_run.terminating = True  # its end is no exit to act on
             caller_run.scope.cancel()

@@ -88,6 +88,11 @@ def info(sup: Supervisor, id: Hashable) -> ChildInfo:
     return found
 
 
+def named(placement: CurrentChild | None) -> tuple[Supervisor, Hashable] | None:
+    """The supervisor and id that ``current_child()`` gave."""
+    return None if placement is None else (placement.supervisor, placement.id)
+
+
 def ids(sup: Supervisor) -> list[Hashable]:
     return [child.id for child in sup.which_children()]
 
@@ -1442,35 +1447,35 @@ class TestIntrospection:
 
     async def test_current_child_inside_a_child(self, autojump_clock: Clock) -> None:
         """Inside a child's task, ``current_child()`` names its supervisor and its id."""
-        seen: list[CurrentChild | None] = []
+        seen: list[tuple[Supervisor, Hashable] | None] = []
 
         async def child() -> None:
-            seen.append(current_child())
+            seen.append(named(current_child()))
             await trio.sleep_forever()
 
         async with Supervisor([ChildSpec("me", child)]) as sup:
             await trio.testing.wait_all_tasks_blocked()
-        assert seen == [CurrentChild(sup, "me")]
+        assert seen == [(sup, "me")]
 
     async def test_current_child_names_the_nearest_supervisor(self, autojump_clock: Clock) -> None:
         """A child of a subtree sees the subtree's supervisor, not the root."""
-        seen: list[CurrentChild | None] = []
+        seen: list[tuple[Supervisor, Hashable] | None] = []
 
         async def child() -> None:
-            seen.append(current_child())
+            seen.append(named(current_child()))
             await trio.sleep_forever()
 
         sub = Supervisor([ChildSpec("leaf", child)])
         async with Supervisor([sub.as_child("sub")]):
             await trio.testing.wait_all_tasks_blocked()
-        assert seen == [CurrentChild(sub, "leaf")]
+        assert seen == [(sub, "leaf")]
 
     async def test_current_child_in_a_task_the_child_started(self, autojump_clock: Clock) -> None:
         """Tasks a child starts see the same ``current_child()`` as the child."""
-        seen: list[CurrentChild | None] = []
+        seen: list[tuple[Supervisor, Hashable] | None] = []
 
         async def helper() -> None:
-            seen.append(current_child())
+            seen.append(named(current_child()))
 
         async def child() -> None:
             async with trio.open_nursery() as nursery:
@@ -1479,11 +1484,24 @@ class TestIntrospection:
 
         async with Supervisor([ChildSpec("me", child)]) as sup:
             await trio.testing.wait_all_tasks_blocked()
-        assert seen == [CurrentChild(sup, "me")]
+        assert seen == [(sup, "me")]
 
     async def test_current_child_outside_any_supervisor(self) -> None:
         """Outside a supervised task, ``current_child()`` is None."""
         assert current_child() is None
+
+    async def test_current_child_repr_names_it_and_its_supervisor(
+        self, autojump_clock: Clock
+    ) -> None:
+        seen: list[str] = []
+
+        async def child() -> None:
+            seen.append(repr(current_child()))
+            await trio.sleep_forever()
+
+        async with Supervisor([ChildSpec("me", child)], name="tree"):
+            await trio.testing.wait_all_tasks_blocked()
+        assert seen == ["<Child 'me' of tree>"]
 
 
 class TestRunning:

@@ -28,8 +28,9 @@ async def _idle() -> None:
 def children(*states: ChildState) -> list[Child]:
     """Children ``c0``, ``c1``, ... in start order, in the given states."""
     made = []
+    supervisor = Supervisor()
     for number, state in enumerate(states):
-        child = Child(ChildSpec(f"c{number}", _idle))
+        child = Child(ChildSpec(f"c{number}", _idle), supervisor)
         child.state = state
         made.append(child)
     return made
