@@ -167,8 +167,9 @@ class _Stopping:
         return self
 
 
-class AgentCell:
-    """One agent's identity, mailbox and task; see the module docstring."""
+class AgentCell(ActivatingInbox):
+    """One agent's identity, mailbox and task; see the module docstring. While the agent
+    sleeps, the cell is its endpoint's inbox (see ``activation.py``)."""
 
     __slots__ = (
         "_background",
@@ -212,7 +213,8 @@ class AgentCell:
         else:  # a restart of its subtree made a new cell: same circuit, window and group
             endpoint.attach(self.mailbox, self)
         #: The destination it serves (owned by routing, kept by its starter across cells):
-        #: delivery puts into the endpoint's inbox, which is this cell's mailbox.
+        #: delivery puts into the endpoint's inbox, which is this cell's mailbox (the cell
+        #: itself while the agent sleeps, which wakes it).
         self.endpoint = endpoint
         #: The ref handed out to others, set by whoever made the cell (an ``AgentRef``): the
         #: cell only passes it on, in ``Down`` and to its supervisor.
@@ -556,7 +558,7 @@ class AgentCell:
         await instance.hibernate()
         if self.can_hibernate() and trio.current_effective_deadline() != -math.inf:
             self.state = transition(self.state, CellState.HIBERNATED)
-            self.endpoint.inbox = ActivatingInbox(self)
+            self.endpoint.inbox = self  # as an ActivatingInbox: falling asleep makes nothing
             return True
         await instance.wake()
         return False
