@@ -65,6 +65,9 @@ class _Sender(Protocol):
     @property
     def instruments(self) -> Instruments: ...
 
+    @property
+    def headers_from(self) -> Instruments | None: ...
+
 
 class AgentRef:
     """A stable, hashable handle to one agent, valid across its restarts.
@@ -82,7 +85,7 @@ class AgentRef:
     thread.
     """
 
-    __slots__ = ("_address", "_delivery", "_endpoint", "_headers_from", "_system", "id")
+    __slots__ = ("_address", "_delivery", "_endpoint", "_system", "id")
 
     def __init__(self, address: Endpoint | Group, system: _Sender) -> None:
         #: Where its messages go: the agent's endpoint (which follows the agent across its
@@ -93,11 +96,6 @@ class AgentRef:
         self._endpoint = address if isinstance(address, Endpoint) else None
         self._system = system
         self._delivery = system.delivery
-        instruments = system.instruments
-        #: The instruments to ask for each send's headers, or ``None`` when none adds any:
-        #: they are installed with the system, so none now is none for good, and a send
-        #: then pays one ``is`` test for them.
-        self._headers_from = instruments if "outgoing_headers" in instruments else None
         #: The agent's identity.
         self.id: AgentId = address.id
 
@@ -338,8 +336,8 @@ class AgentRef:
             envelope.deadline = _NO_DEADLINE
             envelope.reply_to = None
             envelope.__class__ = Envelope
-            if self._headers_from is not None:
-                self._add_headers(envelope, self._headers_from)
+            if system.headers_from is not None:
+                self._add_headers(envelope, system.headers_from)
             return envelope
         # This call's deadline, or the deadline of the call being handled when that is tighter.
         # A tighter Trio scope around the caller cancels it as any scope does, but the envelope
@@ -355,8 +353,8 @@ class AgentRef:
             ReplyHandle(deadline),
             min(deadline, trio.current_effective_deadline()),
         )
-        if self._headers_from is not None:
-            self._add_headers(envelope, self._headers_from)
+        if system.headers_from is not None:
+            self._add_headers(envelope, system.headers_from)
         return envelope
 
     def _add_headers(self, envelope: Envelope, instruments: Instruments) -> None:

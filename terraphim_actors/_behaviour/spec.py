@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -21,9 +21,8 @@ from .refs import AgentRef
 from .system_api import SystemApi
 
 if TYPE_CHECKING:
-    from .._primitives.admission import Budgets
+    from .._core.instruments import Instruments
     from .._routing.endpoint import Endpoint
-    from .._routing.groups import Group
 
 __all__ = ["AgentStarter", "StarterHost", "agent_child_spec"]
 
@@ -39,6 +38,11 @@ class StarterHost(AgentHost, SystemApi, Protocol):
         """Make a new agent reachable by its id and name."""
         ...
 
+    @property
+    def headers_from(self) -> Instruments | None:
+        """The instruments that add headers to each send, if any (what a ref asks)."""
+        ...
+
 
 class AgentStarter(GenServerBehaviour):
     """The ``start`` of an agent's child spec: each call runs one instance of the agent.
@@ -51,17 +55,7 @@ class AgentStarter(GenServerBehaviour):
     than two, as every agent, hibernated ones included, keeps its starter.
     """
 
-    __slots__ = (
-        "agent_id",
-        "budgets",
-        "cell",
-        "endpoint",
-        "group",
-        "mailbox",
-        "position",
-        "restart",
-        "shutdown",
-    )
+    __slots__ = ("agent_id", "cell", "mailbox", "restart", "setup_endpoint", "shutdown")
 
     system: StarterHost
 
@@ -83,14 +77,9 @@ class AgentStarter(GenServerBehaviour):
         self.shutdown = shutdown
         self.restart = restart
         self.cell: AgentCell | None = None
-        #: The agent's endpoint, made with its first cell and handed to every cell after: its
-        #: circuit, dedup window and group are the same agent's to its senders.
-        self.endpoint: Endpoint | None = None
-        #: The group its agent is a member of, and its position there, if any.
-        self.group: Group | None = None
-        self.position = 0
-        #: The admission budgets of an agent spawned with some (a pool's are its group's).
-        self.budgets: Budgets | None = None
+        #: What the agent's endpoint is set up with once its first cell has made it (its
+        #: admission budgets, or its place in a pool), if anything; let go of then.
+        self.setup_endpoint: Callable[[Endpoint], object] | None = None
 
     def __repr__(self) -> str:
         return f"<AgentStarter {self.agent_class.__name__} {self.agent_id!r}>"
@@ -104,15 +93,13 @@ class AgentStarter(GenServerBehaviour):
         if cell is not None and cell.state is not CellState.STOPPED:
             self._check_placement(cell)
         if cell is None or cell.state is CellState.STOPPED:
-            cell = self.cell = AgentCell(
-                self.system, self, self.agent_id, self.mailbox, self.endpoint
-            )
-            if self.endpoint is None:
-                self.endpoint = cell.endpoint
-                if self.budgets is not None:
-                    cell.endpoint.install_budgets(self.budgets)
-                if self.group is not None:
-                    self.group.join(self.position, cell.endpoint)
+            # A cell made again (its subtree restarted) serves the same endpoint: its circuit,
+            # dedup window and group are the same agent's to its senders.
+            endpoint = None if cell is None else cell.endpoint
+            cell = self.cell = AgentCell(self.system, self, self.agent_id, self.mailbox, endpoint)
+            setup, self.setup_endpoint = self.setup_endpoint, None
+            if setup is not None:
+                setup(cell.endpoint)
             cell.ref = AgentRef(cell.endpoint, self.system)
             self.system.register(cell)
         return cell.run(task_status=task_status)

@@ -59,6 +59,7 @@ from .._primitives.timers import TimerService
 from .._process.cell import AgentCell, CellState
 from .._process.context_vars import current_cell
 from .._routing.directory import LocalDirectory
+from .._routing.endpoint import Endpoint
 from .._routing.groups import Group
 from .._routing.router import Router, RouterConfig
 from ..errors import (
@@ -203,6 +204,9 @@ class MessageSystem:
         )
         #: The installed instruments, by the hooks they override (empty: no hook is called).
         self.instruments = Instruments(config.instruments)
+        #: The instruments a ref asks for each send's headers, or ``None`` when none adds any
+        #: (installed with the system: none now is none for good, one ``is`` test per send).
+        self.headers_from = self.instruments if "outgoing_headers" in self.instruments else None
         #: This system's node in its cluster (``None``: it is not in one).
         self.cluster: ClusterMembership | None = (
             None if config.cluster is None else config.cluster.join()
@@ -294,7 +298,8 @@ class MessageSystem:
         starter = self._starter(
             agent_class, args, name, mailbox, shutdown, restart, handler_timeout, kwargs
         )
-        starter.budgets = budgets
+        if budgets is not None:
+            starter.setup_endpoint = functools.partial(Endpoint.install_budgets, budgets=budgets)
         _set_hibernate_after(starter, hibernate_after)
         cluster = self.cluster
         if cluster is not None and name is not None:
@@ -487,7 +492,7 @@ class MessageSystem:
         group.budgets = budgets
         group.fallback = None if fallback is None else fallback._address
         for position, starter in enumerate(starters):
-            starter.group, starter.position = group, position
+            starter.setup_endpoint = functools.partial(group.join, position)
         self.router.pools[pool_id] = group
         self._pool_starters[pool_id] = starters
 
