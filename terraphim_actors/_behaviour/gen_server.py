@@ -188,7 +188,6 @@ class GenServer:
         "_first_call",
         "_handler_scope",
         "agent",
-        "cleanup",
     )
 
     def __init__(
@@ -214,13 +213,17 @@ class GenServer:
         #: as an ordered set, made at the first deferral (most agents never defer one, and an
         #: empty dict kept by each of a million sleepers is 64 MB).
         self._deferred: dict[ReplyHandle, None] | None = None
-        #: ``on_stop``, unless the class keeps the default (a no-op: no scope is spent on it).
-        self.cleanup: Callable[[ExitReason], Awaitable[None]] | None = (
-            agent.on_stop if type(agent).on_stop is not Agent.on_stop else None
-        )
 
     def __repr__(self) -> str:
         return f"<GenServer {type(self.agent).__name__} {self._cell.id!r}>"
+
+    @property
+    def cleanup(self) -> Callable[[ExitReason], Awaitable[None]] | None:
+        """``on_stop``, unless the class keeps the default (a no-op: no scope is spent on it).
+        Bound when asked, not kept: a bound method kept by every instance of a class with an
+        ``on_stop`` would be 64 bytes of each, asleep or awake."""
+        agent = self.agent
+        return agent.on_stop if type(agent).on_stop is not Agent.on_stop else None
 
     def format_message(self, payload: Any) -> str:
         return format_payload(self.agent, payload)

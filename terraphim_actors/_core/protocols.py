@@ -98,9 +98,11 @@ class Instance(Protocol):
         """Whether it holds calls it deferred and has not answered (its end fails them)."""
         ...
 
-    #: The instance's own cleanup (``on_stop``), which the cell runs within the agent's
-    #: shutdown time; None if it has none (the cell then spends no cancel scope on it).
-    cleanup: Callable[[ExitReason], Awaitable[None]] | None
+    @property
+    def cleanup(self) -> Callable[[ExitReason], Awaitable[None]] | None:
+        """The instance's own cleanup (``on_stop``), which the cell runs within the agent's
+        shutdown time; None if it has none (the cell then spends no cancel scope on it)."""
+        ...
 
     def format_message(self, payload: Any) -> str:
         """``payload`` as the instance wants it logged and quoted."""
