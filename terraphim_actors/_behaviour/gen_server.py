@@ -184,7 +184,6 @@ class GenServer:
         "_cell",
         "_context",
         "_deferred",
-        "_finishes_abandoned",
         "_first_call",
         "_handler_scope",
         "agent",
@@ -207,8 +206,6 @@ class GenServer:
         self._handler_scope: trio.CancelScope | None = None
         #: The call that ended the loop without a scope, for the loop with one to serve first.
         self._first_call: Envelope | None = None
-        #: The instance's ``finish_abandoned_calls``, as it was when it began serving.
-        self._finishes_abandoned = False
         #: Calls the instance deferred, failed if it ends before answering them: a dict used
         #: as an ordered set, made at the first deferral (most agents never defer one, and an
         #: empty dict kept by each of a million sleepers is 64 MB).
@@ -303,7 +300,6 @@ class GenServer:
                 _limited(handlers[1], limit, cell_id),
                 _limited(handlers[2], limit, cell_id),
             )
-        self._finishes_abandoned = agent.finish_abandoned_calls
         if self._first_call is None:
             return self._serve_messages(handlers, scoped=False)
         return self._serve_calls(handlers)
@@ -562,7 +558,7 @@ class GenServer:
             in_hand is not None
             and in_hand.reply is handle
             and scope is not None
-            and not self._finishes_abandoned
+            and not self.agent.finish_abandoned_calls
             and in_hand.options.guarantee is not EXACTLY_ONCE
         ):
             scope.cancel()

@@ -148,7 +148,6 @@ class Mailbox:
         "_lanes",
         "_last_activity",
         "_limit",
-        "_overflow",
         "_peak",
         "_processed",
         "_processing_time",
@@ -171,7 +170,6 @@ class Mailbox:
         self.config = MailboxConfig() if config is None else config
         capacity = self.config.capacity
         self._limit: float = math.inf if capacity is None else capacity
-        self._overflow = self.config.overflow
         # One FIFO lane per priority, made when its first message comes: an empty deque
         # takes more memory than an idle Trio task's whole stack. Until then both lists are
         # the shared tuple of no lanes (many mailboxes never get a message).
@@ -184,7 +182,7 @@ class Mailbox:
         #: Senders waiting for room (only a bounded mailbox that blocks has any).
         self._space = (
             trio.lowlevel.ParkingLot()
-            if capacity is not None and self._overflow is OverflowPolicy.BLOCK
+            if capacity is not None and self.config.overflow is OverflowPolicy.BLOCK
             else None
         )
         self._closed = False
@@ -314,11 +312,9 @@ class Mailbox:
         return not self._closed and self._size + self._reserved < self._limit
 
     def _must_wait(self) -> bool:
-        return (
-            self._overflow is OverflowPolicy.BLOCK
-            and not self._closed
-            and self._size + self._reserved >= self._limit
-        )
+        """Whether a put must wait for room (asked only of a mailbox that blocks: one with
+        ``_space``)."""
+        return not self._closed and self._size + self._reserved >= self._limit
 
     # -- receiving -------------------------------------------------------------------------
 
