@@ -160,6 +160,24 @@ class TestFallingAsleep:
         with pytest.raises(InvalidConfig, match=r"Insomniac\.hibernate_after"):
             await system.spawn(Insomniac, [])
 
+    async def test_a_sleeper_s_inbox_is_its_cell_which_stands_for_its_mailbox(
+        self, system: MessageSystem, autojump_clock: Clock
+    ) -> None:
+        """Falling asleep makes no inbox: the cell stands in its endpoint, with its mailbox's
+        length and room, and stays true though its mailbox is empty; a message wakes it and
+        puts the mailbox back."""
+        log: list[Any] = []
+        ref = await system.spawn(Sleeper, log)
+        await trio.sleep(11.0)
+        cell = ref._agent()
+        inbox = cell.endpoint.inbox
+        assert inbox is cell
+        assert (len(inbox), inbox.has_room(), bool(inbox)) == (0, True, True)
+        ref.cast_nowait("a")
+        assert await ref.call("count") == 1
+        assert cell.endpoint.inbox is cell.mailbox
+        assert log == ["start", "hibernate", "wake", ("cast", "a"), ("call", "count")]
+
     async def test_a_background_task_of_its_own_keeps_it_awake(
         self, system: MessageSystem, autojump_clock: Clock
     ) -> None:
