@@ -139,9 +139,15 @@ async def main(mode: str, journal: str, results: str, log: TextIO, incarnation: 
     note(log, "recovered")
 
 
-if __name__ == "__main__":
-    mode, journal_path, results_path, log_file, incarnation_text = sys.argv[1:]
+def run(arguments: list[str]) -> None:
+    """What ``python crash_producer.py ARGUMENTS`` does (``crash_zygote.py`` calls it in a
+    forked child)."""
+    mode, journal_path, results_path, log_file, incarnation_text = arguments
     if mode not in {"produce", "recover"}:
         raise SystemExit(f"unknown mode {mode!r}")
     with open(log_file, "a") as log_stream:
         trio.run(main, mode, journal_path, results_path, log_stream, int(incarnation_text))
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])

@@ -18,16 +18,24 @@ message that ended after the last commit before the kill, so the messages run ag
 last runs of the killed process (a suffix of its runs), never two runs in one process. How
 often that happened is printed and kept in the assertion messages.
 
+Each run of the producer is a process forked from a zygote (``crash_zygote.py``) that has
+imported it once, so that the test does not pay Python's start and imports 51 times; each is
+still a process of its own on the journal file, killed with SIGKILL when the test says so.
+
 ``TERRAPHIM_CRASH_KILLS`` (default 50) sets the number of kills, ``TERRAPHIM_CRASH_SEED``
-the seed of the kill points. Every child process is bounded by a timeout and killed in a
-``finally``.
+the seed of the kill points. Every wait for a child process or the zygote is bounded by a
+timeout; each child is killed in a ``finally``, and so is the zygote's process group, which
+holds the zygote and every child it forked.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import json
 import os
 import random
+import select
 import signal
 import sqlite3
 import subprocess
@@ -35,13 +43,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
 
 from terraphim_actors.journal import SqliteJournal
 
-PRODUCER = Path(__file__).with_name("crash_producer.py")
+ZYGOTE = Path(__file__).with_name("crash_zygote.py")
 KILLS = int(os.environ.get("TERRAPHIM_CRASH_KILLS", "50"))
 SEED = int(os.environ.get("TERRAPHIM_CRASH_SEED", "16"))
 #: Wall-clock seconds a child may take to reach the point where it is killed, or to finish.
@@ -87,35 +96,121 @@ def complete_lines(path: Path) -> list[str]:
     return text.split("\n")[:-1]
 
 
-class Child:
-    """One run of the producer, its output in files beside the journal."""
+class Zygote:
+    """The zygote process, ``crash_zygote.py``, and the requests the test makes of it."""
 
-    def __init__(self, directory: Path, mode: str, incarnation: int) -> None:
-        self.log = directory / f"log-{incarnation}.txt"
-        self.errors = directory / f"stderr-{incarnation}.txt"
+    def __init__(self, directory: Path) -> None:
+        self.errors = directory / "stderr-zygote.txt"
         with self.errors.open("w") as errors:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(PRODUCER),
-                    mode,
-                    str(directory / "journal.db"),
-                    str(directory / "results.db"),
-                    str(self.log),
-                    str(incarnation),
-                ],
-                stdout=subprocess.DEVNULL,
+                [sys.executable, str(ZYGOTE)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
                 stderr=errors,
+                bufsize=0,
+                start_new_session=True,
             )
+        self.unread = b""
+
+    def ask(self, request: dict[str, Any]) -> Any:
+        """Send ``request``, return the answer; fail if none comes within
+        :data:`CHILD_SECONDS` (the zygote answers at once unless it is stuck)."""
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        try:
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+        except BrokenPipeError:
+            pytest.fail("the zygote has ended:\n" + self.errors.read_text())
+        deadline = time.monotonic() + CHILD_SECONDS
+        while b"\n" not in self.unread:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.process.stdout], [], [], left)[0]:
+                pytest.fail(
+                    f"the zygote did not answer {request} within {CHILD_SECONDS} s:\n"
+                    + self.errors.read_text()
+                )
+            data = os.read(self.process.stdout.fileno(), 4096)
+            if not data:
+                pytest.fail("the zygote has ended:\n" + self.errors.read_text())
+            self.unread += data
+        line, _, self.unread = self.unread.partition(b"\n")
+        return json.loads(line)
+
+    def close(self) -> None:
+        """End the zygote and every child it forked, whatever state they are in.
+
+        At the end of its input the zygote kills and reaps the children it has not reaped,
+        then exits, which closes its output: nothing else holds that pipe (a child puts
+        ``/dev/null`` in its place). Then, in case the zygote was stuck or had died and left
+        children behind, its whole process group is sent SIGKILL: the zygote leads a session
+        of its own, so the group holds it and all its children, and its id, the zygote's pid,
+        stays ours until the wait at the end reaps the zygote."""
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        try:
+            self.process.stdin.close()
+            deadline = time.monotonic() + CHILD_SECONDS
+            while (left := deadline - time.monotonic()) > 0 and select.select(
+                [self.process.stdout], [], [], left
+            )[0]:
+                if not os.read(self.process.stdout.fileno(), 4096):
+                    break
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=CHILD_SECONDS)
+        finally:
+            self.process.stdout.close()
+
+
+@contextlib.contextmanager
+def running_zygote(directory: Path) -> Iterator[Zygote]:
+    zygote = Zygote(directory)
+    try:
+        yield zygote
+    finally:
+        zygote.close()
+
+
+class Child:
+    """One run of the producer, forked by the zygote, its output in files beside the
+    journal."""
+
+    def __init__(self, zygote: Zygote, directory: Path, mode: str, incarnation: int) -> None:
+        self.zygote = zygote
+        self.log = directory / f"log-{incarnation}.txt"
+        self.errors = directory / f"stderr-{incarnation}.txt"
+        arguments = [
+            mode,
+            str(directory / "journal.db"),
+            str(directory / "results.db"),
+            str(self.log),
+            str(incarnation),
+        ]
+        self.pid: int = zygote.ask({"start": arguments, "stderr": str(self.errors)})["pid"]
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """The exit status once the child has ended (the zygote reaps it then), else None."""
+        if self.returncode is None:
+            self.returncode = self.zygote.ask({"poll": self.pid})["code"]
+        return self.returncode
+
+    def wait(self) -> int | None:
+        """The exit status, once the child has ended within :data:`CHILD_SECONDS`, else
+        None."""
+        deadline = time.monotonic() + CHILD_SECONDS
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return self.returncode
 
     def wait_until(self, reached: Callable[[Sequence[str]], bool]) -> None:
         """Poll the log until ``reached`` is true of it; fail if the child ends or takes
         longer than :data:`CHILD_SECONDS`."""
         deadline = time.monotonic() + CHILD_SECONDS
         while not reached(complete_lines(self.log)):
-            if self.process.poll() is not None:
+            if self.poll() is not None:
                 pytest.fail(
-                    f"the producer ended (exit code {self.process.returncode}) early:\n"
+                    f"the producer ended (exit code {self.returncode}) early:\n"
                     + self.errors.read_text()
                 )
             if time.monotonic() > deadline:
@@ -126,15 +221,17 @@ class Child:
             time.sleep(0.001)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=CHILD_SECONDS)
+        """SIGKILL, sent by the zygote: it alone knows whether the pid is still the child's
+        (it is until the zygote reaps the child)."""
+        if self.returncode is None:
+            self.zygote.ask({"kill": self.pid})
+        if self.wait() is None:
+            pytest.fail(f"the producer did not end within {CHILD_SECONDS} s of SIGKILL")
 
     def finish(self) -> None:
         """Wait for a recovery to exit by itself, cleanly."""
-        try:
-            code = self.process.wait(timeout=CHILD_SECONDS)
-        except subprocess.TimeoutExpired:
+        code = self.wait()
+        if code is None:
             pytest.fail(f"the recovery did not exit within {CHILD_SECONDS} s")
         assert code == 0, self.errors.read_text()
         assert complete_lines(self.log)[-1] == "recovered"
@@ -190,17 +287,18 @@ def crash_and_restart(directory: Path, kills: int, seed: int) -> Outcome:
     """Kill the producer ``kills`` times at seeded points, then recover; return what
     happened."""
     rng = random.Random(seed)
-    for incarnation, point in enumerate(kill_points(rng, kills), start=1):
-        child = Child(directory, "produce", incarnation)
+    with running_zygote(directory) as zygote:
+        for incarnation, point in enumerate(kill_points(rng, kills), start=1):
+            child = Child(zygote, directory, "produce", incarnation)
+            try:
+                child.wait_until(point.reached)
+            finally:
+                child.kill()
+        child = Child(zygote, directory, "recover", kills + 1)
         try:
-            child.wait_until(point.reached)
+            child.finish()
         finally:
             child.kill()
-    child = Child(directory, "recover", kills + 1)
-    try:
-        child.finish()
-    finally:
-        child.kill()
     return Outcome(
         sent=sent_numbers(directory, kills),
         runs=recorded_runs(directory / "results.db"),
