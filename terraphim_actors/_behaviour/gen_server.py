@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, cast
 
 import trio
@@ -84,6 +85,9 @@ _probe = _OneSlot()
 _HELD_BY_ITS_SERVER_ALONE = None if _refcount is None else _refcount(_probe.held)
 del _probe
 
+#: The keyword arguments of every agent built with none (read-only: one for all of them).
+_NO_KWARGS: Mapping[str, Any] = types.MappingProxyType({})
+
 #: A handler as the loop calls it: ``handler(agent, payload, context)``.
 _Handler = Callable[[Any, Any, Context], Awaitable[Any]]
 #: ``handle_cast``, ``handle_call`` and ``handle_info``, as the loop calls them.
@@ -144,12 +148,14 @@ class GenServerBehaviour:
         args: tuple[Any, ...],
         handler_timeout: float | None,
         system: SystemApi,
-        kwargs: dict[str, Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         self.system = system
         self.agent_class = agent_class
         self.args = args
-        self.kwargs = {} if kwargs is None else kwargs
+        # Not the caller's empty dict: ``spawn(Agent)`` makes one for its ``**kwargs``, which
+        # kept here would be 64 bytes of every agent, asleep or awake.
+        self.kwargs: Mapping[str, Any] = kwargs if kwargs else _NO_KWARGS
         #: Seconds a handler may run before it fails with ``HandlerTimeout`` (None: no limit).
         self.handler_timeout = handler_timeout
         #: Seconds an instance idles before it hibernates (None: never): the class's own.
