@@ -80,7 +80,7 @@ class HealthCheck:
         return self.interval if self.timeout is None else self.timeout
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False)  # kept for every agent; nothing refers to a spec weakly
 class ChildSpec:
     """How to run one child.
 
