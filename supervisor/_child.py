@@ -14,7 +14,7 @@ from ._stats import ChildInfo, ChildState
 if TYPE_CHECKING:
     from ._supervisor import Supervisor
 
-__all__ = ["Child", "ChildRun"]
+__all__ = ["Child", "ChildHistory", "ChildRun"]
 
 
 class ChildRun:
@@ -122,19 +122,35 @@ class ChildRun:
         await self._done_event.wait()
 
 
+class ChildHistory:
+    """What a child's exits and restarts leave behind: kept apart from :class:`Child` and made
+    at the first of them, as most children never exit before their supervisor stops them
+    (every agent is a child, asleep or awake: three slots fewer each)."""
+
+    __slots__ = ("consecutive_restarts", "generation", "last_exit", "restarts")
+
+    def __init__(self) -> None:
+        self.restarts = 0
+        #: Restarts in a row without a quiet period, for the backoff.
+        self.consecutive_restarts = 0
+        #: Bumped at each planned restart, so that a delayed restart that was overtaken is
+        #: recognised and dropped.
+        self.generation = 0
+        self.last_exit: BaseException | None = None
+
+
 class Child:
     """What the supervisor knows of one child across its runs.
 
     It is also what ``current_child()`` returns in the child's tasks (a ``CurrentChild``: its
     :attr:`supervisor` and :attr:`id`), rather than a new object per run that the child keeps.
+    Its restarts, last exit and backoff counts read as attributes, kept in a
+    :class:`ChildHistory` made when the first of them is set.
     """
 
     __slots__ = (
-        "consecutive_restarts",
-        "generation",
+        "history",
         "kept_value",
-        "last_exit",
-        "restarts",
         "run",
         "spec",
         "state",
@@ -150,17 +166,50 @@ class Child:
         self.state = ChildState.STARTING
         #: The current run; ``None`` while the child is not running.
         self.run: ChildRun | None = None
-        self.restarts = 0
-        #: Restarts in a row without a quiet period, for the backoff.
-        self.consecutive_restarts = 0
-        #: Bumped at each planned restart, so that a delayed restart that was overtaken is
-        #: recognised and dropped.
-        self.generation = 0
-        self.last_exit: BaseException | None = None
+        self.history: ChildHistory | None = None
         #: While it hibernates: what its last run reported ``started`` with (its next run's
         #: value), and whether stopping it starts that run (``Hibernate.wake_to_stop``).
         self.kept_value: object = None
         self.wakes_to_stop = False
+
+    def _history(self) -> ChildHistory:
+        history = self.history
+        if history is None:
+            history = self.history = ChildHistory()
+        return history
+
+    @property
+    def restarts(self) -> int:
+        return 0 if self.history is None else self.history.restarts
+
+    @restarts.setter
+    def restarts(self, count: int) -> None:
+        self._history().restarts = count
+
+    @property
+    def consecutive_restarts(self) -> int:
+        return 0 if self.history is None else self.history.consecutive_restarts
+
+    @consecutive_restarts.setter
+    def consecutive_restarts(self, count: int) -> None:
+        self._history().consecutive_restarts = count
+
+    @property
+    def generation(self) -> int:
+        return 0 if self.history is None else self.history.generation
+
+    @generation.setter
+    def generation(self, generation: int) -> None:
+        self._history().generation = generation
+
+    @property
+    def last_exit(self) -> BaseException | None:
+        return None if self.history is None else self.history.last_exit
+
+    @last_exit.setter
+    def last_exit(self, outcome: BaseException | None) -> None:
+        if outcome is not None or self.history is not None:  # a clean stop needs no record
+            self._history().last_exit = outcome
 
     def __repr__(self) -> str:
         return f"<Child {self.spec.id!r} of {self.supervisor.name}>"
