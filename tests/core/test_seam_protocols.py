@@ -39,6 +39,7 @@ SYSTEM_INTERNALS = {
     "current_time",
     "closing",
     "instruments",
+    "headers_from",
     "pending_calls",
     "registry",
     "forget_pool",
