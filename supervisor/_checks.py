@@ -27,8 +27,10 @@ __all__ = [
     "MAX_FACTOR",
     "MAX_SECONDS",
     "ArgumentChecks",
+    "check_callable",
     "check_count",
     "check_factor",
+    "check_instance",
     "check_seconds",
     "instance_of",
     "is_callable",
@@ -131,6 +133,8 @@ _CHECKS = ArgumentChecks(InvalidSpec)
 check_count = _CHECKS.check_count
 check_seconds = _CHECKS.check_seconds
 check_factor = _CHECKS.check_factor
+check_instance = _CHECKS.check_instance
+check_callable = _CHECKS.check_callable
 
 #: attrs validator: a number of seconds above 0.
 seconds = _CHECKS.validator(check_seconds)

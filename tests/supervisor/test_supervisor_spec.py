@@ -152,6 +152,17 @@ class TestChildSpecValidation:
         with pytest.raises(InvalidSpec, match="stop"):
             ChildSpec("a", child, stop=42)  # type: ignore[arg-type]
 
+    def test_retire_not_callable(self) -> None:
+        """The retire hook must be callable."""
+        with pytest.raises(InvalidSpec, match="retire"):
+            ChildSpec("a", child, retire="later")  # type: ignore[arg-type]
+
+    def test_a_changed_spec_is_checked_too(self) -> None:
+        """``attrs.evolve`` makes a spec through the same checks."""
+        significant = ChildSpec("a", child, restart=RestartType.TRANSIENT, significant=True)
+        with pytest.raises(InvalidSpec, match="permanent"):
+            attrs.evolve(significant, restart=RestartType.PERMANENT)
+
     def test_quiet_not_callable(self) -> None:
         """The quiet predicate must be callable."""
         with pytest.raises(InvalidSpec, match="quiet"):
