@@ -133,6 +133,8 @@ class OwnMailboxFull(MailboxFull):
 
 #: The lanes of a mailbox that has had no message yet, shared by every such mailbox.
 _NO_LANES: tuple[None, ...] = (None,) * len(Priority)
+#: A closed mailbox's room for newcomers: none, whatever waits in it or was promised.
+_CLOSED = -math.inf
 
 
 class Mailbox:
@@ -144,7 +146,6 @@ class Mailbox:
     """
 
     __slots__ = (
-        "_closed",
         "_lanes",
         "_last_activity",
         "_limit",
@@ -155,7 +156,6 @@ class Mailbox:
         "_received",
         "_receivers",
         "_rejected",
-        "_reserved",
         "_size",
         "_space",
         "agent_id",
@@ -169,6 +169,9 @@ class Mailbox:
         self.agent_id = agent_id
         self.config = MailboxConfig() if config is None else config
         capacity = self.config.capacity
+        # Room for newcomers: the capacity less the slots promised to woken senders (only a
+        # blocking mailbox promises any), or ``_CLOSED``; one number, so that a put that finds
+        # room checks one thing, and a mailbox keeps two slots fewer.
         self._limit: float = math.inf if capacity is None else capacity
         # One FIFO lane per priority, made when its first message comes: an empty deque
         # takes more memory than an idle Trio task's whole stack. Until then both lists are
@@ -185,9 +188,7 @@ class Mailbox:
             if capacity is not None and self.config.overflow is OverflowPolicy.BLOCK
             else None
         )
-        self._closed = False
         self._size = 0
-        self._reserved = 0  # free slots promised to woken senders
         self._received = 0
         self._processed = 0
         self._rejected = 0
@@ -218,7 +219,7 @@ class Mailbox:
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called: no message gets in any more."""
-        return self._closed
+        return self._limit == _CLOSED
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -241,12 +242,12 @@ class Mailbox:
             MailboxFull: the mailbox is bounded and full (whatever its overflow policy).
             MailboxClosed: the mailbox is closed.
         """
-        if self._closed:
-            raise MailboxClosed(f"the mailbox of {self.agent_id!r} is closed")
         size = self._size
-        if size + self._reserved >= self._limit:
+        if size >= self._limit:
+            if self._limit == _CLOSED:
+                raise MailboxClosed(f"the mailbox of {self.agent_id!r} is closed")
             self._rejected += 1
-            raise MailboxFull(f"the mailbox of {self.agent_id!r} is full ({self._limit})")
+            raise MailboxFull(f"the mailbox of {self.agent_id!r} is full ({self.config.capacity})")
         priority = envelope.options.priority
         lane = self._lanes[priority]
         if lane is None:
@@ -287,9 +288,9 @@ class Mailbox:
             if self.owner is trio.lowlevel.current_task():
                 await self._refuse_owner()
             await self._space.park()
-            if self._closed:
+            if self._limit == _CLOSED:
                 raise MailboxClosed(f"the mailbox of {self.agent_id!r} closed while waiting")
-            self._reserved -= 1
+            self._limit += 1  # the slot promised to this sender
             self.put_nowait(envelope)
             self._last_activity = now()
             return
@@ -304,17 +305,17 @@ class Mailbox:
         self._rejected += 1
         raise OwnMailboxFull(
             f"{self.agent_id!r} cannot wait for room in its own mailbox: it is full"
-            f" ({self._limit}), and only the agent itself takes messages out"
+            f" ({self.config.capacity}), and only the agent itself takes messages out"
         )
 
     def has_room(self) -> bool:
         """True when a put now would go in: the mailbox is open and not full."""
-        return not self._closed and self._size + self._reserved < self._limit
+        return self._size < self._limit
 
     def _must_wait(self) -> bool:
         """Whether a put must wait for room (asked only of a mailbox that blocks: one with
         ``_space``)."""
-        return not self._closed and self._size + self._reserved >= self._limit
+        return self._limit != _CLOSED and self._size >= self._limit
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -427,9 +428,9 @@ class Mailbox:
         Senders blocked on a full mailbox wake up with ``MailboxClosed``; a receiver waiting
         on an empty one gets ``MailboxClosed``.
         """
-        if self._closed:
+        if self._limit == _CLOSED:
             return
-        self._closed = True
+        self._limit = _CLOSED
         self.interrupt_receivers()
         if self._space is not None:
             self._space.unpark_all()
@@ -477,7 +478,7 @@ class Mailbox:
         Raises:
             MailboxClosed: the mailbox is closed (the caller takes what waits first).
         """
-        if self._closed:
+        if self._limit == _CLOSED:
             raise MailboxClosed(f"the mailbox of {self.agent_id!r} is closed")
         task = trio.lowlevel.current_task()
         receivers = self._receivers
@@ -538,7 +539,7 @@ class Mailbox:
     def _room_for_a_sender(self) -> None:
         """A slot came free: wake the sender that waited longest, and keep the slot for it."""
         assert self._space is not None
-        self._reserved += 1  # the slot is the woken sender's, not a newcomer's
+        self._limit -= 1  # the slot is the woken sender's, not a newcomer's
         self._space.unpark()
 
 
