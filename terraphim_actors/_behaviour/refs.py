@@ -85,13 +85,10 @@ class AgentRef:
     thread.
     """
 
-    __slots__ = ("_address", "_delivery", "_endpoint", "_system", "id")
+    __slots__ = ("_delivery", "_endpoint", "_system", "id")
 
     def __init__(self, address: Endpoint | Group, system: _Sender) -> None:
-        #: Where its messages go: the agent's endpoint (which follows the agent across its
-        #: restarts), or a group's, which chooses a member for each.
-        self._address = address
-        #: The endpoint itself when the address is one (``None`` for a group): a send takes it
+        #: The endpoint when the address is one (``None`` for a pool's): a send takes it
         #: without asking the address to route, a call that costs a cast a twentieth.
         self._endpoint = address if isinstance(address, Endpoint) else None
         self._system = system
@@ -101,6 +98,12 @@ class AgentRef:
 
     def __repr__(self) -> str:
         return f"AgentRef({self.id!r})"
+
+    @property
+    def _address(self) -> Endpoint | Group:
+        """Where its messages go: the agent's endpoint (which follows the agent across its
+        restarts); a pool's ref keeps its group in a slot of this name instead."""
+        return cast("Endpoint", self._endpoint)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AgentRef) and other.id == self.id
@@ -381,11 +384,12 @@ class PoolRef(AgentRef):
     A message that fails is retried through the pool, so it may reach another member.
     """
 
-    __slots__ = ()
+    __slots__ = ("_address",)
 
-    _address: Group
+    _address: Group  # the group, which chooses a member for each message
 
     def __init__(self, group: Group, system: _Sender) -> None:
+        self._address = group
         super().__init__(group, system)
 
     def __repr__(self) -> str:
