@@ -414,13 +414,17 @@ def _hibernated_memory(records: Records) -> Verdict:
     count = int(max(record["parameters"]["agents"]))
     traced_at = int(min(record["parameters"]["agents"]))
     traced = records.median("hibernation", f"hibernated_traced_memory_at_{traced_at}")
+    # The target leaves out the user's own state: what the agent's instance itself takes.
+    framework = records.median(
+        "hibernation", f"hibernated_traced_memory_beyond_own_state_at_{traced_at}"
+    )
     rss = records.median("hibernation", f"hibernated_memory_at_{count}")
     process = records.median("hibernation", f"hibernated_process_rss_at_{count}")
     shown = (
-        f"{traced:,.0f} B per hibernated agent (traced, {traced_at:,}), {rss:,.0f} B RSS"
-        f" ({count:,}); process {process:,.0f} MB"
+        f"{framework:,.0f} B per hibernated agent beyond its own state ({traced:,.0f} B traced"
+        f" with it, {traced_at:,}), {rss:,.0f} B RSS ({count:,}); process {process:,.0f} MB"
     )
-    met = traced <= 1024 and (process <= 1536 if count >= 1_000_000 else True)
+    met = framework <= 1024 and (process <= 1536 if count >= 1_000_000 else True)
     return shown, met
 
 
