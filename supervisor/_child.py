@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING
 
 import trio
 
 from ._errors import HealthCheckFailed
-from ._spec import ChildSpec
+from ._spec import ChildSpec, takes_task_status
 from ._stats import ChildInfo, ChildState
 
 if TYPE_CHECKING:
@@ -142,27 +142,39 @@ class ChildHistory:
 class Child:
     """What the supervisor knows of one child across its runs.
 
-    It is also what ``current_child()`` returns in the child's tasks (a ``CurrentChild``: its
-    :attr:`supervisor` and :attr:`id`), rather than a new object per run that the child keeps.
+    It is also what ``current_child()`` returns in the child's tasks and what the retire hook
+    receives (a ``CurrentChild``: its :attr:`supervisor`, :attr:`id` and :attr:`start`), rather
+    than a new object per run that the child keeps. Its id and start are its spec's, or its own
+    when a spec serves several children (``start_child(spec, id=..., start=...)``).
     Its restarts, last exit and backoff counts read as attributes, kept in a
     :class:`ChildHistory` made when the first of them is set.
     """
 
     __slots__ = (
         "history",
+        "id",
         "kept_value",
         "run",
         "spec",
+        "start",
         "state",
         "supervisor",
         "takes_task_status",
         "wakes_to_stop",
     )
 
-    def __init__(self, spec: ChildSpec, supervisor: Supervisor) -> None:
+    def __init__(
+        self,
+        spec: ChildSpec,
+        supervisor: Supervisor,
+        id: Hashable,
+        start: Callable[..., Awaitable[object]],
+    ) -> None:
         self.spec = spec
         self.supervisor = supervisor
-        self.takes_task_status = spec.takes_task_status
+        self.id = id
+        self.start = start
+        self.takes_task_status = takes_task_status(start)
         self.state = ChildState.STARTING
         #: The current run; ``None`` while the child is not running.
         self.run: ChildRun | None = None
@@ -212,16 +224,11 @@ class Child:
             self._history().last_exit = outcome
 
     def __repr__(self) -> str:
-        return f"<Child {self.spec.id!r} of {self.supervisor.name}>"
-
-    @property
-    def id(self) -> Hashable:
-        """The id its supervisor knows it by."""
-        return self.spec.id
+        return f"<Child {self.id!r} of {self.supervisor.name}>"
 
     def info(self) -> ChildInfo:
         return ChildInfo(
-            id=self.spec.id,
+            id=self.id,
             state=self.state,
             restarts=self.restarts,
             value=self.kept_value if self.run is None else self.run.value,

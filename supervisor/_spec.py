@@ -6,14 +6,25 @@ import enum
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ._checks import check_callable, check_instance, check_seconds, is_callable, seconds
 from ._errors import InvalidSpec
 
-__all__ = ["ChildKind", "ChildSpec", "HealthCheck", "RestartType", "Shutdown"]
+if TYPE_CHECKING:
+    from ._supervisor import CurrentChild
+
+__all__ = [
+    "ChildKind",
+    "ChildSpec",
+    "HealthCheck",
+    "RestartType",
+    "Shutdown",
+    "check_id",
+    "takes_task_status",
+]
 
 
 class RestartType(enum.Enum):
@@ -43,7 +54,7 @@ class ChildKind(enum.Enum):
     SUPERVISOR = "supervisor"
 
 
-def _check_hashable(value: object) -> None:
+def check_id(value: object) -> None:
     try:
         hash(value)
     except TypeError:
@@ -95,9 +106,9 @@ class ChildSpec:
             does not trap exits dies at once).
         retire: a synchronous function called when the supervisor will not start the child
             again on its own: it was terminated, ended for good, or forgotten. It receives the
-            spec (one function serves every child: it finds what to release through the spec's
-            ``id`` or ``start``) and releases what outlives the child's runs; it may be called
-            more than once.
+            child (a ``CurrentChild``: its supervisor, ``id`` and ``start``, so that one function
+            serves every child, even children started from one spec) and releases what outlives
+            the child's runs; it may be called more than once.
         quiet: an optional synchronous predicate, given the started value: True when
             stopping the child now would show nothing anyone can see but its end (nothing to
             clean up, nothing in hand, nobody told of it). Stopping children in order, the
@@ -115,7 +126,7 @@ class ChildSpec:
     restart: RestartType = attrs.field(default=RestartType.PERMANENT, kw_only=True)
     shutdown: float | Shutdown = attrs.field(default=5.0, kw_only=True)
     stop: Callable[[Any], object] | None = attrs.field(default=None, kw_only=True)
-    retire: Callable[[ChildSpec], object] | None = attrs.field(default=None, kw_only=True)
+    retire: Callable[[CurrentChild], object] | None = attrs.field(default=None, kw_only=True)
     quiet: Callable[[Any], bool] | None = attrs.field(default=None, kw_only=True)
     significant: bool = attrs.field(default=False, kw_only=True)
     kind: ChildKind = attrs.field(default=ChildKind.WORKER, kw_only=True)
@@ -124,7 +135,7 @@ class ChildSpec:
     def __attrs_post_init__(self) -> None:
         """Check every field in one call rather than through an attrs validator each (two
         or three calls apiece): a spec is made for every agent spawned."""
-        _check_hashable(self.id)
+        check_id(self.id)
         check_callable("start", self.start)
         check_instance("restart", self.restart, RestartType)
         if not isinstance(self.shutdown, Shutdown):
@@ -146,12 +157,13 @@ class ChildSpec:
     @property
     def takes_task_status(self) -> bool:
         """Whether ``start`` reports its own start through ``task_status``."""
-        return _takes_task_status(self.start)
+        return takes_task_status(self.start)
 
 
-def _takes_task_status(start: Callable[..., object]) -> bool:
+def takes_task_status(start: Callable[..., object]) -> bool:
+    """Whether the child's ``start`` reports its own start through ``task_status``."""
     if isinstance(start, functools.partial):
-        return "task_status" not in start.keywords and _takes_task_status(start.func)
+        return "task_status" not in start.keywords and takes_task_status(start.func)
     if inspect.ismethod(start):
         start = start.__func__
     elif not inspect.isfunction(start):

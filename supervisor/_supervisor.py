@@ -22,12 +22,13 @@ import enum
 import logging
 import math
 import types
-from collections.abc import AsyncIterator, Container, Hashable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Hashable, Iterable
 from typing import Any, NamedTuple, Protocol
 
 import trio
 
 from ._bounded_repr import BoundedRepr, bounded_repr
+from ._checks import check_callable
 from ._child import Child, ChildRun
 from ._errors import (
     ChildIsCaller,
@@ -44,7 +45,7 @@ from ._errors import (
 )
 from ._intensity import RestartBackoff
 from ._restarts import LIVE, ExitAction, RestartPolicy, RestartStrategy
-from ._spec import ChildKind, ChildSpec, RestartType, Shutdown
+from ._spec import ChildKind, ChildSpec, RestartType, Shutdown, check_id
 from ._stats import ChildCounts, ChildInfo, ChildState, SupervisorStats
 
 __all__ = ["AutoShutdown", "CurrentChild", "RestartStrategy", "Supervisor", "current_child"]
@@ -64,10 +65,12 @@ class AutoShutdown(enum.Enum):
 
 
 class CurrentChild(Protocol):
-    """The supervisor running the current task, and the id it knows the task by.
+    """The supervisor running the current task, the id it knows the task by, and the ``start``
+    it runs it with.
 
-    What ``current_child()`` returns is the supervisor's own record of the child: the same
-    object in each of its runs, made once per child rather than once per run.
+    What ``current_child()`` returns, and what a spec's ``retire`` hook receives, is the
+    supervisor's own record of the child: the same object in each of its runs, made once per
+    child rather than once per run.
     """
 
     @property
@@ -75,6 +78,9 @@ class CurrentChild(Protocol):
 
     @property
     def id(self) -> Hashable: ...
+
+    @property
+    def start(self) -> Callable[..., Awaitable[object]]: ...
 
 
 _current_child: contextvars.ContextVar[CurrentChild | None] = contextvars.ContextVar(
@@ -276,7 +282,7 @@ class Supervisor:
             raise SupervisorError(f"{self.name} is already running")
         self._placement = current_child()
         self._context = contextvars.copy_context()
-        self._children = {spec.id: Child(spec, self) for spec in self._specs}
+        self._children = {spec.id: Child(spec, self, spec.id, spec.start) for spec in self._specs}
         self._restarts.window.clear()
         self._stopping = False
         self._stopped = trio.Event()
@@ -401,7 +407,7 @@ class Supervisor:
             if error is not None and not self._stopping:  # cut short by a stop: no failure
                 self._forget(child)
                 await self._stop_children(reversed(self._children.values()))
-                return ChildStartFailed(child.spec.id, error)
+                return ChildStartFailed(child.id, error)
         return None
 
     async def _cut_short(self, run: ChildRun) -> None:
@@ -494,10 +500,10 @@ class Supervisor:
                     if not woken:
                         await trio.lowlevel.checkpoint_if_cancelled()
                     if child.takes_task_status:
-                        await child.spec.start(task_status=run)
+                        await child.start(task_status=run)
                     else:
                         run.started()
-                        await child.spec.start()
+                        await child.start()
                 except Hibernate as request:
                     hibernate = request
                 except Exception as error:
@@ -598,7 +604,7 @@ class Supervisor:
                     logger.warning(
                         "%s: %s is unhealthy: %s",
                         self.name,
-                        BoundedRepr(run.child.spec.id),
+                        BoundedRepr(run.child.id),
                         failure,
                     )
                     run.health_failure = failure
@@ -622,7 +628,7 @@ class Supervisor:
             logger.error("%s", self._escalation)
             return False
         if action is ExitAction.STOP_FOR_GOOD:
-            logger.info("%s: %s stopped for good", self.name, BoundedRepr(child.spec.id))
+            logger.info("%s: %s stopped for good", self.name, BoundedRepr(child.id))
             child.state = ChildState.TERMINATED
             self._forget(child)
             return not (child.spec.significant and self._auto_shutdown_due())
@@ -631,7 +637,7 @@ class Supervisor:
         logger.info(
             "%s: %s exited (%s), not restarted",
             self.name,
-            BoundedRepr(child.spec.id),
+            BoundedRepr(child.id),
             BoundedRepr(run.outcome),
         )
         child.state = ChildState.TERMINATED
@@ -652,7 +658,7 @@ class Supervisor:
         logger.info(
             "%s: child %s exited (%s), restarting",
             self.name,
-            BoundedRepr(failed.spec.id),
+            BoundedRepr(failed.id),
             BoundedRepr(run.outcome),
         )
         group = self._restarts.group(list(self._children.values()), failed)
@@ -878,41 +884,58 @@ class Supervisor:
         logger.error(
             "%s: child %s raised while stopping",
             self.name,
-            BoundedRepr(child.spec.id),
+            BoundedRepr(child.id),
             exc_info=error,
         )
 
     # -- children by hand ----------------------------------------------------------------
 
-    async def start_child(self, spec: ChildSpec) -> ChildInfo:
+    async def start_child(
+        self,
+        spec: ChildSpec,
+        *,
+        id: Hashable | None = None,
+        start: Callable[..., Awaitable[object]] | None = None,
+    ) -> ChildInfo:
         """Add a child and start it; returns once it has reported ``started``.
+
+        Given ``id`` and ``start``, the child runs ``start`` under ``id`` and takes the rest
+        from ``spec``: one spec can then serve many children, each with no spec of its own.
 
         Raises:
             DuplicateChild: a child with that id exists.
             ChildStartFailed: it raised before it had started (it is not added).
             SupervisorNotRunning: the supervisor is not running.
-            InvalidSpec: ``spec`` is not a ``ChildSpec``, or is significant under ``NEVER``.
+            InvalidSpec: ``spec`` is not a ``ChildSpec``, is significant under ``NEVER``, or
+                ``id`` is not hashable or ``start`` not callable.
         """
         self._check_not_starting_caller()
         self._check_running()
         lock = self._lock
         if self._lent_to_caller() or lock.locked():
             async with self._changing():
-                return await self._add(spec)
+                return await self._add(spec, id, start)
         # The lock is free: taken without the scheduler round that ``acquire`` spends, as the
         # launch parks until the child reports anyway (a schedule point every time).
         await trio.lowlevel.checkpoint_if_cancelled()
         lock.acquire_nowait()
         try:
-            return await self._add(spec)
+            return await self._add(spec, id, start)
         finally:
             lock.release()
 
-    async def _add(self, spec: ChildSpec) -> ChildInfo:
+    async def _add(
+        self,
+        spec: ChildSpec,
+        id: Hashable | None,
+        start: Callable[..., Awaitable[object]] | None,
+    ) -> ChildInfo:
         """``start_child`` under the lock."""
         self._check_running()
-        self._check_new(spec, self._children)
-        child = self._children[spec.id] = Child(spec, self)
+        self._check_new(spec, self._children, id, start)
+        if id is None:
+            id = spec.id
+        child = self._children[id] = Child(spec, self, id, spec.start if start is None else start)
         try:
             error = await self._launch(child)
         except BaseException:
@@ -920,7 +943,7 @@ class Supervisor:
             raise
         if error is not None:
             self._forget(child)
-            raise ChildStartFailed(spec.id, error)
+            raise ChildStartFailed(id, error)
         return child.info()
 
     async def terminate_child(self, id: Hashable) -> None:
@@ -961,7 +984,7 @@ class Supervisor:
         stopped with the subtree. (A task of the child's outside its scope sees this return.)
         """
         assert self._nursery is not None
-        awaiting = next((run for run in self._awaiting if run.child.spec.id == id), None)
+        awaiting = next((run for run in self._awaiting if run.child.id == id), None)
         if awaiting is not None:
             awaiting.scope.cancel()  # being stopped already: that stop does the bookkeeping
             await trio.lowlevel.checkpoint()
@@ -1112,11 +1135,11 @@ class Supervisor:
 
     def _knows(self, child: Child) -> bool:
         """Whether ``child`` is still one of ours (not deleted, nor replaced under its id)."""
-        return self._children.get(child.spec.id) is child
+        return self._children.get(child.id) is child
 
     def _forget(self, child: Child) -> None:
         if self._knows(child):
-            del self._children[child.spec.id]
+            del self._children[child.id]
         _retire(child)
 
     def _caller_within(self, id: Hashable) -> bool:
@@ -1177,7 +1200,7 @@ class Supervisor:
         caller = current_child()
         while caller is not None:
             starting = caller.supervisor._launching
-            if starting is None or starting.reported or starting.child.spec.id != caller.id:
+            if starting is None or starting.reported or starting.child.id != caller.id:
                 return  # the caller's branch has started: no start under way waits for it
             if caller.supervisor is self:
                 raise SupervisorError(
@@ -1186,7 +1209,7 @@ class Supervisor:
                 )
             caller = caller.supervisor._placement
 
-    def _retire_children(self, _spec: ChildSpec) -> None:
+    def _retire_children(self, _child: CurrentChild) -> None:
         """The ``retire`` of :meth:`as_child`'s spec: this supervisor will not run again, so
         its children will not start again either."""
         for child in self._children.values():
@@ -1196,14 +1219,26 @@ class Supervisor:
         if self._nursery is None or self._stopping:
             raise SupervisorNotRunning(f"{self.name} is not running")
 
-    def _check_new(self, spec: object, taken: Container[Hashable]) -> None:
+    def _check_new(
+        self,
+        spec: object,
+        taken: Container[Hashable],
+        id: Hashable | None = None,
+        start: object = None,
+    ) -> None:
         if not isinstance(spec, ChildSpec):
             raise InvalidSpec(f"a child must be a ChildSpec, got {spec!r}")
-        if spec.id in taken:
-            raise DuplicateChild(f"{self.name} already has a child {spec.id!r}")
+        if id is None:
+            id = spec.id
+        else:
+            check_id(id)
+        if start is not None:
+            check_callable("start", start)
+        if id in taken:
+            raise DuplicateChild(f"{self.name} already has a child {id!r}")
         if spec.significant and self.auto_shutdown is AutoShutdown.NEVER:
             raise InvalidSpec(
-                f"child {spec.id!r} is significant, which needs auto_shutdown other than NEVER"
+                f"child {id!r} is significant, which needs auto_shutdown other than NEVER"
             )
 
 
@@ -1230,6 +1265,6 @@ def _retire(child: Child) -> None:
     if child.spec.retire is None:
         return
     try:
-        child.spec.retire(child.spec)
+        child.spec.retire(child)
     except Exception as error:
-        logger.error("the retire hook of %s raised", BoundedRepr(child.spec.id), exc_info=error)
+        logger.error("the retire hook of %s raised", BoundedRepr(child.id), exc_info=error)

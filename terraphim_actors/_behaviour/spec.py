@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from supervisor import ChildSpec, RestartType, current_child
+from supervisor import ChildSpec, CurrentChild, RestartType, Supervisor, current_child
 
 from .._core.ids import AgentId
 from .._core.notifications import StopReason
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from .._core.instruments import Instruments
     from .._routing.endpoint import Endpoint
 
-__all__ = ["AgentStarter", "StarterHost", "agent_child_spec"]
+__all__ = ["AgentStarter", "StarterHost", "agent_child_spec", "start_agent"]
 
 
 class StarterHost(AgentHost, SystemApi, Protocol):
@@ -134,6 +135,30 @@ def agent_child_spec(starter: AgentStarter, *, significant: bool = False) -> Chi
     )
 
 
+async def start_agent(supervisor: Supervisor, starter: AgentStarter) -> None:
+    """Start ``starter``'s agent as a child of ``supervisor``, under a spec shared by the
+    agents with its restart type and shutdown time: a spec of its own would be 112 bytes more
+    of every agent, asleep or awake, and one more object for the cyclic GC to walk.
+
+    Raises what ``Supervisor.start_child`` raises."""
+    spec = _shared_spec(starter.restart, starter.shutdown)
+    await supervisor.start_child(spec, id=starter.agent_id, start=starter)
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_spec(restart: RestartType, shutdown: float) -> ChildSpec:
+    # Its id and start are placeholders: each agent comes with its own id and starter.
+    return ChildSpec(
+        "agent",
+        AgentStarter.__call__,
+        restart=restart,
+        shutdown=shutdown,
+        stop=_stop_agent,
+        retire=_retire_agent,
+        quiet=_stops_unseen,
+    )
+
+
 def _stop_agent(ref: AgentRef) -> None:
     """The ``stop`` of an agent's child spec: ask the running instance to stop, for good when
     the system shuts down or the agent is being stopped by ``system.stop``. At shutdown a
@@ -151,11 +176,11 @@ def _stop_agent(ref: AgentRef) -> None:
     )
 
 
-def _retire_agent(spec: ChildSpec) -> None:
+def _retire_agent(child: CurrentChild) -> None:
     """The ``retire`` of an agent's child spec: its supervisor will not start it again, so it
-    stops for good. A function of the spec, whose ``start`` is the agent's starter, for the
+    stops for good. A function of the child, whose ``start`` is the agent's starter, for the
     reason ``_stop_agent`` is one."""
-    starter: AgentStarter = spec.start  # type: ignore[assignment]
+    starter: AgentStarter = child.start  # type: ignore[assignment]
     starter.retire()
 
 

@@ -29,7 +29,7 @@ from supervisor import (
 from .._behaviour.agent import Agent
 from .._behaviour.agent_checks import check_agent_class
 from .._behaviour.refs import AgentRef, PoolRef
-from .._behaviour.spec import AgentStarter, agent_child_spec
+from .._behaviour.spec import AgentStarter, agent_child_spec, start_agent
 from .._behaviour.system_api import SystemStats
 from .._behaviour.thread_portal import ThreadPortal
 from .._core.bounded_repr import LazyText
@@ -305,7 +305,7 @@ class MessageSystem:
         if cluster is not None and name is not None:
             await cluster.claim(name, starter.agent_id)
         try:
-            await self.root.start_child(agent_child_spec(starter))
+            await start_agent(self.root, starter)
         except ChildStartFailed as failure:
             if cluster is not None:
                 cluster.release(starter.agent_id, StopReason.NOPROC)
@@ -496,7 +496,7 @@ class MessageSystem:
         self.router.pools[pool_id] = group
         self._pool_starters[pool_id] = starters
 
-        def retire(_spec: ChildSpec) -> None:
+        def retire(_child: CurrentChild) -> None:
             self._retire_pool(group)
 
         try:

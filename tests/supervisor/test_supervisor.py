@@ -1797,7 +1797,7 @@ class TestCancelledByHand:
         retired: list[str] = []
         child = attrs.evolve(
             spec(log, "a", stop=ask_to_stop, linger=math.inf),
-            retire=lambda spec: retired.append(spec.id),
+            retire=lambda child: retired.append(child.id),
         )
         async with Supervisor([child]) as sup:
             with trio.move_on_after(1.0):
@@ -1811,7 +1811,7 @@ class TestCancelledByHand:
         retired: list[str] = []
         child = attrs.evolve(
             spec(log, "a", fails_to_start=[False, False]),
-            retire=lambda spec: retired.append(spec.id),
+            retire=lambda child: retired.append(child.id),
         )
         async with Supervisor([child]) as sup:
             await sup.terminate_child("a")
@@ -1829,15 +1829,15 @@ class TestCancelledByHand:
 
 
 class TestRetireHook:
-    """``retire`` is given the spec of the child that will not start again, so one function
-    serves every child."""
+    """``retire`` is given the child that will not start again, so one function serves every
+    child."""
 
     async def test_one_hook_learns_which_child_retires(self, autojump_clock: Clock) -> None:
         log = Log()
         retired: list[Hashable] = []
 
-        def retire(spec: ChildSpec) -> None:
-            retired.append(spec.id)
+        def retire(child: CurrentChild) -> None:
+            retired.append(child.id)
 
         children = [attrs.evolve(spec(log, name), retire=retire) for name in ("a", "b")]
         async with Supervisor(children) as sup:
@@ -1848,10 +1848,73 @@ class TestRetireHook:
     async def test_a_retired_subtree_retires_its_children(self, autojump_clock: Clock) -> None:
         log = Log()
         retired: list[Hashable] = []
-        leaf = attrs.evolve(spec(log, "leaf"), retire=lambda spec: retired.append(spec.id))
+        leaf = attrs.evolve(spec(log, "leaf"), retire=lambda child: retired.append(child.id))
         async with Supervisor([Supervisor([leaf]).as_child("sub")]) as sup:
             await sup.terminate_child("sub")
             assert retired == ["leaf"]
+
+
+class TestOneSpecForManyChildren:
+    """``start_child(spec, id=..., start=...)``: the child runs its own start under its own id,
+    with the rest of a spec that other children share."""
+
+    async def test_each_child_runs_its_own_start_under_its_own_id(
+        self, autojump_clock: Clock
+    ) -> None:
+        log = Log()
+        shared = spec(log, "template", restart=TRANSIENT)
+        async with Supervisor() as sup:
+            for name in ("a", "b"):
+                await sup.start_child(shared, id=name, start=functools.partial(worker, log, name))
+            assert [(c.id, c.restart) for c in sup.which_children()] == [
+                ("a", TRANSIENT),
+                ("b", TRANSIENT),
+            ]
+        assert starts(log) == ["a", "b"]
+
+    async def test_a_crashed_child_restarts_with_its_own_start(self, autojump_clock: Clock) -> None:
+        log = Log()
+        shared = spec(log, "template")
+        async with Supervisor() as sup:
+            await sup.start_child(
+                shared, id="a", start=functools.partial(worker, log, "a", crashes=[1.0])
+            )
+            await sup.start_child(shared, id="b", start=functools.partial(worker, log, "b"))
+            await trio.sleep(2)
+            assert (info(sup, "a").restarts, info(sup, "b").restarts) == (1, 0)
+        assert starts(log) == ["a", "b", "a"]
+
+    async def test_the_shared_retire_hook_learns_which_child_retires(
+        self, autojump_clock: Clock
+    ) -> None:
+        log = Log()
+        retired: list[Hashable] = []
+        shared = attrs.evolve(spec(log, "template"), retire=lambda c: retired.append(c.id))
+        async with Supervisor() as sup:
+            for name in ("a", "b"):
+                await sup.start_child(shared, id=name, start=functools.partial(worker, log, name))
+            await sup.terminate_child("b")
+            assert retired == ["b"]
+
+    async def test_a_taken_id_is_refused(self, autojump_clock: Clock) -> None:
+        log = Log()
+        async with Supervisor([spec(log, "a")]) as sup:
+            with pytest.raises(DuplicateChild):
+                await sup.start_child(
+                    spec(log, "b"), id="a", start=functools.partial(worker, log, "a")
+                )
+
+    @pytest.mark.parametrize(
+        ("id", "start", "refused"), [(["x"], None, "hashable"), ("x", "not callable", "start")]
+    )
+    async def test_a_bad_id_or_start_is_refused(
+        self, autojump_clock: Clock, id: Hashable, start: Any, refused: str
+    ) -> None:
+        log = Log()
+        async with Supervisor() as sup:
+            with pytest.raises(InvalidSpec, match=refused):
+                await sup.start_child(spec(log, "b"), id=id, start=start)
+            assert sup.which_children() == []
 
 
 class TestChildContext:

@@ -30,7 +30,7 @@ def children(*states: ChildState) -> list[Child]:
     made = []
     supervisor = Supervisor()
     for number, state in enumerate(states):
-        child = Child(ChildSpec(f"c{number}", _idle), supervisor)
+        child = Child(ChildSpec(f"c{number}", _idle), supervisor, f"c{number}", _idle)
         child.state = state
         made.append(child)
     return made
