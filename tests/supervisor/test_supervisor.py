@@ -1853,6 +1853,23 @@ class TestRetireHook:
             await sup.terminate_child("sub")
             assert retired == ["leaf"]
 
+    async def test_a_hook_that_raises_is_logged_and_the_supervisor_goes_on(
+        self, autojump_clock: Clock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        log = Log()
+
+        def retire(_child: CurrentChild) -> None:
+            raise Crash("retire")
+
+        child = attrs.evolve(spec(log, "a"), retire=retire)
+        async with Supervisor([child, spec(log, "b")]) as sup:
+            await sup.terminate_child("a")
+            await sup.restart_child("a")
+            assert [c.state for c in sup.which_children()] == [ChildState.RUNNING] * 2
+        [record] = [r for r in caplog.records if r.name == "supervisor" and r.exc_info]
+        assert "retire hook of 'a'" in record.getMessage()
+        assert isinstance(record.exc_info[1], Crash)  # type: ignore[index]
+
 
 class TestOneSpecForManyChildren:
     """``start_child(spec, id=..., start=...)``: the child runs its own start under its own id,
