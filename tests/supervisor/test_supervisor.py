@@ -1562,6 +1562,24 @@ class TestRunning:
                 await nursery.start(sup.run)
         assert starts(log) == ["a", "a"]
 
+    async def test_what_is_no_exception_ends_the_supervisor(self, autojump_clock: Clock) -> None:
+        """A child that raises what is not an ``Exception`` (as an interrupt is) is not
+        restarted: it ends the supervisor's run, after its other children stopped."""
+        log = Log()
+
+        class Fatal(BaseException):
+            pass
+
+        async def fatal(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            task_status.started()
+            await trio.sleep(1)
+            raise Fatal
+
+        with pytest.RaisesGroup(Fatal, flatten_subgroups=True):
+            async with Supervisor([spec(log, "a"), ChildSpec("fatal", fatal)]):
+                await trio.sleep(2)
+        assert "cancel a" in log
+
     async def test_stop_returns_once_every_child_stopped(self, autojump_clock: Clock) -> None:
         """``await sup.stop()`` returns when all children have finished."""
         log = Log()
