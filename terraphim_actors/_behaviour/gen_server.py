@@ -171,10 +171,14 @@ class GenServerBehaviour:
         agent_class = self.agent_class
         try:
             agent = agent_class(*self.args, **self.kwargs)
-            if on_start_takes_context(agent_class):
-                await agent.on_start(context)
-            else:
-                await agent.on_start()
+            on_start = agent.on_start
+            # Agent's own does nothing: not awaited, as a coroutine made and run for nothing
+            # was a part of every start.
+            if getattr(on_start, "__func__", None) is not Agent.on_start:
+                if on_start_takes_context(agent_class):
+                    await on_start(context)
+                else:
+                    await on_start()
         except Exception as error:
             raise AgentStartFailed(f"{cell.id!r} failed to start: {bounded_repr(error)}") from error
         server = GenServer(cell, agent, context, self)

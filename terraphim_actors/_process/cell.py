@@ -58,6 +58,13 @@ __all__ = ["AgentCell", "CellState", "stopped_error"]
 logger = logging.getLogger("terraphim_actors")
 
 
+# Read once: on Python 3.11 an enum member read from its class goes through the enum's
+# metaclass, several times dearer than a global; these are read at every start.
+_STARTING = CellState.STARTING
+_RUNNING = CellState.RUNNING
+_HIBERNATED = CellState.HIBERNATED
+_KILLED = StopReason.KILLED
+
 #: The states in which an instance of the agent runs.
 _LIVE = frozenset({CellState.STARTING, CellState.RUNNING, CellState.STOPPING})
 #: The states in which it takes messages: running, or hibernated (a message wakes it).
@@ -220,7 +227,7 @@ class AgentCell(ActivatingInbox):
         #: cell only passes it on, in ``Down`` and to its supervisor.
         self.ref: Any = None
         #: Where it is in its lifecycle; changed only through ``lifecycle.transition``.
-        self.state = CellState.STARTING
+        self.state = _STARTING
         #: Instances started so far (the first start, then one per restart).
         self.instances = 0
         #: The latest instance (kept after it ends): whose ``format_message`` formats messages.
@@ -364,10 +371,11 @@ class AgentCell(ActivatingInbox):
         # it awaits through): how it ended for its own end, and then for the agent's.
         self._task = self.mailbox.owner = trio.lowlevel.current_task()
         current_cell.set(self)
-        inherited_deadline.set(math.inf)
+        if inherited_deadline.get() != math.inf:  # a set copies the task's context
+            inherited_deadline.set(math.inf)
         instance: Instance | None = None
-        reason: ExitReason = StopReason.KILLED
-        settled_as: ExitReason | None = StopReason.KILLED
+        reason: ExitReason = _KILLED
+        settled_as: ExitReason | None = _KILLED
         asleep = False
         # kill() cancels the scope its supervisor runs the instance in: a scope of the cell's
         # own is made only when none does.
@@ -383,15 +391,16 @@ class AgentCell(ActivatingInbox):
                 # The instance's whole life, ``on_start`` included, can be killed.
                 try:
                     with _UNSCOPED if scope is None else scope:
-                        if self.state is CellState.HIBERNATED:
+                        if self.state is _HIBERNATED:
                             instance = self.latest
                             assert instance is not None
                             await self._wake_instance(instance)
                         else:
                             instance = self.latest = await self.behaviour.start(self)
-                            self.state = transition(self.state, CellState.RUNNING)
+                            self.state = transition(self.state, _RUNNING)
                             task_status.started(self.ref)
-                            self.system.publish(AgentStarted(self.id))
+                            if self.system.starts_seen():  # else nobody hears of it
+                                self.system.publish(AgentStarted(self.id))
                         while True:
                             ended = await instance.run()
                             if ended is RUN_AGAIN:
@@ -449,13 +458,13 @@ class AgentCell(ActivatingInbox):
             raise settled_as
 
     def _begin_instance(self) -> None:
-        if self.state is CellState.HIBERNATED:
+        if self.state is _HIBERNATED:
             return  # the kept instance wakes: nothing is new (a stop asked meanwhile stands)
         if self.system.closing:
             raise SystemClosed(f"{self.id!r} not started: the system is shutting down")
         self.placement = current_child()
         if self.instances:  # a new cell is STARTING already
-            self.state = transition(self.state, CellState.STARTING)
+            self.state = transition(self.state, _STARTING)
         self.instances += 1
         if self.instances > 1:
             self.system.count_restart()

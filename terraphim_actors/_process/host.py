@@ -59,6 +59,11 @@ class AgentHost(Protocol):
 
     def publish(self, notification: object) -> None: ...
 
+    def starts_seen(self) -> bool:
+        """Whether anything outside the agents hears of each agent's start (else the cell
+        makes no notice of it)."""
+        ...
+
     def stops_seen(self) -> bool:
         """Whether anything outside the agents hears of each agent's end, in order (so that
         stopping agents together could show a different order)."""

@@ -47,6 +47,10 @@ __all__ = ["TRANSITIONS", "CellState", "IllegalTransition", "transition"]
 class CellState(enum.Enum):
     """Where an agent is in its life (the moves between these are in :data:`TRANSITIONS`)."""
 
+    # Hashed by identity, as members compare, at C speed: ``Enum`` hashes a member by its name
+    # in Python, and a state is looked up in a set at each move and each ``serving`` check.
+    __hash__ = object.__hash__
+
     #: An instance is being built and its ``on_start`` runs; messages wait.
     STARTING = "starting"
     #: An instance serves messages.

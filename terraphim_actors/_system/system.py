@@ -80,6 +80,10 @@ __all__ = ["MessageSystem", "MessageSystemConfig", "SystemStats", "open_message_
 #: The instrument hook each lifecycle notification is also told to.
 _LIFECYCLE_HOOKS = {AgentStarted: "agent_started", AgentExited: "agent_exited"}
 
+#: ``spawn``'s ``admission`` when none is given: recognised by identity, so that a spawn
+#: without budgets skips their checks (a list or tuple of budgets, as given, is checked).
+_NO_ADMISSION: tuple[Budget, ...] = ()
+
 
 #: What a journal must offer: the methods of the ``Journal`` protocol, read from it.
 _JOURNAL_METHODS = tuple(
@@ -262,7 +266,7 @@ class MessageSystem:
         restart: RestartType = RestartType.PERMANENT,
         handler_timeout: float | None = None,
         hibernate_after: float | None = None,
-        admission: Sequence[Budget] = (),
+        admission: Sequence[Budget] = _NO_ADMISSION,
         **kwargs: Any,
     ) -> AgentRef:
         """Start an agent under the root supervisor; returns its ref once ``on_start`` is done.
@@ -294,13 +298,14 @@ class MessageSystem:
             WrongThread: called from a thread other than the system's.
         """
         check_thread(self.thread_id, "system.spawn")
-        budgets = budgets_from(admission)
+        budgets = None if admission is _NO_ADMISSION else budgets_from(admission)
         starter = self._starter(
             agent_class, args, name, mailbox, shutdown, restart, handler_timeout, kwargs
         )
         if budgets is not None:
             starter.setup_endpoint = functools.partial(Endpoint.install_budgets, budgets=budgets)
-        _set_hibernate_after(starter, hibernate_after)
+        if hibernate_after is not None:
+            _set_hibernate_after(starter, hibernate_after)
         cluster = self.cluster
         if cluster is not None and name is not None:
             await cluster.claim(name, starter.agent_id)
@@ -889,6 +894,11 @@ class MessageSystem:
             if not subscriber.mailbox.closed:
                 subscriber.notify(notification)
 
+    def starts_seen(self) -> bool:
+        """Whether anything outside the agents hears of each one's start: a subscriber, or
+        an instrument of ``agent_started`` (else no ``AgentStarted`` is made)."""
+        return bool(self._subscribers) or "agent_started" in self.instruments
+
     def stops_seen(self) -> bool:
         """Whether anything outside the agents hears of each one's end, in order: a
         subscriber, an instrument of ``agent_exited``, or the cluster (which releases names)."""
@@ -905,7 +915,9 @@ class MessageSystem:
             DuplicateAgent: its name is taken.
             SystemClosed: the system is shutting down.
         """
-        self._claim(cell.id.name, cell.id)
+        agent_id = cell.id
+        if agent_id.name is not None or self.closing:  # else there is nothing to claim
+            self._claim(agent_id.name, agent_id)
         self.registry.add(cell)
         self._spawned += 1
         if self._replays is not None and cell.id.name is not None:

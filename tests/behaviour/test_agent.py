@@ -208,6 +208,21 @@ class TestOnStartWithContext:
         await system.spawn(Plain)
         assert started == [True]
 
+    async def test_on_start_set_on_the_instance_runs(self, system: MessageSystem) -> None:
+        """An ``on_start`` the constructor sets on the instance runs instead of the class's,
+        as any attribute of the instance would be found first."""
+        started: list[str] = []
+
+        class SetsItsOwn(Agent):
+            def __init__(self) -> None:
+                self.on_start = self._prepare
+
+            async def _prepare(self) -> None:
+                started.append("own")
+
+        await system.spawn(SetsItsOwn)
+        assert started == ["own"]
+
     async def test_timer_set_in_on_start_fires(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:

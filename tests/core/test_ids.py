@@ -6,6 +6,7 @@ import copy
 import pickle
 import subprocess
 import sys
+import threading
 import uuid
 
 import attrs
@@ -78,6 +79,39 @@ class TestAgentId:
         """A uid given as a string is a typed error, not an id that equals nothing."""
         with pytest.raises(InvalidConfig, match=r"uuid\.UUID"):
             AgentId("3c6d5aed", name="planner")  # type: ignore[arg-type]
+
+    def test_ids_made_in_many_threads_at_once_are_unique(self) -> None:
+        """Fresh ids are drawn in batches; threads drawing at once never share one."""
+        drawn: list[list[AgentId]] = [[] for _ in range(4)]
+
+        def draw(into: list[AgentId]) -> None:
+            into.extend(AgentId() for _ in range(2000))
+
+        threads = [threading.Thread(target=draw, args=(into,)) for into in drawn]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert len({agent_id for ids in drawn for agent_id in ids}) == 8000
+
+    def test_a_forked_child_draws_agent_ids_its_parent_never_does(self) -> None:
+        """A forked child does not hand out the rest of its parent's batch of fresh ids
+        (forked in a fresh interpreter, which has no other threads)."""
+        script = (
+            "import os\n"
+            "from terraphim_actors import AgentId\n"
+            "AgentId()\n"  # the parent has a batch under way when it forks
+            "reader, writer = os.pipe()\n"
+            "if os.fork() == 0:\n"
+            "    os.write(writer, ' '.join(str(AgentId().uid) for _ in range(100)).encode())\n"
+            "    os._exit(0)\n"
+            "os.close(writer)\n"
+            "child = set(os.fdopen(reader).read().split())\n"
+            "os.wait()\n"
+            "assert len(child) == 100\n"
+            "assert not child & {str(AgentId().uid) for _ in range(100)}\n"
+        )
+        subprocess.run([sys.executable, "-c", script], timeout=60, check=True)
 
 
 class TestMessageId:

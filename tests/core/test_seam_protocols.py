@@ -50,6 +50,7 @@ SYSTEM_INTERNALS = {
     "describe",
     "file_dead_letter",
     "publish",
+    "starts_seen",
     "stops_seen",
     "register",
     "count_crash",

@@ -35,6 +35,9 @@ class FakeHost:
     def publish(self, notification: object) -> None:
         self.published.append(notification)
 
+    def starts_seen(self) -> bool:
+        return True  # it records every notice
+
     def stops_seen(self) -> bool:
         return True  # it records every notice
 
