@@ -86,12 +86,12 @@ class DynamicSupervisor:
             live = len(self._supervisor.which_children())
             if live >= self.max_children:
                 raise TooManyChildren(f"{self.name} already has {live} children")
-        spec = attrs.evolve(
+        # Under the template itself, with an id and start of its own: no spec per child.
+        return await self._supervisor.start_child(
             self.template,
             id=(self.template.id, next(self._numbers)),
             start=functools.partial(self.template.start, *args),
         )
-        return await self._supervisor.start_child(spec)
 
     async def terminate_child(self, id: Hashable) -> None:
         """Stop a child by the template's shutdown spec and forget it.

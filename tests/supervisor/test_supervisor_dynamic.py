@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Hashable
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -209,6 +211,18 @@ class TestTerminateChild:
             await sup.terminate_child(child.id)
             assert [info.id for info in sup.which_children()] == [("w", 2)]
             assert log == ["start x", "start y", "stop x", "end x"]
+
+    async def test_the_templates_retire_hook_learns_which_child_went(
+        self, autojump_clock: Clock
+    ) -> None:
+        """Children share the template (no spec each): its retire hook is given the child."""
+        retired: list[Hashable] = []
+        shared = attrs.evolve(template(Log()), retire=lambda child: retired.append(child.id))
+        async with DynamicSupervisor(shared) as sup:
+            await sup.start_child("x")
+            await sup.start_child("y")
+            await sup.terminate_child(("w", 2))
+            assert set(retired) == {("w", 2)}
 
     async def test_terminate_unknown_child(self, autojump_clock: Clock) -> None:
         """Terminating an id the supervisor does not know raises ``ChildNotFound``."""
