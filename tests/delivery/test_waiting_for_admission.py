@@ -254,6 +254,20 @@ class TestRateLimit:
         assert [t - start for t in times] == [0.0, 0.0, 1.0, 1.0, 2.0]
         settled(system)
 
+    async def test_a_window_that_ends_at_a_rounded_time_lets_the_next_one_through(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """One a second, admitted at 3.6 s: the next goes at 4.6 s, though 4.6 - 1.0 is
+        3.5999999999999996 in floating point (it once waited until another message came)."""
+        ref = await system.spawn(Recorder, admission=[RateLimit(requests=1, per=1.0)])
+        await trio.sleep_until(3.6)
+        ref.cast_nowait("first")
+        ref.cast_nowait("second")
+        await trio.sleep(2.0)
+        assert system.delivery.get_stats().admission_waiting == 0
+        assert await ref.call("times") == [3.6, 4.6]
+        settled(system)
+
     async def test_waiting_messages_go_highest_priority_first_then_in_order(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:

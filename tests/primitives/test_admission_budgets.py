@@ -35,6 +35,16 @@ class TestRateLimit:
         assert limit.admit(10.0)
         assert limit.retry_at(10.0) == 11.0
 
+    def test_it_admits_at_the_time_it_names_however_that_rounds(self) -> None:
+        """Admitted at 3.6 for 1 s, it names 4.6 (3.6 + 1.0), and admits then, though
+        4.6 - 1.0 is 3.5999999999999996: refusing there while naming a time not to come
+        left what waited for it waiting for ever."""
+        limit = RateLimit(requests=1, per=1.0)
+        limit.admit(3.6)
+        assert limit.retry_at(4.0) == 4.6
+        assert limit.would_admit(4.6)
+        assert limit.retry_at(4.6) is None
+
     def test_the_estimate_counts_the_admissions_ahead_window_by_window(self) -> None:
         """Two per 10 s, admitted at 0 and 1: with three ahead, the fourth goes at 21."""
         limit = RateLimit(requests=2, per=10.0)
@@ -65,6 +75,15 @@ class TestTokenBudget:
         # 150 spent: below 100 once the 60 charged at 0 is out.
         assert budget.retry_at(20.0) == 60.0
         assert budget.would_admit(60.0)
+
+    def test_it_admits_at_the_time_it_names_however_that_rounds(self) -> None:
+        """Charged over the limit at 3.6 for 1 s: it names 4.6 and admits then (as the rate
+        limit does, though 4.6 - 1.0 < 3.6 in floating point)."""
+        budget = TokenBudget(tokens=10, per=1.0)
+        budget.charge(20, 3.6)
+        assert budget.retry_at(4.0) == 4.6
+        assert budget.would_admit(4.6)
+        assert budget.retry_at(4.6) is None
 
     def test_a_single_charge_over_the_limit_waits_a_whole_period(self) -> None:
         budget = TokenBudget(tokens=10, per=5.0)

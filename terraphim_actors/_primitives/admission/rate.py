@@ -36,9 +36,12 @@ class RateLimit(Budget):
         return f"RateLimit(requests={self.requests}, per={self.per:g})"
 
     def _age(self, now: float) -> deque[float]:
+        # An admission leaves the window at ``admitted + per``, the very sum ``retry_at``
+        # names: ``admitted <= now - per`` rounds otherwise (4.6 - 1.0 < 3.6), and refusing
+        # at the time named, with no later time to name, would leave the waiting waiting.
         admitted = self._admitted
-        horizon = now - self.per
-        while admitted and admitted[0] <= horizon:
+        per = self.per
+        while admitted and admitted[0] + per <= now:
             admitted.popleft()
         return admitted
 

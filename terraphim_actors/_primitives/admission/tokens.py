@@ -40,9 +40,11 @@ class TokenBudget(Budget):
         return f"TokenBudget(tokens={self.tokens}, per={self.per:g})"
 
     def _age(self, now: float) -> int:
+        # A charge ages out at ``charged_at + per``, the sum ``retry_at`` names (not
+        # ``charged_at <= now - per``, which rounds otherwise), as in ``RateLimit``.
         charges = self._charges
-        horizon = now - self.per
-        while charges and charges[0][0] <= horizon:
+        per = self.per
+        while charges and charges[0][0] + per <= now:
             self._spent -= charges.popleft()[1]
         return self._spent
 
