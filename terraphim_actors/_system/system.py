@@ -240,6 +240,9 @@ class MessageSystem:
         self.registry.beyond = self.cluster
         #: What starts each member of each pool running, by the pool's id.
         self._pool_starters: dict[AgentId, list[AgentStarter]] = {}
+        #: The agent classes spawned here, whose hooks were found callable as written: a set
+        #: of the classes themselves is read faster than the checks' own weak one at each spawn.
+        self._checked_classes: set[type[Agent]] = set()
         self._subscribers: list[AgentCell] = []
         self._opened_at = trio.current_time()
         self._spawned = 0
@@ -574,7 +577,9 @@ class MessageSystem:
     ) -> AgentStarter:
         if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
             raise InvalidConfig(f"agent_class must be an Agent subclass, got {agent_class!r}")
-        check_agent_class(agent_class)
+        if agent_class not in self._checked_classes:
+            check_agent_class(agent_class)
+            self._checked_classes.add(agent_class)
         if name is not None and not isinstance(name, str):
             raise InvalidConfig(f"name must be a str or None, got {name!r}")
         if mailbox is not None:
