@@ -484,11 +484,12 @@ class Supervisor:
             await run.wait_done()
         run.child.run = None
 
-    async def _run_child(self, run: ChildRun, woken: bool) -> None:
+    async def _run_child(self, run: ChildRun, started_already: bool) -> None:
         """The task of one run: the child's own code, and the report of how it ended.
 
-        A ``woken`` run (of a hibernated child) runs its code even if it was cancelled
-        before it began, so that the child, which kept its state, settles it as it ends."""
+        A run that counts as ``started_already`` (a hibernated child's, or one started without
+        waiting) runs its code even if it was cancelled before it began, so that the child,
+        which has state to settle, settles it as it ends."""
         child = run.child
         _current_child.set(child)
         run.task = trio.lowlevel.current_task()
@@ -502,10 +503,13 @@ class Supervisor:
             try:
                 try:
                     # Cancelled before it ran (its start was), it runs none of its code.
-                    if not woken:
+                    if not started_already:
                         await trio.lowlevel.checkpoint_if_cancelled()
                     if child.takes_task_status:
-                        await child.start(task_status=run)
+                        # A run that counts as started already has nothing left to report.
+                        await child.start(
+                            task_status=trio.TASK_STATUS_IGNORED if started_already else run
+                        )
                     else:
                         run.started()
                         await child.start()
@@ -578,9 +582,16 @@ class Supervisor:
     def _wake(self, child: Child) -> ChildRun:
         """Start a hibernated child's next run, reported started already (with its last
         run's value): its supervisor does not wait for it."""
+        value, child.kept_value = child.kept_value, None
+        return self._run_started(child, value)
+
+    def _run_started(self, child: Child, value: object) -> ChildRun:
+        """Start a run of ``child`` that counts as started already, reporting ``value``: its
+        code runs from the next schedule point, even if the run is cancelled before then
+        (a child that counts as started is given the chance to settle as it ends)."""
         assert self._nursery is not None
         run = ChildRun(child)
-        run.value, child.kept_value = child.kept_value, None
+        run.value = value
         run.reported = True
         child.run = run
         child.state = ChildState.RUNNING
@@ -933,6 +944,37 @@ class Supervisor:
             return await self._add(spec, id, start)
         finally:
             lock.release()
+
+    def start_child_nowait(
+        self,
+        spec: ChildSpec,
+        *,
+        id: Hashable | None = None,
+        start: Callable[..., Awaitable[object]] | None = None,
+        value: object = None,
+    ) -> CurrentChild:
+        """:meth:`start_child` without waiting, for a child whose start has nothing left to
+        do that could wait or fail (its caller did that part): it counts as started at once,
+        having reported ``value``, and its code runs from the caller's next schedule point,
+        called with a ``task_status`` that ignores a report. Cancelled before then, it still
+        runs, to settle as it ends. ``id`` and ``start`` are as in :meth:`start_child`.
+
+        Returns the child's record, which ``current_child()`` gives in its tasks.
+
+        Raises:
+            trio.WouldBlock: a change to the children is under way (``start_child`` waits
+                for it); nothing is started.
+            DuplicateChild, SupervisorNotRunning, InvalidSpec: as :meth:`start_child`.
+        """
+        self._check_running()
+        if self._lock.locked():
+            raise trio.WouldBlock
+        self._check_new(spec, self._children, id, start)
+        if id is None:
+            id = spec.id
+        child = self._children[id] = Child(spec, self, id, spec.start if start is None else start)
+        self._run_started(child, value)
+        return child
 
     async def _add(
         self,

@@ -161,29 +161,25 @@ class GenServerBehaviour:
         #: Seconds an instance idles before it hibernates (None: never): the class's own.
         self.hibernate_after: float | None = agent_class.hibernate_after
 
-    async def start(self, cell: AgentCell) -> GenServer:
-        """Build a fresh instance and run its ``on_start`` (given the context if it takes it).
+    def build(self, cell: AgentCell) -> GenServer:
+        """A fresh instance, its ``on_start`` not run yet (see :attr:`GenServer.begin`): the
+        constructor runs now, in the caller's task.
 
         Raises:
-            AgentStartFailed: the constructor or ``on_start`` raised.
+            AgentStartFailed: the constructor raised.
         """
         context = Context(cell, self.system)
-        agent_class = self.agent_class
         try:
-            agent = agent_class(*self.args, **self.kwargs)
-            on_start = agent.on_start
-            # Agent's own does nothing: not awaited, as a coroutine made and run for nothing
-            # was a part of every start.
-            if getattr(on_start, "__func__", None) is not Agent.on_start:
-                if on_start_takes_context(agent_class):
-                    await on_start(context)
-                else:
-                    await on_start()
+            agent = self.agent_class(*self.args, **self.kwargs)
         except Exception as error:
-            raise AgentStartFailed(f"{cell.id!r} failed to start: {bounded_repr(error)}") from error
+            raise _start_failed(cell.id, error) from error
         server = GenServer(cell, agent, context, self)
         context._server = server
         return server
+
+
+def _start_failed(agent: AgentId, error: Exception) -> AgentStartFailed:
+    return AgentStartFailed(f"{agent!r} failed to start: {bounded_repr(error)}")
 
 
 class GenServer:
@@ -231,6 +227,25 @@ class GenServer:
         ``on_stop`` would be 64 bytes of each, asleep or awake."""
         agent = self.agent
         return agent.on_stop if type(agent).on_stop is not Agent.on_stop else None
+
+    @property
+    def begin(self) -> Callable[[], Awaitable[None]] | None:
+        """The agent's ``on_start``, which raises ``AgentStartFailed`` for what it raises;
+        None while it keeps Agent's own, which does nothing: no coroutine is made and run
+        for nothing, and its start need not wait for its task (see ``AgentCell.prepare``)."""
+        if getattr(self.agent.on_start, "__func__", None) is Agent.on_start:
+            return None
+        return self._begin
+
+    async def _begin(self) -> None:
+        on_start = self.agent.on_start
+        try:
+            if on_start_takes_context(self._behaviour.agent_class):
+                await on_start(self._context)
+            else:
+                await on_start()
+        except Exception as error:
+            raise _start_failed(self._cell.id, error) from error
 
     def format_message(self, payload: Any) -> str:
         return format_payload(self.agent, payload)

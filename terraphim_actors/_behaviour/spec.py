@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from supervisor import ChildSpec, CurrentChild, RestartType, Supervisor, current_child
+from supervisor import (
+    ChildSpec,
+    CurrentChild,
+    RestartType,
+    Supervisor,
+    SupervisorNotRunning,
+    current_child,
+)
 
 from .._core.ids import AgentId
 from .._core.notifications import StopReason
@@ -25,7 +32,7 @@ if TYPE_CHECKING:
     from .._core.instruments import Instruments
     from .._routing.endpoint import Endpoint
 
-__all__ = ["AgentStarter", "StarterHost", "agent_child_spec", "start_agent"]
+__all__ = ["AgentStarter", "StarterHost", "agent_child_spec", "start_agent", "start_agent_now"]
 
 
 class StarterHost(AgentHost, SystemApi, Protocol):
@@ -94,16 +101,22 @@ class AgentStarter(GenServerBehaviour):
         if cell is not None and cell.state is not CellState.STOPPED:
             self._check_placement(cell)
         if cell is None or cell.state is CellState.STOPPED:
-            # A cell made again (its subtree restarted) serves the same endpoint: its circuit,
-            # dedup window and group are the same agent's to its senders.
-            endpoint = None if cell is None else cell.endpoint
-            cell = self.cell = AgentCell(self.system, self, self.agent_id, self.mailbox, endpoint)
-            setup, self.setup_endpoint = self.setup_endpoint, None
-            if setup is not None:
-                setup(cell.endpoint)
-            cell.ref = AgentRef(cell.endpoint, self.system)
-            self.system.register(cell)
+            cell = self.new_cell()
         return cell.run(task_status=task_status)
+
+    def new_cell(self) -> AgentCell:
+        """Make the agent's cell, reachable by its id and name from now: the first, or a new
+        one once the last has stopped for good (its subtree restarted), which serves the same
+        endpoint, so that its circuit, dedup window and group are the same agent's to its
+        senders."""
+        endpoint = None if self.cell is None else self.cell.endpoint
+        cell = self.cell = AgentCell(self.system, self, self.agent_id, self.mailbox, endpoint)
+        setup, self.setup_endpoint = self.setup_endpoint, None
+        if setup is not None:
+            setup(cell.endpoint)
+        cell.ref = AgentRef(cell.endpoint, self.system)
+        self.system.register(cell)
+        return cell
 
     def _check_placement(self, cell: AgentCell) -> None:
         """Refuse to run a second instance beside the first: one spec placed in two
@@ -143,6 +156,35 @@ async def start_agent(supervisor: Supervisor, starter: AgentStarter) -> None:
     Raises what ``Supervisor.start_child`` raises."""
     spec = _shared_spec(starter.restart, starter.shutdown)
     await supervisor.start_child(spec, id=starter.agent_id, start=starter)
+
+
+def start_agent_now(supervisor: Supervisor, starter: AgentStarter) -> bool:
+    """Start ``starter``'s new agent as :func:`start_agent` does, without waiting for its task,
+    when its first instance has nothing to wait for (no ``on_start``): the instance is built
+    now, in the caller's task, and counts as started at once. Returns False when the start
+    must wait (the instance has an ``on_start``, or a change to the supervisor's children is
+    under way): :func:`start_agent` then runs the instance built here, and if that start
+    fails before it runs, :meth:`AgentCell.abandon` settles it.
+
+    Raises:
+        AgentStartFailed: building the instance raised.
+        SupervisorNotRunning: the supervisor is not running (the built instance is abandoned).
+    """
+    cell = starter.new_cell()
+    if cell.prepare().begin is not None:
+        return False
+    spec = _shared_spec(starter.restart, starter.shutdown)
+    try:
+        child = supervisor.start_child_nowait(
+            spec, id=starter.agent_id, start=starter, value=cell.ref
+        )
+    except trio.WouldBlock:
+        return False
+    except SupervisorNotRunning:
+        cell.abandon()
+        raise
+    cell.started_without_wait(child)
+    return True
 
 
 @functools.lru_cache(maxsize=64)

@@ -74,6 +74,16 @@ class Instance(Protocol):
     as OTP's gen_server serves its callback module).
     """
 
+    @property
+    def begin(self) -> Callable[[], Awaitable[None]] | None:
+        """The instance's own start (``on_start``), run in the agent's task before the
+        instance counts as started; None if it has none, and then its start need not wait
+        for that task.
+
+        What it returns raises ``AgentStartFailed`` for what the start raises.
+        """
+        ...
+
     async def run(self) -> ExitReason | RunAgain | None:
         """Serve until asked to stop (returns why) or crashed (returns the error); or, for
         an instance that may hibernate, until it has been idle long enough (returns None: the
@@ -123,11 +133,12 @@ class Behaviour(Protocol[_Cell_contra]):
     #: permanent agent is not for good).
     restart: RestartType
 
-    async def start(self, cell: _Cell_contra) -> Instance:
-        """Build a fresh instance and run its start (``on_start``).
+    def build(self, cell: _Cell_contra) -> Instance:
+        """A fresh instance, its own start (:attr:`Instance.begin`) not run yet; built in the
+        caller's task.
 
         Raises:
-            AgentStartFailed: building it or its start raised.
+            AgentStartFailed: building it raised.
         """
         ...
 

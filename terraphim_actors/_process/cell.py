@@ -366,7 +366,11 @@ class AgentCell(ActivatingInbox):
             AgentStartFailed: building the instance or ``on_start`` raised.
             Exception: the instance crashed with it.
         """
-        self._begin_instance()
+        prepared = self._prepared()
+        if prepared is None:
+            self._begin_instance()
+        else:
+            self.placement = current_child()
         # One coroutine for the instance's whole life (an idle agent's task keeps each frame
         # it awaits through): how it ended for its own end, and then for the agent's.
         self._task = self.mailbox.owner = trio.lowlevel.current_task()
@@ -384,7 +388,7 @@ class AgentCell(ActivatingInbox):
         scope = trio.CancelScope() if outer is None else None
         self._instance_scope = outer if outer is not None else scope
         stopping = self._stopping
-        if stopping is not None:
+        if stopping is not None and prepared is None:  # a kill before a prepared run stands
             stopping.killed = False
         try:
             try:
@@ -396,11 +400,14 @@ class AgentCell(ActivatingInbox):
                             assert instance is not None
                             await self._wake_instance(instance)
                         else:
-                            instance = self.latest = await self.behaviour.start(self)
-                            self.state = transition(self.state, _RUNNING)
+                            if prepared is None:
+                                prepared = self.behaviour.build(self)
+                            if self.state is _STARTING and prepared.begin is not None:
+                                await prepared.begin()
+                            instance = self.latest = prepared
+                            if self.state is _STARTING:  # else started without waiting
+                                self._started()
                             task_status.started(self.ref)
-                            if self.system.starts_seen():  # else nobody hears of it
-                                self.system.publish(AgentStarted(self.id))
                         while True:
                             ended = await instance.run()
                             if ended is RUN_AGAIN:
@@ -456,6 +463,51 @@ class AgentCell(ActivatingInbox):
                     f"{self.id!r} failed with {bounded_repr(settled_as)}"
                 ) from settled_as
             raise settled_as
+
+    def prepare(self) -> Instance:
+        """Build the agent's first instance now, in the caller's task, so that a start with
+        nothing to wait for (an instance with no ``begin``) need not wait for the agent's own
+        task (see :meth:`started_without_wait`). Its supervisor's first run of the cell runs
+        it (its ``begin`` first, if it has one); until then it is STARTING. Whoever calls
+        this has checked that the system takes new agents.
+
+        Raises:
+            AgentStartFailed: building it raised; the agent is settled as after any failed
+                start, and stops for good.
+        """
+        self.instances += 1
+        try:
+            instance = self.latest = self.behaviour.build(self)
+        except AgentStartFailed as failure:
+            self._after_instance(failure.__cause__ or failure)
+            self.retire()
+            raise
+        return instance
+
+    def started_without_wait(self, placement: CurrentChild) -> None:
+        """Its supervisor counts the prepared instance as started without waiting for its task
+        (``Supervisor.start_child_nowait``): it serves, and can be stopped or killed, from now;
+        its task takes its messages once it first runs."""
+        self.placement = placement
+        self._instance_scope = placement.supervisor.run_scope(placement.id)
+        self._started()
+
+    def abandon(self) -> None:
+        """The start of a prepared instance failed before the instance ever ran (refused or
+        cancelled): the agent stops for good, its messages and monitors settled."""
+        if self._task is None and self.state is _STARTING and self.latest is not None:
+            self.finish(StopReason.NOPROC)
+
+    def _prepared(self) -> Instance | None:
+        """The instance :meth:`prepare` built, if no task has run it yet."""
+        if self._task is None and (self.state is _STARTING or self.state is _RUNNING):
+            return self.latest
+        return None
+
+    def _started(self) -> None:
+        self.state = transition(self.state, _RUNNING)
+        if self.system.starts_seen():  # else nobody hears of it
+            self.system.publish(AgentStarted(self.id))
 
     def _begin_instance(self) -> None:
         if self.state is _HIBERNATED:

@@ -29,7 +29,7 @@ from supervisor import (
 from .._behaviour.agent import Agent
 from .._behaviour.agent_checks import check_agent_class
 from .._behaviour.refs import AgentRef, PoolRef
-from .._behaviour.spec import AgentStarter, agent_child_spec, start_agent
+from .._behaviour.spec import AgentStarter, agent_child_spec, start_agent, start_agent_now
 from .._behaviour.system_api import SystemStats
 from .._behaviour.thread_portal import ThreadPortal
 from .._core.bounded_repr import LazyText
@@ -54,6 +54,7 @@ from .._primitives.mailbox import (
     MailboxStats,
     ThreadBoundMailbox,
     refill_send_budget,
+    send_budget_spent,
 )
 from .._primitives.timers import TimerService
 from .._process.cell import AgentCell, CellState
@@ -312,6 +313,18 @@ class MessageSystem:
         cluster = self.cluster
         if cluster is not None and name is not None:
             await cluster.claim(name, starter.agent_id)
+        elif agent_class.on_start is Agent.on_start:
+            # Nothing to wait for (see ``start_agent_now``): a cancellation point, and a
+            # schedule point once every ``SEND_BUDGET`` such spawns, as an awaited cast is.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                started = start_agent_now(self.root, starter)
+            except SupervisorNotRunning:
+                raise SystemClosed("the message system is shutting down") from None
+            if started:
+                if send_budget_spent():
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return _started_ref(starter)
         try:
             await start_agent(self.root, starter)
         except ChildStartFailed as failure:
@@ -322,9 +335,10 @@ class MessageSystem:
             if cluster is not None:
                 cluster.release(starter.agent_id, StopReason.NOPROC)
             raise SystemClosed("the message system is shutting down") from None
-        assert starter.cell is not None  # it has started
-        ref: AgentRef = starter.cell.ref
-        return ref
+        finally:
+            if starter.cell is not None:
+                starter.cell.abandon()  # built by ``start_agent_now``, and never run
+        return _started_ref(starter)
 
     def agent_spec(
         self,
@@ -1094,6 +1108,12 @@ async def _remove_child(placement: CurrentChild) -> None:
         await placement.supervisor.remove_child(placement.id)
     except ChildIsCaller as error:  # a task of the agent's own subtree, not its main task
         raise CallToSelf(f"{error}: use ctx.stop()") from error
+
+
+def _started_ref(starter: AgentStarter) -> AgentRef:
+    assert starter.cell is not None  # it has started
+    ref: AgentRef = starter.cell.ref
+    return ref
 
 
 def _unwrap(failure: ChildStartFailed) -> Exception:

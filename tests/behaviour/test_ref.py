@@ -974,8 +974,9 @@ class TestRefBadInputAndCheckpoints:
         self, system: MessageSystem
     ) -> None:
         """Where a sender first yields does not depend on what was sent in the thread before
-        the system opened: its first ``SEND_BUDGET - 1`` casts that find room take no
-        schedule point, and the next one does."""
+        the system opened: a spawn that need not wait and the first ``SEND_BUDGET - 2``
+        casts that find room take no schedule point (they share one budget), and the next
+        cast does."""
         ref = await system.spawn(Recorder, [])
         for number in range(SEND_BUDGET // 2):
             await ref.cast(number)
@@ -992,7 +993,7 @@ class TestRefBadInputAndCheckpoints:
             counter = CountSendersYields()
             trio.lowlevel.add_instrument(counter)
             try:
-                for number in range(SEND_BUDGET - 1):
+                for number in range(SEND_BUDGET - 2):
                     await other.cast(number)
                 yields_within_the_budget = yields
                 await other.cast("the last of the budget")

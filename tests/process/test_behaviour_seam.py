@@ -59,6 +59,14 @@ class Waiting:
         self._log = log
         self._ends_with = ends_with
 
+    @property
+    def begin(self) -> Any:
+        return self.begin_fn
+
+    async def begin_fn(self) -> None:
+        self._log.append(f"start in {self._cell.state.name}")
+        await trio.lowlevel.checkpoint()
+
     async def run(self) -> ExitReason:
         self._log.append(f"run in {self._cell.state.name}")
         while self._cell.stop_requested_at is None:
@@ -86,9 +94,7 @@ class WaitingBehaviour:
         self.shutdown = 1.0
         self.restart = RestartType.PERMANENT
 
-    async def start(self, cell: AgentCell) -> Waiting:
-        self.log.append(f"start in {cell.state.name}")
-        await trio.lowlevel.checkpoint()
+    def build(self, cell: AgentCell) -> Waiting:
         return Waiting(cell, self.log, self._ends_with.pop(0))
 
 

@@ -43,6 +43,7 @@ from terraphim_actors import (
     cast,
     open_message_system,
 )
+from terraphim_actors._primitives.mailbox import SEND_BUDGET
 from terraphim_actors.errors import (
     AgentNotFound,
     AgentStartFailed,
@@ -1323,6 +1324,102 @@ class TestStopIsFinal:
                 await trio.testing.wait_all_tasks_blocked()
                 await system.spawn(Marks, log, "late", name="late")
         assert log == [] or (log == ["late starts"] and system.whereis("late") is not None)
+
+
+class BuiltOnly(Agent):
+    """An agent with no ``on_start``: ``built`` records the task each instance is built in;
+    ``on_stop`` takes ``delay`` seconds, then records the reason."""
+
+    def __init__(self, built: list[Any], log: list[str], delay: float = 0.0) -> None:
+        built.append(trio.lowlevel.current_task())
+        self.log, self.delay = log, delay
+
+    async def handle_call(self, message: Any, ctx: Context) -> Any:
+        return message
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        await trio.sleep(self.delay)
+        self.log.append(f"stopped {reason.value}")
+
+
+class TestSpawnWithNothingToStart:
+    """An agent with no ``on_start`` is built in the spawner's task and counts as started at
+    once: ``spawn`` does not wait for the agent's task, which takes its messages once it runs."""
+
+    async def test_spawns_take_a_schedule_point_once_every_send_budget(
+        self, system: MessageSystem
+    ) -> None:
+        spawner = trio.lowlevel.current_task()
+        yields = 0
+
+        class CountSpawnersYields(trio.abc.Instrument):
+            def after_task_step(self, task: trio.lowlevel.Task) -> None:
+                nonlocal yields
+                yields += task is spawner
+
+        counter = CountSpawnersYields()
+        trio.lowlevel.add_instrument(counter)
+        try:
+            for _ in range(3 * SEND_BUDGET):
+                await system.spawn(BuiltOnly, [], [])
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        assert yields == 3
+        assert system.get_stats()[0].agents_running == 3 * SEND_BUDGET
+
+    async def test_the_instance_is_built_in_the_spawners_task(self, system: MessageSystem) -> None:
+        built: list[Any] = []
+        await system.spawn(BuiltOnly, built, [])
+        assert built == [trio.lowlevel.current_task()]
+
+    async def test_an_agent_whose_task_has_not_run_answers_a_call(
+        self, system: MessageSystem
+    ) -> None:
+        ref = await system.spawn(BuiltOnly, [], [])
+        assert await ref.call("are you there") == "are you there"
+
+    async def test_an_agent_stopped_before_its_task_ran_runs_its_on_stop(
+        self, system: MessageSystem
+    ) -> None:
+        log: list[str] = []
+        ref = await system.spawn(BuiltOnly, [], log)
+        await system.stop(ref)
+        assert log == ["stopped normal"]
+        assert not ref.alive
+
+    async def test_a_cancelled_spawn_builds_nothing(self, system: MessageSystem) -> None:
+        built: list[Any] = []
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await system.spawn(BuiltOnly, built, [], name="never")
+        assert (built, system.whereis("never")) == ([], None)
+
+    async def test_a_spawn_that_waits_for_its_supervisor_runs_the_instance_built_for_it(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        first = await system.spawn(BuiltOnly, [], [], 0.5)
+        built: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(system.stop, first)  # holds the root's lock for 0.5 s
+            await trio.testing.wait_all_tasks_blocked()
+            ref = await system.spawn(BuiltOnly, built, [], name="late")
+            assert trio.current_time() == pytest.approx(0.5)
+        assert len(built) == 1
+        assert await ref.call("late but there") == "late but there"
+
+    async def test_a_spawn_cancelled_while_waiting_for_its_supervisor_leaves_no_agent(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        first = await system.spawn(BuiltOnly, [], [], 0.5)
+        log: list[str] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(system.stop, first)
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.move_on_after(0.1):
+                await system.spawn(BuiltOnly, [], log, name="late")
+        assert system.whereis("late") is None
+        assert log == []  # it never ran, so it has nothing to stop
+        assert [ref.name for ref in system.agents] == []
 
 
 class TestShutdownTime:
