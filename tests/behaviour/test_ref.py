@@ -21,6 +21,7 @@ from agents import (
     until,
 )
 from supervised import Unprintable
+from yields import StepsOf
 
 from supervisor import RestartType
 from terraphim_actors import (
@@ -980,26 +981,14 @@ class TestRefBadInputAndCheckpoints:
         ref = await system.spawn(Recorder, [])
         for number in range(SEND_BUDGET // 2):
             await ref.cast(number)
-        sender = trio.lowlevel.current_task()
-        yields = 0
-
-        class CountSendersYields(trio.abc.Instrument):
-            def after_task_step(self, task: trio.lowlevel.Task) -> None:
-                nonlocal yields
-                yields += task is sender
-
         async with open_message_system() as fresh:
             other = await fresh.spawn(Recorder, [])
-            counter = CountSendersYields()
-            trio.lowlevel.add_instrument(counter)
-            try:
+            with StepsOf(trio.lowlevel.current_task()) as yields:
                 for number in range(SEND_BUDGET - 2):
                     await other.cast(number)
-                yields_within_the_budget = yields
+                yields_within_the_budget = yields.count
                 await other.cast("the last of the budget")
-            finally:
-                trio.lowlevel.remove_instrument(counter)
-        assert (yields_within_the_budget, yields) == (0, 1)
+        assert (yields_within_the_budget, yields.count) == (0, 1)
 
 
 SECRET = "sk-live-0123456789"

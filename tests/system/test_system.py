@@ -12,6 +12,7 @@ import trio
 import trio.testing
 from agents import AT_MOST_ONCE, Boom, Recorder, Runner, Silent, hold_forever, lenient_config, until
 from guarded import run_guarded
+from yields import StepsOf
 
 from supervisor import (
     ChildSpec,
@@ -1349,22 +1350,10 @@ class TestSpawnWithNothingToStart:
     async def test_spawns_take_a_schedule_point_once_every_send_budget(
         self, system: MessageSystem
     ) -> None:
-        spawner = trio.lowlevel.current_task()
-        yields = 0
-
-        class CountSpawnersYields(trio.abc.Instrument):
-            def after_task_step(self, task: trio.lowlevel.Task) -> None:
-                nonlocal yields
-                yields += task is spawner
-
-        counter = CountSpawnersYields()
-        trio.lowlevel.add_instrument(counter)
-        try:
+        with StepsOf(trio.lowlevel.current_task()) as yields:
             for _ in range(3 * SEND_BUDGET):
                 await system.spawn(BuiltOnly, [], [])
-        finally:
-            trio.lowlevel.remove_instrument(counter)
-        assert yields == 3
+        assert yields.count == 3
         assert system.get_stats()[0].agents_running == 3 * SEND_BUDGET
 
     async def test_the_instance_is_built_in_the_spawners_task(self, system: MessageSystem) -> None:
