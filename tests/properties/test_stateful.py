@@ -70,8 +70,10 @@ Invariants (after every step unless said otherwise):
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import math
+import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -146,6 +148,11 @@ RETRIED = frozenset(
 SETTLE = 400.0
 #: Real seconds the system may take to start in its thread before the example fails.
 STARTUP_TIMEOUT = 60.0
+#: Real seconds one step may take before it counts as a hang (a step takes milliseconds: time
+#: stands still within it, so a step that waits for time to pass would never end).
+STEP_TIMEOUT = 10.0
+#: Real seconds the system may take to shut down at the end of an example.
+SHUTDOWN_TIMEOUT = 30.0
 #: Float noise allowed when comparing a completion time with a deadline.
 EPSILON = 1e-9
 
@@ -890,6 +897,9 @@ class TrioThread:
         self.token: trio.lowlevel.TrioToken | None = None
         self.error: BaseException | None = None
         self._ready = threading.Event()
+        #: Drives each step from a thread of its own, so that the test thread can give up on
+        #: one that hangs.
+        self._driver = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="step")
         self._thread = threading.Thread(target=self._main, name="trio-machine", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout=STARTUP_TIMEOUT):
@@ -928,12 +938,32 @@ class TrioThread:
             await step(*args)
             await trio.testing.wait_all_tasks_blocked()
 
+        step_over = self._driver.submit(trio.from_thread.run, then_settle, trio_token=self.token)
         try:
-            trio.from_thread.run(then_settle, trio_token=self.token)
+            step_over.result(timeout=STEP_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            raise AssertionError(
+                f"{step.__name__}{args} has not ended after {STEP_TIMEOUT} s: it hangs, with "
+                f"these tasks waiting:\n{self._waiting_tasks()}"
+            ) from None
         except trio.RunFinishedError:
             self._thread.join()
             self._raise_if_failed()
             raise
+
+    def _waiting_tasks(self) -> str:
+        """Where each task of the run waits (its innermost frames), as far as the run answers
+        within a few seconds."""
+        described: list[str] = []
+        asking = threading.Thread(
+            target=lambda: described.append(
+                trio.from_thread.run_sync(_describe_tasks, trio_token=self.token)
+            ),
+            daemon=True,
+        )
+        asking.start()
+        asking.join(timeout=5.0)
+        return described[0] if described else "(the run did not answer)"
 
     def check(self, check: Callable[[], None]) -> None:
         """Run ``check`` in the Trio thread (which is idle: nothing changes under it)."""
@@ -955,9 +985,35 @@ class TrioThread:
 
             with contextlib.suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(finish, trio_token=self.token)
-        self._thread.join()
+        self._thread.join(timeout=SHUTDOWN_TIMEOUT)
+        self._driver.shutdown(wait=False)
+        if self._thread.is_alive():
+            raise AssertionError(f"the system has not shut down after {SHUTDOWN_TIMEOUT} s")
         if report:
             self._raise_if_failed()
+
+
+TRIO_SOURCE = os.path.dirname(trio.__file__)
+
+
+def _describe_tasks() -> str:
+    """Every task of the current run, indented under its parent, with its innermost frames
+    outside Trio."""
+    lines: list[str] = []
+
+    def describe(task: trio.lowlevel.Task, depth: int) -> None:
+        frames = [
+            f"{frame.f_code.co_name}:{line}"
+            for frame, line in task.iter_await_frames()
+            if not frame.f_code.co_filename.startswith(TRIO_SOURCE)
+        ]
+        lines.append(f"{'  ' * depth}{task.name}: {' > '.join(frames[-4:])}")
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                describe(child, depth + 1)
+
+    describe(trio.lowlevel.current_root_task(), 0)
+    return "\n".join(lines)
 
 
 # -- the machine ------------------------------------------------------------------------------
