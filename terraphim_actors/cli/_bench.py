@@ -233,7 +233,7 @@ class SummaryRow:
 def _cast_one_to_one(records: Records) -> Verdict:
     rate = records.median("cast_throughput", "agents_one_to_one")
     ratio = records.ratio("cast_throughput", "cast_one_to_one_ratio_to_floor")
-    return f"{rate:,.0f} casts/s handled, 1->1 ({ratio:.2f}x floor)", ratio >= 2.2
+    return f"{rate:,.0f} casts/s handled, 1->1 ({ratio:.2f}x floor)", ratio >= 2.5
 
 
 def _cast_pattern(pattern: str, shown: str) -> Callable[[Records], Verdict]:
@@ -497,7 +497,7 @@ CLAIMS = (
         "throughput",
         "cast_throughput",
         "10,000+ messages/second",
-        ">= 2.2x floor",
+        ">= 2.5x floor",
         _cast_one_to_one,
     ),
     Claim("fan-in", "cast_throughput", "", "", _cast_pattern("fan_in", "many->1")),
