@@ -505,13 +505,14 @@ class Supervisor:
                     # Cancelled before it ran (its start was), it runs none of its code.
                     if not started_already:
                         await trio.lowlevel.checkpoint_if_cancelled()
+                    # A run that counts as started already has nothing left to report.
                     if child.takes_task_status:
-                        # A run that counts as started already has nothing left to report.
                         await child.start(
                             task_status=trio.TASK_STATUS_IGNORED if started_already else run
                         )
                     else:
-                        run.started()
+                        if not started_already:
+                            run.started()
                         await child.start()
                 except Hibernate as request:
                     hibernate = request
@@ -967,7 +968,7 @@ class Supervisor:
             DuplicateChild, SupervisorNotRunning, InvalidSpec: as :meth:`start_child`.
         """
         self._check_running()
-        if self._lock.locked():
+        if not self.can_start_nowait():
             raise trio.WouldBlock
         self._check_new(spec, self._children, id, start)
         if id is None:
@@ -975,6 +976,12 @@ class Supervisor:
         child = self._children[id] = Child(spec, self, id, spec.start if start is None else start)
         self._run_started(child, value)
         return child
+
+    def can_start_nowait(self) -> bool:
+        """Whether :meth:`start_child_nowait` would start a child now: the supervisor runs and
+        no change to its children is under way. Only a schedule point can change that, so a
+        caller can ask before it prepares the child's start."""
+        return self._nursery is not None and not self._stopping and not self._lock.locked()
 
     async def _add(
         self,

@@ -8,14 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from supervisor import (
-    ChildSpec,
-    CurrentChild,
-    RestartType,
-    Supervisor,
-    SupervisorNotRunning,
-    current_child,
-)
+from supervisor import ChildSpec, CurrentChild, RestartType, Supervisor, current_child
 
 from .._core.ids import AgentId
 from .._core.notifications import StopReason
@@ -160,29 +153,23 @@ async def start_agent(supervisor: Supervisor, starter: AgentStarter) -> None:
 
 def start_agent_now(supervisor: Supervisor, starter: AgentStarter) -> bool:
     """Start ``starter``'s new agent as :func:`start_agent` does, without waiting for its task,
-    when its first instance has nothing to wait for (no ``on_start``): the instance is built
-    now, in the caller's task, and counts as started at once. Returns False when the start
-    must wait (the instance has an ``on_start``, or a change to the supervisor's children is
-    under way): :func:`start_agent` then runs the instance built here, and if that start
-    fails before it runs, :meth:`AgentCell.abandon` settles it.
+    when nothing stands in the way (``Supervisor.can_start_nowait``) and its first instance has
+    nothing to wait for (no ``on_start``): the instance is built now, in the caller's task, and
+    counts as started at once. Returns False when the start must wait: having built nothing
+    if the supervisor is busy, or an instance whose constructor set an ``on_start`` of its own,
+    which :func:`start_agent` then runs (abandon it, ``AgentCell.abandon``, if that start fails
+    before it runs).
 
     Raises:
         AgentStartFailed: building the instance raised.
-        SupervisorNotRunning: the supervisor is not running (the built instance is abandoned).
     """
+    if not supervisor.can_start_nowait():
+        return False
     cell = starter.new_cell()
     if cell.prepare().begin is not None:
         return False
     spec = _shared_spec(starter.restart, starter.shutdown)
-    try:
-        child = supervisor.start_child_nowait(
-            spec, id=starter.agent_id, start=starter, value=cell.ref
-        )
-    except trio.WouldBlock:
-        return False
-    except SupervisorNotRunning:
-        cell.abandon()
-        raise
+    child = supervisor.start_child_nowait(spec, id=starter.agent_id, start=starter, value=cell.ref)
     cell.started_without_wait(child)
     return True
 

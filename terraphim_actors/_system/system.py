@@ -311,22 +311,20 @@ class MessageSystem:
         if hibernate_after is not None:
             _set_hibernate_after(starter, hibernate_after)
         cluster = self.cluster
+        # Perhaps nothing to wait for (see ``start_agent_now``): a cancellation point, and a
+        # schedule point once every ``SEND_BUDGET`` such spawns, as an awaited cast is.
+        at_once = agent_class.on_start is Agent.on_start
         if cluster is not None and name is not None:
             await cluster.claim(name, starter.agent_id)
-        elif agent_class.on_start is Agent.on_start:
-            # Nothing to wait for (see ``start_agent_now``): a cancellation point, and a
-            # schedule point once every ``SEND_BUDGET`` such spawns, as an awaited cast is.
+            at_once = False  # a failed start releases the claim, as ``start_agent`` reports it
+        elif at_once:
             await trio.lowlevel.checkpoint_if_cancelled()
-            try:
-                started = start_agent_now(self.root, starter)
-            except SupervisorNotRunning:
-                raise SystemClosed("the message system is shutting down") from None
-            if started:
+        try:
+            if at_once and start_agent_now(self.root, starter):
                 if send_budget_spent():
                     await trio.lowlevel.cancel_shielded_checkpoint()
-                return _started_ref(starter)
-        try:
-            await start_agent(self.root, starter)
+            else:
+                await start_agent(self.root, starter)
         except ChildStartFailed as failure:
             if cluster is not None:
                 cluster.release(starter.agent_id, StopReason.NOPROC)
@@ -338,7 +336,9 @@ class MessageSystem:
         finally:
             if starter.cell is not None:
                 starter.cell.abandon()  # built by ``start_agent_now``, and never run
-        return _started_ref(starter)
+        assert starter.cell is not None  # it has started
+        ref: AgentRef = starter.cell.ref
+        return ref
 
     def agent_spec(
         self,
@@ -1108,12 +1108,6 @@ async def _remove_child(placement: CurrentChild) -> None:
         await placement.supervisor.remove_child(placement.id)
     except ChildIsCaller as error:  # a task of the agent's own subtree, not its main task
         raise CallToSelf(f"{error}: use ctx.stop()") from error
-
-
-def _started_ref(starter: AgentStarter) -> AgentRef:
-    assert starter.cell is not None  # it has started
-    ref: AgentRef = starter.cell.ref
-    return ref
 
 
 def _unwrap(failure: ChildStartFailed) -> Exception:

@@ -84,6 +84,21 @@ async def test_a_child_cancelled_before_its_code_ran_still_runs_to_settle() -> N
         assert worker.log == ["began", "settled"]
 
 
+async def test_a_child_started_nowait_whose_start_takes_no_task_status_runs_once() -> None:
+    ran: list[str] = []
+
+    async def plain() -> None:
+        ran.append("began")
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):  # a child restarted over and over never lets all tasks block
+        async with Supervisor() as supervisor:
+            supervisor.start_child_nowait(ChildSpec("plain", plain), value="ready")
+            await trio.testing.wait_all_tasks_blocked()
+            [info] = supervisor.which_children()
+            assert (ran, info.state, info.restarts) == (["began"], ChildState.RUNNING, 0)
+
+
 async def test_start_child_nowait_would_block_while_a_start_is_under_way() -> None:
     release = trio.Event()
 
@@ -95,11 +110,13 @@ async def test_start_child_nowait_would_block_while_a_start_is_under_way() -> No
     async with Supervisor() as supervisor, trio.open_nursery() as nursery:
         nursery.start_soon(supervisor.start_child, ChildSpec("slow", slow_start))
         await trio.testing.wait_all_tasks_blocked()
+        assert not supervisor.can_start_nowait()
         with pytest.raises(trio.WouldBlock):
             supervisor.start_child_nowait(Worker().spec())
         assert [child.id for child in supervisor.which_children()] == ["slow"]
         release.set()
         await trio.testing.wait_all_tasks_blocked()
+        assert supervisor.can_start_nowait()
         supervisor.start_child_nowait(Worker().spec())
         assert [child.id for child in supervisor.which_children()] == ["slow", "worker"]
         nursery.cancel_scope.cancel()
@@ -116,5 +133,6 @@ async def test_start_child_nowait_refuses_a_taken_id() -> None:
 async def test_start_child_nowait_refuses_once_the_supervisor_has_stopped() -> None:
     async with Supervisor() as supervisor:
         pass
+    assert not supervisor.can_start_nowait()
     with pytest.raises(SupervisorNotRunning):
         supervisor.start_child_nowait(Worker().spec())

@@ -102,6 +102,32 @@ async def test_what_a_shutdown_left_unhandled_is_replayed_in_order_with_its_atte
     assert books.sent == 1
 
 
+class StopsSlowly(Agent):
+    """Takes half a second to stop: its stop holds its supervisor's lock that long."""
+
+    async def on_stop(self, reason: object) -> None:
+        await trio.sleep(0.5)
+
+
+async def test_a_spawn_cancelled_while_it_waits_leaves_what_was_kept_for_the_next_spawn(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "agents.db"
+    await run_once(path, Recorder, 1, "block", 0, 1)
+    log: list[Any] = []
+    seen = trio.Event()
+    async with open_message_system(config(path)) as system:
+        slow = await system.spawn(StopsSlowly)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(system.stop, slow)  # holds the root supervisor's lock
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.move_on_after(0.1):
+                await system.spawn(Unblocked, [], 3, trio.Event(), name="worker")
+        await system.spawn(Unblocked, log, 3, seen, name="worker")
+        await seen.wait()
+    assert log == [("block", 1), (0, 0), (1, 0)]
+
+
 async def test_attempts_add_up_across_restarts(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

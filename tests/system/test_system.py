@@ -1383,7 +1383,7 @@ class TestSpawnWithNothingToStart:
             await system.spawn(BuiltOnly, built, [], name="never")
         assert (built, system.whereis("never")) == ([], None)
 
-    async def test_a_spawn_that_waits_for_its_supervisor_runs_the_instance_built_for_it(
+    async def test_a_spawn_that_waits_for_its_supervisor_builds_nothing_meanwhile(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:
         first = await system.spawn(BuiltOnly, [], [], 0.5)
@@ -1391,24 +1391,26 @@ class TestSpawnWithNothingToStart:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(system.stop, first)  # holds the root's lock for 0.5 s
             await trio.testing.wait_all_tasks_blocked()
-            ref = await system.spawn(BuiltOnly, built, [], name="late")
-            assert trio.current_time() == pytest.approx(0.5)
+            nursery.start_soon(functools.partial(system.spawn, BuiltOnly, built, [], name="late"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert (built, system.whereis("late")) == ([], None)
         assert len(built) == 1
-        assert await ref.call("late but there") == "late but there"
+        late = system.whereis("late")
+        assert late is not None
+        assert await late.call("late but there") == "late but there"
 
     async def test_a_spawn_cancelled_while_waiting_for_its_supervisor_leaves_no_agent(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:
         first = await system.spawn(BuiltOnly, [], [], 0.5)
-        log: list[str] = []
+        built: list[Any] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(system.stop, first)
             await trio.testing.wait_all_tasks_blocked()
             with trio.move_on_after(0.1):
-                await system.spawn(BuiltOnly, [], log, name="late")
-        assert system.whereis("late") is None
-        assert log == []  # it never ran, so it has nothing to stop
-        assert [ref.name for ref in system.agents] == []
+                await system.spawn(BuiltOnly, built, [], name="late")
+        assert (built, system.whereis("late"), system.agents) == ([], None, [])
+        assert system.get_stats()[0].agents_spawned == 1
 
 
 class TestShutdownTime:
