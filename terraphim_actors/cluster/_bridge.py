@@ -724,7 +724,10 @@ class Bridge:
             await _close_quietly(client)
             raise
         self._client = client
-        self._jetstream = client.jetstream()
+        # JetStream's own requests (streams, consumers, buckets) that carry no deadline of
+        # their own wait as long as the connection may: a replicated stream answers only once
+        # its servers have a leader, which takes seconds after a server is lost.
+        self._jetstream = client.jetstream(timeout=config.connect_timeout)
 
     def _begin_shutdown(self, _: None) -> None:
         assert self._loop is not None

@@ -77,7 +77,9 @@ class ClusterConfig:
     says it is alive, ``heartbeat_ttl`` how long after its last beat it counts as gone (more
     than the interval). ``duplicate_window`` is how long JetStream remembers a message id to
     drop a republished copy; ``replicas`` (1 to 5) how many servers keep each stream (3
-    against a 3-server NATS cluster); ``connect_timeout`` bounds the first connection.
+    against a 3-server NATS cluster); ``connect_timeout`` bounds the first connection and each
+    JetStream request that has no deadline of its own (setting up streams, consumers and
+    buckets, which a replicated stream answers only once its servers have a leader).
     """
 
     servers: Sequence[str] = attrs.field(converter=_servers)
