@@ -170,7 +170,8 @@ class Inbox(Protocol):
         ...
 
     def __len__(self) -> int:
-        """Messages waiting: what least-loaded balancing reads."""
+        """Messages waiting in it for their handler (0 for an inbox that keeps none, as a
+        remote agent's does). Balancing reads the occupant's ``load`` instead."""
         ...
 
 
