@@ -386,7 +386,13 @@ class GenServer:
         served_before = False
         batch_started = clock()
         try:
-            while cell._stop_requested is None or (cell._draining and len(mailbox)):
+            # ``first`` was taken from the mailbox already: served even by a draining instance
+            # whose mailbox it emptied.
+            while (
+                cell._stop_requested is None
+                or first is not None
+                or (cell._draining and len(mailbox))
+            ):
                 if scoped and self._handler_scope is None:  # not ``cancel_called``: it reads
                     return None  # the clock
                 if served >= _BATCH:

@@ -37,6 +37,7 @@ from terraphim_actors import (
     MessageSystem,
     MessageSystemConfig,
     OverflowPolicy,
+    Priority,
     StopReason,
     SystemShutdown,
     SystemStats,
@@ -772,6 +773,30 @@ class TestSubscribe:
             assert inbox == [AgentStarted(other.id)]
             inbox.clear()
         assert inbox == [SystemShutdown(), AgentExited(other.id, StopReason.SHUTDOWN)]
+
+    async def test_subscriber_answers_the_first_call_it_takes_while_draining(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A subscriber busy when the shutdown comes handles what waits behind the
+        ``SystemShutdown`` notice before it stops: a call there, the first call it ever takes,
+        is answered (it was once dropped unanswered, its caller left waiting)."""
+        answers: list[Any] = []
+        async with trio.open_nursery() as callers:
+            async with open_message_system() as system:
+                subscriber = await system.spawn(Runner, shutdown=10)
+                system.subscribe(subscriber)
+                await subscriber.cast(lambda ctx: trio.sleep(1))
+
+                async def call_behind_the_notice() -> None:
+                    with trio.move_on_after(60):  # the call waited forever when dropped
+                        reply = await subscriber.call(lambda ctx: "answered", priority=Priority.LOW)
+                        answers.append(reply)
+
+                await trio.testing.wait_all_tasks_blocked()
+                callers.start_soon(call_behind_the_notice)
+                await trio.testing.wait_all_tasks_blocked()
+        assert answers == ["answered"]
+        assert system.delivery.get_stats().pending == 0
 
     async def test_subscriber_that_stopped_hears_nothing_more(self, system: MessageSystem) -> None:
         """A subscriber that has stopped is dropped from the subscribers: no dead letters."""
