@@ -390,6 +390,10 @@ class AgentCell(ActivatingInbox):
         stopping = self._stopping
         if stopping is not None and prepared is None:  # a kill before a prepared run stands
             stopping.killed = False
+        if self.system.over_by != math.inf:
+            # Begun once the shutdown was cut short (a sleeper woken, a start late to run):
+            # cut short as those running then were.
+            self.cut_short(self.system.over_by)
         try:
             try:
                 # The instance's whole life, ``on_start`` included, can be killed.
@@ -762,7 +766,8 @@ class AgentCell(ActivatingInbox):
         if self._stop_requested is None:
             self._stop_requested = reason
             stopping.requested_at = now = self.system.clock.current_time()
-            stopping.deadline = now + self.shutdown
+            # Never later than a deadline set before (the shutdown's, cut short).
+            stopping.deadline = min(stopping.deadline, now + self.shutdown)
             stopping.draining = drain
         if final:
             stopping.final = True
@@ -775,10 +780,9 @@ class AgentCell(ActivatingInbox):
             self._stopping_record().killed = True
             self._instance_scope.cancel()
 
-    def cut_short(self, grace: float) -> None:
-        """Cancel the running instance now and give its ``on_stop`` (running or to come) at
-        most ``grace`` more seconds: the system's shutdown deadline has passed."""
-        deadline = self.system.clock.current_time() + grace
+    def cut_short(self, deadline: float) -> None:
+        """Cancel the running instance now and let its ``on_stop`` (running or to come) run
+        until Trio time ``deadline`` at most: the system's shutdown deadline has passed."""
         stopping = self._stopping_record()
         stopping.deadline = min(stopping.deadline, deadline)
         cleanup = stopping.cleanup_scope

@@ -50,6 +50,12 @@ class AgentHost(Protocol):
         ...
 
     @property
+    def over_by(self) -> float:
+        """Trio time by which every agent must be over, its ``on_stop`` included: ``inf``
+        until the shutdown's deadline has passed (or a second signal cut it short)."""
+        ...
+
+    @property
     def thread_id(self) -> int: ...
 
     @property

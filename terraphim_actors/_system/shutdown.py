@@ -44,7 +44,7 @@ class ShutdownWatch:
         self._system = system
         self._started_at = system.clock.current_time()
         #: Trio time by which every agent is over (``inf`` until the deadline has passed).
-        self._over_by = math.inf
+        self.over_by = math.inf
         self._warned: set[AgentCell] = set()
         running = len(_running(system))
         logger.info(
@@ -76,7 +76,7 @@ class ShutdownWatch:
             self._deadline_timer.cancel()
             self._deadline_timer = None
         running = _running(self._system)
-        self._over_by = min(self._over_by, self._system.clock.current_time() + GRACE_AFTER_DEADLINE)
+        self.over_by = min(self.over_by, self._system.clock.current_time() + GRACE_AFTER_DEADLINE)
         if running:
             logger.warning(
                 "message system shutdown %s: cancelling %d agent%s still running"
@@ -86,8 +86,10 @@ class ShutdownWatch:
                 "" if len(running) == 1 else "s",
                 GRACE_AFTER_DEADLINE,
             )
+        # An agent that runs no instance now (asleep, or not started yet) is cut short as
+        # its instance begins, the system's ``over_by`` telling it.
         for cell in running:
-            cell.cut_short(GRACE_AFTER_DEADLINE)
+            cell.cut_short(self.over_by)
 
     def _deadline_passed(self) -> None:
         self.cut_short("deadline passed")
@@ -111,7 +113,7 @@ class ShutdownWatch:
                     cell.id,
                     now - since,
                     cell.activity,
-                    max(0.0, min(cell.stop_deadline, self._over_by) - now),
+                    max(0.0, min(cell.stop_deadline, self.over_by) - now),
                 )
             else:
                 next_check = min(next_check, since + HELD_UP_AFTER)

@@ -1029,6 +1029,13 @@ class MessageSystem:
             self._shutdown_watch = None
             watch.close()
 
+    @property
+    def over_by(self) -> float:
+        """Trio time by which every agent must be over: ``inf`` until the shutdown is cut
+        short (see :meth:`cut_shutdown_short`)."""
+        watch = self._shutdown_watch
+        return math.inf if watch is None else watch.over_by
+
     def cut_shutdown_short(self, why: str) -> None:
         """Cancel every agent still running at once, as a passed ``shutdown_deadline`` does:
         each ``on_stop`` runs with ``StopReason.KILLED`` within one more second. A second

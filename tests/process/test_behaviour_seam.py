@@ -27,6 +27,7 @@ class FakeHost:
     def __init__(self) -> None:
         self.clock = trio.lowlevel.current_clock()
         self.closing = False
+        self.over_by = math.inf
         self.published: list[object] = []
         self.retired: list[AgentCell] = []
         self.crashes = 0

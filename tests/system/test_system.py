@@ -781,20 +781,23 @@ class TestSubscribe:
         ``SystemShutdown`` notice before it stops: a call there, the first call it ever takes,
         is answered (it was once dropped unanswered, its caller left waiting)."""
         answers: list[Any] = []
-        async with trio.open_nursery() as callers:
-            async with open_message_system() as system:
-                subscriber = await system.spawn(Runner, shutdown=10)
-                system.subscribe(subscriber)
-                await subscriber.cast(lambda ctx: trio.sleep(1))
 
-                async def call_behind_the_notice() -> None:
-                    with trio.move_on_after(60):  # the call waited forever when dropped
-                        reply = await subscriber.call(lambda ctx: "answered", priority=Priority.LOW)
-                        answers.append(reply)
+        async def busy_for_a_second(ctx: Context) -> None:
+            await trio.sleep(1)
 
-                await trio.testing.wait_all_tasks_blocked()
-                callers.start_soon(call_behind_the_notice)
-                await trio.testing.wait_all_tasks_blocked()
+        async with trio.open_nursery() as callers, open_message_system() as system:
+            subscriber = await system.spawn(Runner, shutdown=10)
+            system.subscribe(subscriber)
+            await subscriber.cast(busy_for_a_second)
+
+            async def call_behind_the_notice() -> None:
+                with trio.move_on_after(60):  # the call waited forever when dropped
+                    reply = await subscriber.call(lambda ctx: "answered", priority=Priority.LOW)
+                    answers.append(reply)
+
+            await trio.testing.wait_all_tasks_blocked()
+            callers.start_soon(call_behind_the_notice)
+            await trio.testing.wait_all_tasks_blocked()
         assert answers == ["answered"]
         assert system.delivery.get_stats().pending == 0
 
@@ -1787,6 +1790,57 @@ class TestShutdownDeadline:
 
         began = run_guarded(body)
         assert [end - began for end in ends] == pytest.approx([1.5, 1.5, 1.5])
+
+    def test_a_sleeper_reached_after_the_deadline_gets_one_second_for_on_stop(self) -> None:
+        """A hibernated agent that the shutdown reaches once the deadline has passed, woken
+        only to stop, gets no more time than an awake one: its ``on_stop`` ends one second
+        after the deadline, not after the agent's whole shutdown time."""
+        stops: list[tuple[ExitReason, float]] = []
+
+        class SleepsAndStopsSlowly(Agent):
+            async def on_stop(self, reason: ExitReason) -> None:
+                try:
+                    await trio.sleep(5.0)
+                finally:
+                    stops.append((reason, trio.current_time()))
+
+        async def body() -> float:
+            config = attrs.evolve(AT_MOST_ONCE, shutdown_deadline=1.0)
+            async with open_message_system(config) as system:
+                await system.spawn(SleepsAndStopsSlowly, hibernate_after=0.1, shutdown=10.0)
+                busy = await system.spawn(SlowToStop, [], "busy", 100.0, shutdown=10.0)
+                await busy.cast("work")  # stopped first (newest first), and past the deadline
+                await trio.sleep(1.0)
+                assert system.get_stats()[0].agents_hibernated == 1
+                began = trio.current_time()
+            return began
+
+        began = run_guarded(body)
+        assert [(reason, at - began) for reason, at in stops] == [
+            (StopReason.SHUTDOWN, pytest.approx(2.0))
+        ]
+
+    def test_a_sleeper_woken_before_the_cut_whose_task_had_not_run_is_cut_short(self) -> None:
+        """A message woke a sleeper, and the shutdown was cut short before the woken agent's
+        task ran: its handler is cancelled as every running one is, and its ``on_stop`` gets
+        ``KILLED`` within the one second left."""
+        stops: list[tuple[str, ExitReason, float]] = []
+
+        async def body() -> float:
+            async with open_message_system(AT_MOST_ONCE) as system:
+                sleeper = await system.spawn(
+                    SlowToStop, stops, "woken", 5.0, hibernate_after=0.1, shutdown=10.0
+                )
+                await trio.sleep(1.0)
+                assert system.get_stats()[0].agents_hibernated == 1
+                sleeper.cast_nowait("work")  # wakes it; its task runs at the next yield
+                system.cut_shutdown_short("by the test")
+                began = trio.current_time()
+            return trio.current_time() - began
+
+        took = run_guarded(body)
+        assert stops == [("woken", StopReason.KILLED, pytest.approx(1.0))]
+        assert took <= 1.0
 
     def test_without_a_deadline_each_agent_gets_its_shutdown_time_in_turn(self) -> None:
         """No cap: the shutdown takes the sum of the agents' shutdown times, as before."""
