@@ -409,7 +409,7 @@ class GenServer:
                         mailbox.record_processing_time(idle_from - batch_started, idle_from)
                         served, served_before = 0, False
                     try:
-                        if hibernate_after is None:
+                        if hibernate_after is None or cell.system.closing:
                             await mailbox.wait_for_arrival()  # request_stop interrupts it
                         elif (
                             not await _arrival_by(mailbox, idle_from + hibernate_after)

@@ -589,10 +589,13 @@ class AgentCell(ActivatingInbox):
 
     def can_hibernate(self) -> bool:
         """Whether the instance is idle enough to sleep: nothing waiting or in hand, no
-        background task of its own alive, no stop asked for. (Its timers and the replies it
-        deferred do not keep it awake: a timer wakes it, a deferred reply needs no task.)"""
+        background task of its own alive, no stop asked for, the system not shutting down
+        (a stopping supervisor wakes nobody, and a subscriber is to handle what it is sent
+        until it stops). Its timers and the replies it deferred do not keep it awake: a timer
+        wakes it, a deferred reply needs no task."""
         return (
-            not self._background
+            not self.system.closing
+            and not self._background
             and not self.mailbox
             and self._in_hand is None
             and self._stop_requested is None
@@ -718,11 +721,11 @@ class AgentCell(ActivatingInbox):
         """
         if self.state is CellState.STOPPED:
             return
+        self.mailbox.close()  # first: its own exit's notice is not for its own mailbox
         if self.state is CellState.HIBERNATED:
             self._settle_sleeper(reason)
         self.state = transition(self.state, CellState.STOPPED)
         self._stopping_record().exit_reason = reason
-        self.mailbox.close()
         for envelope in self.mailbox.drain():
             self._drop(envelope, self._undelivered_reason(), reason)
         if self.endpoint.admission is not None:  # some may wait for its budgets

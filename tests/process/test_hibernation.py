@@ -14,6 +14,7 @@ from agents import Boom, Recorder, Runner, lenient_config, run_action
 from supervisor import RestartStrategy
 from terraphim_actors import (
     Agent,
+    AgentExited,
     Context,
     DeferredReply,
     DeliveryGuarantee,
@@ -23,6 +24,7 @@ from terraphim_actors import (
     MessageSystem,
     Priority,
     StopReason,
+    SystemShutdown,
     cast,
     open_message_system,
 )
@@ -433,6 +435,45 @@ class TestStopping:
             await trio.sleep(11.0)
         stop = [("stop", StopReason.SHUTDOWN)] if agent_class is Sleeper else []
         assert log == ["start", "hibernate", *stop]
+
+    @pytest.mark.parametrize("agent_class", [Sleeper, LightSleeper])
+    async def test_a_sleeping_subscriber_stopped_gets_no_notice_of_its_own_exit(
+        self, system: MessageSystem, autojump_clock: Clock, agent_class: type[Sleeper]
+    ) -> None:
+        """Its exit's notice goes to the other subscribers, not into its own closing mailbox
+        as a dead letter."""
+        log: list[Any] = []
+        sleeper = await system.spawn(agent_class, log)
+        system.subscribe(sleeper)
+        await trio.sleep(11.0)
+        assert hibernated(system) == 1
+        await system.stop(sleeper)
+        assert system.dead_letters == ()
+
+    async def test_a_subscriber_stays_awake_through_the_shutdown_to_hear_every_exit(
+        self, autojump_clock: Clock
+    ) -> None:
+        """A subscriber that would sleep while a busy agent holds the shutdown up does not:
+        it hears of that agent's exit, as one that never sleeps does, and nothing sent to it
+        (its own exit's notice included) ends as a dead letter."""
+        log: list[Any] = []
+        async with open_message_system() as system:
+            watcher = await system.spawn(Sleeper, log, hibernate_after=0.5)
+            system.subscribe(watcher)
+            busy = await system.spawn(Runner, shutdown=3.0)
+
+            async def hold_the_shutdown_up(ctx: Context) -> None:
+                await trio.sleep(100.0)
+
+            await busy.cast(hold_the_shutdown_up)
+            await trio.testing.wait_all_tasks_blocked()
+            log.clear()
+        assert log == [
+            ("info", SystemShutdown()),
+            ("info", AgentExited(busy.id, StopReason.KILLED)),
+            ("stop", StopReason.SHUTDOWN),
+        ]
+        assert [letter.envelope.recipient for letter in system.dead_letters] == [busy.id]
 
     async def test_shutdown_settles_a_call_a_sleeper_deferred(self, autojump_clock: Clock) -> None:
         """What the kept instance promised is settled as its end would: the caller hears."""
