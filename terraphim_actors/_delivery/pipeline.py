@@ -94,11 +94,13 @@ _RAISED = frozenset(
 #: is refused (counted as never sent), and the sender hears the error.
 _NOT_TAKEN = (OwnMailboxFull, InvalidMessage, UnencodablePayload)
 
-#: Failures that say nothing of the agent, so do not count against its circuit (``EXPIRED``:
-#: its budgets could not admit the message before its deadline; ``SYSTEM_STOPPED``: the system
-#: shut down before they did).
+#: Failures that say nothing of the agent's health, so do not count against its circuit
+#: (``EXPIRED``: its budgets could not admit the message before its deadline;
+#: ``SYSTEM_STOPPED``: the system shut down before they did; ``AGENT_STOPPED``: it stopped
+#: for good, and its refusals must keep saying so, not that its circuit is open).
 _NOT_THE_AGENTS = frozenset(
     {
+        DeadLetterReason.AGENT_STOPPED,
         DeadLetterReason.CIRCUIT_OPEN,
         DeadLetterReason.UNREACHABLE,
         DeadLetterReason.EXPIRED,

@@ -712,6 +712,32 @@ class TestMissingRecipient:
         assert log == []
 
 
+class TestStoppedRecipient:
+    """An agent stopped for good refuses at once, however many sends it refuses: its circuit
+    breaker does not count the refusals (its stop says nothing of its health), so it never
+    answers for the stop."""
+
+    @pytest.mark.at_most_once
+    async def test_at_most_once_casts_are_dropped_quietly_however_many(
+        self, system: MessageSystem
+    ) -> None:
+        ref = await system.spawn(Silent)
+        await system.stop(ref)
+        for number in range(10):
+            await ref.cast(number)
+        assert reasons(system) == [DeadLetterReason.AGENT_STOPPED] * 10
+
+    async def test_retrying_casts_are_dead_letters_at_once_however_many(
+        self, system: MessageSystem
+    ) -> None:
+        ref = await system.spawn(Silent)
+        await system.stop(ref)
+        for number in range(10):
+            await ref.cast(number)
+        assert reasons(system) == [DeadLetterReason.AGENT_STOPPED] * 10
+        assert system.delivery.get_stats().pending == 0
+
+
 class TestCallRetries:
     async def test_error_in_handle_call_is_never_retried(
         self, autojump_clock: trio.testing.MockClock
