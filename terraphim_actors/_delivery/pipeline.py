@@ -408,6 +408,7 @@ class DeliveryManager:
             raise  # no retry would find room that only the sender could make, or encode it
         except _PUT_FAILURES as error:
             self._release(envelope)
+            await spend_send_budget()  # refused before the inbox spent it: a send all the same
             return _failure_of(error, endpoint)
         self.ledger.delivered()
         if "message_delivered" in self._instruments:

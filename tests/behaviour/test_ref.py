@@ -947,13 +947,16 @@ class TestRefBadInputAndCheckpoints:
         assert scope.cancelled_caught
         release.set()
 
+    @pytest.mark.parametrize("refused", [False, True], ids=["delivered", "refused"])
     async def test_a_sender_that_never_waits_yields_once_per_send_budget(
-        self, system: MessageSystem
+        self, system: MessageSystem, refused: bool
     ) -> None:
-        """Casts that find room complete without a scheduler round of their own, but a task
-        casting in a loop still lets the others run at least once every ``SEND_BUDGET``
-        casts (the cooperative budget)."""
+        """Casts that find room, or that an agent stopped for good refuses, complete without
+        a scheduler round of their own, but a task casting in a loop still lets the others
+        run at least once every ``SEND_BUDGET`` casts (the cooperative budget)."""
         ref = await system.spawn(Recorder, [])
+        if refused:
+            await system.stop(ref)
         casts = 10 * SEND_BUDGET
         turns = 0
 
