@@ -116,9 +116,10 @@ class MailboxStats:
     total_processing_time: float
     #: ``total_processing_time`` per processed message.
     average_processing_time: float
-    #: Trio time of the last blocking send or receive, or of the end of the agent's last
-    #: batch of messages; ``None`` if there was none. (Reading the clock costs more than a
-    #: non-blocking send, so those do not stamp it.)
+    #: Trio time of the last ``send`` or blocking receive made on the mailbox itself, or of
+    #: the end of the agent's last batch of messages; ``None`` if there was none. The sends
+    #: of refs and of the system do not stamp it, whichever way they take (reading the clock
+    #: costs more than a send that finds room): the agent's batches say when it was active.
     last_activity: float | None
 
 
@@ -275,6 +276,7 @@ class Mailbox:
         """
         _check_envelope(envelope)
         await self.put(envelope)
+        self._last_activity = now()
 
     async def put(self, envelope: Envelope) -> None:
         """:meth:`send` for an envelope known to be valid (see :meth:`put_nowait`).
@@ -292,11 +294,9 @@ class Mailbox:
                 raise MailboxClosed(f"the mailbox of {self.agent_id!r} closed while waiting")
             self._limit += 1  # the slot promised to this sender
             self.put_nowait(envelope)
-            self._last_activity = now()
             return
         await trio.lowlevel.checkpoint_if_cancelled()
         self.put_nowait(envelope)
-        self._last_activity = now()
         await spend_send_budget()
 
     async def _refuse_owner(self) -> NoReturn:

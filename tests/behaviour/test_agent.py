@@ -33,6 +33,7 @@ from terraphim_actors import (
     Directive,
     Down,
     ExitReason,
+    Instrument,
     MessageOptions,
     MessageSystem,
     MessageSystemConfig,
@@ -1008,6 +1009,22 @@ class TestStatistics:
         stats = stats_of(system, ref.id)
         assert (stats.last_activity, stats.total_processing_time) == (None, 0.0)
 
+    @pytest.mark.parametrize("observed", [False, True], ids=["plain", "instrumented"])
+    async def test_a_cast_is_not_activity_until_the_agent_handles_it(
+        self, autojump_clock: trio.testing.MockClock, observed: bool
+    ) -> None:
+        """Last activity is the agent's: an awaited cast stamps nothing, whichever way it
+        takes to the mailbox (an instrument that hears of messages makes it take the general
+        one); the end of the batch that handled it does."""
+        config = MessageSystemConfig(instruments=[HearsOfMessages()] if observed else [])
+        async with open_message_system(config) as system:
+            ref = await system.spawn(Runner)
+            await trio.sleep(5)
+            await ref.cast(busy_for(1))
+            stamped_by_the_cast = stats_of(system, ref.id).last_activity
+            await trio.sleep(5)
+            assert (stamped_by_the_cast, stats_of(system, ref.id).last_activity) == (None, 6.0)
+
     async def test_processing_time_counts_a_whole_batch_that_empties_the_mailbox(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:
@@ -1022,6 +1039,13 @@ class TestStatistics:
         assert stats.messages_processed == _BATCH
         assert stats.total_processing_time == pytest.approx(_BATCH / 10)
         assert stats.last_activity == pytest.approx(started + _BATCH / 10)
+
+
+class HearsOfMessages(Instrument):
+    """Listens to the message hooks, and does nothing with what it hears."""
+
+    def message_accepted(self, envelope: Any) -> None:
+        pass
 
 
 class RefusesEveryCast(Agent):
