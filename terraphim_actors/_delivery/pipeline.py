@@ -215,7 +215,11 @@ class DeliveryManager:
         if failure is not None and type(failure) is tuple:  # not taken by a fallback
             self._failed(endpoint, envelope, *failure)
         if commit is not None:
-            await commit.wait()
+            # The message is in its mailbox: a cast that raises ``Cancelled`` must not have
+            # sent it, so a cancellation now waits for the commit, which the journal ends, well
+            # or not, within one write (a lock is waited for at most its ``busy_timeout``).
+            with trio.CancelScope(shield=True):
+                await commit.wait()
 
     def send_nowait(self, endpoint: Endpoint | None, envelope: Envelope) -> None:
         """:meth:`send` without waiting: a full mailbox is a failure (retried or raised). A

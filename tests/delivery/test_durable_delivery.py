@@ -119,6 +119,36 @@ class TestAwaitedSends:
             journal.release()
             await returned.wait()
 
+    async def test_a_cast_cancelled_while_its_commit_is_written_returns_sent(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A cast that raises ``Cancelled`` has not sent its message. One the journal keeps is
+        in the mailbox before it waits for its commit, so a cancellation that comes during
+        that wait waits for the commit too: the cast returns, its message handled, and the
+        caller's next checkpoint raises."""
+        journal = FakeJournal(hold=True)
+        handled: list[Any] = []
+        async with open_message_system(config(journal)) as system:
+            ref = await system.spawn(Recorder, handled, name="worker")
+            returned: list[bool] = []
+
+            async def send() -> None:
+                with trio.CancelScope() as scope:
+                    system.nursery.start_soon(cancel_then_release, scope)
+                    await ref.cast("x")
+                    returned.append(scope.cancel_called)
+                    await trio.lowlevel.checkpoint()
+
+            async def cancel_then_release(scope: trio.CancelScope) -> None:
+                await trio.testing.wait_all_tasks_blocked()  # the cast waits for its commit
+                scope.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                journal.release()
+
+            system.nursery.start_soon(send)
+            await trio.testing.wait_all_tasks_blocked()
+        assert (returned, handled) == ([True], ["x"])
+
     async def test_await_info_and_send_message_wait_too(
         self, autojump_clock: trio.testing.MockClock
     ) -> None:
