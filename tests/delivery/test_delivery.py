@@ -717,19 +717,14 @@ class TestStoppedRecipient:
     breaker does not count the refusals (its stop says nothing of its health), so it never
     answers for the stop."""
 
-    @pytest.mark.at_most_once
-    async def test_at_most_once_casts_are_dropped_quietly_however_many(
-        self, system: MessageSystem
+    @pytest.mark.parametrize(
+        "guarantee",
+        [pytest.param("at most once", marks=pytest.mark.at_most_once), "at least once"],
+    )
+    async def test_casts_are_dead_letters_at_once_however_many(
+        self, system: MessageSystem, guarantee: str
     ) -> None:
-        ref = await system.spawn(Silent)
-        await system.stop(ref)
-        for number in range(10):
-            await ref.cast(number)
-        assert reasons(system) == [DeadLetterReason.AGENT_STOPPED] * 10
-
-    async def test_retrying_casts_are_dead_letters_at_once_however_many(
-        self, system: MessageSystem
-    ) -> None:
+        """Dropped quietly at most once, never waiting for a retry at least once."""
         ref = await system.spawn(Silent)
         await system.stop(ref)
         for number in range(10):
