@@ -225,6 +225,7 @@ class AgentRef:
             CallToSelf: the agent called itself.
             DeliveryFailed: the call could not be delivered within its retries (the last
                 failure is the ``__cause__``); ``CircuitOpen`` at most once.
+            SystemClosed: the system shut down while the call waited to be tried again.
             MailboxFull: at most once, the mailbox is bounded, full, and rejects.
             InvalidConfig: ``timeout``, ``priority`` or ``options`` is not valid.
             WrongThread: called from a thread other than the system's.

@@ -46,6 +46,7 @@ from ..errors import (
     MailboxClosed,
     MailboxFull,
     MessagingError,
+    SystemClosed,
     UnencodablePayload,
 )
 from .admission import AdmissionDesk, Entered
@@ -336,6 +337,7 @@ class DeliveryManager:
             AgentStopped: the agent has stopped for good.
             MailboxFull, CircuitOpen, AgentNotFound: at-most-once, the failure.
             DeliveryFailed: its retries ran out (the last failure is the cause).
+            SystemClosed: the system shut down while it waited for a retry.
             OwnMailboxFull: as for :meth:`send`; the call is not accepted.
         """
         self.ledger.accepted(envelope)
@@ -374,7 +376,11 @@ class DeliveryManager:
                 if "retry_scheduled" in self._instruments:
                     delay = due - self._clock.current_time()
                     self._instruments.call("retry_scheduled", envelope, delay)
-                await self._retries_waiting.wait(envelope, due, reason)  # in the caller's task
+                if not await self._retries_waiting.wait(envelope, due, reason):  # caller's task
+                    raise SystemClosed(
+                        f"{_describe(endpoint, envelope)} not delivered: the system shut down"
+                        f" while it waited for its retry ({error})"
+                    )
                 [(endpoint, envelope)] = self._router.targets_of(envelope, retry=True)[:1]
         except _NOT_TAKEN:
             self.ledger.refused(envelope)  # not accepted: it was never the delivery layer's

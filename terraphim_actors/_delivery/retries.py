@@ -76,9 +76,9 @@ class RetryScheduler:
         self._clock = clock
         self._redeliver = redeliver
         self._random = random.Random(config.seed)
-        #: Each message waiting for a retry, with its timer (``None`` for a call, whose caller
-        #: waits in its own task).
-        self._waiting: dict[RetryCandidate, Timer | None] = {}
+        #: Each message waiting for a retry, with its timer; for a call, whose caller waits in
+        #: its own task, the scope of that wait (which the shutdown cancels to wake it).
+        self._waiting: dict[RetryCandidate, Timer | trio.CancelScope] = {}
 
     def backoff(self, envelope: Envelope) -> float:
         """Seconds before redelivery number ``envelope.attempt`` (1 for the first)."""
@@ -144,14 +144,18 @@ class RetryScheduler:
         del self._waiting[candidate]
         self._redeliver(candidate)
 
-    async def wait(self, envelope: Envelope, due: float, reason: DeadLetterReason) -> None:
-        """Wait in the caller's task until ``due``, listed as waiting meanwhile (a call)."""
+    async def wait(self, envelope: Envelope, due: float, reason: DeadLetterReason) -> bool:
+        """Wait in the caller's task until ``due``, listed as waiting meanwhile (a call).
+        Returns False if :meth:`cancel_all` ended the wait first: the system shuts down."""
         candidate = RetryCandidate(envelope, envelope.attempt, due, reason)
-        self._waiting[candidate] = None
-        try:
-            await trio.sleep_until(due)
-        finally:
-            del self._waiting[candidate]
+        with trio.CancelScope(deadline=due) as waiting:
+            self._waiting[candidate] = waiting
+            try:
+                await trio.sleep_forever()
+            finally:
+                # ``cancel_all`` takes it off the list as it wakes the caller.
+                still_listed = self._waiting.pop(candidate, None) is not None
+        return still_listed
 
     @property
     def waiting(self) -> int:
@@ -163,12 +167,12 @@ class RetryScheduler:
         return tuple(sorted(self._waiting, key=lambda candidate: candidate.due))
 
     def cancel_all(self) -> list[RetryCandidate]:
-        """Cancel every timed retry and return what waited for one (the calls, whose callers
-        settle them when they wake, stay listed)."""
+        """Cancel every timed retry and return what waited for one; wake the callers of the
+        calls that wait for one, who settle them (their :meth:`wait` returns False)."""
         cancelled = []
-        for candidate, timer in list(self._waiting.items()):
-            if timer is not None:
-                del self._waiting[candidate]
-                timer.cancel()
+        for candidate, waiting in list(self._waiting.items()):
+            del self._waiting[candidate]
+            waiting.cancel()
+            if type(waiting) is Timer:
                 cancelled.append(candidate)
         return cancelled

@@ -52,6 +52,7 @@ from terraphim_actors.errors import (
     MailboxFull,
     MessagingError,
     NonRetryable,
+    SystemClosed,
 )
 
 #: A bounded mailbox of one slot that refuses what does not fit.
@@ -1821,3 +1822,29 @@ class TestCallsWaitingForARetry:
         assert await reply == "hello"
         assert [candidate.envelope for candidate in waiting] == [envelope]
         assert retries_waiting == 1
+
+    async def test_a_call_waiting_for_a_retry_fails_with_system_closed_at_the_shutdown(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The shutdown settles the calls waiting for a retry as it does the casts: their
+        callers hear ``SystemClosed`` at once, not when the retry comes due, and nothing is
+        left pending."""
+        failures: list[tuple[type[BaseException], float]] = []
+        async with trio.open_nursery() as callers:
+            async with open_message_system() as system:
+                options = MessageOptions(max_retries=3, retry_delay=40.0)
+                envelope, _ = call(None, "hello", 100.0, recipient="later", options=options)
+
+                async def call_someone_not_there_yet() -> None:
+                    try:
+                        await system.send_message(envelope)
+                    except MessagingError as error:
+                        failures.append((type(error), trio.current_time()))
+
+                callers.start_soon(call_someone_not_there_yet)
+                await trio.testing.wait_all_tasks_blocked()
+                assert system.delivery.get_stats().pending == 1
+                shut_down_at = trio.current_time()
+            books = system.delivery.get_stats()
+        assert failures == [(SystemClosed, shut_down_at)]
+        assert (books.pending, books.failed) == (0, 1)
