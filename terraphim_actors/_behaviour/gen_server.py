@@ -265,10 +265,14 @@ class GenServer:
         deferred, self._deferred = self._deferred, None
         if deferred is None:
             return
-        stopped = self._cell.stopped_error
+        cell = self._cell
+        stopped = cell.stopped_error
         for handle in deferred:
             # Not if the handler answered it through ``ctx.caller``; but if its caller gave up,
             # so that resends of it (exactly-once) hear of the stop too.
+            if handle.pending:
+                # Acknowledged when its handler returned, failed now: the books say so.
+                cell.system.delivery.deferred_call_stopped()
             if handle.pending or handle.abandoned:
                 handle.fail(stopped(reason))
 

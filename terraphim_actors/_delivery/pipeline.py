@@ -686,6 +686,11 @@ class DeliveryManager:
         self.ledger.acknowledged_then_failed()
         self.record_failure(endpoint)
 
+    def deferred_call_stopped(self) -> None:
+        """A call acknowledged when its handler returned (deferred) failed as its agent
+        stopped: count it as failed, though not against the circuit (a stop is not a fault)."""
+        self.ledger.acknowledged_then_failed()
+
     def forwarded(self, envelope: Envelope) -> None:
         """The cluster took ``envelope`` for an agent on another node (JetStream stored it; it
         went out over core NATS; or, a call, its answer came back): settled here, and counted

@@ -318,6 +318,8 @@ class TestCallsTakenWhenTheAgentStops:
         assert trio.current_time() == started
         [stopped] = outcomes
         assert isinstance(stopped, AgentStopped)
+        books = system.delivery.get_stats()
+        assert (books.acknowledged, books.failed) == (0, 1)
 
     async def test_deferred_call_fails_when_the_agent_crashes(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
