@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,6 @@ class ChildRun:
         "reported",
         "scope",
         "start_error",
-        "started_at",
         "task",
         "terminating",
         "value",
@@ -60,7 +60,6 @@ class ChildRun:
         self.start_error: Exception | None = None
         #: How the run ended: the exception, or ``None`` for a normal return.
         self.outcome: BaseException | None = None
-        self.started_at = trio.current_time()
         #: The supervisor is stopping this run, so its exit is not news to act on.
         self.terminating = False
         self.health_scope: trio.CancelScope | None = None
@@ -127,12 +126,15 @@ class ChildHistory:
     at the first of them, as most children never exit before their supervisor stops them
     (every agent is a child, asleep or awake: three slots fewer each)."""
 
-    __slots__ = ("consecutive_restarts", "generation", "last_exit", "restarts")
+    __slots__ = ("consecutive_restarts", "generation", "last_exit", "restarted_at", "restarts")
 
     def __init__(self) -> None:
         self.restarts = 0
         #: Restarts in a row without a quiet period, for the backoff.
         self.consecutive_restarts = 0
+        #: When its last restart started it: its quiet period counts from there, across the
+        #: runs of a child that hibernates and wakes (``-inf`` until it restarts).
+        self.restarted_at = -math.inf
         #: Bumped at each planned restart, so that a delayed restart that was overtaken is
         #: recognised and dropped.
         self.generation = 0
@@ -213,6 +215,14 @@ class Child:
     @generation.setter
     def generation(self, generation: int) -> None:
         self._history().generation = generation
+
+    @property
+    def restarted_at(self) -> float:
+        return -math.inf if self.history is None else self.history.restarted_at
+
+    @restarted_at.setter
+    def restarted_at(self, when: float) -> None:
+        self._history().restarted_at = when
 
     @property
     def last_exit(self) -> BaseException | None:

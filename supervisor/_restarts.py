@@ -101,13 +101,14 @@ class RestartPolicy:
             candidates = candidates[candidates.index(failed) :]
         return [child for child in candidates if child is failed or child.state in LIVE]
 
-    def delay(self, failed: Child, ran_for: float) -> float:
-        """Seconds to wait before restarting ``failed``, whose run lasted ``ran_for`` seconds;
-        counts the restart among its restarts in a row (a run of ``reset_after`` seconds or
-        more starts the count again). 0 without a backoff."""
+    def delay(self, failed: Child, now: float) -> float:
+        """Seconds to wait before restarting ``failed``, which crashed at Trio time ``now``;
+        counts the restart among its restarts in a row (``reset_after`` seconds or more since
+        its last restart started it, through every run of a child that hibernated and woke,
+        start the count again). 0 without a backoff."""
         if self.backoff is None:
             return 0.0
-        if ran_for >= self.backoff.reset_after:
+        if now - failed.restarted_at >= self.backoff.reset_after:
             failed.consecutive_restarts = 0
         failed.consecutive_restarts += 1
         return self.backoff.delay(failed.consecutive_restarts)

@@ -693,7 +693,7 @@ class Supervisor:
             if sibling.spec.restart is RestartType.TEMPORARY:
                 self._forget(sibling)  # never restarted, even by a sibling's exit
         group = [child for child in group if self._knows(child)]
-        delay = self._restarts.delay(failed, ran_for=trio.current_time() - run.started_at)
+        delay = self._restarts.delay(failed, trio.current_time())
         if delay > 0:
             assert self._nursery is not None
             due = [(child, child.generation) for child in group]
@@ -718,6 +718,7 @@ class Supervisor:
             if not self._knows(child) or child.state is not ChildState.RESTARTING:
                 continue  # deleted or terminated by hand meanwhile
             child.restarts += 1
+            child.restarted_at = trio.current_time()
             error = await self._launch(child)
             if error is not None and not self._stopping:
                 assert self._events is not None

@@ -7,7 +7,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from supervisor import ChildSpec, ChildState, Hibernate, Supervisor
+from supervisor import ChildSpec, ChildState, Hibernate, RestartBackoff, Supervisor
 
 
 class Sleepy:
@@ -86,3 +86,49 @@ async def test_stopping_any_other_sleeper_calls_its_stop_hook_alone() -> None:
         assert supervisor.wake_child("sleepy") is False
     assert child.runs == 1
     assert child.stops == ["run 1"]
+
+
+class CrashesWhenTold:
+    """Reports ``started``, then hibernates, crashes or waits, as ``next`` says at each run;
+    ``starts`` records the Trio time of every run's start."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.next = "wait"
+        self.told = trio.Event()
+
+    async def start(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        self.starts.append(trio.current_time())
+        task_status.started()
+        await self.told.wait()
+        self.told = trio.Event()
+        if self.next == "hibernate":
+            raise Hibernate()
+        raise ValueError("crash")
+
+    def tell(self, what: str) -> None:
+        self.next = what
+        self.told.set()
+
+
+async def test_the_backoff_counts_time_asleep_as_quiet(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A child restarted once, then quiet for longer than ``reset_after`` (mostly asleep,
+    woken shortly before it crashes), waits ``initial`` again: a wake is no restart, and
+    the quiet period runs across it."""
+    child = CrashesWhenTold()
+    backoff = RestartBackoff(initial=1.0, multiplier=10.0, jitter=0.0, reset_after=60.0)
+    async with Supervisor([ChildSpec("child", child.start)], backoff=backoff) as supervisor:
+        await trio.testing.wait_all_tasks_blocked()
+        child.tell("crash")
+        await trio.sleep(2.0)  # restarted after 1 s
+        child.tell("hibernate")
+        await trio.sleep(1000.0)
+        assert supervisor.wake_child("child")
+        await trio.sleep(5.0)
+        crashed_at = trio.current_time()
+        child.tell("crash")
+        await trio.sleep(20.0)
+        supervisor.request_stop()
+    assert child.starts[-1] - crashed_at == 1.0

@@ -122,7 +122,7 @@ class TestBackoff:
     def test_without_a_backoff_a_restart_is_at_once_and_not_counted(self) -> None:
         """No backoff: no wait, and restarts in a row are not counted."""
         [child] = children(RUNNING)
-        assert policy().delay(child, ran_for=0.0) == 0.0
+        assert policy().delay(child, 0.0) == 0.0
         assert child.consecutive_restarts == 0
 
     def test_each_restart_in_a_row_waits_longer(self) -> None:
@@ -130,18 +130,25 @@ class TestBackoff:
         backoff = RestartBackoff(initial=0.1, maximum=0.3, jitter=0, rng=random.Random(1))
         restarts = policy(backoff=backoff)
         [child] = children(RUNNING)
-        delays = [restarts.delay(child, ran_for=0.01) for _ in range(4)]
+        delays: list[float] = []
+        crashed_at = 0.0
+        for _ in range(4):
+            delays.append(restarts.delay(child, crashed_at))
+            child.restarted_at = crashed_at + delays[-1]
+            crashed_at = child.restarted_at + 0.01
         assert delays == pytest.approx([0.1, 0.2, 0.3, 0.3])
         assert child.consecutive_restarts == 4
 
-    def test_a_run_of_reset_after_seconds_starts_the_count_again(self) -> None:
-        """A child that ran ``reset_after`` seconds or more waits ``initial`` again."""
+    def test_reset_after_seconds_since_its_last_restart_start_the_count_again(self) -> None:
+        """A child that crashes ``reset_after`` seconds or more after its last restart started
+        it waits ``initial`` again, however many runs it had meanwhile (a sleeper's wakes)."""
         backoff = RestartBackoff(initial=0.1, reset_after=5.0, jitter=0, rng=random.Random(1))
         restarts = policy(backoff=backoff)
         [child] = children(RUNNING)
-        restarts.delay(child, ran_for=0.01)
-        restarts.delay(child, ran_for=4.99)
-        assert restarts.delay(child, ran_for=5.0) == pytest.approx(0.1)
+        child.restarted_at = 0.0
+        restarts.delay(child, 0.01)
+        restarts.delay(child, 4.99)
+        assert restarts.delay(child, 5.0) == pytest.approx(0.1)
         assert child.consecutive_restarts == 1
 
 
