@@ -65,6 +65,9 @@ class DynamicSupervisor:
             name=name if name is not None else f"dynamic-supervisor@{id(self):x}",
         )
         self._numbers = itertools.count(1)
+        #: The children whose start is under way, counted towards ``max_children`` from the
+        #: check on: starts that wait together for the supervisor may not all fit.
+        self._starting: set[Hashable] = set()
 
     def __repr__(self) -> str:
         return f"<DynamicSupervisor {self.name} of {self.template.id!r}>"
@@ -83,15 +86,18 @@ class DynamicSupervisor:
             SupervisorNotRunning: the supervisor is not running.
         """
         if self.max_children is not None:
-            live = len(self._supervisor.which_children())
-            if live >= self.max_children:
-                raise TooManyChildren(f"{self.name} already has {live} children")
-        # Under the template itself, with an id and start of its own: no spec per child.
-        return await self._supervisor.start_child(
-            self.template,
-            id=(self.template.id, next(self._numbers)),
-            start=functools.partial(self.template.start, *args),
-        )
+            ids = {child.id for child in self._supervisor.which_children()} | self._starting
+            if len(ids) >= self.max_children:
+                raise TooManyChildren(f"{self.name} already has {len(ids)} children")
+        id = (self.template.id, next(self._numbers))
+        self._starting.add(id)
+        try:
+            # Under the template itself, with an id and start of its own: no spec per child.
+            return await self._supervisor.start_child(
+                self.template, id=id, start=functools.partial(self.template.start, *args)
+            )
+        finally:
+            self._starting.discard(id)
 
     async def terminate_child(self, id: Hashable) -> None:
         """Stop a child by the template's shutdown spec and forget it.
@@ -100,9 +106,11 @@ class DynamicSupervisor:
             ChildNotFound: no child has that id.
             SupervisorNotRunning: the supervisor is not running.
         """
-        await self._supervisor.terminate_child(id)
-        if id in {child.id for child in self._supervisor.which_children()}:
-            self._supervisor.delete_child(id)
+        try:
+            await self._supervisor.terminate_child(id)
+        finally:
+            # Cancelled while it waits, the stop still completes: forgotten then too.
+            self._supervisor._forget_for_good(id)
 
     async def run(
         self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED

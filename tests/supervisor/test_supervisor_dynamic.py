@@ -194,6 +194,53 @@ class TestMaxChildren:
             await sup.start_child("y")
             assert starts(log) == ["x", "y"]
 
+    async def test_starts_waiting_together_for_the_supervisor_do_not_all_fit(
+        self, autojump_clock: Clock
+    ) -> None:
+        """Two starts that wait while a restart holds the supervisor, with room for one
+        more child: one starts, the other raises ``TooManyChildren``, as OTP's supervisor,
+        taking one request at a time, would answer them."""
+        crash = trio.Event()
+        restart_may_finish = trio.Event()
+        runs = 0
+
+        async def start(
+            name: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        ) -> None:
+            nonlocal runs
+            if name == "slow to restart":
+                runs += 1
+                if runs == 2:
+                    await restart_may_finish.wait()  # its restart holds the supervisor
+                task_status.started()
+                if runs == 1:
+                    await crash.wait()
+                    raise Crash(name)
+            else:
+                task_status.started()
+            await trio.sleep_forever()
+
+        outcomes: list[str] = []
+
+        async def start_one_more(sup: DynamicSupervisor) -> None:
+            try:
+                await sup.start_child("more")
+                outcomes.append("started")
+            except TooManyChildren:
+                outcomes.append("too many")
+
+        async with DynamicSupervisor(ChildSpec("w", start), max_children=2) as sup:
+            await sup.start_child("slow to restart")
+            crash.set()
+            await trio.testing.wait_all_tasks_blocked()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(start_one_more, sup)
+                nursery.start_soon(start_one_more, sup)
+                await trio.testing.wait_all_tasks_blocked()
+                restart_may_finish.set()
+            assert sorted(outcomes) == ["started", "too many"]
+            assert len(sup.which_children()) == 2
+
     @pytest.mark.parametrize("max_children", [0, -1, 1.5, True])
     def test_bad_max_children(self, max_children: object) -> None:
         """``max_children`` is None or an int of at least 1."""
@@ -223,6 +270,23 @@ class TestTerminateChild:
             await sup.start_child("y")
             await sup.terminate_child(("w", 2))
             assert set(retired) == {("w", 2)}
+
+    async def test_a_terminate_cancelled_while_it_waits_still_forgets_the_child(
+        self, autojump_clock: Clock
+    ) -> None:
+        """The stop completes all the same, and the child goes: no terminated child is left
+        holding a place under ``max_children``."""
+        log = Log()
+        slow = ChildSpec(
+            "w", functools.partial(worker, log, linger=3.0), shutdown=5.0, stop=ask_to_stop
+        )
+        async with DynamicSupervisor(slow, max_children=1) as sup:
+            child = await sup.start_child("x")
+            with trio.move_on_after(1.0):
+                await sup.terminate_child(child.id)
+            assert sup.which_children() == []
+            await sup.start_child("y")
+            assert starts(log) == ["x", "y"]
 
     async def test_terminate_unknown_child(self, autojump_clock: Clock) -> None:
         """Terminating an id the supervisor does not know raises ``ChildNotFound``."""
