@@ -725,7 +725,10 @@ class Supervisor:
                 child.state = ChildState.RESTARTING
                 child.run = ChildRun.failed_start(child, error)
                 self._events.send_nowait(child.run)
-                return  # the rest of the group waits for that exit's restart
+                action = self._restarts.on_exit(child.spec.restart, error)
+                if action is ExitAction.RESTART or action is ExitAction.ESCALATE:
+                    return  # the rest of the group waits for that exit's restart
+                # It ended for good (a ``FinalExit``): no restart comes, the rest start now.
 
     def _auto_shutdown_due(self) -> bool:
         if self.auto_shutdown is AutoShutdown.ANY_SIGNIFICANT:

@@ -39,6 +39,7 @@ from supervisor import (
     ChildState,
     CurrentChild,
     DuplicateChild,
+    FinalExit,
     HealthCheck,
     HealthCheckFailed,
     InvalidSpec,
@@ -238,6 +239,33 @@ class TestOneForAll:
                 "start c",
             ]
             assert sup.stats().total_restarts == 2
+
+    @pytest.mark.parametrize(
+        "strategy", [RestartStrategy.ONE_FOR_ALL, RestartStrategy.REST_FOR_ONE]
+    )
+    async def test_a_child_that_ends_for_good_as_it_restarts_lets_the_rest_start(
+        self, autojump_clock: Clock, strategy: RestartStrategy
+    ) -> None:
+        """A sibling whose start raises ``FinalExit`` during a group restart is gone for
+        good, and the children after it start all the same (as OTP goes on with the rest
+        after a start that returns ``ignore``)."""
+        log = Log()
+        starts_of_b = 0
+
+        async def b(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            nonlocal starts_of_b
+            starts_of_b += 1
+            if starts_of_b > 1:
+                raise FinalExit("not needed any more")
+            task_status.started()
+            await trio.sleep_forever()
+
+        children = [spec(log, "a", crashes=[1.0]), ChildSpec("b", b), spec(log, "c")]
+        async with Supervisor(children, strategy=strategy) as sup:
+            await trio.sleep(2)
+            states = {child.id: child.state for child in sup.which_children()}
+            assert after(log, "crash a") == ["cancel c", "start a", "start c"]
+        assert states == {"a": ChildState.RUNNING, "c": ChildState.RUNNING}
 
     async def test_a_group_restart_counts_once(self, autojump_clock: Clock) -> None:
         """Restarting the whole group is one restart towards the intensity."""
