@@ -58,6 +58,7 @@ SYSTEM_INTERNALS = {
     "has_stopped",
     "retire",
     "cut_shutdown_short",
+    "over_by",
 }
 
 #: AgentRef's member that the router asks (where a routed message goes), not users.
