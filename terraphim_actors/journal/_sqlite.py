@@ -14,6 +14,7 @@ import attrs
 import outcome
 import trio
 
+from .._core.bounded_repr import bounded_repr
 from .._core.checks import check_count, check_seconds
 from .._core.codec import decode, encode
 from .._core.ids import MessageId
@@ -21,7 +22,7 @@ from .._core.messages import DeliveryGuarantee, Envelope, now
 from .._core.settlement import Settlement
 from .._delivery.dead_letters import DeadLetter, DeadLetterReason
 from .._delivery.durability import journaled, recipient_name
-from ..errors import InvalidConfig, JournalError, MessagingError
+from ..errors import InvalidConfig, InvalidMessage, JournalError, MessagingError
 from ._commit import COMPLETE, DELETE, FILE, INSERT, RETRIED, RUN, Commit, Operation, write
 from ._schema import StoredMessage, inspect, load, open_journal
 from ._thread import JournalThread
@@ -178,6 +179,12 @@ class SqliteJournal:
         data = encode(envelope)
         name = recipient_name(envelope)
         assert name is not None  # journaled() saw to it
+        if not _is_utf8(name):
+            # SQLite would refuse it in the commit, where it would stop the writer.
+            raise InvalidMessage(
+                f"{bounded_repr(name)} cannot name a journaled message's recipient: a lone"
+                " surrogate is not text SQLite can store"
+            )
         sender = envelope.sender
         created_wall = time.time() - (now() - envelope.created_at)
         commit = self._queue(
@@ -238,10 +245,10 @@ class SqliteJournal:
             return
         filed_wall = time.time()
         # The detail quotes a user's error: text UTF-8 cannot carry is kept escaped.
-        detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
-        self._queue(
-            FILE, (str(envelope.id), recipient_name(envelope), reason, detail, filed_wall, data)
-        )
+        detail = _escaped(detail)
+        name = recipient_name(envelope)
+        name = name if name is None else _escaped(name)
+        self._queue(FILE, (str(envelope.id), name, reason, detail, filed_wall, data))
 
     async def flush(self) -> None:
         """Return once everything told so far is committed; at once if nothing is pending
@@ -558,3 +565,17 @@ class SqliteJournal:
     def _check_opened(self) -> None:
         if self._state in (_NEW, _OPENING) or self._connection is None:
             raise JournalError(f"the journal {self.path!r} is not open yet: run() opens it")
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether SQLite can store ``text``: Python strings may hold lone surrogates; UTF-8 not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(text: str) -> str:
+    """``text`` with what UTF-8 cannot carry kept escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -26,7 +26,7 @@ from terraphim_actors import (
 )
 from terraphim_actors._core.codec import encode
 from terraphim_actors._core.settlement import Settlement
-from terraphim_actors.errors import InvalidConfig, JournalError, UnencodablePayload
+from terraphim_actors.errors import InvalidConfig, InvalidMessage, JournalError, UnencodablePayload
 from terraphim_actors.journal import SqliteJournal
 from terraphim_actors.journal._commit import COMPLETE, DELETE, INSERT, RUN, Operation, write
 
@@ -415,6 +415,26 @@ async def test_an_unencodable_payload_is_refused_and_nothing_is_kept(path: Path)
             journal.accepted(journaled_cast(object()))
         await journal.flush()
         assert journal.commits == 0
+
+
+async def test_a_recipient_name_sqlite_cannot_store_is_refused_and_the_writer_goes_on(
+    path: Path,
+) -> None:
+    """A name holding a lone surrogate (a Python string may; UTF-8 text may not) is refused
+    at the send with ``InvalidMessage``: it once reached the commit, where it stopped the
+    writer for good, failing the messages sent with it."""
+    async with running(SqliteJournal(path)) as journal:
+        with pytest.raises(InvalidMessage):
+            journal.accepted(journaled_cast("x", recipient="bad\udc80name"))
+        commit = journal.accepted(journaled_cast("fine"))
+        assert commit is not None
+        await commit.wait()
+        journal.filed(
+            journaled_cast("filed", recipient="bad\udc80name"), DeadLetterReason.EXPIRED.value, ""
+        )
+        await journal.flush()
+    assert rows(path, "messages") == 1
+    assert rows(path, "dead_letters") == 1
 
 
 async def test_the_same_message_accepted_twice_is_one_row_kept_until_both_settle(
