@@ -252,12 +252,15 @@ class Caller:
 
         Raises:
             ReplyAlreadySent: the call was answered before.
+            WrongThread: called from a thread other than the system's (nothing is answered).
         """
+        check_thread(self._cell.system.thread_id, "ctx.caller.reply", sync=True)
         return self._handle.reply(value)
 
     def fail(self, error: BaseException) -> bool:
         """Make the call raise ``CallFailed`` with ``error`` as its ``__cause__`` (``error``
         itself if it is a ``CallFailed``); returns and raises as :meth:`reply`."""
+        check_thread(self._cell.system.thread_id, "ctx.caller.fail", sync=True)
         handle = self._handle
         if handle.pending and self._cell._in_hand is not self._envelope:
             # Answered after its handler returned (deferred): not counted yet as failed.

@@ -299,6 +299,8 @@ CONTEXT_CHANGES: dict[str, Callable[[Context], object]] = {
     "send_after": lambda ctx: ctx.send_after(1, "later"),
     "start_soon": lambda ctx: ctx.start_soon(trio.sleep_forever),
     "stop": lambda ctx: ctx.stop(),
+    "caller.reply": lambda ctx: ctx.caller.reply("too soon"),
+    "caller.fail": lambda ctx: ctx.caller.fail(RuntimeError("too soon")),
 }
 
 #: The two ways to answer a deferred call, as a thread with a Trio run of its own would.
