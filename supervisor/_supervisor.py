@@ -36,6 +36,7 @@ from ._errors import (
     ChildRunning,
     ChildStartFailed,
     DuplicateChild,
+    FinalExit,
     HealthCheckFailed,
     Hibernate,
     InvalidSpec,
@@ -906,6 +907,8 @@ class Supervisor:
         child.state = then
 
     def _report_stop_error(self, child: Child, error: BaseException) -> None:
+        if isinstance(error, FinalExit):
+            return  # it ended for good as it was stopped: what a stop asks, not an error
         self._stop_errors += 1
         logger.error(
             "%s: child %s raised while stopping",

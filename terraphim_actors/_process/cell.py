@@ -432,9 +432,14 @@ class AgentCell(ActivatingInbox):
                 else:
                     killed = scope is not None and scope.cancelled_caught
                 if not asleep:
-                    if instance is None:
-                        raise AgentStartFailed(f"{self.id!r} was stopped before on_start finished")
                     stopping = self._stopping
+                    if instance is None:
+                        linked = None if stopping is None else stopping.linked_failure
+                        if linked is not None:
+                            raise AgentStartFailed(
+                                f"{self.id!r}: a task it started failed before on_start finished"
+                            ) from linked
+                        raise AgentStartFailed(f"{self.id!r} was stopped before on_start finished")
                     if killed and stopping is not None and stopping.linked_failure is not None:
                         reason = stopping.linked_failure
             except BaseException as error:
@@ -460,6 +465,11 @@ class AgentCell(ActivatingInbox):
         if settled_as is None:  # asleep: its supervisor keeps it, without a task, until woken
             assert self.latest is not None
             raise Hibernate(wake_to_stop=self.latest.cleanup is not None)
+        if self.state is CellState.STOPPED and self.system.closing:
+            # Ended for good, as every stop is once the system shuts down: its supervisor is
+            # to start it no more, nor count (or give up on) a restart of it meanwhile.
+            cause = settled_as if isinstance(settled_as, Exception) else None
+            raise FinalExit(f"{self.id!r} ended as the system shuts down") from cause
         if isinstance(settled_as, Exception):
             stopping = self._stopping
             if stopping is not None and stopping.exit_as is not None:
@@ -700,6 +710,7 @@ class AgentCell(ActivatingInbox):
                     logger.error("agent %r raised in on_stop", self.id, exc_info=error)
                 finally:
                     stopping.cleanup_scope = None
+            self._settle_links()  # what on_stop set up (a timer, a monitor) ends with it too
         if self.system.stops_seen():  # else nobody hears of it: no notice is made
             self.system.publish(AgentExited(self.id, reason))
 

@@ -819,8 +819,49 @@ class TestTimers:
         assert log == []
         assert not timer.pending
 
+    async def test_a_timer_set_in_on_stop_ends_with_the_instance(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """An instance's timers die with it, those its ``on_stop`` sets (through the context
+        it kept) too: the next instance never gets them."""
+        inbox: list[Any] = []
+
+        class SetsATimerAsItStops(Runner):
+            async def on_start(self, ctx: Context) -> None:
+                self.ctx = ctx
+
+            async def on_stop(self, reason: ExitReason) -> None:
+                self.ctx.send_after(1.0, "set in on_stop")
+
+        ref = await system.spawn(SetsATimerAsItStops, inbox)
+        with pytest.raises(CallFailed):
+            await ref.call(lambda ctx: 1 / 0)  # the instance crashes: another starts
+        await trio.sleep(5)
+        assert inbox == []
+        assert ref.alive
+
 
 class TestBackgroundTasks:
+    async def test_a_task_that_fails_while_on_start_runs_is_the_start_failure(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Its error is the ``AgentStartFailed``'s cause, as a linked process's reason is
+        what OTP's ``start_link`` returns."""
+        error = ConnectionError("lost")
+
+        class FailsDuringStart(Agent):
+            async def on_start(self, ctx: Context) -> None:
+                async def fail_soon() -> None:
+                    await trio.sleep(0.1)
+                    raise error
+
+                ctx.start_soon(fail_soon)
+                await trio.sleep(1.0)
+
+        with pytest.raises(AgentStartFailed) as failed:
+            await system.spawn(FailsDuringStart, restart=RestartType.TEMPORARY)
+        assert failed.value.__cause__ is error
+
     async def test_background_task_error_crashes_the_agent(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:

@@ -887,19 +887,22 @@ def check_shutdown_order(world: World) -> None:
             subtree = world.placements[mark.name].subtree
             if subtree is not None:
                 crashed_subtrees.add(subtree)
+    stopped_itself = {
+        (mark.name, mark.instance) for mark in world.marks if mark.what == "stop self"
+    }
+    # A member that stopped itself counts as a restart of it, which may exceed its subtree's
+    # intensity as the shutdown starts: that supervisor then stops the rest itself.
+    restarted_itself = {name for name, _ in stopped_itself}
     unsettled_subtrees = {
         subtree
         for subtree, members in world.subtrees.items()
         if subtree in crashed_subtrees
-        or any(name in world.crashed_then for name in members)
+        or any(name in world.crashed_then or name in restarted_itself for name in members)
         or any(
             (name not in world.quiet_then and name not in world.down_by_command)
             or name in world.in_flight_then
             for name in members
         )
-    }
-    stopped_itself = {
-        (mark.name, mark.instance) for mark in world.marks if mark.what == "stop self"
     }
     checked = [
         name

@@ -1756,6 +1756,41 @@ async def _shut_down_three_busy_agents(
     return trio.current_time() - began, [(label, why, at - began) for label, why, at in stops]
 
 
+class StopsWhenTold(Agent):
+    """Stops itself (``ctx.stop()``) at any cast; its ``on_stop`` records its name."""
+
+    def __init__(self, stops: list[str], name: str) -> None:
+        self.stops = stops
+        self.name = name
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        if message == "crash":
+            raise ValueError(message)
+        ctx.stop()
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        self.stops.append(self.name)
+
+
+async def test_an_agent_stopping_itself_as_the_shutdown_starts_is_not_restarted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Once the system shuts down every stop is for good: an agent that stops itself then is
+    not started again, so its supervisor (here one that allows no restart) neither gives up
+    nor stops its other children out of the shutdown's newest-first order."""
+    stops: list[str] = []
+    async with open_message_system() as system:
+        crashes = await system.spawn(StopsWhenTold, stops, "z", name="z")
+        specs = [system.agent_spec(StopsWhenTold, stops, name, name=name) for name in "abc"]
+        await system.start_supervisor(specs, max_restarts=0, max_seconds=1.0, name="subtree")
+        await system.spawn(StopsWhenTold, stops, "d", name="d")
+        await system.spawn(StopsWhenTold, stops, "e", name="e")
+        crashes.cast_nowait("crash")
+        system.ref("a").cast_nowait("stop")  # handled as the shutdown begins
+    assert sorted(stops[:2]) == ["a", "z"]  # the crash and the stop, in either order
+    assert stops[2:] == ["e", "d", "c", "b"]
+
+
 class TestShutdownDeadline:
     """``shutdown_deadline`` caps the whole shutdown; ``shutdown_timeout`` stays one agent's."""
 
