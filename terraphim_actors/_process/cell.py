@@ -853,9 +853,15 @@ class AgentCell(ActivatingInbox):
             target.notify(payload)
 
         timer = self.system.timers.call_after(delay, fire)
-        if self._timers is _NONE_YET:
-            self._timers = {}
-        self._timers[timer] = None
+        timers = self._timers
+        if timers is _NONE_YET:
+            timers = self._timers = {}
+        elif len(timers) >= 8 and not len(timers) & (len(timers) - 1):
+            # A cancelled timer stays listed (its cancel does not come here): they go as the
+            # list doubles, so that a timer set again at each message stays one entry.
+            for cancelled in [listed for listed in timers if not listed.pending]:
+                del timers[cancelled]
+        timers[timer] = None
         return timer
 
     def start_background(

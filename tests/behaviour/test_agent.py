@@ -40,6 +40,7 @@ from terraphim_actors import (
     NotHandled,
     RouterConfig,
     StopReason,
+    Timer,
     cast,
     open_message_system,
 )
@@ -818,6 +819,26 @@ class TestTimers:
         await trio.sleep(5)
         assert log == []
         assert not timer.pending
+
+    async def test_a_timer_set_again_at_each_message_keeps_one_entry(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The idle-timeout pattern (cancel the timer, set it again, at each message) keeps
+        the agent's record of its timers small: a cancelled timer is not kept for ever."""
+
+        class IdleTimeout(Runner):
+            timer: Timer | None = None
+
+            async def handle_cast(self, message: Any, ctx: Context) -> None:
+                if self.timer is not None:
+                    self.timer.cancel()
+                self.timer = ctx.send_after(60.0, "idle")
+
+        ref = await system.spawn(IdleTimeout)
+        for number in range(1000):
+            ref.cast_nowait(number)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(ref._agent()._timers) <= 8
 
     async def test_a_timer_set_in_on_stop_ends_with_the_instance(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
