@@ -536,14 +536,15 @@ class MessageSystem:
                 name,
                 lambda: group.window,
                 self.clock.current_time(),
-                self._replay_to_pool,
+                functools.partial(self._replay_to_pool, group),
             )
         return PoolRef(group, self)
 
-    def _replay_to_pool(self, envelope: Envelope) -> None:
-        """Deliver a message the journal kept for a pool's name to the member it routes to."""
-        for endpoint, copy in self.router.targets_of(envelope):
-            self.delivery.replay(endpoint, copy)
+    def _replay_to_pool(self, group: Group, envelope: Envelope) -> None:
+        """Deliver a message the journal kept for a pool's name to the member the pool
+        chooses, as a send through its ref would: never through the router, which a custom
+        router would bend."""
+        self.delivery.replay(group.choose(envelope), envelope)
 
     def forget_pool(self, group: Group) -> None:
         """Unregister a pool that has stopped for good."""

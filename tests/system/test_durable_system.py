@@ -7,17 +7,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
 
 from terraphim_actors import (
     Agent,
+    AgentRef,
     Context,
     DeliveryConfig,
     DeliveryGuarantee,
+    Envelope,
     MessageOptions,
+    MessageSystem,
     MessageSystemConfig,
+    RouterConfig,
     cast,
     open_message_system,
 )
@@ -214,6 +219,35 @@ async def test_a_cast_through_a_pool_ref_is_replayed_to_the_pool_of_that_name(
         await seen.wait()
         assert system.dead_letters == ()
     assert second == [("block", 1), ("waiting", 0)]
+
+
+class EverythingToTheAuditor:
+    """A custom router that sends every message to the agent named "auditor"."""
+
+    def route(self, envelope: Envelope, system: MessageSystem) -> list[AgentRef]:
+        return [system.ref("auditor")]
+
+
+async def test_a_pools_replay_does_not_go_through_a_custom_router(tmp_path: Path) -> None:
+    """Replay goes to the agent or pool of the name it was kept for, as a send through its
+    ref would, whatever a custom router would make of it. (On Trio's own clock, the first
+    run's retry ten seconds away: a jumping clock would spend it while the journal commits.)"""
+    path = tmp_path / "agents.db"
+    later = MessageOptions(retry_delay=10.0)
+    async with open_message_system(config(path)) as system:
+        # Nobody has the name yet: kept, waiting for a retry, when the shutdown comes.
+        await system.send_message(cast(None, "job", later, recipient="workers"))
+
+    audited: list[Any] = []
+    worked: list[Any] = []
+    seen = trio.Event()
+    routed = attrs.evolve(config(path), router=RouterConfig(custom_router=EverythingToTheAuditor()))
+    async with open_message_system(routed) as system:
+        await system.spawn(Unblocked, audited, 1, trio.Event(), name="auditor")
+        await system.spawn_pool(Unblocked, worked, 1, seen, size=1, name="workers")
+        with trio.fail_after(10):
+            await seen.wait()
+    assert (worked, audited) == ([("job", 0)], [])
 
 
 async def test_a_file_that_is_not_a_journal_is_refused_bare(
