@@ -161,7 +161,8 @@ class SqliteJournal:
         commit, which is returned; ``None`` if it is not journaled. A message journaled already
         (the same envelope sent again, a replayed one, or a copy a router made of either,
         whatever it is addressed to) gets no second row: the commit that wrote its row is
-        returned, and the row stays until every acceptance is settled.
+        returned (or, if that commit failed, a new one that writes it), and the row stays
+        until every acceptance is settled.
 
         Raises:
             InvalidMessage, UnencodablePayload: it cannot be encoded (nothing is journaled).
@@ -172,13 +173,28 @@ class SqliteJournal:
             # Its settlement comes by id, as every copy's does: each is counted.
             self._check_not_closed()
             entry.unsettled_acceptances += 1
+            if entry.commit.error is not None:
+                # The commit that was to write its row failed, and a failed commit's rows are
+                # not written again: this acceptance writes it (a client's resend).
+                entry.commit = self._insert(envelope, entry.recipient)
             return entry.commit
         if not journaled(envelope):
             return None
         self._check_not_closed()
-        data = encode(envelope)
         name = recipient_name(envelope)
         assert name is not None  # journaled() saw to it
+        commit = self._insert(envelope, name)
+        exactly_once = envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE
+        self._journaled[envelope.id] = _Journaled(1, name, exactly_once, commit)
+        return commit
+
+    def _insert(self, envelope: Envelope, name: str) -> Commit:
+        """Queue the row of ``envelope``, for recipient ``name``: the commit that writes it.
+
+        Raises:
+            InvalidMessage, UnencodablePayload: it cannot be encoded or stored.
+        """
+        data = encode(envelope)
         if not _is_utf8(name):
             # SQLite would refuse it in the commit, where it would stop the writer.
             raise InvalidMessage(
@@ -187,7 +203,7 @@ class SqliteJournal:
             )
         sender = envelope.sender
         created_wall = time.time() - (now() - envelope.created_at)
-        commit = self._queue(
+        return self._queue(
             INSERT,
             (
                 str(envelope.id),
@@ -200,9 +216,6 @@ class SqliteJournal:
                 0,  # handler runs, counted by started()
             ),
         )
-        exactly_once = envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE
-        self._journaled[envelope.id] = _Journaled(1, name, exactly_once, commit)
-        return commit
 
     def started(self, envelope: Envelope) -> Commit | None:
         """Count a handler run of ``envelope`` durably: the commit that counts it, or ``None``

@@ -202,6 +202,27 @@ async def test_a_file_locked_past_the_busy_timeout_fails_the_commit(path: Path) 
         await journal.accepted(journaled_cast("free")).wait()  # type: ignore[union-attr]
 
 
+async def test_a_message_sent_again_after_its_commit_failed_is_written_then(path: Path) -> None:
+    """A client's resend of a message whose first send raised JournalError (the same
+    message, by id) writes its row, once the fault is gone: it once got the first commit's
+    failure again, and the message was never journaled."""
+    envelope = journaled_cast("resent")
+    async with running(SqliteJournal(path, busy_timeout=0.05)) as journal:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            failed = journal.accepted(envelope)
+            assert failed is not None
+            with pytest.raises(JournalError, match="locked"):
+                await failed.wait()
+        finally:
+            other.close()
+        resent = journal.accepted(envelope)
+        assert resent is not None
+        await resent.wait()
+    assert rows(path, "messages") == 1
+
+
 async def test_a_journal_locked_at_open_past_the_busy_timeout_is_refused(path: Path) -> None:
     """Opening proves the file can be written (a write rolled back): a file another
     connection keeps locked fails the open with JournalError, and its rows stay."""
