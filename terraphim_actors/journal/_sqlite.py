@@ -101,8 +101,10 @@ class SqliteJournal:
             disk at every commit; measured in the README).
         busy_timeout: seconds a commit waits for a file locked by another connection before
             it fails with ``JournalError``.
-        dedup_window: seconds an exactly-once completion is remembered across restarts: a
-            replayed duplicate that old or younger is not handled again.
+        dedup_window: seconds an exactly-once completion is kept across restarts; a duplicate
+            that old or younger is not handled again while the agent's own window
+            (``DeliveryConfig.dedup_window``, 300 s by default) also remembers it: the shorter
+            of the two applies.
         dead_letters_kept: how many dead letters the file keeps, the most recent ones (for
             :meth:`dead_letters`); older ones are deleted as new ones are filed.
 
