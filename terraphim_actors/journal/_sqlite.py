@@ -221,12 +221,15 @@ class SqliteJournal:
 
     def started(self, envelope: Envelope) -> Commit | None:
         """Count a handler run of ``envelope`` durably: the commit that counts it, or ``None``
-        if the message is not journaled.
+        if the message is not journaled, or its row was never written (the commit that was
+        to write it failed: no restart will replay it, so its runs need no count, and it is
+        delivered in this run as its sender was told).
 
         Raises:
             JournalError: the journal has closed.
         """
-        if envelope.id not in self._journaled:
+        entry = self._journaled.get(envelope.id)
+        if entry is None or entry.commit.error is not None:
             return None
         self._check_not_closed()
         return self._queue(RUN, (str(envelope.id),))

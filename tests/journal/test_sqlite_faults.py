@@ -223,6 +223,24 @@ async def test_a_message_sent_again_after_its_commit_failed_is_written_then(path
     assert rows(path, "messages") == 1
 
 
+async def test_a_message_whose_row_was_never_written_counts_no_run(path: Path) -> None:
+    """Its send failed (JournalError: accepted, delivered in this run), so no restart will
+    replay it: its handler runs uncounted, rather than waiting on a count that the fault
+    would fail too, which turned such a message into a dead letter that never ran."""
+    envelope = journaled_cast("not kept")
+    async with running(SqliteJournal(path, busy_timeout=0.05)) as journal:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            failed = journal.accepted(envelope)
+            assert failed is not None
+            with pytest.raises(JournalError):
+                await failed.wait()
+            assert journal.started(envelope) is None
+        finally:
+            other.close()
+
+
 async def test_a_journal_locked_at_open_past_the_busy_timeout_is_refused(path: Path) -> None:
     """Opening proves the file can be written (a write rolled back): a file another
     connection keeps locked fails the open with JournalError, and its rows stay."""
