@@ -11,7 +11,7 @@ import pytest
 import trio
 from stores import journaled_cast, reopened, rows, running
 
-from terraphim_actors import DeadLetterReason
+from terraphim_actors import DeadLetterReason, Envelope
 from terraphim_actors._core.settlement import Settlement
 from terraphim_actors.errors import JournalError
 from terraphim_actors.journal import SqliteJournal, _sqlite
@@ -202,21 +202,27 @@ async def test_a_file_locked_past_the_busy_timeout_fails_the_commit(path: Path) 
         await journal.accepted(journaled_cast("free")).wait()  # type: ignore[union-attr]
 
 
+async def accepted_while_locked(journal: SqliteJournal, path: Path, envelope: Envelope) -> None:
+    """Have ``journal`` accept ``envelope`` while another connection holds the file's write
+    lock past the journal's ``busy_timeout``: the commit that was to write its row fails."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        failed = journal.accepted(envelope)
+        assert failed is not None
+        with pytest.raises(JournalError, match="locked"):
+            await failed.wait()
+    finally:
+        other.close()
+
+
 async def test_a_message_sent_again_after_its_commit_failed_is_written_then(path: Path) -> None:
     """A client's resend of a message whose first send raised JournalError (the same
     message, by id) writes its row, once the fault is gone: it once got the first commit's
     failure again, and the message was never journaled."""
     envelope = journaled_cast("resent")
     async with running(SqliteJournal(path, busy_timeout=0.05)) as journal:
-        other = sqlite3.connect(path, isolation_level=None)
-        try:
-            other.execute("BEGIN IMMEDIATE")
-            failed = journal.accepted(envelope)
-            assert failed is not None
-            with pytest.raises(JournalError, match="locked"):
-                await failed.wait()
-        finally:
-            other.close()
+        await accepted_while_locked(journal, path, envelope)
         resent = journal.accepted(envelope)
         assert resent is not None
         await resent.wait()
@@ -229,16 +235,8 @@ async def test_a_message_whose_row_was_never_written_counts_no_run(path: Path) -
     would fail too, which turned such a message into a dead letter that never ran."""
     envelope = journaled_cast("not kept")
     async with running(SqliteJournal(path, busy_timeout=0.05)) as journal:
-        other = sqlite3.connect(path, isolation_level=None)
-        try:
-            other.execute("BEGIN IMMEDIATE")
-            failed = journal.accepted(envelope)
-            assert failed is not None
-            with pytest.raises(JournalError):
-                await failed.wait()
-            assert journal.started(envelope) is None
-        finally:
-            other.close()
+        await accepted_while_locked(journal, path, envelope)
+        assert journal.started(envelope) is None
 
 
 async def test_a_journal_locked_at_open_past_the_busy_timeout_is_refused(path: Path) -> None:
