@@ -20,7 +20,8 @@ from .._core.notifications import ExitReason, MonitorRef, StopReason
 from .._core.reply import ReplyHandle
 from .._core.threads import check_thread
 from .._primitives.timers import Timer
-from ..errors import CallFailed, InvalidConfig, ReplyAlreadySent
+from .._process.lifecycle import CellState
+from ..errors import AgentStopped, CallFailed, InvalidConfig, ReplyAlreadySent, SystemClosed
 from .refs import AgentRef
 
 if TYPE_CHECKING:
@@ -274,14 +275,25 @@ class Context:
     One context serves all the messages of an agent instance: keep what you need from it
     (``ctx.defer()`` handles, refs), not the context itself. Its methods that change state
     raise ``WrongThread`` from a thread other than the system's (a handler's worker thread
-    uses ``trio.from_thread.run_sync``); its properties can be read from any.
+    uses ``trio.from_thread.run_sync``), and ``AgentStopped`` once its instance has ended
+    (``SystemClosed`` once the system has); its properties can be read from any.
     """
 
-    __slots__ = ("_cell", "_deferred", "_envelope", "_retry_after", "_server", "_system")
+    __slots__ = (
+        "_cell",
+        "_deferred",
+        "_envelope",
+        "_instance",
+        "_retry_after",
+        "_server",
+        "_system",
+    )
 
     def __init__(self, cell: AgentCell, system: SystemApi) -> None:
         self._cell = cell
         self._system = system
+        #: The number of the instance it serves (the cell's count of instances).
+        self._instance = cell.instances
         #: The instance being served, once started (it keeps the calls deferred).
         self._server: GenServer | None = None
         self._envelope: Envelope | None = None
@@ -449,8 +461,19 @@ class Context:
         cell.request_stop(StopReason.NORMAL, final=cell.restart is not RestartType.PERMANENT)
 
     def _check_thread(self, operation: str) -> None:
-        check_thread(self._cell.system.thread_id, operation, sync=True)
+        """Refuse ``operation`` from another thread, and through a context whose instance has
+        ended (kept past a restart or a stop): as a dead process in Erlang, it can do nothing
+        more, and must not act on the agent's next instance."""
+        cell = self._cell
+        check_thread(cell.system.thread_id, operation, sync=True)
+        if self._instance != cell.instances or cell.state in _ENDED:
+            if cell.system.closing and cell.state is CellState.STOPPED:
+                raise SystemClosed(f"{operation}: the message system has shut down")
+            raise AgentStopped(f"{operation}: the instance of {cell.id!r} it served has ended")
 
+
+#: A cell's states once the instance that a context served has ended, and no other began.
+_ENDED = frozenset({CellState.RESTARTING, CellState.STOPPED})
 
 _on_start_takes_context: weakref.WeakKeyDictionary[type[Agent], bool] = weakref.WeakKeyDictionary()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -1720,6 +1721,48 @@ class TestAfterTheSystemClosed:
             ctx = await (await system.spawn(KeepsItsContext)).call("your context")
         with pytest.raises(SystemClosed):
             ctx.start_soon(trio.sleep, 1)
+
+    @pytest.mark.parametrize("change", ["send_after", "monitor", "stop"])
+    async def test_a_kept_ctx_changes_nothing_once_the_system_closed(self, change: str) -> None:
+        """A timer set then would never fire, nor be a dead letter: it is refused."""
+
+        class KeepsItsContext(Agent):
+            async def handle_call(self, message: Any, ctx: Context) -> Context:
+                return ctx
+
+        async with open_message_system() as system:
+            agent = await system.spawn(KeepsItsContext)
+            ctx = await agent.call("your context")
+        with pytest.raises(SystemClosed):
+            STALE_CONTEXT_CHANGES[change](ctx, agent)
+
+
+#: What a handler's context changes, through a context kept past its instance.
+STALE_CONTEXT_CHANGES: dict[str, Callable[[Context, AgentRef], object]] = {
+    "send_after": lambda ctx, agent: ctx.send_after(1.0, "late"),
+    "monitor": lambda ctx, agent: ctx.monitor(agent),
+    "stop": lambda ctx, agent: ctx.stop(),
+}
+
+
+class TestAContextKeptPastItsInstance:
+    @pytest.mark.parametrize("change", list(STALE_CONTEXT_CHANGES))
+    async def test_it_changes_nothing_for_the_next_instance(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock, change: str
+    ) -> None:
+        """As a dead process in Erlang can do nothing more, a context whose instance ended
+        (here by a crash and a restart) raises ``AgentStopped`` rather than act on the next
+        instance: no timer for it, no monitor, no stop of it."""
+        inbox: list[Any] = []
+        stops: list[ExitReason] = []
+        agent = await system.spawn(Runner, inbox, stops)
+        kept = await agent.call(lambda ctx: ctx)
+        with pytest.raises(CallFailed):
+            await agent.call(lambda ctx: 1 / 0)  # that instance crashes: another starts
+        with pytest.raises(AgentStopped):
+            STALE_CONTEXT_CHANGES[change](kept, agent)
+        await trio.sleep(5)
+        assert (inbox, len(stops), agent.alive) == ([], 1, True)
 
 
 class SlowToStop(Agent):
