@@ -248,7 +248,9 @@ class AgentCell(ActivatingInbox):
         # each the shared empty one until its first entry: most agents never set a timer or a
         # monitor, and four empty dicts were a thirtieth of an idle agent.
         self._timers: dict[Timer, None] = _NONE_YET
-        self._background: dict[trio.CancelScope, None] = _NONE_YET
+        #: Its background tasks' scopes, each with the event set as the task ends (made only
+        #: when the instance's end waits for it).
+        self._background: dict[trio.CancelScope, trio.Event | None] = _NONE_YET
         self._watchers: dict[MonitorRef, AgentCell] = _NONE_YET
         self._watching: dict[MonitorRef, AgentCell] = _NONE_YET
 
@@ -698,6 +700,7 @@ class AgentCell(ActivatingInbox):
             )
         instance.settle(reason)
         self._settle_links()
+        await self._background_ended()
         on_stop = instance.cleanup
         if on_stop is not None:  # a scope costs; most instances have no cleanup
             with trio.CancelScope(shield=True) as cleanup:
@@ -713,6 +716,21 @@ class AgentCell(ActivatingInbox):
             self._settle_links()  # what on_stop set up (a timer, a monitor) ends with it too
         if self.system.stops_seen():  # else nobody hears of it: no notice is made
             self.system.publish(AgentExited(self.id, reason))
+
+    async def _background_ended(self) -> None:
+        """Wait for the background tasks ``_settle_links`` cancelled to end, as a Trio nursery
+        waits for its children before it exits: shielded, within the stop's time."""
+        background = self._background
+        if not background:
+            return
+        with trio.CancelScope(shield=True) as waiting:
+            waiting.deadline = min(self.stop_deadline, trio.current_time() + self.shutdown)
+            for scope in list(background):
+                if scope in background:  # not ended meanwhile
+                    ended = background[scope]
+                    if ended is None:
+                        ended = background[scope] = trio.Event()
+                    await ended.wait()
 
     def _settle_links(self) -> None:
         """Cancel the instance's timers and background tasks and remove its monitors."""
@@ -889,7 +907,9 @@ class AgentCell(ActivatingInbox):
                         if stopping.linked_failure is None:
                             stopping.linked_failure = error
                             self.kill()
-            self._background.pop(scope, None)
+            ended = self._background.pop(scope, None)
+            if ended is not None:
+                ended.set()
 
         try:
             self.system.nursery.start_soon(linked)

@@ -883,6 +883,51 @@ class TestBackgroundTasks:
             await system.spawn(FailsDuringStart, restart=RestartType.TEMPORARY)
         assert failed.value.__cause__ is error
 
+    async def test_on_stop_runs_once_the_cancelled_tasks_have_cleaned_up(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """As a Trio nursery waits for its children before it exits, an instance's end waits
+        for the background tasks it cancels (their cleanup, within the stop's time) before
+        ``on_stop`` runs and any next instance starts."""
+        log: list[str] = []
+
+        async def lease() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(1.0)  # gives its lease back
+                log.append("lease given back")
+
+        class HoldsALease(Runner):
+            async def on_stop(self, reason: ExitReason) -> None:
+                log.append("on_stop")
+
+        ref = await system.spawn(HoldsALease)
+        await ref.call(lambda ctx: ctx.start_soon(lease))
+        await system.stop(ref)
+        assert log == ["lease given back", "on_stop"]
+
+    async def test_a_task_slow_to_clean_up_holds_the_stop_no_longer_than_its_time(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The wait for the cancelled tasks is bounded by the agent's shutdown time."""
+        stops: list[ExitReason] = []
+
+        async def slow_cleanup() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(60.0)
+
+        ref = await system.spawn(Runner, None, stops, shutdown=2.0)
+        await ref.call(lambda ctx: ctx.start_soon(slow_cleanup))
+        began = trio.current_time()
+        await system.stop(ref)
+        assert trio.current_time() - began <= 2.0
+        assert len(stops) == 1
+
     async def test_background_task_error_crashes_the_agent(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:
