@@ -700,7 +700,8 @@ class AgentCell(ActivatingInbox):
             )
         instance.settle(reason)
         self._settle_links()
-        await self._background_ended()
+        if self._background:  # most instances have none: no coroutine for them
+            await self._background_ended()
         on_stop = instance.cleanup
         if on_stop is not None:  # a scope costs; most instances have no cleanup
             with trio.CancelScope(shield=True) as cleanup:
@@ -721,8 +722,6 @@ class AgentCell(ActivatingInbox):
         """Wait for the background tasks ``_settle_links`` cancelled to end, as a Trio nursery
         waits for its children before it exits: shielded, within the stop's time."""
         background = self._background
-        if not background:
-            return
         with trio.CancelScope(shield=True) as waiting:
             waiting.deadline = min(self.stop_deadline, trio.current_time() + self.shutdown)
             for scope in list(background):
