@@ -467,13 +467,18 @@ class AgentCell(ActivatingInbox):
         if settled_as is None:  # asleep: its supervisor keeps it, without a task, until woken
             assert self.latest is not None
             raise Hibernate(wake_to_stop=self.latest.cleanup is not None)
-        if self.state is CellState.STOPPED and self.system.closing:
-            # Ended for good, as every stop is once the system shuts down: its supervisor is
-            # to start it no more, nor count (or give up on) a restart of it meanwhile.
+        stopping = self._stopping
+        if (
+            self.state is CellState.STOPPED
+            and self.system.closing
+            and (stopping is None or not stopping.final)
+        ):
+            # Ended for good, as every stop is once the system shuts down, but not on its
+            # supervisor's request (a crash, a stop of its own): that supervisor is to start it
+            # no more, nor count (or give up on) a restart of it meanwhile.
             cause = settled_as if isinstance(settled_as, Exception) else None
             raise FinalExit(f"{self.id!r} ended as the system shuts down") from cause
         if isinstance(settled_as, Exception):
-            stopping = self._stopping
             if stopping is not None and stopping.exit_as is not None:
                 raise stopping.exit_as(
                     f"{self.id!r} failed with {bounded_repr(settled_as)}"
