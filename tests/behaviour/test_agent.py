@@ -862,6 +862,17 @@ class TestTimers:
         assert ref.alive
 
 
+async def cleans_up_when_cancelled(seconds: float, log: list[str]) -> None:
+    """A background task that runs until cancelled, then cleans up (shielded) for ``seconds``
+    (gives a lease back, flushes a buffer) and says so in ``log``."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(seconds)
+        log.append("cleaned up")
+
+
 class TestBackgroundTasks:
     async def test_a_task_that_fails_while_on_start_runs_is_the_start_failure(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
@@ -891,38 +902,22 @@ class TestBackgroundTasks:
         ``on_stop`` runs and any next instance starts."""
         log: list[str] = []
 
-        async def lease() -> None:
-            try:
-                await trio.sleep_forever()
-            finally:
-                with trio.CancelScope(shield=True):
-                    await trio.sleep(1.0)  # gives its lease back
-                log.append("lease given back")
-
         class HoldsALease(Runner):
             async def on_stop(self, reason: ExitReason) -> None:
                 log.append("on_stop")
 
         ref = await system.spawn(HoldsALease)
-        await ref.call(lambda ctx: ctx.start_soon(lease))
+        await ref.call(lambda ctx: ctx.start_soon(cleans_up_when_cancelled, 1.0, log))
         await system.stop(ref)
-        assert log == ["lease given back", "on_stop"]
+        assert log == ["cleaned up", "on_stop"]
 
     async def test_a_task_slow_to_clean_up_holds_the_stop_no_longer_than_its_time(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:
         """The wait for the cancelled tasks is bounded by the agent's shutdown time."""
         stops: list[ExitReason] = []
-
-        async def slow_cleanup() -> None:
-            try:
-                await trio.sleep_forever()
-            finally:
-                with trio.CancelScope(shield=True):
-                    await trio.sleep(60.0)
-
         ref = await system.spawn(Runner, None, stops, shutdown=2.0)
-        await ref.call(lambda ctx: ctx.start_soon(slow_cleanup))
+        await ref.call(lambda ctx: ctx.start_soon(cleans_up_when_cancelled, 60.0, []))
         began = trio.current_time()
         await system.stop(ref)
         assert trio.current_time() - began <= 2.0
