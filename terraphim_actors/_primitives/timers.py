@@ -10,6 +10,7 @@ from collections.abc import Callable
 import trio
 
 from .._core.checks import check_seconds
+from .._core.threads import check_thread, current_thread_id
 
 __all__ = ["Timer", "TimerService"]
 
@@ -35,7 +36,13 @@ class Timer:
         return self._callback is not None
 
     def cancel(self) -> bool:
-        """Stop the timer. Returns True if it had not fired (nor been cancelled) yet."""
+        """Stop the timer. Returns True if it had not fired (nor been cancelled) yet.
+
+        Raises:
+            WrongThread: called from a thread other than its service's, whose heap it would
+                change under the service's feet (the timer stays as it was).
+        """
+        check_thread(self._service.thread_id, "timer.cancel", sync=True)
         if self._callback is None:
             return False
         self._callback = None
@@ -52,10 +59,12 @@ class TimerService:
     """A heap of timers and the one task that fires them when their time comes.
 
     Callbacks run in the service's task: they must be quick and must not block (they post a
-    message, they do not await one).
+    message, they do not await one). It belongs to the thread that made it, its Trio run's.
     """
 
     def __init__(self) -> None:
+        #: The thread whose Trio run the service serves: the only one that may cancel a timer.
+        self.thread_id = current_thread_id()
         self._heap: list[tuple[float, int, Timer]] = []
         self._sequence = itertools.count()
         self._cancelled = 0

@@ -341,6 +341,22 @@ class TestHandlersWorkerThreads:
             runner = await w.system.spawn(Runner)
             assert await runner.call(demonitor_in_worker_thread) is True
 
+    @bounded
+    async def test_a_timer_cancelled_from_a_handlers_worker_thread_raises_wrong_thread(
+        self,
+    ) -> None:
+        """Cancelling a ``send_after`` timer from a worker thread is refused: the timer stays
+        pending, and cancels from the system's thread."""
+
+        async def cancel_in_worker_thread(ctx: Context) -> tuple[bool, bool]:
+            timer = ctx.send_after(60, "later")
+            await from_worker_thread(lambda: raises_wrong_thread(timer.cancel))
+            return timer.pending, timer.cancel()
+
+        async with world() as w:
+            runner = await w.system.spawn(Runner)
+            assert await runner.call(cancel_in_worker_thread) == (True, True)
+
     @pytest.mark.parametrize("answer", DEFERRED_ANSWERS)
     @bounded
     async def test_a_deferred_reply_from_a_worker_thread_raises_wrong_thread(
