@@ -383,11 +383,10 @@ class GenServer:
         # hooks cost one local truth test per message, not a dict lookup each.
         observed = bool(instruments)
         hibernate_after = self._behaviour.hibernate_after
+        # Messages served since ``batch_started``: only time in which messages were served is
+        # recorded, so that an agent shows no activity (and keeps no floats for it) until it
+        # has served one.
         served = 0
-        # Whether messages were served since ``batch_started`` before ``served`` last restarted
-        # (at a yield): only time in which messages were served is recorded, so that an agent
-        # shows no activity (and keeps no floats for it) until it has served one.
-        served_before = False
         batch_started = clock()
         try:
             # ``first`` was taken from the mailbox already: served even by a draining instance
@@ -400,18 +399,22 @@ class GenServer:
                 if scoped and self._handler_scope is None:  # not ``cancel_called``: it reads
                     return None  # the clock
                 if served >= _BATCH:
+                    # The batch so far is recorded before the yield: the time others then take
+                    # is not this agent's processing.
+                    yielding_at = clock()
+                    mailbox.record_processing_time(yielding_at - batch_started, yielding_at)
                     served = 0
-                    served_before = True
                     await trio.lowlevel.checkpoint()
+                    batch_started = clock()
                 if first is None:
                     envelope = mailbox.try_receive()
                 else:
                     envelope, first = first, None
                 if envelope is None:
                     idle_from = clock()
-                    if served or served_before:
+                    if served:
                         mailbox.record_processing_time(idle_from - batch_started, idle_from)
-                        served, served_before = 0, False
+                        served = 0
                     try:
                         if hibernate_after is None or cell.system.closing:
                             await mailbox.wait_for_arrival()  # request_stop interrupts it
@@ -519,7 +522,7 @@ class GenServer:
                         delivery.acknowledge(endpoint, envelope, reply)
                 cell._in_hand = None
         finally:
-            if served or served_before:
+            if served:
                 stopped_at = clock()
                 mailbox.record_processing_time(stopped_at - batch_started, stopped_at)
         return cell._stop_requested or StopReason.NORMAL

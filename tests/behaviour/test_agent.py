@@ -1142,6 +1142,29 @@ class TestStatistics:
         assert stats.total_processing_time == pytest.approx(_BATCH / 10)
         assert stats.last_activity == pytest.approx(started + _BATCH / 10)
 
+    async def test_time_others_take_while_the_agent_yields_is_not_processing_time(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """At the yield after each batch, the time other tasks take before the agent runs
+        again is theirs: here a task jumping the clock 10 s as the first batch ends."""
+        ref = await system.spawn(Runner)
+        first_batch_done = trio.Event()
+
+        async def done(ctx: Context) -> None:
+            first_batch_done.set()
+
+        async def instant(ctx: Context) -> None:
+            pass
+
+        for number in range(2 * _BATCH):
+            ref.cast_nowait(done if number == _BATCH - 1 else instant)
+        await first_batch_done.wait()
+        autojump_clock.jump(10)
+        await trio.sleep(1)
+        stats = stats_of(system, ref.id)
+        assert stats.messages_processed == 2 * _BATCH
+        assert stats.total_processing_time == 0.0
+
 
 class HearsOfMessages(Instrument):
     """Listens to the message hooks, and does nothing with what it hears."""
