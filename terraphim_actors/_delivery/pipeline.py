@@ -420,9 +420,7 @@ class DeliveryManager:
             self._release(envelope)
             await spend_send_budget()  # refused before the inbox spent it: a send all the same
             return _failure_of(error, endpoint)
-        self.ledger.delivered()
-        if "message_delivered" in self._instruments:
-            self._instruments.call("message_delivered", envelope)
+        self._delivered(envelope)
         return None
 
     def _put_nowait(self, endpoint: Endpoint | None, envelope: Envelope) -> _Failure | None:
@@ -434,15 +432,7 @@ class DeliveryManager:
             if failure is not None:
                 return None  # it waits for admission, or its pool's fallback took it
             assert endpoint is not None
-        try:
-            endpoint.inbox.put_nowait(envelope)
-        except _PUT_FAILURES as error:
-            self._release(envelope)
-            return _failure_of(error, endpoint)
-        self.ledger.delivered()
-        if "message_delivered" in self._instruments:
-            self._instruments.call("message_delivered", envelope)
-        return None
+        return self._put_now(endpoint, envelope)
 
     def put_admitted(
         self, endpoint: Endpoint, envelope: Envelope, *, fallback: bool = False
@@ -456,15 +446,25 @@ class DeliveryManager:
                 return self._put_nowait(endpoint, envelope)
             finally:
                 self.in_fallback = False
+        return self._put_now(endpoint, envelope)
+
+    def _put_now(self, endpoint: Endpoint, envelope: Envelope) -> _Failure | None:
+        """Put ``envelope``, with nothing left in its way, into ``endpoint``'s inbox now, or
+        say why not: the mailbox's refusal."""
         try:
             endpoint.inbox.put_nowait(envelope)
         except _PUT_FAILURES as error:
             self._release(envelope)
             return _failure_of(error, endpoint)
+        self._delivered(envelope)
+        return None
+
+    def _delivered(self, envelope: Envelope) -> None:
+        """Count ``envelope``, accepted before, as put into its mailbox, and tell the
+        instruments."""
         self.ledger.delivered()
         if "message_delivered" in self._instruments:
             self._instruments.call("message_delivered", envelope)
-        return None
 
     def _obstacle(
         self, endpoint: Endpoint | None, envelope: Envelope
