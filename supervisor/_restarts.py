@@ -37,6 +37,7 @@ class RestartStrategy(enum.Enum):
     #: stay down, unlike OTP, which would start them again.
     ONE_FOR_ALL = "one_for_all"
     #: The child and those started after it, stopped newest first and started again in order.
+    #: As with ``ONE_FOR_ALL``, those of them that had already ended for good stay down.
     REST_FOR_ONE = "rest_for_one"
 
 
