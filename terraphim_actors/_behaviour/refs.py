@@ -408,7 +408,8 @@ class PoolRef(AgentRef):
 
     @property
     def members(self) -> list[AgentRef]:
-        """Refs to the members that have not stopped for good, in pool order."""
+        """Refs to the members that take messages (not stopped, nor stopping, for good), in
+        pool order."""
         return [AgentRef(endpoint, self._system) for endpoint in self._address.members()]
 
     @property

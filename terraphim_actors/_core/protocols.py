@@ -199,6 +199,12 @@ class Occupant(Protocol):
         ...
 
     @property
+    def leaving(self) -> bool:
+        """Whether it takes no more messages, for good: it has stopped for good, or is
+        stopping for good with its mailbox closed (a group no longer chooses it)."""
+        ...
+
+    @property
     def load(self) -> int:
         """Messages waiting, plus one while a handler runs."""
         ...

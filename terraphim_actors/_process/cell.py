@@ -333,6 +333,12 @@ class AgentCell(ActivatingInbox):
         return self.state is CellState.STOPPED
 
     @property
+    def leaving(self) -> bool:
+        """Whether it has stopped for good, or is stopping for good (its mailbox closed)."""
+        stopping = self._stopping
+        return self.state is CellState.STOPPED or (stopping is not None and stopping.final)
+
+    @property
     def load(self) -> int:
         """Messages waiting, plus one while a handler runs: what least-loaded balancing uses."""
         return len(self.mailbox) + (self._in_hand is not None)

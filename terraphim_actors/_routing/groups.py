@@ -82,12 +82,13 @@ class Group:
         return recipient is not None and (recipient == self.id or recipient == self.id.name)
 
     def member(self, position: int) -> Endpoint | None:
-        """The member at ``position`` if it has not stopped for good."""
+        """The member at ``position`` unless it is leaving: stopped, or stopping, for good
+        (its mailbox is closed, it takes nothing more)."""
         endpoint = self.positions[position]
-        return None if endpoint is None or endpoint.occupant.gone else endpoint
+        return None if endpoint is None or endpoint.occupant.leaving else endpoint
 
     def members(self) -> list[Endpoint]:
-        """The members that have not stopped for good, in group order."""
+        """The members that are not leaving, in group order."""
         return [e for e in map(self.member, range(len(self.positions))) if e is not None]
 
     # -- as an address: what a ref resolves its destination through -------------------------

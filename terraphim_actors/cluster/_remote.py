@@ -175,6 +175,11 @@ class RemoteOccupant:
         return self.placement() is None
 
     @property
+    def leaving(self) -> bool:
+        """As :attr:`gone`: a remote agent's stopping is known only once it is over."""
+        return self.gone
+
+    @property
     def stopped_for_good(self) -> bool:
         """Whether the agent last seen under the name said it stopped for good, and nothing
         holds the name since."""

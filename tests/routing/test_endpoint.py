@@ -69,6 +69,7 @@ class Occupant:
     def __init__(self, *, serving: bool = True, load: int = 0, own_task: bool = False) -> None:
         self.serving = serving
         self.gone = False
+        self.leaving = False
         self.load = load
         self.in_own_task = own_task
 

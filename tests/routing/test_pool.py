@@ -788,6 +788,29 @@ class TestBalancingPassesOverMembersThatCannotTakeWork:
             assert await pool.call("work", timeout=30) == "m"
             assert trio.current_time() - started < 1
 
+    async def test_a_member_being_stopped_for_good_takes_no_more_of_the_pools_messages(
+        self, system: MessageSystem
+    ) -> None:
+        """While ``system.stop`` waits for a busy member's handler, its mailbox is closed: the
+        pool sends what comes to the other member instead of filing it as stopped."""
+        log: Log = []
+        pool = await workers(system, log, size=2)
+        leaving, staying = pool.members
+        release = trio.Event()
+        await leaving.cast(until(release))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(system.stop, leaving)
+            await trio.testing.wait_all_tasks_blocked()
+            for number in range(4):
+                await pool.cast(number)
+            answer = await pool.call("who")
+            await trio.testing.wait_all_tasks_blocked()
+            assert pool.members == [staying]
+            release.set()
+        assert answer == staying.name
+        assert [payload for _, payload in log] == [0, 1, 2, 3, "who"]
+        assert list(system.dead_letters) == []
+
 
 class TestPoolStoppedForGood:
     async def test_cast_in_hand_when_its_pool_is_stopped_is_an_agent_stopped_dead_letter(
