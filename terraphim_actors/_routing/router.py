@@ -129,9 +129,11 @@ class Router:
         a single ``(None, envelope)`` when nobody takes it.
 
         The custom router decides, if there is one; but a retry of a copy it addressed to an
-        agent (by ``AgentId``) goes to that agent.
+        agent (by ``AgentId``) goes to that agent. A retry is the same message: it is counted
+        as routed once, when first sent.
         """
-        self.routed += 1
+        if not retry:
+            self.routed += 1
         custom = self.config.custom_router
         if custom is None or (retry and isinstance(envelope.recipient, AgentId)):
             return [(self._registered_target(envelope), envelope)]

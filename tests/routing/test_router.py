@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from agents import Recorder, lenient_config
+from agents import Recorder, Runner, lenient_config
 
 from terraphim_actors import (
     Agent,
@@ -283,6 +283,29 @@ class TestStats:
         await ref.cast("direct")
         await ref.call("direct")
         assert system.router.stats().routed == 0
+
+    async def test_a_retried_message_counts_as_routed_once(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A retry is the same message: a pool's cast crashed once and handled on its retry
+        is one routed message, and a direct cast's retry is not routed at all."""
+        crashed: set[str] = set()
+
+        def crash_once(tag: str) -> Any:
+            def action(ctx: Context) -> None:
+                if tag not in crashed:
+                    crashed.add(tag)
+                    raise RuntimeError("first try")
+
+            return action
+
+        pool = await system.spawn_pool(Runner, size=2, name="pool")
+        ref = await system.spawn(Runner)
+        await pool.cast(crash_once("pool"))
+        await ref.cast(crash_once("direct"))
+        await trio.sleep(10)
+        assert system.delivery.get_stats().retried == 2
+        assert system.router.stats().routed == 1
 
     async def test_fanned_out_message_counts_once(self) -> None:
         """A message the custom router sends to several agents is one routed message."""
