@@ -8,7 +8,7 @@ one endpoint, through its address.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 import trio
 
@@ -127,19 +127,20 @@ class Group:
             # Only a member's own task is a caller that cannot answer: a background task's
             # agent has its handler free.
             caller = next((e for e in members if e is not None and e.occupant.in_own_task), None)
-        # The caller does not count as running: a restarting member answers it once back.
-        running_only = any(
-            e is not None and e is not caller and e.occupant.serving for e in members
-        )
 
-        def available(position: int) -> bool:
-            endpoint = members[position]
+        def admits(endpoint: Endpoint | None) -> TypeGuard[Endpoint]:
             if endpoint is None or endpoint is caller:
-                return False
-            if running_only and not endpoint.occupant.serving:
                 return False
             admission = endpoint.admission
             return admission is None or admission.would_admit(now)
+
+        # A member waiting to restart is passed over only while another runs and admits the
+        # message; the caller does not count: a restarting member answers it once back.
+        running_only = any(admits(e) and e.occupant.serving for e in members)
+
+        def available(position: int) -> bool:
+            endpoint = members[position]
+            return admits(endpoint) and (endpoint.occupant.serving or not running_only)
 
         def load(position: int) -> int:
             endpoint = members[position]

@@ -811,6 +811,31 @@ class TestBalancingPassesOverMembersThatCannotTakeWork:
         assert [payload for _, payload in log] == [0, 1, 2, 3, "who"]
         assert list(system.dead_letters) == []
 
+    async def test_pool_prefers_a_member_restarting_to_one_whose_circuit_is_open(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Member 0 runs with its circuit open; member 1 waits a second to restart, its circuit
+        closed: the call waits for member 1 instead of being refused by member 0's circuit."""
+        config = MessageSystemConfig(
+            max_restarts=100,
+            restart_backoff=RestartBackoff(initial=1.0, multiplier=1.0, jitter=0.0),
+            delivery=DeliveryConfig(guarantee=AT_MOST_ONCE),
+            router=RouterConfig(
+                circuit_breaker=CircuitBreakerConfig(failure_threshold=2, reset_timeout=60.0)
+            ),
+        )
+        async with open_message_system(config) as system:
+            pool = await workers(system, [], size=2)
+            open_member, restarting = pool.members
+            for _ in range(2):
+                with pytest.raises(CallFailed):
+                    await open_member.call(fail)
+                await trio.sleep(2)
+            with pytest.raises(CallFailed):
+                await restarting.call(fail)
+            assert system.router.stats().open_circuits == 1
+            assert await pool.call("who") == restarting.name
+
 
 class TestPoolStoppedForGood:
     async def test_cast_in_hand_when_its_pool_is_stopped_is_an_agent_stopped_dead_letter(
