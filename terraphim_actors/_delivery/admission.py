@@ -279,6 +279,10 @@ class AdmissionDesk:
         """``envelope``'s handler said "retry after ``seconds``": hold the budgets that long
         and have it wait first in line, neither failed nor spending a retry; or, if it could
         not be handled by its deadline then, refuse it now."""
+        budgets = gate.budgets
+        now = self._clock.current_time()
+        # Held before the place is given back: else the release lets the next message through.
+        budgets.hold(now + seconds)
         self.release(envelope)
         if self._delivery.closing:
             self._delivery.undelivered(
@@ -287,9 +291,6 @@ class AdmissionDesk:
                 SystemClosed("the system shut down before it could be tried again"),
             )
             return
-        budgets = gate.budgets
-        now = self._clock.current_time()
-        budgets.hold(now + seconds)
         if now + seconds + budgets.handling_time > deadline_of(envelope):
             budgets.refused += 1
             self._delivery.undelivered(envelope, *_unmeetable(endpoint, envelope, now + seconds))
@@ -297,7 +298,10 @@ class AdmissionDesk:
         budgets.wait((endpoint, envelope, now), envelope.options.priority, first=True)
         self._waiting.add(id(envelope))
         self._rooms[budgets] = None
-        self._wake_at(budgets, budgets.retry_at(now))
+        if budgets.would_admit(now):
+            self.drain(budgets)  # a wait of no time: no hold stands in its way
+        else:
+            self._wake_at(budgets, budgets.retry_at(now))
 
     def settle_all(self) -> None:
         """At shutdown: every waiting message is settled as the shutdown settles a retry's

@@ -133,6 +133,39 @@ class TestRetryAfter:
         assert await ref.call("seen") == [("busy", 3.0), "later"]
         settled(system)
 
+    async def test_a_wait_of_no_time_runs_the_message_again_at_once(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """``ctx.retry_after(0)`` (a 429 with ``Retry-After: 0``, or a date already past): the
+        call is handled again at once, and a cast too."""
+        ref = await system.spawn(Recorder)
+        start = trio.current_time()
+        assert await ref.call(("busy", 0.0), timeout=10.0) == ("busy", 0.0)
+        await ref.cast(("busy", 0))
+        assert await ref.call("seen") == [("busy", 0.0), ("busy", 0)]
+        assert trio.current_time() == start
+        settled(system)
+
+    async def test_a_message_waiting_for_the_place_it_held_waits_out_the_hold(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """With one concurrency place, a call waiting for it while the handler in the place
+        asks for a retry after 3 s is not let through by the place given back: it follows
+        the retried message once the 3 s are over."""
+        async with open_message_system() as system:
+            ref = await system.spawn(Recorder, admission=[ConcurrencyLimit(1)])
+            start = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ref.call, ("sleep", 1.0))
+                await trio.sleep(0.5)
+                nursery.start_soon(ref.call, ("busy", 3.0))
+                await trio.sleep(0.1)
+                nursery.start_soon(ref.call, "waiting")
+            times = await ref.call("times")
+            assert await ref.call("seen") == [("sleep", 1.0), ("busy", 3.0), "waiting"]
+            assert times == pytest.approx([start + 1.0, start + 4.0, start + 4.0])
+            settled(system)
+
     async def test_a_call_whose_deadline_comes_first_gets_call_timeout_at_once(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:
