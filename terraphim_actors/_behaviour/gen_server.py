@@ -476,6 +476,7 @@ class GenServer:
                     context._retry_after = None
                     if observed and "handler_finished" in instruments:
                         instruments.call("handler_finished", cell.id, envelope, not_handled)
+                    delivery.record_neither(endpoint)
                     unhandled = UnhandledMessage(f"{type(instance).__name__} does not handle it")
                     delivery.undelivered(envelope, DeadLetterReason.UNHANDLED, unhandled)
                 except Exception as crash:
@@ -485,7 +486,9 @@ class GenServer:
                     # A request that will fail the same way again (bad, not the agent's
                     # fault) says nothing of the agent's health: the circuit does not count it.
                     rejected = _not_retryable(crash, instance.no_retry_on)
-                    if not rejected:
+                    if rejected:
+                        delivery.record_neither(endpoint)
+                    else:
                         delivery.record_failure(endpoint)
                     directive = self._decide(crash, envelope)
                     if rejected:

@@ -256,8 +256,10 @@ class AdmissionPolicy(Protocol):
         scheduled before it, and a group names the member whose time comes first."""
         ...
 
-    def record(self, succeeded: bool, now: float) -> None:
-        """How a message it let through ended."""
+    def record(self, succeeded: bool | None, now: float) -> None:
+        """How a message it let through ended: handled (True), failed (False), or ``None``
+        when the end says nothing of the recipient's health (it refused the message as bad,
+        or handles no such message), which still ends a half-open circuit's trial."""
         ...
 
 

@@ -718,6 +718,13 @@ class DeliveryManager:
         if admission is not None:
             admission.record(True, self._clock.current_time())
 
+    def record_neither(self, endpoint: Endpoint) -> None:
+        """Report to ``endpoint``'s admission a message its agent refused as bad or does not
+        handle: no sign of its health either way, but the end of a half-open circuit's trial."""
+        admission = endpoint.admission
+        if admission is not None:
+            admission.record(None, self._clock.current_time())
+
     def record_failure(self, endpoint: Endpoint) -> None:
         """Report a failure to ``endpoint``'s admission. The one place that knows the policy
         is a circuit breaker: it makes one on the endpoint's first failure (while the circuit

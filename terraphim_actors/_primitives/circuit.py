@@ -103,13 +103,24 @@ class CircuitBreaker:
             return None
         return self.reopens_at if self._state is CircuitState.OPEN else now
 
-    def record(self, succeeded: bool, now: float) -> None:
-        """How a message let through ended: :meth:`record_success` or :meth:`record_failure`,
-        as the ``AdmissionPolicy`` seam reports outcomes to any policy."""
-        if succeeded:
+    def record(self, succeeded: bool | None, now: float) -> None:
+        """How a message let through ended: :meth:`record_success`, :meth:`record_failure`
+        or (``None``) :meth:`record_neither`, as the ``AdmissionPolicy`` seam reports outcomes
+        to any policy."""
+        if succeeded is None:
+            self.record_neither(now)
+        elif succeeded:
             self.record_success()
         else:
             self.record_failure(now)
+
+    def record_neither(self, now: float) -> None:
+        """A message ended saying nothing of the recipient's health (it refused it as bad):
+        nothing is counted, but a half-open circuit's trial is over, so another may go rather
+        than every message waiting one more reset timeout. As resilience4j's ignored errors
+        do, it frees a trial's place even if it was let through before the circuit opened."""
+        if self.state(now) is CircuitState.HALF_OPEN and self._trials:
+            self._trials -= 1
 
     def record_success(self) -> None:
         """A message was handled: the circuit closes and the failure count starts over."""

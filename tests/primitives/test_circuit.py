@@ -25,6 +25,7 @@ from terraphim_actors import (
     MessageOptions,
     MessageSystem,
     MessageSystemConfig,
+    NotHandled,
     OverflowPolicy,
     RouterConfig,
     open_message_system,
@@ -224,6 +225,26 @@ class TestBreaker:
         assert breaker.state(20.0) is CircuitState.HALF_OPEN
         assert breaker.admit(20.0)
 
+    def test_a_trial_that_ended_neither_way_lets_the_next_one_through(self) -> None:
+        """A trial refused by the recipient as bad (``record(None, ...)``) decides nothing,
+        but it is over: the next message is the next trial, at once."""
+        breaker = CircuitBreaker(BREAKER)
+        breaker.record_failure(0.0)
+        breaker.record_failure(0.0)
+        assert breaker.admit(10.0)
+        breaker.record(None, 11.0)
+        assert breaker.state(11.0) is CircuitState.HALF_OPEN
+        assert [breaker.admit(11.0), breaker.admit(11.0)] == [True, False]
+
+    def test_an_outcome_of_neither_way_counts_nothing_while_closed(self) -> None:
+        """Between failures, an outcome of neither way neither resets nor adds to the count."""
+        breaker = CircuitBreaker(BREAKER)
+        breaker.record_failure(0.0)
+        breaker.record(None, 1.0)
+        assert breaker.state(1.0) is CircuitState.CLOSED
+        breaker.record_failure(2.0)
+        assert breaker.state(2.0) is CircuitState.OPEN
+
     def test_failures_while_open_do_not_extend_it(self) -> None:
         """A failure reported while open (a late one) does not restart the reset timeout."""
         breaker = CircuitBreaker(BREAKER)
@@ -372,6 +393,28 @@ class TestThroughTheSystem:
             assert await ref.call(lambda ctx: "trial") == "trial"
             assert circuit_of(system, ref) is CircuitState.CLOSED
             assert await ref.call(lambda ctx: "flowing") == "flowing"
+
+    @pytest.mark.parametrize("refusal", ["NonRetryable", "NotHandled"])
+    async def test_a_trial_the_agent_refuses_lets_the_next_message_through(
+        self, autojump_clock: trio.testing.MockClock, refusal: str
+    ) -> None:
+        """A trial the agent refuses as a bad request, or does not handle, decides nothing:
+        the next message is tried at once, not one reset timeout later."""
+
+        def refuse(ctx: Context) -> None:
+            if refusal == "NonRetryable":
+                raise NonRetryable("a bad request")
+            raise NotHandled
+
+        async with breaker_system(DeliveryGuarantee.AT_MOST_ONCE) as system:
+            ref = await system.spawn(Runner)
+            await crash(ref, 2)
+            await trio.sleep(10)
+            with pytest.raises(CallFailed):
+                await ref.call(refuse)
+            assert circuit_of(system, ref) is CircuitState.HALF_OPEN
+            assert await ref.call(lambda ctx: "trial") == "trial"
+            assert circuit_of(system, ref) is CircuitState.CLOSED
 
     async def test_failed_trial_reopens_the_circuit(
         self, autojump_clock: trio.testing.MockClock

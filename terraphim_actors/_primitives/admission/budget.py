@@ -51,7 +51,7 @@ class Budget:
         ready = self.retry_at(now)
         return now if ready is None else ready
 
-    def record(self, succeeded: bool, now: float) -> None:
+    def record(self, succeeded: bool | None, now: float) -> None:
         """How a message it let through ended: no budget here cares."""
 
     def charge(self, tokens: int, now: float) -> None:

@@ -116,7 +116,7 @@ class Budgets:
         times = [policy.admit_at(now, ahead, handling_time) for policy in self.policies]
         return max(now, self.held_until, *times)
 
-    def record(self, succeeded: bool, now: float) -> None:
+    def record(self, succeeded: bool | None, now: float) -> None:
         for policy in self.policies:
             policy.record(succeeded, now)
 

@@ -51,6 +51,6 @@ class AdmissionGate:
             return budgets_at
         return breaker_at if budgets_at is None else max(breaker_at, budgets_at)
 
-    def record(self, succeeded: bool, now: float) -> None:
+    def record(self, succeeded: bool | None, now: float) -> None:
         if self.breaker is not None:
             self.breaker.record(succeeded, now)
