@@ -45,6 +45,9 @@ class RetryCandidate:
 #: Seconds between tries of a message the cluster could not carry (no NATS server took it, or
 #: JetStream was electing a stream leader): such tries spend none of its retries.
 UNREACHABLE_WAIT = 0.5
+#: Seconds at least between tries of a message refused while a half-open circuit's trial is
+#: out, which spend none of its retries: so that a retry delay of 0 does not spin.
+TRIAL_WAIT = 0.1
 
 
 class NoRetry(enum.Enum):
@@ -80,13 +83,14 @@ class RetryScheduler:
         #: its own task, the scope of that wait (which the shutdown cancels to wake it).
         self._waiting: dict[RetryCandidate, Timer | trio.CancelScope] = {}
 
-    def backoff(self, envelope: Envelope) -> float:
-        """Seconds before redelivery number ``envelope.attempt`` (1 for the first)."""
+    def backoff(self, envelope: Envelope, attempt: int | None = None) -> float:
+        """Seconds before redelivery number ``attempt`` (1 for the first; by default
+        ``envelope.attempt``)."""
         config = self._config
         base = envelope.options.retry_delay
         assert base is not None  # filled in when the message was accepted
         return exponential_delay(
-            envelope.attempt,
+            envelope.attempt if attempt is None else attempt,
             initial=base,
             multiplier=config.retry_backoff_multiplier,
             maximum=config.max_retry_delay,
@@ -110,9 +114,11 @@ class RetryScheduler:
         tried again every :data:`UNREACHABLE_WAIT` seconds until ``limit``. Otherwise the time
         is its backoff from now; refused by its destination's ``admission``, not before
         that may let it through (its ``retry_at``: for an open circuit, when it lets a trial
-        through), since sooner it would only fail again. (Refused by a half-open circuit, it
-        waits only its backoff: the trial under way will soon have closed the circuit, or
-        opened it again.)
+        through), since sooner it would only fail again. Refused while that hangs on outcomes
+        under way (a half-open circuit's trial), it spends no retry either, and asks again
+        after the backoff of its next retry (at least :data:`TRIAL_WAIT`): a trial as long as
+        a model call would otherwise use up the retries of every message behind it, though
+        the agent may be well.
         """
         now = self._clock.current_time()
         if reason is DeadLetterReason.UNREACHABLE:
@@ -120,16 +126,20 @@ class RetryScheduler:
             # spent; it waits for NATS until its expiry.
             due = now + UNREACHABLE_WAIT
             return NoRetry.TOO_LATE if due > limit else due
+        retry_at = None
+        if reason is DeadLetterReason.CIRCUIT_OPEN and admission is not None:
+            retry_at = admission.retry_at(now)
+            if retry_at is not None and retry_at <= now:
+                due = now + max(self.backoff(envelope, envelope.attempt + 1), TRIAL_WAIT)
+                return NoRetry.TOO_LATE if due > limit else due
         retries = envelope.options.max_retries
         assert retries is not None  # filled in when the message was accepted
         if envelope.attempt >= retries:
             return NoRetry.EXHAUSTED
         envelope.attempt += 1
         due = now + self.backoff(envelope)
-        if reason is DeadLetterReason.CIRCUIT_OPEN and admission is not None:
-            retry_at = admission.retry_at(now)
-            if retry_at is not None:
-                due = max(due, retry_at)
+        if retry_at is not None:
+            due = max(due, retry_at)
         return NoRetry.TOO_LATE if due > limit else due
 
     def schedule(self, envelope: Envelope, due: float, reason: DeadLetterReason) -> None:

@@ -13,7 +13,7 @@ from supervisor import RestartBackoff
 from terraphim_actors import DeadLetterReason, DeliveryConfig, MessageOptions, cast
 from terraphim_actors._core.messages import Envelope
 from terraphim_actors._delivery.options import FilledOptions
-from terraphim_actors._delivery.retries import NoRetry, RetryCandidate, RetryScheduler
+from terraphim_actors._delivery.retries import TRIAL_WAIT, NoRetry, RetryCandidate, RetryScheduler
 from terraphim_actors._primitives.circuit import CircuitBreaker, CircuitBreakerConfig
 from terraphim_actors._primitives.timers import TimerService
 
@@ -123,7 +123,8 @@ class TestNextTry:
 
     def test_refused_by_a_half_open_circuit_it_waits_only_its_backoff(self) -> None:
         """A half-open circuit whose one trial is out refuses, but the trial's outcome will
-        soon decide: the next try waits its backoff, not another reset timeout."""
+        soon decide: the next try waits its backoff, not another reset timeout, and spends
+        no retry."""
         config = DeliveryConfig(retry_delay=1.0, jitter=0)
         clock = trio.testing.MockClock()
         breaker = CircuitBreaker(CircuitBreakerConfig(failure_threshold=1, reset_timeout=10.0))
@@ -131,7 +132,22 @@ class TestNextTry:
         clock.jump(10.0)
         assert breaker.admit(10.0)  # the trial
         assert not breaker.would_admit(10.0)
+        envelope = message(config)
+        refused = scheduler(config, clock).next_try(
+            envelope, DeadLetterReason.CIRCUIT_OPEN, breaker, limit=100.0
+        )
+        assert (refused, envelope.attempt) == (11.0, 0)
+
+    def test_refused_by_a_half_open_circuit_with_no_retry_delay_it_waits_a_little(self) -> None:
+        """With a retry delay of 0, a message refused during a trial still waits
+        ``TRIAL_WAIT``: tries that spend no retry must not spin at one instant."""
+        config = DeliveryConfig(retry_delay=0.0, jitter=0)
+        clock = trio.testing.MockClock()
+        breaker = CircuitBreaker(CircuitBreakerConfig(failure_threshold=1, reset_timeout=10.0))
+        breaker.record_failure(0.0)
+        clock.jump(10.0)
+        assert breaker.admit(10.0)
         refused = scheduler(config, clock).next_try(
             message(config), DeadLetterReason.CIRCUIT_OPEN, breaker, limit=100.0
         )
-        assert refused == 11.0
+        assert refused == 10.0 + TRIAL_WAIT

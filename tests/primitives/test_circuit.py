@@ -416,6 +416,31 @@ class TestThroughTheSystem:
             assert await ref.call(lambda ctx: "trial") == "trial"
             assert circuit_of(system, ref) is CircuitState.CLOSED
 
+    async def test_messages_refused_during_a_long_trial_keep_their_retries(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Casts waiting out an open circuit are refused again while the half-open circuit's
+        one trial takes a second (a model call): that spends none of their retries, and each
+        is handled once the trial has closed the circuit."""
+        handled: list[int] = []
+
+        def slow_note(number: int) -> Any:
+            async def note(ctx: Context) -> None:
+                await trio.sleep(1.0)
+                handled.append(number)
+
+            return note
+
+        async with breaker_system(max_retries=2) as system:
+            ref = await system.spawn(Runner)
+            await crash(ref, 2)
+            for number in range(3):
+                await ref.cast(slow_note(number))
+            await trio.sleep(30)
+            assert circuit_of(system, ref) is CircuitState.CLOSED
+            assert list(system.dead_letters) == []
+            assert sorted(handled) == [0, 1, 2]
+
     async def test_failed_trial_reopens_the_circuit(
         self, autojump_clock: trio.testing.MockClock
     ) -> None:
