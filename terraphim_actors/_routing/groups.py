@@ -87,6 +87,13 @@ class Group:
         endpoint = self.positions[position]
         return None if endpoint is None or endpoint.occupant.leaving else endpoint
 
+    @property
+    def emptied(self) -> bool:
+        """Whether every member has started and is leaving for good: nothing will take a
+        message sent through the group again (a member stopped for good is not started again,
+        even by a restart of the group)."""
+        return all(e is not None and e.occupant.leaving for e in self.positions)
+
     def members(self) -> list[Endpoint]:
         """The members that are not leaving, in group order."""
         return [e for e in map(self.member, range(len(self.positions))) if e is not None]

@@ -985,8 +985,13 @@ class MessageSystem:
 
     def has_stopped(self, address: AgentId | str | None) -> bool:
         """Whether an agent (or pool) by that id stopped for good lately, with nothing
-        running under its id since: a message for it is refused, not retried."""
-        return self.registry.has_stopped(address)
+        running under its id since, or ``address`` is a pool whose members have all left for
+        good: a message for it is refused, not retried."""
+        if self.registry.has_stopped(address):
+            return True
+        pool_id = self.registry.resolve(address)
+        group = None if pool_id is None else self.router.pools.get(pool_id)
+        return group is not None and group.emptied
 
     def retire(self, cell: AgentCell) -> None:
         """Forget an agent that has stopped for good, keeping its counts in the totals."""

@@ -16,6 +16,7 @@ from agents import Action, Boom, Named, Recorder, Runner, lenient_config, run_ac
 from supervisor import RestartBackoff
 from terraphim_actors import (
     Agent,
+    AgentRef,
     CircuitBreakerConfig,
     CircuitState,
     Context,
@@ -835,6 +836,63 @@ class TestBalancingPassesOverMembersThatCannotTakeWork:
                 await restarting.call(fail)
             assert system.router.stats().open_circuits == 1
             assert await pool.call("who") == restarting.name
+
+
+class TestPoolWithNoMemberLeft:
+    async def test_a_call_fails_at_once_as_a_call_to_a_stopped_agent(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Once every member has stopped for good, nothing will answer: the call gets
+        ``AgentStopped`` at once, rather than retrying against "no agent registered"."""
+        pool = await workers(system, [], size=2)
+        for member in pool.members:
+            await system.stop(member)
+        started = trio.current_time()
+        with pytest.raises(AgentStopped):
+            await pool.call("who", timeout=2)
+        assert trio.current_time() == started
+
+    async def test_a_cast_is_an_agent_stopped_dead_letter_without_retries(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        pool = await workers(system, [], size=2)
+        for member in pool.members:
+            await system.stop(member)
+        await pool.cast("lost")
+        await trio.sleep(5)
+        assert [letter.reason for letter in system.dead_letters] == [DeadLetterReason.AGENT_STOPPED]
+        assert system.delivery.get_stats().retried == 0
+
+    async def test_at_shutdown_it_refuses_as_a_stopped_agent_does(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """An agent spawned before a pool sends to it from ``on_stop``, the pool having
+        stopped first (newest first): refused as a send to an agent stopped before it is."""
+        targets: dict[str, AgentRef | PoolRef] = {}
+        outcomes: dict[str, str] = {}
+        async with breaker_system() as system:
+            await system.spawn(SendsAtStop, targets, outcomes)
+            targets["agent"] = await system.spawn(Worker, [], name="alone")
+            targets["pool"] = await workers(system, [], size=2)
+        assert outcomes["pool cast"] == outcomes["agent cast"]
+        assert outcomes["pool call"] == outcomes["agent call"] == "AgentStopped"
+
+
+class SendsAtStop(Agent):
+    """Casts and calls each of ``targets`` from its ``on_stop``, noting each outcome."""
+
+    def __init__(self, targets: dict[str, AgentRef | PoolRef], outcomes: dict[str, str]) -> None:
+        self.targets = targets
+        self.outcomes = outcomes
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        for label, target in self.targets.items():
+            for kind in ("cast", "call"):
+                try:
+                    await getattr(target, kind)("bye")
+                    self.outcomes[f"{label} {kind}"] = "ok"
+                except Exception as error:
+                    self.outcomes[f"{label} {kind}"] = type(error).__name__
 
 
 class TestPoolStoppedForGood:
