@@ -27,7 +27,7 @@ from .._primitives.mailbox import send_budget_spent
 from .._process.context_vars import current_cell, inherited_deadline
 from .._routing.endpoint import Endpoint
 from .._routing.groups import Group
-from ..errors import CallTimeout, CallToSelf, InvalidConfig, WrongThread
+from ..errors import CallTimeout, CallToSelf, InvalidConfig, MessagingError, WrongThread
 
 if TYPE_CHECKING:
     from .._delivery.pipeline import DeliveryManager
@@ -418,6 +418,26 @@ class PoolRef(AgentRef):
         return self._address.live
 
     async def broadcast(self, payload: Any, *, priority: Priority = Priority.NORMAL) -> None:
-        """Cast ``payload`` to every member (each send as :meth:`AgentRef.cast`)."""
+        """Cast ``payload`` to every member (each send as :meth:`AgentRef.cast`).
+
+        A member that refuses it (at most once: its circuit open, its mailbox full and
+        rejecting) does not keep it from the others: every member is sent it, then the first
+        refusal is raised, with a note naming each member that refused.
+
+        Raises:
+            MessagingError: as :meth:`AgentRef.cast`, once every member was sent it.
+        """
+        refusals: list[tuple[AgentRef, MessagingError]] = []
         for member in self.members:
-            await member.cast(payload, priority=priority)
+            try:
+                await member.cast(payload, priority=priority)
+            except MessagingError as refusal:
+                refusals.append((member, refusal))
+        if refusals:
+            first = refusals[0][1]
+            first.add_note(
+                "broadcast refused by "
+                + ", ".join(f"{member!r} ({type(error).__name__})" for member, error in refusals)
+                + "; every other member was sent it"
+            )
+            raise first

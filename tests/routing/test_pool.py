@@ -258,6 +258,23 @@ class TestBalancing:
             ("workers-2", "hello"),
         ]
 
+    async def test_broadcast_reaches_the_others_when_one_member_refuses(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """At most once, the first member's open circuit refuses the broadcast: the other
+        members still get it, then that refusal is raised, naming the member."""
+        log: Log = []
+        async with breaker_system() as system:
+            pool = await workers(system, log)
+            refusing = pool.members[0]
+            with pytest.raises(CallFailed):
+                await refusing.call(fail)
+            with pytest.raises(CircuitOpen) as refused:
+                await pool.broadcast("hello")
+            await trio.testing.wait_all_tasks_blocked()
+        assert sorted(log) == [("workers-1", "hello"), ("workers-2", "hello")]
+        assert repr(refusing) in " ".join(refused.value.__notes__)
+
     async def test_send_message_to_the_pool_name_is_balanced(self, system: MessageSystem) -> None:
         """``system.send_message`` addressed to the pool's name goes through its balancer."""
         log: Log = []
