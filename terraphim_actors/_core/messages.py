@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 import trio
 
-from ..errors import InvalidConfig
+from ..errors import InvalidConfig, InvalidMessage
 from .bounded_repr import bounded_repr
 from .checks import MAX_SECONDS, check_count, check_instance, check_seconds, validator
 from .ids import AgentId, MessageId, new_message_id
@@ -264,6 +264,7 @@ class Envelope(Message):
             object.__setattr__(envelope, "headers", headers)
         envelope.attempt = attempt
         envelope.reply_to = reply_to
+        check_envelope(envelope)
         return envelope
 
     @classmethod
@@ -340,6 +341,44 @@ class Envelope(Message):
             f"<{self.kind.value} #{int(self.id)} {self.priority.name}"
             f" {_address(self.sender)} -> {_address(self.recipient)}: {payload}>"
         )
+
+
+def check_envelope(envelope: Envelope) -> None:
+    """Refuse an envelope a sender built with a field of the wrong kind, before anything
+    counts it: past the send, a bad field breaks its recipient outside any handler (an
+    unhashable id in the dedup window, a ``created_at`` no clock compares with), where it
+    would be neither handled nor a dead letter.
+
+    Raises:
+        InvalidMessage: a field is not of its type (the message names it).
+    """
+    fields: tuple[tuple[str, object, tuple[type, ...], bool], ...] = (
+        ("kind", envelope.kind, (MessageKind,), False),
+        ("id", envelope.id, (int,), False),
+        ("sender", envelope.sender, (AgentId,), True),
+        ("recipient", envelope.recipient, (AgentId, str), True),
+        ("options", envelope.options, (MessageOptions,), False),
+        ("created_at", envelope.created_at, (int, float), False),
+        ("deadline", envelope.deadline, (int, float), False),
+        ("headers", envelope.headers, (Mapping,), False),
+        ("attempt", envelope.attempt, (int,), False),
+        ("reply", envelope.reply, (ReplyHandle,), True),
+        ("reply_to", envelope.reply_to, (ReplyTo,), True),
+    )
+    for name, value, types_, optional in fields:
+        if (value is None and optional) or (
+            isinstance(value, types_) and not isinstance(value, bool)
+        ):
+            continue
+        raise InvalidMessage(f"an envelope's {name} cannot be {bounded_repr(value)}")
+    if not math.isfinite(envelope.created_at):
+        raise InvalidMessage(f"an envelope's created_at must be finite: {envelope.created_at}")
+    if math.isnan(envelope.deadline):
+        raise InvalidMessage("an envelope's deadline cannot be NaN")
+    if envelope.attempt < 0:
+        raise InvalidMessage(f"an envelope's attempt cannot be negative: {envelope.attempt}")
+    if not all(type(k) is str and type(v) is str for k, v in envelope.headers.items()):
+        raise InvalidMessage("an envelope's headers must map strings to strings")
 
 
 class _UnsealedMessage(Message):

@@ -30,7 +30,7 @@ from supervisor import (
 
 from .._core.bounded_repr import bounded_repr
 from .._core.ids import AgentId
-from .._core.messages import Envelope, info
+from .._core.messages import Envelope, MessageKind
 from .._core.notifications import (
     AgentExited,
     AgentStarted,
@@ -346,7 +346,15 @@ class AgentCell(ActivatingInbox):
     def notify(self, payload: Any) -> None:
         """Send this agent a notification from the system (at most once, never raises)."""
         delivery = self.system.delivery
-        envelope = info(payload, recipient=self.id, options=delivery.notice_options())
+        # Built by the system, so without the checks a sender's envelope gets.
+        envelope = Envelope.for_send(
+            MessageKind.INFO,
+            payload,
+            None,
+            self.id,
+            delivery.notice_options(),
+            self.system.current_time(),
+        )
         delivery.post(self.endpoint, envelope)
 
     def refusal(self) -> AgentStopped:

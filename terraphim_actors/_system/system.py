@@ -36,7 +36,7 @@ from .._core.bounded_repr import LazyText
 from .._core.checks import check_count, check_instance, check_seconds, validator
 from .._core.ids import AgentId
 from .._core.instruments import Instrument, Instruments, instruments_tuple
-from .._core.messages import Envelope, MessageKind, MessageOptions
+from .._core.messages import Envelope, MessageKind, check_envelope
 from .._core.notifications import AgentExited, AgentStarted, StopReason, SystemShutdown
 from .._core.protocols import ClusterMembership, ClusterSpec, Journal
 from .._core.reply_to import PendingCalls
@@ -806,8 +806,7 @@ class MessageSystem:
         check_thread(self.thread_id, "system.send_message")
         if not isinstance(envelope, Envelope):
             raise InvalidMessage(f"expected an Envelope, got {type(envelope).__name__}")
-        if not isinstance(envelope.options, MessageOptions):
-            raise InvalidMessage(f"envelope options must be MessageOptions: {envelope.options!r}")
+        check_envelope(envelope)  # again: ``evolve`` and the per-attempt fields check nothing
         if envelope.kind is MessageKind.CALL and envelope.reply is None:
             # Its handler's answer would have nowhere to go: the recipient would crash on it.
             raise InvalidMessage("a call needs a reply slot: build it with call(...)")

@@ -31,7 +31,7 @@ from terraphim_actors import (
 from terraphim_actors._core.bounded_repr import REPR_LIMIT
 from terraphim_actors._core.checks import MAX_SECONDS
 from terraphim_actors._core.messages import MESSAGE_FIELDS, PER_ATTEMPT, Message
-from terraphim_actors.errors import CallTimeout, InvalidConfig
+from terraphim_actors.errors import CallTimeout, InvalidConfig, InvalidMessage
 
 
 class TestPriority:
@@ -278,7 +278,46 @@ class TestInfo:
         assert info("tick", recipient=target).recipient == target
 
 
+#: Fields an envelope may not hold, each with a value of the wrong kind.
+BAD_FIELDS: dict[str, dict[str, Any]] = {
+    "kind not a MessageKind": {"kind": "cast"},
+    "id not an int": {"id": [1]},
+    "id a bool": {"id": True},
+    "sender not an AgentId": {"sender": 5},
+    "recipient neither id nor name": {"recipient": 3.5},
+    "options not MessageOptions": {"options": "urgent"},
+    "created_at not a number": {"created_at": "x"},
+    "created_at not finite": {"created_at": math.nan},
+    "deadline NaN": {"deadline": math.nan},
+    "headers not a mapping": {"headers": ["trace"]},
+    "headers not strings": {"headers": {"trace": 1}},
+    "attempt negative": {"attempt": -1},
+    "reply not a handle": {"reply": "later"},
+}
+
+
 class TestEnvelope:
+    @pytest.mark.parametrize("fields", BAD_FIELDS.values(), ids=BAD_FIELDS)
+    def test_a_field_of_the_wrong_kind_is_refused_as_it_is_built(
+        self, fields: dict[str, Any]
+    ) -> None:
+        """A sender's mistake is ``InvalidMessage`` at once, not a recipient broken by it
+        past the send (an unhashable id in a dedup window, a time no clock compares with)."""
+        with pytest.raises(InvalidMessage):
+            Envelope(**({"kind": MessageKind.CAST, "payload": "x"} | fields))
+
+    async def test_send_message_refuses_an_envelope_changed_since_it_was_built(
+        self, system: MessageSystem
+    ) -> None:
+        """The per-attempt fields can be assigned: ``send_message`` checks them again, and
+        nothing is counted for the refused envelope."""
+        ref = await system.spawn(Recorder, [])
+        envelope = cast(None, "x", recipient=ref.id)
+        envelope.attempt = -1
+        with pytest.raises(InvalidMessage):
+            await system.send_message(envelope)
+        assert system.delivery.get_stats().sent == 0
+
     def test_evolve_readdresses_a_copy(self) -> None:
         """``envelope.evolve(recipient=...)`` readdresses a copy, same message id."""
         original = cast(AgentId(), "payload", recipient="old")

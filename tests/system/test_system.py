@@ -845,9 +845,13 @@ class TestBadInput:
     async def test_envelope_with_bad_options_is_refused_and_the_system_serves_on(
         self, system: MessageSystem
     ) -> None:
-        """``send_message`` refuses an envelope whose options are not ``MessageOptions``."""
+        """An envelope whose options are not ``MessageOptions`` is refused as it is built,
+        as ``send_message`` refuses one changed since."""
         ref = await system.spawn(Recorder, [])
-        bad = cast(None, "x", "urgent", recipient=ref.id)  # type: ignore[arg-type]
+        with pytest.raises(InvalidMessage):
+            cast(None, "x", "urgent", recipient=ref.id)  # type: ignore[arg-type]
+        bad = cast(None, "x", recipient=ref.id)
+        object.__setattr__(bad, "options", "urgent")
         with pytest.raises(InvalidMessage):
             await system.send_message(bad)
         assert await ref.call("still here") == "still here"
