@@ -12,6 +12,8 @@ lets them go (``hold_next``). It runs in a thread (the standard library's
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import sys
 import threading
 from collections import deque
@@ -36,6 +38,10 @@ class Failure:
     headers: dict[str, str] = attrs.Factory(dict)
     #: For a streamed request: the answer's first piece, then this failure as an error event.
     mid_stream: bool = False
+    #: How a ``mid_stream`` failure breaks the stream after its first piece: ``"error"``, an
+    #: error event (the endpoint's own report); ``"reset"``, the connection reset (a server or
+    #: proxy that crashed: the client's read fails).
+    breaks_by: str = "error"
 
 
 @attrs.define
@@ -215,8 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
             text = word if position == 0 else f" {word}"
             event([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
             if broken is not None:
-                error = {"error": {"message": broken.message, "code": broken.code}}
-                self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
+                self._break(broken)
                 return
             if self.server_state.pause_streams:
                 self.server_state.wait_while_held()
@@ -225,6 +230,16 @@ class _Handler(BaseHTTPRequestHandler):
             event([], usage)
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
+
+    def _break(self, failure: Failure) -> None:
+        if failure.breaks_by == "reset":
+            # Closed with no time to linger, the socket sends a reset instead of the end of
+            # the body (once the handler's own reader lets go of it, as the request ends).
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            return
+        error = {"error": {"message": failure.message, "code": failure.code}}
+        self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
 
     def _fail(self, failure: Failure) -> None:
         error = {

@@ -215,21 +215,31 @@ class ChatModel(Agent):
                 timeout=timeout,
                 extra_headers=self._headers,
             ) as answer:
-                async for line in answer.http_response.aiter_lines():
-                    if failure is not None:
-                        continue
-                    try:
-                        event = _event(line, self.model)
-                        if event is None:
+                try:
+                    async for line in answer.http_response.aiter_lines():
+                        if failure is not None:
                             continue
-                        text, finished, counted = event
-                        finish_reason = finished or finish_reason
-                        usage = counted or usage
-                        if text:
-                            stream_to.cast_nowait(ChatChunk(message_id, len(pieces), text))
-                            pieces.append(text)
-                    except Exception as error:
-                        failure = error
+                        try:
+                            event = _event(line, self.model)
+                            if event is None:
+                                continue
+                            text, finished, counted = event
+                            finish_reason = finished or finish_reason
+                            usage = counted or usage
+                            if text:
+                                stream_to.cast_nowait(ChatChunk(message_id, len(pieces), text))
+                                pieces.append(text)
+                        except Exception as error:
+                            failure = error
+                except Exception as error:
+                    # What each line does keeps its errors above, so this is the read that
+                    # failed: the connection broke mid-answer. The SDK does not wrap errors
+                    # of a body read this way, and its HTTP library (httpx or httpx2, by the
+                    # SDK's version) cannot be named here; its error holds the request and
+                    # the key, so ours is raised out of this block, with no context.
+                    failure = failure or ModelUnavailable(
+                        f"{self.model}: the answer broke off ({type(error).__name__})"
+                    )
         finally:
             # What the endpoint spent is charged however the stream ended: its count if it
             # came, else one token for each piece (a stream cut short never gets to the count).

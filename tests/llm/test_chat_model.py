@@ -167,6 +167,39 @@ class TestStreaming:
             ]
             assert system.delivery.get_stats().retried == 1
 
+    async def test_a_stream_whose_connection_breaks_is_model_unavailable(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """The connection is reset while the answer is read (a crashed server or proxy): the
+        caller gets ModelUnavailable, the agent keeps its instance, and our error keeps
+        nothing of the HTTP layer's, whose request holds the key."""
+        model = await spawn_model(system, server)
+        probe = await TestProbe.spawn(system)
+        server.fail_next(Failure(500, mid_stream=True, breaks_by="reset"))
+        with trio.fail_after(LIMIT):
+            with pytest.raises(CallFailed) as failed:
+                await model.call(ask("hi", stream_to=probe.ref))
+            assert (await model.call(ask("again"))).text == "echo: again"
+        error = failed.value.__cause__
+        assert isinstance(error, ModelUnavailable)
+        assert (error.__cause__, error.__context__) == (None, None)
+        assert SECRET not in repr(error)
+        assert system.get_stats()[0].agent_restarts == 0
+
+    async def test_a_cast_whose_stream_breaks_is_delivered_again(self, server: ChatServer) -> None:
+        """A broken connection is worth another try: the cast's guarantee delivers it again,
+        and the second answer reaches stream_to whole."""
+        async with open_message_system(lenient_config(retry_delay=0.05)) as system:
+            model = await spawn_model(system, server)
+            probe = await TestProbe.spawn(system)
+            server.fail_next(Failure(500, mid_stream=True, breaks_by="reset"))
+            with trio.fail_after(LIMIT):
+                await model.cast(ask("ping", stream_to=probe.ref))
+                last = await probe.fish_for(lambda chunk: chunk.response is not None)
+            assert last.response.text == "echo: ping"
+            assert system.delivery.get_stats().retried == 1
+            assert system.get_stats()[0].agent_restarts == 0
+
     async def test_a_caller_that_gives_up_mid_stream_gets_call_timeout(
         self, system: MessageSystem, server: ChatServer
     ) -> None:
