@@ -42,6 +42,10 @@ class Failure:
     #: error event (the endpoint's own report); ``"reset"``, the connection reset (a server or
     #: proxy that crashed: the client's read fails).
     breaks_by: str = "error"
+    #: The body to send as it is (with ``content_type``) instead of an error in OpenAI's shape:
+    #: a proxy's page, an answer of another shape.
+    body: str | None = None
+    content_type: str = "application/json"
 
 
 @attrs.define
@@ -242,6 +246,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
 
     def _fail(self, failure: Failure) -> None:
+        if failure.body is not None:
+            data = failure.body.encode()
+            self.send_response(failure.status)
+            self.send_header("Content-Type", failure.content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         error = {
             "error": {
                 "message": failure.message,

@@ -172,7 +172,10 @@ class ChatModel(Agent):
         return response
 
     async def _ask(self, request: ChatRequest, timeout: float) -> ChatResponse:
-        completion = await self._client.chat.completions.create(
+        # The raw answer, read by the SDK (whose errors we translate), is read by us: the
+        # SDK hands back a 200 that is not JSON as a str, and builds JSON of another shape
+        # into a completion whose fields hold anything, None included.
+        answer = await self._client.chat.completions.with_raw_response.create(
             model=self.model,
             messages=_as_params(request),
             max_tokens=openai.omit if request.max_tokens is None else request.max_tokens,
@@ -180,16 +183,7 @@ class ChatModel(Agent):
             timeout=timeout,
             extra_headers=self._headers,
         )
-        usage = completion.usage
-        choice = completion.choices[0] if completion.choices else None
-        return ChatResponse(
-            text=(choice.message.content or "") if choice is not None else "",
-            usage=ChatUsage(
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-            ),
-            finish_reason=choice.finish_reason if choice is not None else None,
-        )
+        return _completion(answer.http_response.content, self.model)
 
     async def _stream(
         self, request: ChatRequest, stream_to: AgentRef, ctx: Context, timeout: float
@@ -253,6 +247,34 @@ class ChatModel(Agent):
         return response
 
 
+def _completion(body: bytes, model: str) -> ChatResponse:
+    """The whole answer a chat completion's JSON ``body`` gives.
+
+    Raises:
+        ModelUnavailable: the body is not a chat completion (a proxy's page, the answer of a
+            wrong ``base_url``), or reports an error: the answer could not be read.
+    """
+    try:
+        completion = json.loads(body)
+    except ValueError:
+        completion = None
+    if isinstance(completion, dict) and "error" in completion:
+        raise ModelUnavailable(f"{model}: the endpoint failed: {_reported(completion)}")
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    if not isinstance(completion, dict) or not isinstance(choices, list):
+        raise ModelUnavailable(f"{model}: the endpoint's answer could not be read")
+    text, finish_reason = "", None
+    if choices and isinstance(choices[0], dict):
+        choice = choices[0]
+        message = choice.get("message")
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            text = message["content"]
+        if isinstance(choice.get("finish_reason"), str):
+            finish_reason = choice["finish_reason"]
+    usage = _usage(completion.get("usage")) or ChatUsage(prompt_tokens=0, completion_tokens=0)
+    return ChatResponse(text=text, usage=usage, finish_reason=finish_reason)
+
+
 def _event(line: str, model: str) -> tuple[str, str | None, ChatUsage | None] | None:
     """What one line of a server-sent event stream of chunks says: the text it adds, the
     finish reason and the usage it gives; None for a line that carries no chunk.
@@ -272,11 +294,7 @@ def _event(line: str, model: str) -> tuple[str, str | None, ChatUsage | None] | 
     if not isinstance(chunk, dict):
         raise ModelUnavailable(f"{model}: the endpoint streamed an unreadable chunk")
     if "error" in chunk:
-        error = chunk["error"]
-        said = error.get("message") if isinstance(error, dict) else error
-        raise ModelUnavailable(
-            f"{model}: the endpoint failed mid-answer: {shorten(str(said), 300)}"
-        )
+        raise ModelUnavailable(f"{model}: the endpoint failed mid-answer: {_reported(chunk)}")
     text, finish_reason = "", None
     choices = chunk.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
@@ -289,13 +307,26 @@ def _event(line: str, model: str) -> tuple[str, str | None, ChatUsage | None] | 
     return text, finish_reason, _usage(chunk.get("usage"))
 
 
+def _reported(answer: dict[str, Any]) -> str:
+    """What the ``error`` of an answer says, quoted short."""
+    error = answer["error"]
+    said = error.get("message") if isinstance(error, dict) else error
+    return shorten(str(said), 300)
+
+
 def _usage(usage: object) -> ChatUsage | None:
+    """The tokens a ``usage`` object counts (0 for a count it leaves out, or gives as null or
+    as something other than a count); None if there is no such object."""
     if not isinstance(usage, dict):
         return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not (isinstance(prompt, int) and isinstance(completion, int)):
-        return None
-    return ChatUsage(prompt_tokens=prompt, completion_tokens=completion)
+    return ChatUsage(
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+    )
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 def _as_params(request: ChatRequest) -> list[ChatCompletionMessageParam]:

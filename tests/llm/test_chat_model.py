@@ -6,6 +6,7 @@ would jump past); every wait is bounded, and the server stops however a test end
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -382,6 +383,57 @@ class TestFailures:
         assert isinstance(error, ModelUnavailable)
         assert SECRET not in repr(error.__context__)
         assert (error.__cause__, error.__context__) == (None, None)
+
+    @pytest.mark.parametrize(
+        ("content_type", "body", "said"),
+        [
+            ("text/html", "<html>the gateway says hello</html>", "could not be read"),
+            ("application/json", "<html>the gateway says hello</html>", "could not be read"),
+            ("application/json", '{"object": "list", "data": []}', "could not be read"),
+            ("application/json", '{"error": {"message": "quota exceeded"}}', "quota exceeded"),
+        ],
+    )
+    async def test_a_200_that_is_not_a_completion_is_model_unavailable(
+        self, system: MessageSystem, server: ChatServer, content_type: str, body: str, said: str
+    ) -> None:
+        """A proxy's page, a wrong base_url's answer, an error sent as a 200: the answer
+        could not be read, which is worth another try; the agent keeps its instance."""
+        model = await spawn_model(system, server)
+        server.fail_next(Failure(200, body=body, content_type=content_type))
+        with trio.fail_after(LIMIT):
+            with pytest.raises(CallFailed) as failed:
+                await model.call(ask("hi"))
+            assert (await model.call(ask("again"))).text == "echo: again"
+        error = failed.value.__cause__
+        assert isinstance(error, ModelUnavailable)
+        assert said in str(error)
+        assert system.get_stats()[0].agent_restarts == 0
+
+    async def test_token_counts_given_as_null_count_as_none(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """An endpoint that sends ``null`` for its counts still answers: 0 tokens each."""
+        model = await spawn_model(system, server)
+        completion = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "tiny",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "hi"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None},
+        }
+        server.fail_next(Failure(200, body=json.dumps(completion)))
+        with trio.fail_after(LIMIT):
+            response = await model.call(ask("hi"))
+        assert response == ChatResponse(
+            text="hi", usage=ChatUsage(prompt_tokens=0, completion_tokens=0), finish_reason="stop"
+        )
 
     async def test_a_cast_that_meets_a_5xx_is_delivered_again(self, server: ChatServer) -> None:
         """At least once: the next attempt's answer reaches stream_to."""
