@@ -55,7 +55,8 @@ class ChatModel(Agent):
     message's guarantee (a cast's; a call's caller gets it as the cause of ``CallFailed``) and
     counted by the circuit breaker; ``ModelRejected`` (``ContextTooLong`` among them) is never
     retried, nor counted by the breaker (the request was bad, not the endpoint). Neither
-    restarts the agent.
+    restarts the agent, nor does a request it refuses itself (a cast without ``stream_to``, a
+    call past its deadline): see :attr:`resume_on`.
 
     Args:
         base_url: the API's root, such as ``"https://api.openai.com/v1"`` or
@@ -67,7 +68,11 @@ class ChatModel(Agent):
             caller's deadline leaves.
     """
 
-    resume_on = (ModelError,)
+    #: The agent resumes after the endpoint's failures and after a request it refuses as it
+    #: is (``NonRetryable``: a cast without ``stream_to``, a call whose deadline has passed):
+    #: each is about one request, not the agent's state, and a restart would only close its
+    #: client and spend the supervisor's restart intensity, a few a minute ending the app.
+    resume_on: tuple[type[BaseException], ...] = (ModelError, NonRetryable)
     #: Seconds the agent holds its admission after a 429 that names no wait.
     default_retry_after: float = 1.0
 

@@ -67,6 +67,23 @@ async def spawn_model(system: MessageSystem, server: ChatServer, **options: Any)
     )
 
 
+class Late(ChatModel):
+    """A ChatModel whose instance asks the endpoint for its first call only once the call's
+    deadline has passed (it runs on after its caller gave up), and for the next ones at once."""
+
+    finish_abandoned_calls = True
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.late = True
+
+    async def handle_call(self, message: Any, ctx: Context) -> ChatResponse | None:
+        if self.late:
+            self.late = False
+            await trio.sleep_until(ctx.deadline + 0.05)
+        return await self.complete(message, ctx)
+
+
 class TestCall:
     async def test_a_call_returns_the_whole_answer_with_its_usage(
         self, system: MessageSystem, server: ChatServer
@@ -217,6 +234,22 @@ class TestStreaming:
             server.release()
             assert (await model.call(ask("next"))).text == "echo: next"
 
+    async def test_casts_without_stream_to_do_not_restart_the_agent(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """More of them than the supervisor's restart intensity (5 a minute by default): each
+        is a REJECTED dead letter, the agent resumes, and it answers the next call."""
+        model = await spawn_model(system, server)
+        probe = await TestProbe.spawn(system)
+        system.subscribe_dead_letters(probe.ref)
+        with trio.fail_after(LIMIT):
+            for _ in range(6):
+                await model.cast(ask("ping"))
+            letters = await probe.expect_n(6, DeadLetter)
+            assert (await model.call(ask("hi"))).text == "echo: hi"
+        assert {letter.reason for letter in letters} == {DeadLetterReason.REJECTED}
+        assert system.get_stats()[0].agent_restarts == 0
+
     async def test_a_cast_request_without_stream_to_is_rejected(
         self, system: MessageSystem, server: ChatServer
     ) -> None:
@@ -306,14 +339,6 @@ class TestLimits:
         """Its caller has stopped waiting: no request is made, the caller gets CallTimeout,
         and that timeout is the one failure the circuit counts (threshold two: still closed).
         Before, the request failed at once as ModelUnavailable, a second failure."""
-
-        class Late(ChatModel):
-            finish_abandoned_calls = True
-
-            async def handle_call(self, message: Any, ctx: Context) -> ChatResponse | None:
-                await trio.sleep_until(ctx.deadline + 0.05)
-                return await self.complete(message, ctx)
-
         config = lenient_config(breaker=CircuitBreakerConfig(failure_threshold=2))
         async with open_message_system(config) as system:
             model = await system.spawn(Late, base_url=server.base_url, model="tiny")
@@ -326,6 +351,22 @@ class TestLimits:
             assert letter.reason is DeadLetterReason.REJECTED
             assert server.received == []
             assert system.router.stats().circuits[model.id] is CircuitState.CLOSED
+
+    async def test_a_call_whose_deadline_passed_does_not_restart_the_agent(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """The request it did not make is the call's failure, not the agent's: it resumes,
+        keeping its instance (a fresh one would be late again) and client, and answers the
+        next call."""
+        model = await system.spawn(Late, base_url=server.base_url, model="tiny")
+        probe = await TestProbe.spawn(system)
+        system.subscribe_dead_letters(probe.ref)
+        with trio.fail_after(LIMIT):
+            with pytest.raises(CallTimeout):
+                await model.call(ask("hi"), timeout=0.1)
+            await probe.expect(DeadLetter)  # the handler has ended
+            assert (await model.call(ask("next"), timeout=1.0)).text == "echo: next"
+        assert system.get_stats()[0].agent_restarts == 0
 
 
 class TestFailures:
