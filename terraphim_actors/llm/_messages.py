@@ -125,7 +125,8 @@ class ChatChunk:
     delivered again, its answer is streamed again from index 0.
 
     Chunks may arrive out of order: they are cast without waiting (``cast_nowait``), and one a
-    full mailbox refused is retried by its guarantee behind the chunks after it. A receiver
+    full mailbox refused is retried by its guarantee behind the chunks after it (at most once,
+    it is a dead letter, and the answer goes on without it). A receiver
     that assembles the text orders the pieces by ``index`` and keeps one per
     ``(message_id, index)``, starting again when index 0 comes again (a retried stream).
     """

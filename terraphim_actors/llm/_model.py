@@ -7,6 +7,7 @@ circuit breaker counts the failures, which it could not do for retries hidden in
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any, cast
 
@@ -19,11 +20,24 @@ from .._behaviour.refs import AgentRef
 from .._core.bounded_repr import shorten
 from .._core.checks import MAX_SECONDS, check_instance, check_seconds
 from .._core.notifications import ExitReason
-from ..errors import CallTimeout, InvalidConfig, NonRetryable
+from ..errors import (
+    AgentNotFound,
+    CallTimeout,
+    CircuitOpen,
+    InvalidConfig,
+    MailboxFull,
+    NonRetryable,
+)
 from ._errors import ModelError, ModelUnavailable, retry_after_seconds, translate
 from ._messages import ChatChunk, ChatRequest, ChatResponse, ChatUsage
 
 __all__ = ["ChatModel"]
+
+#: What a chunk's cast raises, at most once, when its recipient refused it (a full mailbox, an
+#: open circuit, no such agent), once the delivery layer has filed the chunk as a dead letter
+#: (counted and logged); a retrying guarantee retries it instead. Either way the request the
+#: endpoint answered goes on: a slow or gone reader does not fail the answer.
+_REFUSED = (MailboxFull, CircuitOpen, AgentNotFound)
 
 #: What the SDK is given as the key when there is none (a local server); the header that
 #: would carry it is left out of every request.
@@ -226,7 +240,8 @@ class ChatModel(Agent):
                             finish_reason = finished or finish_reason
                             usage = counted or usage
                             if text:
-                                stream_to.cast_nowait(ChatChunk(message_id, len(pieces), text))
+                                with contextlib.suppress(*_REFUSED):
+                                    stream_to.cast_nowait(ChatChunk(message_id, len(pieces), text))
                                 pieces.append(text)
                         except Exception as error:
                             failure = error
@@ -248,7 +263,8 @@ class ChatModel(Agent):
         if failure is not None:
             raise failure
         response = ChatResponse(text="".join(pieces), usage=usage, finish_reason=finish_reason)
-        await stream_to.cast(ChatChunk(message_id, len(pieces), "", response))
+        with contextlib.suppress(*_REFUSED):
+            await stream_to.cast(ChatChunk(message_id, len(pieces), "", response))
         return response
 
 

@@ -19,13 +19,16 @@ from agents import lenient_config
 from chat_server import ChatServer, Failure
 
 from terraphim_actors import (
+    Agent,
     AgentRef,
     CircuitBreakerConfig,
     CircuitState,
     Context,
     DeadLetter,
     DeadLetterReason,
+    MailboxConfig,
     MessageSystem,
+    OverflowPolicy,
     TokenBudget,
     open_message_system,
 )
@@ -82,6 +85,17 @@ class Late(ChatModel):
             self.late = False
             await trio.sleep_until(ctx.deadline + 0.05)
         return await self.complete(message, ctx)
+
+
+class Stuck(Agent):
+    """A stream's reader that holds its first chunk until ``release`` is set, so that its
+    bounded mailbox fills and refuses the chunks after it."""
+
+    def __init__(self, release: trio.Event) -> None:
+        self.release = release
+
+    async def handle_cast(self, message: Any, ctx: Context) -> None:
+        await self.release.wait()
 
 
 class TestCall:
@@ -217,6 +231,32 @@ class TestStreaming:
             assert last.response.text == "echo: ping"
             assert system.delivery.get_stats().retried == 1
             assert system.get_stats()[0].agent_restarts == 0
+
+    @pytest.mark.at_most_once
+    async def test_chunks_a_full_mailbox_refuses_do_not_fail_the_answer(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """At most once, a chunk the reader's full mailbox refused is a dead letter: the call
+        still returns the whole answer the endpoint gave, and the agent keeps its instance."""
+        release = trio.Event()
+        reader = await system.spawn(
+            Stuck, release, mailbox=MailboxConfig(capacity=1, overflow=OverflowPolicy.REJECT)
+        )
+        model = await spawn_model(system, server)
+        try:
+            with trio.fail_after(LIMIT):
+                response = await model.call(ask("a b c d e", stream_to=reader))
+        finally:
+            release.set()
+        assert response.text == "echo: a b c d e"
+        refused = [
+            letter
+            for letter in system.dead_letters
+            if isinstance(letter.envelope.payload, ChatChunk)
+            and letter.reason is DeadLetterReason.MAILBOX_FULL
+        ]
+        assert refused
+        assert system.get_stats()[0].agent_restarts == 0
 
     async def test_a_caller_that_gives_up_mid_stream_gets_call_timeout(
         self, system: MessageSystem, server: ChatServer
