@@ -40,7 +40,8 @@ class Failure:
     mid_stream: bool = False
     #: How a ``mid_stream`` failure breaks the stream after its first piece: ``"error"``, an
     #: error event (the endpoint's own report); ``"reset"``, the connection reset (a server or
-    #: proxy that crashed: the client's read fails).
+    #: proxy that crashed: the client's read fails); ``"end"``, the body's end (no finish
+    #: reason, no ``[DONE]``: a server or proxy that stopped early).
     breaks_by: str = "error"
     #: The body to send as it is (with ``content_type``) instead of an error in OpenAI's shape:
     #: a proxy's page, an answer of another shape.
@@ -241,6 +242,8 @@ class _Handler(BaseHTTPRequestHandler):
             # the body (once the handler's own reader lets go of it, as the request ends).
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
+            return
+        if failure.breaks_by == "end":
             return
         error = {"error": {"message": failure.message, "code": failure.code}}
         self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())

@@ -39,6 +39,9 @@ __all__ = ["ChatModel"]
 #: endpoint answered goes on: a slow or gone reader does not fail the answer.
 _REFUSED = (MailboxFull, CircuitOpen, AgentNotFound)
 
+#: The data of the event that ends a stream of chunks, after the last one.
+_DONE = "[DONE]"
+
 #: What the SDK is given as the key when there is none (a local server); the header that
 #: would carry it is left out of every request.
 _NO_KEY = "no-key"
@@ -217,6 +220,7 @@ class ChatModel(Agent):
         pieces: list[str] = []
         usage = ChatUsage(prompt_tokens=0, completion_tokens=0)
         finish_reason: str | None = None
+        done = False
         failure: Exception | None = None
         try:
             async with self._client.chat.completions.with_streaming_response.create(
@@ -233,10 +237,13 @@ class ChatModel(Agent):
                         if failure is not None:
                             continue
                         try:
-                            event = _event(line, self.model)
-                            if event is None:
+                            data = _data(line)
+                            if data is None:
                                 continue
-                            text, finished, counted = event
+                            if data == _DONE:
+                                done = True
+                                continue
+                            text, finished, counted = _event(data, self.model)
                             finish_reason = finished or finish_reason
                             usage = counted or usage
                             if text:
@@ -260,6 +267,10 @@ class ChatModel(Agent):
             spent = usage.total_tokens or len(pieces)
             if spent:
                 ctx.charge(tokens=spent)
+        if failure is None and not done and finish_reason is None:
+            # The body ended cleanly but the answer did not (a proxy or server that stopped):
+            # what came is not the whole answer, and asking again may give it.
+            failure = ModelUnavailable(f"{self.model}: the stream ended before the answer did")
         if failure is not None:
             raise failure
         response = ChatResponse(text="".join(pieces), usage=usage, finish_reason=finish_reason)
@@ -296,18 +307,20 @@ def _completion(body: bytes, model: str) -> ChatResponse:
     return ChatResponse(text=text, usage=usage, finish_reason=finish_reason)
 
 
-def _event(line: str, model: str) -> tuple[str, str | None, ChatUsage | None] | None:
-    """What one line of a server-sent event stream of chunks says: the text it adds, the
-    finish reason and the usage it gives; None for a line that carries no chunk.
+def _data(line: str) -> str | None:
+    """The data one line of a server-sent event stream carries; None for another line."""
+    if not line.startswith("data:"):
+        return None
+    return line[len("data:") :].strip()
+
+
+def _event(data: str, model: str) -> tuple[str, str | None, ChatUsage | None]:
+    """What the data of one event of a stream of chunks says: the text it adds, the finish
+    reason and the usage it gives.
 
     Raises:
         ModelUnavailable: the endpoint sent an error in the stream, or a chunk it cannot read.
     """
-    if not line.startswith("data:"):
-        return None
-    data = line[len("data:") :].strip()
-    if data == "[DONE]":
-        return None
     try:
         chunk = json.loads(data)
     except ValueError:

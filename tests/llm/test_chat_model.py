@@ -232,6 +232,25 @@ class TestStreaming:
             assert system.delivery.get_stats().retried == 1
             assert system.get_stats()[0].agent_restarts == 0
 
+    async def test_a_stream_that_ends_before_the_answer_is_model_unavailable(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """The body ends after a piece, with no finish reason and no ``[DONE]``: what came is
+        not the whole answer, so it is not returned as one (nor sent as the last chunk)."""
+        model = await spawn_model(system, server)
+        probe = await TestProbe.spawn(system)
+        server.fail_next(Failure(500, mid_stream=True, breaks_by="end"))
+        with trio.fail_after(LIMIT):
+            with pytest.raises(CallFailed) as failed:
+                await model.call(ask("hi there", stream_to=probe.ref))
+            assert (await probe.expect(ChatChunk)).text == "echo:"
+            await model.call(ask("again", stream_to=probe.ref))
+            chunks = await probe.expect_n(3, ChatChunk)
+        assert [chunk.text for chunk in chunks] == ["echo:", " again", ""]
+        error = failed.value.__cause__
+        assert isinstance(error, ModelUnavailable)
+        assert "ended before the answer did" in str(error)
+
     @pytest.mark.at_most_once
     async def test_chunks_a_full_mailbox_refuses_do_not_fail_the_answer(
         self, system: MessageSystem, server: ChatServer
