@@ -27,6 +27,7 @@ __all__ = [
     "ModelRejected",
     "ModelUnavailable",
     "retry_after_seconds",
+    "too_long_to_wait",
     "translate",
 ]
 
@@ -96,6 +97,20 @@ def translate(error: openai.OpenAIError, *, model: str) -> ModelError:
         )
     return ModelUnavailable(
         f"{model}: the endpoint's answer could not be read ({type(error).__name__})"
+    )
+
+
+def too_long_to_wait(
+    error: openai.RateLimitError, *, model: str, wait: float, limit: float
+) -> ModelUnavailable:
+    """Our error for a 429 that asked for a ``wait`` longer than the agent holds its admission
+    for (``limit``): a failure like a 5xx, which the message's guarantee retries and the
+    circuit breaker counts, instead of a hold that keeps every message out for that long."""
+    unavailable = translate(error, model=model)
+    return ModelUnavailable(
+        f"{unavailable} (it asked to wait {wait:g} s, longer than max_retry_after, {limit:g} s)",
+        status_code=unavailable.status_code,
+        code=unavailable.code,
     )
 
 

@@ -28,7 +28,13 @@ from ..errors import (
     MailboxFull,
     NonRetryable,
 )
-from ._errors import ModelError, ModelUnavailable, retry_after_seconds, translate
+from ._errors import (
+    ModelError,
+    ModelUnavailable,
+    retry_after_seconds,
+    too_long_to_wait,
+    translate,
+)
 from ._messages import ChatChunk, ChatRequest, ChatResponse, ChatUsage
 
 __all__ = ["ChatModel"]
@@ -66,8 +72,9 @@ class ChatModel(Agent):
     answer cut short charges the pieces it got, one token each (the endpoint's own count comes
     only at the end). A 429 delivers the message again after the wait it names, or after
     :attr:`default_retry_after` if it names none (``ctx.retry_after``: no failure, no retry
-    spent; a call's caller keeps waiting). A call whose deadline has passed makes no request
-    and fails with ``CallTimeout``. The endpoint's failures are errors of
+    spent; a call's caller keeps waiting); one that names a wait longer than
+    :attr:`max_retry_after` is a ``ModelUnavailable``. A call whose deadline has passed makes
+    no request and fails with ``CallTimeout``. The endpoint's failures are errors of
     ``terraphim_actors.llm``: ``ModelUnavailable`` (5xx, timeouts) is retried by the
     message's guarantee (a cast's; a call's caller gets it as the cause of ``CallFailed``) and
     counted by the circuit breaker; ``ModelRejected`` (``ContextTooLong`` among them) is never
@@ -92,6 +99,12 @@ class ChatModel(Agent):
     resume_on: tuple[type[BaseException], ...] = (ModelError, NonRetryable)
     #: Seconds the agent holds its admission after a 429 that names no wait.
     default_retry_after: float = 1.0
+    #: The longest wait in seconds a 429 may name for the agent to hold its admission (the
+    #: OpenAI SDK, too, honours an endpoint's wait only up to a bound of its own). A longer one
+    #: (a daily quota, a misbehaving proxy) would keep every message from the agent, or its
+    #: pool, for that long: such a 429 is a ``ModelUnavailable`` instead, retried by the
+    #: message's guarantee and counted by the circuit breaker.
+    max_retry_after: float = 60.0
 
     def __init__(
         self,
@@ -108,6 +121,7 @@ class ChatModel(Agent):
         if api_key is not None and not isinstance(api_key, str):
             raise InvalidConfig(f"api_key must be a str or None, got a {type(api_key).__name__}")
         check_seconds("timeout", timeout)
+        check_seconds("max_retry_after", self.max_retry_after, allow_zero=True)
         self.base_url = base_url
         self.model = model
         self.timeout = timeout
@@ -158,12 +172,13 @@ class ChatModel(Agent):
         request may take the agent's ``timeout``, and no more than what the deadline of the
         call in hand leaves (a cast's deadline is infinite).
 
-        Returns None when the endpoint answered 429 with a time to wait: the message in hand
-        is then delivered again once it has passed (``ctx.retry_after``), and the handler
-        should return.
+        Returns None when the endpoint answered 429 with a time to wait (at most
+        :attr:`max_retry_after`): the message in hand is then delivered again once it has
+        passed (``ctx.retry_after``), and the handler should return.
 
         Raises:
-            ModelUnavailable: the endpoint failed, or did not answer in time: worth a retry.
+            ModelUnavailable: the endpoint failed, did not answer in time, or asked to wait
+                longer than :attr:`max_retry_after`: worth a retry.
             ModelRejected: the endpoint refused the request as it is (``ContextTooLong``).
         """
         left = ctx.deadline - trio.current_time()
@@ -180,10 +195,14 @@ class ChatModel(Agent):
                     response = await self._stream(request, request.stream_to, ctx, timeout)
             except openai.RateLimitError as error:
                 wait = retry_after_seconds(error)
-                ctx.retry_after(
-                    min(self.default_retry_after if wait is None else wait, MAX_SECONDS)
+                if wait is None or wait <= self.max_retry_after:
+                    ctx.retry_after(
+                        min(self.default_retry_after if wait is None else wait, MAX_SECONDS)
+                    )
+                    return None
+                failure = too_long_to_wait(
+                    error, model=self.model, wait=wait, limit=self.max_retry_after
                 )
-                return None
             except openai.OpenAIError as error:
                 # Raised out here, ours would keep the SDK's (and its request's key) as context.
                 failure = translate(error, model=self.model)

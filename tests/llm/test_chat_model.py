@@ -381,6 +381,39 @@ class TestLimits:
         assert len(server.received) == 2
         assert system.delivery.get_stats().failed == 0
 
+    async def test_a_429_asking_for_more_than_max_retry_after_is_model_unavailable(
+        self, system: MessageSystem, server: ChatServer
+    ) -> None:
+        """A wait of a day (a daily quota, a misbehaving proxy) would hold every message to
+        the agent for a day: the call fails at once with ModelUnavailable (status 429), and
+        the next call is answered at once."""
+        model = await spawn_model(system, server)
+        server.fail_next(Failure(429, "daily quota", headers={"Retry-After": "86400"}))
+        with trio.fail_after(LIMIT):
+            with pytest.raises(CallFailed) as failed:
+                await model.call(ask("first"), timeout=2.0)
+            assert (await model.call(ask("second"), timeout=2.0)).text == "echo: second"
+        error = failed.value.__cause__
+        assert isinstance(error, ModelUnavailable)
+        assert error.status_code == 429
+        assert "max_retry_after" in str(error)
+        assert system.get_stats()[0].agent_restarts == 0
+
+    async def test_a_cast_asked_to_wait_too_long_is_retried_by_its_guarantee(
+        self, server: ChatServer
+    ) -> None:
+        """The 429 is a failure like a 5xx: the cast's guarantee delivers it again after its
+        own backoff, and that answer reaches stream_to."""
+        async with open_message_system(lenient_config(retry_delay=0.05)) as system:
+            model = await spawn_model(system, server)
+            probe = await TestProbe.spawn(system)
+            server.fail_next(Failure(429, "daily quota", headers={"retry-after-ms": "86400000"}))
+            with trio.fail_after(LIMIT):
+                await model.cast(ask("ping", stream_to=probe.ref))
+                chunks = await probe.expect_n(3, ChatChunk)
+            assert chunks[-1].response is not None
+            assert system.delivery.get_stats().retried == 1
+
     async def test_a_stream_broken_mid_answer_charges_the_pieces_it_sent(
         self, system: MessageSystem, server: ChatServer
     ) -> None:
@@ -710,6 +743,18 @@ class TestConfiguration:
     ) -> None:
         with pytest.raises(AgentStartFailed) as refused:
             await system.spawn(ChatModel, **options)
+        assert isinstance(refused.value.__cause__, InvalidConfig)
+
+    async def test_a_bad_max_retry_after_fails_the_spawn_with_invalid_config(
+        self, system: MessageSystem
+    ) -> None:
+        """A cap on a 429's wait that is not a number of seconds is refused at the start."""
+
+        class Unbounded(ChatModel):
+            max_retry_after = -1.0
+
+        with pytest.raises(AgentStartFailed) as refused:
+            await system.spawn(Unbounded, base_url="http://127.0.0.1:1/v1", model="m")
         assert isinstance(refused.value.__cause__, InvalidConfig)
 
 
