@@ -852,8 +852,14 @@ class Supervisor:
             return
         if run.done:  # it ended by itself already: nothing to ask or wait for
             run.terminating = True
-            if run.outcome is not None:
-                self._report_stop_error(child, run.outcome)
+            if run.outcome is not None and not isinstance(run.outcome, FinalExit):
+                # An exit the supervisor had not handled yet, not an error of the stop.
+                logger.info(
+                    "%s: %s exited (%s) before it was stopped",
+                    self.name,
+                    BoundedRepr(child.id),
+                    BoundedRepr(run.outcome),
+                )
             child.last_exit = run.outcome
             child.state = then
             return

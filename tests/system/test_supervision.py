@@ -8,7 +8,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from agents import AT_MOST_ONCE, Action, call_and_keep, run_action, until
+from agents import AT_MOST_ONCE, Action, Runner, call_and_keep, run_action, until
 
 from supervisor import (
     RestartBackoff,
@@ -28,7 +28,7 @@ from terraphim_actors import (
     StopReason,
     open_message_system,
 )
-from terraphim_actors.errors import AgentStartFailed, InvalidConfig
+from terraphim_actors.errors import AgentStartFailed, CallFailed, InvalidConfig
 
 
 class Tracked(Agent):
@@ -474,6 +474,23 @@ class HangsOnRestart(Agent):
 
 class TestRacesWithTheSupervisor:
     """Found in review: each sequence once lost a ref, leaked a name, or hung."""
+
+    async def test_a_crash_just_before_the_shutdown_is_no_error_of_the_shutdown(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A handler crashes and the block ends at once, before the root supervisor has
+        handled the exit: the shutdown finds the agent ended, and that is an exit like any,
+        not an error raised while stopping (no ERROR line, no ``stop_errors``)."""
+
+        def crash(ctx: Context) -> None:
+            raise ZeroDivisionError("one over zero")
+
+        async with open_message_system() as system:
+            tool = await system.spawn(Runner)
+            with pytest.raises(CallFailed):
+                await tool.call(crash)
+        assert system.root.stats().stop_errors == 0
+        assert not [r for r in caplog.records if "raised while stopping" in r.getMessage()]
 
     async def test_transient_sibling_keeps_its_ref_and_queue_through_a_group_restart(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
