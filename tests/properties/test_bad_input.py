@@ -752,12 +752,11 @@ class TestMistakesRaiseTypedErrors:
         self,
         system: MessageSystem,
     ) -> None:
-        """A call addressed to ``3.5`` is retried as a missing recipient, and giving up on it
-        builds ``DeliveryFailed(f"{envelope!r} ...")``, whose ``repr`` of the recipient raises
-        ``AttributeError: 'float' object has no attribute 'name'`` out of ``send_message``."""
+        """A call addressed to ``3.5`` was retried as a missing recipient, and giving up on it
+        built ``DeliveryFailed(f"{envelope!r} ...")``, whose ``repr`` of the recipient raised
+        ``AttributeError`` out of ``send_message``: it is refused as it is built."""
         with pytest.raises(MessagingError):
-            envelope, _ = call(None, "x", 5.0, recipient=3.5)  # type: ignore[arg-type]
-            await system.send_message(envelope)
+            call(None, "x", 5.0, recipient=3.5)  # type: ignore[arg-type]
 
     async def test_a_cast_to_a_recipient_neither_id_nor_name_is_refused_at_once(
         self,
