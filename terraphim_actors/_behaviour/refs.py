@@ -149,12 +149,13 @@ class AgentRef:
             WrongThread: called from a thread other than the system's.
         """
         envelope = self._envelope(_CAST, payload, priority, options)
+        # A cancellation point, before a pool chooses (a cancelled cast is not routed); then
+        # at once when nothing stands in the way (a schedule point once every ``SEND_BUDGET``
+        # sends), as ``Mailbox.put`` would, with three coroutines fewer; else through
+        # delivery, which may wait.
+        await trio.lowlevel.checkpoint_if_cancelled()
         endpoint = self._endpoint or self._address.route(envelope)
         delivery = self._delivery
-        # A cancellation point; then at once when nothing stands in the way (a schedule point
-        # once every ``SEND_BUDGET`` sends), as ``Mailbox.put`` would, with three coroutines
-        # fewer; else through delivery, which may wait.
-        await trio.lowlevel.checkpoint_if_cancelled()
         if not delivery.put_cast_nowait(endpoint, envelope):
             await delivery.send(endpoint, envelope)
         elif send_budget_spent():
@@ -185,9 +186,9 @@ class AgentRef:
         """Send an info message (handled by ``handle_info``); returns and raises as
         :meth:`cast` (a journal keeps infos as it keeps casts)."""
         envelope = self._envelope(_INFO, payload, priority, options)
+        await trio.lowlevel.checkpoint_if_cancelled()  # as in ``cast``
         endpoint = self._endpoint or self._address.route(envelope)
         delivery = self._delivery
-        await trio.lowlevel.checkpoint_if_cancelled()  # as in ``cast``
         if not delivery.put_cast_nowait(endpoint, envelope):
             await delivery.send(endpoint, envelope)
         elif send_budget_spent():
@@ -235,12 +236,12 @@ class AgentRef:
         handle = envelope.reply
         assert handle is not None
         deadline = handle.deadline
+        await trio.lowlevel.checkpoint_if_cancelled()  # as in ``cast``
         endpoint = self._endpoint or self._address.route(envelope)
         if endpoint is not None and endpoint.occupant.in_own_task:
             raise CallToSelf(f"{self.id!r} called itself and would wait forever")
         system = self._system
         delivery = system.delivery
-        await trio.lowlevel.checkpoint_if_cancelled()
         delivered_to = endpoint if delivery.put_call_nowait(endpoint, envelope) else None
         if delivered_to is None:
             # Something stands in the way (a full mailbox, a circuit, no such agent yet):

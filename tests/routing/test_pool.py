@@ -275,6 +275,20 @@ class TestBalancing:
         assert sorted(log) == [("workers-1", "hello"), ("workers-2", "hello")]
         assert repr(refusing) in " ".join(refused.value.__notes__)
 
+    @pytest.mark.parametrize("kind", ["cast", "info", "call"])
+    async def test_a_send_cancelled_before_it_went_moves_nothing_on(
+        self, system: MessageSystem, kind: str
+    ) -> None:
+        """A send through the pool that raises ``Cancelled`` at its cancellation point has not
+        been routed: the count stays, and round robin still starts with the first member."""
+        log: Log = []
+        pool = await workers(system, log)
+        with trio.CancelScope() as cancelled:
+            cancelled.cancel()
+            await getattr(pool, kind)("never")
+        assert system.router.stats().routed == 0
+        assert await pool.call("who") == "workers-0"
+
     async def test_send_message_to_the_pool_name_is_balanced(self, system: MessageSystem) -> None:
         """``system.send_message`` addressed to the pool's name goes through its balancer."""
         log: Log = []
