@@ -100,9 +100,45 @@ _JSON = json.JSONEncoder(separators=(",", ":"), default=_non_finite)
 def _dumps(document: Any) -> bytes:
     try:
         data = _FAST.encode(document)
-    except (TypeError, ValueError):  # a marked float; text that is not Unicode
+    except (TypeError, ValueError):  # a marked float; text that is not Unicode; a huge int
+        return _standard_dumps(document)
+    return data if data.isascii() else _standard_dumps(document)
+
+
+def _standard_dumps(document: Any) -> bytes:
+    try:
         return _JSON.encode(document).encode("ascii")
-    return data if data.isascii() else _JSON.encode(document).encode("ascii")
+    except ValueError as error:
+        # The documents are built here and hold no cycle; what the standard encoder refuses
+        # is an int of more digits than Python converts to text (4300 by default), and the
+        # id, the one unbounded int of a message's own, is checked before: it is the payload's.
+        raise UnencodablePayload(
+            f"a payload holds an int too long to write as JSON: {error}"
+        ) from error
+
+
+#: What decoding raises for bytes that are not a message: JSON that is not one, a field of
+#: the wrong type or out of range (a float beyond a double's range), a payload nested past
+#: Python's recursion limit, fields that do not fit a registered class. The cluster's wire
+#: format refuses the same set, so that both report any such bytes as ``InvalidMessage``.
+UNDECODABLE = (
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+    cattrs.BaseValidationError,
+)
+
+
+def too_deep(value: Any) -> UnencodablePayload:
+    """The error for a payload that holds itself, or is nested past Python's recursion limit:
+    both end an encoder's walk with a ``RecursionError``, which is not the typed error a sender
+    is promised (and a payload that cannot be walked cannot be decoded either)."""
+    return UnencodablePayload(
+        f"a payload that holds itself or is nested too deeply to encode: {bounded_repr(value)}"
+    )
 
 
 @attrs.frozen
@@ -192,18 +228,29 @@ class Codec:
         """
         if not isinstance(envelope, Envelope):
             raise InvalidMessage(f"only an Envelope can be encoded, got {bounded_repr(envelope)}")
-        document = {
-            "v": FORMAT_VERSION,
-            "id": int(envelope.id),
-            "kind": envelope.kind.value,
-            "payload": self._to_json(envelope.payload),
-            "sender": _agent_to_json(envelope.sender),
-            "recipient": _agent_to_json(envelope.recipient),
-            "options": _options_to_json(envelope.options),
-            "created_at": _number(envelope.created_at),
-            "headers": _headers_to_json(envelope.headers),
-            "reply_to": _reply_to_to_json(envelope.reply_to),
-        }
+        payload = self._payload_to_json(envelope.payload)
+        try:
+            document = {
+                "v": FORMAT_VERSION,
+                "id": _id_to_json(envelope.id),
+                "kind": envelope.kind.value,
+                "payload": payload,
+                "sender": _agent_to_json(envelope.sender),
+                "recipient": _agent_to_json(envelope.recipient),
+                "options": _options_to_json(envelope.options),
+                "created_at": _number(float(envelope.created_at)),
+                "headers": _headers_to_json(envelope.headers),
+                "reply_to": _reply_to_to_json(envelope.reply_to),
+            }
+        except InvalidMessage:
+            raise
+        except (AttributeError, TypeError, ValueError, OverflowError) as error:
+            # An Envelope is not checked when it is made (that would cost every send), so a
+            # hand-made one can hold anything: a kind that is not a MessageKind, headers
+            # that are not a mapping, options that are not MessageOptions.
+            raise InvalidMessage(
+                f"{bounded_repr(envelope)} has a field a message cannot hold"
+            ) from error
         return _dumps(document)
 
     def decode(self, data: bytes, *, attempt: int = 0, created_at: float | None = None) -> Envelope:
@@ -237,7 +284,7 @@ class Codec:
             )
         except InvalidMessage:
             raise
-        except (ValueError, TypeError, KeyError, AttributeError, cattrs.BaseValidationError) as e:
+        except UNDECODABLE as e:
             raise InvalidMessage(f"not an encoded message: {bounded_repr(data)}") from e
 
     def encode_value(self, value: Any) -> bytes:
@@ -246,7 +293,7 @@ class Codec:
         Raises:
             UnencodablePayload: it holds a value of a type this codec cannot carry.
         """
-        return _dumps(self._to_json(value))
+        return _dumps(self._payload_to_json(value))
 
     def decode_value(self, data: bytes) -> Any:
         """The value :meth:`encode_value` wrote as ``data``.
@@ -259,8 +306,16 @@ class Codec:
             return self._from_json(json.loads(data))
         except InvalidMessage:
             raise
-        except (ValueError, TypeError, KeyError, AttributeError, cattrs.BaseValidationError) as e:
+        except UNDECODABLE as e:
             raise InvalidMessage(f"not an encoded value: {bounded_repr(data)}") from e
+
+    def _payload_to_json(self, value: Any) -> Any:
+        """:meth:`_to_json` of a payload, one that holds itself or is nested too deeply
+        refused as such."""
+        try:
+            return self._to_json(value)
+        except RecursionError as error:
+            raise too_deep(value) from error
 
     def _to_json(self, value: Any) -> Any:
         cls = value.__class__
@@ -330,8 +385,10 @@ class Codec:
             return self._structure[cls](fields, cls)
         except InvalidMessage:
             raise
-        except (ValueError, TypeError, KeyError, AttributeError, cattrs.BaseValidationError) as e:
-            raise InvalidMessage(f"not the fields of a {tag!r}: {bounded_repr(fields)}") from e
+        except UNDECODABLE as e:
+            raise InvalidMessage(
+                f"not the fields of a {bounded_repr(tag)}: {bounded_repr(fields)}"
+            ) from e
 
     def _unstructure_registered(self, value: Any) -> TaggedPayload:
         cls = value.__class__
@@ -350,6 +407,16 @@ def _exact(value: Any, cls: type) -> Any:
     if value.__class__ is bool or not isinstance(value, int if cls is int else (int, float)):
         raise InvalidMessage(f"expected a {cls.__qualname__}, got {bounded_repr(value)}")
     return value
+
+
+#: Message ids are 128 bits: an incarnation above a 64-bit counter (see ``ids``).
+_ID_LIMIT = 1 << 128
+
+
+def _id_to_json(message_id: Any) -> int:
+    if message_id.__class__ is not int or not 0 <= message_id < _ID_LIMIT:
+        raise InvalidMessage(f"a message id is an int of 128 bits: {bounded_repr(message_id)}")
+    return message_id
 
 
 def _agent_to_json(agent: AgentId | str | None) -> Any:

@@ -31,12 +31,11 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import cattrs
 import msgspec
 from msgspec.msgpack import Decoder, Encoder, Ext
 
 from .._core.bounded_repr import bounded_repr
-from .._core.codec import DEFAULT_CODEC, TaggedPayload, decoded_options
+from .._core.codec import DEFAULT_CODEC, UNDECODABLE, TaggedPayload, decoded_options, too_deep
 from .._core.ids import AgentId, MessageId
 from .._core.messages import NO_HEADERS, Envelope, MessageKind, UnsealedEnvelope
 from .._core.reply_to import ReplyTo
@@ -68,16 +67,6 @@ _SMALLEST = -(1 << 63)
 _LARGEST = (1 << 64) - 1
 
 _encoder = Encoder()
-#: What decoding raises for bytes that are not what this module writes (msgspec's errors are
-#: ``ValueError``; cattrs' when fields do not fit their class; nesting past the stack's depth).
-_UNDECODABLE = (
-    ValueError,
-    TypeError,
-    KeyError,
-    AttributeError,
-    RecursionError,
-    cattrs.BaseValidationError,
-)
 
 
 class _Message(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
@@ -122,7 +111,7 @@ def decode_value(body: bytes) -> Any:
         return _values.decode(body)
     except InvalidMessage:
         raise
-    except _UNDECODABLE as e:
+    except UNDECODABLE as e:
         raise InvalidMessage(f"not an encoded value: {bounded_repr(body)}") from e
 
 
@@ -174,7 +163,7 @@ def decode_batch(body: bytes, now: float) -> list[Envelope]:
         return envelopes
     except InvalidMessage:
         raise
-    except _UNDECODABLE as e:
+    except UNDECODABLE as e:
         raise InvalidMessage(f"not a batch of messages: {bounded_repr(body)}") from e
 
 
@@ -192,46 +181,62 @@ def decode_envelope(body: bytes, created_at: float, attempt: int) -> Envelope:
         return _envelope(_messages.decode(body), created_at, attempt)
     except InvalidMessage:
         raise
-    except _UNDECODABLE as e:
+    except UNDECODABLE as e:
         raise InvalidMessage(f"not an encoded message: {bounded_repr(body)}") from e
 
 
 def _document(envelope: Envelope) -> list[Any]:
-    """The fields of ``envelope``'s message as the wire lays them out (:class:`_Message`)."""
-    message_id = envelope.id
-    options = envelope.options
-    headers = envelope.headers
-    reply_to = envelope.reply_to
-    address = None
-    if reply_to is not None:
-        if reply_to.__class__ is not ReplyTo:
-            raise InvalidMessage(f"a reply address must be a ReplyTo: {bounded_repr(reply_to)}")
-        correlation = reply_to.correlation
-        address = (reply_to.node, correlation >> _LOW_BITS, correlation & _LOW_MASK)
-    return [
-        FORMAT_VERSION,
-        message_id >> _LOW_BITS,
-        message_id & _LOW_MASK,
-        envelope.kind,
-        _checked(envelope.payload),
-        _agent_out(envelope.sender),
-        _agent_out(envelope.recipient),
-        options.priority,
-        options.timeout,
-        options.max_retries,
-        options.retry_delay,
-        options.guarantee,
-        envelope.created_at,
-        {} if headers is NO_HEADERS else _headers_out(headers),
-        address,
-    ]
+    """The fields of ``envelope``'s message as the wire lays them out (:class:`_Message`).
+
+    Raises:
+        UnencodablePayload: as :func:`_checked`.
+        InvalidMessage: a field other than the payload is not what a message holds (an
+            ``Envelope`` is not checked when it is made, so a hand-made one may hold anything).
+    """
+    payload = _checked(envelope.payload)
+    try:
+        message_id = envelope.id
+        options = envelope.options
+        headers = envelope.headers
+        reply_to = envelope.reply_to
+        address = None
+        if reply_to is not None:
+            if reply_to.__class__ is not ReplyTo:
+                raise InvalidMessage(f"a reply address must be a ReplyTo: {bounded_repr(reply_to)}")
+            correlation = reply_to.correlation
+            address = (reply_to.node, correlation >> _LOW_BITS, correlation & _LOW_MASK)
+        return [
+            FORMAT_VERSION,
+            message_id >> _LOW_BITS,
+            message_id & _LOW_MASK,
+            envelope.kind,
+            payload,
+            _agent_out(envelope.sender),
+            _agent_out(envelope.recipient),
+            options.priority,
+            options.timeout,
+            options.max_retries,
+            options.retry_delay,
+            options.guarantee,
+            envelope.created_at,
+            {} if headers is NO_HEADERS else _headers_out(headers),
+            address,
+        ]
+    except InvalidMessage:
+        raise
+    except (AttributeError, TypeError, ValueError) as error:
+        raise _malformed(envelope) from error
 
 
 def _encoded(document: Any, envelope: Envelope) -> bytes:
     try:
         return _encoder.encode(document)
     except (OverflowError, TypeError) as error:
-        raise InvalidMessage(f"{envelope!r} has a field a message cannot hold") from error
+        raise _malformed(envelope) from error
+
+
+def _malformed(envelope: Envelope) -> InvalidMessage:
+    return InvalidMessage(f"{bounded_repr(envelope)} has a field a message cannot hold")
 
 
 def _envelope(fields: _Message, created_at: float, attempt: int) -> Envelope:
@@ -280,9 +285,7 @@ def _checked(value: Any) -> Any:
     try:
         return _out(value)
     except RecursionError as error:
-        raise UnencodablePayload(
-            f"a payload nested too deeply to encode: {bounded_repr(value)}"
-        ) from error
+        raise too_deep(value) from error
 
 
 def _out(value: Any) -> Any:

@@ -4,11 +4,12 @@ time left, and an answer comes back as the value or as the error a local call wo
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import msgspec
 import pytest
 
-from terraphim_actors import cast
+from terraphim_actors import Envelope, MessageKind, cast
 from terraphim_actors._core.reply import ReplyHandle
 from terraphim_actors.cluster._msgpack import batch_of, decode_batch, encode_record
 from terraphim_actors.cluster._wire import (
@@ -62,6 +63,31 @@ def test_a_message_larger_than_the_servers_max_payload_is_refused() -> None:
 def test_an_unregistered_payload_type_is_refused() -> None:
     with pytest.raises(UnencodablePayload):
         encode_message(cast(None, object(), recipient="worker"), now=0.0, max_payload=LIMIT)
+
+
+def test_a_payload_that_holds_itself_is_refused() -> None:
+    payload: list[object] = []
+    payload.append(payload)
+    with pytest.raises(UnencodablePayload):
+        encode_message(cast(None, payload, recipient="worker"), now=0.0, max_payload=LIMIT)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"headers": 5}, {"id": "abc"}, {"options": None}, {"id": 2**200}],
+    ids=["headers-not-a-mapping", "id-not-an-int", "options-not-MessageOptions", "id-too-long"],
+)
+def test_an_envelope_with_a_field_a_message_cannot_hold_is_an_invalid_message(
+    fields: dict[str, Any],
+) -> None:
+    """An Envelope is not checked when it is made: one made by hand with a wrong field is
+    refused with the typed error, as the journal's codec refuses it."""
+    with pytest.raises(InvalidMessage):
+        encode_message(
+            Envelope(kind=MessageKind.CAST, payload=1, recipient="w", **fields),
+            now=0.0,
+            max_payload=LIMIT,
+        )
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,21 @@ def envelope(payload: Any, **fields: Any) -> Envelope:
     return Envelope(kind=MessageKind.CAST, payload=payload, **fields)
 
 
+def cyclic() -> list[Any]:
+    """A list that holds itself."""
+    value: list[Any] = []
+    value.append(value)
+    return value
+
+
+def nested(depth: int) -> list[Any]:
+    """A list in a list ... ``depth`` deep."""
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 builtins = st.recursive(
     scalars | st.binary(max_size=16),
@@ -119,7 +134,7 @@ envelopes = st.builds(
     sender=st.none() | agent_ids,
     recipient=st.none() | agent_ids | st.text(max_size=8),
     options=options | options.map(never_expiring),
-    id=st.integers(min_value=1, max_value=2**128),
+    id=st.integers(min_value=1, max_value=2**128 - 1),
     created_at=st.floats(min_value=0, max_value=1e12),
     headers=st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
 )
@@ -233,6 +248,50 @@ class TestUnencodable:
         with pytest.raises(InvalidMessage):
             encode("not an envelope")  # type: ignore[arg-type]
 
+    @pytest.mark.parametrize(
+        "payload",
+        [cyclic(), nested(5_000), {"$dict": cyclic()}, 10**5_000],
+        ids=["holds-itself", "nested-5000-deep", "holds-itself-in-a-dict", "int-of-5001-digits"],
+    )
+    def test_a_payload_json_cannot_hold_raises_unencodable_payload(self, payload: Any) -> None:
+        """A payload that holds itself or is nested past the recursion limit, or an int longer
+        than Python writes as text, is refused as the sender is promised, not with the
+        RecursionError or ValueError the walk or the encoder hit."""
+        with pytest.raises(UnencodablePayload):
+            encode(envelope(payload))
+        with pytest.raises(UnencodablePayload):
+            Codec().encode_value(payload)
+
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"headers": 5},
+            {"kind": "cast"},
+            {"id": "abc"},
+            {"id": -1},
+            {"id": 2**128},
+            {"options": None},
+            {"created_at": 10**400},
+        ],
+        ids=[
+            "headers-not-a-mapping",
+            "kind-not-a-MessageKind",
+            "id-not-an-int",
+            "id-negative",
+            "id-beyond-128-bits",
+            "options-not-MessageOptions",
+            "created-at-beyond-a-float",
+        ],
+    )
+    def test_an_envelope_with_a_field_a_message_cannot_hold_raises_invalid_message(
+        self, fields: dict[str, Any]
+    ) -> None:
+        """An Envelope is not checked when it is made; one made by hand with a wrong field is
+        refused when encoded, with the typed error, not an AttributeError or ValueError."""
+        kind = fields.pop("kind", MessageKind.CAST)
+        with pytest.raises(InvalidMessage):
+            encode(Envelope(kind=kind, payload=1, **fields))
+
 
 class TestDecodingBadInput:
     @pytest.mark.parametrize(
@@ -247,6 +306,21 @@ class TestDecodingBadInput:
             encode(envelope(None)).replace(b'"headers":{}', b'"headers":{"a":1}'),
             encode(envelope(None)).replace(b'"payload":null', b'"payload":{"$what":1}'),
             encode(envelope(None)).replace(b'"payload":null', b'"payload":{"$payload":"x.Y"}'),
+            encode(envelope(None, created_at=1.0)).replace(b"1.0", b"1" + b"0" * 400),
+            encode(envelope(None)).replace(b"null", b"[" * 100_000 + b"]" * 100_000, 1),
+        ],
+        ids=[
+            "empty",
+            "a-list",
+            "a-later-version",
+            "no-fields",
+            "not-utf-8",
+            "an-unknown-kind",
+            "headers-not-str",
+            "an-unknown-marker",
+            "a-payload-without-fields",
+            "created-at-beyond-a-float",
+            "payload-nested-100000-deep",
         ],
     )
     def test_bytes_not_written_by_the_codec_raise_invalid_message(self, data: bytes) -> None:

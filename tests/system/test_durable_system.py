@@ -27,7 +27,7 @@ from terraphim_actors import (
     open_message_system,
 )
 from terraphim_actors._delivery.dead_letters import DeadLetterReason
-from terraphim_actors.errors import JournalError
+from terraphim_actors.errors import JournalError, UnencodablePayload
 from terraphim_actors.journal import SqliteJournal
 
 EXACTLY_ONCE = MessageOptions(guarantee=DeliveryGuarantee.EXACTLY_ONCE)
@@ -259,3 +259,22 @@ async def test_a_file_that_is_not_a_journal_is_refused_bare(
         async with open_message_system(config(path)):
             pass
     assert path.read_bytes().startswith(b"not a database")
+
+
+async def test_a_cast_whose_payload_holds_itself_raises_unencodable_payload(
+    tmp_path: Path,
+) -> None:
+    """The journal encodes a durable cast at the send: a payload that holds itself is refused
+    there with the typed error, not a RecursionError, and the system goes on."""
+    payload: list[Any] = []
+    payload.append(payload)
+    log: list[Any] = []
+    seen = trio.Event()
+    async with open_message_system(config(tmp_path / "agents.db")) as system:
+        ref = await system.spawn(Recorder, log, 1, seen, name="worker")
+        with pytest.raises(UnencodablePayload):
+            await ref.cast(payload)
+        await ref.cast("after")
+        with trio.fail_after(10):
+            await seen.wait()
+    assert log == [("after", 0)]
