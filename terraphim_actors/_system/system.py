@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import signal
 import sys
@@ -32,7 +33,7 @@ from .._behaviour.refs import AgentRef, PoolRef
 from .._behaviour.spec import AgentStarter, agent_child_spec, start_agent, start_agent_now
 from .._behaviour.system_api import SystemStats
 from .._behaviour.thread_portal import ThreadPortal
-from .._core.bounded_repr import LazyText
+from .._core.bounded_repr import LazyText, bounded_repr
 from .._core.checks import check_count, check_instance, check_seconds, validator
 from .._core.ids import AgentId
 from .._core.instruments import Instrument, Instruments, instruments_tuple
@@ -102,10 +103,20 @@ def _check_journal(_instance: object, attribute: attrs.Attribute[Any], value: ob
 
 
 def _check_cluster(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not callable(getattr(value, "join", None)):
+    """A cluster must be a ``ClusterSpec``: its ``join()``, called with no argument when the
+    system opens, makes the membership. A callable ``join`` is not enough: a str has one
+    (``str.join``, which takes an argument), and a server's URL is the likeliest mistake,
+    which would then pass here and fail untyped when the system opens."""
+    if value is None:
+        return
+    join = getattr(value, "join", None)
+    try:
+        inspect.signature(join).bind()  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # not callable, takes arguments, or has no signature
         raise InvalidConfig(
-            f"{attribute.name} must be a ClusterConfig (terraphim_actors.cluster), got {value!r}"
-        )
+            f"{attribute.name} must be a ClusterConfig (terraphim_actors.cluster), got"
+            f" {bounded_repr(value)}"
+        ) from None
 
 
 @attrs.frozen(kw_only=True)

@@ -692,6 +692,29 @@ class TestMessageSystemConfig:
         with pytest.raises(InvalidConfig):
             MessageSystemConfig(mailbox={"capacity": 1})  # type: ignore[arg-type]
 
+    @pytest.mark.parametrize(
+        "cluster",
+        ["nats://127.0.0.1:4222", ["nats://127.0.0.1:4222"], b"nats://", object(), 5],
+        ids=["a-url", "a-list-of-urls", "bytes", "object", "int"],
+    )
+    async def test_a_cluster_that_is_not_a_cluster_spec_raises_invalid_config(
+        self, cluster: Any
+    ) -> None:
+        """A server's URL has a ``join`` (``str.join``) but is no cluster: it is refused here,
+        not with a TypeError once the system opens."""
+        with pytest.raises(InvalidConfig, match="ClusterConfig"):
+            MessageSystemConfig(cluster=cluster)
+
+    async def test_a_cluster_spec_is_anything_whose_join_takes_no_argument(self) -> None:
+        """The system only calls ``join()``: a spec of one's own is taken."""
+
+        class Spec:
+            def join(self) -> Any:
+                raise NotImplementedError
+
+        spec = Spec()
+        assert MessageSystemConfig(cluster=spec).cluster is spec
+
     async def test_invalid_config_is_a_value_error(self) -> None:
         """``InvalidConfig`` is caught by ``except ValueError``."""
         with pytest.raises(ValueError, match="shutdown_timeout"):
