@@ -2,9 +2,11 @@
 
 A handler that is not ``async def``, that takes the wrong parameters, or a hook whose name is
 misspelled (``handle_calls``, ``on_stat``) would otherwise show only when a message arrives, or
-never: the misspelled hook is simply not called. ``spawn``, ``spawn_pool`` and ``agent_spec``
-refuse such a class at once with an ``InvalidConfig`` naming the method. A class that passes is
-remembered, so spawning it again costs a lookup.
+never: the misspelled hook is simply not called. So would an error-handling attribute
+(``resume_on``, ``stop_on``, ``no_retry_on``) that is not exception classes: only when a handler
+raises, as a ``TypeError`` from ``isinstance`` that replaces the decision. ``spawn``,
+``spawn_pool`` and ``agent_spec`` refuse such a class at once with an ``InvalidConfig`` naming
+the method or attribute. A class that passes is remembered, so spawning it again costs a lookup.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ _HOOKS = frozenset(
     name for name, value in vars(Agent).items() if not name.startswith("_") and callable(value)
 )
 
+#: The class attributes that a failed handler's error is matched against, with ``isinstance``.
+_ERROR_CLASSES = ("resume_on", "stop_on", "no_retry_on")
+
 _checked: weakref.WeakSet[type[Agent]] = weakref.WeakSet()
 _warned_cast_return: weakref.WeakSet[type[Agent]] = weakref.WeakSet()
 
@@ -50,13 +55,16 @@ def check_agent_class(agent_class: type[Agent]) -> None:
     """Refuse an agent class whose hooks the system could not call as written.
 
     Raises:
-        InvalidConfig: a handler is not ``async def`` or takes the wrong parameters, or a
-            method's name is a misspelled hook's.
+        InvalidConfig: a handler is not ``async def`` or takes the wrong parameters, a
+            method's name is a misspelled hook's, or ``resume_on``, ``stop_on`` or
+            ``no_retry_on`` is not a tuple of exception classes.
     """
     if agent_class in _checked:
         return
     for name, arities in _HANDLERS.items():
         _check_handler(agent_class, name, arities)
+    for name in _ERROR_CLASSES:
+        _check_error_classes(agent_class, name)
     for owner in agent_class.__mro__:
         if owner is Agent or not issubclass(owner, Agent):
             continue
@@ -95,6 +103,18 @@ def _check_handler(agent_class: type[Agent], name: str, arities: tuple[int, ...]
         return
     expected = " or ".join(_spelled(name, arity) for arity in arities)
     raise InvalidConfig(f"{where}{signature} takes the wrong parameters: expected {expected}")
+
+
+def _check_error_classes(agent_class: type[Agent], name: str) -> None:
+    value = getattr(agent_class, name)
+    # One class alone is taken as isinstance takes it: only its tuple form is documented, but
+    # refusing a spelling that works as meant would help nobody.
+    classes = value if isinstance(value, tuple) else (value,)
+    if not all(isinstance(cls, type) and issubclass(cls, BaseException) for cls in classes):
+        raise InvalidConfig(
+            f"{agent_class.__qualname__}.{name} must be a tuple of exception classes, got"
+            f" {bounded_repr(value)}"
+        )
 
 
 def _spelled(name: str, arity: int) -> str:

@@ -1303,6 +1303,31 @@ class TestClassChecks:
         with pytest.raises(InvalidConfig, match=r"hadnle_info.*'handle_info'"):
             await system.spawn(SwappedLetters)
 
+    @pytest.mark.parametrize("attribute", ["resume_on", "stop_on", "no_retry_on"])
+    @pytest.mark.parametrize(
+        "value",
+        [(5,), ("ValueError",), (ValueError, int), None, "ValueError"],
+        ids=["an-int", "a-name", "a-class-not-an-exception", "none", "a-name-alone"],
+    )
+    async def test_error_classes_that_are_not_exception_classes_fail_the_spawn(
+        self, system: MessageSystem, attribute: str, value: Any
+    ) -> None:
+        """``resume_on``, ``stop_on`` and ``no_retry_on`` are refused at ``spawn`` unless they
+        are exception classes: otherwise ``isinstance`` raises a TypeError only once a handler
+        fails, which restarted the agent instead of its decision, or (``no_retry_on``) killed
+        its loop outside the handler."""
+        bad = type("BadErrors", (Counting,), {attribute: value})
+        with pytest.raises(InvalidConfig, match=rf"BadErrors\.{attribute} must be a tuple"):
+            await system.spawn(bad)
+
+    @pytest.mark.parametrize("value", [(), (KeyError, ValueError), KeyError])
+    async def test_error_classes_may_be_a_tuple_or_one_exception_class(
+        self, system: MessageSystem, value: Any
+    ) -> None:
+        """What ``isinstance`` takes as exception classes passes the check."""
+        good = type("GoodErrors", (Counting,), {"resume_on": value, "no_retry_on": value})
+        assert (await system.spawn(good)).alive
+
     async def test_methods_that_are_not_hooks_are_accepted(self, system: MessageSystem) -> None:
         """Names more than two edits from every hook, and private names, pass the checks."""
         ref = await system.spawn(MethodsThatAreNotHooks)
