@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ._bounded_repr import bounded_repr
 from ._errors import HealthCheckFailed
 from ._spec import ChildSpec, takes_task_status
 from ._stats import ChildInfo, ChildState
@@ -234,7 +235,7 @@ class Child:
             self._history().last_exit = outcome
 
     def __repr__(self) -> str:
-        return f"<Child {self.id!r} of {self.supervisor.name}>"
+        return f"<Child {bounded_repr(self.id)} of {self.supervisor.name}>"
 
     def info(self) -> ChildInfo:
         return ChildInfo(

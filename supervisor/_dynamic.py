@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._bounded_repr import bounded_repr
 from ._checks import check_count
 from ._errors import InvalidSpec, TooManyChildren
 from ._intensity import RestartBackoff
@@ -50,7 +51,7 @@ class DynamicSupervisor:
         name: str | None = None,
     ) -> None:
         if not isinstance(template, ChildSpec):
-            raise InvalidSpec(f"template must be a ChildSpec, got {template!r}")
+            raise InvalidSpec(f"template must be a ChildSpec, got {bounded_repr(template)}")
         if max_children is not None:
             check_count("max_children", max_children, minimum=1)
         self.template = template
@@ -70,7 +71,7 @@ class DynamicSupervisor:
         self._starting: set[Hashable] = set()
 
     def __repr__(self) -> str:
-        return f"<DynamicSupervisor {self.name} of {self.template.id!r}>"
+        return f"<DynamicSupervisor {self.name} of {bounded_repr(self.template.id)}>"
 
     @property
     def name(self) -> str:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ._bounded_repr import bounded_repr
 from ._checks import check_callable, check_instance, check_seconds, is_callable, seconds
 from ._errors import InvalidSpec
 
@@ -58,7 +59,7 @@ def check_id(value: object) -> None:
     try:
         hash(value)
     except TypeError:
-        raise InvalidSpec(f"a child id must be hashable, got {value!r}") from None
+        raise InvalidSpec(f"a child id must be hashable, got {bounded_repr(value)}") from None
 
 
 @attrs.frozen(kw_only=True)
@@ -147,9 +148,11 @@ class ChildSpec:
         if self.quiet is not None:
             check_callable("quiet", self.quiet)
         if not isinstance(self.significant, bool):
-            raise InvalidSpec(f"significant must be a bool, got {self.significant!r}")
+            raise InvalidSpec(f"significant must be a bool, got {bounded_repr(self.significant)}")
         if self.significant and self.restart is RestartType.PERMANENT:
-            raise InvalidSpec(f"child {self.id!r}: a permanent child cannot be significant")
+            raise InvalidSpec(
+                f"child {bounded_repr(self.id)}: a permanent child cannot be significant"
+            )
         check_instance("kind", self.kind, ChildKind)
         if self.health_check is not None:
             check_instance("health_check", self.health_check, HealthCheck)

@@ -156,15 +156,21 @@ class Supervisor:
         name: str | None = None,
     ) -> None:
         if not isinstance(strategy, RestartStrategy):
-            raise InvalidSpec(f"strategy must be a RestartStrategy, got {strategy!r}")
+            raise InvalidSpec(f"strategy must be a RestartStrategy, got {bounded_repr(strategy)}")
         if not isinstance(auto_shutdown, AutoShutdown):
-            raise InvalidSpec(f"auto_shutdown must be an AutoShutdown, got {auto_shutdown!r}")
+            raise InvalidSpec(
+                f"auto_shutdown must be an AutoShutdown, got {bounded_repr(auto_shutdown)}"
+            )
         if backoff is not None and not isinstance(backoff, RestartBackoff):
-            raise InvalidSpec(f"backoff must be a RestartBackoff or None, got {backoff!r}")
+            raise InvalidSpec(
+                f"backoff must be a RestartBackoff or None, got {bounded_repr(backoff)}"
+            )
         if not isinstance(forget_ended, bool):
-            raise InvalidSpec(f"forget_ended must be a bool, got {forget_ended!r}")
+            raise InvalidSpec(f"forget_ended must be a bool, got {bounded_repr(forget_ended)}")
         if not isinstance(stop_concurrently, bool):
-            raise InvalidSpec(f"stop_concurrently must be a bool, got {stop_concurrently!r}")
+            raise InvalidSpec(
+                f"stop_concurrently must be a bool, got {bounded_repr(stop_concurrently)}"
+            )
         self.auto_shutdown = auto_shutdown
         self.name = name if name is not None else f"supervisor@{id(self):x}"
         #: What to restart, when, and when to give up: decided there, done here.
@@ -1113,7 +1119,9 @@ class Supervisor:
             self._check_running()
             child = self._find(id)
             if child.state is not ChildState.TERMINATED:
-                raise ChildRunning(f"child {id!r} is {child.state.value}, not terminated")
+                raise ChildRunning(
+                    f"child {bounded_repr(id)} is {child.state.value}, not terminated"
+                )
             try:
                 error = await self._launch(child)
             finally:
@@ -1140,7 +1148,9 @@ class Supervisor:
         self._refuse_caller(id, "delete")
         child = self._find(id)
         if child.state is not ChildState.TERMINATED:
-            raise ChildRunning(f"child {id!r} is {child.state.value}: terminate it first")
+            raise ChildRunning(
+                f"child {bounded_repr(id)} is {child.state.value}: terminate it first"
+            )
         self._forget_for_good(id)
 
     async def remove_child(self, id: Hashable) -> None:
@@ -1203,7 +1213,7 @@ class Supervisor:
         try:
             return self._children[id]
         except (KeyError, TypeError):
-            raise ChildNotFound(f"{self.name} has no child {id!r}") from None
+            raise ChildNotFound(f"{self.name} has no child {bounded_repr(id)}") from None
 
     def _knows(self, child: Child) -> bool:
         """Whether ``child`` is still one of ours (not deleted, nor replaced under its id)."""
@@ -1226,8 +1236,8 @@ class Supervisor:
     def _refuse_caller(self, id: Hashable, what: str) -> None:
         if self._caller_within(id):
             raise ChildIsCaller(
-                f"child {id!r} asked {self.name} to {what} it while it runs: it would wait for "
-                "itself (a child can terminate itself, or ask another task to do this)"
+                f"child {bounded_repr(id)} asked {self.name} to {what} it while it runs: it would"
+                " wait for itself (a child can terminate itself, or ask another task to do this)"
             )
 
     @contextlib.asynccontextmanager
@@ -1276,8 +1286,9 @@ class Supervisor:
                 return  # the caller's branch has started: no start under way waits for it
             if caller.supervisor is self:
                 raise SupervisorError(
-                    f"child {caller.id!r} called its supervisor {self.name} while starting, "
-                    "which would wait for itself: do it once started (e.g. in a task it starts)"
+                    f"child {bounded_repr(caller.id)} called its supervisor {self.name} while"
+                    " starting, which would wait for itself: do it once started (e.g. in a task it"
+                    " starts)"
                 )
             caller = caller.supervisor._placement
 
@@ -1299,7 +1310,7 @@ class Supervisor:
         start: object = None,
     ) -> None:
         if not isinstance(spec, ChildSpec):
-            raise InvalidSpec(f"a child must be a ChildSpec, got {spec!r}")
+            raise InvalidSpec(f"a child must be a ChildSpec, got {bounded_repr(spec)}")
         if id is None:
             id = spec.id
         else:
@@ -1307,10 +1318,11 @@ class Supervisor:
         if start is not None:
             check_callable("start", start)
         if id in taken:
-            raise DuplicateChild(f"{self.name} already has a child {id!r}")
+            raise DuplicateChild(f"{self.name} already has a child {bounded_repr(id)}")
         if spec.significant and self.auto_shutdown is AutoShutdown.NEVER:
             raise InvalidSpec(
-                f"child {id!r} is significant, which needs auto_shutdown other than NEVER"
+                f"child {bounded_repr(id)} is significant, which needs auto_shutdown other than"
+                " NEVER"
             )
 
 

@@ -89,7 +89,9 @@ def _check_handler(agent_class: type[Agent], name: str, arities: tuple[int, ...]
         return  # the default
     where = f"{agent_class.__qualname__}.{name}"
     if not isinstance(handler, types.FunctionType):
-        raise InvalidConfig(f"{where} must be a method defined with 'async def', got {handler!r}")
+        raise InvalidConfig(
+            f"{where} must be a method defined with 'async def', got {bounded_repr(handler)}"
+        )
     if not (
         inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(inspect.unwrap(handler))
     ):

@@ -315,7 +315,7 @@ class AgentRef:
             raise _wrong_thread(self, kind)
         if options is None:
             if priority.__class__ is not Priority:
-                raise InvalidConfig(f"priority must be a Priority, got {priority!r}")
+                raise InvalidConfig(f"priority must be a Priority, got {bounded_repr(priority)}")
             resolved = self._delivery.defaults[priority]
         else:
             check_instance("options", options, MessageOptions)

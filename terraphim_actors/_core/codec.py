@@ -197,22 +197,31 @@ class Codec:
                 non-empty ``str``, or the tag or the class is already registered otherwise.
         """
         if not isinstance(cls, type) or not (attrs.has(cls) or dataclasses.is_dataclass(cls)):
-            raise InvalidConfig(f"a payload type must be an attrs class or a dataclass: {cls!r}")
+            raise InvalidConfig(
+                f"a payload type must be an attrs class or a dataclass: {bounded_repr(cls)}"
+            )
         if tag is None:
             tag = f"{cls.__module__}.{cls.__qualname__}"
         if not isinstance(tag, str) or not tag:
-            raise InvalidConfig(f"a payload tag must be a non-empty str, got {tag!r}")
+            raise InvalidConfig(f"a payload tag must be a non-empty str, got {bounded_repr(tag)}")
         if self._classes.get(tag, cls) is not cls:
-            raise InvalidConfig(f"payload tag {tag!r} is already taken by {self._classes[tag]!r}")
+            raise InvalidConfig(
+                f"payload tag {bounded_repr(tag)} is already taken by"
+                f" {bounded_repr(self._classes[tag])}"
+            )
         if self._tags.get(cls, tag) != tag:
-            raise InvalidConfig(f"{cls!r} is already registered as {self._tags[cls]!r}")
+            raise InvalidConfig(
+                f"{bounded_repr(cls)} is already registered as {bounded_repr(self._tags[cls])}"
+            )
         if cls in self._tags:
             return cls
         try:
             structure = make_dict_structure_fn(cls, self._converter)
             unstructure = make_dict_unstructure_fn(cls, self._converter)
         except cattrs.errors.StructureHandlerNotFoundError as e:
-            raise InvalidConfig(f"{cls!r} has a field cattrs cannot rebuild: {e}") from e
+            raise InvalidConfig(
+                f"{bounded_repr(cls)} has a field cattrs cannot rebuild: {e}"
+            ) from e
         self._structure[cls] = structure
         self._unstructure[cls] = unstructure
         self._classes[tag] = cls
@@ -267,7 +276,9 @@ class Codec:
         try:
             document = json.loads(data)
             if document["v"] != FORMAT_VERSION:
-                raise InvalidMessage(f"unknown message format version {document['v']!r}")
+                raise InvalidMessage(
+                    f"unknown message format version {bounded_repr(document['v'])}"
+                )
             return Envelope(
                 id=MessageId(_exact(document["id"], int)),
                 kind=MessageKind(document["kind"]),
@@ -359,7 +370,7 @@ class Codec:
             tag = value["$payload"]
             cls = self._classes.get(tag)
             if cls is None:
-                raise InvalidMessage(f"payload tag {tag!r} is not registered")
+                raise InvalidMessage(f"payload tag {bounded_repr(tag)} is not registered")
             fields = {key: self._from_json(item) for key, item in value["fields"].items()}
             return self._structure[cls](fields, cls)
         raise InvalidMessage(f"not an encoded payload: {bounded_repr(value)}")
@@ -380,7 +391,7 @@ class Codec:
         """
         cls = self._classes.get(tag)
         if cls is None:
-            raise InvalidMessage(f"payload tag {tag!r} is not registered")
+            raise InvalidMessage(f"payload tag {bounded_repr(tag)} is not registered")
         try:
             return self._structure[cls](fields, cls)
         except InvalidMessage:

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import InvalidConfig
+from .bounded_repr import LazyText, bounded_repr
 
 __all__ = ["HOOKS", "MESSAGE_HOOKS", "Instrument", "Instruments", "instruments_tuple"]
 
@@ -182,7 +183,7 @@ class Instruments(dict[str, dict[Instrument, None]]):
                 if not isinstance(extra, Mapping) or not all(
                     k.__class__ is str and v.__class__ is str for k, v in extra.items()
                 ):
-                    raise TypeError(f"headers map str to str, got {extra!r}")
+                    raise TypeError(f"headers map str to str, got {bounded_repr(extra)}")
             except Exception:
                 self._failed(instrument, "outgoing_headers")
                 continue
@@ -211,8 +212,8 @@ class Instruments(dict[str, dict[Instrument, None]]):
         """Remove ``instrument``, which raised in ``hook``, and log its error (being handled)."""
         self.remove_instrument(instrument)
         logger.exception(
-            "instrument %r raised in %s and has been removed; the system goes on",
-            instrument,
+            "instrument %s raised in %s and has been removed; the system goes on",
+            LazyText(bounded_repr, instrument),
             hook,
         )
 
@@ -227,9 +228,11 @@ def instruments_tuple(instruments: Any) -> tuple[Instrument, ...]:
         items = tuple(instruments)
     except TypeError:
         raise InvalidConfig(
-            f"instruments must be a list of Instrument instances, got {instruments!r}"
+            f"instruments must be a list of Instrument instances, got {bounded_repr(instruments)}"
         ) from None
     for item in items:
         if not isinstance(item, Instrument):
-            raise InvalidConfig(f"instruments must be Instrument instances, got {item!r}")
+            raise InvalidConfig(
+                f"instruments must be Instrument instances, got {bounded_repr(item)}"
+            )
     return items

@@ -122,7 +122,7 @@ def options_for(priority: Priority) -> MessageOptions:
         InvalidConfig: ``priority`` is not a ``Priority``.
     """
     if priority.__class__ is not Priority:
-        raise InvalidConfig(f"priority must be a Priority, got {priority!r}")
+        raise InvalidConfig(f"priority must be a Priority, got {bounded_repr(priority)}")
     return _OPTIONS_BY_PRIORITY[priority]
 
 

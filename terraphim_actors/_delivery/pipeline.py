@@ -475,10 +475,10 @@ class DeliveryManager:
         if endpoint is None:
             if self._has_stopped(envelope.recipient):
                 return DeadLetterReason.AGENT_STOPPED, AgentStopped(
-                    f"{envelope.recipient!r} has stopped"
+                    f"{bounded_repr(envelope.recipient)} has stopped"
                 )
             return DeadLetterReason.NOT_FOUND, AgentNotFound(
-                f"no agent is registered as {envelope.recipient!r}"
+                f"no agent is registered as {bounded_repr(envelope.recipient)}"
             )
         admission = endpoint.admission
         if type(admission) is AdmissionGate:

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import attrs
 import trio
 
+from .._core.bounded_repr import bounded_repr
 from .._core.checks import check_count, check_instance, check_seconds, validator
 from .._core.ids import AgentId
 from .._core.messages import Envelope, MessageOptions, Priority, now
@@ -388,7 +389,9 @@ class Mailbox:
             InvalidConfig: ``timeout`` is negative or not a number.
         """
         if not callable(predicate):
-            raise InvalidConfig(f"predicate must be a function of the envelope, got {predicate!r}")
+            raise InvalidConfig(
+                f"predicate must be a function of the envelope, got {bounded_repr(predicate)}"
+            )
         if timeout is not None:
             check_seconds("timeout", timeout, allow_zero=True)
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -595,4 +598,6 @@ def _check_envelope(envelope: object) -> None:
     if not isinstance(envelope, Envelope):
         raise InvalidMessage(f"expected an Envelope, got {type(envelope).__name__}")
     if not isinstance(envelope.options, MessageOptions):
-        raise InvalidMessage(f"envelope options must be MessageOptions: {envelope.options!r}")
+        raise InvalidMessage(
+            f"envelope options must be MessageOptions: {bounded_repr(envelope.options)}"
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 from typing import Generic, Protocol, TypeVar
 
+from .._core.bounded_repr import bounded_repr
 from .._core.ids import AgentId
 from .._primitives.mailbox import Mailbox
 from ..errors import DuplicateAgent, InvalidConfig
@@ -71,7 +72,9 @@ class LocalDirectory(Generic[_Resident]):
             return agent_id
         if address is None or isinstance(address, AgentId):
             return address
-        raise InvalidConfig(f"an address is an AgentId or a registered name, got {address!r}")
+        raise InvalidConfig(
+            f"an address is an AgentId or a registered name, got {bounded_repr(address)}"
+        )
 
     def endpoint(self, agent_id: AgentId) -> Endpoint | None:
         """The endpoint of the agent under ``agent_id``, if it has not stopped for good: here,
@@ -106,9 +109,9 @@ class LocalDirectory(Generic[_Resident]):
             InvalidConfig: the name is not a str.
         """
         if name is not None and not isinstance(name, str):
-            raise InvalidConfig(f"name must be a str or None, got {name!r}")
+            raise InvalidConfig(f"name must be a str or None, got {bounded_repr(name)}")
         if self.taken(name):
-            raise DuplicateAgent(f"an agent named {name!r} is already registered")
+            raise DuplicateAgent(f"an agent named {bounded_repr(name)} is already registered")
         agent_id = AgentId(name=name) if agent_id is None else agent_id
         if name is not None:
             self._names[name] = agent_id

@@ -97,8 +97,8 @@ def _check_journal(_instance: object, attribute: attrs.Attribute[Any], value: ob
     missing = [name for name in _JOURNAL_METHODS if not callable(getattr(value, name, None))]
     if missing:
         raise InvalidConfig(
-            f"{attribute.name} must be a Journal (such as SqliteJournal); {value!r} has no "
-            + ", ".join(f"{name}()" for name in missing)
+            f"{attribute.name} must be a Journal (such as SqliteJournal);"
+            f" {bounded_repr(value)} has no " + ", ".join(f"{name}()" for name in missing)
         )
 
 
@@ -473,7 +473,7 @@ class MessageSystem:
         check_count("size", size, minimum=1)
         check_instance("strategy", strategy, LoadBalancing)
         if key is not None and not callable(key):
-            raise InvalidConfig(f"key must be a function of the payload, got {key!r}")
+            raise InvalidConfig(f"key must be a function of the payload, got {bounded_repr(key)}")
         if seed is not None:
             check_count("seed", seed, minimum=0)
         if max_restarts is not None:
@@ -536,7 +536,9 @@ class MessageSystem:
             await self.root.start_child(attrs.evolve(members.as_child(pool_id), retire=retire))
         except ChildStartFailed as failure:
             self.forget_pool(group)
-            raise AgentStartFailed(f"pool {name!r} failed to start: {failure}") from failure
+            raise AgentStartFailed(
+                f"pool {bounded_repr(name)} failed to start: {failure}"
+            ) from failure
         except SupervisorNotRunning:
             self.forget_pool(group)
             raise SystemClosed("the message system is shutting down") from None
@@ -602,12 +604,14 @@ class MessageSystem:
         kwargs: dict[str, Any],
     ) -> AgentStarter:
         if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
-            raise InvalidConfig(f"agent_class must be an Agent subclass, got {agent_class!r}")
+            raise InvalidConfig(
+                f"agent_class must be an Agent subclass, got {bounded_repr(agent_class)}"
+            )
         if agent_class not in self._checked_classes:
             check_agent_class(agent_class)
             self._checked_classes.add(agent_class)
         if name is not None and not isinstance(name, str):
-            raise InvalidConfig(f"name must be a str or None, got {name!r}")
+            raise InvalidConfig(f"name must be a str or None, got {bounded_repr(name)}")
         if mailbox is not None:
             check_instance("mailbox", mailbox, MailboxConfig)
         if shutdown is not None:
@@ -622,7 +626,7 @@ class MessageSystem:
         if self.closing:
             raise SystemClosed("the message system is shutting down")
         if self.registry.taken(name):
-            raise DuplicateAgent(f"an agent named {name!r} is already registered")
+            raise DuplicateAgent(f"an agent named {bounded_repr(name)} is already registered")
         return AgentStarter(
             self,
             agent_class,
@@ -670,7 +674,7 @@ class MessageSystem:
         """
         ref = self.whereis(name)
         if ref is None:
-            raise AgentNotFound(f"no running agent is registered as {name!r}")
+            raise AgentNotFound(f"no running agent is registered as {bounded_repr(name)}")
         return ref
 
     @property

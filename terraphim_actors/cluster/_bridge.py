@@ -35,6 +35,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 
+from .._core.bounded_repr import bounded_repr
 from ..errors import ClusterError
 from .config import ClusterConfig
 
@@ -386,7 +387,7 @@ class Bridge:
         """Publish ``payload`` to ``msg``'s reply subject (``ClusterError`` at once if it has
         none); a failure on the way is logged."""
         if not msg.reply:
-            raise ClusterError(f"the message on {msg.subject!r} has no reply subject")
+            raise ClusterError(f"the message on {bounded_repr(msg.subject)} has no reply subject")
         self._send(_publish, (self, msg.reply, payload, headers))
 
     def ack_nowait(self, msg: Msg) -> None:
@@ -437,7 +438,7 @@ class Bridge:
         received, so a slow consumer does not see its messages' ack wait run out unseen.
         Acknowledge each with ``ack_nowait`` (or ``nak_nowait``/``term_nowait``)."""
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ClusterError(f"batch must be an int of at least 1, got {batch!r}")
+            raise ClusterError(f"batch must be an int of at least 1, got {bounded_repr(batch)}")
         subscription = Subscription(self, batch)
         deliver_many = subscription._deliver_many
         post = self._to_trio_soon
@@ -712,7 +713,7 @@ class Bridge:
             await _close_quietly(client)
             raise ClusterError(
                 f"could not connect to NATS at {', '.join(config.servers)} within"
-                f" {config.connect_timeout:g} s (last error: {self._last_error!r})"
+                f" {config.connect_timeout:g} s (last error: {bounded_repr(self._last_error)})"
             ) from None
         except ImportError as error:
             await _close_quietly(client)

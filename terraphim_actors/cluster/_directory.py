@@ -36,6 +36,7 @@ import trio
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from .._core.bounded_repr import bounded_repr
 from ..errors import ClusterError, DuplicateAgent, InvalidConfig
 from ._bridge import Bridge, ConnectionEvent
 from .config import ClusterConfig
@@ -407,7 +408,9 @@ class ClusterDirectory:
             try:
                 entries = await self._bridge.run(feed.take)
             except (ClusterError, nats.errors.Error, OSError) as error:
-                self._fail(ClusterError(f"the cluster directory lost its watch: {error!r}"))
+                self._fail(
+                    ClusterError(f"the cluster directory lost its watch: {bounded_repr(error)}")
+                )
                 await trio.sleep_forever()
             for entry in entries:
                 if entry is None:
@@ -526,13 +529,15 @@ class ClusterDirectory:
             InvalidConfig: ``name`` is not a str or ``uid`` not a UUID.
         """
         if not isinstance(name, str):
-            raise InvalidConfig(f"name must be a str, got {name!r}")
+            raise InvalidConfig(f"name must be a str, got {bounded_repr(name)}")
         if not isinstance(uid, uuid.UUID):
-            raise InvalidConfig(f"uid must be a uuid.UUID, got {uid!r}")
+            raise InvalidConfig(f"uid must be a uuid.UUID, got {bounded_repr(uid)}")
         if not self._started:
             raise ClusterError("the cluster directory is not running")
         if name in self._claiming:
-            raise DuplicateAgent(f"the name {name!r} is being claimed on this node already")
+            raise DuplicateAgent(
+                f"the name {bounded_repr(name)} is being claimed on this node already"
+            )
         placement = Placement(self.node, uid, self.incarnation)
         self._claiming.add(name)
         try:
@@ -544,8 +549,8 @@ class ClusterDirectory:
         except trio.TooSlowError:
             self._forget(name, placement)
             raise ClusterError(
-                f"could not claim the name {name!r}: the NATS servers did not answer within"
-                f" {self._config.connect_timeout:g} s"
+                f"could not claim the name {bounded_repr(name)}: the NATS servers did not answer"
+                f" within {self._config.connect_timeout:g} s"
             ) from None
         except BaseException as error:
             if not isinstance(error, DuplicateAgent):
@@ -573,7 +578,7 @@ class ClusterDirectory:
                 return last
             if not await self._may_take(name, holder):
                 raise DuplicateAgent(
-                    f"an agent named {name!r} is already registered"
+                    f"an agent named {bounded_repr(name)} is already registered"
                     + ("" if holder is None else f" on node {holder.node!r}")
                 )
             replaced = await self._call(_replace, names, key, value, last)
@@ -657,7 +662,9 @@ class ClusterDirectory:
                 f" {self._config.connect_timeout:g} s"
             ) from None
         except (nats.errors.Error, OSError) as error:
-            raise ClusterError(f"the cluster directory's NATS request failed: {error!r}") from error
+            raise ClusterError(
+                f"the cluster directory's NATS request failed: {bounded_repr(error)}"
+            ) from error
 
 
 # -- on the bridge's loop -------------------------------------------------------------------

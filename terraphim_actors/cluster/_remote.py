@@ -301,7 +301,9 @@ class RemoteInbox:
         except ClusterError:
             raise
         except Exception as error:  # nats-py's: a timeout, no responders, a closed connection
-            raise ClusterError(f"the cluster did not take {envelope!r}: {error!r}") from error
+            raise ClusterError(
+                f"the cluster did not take {envelope!r}: {bounded_repr(error)}"
+            ) from error
         link.delivery.forwarded(envelope)
 
     def _storing(
@@ -345,12 +347,12 @@ class RemoteInbox:
         placement = endpoint.remote.placement()
         if placement is None:
             if endpoint.remote.stopped_for_good:
-                raise MailboxClosed(f"{name!r} has stopped")
-            raise AgentNotFound(f"no agent is registered as {name!r} on any live node")
+                raise MailboxClosed(f"{bounded_repr(name)} has stopped")
+            raise AgentNotFound(f"no agent is registered as {bounded_repr(name)} on any live node")
         if not link.bridge.connected:
             # As a local send to a missing agent: the message waits for a retry at once,
             # instead of the sender waiting for a connection.
-            raise ClusterError(f"no NATS server is reachable to reach {name!r}")
+            raise ClusterError(f"no NATS server is reachable to reach {bounded_repr(name)}")
         return None, placement.node
 
     def _request(self, node: str, envelope: Envelope, body: bytes, headers: dict[str, str]) -> None:
@@ -412,7 +414,7 @@ class RemoteInbox:
         failure = (
             error
             if isinstance(error, ClusterError)
-            else ClusterError(f"the cluster did not take {envelope!r}: {error!r}")
+            else ClusterError(f"the cluster did not take {envelope!r}: {bounded_repr(error)}")
         )
         delivery.forward_failed(endpoint, envelope, failure)
 
@@ -451,4 +453,4 @@ def _call_error(agent_id: AgentId, node: str, error: BaseException) -> Messaging
         return CallTimeout(f"{agent_id!r} on node {node!r} did not reply in time")
     if isinstance(error, MessagingError):
         return error
-    return ClusterError(f"the call to {agent_id!r} on node {node!r} failed: {error!r}")
+    return ClusterError(f"the call to {agent_id!r} on node {node!r} failed: {bounded_repr(error)}")

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from .._core.bounded_repr import bounded_repr
 from ..errors import ClusterError, InvalidConfig
 
 __all__ = ["LocalNatsCluster", "LocalNatsServer", "find_nats_server"]
@@ -127,7 +128,7 @@ class LocalNatsServer(_StartedWhileOpen):
         routes: Sequence[str] = (),
     ) -> None:
         if port is not None and (isinstance(port, bool) or not 0 < port < 65536):
-            raise InvalidConfig(f"port must be an int from 1 to 65535, got {port!r}")
+            raise InvalidConfig(f"port must be an int from 1 to 65535, got {bounded_repr(port)}")
         self._binary = find_nats_server()
         self._owned_dir: str | None = None
         if store_dir is None:
@@ -336,7 +337,7 @@ class LocalNatsCluster(_StartedWhileOpen):
         name: str = "local",
     ) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise InvalidConfig(f"size must be an int of at least 1, got {size!r}")
+            raise InvalidConfig(f"size must be an int of at least 1, got {bounded_repr(size)}")
         self._owned_dir: str | None = None
         if store_dir is None:
             self._owned_dir = tempfile.mkdtemp(prefix="nats-cluster-")

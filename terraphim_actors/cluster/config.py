@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from .._core.bounded_repr import bounded_repr
 from .._core.checks import check_count, check_instance, check_seconds, validator
 from ..errors import InvalidConfig
 
@@ -32,14 +33,16 @@ def _servers(value: object) -> tuple[str, ...]:
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
         raise InvalidConfig(
             f"servers must be a sequence of server URLs such as ['nats://127.0.0.1:4222'],"
-            f" got {value!r}"
+            f" got {bounded_repr(value)}"
         )
     servers = tuple(value)
     if not servers:
         raise InvalidConfig("servers must name at least one server")
     for server in servers:
         if not isinstance(server, str) or not server.strip():
-            raise InvalidConfig(f"each server must be a non-empty URL string, got {server!r}")
+            raise InvalidConfig(
+                f"each server must be a non-empty URL string, got {bounded_repr(server)}"
+            )
     return servers
 
 
@@ -47,7 +50,7 @@ def _check_name(_instance: object, field: attrs.Attribute[str], value: object) -
     if not isinstance(value, str) or _NAME.fullmatch(value) is None:
         raise InvalidConfig(
             f"{field.name} must be a non-empty name of ASCII letters, digits, '-' and '_'"
-            f" (it is used in NATS subjects and key-value keys), got {value!r}"
+            f" (it is used in NATS subjects and key-value keys), got {bounded_repr(value)}"
         )
 
 

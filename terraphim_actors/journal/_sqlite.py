@@ -122,7 +122,9 @@ class SqliteJournal:
         dead_letters_kept: int = 10_000,
     ) -> None:
         if synchronous not in _SYNCHRONOUS:
-            raise InvalidConfig(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+            raise InvalidConfig(
+                f"synchronous must be 'NORMAL' or 'FULL', got {bounded_repr(synchronous)}"
+            )
         check_seconds("busy_timeout", busy_timeout)
         check_seconds("dedup_window", dedup_window)
         check_count("dead_letters_kept", dead_letters_kept, minimum=1)
@@ -402,7 +404,8 @@ class SqliteJournal:
             return MessageId(int(key))
         except (TypeError, ValueError) as e:
             raise JournalError(
-                f"the journal {self.path!r} holds a malformed message id {key!r}: it is damaged"
+                f"the journal {self.path!r} holds a malformed message id {bounded_repr(key)}:"
+                " it is damaged"
             ) from e
 
     def _adopt(
@@ -461,7 +464,7 @@ class SqliteJournal:
                 self._retry_delay = min(2 * self._retry_delay, _RETRY_MOST)
             commit.resolve(error)
         except Exception as e:
-            error = JournalError(f"the journal {self.path!r} failed in a commit: {e!r}")
+            error = JournalError(f"the journal {self.path!r} failed in a commit: {bounded_repr(e)}")
             error.__cause__ = e
             logger.error("%s: its writer stops", error, exc_info=e)
             self._failed(error)

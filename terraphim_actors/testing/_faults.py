@@ -140,12 +140,14 @@ class FaultInjector:
                 range.
         """
         if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
-            raise InvalidConfig(f"agent_class must be an Agent subclass, got {agent_class!r}")
+            raise InvalidConfig(
+                f"agent_class must be an Agent subclass, got {bounded_repr(agent_class)}"
+            )
         runs = frozenset(crash_on)
         for run in runs:
             check_count("crash_on", run, minimum=1)
         if crash_if is not None and not callable(crash_if):
-            raise InvalidConfig(f"crash_if must be a predicate, got {crash_if!r}")
+            raise InvalidConfig(f"crash_if must be a predicate, got {bounded_repr(crash_if)}")
         check_seconds("delay", delay, allow_zero=True)
         chosen = frozenset(kinds)
         for kind in chosen:
@@ -183,7 +185,9 @@ class FaultInjector:
             InvalidConfig: a probability is out of range, or ``inner`` is no router.
         """
         if inner is not None and not isinstance(inner, MessageRouter):
-            raise InvalidConfig(f"inner must have a route(envelope, system) method: {inner!r}")
+            raise InvalidConfig(
+                f"inner must have a route(envelope, system) method: {bounded_repr(inner)}"
+            )
         return FaultyRouter(
             self,
             inner,

@@ -149,7 +149,9 @@ class TestProbe:
     ) -> None:
         """Prefer :meth:`spawn`, which also starts the agent; arguments as for it."""
         if reply is not None and not callable(reply):
-            raise InvalidConfig(f"reply must be a function of the call's payload, got {reply!r}")
+            raise InvalidConfig(
+                f"reply must be a function of the call's payload, got {bounded_repr(reply)}"
+            )
         check_seconds("timeout", timeout)
         self._reply = reply
         self._timeout = timeout

@@ -28,6 +28,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import terraphim_actors
 from terraphim_actors import (
     Agent,
     AgentId,
@@ -792,3 +793,122 @@ class TestMistakesRaiseTypedErrors:
         ``except InvalidConfig`` does not catch."""
         with pytest.raises(InvalidConfig):
             await system.spawn_pool(Echo, size=1, max_restarts=-1)
+
+
+# -- refused values are quoted bounded ------------------------------------------------------------
+
+
+class Unprintable:
+    """A value whose repr raises: quoting it must not replace the error being reported."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+#: A value with a repr of about 700,000 characters.
+HUGE_VALUE = list(range(100_000))
+
+
+@attrs.define
+class Payload:
+    """A payload type to register under a bad tag."""
+
+    value: int
+
+
+def _wrap_agent(value: Any) -> Any:
+    from terraphim_actors.testing import FaultInjector
+
+    return FaultInjector().wrap_agent(value)
+
+
+def _probe(value: Any) -> Any:
+    from terraphim_actors.testing import TestProbe
+
+    return TestProbe(reply=value)
+
+
+def _cluster(**fields: Any) -> Any:
+    from terraphim_actors.cluster import ClusterConfig
+
+    return ClusterConfig(
+        **{"servers": ["nats://127.0.0.1:4222"], "cluster": "c", "node": "n"} | fields
+    )
+
+
+def _journal(value: Any) -> Any:
+    from terraphim_actors.journal import SqliteJournal
+
+    return SqliteJournal("unused.db", synchronous=value)
+
+
+#: Checks made without a system: a refused value, and what is called with it.
+REFUSED_WITHOUT_A_SYSTEM: dict[str, Callable[[Any], object]] = {
+    "MessageSystemConfig(instruments=[bad])": lambda v: MessageSystemConfig(instruments=[v]),
+    "MessageSystemConfig(instruments=bad)": lambda v: MessageSystemConfig(instruments=v),
+    "MessageSystemConfig(journal=bad)": lambda v: MessageSystemConfig(journal=v),
+    "MessageSystemConfig(cluster=bad)": lambda v: MessageSystemConfig(cluster=v),
+    "register_payload(bad)": lambda v: terraphim_actors.register_payload(v),
+    "register_payload(tag=bad)": lambda v: terraphim_actors.register_payload(Payload, tag=v),
+    "MessageOptions(priority=bad)": lambda v: MessageOptions(priority=v),
+    "FaultInjector().wrap_agent(bad)": _wrap_agent,
+    "TestProbe(reply=bad)": _probe,
+    "ClusterConfig(servers=[bad])": lambda v: _cluster(servers=[v]),
+    "ClusterConfig(node=bad)": lambda v: _cluster(node=v),
+    "SqliteJournal(synchronous=bad)": _journal,
+}
+
+#: Checks of a running system's API: a refused value, and what is awaited with it.
+REFUSED_BY_A_SYSTEM: dict[str, Callable[[MessageSystem, AgentRef, Any], Awaitable[object]]] = {
+    "ref.cast(priority=bad)": lambda s, r, v: r.cast("x", priority=v),
+    "ref.call(priority=bad)": lambda s, r, v: r.call("x", priority=v),
+    "spawn(bad)": lambda s, r, v: s.spawn(v),
+    "spawn(name=bad)": lambda s, r, v: s.spawn(Echo, name=v),
+    "spawn_pool(key=bad)": lambda s, r, v: s.spawn_pool(Echo, size=1, key=v),
+    "whereis(bad)": lambda s, r, v: _awaitable(s.whereis, v),
+    "ref(bad)": lambda s, r, v: _awaitable(s.ref, v),
+    "send_message(recipient=bad)": lambda s, r, v: s.send_message(cast(None, "x", recipient=v)),
+    "send_message(options=bad)": lambda s, r, v: s.send_message(
+        cast(None, "x", recipient="healthy").evolve(options=v)
+    ),
+    "receive_matching(bad)": lambda s, r, v: _receive_matching(v),
+}
+
+
+async def _awaitable(function: Callable[[Any], object], value: Any) -> object:
+    await trio.lowlevel.checkpoint()
+    return function(value)
+
+
+async def _receive_matching(value: Any) -> object:
+    mailbox = Mailbox(AgentId())
+    mailbox.send_nowait(cast(None, "waiting"))
+    return await mailbox.receive_matching(value)
+
+
+def _short(error: BaseException) -> None:
+    assert len(str(error)) < 1_000, str(error)[:300]
+
+
+class TestRefusedValuesAreQuotedBounded:
+    """README, Error handling: errors quote values "through a bounded repr: at most 200
+    characters, <unprintable TypeName> when the repr raises". A check that quoted a refused
+    value raw raised the repr's own error instead of the typed one, or a message of any size."""
+
+    @pytest.mark.parametrize("value", [Unprintable(), HUGE_VALUE], ids=["unprintable", "huge"])
+    @pytest.mark.parametrize("check", list(REFUSED_WITHOUT_A_SYSTEM))
+    def test_a_check_without_a_system(self, check: str, value: Any) -> None:
+        with pytest.raises(MessagingError) as caught:
+            REFUSED_WITHOUT_A_SYSTEM[check](value)
+        _short(caught.value)
+
+    @pytest.mark.parametrize("value", [Unprintable(), HUGE_VALUE], ids=["unprintable", "huge"])
+    @pytest.mark.parametrize("check", list(REFUSED_BY_A_SYSTEM))
+    async def test_a_check_of_the_systems_api(
+        self, system: MessageSystem, check: str, value: Any
+    ) -> None:
+        healthy = await system.spawn(Echo, name="healthy")
+        with trio.fail_after(HANG), pytest.raises(MessagingError) as caught:
+            await REFUSED_BY_A_SYSTEM[check](system, healthy, value)
+        _short(caught.value)
+        await assert_still_serving(system, healthy)

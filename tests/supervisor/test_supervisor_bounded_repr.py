@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 from supervised import Unprintable
 
+from supervisor import (
+    ChildNotFound,
+    ChildSpec,
+    DuplicateChild,
+    DynamicSupervisor,
+    InvalidSpec,
+    Supervisor,
+)
 from supervisor._bounded_repr import REPR_LIMIT, bounded_repr, shorten
 
 #: A 10 MB prompt: what must never be quoted whole.
@@ -78,3 +88,61 @@ class TestShorten:
     def test_a_long_text_ends_in_an_ellipsis_at_the_limit(self) -> None:
         """A longer text keeps its start and says it was cut."""
         assert shorten("abcdefghij", 6) == "abc..."
+
+
+class UnprintableUnhashable(Unprintable):
+    """A child id that is neither hashable nor printable."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+#: A value with a repr of about 700,000 characters.
+HUGE_VALUE = list(range(100_000))
+
+#: The package's argument checks: each refuses the value it is given.
+REFUSALS: dict[str, Callable[[Any], object]] = {
+    "Supervisor(strategy=bad)": lambda v: Supervisor(strategy=v),
+    "Supervisor(auto_shutdown=bad)": lambda v: Supervisor(auto_shutdown=v),
+    "Supervisor(backoff=bad)": lambda v: Supervisor(backoff=v),
+    "Supervisor(forget_ended=bad)": lambda v: Supervisor(forget_ended=v),
+    "Supervisor(stop_concurrently=bad)": lambda v: Supervisor(stop_concurrently=v),
+    "Supervisor([bad])": lambda v: Supervisor([v]),
+    "DynamicSupervisor(bad)": lambda v: DynamicSupervisor(v),
+    "ChildSpec(significant=bad)": lambda v: ChildSpec(id="a", start=_idle, significant=v),
+}
+
+
+async def _idle() -> None:
+    await trio.sleep_forever()
+
+
+class TestArgumentChecksQuoteBounded:
+    """An argument check quotes the value it refuses through the bounded repr: a raw repr
+    that raises replaced the InvalidSpec with its own error, and a huge one made a huge
+    message."""
+
+    @pytest.mark.parametrize("value", [Unprintable(), HUGE_VALUE], ids=["unprintable", "huge"])
+    @pytest.mark.parametrize("check", list(REFUSALS))
+    def test_a_refused_value(self, check: str, value: Any) -> None:
+        with pytest.raises(InvalidSpec) as caught:
+            REFUSALS[check](value)
+        assert len(str(caught.value)) <= 2 * REPR_LIMIT
+
+    def test_an_unhashable_child_id(self) -> None:
+        with pytest.raises(InvalidSpec, match="unprintable UnprintableUnhashable"):
+            ChildSpec(id=UnprintableUnhashable(), start=_idle)
+
+    @pytest.mark.parametrize("value", [Unprintable(), "x" * 100_000], ids=["unprintable", "huge"])
+    async def test_an_unknown_child_id(self, value: Any) -> None:
+        async with Supervisor() as supervisor:
+            with pytest.raises(ChildNotFound) as caught:
+                await supervisor.terminate_child(value)
+            assert len(str(caught.value)) <= 2 * REPR_LIMIT
+
+    @pytest.mark.parametrize("value", [Unprintable(), "x" * 100_000], ids=["unprintable", "huge"])
+    async def test_a_duplicate_child_id(self, value: Any) -> None:
+        async with Supervisor() as supervisor:
+            await supervisor.start_child(ChildSpec(id=value, start=_idle))
+            with pytest.raises(DuplicateChild) as caught:
+                await supervisor.start_child(ChildSpec(id=value, start=_idle))
+            assert len(str(caught.value)) <= 2 * REPR_LIMIT
