@@ -167,6 +167,8 @@ class Supervisor:
             )
         if not isinstance(forget_ended, bool):
             raise InvalidSpec(f"forget_ended must be a bool, got {bounded_repr(forget_ended)}")
+        if name is not None and not isinstance(name, str):
+            raise InvalidSpec(f"name must be a str or None, got {bounded_repr(name)}")
         if not isinstance(stop_concurrently, bool):
             raise InvalidSpec(
                 f"stop_concurrently must be a bool, got {bounded_repr(stop_concurrently)}"
@@ -177,7 +179,13 @@ class Supervisor:
         self._restarts = RestartPolicy(strategy, max_restarts, max_seconds, backoff)
         self._specs: list[ChildSpec] = []
         taken: set[Hashable] = set()
-        for spec in children:
+        try:
+            specs = iter(children)
+        except TypeError:
+            raise InvalidSpec(
+                f"children must be an iterable of ChildSpec, got {bounded_repr(children)}"
+            ) from None
+        for spec in specs:
             self._check_new(spec, taken)
             taken.add(spec.id)
             self._specs.append(spec)

@@ -240,6 +240,19 @@ class TestSupervisorValidation:
         with pytest.raises(InvalidSpec, match="backoff"):
             Supervisor(backoff=1.0)  # type: ignore[arg-type]
 
+    @pytest.mark.parametrize("children", [None, 5, object()], ids=["None", "int", "object"])
+    def test_children_not_an_iterable(self, children: object) -> None:
+        """``children`` is an iterable of ``ChildSpec``: anything else is an ``InvalidSpec``,
+        not the TypeError of iterating it."""
+        with pytest.raises(InvalidSpec, match="children"):
+            Supervisor(children)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("name", [5, [1], 1.5], ids=["int", "list", "float"])
+    def test_name_not_a_str(self, name: object) -> None:
+        """``name`` is a str or None, as an agent's name is."""
+        with pytest.raises(InvalidSpec, match="name"):
+            Supervisor(name=name)  # type: ignore[arg-type]
+
     def test_stop_concurrently_not_a_bool(self) -> None:
         """``stop_concurrently`` is a bool."""
         with pytest.raises(InvalidSpec, match="stop_concurrently"):

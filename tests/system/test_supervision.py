@@ -11,6 +11,7 @@ import trio.testing
 from agents import AT_MOST_ONCE, Action, Runner, call_and_keep, run_action, until
 
 from supervisor import (
+    InvalidSpec,
     RestartBackoff,
     RestartIntensityExceeded,
     RestartStrategy,
@@ -375,6 +376,15 @@ class TestSubtrees:
         assert starts(log) == ["branch", "leaf"]
         assert [child.id for child in subtree.which_children()][1] == "inner"
         assert inner.which_children()[0].value is system.ref("leaf")
+
+    @pytest.mark.parametrize("children", [5, None], ids=["int", "None"])
+    async def test_children_not_a_list_raise_invalid_spec(
+        self, system: MessageSystem, children: Any
+    ) -> None:
+        """As documented for a bad child spec: not the TypeError of iterating them."""
+        with pytest.raises(InvalidSpec, match="children"):
+            await system.start_supervisor(children)
+        assert system.agents == []
 
     async def test_subtree_whose_agent_fails_to_start_raises(self, system: MessageSystem) -> None:
         """``start_supervisor`` raises ``AgentStartFailed`` when a child cannot start."""
