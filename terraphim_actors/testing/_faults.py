@@ -143,13 +143,13 @@ class FaultInjector:
             raise InvalidConfig(
                 f"agent_class must be an Agent subclass, got {bounded_repr(agent_class)}"
             )
-        runs = frozenset(crash_on)
+        runs = _set_of("crash_on", crash_on)
         for run in runs:
             check_count("crash_on", run, minimum=1)
         if crash_if is not None and not callable(crash_if):
             raise InvalidConfig(f"crash_if must be a predicate, got {bounded_repr(crash_if)}")
         check_seconds("delay", delay, allow_zero=True)
-        chosen = frozenset(kinds)
+        chosen = _set_of("kinds", kinds)
         for kind in chosen:
             check_instance("kinds", kind, MessageKind)
         faults = HandlerFaults(
@@ -240,3 +240,12 @@ class FaultInjector:
                 await link.flush()
         if body_error is not None:
             raise body_error
+
+
+def _set_of(name: str, values: Iterable[Any]) -> frozenset[Any]:
+    """``values`` as a set, or ``InvalidConfig`` if they are not a collection (a bare run
+    number or kind, ``None``), rather than the TypeError ``frozenset`` raises."""
+    try:
+        return frozenset(values)
+    except TypeError:
+        raise InvalidConfig(f"{name} must be a collection, got {bounded_repr(values)}") from None

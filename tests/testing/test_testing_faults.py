@@ -172,7 +172,12 @@ class TestWrapAgent:
             {"crash_on": ["3"]},
             {"crash_if": "poison"},
             {"kinds": ["cast"]},
+            {"crash_on": 3},
+            {"crash_on": None},
+            {"kinds": None},
+            {"kinds": 0.5},
         ],
+        ids=repr,
     )
     def test_bad_options_raise_invalid_config(self, options: dict[str, Any]) -> None:
         """Probabilities are from 0 to 1, runs count from 1, delays are seconds."""
