@@ -36,6 +36,12 @@ class AgentId:
     def __init__(self, uid: uuid.UUID | None = None, name: str | None = None) -> None:
         if uid is not None and uid.__class__ is not uuid.UUID:
             raise InvalidConfig(f"an AgentId's uid must be a uuid.UUID, got {bounded_repr(uid)}")
+        if name is not None and not isinstance(name, str):
+            # Refused here as spawn refuses it: a name is looked up in the directory, where
+            # an unhashable one would fail far from the mistake.
+            raise InvalidConfig(
+                f"an AgentId's name must be a str or None, got {bounded_repr(name)}"
+            )
         initialise = object.__setattr__
         initialise(self, "_uid", _random_uid() if uid is None else uid.int)
         initialise(self, "name", name)

@@ -80,6 +80,15 @@ class TestAgentId:
         with pytest.raises(InvalidConfig, match=r"uuid\.UUID"):
             AgentId("3c6d5aed", name="planner")  # type: ignore[arg-type]
 
+    @pytest.mark.parametrize(
+        "name", [5, [1], 1.5, b"planner"], ids=["int", "list", "float", "bytes"]
+    )
+    def test_a_name_that_is_not_a_str_is_refused(self, name: object) -> None:
+        """As ``spawn(name=...)`` refuses it: an id with an unhashable name would otherwise fail
+        in the directory's name lookups, far from the mistake."""
+        with pytest.raises(InvalidConfig, match="name"):
+            AgentId(name=name)  # type: ignore[arg-type]
+
     def test_ids_made_in_many_threads_at_once_are_unique(self) -> None:
         """Fresh ids are drawn in batches; threads drawing at once never share one."""
         drawn: list[list[AgentId]] = [[] for _ in range(4)]
