@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 import trio
 
+from .._core.bounded_repr import bounded_repr
 from .._core.checks import check_instance, validator
 from .._core.ids import AgentId
 from .._core.messages import Envelope
@@ -137,11 +138,26 @@ class Router:
         custom = self.config.custom_router
         if custom is None or (retry and isinstance(envelope.recipient, AgentId)):
             return [(self._registered_target(envelope), envelope)]
-        refs = list(custom.route(envelope, self._system))
+        routed = custom.route(envelope, self._system)
+        try:
+            refs = list(routed)
+            copies = [envelope.evolve(recipient=ref.id) for ref in refs]
+            destinations = [ref.destination for ref in refs]
+        except (TypeError, AttributeError):
+            # What it returned is not refs: None, a name, ids. Said at the send, as a bad
+            # argument is, rather than as the TypeError or AttributeError of reading it; a
+            # retry, which has no caller to tell, makes it a NOT_FOUND dead letter.
+            raise InvalidConfig(
+                f"the custom router {bounded_repr(custom)} returned {bounded_repr(routed)}:"
+                " route() returns the refs (AgentRef, PoolRef) that get the message"
+            ) from None
         if not refs:
             return [(None, envelope)]
-        copies = [envelope.evolve(recipient=ref.id) for ref in refs]
-        return [(ref.destination(copy), copy) for ref, copy in zip(refs, copies, strict=True)]
+        # Outside the check above: a pool's destination runs its key function, user code.
+        return [
+            (destination(copy), copy)
+            for destination, copy in zip(destinations, copies, strict=True)
+        ]
 
     def _registered_target(self, envelope: Envelope) -> Endpoint | None:
         """The endpoint of the running agent (or group member) that the recipient's name or

@@ -26,10 +26,12 @@ class MessageRouter(Protocol):
 
     ``system.send_message(envelope)`` asks it which agents get the envelope; each gets its own
     copy (same message id, readdressed). Return no ref to say that nobody does: the message is
-    then handled as for a missing recipient (retried, or a ``NOT_FOUND`` dead letter). A ref
-    may be a pool's, which balances as usual. It runs on the sender's path: keep it quick and
-    do not await. A retry of a message it routed nowhere asks it again (unless the message is
-    addressed by ``AgentId``); a copy it addressed to an agent is retried to that agent.
+    then handled as for a missing recipient (retried, or a ``NOT_FOUND`` dead letter); return
+    anything but refs and ``send_message`` raises ``InvalidConfig`` (a retry makes it a
+    ``NOT_FOUND`` dead letter). A ref may be a pool's, which balances as usual. It runs on the
+    sender's path: keep it quick and do not await. A retry of a message it routed nowhere asks
+    it again (unless the message is addressed by ``AgentId``); a copy it addressed to an agent
+    is retried to that agent.
     """
 
     def route(self, envelope: Envelope, system: MessageSystem) -> Sequence[AgentRef]:

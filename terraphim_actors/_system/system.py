@@ -815,7 +815,8 @@ class MessageSystem:
             UnencodablePayload: the journal keeps it and cannot encode its payload.
             JournalError: the journal keeps it and could not commit it: it was accepted and
                 is delivered in this run, but would not survive a crash.
-            InvalidConfig: the envelope has no recipient, and no custom router to choose one.
+            InvalidConfig: the envelope has no recipient, and no custom router to choose one;
+                or the custom router returned something other than refs.
             WrongThread: called from a thread other than the system's.
         """
         check_thread(self.thread_id, "system.send_message")

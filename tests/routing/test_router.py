@@ -373,6 +373,54 @@ class Flaky:
         return []
 
 
+class Returns:
+    """A custom router that returns ``value``, whatever it is: a bug of the user's."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def route(self, envelope: Envelope, system: MessageSystem) -> Any:
+        return self.value
+
+
+NOT_REFS = pytest.mark.parametrize(
+    "routed", [None, "sink", [5], 5], ids=["None", "a-name", "not-a-ref", "an-int"]
+)
+
+
+class TestCustomRouterReturningNoRefs:
+    """What a router returns that is not refs is a bad configuration, said as one."""
+
+    @NOT_REFS
+    async def test_send_message_raises_invalid_config(
+        self, autojump_clock: trio.testing.MockClock, routed: object
+    ) -> None:
+        """At the send, as a bad argument is: not the TypeError or AttributeError of reading
+        what the router returned. Nothing was accepted, so nothing is left to settle."""
+        async with routed_system(Returns(routed)) as system:
+            await system.spawn(Recorder, [], name="sink")
+            with pytest.raises(InvalidConfig, match="custom router"):
+                await system.send_message(cast(None, "x", recipient="sink"))
+            envelope, _ = call(None, "x", 5.0, recipient="sink")
+            with pytest.raises(InvalidConfig, match="custom router"):
+                await system.send_message(envelope)
+            assert system.delivery.get_stats().sent == 0
+
+    @NOT_REFS
+    async def test_a_retry_makes_it_a_not_found_dead_letter(
+        self, autojump_clock: trio.testing.MockClock, routed: object
+    ) -> None:
+        """A retry has no caller to tell: the message ends as a router that raises ends it."""
+        router = Returns([])
+        async with open_message_system(lenient_config(router=router)) as system:
+            await system.send_message(cast(None, "x", recipient="sink"))
+            router.value = routed
+            await trio.sleep(5)
+            [letter] = system.dead_letters
+            assert letter.reason is DeadLetterReason.NOT_FOUND
+            assert "custom router" in letter.detail
+
+
 class TestCustomRouterRetries:
     """A message the custom router sent nowhere is retried through the router again."""
 
