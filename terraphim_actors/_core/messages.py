@@ -371,9 +371,14 @@ def check_envelope(envelope: Envelope) -> None:
         ):
             continue
         raise InvalidMessage(f"an envelope's {name} cannot be {bounded_repr(value)}")
-    if not math.isfinite(envelope.created_at):
+    try:
+        created_at_finite = math.isfinite(envelope.created_at)
+        deadline_nan = math.isnan(envelope.deadline)
+    except OverflowError:  # an int beyond any float
+        raise InvalidMessage("an envelope's times must be numbers a float can hold") from None
+    if not created_at_finite:
         raise InvalidMessage(f"an envelope's created_at must be finite: {envelope.created_at}")
-    if math.isnan(envelope.deadline):
+    if deadline_nan:
         raise InvalidMessage("an envelope's deadline cannot be NaN")
     if envelope.attempt < 0:
         raise InvalidMessage(f"an envelope's attempt cannot be negative: {envelope.attempt}")
