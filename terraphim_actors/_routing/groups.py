@@ -8,7 +8,7 @@ one endpoint, through its address.
 
 from __future__ import annotations
 
-from typing import Protocol, TypeGuard
+from typing import Protocol
 
 import trio
 
@@ -135,28 +135,41 @@ class Group:
             # agent has its handler free.
             caller = next((e for e in members if e is not None and e.occupant.in_own_task), None)
 
-        def admits(endpoint: Endpoint | None) -> TypeGuard[Endpoint]:
-            if endpoint is None or endpoint is caller:
-                return False
-            admission = endpoint.admission
-            return admission is None or admission.would_admit(now)
-
+        # The members whose admission lets a message through now, the caller left out.
+        admitting = [
+            None
+            if e is None
+            or e is caller
+            or (e.admission is not None and not e.admission.would_admit(now))
+            else e
+            for e in members
+        ]
         # A member waiting to restart is passed over only while another runs and admits the
         # message; the caller does not count: a restarting member answers it once back.
-        running_only = any(admits(e) and e.occupant.serving for e in members)
+        running_only = any(e is not None and e.occupant.serving for e in admitting)
 
         def available(position: int) -> bool:
-            endpoint = members[position]
-            return admits(endpoint) and (endpoint.occupant.serving or not running_only)
+            endpoint = admitting[position]
+            return endpoint is not None and (endpoint.occupant.serving or not running_only)
 
         def load(position: int) -> int:
             endpoint = members[position]
             return 0 if endpoint is None else endpoint.occupant.load
 
         if envelope is not None and envelope.options.guarantee is DeliveryGuarantee.EXACTLY_ONCE:
+            position = None
             size = len(self.positions)
-            by_id = (int(envelope.id) + step for step in range(size))
-            position = next((p % size for p in by_id if available(p % size)), None)
+            for step in range(size):
+                candidate = (int(envelope.id) + step) % size
+                endpoint = self.positions[candidate]
+                if endpoint is not None and endpoint.occupant.leaving:
+                    if not endpoint.occupant.gone:
+                        # Its first copy may be in hand there, and the group's window learns
+                        # of it only once handled: a resend waits until the member is gone.
+                        return None
+                elif available(candidate):
+                    position = candidate
+                    break
         else:
             payload = None if envelope is None else envelope.payload
             position = self.balancer.choose(payload, available, load)

@@ -843,6 +843,36 @@ class TestBalancingPassesOverMembersThatCannotTakeWork:
         assert [payload for _, payload in log] == [0, 1, 2, 3, "who"]
         assert list(system.dead_letters) == []
 
+    async def test_an_exactly_once_resend_waits_for_its_member_being_stopped(
+        self, system: MessageSystem, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The member an exactly-once message's id picks is being stopped for good, its
+        handler still running the first copy: a resend is not handed to another member,
+        which would run it at the same time, but waits until the member is gone, and is
+        then known as a duplicate."""
+        handled: list[str | None] = []
+        release = trio.Event()
+
+        async def charge_the_card(ctx: Context) -> None:
+            handled.append(ctx.self.name)
+            await release.wait()
+
+        pool = await workers(system, [], size=2)
+        once = MessageOptions(guarantee=DeliveryGuarantee.EXACTLY_ONCE)
+        envelope = cast(None, charge_the_card, once, recipient=pool.id)
+        await system.send_message(envelope)
+        await trio.testing.wait_all_tasks_blocked()
+        [first] = [member for member in pool.members if member.name == handled[0]]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(system.stop, first)
+            await trio.testing.wait_all_tasks_blocked()
+            await system.send_message(envelope)
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        await trio.sleep(10)
+        assert handled == [first.name]
+        assert system.delivery.get_stats().duplicates_suppressed == 1
+
     async def test_pool_prefers_a_member_restarting_to_one_whose_circuit_is_open(
         self, autojump_clock: trio.testing.MockClock
     ) -> None:
@@ -886,6 +916,7 @@ class TestPoolWithNoMemberLeft:
     async def test_a_cast_is_an_agent_stopped_dead_letter_without_retries(
         self, system: MessageSystem, autojump_clock: trio.testing.MockClock
     ) -> None:
+        """A cast to it spends no retries on a pool nothing will serve again."""
         pool = await workers(system, [], size=2)
         for member in pool.members:
             await system.stop(member)
