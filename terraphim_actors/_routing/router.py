@@ -139,18 +139,20 @@ class Router:
         if custom is None or (retry and isinstance(envelope.recipient, AgentId)):
             return [(self._registered_target(envelope), envelope)]
         routed = custom.route(envelope, self._system)
+        # What it returned is not refs (None, a name, ids): said at the send, as a bad
+        # argument is, rather than as the TypeError or AttributeError of reading it; a retry,
+        # which has no caller to tell, makes it a NOT_FOUND dead letter. A router written as
+        # a generator runs its own code in ``list``: its errors stay its own.
         try:
-            refs = list(routed)
+            returned = iter(routed)
+        except TypeError:
+            raise _not_refs(custom, routed) from None
+        refs = list(returned)
+        try:
             copies = [envelope.evolve(recipient=ref.id) for ref in refs]
             destinations = [ref.destination for ref in refs]
-        except (TypeError, AttributeError):
-            # What it returned is not refs: None, a name, ids. Said at the send, as a bad
-            # argument is, rather than as the TypeError or AttributeError of reading it; a
-            # retry, which has no caller to tell, makes it a NOT_FOUND dead letter.
-            raise InvalidConfig(
-                f"the custom router {bounded_repr(custom)} returned {bounded_repr(routed)}:"
-                " route() returns the refs (AgentRef, PoolRef) that get the message"
-            ) from None
+        except AttributeError:
+            raise _not_refs(custom, routed) from None
         if not refs:
             return [(None, envelope)]
         # Outside the check above: a pool's destination runs its key function, user code.
@@ -193,3 +195,11 @@ class Router:
             retries_waiting=self._system.delivery.waiting,
             pools=len(self.pools),
         )
+
+
+def _not_refs(custom: CustomRoute, routed: object) -> InvalidConfig:
+    """The error of a custom router that returned ``routed``, which is not refs."""
+    return InvalidConfig(
+        f"the custom router {bounded_repr(custom)} returned {bounded_repr(routed)}:"
+        " route() returns the refs (AgentRef, PoolRef) that get the message"
+    )

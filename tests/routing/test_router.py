@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -390,6 +390,19 @@ NOT_REFS = pytest.mark.parametrize(
 
 class TestCustomRouterReturningNoRefs:
     """What a router returns that is not refs is a bad configuration, said as one."""
+
+    async def test_an_error_of_a_generator_routers_own_code_stays_its_own(self) -> None:
+        """A router written as a generator runs its code as its refs are read: a bug there
+        reaches the sender as itself, not as "returned something other than refs"."""
+
+        class ByField:
+            def route(self, envelope: Envelope, system: Any) -> Iterator[AgentRef]:
+                yield system.whereis(envelope.payload["to"])  # a str payload: TypeError
+
+        async with routed_system(ByField()) as system:
+            await system.spawn(Recorder, [], name="sink")
+            with pytest.raises(TypeError, match="string indices"):
+                await system.send_message(cast(None, "not a dict", recipient="sink"))
 
     @NOT_REFS
     async def test_send_message_raises_invalid_config(
