@@ -259,7 +259,7 @@ class AgentRef:
                     raise  # its budgets refused it for its deadline: the error says so
                 delivery.call_timed_out(delivered_to, envelope)  # against its circuit
             finally:
-                timer.cancel()
+                timer.discard()
         handle.abandon()
         own = deadline == envelope.created_at + timeout
         waited = f"{timeout} s" if own else "its caller's deadline"

@@ -43,6 +43,11 @@ class Timer:
                 change under the service's feet (the timer stays as it was).
         """
         check_thread(self._service.thread_id, "timer.cancel", sync=True)
+        return self.discard()
+
+    def discard(self) -> bool:
+        """:meth:`cancel` without its thread check, for the library's own timers, which it
+        cancels in the system's thread: a call's deadline timer, once on every call."""
         if self._callback is None:
             return False
         self._callback = None
