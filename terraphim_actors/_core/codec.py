@@ -254,9 +254,10 @@ class Codec:
         except InvalidMessage:
             raise
         except (AttributeError, TypeError, ValueError, OverflowError) as error:
-            # An Envelope is not checked when it is made (that would cost every send), so a
-            # hand-made one can hold anything: a kind that is not a MessageKind, headers
-            # that are not a mapping, options that are not MessageOptions.
+            # Only the keyword constructor checks an Envelope (``for_send``, ``evolve`` and the
+            # per-attempt fields do not, as that would cost every send), so a hand-made one
+            # can hold anything: a kind that is not a MessageKind, headers that are not a
+            # mapping, options that are not MessageOptions.
             raise InvalidMessage(
                 f"{bounded_repr(envelope)} has a field a message cannot hold"
             ) from error

@@ -377,11 +377,15 @@ def check_envelope(envelope: Envelope) -> None:
     except OverflowError:  # an int beyond any float
         raise InvalidMessage("an envelope's times must be numbers a float can hold") from None
     if not created_at_finite:
-        raise InvalidMessage(f"an envelope's created_at must be finite: {envelope.created_at}")
+        raise InvalidMessage(
+            f"an envelope's created_at must be finite: {bounded_repr(envelope.created_at)}"
+        )
     if deadline_nan:
         raise InvalidMessage("an envelope's deadline cannot be NaN")
     if envelope.attempt < 0:
-        raise InvalidMessage(f"an envelope's attempt cannot be negative: {envelope.attempt}")
+        raise InvalidMessage(
+            f"an envelope's attempt cannot be negative: {bounded_repr(envelope.attempt)}"
+        )
     if not all(type(k) is str and type(v) is str for k, v in envelope.headers.items()):
         raise InvalidMessage("an envelope's headers must map strings to strings")
 

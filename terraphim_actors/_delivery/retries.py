@@ -34,7 +34,8 @@ class RetryCandidate:
     """A message waiting for its next delivery."""
 
     envelope: Envelope
-    #: Which redelivery this will be (1 for the first).
+    #: Which redelivery this will be (1 for the first; a try that spends no retry, refused by
+    #: a half-open circuit or the cluster's transport, keeps the attempt before it).
     attempt: int
     #: Trio time it is due.
     due: float

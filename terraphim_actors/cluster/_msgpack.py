@@ -191,7 +191,8 @@ def _document(envelope: Envelope) -> list[Any]:
     Raises:
         UnencodablePayload: as :func:`_checked`.
         InvalidMessage: a field other than the payload is not what a message holds (an
-            ``Envelope`` is not checked when it is made, so a hand-made one may hold anything).
+            ``Envelope`` made other than by its keyword constructor is not checked, so a
+            hand-made one may hold anything).
     """
     payload = _checked(envelope.payload)
     try:

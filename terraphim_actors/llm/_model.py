@@ -314,14 +314,7 @@ def _completion(body: bytes, model: str) -> ChatResponse:
     choices = completion.get("choices") if isinstance(completion, dict) else None
     if not isinstance(completion, dict) or not isinstance(choices, list):
         raise ModelUnavailable(f"{model}: the endpoint's answer could not be read")
-    text, finish_reason = "", None
-    if choices and isinstance(choices[0], dict):
-        choice = choices[0]
-        message = choice.get("message")
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            text = message["content"]
-        if isinstance(choice.get("finish_reason"), str):
-            finish_reason = choice["finish_reason"]
+    text, finish_reason = _first_choice(choices, "message")
     usage = _usage(completion.get("usage")) or ChatUsage(prompt_tokens=0, completion_tokens=0)
     return ChatResponse(text=text, usage=usage, finish_reason=finish_reason)
 
@@ -348,16 +341,24 @@ def _event(data: str, model: str) -> tuple[str, str | None, ChatUsage | None]:
         raise ModelUnavailable(f"{model}: the endpoint streamed an unreadable chunk")
     if "error" in chunk:
         raise ModelUnavailable(f"{model}: the endpoint failed mid-answer: {_reported(chunk)}")
-    text, finish_reason = "", None
-    choices = chunk.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        choice = choices[0]
-        delta = choice.get("delta")
-        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-            text = delta["content"]
-        if isinstance(choice.get("finish_reason"), str):
-            finish_reason = choice["finish_reason"]
+    text, finish_reason = _first_choice(chunk.get("choices"), "delta")
     return text, finish_reason, _usage(chunk.get("usage"))
+
+
+def _first_choice(choices: object, part: str) -> tuple[str, str | None]:
+    """The text and finish reason of the first of ``choices``, its content under ``part``
+    (``"message"`` in a completion, ``"delta"`` in a chunk): empty and None for what is
+    missing or of another shape."""
+    if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
+        return "", None
+    choice = choices[0]
+    content = choice.get(part)
+    text = content.get("content") if isinstance(content, dict) else None
+    finish_reason = choice.get("finish_reason")
+    return (
+        text if isinstance(text, str) else "",
+        finish_reason if isinstance(finish_reason, str) else None,
+    )
 
 
 def _reported(answer: dict[str, Any]) -> str:
