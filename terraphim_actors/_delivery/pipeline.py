@@ -98,9 +98,13 @@ _NOT_TAKEN = (OwnMailboxFull, InvalidMessage, UnencodablePayload)
 #: Failures that say nothing of the agent's health, so do not count against its circuit
 #: (``EXPIRED``: its budgets could not admit the message before its deadline;
 #: ``SYSTEM_STOPPED``: the system shut down before they did; ``AGENT_STOPPED``: it stopped
-#: for good, and its refusals must keep saying so, not that its circuit is open).
+#: for good, and its refusals must keep saying so, not that its circuit is open;
+#: ``NOT_FOUND``: nobody holds its name now, as for a local name, which has no endpoint to
+#: count against: an agent on another node whose node died must not find its circuit open
+#: when it is back).
 _NOT_THE_AGENTS = frozenset(
     {
+        DeadLetterReason.NOT_FOUND,
         DeadLetterReason.AGENT_STOPPED,
         DeadLetterReason.CIRCUIT_OPEN,
         DeadLetterReason.UNREACHABLE,
@@ -791,7 +795,7 @@ class DeliveryManager:
     def _count_failure(self, endpoint: Endpoint | None, reason: DeadLetterReason) -> None:
         """Count a failed delivery against ``endpoint``'s circuit: not one its circuit itself
         refused, nor one the cluster's transport could not carry (the agent did not fail;
-        retries wait for NATS)."""
+        retries wait for NATS), nor one for a name no node holds now (no agent to fail)."""
         if endpoint is not None and reason not in _NOT_THE_AGENTS:
             self.record_failure(endpoint)
 

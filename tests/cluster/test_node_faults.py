@@ -18,16 +18,19 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from nodes import BOUND, Recorder, fresh_cluster, node_config, node_of, spawn_seen, two_nodes, watch
 
 from terraphim_actors import (
+    CircuitBreakerConfig,
     DeadLetterReason,
     DeliveryGuarantee,
     MessageOptions,
     MessageSystem,
     MessageSystemConfig,
+    RouterConfig,
     StopReason,
     open_message_system,
 )
@@ -35,7 +38,7 @@ from terraphim_actors.cluster import ClusterConfig, LocalNatsCluster, LocalNatsS
 from terraphim_actors.cluster._directory import DirectoryEvent, NameTaken
 from terraphim_actors.cluster._node import ACK_WAIT
 from terraphim_actors.cluster._subjects import Subjects
-from terraphim_actors.errors import MessagingError, NodeDown
+from terraphim_actors.errors import AgentNotFound, MessagingError, NodeDown
 
 NODE_SCRIPT = Path(__file__).with_name("node_process.py")
 
@@ -182,6 +185,35 @@ async def test_a_node_killed_mid_stream_is_seen_down_and_loses_no_message(
             with trio.fail_after(ACK_WAIT + BOUND):
                 await again.wait_for(lambda seen: set(handled + seen) >= set(range(count)))
     assert set(handled + again.handled + _drain(seen_here)) == set(range(count))
+
+
+async def test_a_remote_agent_back_after_its_node_died_is_reachable_at_once(
+    nats_server: LocalNatsServer,
+) -> None:
+    """A send to a remote agent's name while its node is dead finds nobody
+    (``AgentNotFound``), as a send to a local name nobody holds, and counts nothing against
+    the circuit of the name's endpoint: once the node is back with the agent, the same ref
+    reaches it at once, not an open circuit for the breaker's reset timeout."""
+    cluster, url = fresh_cluster(), nats_server.url
+    config = attrs.evolve(
+        node_config(nats_server, cluster, "test", DeliveryGuarantee.AT_MOST_ONCE),
+        router=RouterConfig(circuit_breaker=CircuitBreakerConfig(failure_threshold=1)),
+    )
+    async with open_message_system(config) as system:
+        events = node_of(system).directory.watch()
+        async with node_process([url], cluster, "far") as far:
+            await until(events, NameTaken, "worker")
+            ref = system.ref("worker")
+            assert await ref.call("before", timeout=BOUND) == "before"
+            far.kill()
+            with trio.fail_after(BOUND):
+                while ref.alive:
+                    await events.receive()
+        with pytest.raises(AgentNotFound):
+            await ref.cast("while its node is dead")
+        async with node_process([url], cluster, "far"):
+            await until(events, NameTaken, "worker")
+            assert await ref.call("after", timeout=BOUND) == "after"
 
 
 def _drain(channel: trio.MemoryReceiveChannel[Any]) -> list[Any]:
