@@ -398,7 +398,13 @@ class RemoteInbox:
             return
         assert isinstance(result, outcome.Error)
         failure = _call_error(endpoint.id, node, result.error)
-        handle.fail(failure)
+        if isinstance(failure, CallTimeout) and math.isfinite(envelope.deadline):
+            # The request's timeout is the caller's deadline: whichever of it and the
+            # caller's own timer fires first, the caller times out the same way (and the
+            # timeout counts against the agent's circuit, as a local call's does).
+            handle.expire()
+        else:
+            handle.fail(failure)
         delivery.forward_failed(endpoint, envelope, ClusterError(str(failure)))
 
     def _settle(self, envelope: Envelope, result: outcome.Outcome[Any]) -> None:
