@@ -194,11 +194,22 @@ class ClusterDirectory:
     ``run`` joins (buckets bound, heartbeats, watchers) and must be running for ``claim``;
     ``lookup``, ``node_alive`` and ``live_nodes`` read the local copy and never wait. All
     methods are called from the Trio thread of the bridge.
+
+    ``on_change``, if given, is called with each change the moment the copy holds it, before
+    any watcher hears of it: for what must hold before anything can read the new copy (a
+    name's new agent given a fresh circuit before a send resolves the name to it).
     """
 
-    def __init__(self, bridge: Bridge, config: ClusterConfig) -> None:
+    def __init__(
+        self,
+        bridge: Bridge,
+        config: ClusterConfig,
+        *,
+        on_change: Callable[[DirectoryEvent], None] | None = None,
+    ) -> None:
         self._bridge = bridge
         self._config = config
+        self._on_change = on_change
         self.node = config.node
         #: This process's incarnation of its node: placements it claims carry it.
         self.incarnation = uuid.uuid4().hex
@@ -510,6 +521,11 @@ class ClusterDirectory:
         self._emit(NodeDown(node, beat.incarnation))
 
     def _emit(self, event: DirectoryEvent) -> None:
+        if self._on_change is not None:
+            try:
+                self._on_change(event)
+            except Exception:  # the copy must stay current whatever its listener does
+                logger.exception("the listener of the cluster directory raised on %r", event)
         watchers = self._watchers
         for send in list(watchers):
             try:

@@ -38,7 +38,7 @@ from ..errors import CallTimeout, ClusterError, InvalidMessage, MessagingError, 
 from ._adoption import adopt, heir_of
 from ._batches import CastBatches
 from ._bridge import Bridge
-from ._directory import ClusterDirectory, DirectoryEvent
+from ._directory import ClusterDirectory, DirectoryEvent, NameTaken
 from ._directory import NodeDown as NodeLeft
 from ._msgpack import decode_batch
 from ._remote import RemoteEndpoint
@@ -253,7 +253,7 @@ class ClusterNode:
             batches = CastBatches(bridge.publish_nowait, self._max_payload)
             self._batches = batches
             await self._bind_stream(bridge)
-            directory = ClusterDirectory(bridge, config)
+            directory = ClusterDirectory(bridge, config, on_change=self._directory_changed)
             self._directory = directory
             try:
                 async with trio.open_nursery() as nursery:
@@ -357,6 +357,14 @@ class ClusterNode:
             self._adopting.discard(node)
 
     # -- other nodes' agents stopping ---------------------------------------------------------
+
+    def _directory_changed(self, event: DirectoryEvent) -> None:
+        """What follows a change of the directory before anything can read it: a name given
+        to another agent gives its endpoint a fresh circuit."""
+        if isinstance(event, NameTaken):
+            endpoint = self._endpoints.get(event.name)
+            if endpoint is not None:
+                endpoint.name_taken(event.placement)
 
     async def _follow_directory(
         self, events: trio.MemoryReceiveChannel[DirectoryEvent], nursery: trio.Nursery

@@ -32,6 +32,8 @@ from .._core.bounded_repr import bounded_repr
 from .._core.ids import AgentId
 from .._core.messages import DeliveryGuarantee, Envelope
 from .._core.notifications import Down, ExitReason, MonitorRef
+from .._primitives.admission import AdmissionGate
+from .._primitives.circuit import CircuitBreaker
 from .._process.lifecycle import CellState
 from .._routing.endpoint import Endpoint
 from ..errors import (
@@ -198,6 +200,11 @@ class RemoteOccupant:
     def load(self) -> int:
         """Unknown here: what least-loaded balancing reads as idle."""
         return 0
+
+    @property
+    def last_seen(self) -> Placement | None:
+        """Where the name was last seen held (by a send, a monitor or a ref asking)."""
+        return self._last
 
     def placement(self) -> Placement | None:
         """The live node holding the agent's name now, if any (not the agent that said it
@@ -440,6 +447,19 @@ class RemoteEndpoint(Endpoint):
 
     def __repr__(self) -> str:
         return f"<RemoteEndpoint {self.id!r}>"
+
+    def name_taken(self, placement: Placement) -> None:
+        """The name was given to ``placement``. If that is another agent than the one last
+        seen under it (spawned again, here or on any node), the circuit, which judged the
+        agent before, starts afresh, as a local agent spawned again has a fresh endpoint."""
+        last = self.remote.last_seen
+        if last is not None and last.uid == placement.uid:
+            return
+        admission = self.admission
+        if isinstance(admission, CircuitBreaker):
+            self.admission = None
+        elif isinstance(admission, AdmissionGate):
+            admission.breaker = None
 
 
 def _publish_timeout(envelope: Envelope, now: float) -> float:

@@ -12,8 +12,9 @@ import nats.errors
 import outcome
 import trio
 
-from terraphim_actors import AgentId
+from terraphim_actors import AgentId, CircuitBreakerConfig
 from terraphim_actors._core.messages import Envelope, call
+from terraphim_actors._primitives.circuit import CircuitBreaker
 from terraphim_actors.cluster._directory import Placement
 from terraphim_actors.cluster._remote import RemoteEndpoint
 from terraphim_actors.cluster._subjects import Subjects
@@ -96,3 +97,18 @@ async def test_a_request_that_times_out_times_the_call_out_as_its_callers_deadli
     answered(outcome.Error(nats.errors.TimeoutError()))
     assert handle.expired
     assert len(link.delivery.forward_failures) == 1
+
+
+def test_a_name_given_to_another_agent_gives_its_endpoint_a_fresh_circuit() -> None:
+    """The circuit of a remote name's endpoint judged the agent that held the name: once
+    another agent holds it (spawned again, anywhere), the circuit starts afresh, as a local
+    agent spawned again has a fresh endpoint."""
+    link = FakeLink()
+    endpoint = held_on(link, "worker")
+    assert endpoint.remote.placement() is not None  # a send saw the agent
+    endpoint.admission = breaker = CircuitBreaker(CircuitBreakerConfig(failure_threshold=1))
+    breaker.record_failure(0.0)
+    endpoint.name_taken(link.directory.placements["worker"])
+    assert endpoint.admission is breaker  # the same agent again: the same circuit
+    endpoint.name_taken(Placement("c", uuid.uuid4(), "two"))
+    assert endpoint.admission is None

@@ -25,9 +25,11 @@ from nodes import (
 )
 
 from terraphim_actors import (
+    CircuitBreakerConfig,
     DeliveryGuarantee,
     MessageOptions,
     MessageSystemConfig,
+    RouterConfig,
     cast,
     open_message_system,
 )
@@ -35,6 +37,8 @@ from terraphim_actors.cluster import LocalNatsServer
 from terraphim_actors.cluster._directory import NameTaken
 from terraphim_actors.errors import (
     CallFailed,
+    CallTimeout,
+    CircuitOpen,
     DuplicateAgent,
     InvalidMessage,
     RemoteError,
@@ -123,6 +127,37 @@ async def test_a_remote_handlers_error_is_call_failed_caused_by_a_remote_error(
         cause = caught.value.__cause__
         assert isinstance(cause, RemoteError)
         assert (cause.type_name, cause.message) == ("ValueError", "it went boom")
+
+
+async def test_a_remote_name_spawned_again_reaches_the_new_agent_past_the_old_circuit(
+    nats_server: LocalNatsServer,
+) -> None:
+    """A call that times out counts against the circuit of a remote agent's endpoint, as of a
+    local one's; once the name is spawned again (another agent), the same ref reaches the new
+    agent at once, as a local agent spawned again has a fresh endpoint."""
+    cluster = fresh_cluster()
+
+    def config(node: str) -> MessageSystemConfig:
+        return attrs.evolve(
+            node_config(nats_server, cluster, node, DeliveryGuarantee.AT_MOST_ONCE),
+            router=RouterConfig(circuit_breaker=CircuitBreakerConfig(failure_threshold=1)),
+        )
+
+    async with open_message_system(config("a")) as a, open_message_system(config("b")) as b:
+        ref = await spawn_seen(b, a, "worker")
+        with pytest.raises(CallTimeout):
+            await ref.call("slow", timeout=0.1)
+        with trio.fail_after(BOUND), pytest.raises(CircuitOpen):
+            await ref.call(1)
+        events = node_of(a).directory.watch()
+        await b.stop(b.ref("worker"))
+        again = await b.spawn(Recorder, name="worker")
+        with trio.fail_after(BOUND):
+            while (held := node_of(a).directory.lookup("worker")) is None or (
+                held.uid != again.id.uid
+            ):
+                await events.receive()
+            assert await ref.call(21) == 42
 
 
 async def test_a_name_taken_on_one_node_cannot_be_spawned_on_another(
