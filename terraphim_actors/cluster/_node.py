@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -68,6 +69,9 @@ ACK_WAIT = 6.0
 #: Seconds a request for another node's books may take.
 STATS_TIMEOUT = 2.0
 
+#: How many stop announcements are kept for names nothing here has asked after yet.
+STOPS_KEPT = 1024
+
 
 class ClusterNode:
     """This system's node in the cluster ``config.cluster``, under the name ``config.node``.
@@ -96,6 +100,9 @@ class ClusterNode:
         self._calls: dict[str, dict[MessageId, Callable[[], None]]] = {}
         #: The departed nodes whose queues this node is handing on.
         self._adopting: set[str] = set()
+        #: The last agent announced stopped under each name that has no endpoint here yet
+        #: (its name may look held a moment longer): given to the endpoint when it is made.
+        self._stops_unheard: OrderedDict[str, tuple[uuid.UUID, ExitReason]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<ClusterNode {self.config.node!r} of {self.config.cluster!r}>"
@@ -194,6 +201,9 @@ class ClusterNode:
             endpoint = RemoteEndpoint(AgentId(uid=agent_id.uid, name=name), self)
             endpoint.remote.ref = AgentRef(endpoint, self._host)
             self._endpoints[name] = endpoint
+            stopped = self._stops_unheard.pop(name, None)
+            if stopped is not None:
+                endpoint.remote.heard_stopped(*stopped)
         return endpoint
 
     async def wait_for(self, name: str) -> AgentRef:
@@ -385,7 +395,9 @@ class ClusterNode:
 
     async def _hear_downs(self, subscription: Subscription) -> None:
         """Another node's named agent stopped for good: its monitors here get ``Down`` with
-        the reason it stopped for (a crash as a ``RemoteError``)."""
+        the reason it stopped for (a crash as a ``RemoteError``). Heard before anything here
+        asked after the name, the stop is kept for the name's endpoint: its name may look
+        held a moment longer, and a monitor set meanwhile must hear ``NOPROC``."""
         while True:
             try:
                 messages = await subscription.receive_batch()
@@ -402,6 +414,12 @@ class ClusterNode:
                 endpoint = self._endpoints.get(name)
                 if endpoint is not None:
                     endpoint.remote.heard_stopped(uid, reason)
+                else:  # a monitor set before the name's release comes must hear of it
+                    stops = self._stops_unheard
+                    stops.pop(name, None)
+                    stops[name] = (uid, reason)
+                    if len(stops) > STOPS_KEPT:
+                        stops.popitem(last=False)
 
     # -- arrivals ----------------------------------------------------------------------------
 

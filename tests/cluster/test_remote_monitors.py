@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 from nodes import (
     BOUND,
     Recorder,
     fresh_cluster,
     node_config,
+    node_of,
     received,
     spawn_seen,
     two_nodes,
@@ -25,6 +27,7 @@ from terraphim_actors import (
     open_message_system,
 )
 from terraphim_actors.cluster import LocalNatsServer
+from terraphim_actors.cluster._directory import DirectoryEvent, NameTaken
 from terraphim_actors.errors import RemoteError
 
 
@@ -77,6 +80,42 @@ async def test_a_monitor_set_on_a_remote_agent_already_gone_hears_noproc(
         downs = await watch(a, ref)
         [down] = await received(downs, 1)
         assert down.reason is StopReason.NOPROC
+
+
+async def test_a_monitor_set_after_the_stop_was_announced_hears_noproc(
+    nats_server: LocalNatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The announcement of a remote agent's stop can come before its name's release, and
+    before anything here asked after the name: a monitor set in between, while the name still
+    looks held, hears ``NOPROC`` at once, as a monitor of a local agent that has stopped."""
+    async with two_nodes(nats_server) as (a, b):
+        events = node_of(a).directory.watch()
+        await b.spawn(Recorder, name="gone")
+        neighbour = await spawn_seen(b, a, "neighbour")
+        neighbour_downs = await watch(a, neighbour)
+        await until_name(events, NameTaken, "gone")
+        # The release of the names stays on its way: they look held here all along.
+        monkeypatch.setattr(node_of(b).directory, "release_nowait", lambda name, uid: None)
+        await b.stop(b.ref("gone"))
+        await b.stop(b.ref("neighbour"))
+        # Stop announcements arrive in order: "gone"'s has been heard here, before anything
+        # here asked after that name.
+        await received(neighbour_downs, 1)
+        ref = a.whereis("gone")
+        assert ref is not None  # its name has not been released yet
+        downs = await watch(a, ref)
+        [down] = await received(downs, 1)
+        assert down.reason is StopReason.NOPROC
+
+
+async def until_name(
+    events: trio.MemoryReceiveChannel[DirectoryEvent], kind: type[Any], name: str
+) -> None:
+    """Until an event of ``kind`` about ``name`` (bounded)."""
+    with trio.fail_after(BOUND):
+        async for event in events:
+            if isinstance(event, kind) and getattr(event, "name", None) == name:
+                return
 
 
 async def test_a_node_shutting_down_gives_monitors_of_its_agents_a_shutdown_down(
