@@ -15,6 +15,7 @@ delivers it again, to this node when it is back or to whichever node holds the n
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import uuid
@@ -39,7 +40,7 @@ from ..errors import CallTimeout, ClusterError, InvalidMessage, MessagingError, 
 from ._adoption import adopt, heir_of
 from ._batches import CastBatches
 from ._bridge import Bridge
-from ._directory import ClusterDirectory, DirectoryEvent, NameTaken
+from ._directory import ClusterDirectory, DirectoryEvent, NameFreed, NameTaken
 from ._directory import NodeDown as NodeLeft
 from ._msgpack import decode_batch
 from ._remote import RemoteEndpoint
@@ -71,6 +72,10 @@ STATS_TIMEOUT = 2.0
 
 #: How many stop announcements are kept for names nothing here has asked after yet.
 STOPS_KEPT = 1024
+
+#: Seconds the monitors of an agent whose name was freed wait for the announcement of its stop
+#: (which comes by another way, at most once, before or after) before they get ``NOPROC``.
+UNANNOUNCED_WAIT = 1.0
 
 
 class ClusterNode:
@@ -370,11 +375,21 @@ class ClusterNode:
 
     def _directory_changed(self, event: DirectoryEvent) -> None:
         """What follows a change of the directory before anything can read it: a name given
-        to another agent gives its endpoint a fresh circuit."""
+        to another agent gives its endpoint a fresh circuit; a name freed ends the monitors
+        of the agent that held it, with the reason its stop announcement gives, or with
+        ``NOPROC`` if none comes soon (it travels at most once, by another way)."""
+        if not isinstance(event, NameTaken | NameFreed):
+            return
+        endpoint = self._endpoints.get(event.name)
+        if endpoint is None:
+            return
         if isinstance(event, NameTaken):
-            endpoint = self._endpoints.get(event.name)
-            if endpoint is not None:
-                endpoint.name_taken(event.placement)
+            endpoint.name_taken(event.placement)
+            return
+        occupant = endpoint.remote
+        if occupant.watched == event.placement:
+            unannounced = functools.partial(occupant.stopped_unannounced, event.placement)
+            self._host.timers.call_at(self.now() + UNANNOUNCED_WAIT, unannounced)
 
     async def _follow_directory(
         self, events: trio.MemoryReceiveChannel[DirectoryEvent], nursery: trio.Nursery

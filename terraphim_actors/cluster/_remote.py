@@ -31,7 +31,7 @@ import trio
 from .._core.bounded_repr import bounded_repr
 from .._core.ids import AgentId
 from .._core.messages import DeliveryGuarantee, Envelope
-from .._core.notifications import Down, ExitReason, MonitorRef
+from .._core.notifications import Down, ExitReason, MonitorRef, StopReason
 from .._primitives.admission import AdmissionGate
 from .._primitives.circuit import CircuitBreaker
 from .._process.lifecycle import CellState
@@ -195,6 +195,13 @@ class RemoteOccupant:
         watched = self.watched
         if watched is not None and watched.uid == uid:
             self.down(reason)
+
+    def stopped_unannounced(self, placement: Placement) -> None:
+        """The name left ``placement`` a while ago, and the monitors that watch the agent
+        there still wait: the announcement of its stop is lost (it travels at most once), so
+        they get their ``Down`` with ``NOPROC``."""
+        if self.watched == placement:
+            self.down(StopReason.NOPROC)
 
     @property
     def load(self) -> int:

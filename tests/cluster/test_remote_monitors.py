@@ -26,7 +26,7 @@ from terraphim_actors import (
     StopReason,
     open_message_system,
 )
-from terraphim_actors.cluster import LocalNatsServer
+from terraphim_actors.cluster import LocalNatsServer, _node
 from terraphim_actors.cluster._directory import DirectoryEvent, NameTaken
 from terraphim_actors.errors import RemoteError
 
@@ -104,6 +104,26 @@ async def test_a_monitor_set_after_the_stop_was_announced_hears_noproc(
         ref = a.whereis("gone")
         assert ref is not None  # its name has not been released yet
         downs = await watch(a, ref)
+        [down] = await received(downs, 1)
+        assert down.reason is StopReason.NOPROC
+
+
+async def test_a_monitor_hears_noproc_when_the_name_is_freed_unannounced(
+    nats_server: LocalNatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop announcement travels at most once: if it is lost, the release of the agent's
+    name still ends the monitors of that agent, with ``NOPROC``."""
+    monkeypatch.setattr(_node, "UNANNOUNCED_WAIT", 0.1)  # instead of waiting a second for it
+    async with two_nodes(nats_server) as (a, b):
+        ref = await spawn_seen(b, a, "worker")
+        downs = await watch(a, ref)
+        node = node_of(b)
+        monkeypatch.setattr(
+            node,
+            "release",
+            lambda agent_id, reason: node.directory.release_nowait(agent_id.name, agent_id.uid),
+        )
+        await b.stop(b.ref("worker"))
         [down] = await received(downs, 1)
         assert down.reason is StopReason.NOPROC
 
