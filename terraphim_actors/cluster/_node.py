@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
+import nats.errors
 import outcome
 import trio
 
@@ -69,6 +70,10 @@ ACK_WAIT = 6.0
 
 #: Seconds a request for another node's books may take.
 STATS_TIMEOUT = 2.0
+
+#: What NATS raises for a request it could not serve (nats-py's errors, among them JetStream's
+#: and its timeouts, and the socket's): a fault of the cluster, raised as ``ClusterError``.
+_NATS_FAULTS = (nats.errors.Error, OSError)
 
 #: How many stop announcements are kept for names nothing here has asked after yet.
 STOPS_KEPT = 1024
@@ -295,12 +300,22 @@ class ClusterNode:
                 self._awaiting.clear()
 
     async def pull_queue(self, node: str) -> Subscription:
-        """Take the messages JetStream holds for ``node`` (this one's, or a departed one's)."""
+        """Take the messages JetStream holds for ``node`` (this one's, or a departed one's).
+
+        Raises:
+            ClusterError: JetStream did not give the queue (no JetStream on the servers, a
+                timeout while it elects a leader, a closed connection).
+        """
         subjects = self.subjects
         durable, subject = subjects.consumer(node), subjects.queue(node)
-        return await self.bridge.pull(
-            subjects.stream, durable, subject, config=_consumer_config(durable, subject)
-        )
+        try:
+            return await self.bridge.pull(
+                subjects.stream, durable, subject, config=_consumer_config(durable, subject)
+            )
+        except _NATS_FAULTS as error:
+            raise ClusterError(
+                f"JetStream did not give the queue of node {node!r}: {error!r}"
+            ) from error
 
     async def _keep_in_progress(self) -> None:
         """Tell JetStream, every third of its ack wait, that the messages taken here and not
@@ -333,7 +348,13 @@ class ClusterNode:
             except NotFoundError:
                 await bridge.jetstream.add_stream(stream)
 
-        await bridge.run(bind)
+        try:
+            await bridge.run(bind)
+        except _NATS_FAULTS as error:
+            raise ClusterError(
+                f"could not bind the stream {subjects.stream!r} of the cluster (is JetStream"
+                f" enabled on the servers?): {error!r}"
+            ) from error
 
     # -- other nodes' queues ------------------------------------------------------------------
 

@@ -37,8 +37,9 @@ from terraphim_actors import (
 from terraphim_actors.cluster import ClusterConfig, LocalNatsCluster, LocalNatsServer
 from terraphim_actors.cluster._directory import DirectoryEvent, NameTaken
 from terraphim_actors.cluster._node import ACK_WAIT
+from terraphim_actors.cluster._server import _free_port, find_nats_server
 from terraphim_actors.cluster._subjects import Subjects
-from terraphim_actors.errors import AgentNotFound, MessagingError, NodeDown
+from terraphim_actors.errors import AgentNotFound, ClusterError, MessagingError, NodeDown
 
 NODE_SCRIPT = Path(__file__).with_name("node_process.py")
 
@@ -214,6 +215,44 @@ async def test_a_remote_agent_back_after_its_node_died_is_reachable_at_once(
         async with node_process([url], cluster, "far"):
             await until(events, NameTaken, "worker")
             assert await ref.call("after", timeout=BOUND) == "after"
+
+
+async def test_a_server_without_jetstream_fails_the_join_with_a_cluster_error() -> None:
+    """A NATS server without JetStream cannot carry a cluster: joining it raises
+    ``ClusterError``, a fault of NATS itself, not nats-py's own error."""
+    port = _free_port()
+    command = [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(port)]
+    server = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE)
+    try:
+        with trio.fail_after(BOUND):
+            await _ready(server)
+            config = MessageSystemConfig(
+                cluster=ClusterConfig(
+                    servers=[f"nats://127.0.0.1:{port}"],
+                    cluster=fresh_cluster(),
+                    node="a",
+                    connect_timeout=2.0,
+                )
+            )
+            with pytest.raises(ClusterError, match="JetStream"):
+                async with open_message_system(config):
+                    pass
+    finally:
+        server.kill()
+        with trio.CancelScope(shield=True):
+            await server.wait()
+
+
+async def _ready(server: trio.Process) -> None:
+    """Until ``server`` (a nats-server) logs that it is ready."""
+    log = server.stderr
+    assert log is not None
+    seen = b""
+    async for chunk in log:
+        seen += chunk
+        if b"Server is ready" in seen:
+            return
+    raise AssertionError(f"nats-server ended before it was ready: {seen.decode()}")
 
 
 def _drain(channel: trio.MemoryReceiveChannel[Any]) -> list[Any]:
