@@ -75,6 +75,10 @@ STATS_TIMEOUT = 2.0
 #: and its timeouts, and the socket's): a fault of the cluster, raised as ``ClusterError``.
 _NATS_FAULTS = (nats.errors.Error, OSError)
 
+#: Seconds before a failed look for departed nodes' queues, or a failed adoption of one, is
+#: tried again (JetStream may not answer for a few seconds while it elects a leader).
+ADOPT_AGAIN = 1.0
+
 #: How many stop announcements are kept for names nothing here has asked after yet.
 STOPS_KEPT = 1024
 
@@ -110,6 +114,8 @@ class ClusterNode:
         self._calls: dict[str, dict[MessageId, Callable[[], None]]] = {}
         #: The departed nodes whose queues this node is handing on.
         self._adopting: set[str] = set()
+        #: Set when the queues of departed nodes are to be looked for (made in ``run``).
+        self._orphans_wanted: trio.Event | None = None
         #: The last agent announced stopped under each name that has no endpoint here yet
         #: (its name may look held a moment longer): given to the endpoint when it is made.
         self._stops_unheard: OrderedDict[str, tuple[uuid.UUID, ExitReason]] = OrderedDict()
@@ -278,8 +284,10 @@ class ClusterNode:
             try:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(directory.run)
-                    nursery.start_soon(self._follow_directory, directory.watch(), nursery)
-                    nursery.start_soon(self._adopt_orphans, nursery)  # left before we came
+                    self._orphans_wanted = trio.Event()
+                    self._orphans_wanted.set()  # the nodes that left before this one came
+                    nursery.start_soon(self._follow_directory, directory.watch())
+                    nursery.start_soon(self._adopt_orphans_when_wanted, nursery)
                     subjects, node = self.subjects, config.node
                     downs = await bridge.subscribe(subjects.all_downs)
                     nursery.start_soon(self._hear_downs, downs)
@@ -358,12 +366,25 @@ class ClusterNode:
 
     # -- other nodes' queues ------------------------------------------------------------------
 
-    async def _adopt_orphans(self, nursery: trio.Nursery) -> None:
+    async def _adopt_orphans_when_wanted(self, nursery: trio.Nursery) -> None:
+        """Look for the queues to adopt each time it is wanted (at the start, after each
+        departure), and again after a pause while looking fails: JetStream may not answer
+        for a while, and a queue must not wait for the next departure to be adopted."""
+        while True:
+            wanted = self._orphans_wanted
+            assert wanted is not None
+            await wanted.wait()
+            again = self._orphans_wanted = trio.Event()
+            if not await self._adopt_orphans(nursery):
+                await trio.sleep(ADOPT_AGAIN)
+                again.set()
+
+    async def _adopt_orphans(self, nursery: trio.Nursery) -> bool:
         """Adopt the queue of every node that is gone and whose heir this node is now: the
         one that just left, but also one whose heir left in its turn, or that left before
         this node joined. A queue is a durable consumer of the stream, so the stream lists
-        them all."""
-        subjects, directory = self.subjects, self.directory
+        them all. False if they could not be listed."""
+        subjects = self.subjects
 
         async def consumers() -> list[str]:
             infos = await self.bridge.jetstream.consumers_info(subjects.stream)
@@ -371,24 +392,45 @@ class ClusterNode:
 
         try:
             names = await self.bridge.run(consumers)
-        except Exception as error:  # tried again at the next departure
-            logger.warning("could not list the queues of the cluster: %r", error)
-            return
+        except (ClusterError, *_NATS_FAULTS) as error:
+            logger.warning(
+                "could not list the queues of the cluster (trying again in %g s): %r",
+                ADOPT_AGAIN,
+                error,
+            )
+            return False
         prefix = subjects.consumer("")
         for name in names:
             node = name.removeprefix(prefix)
-            if (
-                name.startswith(prefix)
-                and node not in self._adopting
-                and not directory.node_alive(node)
-                and heir_of(node, directory.live_nodes()) == self.config.node
-            ):
+            if name.startswith(prefix) and node not in self._adopting and self._heir_to(node):
                 self._adopting.add(node)
                 nursery.start_soon(self._adopt, node)
+        return True
+
+    def _heir_to(self, node: str) -> bool:
+        """Whether ``node`` is gone and this node its heir now."""
+        directory = self.directory
+        return (
+            not directory.node_alive(node)
+            and heir_of(node, directory.live_nodes()) == self.config.node
+        )
 
     async def _adopt(self, node: str) -> None:
+        """Hand on ``node``'s queue while it is gone and this node its heir. A failure (its
+        queue could not be taken, as while JetStream elects a leader) is logged and the
+        adoption tried again after a pause, never raised into the node."""
         try:
-            await adopt(self, node)
+            while self._heir_to(node):
+                try:
+                    await adopt(self, node)
+                except (ClusterError, trio.EndOfChannel, *_NATS_FAULTS) as error:
+                    logger.warning(
+                        "could not adopt the queue of node %r (trying again in %g s): %r",
+                        node,
+                        ADOPT_AGAIN,
+                        error,
+                    )
+                    await trio.sleep(ADOPT_AGAIN)
         finally:
             self._adopting.discard(node)
 
@@ -412,9 +454,7 @@ class ClusterNode:
             unannounced = functools.partial(occupant.stopped_unannounced, event.placement)
             self._host.timers.call_at(self.now() + UNANNOUNCED_WAIT, unannounced)
 
-    async def _follow_directory(
-        self, events: trio.MemoryReceiveChannel[DirectoryEvent], nursery: trio.Nursery
-    ) -> None:
+    async def _follow_directory(self, events: trio.MemoryReceiveChannel[DirectoryEvent]) -> None:
         """A node that leaves takes its agents with it: the monitors of them get ``Down``
         with ``NOCONNECTION``, the calls waiting on it fail with ``NodeDown``, and the first
         live node adopts its queue (``_adoption``)."""
@@ -423,7 +463,8 @@ class ClusterNode:
                 continue
             for node_gone in self._calls.pop(event.node, {}).values():
                 node_gone()
-            nursery.start_soon(self._adopt_orphans, nursery)
+            if self._orphans_wanted is not None:
+                self._orphans_wanted.set()
             for endpoint in self._endpoints.values():
                 occupant = endpoint.remote
                 if occupant.watches_node(event.node, event.incarnation):
