@@ -237,6 +237,7 @@ class ClusterDirectory:
         self._reconnections = 0
         self._watching: set[trio.CancelScope] = set()
         self._running = False
+        self._ended = False
         self._started = False
         self._scope: trio.CancelScope | None = None
         self._failure: ClusterError | None = None
@@ -263,9 +264,14 @@ class ClusterDirectory:
         return frozenset(self._nodes)
 
     def watch(self) -> trio.MemoryReceiveChannel[DirectoryEvent]:
-        """Every change seen after this call, in order. Close the channel to stop watching."""
+        """Every change seen after this call, in order. Close the channel to stop watching.
+        It ends (``trio.EndOfChannel``) when the directory stops running, at once if it has
+        (nothing changes in it then)."""
         send, receive = trio.open_memory_channel[DirectoryEvent](math.inf)
-        self._watchers.append(send)
+        if self._ended:
+            send.close()
+        else:
+            self._watchers.append(send)
         return receive
 
     # -- running ------------------------------------------------------------------------
@@ -324,6 +330,7 @@ class ClusterDirectory:
             self._started = False
             self._scope = None
             await self._leave()
+            self._ended = True
             for send in self._watchers:
                 send.close()
             self._watchers.clear()

@@ -41,7 +41,7 @@ from ..errors import CallTimeout, ClusterError, InvalidMessage, MessagingError, 
 from ._adoption import adopt, heir_of
 from ._batches import CastBatches
 from ._bridge import Bridge
-from ._directory import ClusterDirectory, DirectoryEvent, NameFreed, NameTaken
+from ._directory import ClusterDirectory, DirectoryEvent, NameFreed, NameTaken, Placement
 from ._directory import NodeDown as NodeLeft
 from ._msgpack import decode_batch
 from ._remote import RemoteEndpoint
@@ -152,6 +152,15 @@ class ClusterNode:
         return self._max_payload
 
     @property
+    def connected(self) -> bool:
+        """Whether this node runs, connected to a NATS server now."""
+        return self._bridge is not None and self._bridge.connected
+
+    def lookup(self, name: str) -> Placement | None:
+        """Where ``name`` lives, as this node knows now: nowhere once it has left."""
+        return None if self._directory is None else self._directory.lookup(name)
+
+    @property
     def batches(self) -> CastBatches:
         return _running(self._batches)
 
@@ -160,7 +169,9 @@ class ClusterNode:
 
     def local_endpoint(self, name: str) -> Endpoint | None:
         """The endpoint of this system's agent named ``name``, if it runs here."""
-        registry = self._host.registry
+        if self._system is None:
+            return None
+        registry = self._system.registry
         agent_id = registry.local_id(name)
         return None if agent_id is None else registry.local_endpoint(agent_id)
 
@@ -226,11 +237,21 @@ class ClusterNode:
         """The ref of the agent (or pool) named ``name``, here or on any node, once this
         node knows of it. A name spawned on another node is known here when the cluster's
         directory tells this node, a moment after that spawn returned: this waits for that
-        moment (bound it with a Trio cancel scope, as any wait)."""
+        moment (bound it with a Trio cancel scope, as any wait).
+
+        Raises:
+            ClusterError: the node is not running (its system is not open), or it left the
+                cluster (its system closed) before it knew of the name.
+        """
         events = self.directory.watch()
         with events:
-            while (ref := self._host.whereis(name)) is None:
-                await events.receive()
+            try:
+                while (ref := self._host.whereis(name)) is None:
+                    await events.receive()
+            except trio.EndOfChannel:
+                raise ClusterError(
+                    f"node {self.node!r} left the cluster before it knew of {name!r}"
+                ) from None
         return ref
 
     async def delivery_stats(self) -> DeliveryStats:
@@ -270,8 +291,16 @@ class ClusterNode:
     ) -> None:
         """Join the cluster for ``system``: connect, bind the stream, start the directory and
         the three subscriptions; report started; serve until cancelled, then leave (the
-        messages taken from JetStream and not settled are handed back)."""
+        messages taken from JetStream and not settled are handed back). Once it has left,
+        what it knew is gone: its parts raise ``ClusterError``, as before it ran."""
         self._system = system
+        try:
+            await self._join_and_serve(task_status)
+        finally:
+            self._system = self._bridge = self._directory = self._batches = None
+            self._orphans_wanted = None
+
+    async def _join_and_serve(self, task_status: trio.TaskStatus[None]) -> None:
         config = self.config
         async with Bridge.connect(config) as bridge:
             self._bridge = bridge

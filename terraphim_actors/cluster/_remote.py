@@ -84,6 +84,15 @@ class Link(Protocol):
     def max_payload(self) -> int: ...
 
     @property
+    def connected(self) -> bool:
+        """Whether the node runs, connected to a NATS server now."""
+        ...
+
+    def lookup(self, name: str) -> Placement | None:
+        """Where ``name`` lives, as the node knows now (nowhere once it has left)."""
+        ...
+
+    @property
     def batches(self) -> CastBatches:
         """Where at-most-once casts to other nodes wait for the end of the round."""
         ...
@@ -217,7 +226,7 @@ class RemoteOccupant:
         """The live node holding the agent's name now, if any (not the agent that said it
         stopped for good, whose name is being freed)."""
         name = self.id.name
-        placement = None if name is None else self._link.directory.lookup(name)
+        placement = None if name is None else self._link.lookup(name)
         if placement is None or placement.uid == self._stopped:
             return None
         self._last = placement
@@ -258,7 +267,7 @@ class RemoteInbox:
         local = link.local_endpoint(self._name())
         if local is not None:  # spawned again here: as that agent's own endpoint would say
             return local.admission is None and local.inbox.has_room()
-        return link.bridge.connected and endpoint.remote.placement() is not None
+        return link.connected and endpoint.remote.placement() is not None
 
     def put_nowait(self, envelope: Envelope) -> None:
         """Send ``envelope`` on its way; its outcome settles it later.
@@ -363,7 +372,7 @@ class RemoteInbox:
             if endpoint.remote.stopped_for_good:
                 raise MailboxClosed(f"{bounded_repr(name)} has stopped")
             raise AgentNotFound(f"no agent is registered as {bounded_repr(name)} on any live node")
-        if not link.bridge.connected:
+        if not link.connected:
             # As a local send to a missing agent: the message waits for a retry at once,
             # instead of the sender waiting for a connection.
             raise ClusterError(f"no NATS server is reachable to reach {bounded_repr(name)}")

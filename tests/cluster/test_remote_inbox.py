@@ -24,8 +24,6 @@ from terraphim_actors.errors import ClusterError
 class FakeBridge:
     """Keeps what is submitted; the test decides how it ends."""
 
-    connected = True
-
     def __init__(self) -> None:
         self.outcomes: list[Callable[[outcome.Outcome[Any]], None]] = []
 
@@ -58,6 +56,7 @@ class FakeLink:
     """A node's connection as a remote inbox sends through it, with nothing behind it."""
 
     max_payload = 1024 * 1024
+    connected = True
 
     def __init__(self) -> None:
         self.bridge = FakeBridge()
@@ -67,6 +66,9 @@ class FakeLink:
 
     def now(self) -> float:
         return trio.current_time()
+
+    def lookup(self, name: str) -> Placement | None:
+        return self.directory.lookup(name)
 
     def local_endpoint(self, name: str) -> None:
         return None
