@@ -13,7 +13,8 @@ markers, which servers before 2.11 cannot), so a node counts as gone once its la
 seen here is older than the TTL, checked every beat interval; a deleted heartbeat (a node that
 left cleanly) counts at once. A placement is live only while its node is alive with the same
 incarnation: a node that restarted (a new incarnation) no longer holds what its earlier process
-held, and takes those names back at once when it claims them.
+held, and takes those names back at once when it claims them. That is for a process that is
+gone: a second live process joining under the name of a node that still beats is refused.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ logger = logging.getLogger("terraphim_actors.cluster")
 LEAVE_TIMEOUT = 2.0
 #: Between two attempts to watch a bucket again after a reconnection.
 WATCH_AGAIN_WAIT = 0.25
+#: How many of its heartbeat intervals a joining node waits for a beat of another incarnation
+#: under its own name, when the bucket holds one: only a live process beats again.
+_TWIN_BEATS = 2
 #: How many departed incarnations are remembered (to refuse them without asking NATS).
 _DEPARTED_KEPT = 1024
 #: Error code of a stream created again with another configuration (another node's settings).
@@ -238,6 +242,8 @@ class ClusterDirectory:
         self._watching: set[trio.CancelScope] = set()
         self._running = False
         self._ended = False
+        #: Whether this incarnation's heartbeat is in the bucket (it joined).
+        self._beating = False
         self._started = False
         self._scope: trio.CancelScope | None = None
         self._failure: ClusterError | None = None
@@ -346,7 +352,49 @@ class ClusterDirectory:
         names, nodes = self._names_config, self._nodes_config
         self._names_kv = await self._call(_create_or_bind, self._bridge, names)
         self._nodes_kv = await self._call(_create_or_bind, self._bridge, nodes)
+        await self._refuse_a_live_twin()
         await self._call(_put, self._nodes_bucket, self.node, self.incarnation.encode())
+        self._beating = True
+
+    async def _refuse_a_live_twin(self) -> None:
+        """Refuse to join while another live process is this node.
+
+        A heartbeat of another incarnation under this node's name is either this node's
+        earlier process, crashed (its names are taken back at once), or a second process
+        started under the same name by mistake, which would take this node's names over from
+        the live agents holding them and share its queue. Only a live process beats again:
+        this waits up to ``_TWIN_BEATS`` heartbeat intervals for it to.
+
+        Raises:
+            ClusterError: another live process beats under this node's name.
+        """
+        nodes = self._nodes_bucket
+        held = await self._call(_read, nodes, self.node)
+        if held is None:
+            return
+        seen = held[1]
+        feed = await self._call(_watch_key, nodes, self.node)
+        try:
+            with trio.move_on_after(_TWIN_BEATS * self._config.heartbeat_interval):
+                while True:
+                    for entry in await self._call(feed.take):
+                        if (
+                            entry is not None
+                            and (entry.revision or 0) > seen
+                            and entry.operation not in (KV_DEL, KV_PURGE)
+                        ):
+                            raise ClusterError(
+                                f"another live process is node {self.node!r} of cluster"
+                                f" {self._config.cluster!r}: each process needs a node name"
+                                " of its own"
+                            )
+        finally:
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(LEAVE_TIMEOUT),
+                contextlib.suppress(ClusterError, nats.errors.Error, OSError),
+            ):
+                await self._bridge.run(feed.stop)
 
     async def _leave(self) -> None:
         own = [(name_key(name), held.revision) for name, held in self._own.items()]
@@ -354,13 +402,16 @@ class ClusterDirectory:
         names, nodes = self._names_kv, self._nodes_kv
         if nodes is None or names is None or not self._bridge.connected:
             return  # nothing can reach the servers: the heartbeat's expiry tells the others
+        # A join refused never beat: the heartbeat under this node's name is another's.
+        beating, self._beating = self._beating, False
 
         async def leave() -> None:
             await asyncio.gather(
                 *(_delete_at(names, key, revision) for key, revision in own),
                 return_exceptions=True,
             )
-            await nodes.delete(self.node)
+            if beating:
+                await nodes.delete(self.node)
 
         with trio.CancelScope(shield=True), trio.move_on_after(LEAVE_TIMEOUT):
             try:
@@ -787,6 +838,10 @@ class _Feed:
 
 async def _watch_all(bucket: KeyValue) -> _Feed:
     return _Feed(await bucket.watchall())
+
+
+async def _watch_key(bucket: KeyValue, key: str) -> _Feed:
+    return _Feed(await bucket.watch(key))
 
 
 async def _bind_and_watch(bridge: Bridge, config: KeyValueConfig) -> _Feed:

@@ -310,6 +310,7 @@ class ClusterNode:
             await self._bind_stream(bridge)
             directory = ClusterDirectory(bridge, config, on_change=self._directory_changed)
             self._directory = directory
+            joined = False
             try:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(directory.run)
@@ -331,6 +332,15 @@ class ClusterNode:
                     nursery.start_soon(self._serve_stats, stats)
                     nursery.start_soon(self._keep_in_progress)
                     task_status.started()
+                    joined = True
+            except BaseExceptionGroup as group:
+                # A join that failed (a node of this name alive elsewhere, the buckets not
+                # read in time) raises its ClusterError as itself, as a join that failed
+                # before the nursery does, for the opener of the system to catch.
+                failure = _alone(group)
+                if joined or not isinstance(failure, ClusterError):
+                    raise
+                raise failure from None
             finally:
                 for message in self._awaiting.values():
                     bridge.nak_nowait(message)
@@ -679,6 +689,16 @@ def _running(part: _Part | None) -> _Part:
     if part is None:
         raise ClusterError("the cluster node is not running: its system is not open")
     return part
+
+
+def _alone(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception in ``group`` (through nested groups), if there is only one."""
+    while len(group.exceptions) == 1:
+        [only] = group.exceptions
+        if not isinstance(only, BaseExceptionGroup):
+            return only
+        group = only
+    return None
 
 
 def _ignored(_: outcome.Outcome[None]) -> None:
