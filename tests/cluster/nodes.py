@@ -133,3 +133,11 @@ async def watch(system: MessageSystem, ref: AgentRef) -> trio.MemoryReceiveChann
     with trio.fail_after(BOUND):
         assert await watcher.call(ref) == "watching"
     return downs
+
+
+async def until_event(events: trio.MemoryReceiveChannel[Any], kind: type[Any], name: str) -> None:
+    """Until the directory sends an event of ``kind`` about ``name`` (within ``BOUND``)."""
+    with trio.fail_after(BOUND):
+        async for event in events:
+            if isinstance(event, kind) and getattr(event, "name", None) == name:
+                return

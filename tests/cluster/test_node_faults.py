@@ -21,7 +21,17 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from nodes import BOUND, Recorder, fresh_cluster, node_config, node_of, spawn_seen, two_nodes, watch
+from nodes import (
+    BOUND,
+    Recorder,
+    fresh_cluster,
+    node_config,
+    node_of,
+    spawn_seen,
+    two_nodes,
+    until_event,
+    watch,
+)
 
 from terraphim_actors import (
     CircuitBreakerConfig,
@@ -35,7 +45,7 @@ from terraphim_actors import (
     open_message_system,
 )
 from terraphim_actors.cluster import ClusterConfig, LocalNatsCluster, LocalNatsServer
-from terraphim_actors.cluster._directory import DirectoryEvent, NameTaken
+from terraphim_actors.cluster._directory import NameTaken
 from terraphim_actors.cluster._node import ACK_WAIT
 from terraphim_actors.cluster._server import _free_port, find_nats_server
 from terraphim_actors.cluster._subjects import Subjects
@@ -119,15 +129,6 @@ async def node_process(
             await process.wait()
 
 
-async def until(
-    events: trio.MemoryReceiveChannel[DirectoryEvent], kind: type[Any], name: str
-) -> None:
-    with trio.fail_after(BOUND):
-        async for event in events:
-            if isinstance(event, kind) and getattr(event, "name", None) == name:
-                return
-
-
 async def test_a_node_killed_mid_stream_is_seen_down_and_loses_no_message(
     nats_server: LocalNatsServer,
 ) -> None:
@@ -142,8 +143,8 @@ async def test_a_node_killed_mid_stream_is_seen_down_and_loses_no_message(
     async with open_message_system(node_config(nats_server, cluster, "test")) as system:
         events = node_of(system).directory.watch()
         async with node_process([url], cluster, "far", spawn=SPAWNED, pause=0.005) as far:
-            await until(events, NameTaken, "worker")
-            await until(events, NameTaken, "sleeper")
+            await until_event(events, NameTaken, "worker")
+            await until_event(events, NameTaken, "sleeper")
             ref = system.ref("worker")
             downs = await watch(system, ref)
             call_ended: list[tuple[BaseException | None, float]] = []
@@ -203,7 +204,7 @@ async def test_a_remote_agent_back_after_its_node_died_is_reachable_at_once(
     async with open_message_system(config) as system:
         events = node_of(system).directory.watch()
         async with node_process([url], cluster, "far") as far:
-            await until(events, NameTaken, "worker")
+            await until_event(events, NameTaken, "worker")
             ref = system.ref("worker")
             assert await ref.call("before", timeout=BOUND) == "before"
             far.kill()
@@ -213,7 +214,7 @@ async def test_a_remote_agent_back_after_its_node_died_is_reachable_at_once(
         with pytest.raises(AgentNotFound):
             await ref.cast("while its node is dead")
         async with node_process([url], cluster, "far"):
-            await until(events, NameTaken, "worker")
+            await until_event(events, NameTaken, "worker")
             assert await ref.call("after", timeout=BOUND) == "after"
 
 
@@ -401,7 +402,7 @@ async def test_the_queue_of_a_node_that_never_comes_back_ends_in_dead_letters_at
         send, letters = trio.open_memory_channel[Any](math.inf)
         system.subscribe_dead_letters(await system.spawn(Recorder, send))
         async with node_process([nats_server.url], cluster, "far", pause=0.005) as far:
-            await until(events, NameTaken, "worker")
+            await until_event(events, NameTaken, "worker")
             ref = system.ref("worker")
             with trio.fail_after(BOUND):
                 for number in range(count):

@@ -16,6 +16,7 @@ from nodes import (
     received,
     spawn_seen,
     two_nodes,
+    until_event,
     watch,
 )
 
@@ -27,7 +28,7 @@ from terraphim_actors import (
     open_message_system,
 )
 from terraphim_actors.cluster import LocalNatsServer, _node
-from terraphim_actors.cluster._directory import DirectoryEvent, NameTaken
+from terraphim_actors.cluster._directory import NameFreed, NameTaken
 from terraphim_actors.errors import RemoteError
 
 
@@ -54,10 +55,7 @@ async def test_a_remote_agents_crash_reaches_the_monitor_as_a_remote_error(
     async with two_nodes(nats_server) as (a, b):
         events = a.cluster.directory.watch()  # type: ignore[union-attr]
         await b.spawn(Fragile, name="fragile", restart=RestartType.TEMPORARY)
-        with trio.fail_after(BOUND):
-            async for event in events:
-                if getattr(event, "name", None) == "fragile":
-                    break
+        await until_event(events, NameTaken, "fragile")
         ref = a.ref("fragile")
         downs = await watch(a, ref)
         await ref.cast("anything")
@@ -73,10 +71,7 @@ async def test_a_monitor_set_on_a_remote_agent_already_gone_hears_noproc(
         ref = await spawn_seen(b, a, "worker")
         events = a.cluster.directory.watch()  # type: ignore[union-attr]
         await b.stop(b.ref("worker"))
-        with trio.fail_after(BOUND):
-            async for event in events:
-                if type(event).__name__ == "NameFreed":
-                    break
+        await until_event(events, NameFreed, "worker")
         downs = await watch(a, ref)
         [down] = await received(downs, 1)
         assert down.reason is StopReason.NOPROC
@@ -93,7 +88,7 @@ async def test_a_monitor_set_after_the_stop_was_announced_hears_noproc(
         await b.spawn(Recorder, name="gone")
         neighbour = await spawn_seen(b, a, "neighbour")
         neighbour_downs = await watch(a, neighbour)
-        await until_name(events, NameTaken, "gone")
+        await until_event(events, NameTaken, "gone")
         # The release of the names stays on its way: they look held here all along.
         monkeypatch.setattr(node_of(b).directory, "release_nowait", lambda name, uid: None)
         await b.stop(b.ref("gone"))
@@ -126,16 +121,6 @@ async def test_a_monitor_hears_noproc_when_the_name_is_freed_unannounced(
         await b.stop(b.ref("worker"))
         [down] = await received(downs, 1)
         assert down.reason is StopReason.NOPROC
-
-
-async def until_name(
-    events: trio.MemoryReceiveChannel[DirectoryEvent], kind: type[Any], name: str
-) -> None:
-    """Until an event of ``kind`` about ``name`` (bounded)."""
-    with trio.fail_after(BOUND):
-        async for event in events:
-            if isinstance(event, kind) and getattr(event, "name", None) == name:
-                return
 
 
 async def test_a_node_shutting_down_gives_monitors_of_its_agents_a_shutdown_down(
